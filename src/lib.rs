@@ -7,4 +7,49 @@
 //! ZITADEL used by the tests and by `usermeta dev`.
 #![forbid(unsafe_code)]
 
+pub mod api;
+pub mod caller;
+pub mod dev;
+pub mod metadata;
+pub mod policy;
+pub mod server;
+pub mod settings;
 pub mod standin;
+pub mod telemetry;
+pub mod zitadel;
+
+use policy::Policy;
+use server::{Application, Config};
+use settings::{ServeArgs, SettingsError};
+use zitadel::ZitadelConfig;
+
+/// Why usermeta stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error(transparent)]
+    Start(#[from] server::StartError),
+    #[error("the ZITADEL stand-in could not start: {0}")]
+    StandIn(std::io::Error),
+}
+
+/// Validates the `serve` settings into a server configuration.
+pub fn serve_config(args: ServeArgs) -> Result<Config, SettingsError> {
+    Ok(Config {
+        listen: args.listen,
+        zitadel: ZitadelConfig {
+            base_url: settings::zitadel_url(&args.zitadel_url)?,
+            timeout: args.common.upstream_timeout,
+            service_credential: args.credential.credential()?,
+        },
+        policy: Policy::new(args.common.admins(), settings::self_writable_prefixes(&args.common.self_writable_keys)),
+    })
+}
+
+/// `usermeta serve`: serve until SIGINT or SIGTERM.
+pub async fn serve(args: ServeArgs) -> Result<(), RunError> {
+    let app = Application::build(serve_config(args)?).await?;
+    app.run_until(server::shutdown_signal()).await?;
+    Ok(())
+}

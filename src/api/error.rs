@@ -1,0 +1,221 @@
+//! Every way a request can fail, and the one place each becomes a gRPC status. Statuses carry
+//! `google.rpc.BadRequest` for invalid input, `google.rpc.ErrorInfo` (domain `usermeta`) with a stable reason
+//! otherwise, and `google.rpc.RetryInfo` when ZITADEL said when to retry. Messages name no token or value.
+
+use std::collections::HashMap;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::{
+    caller::{IdentifyError, TokenError},
+    policy::Denial,
+    zitadel::{Endpoint, UpstreamError, auth_api::ZITADEL_AUDIENCE_SCOPE},
+};
+
+/// The `ErrorInfo.domain` of every status usermeta produces.
+pub const ERROR_DOMAIN: &str = "usermeta";
+
+/// One thing wrong with a request field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// The field path, e.g. `entries[1].value`.
+    pub field: String,
+    /// What is wrong and how to fix it.
+    pub description: String,
+}
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("the request is invalid")]
+    InvalidRequest(Vec<Violation>),
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error(transparent)]
+    Denied(#[from] Denial),
+    #[error("keys not found")]
+    KeysNotFound { user_id: String, keys: Vec<String> },
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+}
+
+impl From<IdentifyError> for ApiError {
+    fn from(error: IdentifyError) -> Self {
+        match error {
+            IdentifyError::Token(e) => ApiError::Token(e),
+            IdentifyError::Upstream(e) => ApiError::Upstream(e),
+        }
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(error: ApiError) -> Status {
+        let status = to_status(&error);
+        if matches!(status.code(), Code::Unavailable | Code::Internal | Code::ResourceExhausted) {
+            tracing::warn!(code = ?status.code(), error = %error, "request failed");
+        } else {
+            tracing::info!(code = ?status.code(), message = status.message(), "request refused");
+        }
+        status
+    }
+}
+
+fn to_status(error: &ApiError) -> Status {
+    match error {
+        ApiError::InvalidRequest(violations) => {
+            let mut details = ErrorDetails::new();
+            for v in violations {
+                details.add_bad_request_violation(v.field.clone(), v.description.clone());
+            }
+            let summary = violations
+                .iter()
+                .map(|v| format!("{}: {}", v.field, v.description))
+                .collect::<Vec<_>>()
+                .join("; ");
+            Status::with_error_details(Code::InvalidArgument, format!("invalid request: {summary}"), details)
+        }
+        ApiError::Token(token) => {
+            let reason = match token {
+                TokenError::Missing => "TOKEN_MISSING",
+                TokenError::Malformed(_) => "TOKEN_MALFORMED",
+                TokenError::NoSubject => "TOKEN_WITHOUT_SUBJECT",
+            };
+            let hint = match token {
+                TokenError::NoSubject => "",
+                _ => "; send gRPC metadata `authorization: Bearer <ZITADEL access token>`",
+            };
+            with_info(Code::Unauthenticated, format!("{token}{hint}"), reason, [])
+        }
+        ApiError::Denied(denial) => {
+            let (reason, action, key) = match denial {
+                Denial::NotAdmin { action, .. } => ("NOT_ADMIN", action, None),
+                Denial::KeyNotSelfWritable { action, key, .. } => ("KEY_NOT_SELF_WRITABLE", action, Some(key)),
+            };
+            let mut metadata = vec![("action", action.name().to_owned())];
+            metadata.extend(key.map(|k| ("key", k.clone())));
+            with_info(Code::PermissionDenied, format!("permission denied: {denial}"), reason, metadata)
+        }
+        ApiError::KeysNotFound { user_id, keys } => {
+            let message = match keys.as_slice() {
+                [key] => format!("user {user_id} has no metadata key `{key}`; set allow_missing to ignore missing keys"),
+                _ => format!(
+                    "one or more of the keys [{}] do not exist on user {user_id}; nothing was deleted; set allow_missing to ignore missing keys",
+                    keys.join(", ")
+                ),
+            };
+            with_info(Code::NotFound, message, "METADATA_NOT_FOUND", [("keys", keys.join(","))])
+        }
+        ApiError::Upstream(upstream) => upstream_status(upstream),
+    }
+}
+
+fn upstream_status(error: &UpstreamError) -> Status {
+    let endpoint = error.endpoint();
+    let mut facts = vec![("endpoint", endpoint.name().to_owned())];
+    match error {
+        UpstreamError::Unreachable { .. } | UpstreamError::Timeout { .. } => with_info(
+            Code::Unavailable,
+            format!("{error}; retry later"),
+            "ZITADEL_UNREACHABLE",
+            facts,
+        ),
+        UpstreamError::BadResponse { .. } => with_info(
+            Code::Unavailable,
+            format!("{error}; retry later"),
+            "ZITADEL_BAD_RESPONSE",
+            facts,
+        ),
+        UpstreamError::Rejected { http_status, rejection, .. } => {
+            let id = rejection.error_id.as_deref().unwrap_or_default();
+            facts.push(("http_status", http_status.to_string()));
+            if !id.is_empty() {
+                facts.push(("zitadel_error_id", id.to_owned()));
+            }
+            let said = &rejection.message;
+            let code = rejection.code;
+            if *http_status == 429 || code == Code::ResourceExhausted {
+                let message = format!("ZITADEL is rate-limiting usermeta ({said}); retry later with backoff");
+                let mut details = info("ZITADEL_RATE_LIMITED", facts);
+                if let Some(after) = rejection.retry_after {
+                    details.set_retry_info(Some(after));
+                }
+                return Status::with_error_details(Code::ResourceExhausted, message, details);
+            }
+            if *http_status >= 500 {
+                return with_info(
+                    Code::Unavailable,
+                    format!("ZITADEL failed on {endpoint} ({said}); retry later"),
+                    "ZITADEL_UNAVAILABLE",
+                    facts,
+                );
+            }
+            match (code, endpoint) {
+                (Code::Unauthenticated, Endpoint::Userinfo) => with_info(
+                    Code::Unauthenticated,
+                    format!("ZITADEL rejected the access token ({said}); it is invalid, expired or revoked: obtain a new one"),
+                    "TOKEN_REJECTED",
+                    facts,
+                ),
+                (Code::Unauthenticated, Endpoint::AuthListMyMetadata) if id == "APP-Zxfako" => with_info(
+                    Code::Unauthenticated,
+                    format!("ZITADEL's auth API rejected the access token ({said}): request the token with the scope `{ZITADEL_AUDIENCE_SCOPE}`"),
+                    "TOKEN_LACKS_ZITADEL_AUDIENCE",
+                    facts,
+                ),
+                (Code::Unauthenticated, Endpoint::AuthListMyMetadata) => with_info(
+                    Code::Unauthenticated,
+                    format!(
+                        "ZITADEL's auth API rejected the access token ({said}): the token is invalid or expired, or it lacks the scope `{ZITADEL_AUDIENCE_SCOPE}`; request a token with that scope, or read with source METADATA_SOURCE_USERINFO"
+                    ),
+                    "TOKEN_REJECTED_BY_AUTH_API",
+                    facts,
+                ),
+                (Code::Unauthenticated, _) => with_info(
+                    Code::Unavailable,
+                    format!("ZITADEL rejected usermeta's service credential on {endpoint} ({said}); an operator must renew it"),
+                    "SERVICE_CREDENTIAL_REJECTED",
+                    facts,
+                ),
+                (Code::PermissionDenied, _) if id == "AUTH-Bs7Ds" => with_info(
+                    Code::PermissionDenied,
+                    format!("ZITADEL knows no organisation with the given organization_id ({said}); check organization_id"),
+                    "ORGANIZATION_NOT_FOUND",
+                    facts,
+                ),
+                (Code::PermissionDenied, _) if !endpoint.uses_caller_token() => with_info(
+                    Code::PermissionDenied,
+                    format!(
+                        "ZITADEL denied usermeta's service user {endpoint} ({said}); it needs a manager role (e.g. ORG_USER_MANAGER) in the user's organisation, or IAM_OWNER"
+                    ),
+                    "SERVICE_USER_LACKS_PERMISSION",
+                    facts,
+                ),
+                (Code::FailedPrecondition, _) if matches!(id, "COMMAND-uXHNj" | "COMMAND-4M0fs") => with_info(
+                    Code::FailedPrecondition,
+                    format!(
+                        "ZITADEL found no such user in the organisation it searched ({said}); check user_id, and set organization_id to the user's organisation"
+                    ),
+                    "USER_NOT_FOUND_IN_ORGANIZATION",
+                    facts,
+                ),
+                (code, _) => with_info(code, format!("ZITADEL refused {endpoint}: {said}"), "ZITADEL_REJECTED", facts),
+            }
+        }
+    }
+}
+
+
+fn info<'a>(reason: &str, facts: impl IntoIterator<Item = (&'a str, String)>) -> ErrorDetails {
+    let metadata: HashMap<String, String> = facts.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata)
+}
+
+fn with_info<'a>(
+    code: Code,
+    message: String,
+    reason: &str,
+    facts: impl IntoIterator<Item = (&'a str, String)>,
+) -> Status {
+    Status::with_error_details(code, message, info(reason, facts))
+}

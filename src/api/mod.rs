@@ -1,0 +1,20 @@
+//! The gRPC surface: generated types, thin handlers, request validation, proto⇄domain conversion, and the
+//! one mapping from errors to gRPC statuses.
+
+mod convert;
+mod error;
+mod page_token;
+mod service;
+mod validate;
+
+pub use error::ApiError;
+pub use service::MetadataService;
+
+/// Code generated from `proto/usermeta/v1/usermeta.proto`.
+pub mod pb {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("usermeta.v1");
+
+    /// The contract's encoded descriptor set, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/usermeta_descriptor.bin"));
+}

@@ -1,0 +1,253 @@
+//! The UserMetadataService handlers. Each reads top to bottom: token → validation → caller → policy →
+//! ZITADEL → answer; errors leave through [`ApiError`]'s one conversion to a status.
+
+use std::{collections::HashSet, future::Future, sync::Arc};
+
+use tonic::{Code, Request, Response, Status};
+use tracing::instrument;
+
+use super::{
+    ApiError, page_token, pb,
+    validate::{self, Source},
+};
+use crate::{
+    caller::{self, Identity},
+    metadata::{KeyFilter, KeyMatch, MetadataItem, Page, PageRequest},
+    policy::{Action, Policy},
+    zitadel::{Endpoint, UpstreamError, Zitadel, management::Target},
+};
+
+/// Page size for reading a whole listing: ZITADEL's default and usual maximum.
+const FULL_LISTING_PAGE: u32 = 1000;
+
+/// Serves `usermeta.v1.UserMetadataService`.
+#[derive(Debug, Clone)]
+pub struct MetadataService {
+    zitadel: Arc<Zitadel>,
+    policy: Arc<Policy>,
+}
+
+impl MetadataService {
+    pub fn new(zitadel: Arc<Zitadel>, policy: Arc<Policy>) -> Self {
+        MetadataService { zitadel, policy }
+    }
+
+    #[instrument(name = "GetMyMetadata", skip_all, fields(source, user_id))]
+    async fn get_mine(&self, request: Request<pb::GetMyMetadataRequest>) -> Result<pb::GetMyMetadataResponse, ApiError> {
+        let token = caller::bearer_token(request.metadata())?;
+        let request = validate::get_mine(request.into_inner())?;
+        tracing::Span::current().record("source", tracing::field::debug(request.source));
+        let (caller, mut items) = match request.source {
+            Source::Userinfo => {
+                let info = self.zitadel.userinfo(&token).await?;
+                (Identity::try_from(&info)?, info.metadata)
+            }
+            Source::AuthApi => {
+                // One exact key can be filtered by ZITADEL; several are filtered here (its queries are ANDed).
+                let filter = match request.keys.as_slice() {
+                    [key] => Some(KeyFilter { key: key.clone(), matching: KeyMatch::Equals }),
+                    _ => None,
+                };
+                let (info, items) = tokio::try_join!(
+                    self.zitadel.userinfo(&token),
+                    read_all(|page| self.zitadel.list_my_metadata(&token, filter.as_ref(), page)),
+                )?;
+                (Identity::try_from(&info)?, items)
+            }
+        };
+        tracing::Span::current().record("user_id", caller.sub.as_str());
+        if !request.keys.is_empty() {
+            let wanted: HashSet<&str> = request.keys.iter().map(String::as_str).collect();
+            items.retain(|item| wanted.contains(item.key.as_str()));
+        }
+        items.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(pb::GetMyMetadataResponse { user_id: caller.sub, metadata: items.into_iter().map(Into::into).collect() })
+    }
+
+    #[instrument(name = "ListMetadata", skip_all, fields(user_id, org_id))]
+    async fn list(&self, request: Request<pb::ListMetadataRequest>) -> Result<pb::ListMetadataResponse, ApiError> {
+        let token = caller::bearer_token(request.metadata())?;
+        let request = validate::list(request.into_inner())?;
+        let filter = request.filter.as_ref();
+        let page = match request.user_id.as_deref() {
+            None => self.zitadel.list_my_metadata(&token, filter, request.page).await?,
+            Some(user_id) => {
+                tracing::Span::current().record("user_id", user_id);
+                let caller = caller::identify(&self.zitadel, &token).await?;
+                if caller.sub == user_id {
+                    self.zitadel.list_my_metadata(&token, filter, request.page).await?
+                } else {
+                    self.policy.authorize(&caller, user_id, Action::Read, [])?;
+                    let target = Target { user_id, org_id: request.org_id.as_deref() };
+                    self.zitadel.list_user_metadata(target, filter, request.page).await?
+                }
+            }
+        };
+        let next_offset = request.page.offset + page.items.len() as u64;
+        let next_page_token = if !page.items.is_empty() && next_offset < page.total {
+            page_token::encode(next_offset, request.token_query())
+        } else {
+            String::new()
+        };
+        Ok(pb::ListMetadataResponse {
+            total_size: i64::try_from(page.total).unwrap_or(i64::MAX),
+            metadata: page.items.into_iter().map(Into::into).collect(),
+            next_page_token,
+        })
+    }
+
+    #[instrument(name = "SetMetadata", skip_all, fields(caller, user_id))]
+    async fn set(&self, request: Request<pb::SetMetadataRequest>) -> Result<pb::SetMetadataResponse, ApiError> {
+        let token = caller::bearer_token(request.metadata())?;
+        let request = validate::set(request.into_inner())?;
+        let caller = caller::identify(&self.zitadel, &token).await?;
+        let target = target_of(&caller, request.user_id.as_deref(), request.org_id.as_deref());
+        let keys: Vec<&str> = request.entries.iter().map(|(key, _)| key.as_str()).collect();
+        audited(&caller, target, Action::Write, &keys, async {
+            self.policy.authorize(&caller, target.user_id, Action::Write, keys.iter().copied())?;
+            let update_time = self.zitadel.set_user_metadata(target, &request.entries).await?;
+            Ok(pb::SetMetadataResponse { update_time })
+        })
+        .await
+    }
+
+    #[instrument(name = "DeleteMetadata", skip_all, fields(caller, user_id))]
+    async fn delete(&self, request: Request<pb::DeleteMetadataRequest>) -> Result<pb::DeleteMetadataResponse, ApiError> {
+        let token = caller::bearer_token(request.metadata())?;
+        let request = validate::delete(request.into_inner())?;
+        let caller = caller::identify(&self.zitadel, &token).await?;
+        let target = target_of(&caller, request.user_id.as_deref(), request.org_id.as_deref());
+        let keys: Vec<&str> = request.keys.iter().map(String::as_str).collect();
+        audited(&caller, target, Action::Delete, &keys, async {
+            self.policy.authorize(&caller, target.user_id, Action::Delete, keys.iter().copied())?;
+            let update_time = self.delete_keys(target, &request.keys, request.allow_missing).await?;
+            Ok(pb::DeleteMetadataResponse { update_time })
+        })
+        .await
+    }
+
+    /// Removes `keys` all or nothing; with `allow_missing`, removes those that exist.
+    async fn delete_keys(
+        &self,
+        target: Target<'_>,
+        keys: &[String],
+        allow_missing: bool,
+    ) -> Result<Option<prost_types::Timestamp>, ApiError> {
+        let mut to_remove = keys.to_vec();
+        // A key can vanish between listing and removing (a concurrent delete); a few rounds settle it.
+        for _ in 0..3 {
+            match self.zitadel.remove_user_metadata(target, &to_remove).await {
+                Ok(update_time) => return Ok(update_time),
+                Err(e) if !is_missing_key(&e) => return Err(e.into()),
+                Err(_) if !allow_missing => {
+                    return Err(ApiError::KeysNotFound { user_id: target.user_id.to_owned(), keys: keys.to_vec() });
+                }
+                Err(_) if to_remove.len() == 1 => return Ok(None),
+                Err(_) => {
+                    let existing: HashSet<String> = read_all(|page| self.zitadel.list_user_metadata(target, None, page))
+                        .await?
+                        .into_iter()
+                        .map(|item| item.key)
+                        .collect();
+                    to_remove.retain(|key| existing.contains(key));
+                    if to_remove.is_empty() {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+        Err(ApiError::KeysNotFound { user_id: target.user_id.to_owned(), keys: keys.to_vec() })
+    }
+}
+
+/// The user a write addresses: the named one, or the caller. For the caller, ZITADEL's word on their
+/// organisation (when the token carries it) scopes the call unless the request names one.
+fn target_of<'a>(caller: &'a Identity, user_id: Option<&'a str>, org_id: Option<&'a str>) -> Target<'a> {
+    match user_id {
+        Some(user_id) if user_id != caller.sub => Target { user_id, org_id },
+        _ => Target { user_id: &caller.sub, org_id: org_id.or(caller.org_id.as_deref()) },
+    }
+}
+
+fn is_missing_key(error: &UpstreamError) -> bool {
+    matches!(error.endpoint(), Endpoint::ManagementRemoveMetadata | Endpoint::ManagementBulkRemoveMetadata)
+        && error.zitadel_code() == Some(Code::NotFound)
+}
+
+/// Runs a write or delete and writes its audit line: who, on whom, which keys (never values), and how it ended.
+async fn audited<T>(
+    caller: &Identity,
+    target: Target<'_>,
+    action: Action,
+    keys: &[&str],
+    operation: impl Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    let span = tracing::Span::current();
+    span.record("caller", caller.sub.as_str());
+    span.record("user_id", target.user_id);
+    let result = operation.await;
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(ApiError::Denied(_)) => "denied",
+        Err(_) => "failed",
+    };
+    tracing::info!(
+        target: "usermeta::audit",
+        caller = %caller.sub,
+        user_id = %target.user_id,
+        org_id = target.org_id.unwrap_or_default(),
+        action = action.name(),
+        keys = ?keys,
+        outcome,
+        "metadata {}", action.name()
+    );
+    result
+}
+
+/// Reads every page of a listing.
+async fn read_all<F, Fut>(mut fetch: F) -> Result<Vec<MetadataItem>, UpstreamError>
+where
+    F: FnMut(PageRequest) -> Fut,
+    Fut: Future<Output = Result<Page, UpstreamError>>,
+{
+    let mut items = Vec::new();
+    loop {
+        let page = fetch(PageRequest { offset: items.len() as u64, limit: FULL_LISTING_PAGE }).await?;
+        let done = page.items.is_empty() || items.len() as u64 + page.items.len() as u64 >= page.total;
+        items.extend(page.items);
+        if done {
+            return Ok(items);
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::user_metadata_service_server::UserMetadataService for MetadataService {
+    async fn get_my_metadata(
+        &self,
+        request: Request<pb::GetMyMetadataRequest>,
+    ) -> Result<Response<pb::GetMyMetadataResponse>, Status> {
+        Ok(Response::new(self.get_mine(request).await?))
+    }
+
+    async fn list_metadata(
+        &self,
+        request: Request<pb::ListMetadataRequest>,
+    ) -> Result<Response<pb::ListMetadataResponse>, Status> {
+        Ok(Response::new(self.list(request).await?))
+    }
+
+    async fn set_metadata(
+        &self,
+        request: Request<pb::SetMetadataRequest>,
+    ) -> Result<Response<pb::SetMetadataResponse>, Status> {
+        Ok(Response::new(self.set(request).await?))
+    }
+
+    async fn delete_metadata(
+        &self,
+        request: Request<pb::DeleteMetadataRequest>,
+    ) -> Result<Response<pb::DeleteMetadataResponse>, Status> {
+        Ok(Response::new(self.delete(request).await?))
+    }
+}

@@ -1,0 +1,211 @@
+//! Request validation, before any upstream call. Every violation is collected, so a caller fixes them all at
+//! once; the limits are ZITADEL's own (keys 1..200 characters, values 1..500000 bytes, ids up to 200).
+
+use std::collections::HashMap;
+
+use super::{
+    ApiError,
+    convert::value_from_pb,
+    error::Violation,
+    page_token::{self, Query},
+    pb,
+};
+use crate::metadata::{KeyFilter, KeyMatch, PageRequest};
+
+pub const MAX_KEY_CHARS: usize = 200;
+pub const MAX_VALUE_BYTES: usize = 500_000;
+pub const MAX_ID_CHARS: usize = 200;
+pub const DEFAULT_PAGE_SIZE: u32 = 100;
+pub const MAX_PAGE_SIZE: u32 = 1000;
+
+/// Where GetMyMetadata reads from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Userinfo,
+    AuthApi,
+}
+
+/// A valid GetMyMetadata request.
+#[derive(Debug)]
+pub struct GetMine {
+    pub keys: Vec<String>,
+    pub source: Source,
+}
+
+/// A valid ListMetadata request.
+#[derive(Debug)]
+pub struct List {
+    /// `None` means the caller.
+    pub user_id: Option<String>,
+    pub org_id: Option<String>,
+    pub filter: Option<KeyFilter>,
+    pub page: PageRequest,
+}
+
+impl List {
+    /// The query page tokens of this listing are bound to.
+    pub fn token_query(&self) -> Query<'_> {
+        Query {
+            user_id: self.user_id.as_deref().unwrap_or_default(),
+            org_id: self.org_id.as_deref().unwrap_or_default(),
+            filter: self.filter.as_ref(),
+        }
+    }
+}
+
+/// A valid SetMetadata request.
+#[derive(Debug)]
+pub struct Set {
+    pub user_id: Option<String>,
+    pub org_id: Option<String>,
+    pub entries: Vec<(String, Vec<u8>)>,
+}
+
+/// A valid DeleteMetadata request.
+#[derive(Debug)]
+pub struct Delete {
+    pub user_id: Option<String>,
+    pub org_id: Option<String>,
+    pub keys: Vec<String>,
+    pub allow_missing: bool,
+}
+
+#[derive(Default)]
+struct Violations(Vec<Violation>);
+
+impl Violations {
+    fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        self.0.push(Violation { field: field.into(), description: description.into() });
+    }
+
+    fn finish<T>(self, valid: T) -> Result<T, ApiError> {
+        if self.0.is_empty() { Ok(valid) } else { Err(ApiError::InvalidRequest(self.0)) }
+    }
+
+    fn key(&mut self, field: impl FnOnce() -> String, key: &str) {
+        let chars = key.chars().count();
+        if chars == 0 {
+            self.add(field(), "must not be empty");
+        } else if chars > MAX_KEY_CHARS {
+            self.add(field(), format!("must be at most {MAX_KEY_CHARS} characters, is {chars}"));
+        }
+    }
+
+    /// Empty means "the caller"; anything else must be an id ZITADEL could have issued.
+    fn user_id(&mut self, user_id: String) -> Option<String> {
+        let chars = user_id.chars().count();
+        if chars > MAX_ID_CHARS {
+            self.add("user_id", format!("must be at most {MAX_ID_CHARS} characters, is {chars}"));
+        }
+        Some(user_id).filter(|id| !id.is_empty())
+    }
+
+    /// The organisation id travels in an HTTP header, so it must be printable ASCII.
+    fn org_id(&mut self, org_id: String) -> Option<String> {
+        let chars = org_id.chars().count();
+        if chars > MAX_ID_CHARS {
+            self.add("organization_id", format!("must be at most {MAX_ID_CHARS} characters, is {chars}"));
+        } else if !org_id.bytes().all(|b| b.is_ascii_graphic()) {
+            self.add("organization_id", "must be a ZITADEL organisation id: printable ASCII without spaces");
+        }
+        Some(org_id).filter(|id| !id.is_empty())
+    }
+
+    /// Keys of a write or delete: at least one, each valid, none twice.
+    fn distinct_keys<'a>(&mut self, field: &str, keys: impl Iterator<Item = (String, &'a str)>) {
+        let mut seen: HashMap<&str, String> = HashMap::new();
+        let mut any = false;
+        for (path, key) in keys {
+            any = true;
+            self.key(|| path.clone(), key);
+            if let Some(first) = seen.get(key) {
+                self.add(path, format!("repeats the key of {first}; name each key once"));
+            } else {
+                seen.insert(key, path);
+            }
+        }
+        if !any {
+            self.add(field, "must name at least one key");
+        }
+    }
+}
+
+pub fn get_mine(request: pb::GetMyMetadataRequest) -> Result<GetMine, ApiError> {
+    let mut v = Violations::default();
+    for (i, key) in request.keys.iter().enumerate() {
+        v.key(|| format!("keys[{i}]"), key);
+    }
+    let source = match pb::MetadataSource::try_from(request.source) {
+        Ok(pb::MetadataSource::Unspecified | pb::MetadataSource::Userinfo) => Source::Userinfo,
+        Ok(pb::MetadataSource::AuthApi) => Source::AuthApi,
+        Err(_) => {
+            v.add("source", format!("{} is not a MetadataSource; use METADATA_SOURCE_USERINFO or METADATA_SOURCE_AUTH_API", request.source));
+            Source::Userinfo
+        }
+    };
+    v.finish(GetMine { keys: request.keys, source })
+}
+
+pub fn list(request: pb::ListMetadataRequest) -> Result<List, ApiError> {
+    let mut v = Violations::default();
+    let user_id = v.user_id(request.user_id);
+    let org_id = v.org_id(request.organization_id);
+    let filter = request.key_filter.map(|filter| {
+        let chars = filter.key.chars().count();
+        if chars > MAX_KEY_CHARS {
+            v.add("key_filter.key", format!("must be at most {MAX_KEY_CHARS} characters, is {chars}"));
+        }
+        let matching = pb::KeyMatch::try_from(filter.r#match).map(KeyMatch::from).unwrap_or_else(|_| {
+            v.add("key_filter.match", format!("{} is not a KeyMatch; use one of KEY_MATCH_EQUALS … KEY_MATCH_ENDS_WITH_IGNORE_CASE", filter.r#match));
+            KeyMatch::Equals
+        });
+        KeyFilter { key: filter.key, matching }
+    });
+    let limit = match u32::try_from(request.page_size) {
+        Ok(0) => DEFAULT_PAGE_SIZE,
+        Ok(size) if size <= MAX_PAGE_SIZE => size,
+        _ => {
+            v.add("page_size", format!("must be between 0 (meaning {DEFAULT_PAGE_SIZE}) and {MAX_PAGE_SIZE}, is {}", request.page_size));
+            DEFAULT_PAGE_SIZE
+        }
+    };
+    let mut list = List { user_id, org_id, filter, page: PageRequest { offset: 0, limit } };
+    if !request.page_token.is_empty() {
+        match page_token::decode(&request.page_token, list.token_query()) {
+            Ok(offset) => list.page.offset = offset,
+            Err(e) => v.add("page_token", e.to_string()),
+        }
+    }
+    v.finish(list)
+}
+
+pub fn set(request: pb::SetMetadataRequest) -> Result<Set, ApiError> {
+    let mut v = Violations::default();
+    let user_id = v.user_id(request.user_id);
+    let org_id = v.org_id(request.organization_id);
+    v.distinct_keys("entries", request.entries.iter().enumerate().map(|(i, e)| (format!("entries[{i}].key"), e.key.as_str())));
+    let mut entries = Vec::with_capacity(request.entries.len());
+    for (i, entry) in request.entries.into_iter().enumerate() {
+        match value_from_pb(entry.value) {
+            None => v.add(format!("entries[{i}].value"), "must be set: give `text` or `binary`"),
+            Some(bytes) if bytes.is_empty() => v.add(
+                format!("entries[{i}].value"),
+                "must not be empty: ZITADEL cannot store an empty value; use DeleteMetadata to remove a key",
+            ),
+            Some(bytes) if bytes.len() > MAX_VALUE_BYTES => v.add(
+                format!("entries[{i}].value"),
+                format!("must be at most {MAX_VALUE_BYTES} bytes, is {}", bytes.len()),
+            ),
+            Some(bytes) => entries.push((entry.key, bytes)),
+        }
+    }
+    v.finish(Set { user_id, org_id, entries })
+}
+
+pub fn delete(request: pb::DeleteMetadataRequest) -> Result<Delete, ApiError> {
+    let mut v = Violations::default();
+    let user_id = v.user_id(request.user_id);
+    let org_id = v.org_id(request.organization_id);
+    v.distinct_keys("keys", request.keys.iter().enumerate().map(|(i, k)| (format!("keys[{i}]"), k.as_str())));
+    v.finish(Delete { user_id, org_id, keys: request.keys, allow_missing: request.allow_missing })
+}

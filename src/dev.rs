@@ -1,0 +1,113 @@
+//! `usermeta dev`: the embedded ZITADEL stand-in with demo data, and usermeta serving against it, so a
+//! newcomer sees the service work with one command.
+
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+use crate::{
+    RunError,
+    policy::Policy,
+    server::{self, Application, Config},
+    settings::{self, DevArgs},
+    standin::{ManagerRole, StandIn},
+    zitadel::{ServiceCredential, ZitadelConfig},
+};
+
+/// Scopes of the demo tokens: identity, metadata in userinfo, and the audience the auth API needs.
+const DEMO_SCOPES: &[&str] = &[
+    "openid",
+    "profile",
+    "email",
+    "urn:zitadel:iam:user:metadata",
+    "urn:zitadel:iam:user:resourceowner",
+    "urn:zitadel:iam:org:project:id:zitadel:aud",
+];
+
+/// Demo data the stand-in starts with.
+pub struct Demo {
+    pub standin: StandIn,
+    pub user_id: String,
+    pub user_token: String,
+    pub admin_id: String,
+    pub admin_token: String,
+    pub service_pat: String,
+}
+
+/// Starts the stand-in and fills it: one organisation, a demo user with `ContractNumber=1234`, an admin
+/// user, and a service user whose PAT usermeta uses.
+pub async fn seed_demo(standin: StandIn) -> Demo {
+    let org = standin.create_org("Demo");
+    let user_id = standin.create_user(&org, "road.runner");
+    standin.set_metadata(&user_id, "ContractNumber", b"1234");
+    standin.set_metadata(&user_id, "profile.language", b"en");
+    let admin_id = standin.create_user(&org, "wile.e.coyote");
+    let service_user = standin.create_service_user(&org, "usermeta", ManagerRole::IamOwner);
+    Demo {
+        user_token: standin.issue_token(&user_id, DEMO_SCOPES),
+        admin_token: standin.issue_token(&admin_id, DEMO_SCOPES),
+        service_pat: standin.issue_pat(&service_user),
+        standin,
+        user_id,
+        admin_id,
+    }
+}
+
+/// Runs `usermeta dev` until SIGINT or SIGTERM.
+pub async fn run(args: DevArgs) -> Result<(), RunError> {
+    let standin = StandIn::start_on(args.zitadel_listen).await.map_err(RunError::StandIn)?;
+    let demo = seed_demo(standin).await;
+    let config = Config {
+        listen: args.listen,
+        zitadel: ZitadelConfig {
+            base_url: settings::zitadel_url(&demo.standin.url())?,
+            timeout: Duration::from_secs(5),
+            service_credential: ServiceCredential::Pat(SecretString::from(demo.service_pat.clone())),
+        },
+        policy: Policy::new([demo.admin_id.clone()], settings::self_writable_prefixes(&args.self_writable_keys)),
+    };
+    let app = Application::build(config).await?;
+    print_banner(&demo, &app);
+    app.run_until(server::shutdown_signal()).await?;
+    demo.standin.shutdown().await;
+    Ok(())
+}
+
+/// What a newcomer needs: the demo tokens and commands to paste. These are throw-away tokens of the
+/// in-process stand-in, printed on purpose; they are worthless anywhere else.
+fn print_banner(demo: &Demo, app: &Application) {
+    let addr = app.local_addr();
+    let user = &demo.user_token;
+    let admin = &demo.admin_token;
+    println!(
+        r#"
+usermeta dev is running.
+  gRPC (plaintext):  {addr}
+  ZITADEL stand-in:  {zitadel}
+
+Demo user  {user_id} (road.runner), metadata ContractNumber=1234, profile.language=en
+Demo admin {admin_id} (wile.e.coyote), listed as a usermeta admin
+
+  export USER_TOKEN={user}
+  export ADMIN_TOKEN={admin}
+
+Read your own metadata:
+  grpcurl -plaintext -H "authorization: Bearer $USER_TOKEN" {addr} usermeta.v1.UserMetadataService/GetMyMetadata
+
+Write one of your own keys (self-writable prefixes: see --self-writable-keys):
+  grpcurl -plaintext -H "authorization: Bearer $USER_TOKEN" -d '{{"entries":[{{"key":"profile.language","value":{{"text":"de"}}}}]}}' {addr} usermeta.v1.UserMetadataService/SetMetadata
+
+As the admin, list another user's metadata:
+  grpcurl -plaintext -H "authorization: Bearer $ADMIN_TOKEN" -d '{{"user_id":"{user_id}"}}' {addr} usermeta.v1.UserMetadataService/ListMetadata
+
+Health and reflection:
+  grpcurl -plaintext {addr} grpc.health.v1.Health/Check
+  grpcurl -plaintext {addr} describe usermeta.v1.UserMetadataService
+
+Stop with Ctrl-C.
+"#,
+        zitadel = demo.standin.url(),
+        user_id = demo.user_id,
+        admin_id = demo.admin_id,
+    );
+}

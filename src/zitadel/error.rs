@@ -1,0 +1,254 @@
+//! What can go wrong when calling ZITADEL, and how ZITADEL's three error body shapes are read.
+//!
+//! The REST APIs answer `google.rpc.Status` JSON with a numeric gRPC `code` and a translated `message`
+//! (`"Metadata not found (QUERY-Rgh32)"`) plus `details[].id`; Connect paths answer a string `code`; the
+//! OAuth/OIDC endpoints answer `{"error", "error_description"}`. Decisions are made on the numeric code and
+//! the error id, never on the translated text.
+
+use std::{fmt, time::Duration};
+
+use serde::Deserialize;
+use tonic::Code;
+
+/// The ZITADEL endpoints usermeta calls; names appear in logs and error messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    Userinfo,
+    AuthListMyMetadata,
+    ManagementListMetadata,
+    ManagementSetMetadata,
+    ManagementBulkSetMetadata,
+    ManagementRemoveMetadata,
+    ManagementBulkRemoveMetadata,
+}
+
+impl Endpoint {
+    pub fn name(self) -> &'static str {
+        match self {
+            Endpoint::Userinfo => "userinfo",
+            Endpoint::AuthListMyMetadata => "auth.ListMyMetadata",
+            Endpoint::ManagementListMetadata => "management.ListUserMetadata",
+            Endpoint::ManagementSetMetadata => "management.SetUserMetadata",
+            Endpoint::ManagementBulkSetMetadata => "management.BulkSetUserMetadata",
+            Endpoint::ManagementRemoveMetadata => "management.RemoveUserMetadata",
+            Endpoint::ManagementBulkRemoveMetadata => "management.BulkRemoveUserMetadata",
+        }
+    }
+
+    /// Whether the call carries the caller's token (userinfo, auth API) rather than the service credential.
+    pub fn uses_caller_token(self) -> bool {
+        matches!(self, Endpoint::Userinfo | Endpoint::AuthListMyMetadata)
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A failed call to ZITADEL. Messages carry no token, credential or metadata value.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("could not reach ZITADEL for {endpoint}: {reason}")]
+    Unreachable { endpoint: Endpoint, reason: String },
+    #[error("ZITADEL did not answer {endpoint} within {timeout:?}")]
+    Timeout { endpoint: Endpoint, timeout: Duration },
+    #[error("ZITADEL answered {endpoint} with HTTP {http_status}: {rejection}")]
+    Rejected { endpoint: Endpoint, http_status: u16, rejection: Rejection },
+    #[error("ZITADEL's answer from {endpoint} could not be read: {reason}")]
+    BadResponse { endpoint: Endpoint, reason: String },
+}
+
+impl UpstreamError {
+    pub fn endpoint(&self) -> Endpoint {
+        match self {
+            UpstreamError::Unreachable { endpoint, .. }
+            | UpstreamError::Timeout { endpoint, .. }
+            | UpstreamError::Rejected { endpoint, .. }
+            | UpstreamError::BadResponse { endpoint, .. } => *endpoint,
+        }
+    }
+
+    /// The gRPC code ZITADEL gave, when it rejected the call.
+    pub fn zitadel_code(&self) -> Option<Code> {
+        match self {
+            UpstreamError::Rejected { rejection, .. } => Some(rejection.code),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn from_transport(endpoint: Endpoint, timeout: Duration, error: reqwest::Error) -> Self {
+        if error.is_timeout() {
+            return UpstreamError::Timeout { endpoint, timeout };
+        }
+        // reqwest's Display names the URL (user ids and keys, never tokens); the innermost cause says why.
+        let mut reason = error.to_string();
+        let mut source = std::error::Error::source(&error);
+        while let Some(cause) = source {
+            reason = cause.to_string();
+            source = cause.source();
+        }
+        UpstreamError::Unreachable { endpoint, reason }
+    }
+}
+
+/// ZITADEL's own account of why it refused a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// The gRPC code, from the body when it has one, else derived from the HTTP status.
+    pub code: Code,
+    /// ZITADEL's (translated) message, or the OAuth error description; for people, not for decisions.
+    pub message: String,
+    /// ZITADEL's error id (`QUERY-Rgh32`) or OAuth error code (`access_denied`), when given.
+    pub error_id: Option<String>,
+    /// From a `Retry-After` header (seconds form).
+    pub retry_after: Option<Duration>,
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}: {}", self.code, self.message)
+    }
+}
+
+/// Longest ZITADEL message carried into our own messages; bodies from proxies can be large.
+const MAX_MESSAGE_CHARS: usize = 300;
+
+impl Rejection {
+    /// Reads an error answer of any of ZITADEL's shapes.
+    pub fn parse(http_status: u16, retry_after: Option<Duration>, body: &[u8]) -> Rejection {
+        #[derive(Deserialize, Default)]
+        #[serde(default)]
+        struct Body {
+            code: Option<serde_json::Value>,
+            message: Option<String>,
+            details: Vec<Detail>,
+            error: Option<String>,
+            error_description: Option<String>,
+        }
+        #[derive(Deserialize, Default)]
+        #[serde(default)]
+        struct Detail {
+            id: Option<String>,
+        }
+
+        let body: Body = serde_json::from_slice(body).unwrap_or_default();
+        let code = match &body.code {
+            Some(serde_json::Value::Number(n)) => n.as_i64().and_then(|n| i32::try_from(n).ok()).map(Code::from_i32),
+            Some(serde_json::Value::String(s)) => connect_code(s),
+            _ => None,
+        }
+        .unwrap_or_else(|| code_from_http_status(http_status));
+        let error_id = body
+            .details
+            .into_iter()
+            .find_map(|d| d.id)
+            .or_else(|| body.error.clone());
+        let message = body
+            .message
+            .or(body.error_description)
+            .or(body.error)
+            .unwrap_or_else(|| format!("HTTP status {http_status}"));
+        Rejection { code, message: truncate(message), error_id, retry_after }
+    }
+}
+
+fn truncate(mut message: String) -> String {
+    if let Some((cut, _)) = message.char_indices().nth(MAX_MESSAGE_CHARS) {
+        message.truncate(cut);
+        message.push('…');
+    }
+    message
+}
+
+/// Connect's string codes (`"not_found"`).
+fn connect_code(name: &str) -> Option<Code> {
+    Some(match name {
+        "canceled" => Code::Cancelled,
+        "unknown" => Code::Unknown,
+        "invalid_argument" => Code::InvalidArgument,
+        "deadline_exceeded" => Code::DeadlineExceeded,
+        "not_found" => Code::NotFound,
+        "already_exists" => Code::AlreadyExists,
+        "permission_denied" => Code::PermissionDenied,
+        "resource_exhausted" => Code::ResourceExhausted,
+        "failed_precondition" => Code::FailedPrecondition,
+        "aborted" => Code::Aborted,
+        "out_of_range" => Code::OutOfRange,
+        "unimplemented" => Code::Unimplemented,
+        "internal" => Code::Internal,
+        "unavailable" => Code::Unavailable,
+        "data_loss" => Code::DataLoss,
+        "unauthenticated" => Code::Unauthenticated,
+        _ => return None,
+    })
+}
+
+/// The gRPC code grpc-gateway would have turned into this HTTP status, for bodies without a code.
+fn code_from_http_status(status: u16) -> Code {
+    match status {
+        400 => Code::InvalidArgument,
+        401 => Code::Unauthenticated,
+        403 => Code::PermissionDenied,
+        404 => Code::NotFound,
+        409 => Code::AlreadyExists,
+        429 => Code::ResourceExhausted,
+        501 => Code::Unimplemented,
+        503 => Code::Unavailable,
+        504 => Code::DeadlineExceeded,
+        500..=599 => Code::Internal,
+        _ => Code::Unknown,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_grpc_gateway_bodies_by_numeric_code_and_id() {
+        let r = Rejection::parse(
+            404,
+            None,
+            br#"{"code":5,"message":"Metadaten nicht gefunden (QUERY-Rgh32)","details":[{"@type":"type.googleapis.com/zitadel.v1.ErrorDetail","id":"QUERY-Rgh32","message":"Metadaten nicht gefunden"}]}"#,
+        );
+        assert_eq!(r.code, Code::NotFound);
+        assert_eq!(r.error_id.as_deref(), Some("QUERY-Rgh32"));
+    }
+
+    #[test]
+    fn body_code_wins_over_http_status() {
+        // PreconditionFailed travels as HTTP 400 but is code 9.
+        let r = Rejection::parse(400, None, br#"{"code":9,"message":"User could not be found (COMMAND-uXHNj)"}"#);
+        assert_eq!(r.code, Code::FailedPrecondition);
+    }
+
+    #[test]
+    fn reads_connect_and_oauth_bodies() {
+        let connect = Rejection::parse(404, None, br#"{"code":"not_found","message":"x"}"#);
+        assert_eq!(connect.code, Code::NotFound);
+        let oauth = Rejection::parse(
+            401,
+            None,
+            br#"{"error":"access_denied","error_description":"access token invalid"}"#,
+        );
+        assert_eq!(oauth.code, Code::Unauthenticated);
+        assert_eq!(oauth.error_id.as_deref(), Some("access_denied"));
+        assert_eq!(oauth.message, "access token invalid");
+    }
+
+    #[test]
+    fn falls_back_to_http_status_for_other_bodies() {
+        let html = Rejection::parse(502, None, b"<html>bad gateway</html>");
+        assert_eq!(html.code, Code::Internal);
+        assert_eq!(html.message, "HTTP status 502");
+        assert_eq!(Rejection::parse(429, None, b"").code, Code::ResourceExhausted);
+    }
+
+    #[test]
+    fn long_messages_are_cut() {
+        let long = format!(r#"{{"code":3,"message":"{}"}}"#, "x".repeat(5000));
+        assert!(Rejection::parse(400, None, long.as_bytes()).message.chars().count() <= MAX_MESSAGE_CHARS + 1);
+    }
+}

@@ -1,0 +1,183 @@
+//! ZITADEL, as usermeta calls it: [`userinfo`] and the [`auth_api`] with the caller's token, the
+//! [`management`] API with the service credential. One pooled HTTP client serves all of them.
+
+pub mod auth_api;
+pub mod credential;
+pub mod error;
+pub mod management;
+pub mod userinfo;
+pub mod value;
+mod wire;
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::HeaderValue;
+use serde::de::DeserializeOwned;
+use url::Url;
+
+pub use credential::{BearerError, CallerToken, ServiceCredential};
+pub use error::{Endpoint, Rejection, UpstreamError};
+
+use crate::metadata::MetadataItem;
+
+/// Largest answer usermeta reads from ZITADEL; a full page of large values fits, a runaway body does not.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Everything needed to reach one ZITADEL instance.
+#[derive(Debug)]
+pub struct ZitadelConfig {
+    /// The instance URL (the issuer), e.g. `https://my-instance.zitadel.cloud`.
+    pub base_url: Url,
+    /// How long one HTTP call to ZITADEL may take, connect included.
+    pub timeout: Duration,
+    pub service_credential: ServiceCredential,
+}
+
+/// Could not set up the ZITADEL client.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("the ZITADEL URL {0} cannot be a base for API paths")]
+    BadBaseUrl(String),
+    #[error("the service credential cannot be sent as an HTTP header: {0}")]
+    BadCredential(BearerError),
+    #[error("the HTTP client could not be built: {0}")]
+    HttpClient(#[from] reqwest::Error),
+}
+
+/// A client of one ZITADEL instance. Cheap to share behind an `Arc`; all URLs that do not depend on the
+/// request are built once here.
+#[derive(Debug)]
+pub struct Zitadel {
+    http: reqwest::Client,
+    timeout: Duration,
+    base_url: Url,
+    userinfo_url: Url,
+    auth_list_url: Url,
+    service_authorization: HeaderValue,
+    service_credential_kind: &'static str,
+}
+
+impl Zitadel {
+    pub fn new(config: ZitadelConfig) -> Result<Self, SetupError> {
+        let mut base_url = config.base_url;
+        if base_url.cannot_be_a_base() {
+            return Err(SetupError::BadBaseUrl(base_url.to_string()));
+        }
+        // A trailing slash makes `join` keep any path prefix of a ZITADEL behind a reverse proxy.
+        if !base_url.path().ends_with('/') {
+            let path = format!("{}/", base_url.path());
+            base_url.set_path(&path);
+        }
+        let join = |path: &str| base_url.join(path).map_err(|_| SetupError::BadBaseUrl(base_url.to_string()));
+        let userinfo_url = join("oidc/v1/userinfo")?;
+        let auth_list_url = join("auth/v1/users/me/metadata/_search")?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(config.timeout)
+            .timeout(config.timeout)
+            // Never follow a redirect: it could carry a bearer token somewhere else.
+            .redirect(reqwest::redirect::Policy::none())
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .user_agent(concat!("usermeta/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let service_authorization = config
+            .service_credential
+            .authorization()
+            .map_err(SetupError::BadCredential)?;
+        Ok(Zitadel {
+            http,
+            timeout: config.timeout,
+            userinfo_url,
+            auth_list_url,
+            base_url,
+            service_authorization,
+            service_credential_kind: config.service_credential.kind(),
+        })
+    }
+
+    /// The kind of service credential in use, for messages.
+    pub fn service_credential_kind(&self) -> &'static str {
+        self.service_credential_kind
+    }
+
+    /// Sends a request and returns the body of a 2xx answer; anything else becomes an [`UpstreamError`].
+    async fn send(&self, endpoint: Endpoint, request: reqwest::RequestBuilder) -> Result<Bytes, UpstreamError> {
+        let transport = |e| UpstreamError::from_transport(endpoint, self.timeout, e);
+        let mut response = request.header(http::header::ACCEPT, "application/json").send().await.map_err(transport)?;
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+
+        let mut body = BytesMut::new();
+        while let Some(chunk) = response.chunk().await.map_err(transport)? {
+            if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                return Err(UpstreamError::BadResponse {
+                    endpoint,
+                    reason: format!("the answer is larger than {MAX_RESPONSE_BYTES} bytes"),
+                });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let body = body.freeze();
+        if status.is_success() {
+            Ok(body)
+        } else {
+            Err(UpstreamError::Rejected {
+                endpoint,
+                http_status: status.as_u16(),
+                rejection: Rejection::parse(status.as_u16(), retry_after, &body),
+            })
+        }
+    }
+
+    /// Sends a request and reads a 2xx JSON answer.
+    async fn send_json<T: DeserializeOwned>(
+        &self,
+        endpoint: Endpoint,
+        request: reqwest::RequestBuilder,
+    ) -> Result<T, UpstreamError> {
+        let body = self.send(endpoint, request).await?;
+        serde_json::from_slice(&body).map_err(|e| UpstreamError::BadResponse {
+            endpoint,
+            reason: format!("not the expected JSON ({e})"),
+        })
+    }
+}
+
+/// Turns a stored entry from ZITADEL's wire shape into the domain shape. A value that does not decode keeps
+/// its key and loses its value, with a warning naming the key (never the value).
+fn decode_item(endpoint: Endpoint, key: String, value: Option<&str>, details: Option<wire::ObjectDetails>) -> MetadataItem {
+    let value = match value {
+        Some(encoded) => match value::decode(encoded) {
+            Ok(bytes) => Some(bytes),
+            Err(error) => {
+                tracing::warn!(%endpoint, key = %key, %error, "metadata value from ZITADEL is not base64; returning the key without a value");
+                None
+            }
+        },
+        // proto3 JSON omits an empty `bytes` field.
+        None => Some(Vec::new()),
+    };
+    let timestamp = |field: &str, text: Option<String>| {
+        let text = text?;
+        match text.parse::<prost_types::Timestamp>() {
+            Ok(ts) => Some(ts),
+            Err(error) => {
+                tracing::warn!(%endpoint, key = %key, field, %error, "timestamp from ZITADEL is not RFC 3339; leaving it unset");
+                None
+            }
+        }
+    };
+    let (created, changed) = details.map(|d| (d.creation_date, d.change_date)).unwrap_or_default();
+    MetadataItem {
+        create_time: timestamp("creationDate", created),
+        update_time: timestamp("changeDate", changed),
+        value,
+        key,
+    }
+}
