@@ -91,8 +91,8 @@ Demo admin {admin_id} (wile.e.coyote), listed as a usermeta admin
   export USER_TOKEN={user}
   export ADMIN_TOKEN={admin}
 
-Read your own metadata:
-  grpcurl -plaintext -H "authorization: Bearer $USER_TOKEN" {addr} usermeta.v1.UserMetadataService/GetMyMetadata
+Read your own metadata (ready to paste):
+  grpcurl -plaintext -H "authorization: Bearer {user}" {addr} usermeta.v1.UserMetadataService/GetMyMetadata
 
 Write one of your own keys (self-writable prefixes: see --self-writable-keys):
   grpcurl -plaintext -H "authorization: Bearer $USER_TOKEN" -d '{{"entries":[{{"key":"profile.language","value":{{"text":"de"}}}}]}}' {addr} usermeta.v1.UserMetadataService/SetMetadata

@@ -1,0 +1,189 @@
+//! Spawns usermeta against a seeded stand-in and offers small helpers to call it and inspect what ZITADEL
+//! received.
+
+use std::{net::SocketAddr, time::Duration};
+
+use secrecy::SecretString;
+use tokio::sync::oneshot;
+use tonic::{Code, Request, Status, transport::Channel};
+use tonic_types::StatusExt;
+use usermeta::{
+    api::pb::{self, user_metadata_service_client::UserMetadataServiceClient},
+    policy::Policy,
+    server::{Application, Config},
+    standin::{ManagerRole, RecordedRequest, StandIn},
+    zitadel::{ServiceCredential, ZitadelConfig},
+};
+
+/// Scopes a typical caller token has: identity, metadata, organisation, and the ZITADEL audience.
+pub const FULL_SCOPES: &[&str] = &[
+    "openid",
+    "profile",
+    "urn:zitadel:iam:user:metadata",
+    "urn:zitadel:iam:user:resourceowner",
+    "urn:zitadel:iam:org:project:id:zitadel:aud",
+];
+
+/// Key prefix the test policy makes self-writable.
+pub const SELF_WRITABLE: &str = "profile.";
+
+/// A running usermeta with its stand-in and a cast of users.
+pub struct TestApp {
+    pub standin: StandIn,
+    pub addr: SocketAddr,
+    pub client: UserMetadataServiceClient<Channel>,
+    /// Organisation of alice, the admin and the service user.
+    pub org: String,
+    /// A second organisation, holding bob.
+    pub other_org: String,
+    pub alice: String,
+    pub alice_token: String,
+    pub admin: String,
+    pub admin_token: String,
+    pub bob: String,
+    pub bob_token: String,
+    pub service_pat: String,
+    _stop: oneshot::Sender<()>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    let standin = StandIn::start().await.expect("stand-in starts");
+    let org = standin.create_org("Acme");
+    let other_org = standin.create_org("Globex");
+    let alice = standin.create_user(&org, "alice");
+    let admin = standin.create_user(&org, "admin");
+    let bob = standin.create_user(&other_org, "bob");
+    let service_user = standin.create_service_user(&org, "usermeta", ManagerRole::IamOwner);
+    let service_pat = standin.issue_pat(&service_user);
+    standin.set_metadata(&alice, "ContractNumber", b"1234");
+    standin.set_metadata(&alice, "profile.language", b"en");
+    standin.set_metadata(&bob, "ContractNumber", b"5678");
+    let alice_token = standin.issue_token(&alice, FULL_SCOPES);
+    let admin_token = standin.issue_token(&admin, FULL_SCOPES);
+    let bob_token = standin.issue_token(&bob, FULL_SCOPES);
+    let (addr, stop) = spawn_usermeta(&standin.url(), &service_pat, Policy::new([admin.clone()], vec![SELF_WRITABLE.into()])).await;
+    standin.clear_requests();
+    TestApp {
+        client: connect(addr).await,
+        standin,
+        addr,
+        org,
+        other_org,
+        alice,
+        alice_token,
+        admin,
+        admin_token,
+        bob,
+        bob_token,
+        service_pat,
+        _stop: stop,
+    }
+}
+
+/// Starts usermeta on 127.0.0.1:0 against `zitadel_url`; it stops when the returned sender drops.
+pub async fn spawn_usermeta(zitadel_url: &str, service_pat: &str, policy: Policy) -> (SocketAddr, oneshot::Sender<()>) {
+    spawn_usermeta_with_timeout(zitadel_url, service_pat, policy, Duration::from_secs(5)).await
+}
+
+/// [`spawn_usermeta`] with a given upstream timeout.
+pub async fn spawn_usermeta_with_timeout(
+    zitadel_url: &str,
+    service_pat: &str,
+    policy: Policy,
+    timeout: Duration,
+) -> (SocketAddr, oneshot::Sender<()>) {
+    let config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        zitadel: ZitadelConfig {
+            base_url: zitadel_url.parse().unwrap(),
+            timeout,
+            service_credential: ServiceCredential::Pat(SecretString::from(service_pat)),
+        },
+        policy,
+    };
+    let app = Application::build(config).await.expect("usermeta builds");
+    let addr = app.local_addr();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(app.run_until(async {
+        let _ = stopped.await;
+    }));
+    (addr, stop)
+}
+
+pub async fn connect(addr: SocketAddr) -> UserMetadataServiceClient<Channel> {
+    let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.expect("connects");
+    UserMetadataServiceClient::new(channel)
+}
+
+/// A request with `authorization: Bearer <token>`.
+pub fn authed<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+/// A text value.
+pub fn text(value: &str) -> Option<pb::MetadataValue> {
+    Some(pb::MetadataValue { kind: Some(pb::metadata_value::Kind::Text(value.into())) })
+}
+
+/// A binary value.
+pub fn binary(value: &[u8]) -> Option<pb::MetadataValue> {
+    Some(pb::MetadataValue { kind: Some(pb::metadata_value::Kind::Binary(value.to_vec())) })
+}
+
+pub fn entry(key: &str, value: Option<pb::MetadataValue>) -> pb::MetadataEntry {
+    pb::MetadataEntry { key: key.into(), value }
+}
+
+/// The `ErrorInfo.reason` of a status, if it has one.
+pub fn reason(status: &Status) -> Option<String> {
+    status.get_details_error_info().map(|info| info.reason)
+}
+
+/// Asserts code and reason, and returns the status for further checks.
+#[track_caller]
+pub fn assert_status(status: &Status, code: Code, expected_reason: &str) {
+    assert_eq!(status.code(), code, "unexpected status: {status:?}");
+    assert_eq!(reason(status).as_deref(), Some(expected_reason), "unexpected reason in {status:?}");
+}
+
+/// The field paths of a `BadRequest`.
+pub fn violated_fields(status: &Status) -> Vec<String> {
+    status
+        .get_details_bad_request()
+        .map(|bad| bad.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default()
+}
+
+impl TestApp {
+    pub fn management_requests(&self) -> Vec<RecordedRequest> {
+        self.standin.requests().into_iter().filter(|r| r.is_management()).collect()
+    }
+
+    /// Asserts the stand-in received nothing at all.
+    #[track_caller]
+    pub fn assert_no_upstream_request(&self) {
+        let seen: Vec<String> = self.standin.requests().iter().map(|r| format!("{} {}", r.method, r.path)).collect();
+        assert!(seen.is_empty(), "expected no ZITADEL request, saw {seen:?}");
+    }
+
+    #[track_caller]
+    pub fn assert_no_management_request(&self) {
+        let seen: Vec<String> = self.management_requests().iter().map(|r| format!("{} {}", r.method, r.path)).collect();
+        assert!(seen.is_empty(), "expected no management call, saw {seen:?}");
+    }
+}
+
+/// The text of a returned value.
+pub fn text_of(metadata: &pb::Metadata) -> Option<&str> {
+    match metadata.value.as_ref()?.kind.as_ref()? {
+        pb::metadata_value::Kind::Text(text) => Some(text),
+        pb::metadata_value::Kind::Binary(_) => None,
+    }
+}
+
+/// Keys and text values, for compact assertions.
+pub fn pairs(metadata: &[pb::Metadata]) -> Vec<(String, Option<String>)> {
+    metadata.iter().map(|m| (m.key.clone(), text_of(m).map(str::to_owned))).collect()
+}

@@ -1,0 +1,13 @@
+//! Black-box tests: the real usermeta server on a real port, called through a generated gRPC client, talking
+//! over real HTTP to the ZITADEL stand-in (or, for malformed answers, to a scripted raw upstream).
+
+mod helpers;
+
+mod authorization;
+mod delete_metadata;
+mod get_my_metadata;
+mod health_reflection;
+mod list_metadata;
+mod set_metadata;
+mod upstream_errors;
+mod validation;
