@@ -1,0 +1,1 @@
+//! Tests of the ZITADEL stand-in over real HTTP.
