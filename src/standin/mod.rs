@@ -1,0 +1,259 @@
+//! An in-process stand-in for the ZITADEL HTTP endpoints usermeta calls.
+//!
+//! It serves, over HTTP/1 and h2c on a local port:
+//! - OIDC: `GET`/`POST /oidc/v1/userinfo` and `POST /oauth/v2/token` (client credentials);
+//! - the Auth API: `/auth/v1/users/me/metadata/_search` and `/auth/v1/users/me/metadata/{key}`;
+//! - the Management API v1 metadata calls under `/management/v1/users/{id}/metadata/...`.
+//!
+//! It behaves like the real ZITADEL described in `zitadel-api.md` (lowerCamelCase JSON with omitted defaults,
+//! 64-bit integers as strings, padded standard base64 in REST answers, grpc-gateway error bodies, org scoping,
+//! validation limits), records every request, and can inject faults (latency, error statuses, 429, dropped
+//! connections, malformed JSON).
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! use usermeta::standin::{ManagerRole, StandIn};
+//! let zitadel = StandIn::start().await?;
+//! let org = zitadel.create_org("acme");
+//! let alice = zitadel.create_user(&org, "alice");
+//! let svc = zitadel.create_service_user(&org, "usermeta", ManagerRole::OrgOwner);
+//! let pat = zitadel.issue_pat(&svc);
+//! zitadel.set_metadata(&alice, "plan", b"gold");
+//! # let _ = pat; Ok(())
+//! # }
+//! ```
+
+mod auth_api;
+mod caller;
+mod errors;
+mod faults;
+mod management_api;
+mod oidc;
+mod recorder;
+mod server;
+mod state;
+mod wire;
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use faults::{Fault, FaultKind};
+pub use recorder::RecordedRequest;
+
+use state::Shared;
+
+/// The ZITADEL manager role of a service user, which decides what the Management API lets it do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ManagerRole {
+    /// `IAM_OWNER`: may manage users of every organisation.
+    IamOwner,
+    /// `ORG_OWNER`: may manage users of its own organisation only.
+    OrgOwner,
+    /// No manager role: Management API calls are denied (403).
+    None,
+}
+
+/// How a missing `urn:zitadel:iam:org:project:id:zitadel:aud` scope is reported by the Auth and Management APIs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum AudienceErrorStyle {
+    /// Current ZITADEL: `401 {"code":16,"message":"Token is invalid (AUTH-7fs1e)",...}`.
+    #[default]
+    TokenInvalid,
+    /// Older ZITADEL: `401 {"code":16,"message":"invalid audience (APP-Zxfako)",...}`.
+    InvalidAudience,
+}
+
+/// A running stand-in ZITADEL. Cheap to clone; it stops serving on [`StandIn::shutdown`] or when the last clone
+/// is dropped.
+#[derive(Clone)]
+pub struct StandIn {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    // Dropping the sender (last `StandIn` clone gone) stops the server just like sending `true`.
+    stop: watch::Sender<bool>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for StandIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StandIn")
+            .field("addr", &self.inner.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StandIn {
+    /// Binds `127.0.0.1:0` and serves in a spawned tokio task.
+    pub async fn start() -> std::io::Result<StandIn> {
+        Self::start_on(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await
+    }
+
+    /// Binds `addr` and serves in a spawned tokio task.
+    pub async fn start_on(addr: SocketAddr) -> std::io::Result<StandIn> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared::new(format!("http://{addr}")));
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(server::serve(listener, Arc::clone(&shared), stop_rx));
+        Ok(StandIn {
+            inner: Arc::new(Inner {
+                shared,
+                addr,
+                stop,
+                task: Mutex::new(Some(task)),
+            }),
+        })
+    }
+
+    /// The base URL, e.g. `http://127.0.0.1:PORT` (no trailing slash). It is also the issuer.
+    pub fn url(&self) -> String {
+        self.inner.shared.issuer.clone()
+    }
+
+    /// The bound socket address.
+    pub fn addr(&self) -> SocketAddr {
+        self.inner.addr
+    }
+
+    /// Creates an organisation and returns its id. Its primary domain is `<name>.localhost`.
+    pub fn create_org(&self, name: &str) -> String {
+        self.inner.shared.create_org(name)
+    }
+
+    /// Creates a human user in `org_id` and returns its id.
+    ///
+    /// # Panics
+    /// When `org_id` is unknown (a test helper).
+    pub fn create_user(&self, org_id: &str, username: &str) -> String {
+        self.inner.shared.create_user(org_id, username, None)
+    }
+
+    /// Creates a machine (service) user in `org_id` with the given manager role and returns its id.
+    ///
+    /// # Panics
+    /// When `org_id` is unknown (a test helper).
+    pub fn create_service_user(&self, org_id: &str, username: &str, role: ManagerRole) -> String {
+        self.inner.shared.create_user(org_id, username, Some(role))
+    }
+
+    /// Issues an opaque OAuth access token for `user_id` with `scopes`, valid for 43199 s.
+    ///
+    /// # Panics
+    /// When `user_id` is unknown.
+    pub fn issue_token(&self, user_id: &str, scopes: &[&str]) -> String {
+        self.issue_token_with_lifetime(user_id, scopes, state::DEFAULT_TOKEN_LIFETIME)
+    }
+
+    /// Issues an opaque OAuth access token for `user_id` with `scopes`, valid for `lifetime`.
+    ///
+    /// # Panics
+    /// When `user_id` is unknown.
+    pub fn issue_token_with_lifetime(
+        &self,
+        user_id: &str,
+        scopes: &[&str],
+        lifetime: Duration,
+    ) -> String {
+        let scopes = scopes.iter().map(|s| (*s).to_owned()).collect();
+        self.inner
+            .shared
+            .issue_token(user_id, scopes, Some(lifetime), false)
+    }
+
+    /// Issues a personal access token (no expiry) for a machine user. PATs skip the audience check.
+    ///
+    /// # Panics
+    /// When `user_id` is unknown or not a machine user (ZITADEL only allows PATs for service users).
+    pub fn issue_pat(&self, user_id: &str) -> String {
+        self.inner
+            .shared
+            .issue_token(user_id, Vec::new(), None, true)
+    }
+
+    /// Revokes an access token or PAT; later requests with it are answered as with an unknown token.
+    pub fn revoke_token(&self, token: &str) {
+        self.inner.shared.revoke_token(token);
+    }
+
+    /// Generates a client secret for a machine user and returns `(client_id, client_secret)` for the
+    /// `client_credentials` grant. As in ZITADEL, the client id is the username and a new secret replaces the old.
+    ///
+    /// # Panics
+    /// When `user_id` is unknown or not a machine user.
+    pub fn add_client_secret(&self, user_id: &str) -> (String, String) {
+        self.inner.shared.add_client_secret(user_id)
+    }
+
+    /// Sets the lifetime of tokens issued by `POST /oauth/v2/token` (and their `expires_in`, in whole seconds).
+    pub fn set_token_lifetime(&self, lifetime: Duration) {
+        self.inner.shared.set_token_lifetime(lifetime);
+    }
+
+    /// Chooses how a missing ZITADEL audience is reported by the Auth and Management APIs.
+    pub fn set_audience_error_style(&self, style: AudienceErrorStyle) {
+        self.inner.shared.set_audience_error_style(style);
+    }
+
+    /// Sets a metadata value directly (as a `user.metadata.set` event). An empty value removes the key, since
+    /// ZITADEL cannot store empty values.
+    ///
+    /// # Panics
+    /// When `user_id` is unknown.
+    pub fn set_metadata(&self, user_id: &str, key: &str, value: &[u8]) {
+        self.inner.shared.set_metadata(user_id, key, value);
+    }
+
+    /// The metadata of `user_id` (empty for an unknown user).
+    pub fn metadata_of(&self, user_id: &str) -> BTreeMap<String, Vec<u8>> {
+        self.inner.shared.metadata_of(user_id)
+    }
+
+    /// Every request received so far, in order (including those answered by a fault).
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.inner.shared.recorder.all()
+    }
+
+    /// Forgets the recorded requests.
+    pub fn clear_requests(&self) {
+        self.inner.shared.recorder.clear();
+    }
+
+    /// How many `POST /oauth/v2/token` requests were received (whatever their outcome).
+    pub fn token_requests(&self) -> usize {
+        self.inner.shared.token_requests()
+    }
+
+    /// Adds a fault. Faults are tried in the order pushed; the first matching one with uses left fires.
+    pub fn push_fault(&self, fault: Fault) {
+        self.inner.shared.faults.push(fault);
+    }
+
+    /// Removes all faults.
+    pub fn clear_faults(&self) {
+        self.inner.shared.faults.clear();
+    }
+
+    /// Stops accepting connections, closes the open ones and waits for the server task to end.
+    pub async fn shutdown(&self) {
+        self.inner.stop.send_replace(true);
+        let task = self
+            .inner
+            .task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(task) = task {
+            // The task only ends by itself; a JoinError would mean it panicked, which shutdown cannot fix.
+            let _ = task.await;
+        }
+    }
+}

@@ -41,7 +41,6 @@ pub struct TestApp {
     pub admin: String,
     pub admin_token: String,
     pub bob: String,
-    pub bob_token: String,
     pub service_pat: String,
     _stop: oneshot::Sender<()>,
 }
@@ -60,7 +59,6 @@ pub async fn spawn_app() -> TestApp {
     standin.set_metadata(&bob, "ContractNumber", b"5678");
     let alice_token = standin.issue_token(&alice, FULL_SCOPES);
     let admin_token = standin.issue_token(&admin, FULL_SCOPES);
-    let bob_token = standin.issue_token(&bob, FULL_SCOPES);
     let (addr, stop) = spawn_usermeta(&standin.url(), &service_pat, Policy::new([admin.clone()], vec![SELF_WRITABLE.into()])).await;
     standin.clear_requests();
     TestApp {
@@ -74,7 +72,6 @@ pub async fn spawn_app() -> TestApp {
         admin,
         admin_token,
         bob,
-        bob_token,
         service_pat,
         _stop: stop,
     }

@@ -1,0 +1,83 @@
+//! Who calls the Auth and Management APIs: bearer token checks, the audience rule, the context org and
+//! manager permissions, in ZITADEL's order.
+
+use axum::response::Response;
+use http::HeaderMap;
+
+use super::errors;
+use super::state::{Data, Shared, ZITADEL_AUDIENCE_SCOPE};
+use super::{AudienceErrorStyle, ManagerRole};
+
+/// An authenticated API caller.
+pub(super) struct Caller {
+    pub(super) user_id: String,
+    /// The caller's own organisation.
+    pub(super) org_id: String,
+    /// The org the call acts in: `x-zitadel-orgid` if given, else the caller's own.
+    pub(super) context_org: String,
+    pub(super) role: ManagerRole,
+}
+
+impl Caller {
+    /// Whether the caller has a manager role for the context org (`user.read`/`user.write`).
+    pub(super) fn require_manager(&self) -> Result<(), Response> {
+        let allowed = match self.role {
+            ManagerRole::IamOwner => true,
+            ManagerRole::OrgOwner => self.org_id == self.context_org,
+            ManagerRole::None => false,
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(errors::no_permission())
+        }
+    }
+}
+
+/// Authenticates an API call from its headers.
+pub(super) fn authenticate(
+    shared: &Shared,
+    data: &Data,
+    headers: &HeaderMap,
+) -> Result<Caller, Response> {
+    let header = headers
+        .get(http::header::AUTHORIZATION)
+        .map(|v| v.to_str().map_err(|_| errors::invalid_auth_header()))
+        .transpose()?
+        .unwrap_or("");
+    if header.is_empty() {
+        return Err(errors::auth_header_missing());
+    }
+    // ZITADEL does `strings.Split(header, "Bearer ")` and wants exactly two parts: the prefix is case-sensitive.
+    let mut parts = header.split("Bearer ");
+    let (Some(_), Some(token), None) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(errors::invalid_auth_header());
+    };
+    let token = data.valid_token(token).ok_or_else(errors::token_invalid)?;
+    if !token.pat && !token.has_scope(ZITADEL_AUDIENCE_SCOPE) {
+        return Err(match shared.audience_style() {
+            AudienceErrorStyle::TokenInvalid => errors::token_invalid(),
+            AudienceErrorStyle::InvalidAudience => errors::invalid_audience(),
+        });
+    }
+    let user = data
+        .users
+        .get(&token.user_id)
+        .ok_or_else(errors::token_invalid)?;
+    let requested_org = headers
+        .get("x-zitadel-orgid")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|org| !org.is_empty());
+    let context_org = match requested_org {
+        Some(org) if data.orgs.contains_key(org) => org.to_owned(),
+        Some(_) => return Err(errors::org_not_found()),
+        None => user.org_id.clone(),
+    };
+    Ok(Caller {
+        user_id: user.id.clone(),
+        org_id: user.org_id.clone(),
+        context_org,
+        role: user.role(),
+    })
+}

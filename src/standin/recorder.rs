@@ -1,0 +1,84 @@
+//! Recording of every request the stand-in receives.
+
+use std::sync::{Mutex, PoisonError};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method};
+
+/// One request as the stand-in received it.
+#[derive(Debug, Clone)]
+pub struct RecordedRequest {
+    /// The HTTP method.
+    pub method: Method,
+    /// The raw path, still percent-encoded (e.g. `/management/v1/users/1/metadata/a%2Fb`).
+    pub path: String,
+    /// The raw query string, if any.
+    pub query: Option<String>,
+    /// All request headers.
+    pub headers: HeaderMap,
+    /// The whole request body.
+    pub body: Bytes,
+}
+
+impl RecordedRequest {
+    /// The token of an `Authorization: Bearer <token>` header (scheme matched case-insensitively), if any.
+    pub fn bearer(&self) -> Option<&str> {
+        let value = self.header("authorization")?;
+        let (scheme, token) = value.split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    }
+
+    /// The value of header `name`, if present and valid UTF-8/ASCII.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name)?.to_str().ok()
+    }
+
+    /// Whether this is a Management API v1 call (`/management/v1/...`).
+    pub fn is_management(&self) -> bool {
+        self.path.starts_with("/management/v1/")
+    }
+
+    /// Whether this is an Auth API v1 call (`/auth/v1/...`).
+    pub fn is_auth_api(&self) -> bool {
+        self.path.starts_with("/auth/v1/")
+    }
+
+    /// Whether this is a userinfo call (`/oidc/v1/userinfo`).
+    pub fn is_userinfo(&self) -> bool {
+        self.path == "/oidc/v1/userinfo"
+    }
+
+    /// Whether this is a token call (`/oauth/v2/token`).
+    pub fn is_token(&self) -> bool {
+        self.path == "/oauth/v2/token"
+    }
+}
+
+/// Append-only log of requests.
+#[derive(Debug, Default)]
+pub(super) struct Recorder {
+    requests: Mutex<Vec<RecordedRequest>>,
+}
+
+impl Recorder {
+    pub(super) fn push(&self, request: RecordedRequest) {
+        self.requests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(request);
+    }
+
+    pub(super) fn all(&self) -> Vec<RecordedRequest> {
+        self.requests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(super) fn clear(&self) {
+        self.requests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+}

@@ -1,0 +1,388 @@
+//! The stand-in's data: organisations, users with their metadata, tokens and client secrets.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::Method;
+use rand::Rng as _;
+
+use super::faults::Faults;
+use super::recorder::{RecordedRequest, Recorder};
+use super::wire;
+use super::{AudienceErrorStyle, ManagerRole};
+
+/// ZITADEL's usual access-token lifetime as seen in `expires_in` (12 h minus a second).
+pub(super) const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(43199);
+
+/// The scope that puts the ZITADEL project into a token's audience; required by the Auth and Management APIs.
+pub(super) const ZITADEL_AUDIENCE_SCOPE: &str = "urn:zitadel:iam:org:project:id:zitadel:aud";
+
+/// Where generated ids start: ZITADEL ids are large decimal numbers.
+const FIRST_ID: u64 = 170_848_145_649_959_169;
+
+/// State shared by the server task and every `StandIn` handle.
+pub(super) struct Shared {
+    pub(super) issuer: String,
+    pub(super) data: RwLock<Data>,
+    pub(super) recorder: Recorder,
+    pub(super) faults: Faults,
+    token_requests: AtomicUsize,
+    token_lifetime_ms: AtomicU64,
+    audience_style: AtomicU8,
+    next_id: AtomicU64,
+}
+
+/// Everything behind the data lock.
+#[derive(Default)]
+pub(super) struct Data {
+    pub(super) orgs: HashMap<String, Org>,
+    pub(super) users: HashMap<String, User>,
+    pub(super) tokens: HashMap<String, Token>,
+    /// By client id (the machine user's username).
+    pub(super) clients: HashMap<String, Client>,
+    /// The instance-wide event counter, shown as `processedSequence`.
+    pub(super) processed_sequence: u64,
+}
+
+pub(super) struct Org {
+    pub(super) id: String,
+    pub(super) name: String,
+    pub(super) primary_domain: String,
+}
+
+pub(super) struct User {
+    pub(super) id: String,
+    pub(super) org_id: String,
+    pub(super) username: String,
+    /// `Some(role)` for machine (service) users, `None` for humans.
+    pub(super) machine_role: Option<ManagerRole>,
+    pub(super) given_name: String,
+    pub(super) family_name: String,
+    pub(super) created: SystemTime,
+    /// The sequence of the user aggregate (its last event).
+    pub(super) sequence: u64,
+    pub(super) metadata: BTreeMap<String, Entry>,
+}
+
+impl User {
+    pub(super) fn role(&self) -> ManagerRole {
+        self.machine_role.unwrap_or(ManagerRole::None)
+    }
+
+    /// Records an event on the user aggregate and returns its sequence.
+    fn push_event(&mut self, processed_sequence: &mut u64) -> u64 {
+        self.sequence += 1;
+        *processed_sequence += 1;
+        self.sequence
+    }
+
+    /// A `user.metadata.set` event.
+    pub(super) fn set_metadata(
+        &mut self,
+        key: &str,
+        value: Vec<u8>,
+        now: SystemTime,
+        processed: &mut u64,
+    ) -> u64 {
+        let sequence = self.push_event(processed);
+        match self.metadata.get_mut(key) {
+            Some(entry) => {
+                entry.value = value;
+                entry.sequence = sequence;
+                entry.change_date = now;
+            }
+            None => {
+                self.metadata.insert(
+                    key.to_owned(),
+                    Entry {
+                        value,
+                        sequence,
+                        creation_date: now,
+                        change_date: now,
+                    },
+                );
+            }
+        }
+        sequence
+    }
+
+    /// A `user.metadata.removed` event.
+    pub(super) fn remove_metadata(&mut self, key: &str, processed: &mut u64) -> u64 {
+        self.metadata.remove(key);
+        self.push_event(processed)
+    }
+}
+
+pub(super) struct Entry {
+    pub(super) value: Vec<u8>,
+    pub(super) sequence: u64,
+    pub(super) creation_date: SystemTime,
+    pub(super) change_date: SystemTime,
+}
+
+pub(super) struct Token {
+    pub(super) user_id: String,
+    pub(super) scopes: Vec<String>,
+    pub(super) expires_at: Option<Instant>,
+    pub(super) pat: bool,
+}
+
+impl Token {
+    pub(super) fn is_valid(&self) -> bool {
+        self.expires_at.is_none_or(|at| Instant::now() < at)
+    }
+
+    pub(super) fn has_scope(&self, scope: &str) -> bool {
+        self.scopes.iter().any(|s| s == scope)
+    }
+}
+
+pub(super) struct Client {
+    pub(super) user_id: String,
+    pub(super) secret: String,
+}
+
+impl Data {
+    /// The token if it exists and has not expired.
+    pub(super) fn valid_token(&self, token: &str) -> Option<&Token> {
+        self.tokens.get(token).filter(|t| t.is_valid())
+    }
+}
+
+/// A random opaque token: 32 random bytes, URL-safe base64 (43 characters).
+fn random_token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A primary domain as ZITADEL derives it from an org name: `<lowercase name>.localhost`.
+fn primary_domain(name: &str) -> String {
+    let label: String = name
+        .trim()
+        .chars()
+        .filter_map(|c| match c {
+            'a'..='z' | '0'..='9' | '-' => Some(c),
+            'A'..='Z' => Some(c.to_ascii_lowercase()),
+            ' ' | '_' | '.' => Some('-'),
+            _ => None,
+        })
+        .collect();
+    format!("{label}.localhost")
+}
+
+impl Shared {
+    pub(super) fn new(issuer: String) -> Shared {
+        Shared {
+            issuer,
+            data: RwLock::new(Data {
+                processed_sequence: 1000,
+                ..Data::default()
+            }),
+            recorder: Recorder::default(),
+            faults: Faults::default(),
+            token_requests: AtomicUsize::new(0),
+            token_lifetime_ms: AtomicU64::new(duration_ms(DEFAULT_TOKEN_LIFETIME)),
+            audience_style: AtomicU8::new(0),
+            next_id: AtomicU64::new(FIRST_ID),
+        }
+    }
+
+    pub(super) fn read(&self) -> RwLockReadGuard<'_, Data> {
+        self.data.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(super) fn write(&self) -> RwLockWriteGuard<'_, Data> {
+        self.data.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn next_id(&self) -> String {
+        self.next_id.fetch_add(1, Ordering::Relaxed).to_string()
+    }
+
+    /// Records a request (and counts token requests).
+    pub(super) fn record(&self, parts: &http::request::Parts, body: &Bytes) {
+        let path = parts.uri.path();
+        if parts.method == Method::POST && path == "/oauth/v2/token" {
+            self.token_requests.fetch_add(1, Ordering::Relaxed);
+        }
+        self.recorder.push(RecordedRequest {
+            method: parts.method.clone(),
+            path: path.to_owned(),
+            query: parts.uri.query().map(str::to_owned),
+            headers: parts.headers.clone(),
+            body: body.clone(),
+        });
+    }
+
+    pub(super) fn token_requests(&self) -> usize {
+        self.token_requests.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn token_lifetime(&self) -> Duration {
+        Duration::from_millis(self.token_lifetime_ms.load(Ordering::Relaxed))
+    }
+
+    pub(super) fn set_token_lifetime(&self, lifetime: Duration) {
+        self.token_lifetime_ms
+            .store(duration_ms(lifetime), Ordering::Relaxed);
+    }
+
+    pub(super) fn audience_style(&self) -> AudienceErrorStyle {
+        match self.audience_style.load(Ordering::Relaxed) {
+            1 => AudienceErrorStyle::InvalidAudience,
+            _ => AudienceErrorStyle::TokenInvalid,
+        }
+    }
+
+    pub(super) fn set_audience_error_style(&self, style: AudienceErrorStyle) {
+        let value = match style {
+            AudienceErrorStyle::TokenInvalid => 0,
+            AudienceErrorStyle::InvalidAudience => 1,
+        };
+        self.audience_style.store(value, Ordering::Relaxed);
+    }
+
+    pub(super) fn create_org(&self, name: &str) -> String {
+        let id = self.next_id();
+        let mut data = self.write();
+        data.processed_sequence += 1;
+        data.orgs.insert(
+            id.clone(),
+            Org {
+                id: id.clone(),
+                name: name.to_owned(),
+                primary_domain: primary_domain(name),
+            },
+        );
+        id
+    }
+
+    pub(super) fn create_user(
+        &self,
+        org_id: &str,
+        username: &str,
+        machine_role: Option<ManagerRole>,
+    ) -> String {
+        let id = self.next_id();
+        let mut data = self.write();
+        assert!(
+            data.orgs.contains_key(org_id),
+            "stand-in: unknown org {org_id:?}"
+        );
+        // "user added" plus the initial profile/email events.
+        data.processed_sequence += 2;
+        data.users.insert(
+            id.clone(),
+            User {
+                id: id.clone(),
+                org_id: org_id.to_owned(),
+                username: username.to_owned(),
+                machine_role,
+                given_name: username.to_owned(),
+                family_name: "Tester".to_owned(),
+                created: wire::now(),
+                sequence: 2,
+                metadata: BTreeMap::new(),
+            },
+        );
+        id
+    }
+
+    pub(super) fn issue_token(
+        &self,
+        user_id: &str,
+        scopes: Vec<String>,
+        lifetime: Option<Duration>,
+        pat: bool,
+    ) -> String {
+        let token = random_token();
+        let mut data = self.write();
+        let Some(user) = data.users.get(user_id) else {
+            panic!("stand-in: unknown user {user_id:?}");
+        };
+        assert!(
+            !pat || user.machine_role.is_some(),
+            "stand-in: PATs exist only for machine users; {user_id:?} is human"
+        );
+        data.tokens.insert(
+            token.clone(),
+            Token {
+                user_id: user_id.to_owned(),
+                scopes,
+                // A lifetime too long to represent never expires.
+                expires_at: lifetime.and_then(|l| Instant::now().checked_add(l)),
+                pat,
+            },
+        );
+        token
+    }
+
+    pub(super) fn revoke_token(&self, token: &str) {
+        self.write().tokens.remove(token);
+    }
+
+    pub(super) fn add_client_secret(&self, user_id: &str) -> (String, String) {
+        let secret: String = rand::rng()
+            .sample_iter(rand::distr::Alphanumeric)
+            .take(64)
+            .map(char::from)
+            .collect();
+        let mut data = self.write();
+        let client_id = match data.users.get(user_id) {
+            Some(user) if user.machine_role.is_some() => user.username.clone(),
+            Some(_) => panic!(
+                "stand-in: client secrets exist only for machine users; {user_id:?} is human"
+            ),
+            None => panic!("stand-in: unknown user {user_id:?}"),
+        };
+        data.clients.insert(
+            client_id.clone(),
+            Client {
+                user_id: user_id.to_owned(),
+                secret: secret.clone(),
+            },
+        );
+        (client_id, secret)
+    }
+
+    pub(super) fn set_metadata(&self, user_id: &str, key: &str, value: &[u8]) {
+        let mut guard = self.write();
+        let data = &mut *guard;
+        let Some(user) = data.users.get_mut(user_id) else {
+            panic!("stand-in: unknown user {user_id:?}");
+        };
+        if value.is_empty() {
+            if user.metadata.contains_key(key) {
+                user.remove_metadata(key, &mut data.processed_sequence);
+            }
+        } else {
+            user.set_metadata(
+                key,
+                value.to_vec(),
+                wire::now(),
+                &mut data.processed_sequence,
+            );
+        }
+    }
+
+    pub(super) fn metadata_of(&self, user_id: &str) -> BTreeMap<String, Vec<u8>> {
+        self.read()
+            .users
+            .get(user_id)
+            .map(|user| {
+                user.metadata
+                    .iter()
+                    .map(|(key, entry)| (key.clone(), entry.value.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+fn duration_ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
