@@ -179,13 +179,15 @@ pub(super) async fn token(
 fn client_credentials_of(
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<Option<(String, String)>, Response> {
+) -> Result<Option<(String, String)>, errors::Reject> {
     let bad = || {
-        errors::oauth(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            "invalid basic auth header",
-        )
+        Box::new({
+            errors::oauth(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "invalid basic auth header",
+            )
+        })
     };
     if let Some(value) = headers.get(header::AUTHORIZATION) {
         let value = value.to_str().map_err(|_| bad())?;
@@ -224,7 +226,7 @@ fn client_credentials(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Resp
                 "client must be authenticated",
             );
         }
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let scope = form_field(body, "scope").unwrap_or_default();
     let mut scopes: Vec<String> = Vec::new();
