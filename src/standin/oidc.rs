@@ -180,14 +180,13 @@ fn client_credentials_of(
     headers: &HeaderMap,
     body: &[u8],
 ) -> Result<Option<(String, String)>, errors::Reject> {
-    let bad = || {
-        Box::new({
-            errors::oauth(
-                StatusCode::UNAUTHORIZED,
-                "invalid_client",
-                "invalid basic auth header",
-            )
-        })
+    let bad = || -> errors::Reject {
+        let description = "invalid basic auth header";
+        Box::new(errors::oauth(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            description,
+        ))
     };
     if let Some(value) = headers.get(header::AUTHORIZATION) {
         let value = value.to_str().map_err(|_| bad())?;
@@ -197,9 +196,10 @@ fn client_credentials_of(
             let decoded = wire::decode_bytes(encoded.trim()).ok_or_else(bad)?;
             let decoded = String::from_utf8(decoded).map_err(|_| bad())?;
             let (id, secret) = decoded.split_once(':').ok_or_else(bad)?;
-            // Go's url.QueryUnescape: '+' is a space, %XX an escaped byte.
+            // Go's url.QueryUnescape: '+' is a space, %XX an escaped byte ('&' has no meaning here).
             let unescape = |part: &str| -> String {
-                url::form_urlencoded::parse(format!("x={part}").as_bytes())
+                let as_form = format!("x={}", part.replace('&', "%26"));
+                url::form_urlencoded::parse(as_form.as_bytes())
                     .next()
                     .map(|(_, v)| v.into_owned())
                     .unwrap_or_default()
