@@ -756,6 +756,23 @@ async fn unknown_routes_get_the_gateway_not_found() {
             "{path}"
         );
     }
+    // A known path with another method: grpc-gateway's 405, mapped to Unimplemented (501).
+    let result = f
+        .call(
+            Method::PUT,
+            "/management/v1/users/1/metadata/k",
+            Some(&f.pat),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(
+        result,
+        (
+            StatusCode::NOT_IMPLEMENTED,
+            json!({"code":12,"message":"Method Not Allowed"})
+        )
+    );
 }
 
 // ----------------------------------------------------------------------------------------------------------
