@@ -756,6 +756,23 @@ async fn unknown_routes_get_the_gateway_not_found() {
             "{path}"
         );
     }
+    // A known path with another method: grpc-gateway's 405, mapped to Unimplemented (501).
+    let result = f
+        .call(
+            Method::PUT,
+            "/management/v1/users/1/metadata/k",
+            Some(&f.pat),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(
+        result,
+        (
+            StatusCode::NOT_IMPLEMENTED,
+            json!({"code":12,"message":"Method Not Allowed"})
+        )
+    );
 }
 
 // ----------------------------------------------------------------------------------------------------------
@@ -1080,4 +1097,64 @@ async fn stops_on_shutdown_and_when_the_last_handle_drops() {
         assert!(Instant::now() < deadline, "still serving after drop");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+#[test]
+fn handles_are_send_sync_and_clone() {
+    fn check<T: Send + Sync + Clone + 'static>() {}
+    check::<StandIn>();
+    check::<usermeta::standin::RecordedRequest>();
+    check::<Fault>();
+}
+
+#[tokio::test]
+async fn recording_can_be_switched_off_and_the_auth_api_checks_the_org_header() {
+    let f = fixture().await;
+    let token = f.z.issue_token(&f.alice, &["openid", AUD]);
+    let path = "/auth/v1/users/me/metadata/_search";
+    let unknown = f
+        .call(Method::POST, path, Some(&token), None, Some("42"))
+        .await;
+    assert_error(&unknown, 403, 7, Some("AUTH-Bs7Ds"));
+    f.z.set_recording(false);
+    assert_eq!(
+        f.call(Method::POST, path, Some(&token), None, None).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(f.z.requests().len(), 1);
+    f.z.set_recording(true);
+    assert_eq!(f.userinfo(&token).await.0, StatusCode::OK);
+    assert_eq!(f.z.requests().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_concurrent_writers_and_readers() {
+    let f = fixture().await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..40 {
+        let (http, url, pat, alice) = (f.http.clone(), f.z.url(), f.pat.clone(), f.alice.clone());
+        tasks.spawn(async move {
+            let base = format!("{url}/management/v1/users/{alice}/metadata");
+            let set = http
+                .post(format!("{base}/k{i}"))
+                .bearer_auth(&pat)
+                .body(json!({"value": b64(b"v")}).to_string())
+                .send()
+                .await
+                .expect("send");
+            assert_eq!(set.status(), StatusCode::OK);
+            let list = http
+                .post(format!("{base}/_search"))
+                .bearer_auth(&pat)
+                .send()
+                .await
+                .expect("send");
+            assert_eq!(list.status(), StatusCode::OK);
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.expect("task");
+    }
+    assert_eq!(f.z.metadata_of(&f.alice).len(), 40);
+    assert_eq!(f.z.requests().len(), 80);
 }

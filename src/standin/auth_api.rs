@@ -20,17 +20,17 @@ pub(super) async fn dispatch(
     body: Bytes,
 ) -> Response {
     let Ok(Path(key)) = key else {
-        return errors::invalid_argument("type mismatch, parameter: key");
+        return *errors::invalid_argument("type mismatch, parameter: key");
     };
     let result = match (&method, key.as_str()) {
         (&Method::POST, "_search") => list(&shared, &headers, &body),
         (&Method::GET, _) => get(&shared, &headers, &key),
         _ => Err(errors::method_not_allowed()),
     };
-    result.unwrap_or_else(|error| error)
+    result.unwrap_or_else(|error| *error)
 }
 
-fn list(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<Response, Response> {
+fn list(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<Response, errors::Reject> {
     let request = wire::decode_list(body)?;
     let data = shared.read();
     let caller = caller::authenticate(shared, &data, headers)?;
@@ -54,7 +54,7 @@ fn list(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<Response, R
     Ok(errors::json(StatusCode::OK, &response))
 }
 
-fn get(shared: &Shared, headers: &HeaderMap, key: &str) -> Result<Response, Response> {
+fn get(shared: &Shared, headers: &HeaderMap, key: &str) -> Result<Response, errors::Reject> {
     let data = shared.read();
     let caller = caller::authenticate(shared, &data, headers)?;
     wire::check_runes(key, "GetMyMetadataRequest.Key")?;

@@ -1,7 +1,6 @@
 //! Who calls the Auth and Management APIs: bearer token checks, the audience rule, the context org and
 //! manager permissions, in ZITADEL's order.
 
-use axum::response::Response;
 use http::HeaderMap;
 
 use super::errors;
@@ -20,7 +19,7 @@ pub(super) struct Caller {
 
 impl Caller {
     /// Whether the caller has a manager role for the context org (`user.read`/`user.write`).
-    pub(super) fn require_manager(&self) -> Result<(), Response> {
+    pub(super) fn require_manager(&self) -> Result<(), errors::Reject> {
         let allowed = match self.role {
             ManagerRole::IamOwner => true,
             ManagerRole::OrgOwner => self.org_id == self.context_org,
@@ -39,7 +38,7 @@ pub(super) fn authenticate(
     shared: &Shared,
     data: &Data,
     headers: &HeaderMap,
-) -> Result<Caller, Response> {
+) -> Result<Caller, errors::Reject> {
     let header = headers
         .get(http::header::AUTHORIZATION)
         .map(|v| v.to_str().map_err(|_| errors::invalid_auth_header()))

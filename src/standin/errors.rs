@@ -6,6 +6,9 @@ use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
 use serde::Serialize;
 
+/// An error answer on its way out of a handler (boxed to keep `Result`s small).
+pub(super) type Reject = Box<Response>;
+
 /// A JSON answer with the given status.
 pub(super) fn json_response(status: StatusCode, body: Bytes) -> Response {
     let mut response = Response::new(axum::body::Body::from(body));
@@ -88,121 +91,136 @@ pub(super) fn gateway_not_found() -> Response {
 }
 
 /// The gateway's answer when the path exists for other methods only (405 → Unimplemented → 501).
-pub(super) fn method_not_allowed() -> Response {
-    json_response(
+pub(super) fn method_not_allowed() -> Reject {
+    Box::new(json_response(
         StatusCode::NOT_IMPLEMENTED,
         Bytes::from_static(br#"{"code":12,"message":"Method Not Allowed"}"#),
-    )
+    ))
 }
 
 /// InvalidArgument without details: request decoding and protoc-gen-validate failures.
-pub(super) fn invalid_argument(message: &str) -> Response {
-    gateway_error(StatusCode::BAD_REQUEST, 3, message, None)
+pub(super) fn invalid_argument(message: &str) -> Reject {
+    Box::new(gateway_error(StatusCode::BAD_REQUEST, 3, message, None))
 }
 
 /// No `Authorization` header on an API call.
-pub(super) fn auth_header_missing() -> Response {
-    gateway_error(StatusCode::UNAUTHORIZED, 16, "auth header missing", None)
+pub(super) fn auth_header_missing() -> Reject {
+    Box::new(gateway_error(
+        StatusCode::UNAUTHORIZED,
+        16,
+        "auth header missing",
+        None,
+    ))
 }
 
 /// An `Authorization` header that is not `Bearer <token>`.
-pub(super) fn invalid_auth_header() -> Response {
-    zitadel(
+pub(super) fn invalid_auth_header() -> Reject {
+    Box::new(zitadel(
         StatusCode::UNAUTHORIZED,
         16,
         "AUTH-7fs1e",
         "invalid auth header",
-    )
+    ))
 }
 
 /// Unknown, expired or revoked token (and, in current ZITADEL, a missing audience).
-pub(super) fn token_invalid() -> Response {
-    zitadel(
+pub(super) fn token_invalid() -> Reject {
+    Box::new(zitadel(
         StatusCode::UNAUTHORIZED,
         16,
         "AUTH-7fs1e",
         "Token is invalid",
-    )
+    ))
 }
 
 /// Missing audience as older ZITADEL versions report it.
-pub(super) fn invalid_audience() -> Response {
-    zitadel(
+pub(super) fn invalid_audience() -> Reject {
+    Box::new(zitadel(
         StatusCode::UNAUTHORIZED,
         16,
         "APP-Zxfako",
         "invalid audience",
-    )
+    ))
 }
 
 /// `x-zitadel-orgid` names an organisation that does not exist.
-pub(super) fn org_not_found() -> Response {
-    zitadel(
+pub(super) fn org_not_found() -> Reject {
+    Box::new(zitadel(
         StatusCode::FORBIDDEN,
         7,
         "AUTH-Bs7Ds",
         "Organisation doesn't exist",
-    )
+    ))
 }
 
 /// The caller has no manager role for the context organisation.
-pub(super) fn no_permission() -> Response {
-    zitadel(
+pub(super) fn no_permission() -> Reject {
+    Box::new(zitadel(
         StatusCode::FORBIDDEN,
         7,
         "AUTH-5mWD2",
         "No matching permissions found",
-    )
+    ))
 }
 
 /// Get of a key that does not exist (or of a user outside the context org).
-pub(super) fn metadata_not_found_query() -> Response {
-    zitadel(
+pub(super) fn metadata_not_found_query() -> Reject {
+    Box::new(zitadel(
         StatusCode::NOT_FOUND,
         5,
         "QUERY-Rgh32",
         "Metadata not found",
-    )
+    ))
 }
 
 /// Remove of a key that does not exist.
-pub(super) fn metadata_not_found_command() -> Response {
-    zitadel(StatusCode::NOT_FOUND, 5, "META-ncnw3", "Metadata not found")
+pub(super) fn metadata_not_found_command() -> Reject {
+    Box::new(zitadel(
+        StatusCode::NOT_FOUND,
+        5,
+        "META-ncnw3",
+        "Metadata not found",
+    ))
 }
 
 /// BulkRemove naming a key that does not exist.
-pub(super) fn keys_not_existing() -> Response {
-    zitadel(
+pub(super) fn keys_not_existing() -> Reject {
+    Box::new(zitadel(
         StatusCode::NOT_FOUND,
         5,
         "META-2nnds",
         "One or more keys do not exist",
-    )
+    ))
 }
 
 /// BulkSet/BulkRemove with an empty list (FailedPrecondition).
-pub(super) fn metadata_no_data() -> Response {
-    zitadel(
+pub(super) fn metadata_no_data() -> Reject {
+    Box::new(zitadel(
         StatusCode::BAD_REQUEST,
         9,
         "META-9mm2d",
         "Metadata list is empty",
-    )
+    ))
 }
 
 /// A write on a user that is not in the context org or does not exist (FailedPrecondition).
-pub(super) fn user_not_found_command() -> Response {
-    zitadel(
+pub(super) fn user_not_found_command() -> Reject {
+    Box::new(zitadel(
         StatusCode::BAD_REQUEST,
         9,
         "COMMAND-uXHNj",
         "User could not be found",
-    )
+    ))
 }
 
 /// A list limit above the configured maximum.
-pub(super) fn limit_exceeded() -> Response {
-    zitadel(StatusCode::BAD_REQUEST, 3, "QUERY-4M9fs", "Limit exceeded")
+pub(super) fn limit_exceeded() -> Reject {
+    Box::new(zitadel(
+        StatusCode::BAD_REQUEST,
+        3,
+        "QUERY-4M9fs",
+        "Limit exceeded",
+    ))
 }
 
 #[derive(Serialize)]

@@ -17,7 +17,7 @@ use super::caller::{self, Caller};
 use super::state::{Data, Shared, User};
 use super::{errors, wire};
 
-type Reply = Result<Response, Response>;
+type Reply = Result<Response, errors::Reject>;
 
 /// `/management/v1/users/{id}/metadata/{key}`, where `{key}` may be `_search` or `_bulk`.
 pub(super) async fn dispatch(
@@ -28,7 +28,7 @@ pub(super) async fn dispatch(
     body: Bytes,
 ) -> Response {
     let Ok(Path((id, key))) = params else {
-        return errors::invalid_argument("type mismatch, parameter: id or key");
+        return *errors::invalid_argument("type mismatch, parameter: id or key");
     };
     let result = match (&method, key.as_str()) {
         (&Method::POST, "_search") => list(&shared, &headers, &id, &body),
@@ -39,11 +39,11 @@ pub(super) async fn dispatch(
         (&Method::DELETE, _) => remove(&shared, &headers, &id, &key),
         _ => Err(errors::method_not_allowed()),
     };
-    result.unwrap_or_else(|error| error)
+    result.unwrap_or_else(|error| *error)
 }
 
 /// Authenticates a manager for the context org.
-fn manager(shared: &Shared, data: &Data, headers: &HeaderMap) -> Result<Caller, Response> {
+fn manager(shared: &Shared, data: &Data, headers: &HeaderMap) -> Result<Caller, errors::Reject> {
     let caller = caller::authenticate(shared, data, headers)?;
     caller.require_manager()?;
     Ok(caller)
@@ -54,7 +54,7 @@ fn target_user<'a>(
     users: &'a mut HashMap<String, User>,
     id: &str,
     org: &str,
-) -> Result<&'a mut User, Response> {
+) -> Result<&'a mut User, errors::Reject> {
     users
         .get_mut(id)
         .filter(|user| user.org_id == org)

@@ -227,6 +227,12 @@ impl StandIn {
         self.inner.shared.recorder.clear();
     }
 
+    /// Switches request recording on (the default) or off. Off keeps memory flat in long runs such as
+    /// `usermeta dev` or benchmarks; [`StandIn::token_requests`] still counts.
+    pub fn set_recording(&self, on: bool) {
+        self.inner.shared.recorder.set_enabled(on);
+    }
+
     /// How many `POST /oauth/v2/token` requests were received (whatever their outcome).
     pub fn token_requests(&self) -> usize {
         self.inner.shared.token_requests()

@@ -179,13 +179,14 @@ pub(super) async fn token(
 fn client_credentials_of(
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<Option<(String, String)>, Response> {
-    let bad = || {
-        errors::oauth(
+) -> Result<Option<(String, String)>, errors::Reject> {
+    let bad = || -> errors::Reject {
+        let description = "invalid basic auth header";
+        Box::new(errors::oauth(
             StatusCode::UNAUTHORIZED,
             "invalid_client",
-            "invalid basic auth header",
-        )
+            description,
+        ))
     };
     if let Some(value) = headers.get(header::AUTHORIZATION) {
         let value = value.to_str().map_err(|_| bad())?;
@@ -195,9 +196,10 @@ fn client_credentials_of(
             let decoded = wire::decode_bytes(encoded.trim()).ok_or_else(bad)?;
             let decoded = String::from_utf8(decoded).map_err(|_| bad())?;
             let (id, secret) = decoded.split_once(':').ok_or_else(bad)?;
-            // Go's url.QueryUnescape: '+' is a space, %XX an escaped byte.
+            // Go's url.QueryUnescape: '+' is a space, %XX an escaped byte ('&' has no meaning here).
             let unescape = |part: &str| -> String {
-                url::form_urlencoded::parse(format!("x={part}").as_bytes())
+                let as_form = format!("x={}", part.replace('&', "%26"));
+                url::form_urlencoded::parse(as_form.as_bytes())
                     .next()
                     .map(|(_, v)| v.into_owned())
                     .unwrap_or_default()
@@ -224,7 +226,7 @@ fn client_credentials(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Resp
                 "client must be authenticated",
             );
         }
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let scope = form_field(body, "scope").unwrap_or_default();
     let mut scopes: Vec<String> = Vec::new();

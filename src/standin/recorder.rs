@@ -1,5 +1,6 @@
 //! Recording of every request the stand-in receives.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use bytes::Bytes;
@@ -55,30 +56,44 @@ impl RecordedRequest {
 }
 
 /// Append-only log of requests.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Recorder {
+    // Recording can be switched off so a long `usermeta dev` session or a benchmark does not grow memory.
+    enabled: AtomicBool,
     requests: Mutex<Vec<RecordedRequest>>,
 }
 
+impl Default for Recorder {
+    fn default() -> Self {
+        Recorder {
+            enabled: AtomicBool::new(true),
+            requests: Mutex::new(Vec::new()),
+        }
+    }
+}
+
 impl Recorder {
+    pub(super) fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn set_enabled(&self, on: bool) {
+        self.enabled.store(on, Ordering::Relaxed);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<RecordedRequest>> {
+        self.requests.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     pub(super) fn push(&self, request: RecordedRequest) {
-        self.requests
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(request);
+        self.lock().push(request);
     }
 
     pub(super) fn all(&self) -> Vec<RecordedRequest> {
-        self.requests
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.lock().clone()
     }
 
     pub(super) fn clear(&self) {
-        self.requests
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clear();
+        self.lock().clear();
     }
 }

@@ -209,6 +209,9 @@ impl Shared {
         if parts.method == Method::POST && path == "/oauth/v2/token" {
             self.token_requests.fetch_add(1, Ordering::Relaxed);
         }
+        if !self.recorder.enabled() {
+            return;
+        }
         self.recorder.push(RecordedRequest {
             method: parts.method.clone(),
             path: path.to_owned(),

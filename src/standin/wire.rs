@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use axum::response::Response;
 use base64::Engine as _;
 use base64::alphabet;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
@@ -48,9 +47,9 @@ pub(super) fn rfc3339(time: SystemTime) -> String {
     let (hour, minute, second) = (rem / 3600, rem % 3600 / 60, rem % 60);
     let fraction = if nanos == 0 {
         String::new()
-    } else if nanos % 1_000_000 == 0 {
+    } else if nanos.is_multiple_of(1_000_000) {
         format!(".{:03}", nanos / 1_000_000)
-    } else if nanos % 1000 == 0 {
+    } else if nanos.is_multiple_of(1000) {
         format!(".{:06}", nanos / 1000)
     } else {
         format!(".{nanos:09}")
@@ -98,7 +97,7 @@ const URL_RAW: GeneralPurpose = GeneralPurpose::new(
 /// standard otherwise; padded if the length is a multiple of 4, unpadded otherwise.
 pub(super) fn decode_bytes(text: &str) -> Option<Vec<u8>> {
     let url = text.contains(['-', '_']);
-    let padded = text.len() % 4 == 0;
+    let padded = text.len().is_multiple_of(4);
     let engine = match (url, padded) {
         (false, true) => &STD_PADDED,
         (false, false) => &STD_RAW,
@@ -218,10 +217,10 @@ impl<'a> WriteResponse<'a> {
 // ---------------------------------------------------------------------------------------------------------
 // requests
 
-type Decoded<T> = Result<T, Response>;
+type Decoded<T> = Result<T, errors::Reject>;
 
 /// A decoding error: the gateway answers 400 / code 3 without details.
-fn bad(message: String) -> Response {
+fn bad(message: String) -> errors::Reject {
     errors::invalid_argument(&message)
 }
 
@@ -448,18 +447,18 @@ pub(super) fn value_error(value: &[u8], message_field: &str) -> Option<String> {
 }
 
 /// [`rune_error`] as a 400 answer.
-pub(super) fn check_runes(text: &str, message_field: &str) -> Result<(), Response> {
+pub(super) fn check_runes(text: &str, message_field: &str) -> Result<(), errors::Reject> {
     rune_error(text, message_field).map_or(Ok(()), |message| Err(bad(message)))
 }
 
 /// [`value_error`] as a 400 answer.
-pub(super) fn check_value(value: &[u8], message_field: &str) -> Result<(), Response> {
+pub(super) fn check_value(value: &[u8], message_field: &str) -> Result<(), errors::Reject> {
     value_error(value, message_field).map_or(Ok(()), |message| Err(bad(message)))
 }
 
 impl ListRequest {
     /// protoc-gen-validate rules of `queries` (message is e.g. `ListUserMetadataRequest`), then the limit check.
-    pub(super) fn validate(&self, message: &str) -> Result<(), Response> {
+    pub(super) fn validate(&self, message: &str) -> Result<(), errors::Reject> {
         for (i, query) in self.queries.iter().enumerate() {
             let prefix = format!(
                 "invalid {message}.Queries[{i}]: embedded message failed validation | caused by: "
