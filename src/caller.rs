@@ -15,7 +15,9 @@ pub enum TokenError {
     Missing,
     #[error(transparent)]
     Malformed(#[from] BearerError),
-    #[error("ZITADEL's userinfo answer for this token names no user (`sub`); request the token with the scope `openid`")]
+    #[error(
+        "ZITADEL's userinfo answer for this token names no user (`sub`); request the token with the scope `openid`"
+    )]
     NoSubject,
 }
 
@@ -48,7 +50,10 @@ impl TryFrom<&UserInfo> for Identity {
 
     fn try_from(info: &UserInfo) -> Result<Self, TokenError> {
         let sub = info.sub.clone().ok_or(TokenError::NoSubject)?;
-        Ok(Identity { sub, org_id: info.org_id.clone() })
+        Ok(Identity {
+            sub,
+            org_id: info.org_id.clone(),
+        })
     }
 }
 

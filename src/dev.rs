@@ -55,16 +55,23 @@ pub async fn seed_demo(standin: StandIn) -> Demo {
 
 /// Runs `usermeta dev` until SIGINT or SIGTERM.
 pub async fn run(args: DevArgs) -> Result<(), RunError> {
-    let standin = StandIn::start_on(args.zitadel_listen).await.map_err(RunError::StandIn)?;
+    let standin = StandIn::start_on(args.zitadel_listen)
+        .await
+        .map_err(RunError::StandIn)?;
     let demo = seed_demo(standin).await;
     let config = Config {
         listen: args.listen,
         zitadel: ZitadelConfig {
             base_url: settings::zitadel_url(&demo.standin.url())?,
             timeout: Duration::from_secs(5),
-            service_credential: ServiceCredential::Pat(SecretString::from(demo.service_pat.clone())),
+            service_credential: ServiceCredential::Pat(SecretString::from(
+                demo.service_pat.clone(),
+            )),
         },
-        policy: Policy::new([demo.admin_id.clone()], settings::self_writable_prefixes(&args.self_writable_keys)),
+        policy: Policy::new(
+            [demo.admin_id.clone()],
+            settings::self_writable_prefixes(&args.self_writable_keys),
+        ),
     };
     let app = Application::build(config).await?;
     print_banner(&demo, &app);

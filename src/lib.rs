@@ -43,7 +43,10 @@ pub fn serve_config(args: ServeArgs) -> Result<Config, SettingsError> {
             timeout: args.common.upstream_timeout,
             service_credential: args.credential.credential()?,
         },
-        policy: Policy::new(args.common.admins(), settings::self_writable_prefixes(&args.common.self_writable_keys)),
+        policy: Policy::new(
+            args.common.admins(),
+            settings::self_writable_prefixes(&args.common.self_writable_keys),
+        ),
     })
 }
 

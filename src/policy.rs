@@ -38,7 +38,11 @@ pub enum Denial {
     #[error("{action} metadata of another user requires a usermeta admin (USERMETA_ADMINS); caller {caller} is not one", action = .action.gerund())]
     NotAdmin { action: Action, caller: String },
     #[error("key `{key}` is not writable by the user themself: only keys starting with one of [{prefixes}] are (USERMETA_SELF_WRITABLE_KEYS)", prefixes = .prefixes.join(", "))]
-    KeyNotSelfWritable { action: Action, key: String, prefixes: Vec<String> },
+    KeyNotSelfWritable {
+        action: Action,
+        key: String,
+        prefixes: Vec<String>,
+    },
 }
 
 /// The authorisation rules in force.
@@ -50,8 +54,14 @@ pub struct Policy {
 
 impl Policy {
     /// `admins` are ZITADEL user ids; `self_writable_prefixes` are key prefixes users may change on themselves.
-    pub fn new(admins: impl IntoIterator<Item = String>, self_writable_prefixes: Vec<String>) -> Self {
-        Policy { admins: admins.into_iter().collect(), self_writable_prefixes }
+    pub fn new(
+        admins: impl IntoIterator<Item = String>,
+        self_writable_prefixes: Vec<String>,
+    ) -> Self {
+        Policy {
+            admins: admins.into_iter().collect(),
+            self_writable_prefixes,
+        }
     }
 
     fn is_admin(&self, caller: &Identity) -> bool {
@@ -70,13 +80,20 @@ impl Policy {
             return Ok(());
         }
         if caller.sub != target_user_id {
-            return Err(Denial::NotAdmin { action, caller: caller.sub.clone() });
+            return Err(Denial::NotAdmin {
+                action,
+                caller: caller.sub.clone(),
+            });
         }
         if action == Action::Read {
             return Ok(());
         }
         for key in keys {
-            if !self.self_writable_prefixes.iter().any(|prefix| key.starts_with(prefix.as_str())) {
+            if !self
+                .self_writable_prefixes
+                .iter()
+                .any(|prefix| key.starts_with(prefix.as_str()))
+            {
                 return Err(Denial::KeyNotSelfWritable {
                     action,
                     key: key.to_owned(),
@@ -93,26 +110,43 @@ mod tests {
     use super::*;
 
     fn caller(sub: &str) -> Identity {
-        Identity { sub: sub.into(), org_id: None }
+        Identity {
+            sub: sub.into(),
+            org_id: None,
+        }
     }
 
     #[test]
     fn self_read_is_allowed_and_other_read_needs_admin() {
         let policy = Policy::new(["admin".to_string()], vec![]);
-        assert!(policy.authorize(&caller("u1"), "u1", Action::Read, []).is_ok());
+        assert!(
+            policy
+                .authorize(&caller("u1"), "u1", Action::Read, [])
+                .is_ok()
+        );
         assert!(matches!(
             policy.authorize(&caller("u1"), "u2", Action::Read, []),
             Err(Denial::NotAdmin { .. })
         ));
-        assert!(policy.authorize(&caller("admin"), "u2", Action::Read, []).is_ok());
+        assert!(
+            policy
+                .authorize(&caller("admin"), "u2", Action::Read, [])
+                .is_ok()
+        );
     }
 
     #[test]
     fn self_writes_are_limited_to_prefixes() {
         let policy = Policy::new([], vec!["profile.".into(), "pref.".into()]);
         let me = caller("u1");
-        assert!(policy.authorize(&me, "u1", Action::Write, ["profile.name", "pref.lang"]).is_ok());
-        let denied = policy.authorize(&me, "u1", Action::Delete, ["profile.name", "billing.plan"]).unwrap_err();
+        assert!(
+            policy
+                .authorize(&me, "u1", Action::Write, ["profile.name", "pref.lang"])
+                .is_ok()
+        );
+        let denied = policy
+            .authorize(&me, "u1", Action::Delete, ["profile.name", "billing.plan"])
+            .unwrap_err();
         assert_eq!(
             denied,
             Denial::KeyNotSelfWritable {
@@ -121,12 +155,20 @@ mod tests {
                 prefixes: vec!["profile.".into(), "pref.".into()]
             }
         );
-        assert!(policy.authorize(&me, "u2", Action::Write, ["profile.name"]).is_err());
+        assert!(
+            policy
+                .authorize(&me, "u2", Action::Write, ["profile.name"])
+                .is_err()
+        );
     }
 
     #[test]
     fn nothing_is_self_writable_by_default() {
         let policy = Policy::default();
-        assert!(policy.authorize(&caller("u1"), "u1", Action::Write, ["anything"]).is_err());
+        assert!(
+            policy
+                .authorize(&caller("u1"), "u1", Action::Write, ["anything"])
+                .is_err()
+        );
     }
 }

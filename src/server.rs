@@ -25,7 +25,10 @@ pub struct Config {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Zitadel(#[from] SetupError),
     #[error("reflection could not load the service descriptors: {0}")]
@@ -44,11 +47,22 @@ impl Application {
     pub async fn build(config: Config) -> Result<Self, StartError> {
         let zitadel = Arc::new(Zitadel::new(config.zitadel)?);
         let service = MetadataService::new(zitadel, Arc::new(config.policy));
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| StartError::Bind { addr: config.listen, source })?;
-        let local_addr = listener.local_addr().map_err(|source| StartError::Bind { addr: config.listen, source })?;
-        Ok(Application { listener, local_addr, service })
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        Ok(Application {
+            listener,
+            local_addr,
+            service,
+        })
     }
 
     /// The address actually bound (useful with port 0).
@@ -61,7 +75,10 @@ impl Application {
     }
 
     /// Serves until `shutdown` completes; health turns NOT_SERVING first, then in-flight calls finish.
-    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StartError> {
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartError> {
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<pb::user_metadata_service_server::UserMetadataServiceServer<MetadataService>>().await;
 
@@ -73,8 +90,13 @@ impl Application {
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(pb::user_metadata_service_server::UserMetadataServiceServer::new(self.service))
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), drain(health, shutdown))
+            .add_service(
+                pb::user_metadata_service_server::UserMetadataServiceServer::new(self.service),
+            )
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(self.listener),
+                drain(health, shutdown),
+            )
             .await;
         if let Err(error) = result {
             tracing::error!(%error, "gRPC server stopped with an error");
@@ -88,6 +110,8 @@ fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        // So grpcurl and other reflection clients can decode BadRequest, ErrorInfo and RetryInfo details.
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
 }
 
 /// Waits for the shutdown signal, then tells health checkers first so load balancers stop sending traffic.
@@ -95,7 +119,9 @@ async fn drain(health: HealthReporter, shutdown: impl Future<Output = ()>) {
     shutdown.await;
     tracing::info!("shutting down: health NOT_SERVING, finishing in-flight calls");
     health.set_not_serving::<pb::user_metadata_service_server::UserMetadataServiceServer<MetadataService>>().await;
-    health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::NotServing)
+        .await;
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -83,10 +83,19 @@ pub struct DevArgs {
     #[arg(long, env = "USERMETA_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
     /// Address the ZITADEL stand-in listens on (port 0 picks a free one).
-    #[arg(long, env = "USERMETA_DEV_ZITADEL_LISTEN", default_value = "127.0.0.1:0")]
+    #[arg(
+        long,
+        env = "USERMETA_DEV_ZITADEL_LISTEN",
+        default_value = "127.0.0.1:0"
+    )]
     pub zitadel_listen: SocketAddr,
     /// Key prefixes users may write and delete on themselves (comma-separated).
-    #[arg(long, env = "USERMETA_SELF_WRITABLE_KEYS", value_delimiter = ',', default_value = "profile.")]
+    #[arg(
+        long,
+        env = "USERMETA_SELF_WRITABLE_KEYS",
+        value_delimiter = ',',
+        default_value = "profile."
+    )]
     pub self_writable_keys: Vec<String>,
 }
 
@@ -94,25 +103,42 @@ pub struct DevArgs {
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
     #[error("{setting}: {problem}")]
-    Invalid { setting: &'static str, problem: String },
+    Invalid {
+        setting: &'static str,
+        problem: String,
+    },
 }
 
 fn invalid(setting: &'static str, problem: impl Into<String>) -> SettingsError {
-    SettingsError::Invalid { setting, problem: problem.into() }
+    SettingsError::Invalid {
+        setting,
+        problem: problem.into(),
+    }
 }
 
 /// Parses and checks the ZITADEL URL.
 pub fn zitadel_url(raw: &str) -> Result<Url, SettingsError> {
     const SETTING: &str = "USERMETA_ZITADEL_URL (--zitadel-url)";
-    let url = Url::parse(raw.trim()).map_err(|e| invalid(SETTING, format!("`{raw}` is not a URL ({e})")))?;
+    let url = Url::parse(raw.trim())
+        .map_err(|e| invalid(SETTING, format!("`{raw}` is not a URL ({e})")))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(invalid(SETTING, format!("must be an http or https URL, is `{}:`", url.scheme())));
+        return Err(invalid(
+            SETTING,
+            format!("must be an http or https URL, is `{}:`", url.scheme()),
+        ));
     }
     if url.host().is_none() {
         return Err(invalid(SETTING, "must name a host"));
     }
-    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() || url.password().is_some() {
-        return Err(invalid(SETTING, "must not carry credentials, a query or a fragment"));
+    if url.query().is_some()
+        || url.fragment().is_some()
+        || !url.username().is_empty()
+        || url.password().is_some()
+    {
+        return Err(invalid(
+            SETTING,
+            "must not carry credentials, a query or a fragment",
+        ));
     }
     Ok(url)
 }
@@ -130,8 +156,9 @@ impl CredentialArgs {
             (Some(pat), None) => pat_from("USERMETA_SERVICE_PAT (--service-pat)", pat),
             (None, Some(path)) => {
                 const SETTING: &str = "USERMETA_SERVICE_PAT_FILE (--service-pat-file)";
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| invalid(SETTING, format!("cannot read {}: {e}", path.display())))?;
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    invalid(SETTING, format!("cannot read {}: {e}", path.display()))
+                })?;
                 pat_from(SETTING, &text)
             }
         }
@@ -145,7 +172,10 @@ fn pat_from(setting: &'static str, text: &str) -> Result<ServiceCredential, Sett
     }
     // The token goes into an Authorization header; say what is wrong without echoing it.
     if !pat.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(invalid(setting, "the personal access token has spaces or non-ASCII characters; is it the right file?"));
+        return Err(invalid(
+            setting,
+            "the personal access token has spaces or non-ASCII characters; is it the right file?",
+        ));
     }
     Ok(ServiceCredential::Pat(SecretString::from(pat)))
 }
@@ -164,7 +194,11 @@ pub fn self_writable_prefixes(raw: &[String]) -> Vec<String> {
 }
 
 fn clean_list(raw: &[String]) -> Vec<String> {
-    raw.iter().map(|s| s.trim()).filter(|s| !s.is_empty()).map(str::to_owned).collect()
+    raw.iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 #[cfg(test)]
@@ -175,7 +209,12 @@ mod tests {
     fn zitadel_url_must_be_http_with_a_host() {
         assert!(zitadel_url("https://my.zitadel.cloud").is_ok());
         assert!(zitadel_url("http://localhost:8080/").is_ok());
-        for bad in ["my.zitadel.cloud", "ftp://x", "https://x?y=1", "https://u:p@x"] {
+        for bad in [
+            "my.zitadel.cloud",
+            "ftp://x",
+            "https://x?y=1",
+            "https://u:p@x",
+        ] {
             let error = zitadel_url(bad).unwrap_err().to_string();
             assert!(error.starts_with("USERMETA_ZITADEL_URL"), "{error}");
         }
@@ -183,38 +222,80 @@ mod tests {
 
     #[test]
     fn exactly_one_credential() {
-        let none = CredentialArgs { service_pat: None, service_pat_file: None };
-        assert!(none.credential().unwrap_err().to_string().contains("no service credential"));
-        let both = CredentialArgs { service_pat: Some("x".into()), service_pat_file: Some("/f".into()) };
-        assert!(both.credential().unwrap_err().to_string().contains("both are set"));
+        let none = CredentialArgs {
+            service_pat: None,
+            service_pat_file: None,
+        };
+        assert!(
+            none.credential()
+                .unwrap_err()
+                .to_string()
+                .contains("no service credential")
+        );
+        let both = CredentialArgs {
+            service_pat: Some("x".into()),
+            service_pat_file: Some("/f".into()),
+        };
+        assert!(
+            both.credential()
+                .unwrap_err()
+                .to_string()
+                .contains("both are set")
+        );
     }
 
     #[test]
     fn pat_file_problems_name_the_setting_not_the_secret() {
         let dir = std::env::temp_dir().join(format!("usermeta-settings-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let missing = CredentialArgs { service_pat: None, service_pat_file: Some(dir.join("nope.pat")) };
+        let missing = CredentialArgs {
+            service_pat: None,
+            service_pat_file: Some(dir.join("nope.pat")),
+        };
         let error = missing.credential().unwrap_err().to_string();
-        assert!(error.starts_with("USERMETA_SERVICE_PAT_FILE") && error.contains("nope.pat"), "{error}");
+        assert!(
+            error.starts_with("USERMETA_SERVICE_PAT_FILE") && error.contains("nope.pat"),
+            "{error}"
+        );
 
         let empty = dir.join("empty.pat");
         std::fs::write(&empty, "\n").unwrap();
-        let error = CredentialArgs { service_pat: None, service_pat_file: Some(empty) }.credential().unwrap_err();
+        let error = CredentialArgs {
+            service_pat: None,
+            service_pat_file: Some(empty),
+        }
+        .credential()
+        .unwrap_err();
         assert!(error.to_string().contains("empty"), "{error}");
 
         let spaced = dir.join("spaced.pat");
         std::fs::write(&spaced, "secret with spaces").unwrap();
-        let error = CredentialArgs { service_pat: None, service_pat_file: Some(spaced) }.credential().unwrap_err();
+        let error = CredentialArgs {
+            service_pat: None,
+            service_pat_file: Some(spaced),
+        }
+        .credential()
+        .unwrap_err();
         assert!(!error.to_string().contains("secret"), "{error}");
 
         let good = dir.join("good.pat");
         std::fs::write(&good, "abc123\n").unwrap();
-        assert!(CredentialArgs { service_pat: None, service_pat_file: Some(good) }.credential().is_ok());
+        assert!(
+            CredentialArgs {
+                service_pat: None,
+                service_pat_file: Some(good)
+            }
+            .credential()
+            .is_ok()
+        );
     }
 
     #[test]
     fn empty_self_writable_prefixes_are_dropped() {
-        assert_eq!(self_writable_prefixes(&["profile.".into(), " ".into(), "".into()]), ["profile."]);
+        assert_eq!(
+            self_writable_prefixes(&["profile.".into(), " ".into(), "".into()]),
+            ["profile."]
+        );
         assert!(self_writable_prefixes(&[]).is_empty());
     }
 }

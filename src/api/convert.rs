@@ -52,7 +52,10 @@ mod tests {
 
     #[test]
     fn utf8_is_text_and_the_rest_binary() {
-        assert_eq!(value_to_pb(b"1234".to_vec()).kind, Some(pb::metadata_value::Kind::Text("1234".into())));
+        assert_eq!(
+            value_to_pb(b"1234".to_vec()).kind,
+            Some(pb::metadata_value::Kind::Text("1234".into()))
+        );
         assert_eq!(
             value_to_pb(vec![0xff, 0x00]).kind,
             Some(pb::metadata_value::Kind::Binary(vec![0xff, 0x00]))

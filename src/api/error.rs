@@ -52,7 +52,10 @@ impl From<IdentifyError> for ApiError {
 impl From<ApiError> for Status {
     fn from(error: ApiError) -> Status {
         let status = to_status(&error);
-        if matches!(status.code(), Code::Unavailable | Code::Internal | Code::ResourceExhausted) {
+        if matches!(
+            status.code(),
+            Code::Unavailable | Code::Internal | Code::ResourceExhausted
+        ) {
             tracing::warn!(code = ?status.code(), error = %error, "request failed");
         } else {
             tracing::info!(code = ?status.code(), message = status.message(), "request refused");
@@ -73,7 +76,11 @@ fn to_status(error: &ApiError) -> Status {
                 .map(|v| format!("{}: {}", v.field, v.description))
                 .collect::<Vec<_>>()
                 .join("; ");
-            Status::with_error_details(Code::InvalidArgument, format!("invalid request: {summary}"), details)
+            Status::with_error_details(
+                Code::InvalidArgument,
+                format!("invalid request: {summary}"),
+                details,
+            )
         }
         ApiError::Token(token) => {
             let reason = match token {
@@ -90,21 +97,35 @@ fn to_status(error: &ApiError) -> Status {
         ApiError::Denied(denial) => {
             let (reason, action, key) = match denial {
                 Denial::NotAdmin { action, .. } => ("NOT_ADMIN", action, None),
-                Denial::KeyNotSelfWritable { action, key, .. } => ("KEY_NOT_SELF_WRITABLE", action, Some(key)),
+                Denial::KeyNotSelfWritable { action, key, .. } => {
+                    ("KEY_NOT_SELF_WRITABLE", action, Some(key))
+                }
             };
             let mut metadata = vec![("action", action.name().to_owned())];
             metadata.extend(key.map(|k| ("key", k.clone())));
-            with_info(Code::PermissionDenied, format!("permission denied: {denial}"), reason, metadata)
+            with_info(
+                Code::PermissionDenied,
+                format!("permission denied: {denial}"),
+                reason,
+                metadata,
+            )
         }
         ApiError::KeysNotFound { user_id, keys } => {
             let message = match keys.as_slice() {
-                [key] => format!("user {user_id} has no metadata key `{key}`; set allow_missing to ignore missing keys"),
+                [key] => format!(
+                    "user {user_id} has no metadata key `{key}`; set allow_missing to ignore missing keys"
+                ),
                 _ => format!(
                     "one or more of the keys [{}] do not exist on user {user_id}; nothing was deleted; set allow_missing to ignore missing keys",
                     keys.join(", ")
                 ),
             };
-            with_info(Code::NotFound, message, "METADATA_NOT_FOUND", [("keys", keys.join(","))])
+            with_info(
+                Code::NotFound,
+                message,
+                "METADATA_NOT_FOUND",
+                [("keys", keys.join(","))],
+            )
         }
         ApiError::Upstream(upstream) => upstream_status(upstream),
     }
@@ -126,7 +147,11 @@ fn upstream_status(error: &UpstreamError) -> Status {
             "ZITADEL_BAD_RESPONSE",
             facts,
         ),
-        UpstreamError::Rejected { http_status, rejection, .. } => {
+        UpstreamError::Rejected {
+            http_status,
+            rejection,
+            ..
+        } => {
             let id = rejection.error_id.as_deref().unwrap_or_default();
             facts.push(("http_status", http_status.to_string()));
             if !id.is_empty() {
@@ -135,7 +160,8 @@ fn upstream_status(error: &UpstreamError) -> Status {
             let said = &rejection.message;
             let code = rejection.code;
             if *http_status == 429 || code == Code::ResourceExhausted {
-                let message = format!("ZITADEL is rate-limiting usermeta ({said}); retry later with backoff");
+                let message =
+                    format!("ZITADEL is rate-limiting usermeta ({said}); retry later with backoff");
                 let mut details = info("ZITADEL_RATE_LIMITED", facts);
                 if let Some(after) = rejection.retry_after {
                     details.set_retry_info(Some(after));
@@ -153,16 +179,22 @@ fn upstream_status(error: &UpstreamError) -> Status {
             match (code, endpoint) {
                 (Code::Unauthenticated, Endpoint::Userinfo) => with_info(
                     Code::Unauthenticated,
-                    format!("ZITADEL rejected the access token ({said}); it is invalid, expired or revoked: obtain a new one"),
+                    format!(
+                        "ZITADEL rejected the access token ({said}); it is invalid, expired or revoked: obtain a new one"
+                    ),
                     "TOKEN_REJECTED",
                     facts,
                 ),
-                (Code::Unauthenticated, Endpoint::AuthListMyMetadata) if id == "APP-Zxfako" => with_info(
-                    Code::Unauthenticated,
-                    format!("ZITADEL's auth API rejected the access token ({said}): request the token with the scope `{ZITADEL_AUDIENCE_SCOPE}`"),
-                    "TOKEN_LACKS_ZITADEL_AUDIENCE",
-                    facts,
-                ),
+                (Code::Unauthenticated, Endpoint::AuthListMyMetadata) if id == "APP-Zxfako" => {
+                    with_info(
+                        Code::Unauthenticated,
+                        format!(
+                            "ZITADEL's auth API rejected the access token ({said}): request the token with the scope `{ZITADEL_AUDIENCE_SCOPE}`"
+                        ),
+                        "TOKEN_LACKS_ZITADEL_AUDIENCE",
+                        facts,
+                    )
+                }
                 (Code::Unauthenticated, Endpoint::AuthListMyMetadata) => with_info(
                     Code::Unauthenticated,
                     format!(
@@ -173,13 +205,17 @@ fn upstream_status(error: &UpstreamError) -> Status {
                 ),
                 (Code::Unauthenticated, _) => with_info(
                     Code::Unavailable,
-                    format!("ZITADEL rejected usermeta's service credential on {endpoint} ({said}); an operator must renew it"),
+                    format!(
+                        "ZITADEL rejected usermeta's service credential on {endpoint} ({said}); an operator must renew it"
+                    ),
                     "SERVICE_CREDENTIAL_REJECTED",
                     facts,
                 ),
                 (Code::PermissionDenied, _) if id == "AUTH-Bs7Ds" => with_info(
                     Code::PermissionDenied,
-                    format!("ZITADEL knows no organisation with the given organization_id ({said}); check organization_id"),
+                    format!(
+                        "ZITADEL knows no organisation with the given organization_id ({said}); check organization_id"
+                    ),
                     "ORGANIZATION_NOT_FOUND",
                     facts,
                 ),
@@ -191,23 +227,32 @@ fn upstream_status(error: &UpstreamError) -> Status {
                     "SERVICE_USER_LACKS_PERMISSION",
                     facts,
                 ),
-                (Code::FailedPrecondition, _) if matches!(id, "COMMAND-uXHNj" | "COMMAND-4M0fs") => with_info(
-                    Code::FailedPrecondition,
-                    format!(
-                        "ZITADEL found no such user in the organisation it searched ({said}); check user_id, and set organization_id to the user's organisation"
-                    ),
-                    "USER_NOT_FOUND_IN_ORGANIZATION",
+                (Code::FailedPrecondition, _)
+                    if matches!(id, "COMMAND-uXHNj" | "COMMAND-4M0fs") =>
+                {
+                    with_info(
+                        Code::FailedPrecondition,
+                        format!(
+                            "ZITADEL found no such user in the organisation it searched ({said}); check user_id, and set organization_id to the user's organisation"
+                        ),
+                        "USER_NOT_FOUND_IN_ORGANIZATION",
+                        facts,
+                    )
+                }
+                (code, _) => with_info(
+                    code,
+                    format!("ZITADEL refused {endpoint}: {said}"),
+                    "ZITADEL_REJECTED",
                     facts,
                 ),
-                (code, _) => with_info(code, format!("ZITADEL refused {endpoint}: {said}"), "ZITADEL_REJECTED", facts),
             }
         }
     }
 }
 
-
 fn info<'a>(reason: &str, facts: impl IntoIterator<Item = (&'a str, String)>) -> ErrorDetails {
-    let metadata: HashMap<String, String> = facts.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    let metadata: HashMap<String, String> =
+        facts.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
     ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata)
 }
 

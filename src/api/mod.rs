@@ -16,5 +16,6 @@ pub mod pb {
     tonic::include_proto!("usermeta.v1");
 
     /// The contract's encoded descriptor set, for server reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/usermeta_descriptor.bin"));
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/usermeta_descriptor.bin"));
 }

@@ -23,7 +23,11 @@ impl Query<'_> {
     fn digest(&self) -> [u8; DIGEST_LEN] {
         let mut hasher = Sha256::new();
         // Length prefixes keep ("ab","c") and ("a","bc") apart.
-        for part in [self.user_id, self.org_id, self.filter.map_or("", |f| f.key.as_str())] {
+        for part in [
+            self.user_id,
+            self.org_id,
+            self.filter.map_or("", |f| f.key.as_str()),
+        ] {
             hasher.update((part.len() as u64).to_be_bytes());
             hasher.update(part.as_bytes());
         }
@@ -38,9 +42,13 @@ impl Query<'_> {
 /// Why a page token was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PageTokenError {
-    #[error("is not a page token usermeta issued; pass next_page_token from the previous response unchanged")]
+    #[error(
+        "is not a page token usermeta issued; pass next_page_token from the previous response unchanged"
+    )]
     Malformed,
-    #[error("belongs to a listing with another user_id, organization_id or key_filter; repeat the request of the first page with the same fields, or drop page_token to start over")]
+    #[error(
+        "belongs to a listing with another user_id, organization_id or key_filter; repeat the request of the first page with the same fields, or drop page_token to start over"
+    )]
     OtherQuery,
 }
 
@@ -55,7 +63,9 @@ pub fn encode(offset: u64, query: Query<'_>) -> String {
 
 /// The offset a token stands for, if it was issued for this query.
 pub fn decode(token: &str, query: Query<'_>) -> Result<u64, PageTokenError> {
-    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| PageTokenError::Malformed)?;
+    let bytes = URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| PageTokenError::Malformed)?;
     let bytes: [u8; TOKEN_LEN] = bytes.try_into().map_err(|_| PageTokenError::Malformed)?;
     if bytes[0] != VERSION {
         return Err(PageTokenError::Malformed);
@@ -75,18 +85,44 @@ mod tests {
 
     #[test]
     fn round_trips_for_the_same_query() {
-        let filter = KeyFilter { key: "billing.".into(), matching: KeyMatch::StartsWith };
-        let query = Query { user_id: "u1", org_id: "o1", filter: Some(&filter) };
+        let filter = KeyFilter {
+            key: "billing.".into(),
+            matching: KeyMatch::StartsWith,
+        };
+        let query = Query {
+            user_id: "u1",
+            org_id: "o1",
+            filter: Some(&filter),
+        };
         assert_eq!(decode(&encode(200, query), query), Ok(200));
     }
 
     #[test]
     fn refuses_another_query() {
-        let a = Query { user_id: "u1", org_id: "", filter: None };
-        let b = Query { user_id: "u2", org_id: "", filter: None };
-        let filter = KeyFilter { key: "x".into(), matching: KeyMatch::Contains };
-        let c = Query { user_id: "u1", org_id: "", filter: Some(&filter) };
-        let d = Query { user_id: "u1", org_id: "o", filter: None };
+        let a = Query {
+            user_id: "u1",
+            org_id: "",
+            filter: None,
+        };
+        let b = Query {
+            user_id: "u2",
+            org_id: "",
+            filter: None,
+        };
+        let filter = KeyFilter {
+            key: "x".into(),
+            matching: KeyMatch::Contains,
+        };
+        let c = Query {
+            user_id: "u1",
+            org_id: "",
+            filter: Some(&filter),
+        };
+        let d = Query {
+            user_id: "u1",
+            org_id: "o",
+            filter: None,
+        };
         let token = encode(10, a);
         for other in [b, c, d] {
             assert_eq!(decode(&token, other), Err(PageTokenError::OtherQuery));
@@ -95,8 +131,18 @@ mod tests {
 
     #[test]
     fn refuses_garbage() {
-        let q = Query { user_id: "u1", org_id: "", filter: None };
-        for token in ["", "10", "!!!", "AAAA", &URL_SAFE_NO_PAD.encode([9u8; TOKEN_LEN])] {
+        let q = Query {
+            user_id: "u1",
+            org_id: "",
+            filter: None,
+        };
+        for token in [
+            "",
+            "10",
+            "!!!",
+            "AAAA",
+            &URL_SAFE_NO_PAD.encode([9u8; TOKEN_LEN]),
+        ] {
             assert_eq!(decode(token, q), Err(PageTokenError::Malformed), "{token}");
         }
     }

@@ -33,7 +33,10 @@ impl MetadataService {
     }
 
     #[instrument(name = "GetMyMetadata", skip_all, fields(source, user_id))]
-    async fn get_mine(&self, request: Request<pb::GetMyMetadataRequest>) -> Result<pb::GetMyMetadataResponse, ApiError> {
+    async fn get_mine(
+        &self,
+        request: Request<pb::GetMyMetadataRequest>,
+    ) -> Result<pb::GetMyMetadataResponse, ApiError> {
         let token = caller::bearer_token(request.metadata())?;
         let request = validate::get_mine(request.into_inner())?;
         tracing::Span::current().record("source", tracing::field::debug(request.source));
@@ -45,7 +48,10 @@ impl MetadataService {
             Source::AuthApi => {
                 // One exact key can be filtered by ZITADEL; several are filtered here (its queries are ANDed).
                 let filter = match request.keys.as_slice() {
-                    [key] => Some(KeyFilter { key: key.clone(), matching: KeyMatch::Equals }),
+                    [key] => Some(KeyFilter {
+                        key: key.clone(),
+                        matching: KeyMatch::Equals,
+                    }),
                     _ => None,
                 };
                 let (info, items) = tokio::try_join!(
@@ -61,25 +67,42 @@ impl MetadataService {
             items.retain(|item| wanted.contains(item.key.as_str()));
         }
         items.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(pb::GetMyMetadataResponse { user_id: caller.sub, metadata: items.into_iter().map(Into::into).collect() })
+        Ok(pb::GetMyMetadataResponse {
+            user_id: caller.sub,
+            metadata: items.into_iter().map(Into::into).collect(),
+        })
     }
 
     #[instrument(name = "ListMetadata", skip_all, fields(user_id, org_id))]
-    async fn list(&self, request: Request<pb::ListMetadataRequest>) -> Result<pb::ListMetadataResponse, ApiError> {
+    async fn list(
+        &self,
+        request: Request<pb::ListMetadataRequest>,
+    ) -> Result<pb::ListMetadataResponse, ApiError> {
         let token = caller::bearer_token(request.metadata())?;
         let request = validate::list(request.into_inner())?;
         let filter = request.filter.as_ref();
         let page = match request.user_id.as_deref() {
-            None => self.zitadel.list_my_metadata(&token, filter, request.page).await?,
+            None => {
+                self.zitadel
+                    .list_my_metadata(&token, filter, request.page)
+                    .await?
+            }
             Some(user_id) => {
                 tracing::Span::current().record("user_id", user_id);
                 let caller = caller::identify(&self.zitadel, &token).await?;
                 if caller.sub == user_id {
-                    self.zitadel.list_my_metadata(&token, filter, request.page).await?
+                    self.zitadel
+                        .list_my_metadata(&token, filter, request.page)
+                        .await?
                 } else {
                     self.policy.authorize(&caller, user_id, Action::Read, [])?;
-                    let target = Target { user_id, org_id: request.org_id.as_deref() };
-                    self.zitadel.list_user_metadata(target, filter, request.page).await?
+                    let target = Target {
+                        user_id,
+                        org_id: request.org_id.as_deref(),
+                    };
+                    self.zitadel
+                        .list_user_metadata(target, filter, request.page)
+                        .await?
                 }
             }
         };
@@ -97,30 +120,59 @@ impl MetadataService {
     }
 
     #[instrument(name = "SetMetadata", skip_all, fields(caller, user_id))]
-    async fn set(&self, request: Request<pb::SetMetadataRequest>) -> Result<pb::SetMetadataResponse, ApiError> {
+    async fn set(
+        &self,
+        request: Request<pb::SetMetadataRequest>,
+    ) -> Result<pb::SetMetadataResponse, ApiError> {
         let token = caller::bearer_token(request.metadata())?;
         let request = validate::set(request.into_inner())?;
         let caller = caller::identify(&self.zitadel, &token).await?;
-        let target = target_of(&caller, request.user_id.as_deref(), request.org_id.as_deref());
-        let keys: Vec<&str> = request.entries.iter().map(|(key, _)| key.as_str()).collect();
+        let target = target_of(
+            &caller,
+            request.user_id.as_deref(),
+            request.org_id.as_deref(),
+        );
+        let keys: Vec<&str> = request
+            .entries
+            .iter()
+            .map(|(key, _)| key.as_str())
+            .collect();
         audited(&caller, target, Action::Write, &keys, async {
-            self.policy.authorize(&caller, target.user_id, Action::Write, keys.iter().copied())?;
-            let update_time = self.zitadel.set_user_metadata(target, &request.entries).await?;
+            self.policy
+                .authorize(&caller, target.user_id, Action::Write, keys.iter().copied())?;
+            let update_time = self
+                .zitadel
+                .set_user_metadata(target, &request.entries)
+                .await?;
             Ok(pb::SetMetadataResponse { update_time })
         })
         .await
     }
 
     #[instrument(name = "DeleteMetadata", skip_all, fields(caller, user_id))]
-    async fn delete(&self, request: Request<pb::DeleteMetadataRequest>) -> Result<pb::DeleteMetadataResponse, ApiError> {
+    async fn delete(
+        &self,
+        request: Request<pb::DeleteMetadataRequest>,
+    ) -> Result<pb::DeleteMetadataResponse, ApiError> {
         let token = caller::bearer_token(request.metadata())?;
         let request = validate::delete(request.into_inner())?;
         let caller = caller::identify(&self.zitadel, &token).await?;
-        let target = target_of(&caller, request.user_id.as_deref(), request.org_id.as_deref());
+        let target = target_of(
+            &caller,
+            request.user_id.as_deref(),
+            request.org_id.as_deref(),
+        );
         let keys: Vec<&str> = request.keys.iter().map(String::as_str).collect();
         audited(&caller, target, Action::Delete, &keys, async {
-            self.policy.authorize(&caller, target.user_id, Action::Delete, keys.iter().copied())?;
-            let update_time = self.delete_keys(target, &request.keys, request.allow_missing).await?;
+            self.policy.authorize(
+                &caller,
+                target.user_id,
+                Action::Delete,
+                keys.iter().copied(),
+            )?;
+            let update_time = self
+                .delete_keys(target, &request.keys, request.allow_missing)
+                .await?;
             Ok(pb::DeleteMetadataResponse { update_time })
         })
         .await
@@ -140,15 +192,19 @@ impl MetadataService {
                 Ok(update_time) => return Ok(update_time),
                 Err(e) if !is_missing_key(&e) => return Err(e.into()),
                 Err(_) if !allow_missing => {
-                    return Err(ApiError::KeysNotFound { user_id: target.user_id.to_owned(), keys: keys.to_vec() });
+                    return Err(ApiError::KeysNotFound {
+                        user_id: target.user_id.to_owned(),
+                        keys: keys.to_vec(),
+                    });
                 }
                 Err(_) if to_remove.len() == 1 => return Ok(None),
                 Err(_) => {
-                    let existing: HashSet<String> = read_all(|page| self.zitadel.list_user_metadata(target, None, page))
-                        .await?
-                        .into_iter()
-                        .map(|item| item.key)
-                        .collect();
+                    let existing: HashSet<String> =
+                        read_all(|page| self.zitadel.list_user_metadata(target, None, page))
+                            .await?
+                            .into_iter()
+                            .map(|item| item.key)
+                            .collect();
                     to_remove.retain(|key| existing.contains(key));
                     if to_remove.is_empty() {
                         return Ok(None);
@@ -156,22 +212,34 @@ impl MetadataService {
                 }
             }
         }
-        Err(ApiError::KeysNotFound { user_id: target.user_id.to_owned(), keys: keys.to_vec() })
+        Err(ApiError::KeysNotFound {
+            user_id: target.user_id.to_owned(),
+            keys: keys.to_vec(),
+        })
     }
 }
 
 /// The user a write addresses: the named one, or the caller. For the caller, ZITADEL's word on their
 /// organisation (when the token carries it) scopes the call unless the request names one.
-fn target_of<'a>(caller: &'a Identity, user_id: Option<&'a str>, org_id: Option<&'a str>) -> Target<'a> {
+fn target_of<'a>(
+    caller: &'a Identity,
+    user_id: Option<&'a str>,
+    org_id: Option<&'a str>,
+) -> Target<'a> {
     match user_id {
         Some(user_id) if user_id != caller.sub => Target { user_id, org_id },
-        _ => Target { user_id: &caller.sub, org_id: org_id.or(caller.org_id.as_deref()) },
+        _ => Target {
+            user_id: &caller.sub,
+            org_id: org_id.or(caller.org_id.as_deref()),
+        },
     }
 }
 
 fn is_missing_key(error: &UpstreamError) -> bool {
-    matches!(error.endpoint(), Endpoint::ManagementRemoveMetadata | Endpoint::ManagementBulkRemoveMetadata)
-        && error.zitadel_code() == Some(Code::NotFound)
+    matches!(
+        error.endpoint(),
+        Endpoint::ManagementRemoveMetadata | Endpoint::ManagementBulkRemoveMetadata
+    ) && error.zitadel_code() == Some(Code::NotFound)
 }
 
 /// Runs a write or delete and writes its audit line: who, on whom, which keys (never values), and how it ended.
@@ -212,8 +280,13 @@ where
 {
     let mut items = Vec::new();
     loop {
-        let page = fetch(PageRequest { offset: items.len() as u64, limit: FULL_LISTING_PAGE }).await?;
-        let done = page.items.is_empty() || items.len() as u64 + page.items.len() as u64 >= page.total;
+        let page = fetch(PageRequest {
+            offset: items.len() as u64,
+            limit: FULL_LISTING_PAGE,
+        })
+        .await?;
+        let done =
+            page.items.is_empty() || items.len() as u64 + page.items.len() as u64 >= page.total;
         items.extend(page.items);
         if done {
             return Ok(items);

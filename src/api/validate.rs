@@ -75,11 +75,18 @@ struct Violations(Vec<Violation>);
 
 impl Violations {
     fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
-        self.0.push(Violation { field: field.into(), description: description.into() });
+        self.0.push(Violation {
+            field: field.into(),
+            description: description.into(),
+        });
     }
 
     fn finish<T>(self, valid: T) -> Result<T, ApiError> {
-        if self.0.is_empty() { Ok(valid) } else { Err(ApiError::InvalidRequest(self.0)) }
+        if self.0.is_empty() {
+            Ok(valid)
+        } else {
+            Err(ApiError::InvalidRequest(self.0))
+        }
     }
 
     fn key(&mut self, field: impl FnOnce() -> String, key: &str) {
@@ -87,7 +94,10 @@ impl Violations {
         if chars == 0 {
             self.add(field(), "must not be empty");
         } else if chars > MAX_KEY_CHARS {
-            self.add(field(), format!("must be at most {MAX_KEY_CHARS} characters, is {chars}"));
+            self.add(
+                field(),
+                format!("must be at most {MAX_KEY_CHARS} characters, is {chars}"),
+            );
         }
     }
 
@@ -95,7 +105,10 @@ impl Violations {
     fn user_id(&mut self, user_id: String) -> Option<String> {
         let chars = user_id.chars().count();
         if chars > MAX_ID_CHARS {
-            self.add("user_id", format!("must be at most {MAX_ID_CHARS} characters, is {chars}"));
+            self.add(
+                "user_id",
+                format!("must be at most {MAX_ID_CHARS} characters, is {chars}"),
+            );
         }
         Some(user_id).filter(|id| !id.is_empty())
     }
@@ -104,9 +117,15 @@ impl Violations {
     fn org_id(&mut self, org_id: String) -> Option<String> {
         let chars = org_id.chars().count();
         if chars > MAX_ID_CHARS {
-            self.add("organization_id", format!("must be at most {MAX_ID_CHARS} characters, is {chars}"));
+            self.add(
+                "organization_id",
+                format!("must be at most {MAX_ID_CHARS} characters, is {chars}"),
+            );
         } else if !org_id.bytes().all(|b| b.is_ascii_graphic()) {
-            self.add("organization_id", "must be a ZITADEL organisation id: printable ASCII without spaces");
+            self.add(
+                "organization_id",
+                "must be a ZITADEL organisation id: printable ASCII without spaces",
+            );
         }
         Some(org_id).filter(|id| !id.is_empty())
     }
@@ -119,7 +138,10 @@ impl Violations {
             any = true;
             self.key(|| path.clone(), key);
             if let Some(first) = seen.get(key) {
-                self.add(path, format!("repeats the key of {first}; name each key once"));
+                self.add(
+                    path,
+                    format!("repeats the key of {first}; name each key once"),
+                );
             } else {
                 seen.insert(key, path);
             }
@@ -143,7 +165,10 @@ pub fn get_mine(request: pb::GetMyMetadataRequest) -> Result<GetMine, ApiError> 
             Source::Userinfo
         }
     };
-    v.finish(GetMine { keys: request.keys, source })
+    v.finish(GetMine {
+        keys: request.keys,
+        source,
+    })
 }
 
 pub fn list(request: pb::ListMetadataRequest) -> Result<List, ApiError> {
@@ -165,11 +190,22 @@ pub fn list(request: pb::ListMetadataRequest) -> Result<List, ApiError> {
         Ok(0) => DEFAULT_PAGE_SIZE,
         Ok(size) if size <= MAX_PAGE_SIZE => size,
         _ => {
-            v.add("page_size", format!("must be between 0 (meaning {DEFAULT_PAGE_SIZE}) and {MAX_PAGE_SIZE}, is {}", request.page_size));
+            v.add(
+                "page_size",
+                format!(
+                    "must be between 0 (meaning {DEFAULT_PAGE_SIZE}) and {MAX_PAGE_SIZE}, is {}",
+                    request.page_size
+                ),
+            );
             DEFAULT_PAGE_SIZE
         }
     };
-    let mut list = List { user_id, org_id, filter, page: PageRequest { offset: 0, limit } };
+    let mut list = List {
+        user_id,
+        org_id,
+        filter,
+        page: PageRequest { offset: 0, limit },
+    };
     if !request.page_token.is_empty() {
         match page_token::decode(&request.page_token, list.token_query()) {
             Ok(offset) => list.page.offset = offset,
@@ -183,7 +219,14 @@ pub fn set(request: pb::SetMetadataRequest) -> Result<Set, ApiError> {
     let mut v = Violations::default();
     let user_id = v.user_id(request.user_id);
     let org_id = v.org_id(request.organization_id);
-    v.distinct_keys("entries", request.entries.iter().enumerate().map(|(i, e)| (format!("entries[{i}].key"), e.key.as_str())));
+    v.distinct_keys(
+        "entries",
+        request
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (format!("entries[{i}].key"), e.key.as_str())),
+    );
     let mut entries = Vec::with_capacity(request.entries.len());
     for (i, entry) in request.entries.into_iter().enumerate() {
         match value_from_pb(entry.value) {
@@ -199,13 +242,29 @@ pub fn set(request: pb::SetMetadataRequest) -> Result<Set, ApiError> {
             Some(bytes) => entries.push((entry.key, bytes)),
         }
     }
-    v.finish(Set { user_id, org_id, entries })
+    v.finish(Set {
+        user_id,
+        org_id,
+        entries,
+    })
 }
 
 pub fn delete(request: pb::DeleteMetadataRequest) -> Result<Delete, ApiError> {
     let mut v = Violations::default();
     let user_id = v.user_id(request.user_id);
     let org_id = v.org_id(request.organization_id);
-    v.distinct_keys("keys", request.keys.iter().enumerate().map(|(i, k)| (format!("keys[{i}]"), k.as_str())));
-    v.finish(Delete { user_id, org_id, keys: request.keys, allow_missing: request.allow_missing })
+    v.distinct_keys(
+        "keys",
+        request
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (format!("keys[{i}]"), k.as_str())),
+    );
+    v.finish(Delete {
+        user_id,
+        org_id,
+        keys: request.keys,
+        allow_missing: request.allow_missing,
+    })
 }

@@ -5,7 +5,6 @@ use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use base64::Engine as _;
 use bytes::Bytes;
 use http::Method;
 use rand::Rng as _;
@@ -153,10 +152,14 @@ impl Data {
     }
 }
 
-/// A random opaque token: 32 random bytes, URL-safe base64 (43 characters).
+/// A random opaque token of 43 alphanumeric characters (about 256 bits); alphanumeric so that a token
+/// pasted into a shell never starts with `-` or needs quoting.
 fn random_token() -> String {
-    let bytes: [u8; 32] = rand::random();
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(43)
+        .map(char::from)
+        .collect()
 }
 
 /// A primary domain as ZITADEL derives it from an org name: `<lowercase name>.localhost`.

@@ -31,11 +31,14 @@ impl CallerToken {
         }
         let token = token.trim();
         // RFC 6750 b64token characters; anything else cannot be a token and must not reach a header.
-        if !token.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b)) {
+        if !token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b))
+        {
             return Err(BearerError::BadCharacters);
         }
-        let mut authorization =
-            HeaderValue::try_from(format!("Bearer {token}")).map_err(|_| BearerError::BadCharacters)?;
+        let mut authorization = HeaderValue::try_from(format!("Bearer {token}"))
+            .map_err(|_| BearerError::BadCharacters)?;
         authorization.set_sensitive(true);
         Ok(CallerToken { authorization })
     }
@@ -98,11 +101,26 @@ mod tests {
 
     #[test]
     fn rejects_what_is_not_a_bearer_token() {
-        assert_eq!(CallerToken::from_authorization(b"Basic abc").unwrap_err(), BearerError::NotBearer);
-        assert_eq!(CallerToken::from_authorization(b"abc").unwrap_err(), BearerError::NotBearer);
-        assert_eq!(CallerToken::from_authorization(b"Bearer ").unwrap_err(), BearerError::NotBearer);
-        assert_eq!(CallerToken::from_authorization(b"Bearer a b").unwrap_err(), BearerError::BadCharacters);
-        assert_eq!(CallerToken::from_authorization(b"Bearer a\"b").unwrap_err(), BearerError::BadCharacters);
+        assert_eq!(
+            CallerToken::from_authorization(b"Basic abc").unwrap_err(),
+            BearerError::NotBearer
+        );
+        assert_eq!(
+            CallerToken::from_authorization(b"abc").unwrap_err(),
+            BearerError::NotBearer
+        );
+        assert_eq!(
+            CallerToken::from_authorization(b"Bearer ").unwrap_err(),
+            BearerError::NotBearer
+        );
+        assert_eq!(
+            CallerToken::from_authorization(b"Bearer a b").unwrap_err(),
+            BearerError::BadCharacters
+        );
+        assert_eq!(
+            CallerToken::from_authorization(b"Bearer a\"b").unwrap_err(),
+            BearerError::BadCharacters
+        );
     }
 
     #[test]

@@ -53,9 +53,16 @@ pub enum UpstreamError {
     #[error("could not reach ZITADEL for {endpoint}: {reason}")]
     Unreachable { endpoint: Endpoint, reason: String },
     #[error("ZITADEL did not answer {endpoint} within {timeout:?}")]
-    Timeout { endpoint: Endpoint, timeout: Duration },
+    Timeout {
+        endpoint: Endpoint,
+        timeout: Duration,
+    },
     #[error("ZITADEL answered {endpoint} with HTTP {http_status}: {rejection}")]
-    Rejected { endpoint: Endpoint, http_status: u16, rejection: Rejection },
+    Rejected {
+        endpoint: Endpoint,
+        http_status: u16,
+        rejection: Rejection,
+    },
     #[error("ZITADEL's answer from {endpoint} could not be read: {reason}")]
     BadResponse { endpoint: Endpoint, reason: String },
 }
@@ -78,7 +85,11 @@ impl UpstreamError {
         }
     }
 
-    pub(crate) fn from_transport(endpoint: Endpoint, timeout: Duration, error: reqwest::Error) -> Self {
+    pub(crate) fn from_transport(
+        endpoint: Endpoint,
+        timeout: Duration,
+        error: reqwest::Error,
+    ) -> Self {
         if error.is_timeout() {
             return UpstreamError::Timeout { endpoint, timeout };
         }
@@ -135,7 +146,10 @@ impl Rejection {
 
         let body: Body = serde_json::from_slice(body).unwrap_or_default();
         let code = match &body.code {
-            Some(serde_json::Value::Number(n)) => n.as_i64().and_then(|n| i32::try_from(n).ok()).map(Code::from_i32),
+            Some(serde_json::Value::Number(n)) => n
+                .as_i64()
+                .and_then(|n| i32::try_from(n).ok())
+                .map(Code::from_i32),
             Some(serde_json::Value::String(s)) => connect_code(s),
             _ => None,
         }
@@ -150,7 +164,12 @@ impl Rejection {
             .or(body.error_description)
             .or(body.error)
             .unwrap_or_else(|| format!("HTTP status {http_status}"));
-        Rejection { code, message: truncate(message), error_id, retry_after }
+        Rejection {
+            code,
+            message: truncate(message),
+            error_id,
+            retry_after,
+        }
     }
 }
 
@@ -220,7 +239,11 @@ mod tests {
     #[test]
     fn body_code_wins_over_http_status() {
         // PreconditionFailed travels as HTTP 400 but is code 9.
-        let r = Rejection::parse(400, None, br#"{"code":9,"message":"User could not be found (COMMAND-uXHNj)"}"#);
+        let r = Rejection::parse(
+            400,
+            None,
+            br#"{"code":9,"message":"User could not be found (COMMAND-uXHNj)"}"#,
+        );
         assert_eq!(r.code, Code::FailedPrecondition);
     }
 
@@ -243,12 +266,21 @@ mod tests {
         let html = Rejection::parse(502, None, b"<html>bad gateway</html>");
         assert_eq!(html.code, Code::Internal);
         assert_eq!(html.message, "HTTP status 502");
-        assert_eq!(Rejection::parse(429, None, b"").code, Code::ResourceExhausted);
+        assert_eq!(
+            Rejection::parse(429, None, b"").code,
+            Code::ResourceExhausted
+        );
     }
 
     #[test]
     fn long_messages_are_cut() {
         let long = format!(r#"{{"code":3,"message":"{}"}}"#, "x".repeat(5000));
-        assert!(Rejection::parse(400, None, long.as_bytes()).message.chars().count() <= MAX_MESSAGE_CHARS + 1);
+        assert!(
+            Rejection::parse(400, None, long.as_bytes())
+                .message
+                .chars()
+                .count()
+                <= MAX_MESSAGE_CHARS + 1
+        );
     }
 }

@@ -41,20 +41,29 @@ impl Zitadel {
     ) -> Result<Option<Timestamp>, UpstreamError> {
         let answer: wire::WriteResponse = match entries {
             [(key, bytes)] if is_path_safe(key) => {
-                let request = self
-                    .management(http::Method::POST, target, &[key])
-                    .json(&wire::SetValueBody { value: value::encode(bytes) });
-                self.send_json(Endpoint::ManagementSetMetadata, request).await?
+                let request =
+                    self.management(http::Method::POST, target, &[key])
+                        .json(&wire::SetValueBody {
+                            value: value::encode(bytes),
+                        });
+                self.send_json(Endpoint::ManagementSetMetadata, request)
+                    .await?
             }
             _ => {
                 let body = wire::BulkSetBody {
                     metadata: entries
                         .iter()
-                        .map(|(key, bytes)| wire::BulkSetEntry { key, value: value::encode(bytes) })
+                        .map(|(key, bytes)| wire::BulkSetEntry {
+                            key,
+                            value: value::encode(bytes),
+                        })
                         .collect(),
                 };
-                let request = self.management(http::Method::POST, target, &["_bulk"]).json(&body);
-                self.send_json(Endpoint::ManagementBulkSetMetadata, request).await?
+                let request = self
+                    .management(http::Method::POST, target, &["_bulk"])
+                    .json(&body);
+                self.send_json(Endpoint::ManagementBulkSetMetadata, request)
+                    .await?
             }
         };
         Ok(change_date(answer))
@@ -69,30 +78,37 @@ impl Zitadel {
         let answer: wire::WriteResponse = match keys {
             [key] if is_path_safe(key) => {
                 let request = self.management(http::Method::DELETE, target, &[key]);
-                self.send_json(Endpoint::ManagementRemoveMetadata, request).await?
+                self.send_json(Endpoint::ManagementRemoveMetadata, request)
+                    .await?
             }
             _ => {
                 let request = self
                     .management(http::Method::DELETE, target, &["_bulk"])
                     .json(&wire::BulkRemoveBody { keys });
-                self.send_json(Endpoint::ManagementBulkRemoveMetadata, request).await?
+                self.send_json(Endpoint::ManagementBulkRemoveMetadata, request)
+                    .await?
             }
         };
         Ok(change_date(answer))
     }
 
     /// A request to `/management/v1/users/{id}/metadata/{tail...}`, authorised with the service credential.
-    fn management(&self, method: http::Method, target: Target<'_>, tail: &[&str]) -> reqwest::RequestBuilder {
+    fn management(
+        &self,
+        method: http::Method,
+        target: Target<'_>,
+        tail: &[&str],
+    ) -> reqwest::RequestBuilder {
         let mut url = self.base_url.clone();
         url.path_segments_mut()
             .expect("checked at construction: the base URL can be a base")
             .pop_if_empty()
             .extend(["management", "v1", "users", target.user_id, "metadata"])
             .extend(tail);
-        let mut request = self
-            .http
-            .request(method, url)
-            .header(http::header::AUTHORIZATION, self.service_authorization.clone());
+        let mut request = self.http.request(method, url).header(
+            http::header::AUTHORIZATION,
+            self.service_authorization.clone(),
+        );
         if let Some(org_id) = target.org_id {
             request = request.header(ORG_HEADER, org_id);
         }
@@ -106,7 +122,9 @@ impl Zitadel {
 fn is_path_safe(key: &str) -> bool {
     key != "_search"
         && key != "_bulk"
-        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
 }
 
 fn change_date(answer: wire::WriteResponse) -> Option<Timestamp> {

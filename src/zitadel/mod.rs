@@ -69,7 +69,11 @@ impl Zitadel {
             let path = format!("{}/", base_url.path());
             base_url.set_path(&path);
         }
-        let join = |path: &str| base_url.join(path).map_err(|_| SetupError::BadBaseUrl(base_url.to_string()));
+        let join = |path: &str| {
+            base_url
+                .join(path)
+                .map_err(|_| SetupError::BadBaseUrl(base_url.to_string()))
+        };
         let userinfo_url = join("oidc/v1/userinfo")?;
         let auth_list_url = join("auth/v1/users/me/metadata/_search")?;
         let http = reqwest::Client::builder()
@@ -102,9 +106,17 @@ impl Zitadel {
     }
 
     /// Sends a request and returns the body of a 2xx answer; anything else becomes an [`UpstreamError`].
-    async fn send(&self, endpoint: Endpoint, request: reqwest::RequestBuilder) -> Result<Bytes, UpstreamError> {
+    async fn send(
+        &self,
+        endpoint: Endpoint,
+        request: reqwest::RequestBuilder,
+    ) -> Result<Bytes, UpstreamError> {
         let transport = |e| UpstreamError::from_transport(endpoint, self.timeout, e);
-        let mut response = request.header(http::header::ACCEPT, "application/json").send().await.map_err(transport)?;
+        let mut response = request
+            .header(http::header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(transport)?;
         let status = response.status();
         let retry_after = response
             .headers()
@@ -151,7 +163,12 @@ impl Zitadel {
 
 /// Turns a stored entry from ZITADEL's wire shape into the domain shape. A value that does not decode keeps
 /// its key and loses its value, with a warning naming the key (never the value).
-fn decode_item(endpoint: Endpoint, key: String, value: Option<&str>, details: Option<wire::ObjectDetails>) -> MetadataItem {
+fn decode_item(
+    endpoint: Endpoint,
+    key: String,
+    value: Option<&str>,
+    details: Option<wire::ObjectDetails>,
+) -> MetadataItem {
     let value = match value {
         Some(encoded) => match value::decode(encoded) {
             Ok(bytes) => Some(bytes),
@@ -173,7 +190,9 @@ fn decode_item(endpoint: Endpoint, key: String, value: Option<&str>, details: Op
             }
         }
     };
-    let (created, changed) = details.map(|d| (d.creation_date, d.change_date)).unwrap_or_default();
+    let (created, changed) = details
+        .map(|d| (d.creation_date, d.change_date))
+        .unwrap_or_default();
     MetadataItem {
         create_time: timestamp("creationDate", created),
         update_time: timestamp("changeDate", changed),

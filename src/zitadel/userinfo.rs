@@ -53,6 +53,10 @@ impl Zitadel {
                 }
             })
             .collect();
-        Ok(UserInfo { sub, org_id: claims.org_id, metadata })
+        Ok(UserInfo {
+            sub,
+            org_id: claims.org_id,
+            metadata,
+        })
     }
 }

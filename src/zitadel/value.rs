@@ -5,8 +5,7 @@
 //! either alphabet, padded or not, so a value decodes whichever endpoint it came from.
 
 use base64::{
-    Engine,
-    alphabet,
+    Engine, alphabet,
     engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig, general_purpose::STANDARD},
 };
 
@@ -47,7 +46,10 @@ mod tests {
     #[test]
     fn rejects_what_is_not_base64() {
         assert!(decode("not base64!").is_err());
-        assert!(decode("+_8=").is_err(), "mixed alphabets are not a value ZITADEL sends");
+        assert!(
+            decode("+_8=").is_err(),
+            "mixed alphabets are not a value ZITADEL sends"
+        );
     }
 
     #[test]

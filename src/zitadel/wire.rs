@@ -116,6 +116,41 @@ fn lenient_u64<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Err
     }
 }
 
+/// The list request body for a filter and a page, ascending by key.
+pub fn list_body(
+    filter: Option<&crate::metadata::KeyFilter>,
+    page: crate::metadata::PageRequest,
+) -> ListMetadataBody<'_> {
+    ListMetadataBody {
+        query: ListQuery {
+            offset: page.offset.to_string(),
+            limit: page.limit,
+            asc: true,
+        },
+        queries: filter
+            .map(|f| MetadataQuery {
+                key_query: KeyQuery {
+                    key: &f.key,
+                    method: f.matching.zitadel_method(),
+                },
+            })
+            .into_iter()
+            .collect(),
+    }
+}
+
+/// A list answer as a domain page.
+pub fn into_page(endpoint: super::Endpoint, answer: ListMetadataResponse) -> crate::metadata::Page {
+    crate::metadata::Page {
+        total: answer.details.map(|d| d.total_result).unwrap_or_default(),
+        items: answer
+            .result
+            .into_iter()
+            .map(|m| super::decode_item(endpoint, m.key, m.value.as_deref(), m.details))
+            .collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,37 +183,21 @@ mod tests {
     #[test]
     fn writes_lower_camel_case_queries() {
         let body = ListMetadataBody {
-            query: ListQuery { offset: "20".into(), limit: 10, asc: true },
+            query: ListQuery {
+                offset: "20".into(),
+                limit: 10,
+                asc: true,
+            },
             queries: vec![MetadataQuery {
-                key_query: KeyQuery { key: "a", method: "TEXT_QUERY_METHOD_STARTS_WITH" },
+                key_query: KeyQuery {
+                    key: "a",
+                    method: "TEXT_QUERY_METHOD_STARTS_WITH",
+                },
             }],
         };
         assert_eq!(
             serde_json::to_string(&body).unwrap(),
             r#"{"query":{"offset":"20","limit":10,"asc":true},"queries":[{"keyQuery":{"key":"a","method":"TEXT_QUERY_METHOD_STARTS_WITH"}}]}"#
         );
-    }
-}
-
-/// The list request body for a filter and a page, ascending by key.
-pub fn list_body(filter: Option<&crate::metadata::KeyFilter>, page: crate::metadata::PageRequest) -> ListMetadataBody<'_> {
-    ListMetadataBody {
-        query: ListQuery { offset: page.offset.to_string(), limit: page.limit, asc: true },
-        queries: filter
-            .map(|f| MetadataQuery { key_query: KeyQuery { key: &f.key, method: f.matching.zitadel_method() } })
-            .into_iter()
-            .collect(),
-    }
-}
-
-/// A list answer as a domain page.
-pub fn into_page(endpoint: super::Endpoint, answer: ListMetadataResponse) -> crate::metadata::Page {
-    crate::metadata::Page {
-        total: answer.details.map(|d| d.total_result).unwrap_or_default(),
-        items: answer
-            .result
-            .into_iter()
-            .map(|m| super::decode_item(endpoint, m.key, m.value.as_deref(), m.details))
-            .collect(),
     }
 }

@@ -12,7 +12,13 @@ async fn reading_another_user_needs_an_admin() {
     let bob = app.bob.clone();
     let status = app
         .client
-        .list_metadata(authed(ListMetadataRequest { user_id: bob, ..Default::default() }, &app.alice_token))
+        .list_metadata(authed(
+            ListMetadataRequest {
+                user_id: bob,
+                ..Default::default()
+            },
+            &app.alice_token,
+        ))
         .await
         .unwrap_err();
     assert_status(&status, Code::PermissionDenied, "NOT_ADMIN");
@@ -29,7 +35,11 @@ async fn writing_or_deleting_another_user_needs_an_admin() {
         organization_id: other_org.clone(),
         entries: vec![entry(&format!("{SELF_WRITABLE}x"), text("v"))],
     };
-    let status = app.client.set_metadata(authed(set, &app.alice_token)).await.unwrap_err();
+    let status = app
+        .client
+        .set_metadata(authed(set, &app.alice_token))
+        .await
+        .unwrap_err();
     assert_status(&status, Code::PermissionDenied, "NOT_ADMIN");
     let delete = DeleteMetadataRequest {
         user_id: bob.clone(),
@@ -37,7 +47,11 @@ async fn writing_or_deleting_another_user_needs_an_admin() {
         keys: vec!["ContractNumber".into()],
         ..Default::default()
     };
-    let status = app.client.delete_metadata(authed(delete, &app.alice_token)).await.unwrap_err();
+    let status = app
+        .client
+        .delete_metadata(authed(delete, &app.alice_token))
+        .await
+        .unwrap_err();
     assert_status(&status, Code::PermissionDenied, "NOT_ADMIN");
     app.assert_no_management_request();
     assert_eq!(app.standin.metadata_of(&bob).len(), 1);
@@ -47,29 +61,55 @@ async fn writing_or_deleting_another_user_needs_an_admin() {
 async fn self_writes_outside_the_writable_prefixes_are_denied_naming_the_key() {
     let mut app = spawn_app().await;
     let set = SetMetadataRequest {
-        entries: vec![entry(&format!("{SELF_WRITABLE}ok"), text("v")), entry("ContractNumber", text("0"))],
+        entries: vec![
+            entry(&format!("{SELF_WRITABLE}ok"), text("v")),
+            entry("ContractNumber", text("0")),
+        ],
         ..Default::default()
     };
-    let status = app.client.set_metadata(authed(set, &app.alice_token)).await.unwrap_err();
+    let status = app
+        .client
+        .set_metadata(authed(set, &app.alice_token))
+        .await
+        .unwrap_err();
     assert_status(&status, Code::PermissionDenied, "KEY_NOT_SELF_WRITABLE");
     let info = tonic_types::StatusExt::get_details_error_info(&status).unwrap();
     assert_eq!(info.metadata["key"], "ContractNumber");
     assert_eq!(info.metadata["action"], "write");
 
-    let delete = DeleteMetadataRequest { keys: vec!["ContractNumber".into()], ..Default::default() };
-    let status = app.client.delete_metadata(authed(delete, &app.alice_token)).await.unwrap_err();
+    let delete = DeleteMetadataRequest {
+        keys: vec!["ContractNumber".into()],
+        ..Default::default()
+    };
+    let status = app
+        .client
+        .delete_metadata(authed(delete, &app.alice_token))
+        .await
+        .unwrap_err();
     assert_status(&status, Code::PermissionDenied, "KEY_NOT_SELF_WRITABLE");
 
     app.assert_no_management_request();
-    assert_eq!(app.standin.metadata_of(&app.alice)["ContractNumber"], b"1234", "nothing changed");
+    assert_eq!(
+        app.standin.metadata_of(&app.alice)["ContractNumber"],
+        b"1234",
+        "nothing changed"
+    );
 }
 
 #[tokio::test]
 async fn naming_yourself_does_not_widen_self_writes() {
     let mut app = spawn_app().await;
     let alice = app.alice.clone();
-    let set = SetMetadataRequest { user_id: alice, entries: vec![entry("ContractNumber", text("0"))], ..Default::default() };
-    let status = app.client.set_metadata(authed(set, &app.alice_token)).await.unwrap_err();
+    let set = SetMetadataRequest {
+        user_id: alice,
+        entries: vec![entry("ContractNumber", text("0"))],
+        ..Default::default()
+    };
+    let status = app
+        .client
+        .set_metadata(authed(set, &app.alice_token))
+        .await
+        .unwrap_err();
     assert_status(&status, Code::PermissionDenied, "KEY_NOT_SELF_WRITABLE");
     app.assert_no_management_request();
 }
@@ -83,7 +123,10 @@ async fn admins_write_any_key_of_any_user() {
         organization_id: app.other_org.clone(),
         entries: vec![entry("ContractNumber", text("42"))],
     };
-    app.client.set_metadata(authed(set, &app.admin_token)).await.unwrap();
+    app.client
+        .set_metadata(authed(set, &app.admin_token))
+        .await
+        .unwrap();
     assert_eq!(app.standin.metadata_of(&bob)["ContractNumber"], b"42");
 }
 
@@ -92,16 +135,47 @@ async fn tokens_never_cross_over() {
     let mut app = spawn_app().await;
     let alice = app.alice.clone();
     app.client
-        .set_metadata(authed(SetMetadataRequest { user_id: alice.clone(), entries: vec![entry("k", text("v"))], ..Default::default() }, &app.admin_token))
+        .set_metadata(authed(
+            SetMetadataRequest {
+                user_id: alice.clone(),
+                entries: vec![entry("k", text("v"))],
+                ..Default::default()
+            },
+            &app.admin_token,
+        ))
         .await
         .unwrap();
-    app.client.list_metadata(authed(ListMetadataRequest { user_id: alice, ..Default::default() }, &app.admin_token)).await.unwrap();
-    app.client.list_metadata(authed(ListMetadataRequest::default(), &app.admin_token)).await.unwrap();
+    app.client
+        .list_metadata(authed(
+            ListMetadataRequest {
+                user_id: alice,
+                ..Default::default()
+            },
+            &app.admin_token,
+        ))
+        .await
+        .unwrap();
+    app.client
+        .list_metadata(authed(ListMetadataRequest::default(), &app.admin_token))
+        .await
+        .unwrap();
     for request in app.standin.requests() {
         if request.is_management() {
-            assert_eq!(request.bearer(), Some(app.service_pat.as_str()), "{} {}", request.method, request.path);
+            assert_eq!(
+                request.bearer(),
+                Some(app.service_pat.as_str()),
+                "{} {}",
+                request.method,
+                request.path
+            );
         } else {
-            assert_eq!(request.bearer(), Some(app.admin_token.as_str()), "{} {}", request.method, request.path);
+            assert_eq!(
+                request.bearer(),
+                Some(app.admin_token.as_str()),
+                "{} {}",
+                request.method,
+                request.path
+            );
         }
     }
 }

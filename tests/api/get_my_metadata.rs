@@ -4,7 +4,10 @@ use usermeta::api::pb::{self, GetMyMetadataRequest, MetadataSource};
 use crate::helpers::*;
 
 fn get(keys: &[&str], source: MetadataSource) -> GetMyMetadataRequest {
-    GetMyMetadataRequest { keys: keys.iter().map(|k| k.to_string()).collect(), source: source as i32 }
+    GetMyMetadataRequest {
+        keys: keys.iter().map(|k| k.to_string()).collect(),
+        source: source as i32,
+    }
 }
 
 #[tokio::test]
@@ -12,16 +15,25 @@ async fn userinfo_is_the_default_source_and_values_come_back_decoded() {
     let mut app = spawn_app().await;
     let answer = app
         .client
-        .get_my_metadata(authed(get(&[], MetadataSource::Unspecified), &app.alice_token))
+        .get_my_metadata(authed(
+            get(&[], MetadataSource::Unspecified),
+            &app.alice_token,
+        ))
         .await
         .unwrap()
         .into_inner();
     assert_eq!(answer.user_id, app.alice);
     assert_eq!(
         pairs(&answer.metadata),
-        [("ContractNumber".into(), Some("1234".into())), ("profile.language".into(), Some("en".into()))]
+        [
+            ("ContractNumber".into(), Some("1234".into())),
+            ("profile.language".into(), Some("en".into()))
+        ]
     );
-    assert!(answer.metadata[0].update_time.is_none(), "userinfo carries no timestamps");
+    assert!(
+        answer.metadata[0].update_time.is_none(),
+        "userinfo carries no timestamps"
+    );
 
     let requests = app.standin.requests();
     assert_eq!(requests.len(), 1, "one userinfo call: {requests:?}");
@@ -39,12 +51,25 @@ async fn auth_api_source_gives_timestamps_and_the_user_from_userinfo() {
         .unwrap()
         .into_inner();
     assert_eq!(answer.user_id, app.alice);
-    assert_eq!(pairs(&answer.metadata)[0], ("ContractNumber".into(), Some("1234".into())));
-    assert!(answer.metadata.iter().all(|m| m.create_time.is_some() && m.update_time.is_some()));
+    assert_eq!(
+        pairs(&answer.metadata)[0],
+        ("ContractNumber".into(), Some("1234".into()))
+    );
+    assert!(
+        answer
+            .metadata
+            .iter()
+            .all(|m| m.create_time.is_some() && m.update_time.is_some())
+    );
 
     let requests = app.standin.requests();
     assert!(requests.iter().any(|r| r.is_auth_api()), "auth API called");
-    assert!(requests.iter().all(|r| r.bearer() == Some(app.alice_token.as_str())), "only the caller's token used");
+    assert!(
+        requests
+            .iter()
+            .all(|r| r.bearer() == Some(app.alice_token.as_str())),
+        "only the caller's token used"
+    );
     app.assert_no_management_request();
 }
 
@@ -73,7 +98,8 @@ async fn binary_values_survive_both_base64_flavours() {
 #[tokio::test]
 async fn keys_filter_exactly_in_both_sources() {
     let mut app = spawn_app().await;
-    app.standin.set_metadata(&app.alice, "contractnumber", b"lower");
+    app.standin
+        .set_metadata(&app.alice, "contractnumber", b"lower");
     for source in [MetadataSource::Userinfo, MetadataSource::AuthApi] {
         let one = app
             .client
@@ -81,11 +107,18 @@ async fn keys_filter_exactly_in_both_sources() {
             .await
             .unwrap()
             .into_inner();
-        assert_eq!(pairs(&one.metadata), [("ContractNumber".into(), Some("1234".into()))], "{source:?}");
+        assert_eq!(
+            pairs(&one.metadata),
+            [("ContractNumber".into(), Some("1234".into()))],
+            "{source:?}"
+        );
 
         let two = app
             .client
-            .get_my_metadata(authed(get(&["profile.language", "ContractNumber", "absent"], source), &app.alice_token))
+            .get_my_metadata(authed(
+                get(&["profile.language", "ContractNumber", "absent"], source),
+                &app.alice_token,
+            ))
             .await
             .unwrap()
             .into_inner();
@@ -98,7 +131,12 @@ async fn keys_filter_exactly_in_both_sources() {
 async fn a_token_without_the_metadata_scope_sees_no_metadata_in_userinfo() {
     let mut app = spawn_app().await;
     let token = app.standin.issue_token(&app.alice, &["openid"]);
-    let answer = app.client.get_my_metadata(authed(get(&[], MetadataSource::Userinfo), &token)).await.unwrap().into_inner();
+    let answer = app
+        .client
+        .get_my_metadata(authed(get(&[], MetadataSource::Userinfo), &token))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(answer.user_id, app.alice);
     assert!(answer.metadata.is_empty());
 }
@@ -106,22 +144,55 @@ async fn a_token_without_the_metadata_scope_sees_no_metadata_in_userinfo() {
 #[tokio::test]
 async fn auth_api_without_the_zitadel_audience_scope_says_which_scope_is_missing() {
     let mut app = spawn_app().await;
-    let token = app.standin.issue_token(&app.alice, &["openid", "urn:zitadel:iam:user:metadata"]);
-    let status = app.client.get_my_metadata(authed(get(&[], MetadataSource::AuthApi), &token)).await.unwrap_err();
+    let token = app
+        .standin
+        .issue_token(&app.alice, &["openid", "urn:zitadel:iam:user:metadata"]);
+    let status = app
+        .client
+        .get_my_metadata(authed(get(&[], MetadataSource::AuthApi), &token))
+        .await
+        .unwrap_err();
     assert_status(&status, Code::Unauthenticated, "TOKEN_REJECTED_BY_AUTH_API");
-    assert!(status.message().contains("urn:zitadel:iam:org:project:id:zitadel:aud"), "{}", status.message());
+    assert!(
+        status
+            .message()
+            .contains("urn:zitadel:iam:org:project:id:zitadel:aud"),
+        "{}",
+        status.message()
+    );
 
-    app.standin.set_audience_error_style(usermeta::standin::AudienceErrorStyle::InvalidAudience);
-    let status = app.client.get_my_metadata(authed(get(&[], MetadataSource::AuthApi), &token)).await.unwrap_err();
-    assert_status(&status, Code::Unauthenticated, "TOKEN_LACKS_ZITADEL_AUDIENCE");
-    assert!(status.message().contains("urn:zitadel:iam:org:project:id:zitadel:aud"), "{}", status.message());
+    app.standin
+        .set_audience_error_style(usermeta::standin::AudienceErrorStyle::InvalidAudience);
+    let status = app
+        .client
+        .get_my_metadata(authed(get(&[], MetadataSource::AuthApi), &token))
+        .await
+        .unwrap_err();
+    assert_status(
+        &status,
+        Code::Unauthenticated,
+        "TOKEN_LACKS_ZITADEL_AUDIENCE",
+    );
+    assert!(
+        status
+            .message()
+            .contains("urn:zitadel:iam:org:project:id:zitadel:aud"),
+        "{}",
+        status.message()
+    );
 }
 
 #[tokio::test]
 async fn a_token_without_openid_names_no_user_and_is_refused() {
     let mut app = spawn_app().await;
-    let token = app.standin.issue_token(&app.alice, &["urn:zitadel:iam:user:metadata"]);
-    let status = app.client.get_my_metadata(authed(get(&[], MetadataSource::Userinfo), &token)).await.unwrap_err();
+    let token = app
+        .standin
+        .issue_token(&app.alice, &["urn:zitadel:iam:user:metadata"]);
+    let status = app
+        .client
+        .get_my_metadata(authed(get(&[], MetadataSource::Userinfo), &token))
+        .await
+        .unwrap_err();
     assert_status(&status, Code::Unauthenticated, "TOKEN_WITHOUT_SUBJECT");
     assert!(status.message().contains("openid"));
 }
@@ -131,9 +202,18 @@ async fn the_user_comes_from_zitadel_not_from_the_request() {
     let mut app = spawn_app().await;
     // Whatever the caller puts in metadata, only its token decides whose metadata it reads.
     let mut request = authed(get(&[], MetadataSource::Unspecified), &app.alice_token);
-    request.metadata_mut().insert("x-zitadel-orgid", app.other_org.parse().unwrap());
-    request.metadata_mut().insert("user_id", app.bob.parse().unwrap());
-    let answer = app.client.get_my_metadata(request).await.unwrap().into_inner();
+    request
+        .metadata_mut()
+        .insert("x-zitadel-orgid", app.other_org.parse().unwrap());
+    request
+        .metadata_mut()
+        .insert("user_id", app.bob.parse().unwrap());
+    let answer = app
+        .client
+        .get_my_metadata(request)
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(answer.user_id, app.alice);
     assert!(pairs(&answer.metadata).contains(&("ContractNumber".into(), Some("1234".into()))));
 }

@@ -59,7 +59,12 @@ pub async fn spawn_app() -> TestApp {
     standin.set_metadata(&bob, "ContractNumber", b"5678");
     let alice_token = standin.issue_token(&alice, FULL_SCOPES);
     let admin_token = standin.issue_token(&admin, FULL_SCOPES);
-    let (addr, stop) = spawn_usermeta(&standin.url(), &service_pat, Policy::new([admin.clone()], vec![SELF_WRITABLE.into()])).await;
+    let (addr, stop) = spawn_usermeta(
+        &standin.url(),
+        &service_pat,
+        Policy::new([admin.clone()], vec![SELF_WRITABLE.into()]),
+    )
+    .await;
     standin.clear_requests();
     TestApp {
         client: connect(addr).await,
@@ -78,7 +83,11 @@ pub async fn spawn_app() -> TestApp {
 }
 
 /// Starts usermeta on 127.0.0.1:0 against `zitadel_url`; it stops when the returned sender drops.
-pub async fn spawn_usermeta(zitadel_url: &str, service_pat: &str, policy: Policy) -> (SocketAddr, oneshot::Sender<()>) {
+pub async fn spawn_usermeta(
+    zitadel_url: &str,
+    service_pat: &str,
+    policy: Policy,
+) -> (SocketAddr, oneshot::Sender<()>) {
     spawn_usermeta_with_timeout(zitadel_url, service_pat, policy, Duration::from_secs(5)).await
 }
 
@@ -108,29 +117,42 @@ pub async fn spawn_usermeta_with_timeout(
 }
 
 pub async fn connect(addr: SocketAddr) -> UserMetadataServiceClient<Channel> {
-    let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.expect("connects");
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connects");
     UserMetadataServiceClient::new(channel)
 }
 
 /// A request with `authorization: Bearer <token>`.
 pub fn authed<T>(message: T, token: &str) -> Request<T> {
     let mut request = Request::new(message);
-    request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
     request
 }
 
 /// A text value.
 pub fn text(value: &str) -> Option<pb::MetadataValue> {
-    Some(pb::MetadataValue { kind: Some(pb::metadata_value::Kind::Text(value.into())) })
+    Some(pb::MetadataValue {
+        kind: Some(pb::metadata_value::Kind::Text(value.into())),
+    })
 }
 
 /// A binary value.
 pub fn binary(value: &[u8]) -> Option<pb::MetadataValue> {
-    Some(pb::MetadataValue { kind: Some(pb::metadata_value::Kind::Binary(value.to_vec())) })
+    Some(pb::MetadataValue {
+        kind: Some(pb::metadata_value::Kind::Binary(value.to_vec())),
+    })
 }
 
 pub fn entry(key: &str, value: Option<pb::MetadataValue>) -> pb::MetadataEntry {
-    pb::MetadataEntry { key: key.into(), value }
+    pb::MetadataEntry {
+        key: key.into(),
+        value,
+    }
 }
 
 /// The `ErrorInfo.reason` of a status, if it has one.
@@ -142,7 +164,11 @@ pub fn reason(status: &Status) -> Option<String> {
 #[track_caller]
 pub fn assert_status(status: &Status, code: Code, expected_reason: &str) {
     assert_eq!(status.code(), code, "unexpected status: {status:?}");
-    assert_eq!(reason(status).as_deref(), Some(expected_reason), "unexpected reason in {status:?}");
+    assert_eq!(
+        reason(status).as_deref(),
+        Some(expected_reason),
+        "unexpected reason in {status:?}"
+    );
 }
 
 /// The field paths of a `BadRequest`.
@@ -155,19 +181,32 @@ pub fn violated_fields(status: &Status) -> Vec<String> {
 
 impl TestApp {
     pub fn management_requests(&self) -> Vec<RecordedRequest> {
-        self.standin.requests().into_iter().filter(|r| r.is_management()).collect()
+        self.standin
+            .requests()
+            .into_iter()
+            .filter(|r| r.is_management())
+            .collect()
     }
 
     /// Asserts the stand-in received nothing at all.
     #[track_caller]
     pub fn assert_no_upstream_request(&self) {
-        let seen: Vec<String> = self.standin.requests().iter().map(|r| format!("{} {}", r.method, r.path)).collect();
+        let seen: Vec<String> = self
+            .standin
+            .requests()
+            .iter()
+            .map(|r| format!("{} {}", r.method, r.path))
+            .collect();
         assert!(seen.is_empty(), "expected no ZITADEL request, saw {seen:?}");
     }
 
     #[track_caller]
     pub fn assert_no_management_request(&self) {
-        let seen: Vec<String> = self.management_requests().iter().map(|r| format!("{} {}", r.method, r.path)).collect();
+        let seen: Vec<String> = self
+            .management_requests()
+            .iter()
+            .map(|r| format!("{} {}", r.method, r.path))
+            .collect();
         assert!(seen.is_empty(), "expected no management call, saw {seen:?}");
     }
 }
@@ -182,5 +221,8 @@ pub fn text_of(metadata: &pb::Metadata) -> Option<&str> {
 
 /// Keys and text values, for compact assertions.
 pub fn pairs(metadata: &[pb::Metadata]) -> Vec<(String, Option<String>)> {
-    metadata.iter().map(|m| (m.key.clone(), text_of(m).map(str::to_owned))).collect()
+    metadata
+        .iter()
+        .map(|m| (m.key.clone(), text_of(m).map(str::to_owned)))
+        .collect()
 }

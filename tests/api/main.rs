@@ -1,5 +1,6 @@
 //! Black-box tests: the real usermeta server on a real port, called through a generated gRPC client, talking
 //! over real HTTP to the ZITADEL stand-in (or, for malformed answers, to a scripted raw upstream).
+#![allow(clippy::unwrap_used)] // a panic is how a test reports a broken expectation
 
 mod helpers;
 

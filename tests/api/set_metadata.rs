@@ -3,8 +3,16 @@ use usermeta::api::pb::SetMetadataRequest;
 
 use crate::helpers::*;
 
-fn set(user_id: &str, org: &str, entries: Vec<usermeta::api::pb::MetadataEntry>) -> SetMetadataRequest {
-    SetMetadataRequest { user_id: user_id.into(), organization_id: org.into(), entries }
+fn set(
+    user_id: &str,
+    org: &str,
+    entries: Vec<usermeta::api::pb::MetadataEntry>,
+) -> SetMetadataRequest {
+    SetMetadataRequest {
+        user_id: user_id.into(),
+        organization_id: org.into(),
+        entries,
+    }
 }
 
 #[tokio::test]
@@ -13,7 +21,10 @@ async fn one_entry_uses_the_single_key_endpoint_with_padded_base64() {
     let alice = app.alice.clone();
     let answer = app
         .client
-        .set_metadata(authed(set(&alice, "", vec![entry("ContractNumber", text("99"))]), &app.admin_token))
+        .set_metadata(authed(
+            set(&alice, "", vec![entry("ContractNumber", text("99"))]),
+            &app.admin_token,
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -23,7 +34,13 @@ async fn one_entry_uses_the_single_key_endpoint_with_padded_base64() {
     let management = app.management_requests();
     assert_eq!(management.len(), 1);
     assert_eq!(management[0].method, http::Method::POST);
-    assert!(management[0].path.ends_with(&format!("/users/{alice}/metadata/ContractNumber")), "{}", management[0].path);
+    assert!(
+        management[0]
+            .path
+            .ends_with(&format!("/users/{alice}/metadata/ContractNumber")),
+        "{}",
+        management[0].path
+    );
     let body: serde_json::Value = serde_json::from_slice(&management[0].body).unwrap();
     assert_eq!(body["value"], "OTk=");
     assert_eq!(management[0].bearer(), Some(app.service_pat.as_str()));
@@ -34,7 +51,10 @@ async fn several_entries_go_in_one_bulk_call() {
     let mut app = spawn_app().await;
     let alice = app.alice.clone();
     let entries = vec![entry("a", text("1")), entry("b", binary(&[0xfb, 0xff]))];
-    app.client.set_metadata(authed(set(&alice, "", entries), &app.admin_token)).await.unwrap();
+    app.client
+        .set_metadata(authed(set(&alice, "", entries), &app.admin_token))
+        .await
+        .unwrap();
     let stored = app.standin.metadata_of(&alice);
     assert_eq!(stored["a"], b"1");
     assert_eq!(stored["b"], [0xfb, 0xff]);
@@ -50,24 +70,47 @@ async fn keys_that_cannot_travel_in_a_path_go_in_a_body() {
     let mut app = spawn_app().await;
     let alice = app.alice.clone();
     for key in ["_search", "a/b", "with space", "ümlaut"] {
-        app.client.set_metadata(authed(set(&alice, "", vec![entry(key, text("x"))]), &app.admin_token)).await.unwrap();
+        app.client
+            .set_metadata(authed(
+                set(&alice, "", vec![entry(key, text("x"))]),
+                &app.admin_token,
+            ))
+            .await
+            .unwrap();
         assert_eq!(app.standin.metadata_of(&alice)[key], b"x", "{key}");
     }
-    assert!(app.management_requests().iter().all(|r| r.path.ends_with("/metadata/_bulk")));
+    assert!(
+        app.management_requests()
+            .iter()
+            .all(|r| r.path.ends_with("/metadata/_bulk"))
+    );
 }
 
 #[tokio::test]
 async fn users_write_their_own_self_writable_keys_without_naming_themselves() {
     let mut app = spawn_app().await;
     let key = format!("{SELF_WRITABLE}language");
-    app.client.set_metadata(authed(set("", "", vec![entry(&key, text("de"))]), &app.alice_token)).await.unwrap();
+    app.client
+        .set_metadata(authed(
+            set("", "", vec![entry(&key, text("de"))]),
+            &app.alice_token,
+        ))
+        .await
+        .unwrap();
     assert_eq!(app.standin.metadata_of(&app.alice)[&key], b"de");
     // The target came from userinfo, never from the request; the write used the service credential.
     let management = app.management_requests();
-    assert!(management[0].path.contains(&format!("/users/{}/", app.alice)));
+    assert!(
+        management[0]
+            .path
+            .contains(&format!("/users/{}/", app.alice))
+    );
     assert_eq!(management[0].bearer(), Some(app.service_pat.as_str()));
     // ZITADEL told us alice's organisation; the write was scoped to it.
-    assert_eq!(management[0].header("x-zitadel-orgid"), Some(app.org.as_str()));
+    assert_eq!(
+        management[0].header("x-zitadel-orgid"),
+        Some(app.org.as_str())
+    );
 }
 
 #[tokio::test]
@@ -76,15 +119,32 @@ async fn users_in_another_organisation_need_organization_id() {
     let bob = app.bob.clone();
     let status = app
         .client
-        .set_metadata(authed(set(&bob, "", vec![entry("k", text("v"))]), &app.admin_token))
+        .set_metadata(authed(
+            set(&bob, "", vec![entry("k", text("v"))]),
+            &app.admin_token,
+        ))
         .await
         .unwrap_err();
-    assert_status(&status, Code::FailedPrecondition, "USER_NOT_FOUND_IN_ORGANIZATION");
-    assert!(status.message().contains("organization_id"), "{}", status.message());
+    assert_status(
+        &status,
+        Code::FailedPrecondition,
+        "USER_NOT_FOUND_IN_ORGANIZATION",
+    );
+    assert!(
+        status.message().contains("organization_id"),
+        "{}",
+        status.message()
+    );
     assert!(!app.standin.metadata_of(&bob).contains_key("k"));
 
     let other_org = app.other_org.clone();
-    app.client.set_metadata(authed(set(&bob, &other_org, vec![entry("k", text("v"))]), &app.admin_token)).await.unwrap();
+    app.client
+        .set_metadata(authed(
+            set(&bob, &other_org, vec![entry("k", text("v"))]),
+            &app.admin_token,
+        ))
+        .await
+        .unwrap();
     assert_eq!(app.standin.metadata_of(&bob)["k"], b"v");
 }
 
@@ -92,10 +152,22 @@ async fn users_in_another_organisation_need_organization_id() {
 async fn writes_are_visible_to_the_next_read() {
     let mut app = spawn_app().await;
     let key = format!("{SELF_WRITABLE}theme");
-    app.client.set_metadata(authed(set("", "", vec![entry(&key, text("dark"))]), &app.alice_token)).await.unwrap();
+    app.client
+        .set_metadata(authed(
+            set("", "", vec![entry(&key, text("dark"))]),
+            &app.alice_token,
+        ))
+        .await
+        .unwrap();
     let answer = app
         .client
-        .get_my_metadata(authed(usermeta::api::pb::GetMyMetadataRequest { keys: vec![key.clone()], source: 0 }, &app.alice_token))
+        .get_my_metadata(authed(
+            usermeta::api::pb::GetMyMetadataRequest {
+                keys: vec![key.clone()],
+                source: 0,
+            },
+            &app.alice_token,
+        ))
         .await
         .unwrap()
         .into_inner();

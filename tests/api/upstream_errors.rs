@@ -18,17 +18,29 @@ fn get_mine() -> GetMyMetadataRequest {
 }
 
 fn set_alice(app: &TestApp) -> SetMetadataRequest {
-    SetMetadataRequest { user_id: app.alice.clone(), entries: vec![entry("k", text("v"))], ..Default::default() }
+    SetMetadataRequest {
+        user_id: app.alice.clone(),
+        entries: vec![entry("k", text("v"))],
+        ..Default::default()
+    }
 }
 
 #[tokio::test]
 async fn a_token_zitadel_rejects_is_unauthenticated() {
     let mut app = spawn_app().await;
     app.standin.revoke_token(&app.alice_token);
-    let status = app.client.get_my_metadata(authed(get_mine(), &app.alice_token)).await.unwrap_err();
+    let status = app
+        .client
+        .get_my_metadata(authed(get_mine(), &app.alice_token))
+        .await
+        .unwrap_err();
     assert_status(&status, Code::Unauthenticated, "TOKEN_REJECTED");
     assert!(!status.message().contains(&app.alice_token));
-    let status = app.client.get_my_metadata(authed(get_mine(), "made-up-token")).await.unwrap_err();
+    let status = app
+        .client
+        .get_my_metadata(authed(get_mine(), "made-up-token"))
+        .await
+        .unwrap_err();
     assert_status(&status, Code::Unauthenticated, "TOKEN_REJECTED");
 }
 
@@ -38,7 +50,11 @@ async fn zitadel_unreachable_is_unavailable() {
     let url = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
     let (addr, _stop) = spawn_usermeta(&url, "pat", Policy::default()).await;
-    let status = connect(addr).await.get_my_metadata(authed(get_mine(), "some-token")).await.unwrap_err();
+    let status = connect(addr)
+        .await
+        .get_my_metadata(authed(get_mine(), "some-token"))
+        .await
+        .unwrap_err();
     assert_status(&status, Code::Unavailable, "ZITADEL_UNREACHABLE");
     assert!(!status.message().contains("some-token"));
 }
@@ -46,11 +62,24 @@ async fn zitadel_unreachable_is_unavailable() {
 #[tokio::test]
 async fn zitadel_5xx_is_unavailable() {
     let mut app = spawn_app().await;
-    app.standin.push_fault(Fault { path_prefix: "/oidc/v1/userinfo".into(), times: Some(1), kind: FaultKind::Status(503) });
-    let status = app.client.get_my_metadata(authed(get_mine(), &app.alice_token)).await.unwrap_err();
+    app.standin.push_fault(Fault {
+        path_prefix: "/oidc/v1/userinfo".into(),
+        times: Some(1),
+        kind: FaultKind::Status(503),
+    });
+    let status = app
+        .client
+        .get_my_metadata(authed(get_mine(), &app.alice_token))
+        .await
+        .unwrap_err();
     assert_status(&status, Code::Unavailable, "ZITADEL_UNAVAILABLE");
     // The fault is spent: the next call works without restarting anything.
-    assert!(app.client.get_my_metadata(authed(get_mine(), &app.alice_token)).await.is_ok());
+    assert!(
+        app.client
+            .get_my_metadata(authed(get_mine(), &app.alice_token))
+            .await
+            .is_ok()
+    );
 }
 
 #[tokio::test]
@@ -59,9 +88,15 @@ async fn zitadel_429_is_resource_exhausted_with_retry_info() {
     app.standin.push_fault(Fault {
         path_prefix: "/management/".into(),
         times: Some(1),
-        kind: FaultKind::TooManyRequests { retry_after_secs: Some(7) },
+        kind: FaultKind::TooManyRequests {
+            retry_after_secs: Some(7),
+        },
     });
-    let status = app.client.set_metadata(authed(set_alice(&app), &app.admin_token)).await.unwrap_err();
+    let status = app
+        .client
+        .set_metadata(authed(set_alice(&app), &app.admin_token))
+        .await
+        .unwrap_err();
     assert_status(&status, Code::ResourceExhausted, "ZITADEL_RATE_LIMITED");
     let retry = status.get_details_retry_info().expect("RetryInfo");
     assert_eq!(retry.retry_delay, Some(Duration::from_secs(7)));
@@ -70,53 +105,110 @@ async fn zitadel_429_is_resource_exhausted_with_retry_info() {
 #[tokio::test]
 async fn dropped_connections_and_malformed_answers_are_unavailable() {
     let mut app = spawn_app().await;
-    app.standin.push_fault(Fault { path_prefix: "/oidc/".into(), times: Some(1), kind: FaultKind::DropConnection });
-    let status = app.client.get_my_metadata(authed(get_mine(), &app.alice_token)).await.unwrap_err();
+    app.standin.push_fault(Fault {
+        path_prefix: "/oidc/".into(),
+        times: Some(1),
+        kind: FaultKind::DropConnection,
+    });
+    let status = app
+        .client
+        .get_my_metadata(authed(get_mine(), &app.alice_token))
+        .await
+        .unwrap_err();
     assert_status(&status, Code::Unavailable, "ZITADEL_UNREACHABLE");
 
-    app.standin.push_fault(Fault { path_prefix: "/oidc/".into(), times: Some(1), kind: FaultKind::MalformedJson });
-    let status = app.client.get_my_metadata(authed(get_mine(), &app.alice_token)).await.unwrap_err();
+    app.standin.push_fault(Fault {
+        path_prefix: "/oidc/".into(),
+        times: Some(1),
+        kind: FaultKind::MalformedJson,
+    });
+    let status = app
+        .client
+        .get_my_metadata(authed(get_mine(), &app.alice_token))
+        .await
+        .unwrap_err();
     assert_status(&status, Code::Unavailable, "ZITADEL_BAD_RESPONSE");
 }
 
 #[tokio::test]
 async fn a_slow_zitadel_hits_the_upstream_timeout() {
     let app = spawn_app().await;
-    app.standin.push_fault(Fault { path_prefix: "".into(), times: None, kind: FaultKind::Latency(Duration::from_secs(3)) });
-    let (addr, _stop) =
-        spawn_usermeta_with_timeout(&app.standin.url(), &app.service_pat, Policy::default(), Duration::from_millis(200)).await;
+    app.standin.push_fault(Fault {
+        path_prefix: "".into(),
+        times: None,
+        kind: FaultKind::Latency(Duration::from_secs(3)),
+    });
+    let (addr, _stop) = spawn_usermeta_with_timeout(
+        &app.standin.url(),
+        &app.service_pat,
+        Policy::default(),
+        Duration::from_millis(200),
+    )
+    .await;
     let started = std::time::Instant::now();
-    let status = connect(addr).await.get_my_metadata(authed(get_mine(), &app.alice_token)).await.unwrap_err();
+    let status = connect(addr)
+        .await
+        .get_my_metadata(authed(get_mine(), &app.alice_token))
+        .await
+        .unwrap_err();
     assert_status(&status, Code::Unavailable, "ZITADEL_UNREACHABLE");
-    assert!(started.elapsed() < Duration::from_secs(2), "answered after the timeout, not after ZITADEL");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "answered after the timeout, not after ZITADEL"
+    );
 }
 
 #[tokio::test]
 async fn a_rejected_service_credential_is_unavailable_and_reads_keep_working() {
     let mut app = spawn_app().await;
     app.standin.revoke_token(&app.service_pat);
-    let status = app.client.set_metadata(authed(set_alice(&app), &app.admin_token)).await.unwrap_err();
+    let status = app
+        .client
+        .set_metadata(authed(set_alice(&app), &app.admin_token))
+        .await
+        .unwrap_err();
     assert_status(&status, Code::Unavailable, "SERVICE_CREDENTIAL_REJECTED");
     assert!(!status.message().contains(&app.service_pat));
     // Reading your own metadata needs no service credential.
-    let mine = app.client.get_my_metadata(authed(get_mine(), &app.alice_token)).await;
+    let mine = app
+        .client
+        .get_my_metadata(authed(get_mine(), &app.alice_token))
+        .await;
     assert!(mine.is_ok(), "{mine:?}");
 }
 
 #[tokio::test]
 async fn a_service_user_without_a_manager_role_is_permission_denied() {
     let app = spawn_app().await;
-    let weak = app.standin.create_service_user(&app.org, "weak", ManagerRole::None);
+    let weak = app
+        .standin
+        .create_service_user(&app.org, "weak", ManagerRole::None);
     let weak_pat = app.standin.issue_pat(&weak);
-    let (addr, _stop) = spawn_usermeta(&app.standin.url(), &weak_pat, Policy::new([app.admin.clone()], vec![])).await;
-    let status = connect(addr).await.set_metadata(authed(set_alice(&app), &app.admin_token)).await.unwrap_err();
-    assert_status(&status, Code::PermissionDenied, "SERVICE_USER_LACKS_PERMISSION");
+    let (addr, _stop) = spawn_usermeta(
+        &app.standin.url(),
+        &weak_pat,
+        Policy::new([app.admin.clone()], vec![]),
+    )
+    .await;
+    let status = connect(addr)
+        .await
+        .set_metadata(authed(set_alice(&app), &app.admin_token))
+        .await
+        .unwrap_err();
+    assert_status(
+        &status,
+        Code::PermissionDenied,
+        "SERVICE_USER_LACKS_PERMISSION",
+    );
 }
 
 /// A scripted ZITADEL that answers userinfo with fixed claims, to send what the real one might but the
 /// stand-in never does.
 async fn raw_userinfo(claims: serde_json::Value) -> String {
-    let router = Router::new().route("/oidc/v1/userinfo", get(move || async move { Json(claims) }));
+    let router = Router::new().route(
+        "/oidc/v1/userinfo",
+        get(move || async move { Json(claims) }),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router).await });
@@ -131,11 +223,20 @@ async fn one_undecodable_value_does_not_fail_the_answer() {
     }))
     .await;
     let (addr, _stop) = spawn_usermeta(&url, "pat", Policy::default()).await;
-    let answer = connect(addr).await.get_my_metadata(authed(get_mine(), "t")).await.unwrap().into_inner();
+    let answer = connect(addr)
+        .await
+        .get_my_metadata(authed(get_mine(), "t"))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(answer.user_id, "170848145649959169");
     assert_eq!(
         pairs(&answer.metadata),
-        [("bad".into(), None), ("good".into(), Some("1234".into())), ("odd".into(), None)]
+        [
+            ("bad".into(), None),
+            ("good".into(), Some("1234".into())),
+            ("odd".into(), None)
+        ]
     );
     assert!(answer.metadata[0].value.is_none());
 }
@@ -143,9 +244,20 @@ async fn one_undecodable_value_does_not_fail_the_answer() {
 #[tokio::test]
 async fn auth_api_source_failures_map_like_the_rest() {
     let mut app = spawn_app().await;
-    app.standin.push_fault(Fault { path_prefix: "/auth/".into(), times: Some(1), kind: FaultKind::Status(500) });
-    let request = GetMyMetadataRequest { source: MetadataSource::AuthApi as i32, ..Default::default() };
-    let status = app.client.get_my_metadata(authed(request, &app.alice_token)).await.unwrap_err();
+    app.standin.push_fault(Fault {
+        path_prefix: "/auth/".into(),
+        times: Some(1),
+        kind: FaultKind::Status(500),
+    });
+    let request = GetMyMetadataRequest {
+        source: MetadataSource::AuthApi as i32,
+        ..Default::default()
+    };
+    let status = app
+        .client
+        .get_my_metadata(authed(request, &app.alice_token))
+        .await
+        .unwrap_err();
     assert_status(&status, Code::Unavailable, "ZITADEL_UNAVAILABLE");
     let info = status.get_details_error_info().unwrap();
     assert_eq!(info.metadata["endpoint"], "auth.ListMyMetadata");
@@ -155,7 +267,15 @@ async fn auth_api_source_failures_map_like_the_rest() {
 #[tokio::test]
 async fn listing_another_users_missing_organisation_is_reported() {
     let mut app = spawn_app().await;
-    let request = ListMetadataRequest { user_id: app.bob.clone(), organization_id: "1".into(), ..Default::default() };
-    let status = app.client.list_metadata(authed(request, &app.admin_token)).await.unwrap_err();
+    let request = ListMetadataRequest {
+        user_id: app.bob.clone(),
+        organization_id: "1".into(),
+        ..Default::default()
+    };
+    let status = app
+        .client
+        .list_metadata(authed(request, &app.admin_token))
+        .await
+        .unwrap_err();
     assert_status(&status, Code::PermissionDenied, "ORGANIZATION_NOT_FOUND");
 }

@@ -2,8 +2,8 @@
 
 use tonic::Code;
 use usermeta::api::pb::{
-    DeleteMetadataRequest, GetMyMetadataRequest, KeyFilter, ListMetadataRequest, MetadataEntry, MetadataValue,
-    SetMetadataRequest,
+    DeleteMetadataRequest, GetMyMetadataRequest, KeyFilter, ListMetadataRequest, MetadataEntry,
+    MetadataValue, SetMetadataRequest,
 };
 
 use crate::helpers::*;
@@ -17,31 +17,86 @@ async fn set_requests_are_checked_before_anything_is_sent() {
     let mut app = spawn_app().await;
     let cases: Vec<(SetMetadataRequest, Vec<&str>)> = vec![
         (SetMetadataRequest::default(), vec!["entries"]),
-        (SetMetadataRequest { entries: vec![entry("", text("v"))], ..Default::default() }, vec!["entries[0].key"]),
-        (SetMetadataRequest { entries: vec![entry(&long(201), text("v"))], ..Default::default() }, vec!["entries[0].key"]),
-        (SetMetadataRequest { entries: vec![entry("k", None)], ..Default::default() }, vec!["entries[0].value"]),
         (
-            SetMetadataRequest { entries: vec![entry("k", Some(MetadataValue { kind: None }))], ..Default::default() },
+            SetMetadataRequest {
+                entries: vec![entry("", text("v"))],
+                ..Default::default()
+            },
+            vec!["entries[0].key"],
+        ),
+        (
+            SetMetadataRequest {
+                entries: vec![entry(&long(201), text("v"))],
+                ..Default::default()
+            },
+            vec!["entries[0].key"],
+        ),
+        (
+            SetMetadataRequest {
+                entries: vec![entry("k", None)],
+                ..Default::default()
+            },
             vec!["entries[0].value"],
         ),
-        (SetMetadataRequest { entries: vec![entry("k", text(""))], ..Default::default() }, vec!["entries[0].value"]),
-        (SetMetadataRequest { entries: vec![entry("k", binary(&vec![1; 500_001]))], ..Default::default() }, vec!["entries[0].value"]),
         (
-            SetMetadataRequest { entries: vec![entry("k", text("1")), entry("k", text("2"))], ..Default::default() },
+            SetMetadataRequest {
+                entries: vec![entry("k", Some(MetadataValue { kind: None }))],
+                ..Default::default()
+            },
+            vec!["entries[0].value"],
+        ),
+        (
+            SetMetadataRequest {
+                entries: vec![entry("k", text(""))],
+                ..Default::default()
+            },
+            vec!["entries[0].value"],
+        ),
+        (
+            SetMetadataRequest {
+                entries: vec![entry("k", binary(&vec![1; 500_001]))],
+                ..Default::default()
+            },
+            vec!["entries[0].value"],
+        ),
+        (
+            SetMetadataRequest {
+                entries: vec![entry("k", text("1")), entry("k", text("2"))],
+                ..Default::default()
+            },
             vec!["entries[1].key"],
         ),
-        (SetMetadataRequest { user_id: long(201), entries: vec![entry("k", text("v"))], ..Default::default() }, vec!["user_id"]),
         (
-            SetMetadataRequest { organization_id: "a b".into(), entries: vec![entry("k", text("v"))], ..Default::default() },
+            SetMetadataRequest {
+                user_id: long(201),
+                entries: vec![entry("k", text("v"))],
+                ..Default::default()
+            },
+            vec!["user_id"],
+        ),
+        (
+            SetMetadataRequest {
+                organization_id: "a b".into(),
+                entries: vec![entry("k", text("v"))],
+                ..Default::default()
+            },
             vec!["organization_id"],
         ),
         (
-            SetMetadataRequest { user_id: long(201), entries: vec![entry("", text(""))], ..Default::default() },
+            SetMetadataRequest {
+                user_id: long(201),
+                entries: vec![entry("", text(""))],
+                ..Default::default()
+            },
             vec!["user_id", "entries[0].key", "entries[0].value"],
         ),
     ];
     for (request, fields) in cases {
-        let status = app.client.set_metadata(authed(request, &app.admin_token)).await.unwrap_err();
+        let status = app
+            .client
+            .set_metadata(authed(request, &app.admin_token))
+            .await
+            .unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
         assert_eq!(violated_fields(&status), fields, "{}", status.message());
     }
@@ -55,10 +110,16 @@ async fn the_largest_values_and_keys_are_accepted() {
     let key = "k".repeat(200);
     let request = SetMetadataRequest {
         user_id: alice.clone(),
-        entries: vec![MetadataEntry { key: key.clone(), value: binary(&vec![7; 500_000]) }],
+        entries: vec![MetadataEntry {
+            key: key.clone(),
+            value: binary(&vec![7; 500_000]),
+        }],
         ..Default::default()
     };
-    app.client.set_metadata(authed(request, &app.admin_token)).await.unwrap();
+    app.client
+        .set_metadata(authed(request, &app.admin_token))
+        .await
+        .unwrap();
     assert_eq!(app.standin.metadata_of(&alice)[&key].len(), 500_000);
 }
 
@@ -68,13 +129,42 @@ async fn delete_requests_are_checked_before_anything_is_sent() {
     let keys = |ks: &[&str]| ks.iter().map(|k| k.to_string()).collect::<Vec<_>>();
     let cases: Vec<(DeleteMetadataRequest, Vec<&str>)> = vec![
         (DeleteMetadataRequest::default(), vec!["keys"]),
-        (DeleteMetadataRequest { keys: keys(&[""]), ..Default::default() }, vec!["keys[0]"]),
-        (DeleteMetadataRequest { keys: vec![long(201)], ..Default::default() }, vec!["keys[0]"]),
-        (DeleteMetadataRequest { keys: keys(&["a", "b", "a"]), ..Default::default() }, vec!["keys[2]"]),
-        (DeleteMetadataRequest { user_id: long(201), keys: keys(&["a"]), ..Default::default() }, vec!["user_id"]),
+        (
+            DeleteMetadataRequest {
+                keys: keys(&[""]),
+                ..Default::default()
+            },
+            vec!["keys[0]"],
+        ),
+        (
+            DeleteMetadataRequest {
+                keys: vec![long(201)],
+                ..Default::default()
+            },
+            vec!["keys[0]"],
+        ),
+        (
+            DeleteMetadataRequest {
+                keys: keys(&["a", "b", "a"]),
+                ..Default::default()
+            },
+            vec!["keys[2]"],
+        ),
+        (
+            DeleteMetadataRequest {
+                user_id: long(201),
+                keys: keys(&["a"]),
+                ..Default::default()
+            },
+            vec!["user_id"],
+        ),
     ];
     for (request, fields) in cases {
-        let status = app.client.delete_metadata(authed(request, &app.admin_token)).await.unwrap_err();
+        let status = app
+            .client
+            .delete_metadata(authed(request, &app.admin_token))
+            .await
+            .unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
         assert_eq!(violated_fields(&status), fields, "{}", status.message());
     }
@@ -85,31 +175,93 @@ async fn delete_requests_are_checked_before_anything_is_sent() {
 async fn list_and_get_requests_are_checked_before_anything_is_sent() {
     let mut app = spawn_app().await;
     let list_cases: Vec<(ListMetadataRequest, Vec<&str>)> = vec![
-        (ListMetadataRequest { page_size: -1, ..Default::default() }, vec!["page_size"]),
-        (ListMetadataRequest { page_size: 1001, ..Default::default() }, vec!["page_size"]),
-        (ListMetadataRequest { page_token: "garbage".into(), ..Default::default() }, vec!["page_token"]),
-        (ListMetadataRequest { user_id: long(201), ..Default::default() }, vec!["user_id"]),
         (
-            ListMetadataRequest { key_filter: Some(KeyFilter { key: long(201), r#match: 0 }), ..Default::default() },
+            ListMetadataRequest {
+                page_size: -1,
+                ..Default::default()
+            },
+            vec!["page_size"],
+        ),
+        (
+            ListMetadataRequest {
+                page_size: 1001,
+                ..Default::default()
+            },
+            vec!["page_size"],
+        ),
+        (
+            ListMetadataRequest {
+                page_token: "garbage".into(),
+                ..Default::default()
+            },
+            vec!["page_token"],
+        ),
+        (
+            ListMetadataRequest {
+                user_id: long(201),
+                ..Default::default()
+            },
+            vec!["user_id"],
+        ),
+        (
+            ListMetadataRequest {
+                key_filter: Some(KeyFilter {
+                    key: long(201),
+                    r#match: 0,
+                }),
+                ..Default::default()
+            },
             vec!["key_filter.key"],
         ),
         (
-            ListMetadataRequest { key_filter: Some(KeyFilter { key: "k".into(), r#match: 42 }), ..Default::default() },
+            ListMetadataRequest {
+                key_filter: Some(KeyFilter {
+                    key: "k".into(),
+                    r#match: 42,
+                }),
+                ..Default::default()
+            },
             vec!["key_filter.match"],
         ),
     ];
     for (request, fields) in list_cases {
-        let status = app.client.list_metadata(authed(request, &app.alice_token)).await.unwrap_err();
+        let status = app
+            .client
+            .list_metadata(authed(request, &app.alice_token))
+            .await
+            .unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
         assert_eq!(violated_fields(&status), fields, "{}", status.message());
     }
     let get_cases: Vec<(GetMyMetadataRequest, Vec<&str>)> = vec![
-        (GetMyMetadataRequest { keys: vec!["".into()], source: 0 }, vec!["keys[0]"]),
-        (GetMyMetadataRequest { keys: vec!["ok".into(), long(201)], source: 0 }, vec!["keys[1]"]),
-        (GetMyMetadataRequest { keys: vec![], source: 9 }, vec!["source"]),
+        (
+            GetMyMetadataRequest {
+                keys: vec!["".into()],
+                source: 0,
+            },
+            vec!["keys[0]"],
+        ),
+        (
+            GetMyMetadataRequest {
+                keys: vec!["ok".into(), long(201)],
+                source: 0,
+            },
+            vec!["keys[1]"],
+        ),
+        (
+            GetMyMetadataRequest {
+                keys: vec![],
+                source: 9,
+            },
+            vec!["source"],
+        ),
     ];
     for (request, fields) in get_cases {
-        let status = app.client.get_my_metadata(authed(request, &app.alice_token)).await.unwrap_err();
+        let status = app
+            .client
+            .get_my_metadata(authed(request, &app.alice_token))
+            .await
+            .unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
         assert_eq!(violated_fields(&status), fields, "{}", status.message());
     }
@@ -119,16 +271,34 @@ async fn list_and_get_requests_are_checked_before_anything_is_sent() {
 #[tokio::test]
 async fn missing_or_malformed_tokens_are_refused_before_anything_is_sent() {
     let mut app = spawn_app().await;
-    let status = app.client.get_my_metadata(GetMyMetadataRequest::default()).await.unwrap_err();
+    let status = app
+        .client
+        .get_my_metadata(GetMyMetadataRequest::default())
+        .await
+        .unwrap_err();
     assert_status(&status, Code::Unauthenticated, "TOKEN_MISSING");
-    assert!(status.message().contains("authorization: Bearer"), "{}", status.message());
+    assert!(
+        status.message().contains("authorization: Bearer"),
+        "{}",
+        status.message()
+    );
 
-    for value in ["Basic dXNlcjpwYXNz", "Bearer", "Bearer two words", "token-without-scheme"] {
+    for value in [
+        "Basic dXNlcjpwYXNz",
+        "Bearer",
+        "Bearer two words",
+        "token-without-scheme",
+    ] {
         let mut request = tonic::Request::new(SetMetadataRequest::default());
-        request.metadata_mut().insert("authorization", value.parse().unwrap());
+        request
+            .metadata_mut()
+            .insert("authorization", value.parse().unwrap());
         let status = app.client.set_metadata(request).await.unwrap_err();
         assert_status(&status, Code::Unauthenticated, "TOKEN_MALFORMED");
-        assert!(!status.message().contains("dXNlcjpwYXNz"), "the credential is not echoed");
+        assert!(
+            !status.message().contains("dXNlcjpwYXNz"),
+            "the credential is not echoed"
+        );
     }
     app.assert_no_upstream_request();
 }
