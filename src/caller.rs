@@ -3,6 +3,7 @@
 
 use tonic::metadata::MetadataMap;
 
+use crate::cache::CallerCache;
 use crate::zitadel::{BearerError, CallerToken, UpstreamError, Zitadel, userinfo::UserInfo};
 
 /// The gRPC metadata key that carries the caller's token.
@@ -58,7 +59,11 @@ impl TryFrom<&UserInfo> for Identity {
 }
 
 /// Resolves the token's owner through ZITADEL's userinfo endpoint.
-pub async fn identify(zitadel: &Zitadel, token: &CallerToken) -> Result<Identity, IdentifyError> {
-    let info = zitadel.userinfo(token).await?;
-    Ok(Identity::try_from(&info)?)
+pub async fn identify(
+    cache: &CallerCache,
+    zitadel: &Zitadel,
+    token: &CallerToken,
+) -> Result<Identity, IdentifyError> {
+    let info = cache.userinfo(zitadel, token).await?;
+    Ok(Identity::try_from(info.as_ref())?)
 }

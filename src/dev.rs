@@ -7,6 +7,7 @@ use secrecy::SecretString;
 
 use crate::{
     RunError,
+    cache::CacheConfig,
     policy::Policy,
     server::{self, Application, Config},
     settings::{self, DevArgs},
@@ -72,6 +73,7 @@ pub async fn run(args: DevArgs) -> Result<(), RunError> {
             [demo.admin_id.clone()],
             settings::self_writable_prefixes(&args.self_writable_keys),
         ),
+        cache: CacheConfig::default(),
     };
     let app = Application::build(config).await?;
     print_banner(&demo, &app);

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod cache;
 pub mod caller;
 pub mod dev;
 pub mod metadata;
@@ -47,6 +48,7 @@ pub fn serve_config(args: ServeArgs) -> Result<Config, SettingsError> {
             args.common.admins(),
             settings::self_writable_prefixes(&args.common.self_writable_keys),
         ),
+        cache: args.common.cache_config(),
     })
 }
 

@@ -9,6 +9,7 @@ use tonic_health::server::HealthReporter;
 
 use crate::{
     api::{MetadataService, pb},
+    cache::{CacheConfig, CallerCache},
     policy::Policy,
     zitadel::{SetupError, Zitadel, ZitadelConfig},
 };
@@ -19,6 +20,7 @@ pub struct Config {
     pub listen: SocketAddr,
     pub zitadel: ZitadelConfig,
     pub policy: Policy,
+    pub cache: CacheConfig,
 }
 
 /// The server could not start.
@@ -46,7 +48,8 @@ pub struct Application {
 impl Application {
     pub async fn build(config: Config) -> Result<Self, StartError> {
         let zitadel = Arc::new(Zitadel::new(config.zitadel)?);
-        let service = MetadataService::new(zitadel, Arc::new(config.policy));
+        let cache = Arc::new(CallerCache::new(config.cache));
+        let service = MetadataService::new(zitadel, Arc::new(config.policy), cache);
         let listener =
             TcpListener::bind(config.listen)
                 .await

@@ -7,7 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use secrecy::SecretString;
 use url::Url;
 
-use crate::zitadel::ServiceCredential;
+use crate::{cache::CacheConfig, zitadel::ServiceCredential};
 
 /// usermeta: one gRPC contract for reading and writing ZITADEL user metadata.
 #[derive(Debug, Parser)]
@@ -74,6 +74,16 @@ pub struct CommonArgs {
     /// How long one call to ZITADEL may take, e.g. 5s or 1500ms.
     #[arg(long, env = "USERMETA_UPSTREAM_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub upstream_timeout: Duration,
+    /// How long ZITADEL's answer about a token is reused (never past a JWT's own `exp`); 0 turns caching off.
+    /// It bounds how long a revoked token keeps working here and how stale metadata written elsewhere can be.
+    #[arg(long, env = "USERMETA_CACHE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub cache_ttl: Duration,
+    /// How long a token ZITADEL rejected is refused without asking again.
+    #[arg(long, env = "USERMETA_CACHE_NEGATIVE_TTL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub cache_negative_ttl: Duration,
+    /// Most tokens remembered at once (least recently used go first).
+    #[arg(long, env = "USERMETA_CACHE_CAPACITY", default_value_t = 100_000)]
+    pub cache_capacity: u64,
 }
 
 /// Settings of `usermeta dev`.
@@ -181,6 +191,14 @@ fn pat_from(setting: &'static str, text: &str) -> Result<ServiceCredential, Sett
 }
 
 impl CommonArgs {
+    pub fn cache_config(&self) -> CacheConfig {
+        CacheConfig {
+            ttl: self.cache_ttl,
+            negative_ttl: self.cache_negative_ttl,
+            capacity: self.cache_capacity,
+        }
+    }
+
     /// Admin ids, trimmed, empty entries dropped.
     pub fn admins(&self) -> Vec<String> {
         clean_list(&self.admins)

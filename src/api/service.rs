@@ -11,6 +11,7 @@ use super::{
     validate::{self, Source},
 };
 use crate::{
+    cache::CallerCache,
     caller::{self, Identity},
     metadata::{KeyFilter, KeyMatch, MetadataItem, Page, PageRequest},
     policy::{Action, Policy},
@@ -25,11 +26,16 @@ const FULL_LISTING_PAGE: u32 = 1000;
 pub struct MetadataService {
     zitadel: Arc<Zitadel>,
     policy: Arc<Policy>,
+    cache: Arc<CallerCache>,
 }
 
 impl MetadataService {
-    pub fn new(zitadel: Arc<Zitadel>, policy: Arc<Policy>) -> Self {
-        MetadataService { zitadel, policy }
+    pub fn new(zitadel: Arc<Zitadel>, policy: Arc<Policy>, cache: Arc<CallerCache>) -> Self {
+        MetadataService {
+            zitadel,
+            policy,
+            cache,
+        }
     }
 
     #[instrument(name = "GetMyMetadata", skip_all, fields(source, user_id))]
@@ -42,8 +48,8 @@ impl MetadataService {
         tracing::Span::current().record("source", tracing::field::debug(request.source));
         let (caller, mut items) = match request.source {
             Source::Userinfo => {
-                let info = self.zitadel.userinfo(&token).await?;
-                (Identity::try_from(&info)?, info.metadata)
+                let info = self.cache.userinfo(&self.zitadel, &token).await?;
+                (Identity::try_from(info.as_ref())?, info.metadata.clone())
             }
             Source::AuthApi => {
                 // One exact key can be filtered by ZITADEL; several are filtered here (its queries are ANDed).
@@ -55,10 +61,10 @@ impl MetadataService {
                     _ => None,
                 };
                 let (info, items) = tokio::try_join!(
-                    self.zitadel.userinfo(&token),
+                    self.cache.userinfo(&self.zitadel, &token),
                     read_all(|page| self.zitadel.list_my_metadata(&token, filter.as_ref(), page)),
                 )?;
-                (Identity::try_from(&info)?, items)
+                (Identity::try_from(info.as_ref())?, items)
             }
         };
         tracing::Span::current().record("user_id", caller.sub.as_str());
@@ -89,7 +95,7 @@ impl MetadataService {
             }
             Some(user_id) => {
                 tracing::Span::current().record("user_id", user_id);
-                let caller = caller::identify(&self.zitadel, &token).await?;
+                let caller = caller::identify(&self.cache, &self.zitadel, &token).await?;
                 if caller.sub == user_id {
                     self.zitadel
                         .list_my_metadata(&token, filter, request.page)
@@ -126,7 +132,7 @@ impl MetadataService {
     ) -> Result<pb::SetMetadataResponse, ApiError> {
         let token = caller::bearer_token(request.metadata())?;
         let request = validate::set(request.into_inner())?;
-        let caller = caller::identify(&self.zitadel, &token).await?;
+        let caller = caller::identify(&self.cache, &self.zitadel, &token).await?;
         let target = target_of(
             &caller,
             request.user_id.as_deref(),
@@ -140,11 +146,15 @@ impl MetadataService {
         audited(&caller, target, Action::Write, &keys, async {
             self.policy
                 .authorize(&caller, target.user_id, Action::Write, keys.iter().copied())?;
-            let update_time = self
+            // Whatever the outcome, the write may have landed: cached answers about the user are stale.
+            let written = self
                 .zitadel
                 .set_user_metadata(target, &request.entries)
-                .await?;
-            Ok(pb::SetMetadataResponse { update_time })
+                .await;
+            self.cache.invalidate_user(target.user_id);
+            Ok(pb::SetMetadataResponse {
+                update_time: written?,
+            })
         })
         .await
     }
@@ -156,7 +166,7 @@ impl MetadataService {
     ) -> Result<pb::DeleteMetadataResponse, ApiError> {
         let token = caller::bearer_token(request.metadata())?;
         let request = validate::delete(request.into_inner())?;
-        let caller = caller::identify(&self.zitadel, &token).await?;
+        let caller = caller::identify(&self.cache, &self.zitadel, &token).await?;
         let target = target_of(
             &caller,
             request.user_id.as_deref(),
@@ -170,9 +180,11 @@ impl MetadataService {
                 Action::Delete,
                 keys.iter().copied(),
             )?;
-            let update_time = self
+            let deleted = self
                 .delete_keys(target, &request.keys, request.allow_missing)
-                .await?;
+                .await;
+            self.cache.invalidate_user(target.user_id);
+            let update_time = deleted?;
             Ok(pb::DeleteMetadataResponse { update_time })
         })
         .await

@@ -3,8 +3,10 @@
 
 use std::fmt;
 
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use http::HeaderValue;
 use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
 
 /// The caller's access token, as an `Authorization` header value ready to forward.
 #[derive(Clone)]
@@ -37,7 +39,7 @@ impl CallerToken {
         {
             return Err(BearerError::BadCharacters);
         }
-        let mut authorization = HeaderValue::try_from(format!("Bearer {token}"))
+        let mut authorization = HeaderValue::try_from(format!("{BEARER_PREFIX}{token}"))
             .map_err(|_| BearerError::BadCharacters)?;
         authorization.set_sensitive(true);
         Ok(CallerToken { authorization })
@@ -46,7 +48,31 @@ impl CallerToken {
     pub(crate) fn authorization(&self) -> &HeaderValue {
         &self.authorization
     }
+
+    /// A digest of the token, to key caches by without keeping the token itself.
+    pub fn digest(&self) -> [u8; 32] {
+        Sha256::digest(self.authorization.as_bytes()).into()
+    }
+
+    /// The `exp` a JWT access token claims, as seconds since the epoch; `None` for opaque tokens. Not
+    /// verified: use it only to make a cache entry live shorter, never to trust the token.
+    pub fn claimed_expiry(&self) -> Option<u64> {
+        #[derive(serde::Deserialize)]
+        struct Claims {
+            exp: Option<u64>,
+        }
+        let token = self.authorization.as_bytes().get(BEARER_PREFIX.len()..)?;
+        let mut parts = token.split(|&b| b == b'.');
+        let (_header, payload, _signature) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() {
+            return None;
+        }
+        let payload = URL_SAFE_NO_PAD.decode(payload).ok()?;
+        serde_json::from_slice::<Claims>(&payload).ok()?.exp
+    }
 }
+
+const BEARER_PREFIX: &str = "Bearer ";
 
 impl fmt::Debug for CallerToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -120,6 +146,35 @@ mod tests {
         assert_eq!(
             CallerToken::from_authorization(b"Bearer a\"b").unwrap_err(),
             BearerError::BadCharacters
+        );
+    }
+
+    #[test]
+    fn reads_the_claimed_expiry_of_jwts_only() {
+        let payload = URL_SAFE_NO_PAD.encode(br#"{"sub":"u","exp":1700000000}"#);
+        let jwt = format!("Bearer eyJhbGciOiJSUzI1NiJ9.{payload}.c2ln");
+        assert_eq!(
+            CallerToken::from_authorization(jwt.as_bytes())
+                .unwrap()
+                .claimed_expiry(),
+            Some(1_700_000_000)
+        );
+        let opaque = CallerToken::from_authorization(b"Bearer abcdef").unwrap();
+        assert_eq!(opaque.claimed_expiry(), None);
+        let not_json = CallerToken::from_authorization(b"Bearer a.b.c").unwrap();
+        assert_eq!(not_json.claimed_expiry(), None);
+    }
+
+    #[test]
+    fn digests_differ_per_token() {
+        let a = CallerToken::from_authorization(b"Bearer a").unwrap();
+        let b = CallerToken::from_authorization(b"Bearer b").unwrap();
+        assert_ne!(a.digest(), b.digest());
+        assert_eq!(
+            a.digest(),
+            CallerToken::from_authorization(b"bearer a")
+                .unwrap()
+                .digest()
         );
     }
 

@@ -48,7 +48,7 @@ impl fmt::Display for Endpoint {
 }
 
 /// A failed call to ZITADEL. Messages carry no token, credential or metadata value.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum UpstreamError {
     #[error("could not reach ZITADEL for {endpoint}: {reason}")]
     Unreachable { endpoint: Endpoint, reason: String },

@@ -1,7 +1,16 @@
 //! Spawns usermeta against a seeded stand-in and offers small helpers to call it and inspect what ZITADEL
 //! received.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{Json, Router, routing::get};
 
 use secrecy::SecretString;
 use tokio::sync::oneshot;
@@ -9,6 +18,7 @@ use tonic::{Code, Request, Status, transport::Channel};
 use tonic_types::StatusExt;
 use usermeta::{
     api::pb::{self, user_metadata_service_client::UserMetadataServiceClient},
+    cache::CacheConfig,
     policy::Policy,
     server::{Application, Config},
     standin::{ManagerRole, RecordedRequest, StandIn},
@@ -82,21 +92,37 @@ pub async fn spawn_app() -> TestApp {
     }
 }
 
+/// Settings of a spawned usermeta that tests vary.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    pub timeout: Duration,
+    pub cache: CacheConfig,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            timeout: Duration::from_secs(5),
+            cache: CacheConfig::default(),
+        }
+    }
+}
+
 /// Starts usermeta on 127.0.0.1:0 against `zitadel_url`; it stops when the returned sender drops.
 pub async fn spawn_usermeta(
     zitadel_url: &str,
     service_pat: &str,
     policy: Policy,
 ) -> (SocketAddr, oneshot::Sender<()>) {
-    spawn_usermeta_with_timeout(zitadel_url, service_pat, policy, Duration::from_secs(5)).await
+    spawn_usermeta_with(zitadel_url, service_pat, policy, Options::default()).await
 }
 
-/// [`spawn_usermeta`] with a given upstream timeout.
-pub async fn spawn_usermeta_with_timeout(
+/// [`spawn_usermeta`] with non-default options.
+pub async fn spawn_usermeta_with(
     zitadel_url: &str,
     service_pat: &str,
     policy: Policy,
-    timeout: Duration,
+    Options { timeout, cache }: Options,
 ) -> (SocketAddr, oneshot::Sender<()>) {
     let config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -106,6 +132,7 @@ pub async fn spawn_usermeta_with_timeout(
             service_credential: ServiceCredential::Pat(SecretString::from(service_pat)),
         },
         policy,
+        cache,
     };
     let app = Application::build(config).await.expect("usermeta builds");
     let addr = app.local_addr();
@@ -225,4 +252,23 @@ pub fn pairs(metadata: &[pb::Metadata]) -> Vec<(String, Option<String>)> {
         .iter()
         .map(|m| (m.key.clone(), text_of(m).map(str::to_owned)))
         .collect()
+}
+
+/// A scripted ZITADEL that answers userinfo with fixed claims for any token, counting calls: for what the
+/// real ZITADEL might send but the stand-in never does.
+pub async fn raw_userinfo(claims: serde_json::Value) -> (String, Arc<AtomicUsize>) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&calls);
+    let router = Router::new().route(
+        "/oidc/v1/userinfo",
+        get(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let claims = claims.clone();
+            async move { Json(claims) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (url, calls)
 }

@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-use axum::{Json, Router, routing::get};
 use tonic::Code;
 use tonic_types::StatusExt;
 use usermeta::{
@@ -138,11 +137,14 @@ async fn a_slow_zitadel_hits_the_upstream_timeout() {
         times: None,
         kind: FaultKind::Latency(Duration::from_secs(3)),
     });
-    let (addr, _stop) = spawn_usermeta_with_timeout(
+    let (addr, _stop) = spawn_usermeta_with(
         &app.standin.url(),
         &app.service_pat,
         Policy::default(),
-        Duration::from_millis(200),
+        Options {
+            timeout: Duration::from_millis(200),
+            ..Options::default()
+        },
     )
     .await;
     let started = std::time::Instant::now();
@@ -202,22 +204,9 @@ async fn a_service_user_without_a_manager_role_is_permission_denied() {
     );
 }
 
-/// A scripted ZITADEL that answers userinfo with fixed claims, to send what the real one might but the
-/// stand-in never does.
-async fn raw_userinfo(claims: serde_json::Value) -> String {
-    let router = Router::new().route(
-        "/oidc/v1/userinfo",
-        get(move || async move { Json(claims) }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router).await });
-    url
-}
-
 #[tokio::test]
 async fn one_undecodable_value_does_not_fail_the_answer() {
-    let url = raw_userinfo(serde_json::json!({
+    let (url, _calls) = raw_userinfo(serde_json::json!({
         "sub": "170848145649959169",
         "urn:zitadel:iam:user:metadata": {"good": "MTIzNA", "bad": "%%%not base64%%%", "odd": 42}
     }))
