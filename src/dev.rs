@@ -59,6 +59,8 @@ pub async fn run(args: DevArgs) -> Result<(), RunError> {
     let standin = StandIn::start_on(args.zitadel_listen)
         .await
         .map_err(RunError::StandIn)?;
+    // A long-running demo must not grow memory with every request it serves.
+    standin.set_recording(false);
     let demo = seed_demo(standin).await;
     let config = Config {
         listen: args.listen,

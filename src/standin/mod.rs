@@ -238,6 +238,11 @@ impl StandIn {
         self.inner.shared.token_requests()
     }
 
+    /// How many userinfo requests (GET or POST `/oidc/v1/userinfo`) arrived, counted even with recording off.
+    pub fn userinfo_requests(&self) -> usize {
+        self.inner.shared.userinfo_requests()
+    }
+
     /// Adds a fault. Faults are tried in the order pushed; the first matching one with uses left fires.
     pub fn push_fault(&self, fault: Fault) {
         self.inner.shared.faults.push(fault);

@@ -30,6 +30,7 @@ pub(super) struct Shared {
     pub(super) recorder: Recorder,
     pub(super) faults: Faults,
     token_requests: AtomicUsize,
+    userinfo_requests: AtomicUsize,
     token_lifetime_ms: AtomicU64,
     audience_style: AtomicU8,
     next_id: AtomicU64,
@@ -188,6 +189,7 @@ impl Shared {
             recorder: Recorder::default(),
             faults: Faults::default(),
             token_requests: AtomicUsize::new(0),
+            userinfo_requests: AtomicUsize::new(0),
             token_lifetime_ms: AtomicU64::new(duration_ms(DEFAULT_TOKEN_LIFETIME)),
             audience_style: AtomicU8::new(0),
             next_id: AtomicU64::new(FIRST_ID),
@@ -212,6 +214,9 @@ impl Shared {
         if parts.method == Method::POST && path == "/oauth/v2/token" {
             self.token_requests.fetch_add(1, Ordering::Relaxed);
         }
+        if path == "/oidc/v1/userinfo" {
+            self.userinfo_requests.fetch_add(1, Ordering::Relaxed);
+        }
         if !self.recorder.enabled() {
             return;
         }
@@ -226,6 +231,10 @@ impl Shared {
 
     pub(super) fn token_requests(&self) -> usize {
         self.token_requests.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn userinfo_requests(&self) -> usize {
+        self.userinfo_requests.load(Ordering::Relaxed)
     }
 
     pub(super) fn token_lifetime(&self) -> Duration {

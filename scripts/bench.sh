@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# The benchmark (not a test): builds release binaries and, on this machine in one run, measures
+#   (a) a bare tonic server answering GetMyMetadata with a same-size message: the ceiling;
+#   (b) usermeta's cached GetMyMetadata; with the same h2load settings, alternating (a) and (b);
+#   the cold path (cache off: every request asks ZITADEL) against the stand-in called directly;
+#   upstream calls (coalescing, distinct tokens) and peak RSS, including with 100k cached tokens.
+# Prints a markdown table and writes it to bench/RESULTS.md. Knobs: REQUESTS, CLIENTS, STREAMS, ROUNDS.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+REQUESTS=${REQUESTS:-100000}
+CLIENTS=${CLIENTS:-16}
+STREAMS=${STREAMS:-8}
+ROUNDS=${ROUNDS:-3}
+FILL=${FILL:-100000}
+
+command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq nghttp2-client >/dev/null; }
+cargo build --release --locked --bin usermeta --example bench_ceiling --example bench_zitadel --example bench_fill
+bin=target/release
+work=$(mktemp -d)
+pids=()
+cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 1 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "nothing listens on $1"; exit 1; }
+peak_rss_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
+
+zitadel_port=$(free_port); control_port=$(free_port)
+"$bin/examples/bench_zitadel" "127.0.0.1:$zitadel_port" "127.0.0.1:$control_port" $((FILL + 200)) "$work/fixture.json" &
+pids+=($!)
+wait_port "$control_port"
+field() { python3 -c "import json,sys; d=json.load(open('$work/fixture.json')); print(eval(sys.argv[1]))" "$1"; }
+zitadel_url=$(field 'd["url"]'); user_id=$(field 'd["user_id"]'); field 'd["service_pat"]' >"$work/pat"
+token() { field "d['tokens'][$1]"; }
+userinfo_calls() { curl -s "http://127.0.0.1:$control_port/userinfo_requests"; }
+
+start_usermeta() { # port, cache ttl
+  USERMETA_LISTEN="127.0.0.1:$1" USERMETA_ZITADEL_URL="$zitadel_url" USERMETA_SERVICE_PAT_FILE="$work/pat" \
+    USERMETA_CACHE_TTL="$2" USERMETA_CACHE_CAPACITY=$((FILL + 1000)) RUST_LOG=warn "$bin/usermeta" serve 2>>"$work/usermeta.log" &
+  pids+=($!); wait_port "$1"; echo $!
+}
+cached_port=$(free_port); cached_pid=$(start_usermeta "$cached_port" 60s)
+cold_port=$(free_port); cold_pid=$(start_usermeta "$cold_port" 0s)
+ceiling_port=$(free_port)
+"$bin/examples/bench_ceiling" "127.0.0.1:$ceiling_port" "$user_id" & ceiling_pid=$!; pids+=($ceiling_pid)
+wait_port "$ceiling_port"
+
+printf '\0\0\0\0\0' >"$work/empty-request.bin"   # a gRPC frame holding an empty GetMyMetadataRequest
+hot=$(token 0)
+# h2load: one load tool, one set of settings; per-request latencies go to a log for percentiles.
+load() { # name url token [requests clients streams]
+  local name=$1 url=$2 tok=$3 n=${4:-$REQUESTS} c=${5:-$CLIENTS} m=${6:-$STREAMS} grpc=()
+  [[ $url == */usermeta.v1.* ]] && grpc=(-d "$work/empty-request.bin" -H 'content-type: application/grpc' -H 'te: trailers')
+  h2load -n "$n" -c "$c" -m "$m" -t 1 "${grpc[@]}" -H "authorization: Bearer $tok" --log-file="$work/$name.log" "$url" >"$work/$name.out"
+  grep -q "succeeded, 0 errored" "$work/$name.out" || { cat "$work/$name.out"; echo "load run $name had errors"; exit 1; }
+  python3 scripts/bench_stats.py "$work/$name.out" "$work/$name.log" >>"$work/runs.tsv"
+  sed -i "\$s/^/$name\t/" "$work/runs.tsv"
+}
+grpc_url() { echo "http://127.0.0.1:$1/usermeta.v1.UserMetadataService/GetMyMetadata"; }
+
+# Sanity: usermeta really answers with the bench user's metadata (h2load cannot see gRPC status codes).
+grpcurl -plaintext -H "authorization: Bearer $hot" "127.0.0.1:$cached_port" usermeta.v1.UserMetadataService/GetMyMetadata | grep -q '"text": "1234"'
+grpcurl -plaintext "127.0.0.1:$ceiling_port" usermeta.v1.UserMetadataService/GetMyMetadata 2>/dev/null | grep -q 1234 \
+  || true  # the ceiling has no reflection; h2load's byte counts below compare the message sizes instead
+
+: >"$work/runs.tsv"
+load warmup-ceiling "$(grpc_url "$ceiling_port")" "$hot" 20000
+load warmup-usermeta "$(grpc_url "$cached_port")" "$hot" 20000
+calls_before=$(userinfo_calls)
+for round in $(seq 1 "$ROUNDS"); do
+  load "ceiling-$round" "$(grpc_url "$ceiling_port")" "$hot"
+  load "usermeta-cached-$round" "$(grpc_url "$cached_port")" "$hot"
+done
+cached_upstream=$(( $(userinfo_calls) - calls_before ))
+
+# Cold path: cache off, so every request is a userinfo call; and the stand-in's userinfo called directly.
+cold_n=$((REQUESTS / 5))
+load warmup-cold "$(grpc_url "$cold_port")" "$hot" 2000
+load warmup-direct "http://127.0.0.1:$zitadel_port/oidc/v1/userinfo" "$hot" 2000
+calls_before=$(userinfo_calls)
+for round in $(seq 1 "$ROUNDS"); do
+  load "zitadel-direct-$round" "http://127.0.0.1:$zitadel_port/oidc/v1/userinfo" "$hot" "$cold_n"
+  load "usermeta-cold-$round" "$(grpc_url "$cold_port")" "$hot" "$cold_n"
+done
+cold_upstream=$(( $(userinfo_calls) - calls_before ))
+
+# Coalescing: 100 concurrent first requests with one new token.
+calls_before=$(userinfo_calls)
+load coalesce "$(grpc_url "$cached_port")" "$(token 1)" 100 100 1
+coalesced=$(( $(userinfo_calls) - calls_before ))
+# Distinct tokens: 20 tokens, 200 requests each, twice over, within one TTL.
+calls_before=$(userinfo_calls)
+for pass in 1 2; do for i in $(seq 2 21); do load "distinct-$pass-$i" "$(grpc_url "$cached_port")" "$(token "$i")" 200 4 4; done; done
+distinct=$(( $(userinfo_calls) - calls_before ))
+cached_rss=$(peak_rss_kib "$cached_pid"); ceiling_rss=$(peak_rss_kib "$ceiling_pid")
+
+# Memory with FILL cached tokens, on a fresh instance.
+fill_port=$(free_port); fill_pid=$(start_usermeta "$fill_port" 600s)
+failures=$("$bin/examples/bench_fill" "127.0.0.1:$fill_port" "$work/fixture.json" "$FILL" 64)
+[[ $failures == 0 ]] || { echo "$failures of $FILL fill calls failed"; exit 1; }
+fill_rss=$(peak_rss_kib "$fill_pid")
+
+python3 scripts/bench_report.py "$work/runs.tsv" \
+  --rounds "$ROUNDS" --requests "$REQUESTS" --clients "$CLIENTS" --streams "$STREAMS" \
+  --cached-upstream "$cached_upstream" --cold-upstream "$cold_upstream" --cold-requests $((cold_n * ROUNDS)) \
+  --coalesced "$coalesced" --distinct "$distinct" \
+  --cached-rss "$cached_rss" --ceiling-rss "$ceiling_rss" --fill "$FILL" --fill-rss "$fill_rss" \
+  | tee bench/RESULTS.md
