@@ -5,6 +5,7 @@
 mod helpers;
 
 mod authorization;
+mod credentials;
 mod delete_metadata;
 mod get_my_metadata;
 mod health_reflection;
