@@ -1095,7 +1095,7 @@ async fn token_endpoint_rejects_assertions_that_break_a_rule() {
         (status, answer["error"].as_str()),
         (StatusCode::BAD_REQUEST, Some("invalid_request"))
     );
-    assert_eq!(f.z.token_requests(), cases.len() + 5);
+    assert_eq!(f.z.token_requests(), cases.len() + 4);
 }
 
 // ----------------------------------------------------------------------------------------------------------

@@ -331,24 +331,17 @@ impl OAuth {
         refresh
     }
 
-    /// One token request.
-    async fn fetch(&self) -> Result<Arc<Token>, UpstreamError> {
-        let failed = |cause: UpstreamError| UpstreamError::CredentialRefresh {
-            credential: self.credential.clone(),
-            cause: Box::new(cause),
-        };
-        let endpoint = Endpoint::Token;
+    /// The token request of this credential's grant.
+    fn token_request(&self) -> Result<reqwest::RequestBuilder, UpstreamError> {
         let mut form = url::form_urlencoded::Serializer::new(String::new());
         let mut request = self.http.post(self.token_url.clone());
         match &self.grant {
             Grant::JwtProfile(key) => {
                 let assertion = key
                     .assertion(&self.issuer, SystemTime::now())
-                    .map_err(|e| {
-                        failed(UpstreamError::BadResponse {
-                            endpoint,
-                            reason: format!("the JWT-profile assertion could not be signed ({e})"),
-                        })
+                    .map_err(|e| UpstreamError::BadResponse {
+                        endpoint: Endpoint::Token,
+                        reason: format!("the JWT-profile assertion could not be signed ({e})"),
                     })?;
                 form.append_pair("grant_type", JWT_BEARER_GRANT)
                     .append_pair("assertion", &assertion);
@@ -359,12 +352,22 @@ impl OAuth {
             }
         }
         form.append_pair("scope", SERVICE_TOKEN_SCOPE);
-        let request = request
+        Ok(request
             .header(
                 http::header::CONTENT_TYPE,
                 "application/x-www-form-urlencoded",
             )
-            .body(form.finish());
+            .body(form.finish()))
+    }
+
+    /// One token request.
+    async fn fetch(&self) -> Result<Arc<Token>, UpstreamError> {
+        let failed = |cause: UpstreamError| UpstreamError::CredentialRefresh {
+            credential: self.credential.clone(),
+            cause: Box::new(cause),
+        };
+        let endpoint = Endpoint::Token;
+        let request = self.token_request().map_err(failed)?;
 
         // Lifetimes count from before the request: the token cannot have been issued earlier.
         let sent = Instant::now();

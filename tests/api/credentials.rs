@@ -130,7 +130,8 @@ impl CredApp {
             .collect()
     }
 
-    fn token_request_forms(&self) -> Vec<(Vec<(String, String)>, Option<String>)> {
+    /// Each token request's form fields and `Authorization` header.
+    fn token_request_forms(&self) -> Vec<TokenRequest> {
         self.standin
             .requests()
             .into_iter()
@@ -149,6 +150,8 @@ impl CredApp {
             .collect()
     }
 }
+
+type TokenRequest = (Vec<(String, String)>, Option<String>);
 
 fn field<'a>(form: &'a [(String, String)], name: &str) -> Option<&'a str> {
     form.iter()
@@ -393,7 +396,7 @@ async fn a_credential_zitadel_keeps_rejecting_is_unavailable_and_reads_still_wor
         assert!(message.contains(oauth_error), "{message}");
         assert!(!message.contains(&app.secret), "{message}");
         assert!(!message.contains("PRIVATE KEY"), "{message}");
-        assert!(app.standin.metadata_of(&app.alice).get("b").is_none());
+        assert!(!app.standin.metadata_of(&app.alice).contains_key("b"));
 
         // Reads with the caller's own token need no service credential.
         let mine = app
