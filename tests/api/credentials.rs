@@ -446,3 +446,19 @@ async fn the_server_starts_and_serves_reads_when_the_first_token_request_fails()
     tokio::time::sleep(Duration::from_millis(1100)).await;
     app.client.set_metadata(app.set("b", "2")).await.unwrap();
 }
+
+#[tokio::test]
+async fn the_background_refresh_stops_with_the_server() {
+    let mut app = spawn_with(Kind::ClientCredentials, |z| {
+        z.set_token_lifetime(Duration::from_secs(1))
+    })
+    .await;
+    app.client.set_metadata(app.set("a", "1")).await.unwrap();
+    let standin = app.standin.clone();
+    drop(app);
+    // Give the server a moment to stop, then let more than one lifetime pass: no refresh may follow.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after_stop = standin.token_requests();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(standin.token_requests(), after_stop);
+}
