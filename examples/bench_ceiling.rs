@@ -60,14 +60,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|(key, value)| pb::Metadata {
             key: (*key).into(),
             value: Some(pb::MetadataValue {
-                kind: Some(pb::metadata_value::Kind::Text(String::from_utf8(
-                    value.to_vec(),
-                )?)),
+                kind: Some(pb::metadata_value::Kind::Text(
+                    String::from_utf8_lossy(value).into_owned(),
+                )),
             }),
             create_time: None,
             update_time: None,
         })
-        .collect::<Result<_, std::string::FromUtf8Error>>()?;
+        .collect();
     let ceiling = Ceiling {
         answer: pb::GetMyMetadataResponse { user_id, metadata },
     };

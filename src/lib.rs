@@ -3,7 +3,7 @@
 //! A request enters through [`api`] (the tonic service, request validation and the one mapping of errors to
 //! gRPC statuses), learns who is calling from [`caller`], is checked by [`policy`], and reaches ZITADEL through
 //! [`zitadel`] (userinfo and the auth API with the caller's token, the management API with the service
-//! credential). [`server`] binds and serves it with health and reflection; [`standin`] is an in-process
+//! credential: a PAT, or a key or client secret exchanged for tokens kept fresh by `zitadel::token_source`). [`server`] binds and serves it with health and reflection; [`standin`] is an in-process
 //! ZITADEL used by the tests and by `usermeta dev`.
 #![forbid(unsafe_code)]
 

@@ -872,15 +872,230 @@ async fn token_endpoint_issues_client_credentials_tokens() {
         (status, answer["error"].as_str()),
         (StatusCode::BAD_REQUEST, Some("invalid_scope"))
     );
-    for grant in ["urn:ietf:params:oauth:grant-type:jwt-bearer", "password"] {
-        let (status, answer) =
-            token_request(&f, None, &[("grant_type", grant), ("scope", "openid")]).await;
-        assert_eq!(
-            (status, answer["error"].as_str()),
-            (StatusCode::BAD_REQUEST, Some("unsupported_grant_type"))
-        );
-    }
+    let (status, answer) =
+        token_request(&f, None, &[("grant_type", "password"), ("scope", "openid")]).await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("unsupported_grant_type"))
+    );
+    // A removed secret no longer authenticates.
+    f.z.remove_client_secret(&client_id);
+    let (status, answer) = token_request(&f, Some(basic(&client_id, &secret)), &form).await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("invalid_client"))
+    );
     assert_eq!(f.z.token_requests(), 8);
+}
+
+const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+
+/// A JWT-profile key of a new service user: `(user id, key id, signing key)`.
+fn machine_key(f: &Fixture, username: &str) -> (String, String, jsonwebtoken::EncodingKey) {
+    let user =
+        f.z.create_service_user(&f.org, username, ManagerRole::OrgOwner);
+    let file: Value = serde_json::from_str(&f.z.add_machine_key(&user)).expect("key file");
+    assert_eq!(file["type"], "serviceaccount");
+    assert_eq!(file["userId"], user.as_str());
+    let pem = file["key"].as_str().expect("key");
+    assert!(
+        pem.starts_with("-----BEGIN RSA PRIVATE KEY-----\n"),
+        "{pem:.40}"
+    );
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(pem.as_bytes()).expect("PEM");
+    (user, file["keyId"].as_str().expect("keyId").to_owned(), key)
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+fn assertion(kid: &str, key: &jsonwebtoken::EncodingKey, claims: &Value) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some(kid.to_owned());
+    jsonwebtoken::encode(&header, claims, key).expect("sign")
+}
+
+async fn jwt_grant(f: &Fixture, assertion: &str, scope: &str) -> (StatusCode, Value) {
+    token_request(
+        f,
+        None,
+        &[
+            ("grant_type", JWT_BEARER),
+            ("scope", scope),
+            ("assertion", assertion),
+        ],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn token_endpoint_issues_jwt_profile_tokens_for_valid_assertions() {
+    let f = fixture().await;
+    let (user, kid, key) = machine_key(&f, "svc-jwt");
+    let claims = |iss: &str, sub: &str| json!({"iss": iss, "sub": sub, "aud": f.z.url(), "iat": now(), "exp": now() + 3600});
+    let scope = format!("openid {AUD}");
+    let (status, answer) =
+        jwt_grant(&f, &assertion(&kid, &key, &claims(&user, &user)), &scope).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["token_type"], "Bearer");
+    assert_eq!(answer["expires_in"], 43199);
+    let token = answer["access_token"].as_str().expect("token").to_owned();
+    assert_eq!(f.userinfo(&token).await.1["sub"], user);
+    let list = format!("/management/v1/users/{}/metadata/_search", f.alice);
+    assert_eq!(
+        f.call(Method::POST, &list, Some(&token), None, None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    // `aud` may be a list that includes the issuer.
+    let listed = json!({"iss": user, "sub": user, "aud": ["other", f.z.url()], "iat": now(), "exp": now() + 60});
+    assert_eq!(
+        jwt_grant(&f, &assertion(&kid, &key, &listed), &scope)
+            .await
+            .0,
+        StatusCode::OK
+    );
+
+    // Issued tokens expire after the configured lifetime, and the management API then refuses them.
+    f.z.set_token_lifetime(Duration::from_millis(300));
+    let (_, answer) = jwt_grant(&f, &assertion(&kid, &key, &claims(&user, &user)), &scope).await;
+    let short = answer["access_token"].as_str().expect("token").to_owned();
+    assert_eq!(
+        f.call(Method::POST, &list, Some(&short), None, None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(
+        f.call(Method::POST, &list, Some(&short), None, None)
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+    // A revoked token is refused too.
+    f.z.set_token_lifetime(Duration::from_secs(60));
+    let (_, answer) = jwt_grant(&f, &assertion(&kid, &key, &claims(&user, &user)), &scope).await;
+    let revoked = answer["access_token"].as_str().expect("token").to_owned();
+    assert!(f.z.revoke_tokens_of(&user) >= 1);
+    assert_eq!(
+        f.call(Method::POST, &list, Some(&revoked), None, None)
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(f.z.token_requests(), 4);
+}
+
+#[tokio::test]
+async fn token_endpoint_rejects_assertions_that_break_a_rule() {
+    let f = fixture().await;
+    let (user, kid, key) = machine_key(&f, "svc-jwt");
+    let (other_user, other_kid, other_key) = machine_key(&f, "svc-other");
+    let (n, url) = (now(), f.z.url());
+    let good = json!({"iss": user, "sub": user, "aud": url, "iat": n, "exp": n + 3600});
+    let with = |field: &str, value: Value| {
+        let mut claims = good.clone();
+        claims[field] = value;
+        claims
+    };
+    let scope = format!("openid {AUD}");
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "signed by another key",
+            assertion(&kid, &other_key, &good),
+            "signature invalid",
+        ),
+        ("unknown kid", assertion("999", &key, &good), "no key 999"),
+        (
+            "iss is not sub",
+            assertion(&kid, &key, &with("iss", json!(other_user))),
+            "issuer and sub must be identical",
+        ),
+        (
+            "sub is not the key's user",
+            assertion(
+                &kid,
+                &key,
+                &json!({"iss": other_user, "sub": other_user, "aud": url, "iat": n, "exp": n + 60}),
+            ),
+            "not the key's user",
+        ),
+        (
+            "aud without the issuer",
+            assertion(&kid, &key, &with("aud", json!("https://elsewhere"))),
+            "audience",
+        ),
+        (
+            "lifetime over 1 h",
+            assertion(&kid, &key, &with("exp", json!(n + 3601))),
+            "longer than 1h",
+        ),
+        (
+            "expired",
+            assertion(
+                &kid,
+                &key,
+                &json!({"iss": user, "sub": user, "aud": url, "iat": n - 100, "exp": n - 10}),
+            ),
+            "expired",
+        ),
+        (
+            "iat older than 1 h",
+            assertion(
+                &kid,
+                &key,
+                &json!({"iss": user, "sub": user, "aud": url, "iat": n - 3700, "exp": n + 60}),
+            ),
+            "older than 1h",
+        ),
+        (
+            "iat in the future",
+            assertion(&kid, &key, &with("iat", json!(n + 600))),
+            "in the future",
+        ),
+        ("not a JWT", "not-a-jwt".to_owned(), "not a JWT"),
+    ];
+    for (case, assertion, description) in &cases {
+        let (status, answer) = jwt_grant(&f, assertion, &scope).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{case}: {answer}");
+        assert_eq!(answer["error"], "invalid_grant", "{case}: {answer}");
+        let said = answer["error_description"].as_str().expect("description");
+        assert!(said.contains(description), "{case}: {said}");
+    }
+    // The other key works for its own user; a removed key no longer does.
+    let other = json!({"iss": other_user, "sub": other_user, "aud": url, "iat": n, "exp": n + 60});
+    assert_eq!(
+        jwt_grant(&f, &assertion(&other_kid, &other_key, &other), &scope)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    f.z.remove_machine_key(&other_kid);
+    let (status, answer) = jwt_grant(&f, &assertion(&other_kid, &other_key, &other), &scope).await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_grant"))
+    );
+
+    // Request-level problems: no openid scope, no assertion.
+    let (status, answer) = jwt_grant(&f, &assertion(&kid, &key, &good), AUD).await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_scope"))
+    );
+    let (status, answer) =
+        token_request(&f, None, &[("grant_type", JWT_BEARER), ("scope", "openid")]).await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid_request"))
+    );
+    assert_eq!(f.z.token_requests(), cases.len() + 4);
 }
 
 // ----------------------------------------------------------------------------------------------------------

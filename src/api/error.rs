@@ -135,6 +135,40 @@ fn upstream_status(error: &UpstreamError) -> Status {
     let endpoint = error.endpoint();
     let mut facts = vec![("endpoint", endpoint.name().to_owned())];
     match error {
+        UpstreamError::CredentialRefresh { credential, cause } => {
+            facts.push(("credential", credential.clone()));
+            // ZITADEL's OAuth error (`invalid_grant`, `invalid_client`, …) and description, or why it was not reached.
+            let said = match cause.as_ref() {
+                UpstreamError::Rejected {
+                    http_status,
+                    rejection,
+                    ..
+                } => {
+                    facts.push(("http_status", http_status.to_string()));
+                    match &rejection.error_id {
+                        Some(id) => {
+                            facts.push(("zitadel_error", id.clone()));
+                            format!(
+                                "ZITADEL answered HTTP {http_status} {id}: {}",
+                                rejection.message
+                            )
+                        }
+                        None => {
+                            format!("ZITADEL answered HTTP {http_status}: {}", rejection.message)
+                        }
+                    }
+                }
+                other => other.to_string(),
+            };
+            with_info(
+                Code::Unavailable,
+                format!(
+                    "usermeta could not get a management API token with its {credential}: {said}; calls that need the service credential fail until it works again (an operator may need to renew it)"
+                ),
+                "SERVICE_CREDENTIAL_REFRESH_FAILED",
+                facts,
+            )
+        }
         UpstreamError::Unreachable { .. } | UpstreamError::Timeout { .. } => with_info(
             Code::Unavailable,
             format!("{error}; retry later"),

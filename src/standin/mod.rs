@@ -1,7 +1,8 @@
 //! An in-process stand-in for the ZITADEL HTTP endpoints usermeta calls.
 //!
 //! It serves, over HTTP/1 and h2c on a local port:
-//! - OIDC: `GET`/`POST /oidc/v1/userinfo` and `POST /oauth/v2/token` (client credentials);
+//! - OIDC: `GET`/`POST /oidc/v1/userinfo` and `POST /oauth/v2/token` (client credentials and the JWT-profile
+//!   grant, whose assertions it verifies against the registered public key);
 //! - the Auth API: `/auth/v1/users/me/metadata/_search` and `/auth/v1/users/me/metadata/{key}`;
 //! - the Management API v1 metadata calls under `/management/v1/users/{id}/metadata/...`.
 //!
@@ -27,6 +28,7 @@ mod auth_api;
 mod caller;
 mod errors;
 mod faults;
+pub mod keys;
 mod management_api;
 mod oidc;
 mod recorder;
@@ -191,6 +193,31 @@ impl StandIn {
     /// When `user_id` is unknown or not a machine user.
     pub fn add_client_secret(&self, user_id: &str) -> (String, String) {
         self.inner.shared.add_client_secret(user_id)
+    }
+
+    /// Removes a client secret; later `client_credentials` requests with it fail with `invalid_client`.
+    pub fn remove_client_secret(&self, client_id: &str) {
+        self.inner.shared.remove_client_secret(client_id);
+    }
+
+    /// Adds a JWT-profile key to a machine user and returns the whole key file as ZITADEL downloads it:
+    /// `{"type":"serviceaccount","keyId":"…","key":"-----BEGIN RSA PRIVATE KEY-----…","userId":"…"}`.
+    /// Each call generates a new RSA 2048 key.
+    ///
+    /// # Panics
+    /// When `user_id` is unknown or not a machine user.
+    pub fn add_machine_key(&self, user_id: &str) -> String {
+        self.inner.shared.add_machine_key(user_id)
+    }
+
+    /// Removes a key; assertions signed with it are then rejected (`invalid_grant`).
+    pub fn remove_machine_key(&self, key_id: &str) {
+        self.inner.shared.remove_machine_key(key_id);
+    }
+
+    /// Revokes every OAuth access token of a user (PATs stay valid); returns how many were revoked.
+    pub fn revoke_tokens_of(&self, user_id: &str) -> usize {
+        self.inner.shared.revoke_tokens_of(user_id)
     }
 
     /// Sets the lifetime of tokens issued by `POST /oauth/v2/token` (and their `expires_in`, in whole seconds).

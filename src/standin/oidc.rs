@@ -1,4 +1,4 @@
-//! OIDC/OAuth endpoints: userinfo and the token endpoint (client credentials).
+//! OIDC/OAuth endpoints: userinfo and the token endpoint (client credentials and the JWT-profile grant).
 
 use std::sync::Arc;
 
@@ -167,6 +167,7 @@ pub(super) async fn token(
             "grant_type missing",
         ),
         "client_credentials" => client_credentials(&shared, &headers, &body),
+        JWT_BEARER_GRANT => jwt_profile(&shared, &body),
         other => errors::oauth(
             StatusCode::BAD_REQUEST,
             "unsupported_grant_type",
@@ -228,13 +229,7 @@ fn client_credentials(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Resp
         }
         Err(response) => return *response,
     };
-    let scope = form_field(body, "scope").unwrap_or_default();
-    let mut scopes: Vec<String> = Vec::new();
-    for scope in scope.split_whitespace() {
-        if !scopes.iter().any(|s| s == scope) {
-            scopes.push(scope.to_owned());
-        }
-    }
+    let scopes = scopes_of(body);
     let user_id = match shared.read().clients.get(&client_id) {
         Some(client) if client.secret == secret => client.user_id.clone(),
         _ => {
@@ -252,8 +247,121 @@ fn client_credentials(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Resp
             "scope openid is missing",
         );
     }
+    token_response(shared, &user_id, scopes)
+}
+
+/// The requested scopes, deduplicated, in order.
+fn scopes_of(body: &[u8]) -> Vec<String> {
+    let scope = form_field(body, "scope").unwrap_or_default();
+    let mut scopes: Vec<String> = Vec::new();
+    for scope in scope.split_whitespace() {
+        if !scopes.iter().any(|s| s == scope) {
+            scopes.push(scope.to_owned());
+        }
+    }
+    scopes
+}
+
+const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+/// ZITADEL: the assertion's `exp` "MUST NOT be longer than 1h" and its `iat` "must not be older than 1 hour".
+const MAX_ASSERTION_AGE_SECS: u64 = 3600;
+
+/// `grant_type=urn:ietf:params:oauth:grant-type:jwt-bearer`: a service user's signed assertion for a token.
+fn jwt_profile(shared: &Shared, body: &[u8]) -> Response {
+    let Some(assertion) = form_field(body, "assertion").filter(|a| !a.is_empty()) else {
+        return errors::oauth(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "assertion missing",
+        );
+    };
+    let scopes = scopes_of(body);
+    if !scopes.iter().any(|s| s == SCOPE_OPENID) {
+        return errors::oauth(
+            StatusCode::BAD_REQUEST,
+            "invalid_scope",
+            "scope openid is missing",
+        );
+    }
+    match verify_assertion(shared, &assertion) {
+        Ok(user_id) => token_response(shared, &user_id, scopes),
+        Err(description) => errors::oauth(StatusCode::BAD_REQUEST, "invalid_grant", &description),
+    }
+}
+
+/// Checks an assertion as ZITADEL does and returns its user: RS256 signed by a registered key (`kid`), `iss` =
+/// `sub` = the key's user, `aud` containing the issuer, not expired, `exp - iat` at most 1 h, `iat` neither
+/// older than 1 h nor in the future.
+fn verify_assertion(shared: &Shared, assertion: &str) -> Result<String, String> {
+    use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
+
+    #[derive(serde::Deserialize)]
+    struct Claims {
+        iss: String,
+        sub: String,
+        iat: u64,
+        exp: u64,
+    }
+
+    let header =
+        jsonwebtoken::decode_header(assertion).map_err(|_| "assertion is not a JWT".to_owned())?;
+    if header.alg != Algorithm::RS256 {
+        return Err(format!("unsupported signing algorithm {:?}", header.alg));
+    }
+    let kid = header.kid.ok_or("assertion header has no kid")?;
+    let (key_user, public_der) = {
+        let data = shared.read();
+        let key = data
+            .machine_keys
+            .get(&kid)
+            .ok_or_else(|| format!("no key {kid} is registered (Errors.AuthNKey.NotFound)"))?;
+        (key.user_id.clone(), key.public_der.clone())
+    };
+    let mut validation = Validation::new(Algorithm::RS256);
+    validation.set_audience(&[shared.issuer.as_str()]);
+    validation.set_required_spec_claims(&["exp", "iat", "iss", "sub", "aud"]);
+    validation.leeway = 0;
+    let claims = jsonwebtoken::decode::<Claims>(
+        assertion,
+        &DecodingKey::from_rsa_der(&public_der),
+        &validation,
+    )
+    .map_err(|e| match e.kind() {
+        ErrorKind::InvalidSignature => "signature invalid".to_owned(),
+        ErrorKind::ExpiredSignature => "assertion expired".to_owned(),
+        ErrorKind::InvalidAudience => {
+            format!("audience is not valid: it must include {}", shared.issuer)
+        }
+        ErrorKind::MissingRequiredClaim(claim) => format!("claim {claim} missing"),
+        _ => format!("assertion invalid ({e})"),
+    })?
+    .claims;
+    if claims.iss != claims.sub {
+        return Err("delegation not yet implemented, issuer and sub must be identical".into());
+    }
+    if claims.sub != key_user {
+        return Err("subject is not the key's user".into());
+    }
+    let now = wire::unix_secs(wire::now());
+    if claims.iat > now {
+        return Err("iat is in the future".into());
+    }
+    if now - claims.iat > MAX_ASSERTION_AGE_SECS {
+        return Err("iat is older than 1h".into());
+    }
+    if claims.exp.saturating_sub(claims.iat) > MAX_ASSERTION_AGE_SECS {
+        return Err("assertion lifetime (exp - iat) is longer than 1h".into());
+    }
+    match shared.read().users.get(&claims.sub) {
+        Some(user) if user.machine_role.is_some() => Ok(claims.sub),
+        _ => Err("subject is not a known service user".into()),
+    }
+}
+
+/// Issues a token with the configured lifetime and answers it as ZITADEL does.
+fn token_response(shared: &Shared, user_id: &str, scopes: Vec<String>) -> Response {
     let lifetime = shared.token_lifetime();
-    let access_token = shared.issue_token(&user_id, scopes, Some(lifetime), false);
+    let access_token = shared.issue_token(user_id, scopes, Some(lifetime), false);
     let mut response = errors::json(
         StatusCode::OK,
         &TokenResponse {

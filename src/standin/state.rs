@@ -44,6 +44,8 @@ pub(super) struct Data {
     pub(super) tokens: HashMap<String, Token>,
     /// By client id (the machine user's username).
     pub(super) clients: HashMap<String, Client>,
+    /// JWT-profile keys by key id.
+    pub(super) machine_keys: HashMap<String, MachineKey>,
     /// The instance-wide event counter, shown as `processedSequence`.
     pub(super) processed_sequence: u64,
 }
@@ -144,6 +146,13 @@ impl Token {
 pub(super) struct Client {
     pub(super) user_id: String,
     pub(super) secret: String,
+}
+
+/// The public half of a service user's JWT-profile key.
+pub(super) struct MachineKey {
+    pub(super) user_id: String,
+    /// DER `RSAPublicKey`.
+    pub(super) public_der: Vec<u8>,
 }
 
 impl Data {
@@ -362,6 +371,50 @@ impl Shared {
             },
         );
         (client_id, secret)
+    }
+
+    pub(super) fn remove_client_secret(&self, client_id: &str) {
+        self.write().clients.remove(client_id);
+    }
+
+    /// Registers a new key for a machine user and returns the key file ZITADEL would hand out.
+    pub(super) fn add_machine_key(&self, user_id: &str) -> String {
+        let key = super::keys::generate_rsa_key();
+        let key_id = self.next_id();
+        let mut data = self.write();
+        match data.users.get(user_id) {
+            Some(user) if user.machine_role.is_some() => {}
+            Some(_) => {
+                panic!("stand-in: keys exist only for machine users; {user_id:?} is human")
+            }
+            None => panic!("stand-in: unknown user {user_id:?}"),
+        }
+        data.machine_keys.insert(
+            key_id.clone(),
+            MachineKey {
+                user_id: user_id.to_owned(),
+                public_der: key.public_der,
+            },
+        );
+        serde_json::json!({
+            "type": "serviceaccount",
+            "keyId": key_id,
+            "key": key.private_pem,
+            "userId": user_id,
+        })
+        .to_string()
+    }
+
+    pub(super) fn remove_machine_key(&self, key_id: &str) {
+        self.write().machine_keys.remove(key_id);
+    }
+
+    /// Revokes every OAuth access token (not PATs) of a user; returns how many.
+    pub(super) fn revoke_tokens_of(&self, user_id: &str) -> usize {
+        let mut data = self.write();
+        let before = data.tokens.len();
+        data.tokens.retain(|_, t| t.pat || t.user_id != user_id);
+        before - data.tokens.len()
     }
 
     pub(super) fn set_metadata(&self, user_id: &str, key: &str, value: &[u8]) {

@@ -1,10 +1,15 @@
 //! The two kinds of bearer usermeta sends to ZITADEL, kept apart by type: a [`CallerToken`] only ever goes to
-//! userinfo and the auth API, the [`ServiceCredential`] only ever to the management API. Neither prints.
+//! userinfo and the auth API, the [`ServiceCredential`] (or the tokens it is exchanged for) only ever to the
+//! management API. Neither prints.
 
-use std::fmt;
+use std::{
+    fmt,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use http::HeaderValue;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
@@ -80,10 +85,18 @@ impl fmt::Debug for CallerToken {
     }
 }
 
-/// How usermeta authenticates itself toward the management API.
+/// How usermeta authenticates itself toward the management API. Only the PAT is a bearer itself; the other
+/// two are exchanged for short-lived access tokens by the [`super::token_source::TokenSource`].
 pub enum ServiceCredential {
     /// A personal access token of a ZITADEL service user.
     Pat(SecretString),
+    /// A service user's JSON key, exchanged through the JWT-profile grant.
+    JwtProfile(ServiceKey),
+    /// A service user's client id and secret, exchanged through the client-credentials grant.
+    ClientCredentials {
+        client_id: String,
+        secret: SecretString,
+    },
 }
 
 impl ServiceCredential {
@@ -91,25 +104,168 @@ impl ServiceCredential {
     pub fn kind(&self) -> &'static str {
         match self {
             ServiceCredential::Pat(_) => "personal access token",
+            ServiceCredential::JwtProfile(_) => "JWT profile key",
+            ServiceCredential::ClientCredentials { .. } => "client credentials",
         }
     }
 
-    /// The `Authorization` header value, built once at start-up and marked sensitive.
-    pub(crate) fn authorization(&self) -> Result<HeaderValue, BearerError> {
+    /// The kind with the ids that tell an operator which credential it is; never key material or a secret.
+    pub fn describe(&self) -> String {
         match self {
-            ServiceCredential::Pat(pat) => {
-                let mut value = HeaderValue::try_from(format!("Bearer {}", pat.expose_secret()))
-                    .map_err(|_| BearerError::BadCharacters)?;
-                value.set_sensitive(true);
-                Ok(value)
+            ServiceCredential::Pat(_) => "personal access token".to_owned(),
+            ServiceCredential::JwtProfile(key) => format!(
+                "JWT profile key {} of service user {}",
+                key.key_id, key.user_id
+            ),
+            ServiceCredential::ClientCredentials { client_id, .. } => {
+                format!("client credentials of client {client_id}")
             }
         }
     }
 }
 
+/// A PAT as an `Authorization` header value, marked sensitive.
+pub(crate) fn pat_authorization(pat: &SecretString) -> Result<HeaderValue, BearerError> {
+    let mut value = HeaderValue::try_from(format!("Bearer {}", pat.expose_secret()))
+        .map_err(|_| BearerError::BadCharacters)?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
 impl fmt::Debug for ServiceCredential {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ServiceCredential({}, <redacted>)", self.kind())
+        write!(f, "ServiceCredential({}, <redacted>)", self.describe())
+    }
+}
+
+/// The `type` of a service user's key file. ZITADEL also hands out `application` keys (for an API app's
+/// `private_key_jwt`), which look alike but cannot get tokens for a user.
+const SERVICE_ACCOUNT_TYPE: &str = "serviceaccount";
+
+/// A service user's JWT-profile key, as ZITADEL hands it out:
+/// `{"type":"serviceaccount","keyId":"…","key":"-----BEGIN RSA PRIVATE KEY-----…","userId":"…"}`.
+/// The private key is checked (by signing once) when loaded, and never prints.
+pub struct ServiceKey {
+    key_id: String,
+    user_id: String,
+    key: EncodingKey,
+}
+
+/// What is wrong with a key file. Messages never contain key material.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyFileError {
+    #[error("is not JSON ({0}); expected the key file ZITADEL downloads for a service user key")]
+    NotJson(String),
+    #[error("is not a JSON object; expected the key file ZITADEL downloads for a service user key")]
+    NotAnObject,
+    #[error(
+        "has no string field `{0}`; expected the key file ZITADEL downloads for a service user key"
+    )]
+    MissingField(&'static str),
+    #[error(
+        "is an application key (`\"type\":\"application\"`, made for an API app's private_key_jwt); usermeta needs a service user's key (`\"type\":\"serviceaccount\"`): create one under the service user's Keys"
+    )]
+    ApplicationKey,
+    #[error("has `type` {0:?}; expected \"serviceaccount\" (a service user's key)")]
+    WrongType(String),
+    #[error("has a `key` that is not a usable RSA private key in PEM form ({0})")]
+    BadKey(String),
+}
+
+impl ServiceKey {
+    /// Reads a key file's content. Parsing goes through `serde_json::Value` so that no error can echo a field.
+    pub fn from_json(text: &[u8]) -> Result<ServiceKey, KeyFileError> {
+        let value: serde_json::Value = serde_json::from_slice(text).map_err(|e| {
+            // Only the category and position: serde's message for a bad value could quote the key.
+            KeyFileError::NotJson(format!(
+                "{:?} error at line {} column {}",
+                e.classify(),
+                e.line(),
+                e.column()
+            ))
+        })?;
+        let object = value.as_object().ok_or(KeyFileError::NotAnObject)?;
+        let field = |name: &'static str| {
+            object
+                .get(name)
+                .and_then(serde_json::Value::as_str)
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .ok_or(KeyFileError::MissingField(name))
+        };
+        match field("type")? {
+            SERVICE_ACCOUNT_TYPE => {}
+            "application" => return Err(KeyFileError::ApplicationKey),
+            other => {
+                return Err(KeyFileError::WrongType(other.chars().take(40).collect()));
+            }
+        }
+        let key_id = field("keyId")?.to_owned();
+        let user_id = field("userId")?.to_owned();
+        let pem = field("key")?;
+        let key = EncodingKey::from_rsa_pem(pem.as_bytes())
+            .map_err(|e| KeyFileError::BadKey(e.to_string()))?;
+        let key = ServiceKey {
+            key_id,
+            user_id,
+            key,
+        };
+        // PEM parsing checks the armour only; one signature proves the RSA key itself at start-up.
+        key.assertion("https://usermeta.invalid", SystemTime::now())
+            .map_err(|e| KeyFileError::BadKey(e.to_string()))?;
+        Ok(key)
+    }
+
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
+    pub fn user_id(&self) -> &str {
+        &self.user_id
+    }
+
+    /// The RS256 assertion of the JWT-profile grant: `kid` = key id, `iss` = `sub` = user id, `aud` = the
+    /// issuer, valid for [`ASSERTION_LIFETIME`] from `now`.
+    pub(crate) fn assertion(
+        &self,
+        audience: &str,
+        now: SystemTime,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
+        #[derive(serde::Serialize)]
+        struct Claims<'a> {
+            iss: &'a str,
+            sub: &'a str,
+            aud: &'a str,
+            iat: u64,
+            exp: u64,
+        }
+        let iat = now
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some(self.key_id.clone());
+        let claims = Claims {
+            iss: &self.user_id,
+            sub: &self.user_id,
+            aud: audience,
+            iat,
+            exp: iat + ASSERTION_LIFETIME.as_secs(),
+        };
+        jsonwebtoken::encode(&header, &claims, &self.key)
+    }
+}
+
+/// How long an assertion is valid: ZITADEL's maximum ("MUST NOT be longer than 1h"), as its SDKs use, which
+/// leaves the most room for clock skew. It is sent at once and never reused.
+pub const ASSERTION_LIFETIME: Duration = Duration::from_secs(60 * 60);
+
+impl fmt::Debug for ServiceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServiceKey")
+            .field("key_id", &self.key_id)
+            .field("user_id", &self.user_id)
+            .finish_non_exhaustive()
     }
 }
 

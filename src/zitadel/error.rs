@@ -20,6 +20,8 @@ pub enum Endpoint {
     ManagementBulkSetMetadata,
     ManagementRemoveMetadata,
     ManagementBulkRemoveMetadata,
+    /// `/oauth/v2/token`, where the service credential is exchanged for an access token.
+    Token,
 }
 
 impl Endpoint {
@@ -32,6 +34,7 @@ impl Endpoint {
             Endpoint::ManagementBulkSetMetadata => "management.BulkSetUserMetadata",
             Endpoint::ManagementRemoveMetadata => "management.RemoveUserMetadata",
             Endpoint::ManagementBulkRemoveMetadata => "management.BulkRemoveUserMetadata",
+            Endpoint::Token => "oauth.Token",
         }
     }
 
@@ -65,6 +68,13 @@ pub enum UpstreamError {
     },
     #[error("ZITADEL's answer from {endpoint} could not be read: {reason}")]
     BadResponse { endpoint: Endpoint, reason: String },
+    /// The service credential could not be exchanged for a management API token; `cause` is the failed token
+    /// request. `credential` names the credential by its ids, never its secret.
+    #[error("usermeta could not get a management API token with its {credential}: {cause}")]
+    CredentialRefresh {
+        credential: String,
+        cause: Box<UpstreamError>,
+    },
 }
 
 impl UpstreamError {
@@ -74,6 +84,7 @@ impl UpstreamError {
             | UpstreamError::Timeout { endpoint, .. }
             | UpstreamError::Rejected { endpoint, .. }
             | UpstreamError::BadResponse { endpoint, .. } => *endpoint,
+            UpstreamError::CredentialRefresh { cause, .. } => cause.endpoint(),
         }
     }
 

@@ -3,6 +3,7 @@
 //! looks in the service user's own organisation.
 
 use prost_types::Timestamp;
+use serde::de::DeserializeOwned;
 
 use super::{Endpoint, UpstreamError, Zitadel, value, wire};
 use crate::metadata::{KeyFilter, Page, PageRequest};
@@ -29,7 +30,7 @@ impl Zitadel {
         let request = self
             .management(http::Method::POST, target, &["_search"])
             .json(&wire::list_body(filter, page));
-        let answer: wire::ListMetadataResponse = self.send_json(endpoint, request).await?;
+        let answer: wire::ListMetadataResponse = self.send_management(endpoint, request).await?;
         Ok(wire::into_page(endpoint, answer))
     }
 
@@ -46,7 +47,7 @@ impl Zitadel {
                         .json(&wire::SetValueBody {
                             value: value::encode(bytes),
                         });
-                self.send_json(Endpoint::ManagementSetMetadata, request)
+                self.send_management(Endpoint::ManagementSetMetadata, request)
                     .await?
             }
             _ => {
@@ -62,7 +63,7 @@ impl Zitadel {
                 let request = self
                     .management(http::Method::POST, target, &["_bulk"])
                     .json(&body);
-                self.send_json(Endpoint::ManagementBulkSetMetadata, request)
+                self.send_management(Endpoint::ManagementBulkSetMetadata, request)
                     .await?
             }
         };
@@ -78,21 +79,54 @@ impl Zitadel {
         let answer: wire::WriteResponse = match keys {
             [key] if is_path_safe(key) => {
                 let request = self.management(http::Method::DELETE, target, &[key]);
-                self.send_json(Endpoint::ManagementRemoveMetadata, request)
+                self.send_management(Endpoint::ManagementRemoveMetadata, request)
                     .await?
             }
             _ => {
                 let request = self
                     .management(http::Method::DELETE, target, &["_bulk"])
                     .json(&wire::BulkRemoveBody { keys });
-                self.send_json(Endpoint::ManagementBulkRemoveMetadata, request)
+                self.send_management(Endpoint::ManagementBulkRemoveMetadata, request)
                     .await?
             }
         };
         Ok(change_date(answer))
     }
 
-    /// A request to `/management/v1/users/{id}/metadata/{tail...}`, authorised with the service credential.
+    /// Sends a management request with the service credential and reads a 2xx JSON answer. An OAuth token
+    /// ZITADEL rejects with 401 (expired early, revoked) is refreshed once and the call retried once; a PAT
+    /// has nothing to refresh.
+    async fn send_management<T: DeserializeOwned>(
+        &self,
+        endpoint: Endpoint,
+        request: reqwest::RequestBuilder,
+    ) -> Result<T, UpstreamError> {
+        let authorization = self.service_token.authorization().await?;
+        let retry = request
+            .try_clone()
+            .filter(|_| self.service_token.can_refresh());
+        let first = request.header(http::header::AUTHORIZATION, authorization.clone());
+        let body = match (self.send(endpoint, first).await, retry) {
+            (
+                Err(UpstreamError::Rejected {
+                    http_status: 401, ..
+                }),
+                Some(retry),
+            ) => {
+                self.service_token.invalidate(&authorization);
+                let authorization = self.service_token.authorization().await?;
+                self.send(
+                    endpoint,
+                    retry.header(http::header::AUTHORIZATION, authorization),
+                )
+                .await?
+            }
+            (other, _) => other?,
+        };
+        super::parse_json(endpoint, &body)
+    }
+
+    /// A request to `/management/v1/users/{id}/metadata/{tail...}`; [`Self::send_management`] authorises it.
     fn management(
         &self,
         method: http::Method,
@@ -105,10 +139,7 @@ impl Zitadel {
             .pop_if_empty()
             .extend(["management", "v1", "users", target.user_id, "metadata"])
             .extend(tail);
-        let mut request = self.http.request(method, url).header(
-            http::header::AUTHORIZATION,
-            self.service_authorization.clone(),
-        );
+        let mut request = self.http.request(method, url);
         if let Some(org_id) = target.org_id {
             request = request.header(ORG_HEADER, org_id);
         }

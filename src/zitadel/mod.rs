@@ -5,6 +5,7 @@ pub mod auth_api;
 pub mod credential;
 pub mod error;
 pub mod management;
+pub mod token_source;
 pub mod userinfo;
 pub mod value;
 mod wire;
@@ -12,11 +13,10 @@ mod wire;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::HeaderValue;
 use serde::de::DeserializeOwned;
 use url::Url;
 
-pub use credential::{BearerError, CallerToken, ServiceCredential};
+pub use credential::{BearerError, CallerToken, KeyFileError, ServiceCredential, ServiceKey};
 pub use error::{Endpoint, Rejection, UpstreamError};
 
 use crate::metadata::MetadataItem;
@@ -54,8 +54,8 @@ pub struct Zitadel {
     base_url: Url,
     userinfo_url: Url,
     auth_list_url: Url,
-    service_authorization: HeaderValue,
-    service_credential_kind: &'static str,
+    /// The management API's `Authorization`: a PAT, or an access token kept fresh in the background.
+    service_token: token_source::TokenSource,
 }
 
 impl Zitadel {
@@ -74,7 +74,10 @@ impl Zitadel {
                 .join(path)
                 .map_err(|_| SetupError::BadBaseUrl(base_url.to_string()))
         };
+        // The issuer as ZITADEL names itself (the audience of JWT-profile assertions): no trailing slash.
+        let issuer = base_url.as_str().trim_end_matches('/').to_owned();
         let userinfo_url = join("oidc/v1/userinfo")?;
+        let token_url = join("oauth/v2/token")?;
         let auth_list_url = join("auth/v1/users/me/metadata/_search")?;
         let http = reqwest::Client::builder()
             .connect_timeout(config.timeout)
@@ -85,24 +88,26 @@ impl Zitadel {
             .pool_idle_timeout(Duration::from_secs(90))
             .user_agent(concat!("usermeta/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        let service_authorization = config
-            .service_credential
-            .authorization()
-            .map_err(SetupError::BadCredential)?;
+        let service_token = token_source::TokenSource::new(
+            config.service_credential,
+            http.clone(),
+            config.timeout,
+            issuer,
+            token_url,
+        )?;
         Ok(Zitadel {
             http,
             timeout: config.timeout,
             userinfo_url,
             auth_list_url,
             base_url,
-            service_authorization,
-            service_credential_kind: config.service_credential.kind(),
+            service_token,
         })
     }
 
     /// The kind of service credential in use, for messages.
     pub fn service_credential_kind(&self) -> &'static str {
-        self.service_credential_kind
+        self.service_token.kind()
     }
 
     /// Sends a request and returns the body of a 2xx answer; anything else becomes an [`UpstreamError`].
@@ -111,40 +116,7 @@ impl Zitadel {
         endpoint: Endpoint,
         request: reqwest::RequestBuilder,
     ) -> Result<Bytes, UpstreamError> {
-        let transport = |e| UpstreamError::from_transport(endpoint, self.timeout, e);
-        let mut response = request
-            .header(http::header::ACCEPT, "application/json")
-            .send()
-            .await
-            .map_err(transport)?;
-        let status = response.status();
-        let retry_after = response
-            .headers()
-            .get(http::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
-
-        let mut body = BytesMut::new();
-        while let Some(chunk) = response.chunk().await.map_err(transport)? {
-            if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-                return Err(UpstreamError::BadResponse {
-                    endpoint,
-                    reason: format!("the answer is larger than {MAX_RESPONSE_BYTES} bytes"),
-                });
-            }
-            body.extend_from_slice(&chunk);
-        }
-        let body = body.freeze();
-        if status.is_success() {
-            Ok(body)
-        } else {
-            Err(UpstreamError::Rejected {
-                endpoint,
-                http_status: status.as_u16(),
-                rejection: Rejection::parse(status.as_u16(), retry_after, &body),
-            })
-        }
+        send(endpoint, self.timeout, request).await
     }
 
     /// Sends a request and reads a 2xx JSON answer.
@@ -154,9 +126,55 @@ impl Zitadel {
         request: reqwest::RequestBuilder,
     ) -> Result<T, UpstreamError> {
         let body = self.send(endpoint, request).await?;
-        serde_json::from_slice(&body).map_err(|e| UpstreamError::BadResponse {
+        parse_json(endpoint, &body)
+    }
+}
+
+fn parse_json<T: DeserializeOwned>(endpoint: Endpoint, body: &[u8]) -> Result<T, UpstreamError> {
+    serde_json::from_slice(body).map_err(|e| UpstreamError::BadResponse {
+        endpoint,
+        reason: format!("not the expected JSON ({e})"),
+    })
+}
+
+/// Sends a request and returns the body of a 2xx answer; anything else becomes an [`UpstreamError`].
+async fn send(
+    endpoint: Endpoint,
+    timeout: Duration,
+    request: reqwest::RequestBuilder,
+) -> Result<Bytes, UpstreamError> {
+    let transport = |e| UpstreamError::from_transport(endpoint, timeout, e);
+    let mut response = request
+        .header(http::header::ACCEPT, "application/json")
+        .send()
+        .await
+        .map_err(transport)?;
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+
+    let mut body = BytesMut::new();
+    while let Some(chunk) = response.chunk().await.map_err(transport)? {
+        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+            return Err(UpstreamError::BadResponse {
+                endpoint,
+                reason: format!("the answer is larger than {MAX_RESPONSE_BYTES} bytes"),
+            });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let body = body.freeze();
+    if status.is_success() {
+        Ok(body)
+    } else {
+        Err(UpstreamError::Rejected {
             endpoint,
-            reason: format!("not the expected JSON ({e})"),
+            http_status: status.as_u16(),
+            rejection: Rejection::parse(status.as_u16(), retry_after, &body),
         })
     }
 }

@@ -124,12 +124,23 @@ pub async fn spawn_usermeta_with(
     policy: Policy,
     Options { timeout, cache }: Options,
 ) -> (SocketAddr, oneshot::Sender<()>) {
+    let credential = ServiceCredential::Pat(SecretString::from(service_pat));
+    spawn_usermeta_with_credential(zitadel_url, credential, policy, timeout).await
+}
+
+/// [`spawn_usermeta`] with any kind of service credential.
+pub async fn spawn_usermeta_with_credential(
+    zitadel_url: &str,
+    service_credential: ServiceCredential,
+    policy: Policy,
+    timeout: Duration,
+) -> (SocketAddr, oneshot::Sender<()>) {
     let config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         zitadel: ZitadelConfig {
             base_url: zitadel_url.parse().unwrap(),
             timeout,
-            service_credential: ServiceCredential::Pat(SecretString::from(service_pat)),
+            service_credential,
         },
         policy,
         cache,

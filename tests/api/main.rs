@@ -6,6 +6,7 @@ mod helpers;
 
 mod authorization;
 mod cache;
+mod credentials;
 mod delete_metadata;
 mod get_my_metadata;
 mod health_reflection;
