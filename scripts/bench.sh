@@ -16,7 +16,7 @@ FILL=${FILL:-100000}
 
 command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq nghttp2-client >/dev/null; }
 cargo build --release --locked --bin usermeta --example bench_ceiling --example bench_zitadel --example bench_fill
-bin=target/release
+bin=${CARGO_TARGET_DIR:-target}/release
 work=$(mktemp -d)
 pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; rm -rf "$work"; }
@@ -35,13 +35,14 @@ zitadel_url=$(field 'd["url"]'); user_id=$(field 'd["user_id"]'); field 'd["serv
 token() { field "d['tokens'][$1]"; }
 userinfo_calls() { curl -s "http://127.0.0.1:$control_port/userinfo_requests"; }
 
-start_usermeta() { # port, cache ttl
+started=""
+start_usermeta() { # port, cache ttl; sets $started to the pid (no subshell, so cleanup keeps track)
   USERMETA_LISTEN="127.0.0.1:$1" USERMETA_ZITADEL_URL="$zitadel_url" USERMETA_SERVICE_PAT_FILE="$work/pat" \
     USERMETA_CACHE_TTL="$2" USERMETA_CACHE_CAPACITY=$((FILL + 1000)) RUST_LOG=warn "$bin/usermeta" serve 2>>"$work/usermeta.log" &
-  pids+=($!); wait_port "$1"; echo $!
+  started=$!; pids+=("$started"); wait_port "$1"
 }
-cached_port=$(free_port); cached_pid=$(start_usermeta "$cached_port" 60s)
-cold_port=$(free_port); cold_pid=$(start_usermeta "$cold_port" 0s)
+cached_port=$(free_port); start_usermeta "$cached_port" 60s; cached_pid=$started
+cold_port=$(free_port); start_usermeta "$cold_port" 0s
 ceiling_port=$(free_port)
 "$bin/examples/bench_ceiling" "127.0.0.1:$ceiling_port" "$user_id" & ceiling_pid=$!; pids+=($ceiling_pid)
 wait_port "$ceiling_port"
@@ -53,7 +54,7 @@ load() { # name url token [requests clients streams]
   local name=$1 url=$2 tok=$3 n=${4:-$REQUESTS} c=${5:-$CLIENTS} m=${6:-$STREAMS} grpc=()
   [[ $url == */usermeta.v1.* ]] && grpc=(-d "$work/empty-request.bin" -H 'content-type: application/grpc' -H 'te: trailers')
   h2load -n "$n" -c "$c" -m "$m" -t 1 "${grpc[@]}" -H "authorization: Bearer $tok" --log-file="$work/$name.log" "$url" >"$work/$name.out"
-  grep -q "succeeded, 0 errored" "$work/$name.out" || { cat "$work/$name.out"; echo "load run $name had errors"; exit 1; }
+  grep -q " 0 failed, 0 errored" "$work/$name.out" || { cat "$work/$name.out"; echo "load run $name had errors"; exit 1; }
   python3 scripts/bench_stats.py "$work/$name.out" "$work/$name.log" >>"$work/runs.tsv"
   sed -i "\$s/^/$name\t/" "$work/runs.tsv"
 }
@@ -75,15 +76,17 @@ done
 cached_upstream=$(( $(userinfo_calls) - calls_before ))
 
 # Cold path: cache off, so every request is a userinfo call; and the stand-in's userinfo called directly.
-cold_n=$((REQUESTS / 5))
-load warmup-cold "$(grpc_url "$cold_port")" "$hot" 2000
-load warmup-direct "http://127.0.0.1:$zitadel_port/oidc/v1/userinfo" "$hot" 2000
-calls_before=$(userinfo_calls)
+# One request at a time, so the medians compare the work on the path, not queueing under saturation.
+cold_n=$((REQUESTS / 10))
+load warmup-cold "$(grpc_url "$cold_port")" "$hot" 2000 1 1
+load warmup-direct "http://127.0.0.1:$zitadel_port/oidc/v1/userinfo" "$hot" 2000 1 1
+cold_upstream=0
 for round in $(seq 1 "$ROUNDS"); do
-  load "zitadel-direct-$round" "http://127.0.0.1:$zitadel_port/oidc/v1/userinfo" "$hot" "$cold_n"
-  load "usermeta-cold-$round" "$(grpc_url "$cold_port")" "$hot" "$cold_n"
+  load "zitadel-direct-$round" "http://127.0.0.1:$zitadel_port/oidc/v1/userinfo" "$hot" "$cold_n" 1 1
+  calls_before=$(userinfo_calls)
+  load "usermeta-cold-$round" "$(grpc_url "$cold_port")" "$hot" "$cold_n" 1 1
+  cold_upstream=$(( cold_upstream + $(userinfo_calls) - calls_before ))
 done
-cold_upstream=$(( $(userinfo_calls) - calls_before ))
 
 # Coalescing: 100 concurrent first requests with one new token.
 calls_before=$(userinfo_calls)
@@ -96,7 +99,7 @@ distinct=$(( $(userinfo_calls) - calls_before ))
 cached_rss=$(peak_rss_kib "$cached_pid"); ceiling_rss=$(peak_rss_kib "$ceiling_pid")
 
 # Memory with FILL cached tokens, on a fresh instance.
-fill_port=$(free_port); fill_pid=$(start_usermeta "$fill_port" 600s)
+fill_port=$(free_port); start_usermeta "$fill_port" 600s; fill_pid=$started
 failures=$("$bin/examples/bench_fill" "127.0.0.1:$fill_port" "$work/fixture.json" "$FILL" 64)
 [[ $failures == 0 ]] || { echo "$failures of $FILL fill calls failed"; exit 1; }
 fill_rss=$(peak_rss_kib "$fill_pid")

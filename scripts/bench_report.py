@@ -26,7 +26,8 @@ cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d:
 rows = [("bare tonic server (ceiling)", "ceiling"), ("usermeta, cached GetMyMetadata", "usermeta-cached"),
         ("stand-in userinfo, called directly", "zitadel-direct"), ("usermeta, cold path (cache off)", "usermeta-cold")]
 print(f"Machine: {cpu or platform.processor()}, {subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores; "
-      f"h2load -c {a.clients} -m {a.streams} -t 1, {a.requests} requests a run (cold path: {a.cold_requests // a.rounds}), "
+      f"h2load -c {a.clients} -m {a.streams} -t 1, {a.requests} requests a run (cold path and direct: -c 1 -m 1, "
+      f"{a.cold_requests // a.rounds} requests), "
       f"median of {a.rounds} alternating rounds.\n")
 print("| load | req/s | p50 ms | p99 ms |")
 print("|---|---:|---:|---:|")

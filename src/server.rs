@@ -1,10 +1,9 @@
 //! Binds the gRPC port and serves usermeta with health and reflection until told to stop.
 
-use std::{future::Future, net::SocketAddr, sync::Arc};
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::Server;
+use tonic::transport::{Server, server::TcpIncoming};
 use tonic_health::server::HealthReporter;
 
 use crate::{
@@ -97,7 +96,10 @@ impl Application {
                 pb::user_metadata_service_server::UserMetadataServiceServer::new(self.service),
             )
             .serve_with_incoming_shutdown(
-                TcpListenerStream::new(self.listener),
+                // Nagle's algorithm would hold small responses back for a delayed ACK (a 40 ms tail).
+                TcpIncoming::from(self.listener)
+                    .with_nodelay(Some(true))
+                    .with_keepalive(Some(Duration::from_secs(60))),
                 drain(health, shutdown),
             )
             .await;

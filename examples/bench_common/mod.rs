@@ -1,3 +1,4 @@
+#![allow(dead_code)] // each benchmark binary uses part of what is shared here
 //! What the benchmark binaries share: the demo user's metadata, so the ceiling server answers with a message of
 //! the same size as usermeta's.
 
