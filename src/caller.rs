@@ -1,6 +1,8 @@
 //! Who is calling: the bearer token from gRPC metadata, and the identity ZITADEL reports for it. The user id
 //! always comes from ZITADEL's answer, never from the request.
 
+use std::sync::Arc;
+
 use tonic::metadata::MetadataMap;
 
 use crate::cache::CallerCache;
@@ -61,7 +63,7 @@ impl TryFrom<&UserInfo> for Identity {
 /// Resolves the token's owner through ZITADEL's userinfo endpoint.
 pub async fn identify(
     cache: &CallerCache,
-    zitadel: &Zitadel,
+    zitadel: &Arc<Zitadel>,
     token: &CallerToken,
 ) -> Result<Identity, IdentifyError> {
     let info = cache.userinfo(zitadel, token).await?;

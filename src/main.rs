@@ -13,7 +13,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
     let result = match cli.command {
-        Command::Serve(args) => usermeta::serve(args).await,
+        Command::Serve(args) => usermeta::serve(*args).await,
         Command::Dev(args) => usermeta::dev::run(args).await,
     };
     match result {

@@ -38,7 +38,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the gRPC API against a ZITADEL instance.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Start an embedded ZITADEL stand-in with demo data and serve against it (for trying usermeta out).
     Dev(DevArgs),
 }

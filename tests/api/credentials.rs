@@ -86,7 +86,7 @@ async fn spawn_with(kind: Kind, prepare: impl FnOnce(&StandIn)) -> CredApp {
         &standin.url(),
         credential,
         Policy::new([admin.clone()], vec![SELF_WRITABLE.into()]),
-        Duration::from_secs(5),
+        Options::default(),
     )
     .await;
     CredApp {

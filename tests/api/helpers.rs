@@ -122,10 +122,10 @@ pub async fn spawn_usermeta_with(
     zitadel_url: &str,
     service_pat: &str,
     policy: Policy,
-    Options { timeout, cache }: Options,
+    options: Options,
 ) -> (SocketAddr, oneshot::Sender<()>) {
     let credential = ServiceCredential::Pat(SecretString::from(service_pat));
-    spawn_usermeta_with_credential(zitadel_url, credential, policy, timeout).await
+    spawn_usermeta_with_credential(zitadel_url, credential, policy, options).await
 }
 
 /// [`spawn_usermeta`] with any kind of service credential.
@@ -133,7 +133,7 @@ pub async fn spawn_usermeta_with_credential(
     zitadel_url: &str,
     service_credential: ServiceCredential,
     policy: Policy,
-    timeout: Duration,
+    Options { timeout, cache }: Options,
 ) -> (SocketAddr, oneshot::Sender<()>) {
     let config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
