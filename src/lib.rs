@@ -10,6 +10,7 @@
 pub mod api;
 pub mod caller;
 pub mod dev;
+pub mod healthcheck;
 pub mod metadata;
 pub mod policy;
 pub mod server;
