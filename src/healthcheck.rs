@@ -125,10 +125,16 @@ pub fn default_addr(listen: Option<&str>) -> String {
 /// An error and its sources on one line: tonic's transport errors say little at the top level.
 fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
+    let mut last = text.clone();
     let mut source = error.source();
     while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        let cause_text = cause.to_string();
+        // Layers of hyper and tonic often repeat their inner error's words; say them once.
+        if cause_text != last {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        last = cause_text;
         source = cause.source();
     }
     text

@@ -73,10 +73,20 @@ async fn exits_0_and_says_serving_when_the_server_is_serving() {
     let addr = addr.to_string();
     for args in [
         vec!["--addr", addr.as_str()],
-        vec!["--addr", &addr, "--service", "usermeta.v1.UserMetadataService"],
+        vec![
+            "--addr",
+            &addr,
+            "--service",
+            "usermeta.v1.UserMetadataService",
+        ],
     ] {
         let output = healthcheck(&args, None).await;
-        assert_eq!(output.status.code(), Some(0), "{args:?}: {}", describe(&output));
+        assert_eq!(
+            output.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            describe(&output)
+        );
         let stdout = String::from_utf8_lossy(&output.stdout);
         assert_eq!(stdout.lines().count(), 1, "one line: {}", describe(&output));
         assert!(stdout.contains("SERVING"), "{}", describe(&output));
@@ -100,10 +110,18 @@ async fn without_addr_it_checks_the_port_of_usermeta_listen_over_loopback() {
 #[tokio::test]
 async fn exits_1_for_a_service_the_server_does_not_know() {
     let (addr, _standin, _stop) = spawn_usermeta().await;
-    let output = healthcheck(&["--addr", &addr.to_string(), "--service", "no.such.Service"], None).await;
+    let output = healthcheck(
+        &["--addr", &addr.to_string(), "--service", "no.such.Service"],
+        None,
+    )
+    .await;
     assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("does not know the service"), "{}", describe(&output));
+    assert!(
+        stderr.contains("does not know the service"),
+        "{}",
+        describe(&output)
+    );
 }
 
 #[tokio::test]
