@@ -67,7 +67,7 @@ usermeta_dev_stop() {
       fi
     fi
     local token
-    for token in "$USER_TOKEN" "$ADMIN_TOKEN"; do
+    for token in "${USER_TOKEN:-}" "${ADMIN_TOKEN:-}"; do
       if [[ -n "$token" ]] && grep -qF "$token" "$usermeta_workdir/logs"; then
         echo "FAIL: a token appeared in usermeta's logs"; status=1
       fi
