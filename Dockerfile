@@ -31,7 +31,7 @@ COPY src ./src
 RUN touch src/main.rs src/lib.rs \
     && cargo build --release --locked \
     && cp target/release/usermeta /usermeta \
-    && /usermeta --version
+    && /usermeta --version | grep '^usermeta '
 
 FROM ${RUNTIME_IMAGE}
 # distroless ships glibc, libgcc and CA certificates (for an https ZITADEL), and no shell.
