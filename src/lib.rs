@@ -11,6 +11,7 @@ pub mod api;
 pub mod cache;
 pub mod caller;
 pub mod dev;
+pub mod healthcheck;
 pub mod metadata;
 pub mod policy;
 pub mod server;

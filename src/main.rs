@@ -15,6 +15,7 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => usermeta::serve(*args).await,
         Command::Dev(args) => usermeta::dev::run(args).await,
+        Command::Healthcheck(args) => return usermeta::healthcheck::run(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

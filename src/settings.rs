@@ -41,6 +41,8 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Start an embedded ZITADEL stand-in with demo data and serve against it (for trying usermeta out).
     Dev(DevArgs),
+    /// Ask a running usermeta for its gRPC health; exit 0 when SERVING, 1 otherwise (for container health checks).
+    Healthcheck(HealthcheckArgs),
 }
 
 /// Settings of `usermeta serve`.
@@ -127,6 +129,21 @@ pub struct DevArgs {
         default_value = "profile."
     )]
     pub self_writable_keys: Vec<String>,
+}
+
+/// Settings of `usermeta healthcheck`.
+#[derive(Debug, Args)]
+pub struct HealthcheckArgs {
+    /// Address (host:port) of the usermeta to check [default: USERMETA_LISTEN's port on loopback, else
+    /// 127.0.0.1:50051].
+    #[arg(long, env = "USERMETA_HEALTHCHECK_ADDR")]
+    pub addr: Option<String>,
+    /// Service to ask about; empty asks about the server as a whole.
+    #[arg(long, default_value = "")]
+    pub service: String,
+    /// How long the whole check may take, e.g. 2s or 500ms.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
 }
 
 /// A setting is missing or wrong.
