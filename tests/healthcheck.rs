@@ -29,6 +29,7 @@ async fn spawn_usermeta() -> (SocketAddr, StandIn, oneshot::Sender<()>) {
             )),
         },
         policy: Policy::new(Vec::<String>::new(), Vec::new()),
+        cache: usermeta::cache::CacheConfig::default(),
     };
     let app = Application::build(config).await.unwrap();
     let addr = app.local_addr();
