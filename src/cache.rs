@@ -136,8 +136,13 @@ impl CallerCache {
             && Instant::now() < entry.expires_at
             && !self.is_stale(&entry)
         {
+            crate::metrics::cache_lookup(match entry.answer {
+                Answer::Known(_) => crate::metrics::CacheResult::Hit,
+                Answer::Rejected { .. } => crate::metrics::CacheResult::NegativeHit,
+            });
             return entry.result();
         }
+        crate::metrics::cache_lookup(crate::metrics::CacheResult::Miss);
         // A second round only when the answer predates a write that finished while it was fetched.
         for _ in 0..2 {
             let entry = self.look_up(key, zitadel, token).await?;

@@ -46,6 +46,8 @@ pub struct Identity {
     pub sub: String,
     /// The caller's organisation, when the token's scopes make ZITADEL report it.
     pub org_id: Option<String>,
+    /// The client certificate verified by mTLS, naming the calling service (none without mTLS).
+    pub client_cert: Option<crate::tls::ClientCert>,
 }
 
 impl TryFrom<&UserInfo> for Identity {
@@ -56,6 +58,7 @@ impl TryFrom<&UserInfo> for Identity {
         Ok(Identity {
             sub,
             org_id: info.org_id.clone(),
+            client_cert: None,
         })
     }
 }

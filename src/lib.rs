@@ -10,14 +10,17 @@
 pub mod api;
 pub mod cache;
 pub mod caller;
+pub mod config_file;
 pub mod dev;
 pub mod healthcheck;
 pub mod metadata;
+pub mod metrics;
 pub mod policy;
 pub mod server;
 pub mod settings;
 pub mod standin;
 pub mod telemetry;
+pub mod tls;
 pub mod zitadel;
 
 use policy::Policy;
@@ -55,7 +58,8 @@ pub fn serve_config(args: ServeArgs) -> Result<Config, SettingsError> {
 
 /// `usermeta serve`: serve until SIGINT or SIGTERM.
 pub async fn serve(args: ServeArgs) -> Result<(), RunError> {
-    let app = Application::build(serve_config(args)?).await?;
+    let options = args.ops.serve_options().map_err(server::StartError::from)?;
+    let app = Application::build_with(serve_config(args)?, options).await?;
     app.run_until(server::shutdown_signal()).await?;
     Ok(())
 }

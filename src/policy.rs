@@ -113,6 +113,7 @@ mod tests {
         Identity {
             sub: sub.into(),
             org_id: None,
+            client_cert: None,
         }
     }
 

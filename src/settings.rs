@@ -22,9 +22,13 @@ use crate::{
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
-    /// Log format.
+    /// Log format. The level comes from RUST_LOG (default `info`), e.g. RUST_LOG=usermeta=debug.
     #[arg(long, env = "USERMETA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
+    /// TOML file with settings of `serve`: keys are the flag names in snake_case (`zitadel_url = "..."`,
+    /// `admins = ["..."]`). Environment variables and flags override it.
+    #[arg(long, env = "USERMETA_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -58,6 +62,31 @@ pub struct ServeArgs {
     pub credential: CredentialArgs,
     #[command(flatten)]
     pub common: CommonArgs,
+    #[command(flatten)]
+    pub ops: OpsArgs,
+}
+
+/// Operational settings of `serve`: metrics, shutdown, TLS.
+#[derive(Debug, Default, Args)]
+pub struct OpsArgs {
+    /// Address serving Prometheus metrics at /metrics, e.g. 0.0.0.0:9090; metrics are off when unset.
+    #[arg(long, env = "USERMETA_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// How long in-flight calls may take to finish after SIGTERM/SIGINT before usermeta exits anyway.
+    #[arg(long, env = "USERMETA_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+    /// PEM certificate chain for TLS on the gRPC port (with --tls-key-file); plaintext when unset.
+    #[arg(long, env = "USERMETA_TLS_CERT_FILE", requires = "tls_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of the TLS certificate.
+    #[arg(long, env = "USERMETA_TLS_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_key_file: Option<PathBuf>,
+    /// PEM CA certificates: when set, clients must present a certificate signed by one of them (mTLS).
+    #[arg(long, env = "USERMETA_TLS_CLIENT_CA_FILE", requires = "tls_cert_file")]
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// PEM CA certificates trusted toward ZITADEL beside the system's (a privately-signed deployment).
+    #[arg(long, env = "USERMETA_ZITADEL_CA_FILE")]
+    pub zitadel_ca_file: Option<PathBuf>,
 }
 
 /// The service user's credential toward the management API: exactly one kind of these (a PAT, a JWT-profile
@@ -333,6 +362,32 @@ fn pat_from(setting: &'static str, text: &str) -> Result<ServiceCredential, Sett
         ));
     }
     Ok(ServiceCredential::Pat(SecretString::from(pat)))
+}
+
+impl OpsArgs {
+    /// The server's operational options; reads the ZITADEL CA file.
+    pub fn serve_options(&self) -> Result<crate::server::ServeOptions, crate::tls::TlsError> {
+        let tls = match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(cert_file), Some(key_file)) => Some(crate::tls::TlsFiles {
+                cert_file: cert_file.clone(),
+                key_file: key_file.clone(),
+                client_ca_file: self.tls_client_ca_file.clone(),
+            }),
+            // clap enforces these pairs on the command line, but not for values from a config file.
+            (None, None) if self.tls_client_ca_file.is_none() => None,
+            _ => return Err(crate::tls::TlsError::Incomplete),
+        };
+        let zitadel_roots = match &self.zitadel_ca_file {
+            Some(path) => crate::tls::zitadel_roots(path)?,
+            None => Vec::new(),
+        };
+        Ok(crate::server::ServeOptions {
+            metrics_listen: self.metrics_listen,
+            shutdown_grace: self.shutdown_grace,
+            tls,
+            zitadel_roots,
+        })
+    }
 }
 
 impl CommonArgs {

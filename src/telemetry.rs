@@ -1,19 +1,224 @@
-//! Logging: structured `tracing` events to stderr, as text or JSON, level from `RUST_LOG` (default `info`).
+//! Logs and traces. Structured `tracing` events go to stderr as text or JSON (level from `RUST_LOG`, default
+//! `info`); spans also feed OpenTelemetry, so a W3C `traceparent` from the caller continues through usermeta
+//! to every ZITADEL call, and spans are exported over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+//!
+//! Every gRPC call runs in a `grpc` span carrying its request id (from `x-request-id` when the caller sent a
+//! usable one, else generated), so every log line of a call names it; the id is echoed in the response
+//! metadata and in internal-error messages.
 
-use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+use std::{
+    future::Future,
+    task::{Context, Poll},
+};
+
+use futures::FutureExt as _;
+use http::{HeaderValue, Request, Response};
+use opentelemetry::{propagation::TextMapPropagator as _, trace::TracerProvider as _};
+use opentelemetry_http::{HeaderExtractor, HeaderInjector};
+use opentelemetry_sdk::{propagation::TraceContextPropagator, trace::SdkTracerProvider};
+use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+use tracing_subscriber::{
+    EnvFilter, Layer as _, filter::Targets, fmt, fmt::MakeWriter, prelude::*,
+};
 
 use crate::settings::LogFormat;
 
-/// Installs the global subscriber. Call once, from `main`.
-pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let registry = tracing_subscriber::registry().with(filter);
-    match format {
+/// The gRPC metadata key of the request id, in and out.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// Longest request id taken from a caller; longer ones are replaced (they end up in every log line).
+const MAX_REQUEST_ID: usize = 128;
+
+/// Tracing could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("OTEL_EXPORTER_OTLP_ENDPOINT is set but the OTLP exporter could not be built: {0}")]
+    Otlp(#[from] opentelemetry_otlp::ExporterBuildError),
+    #[error("a global log subscriber is already installed")]
+    AlreadyInstalled,
+}
+
+/// The installed tracer provider; [`Telemetry::shutdown`] flushes spans still waiting for export.
+#[derive(Debug)]
+pub struct Telemetry {
+    provider: SdkTracerProvider,
+}
+
+impl Telemetry {
+    /// Flushes and stops the exporter. Call outside the async runtime (the OTLP client blocks).
+    pub fn shutdown(self) {
+        if let Err(error) = self.provider.shutdown() {
+            eprintln!("usermeta: could not flush traces: {error}");
+        }
+    }
+}
+
+/// Installs the global subscriber, logging to stderr. Call once, from `main`, before the runtime starts:
+/// the OTLP exporter's blocking HTTP client must not be built inside it.
+pub fn init(format: LogFormat) -> Result<Telemetry, TelemetryError> {
+    init_with(format, "info", std::io::stderr)
+}
+
+/// [`init`] with a default filter (used when `RUST_LOG` is unset) and a writer; tests capture logs with it.
+pub fn init_with<W>(
+    format: LogFormat,
+    default_filter: &str,
+    writer: W,
+) -> Result<Telemetry, TelemetryError>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let mut provider = SdkTracerProvider::builder().with_resource(
+        opentelemetry_sdk::Resource::builder()
+            .with_service_name("usermeta")
+            .build(),
+    );
+    if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
+        || std::env::var_os("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some()
+    {
+        // Reads the endpoint, headers and timeout from the standard OTEL_EXPORTER_OTLP_* variables.
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .build()?;
+        provider = provider.with_batch_exporter(exporter);
+    }
+    let provider = provider.build();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    // Spans reach OpenTelemetry whatever RUST_LOG says: a quiet log level must not break trace propagation.
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("usermeta"))
+        .with_filter(Targets::new().with_target("usermeta", tracing::Level::INFO));
+    let registry = tracing_subscriber::registry().with(otel);
+    let installed = match format {
         LogFormat::Text => registry
-            .with(fmt::layer().with_writer(std::io::stderr))
-            .init(),
+            .with(fmt::layer().with_writer(writer).with_filter(filter))
+            .try_init(),
         LogFormat::Json => registry
-            .with(fmt::layer().json().with_writer(std::io::stderr))
-            .init(),
+            .with(fmt::layer().json().with_writer(writer).with_filter(filter))
+            .try_init(),
+    };
+    installed.map_err(|_| TelemetryError::AlreadyInstalled)?;
+    Ok(Telemetry { provider })
+}
+
+tokio::task_local! {
+    static CURRENT_REQUEST_ID: String;
+}
+
+/// The request id of the gRPC call being served, if any.
+pub fn current_request_id() -> Option<String> {
+    CURRENT_REQUEST_ID.try_with(Clone::clone).ok()
+}
+
+/// The caller's request id if it is short and plain (it goes into logs), else a fresh random one.
+fn request_id_of(headers: &http::HeaderMap) -> String {
+    headers
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| {
+            !id.is_empty()
+                && id.len() <= MAX_REQUEST_ID
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+        })
+        .map_or_else(|| format!("{:032x}", rand::random::<u128>()), str::to_owned)
+}
+
+/// Sets up each gRPC call's context: request id, the `grpc` span (a child of the caller's `traceparent`),
+/// and `x-request-id` on the response.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestContextLayer;
+
+impl<S> tower::Layer<S> for RequestContextLayer {
+    type Service = RequestContext<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequestContext { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RequestContext<S> {
+    inner: S,
+}
+
+impl<S, ReqBody, ResBody> tower::Service<Request<ReqBody>> for RequestContext<S>
+where
+    S: tower::Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let request_id = request_id_of(request.headers());
+        let span = tracing::info_span!(
+            "grpc",
+            method = crate::metrics::method_label(request.uri().path()),
+            request_id = %request_id,
+        );
+        let parent = TraceContextPropagator::new().extract(&HeaderExtractor(request.headers()));
+        // Fails only when no OpenTelemetry layer is installed; then there is no trace to continue.
+        let _ = span.set_parent(parent);
+        let header = HeaderValue::from_str(&request_id).ok();
+        let response = {
+            let _entered = span.enter();
+            self.inner.call(request)
+        };
+        CURRENT_REQUEST_ID
+            .scope(request_id, response.instrument(span))
+            .map(move |result| {
+                result.map(|mut response| {
+                    if let Some(header) = header {
+                        response.headers_mut().insert(REQUEST_ID, header);
+                    }
+                    response
+                })
+            })
+            .boxed()
+    }
+}
+
+/// A span for one HTTP call to ZITADEL, and the `traceparent`/`tracestate` headers naming it as the parent,
+/// so ZITADEL's traces (and its logs) join the caller's trace.
+pub fn upstream_span(endpoint: &'static str) -> (tracing::Span, http::HeaderMap) {
+    let span = tracing::info_span!("zitadel", endpoint);
+    let mut headers = http::HeaderMap::new();
+    TraceContextPropagator::new().inject_context(&span.context(), &mut HeaderInjector(&mut headers));
+    (span, headers)
+}
+
+/// Runs `future` in `span`; a small helper so call sites need not import `Instrument`.
+pub fn in_span<F: Future>(span: tracing::Span, future: F) -> tracing::instrument::Instrumented<F> {
+    future.instrument(span)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_request_ids_are_kept_others_replaced() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(REQUEST_ID, HeaderValue::from_static("abc-123_x.y:z"));
+        assert_eq!(request_id_of(&headers), "abc-123_x.y:z");
+        for bad in ["has space", "quote\"", ""] {
+            headers.insert(REQUEST_ID, HeaderValue::from_str(bad).unwrap());
+            let id = request_id_of(&headers);
+            assert_eq!(id.len(), 32, "{bad:?} → {id}");
+        }
+        headers.insert(REQUEST_ID, HeaderValue::from_str(&"a".repeat(129)).unwrap());
+        assert_eq!(request_id_of(&headers).len(), 32);
+        assert_ne!(
+            request_id_of(&http::HeaderMap::new()),
+            request_id_of(&http::HeaderMap::new())
+        );
     }
 }

@@ -57,6 +57,15 @@ impl From<ApiError> for Status {
             Code::Unavailable | Code::Internal | Code::ResourceExhausted
         ) {
             tracing::warn!(code = ?status.code(), error = %error, "request failed");
+            // The request id lets an operator find this call's log lines from the client's error.
+            if let Some(id) = crate::telemetry::current_request_id() {
+                return Status::with_details_and_metadata(
+                    status.code(),
+                    format!("{} (request id {id})", status.message()),
+                    bytes::Bytes::copy_from_slice(status.details()),
+                    status.metadata().clone(),
+                );
+            }
         } else {
             tracing::info!(code = ?status.code(), message = status.message(), "request refused");
         }

@@ -15,6 +15,7 @@ use crate::{
     caller::{self, Identity},
     metadata::{KeyFilter, KeyMatch, MetadataItem, Page, PageRequest},
     policy::{Action, Policy},
+    tls,
     zitadel::{Endpoint, UpstreamError, Zitadel, management::Target},
 };
 
@@ -85,6 +86,7 @@ impl MetadataService {
         request: Request<pb::ListMetadataRequest>,
     ) -> Result<pb::ListMetadataResponse, ApiError> {
         let token = caller::bearer_token(request.metadata())?;
+        let client_cert = tls::client_cert(&request);
         let request = validate::list(request.into_inner())?;
         let filter = request.filter.as_ref();
         let page = match request.user_id.as_deref() {
@@ -95,7 +97,8 @@ impl MetadataService {
             }
             Some(user_id) => {
                 tracing::Span::current().record("user_id", user_id);
-                let caller = caller::identify(&self.cache, &self.zitadel, &token).await?;
+                let mut caller = caller::identify(&self.cache, &self.zitadel, &token).await?;
+                caller.client_cert = client_cert;
                 if caller.sub == user_id {
                     self.zitadel
                         .list_my_metadata(&token, filter, request.page)
@@ -131,8 +134,10 @@ impl MetadataService {
         request: Request<pb::SetMetadataRequest>,
     ) -> Result<pb::SetMetadataResponse, ApiError> {
         let token = caller::bearer_token(request.metadata())?;
+        let client_cert = tls::client_cert(&request);
         let request = validate::set(request.into_inner())?;
-        let caller = caller::identify(&self.cache, &self.zitadel, &token).await?;
+        let mut caller = caller::identify(&self.cache, &self.zitadel, &token).await?;
+        caller.client_cert = client_cert;
         let target = target_of(
             &caller,
             request.user_id.as_deref(),
@@ -165,8 +170,10 @@ impl MetadataService {
         request: Request<pb::DeleteMetadataRequest>,
     ) -> Result<pb::DeleteMetadataResponse, ApiError> {
         let token = caller::bearer_token(request.metadata())?;
+        let client_cert = tls::client_cert(&request);
         let request = validate::delete(request.into_inner())?;
-        let caller = caller::identify(&self.cache, &self.zitadel, &token).await?;
+        let mut caller = caller::identify(&self.cache, &self.zitadel, &token).await?;
+        caller.client_cert = client_cert;
         let target = target_of(
             &caller,
             request.user_id.as_deref(),
@@ -274,6 +281,7 @@ async fn audited<T>(
     tracing::info!(
         target: "usermeta::audit",
         caller = %caller.sub,
+        client_cert = caller.client_cert.as_ref().map(ToString::to_string),
         user_id = %target.user_id,
         org_id = target.org_id.unwrap_or_default(),
         action = action.name(),

@@ -371,9 +371,9 @@ impl OAuth {
 
         // Lifetimes count from before the request: the token cannot have been issued earlier.
         let sent = Instant::now();
-        let body = super::send(endpoint, self.timeout, request)
-            .await
-            .map_err(failed)?;
+        let body = super::send(endpoint, self.timeout, request).await;
+        crate::metrics::token_refresh(body.is_ok());
+        let body = body.map_err(failed)?;
         let answer: TokenResponse = serde_json::from_slice(&body).map_err(|e| {
             failed(UpstreamError::BadResponse {
                 endpoint,

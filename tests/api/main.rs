@@ -3,14 +3,18 @@
 #![allow(clippy::unwrap_used)] // a panic is how a test reports a broken expectation
 
 mod helpers;
+mod logs;
 
 mod authorization;
 mod cache;
+mod config_file;
 mod credentials;
 mod delete_metadata;
 mod get_my_metadata;
 mod health_reflection;
 mod list_metadata;
+mod observability;
 mod set_metadata;
+mod tls;
 mod upstream_errors;
 mod validation;

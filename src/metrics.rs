@@ -1,0 +1,343 @@
+//! Prometheus metrics: the series usermeta records, the recorder behind them, the `/metrics` listener, and the
+//! tower layer that measures every gRPC call.
+//!
+//! Recording goes through the `metrics` facade, so with no recorder installed (metrics off) every call is a
+//! no-op. The recorder is process-global; the `/metrics` route is served per [`crate::server::Application`].
+
+use std::{
+    pin::Pin,
+    sync::OnceLock,
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio::net::TcpListener;
+
+use crate::zitadel::Endpoint;
+
+pub const GRPC_REQUESTS: &str = "usermeta_grpc_requests_total";
+pub const GRPC_DURATION: &str = "usermeta_grpc_request_duration_seconds";
+pub const GRPC_IN_FLIGHT: &str = "usermeta_grpc_requests_in_flight";
+pub const UPSTREAM_REQUESTS: &str = "usermeta_upstream_requests_total";
+pub const UPSTREAM_DURATION: &str = "usermeta_upstream_request_duration_seconds";
+pub const CACHE_LOOKUPS: &str = "usermeta_cache_lookups_total";
+pub const TOKEN_REFRESHES: &str = "usermeta_service_token_refreshes_total";
+
+/// Latency buckets in seconds: from a cache hit (sub-millisecond) to a call at the default 5 s timeout.
+const BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The recorder could not be installed (another metrics recorder owns the process).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the metrics recorder could not be installed: {0}")]
+pub struct MetricsError(String);
+
+static HANDLE: OnceLock<Result<PrometheusHandle, MetricsError>> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder (once; later calls return the same handle).
+pub fn install() -> Result<PrometheusHandle, MetricsError> {
+    HANDLE
+        .get_or_init(|| {
+            let failed = |e: BuildError| MetricsError(e.to_string());
+            let handle = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_duration_seconds".into()), BUCKETS)
+                .map_err(failed)?
+                .install_recorder()
+                .map_err(failed)?;
+            describe();
+            Ok(handle)
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(GRPC_REQUESTS, "gRPC calls finished, by method and status code");
+    describe_histogram!(
+        GRPC_DURATION,
+        Unit::Seconds,
+        "gRPC call latency until the status is sent, by method"
+    );
+    describe_gauge!(GRPC_IN_FLIGHT, "gRPC calls being served");
+    describe_counter!(
+        UPSTREAM_REQUESTS,
+        "HTTP calls to ZITADEL, by endpoint and HTTP status (`error` when no answer arrived)"
+    );
+    describe_histogram!(
+        UPSTREAM_DURATION,
+        Unit::Seconds,
+        "HTTP call latency toward ZITADEL, body included, by endpoint"
+    );
+    describe_counter!(
+        CACHE_LOOKUPS,
+        "Caller cache lookups: hit, miss, or negative_hit (a recently rejected token)"
+    );
+    describe_counter!(
+        TOKEN_REFRESHES,
+        "Management API token requests, by outcome (ok or error)"
+    );
+}
+
+/// Serves `GET /metrics` on `listener` until the returned task is aborted.
+pub fn serve(listener: TcpListener, handle: PrometheusHandle) -> tokio::task::JoinHandle<()> {
+    let upkeep_handle = handle.clone();
+    let router = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let handle = handle.clone();
+            async move {
+                (
+                    [(
+                        http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    handle.render(),
+                )
+            }
+        }),
+    );
+    tokio::spawn(async move {
+        // Histogram samples wait in buffers until drained; drain them even when nobody scrapes.
+        let upkeep = async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                upkeep_handle.run_upkeep();
+            }
+        };
+        tokio::select! {
+            result = axum::serve(listener, router) => {
+                if let Err(error) = result {
+                    tracing::error!(%error, "the metrics listener stopped");
+                }
+            }
+            () = upkeep => {}
+        }
+    })
+}
+
+/// Records one HTTP call to ZITADEL: `status` is the HTTP status, or `None` when no answer arrived.
+pub fn upstream_call(endpoint: Endpoint, status: Option<u16>, elapsed: Duration) {
+    let status = status.map_or_else(|| "error".to_owned(), |s| s.to_string());
+    counter!(UPSTREAM_REQUESTS, "endpoint" => endpoint.name(), "status" => status).increment(1);
+    histogram!(UPSTREAM_DURATION, "endpoint" => endpoint.name()).record(elapsed.as_secs_f64());
+}
+
+/// What a caller cache lookup found.
+#[derive(Debug, Clone, Copy)]
+pub enum CacheResult {
+    Hit,
+    Miss,
+    NegativeHit,
+}
+
+pub fn cache_lookup(result: CacheResult) {
+    let result = match result {
+        CacheResult::Hit => "hit",
+        CacheResult::Miss => "miss",
+        CacheResult::NegativeHit => "negative_hit",
+    };
+    counter!(CACHE_LOOKUPS, "result" => result).increment(1);
+}
+
+/// Records one management API token request.
+pub fn token_refresh(ok: bool) {
+    let outcome = if ok { "ok" } else { "error" };
+    counter!(TOKEN_REFRESHES, "outcome" => outcome).increment(1);
+}
+
+/// Methods usermeta serves. Anything else is labelled `unknown`: a client must not be able to mint series.
+const KNOWN_METHODS: &[&str] = &[
+    "/usermeta.v1.UserMetadataService/GetMyMetadata",
+    "/usermeta.v1.UserMetadataService/ListMetadata",
+    "/usermeta.v1.UserMetadataService/SetMetadata",
+    "/usermeta.v1.UserMetadataService/DeleteMetadata",
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.health.v1.Health/List",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+];
+
+/// The `method` label of a request path: `package.Service/Method`, or `unknown`.
+pub fn method_label(path: &str) -> &'static str {
+    KNOWN_METHODS
+        .iter()
+        .find(|known| **known == path)
+        .map_or("unknown", |known| &known[1..])
+}
+
+/// The gRPC status code name of a `grpc-status` value, e.g. `OK`, `NOT_FOUND`.
+fn code_label(headers: &HeaderMap) -> Option<&'static str> {
+    let code = headers.get("grpc-status")?.to_str().ok()?.parse::<i32>().ok()?;
+    Some(match tonic::Code::from_i32(code) {
+        tonic::Code::Ok => "OK",
+        tonic::Code::Cancelled => "CANCELLED",
+        tonic::Code::Unknown => "UNKNOWN",
+        tonic::Code::InvalidArgument => "INVALID_ARGUMENT",
+        tonic::Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        tonic::Code::NotFound => "NOT_FOUND",
+        tonic::Code::AlreadyExists => "ALREADY_EXISTS",
+        tonic::Code::PermissionDenied => "PERMISSION_DENIED",
+        tonic::Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        tonic::Code::FailedPrecondition => "FAILED_PRECONDITION",
+        tonic::Code::Aborted => "ABORTED",
+        tonic::Code::OutOfRange => "OUT_OF_RANGE",
+        tonic::Code::Unimplemented => "UNIMPLEMENTED",
+        tonic::Code::Internal => "INTERNAL",
+        tonic::Code::Unavailable => "UNAVAILABLE",
+        tonic::Code::DataLoss => "DATA_LOSS",
+        tonic::Code::Unauthenticated => "UNAUTHENTICATED",
+    })
+}
+
+/// Measures every gRPC call: count by method and code, latency, in-flight.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GrpcMetricsLayer;
+
+impl<S> tower::Layer<S> for GrpcMetricsLayer {
+    type Service = GrpcMetrics<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        GrpcMetrics { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct GrpcMetrics<S> {
+    inner: S,
+}
+
+impl<S, ReqBody, ResBody> tower::Service<Request<ReqBody>> for GrpcMetrics<S>
+where
+    S: tower::Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Future: Send + 'static,
+    ResBody: Body<Data = Bytes> + Unpin,
+{
+    type Response = Response<MeteredBody<ResBody>>;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let call = CallMeter::start(method_label(request.uri().path()));
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await?;
+            let mut call = call;
+            // A trailers-only response (most errors) carries its status in the headers; otherwise it comes
+            // in the trailers at the end of the body.
+            if let Some(code) = code_label(response.headers()) {
+                call.finish(code);
+            }
+            Ok(response.map(|body| MeteredBody { body, call }))
+        })
+    }
+}
+
+/// One call being measured. Dropping it unfinished (the client went away, the body failed) counts the call
+/// as `CANCELLED`, so in-flight always returns to zero.
+#[derive(Debug)]
+struct CallMeter {
+    method: &'static str,
+    started: Instant,
+    finished: bool,
+}
+
+impl CallMeter {
+    fn start(method: &'static str) -> Self {
+        gauge!(GRPC_IN_FLIGHT).increment(1.0);
+        CallMeter {
+            method,
+            started: Instant::now(),
+            finished: false,
+        }
+    }
+
+    fn finish(&mut self, code: &'static str) {
+        if std::mem::replace(&mut self.finished, true) {
+            return;
+        }
+        gauge!(GRPC_IN_FLIGHT).decrement(1.0);
+        counter!(GRPC_REQUESTS, "method" => self.method, "code" => code).increment(1);
+        histogram!(GRPC_DURATION, "method" => self.method)
+            .record(self.started.elapsed().as_secs_f64());
+    }
+}
+
+impl Drop for CallMeter {
+    fn drop(&mut self) {
+        self.finish("CANCELLED");
+    }
+}
+
+/// A response body that reports the call's status when the trailers pass by.
+#[derive(Debug)]
+pub struct MeteredBody<B> {
+    body: B,
+    call: CallMeter,
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for MeteredBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        let frame = Pin::new(&mut this.body).poll_frame(cx);
+        match &frame {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    this.call.finish(code_label(trailers).unwrap_or("UNKNOWN"));
+                }
+            }
+            // A body that ends without trailers sent no status: the client sees an error.
+            Poll::Ready(Some(Err(_))) | Poll::Ready(None) => this.call.finish("UNKNOWN"),
+            Poll::Pending => {}
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_known_methods_become_labels() {
+        assert_eq!(
+            method_label("/usermeta.v1.UserMetadataService/SetMetadata"),
+            "usermeta.v1.UserMetadataService/SetMetadata"
+        );
+        assert_eq!(method_label("/usermeta.v1.UserMetadataService/Nope"), "unknown");
+        assert_eq!(method_label("/x"), "unknown");
+    }
+
+    #[test]
+    fn codes_are_named_like_grpc() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(code_label(&headers), None);
+        headers.insert("grpc-status", http::HeaderValue::from_static("5"));
+        assert_eq!(code_label(&headers), Some("NOT_FOUND"));
+    }
+}

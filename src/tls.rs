@@ -1,0 +1,198 @@
+//! TLS on the gRPC port (rustls through tonic), optionally requiring client certificates (mTLS), and the
+//! client identity a verified certificate names; plus the extra CA for a privately-signed ZITADEL.
+
+use std::{fmt, path::PathBuf, time::Duration};
+
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+
+/// How long a TLS handshake may take before the connection is dropped (a slow client holds a socket).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// TLS settings of the gRPC port.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// PEM CA certificates; when set, every client must present a certificate signed by one of them.
+    pub client_ca_file: Option<PathBuf>,
+}
+
+/// A TLS file is missing or unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{setting}: cannot read {path}: {source}")]
+    Read {
+        setting: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{setting}: {path} holds no PEM certificate")]
+    NoCertificate { setting: &'static str, path: String },
+    #[error(
+        "USERMETA_TLS_CERT_FILE / USERMETA_TLS_KEY_FILE: the certificate and key cannot be used: {0}"
+    )]
+    Unusable(String),
+    #[error(
+        "USERMETA_TLS_CERT_FILE and USERMETA_TLS_KEY_FILE: set both for TLS (USERMETA_TLS_CLIENT_CA_FILE needs them too)"
+    )]
+    Incomplete,
+    #[error("USERMETA_ZITADEL_CA_FILE: {path} holds no usable PEM certificate ({reason})")]
+    BadZitadelCa { path: String, reason: String },
+}
+
+pub const CERT_FILE: &str = "USERMETA_TLS_CERT_FILE (--tls-cert-file)";
+pub const KEY_FILE: &str = "USERMETA_TLS_KEY_FILE (--tls-key-file)";
+pub const CLIENT_CA_FILE: &str = "USERMETA_TLS_CLIENT_CA_FILE (--tls-client-ca-file)";
+
+fn read(setting: &'static str, path: &PathBuf) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        setting,
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+fn has_certificate(pem: &[u8]) -> bool {
+    String::from_utf8_lossy(pem).contains("-----BEGIN CERTIFICATE-----")
+}
+
+impl TlsFiles {
+    /// Reads the files into tonic's server TLS configuration. The key is checked later, when the server is
+    /// configured (see [`crate::server::Application::build_with`]), so a bad pair fails at start-up.
+    pub fn load(&self) -> Result<ServerTlsConfig, TlsError> {
+        let cert = read(CERT_FILE, &self.cert_file)?;
+        if !has_certificate(&cert) {
+            return Err(TlsError::NoCertificate {
+                setting: CERT_FILE,
+                path: self.cert_file.display().to_string(),
+            });
+        }
+        let key = read(KEY_FILE, &self.key_file)?;
+        let mut config = ServerTlsConfig::new()
+            .identity(Identity::from_pem(cert, key))
+            .timeout(HANDSHAKE_TIMEOUT);
+        if let Some(path) = &self.client_ca_file {
+            let ca = read(CLIENT_CA_FILE, path)?;
+            if !has_certificate(&ca) {
+                return Err(TlsError::NoCertificate {
+                    setting: CLIENT_CA_FILE,
+                    path: path.display().to_string(),
+                });
+            }
+            // Required, not optional: a client without a certificate is refused in the handshake.
+            config = config
+                .client_ca_root(Certificate::from_pem(ca))
+                .client_auth_optional(false);
+        }
+        Ok(config)
+    }
+}
+
+/// Reads the extra CA certificates trusted toward ZITADEL (beside the system's).
+pub fn zitadel_roots(path: &PathBuf) -> Result<Vec<reqwest::Certificate>, TlsError> {
+    let bad = |reason: String| TlsError::BadZitadelCa {
+        path: path.display().to_string(),
+        reason,
+    };
+    let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(bad("no certificate found".to_owned()));
+    }
+    Ok(certs)
+}
+
+/// Who a verified client certificate says the client is.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ClientCert {
+    /// The subject's common name.
+    pub common_name: Option<String>,
+    /// Subject alternative names: `dns:…`, `uri:…` (e.g. a SPIFFE id), `email:…`, `ip:…`.
+    pub sans: Vec<String>,
+}
+
+impl fmt::Display for ClientCert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(cn) = &self.common_name {
+            parts.push(format!("CN={cn}"));
+        }
+        if !self.sans.is_empty() {
+            parts.push(format!("SAN={}", self.sans.join(",")));
+        }
+        f.write_str(&parts.join(" "))
+    }
+}
+
+/// The identity of the client certificate the TLS handshake verified, if there was one. Without a client
+/// CA there is no verification, so nothing is claimed.
+pub fn client_cert<T>(request: &tonic::Request<T>) -> Option<ClientCert> {
+    let certs = request.peer_certs()?;
+    let leaf = certs.first()?;
+    parse(leaf.as_ref())
+}
+
+fn parse(der: &[u8]) -> Option<ClientCert> {
+    use x509_parser::{extensions::GeneralName, prelude::FromDer as _};
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
+    let common_name = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .map(str::to_owned);
+    let sans = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|ext| {
+            ext.value
+                .general_names
+                .iter()
+                .filter_map(|name| match name {
+                    GeneralName::DNSName(dns) => Some(format!("dns:{dns}")),
+                    GeneralName::URI(uri) => Some(format!("uri:{uri}")),
+                    GeneralName::RFC822Name(email) => Some(format!("email:{email}")),
+                    GeneralName::IPAddress(bytes) => ip(bytes).map(|ip| format!("ip:{ip}")),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(ClientCert { common_name, sans })
+}
+
+fn ip(bytes: &[u8]) -> Option<std::net::IpAddr> {
+    match bytes.len() {
+        4 => <[u8; 4]>::try_from(bytes).ok().map(std::net::IpAddr::from),
+        16 => <[u8; 16]>::try_from(bytes).ok().map(std::net::IpAddr::from),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_cn_and_sans() {
+        let mut params = rcgen::CertificateParams::new(vec!["svc.internal".to_owned()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "billing");
+        params.subject_alt_names.push(rcgen::SanType::URI(
+            "spiffe://acme/billing".try_into().unwrap(),
+        ));
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let parsed = parse(cert.der()).unwrap();
+        assert_eq!(parsed.common_name.as_deref(), Some("billing"));
+        assert_eq!(parsed.sans, ["dns:svc.internal", "uri:spiffe://acme/billing"]);
+        assert_eq!(
+            parsed.to_string(),
+            "CN=billing SAN=dns:svc.internal,uri:spiffe://acme/billing"
+        );
+    }
+}

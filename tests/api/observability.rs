@@ -1,0 +1,413 @@
+//! Metrics, trace propagation, request ids and graceful shutdown, observed from outside: a `/metrics` scrape,
+//! the headers ZITADEL received, response metadata, log lines, and health during a shutdown under traffic.
+
+use std::{net::SocketAddr, time::Duration};
+
+use secrecy::SecretString;
+use tokio::{sync::oneshot, task::JoinHandle};
+use tonic::{Code, transport::Channel};
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+use usermeta::{
+    api::pb::{GetMyMetadataRequest, SetMetadataRequest},
+    policy::Policy,
+    server::{Application, Config, ServeOptions},
+    standin::{Fault, FaultKind},
+    zitadel::{ServiceCredential, ZitadelConfig},
+};
+
+use crate::{helpers::*, logs};
+
+/// A usermeta built with `options` against `app`'s stand-in, with the same policy as [`spawn_app`].
+pub struct Observed {
+    pub addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    pub stop: oneshot::Sender<()>,
+    pub stopped: JoinHandle<()>,
+}
+
+pub async fn spawn_observed(app: &TestApp, options: ServeOptions) -> Observed {
+    spawn_observed_at(app, &app.standin.url(), options).await
+}
+
+pub async fn spawn_observed_at(app: &TestApp, zitadel_url: &str, options: ServeOptions) -> Observed {
+    let config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        zitadel: ZitadelConfig {
+            base_url: zitadel_url.parse().unwrap(),
+            timeout: Duration::from_secs(5),
+            service_credential: ServiceCredential::Pat(SecretString::from(app.service_pat.clone())),
+        },
+        policy: Policy::new([app.admin.clone()], vec![SELF_WRITABLE.into()]),
+        cache: Default::default(),
+    };
+    let built = Application::build_with(config, options)
+        .await
+        .expect("usermeta builds");
+    let addr = built.local_addr();
+    let metrics_addr = built.metrics_addr();
+    let (stop, on_stop) = oneshot::channel::<()>();
+    let stopped = tokio::spawn(async move {
+        built
+            .run_until(async {
+                let _ = on_stop.await;
+            })
+            .await
+            .unwrap();
+    });
+    Observed {
+        addr,
+        metrics_addr,
+        stop,
+        stopped,
+    }
+}
+
+async fn scrape(addr: SocketAddr) -> String {
+    let response = reqwest::get(format!("http://{addr}/metrics")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    response.text().await.unwrap()
+}
+
+#[track_caller]
+fn assert_series(text: &str, series: &str) {
+    assert!(
+        text.lines().any(|line| line.starts_with(series)),
+        "no series `{series}` in:\n{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_scrape_after_traffic_shows_calls_upstream_cache_and_latency() {
+    let app = spawn_app().await;
+    let observed = spawn_observed(
+        &app,
+        ServeOptions {
+            metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+            ..ServeOptions::default()
+        },
+    )
+    .await;
+    let mut client = connect(observed.addr).await;
+    // A miss, then a hit.
+    for _ in 0..2 {
+        client
+            .get_my_metadata(authed(GetMyMetadataRequest::default(), &app.alice_token))
+            .await
+            .unwrap();
+    }
+    // No token: refused before any upstream call (a trailers-only response).
+    let refused = client
+        .get_my_metadata(tonic::Request::new(GetMyMetadataRequest::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated);
+    // A token ZITADEL rejects: a 401 upstream, then remembered.
+    for _ in 0..2 {
+        let status = client
+            .get_my_metadata(authed(GetMyMetadataRequest::default(), "not-a-token"))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated);
+    }
+    // A management call.
+    client
+        .set_metadata(authed(
+            SetMetadataRequest {
+                user_id: app.alice.clone(),
+                entries: vec![entry("profile.theme", text("dark"))],
+                ..Default::default()
+            },
+            &app.admin_token,
+        ))
+        .await
+        .unwrap();
+
+    let text = scrape(observed.metrics_addr.expect("metrics are on")).await;
+    let get = "method=\"usermeta.v1.UserMetadataService/GetMyMetadata\"";
+    for series in [
+        format!("usermeta_grpc_requests_total{{{get},code=\"OK\"}}"),
+        format!("usermeta_grpc_requests_total{{{get},code=\"UNAUTHENTICATED\"}}"),
+        "usermeta_grpc_requests_total{method=\"usermeta.v1.UserMetadataService/SetMetadata\",code=\"OK\"}".into(),
+        format!("usermeta_grpc_request_duration_seconds_bucket{{{get},le=\"0.005\"}}"),
+        format!("usermeta_grpc_request_duration_seconds_count{{{get}}}"),
+        "usermeta_grpc_requests_in_flight ".into(),
+        "usermeta_upstream_requests_total{endpoint=\"userinfo\",status=\"200\"}".into(),
+        "usermeta_upstream_requests_total{endpoint=\"userinfo\",status=\"401\"}".into(),
+        "usermeta_upstream_requests_total{endpoint=\"management.".into(),
+        "usermeta_upstream_request_duration_seconds_bucket{endpoint=\"userinfo\",le=\"0.1\"}"
+            .into(),
+        "usermeta_cache_lookups_total{result=\"hit\"}".into(),
+        "usermeta_cache_lookups_total{result=\"miss\"}".into(),
+        "usermeta_cache_lookups_total{result=\"negative_hit\"}".into(),
+        "# TYPE usermeta_grpc_request_duration_seconds histogram".into(),
+        "# HELP usermeta_grpc_requests_total ".into(),
+    ] {
+        assert_series(&text, &series);
+    }
+    // Counts are process-wide (other tests share the recorder), so check they count at all.
+    let ok_count: f64 = text
+        .lines()
+        .find(|l| l.starts_with(&format!("usermeta_grpc_requests_total{{{get},code=\"OK\"}}")))
+        .and_then(|l| l.rsplit(' ').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(ok_count >= 2.0, "{ok_count}");
+}
+
+#[tokio::test]
+async fn metrics_are_off_without_a_listen_address() {
+    let app = spawn_app().await;
+    let observed = spawn_observed(&app, ServeOptions::default()).await;
+    assert_eq!(observed.metrics_addr, None);
+}
+
+#[tokio::test]
+async fn traceparent_and_tracestate_continue_to_zitadel_with_a_new_parent_span() {
+    logs::capture();
+    let app = spawn_app().await;
+    let mut client = app.client.clone();
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let client_span = "00f067aa0ba902b7";
+    let mut request = authed(GetMyMetadataRequest::default(), &app.alice_token);
+    let metadata = request.metadata_mut();
+    metadata.insert(
+        "traceparent",
+        format!("00-{trace_id}-{client_span}-01").parse().unwrap(),
+    );
+    metadata.insert("tracestate", "vendor=opaque".parse().unwrap());
+    metadata.insert("x-request-id", "trace-test-1".parse().unwrap());
+    let response = client.get_my_metadata(request).await.unwrap();
+    assert_eq!(response.metadata().get("x-request-id").unwrap(), "trace-test-1");
+
+    let seen = app.standin.requests();
+    assert!(!seen.is_empty());
+    let mut parents = Vec::new();
+    for request in &seen {
+        let traceparent = request.header("traceparent").expect("traceparent sent");
+        let parts: Vec<&str> = traceparent.split('-').collect();
+        assert_eq!(parts.len(), 4, "{traceparent}");
+        assert_eq!(parts[0], "00");
+        assert_eq!(parts[1], trace_id, "same trace: {traceparent}");
+        assert_ne!(parts[2], client_span, "a span of usermeta's: {traceparent}");
+        assert_ne!(parts[2], "0000000000000000");
+        assert_eq!(parts[3], "01", "sampled as the caller decided");
+        assert_eq!(request.header("tracestate"), Some("vendor=opaque"));
+        parents.push(parts[2].to_owned());
+    }
+
+    // Without a traceparent, usermeta starts a trace of its own: still one per call, never a shared id.
+    app.standin.clear_requests();
+    let other = app.standin.issue_token(&app.alice, FULL_SCOPES);
+    client
+        .get_my_metadata(authed(GetMyMetadataRequest::default(), &other))
+        .await
+        .unwrap();
+    let seen = app.standin.requests();
+    let traceparent = seen[0].header("traceparent").expect("traceparent sent");
+    assert!(!traceparent.contains(trace_id), "{traceparent}");
+}
+
+#[tokio::test]
+async fn request_ids_are_echoed_or_generated_and_on_every_log_line() {
+    let logs = logs::capture();
+    let app = spawn_app().await;
+    let mut client = app.client.clone();
+
+    let response = client
+        .get_my_metadata(authed(GetMyMetadataRequest::default(), &app.alice_token))
+        .await
+        .unwrap();
+    let generated = response.metadata().get("x-request-id").unwrap().to_str().unwrap();
+    assert_eq!(generated.len(), 32, "{generated}");
+    assert!(generated.bytes().all(|b| b.is_ascii_hexdigit()));
+
+    // An unusable id is replaced, not logged.
+    let mut request = authed(GetMyMetadataRequest::default(), &app.alice_token);
+    request
+        .metadata_mut()
+        .insert("x-request-id", "has spaces in it".parse().unwrap());
+    let response = client.get_my_metadata(request).await.unwrap();
+    assert_ne!(response.metadata().get("x-request-id").unwrap(), "has spaces in it");
+
+    // Errors carry it too (trailers-only responses).
+    let mut request = tonic::Request::new(GetMyMetadataRequest::default());
+    request
+        .metadata_mut()
+        .insert("x-request-id", "req-refused-1".parse().unwrap());
+    let status = client.get_my_metadata(request).await.unwrap_err();
+    assert_eq!(status.metadata().get("x-request-id").unwrap(), "req-refused-1");
+
+    // The audit line of a write names the request.
+    let mut request = authed(
+        SetMetadataRequest {
+            entries: vec![entry("profile.theme", text("dark"))],
+            ..Default::default()
+        },
+        &app.alice_token,
+    );
+    request
+        .metadata_mut()
+        .insert("x-request-id", "req-audit-7f3a".parse().unwrap());
+    client.set_metadata(request).await.unwrap();
+    let lines = logs.lines_with("req-audit-7f3a");
+    let audit = lines
+        .iter()
+        .find(|line| line["target"] == "usermeta::audit")
+        .unwrap_or_else(|| panic!("no audit line with the request id: {lines:?}"));
+    assert_eq!(audit["fields"]["caller"], app.alice.as_str());
+    let spans = audit["spans"].as_array().unwrap();
+    assert!(
+        spans
+            .iter()
+            .any(|span| span["name"] == "grpc" && span["request_id"] == "req-audit-7f3a"),
+        "{audit}"
+    );
+}
+
+#[tokio::test]
+async fn internal_errors_name_the_request_id() {
+    let app = spawn_app().await;
+    let mut client = app.client.clone();
+    app.standin.push_fault(Fault {
+        path_prefix: "/oidc/v1/userinfo".into(),
+        times: None,
+        kind: FaultKind::Status(503),
+    });
+    let mut request = authed(GetMyMetadataRequest::default(), &app.alice_token);
+    request
+        .metadata_mut()
+        .insert("x-request-id", "req-down-42".parse().unwrap());
+    let status = client.get_my_metadata(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert!(
+        status.message().ends_with("(request id req-down-42)"),
+        "{status:?}"
+    );
+    // The structured details survive the rewrite.
+    assert!(reason(&status).is_some(), "{status:?}");
+}
+
+async fn health_of(channel: Channel) -> HealthClient<Channel> {
+    HealthClient::new(channel)
+}
+
+#[tokio::test]
+async fn shutdown_turns_health_not_serving_and_finishes_every_accepted_call() {
+    let app = spawn_app().await;
+    let observed = spawn_observed(
+        &app,
+        ServeOptions {
+            shutdown_grace: Duration::from_secs(10),
+            ..ServeOptions::default()
+        },
+    )
+    .await;
+    let channel = Channel::from_shared(format!("http://{}", observed.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = health_of(channel.clone()).await;
+    let mut watch = health
+        .watch(HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        watch.message().await.unwrap().unwrap().status(),
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
+    // Slow ZITADEL: every call is still in flight when the signal comes.
+    app.standin.push_fault(Fault {
+        path_prefix: "/oidc/v1/userinfo".into(),
+        times: None,
+        kind: FaultKind::Latency(Duration::from_millis(600)),
+    });
+    let client = usermeta::api::pb::user_metadata_service_client::UserMetadataServiceClient::new(
+        channel.clone(),
+    );
+    let calls: Vec<_> = (0..20)
+        .map(|_| {
+            let mut client = client.clone();
+            let token = app.standin.issue_token(&app.alice, FULL_SCOPES);
+            tokio::spawn(async move {
+                client
+                    .get_my_metadata(authed(GetMyMetadataRequest::default(), &token))
+                    .await
+            })
+        })
+        .collect();
+    // Wait until ZITADEL has seen every call: they are accepted and in flight.
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while app.standin.requests().iter().filter(|r| r.is_userinfo()).count() < 20 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("all calls reach ZITADEL");
+    let signalled = std::time::Instant::now();
+    observed.stop.send(()).unwrap();
+
+    assert_eq!(
+        watch.message().await.unwrap().unwrap().status(),
+        tonic_health::pb::health_check_response::ServingStatus::NotServing,
+        "health turns NOT_SERVING first"
+    );
+    drop(watch);
+    for call in futures::future::join_all(calls).await {
+        let answer = call.unwrap().expect("an accepted call succeeds").into_inner();
+        assert_eq!(answer.user_id, app.alice);
+    }
+    tokio::time::timeout(Duration::from_secs(5), observed.stopped)
+        .await
+        .expect("the server stops once the calls are done")
+        .unwrap();
+    assert!(signalled.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn shutdown_stops_after_the_grace_period_even_with_calls_in_flight() {
+    let app = spawn_app().await;
+    let observed = spawn_observed(
+        &app,
+        ServeOptions {
+            shutdown_grace: Duration::from_millis(300),
+            ..ServeOptions::default()
+        },
+    )
+    .await;
+    app.standin.push_fault(Fault {
+        path_prefix: "/oidc/v1/userinfo".into(),
+        times: None,
+        kind: FaultKind::Latency(Duration::from_secs(4)),
+    });
+    let mut client = connect(observed.addr).await;
+    let token = app.alice_token.clone();
+    let call = tokio::spawn(async move {
+        client
+            .get_my_metadata(authed(GetMyMetadataRequest::default(), &token))
+            .await
+    });
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while app.standin.requests().is_empty() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let signalled = std::time::Instant::now();
+    observed.stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(2), observed.stopped)
+        .await
+        .expect("the grace period bounds the wait")
+        .unwrap();
+    assert!(signalled.elapsed() >= Duration::from_millis(300));
+    drop(call);
+}

@@ -1,0 +1,309 @@
+//! TLS on the gRPC port, mTLS with the client identity in the audit log, and a ZITADEL signed by a private CA.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use usermeta::{
+    api::pb::{
+        GetMyMetadataRequest, SetMetadataRequest,
+        user_metadata_service_client::UserMetadataServiceClient,
+    },
+    server::ServeOptions,
+    tls::TlsFiles,
+};
+
+use crate::{
+    helpers::*,
+    logs,
+    observability::{spawn_observed, spawn_observed_at},
+};
+
+/// A CA that signs server and client certificates.
+struct Ca {
+    pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+struct Leaf {
+    cert: String,
+    key: String,
+}
+
+fn ca(name: &str) -> Ca {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, name);
+    let key = KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    Ca {
+        pem: cert.pem(),
+        issuer: Issuer::new(params, key),
+    }
+}
+
+fn leaf(ca: &Ca, common_name: &str, sans: &[&str]) -> Leaf {
+    let mut params =
+        CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, common_name);
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &ca.issuer).unwrap();
+    Leaf {
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+    }
+}
+
+fn write(dir: &std::path::Path, name: &str, content: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, content).unwrap();
+    path
+}
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "usermeta-tls-{name}-{}-{}",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Server TLS files for `localhost`, optionally requiring client certificates from `client_ca`.
+fn server_files(ca: &Ca, client_ca: Option<&Ca>) -> TlsFiles {
+    let dir = temp_dir("server");
+    let server = leaf(ca, "usermeta", &["localhost"]);
+    TlsFiles {
+        cert_file: write(&dir, "server.pem", &server.cert),
+        key_file: write(&dir, "server.key", &server.key),
+        client_ca_file: client_ca.map(|c| write(&dir, "clients.pem", &c.pem)),
+    }
+}
+
+async fn tls_client(
+    addr: SocketAddr,
+    ca: &Ca,
+    identity: Option<&Leaf>,
+) -> Result<UserMetadataServiceClient<Channel>, tonic::transport::Error> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&ca.pem))
+        .domain_name("localhost");
+    if let Some(leaf) = identity {
+        tls = tls.identity(Identity::from_pem(&leaf.cert, &leaf.key));
+    }
+    let channel = Channel::from_shared(format!("https://localhost:{}", addr.port()))
+        .unwrap()
+        .tls_config(tls)?
+        .connect()
+        .await?;
+    Ok(UserMetadataServiceClient::new(channel))
+}
+
+#[tokio::test]
+async fn tls_serves_clients_that_trust_the_certificate_and_refuses_plaintext() {
+    let app = spawn_app().await;
+    let ca = ca("usermeta test CA");
+    let observed = spawn_observed(
+        &app,
+        ServeOptions {
+            tls: Some(server_files(&ca, None)),
+            ..ServeOptions::default()
+        },
+    )
+    .await;
+    let mut client = tls_client(observed.addr, &ca, None).await.unwrap();
+    let answer = client
+        .get_my_metadata(authed(GetMyMetadataRequest::default(), &app.alice_token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.user_id, app.alice);
+
+    // A plaintext client does not get an answer.
+    let plaintext = Channel::from_shared(format!("http://{}", observed.addr))
+        .unwrap()
+        .connect()
+        .await;
+    if let Ok(channel) = plaintext {
+        let refused = UserMetadataServiceClient::new(channel)
+            .get_my_metadata(authed(GetMyMetadataRequest::default(), &app.alice_token))
+            .await;
+        assert!(refused.is_err());
+    }
+}
+
+#[tokio::test]
+async fn mtls_admits_clients_of_the_ca_and_audits_their_identity() {
+    let logs = logs::capture();
+    let app = spawn_app().await;
+    let server_ca = ca("usermeta server CA");
+    let client_ca = ca("usermeta client CA");
+    let observed = spawn_observed(
+        &app,
+        ServeOptions {
+            tls: Some(server_files(&server_ca, Some(&client_ca))),
+            ..ServeOptions::default()
+        },
+    )
+    .await;
+    let billing = leaf(&client_ca, "billing-7c1e", &["billing.internal"]);
+    let mut client = tls_client(observed.addr, &server_ca, Some(&billing))
+        .await
+        .unwrap();
+    client
+        .set_metadata(authed(
+            SetMetadataRequest {
+                user_id: app.alice.clone(),
+                entries: vec![entry("ContractNumber", text("9"))],
+                ..Default::default()
+            },
+            &app.admin_token,
+        ))
+        .await
+        .unwrap();
+    let lines = logs.lines_with("billing-7c1e");
+    let audit = lines
+        .iter()
+        .find(|line| line["target"] == "usermeta::audit")
+        .unwrap_or_else(|| panic!("no audit line naming the client: {lines:?}"));
+    assert_eq!(
+        audit["fields"]["client_cert"],
+        "CN=billing-7c1e SAN=dns:billing.internal"
+    );
+    assert_eq!(audit["fields"]["caller"], app.admin.as_str());
+
+    // Without a client certificate, or with one from another CA: no call gets through.
+    let stranger_ca = ca("someone else's CA");
+    let stranger = leaf(&stranger_ca, "intruder", &["intruder.example"]);
+    for identity in [None, Some(&stranger)] {
+        let refused = match tls_client(observed.addr, &server_ca, identity).await {
+            Err(_) => true,
+            Ok(mut client) => client
+                .get_my_metadata(authed(GetMyMetadataRequest::default(), &app.alice_token))
+                .await
+                .is_err(),
+        };
+        assert!(refused, "a client with {:?} got through", identity.map(|_| "a foreign cert"));
+    }
+}
+
+#[tokio::test]
+async fn unusable_tls_files_fail_start_up_naming_the_setting() {
+    let app = spawn_app().await;
+    let dir = temp_dir("bad");
+    let files = TlsFiles {
+        cert_file: write(&dir, "not-a-cert.pem", "hello"),
+        key_file: write(&dir, "key.pem", "hello"),
+        client_ca_file: None,
+    };
+    let config = usermeta::server::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        zitadel: usermeta::zitadel::ZitadelConfig {
+            base_url: app.standin.url().parse().unwrap(),
+            timeout: std::time::Duration::from_secs(1),
+            service_credential: usermeta::zitadel::ServiceCredential::Pat(
+                secrecy::SecretString::from(app.service_pat.clone()),
+            ),
+        },
+        policy: usermeta::policy::Policy::new(Vec::<String>::new(), vec![]),
+        cache: Default::default(),
+    };
+    let error = usermeta::server::Application::build_with(
+        config,
+        ServeOptions {
+            tls: Some(files),
+            ..ServeOptions::default()
+        },
+    )
+    .await
+    .err()
+    .expect("start-up fails")
+    .to_string();
+    assert!(error.contains("USERMETA_TLS_CERT_FILE"), "{error}");
+    assert!(error.contains("not-a-cert.pem"), "{error}");
+}
+
+/// A ZITADEL userinfo endpoint over TLS with a certificate from `ca`.
+async fn private_zitadel(ca: &Ca, sub: &str) -> String {
+    use tokio_rustls::rustls::{
+        self,
+        pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+    };
+    let server = leaf(ca, "zitadel", &["localhost"]);
+    let certs = vec![CertificateDer::from_pem_slice(server.cert.as_bytes()).unwrap()];
+    let key = PrivateKeyDer::from_pem_slice(server.key.as_bytes()).unwrap();
+    let mut config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let claims = serde_json::json!({"sub": sub});
+    let router = axum::Router::new().route(
+        "/oidc/v1/userinfo",
+        axum::routing::get(move || {
+            let claims = claims.clone();
+            async move { axum::Json(claims) }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let acceptor = acceptor.clone();
+            let router = router.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(move |request| {
+                    tower::ServiceExt::oneshot(router.clone(), request)
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                )
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .await;
+            });
+        }
+    });
+    format!("https://localhost:{port}")
+}
+
+#[tokio::test]
+async fn a_privately_signed_zitadel_is_trusted_only_with_its_ca_file() {
+    let app = spawn_app().await;
+    let zitadel_ca = ca("private ZITADEL CA");
+    let url = private_zitadel(&zitadel_ca, "u-private-1").await;
+
+    let untrusting = spawn_observed_at(&app, &url, ServeOptions::default()).await;
+    let status = connect(untrusting.addr)
+        .await
+        .get_my_metadata(authed(GetMyMetadataRequest::default(), "any-token"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+
+    let dir = temp_dir("zitadel-ca");
+    let ca_file = write(&dir, "zitadel-ca.pem", &zitadel_ca.pem);
+    let trusting = spawn_observed_at(
+        &app,
+        &url,
+        ServeOptions {
+            zitadel_roots: usermeta::tls::zitadel_roots(&ca_file).unwrap(),
+            ..ServeOptions::default()
+        },
+    )
+    .await;
+    let answer = connect(trusting.addr)
+        .await
+        .get_my_metadata(authed(GetMyMetadataRequest::default(), "any-token"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.user_id, "u-private-1");
+}
