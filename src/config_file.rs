@@ -95,8 +95,8 @@ fn apply(mut command: clap::Command, path: &Path) -> Result<clap::Command, Confi
             line,
             problem,
         };
-        let values = values_of(value.get_ref())
-            .map_err(|what| problem(format!("`{name}`: {what}")))?;
+        let values =
+            values_of(value.get_ref()).map_err(|what| problem(format!("`{name}`: {what}")))?;
         if global.contains(&name) {
             command = command.mut_arg(&name, |arg| arg.default_values(values));
         } else if serve.contains(&name) {
@@ -209,11 +209,17 @@ shutdown_grace = "3s"
 
     #[test]
     fn unknown_keys_name_the_file_and_line() {
-        let path = file("typo.toml", "zitadel_url = \"https://x\"\n\ncache_tll = \"5s\"\n");
+        let path = file(
+            "typo.toml",
+            "zitadel_url = \"https://x\"\n\ncache_tll = \"5s\"\n",
+        );
         let error = parse_from(["usermeta", "serve", "--config", path.to_str().unwrap()])
             .unwrap_err()
             .to_string();
-        assert!(error.contains("typo.toml:3: unknown setting `cache_tll`"), "{error}");
+        assert!(
+            error.contains("typo.toml:3: unknown setting `cache_tll`"),
+            "{error}"
+        );
         assert!(error.contains("cache_ttl"), "{error}");
 
         let path = file("table.toml", "[serve]\nzitadel_url = \"https://x\"\n");

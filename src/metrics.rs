@@ -58,7 +58,10 @@ pub fn install() -> Result<PrometheusHandle, MetricsError> {
 
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    describe_counter!(GRPC_REQUESTS, "gRPC calls finished, by method and status code");
+    describe_counter!(
+        GRPC_REQUESTS,
+        "gRPC calls finished, by method and status code"
+    );
     describe_histogram!(
         GRPC_DURATION,
         Unit::Seconds,
@@ -175,7 +178,12 @@ pub fn method_label(path: &str) -> &'static str {
 
 /// The gRPC status code name of a `grpc-status` value, e.g. `OK`, `NOT_FOUND`.
 fn code_label(headers: &HeaderMap) -> Option<&'static str> {
-    let code = headers.get("grpc-status")?.to_str().ok()?.parse::<i32>().ok()?;
+    let code = headers
+        .get("grpc-status")?
+        .to_str()
+        .ok()?
+        .parse::<i32>()
+        .ok()?;
     Some(match tonic::Code::from_i32(code) {
         tonic::Code::Ok => "OK",
         tonic::Code::Cancelled => "CANCELLED",
@@ -329,7 +337,10 @@ mod tests {
             method_label("/usermeta.v1.UserMetadataService/SetMetadata"),
             "usermeta.v1.UserMetadataService/SetMetadata"
         );
-        assert_eq!(method_label("/usermeta.v1.UserMetadataService/Nope"), "unknown");
+        assert_eq!(
+            method_label("/usermeta.v1.UserMetadataService/Nope"),
+            "unknown"
+        );
         assert_eq!(method_label("/x"), "unknown");
     }
 

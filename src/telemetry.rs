@@ -84,7 +84,8 @@ where
         provider = provider.with_batch_exporter(exporter);
     }
     let provider = provider.build();
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     // Spans reach OpenTelemetry whatever RUST_LOG says: a quiet log level must not break trace propagation.
     let otel = tracing_opentelemetry::layer()
         .with_tracer(provider.tracer("usermeta"))
@@ -191,7 +192,8 @@ where
 pub fn upstream_span(endpoint: &'static str) -> (tracing::Span, http::HeaderMap) {
     let span = tracing::info_span!("zitadel", endpoint);
     let mut headers = http::HeaderMap::new();
-    TraceContextPropagator::new().inject_context(&span.context(), &mut HeaderInjector(&mut headers));
+    TraceContextPropagator::new()
+        .inject_context(&span.context(), &mut HeaderInjector(&mut headers));
     (span, headers)
 }
 

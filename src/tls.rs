@@ -189,7 +189,10 @@ mod tests {
         let cert = params.self_signed(&key).unwrap();
         let parsed = parse(cert.der()).unwrap();
         assert_eq!(parsed.common_name.as_deref(), Some("billing"));
-        assert_eq!(parsed.sans, ["dns:svc.internal", "uri:spiffe://acme/billing"]);
+        assert_eq!(
+            parsed.sans,
+            ["dns:svc.internal", "uri:spiffe://acme/billing"]
+        );
         assert_eq!(
             parsed.to_string(),
             "CN=billing SAN=dns:svc.internal,uri:spiffe://acme/billing"

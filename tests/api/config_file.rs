@@ -35,27 +35,52 @@ fn file_then_env_then_flag() {
     );
     let from_file = usermeta(&["serve", "--config", &file], &[]);
     assert!(!from_file.status.success());
-    assert!(stderr(&from_file).contains("`from-file` is not a URL"), "{}", stderr(&from_file));
+    assert!(
+        stderr(&from_file).contains("`from-file` is not a URL"),
+        "{}",
+        stderr(&from_file)
+    );
 
     let env = [("USERMETA_ZITADEL_URL", "from-env")];
     let from_env = usermeta(&["serve", "--config", &file], &env);
-    assert!(stderr(&from_env).contains("`from-env` is not a URL"), "{}", stderr(&from_env));
+    assert!(
+        stderr(&from_env).contains("`from-env` is not a URL"),
+        "{}",
+        stderr(&from_env)
+    );
 
-    let from_flag = usermeta(&["serve", "--config", &file, "--zitadel-url", "from-flag"], &env);
-    assert!(stderr(&from_flag).contains("`from-flag` is not a URL"), "{}", stderr(&from_flag));
+    let from_flag = usermeta(
+        &["serve", "--config", &file, "--zitadel-url", "from-flag"],
+        &env,
+    );
+    assert!(
+        stderr(&from_flag).contains("`from-flag` is not a URL"),
+        "{}",
+        stderr(&from_flag)
+    );
 
     // The file can also be named by USERMETA_CONFIG.
     let by_env = usermeta(&["serve"], &[("USERMETA_CONFIG", &file)]);
-    assert!(stderr(&by_env).contains("`from-file` is not a URL"), "{}", stderr(&by_env));
+    assert!(
+        stderr(&by_env).contains("`from-file` is not a URL"),
+        "{}",
+        stderr(&by_env)
+    );
 }
 
 #[test]
 fn unknown_keys_stop_start_up_with_file_and_line() {
-    let file = config("unknown.toml", "zitadel_url = \"https://x\"\nmetrics_listn = \"0.0.0.0:9090\"\n");
+    let file = config(
+        "unknown.toml",
+        "zitadel_url = \"https://x\"\nmetrics_listn = \"0.0.0.0:9090\"\n",
+    );
     let output = usermeta(&["serve", "--config", &file], &[]);
     assert!(!output.status.success());
     let error = stderr(&output);
-    assert!(error.contains("unknown.toml:2: unknown setting `metrics_listn`"), "{error}");
+    assert!(
+        error.contains("unknown.toml:2: unknown setting `metrics_listn`"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -78,6 +103,9 @@ fn help_documents_every_setting() {
         "USERMETA_TLS_CLIENT_CA_FILE",
         "USERMETA_ZITADEL_CA_FILE",
     ] {
-        assert!(help.contains(setting), "`serve --help` lacks {setting}:\n{help}");
+        assert!(
+            help.contains(setting),
+            "`serve --help` lacks {setting}:\n{help}"
+        );
     }
 }

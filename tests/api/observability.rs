@@ -29,7 +29,11 @@ pub async fn spawn_observed(app: &TestApp, options: ServeOptions) -> Observed {
     spawn_observed_at(app, &app.standin.url(), options).await
 }
 
-pub async fn spawn_observed_at(app: &TestApp, zitadel_url: &str, options: ServeOptions) -> Observed {
+pub async fn spawn_observed_at(
+    app: &TestApp,
+    zitadel_url: &str,
+    options: ServeOptions,
+) -> Observed {
     let config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         zitadel: ZitadelConfig {
@@ -63,7 +67,9 @@ pub async fn spawn_observed_at(app: &TestApp, zitadel_url: &str, options: ServeO
 }
 
 async fn scrape(addr: SocketAddr) -> String {
-    let response = reqwest::get(format!("http://{addr}/metrics")).await.unwrap();
+    let response = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     assert!(
         response.headers()["content-type"]
@@ -153,7 +159,11 @@ async fn a_scrape_after_traffic_shows_calls_upstream_cache_and_latency() {
     // Counts are process-wide (other tests share the recorder), so check they count at all.
     let ok_count: f64 = text
         .lines()
-        .find(|l| l.starts_with(&format!("usermeta_grpc_requests_total{{{get},code=\"OK\"}}")))
+        .find(|l| {
+            l.starts_with(&format!(
+                "usermeta_grpc_requests_total{{{get},code=\"OK\"}}"
+            ))
+        })
         .and_then(|l| l.rsplit(' ').next())
         .unwrap()
         .parse()
@@ -184,7 +194,10 @@ async fn traceparent_and_tracestate_continue_to_zitadel_with_a_new_parent_span()
     metadata.insert("tracestate", "vendor=opaque".parse().unwrap());
     metadata.insert("x-request-id", "trace-test-1".parse().unwrap());
     let response = client.get_my_metadata(request).await.unwrap();
-    assert_eq!(response.metadata().get("x-request-id").unwrap(), "trace-test-1");
+    assert_eq!(
+        response.metadata().get("x-request-id").unwrap(),
+        "trace-test-1"
+    );
 
     let seen = app.standin.requests();
     assert!(!seen.is_empty());
@@ -224,7 +237,12 @@ async fn request_ids_are_echoed_or_generated_and_on_every_log_line() {
         .get_my_metadata(authed(GetMyMetadataRequest::default(), &app.alice_token))
         .await
         .unwrap();
-    let generated = response.metadata().get("x-request-id").unwrap().to_str().unwrap();
+    let generated = response
+        .metadata()
+        .get("x-request-id")
+        .unwrap()
+        .to_str()
+        .unwrap();
     assert_eq!(generated.len(), 32, "{generated}");
     assert!(generated.bytes().all(|b| b.is_ascii_hexdigit()));
 
@@ -234,7 +252,10 @@ async fn request_ids_are_echoed_or_generated_and_on_every_log_line() {
         .metadata_mut()
         .insert("x-request-id", "has spaces in it".parse().unwrap());
     let response = client.get_my_metadata(request).await.unwrap();
-    assert_ne!(response.metadata().get("x-request-id").unwrap(), "has spaces in it");
+    assert_ne!(
+        response.metadata().get("x-request-id").unwrap(),
+        "has spaces in it"
+    );
 
     // Errors carry it too (trailers-only responses).
     let mut request = tonic::Request::new(GetMyMetadataRequest::default());
@@ -242,7 +263,10 @@ async fn request_ids_are_echoed_or_generated_and_on_every_log_line() {
         .metadata_mut()
         .insert("x-request-id", "req-refused-1".parse().unwrap());
     let status = client.get_my_metadata(request).await.unwrap_err();
-    assert_eq!(status.metadata().get("x-request-id").unwrap(), "req-refused-1");
+    assert_eq!(
+        status.metadata().get("x-request-id").unwrap(),
+        "req-refused-1"
+    );
 
     // The audit line of a write names the request.
     let mut request = authed(
@@ -346,7 +370,14 @@ async fn shutdown_turns_health_not_serving_and_finishes_every_accepted_call() {
         .collect();
     // Wait until ZITADEL has seen every call: they are accepted and in flight.
     tokio::time::timeout(Duration::from_secs(5), async {
-        while app.standin.requests().iter().filter(|r| r.is_userinfo()).count() < 20 {
+        while app
+            .standin
+            .requests()
+            .iter()
+            .filter(|r| r.is_userinfo())
+            .count()
+            < 20
+        {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
@@ -362,7 +393,10 @@ async fn shutdown_turns_health_not_serving_and_finishes_every_accepted_call() {
     );
     drop(watch);
     for call in futures::future::join_all(calls).await {
-        let answer = call.unwrap().expect("an accepted call succeeds").into_inner();
+        let answer = call
+            .unwrap()
+            .expect("an accepted call succeeds")
+            .into_inner();
         assert_eq!(answer.user_id, app.alice);
     }
     tokio::time::timeout(Duration::from_secs(5), observed.stopped)

@@ -45,7 +45,9 @@ fn ca(name: &str) -> Ca {
 fn leaf(ca: &Ca, common_name: &str, sans: &[&str]) -> Leaf {
     let mut params =
         CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-    params.distinguished_name.push(DnType::CommonName, common_name);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
     let key = KeyPair::generate().unwrap();
     let cert = params.signed_by(&key, &ca.issuer).unwrap();
     Leaf {
@@ -184,7 +186,11 @@ async fn mtls_admits_clients_of_the_ca_and_audits_their_identity() {
                 .await
                 .is_err(),
         };
-        assert!(refused, "a client with {:?} got through", identity.map(|_| "a foreign cert"));
+        assert!(
+            refused,
+            "a client with {:?} got through",
+            identity.map(|_| "a foreign cert")
+        );
     }
 }
 
