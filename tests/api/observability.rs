@@ -11,7 +11,7 @@ use usermeta::{
     api::pb::{GetMyMetadataRequest, SetMetadataRequest},
     policy::Policy,
     server::{Application, Config, ServeOptions},
-    standin::{Fault, FaultKind},
+    standin::{Fault, FaultKind, ManagerRole},
     zitadel::{ServiceCredential, ZitadelConfig},
 };
 
@@ -134,6 +134,34 @@ async fn a_scrape_after_traffic_shows_calls_upstream_cache_and_latency() {
         .await
         .unwrap();
 
+    // A management call with client credentials: the token request is counted as a refresh.
+    let service_user =
+        app.standin
+            .create_service_user(&app.org, "usermeta-cc", ManagerRole::IamOwner);
+    let (client_id, secret) = app.standin.add_client_secret(&service_user);
+    let (cc_addr, _cc_stop) = spawn_usermeta_with_credential(
+        &app.standin.url(),
+        ServiceCredential::ClientCredentials {
+            client_id,
+            secret: SecretString::from(secret),
+        },
+        Policy::new([app.admin.clone()], vec![SELF_WRITABLE.into()]),
+        Options::default(),
+    )
+    .await;
+    connect(cc_addr)
+        .await
+        .set_metadata(authed(
+            SetMetadataRequest {
+                user_id: app.alice.clone(),
+                entries: vec![entry("profile.theme", text("light"))],
+                ..Default::default()
+            },
+            &app.admin_token,
+        ))
+        .await
+        .unwrap();
+
     let text = scrape(observed.metrics_addr.expect("metrics are on")).await;
     let get = "method=\"usermeta.v1.UserMetadataService/GetMyMetadata\"";
     for series in [
@@ -151,6 +179,8 @@ async fn a_scrape_after_traffic_shows_calls_upstream_cache_and_latency() {
         "usermeta_cache_lookups_total{result=\"hit\"}".into(),
         "usermeta_cache_lookups_total{result=\"miss\"}".into(),
         "usermeta_cache_lookups_total{result=\"negative_hit\"}".into(),
+        "usermeta_service_token_refreshes_total{outcome=\"ok\"}".into(),
+        "usermeta_upstream_requests_total{endpoint=\"oauth.Token\",status=\"200\"}".into(),
         "# TYPE usermeta_grpc_request_duration_seconds histogram".into(),
         "# HELP usermeta_grpc_requests_total ".into(),
     ] {
