@@ -531,3 +531,32 @@ async fn the_service_is_absent_unless_enabled_and_reports_health_when_enabled() 
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
 }
+
+#[tokio::test]
+async fn a_roles_claim_of_another_shape_means_no_roles_not_a_broken_answer() {
+    let (url, _calls) = raw_userinfo(serde_json::json!({
+        "sub": "u-1",
+        "urn:zitadel:iam:org:project:roles": "admin",
+    }))
+    .await;
+    let config = AuthzConfig {
+        rules: parse_rules("path=/admin role=admin", "test").unwrap(),
+        ..config()
+    };
+    let (addr, _stop) = spawn_usermeta_full(
+        &url,
+        ServiceCredential::Pat(SecretString::from("unused")),
+        Policy::new(Vec::<String>::new(), Vec::new()),
+        Options::default(),
+        Some(config),
+    )
+    .await;
+    let mut client = authz_client(addr).await;
+    let answer = allowed(&check(&mut client, "/public", Some("any-token")).await);
+    assert_eq!(answer.get("x-user-id"), Some("u-1"));
+    let (status, _, _) = denied(
+        &check(&mut client, "/admin", Some("any-token")).await,
+        Code::PermissionDenied,
+    );
+    assert_eq!(status, 403);
+}
