@@ -4,10 +4,12 @@
 //! gRPC statuses), learns who is calling from [`caller`], is checked by [`policy`], and reaches ZITADEL through
 //! [`zitadel`] (userinfo and the auth API with the caller's token, the management API with the service
 //! credential: a PAT, or a key or client secret exchanged for tokens kept fresh by `zitadel::token_source`). [`server`] binds and serves it with health and reflection; [`standin`] is an in-process
-//! ZITADEL used by the tests and by `usermeta dev`.
+//! ZITADEL used by the tests and by `usermeta dev`. [`authz`] optionally serves Envoy's external authorization
+//! API on the same port, injecting allow-listed metadata as upstream headers.
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod authz;
 pub mod cache;
 pub mod caller;
 pub mod dev;
@@ -55,7 +57,10 @@ pub fn serve_config(args: ServeArgs) -> Result<Config, SettingsError> {
 
 /// `usermeta serve`: serve until SIGINT or SIGTERM.
 pub async fn serve(args: ServeArgs) -> Result<(), RunError> {
-    let app = Application::build(serve_config(args)?).await?;
+    let ext_authz = args.ext_authz.config()?;
+    let app = Application::build(serve_config(args)?)
+        .await?
+        .with_ext_authz(ext_authz);
     app.run_until(server::shutdown_signal()).await?;
     Ok(())
 }

@@ -2,12 +2,14 @@
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use tokio::net::TcpListener;
 use tonic::transport::{Server, server::TcpIncoming};
 use tonic_health::server::HealthReporter;
 
 use crate::{
     api::{MetadataService, pb},
+    authz::{self, AuthzConfig, AuthzService},
     cache::{CacheConfig, CallerCache},
     policy::Policy,
     zitadel::{SetupError, Zitadel, ZitadelConfig},
@@ -42,13 +44,20 @@ pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
     service: MetadataService,
+    zitadel: Arc<Zitadel>,
+    cache: Arc<CallerCache>,
+    authz: Option<AuthzService>,
 }
 
 impl Application {
     pub async fn build(config: Config) -> Result<Self, StartError> {
         let zitadel = Arc::new(Zitadel::new(config.zitadel)?);
         let cache = Arc::new(CallerCache::new(config.cache));
-        let service = MetadataService::new(zitadel, Arc::new(config.policy), cache);
+        let service = MetadataService::new(
+            Arc::clone(&zitadel),
+            Arc::new(config.policy),
+            Arc::clone(&cache),
+        );
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -64,7 +73,22 @@ impl Application {
             listener,
             local_addr,
             service,
+            zitadel,
+            cache,
+            authz: None,
         })
+    }
+
+    /// Also serves Envoy's external authorization API, sharing the caller cache with the metadata API.
+    pub fn with_ext_authz(mut self, config: Option<AuthzConfig>) -> Self {
+        self.authz = config.map(|config| {
+            AuthzService::new(
+                Arc::clone(&self.zitadel),
+                Arc::clone(&self.cache),
+                Arc::new(config),
+            )
+        });
+        self
     }
 
     /// The address actually bound (useful with port 0).
@@ -83,6 +107,12 @@ impl Application {
     ) -> Result<(), StartError> {
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<pb::user_metadata_service_server::UserMetadataServiceServer<MetadataService>>().await;
+        let authz_enabled = self.authz.is_some();
+        if authz_enabled {
+            health
+                .set_service_status(authz::SERVICE_NAME, tonic_health::ServingStatus::Serving)
+                .await;
+        }
 
         let reflection_v1 = reflection_builder().build_v1()?;
         let reflection_v1alpha = reflection_builder().build_v1alpha()?;
@@ -95,12 +125,14 @@ impl Application {
             .add_service(
                 pb::user_metadata_service_server::UserMetadataServiceServer::new(self.service),
             )
+            // envoy-types ships no descriptor set, so reflection does not list this service.
+            .add_optional_service(self.authz.map(AuthorizationServer::new))
             .serve_with_incoming_shutdown(
                 // Nagle's algorithm would hold small responses back for a delayed ACK (a 40 ms tail).
                 TcpIncoming::from(self.listener)
                     .with_nodelay(Some(true))
                     .with_keepalive(Some(Duration::from_secs(60))),
-                drain(health, shutdown),
+                drain(health, shutdown, authz_enabled),
             )
             .await;
         if let Err(error) = result {
@@ -120,10 +152,15 @@ fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
 }
 
 /// Waits for the shutdown signal, then tells health checkers first so load balancers stop sending traffic.
-async fn drain(health: HealthReporter, shutdown: impl Future<Output = ()>) {
+async fn drain(health: HealthReporter, shutdown: impl Future<Output = ()>, authz_enabled: bool) {
     shutdown.await;
     tracing::info!("shutting down: health NOT_SERVING, finishing in-flight calls");
     health.set_not_serving::<pb::user_metadata_service_server::UserMetadataServiceServer<MetadataService>>().await;
+    if authz_enabled {
+        health
+            .set_service_status(authz::SERVICE_NAME, tonic_health::ServingStatus::NotServing)
+            .await;
+    }
     health
         .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;

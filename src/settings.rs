@@ -58,6 +58,8 @@ pub struct ServeArgs {
     pub credential: CredentialArgs,
     #[command(flatten)]
     pub common: CommonArgs,
+    #[command(flatten)]
+    pub ext_authz: crate::authz::settings::ExtAuthzArgs,
 }
 
 /// The service user's credential toward the management API: exactly one kind of these (a PAT, a JWT-profile

@@ -11,6 +11,9 @@ use crate::metadata::MetadataItem;
 pub const METADATA_CLAIM: &str = "urn:zitadel:iam:user:metadata";
 /// The claim with the user's organisation, present with the scope `urn:zitadel:iam:user:resourceowner`.
 pub const ORG_ID_CLAIM: &str = "urn:zitadel:iam:user:resourceowner:id";
+/// The claim with the user's project roles (an object keyed by role name), present with the scope
+/// `urn:zitadel:iam:org:projects:roles` or when the project asserts roles on authentication.
+pub const ROLES_CLAIM: &str = "urn:zitadel:iam:org:project:roles";
 
 /// What userinfo says about the token's user.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,6 +24,8 @@ pub struct UserInfo {
     pub org_id: Option<String>,
     /// The metadata claim, sorted by key; empty when the user has none or the token lacks the scope.
     pub metadata: Vec<MetadataItem>,
+    /// Project role names from the roles claim; empty when the token carries none.
+    pub roles: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -30,6 +35,9 @@ struct Claims {
     org_id: Option<String>,
     #[serde(rename = "urn:zitadel:iam:user:metadata", default)]
     metadata: BTreeMap<String, serde_json::Value>,
+    /// Read loosely: a roles claim of an unexpected shape must not make the whole answer unreadable.
+    #[serde(rename = "urn:zitadel:iam:org:project:roles", default)]
+    roles: Option<serde_json::Value>,
 }
 
 impl Zitadel {
@@ -53,10 +61,17 @@ impl Zitadel {
                 }
             })
             .collect();
+        let roles = match claims.roles {
+            Some(serde_json::Value::Object(roles)) => {
+                roles.into_iter().map(|(role, _)| role).collect()
+            }
+            _ => Vec::new(),
+        };
         Ok(UserInfo {
             sub,
             org_id: claims.org_id,
             metadata,
+            roles,
         })
     }
 }

@@ -18,6 +18,7 @@ use tonic::{Code, Request, Status, transport::Channel};
 use tonic_types::StatusExt;
 use usermeta::{
     api::pb::{self, user_metadata_service_client::UserMetadataServiceClient},
+    authz::AuthzConfig,
     cache::CacheConfig,
     policy::Policy,
     server::{Application, Config},
@@ -56,6 +57,11 @@ pub struct TestApp {
 }
 
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with_authz(None).await
+}
+
+/// [`spawn_app`] also serving Envoy's external authorization API when `ext_authz` is given.
+pub async fn spawn_app_with_authz(ext_authz: Option<AuthzConfig>) -> TestApp {
     let standin = StandIn::start().await.expect("stand-in starts");
     let org = standin.create_org("Acme");
     let other_org = standin.create_org("Globex");
@@ -69,10 +75,12 @@ pub async fn spawn_app() -> TestApp {
     standin.set_metadata(&bob, "ContractNumber", b"5678");
     let alice_token = standin.issue_token(&alice, FULL_SCOPES);
     let admin_token = standin.issue_token(&admin, FULL_SCOPES);
-    let (addr, stop) = spawn_usermeta(
+    let (addr, stop) = spawn_usermeta_full(
         &standin.url(),
-        &service_pat,
+        ServiceCredential::Pat(SecretString::from(service_pat.as_str())),
         Policy::new([admin.clone()], vec![SELF_WRITABLE.into()]),
+        Options::default(),
+        ext_authz,
     )
     .await;
     standin.clear_requests();
@@ -133,7 +141,18 @@ pub async fn spawn_usermeta_with_credential(
     zitadel_url: &str,
     service_credential: ServiceCredential,
     policy: Policy,
+    options: Options,
+) -> (SocketAddr, oneshot::Sender<()>) {
+    spawn_usermeta_full(zitadel_url, service_credential, policy, options, None).await
+}
+
+/// [`spawn_usermeta`] with every option, including Envoy's external authorization API.
+pub async fn spawn_usermeta_full(
+    zitadel_url: &str,
+    service_credential: ServiceCredential,
+    policy: Policy,
     Options { timeout, cache }: Options,
+    ext_authz: Option<AuthzConfig>,
 ) -> (SocketAddr, oneshot::Sender<()>) {
     let config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -145,7 +164,10 @@ pub async fn spawn_usermeta_with_credential(
         policy,
         cache,
     };
-    let app = Application::build(config).await.expect("usermeta builds");
+    let app = Application::build(config)
+        .await
+        .expect("usermeta builds")
+        .with_ext_authz(ext_authz);
     let addr = app.local_addr();
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(app.run_until(async {
