@@ -20,9 +20,9 @@ use usermeta::{
     api::pb::{self, user_metadata_service_client::UserMetadataServiceClient},
     cache::CacheConfig,
     policy::Policy,
-    server::{Application, Config},
+    server::{Application, Config, Limits},
     standin::{ManagerRole, RecordedRequest, StandIn},
-    zitadel::{ServiceCredential, ZitadelConfig},
+    zitadel::{Resilience, ServiceCredential, ZitadelConfig},
 };
 
 /// Scopes a typical caller token has: identity, metadata, organisation, and the ZITADEL audience.
@@ -97,6 +97,8 @@ pub async fn spawn_app() -> TestApp {
 pub struct Options {
     pub timeout: Duration,
     pub cache: CacheConfig,
+    pub resilience: Resilience,
+    pub limits: Limits,
 }
 
 impl Default for Options {
@@ -104,6 +106,8 @@ impl Default for Options {
         Options {
             timeout: Duration::from_secs(5),
             cache: CacheConfig::default(),
+            resilience: Resilience::default(),
+            limits: Limits::default(),
         }
     }
 }
@@ -133,7 +137,12 @@ pub async fn spawn_usermeta_with_credential(
     zitadel_url: &str,
     service_credential: ServiceCredential,
     policy: Policy,
-    Options { timeout, cache }: Options,
+    Options {
+        timeout,
+        cache,
+        resilience,
+        limits,
+    }: Options,
 ) -> (SocketAddr, oneshot::Sender<()>) {
     let config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -141,9 +150,11 @@ pub async fn spawn_usermeta_with_credential(
             base_url: zitadel_url.parse().unwrap(),
             timeout,
             service_credential,
+            resilience,
         },
         policy,
         cache,
+        limits,
     };
     let app = Application::build(config).await.expect("usermeta builds");
     let addr = app.local_addr();

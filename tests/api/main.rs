@@ -8,6 +8,7 @@ mod authorization;
 mod cache;
 mod credentials;
 mod delete_metadata;
+mod faults;
 mod get_my_metadata;
 mod health_reflection;
 mod list_metadata;
