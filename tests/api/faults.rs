@@ -127,14 +127,15 @@ async fn latency_past_the_callers_deadline_is_deadline_exceeded_in_time() {
         None,
         FaultKind::Latency(Duration::from_secs(3)),
     ));
+    // usermeta keeps a tenth of the caller's timeout to get its answer back before the caller gives up.
     let mut request = get_mine(&app);
-    request.set_timeout(Duration::from_millis(300));
+    request.set_timeout(Duration::from_secs(1));
     let started = Instant::now();
     let status = app.client.get_my_metadata(request).await.unwrap_err();
     let waited = started.elapsed();
     assert_status(&status, Code::DeadlineExceeded, "DEADLINE_EXCEEDED");
-    assert!(waited < Duration::from_millis(450), "answered after {waited:?}");
-    assert!(waited >= Duration::from_millis(250), "answered after {waited:?}");
+    assert!(waited < Duration::from_secs(1), "answered after {waited:?}");
+    assert!(waited >= Duration::from_millis(850), "answered after {waited:?}");
     assert_eq!(userinfo_requests(&app), 1, "no retry past the deadline");
 
     // A management call gets only what is left of the deadline, and is not retried after it.
@@ -153,12 +154,12 @@ async fn latency_past_the_callers_deadline_is_deadline_exceeded_in_time() {
         },
         &app.admin_token,
     );
-    request.set_timeout(Duration::from_millis(300));
+    request.set_timeout(Duration::from_secs(1));
     let started = Instant::now();
     let status = app.client.set_metadata(request).await.unwrap_err();
     let waited = started.elapsed();
     assert_status(&status, Code::DeadlineExceeded, "DEADLINE_EXCEEDED");
-    assert!(waited < Duration::from_millis(450), "answered after {waited:?}");
+    assert!(waited < Duration::from_secs(1), "answered after {waited:?}");
     assert_eq!(app.management_requests().len(), 1);
 }
 
@@ -434,7 +435,7 @@ async fn flaky_remove(left: &'static [&'static str]) -> (String, Arc<AtomicUsize
 #[tokio::test]
 async fn a_retried_delete_that_finds_the_key_gone_counts_as_done() {
     let (url, removes) = flaky_remove(&[]).await;
-    let (addr, _stop) = spawn_usermeta(&url, "pat", Policy::new(["admin"], vec![])).await;
+    let (addr, _stop) = spawn_usermeta(&url, "pat", Policy::new(["admin".to_owned()], vec![])).await;
     let delete = DeleteMetadataRequest {
         user_id: "170848145649959169".into(),
         keys: vec!["plan".into()],
@@ -452,7 +453,7 @@ async fn a_retried_delete_that_finds_the_key_gone_counts_as_done() {
 async fn a_retried_delete_whose_key_is_still_there_did_not_land() {
     // NOT_FOUND yet the key is listed: the 503 attempt did not remove it; the NOT_FOUND stands.
     let (url, _removes) = flaky_remove(&["plan"]).await;
-    let (addr, _stop) = spawn_usermeta(&url, "pat", Policy::new(["admin"], vec![])).await;
+    let (addr, _stop) = spawn_usermeta(&url, "pat", Policy::new(["admin".to_owned()], vec![])).await;
     let delete = DeleteMetadataRequest {
         user_id: "170848145649959169".into(),
         keys: vec!["plan".into()],
@@ -597,10 +598,10 @@ async fn messages_over_the_size_limit_are_refused_before_any_upstream_call() {
     );
     app.assert_no_upstream_request();
 
-    // The default limit fits several maximal values.
+    // The default limit fits several maximal values (two here: the stand-in takes bodies up to 2 MB).
     let mut app = app;
     let large = SetMetadataRequest {
-        entries: (0..4)
+        entries: (0..2)
             .map(|i| entry(&format!("profile.v{i}"), binary(&[i; 500_000])))
             .collect(),
         ..Default::default()
