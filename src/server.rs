@@ -138,9 +138,10 @@ impl Application {
             })
             .collect();
         let limits = self.limits;
-        let service = pb::user_metadata_service_server::UserMetadataServiceServer::new(self.service)
-            .max_decoding_message_size(limits.max_message_bytes)
-            .max_encoding_message_size(limits.max_message_bytes);
+        let service =
+            pb::user_metadata_service_server::UserMetadataServiceServer::new(self.service)
+                .max_decoding_message_size(limits.max_message_bytes)
+                .max_encoding_message_size(limits.max_message_bytes);
 
         let reflection_v1 = reflection_builder().build_v1()?;
         let reflection_v1alpha = reflection_builder().build_v1alpha()?;

@@ -284,8 +284,15 @@ async fn no_token_pat_or_secret_is_ever_logged() {
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
-    for expected in ["request failed", "retrying a failed ZITADEL call", "circuit open"] {
-        assert!(logs.contains(expected), "the run did not log {expected:?}:\n{logs}");
+    for expected in [
+        "request failed",
+        "retrying a failed ZITADEL call",
+        "circuit open",
+    ] {
+        assert!(
+            logs.contains(expected),
+            "the run did not log {expected:?}:\n{logs}"
+        );
     }
     for (name, secret) in [
         ("alice's token", alice_token.as_str()),

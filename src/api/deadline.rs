@@ -51,13 +51,26 @@ mod tests {
         assert_eq!(parse_grpc_timeout("2M"), Some(Duration::from_secs(120)));
         assert_eq!(parse_grpc_timeout("3S"), Some(Duration::from_secs(3)));
         assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_grpc_timeout("99999999u"), Some(Duration::from_micros(99_999_999)));
+        assert_eq!(
+            parse_grpc_timeout("99999999u"),
+            Some(Duration::from_micros(99_999_999))
+        );
         assert_eq!(parse_grpc_timeout("7n"), Some(Duration::from_nanos(7)));
     }
 
     #[test]
     fn rejects_malformed_values() {
-        for bad in ["", "S", "123", "123456789S", "-1S", "1s", "1.5S", "1 S", "１S"] {
+        for bad in [
+            "",
+            "S",
+            "123",
+            "123456789S",
+            "-1S",
+            "1s",
+            "1.5S",
+            "1 S",
+            "１S",
+        ] {
             assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
         }
     }
@@ -66,13 +79,25 @@ mod tests {
     fn keeps_a_margin_to_answer_and_falls_back_to_the_default() {
         let now = Instant::now();
         let mut metadata = MetadataMap::new();
-        assert_eq!(deadline(&metadata, Duration::from_secs(10), now), now + Duration::from_secs(10));
+        assert_eq!(
+            deadline(&metadata, Duration::from_secs(10), now),
+            now + Duration::from_secs(10)
+        );
         metadata.insert("grpc-timeout", "500m".parse().unwrap());
-        assert_eq!(deadline(&metadata, Duration::from_secs(10), now), now + Duration::from_millis(450));
+        assert_eq!(
+            deadline(&metadata, Duration::from_secs(10), now),
+            now + Duration::from_millis(450)
+        );
         metadata.insert("grpc-timeout", "5S".parse().unwrap());
-        assert_eq!(deadline(&metadata, Duration::from_secs(10), now), now + Duration::from_millis(4900));
+        assert_eq!(
+            deadline(&metadata, Duration::from_secs(10), now),
+            now + Duration::from_millis(4900)
+        );
         metadata.insert("grpc-timeout", "nonsense".parse().unwrap());
-        assert_eq!(deadline(&metadata, Duration::from_secs(10), now), now + Duration::from_secs(10));
+        assert_eq!(
+            deadline(&metadata, Duration::from_secs(10), now),
+            now + Duration::from_secs(10)
+        );
     }
 
     proptest! {
@@ -85,8 +110,8 @@ mod tests {
         #[test]
         fn well_formed_values_round_trip(n in 0u64..100_000_000, unit in prop::sample::select(vec!['H', 'M', 'S', 'm', 'u', 'n'])) {
             let parsed = parse_grpc_timeout(&format!("{n}{unit}")).unwrap();
-            let nanos = match unit { 'H' => n * 3_600_000_000_000, 'M' => n * 60_000_000_000, 'S' => n * 1_000_000_000, 'm' => n * 1_000_000, 'u' => n * 1000, _ => n };
-            prop_assert_eq!(parsed.as_nanos(), u128::from(nanos));
+            let per_unit: u128 = match unit { 'H' => 3_600_000_000_000, 'M' => 60_000_000_000, 'S' => 1_000_000_000, 'm' => 1_000_000, 'u' => 1000, _ => 1 };
+            prop_assert_eq!(parsed.as_nanos(), u128::from(n) * per_unit);
         }
     }
 }

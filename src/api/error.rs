@@ -202,11 +202,7 @@ fn upstream_status(error: &UpstreamError) -> Status {
             let mut details = info("ZITADEL_CIRCUIT_OPEN", facts);
             // A probe is in flight when no cool-down is left: suggest a short wait.
             details.set_retry_info(Some((*retry_after).max(Duration::from_millis(100))));
-            Status::with_error_details(
-                Code::Unavailable,
-                format!("{error}; retry later"),
-                details,
-            )
+            Status::with_error_details(Code::Unavailable, format!("{error}; retry later"), details)
         }
         UpstreamError::Unreachable { .. } | UpstreamError::Timeout { .. } => with_info(
             Code::Unavailable,

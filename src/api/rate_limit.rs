@@ -54,7 +54,9 @@ impl RateLimiter {
             bucket.tokens -= 1.0;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64((1.0 - bucket.tokens) / self.per_second))
+            Err(Duration::from_secs_f64(
+                (1.0 - bucket.tokens) / self.per_second,
+            ))
         }
     }
 }
@@ -73,7 +75,10 @@ mod tests {
         }
         let wait = limiter.check(a, now).unwrap_err();
         assert!(wait > Duration::ZERO && wait <= Duration::from_millis(100));
-        assert!(limiter.check(b, now).is_ok(), "callers are limited separately");
+        assert!(
+            limiter.check(b, now).is_ok(),
+            "callers are limited separately"
+        );
         assert!(limiter.check(a, now + Duration::from_millis(100)).is_ok());
         assert!(RateLimiter::new(0, 5).is_none());
     }

@@ -117,7 +117,14 @@ impl Zitadel {
         let mut offset = 0;
         loop {
             let page = self
-                .list_user_metadata(target, None, PageRequest { offset, limit: 1000 })
+                .list_user_metadata(
+                    target,
+                    None,
+                    PageRequest {
+                        offset,
+                        limit: 1000,
+                    },
+                )
                 .await?;
             if page
                 .items

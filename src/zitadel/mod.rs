@@ -182,11 +182,9 @@ impl Zitadel {
                     return done(Err(UpstreamError::DeadlineExceeded { endpoint }));
                 }
                 // A refused connection never reached ZITADEL; anything later may have.
-                UpstreamError::Unreachable { .. } => (
-                    resilience::Outcome::Failed,
-                    true,
-                    !failure.before_sending,
-                ),
+                UpstreamError::Unreachable { .. } => {
+                    (resilience::Outcome::Failed, true, !failure.before_sending)
+                }
                 UpstreamError::Timeout { .. } => (resilience::Outcome::Failed, true, true),
                 UpstreamError::Rejected { http_status, .. } if *http_status >= 500 => (
                     resilience::Outcome::Failed,

@@ -83,7 +83,10 @@ impl Resilience {
     pub(crate) fn backoff(&self, retry: u32) -> Duration {
         let ceiling = self
             .backoff_base
-            .saturating_mul(1u32.checked_shl(retry.saturating_sub(1)).unwrap_or(u32::MAX))
+            .saturating_mul(
+                1u32.checked_shl(retry.saturating_sub(1))
+                    .unwrap_or(u32::MAX),
+            )
             .min(self.backoff_max);
         let millis = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
         Duration::from_millis(rand::rng().random_range(0..=millis))
@@ -145,7 +148,9 @@ impl RetryBudget {
     /// Takes one retry, if the budget has one.
     pub(crate) fn withdraw(&self) -> bool {
         self.balance
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(MILLI))
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                b.checked_sub(MILLI)
+            })
             .is_ok()
     }
 }
@@ -354,7 +359,10 @@ mod tests {
         breaker.admit().unwrap().report(Outcome::Failed);
         breaker.admit().unwrap().report(Outcome::Alive);
         breaker.admit().unwrap().report(Outcome::Failed);
-        assert!(!*breaker.watch_open().borrow(), "a success in between resets");
+        assert!(
+            !*breaker.watch_open().borrow(),
+            "a success in between resets"
+        );
         breaker.admit().unwrap().report(Outcome::Failed);
         assert!(*breaker.watch_open().borrow());
         let wait = breaker.admit().err().unwrap();

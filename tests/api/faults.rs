@@ -135,7 +135,10 @@ async fn latency_past_the_callers_deadline_is_deadline_exceeded_in_time() {
     let waited = started.elapsed();
     assert_status(&status, Code::DeadlineExceeded, "DEADLINE_EXCEEDED");
     assert!(waited < Duration::from_secs(1), "answered after {waited:?}");
-    assert!(waited >= Duration::from_millis(850), "answered after {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(850),
+        "answered after {waited:?}"
+    );
     assert_eq!(userinfo_requests(&app), 1, "no retry past the deadline");
 
     // A management call gets only what is left of the deadline, and is not retried after it.
@@ -206,7 +209,11 @@ async fn a_500_is_not_retried() {
     let mut app = spawn_app().await;
     app.standin
         .push_fault(fault("/oidc/v1/userinfo", None, FaultKind::Status(500)));
-    let status = app.client.get_my_metadata(get_mine(&app)).await.unwrap_err();
+    let status = app
+        .client
+        .get_my_metadata(get_mine(&app))
+        .await
+        .unwrap_err();
     assert_status(&status, Code::Unavailable, "ZITADEL_UNAVAILABLE");
     assert_eq!(userinfo_requests(&app), 1);
 }
@@ -328,7 +335,11 @@ async fn zitadel_429_is_resource_exhausted_with_retry_info_and_not_retried() {
             retry_after_secs: Some(7),
         },
     ));
-    let status = app.client.get_my_metadata(get_mine(&app)).await.unwrap_err();
+    let status = app
+        .client
+        .get_my_metadata(get_mine(&app))
+        .await
+        .unwrap_err();
     assert_status(&status, Code::ResourceExhausted, "ZITADEL_RATE_LIMITED");
     let retry = status.get_details_retry_info().expect("RetryInfo");
     assert_eq!(retry.retry_delay, Some(Duration::from_secs(7)));
@@ -379,7 +390,11 @@ async fn a_malformed_body_is_unavailable_and_not_retried() {
     let mut app = spawn_app().await;
     app.standin
         .push_fault(fault("/oidc/", None, FaultKind::MalformedJson));
-    let status = app.client.get_my_metadata(get_mine(&app)).await.unwrap_err();
+    let status = app
+        .client
+        .get_my_metadata(get_mine(&app))
+        .await
+        .unwrap_err();
     assert_status(&status, Code::Unavailable, "ZITADEL_BAD_RESPONSE");
     assert_eq!(userinfo_requests(&app), 1);
 }
@@ -435,7 +450,8 @@ async fn flaky_remove(left: &'static [&'static str]) -> (String, Arc<AtomicUsize
 #[tokio::test]
 async fn a_retried_delete_that_finds_the_key_gone_counts_as_done() {
     let (url, removes) = flaky_remove(&[]).await;
-    let (addr, _stop) = spawn_usermeta(&url, "pat", Policy::new(["admin".to_owned()], vec![])).await;
+    let (addr, _stop) =
+        spawn_usermeta(&url, "pat", Policy::new(["admin".to_owned()], vec![])).await;
     let delete = DeleteMetadataRequest {
         user_id: "170848145649959169".into(),
         keys: vec!["plan".into()],
@@ -453,7 +469,8 @@ async fn a_retried_delete_that_finds_the_key_gone_counts_as_done() {
 async fn a_retried_delete_whose_key_is_still_there_did_not_land() {
     // NOT_FOUND yet the key is listed: the 503 attempt did not remove it; the NOT_FOUND stands.
     let (url, _removes) = flaky_remove(&["plan"]).await;
-    let (addr, _stop) = spawn_usermeta(&url, "pat", Policy::new(["admin".to_owned()], vec![])).await;
+    let (addr, _stop) =
+        spawn_usermeta(&url, "pat", Policy::new(["admin".to_owned()], vec![])).await;
     let delete = DeleteMetadataRequest {
         user_id: "170848145649959169".into(),
         keys: vec!["plan".into()],
@@ -647,9 +664,8 @@ async fn a_huge_upstream_body_is_refused_not_buffered_without_bound() {
         get(|| async {
             // 65 MiB of JSON whitespace: over usermeta's 64 MiB cap.
             let chunk = bytes::Bytes::from(vec![b' '; 1024 * 1024]);
-            let stream = futures::stream::iter(
-                (0..65).map(move |_| Ok::<_, std::io::Error>(chunk.clone())),
-            );
+            let stream =
+                futures::stream::iter((0..65).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
             axum::body::Body::from_stream(stream)
         }),
     );
