@@ -126,11 +126,7 @@ impl Zitadel {
                     },
                 )
                 .await?;
-            if page
-                .items
-                .iter()
-                .any(|item| keys.iter().any(|key| *key == item.key))
-            {
+            if page.items.iter().any(|item| keys.contains(&item.key)) {
                 return Ok(true);
             }
             offset += page.items.len() as u64;
