@@ -732,6 +732,32 @@ mod tests {
     }
 
     #[test]
+    fn the_command_line_is_consistent_and_limits_have_safe_defaults() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "usermeta",
+            "serve",
+            "--zitadel-url",
+            "http://x",
+            "--service-pat",
+            "p",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(args.common.resilience(), Resilience::default());
+        let limits = args.common.limits();
+        assert_eq!(limits.max_message_bytes, 8 * 1024 * 1024);
+        assert_eq!(
+            limits.requests.caller_rate, 0,
+            "no per-caller limit unless asked"
+        );
+        assert!(Cli::try_parse_from(["usermeta", "serve", "--retry-budget", "1.5"]).is_err());
+    }
+
+    #[test]
     fn empty_self_writable_prefixes_are_dropped() {
         assert_eq!(
             self_writable_prefixes(&["profile.".into(), " ".into(), "".into()]),
