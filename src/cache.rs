@@ -202,9 +202,15 @@ impl CallerCache {
                 .entry(key)
                 .or_insert_with(|| {
                     let epoch = self.write_epoch.load(Ordering::SeqCst);
-                    fetch(Arc::clone(zitadel), token.clone(), epoch, self.config)
-                        .boxed()
-                        .shared()
+                    // Shared by requests with different deadlines: each bounds its own wait instead.
+                    crate::zitadel::resilience::detached(fetch(
+                        Arc::clone(zitadel),
+                        token.clone(),
+                        epoch,
+                        self.config,
+                    ))
+                    .boxed()
+                    .shared()
                 })
                 .clone()
         };

@@ -46,12 +46,14 @@ pub fn serve_config(args: ServeArgs) -> Result<Config, SettingsError> {
             base_url: settings::zitadel_url(&args.zitadel_url)?,
             timeout: args.common.upstream_timeout,
             service_credential: args.credential.credential()?,
+            resilience: args.common.resilience(),
         },
         policy: Policy::new(
             args.common.admins(),
             settings::self_writable_prefixes(&args.common.self_writable_keys),
         ),
         cache: args.common.cache_config(),
+        limits: args.common.limits(),
     })
 }
 

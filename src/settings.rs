@@ -12,8 +12,10 @@ use secrecy::SecretString;
 use url::Url;
 
 use crate::{
+    api::RequestLimits,
     cache::CacheConfig,
-    zitadel::{ServiceCredential, ServiceKey},
+    server::Limits,
+    zitadel::{Resilience, ServiceCredential, ServiceKey},
 };
 
 /// usermeta: one gRPC contract for reading and writing ZITADEL user metadata.
@@ -108,6 +110,48 @@ pub struct CommonArgs {
     /// Most tokens remembered at once (least recently used go first).
     #[arg(long, env = "USERMETA_CACHE_CAPACITY", default_value_t = 100_000)]
     pub cache_capacity: u64,
+    /// Deadline of a request whose caller sets no gRPC deadline (`grpc-timeout`); a caller's deadline applies as given.
+    #[arg(long, env = "USERMETA_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+    /// Most calls to ZITADEL per request and endpoint, first try included; 1 turns retries off.
+    #[arg(long, env = "USERMETA_RETRY_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10))]
+    pub retry_max_attempts: u32,
+    /// First retry backoff (doubled per retry, full jitter, at most 1s).
+    #[arg(long, env = "USERMETA_RETRY_BACKOFF", default_value = "50ms", value_parser = humantime::parse_duration)]
+    pub retry_backoff: Duration,
+    /// Retries allowed per ZITADEL call on average (0.1: at most 10% extra calls, plus 10 after a calm period).
+    #[arg(long, env = "USERMETA_RETRY_BUDGET", default_value_t = 0.1, value_parser = retry_budget)]
+    pub retry_budget: f64,
+    /// Consecutive ZITADEL failures (connection errors, timeouts, 5xx) that open a circuit breaker; 0 turns breakers off.
+    #[arg(long, env = "USERMETA_BREAKER_FAILURES", default_value_t = 5)]
+    pub breaker_failures: u32,
+    /// How long an open breaker fails calls at once before letting one probe through.
+    #[arg(long, env = "USERMETA_BREAKER_COOLDOWN", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub breaker_cooldown: Duration,
+    /// Most UserMetadataService calls in flight; more are refused with RESOURCE_EXHAUSTED; 0 means no limit.
+    #[arg(long, env = "USERMETA_MAX_IN_FLIGHT", default_value_t = 1024)]
+    pub max_in_flight: usize,
+    /// Most concurrent calls (HTTP/2 streams) per client connection.
+    #[arg(long, env = "USERMETA_MAX_STREAMS_PER_CONNECTION", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_streams_per_connection: u32,
+    /// Largest gRPC request or response message, in bytes (a few 500000-byte values per SetMetadata fit).
+    #[arg(long, env = "USERMETA_MAX_MESSAGE_BYTES", default_value_t = 8 * 1024 * 1024, value_parser = clap::value_parser!(u32).range(65536..))]
+    pub max_message_bytes: u32,
+    /// Requests per second allowed per caller token; 0 (the default) means no per-caller limit.
+    #[arg(long, env = "USERMETA_CALLER_RATE_LIMIT", default_value_t = 0)]
+    pub caller_rate_limit: u32,
+    /// Requests a caller may send in a burst before its rate limit applies.
+    #[arg(long, env = "USERMETA_CALLER_RATE_BURST", default_value_t = 20)]
+    pub caller_rate_burst: u32,
+}
+
+fn retry_budget(raw: &str) -> Result<f64, String> {
+    let ratio: f64 = raw.parse().map_err(|e| format!("{e}"))?;
+    if (0.0..=1.0).contains(&ratio) {
+        Ok(ratio)
+    } else {
+        Err("must be between 0 and 1".to_owned())
+    }
 }
 
 /// Settings of `usermeta dev`.
@@ -343,6 +387,30 @@ impl CommonArgs {
             ttl: self.cache_ttl,
             negative_ttl: self.cache_negative_ttl,
             capacity: self.cache_capacity,
+        }
+    }
+
+    pub fn resilience(&self) -> Resilience {
+        Resilience {
+            max_attempts: self.retry_max_attempts,
+            backoff_base: self.retry_backoff,
+            retry_budget_ratio: self.retry_budget,
+            breaker_failures: self.breaker_failures,
+            breaker_cooldown: self.breaker_cooldown,
+            ..Resilience::default()
+        }
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_in_flight: self.max_in_flight,
+            max_streams_per_connection: self.max_streams_per_connection,
+            max_message_bytes: usize::try_from(self.max_message_bytes).unwrap_or(usize::MAX),
+            requests: RequestLimits {
+                request_timeout: self.request_timeout,
+                caller_rate: self.caller_rate_limit,
+                caller_burst: self.caller_rate_burst,
+            },
         }
     }
 
@@ -663,6 +731,32 @@ mod tests {
         );
         assert!(!format!("{credential:?}").contains("s3cr3t"));
         assert!(args(Some("svc"), Some("s3cr3t"), None).credential().is_ok());
+    }
+
+    #[test]
+    fn the_command_line_is_consistent_and_limits_have_safe_defaults() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "usermeta",
+            "serve",
+            "--zitadel-url",
+            "http://x",
+            "--service-pat",
+            "p",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(args.common.resilience(), Resilience::default());
+        let limits = args.common.limits();
+        assert_eq!(limits.max_message_bytes, 8 * 1024 * 1024);
+        assert_eq!(
+            limits.requests.caller_rate, 0,
+            "no per-caller limit unless asked"
+        );
+        assert!(Cli::try_parse_from(["usermeta", "serve", "--retry-budget", "1.5"]).is_err());
     }
 
     #[test]

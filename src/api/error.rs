@@ -2,7 +2,7 @@
 //! `google.rpc.BadRequest` for invalid input, `google.rpc.ErrorInfo` (domain `usermeta`) with a stable reason
 //! otherwise, and `google.rpc.RetryInfo` when ZITADEL said when to retry. Messages name no token or value.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -38,6 +38,12 @@ pub enum ApiError {
     KeysNotFound { user_id: String, keys: Vec<String> },
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    /// The caller's deadline (or the configured request timeout) passed.
+    #[error("the request's deadline passed before usermeta could answer")]
+    DeadlineExceeded,
+    /// The caller sent more requests than its per-caller rate limit allows.
+    #[error("too many requests from this caller")]
+    RateLimited { retry_after: Duration },
 }
 
 impl From<IdentifyError> for ApiError {
@@ -54,7 +60,7 @@ impl From<ApiError> for Status {
         let status = to_status(&error);
         if matches!(
             status.code(),
-            Code::Unavailable | Code::Internal | Code::ResourceExhausted
+            Code::Unavailable | Code::Internal | Code::ResourceExhausted | Code::DeadlineExceeded
         ) {
             tracing::warn!(code = ?status.code(), error = %error, "request failed");
         } else {
@@ -128,6 +134,21 @@ fn to_status(error: &ApiError) -> Status {
             )
         }
         ApiError::Upstream(upstream) => upstream_status(upstream),
+        ApiError::DeadlineExceeded => with_info(
+            Code::DeadlineExceeded,
+            "the request's deadline passed before usermeta could answer; nothing more is sent to ZITADEL for it (a write may or may not have been applied: read it back, or repeat it, writes are idempotent)".to_owned(),
+            "DEADLINE_EXCEEDED",
+            [],
+        ),
+        ApiError::RateLimited { retry_after } => {
+            let mut details = info("CALLER_RATE_LIMITED", []);
+            details.set_retry_info(Some(*retry_after));
+            Status::with_error_details(
+                Code::ResourceExhausted,
+                "this caller sends more requests than usermeta's per-caller rate limit allows; retry later with backoff",
+                details,
+            )
+        }
     }
 }
 
@@ -168,6 +189,20 @@ fn upstream_status(error: &UpstreamError) -> Status {
                 "SERVICE_CREDENTIAL_REFRESH_FAILED",
                 facts,
             )
+        }
+        UpstreamError::DeadlineExceeded { .. } => with_info(
+            Code::DeadlineExceeded,
+            format!(
+                "{error}; nothing more is sent to ZITADEL for this request (a write may or may not have been applied: read it back, or repeat it, writes are idempotent)"
+            ),
+            "DEADLINE_EXCEEDED",
+            facts,
+        ),
+        UpstreamError::CircuitOpen { retry_after, .. } => {
+            let mut details = info("ZITADEL_CIRCUIT_OPEN", facts);
+            // A probe is in flight when no cool-down is left: suggest a short wait.
+            details.set_retry_info(Some((*retry_after).max(Duration::from_millis(100))));
+            Status::with_error_details(Code::Unavailable, format!("{error}; retry later"), details)
         }
         UpstreamError::Unreachable { .. } | UpstreamError::Timeout { .. } => with_info(
             Code::Unavailable,

@@ -1,13 +1,19 @@
 //! The UserMetadataService handlers. Each reads top to bottom: token → validation → caller → policy →
 //! ZITADEL → answer; errors leave through [`ApiError`]'s one conversion to a status.
 
-use std::{collections::HashSet, future::Future, sync::Arc};
+use std::{
+    collections::HashSet,
+    future::Future,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use tonic::{Code, Request, Response, Status};
 use tracing::instrument;
 
 use super::{
-    ApiError, page_token, pb,
+    ApiError, deadline, page_token, pb,
+    rate_limit::RateLimiter,
     validate::{self, Source},
 };
 use crate::{
@@ -15,11 +21,32 @@ use crate::{
     caller::{self, Identity},
     metadata::{KeyFilter, KeyMatch, MetadataItem, Page, PageRequest},
     policy::{Action, Policy},
-    zitadel::{Endpoint, UpstreamError, Zitadel, management::Target},
+    zitadel::{CallerToken, Endpoint, UpstreamError, Zitadel, management::Target, resilience},
 };
 
 /// Page size for reading a whole listing: ZITADEL's default and usual maximum.
 const FULL_LISTING_PAGE: u32 = 1000;
+
+/// Bounds on each request: its default deadline and an optional per-caller rate limit.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    /// The deadline of a request whose caller sets no `grpc-timeout`.
+    pub request_timeout: Duration,
+    /// Requests per second per caller token; 0 means no limit.
+    pub caller_rate: u32,
+    /// Requests a caller may send at once before the rate applies.
+    pub caller_burst: u32,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        RequestLimits {
+            request_timeout: Duration::from_secs(10),
+            caller_rate: 0,
+            caller_burst: 20,
+        }
+    }
+}
 
 /// Serves `usermeta.v1.UserMetadataService`.
 #[derive(Debug, Clone)]
@@ -27,6 +54,8 @@ pub struct MetadataService {
     zitadel: Arc<Zitadel>,
     policy: Arc<Policy>,
     cache: Arc<CallerCache>,
+    request_timeout: Duration,
+    rate_limiter: Option<Arc<RateLimiter>>,
 }
 
 impl MetadataService {
@@ -35,6 +64,43 @@ impl MetadataService {
             zitadel,
             policy,
             cache,
+            request_timeout: RequestLimits::default().request_timeout,
+            rate_limiter: None,
+        }
+    }
+
+    /// Applies request deadlines and the per-caller rate limit.
+    pub fn with_limits(mut self, limits: RequestLimits) -> Self {
+        self.request_timeout = limits.request_timeout;
+        self.rate_limiter = RateLimiter::new(limits.caller_rate, limits.caller_burst).map(Arc::new);
+        self
+    }
+
+    /// Runs a handler within the request's deadline: every ZITADEL call gets at most the time left, and the
+    /// answer is DEADLINE_EXCEEDED at the deadline whatever is still pending.
+    async fn bounded<T>(
+        deadline: Instant,
+        handler: impl Future<Output = Result<T, ApiError>>,
+    ) -> Result<T, ApiError> {
+        let bounded = tokio::time::timeout_at(
+            deadline.into(),
+            resilience::with_deadline(deadline, handler),
+        );
+        bounded.await.unwrap_or(Err(ApiError::DeadlineExceeded))
+    }
+
+    /// When the request must be answered.
+    fn deadline_of<T>(&self, request: &Request<T>) -> Instant {
+        deadline::deadline(request.metadata(), self.request_timeout, Instant::now())
+    }
+
+    /// Counts a request against its caller's rate limit.
+    fn rate_limit(&self, token: &CallerToken) -> Result<(), ApiError> {
+        match &self.rate_limiter {
+            Some(limiter) => limiter
+                .check(token.digest(), Instant::now())
+                .map_err(|retry_after| ApiError::RateLimited { retry_after }),
+            None => Ok(()),
         }
     }
 
@@ -44,6 +110,7 @@ impl MetadataService {
         request: Request<pb::GetMyMetadataRequest>,
     ) -> Result<pb::GetMyMetadataResponse, ApiError> {
         let token = caller::bearer_token(request.metadata())?;
+        self.rate_limit(&token)?;
         let request = validate::get_mine(request.into_inner())?;
         tracing::Span::current().record("source", tracing::field::debug(request.source));
         let (caller, mut items) = match request.source {
@@ -85,6 +152,7 @@ impl MetadataService {
         request: Request<pb::ListMetadataRequest>,
     ) -> Result<pb::ListMetadataResponse, ApiError> {
         let token = caller::bearer_token(request.metadata())?;
+        self.rate_limit(&token)?;
         let request = validate::list(request.into_inner())?;
         let filter = request.filter.as_ref();
         let page = match request.user_id.as_deref() {
@@ -131,6 +199,7 @@ impl MetadataService {
         request: Request<pb::SetMetadataRequest>,
     ) -> Result<pb::SetMetadataResponse, ApiError> {
         let token = caller::bearer_token(request.metadata())?;
+        self.rate_limit(&token)?;
         let request = validate::set(request.into_inner())?;
         let caller = caller::identify(&self.cache, &self.zitadel, &token).await?;
         let target = target_of(
@@ -147,11 +216,11 @@ impl MetadataService {
             self.policy
                 .authorize(&caller, target.user_id, Action::Write, keys.iter().copied())?;
             // Whatever the outcome, the write may have landed: cached answers about the user are stale.
+            let _stale = InvalidateOnDrop(&self.cache, target.user_id);
             let written = self
                 .zitadel
                 .set_user_metadata(target, &request.entries)
                 .await;
-            self.cache.invalidate_user(target.user_id);
             Ok(pb::SetMetadataResponse {
                 update_time: written?,
             })
@@ -165,6 +234,7 @@ impl MetadataService {
         request: Request<pb::DeleteMetadataRequest>,
     ) -> Result<pb::DeleteMetadataResponse, ApiError> {
         let token = caller::bearer_token(request.metadata())?;
+        self.rate_limit(&token)?;
         let request = validate::delete(request.into_inner())?;
         let caller = caller::identify(&self.cache, &self.zitadel, &token).await?;
         let target = target_of(
@@ -180,11 +250,10 @@ impl MetadataService {
                 Action::Delete,
                 keys.iter().copied(),
             )?;
-            let deleted = self
+            let _stale = InvalidateOnDrop(&self.cache, target.user_id);
+            let update_time = self
                 .delete_keys(target, &request.keys, request.allow_missing)
-                .await;
-            self.cache.invalidate_user(target.user_id);
-            let update_time = deleted?;
+                .await?;
             Ok(pb::DeleteMetadataResponse { update_time })
         })
         .await
@@ -228,6 +297,16 @@ impl MetadataService {
             user_id: target.user_id.to_owned(),
             keys: keys.to_vec(),
         })
+    }
+}
+
+/// Marks a user's cached answers stale when a write ends, also when it ends by the deadline cutting it off
+/// (it may have landed).
+struct InvalidateOnDrop<'a>(&'a CallerCache, &'a str);
+
+impl Drop for InvalidateOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.invalidate_user(self.1);
     }
 }
 
@@ -312,27 +391,39 @@ impl pb::user_metadata_service_server::UserMetadataService for MetadataService {
         &self,
         request: Request<pb::GetMyMetadataRequest>,
     ) -> Result<Response<pb::GetMyMetadataResponse>, Status> {
-        Ok(Response::new(self.get_mine(request).await?))
+        let deadline = self.deadline_of(&request);
+        Ok(Response::new(
+            Self::bounded(deadline, self.get_mine(request)).await?,
+        ))
     }
 
     async fn list_metadata(
         &self,
         request: Request<pb::ListMetadataRequest>,
     ) -> Result<Response<pb::ListMetadataResponse>, Status> {
-        Ok(Response::new(self.list(request).await?))
+        let deadline = self.deadline_of(&request);
+        Ok(Response::new(
+            Self::bounded(deadline, self.list(request)).await?,
+        ))
     }
 
     async fn set_metadata(
         &self,
         request: Request<pb::SetMetadataRequest>,
     ) -> Result<Response<pb::SetMetadataResponse>, Status> {
-        Ok(Response::new(self.set(request).await?))
+        let deadline = self.deadline_of(&request);
+        Ok(Response::new(
+            Self::bounded(deadline, self.set(request)).await?,
+        ))
     }
 
     async fn delete_metadata(
         &self,
         request: Request<pb::DeleteMetadataRequest>,
     ) -> Result<Response<pb::DeleteMetadataResponse>, Status> {
-        Ok(Response::new(self.delete(request).await?))
+        let deadline = self.deadline_of(&request);
+        Ok(Response::new(
+            Self::bounded(deadline, self.delete(request)).await?,
+        ))
     }
 }

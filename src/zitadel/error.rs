@@ -38,6 +38,15 @@ impl Endpoint {
         }
     }
 
+    /// The group whose retry budget and circuit breaker the call uses.
+    pub fn group(self) -> super::resilience::Group {
+        if self.uses_caller_token() {
+            super::resilience::Group::CallerToken
+        } else {
+            super::resilience::Group::Management
+        }
+    }
+
     /// Whether the call carries the caller's token (userinfo, auth API) rather than the service credential.
     pub fn uses_caller_token(self) -> bool {
         matches!(self, Endpoint::Userinfo | Endpoint::AuthListMyMetadata)
@@ -68,6 +77,17 @@ pub enum UpstreamError {
     },
     #[error("ZITADEL's answer from {endpoint} could not be read: {reason}")]
     BadResponse { endpoint: Endpoint, reason: String },
+    /// The caller's deadline passed (or left too little time) before ZITADEL answered; nothing more is sent.
+    #[error("the request's deadline passed before ZITADEL answered {endpoint}")]
+    DeadlineExceeded { endpoint: Endpoint },
+    /// ZITADEL failed repeatedly; calls of this group are not sent until the cool-down ends.
+    #[error(
+        "calls to ZITADEL for {endpoint} are paused after repeated failures (circuit open) for {retry_after:?}"
+    )]
+    CircuitOpen {
+        endpoint: Endpoint,
+        retry_after: Duration,
+    },
     /// The service credential could not be exchanged for a management API token; `cause` is the failed token
     /// request. `credential` names the credential by its ids, never its secret.
     #[error("usermeta could not get a management API token with its {credential}: {cause}")]
@@ -83,7 +103,9 @@ impl UpstreamError {
             UpstreamError::Unreachable { endpoint, .. }
             | UpstreamError::Timeout { endpoint, .. }
             | UpstreamError::Rejected { endpoint, .. }
-            | UpstreamError::BadResponse { endpoint, .. } => *endpoint,
+            | UpstreamError::BadResponse { endpoint, .. }
+            | UpstreamError::DeadlineExceeded { endpoint }
+            | UpstreamError::CircuitOpen { endpoint, .. } => *endpoint,
             UpstreamError::CredentialRefresh { cause, .. } => cause.endpoint(),
         }
     }

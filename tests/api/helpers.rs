@@ -21,9 +21,9 @@ use usermeta::{
     authz::AuthzConfig,
     cache::CacheConfig,
     policy::Policy,
-    server::{Application, Config},
+    server::{Application, Config, Limits},
     standin::{ManagerRole, RecordedRequest, StandIn},
-    zitadel::{ServiceCredential, ZitadelConfig},
+    zitadel::{Resilience, ServiceCredential, ZitadelConfig},
 };
 
 /// Scopes a typical caller token has: identity, metadata, organisation, and the ZITADEL audience.
@@ -105,6 +105,8 @@ pub async fn spawn_app_with_authz(ext_authz: Option<AuthzConfig>) -> TestApp {
 pub struct Options {
     pub timeout: Duration,
     pub cache: CacheConfig,
+    pub resilience: Resilience,
+    pub limits: Limits,
 }
 
 impl Default for Options {
@@ -112,6 +114,8 @@ impl Default for Options {
         Options {
             timeout: Duration::from_secs(5),
             cache: CacheConfig::default(),
+            resilience: Resilience::default(),
+            limits: Limits::default(),
         }
     }
 }
@@ -151,7 +155,12 @@ pub async fn spawn_usermeta_full(
     zitadel_url: &str,
     service_credential: ServiceCredential,
     policy: Policy,
-    Options { timeout, cache }: Options,
+    Options {
+        timeout,
+        cache,
+        resilience,
+        limits,
+    }: Options,
     ext_authz: Option<AuthzConfig>,
 ) -> (SocketAddr, oneshot::Sender<()>) {
     let config = Config {
@@ -160,9 +169,11 @@ pub async fn spawn_usermeta_full(
             base_url: zitadel_url.parse().unwrap(),
             timeout,
             service_credential,
+            resilience,
         },
         policy,
         cache,
+        limits,
     };
     let app = Application::build(config)
         .await

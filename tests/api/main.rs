@@ -9,6 +9,7 @@ mod cache;
 mod credentials;
 mod delete_metadata;
 mod ext_authz;
+mod faults;
 mod get_my_metadata;
 mod health_reflection;
 mod list_metadata;
