@@ -76,6 +76,7 @@ pub async fn run(args: DevArgs) -> Result<(), RunError> {
             settings::self_writable_prefixes(&args.self_writable_keys),
         ),
         cache: CacheConfig::default(),
+        identity: Default::default(),
     };
     let app = Application::build(config).await?;
     print_banner(&demo, &app);

@@ -9,6 +9,7 @@ use tonic_health::server::HealthReporter;
 use crate::{
     api::{MetadataService, pb},
     cache::{CacheConfig, CallerCache},
+    caller::{IdentityConfig, IdentitySetupError, Resolver},
     policy::Policy,
     zitadel::{SetupError, Zitadel, ZitadelConfig},
 };
@@ -20,6 +21,8 @@ pub struct Config {
     pub zitadel: ZitadelConfig,
     pub policy: Policy,
     pub cache: CacheConfig,
+    /// How callers are identified; the default asks userinfo.
+    pub identity: IdentityConfig,
 }
 
 /// The server could not start.
@@ -32,6 +35,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Zitadel(#[from] SetupError),
+    #[error("caller identification could not be set up: {0}")]
+    Identity(#[from] IdentitySetupError),
     #[error("reflection could not load the service descriptors: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
 }
@@ -46,9 +51,15 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: Config) -> Result<Self, StartError> {
+        let resolver = Resolver::new(
+            config.identity,
+            &config.zitadel.base_url,
+            config.zitadel.timeout,
+        )?;
         let zitadel = Arc::new(Zitadel::new(config.zitadel)?);
         let cache = Arc::new(CallerCache::new(config.cache));
-        let service = MetadataService::new(zitadel, Arc::new(config.policy), cache);
+        let service = MetadataService::new(zitadel, Arc::new(config.policy), cache)
+            .with_resolver(Arc::new(resolver));
         let listener =
             TcpListener::bind(config.listen)
                 .await

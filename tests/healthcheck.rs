@@ -29,6 +29,8 @@ async fn spawn_usermeta() -> (SocketAddr, StandIn, oneshot::Sender<()>) {
             )),
         },
         policy: Policy::new(Vec::<String>::new(), Vec::new()),
+        cache: Default::default(),
+        identity: Default::default(),
     };
     let app = Application::build(config).await.unwrap();
     let addr = app.local_addr();

@@ -2,7 +2,7 @@
 //! `urn:zitadel:iam:user:metadata`, their metadata as URL-safe unpadded base64.
 
 use serde::Deserialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::{CallerToken, Endpoint, UpstreamError, Zitadel, decode_item};
 use crate::metadata::MetadataItem;
@@ -21,6 +21,8 @@ pub struct UserInfo {
     pub org_id: Option<String>,
     /// The metadata claim, sorted by key; empty when the user has none or the token lacks the scope.
     pub metadata: Vec<MetadataItem>,
+    /// Project roles from the roles claims, when the token was requested with roles.
+    pub roles: BTreeSet<String>,
 }
 
 #[derive(Deserialize)]
@@ -30,6 +32,9 @@ struct Claims {
     org_id: Option<String>,
     #[serde(rename = "urn:zitadel:iam:user:metadata", default)]
     metadata: BTreeMap<String, serde_json::Value>,
+    /// Every other claim; the roles claims are picked from these.
+    #[serde(flatten)]
+    other: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Zitadel {
@@ -42,6 +47,7 @@ impl Zitadel {
             .header(http::header::AUTHORIZATION, token.authorization().clone());
         let claims: Claims = self.send_json(endpoint, request).await?;
         let sub = claims.sub.filter(|s| !s.is_empty());
+        let roles = crate::caller::roles_of(&claims.other);
         let metadata = claims
             .metadata
             .into_iter()
@@ -57,6 +63,7 @@ impl Zitadel {
             sub,
             org_id: claims.org_id,
             metadata,
+            roles,
         })
     }
 }
