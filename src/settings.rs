@@ -582,6 +582,62 @@ mod tests {
         );
     }
 
+    #[test]
+    fn a_bad_policy_file_stops_start_up_naming_setting_file_and_line() {
+        let dir = temp_dir("policy");
+        let path = dir.join("policy.toml");
+        std::fs::write(
+            &path,
+            "# comment\n[[rule]]\nwhose = \"self\"\nkeys = [\"a\"]\nactions = [\"read\", \"fly\"]\n",
+        )
+        .unwrap();
+        let args = AccessArgs {
+            policy_file: Some(path.clone()),
+            ..Default::default()
+        };
+        #[derive(Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            common: CommonArgs,
+        }
+        let common = Wrapper::try_parse_from(["x"]).unwrap().common;
+        let error = args.policy(&common).unwrap_err().to_string();
+        assert!(error.starts_with("USERMETA_POLICY_FILE"), "{error}");
+        assert!(error.contains(&format!("{}, line 5", path.display())), "{error}");
+        assert!(error.contains("fly"), "{error}");
+    }
+
+    #[test]
+    fn introspection_needs_a_client_id_with_exactly_one_credential() {
+        let only_id = AccessArgs {
+            introspection_client_id: Some("app@project".into()),
+            ..Default::default()
+        };
+        assert!(
+            only_id
+                .identity()
+                .unwrap_err()
+                .to_string()
+                .starts_with("USERMETA_INTROSPECTION_SECRET")
+        );
+        let only_secret = AccessArgs {
+            introspection_secret: Some("s3cr3t".into()),
+            ..Default::default()
+        };
+        let error = only_secret.identity().unwrap_err().to_string();
+        assert!(error.starts_with("USERMETA_INTROSPECTION_CLIENT_ID"), "{error}");
+        assert!(!error.contains("s3cr3t"), "{error}");
+        let both = AccessArgs {
+            introspection_client_id: Some("app@project".into()),
+            introspection_secret: Some("s3cr3t".into()),
+            introspection_key_file: Some("/k.json".into()),
+            ..Default::default()
+        };
+        assert!(both.identity().unwrap_err().to_string().contains("exactly one"));
+        let none = AccessArgs::default().identity().unwrap();
+        assert!(none.introspection.is_none() && none.jwt.is_none());
+    }
+
     fn temp_dir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("usermeta-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -423,6 +423,14 @@ pub(super) fn issue_jwt(shared: &Shared, user_id: &str, spec: JwtSpec) -> String
         if spec.scopes.iter().any(|s| s == ROLES_SCOPE) {
             claims.extend(role_claims(&data, user_id));
         }
+        if spec.scopes.iter().any(|s| s == SCOPE_RESOURCE_OWNER)
+            && let Some(user) = data.users.get(user_id)
+        {
+            claims.insert(
+                format!("{SCOPE_RESOURCE_OWNER}:id"),
+                Value::from(user.org_id.as_str()),
+            );
+        }
         (key.kid.clone(), key.private_pem.clone(), claims)
     };
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);

@@ -19,6 +19,7 @@ use tonic_types::StatusExt;
 use usermeta::{
     api::pb::{self, user_metadata_service_client::UserMetadataServiceClient},
     cache::CacheConfig,
+    caller::IdentityConfig,
     policy::Policy,
     server::{Application, Config},
     standin::{ManagerRole, RecordedRequest, StandIn},
@@ -133,7 +134,36 @@ pub async fn spawn_usermeta_with_credential(
     zitadel_url: &str,
     service_credential: ServiceCredential,
     policy: Policy,
+    options: Options,
+) -> (SocketAddr, oneshot::Sender<()>) {
+    spawn_usermeta_full(
+        zitadel_url,
+        service_credential,
+        policy,
+        options,
+        IdentityConfig::default(),
+    )
+    .await
+}
+
+/// [`spawn_usermeta`] identifying callers by introspection and/or local JWT validation.
+pub async fn spawn_usermeta_with_identity(
+    zitadel_url: &str,
+    service_pat: &str,
+    policy: Policy,
+    identity: IdentityConfig,
+) -> (SocketAddr, oneshot::Sender<()>) {
+    let credential = ServiceCredential::Pat(SecretString::from(service_pat));
+    spawn_usermeta_full(zitadel_url, credential, policy, Options::default(), identity).await
+}
+
+/// Starts usermeta with every setting tests vary.
+pub async fn spawn_usermeta_full(
+    zitadel_url: &str,
+    service_credential: ServiceCredential,
+    policy: Policy,
     Options { timeout, cache }: Options,
+    identity: IdentityConfig,
 ) -> (SocketAddr, oneshot::Sender<()>) {
     let config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -144,6 +174,7 @@ pub async fn spawn_usermeta_with_credential(
         },
         policy,
         cache,
+        identity,
     };
     let app = Application::build(config).await.expect("usermeta builds");
     let addr = app.local_addr();
