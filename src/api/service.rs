@@ -72,10 +72,10 @@ impl MetadataService {
                     info.metadata.clone(),
                 )
             }
+            // The identity first (cached, and local for JWTs): a refused token reaches no other endpoint.
             Source::Userinfo => {
-                let (caller, info) = tokio::try_join!(self.identify(&token), async {
-                    Ok::<_, ApiError>(self.cache.userinfo(&self.zitadel, &token).await?)
-                })?;
+                let caller = self.identify(&token).await?;
+                let info = self.cache.userinfo(&self.zitadel, &token).await?;
                 (caller, info.metadata.clone())
             }
             Source::AuthApi => {
@@ -87,14 +87,18 @@ impl MetadataService {
                     }),
                     _ => None,
                 };
-                tokio::try_join!(self.identify(&token), async {
-                    Ok::<_, ApiError>(
-                        read_all(|page| {
-                            self.zitadel.list_my_metadata(&token, filter.as_ref(), page)
-                        })
-                        .await?,
-                    )
-                })?
+                let read = async {
+                    read_all(|page| self.zitadel.list_my_metadata(&token, filter.as_ref(), page))
+                        .await
+                        .map_err(ApiError::from)
+                };
+                if self.resolver.uses_userinfo() {
+                    // Both ask ZITADEL with the caller's token anyway: side by side, as before.
+                    tokio::try_join!(self.identify(&token), read)?
+                } else {
+                    let caller = self.identify(&token).await?;
+                    (caller, read.await?)
+                }
             }
         };
         tracing::Span::current().record("user_id", caller.sub.as_str());
@@ -104,7 +108,7 @@ impl MetadataService {
         };
         let scope = self.policy.read_scope(&caller, me)?;
         for key in &request.keys {
-            scope.require(&caller, me, key)?;
+            scope.require(key)?;
         }
         if !request.keys.is_empty() {
             let wanted: HashSet<&str> = request.keys.iter().map(String::as_str).collect();
@@ -126,30 +130,34 @@ impl MetadataService {
         let token = caller::bearer_token(request.metadata())?;
         let request = validate::list(request.into_inner())?;
         let filter = request.filter.as_ref();
-        let caller = self.identify(&token).await?;
-        // Self is the caller ZITADEL names; a `user_id` equal to it changes nothing, any other is another user.
-        let other = request
-            .user_id
-            .as_deref()
-            .filter(|user_id| *user_id != caller.sub);
-        let subject = match other {
-            None => Subject {
-                user_id: &caller.sub,
-                org_id: caller.org_id.as_deref(),
-            },
-            Some(user_id) => Subject {
-                user_id,
-                org_id: request.org_id.as_deref(),
-            },
+        // An own listing reads with the caller's token, so ZITADEL decides whose it is; while every caller may
+        // read their own keys, it needs no identity lookup.
+        let (scope, other) = match (request.user_id.as_deref(), self.policy.own_scope()) {
+            (None, Some(own)) => (own, None),
+            (user_id, _) => {
+                let caller = self.identify(&token).await?;
+                // Self is the caller ZITADEL names; a `user_id` equal to it changes nothing.
+                let other = user_id.filter(|user_id| *user_id != caller.sub);
+                let subject = match other {
+                    None => Subject {
+                        user_id: &caller.sub,
+                        org_id: caller.org_id.as_deref(),
+                    },
+                    Some(user_id) => Subject {
+                        user_id,
+                        org_id: request.org_id.as_deref(),
+                    },
+                };
+                tracing::Span::current().record("user_id", subject.user_id);
+                (self.policy.read_scope(&caller, subject)?, other)
+            }
         };
-        tracing::Span::current().record("user_id", subject.user_id);
-        let scope = self.policy.read_scope(&caller, subject)?;
         if let Some(KeyFilter {
             key,
             matching: KeyMatch::Equals,
         }) = filter
         {
-            scope.require(&caller, subject, key)?;
+            scope.require(key)?;
         }
         let mut page = match other {
             None => {

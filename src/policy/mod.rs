@@ -353,11 +353,29 @@ impl Policy {
             action,
             key: key.map(str::to_owned),
             target: (caller.sub != target.user_id).then(|| target.user_id.to_owned()),
-            caller: match &caller.client_id {
-                Some(client) => format!("user {} (client {client})", caller.sub),
-                None => format!("user {}", caller.sub),
-            },
+            caller: describe_caller(caller),
         }
+    }
+
+    /// Whether every caller may read their own metadata (hidden keys aside) whoever they are; then a self
+    /// read needs no identity beyond the token ZITADEL reads with.
+    pub fn self_read_is_open(&self) -> bool {
+        self.self_read
+    }
+
+    /// The caller's own keys, when [`Policy::self_read_is_open`]: everything but hidden keys.
+    pub fn own_scope(&self) -> Option<ReadScope<'_>> {
+        self.self_read.then(|| ReadScope {
+            grants: Grants {
+                policy: self,
+                rules: Vec::new(),
+                is_self: true,
+                implicit_read: true,
+                reads: true,
+            },
+            caller: "the caller".to_owned(),
+            target: None,
+        })
     }
 
     /// May `caller` do `action` on every one of `keys` of `target`? Names the first key refused.
@@ -387,7 +405,11 @@ impl Policy {
         if grants.rules.is_empty() && !grants.implicit_read {
             return Err(Self::no_rule(caller, target, Action::Read, None));
         }
-        Ok(ReadScope { grants })
+        Ok(ReadScope {
+            grants,
+            caller: describe_caller(caller),
+            target: (caller.sub != target.user_id).then(|| target.user_id.to_owned()),
+        })
     }
 
     /// The value rules `value` of `key` breaks, as descriptions (empty when it passes).
@@ -451,9 +473,18 @@ impl Grants<'_> {
     }
 }
 
+fn describe_caller(caller: &Identity) -> String {
+    match &caller.client_id {
+        Some(client) => format!("user {} (client {client})", caller.sub),
+        None => format!("user {}", caller.sub),
+    }
+}
+
 /// Which keys of one user a caller may read.
 pub struct ReadScope<'p> {
     grants: Grants<'p>,
+    caller: String,
+    target: Option<String>,
 }
 
 impl ReadScope<'_> {
@@ -462,9 +493,14 @@ impl ReadScope<'_> {
     }
 
     /// Refuses a key the caller asked for by name (loudly, rather than answering as if it did not exist).
-    pub fn require(&self, caller: &Identity, target: Subject<'_>, key: &str) -> Result<(), Denial> {
+    pub fn require(&self, key: &str) -> Result<(), Denial> {
         self.grants.check(key).map_err(|hidden| {
-            hidden.unwrap_or_else(|| Policy::no_rule(caller, target, Action::Read, Some(key)))
+            hidden.unwrap_or_else(|| Denial::NoRule {
+                action: Action::Read,
+                key: Some(key.to_owned()),
+                target: self.target.clone(),
+                caller: self.caller.clone(),
+            })
         })
     }
 }

@@ -168,7 +168,7 @@ fn hidden_keys_are_never_read_by_their_user() {
     assert!(scope.allows("profile.x"));
     assert!(!scope.allows("routing.tier"));
     assert_eq!(
-        scope.require(&me, user("u1"), "routing.tier"),
+        scope.require("routing.tier"),
         Err(Denial::Hidden {
             key: "routing.tier".into()
         })
@@ -177,6 +177,12 @@ fn hidden_keys_are_never_read_by_their_user() {
     let scope = policy.read_scope(&gateway, user("u1")).unwrap();
     assert!(scope.allows("routing.tier"));
     assert!(!scope.allows("profile.x"));
+    assert!(matches!(
+        scope.require("profile.x"),
+        Err(Denial::NoRule { key: Some(_), target: Some(_), .. })
+    ));
+    let own = policy.own_scope().unwrap();
+    assert!(own.allows("anything") && !own.allows("routing.x"));
 }
 
 #[test]
