@@ -103,7 +103,7 @@ impl AccessArgs {
     /// How callers are identified. Secrets and keys are named by setting and file, never shown.
     pub fn identity(&self) -> Result<IdentityConfig, SettingsError> {
         let audience = clean_list(&self.jwt_audience);
-        let jwt = (!audience.is_empty()).then(|| JwtConfig {
+        let jwt = (!audience.is_empty()).then_some(JwtConfig {
             audience,
             min_refresh_interval: self.jwks_min_refresh,
         });
@@ -603,7 +603,10 @@ mod tests {
         let common = Wrapper::try_parse_from(["x"]).unwrap().common;
         let error = args.policy(&common).unwrap_err().to_string();
         assert!(error.starts_with("USERMETA_POLICY_FILE"), "{error}");
-        assert!(error.contains(&format!("{}, line 5", path.display())), "{error}");
+        assert!(
+            error.contains(&format!("{}, line 5", path.display())),
+            "{error}"
+        );
         assert!(error.contains("fly"), "{error}");
     }
 
@@ -625,7 +628,10 @@ mod tests {
             ..Default::default()
         };
         let error = only_secret.identity().unwrap_err().to_string();
-        assert!(error.starts_with("USERMETA_INTROSPECTION_CLIENT_ID"), "{error}");
+        assert!(
+            error.starts_with("USERMETA_INTROSPECTION_CLIENT_ID"),
+            "{error}"
+        );
         assert!(!error.contains("s3cr3t"), "{error}");
         let both = AccessArgs {
             introspection_client_id: Some("app@project".into()),
@@ -633,7 +639,12 @@ mod tests {
             introspection_key_file: Some("/k.json".into()),
             ..Default::default()
         };
-        assert!(both.identity().unwrap_err().to_string().contains("exactly one"));
+        assert!(
+            both.identity()
+                .unwrap_err()
+                .to_string()
+                .contains("exactly one")
+        );
         let none = AccessArgs::default().identity().unwrap();
         assert!(none.introspection.is_none() && none.jwt.is_none());
     }

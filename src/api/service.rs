@@ -7,8 +7,9 @@ use tonic::{Code, Request, Response, Status};
 use tracing::instrument;
 
 use super::{
-    ApiError, page_token, pb,
+    ApiError,
     error::Violation,
+    page_token, pb,
     validate::{self, Source},
 };
 use crate::{

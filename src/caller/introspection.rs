@@ -14,7 +14,7 @@ use secrecy::{ExposeSecret as _, SecretString};
 use serde_json::{Map, Value};
 use url::Url;
 
-use super::{IdentifyError, IdentitySetupError, Identity, Resolution, TokenError, read_body};
+use super::{IdentifyError, Identity, IdentitySetupError, Resolution, TokenError, read_body};
 use crate::zitadel::{CallerToken, Endpoint, UpstreamError};
 
 const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -46,7 +46,9 @@ impl fmt::Debug for IntrospectionAuth {
                 .debug_struct("ClientSecret")
                 .field("client_id", client_id)
                 .finish_non_exhaustive(),
-            IntrospectionAuth::PrivateKeyJwt(key) => f.debug_tuple("PrivateKeyJwt").field(key).finish(),
+            IntrospectionAuth::PrivateKeyJwt(key) => {
+                f.debug_tuple("PrivateKeyJwt").field(key).finish()
+            }
         }
     }
 }
@@ -90,7 +92,9 @@ impl ApplicationKey {
                 .and_then(Value::as_str)
                 .map(str::trim)
                 .filter(|v| !v.is_empty())
-                .ok_or_else(|| format!("has no string field `{name}`; expected an API application's key file"))
+                .ok_or_else(|| {
+                    format!("has no string field `{name}`; expected an API application's key file")
+                })
         };
         match field("type")? {
             "application" => {}
@@ -122,7 +126,11 @@ impl ApplicationKey {
     }
 
     /// The client assertion: `iss` = `sub` = client id, `aud` = the issuer, `kid` = key id.
-    fn assertion(&self, audience: &str, now: SystemTime) -> Result<String, jsonwebtoken::errors::Error> {
+    fn assertion(
+        &self,
+        audience: &str,
+        now: SystemTime,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
         #[derive(serde::Serialize)]
         struct Claims<'a> {
             iss: &'a str,
@@ -150,7 +158,8 @@ impl ApplicationKey {
 
 /// `Basic base64(urlencode(id) ":" urlencode(secret))`, as ZITADEL's docs specify.
 fn basic(client_id: &str, secret: &SecretString) -> Option<HeaderValue> {
-    let encode = |part: &str| url::form_urlencoded::byte_serialize(part.as_bytes()).collect::<String>();
+    let encode =
+        |part: &str| url::form_urlencoded::byte_serialize(part.as_bytes()).collect::<String>();
     let pair = format!("{}:{}", encode(client_id), encode(secret.expose_secret()));
     let mut value = HeaderValue::try_from(format!(
         "Basic {}",
@@ -180,10 +189,11 @@ impl Introspector {
         issuer: String,
     ) -> Result<Self, IdentitySetupError> {
         let basic = match &auth {
-            IntrospectionAuth::ClientSecret { client_id, secret } => Some(
-                basic(client_id, secret)
-                    .ok_or_else(|| IdentitySetupError::BadBaseUrl("introspection client id".into()))?,
-            ),
+            IntrospectionAuth::ClientSecret { client_id, secret } => {
+                Some(basic(client_id, secret).ok_or_else(|| {
+                    IdentitySetupError::BadBaseUrl("introspection client id".into())
+                })?)
+            }
             IntrospectionAuth::PrivateKeyJwt(_) => None,
         };
         Ok(Introspector {
@@ -196,29 +206,37 @@ impl Introspector {
         })
     }
 
-    pub(super) async fn introspect(&self, token: &CallerToken) -> Result<Resolution, IdentifyError> {
+    pub(super) async fn introspect(
+        &self,
+        token: &CallerToken,
+    ) -> Result<Resolution, IdentifyError> {
         let endpoint = Endpoint::Introspection;
         let mut form = vec![("token", token.token().to_owned())];
         let mut request = self.http.post(self.url.clone());
         match (&self.auth, &self.basic) {
             (IntrospectionAuth::PrivateKeyJwt(key), _) => {
-                let assertion = key.assertion(&self.issuer, SystemTime::now()).map_err(|e| {
-                    UpstreamError::BadResponse {
+                let assertion = key
+                    .assertion(&self.issuer, SystemTime::now())
+                    .map_err(|e| UpstreamError::BadResponse {
                         endpoint,
                         reason: format!("could not sign the client assertion ({e})"),
-                    }
-                })?;
+                    })?;
                 form.push(("client_assertion_type", CLIENT_ASSERTION_TYPE.to_owned()));
                 form.push(("client_assertion", assertion));
             }
-            (_, Some(basic)) => request = request.header(http::header::AUTHORIZATION, basic.clone()),
+            (_, Some(basic)) => {
+                request = request.header(http::header::AUTHORIZATION, basic.clone())
+            }
             (_, None) => {}
         }
         let body = url::form_urlencoded::Serializer::new(String::new())
             .extend_pairs(form)
             .finish();
         let request = request
-            .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(
+                http::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
             .header(http::header::ACCEPT, "application/json")
             .body(body);
         let (status, body) = read_body(endpoint, self.timeout, request).await?;

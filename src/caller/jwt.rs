@@ -106,9 +106,7 @@ impl JwtValidator {
     async fn refresh(&self, seen: Option<Instant>) -> Result<(), UpstreamError> {
         let _one_at_a_time = self.refresh.lock().await;
         let last = self.fetched_at();
-        if last != seen
-            || last.is_some_and(|at| at.elapsed() < self.config.min_refresh_interval)
-        {
+        if last != seen || last.is_some_and(|at| at.elapsed() < self.config.min_refresh_interval) {
             return Ok(());
         }
         let endpoint = Endpoint::Jwks;
@@ -183,24 +181,30 @@ impl JwtValidator {
         validation.set_audience(&self.config.audience);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.leeway = LEEWAY_SECS;
-        let claims = match jsonwebtoken::decode::<Map<String, Value>>(token, &key.decoding, &validation)
-        {
-            Ok(data) => data.claims,
-            Err(e) => {
-                return refused(match e.kind() {
-                    ErrorKind::InvalidSignature => "its signature does not verify",
-                    ErrorKind::ExpiredSignature => "it has expired",
-                    ErrorKind::ImmatureSignature => "it is not valid yet (`nbf`)",
-                    ErrorKind::InvalidAudience => {
-                        "its audience does not name usermeta (USERMETA_JWT_AUDIENCE)"
-                    }
-                    ErrorKind::InvalidIssuer => "it was issued by another issuer than the ZITADEL URL",
-                    ErrorKind::MissingRequiredClaim(_) => "it lacks one of `exp`, `iss`, `aud`, `sub`",
-                    ErrorKind::InvalidAlgorithm => "its algorithm does not suit its signing key",
-                    _ => "it cannot be decoded",
-                });
-            }
-        };
+        let claims =
+            match jsonwebtoken::decode::<Map<String, Value>>(token, &key.decoding, &validation) {
+                Ok(data) => data.claims,
+                Err(e) => {
+                    return refused(match e.kind() {
+                        ErrorKind::InvalidSignature => "its signature does not verify",
+                        ErrorKind::ExpiredSignature => "it has expired",
+                        ErrorKind::ImmatureSignature => "it is not valid yet (`nbf`)",
+                        ErrorKind::InvalidAudience => {
+                            "its audience does not name usermeta (USERMETA_JWT_AUDIENCE)"
+                        }
+                        ErrorKind::InvalidIssuer => {
+                            "it was issued by another issuer than the ZITADEL URL"
+                        }
+                        ErrorKind::MissingRequiredClaim(_) => {
+                            "it lacks one of `exp`, `iss`, `aud`, `sub`"
+                        }
+                        ErrorKind::InvalidAlgorithm => {
+                            "its algorithm does not suit its signing key"
+                        }
+                        _ => "it cannot be decoded",
+                    });
+                }
+            };
         Ok(match Identity::from_claims(&claims) {
             Ok(identity) => Resolution::Active(Arc::new(identity)),
             Err(refused) => Resolution::Refused(refused),
@@ -214,7 +218,11 @@ fn usable(jwk: &Jwk) -> Option<(String, Arc<Key>)> {
     let kid = jwk.common.key_id.clone()?;
     let decoding = DecodingKey::from_jwk(jwk).ok()?;
     let algorithm = match jwk.common.key_algorithm {
-        Some(alg) => Some(Algorithm::try_from(alg).ok().filter(|a| ASYMMETRIC.contains(a))?),
+        Some(alg) => Some(
+            Algorithm::try_from(alg)
+                .ok()
+                .filter(|a| ASYMMETRIC.contains(a))?,
+        ),
         None => None,
     };
     Some((

@@ -9,11 +9,7 @@
 mod introspection;
 mod jwt;
 
-use std::{
-    collections::BTreeSet,
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use futures::FutureExt as _;
 use serde_json::{Map, Value};

@@ -156,7 +156,8 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<Policy, PolicyError> {
         line: span.map(|s| line_of(text, s.start)),
         message,
     };
-    let doc: FileDoc = toml::from_str(text).map_err(|e| at(e.span(), e.message().trim().to_owned()))?;
+    let doc: FileDoc =
+        toml::from_str(text).map_err(|e| at(e.span(), e.message().trim().to_owned()))?;
 
     let mut rules = Vec::with_capacity(doc.rules.len());
     for (index, rule) in doc.rules.into_iter().enumerate() {

@@ -69,7 +69,8 @@ pub enum Denial {
     Hidden { key: String },
 }
 
-const HINT: &str = "; rules come from USERMETA_POLICY_FILE, USERMETA_ADMINS and USERMETA_SELF_WRITABLE_KEYS";
+const HINT: &str =
+    "; rules come from USERMETA_POLICY_FILE, USERMETA_ADMINS and USERMETA_SELF_WRITABLE_KEYS";
 
 fn describe(key: Option<&str>, target: Option<&str>) -> String {
     let whose = match target {
@@ -325,12 +326,7 @@ impl Policy {
     }
 
     /// The rules that apply to this caller, target and action; the keys are then checked against these only.
-    fn grants<'p>(
-        &'p self,
-        caller: &Identity,
-        target: Subject<'_>,
-        action: Action,
-    ) -> Grants<'p> {
+    fn grants<'p>(&'p self, caller: &Identity, target: Subject<'_>, action: Action) -> Grants<'p> {
         let is_self = caller.sub == target.user_id;
         let rules = self
             .rules
@@ -348,7 +344,12 @@ impl Policy {
         }
     }
 
-    fn no_rule(caller: &Identity, target: Subject<'_>, action: Action, key: Option<&str>) -> Denial {
+    fn no_rule(
+        caller: &Identity,
+        target: Subject<'_>,
+        action: Action,
+        key: Option<&str>,
+    ) -> Denial {
         Denial::NoRule {
             action,
             key: key.map(str::to_owned),
@@ -465,7 +466,12 @@ impl Grants<'_> {
                 key: key.to_owned(),
             }));
         }
-        if self.implicit_read || self.rules.iter().any(|r| r.keys.iter().any(|p| p.matches(key))) {
+        if self.implicit_read
+            || self
+                .rules
+                .iter()
+                .any(|r| r.keys.iter().any(|p| p.matches(key)))
+        {
             Ok(())
         } else {
             Err(None)

@@ -79,7 +79,11 @@ fn file_policy() -> Policy {
 fn default_allows_self_read_only() {
     let policy = Policy::default();
     let me = caller("u1");
-    assert!(policy.authorize(&me, user("u1"), Action::Read, ["k"]).is_ok());
+    assert!(
+        policy
+            .authorize(&me, user("u1"), Action::Read, ["k"])
+            .is_ok()
+    );
     assert!(policy.read_scope(&me, user("u1")).is_ok());
     for action in [Action::Write, Action::Delete] {
         assert!(policy.authorize(&me, user("u1"), action, ["k"]).is_err());
@@ -95,19 +99,36 @@ fn default_allows_self_read_only() {
 
 #[test]
 fn shorthands_are_rules() {
-    let policy = Policy::new(["admin".to_string()], vec!["profile.".into(), "pref.".into()]);
+    let policy = Policy::new(
+        ["admin".to_string()],
+        vec!["profile.".into(), "pref.".into()],
+    );
     let me = caller("u1");
     assert!(
         policy
-            .authorize(&me, user("u1"), Action::Write, ["profile.name", "pref.lang"])
+            .authorize(
+                &me,
+                user("u1"),
+                Action::Write,
+                ["profile.name", "pref.lang"]
+            )
             .is_ok()
     );
     let denied = policy
-        .authorize(&me, user("u1"), Action::Delete, ["profile.name", "billing.plan"])
+        .authorize(
+            &me,
+            user("u1"),
+            Action::Delete,
+            ["profile.name", "billing.plan"],
+        )
         .unwrap_err();
     assert_eq!(denied.key(), Some("billing.plan"));
     assert_eq!(denied.action(), Action::Delete);
-    assert!(policy.authorize(&me, user("u2"), Action::Write, ["profile.name"]).is_err());
+    assert!(
+        policy
+            .authorize(&me, user("u2"), Action::Write, ["profile.name"])
+            .is_err()
+    );
     for action in Action::ALL {
         assert!(
             policy
@@ -123,7 +144,12 @@ fn file_rules_match_who_whose_keys_and_actions() {
     let billing = client("svc-billing", "billing");
     assert!(
         policy
-            .authorize(&billing, user("u1"), Action::Write, ["internal.customer_id"])
+            .authorize(
+                &billing,
+                user("u1"),
+                Action::Write,
+                ["internal.customer_id"]
+            )
             .is_ok()
     );
     assert!(
@@ -134,12 +160,25 @@ fn file_rules_match_who_whose_keys_and_actions() {
     // The same user without the client id is not the billing service.
     assert!(
         policy
-            .authorize(&caller("svc-billing"), user("u1"), Action::Write, ["internal.customer_id"])
+            .authorize(
+                &caller("svc-billing"),
+                user("u1"),
+                Action::Write,
+                ["internal.customer_id"]
+            )
             .is_err()
     );
     let me = caller("u1");
-    assert!(policy.authorize(&me, user("u1"), Action::Write, ["profile.x"]).is_ok());
-    assert!(policy.authorize(&me, user("u2"), Action::Write, ["profile.x"]).is_err());
+    assert!(
+        policy
+            .authorize(&me, user("u1"), Action::Write, ["profile.x"])
+            .is_ok()
+    );
+    assert!(
+        policy
+            .authorize(&me, user("u2"), Action::Write, ["profile.x"])
+            .is_err()
+    );
     assert!(
         policy
             .authorize(&me, user("u1"), Action::Write, ["internal.customer_id"])
@@ -179,7 +218,11 @@ fn hidden_keys_are_never_read_by_their_user() {
     assert!(!scope.allows("profile.x"));
     assert!(matches!(
         scope.require("profile.x"),
-        Err(Denial::NoRule { key: Some(_), target: Some(_), .. })
+        Err(Denial::NoRule {
+            key: Some(_),
+            target: Some(_),
+            ..
+        })
     ));
     let own = policy.own_scope().unwrap();
     assert!(own.allows("anything") && !own.allows("routing.x"));
@@ -193,7 +236,11 @@ fn value_rules() {
     assert_eq!(policy.value_problems("profile.age", b"x").len(), 1);
     assert_eq!(policy.value_problems("profile.age", b"xxxx").len(), 2);
     assert_eq!(policy.value_problems("profile.age", &[0xff]).len(), 1);
-    assert!(policy.value_problems("profile.prefs", br#"{"a":1}"#).is_empty());
+    assert!(
+        policy
+            .value_problems("profile.prefs", br#"{"a":1}"#)
+            .is_empty()
+    );
     assert_eq!(policy.value_problems("profile.prefs", b"{").len(), 1);
     assert!(policy.value_problems("other", b"anything").is_empty());
 }

@@ -171,7 +171,10 @@ fn role_claims(data: &Data, user_id: &str) -> Map<String, Value> {
             .unwrap_or_default();
         let mut project = Map::new();
         for role in roles {
-            let owner = Value::Object(Map::from_iter([(org_id.clone(), Value::from(domain.as_str()))]));
+            let owner = Value::Object(Map::from_iter([(
+                org_id.clone(),
+                Value::from(domain.as_str()),
+            )]));
             project.insert(role.clone(), owner.clone());
             all.insert(role.clone(), owner);
         }
@@ -180,7 +183,10 @@ fn role_claims(data: &Data, user_id: &str) -> Map<String, Value> {
             Value::Object(project),
         );
     }
-    claims.insert("urn:zitadel:iam:org:project:roles".into(), Value::Object(all));
+    claims.insert(
+        "urn:zitadel:iam:org:project:roles".into(),
+        Value::Object(all),
+    );
     claims
 }
 
@@ -227,7 +233,8 @@ pub(super) async fn introspect(
             }
         }
         (None, Some(assertion)) => {
-            if form_field(&body, "client_assertion_type").as_deref() != Some(CLIENT_ASSERTION_TYPE) {
+            if form_field(&body, "client_assertion_type").as_deref() != Some(CLIENT_ASSERTION_TYPE)
+            {
                 return errors::oauth(
                     StatusCode::BAD_REQUEST,
                     "invalid_request",

@@ -154,7 +154,14 @@ pub async fn spawn_usermeta_with_identity(
     identity: IdentityConfig,
 ) -> (SocketAddr, oneshot::Sender<()>) {
     let credential = ServiceCredential::Pat(SecretString::from(service_pat));
-    spawn_usermeta_full(zitadel_url, credential, policy, Options::default(), identity).await
+    spawn_usermeta_full(
+        zitadel_url,
+        credential,
+        policy,
+        Options::default(),
+        identity,
+    )
+    .await
 }
 
 /// Starts usermeta with every setting tests vary.

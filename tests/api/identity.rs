@@ -136,7 +136,9 @@ async fn introspection_with_a_client_secret_identifies_active_tokens_and_caches_
     // Roles come from the introspection answer: without the grant, writing notes is refused.
     let status = write_note(&mut client, &token).await.unwrap_err();
     assert_status(&status, Code::PermissionDenied, "POLICY_DENIED");
-    world.standin.grant_role(&world.alice, &world.project, "editor");
+    world
+        .standin
+        .grant_role(&world.alice, &world.project, "editor");
     let fresh = world.standin.issue_token(&world.alice, &world.scopes());
     write_note(&mut client, &fresh).await.unwrap();
     assert_eq!(
@@ -190,7 +192,11 @@ async fn inactive_tokens_are_unauthenticated_and_remembered_briefly() {
     let before = world.standin.introspection_requests();
     let status = whoami(&mut client, &revoked).await.unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
-    assert_eq!(world.standin.introspection_requests(), before, "negative entry");
+    assert_eq!(
+        world.standin.introspection_requests(),
+        before,
+        "negative entry"
+    );
 }
 
 #[tokio::test]
@@ -287,10 +293,22 @@ async fn jwts_are_validated_locally_against_the_jwks() {
     for (token, why) in cases {
         let status = whoami(&mut client, &token).await.unwrap_err();
         assert_status(&status, Code::Unauthenticated, "TOKEN_INVALID");
-        assert!(status.message().contains(why), "{why}: {}", status.message());
+        assert!(
+            status.message().contains(why),
+            "{why}: {}",
+            status.message()
+        );
     }
-    assert_eq!(world.standin.jwks_requests(), 1, "known kids need no refresh");
-    assert_eq!(world.standin.userinfo_requests(), 1, "only GetMyMetadata's own read");
+    assert_eq!(
+        world.standin.jwks_requests(),
+        1,
+        "known kids need no refresh"
+    );
+    assert_eq!(
+        world.standin.userinfo_requests(),
+        1,
+        "only GetMyMetadata's own read"
+    );
 }
 
 #[tokio::test]
@@ -335,7 +353,11 @@ async fn an_unknown_kid_refreshes_the_keys_once_and_garbage_kids_cannot_hammer_z
         );
         let status = whoami(&mut guarded, &garbage).await.unwrap_err();
         assert_status(&status, Code::Unauthenticated, "TOKEN_INVALID");
-        assert!(status.message().contains("does not publish"), "{}", status.message());
+        assert!(
+            status.message().contains("does not publish"),
+            "{}",
+            status.message()
+        );
     }
     assert!(
         world.standin.jwks_requests() - before <= 1,

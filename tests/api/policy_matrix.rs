@@ -232,13 +232,11 @@ async fn cast() -> (Cast, Policy, JwtConfig, String) {
 fn outcome_of<T>(result: &Result<T, tonic::Status>) -> Outcome {
     match result {
         Ok(_) => Outcome::Ok,
-        Err(status) if status.code() == Code::PermissionDenied => {
-            match reason(status).as_deref() {
-                Some("POLICY_DENIED") => Outcome::Denied("POLICY_DENIED"),
-                Some("KEY_HIDDEN") => Outcome::Denied("KEY_HIDDEN"),
-                other => panic!("unexpected denial reason {other:?}: {status:?}"),
-            }
-        }
+        Err(status) if status.code() == Code::PermissionDenied => match reason(status).as_deref() {
+            Some("POLICY_DENIED") => Outcome::Denied("POLICY_DENIED"),
+            Some("KEY_HIDDEN") => Outcome::Denied("KEY_HIDDEN"),
+            other => panic!("unexpected denial reason {other:?}: {status:?}"),
+        },
         Err(status) if status.code() == Code::InvalidArgument => {
             let fields = violated_fields(status);
             assert!(
@@ -413,7 +411,11 @@ async fn the_authorisation_matrix_holds_with_zero_unexpected_allows() {
         KEYS.len(),
         cases - denials
     );
-    assert!(failures.is_empty(), "matrix mismatches:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "matrix mismatches:\n{}",
+        failures.join("\n")
+    );
     assert_eq!(unexpected_allows, 0);
     assert_eq!(cases, 240);
 }
@@ -436,7 +438,8 @@ async fn my_metadata_cannot_be_pointed_at_another_user() {
     let mut client = connect(addr).await;
     let (alice, bob) = (cast.id(Who::Alice).to_owned(), cast.id(Who::Bob).to_owned());
     for user in [&alice, &bob] {
-        cast.standin.set_metadata(user, "profile.name", user.as_bytes());
+        cast.standin
+            .set_metadata(user, "profile.name", user.as_bytes());
         cast.standin.set_metadata(user, "routing.tier", b"gold");
     }
     let token = cast.token(Who::Alice);
