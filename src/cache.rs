@@ -149,7 +149,7 @@ impl CallerCache {
         let Some(entries) = &self.identities else {
             return match resolve().await? {
                 Resolution::Active(identity) if !expired(identity.expires_at) => Ok(identity),
-                Resolution::Active(_) => Err(TokenError::Inactive.into()),
+                Resolution::Active(_) => Err(TokenError::Expired.into()),
                 Resolution::Refused(refused) => Err(refused.into()),
             };
         };
@@ -206,7 +206,7 @@ impl CallerCache {
         }
         match &entry.answer {
             // A token that expired while resolving is not let through, even once.
-            Ok(identity) if expired(identity.expires_at) => Err(TokenError::Inactive.into()),
+            Ok(identity) if expired(identity.expires_at) => Err(TokenError::Expired.into()),
             answer => answer.clone().map_err(Into::into),
         }
     }

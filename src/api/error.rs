@@ -95,9 +95,13 @@ fn to_status(error: &ApiError) -> Status {
                 TokenError::NoSubject => "TOKEN_WITHOUT_SUBJECT",
                 TokenError::Inactive => "TOKEN_INACTIVE",
                 TokenError::InvalidJwt(_) => "TOKEN_INVALID",
+                TokenError::Expired => "TOKEN_EXPIRED",
             };
             let hint = match token {
-                TokenError::NoSubject | TokenError::Inactive | TokenError::InvalidJwt(_) => "",
+                TokenError::NoSubject
+                | TokenError::Inactive
+                | TokenError::InvalidJwt(_)
+                | TokenError::Expired => "",
                 _ => "; send gRPC metadata `authorization: Bearer <ZITADEL access token>`",
             };
             with_info(Code::Unauthenticated, format!("{token}{hint}"), reason, [])

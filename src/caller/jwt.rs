@@ -20,8 +20,8 @@ use url::Url;
 use super::{IdentifyError, Identity, JwtConfig, Resolution, TokenError, read_body};
 use crate::zitadel::{CallerToken, Endpoint, UpstreamError};
 
-/// Clock skew tolerated on `exp`/`nbf`.
-const LEEWAY_SECS: u64 = 5;
+/// No leeway on `exp`: cached identities end at `exp` exactly too, so both agree on when a token is over.
+const LEEWAY_SECS: u64 = 0;
 
 struct Key {
     decoding: DecodingKey,

@@ -48,6 +48,8 @@ pub enum TokenError {
     Inactive,
     #[error("the JWT access token is not valid: {0}; obtain a new one")]
     InvalidJwt(&'static str),
+    #[error("the access token has expired; obtain a new one")]
+    Expired,
 }
 
 /// Resolving the caller failed: a token problem or a ZITADEL problem.
@@ -183,6 +185,8 @@ pub enum IdentitySetupError {
     HttpClient(#[from] reqwest::Error),
     #[error("the ZITADEL URL {0} cannot be a base for the introspection and JWKS paths")]
     BadBaseUrl(String),
+    #[error("the introspection client id and secret cannot be sent in an HTTP header")]
+    BadClientCredentials,
 }
 
 /// Resolves callers the configured way. Cheap to share behind an `Arc`.
@@ -316,4 +320,43 @@ async fn read_body(
         body.extend_from_slice(&chunk);
     }
     Ok((status, body.freeze()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_from_claims_reads_roles_org_client_scopes_and_expiry() {
+        let claims = serde_json::json!({
+            "sub": "u1",
+            "client_id": "billing",
+            "scope": "openid profile",
+            "exp": 1_900_000_000u64,
+            "urn:zitadel:iam:user:resourceowner:id": "org1",
+            "urn:zitadel:iam:org:project:roles": {"support": {"org1": "acme.localhost"}},
+            "urn:zitadel:iam:org:project:123:roles": {"editor": {"org1": "acme.localhost"}},
+            "urn:zitadel:iam:org:project:id:123:aud": {"not": "roles"},
+            "urn:zitadel:iam:org:project:roles:extra": {"nope": {}},
+        });
+        let identity = Identity::from_claims(claims.as_object().unwrap()).unwrap();
+        assert_eq!(identity.sub, "u1");
+        assert_eq!(identity.client_id.as_deref(), Some("billing"));
+        assert_eq!(identity.org_id.as_deref(), Some("org1"));
+        assert_eq!(
+            identity
+                .roles
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+            ["editor", "support"]
+        );
+        assert_eq!(identity.scopes.len(), 2);
+        assert_eq!(identity.expires_at, Some(1_900_000_000));
+        let no_sub = serde_json::json!({"active": true});
+        assert_eq!(
+            Identity::from_claims(no_sub.as_object().unwrap()),
+            Err(TokenError::NoSubject)
+        );
+    }
 }

@@ -367,6 +367,31 @@ async fn an_unknown_kid_refreshes_the_keys_once_and_garbage_kids_cannot_hammer_z
 }
 
 #[tokio::test]
+async fn a_cached_identity_never_outlives_the_token_s_exp() {
+    let world = world().await;
+    let (mut client, _stop) = world
+        .serve(IdentityConfig {
+            introspection: None,
+            jwt: Some(world.jwt(Duration::from_secs(60))),
+        })
+        .await;
+    let short = world.standin.issue_jwt_with(
+        &world.alice,
+        JwtSpec {
+            scopes: world.scopes.clone(),
+            expires_in: 2,
+            ..JwtSpec::default()
+        },
+    );
+    assert_eq!(whoami(&mut client, &short).await.unwrap(), world.alice);
+    // The cache TTL is 30 s; the token's own exp ends the cached identity first.
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let status = whoami(&mut client, &short).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains("expired"), "{}", status.message());
+}
+
+#[tokio::test]
 async fn opaque_tokens_go_to_introspection_when_both_are_configured() {
     let world = world().await;
     let (mut client, _stop) = world
