@@ -78,6 +78,7 @@ pub async fn run(args: DevArgs) -> Result<(), RunError> {
         ),
         cache: CacheConfig::default(),
         limits: Default::default(),
+        identity: Default::default(),
     };
     let app = Application::build(config).await?;
     print_banner(&demo, &app);

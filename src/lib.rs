@@ -1,7 +1,8 @@
 //! usermeta: one gRPC contract over ZITADEL user metadata.
 //!
 //! A request enters through [`api`] (the tonic service, request validation and the one mapping of errors to
-//! gRPC statuses), learns who is calling from [`caller`], is checked by [`policy`], and reaches ZITADEL through
+//! gRPC statuses), learns who is calling from [`caller`] (introspection, local JWT validation or userinfo),
+//! is checked against the per-key rules of [`policy`], and reaches ZITADEL through
 //! [`zitadel`] (userinfo and the auth API with the caller's token, the management API with the service
 //! credential: a PAT, or a key or client secret exchanged for tokens kept fresh by `zitadel::token_source`). [`server`] binds and serves it with health and reflection; [`standin`] is an in-process
 //! ZITADEL used by the tests and by `usermeta dev`. [`authz`] optionally serves Envoy's external authorization
@@ -22,7 +23,6 @@ pub mod standin;
 pub mod telemetry;
 pub mod zitadel;
 
-use policy::Policy;
 use server::{Application, Config};
 use settings::{ServeArgs, SettingsError};
 use zitadel::ZitadelConfig;
@@ -48,12 +48,10 @@ pub fn serve_config(args: ServeArgs) -> Result<Config, SettingsError> {
             service_credential: args.credential.credential()?,
             resilience: args.common.resilience(),
         },
-        policy: Policy::new(
-            args.common.admins(),
-            settings::self_writable_prefixes(&args.common.self_writable_keys),
-        ),
+        policy: args.access.policy(&args.common)?,
         cache: args.common.cache_config(),
         limits: args.common.limits(),
+        identity: args.access.identity()?,
     })
 }
 

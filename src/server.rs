@@ -19,6 +19,7 @@ use crate::{
     api::{MetadataService, RequestLimits, pb},
     authz::{self, AuthzConfig, AuthzService},
     cache::{CacheConfig, CallerCache},
+    caller::{IdentityConfig, IdentitySetupError, Resolver},
     policy::Policy,
     zitadel::{Group, SetupError, Zitadel, ZitadelConfig},
 };
@@ -31,6 +32,8 @@ pub struct Config {
     pub policy: Policy,
     pub cache: CacheConfig,
     pub limits: Limits,
+    /// How callers are identified; the default asks userinfo.
+    pub identity: IdentityConfig,
 }
 
 /// Back-pressure: how much work usermeta accepts at once.
@@ -68,6 +71,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Zitadel(#[from] SetupError),
+    #[error("caller identification could not be set up: {0}")]
+    Identity(#[from] IdentitySetupError),
     #[error("reflection could not load the service descriptors: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
 }
@@ -86,6 +91,11 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: Config) -> Result<Self, StartError> {
+        let resolver = Resolver::new(
+            config.identity,
+            &config.zitadel.base_url,
+            config.zitadel.timeout,
+        )?;
         let zitadel = Arc::new(Zitadel::new(config.zitadel)?);
         let cache = Arc::new(CallerCache::new(config.cache));
         let service = MetadataService::new(
@@ -93,7 +103,8 @@ impl Application {
             Arc::new(config.policy),
             Arc::clone(&cache),
         )
-        .with_limits(config.limits.requests);
+        .with_limits(config.limits.requests)
+        .with_resolver(Arc::new(resolver));
         let listener =
             TcpListener::bind(config.listen)
                 .await

@@ -14,6 +14,8 @@ use url::Url;
 use crate::{
     api::RequestLimits,
     cache::CacheConfig,
+    caller::{ApplicationKey, IdentityConfig, IntrospectionAuth, JwtConfig},
+    policy::Policy,
     server::Limits,
     zitadel::{Resilience, ServiceCredential, ServiceKey},
 };
@@ -59,9 +61,138 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub credential: CredentialArgs,
     #[command(flatten)]
+    pub access: AccessArgs,
+    #[command(flatten)]
     pub common: CommonArgs,
     #[command(flatten)]
     pub ext_authz: crate::authz::settings::ExtAuthzArgs,
+}
+
+/// Who callers are (introspection, local JWT validation, or userinfo) and what they may do (the policy).
+#[derive(Debug, Default, Args)]
+pub struct AccessArgs {
+    /// TOML file of authorisation rules and key declarations; without it, users may read their own metadata
+    /// and only USERMETA_ADMINS / USERMETA_SELF_WRITABLE_KEYS grant more.
+    #[arg(long, env = "USERMETA_POLICY_FILE")]
+    pub policy_file: Option<PathBuf>,
+    /// Client id of usermeta's ZITADEL API application, to introspect callers' tokens (with a client secret).
+    #[arg(long, env = "USERMETA_INTROSPECTION_CLIENT_ID")]
+    pub introspection_client_id: Option<String>,
+    /// Client secret of that API application (prefer the _FILE form: flags show up in `ps`).
+    #[arg(long, env = "USERMETA_INTROSPECTION_SECRET", hide_env_values = true)]
+    pub introspection_secret: Option<String>,
+    /// File holding that API application's client secret.
+    #[arg(long, env = "USERMETA_INTROSPECTION_SECRET_FILE")]
+    pub introspection_secret_file: Option<PathBuf>,
+    /// Key file of usermeta's API application (private_key_jwt): {"type":"application",...}.
+    #[arg(long, env = "USERMETA_INTROSPECTION_KEY_FILE")]
+    pub introspection_key_file: Option<PathBuf>,
+    /// Validate JWT access tokens locally against ZITADEL's keys; the accepted audiences (usermeta's project
+    /// id or client id, comma-separated).
+    #[arg(long, env = "USERMETA_JWT_AUDIENCE", value_delimiter = ',')]
+    pub jwt_audience: Vec<String>,
+    /// Shortest time between two fetches of ZITADEL's keys caused by an unknown key id.
+    #[arg(long, env = "USERMETA_JWKS_MIN_REFRESH", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub jwks_min_refresh: Duration,
+}
+
+const INTROSPECTION_ID: &str = "USERMETA_INTROSPECTION_CLIENT_ID (--introspection-client-id)";
+const INTROSPECTION_SECRET: &str = "USERMETA_INTROSPECTION_SECRET (--introspection-secret)";
+const INTROSPECTION_SECRET_FILE: &str =
+    "USERMETA_INTROSPECTION_SECRET_FILE (--introspection-secret-file)";
+const INTROSPECTION_KEY_FILE: &str = "USERMETA_INTROSPECTION_KEY_FILE (--introspection-key-file)";
+const POLICY_FILE: &str = "USERMETA_POLICY_FILE (--policy-file)";
+
+impl AccessArgs {
+    /// How callers are identified. Secrets and keys are named by setting and file, never shown.
+    pub fn identity(&self) -> Result<IdentityConfig, SettingsError> {
+        let audience = clean_list(&self.jwt_audience);
+        let jwt = (!audience.is_empty()).then_some(JwtConfig {
+            audience,
+            min_refresh_interval: self.jwks_min_refresh,
+        });
+        Ok(IdentityConfig {
+            introspection: self.introspection()?,
+            jwt,
+        })
+    }
+
+    fn introspection(&self) -> Result<Option<IntrospectionAuth>, SettingsError> {
+        let client_id = self
+            .introspection_client_id
+            .as_deref()
+            .map(str::trim)
+            .filter(|id| !id.is_empty());
+        let secret = match (&self.introspection_secret, &self.introspection_secret_file) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    INTROSPECTION_SECRET,
+                    "both USERMETA_INTROSPECTION_SECRET and USERMETA_INTROSPECTION_SECRET_FILE are set; set exactly one",
+                ));
+            }
+            (Some(secret), None) => Some(secret_from(INTROSPECTION_SECRET, secret)?),
+            (None, Some(path)) => Some(secret_from(
+                INTROSPECTION_SECRET_FILE,
+                &read_secret_file(INTROSPECTION_SECRET_FILE, path)?,
+            )?),
+            (None, None) => None,
+        };
+        match (client_id, secret, &self.introspection_key_file) {
+            (None, None, None) => Ok(None),
+            (_, Some(_), Some(_)) => Err(invalid(
+                INTROSPECTION_KEY_FILE,
+                "both a client secret and a key file are set for introspection; set exactly one",
+            )),
+            (Some(client_id), Some(secret), None) => Ok(Some(IntrospectionAuth::ClientSecret {
+                client_id: client_id.to_owned(),
+                secret,
+            })),
+            (None, Some(_), None) => Err(invalid(
+                INTROSPECTION_ID,
+                "not set, but an introspection secret is: set the API application's client id",
+            )),
+            (Some(_), None, None) => Err(invalid(
+                INTROSPECTION_SECRET,
+                "not set, but USERMETA_INTROSPECTION_CLIENT_ID is: set the API application's client secret (or USERMETA_INTROSPECTION_SECRET_FILE), or its key file (USERMETA_INTROSPECTION_KEY_FILE)",
+            )),
+            (client_id, None, Some(path)) => {
+                let text = std::fs::read(path).map_err(|e| {
+                    invalid(
+                        INTROSPECTION_KEY_FILE,
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                let key = ApplicationKey::from_json(&text).map_err(|e| {
+                    invalid(INTROSPECTION_KEY_FILE, format!("{} {e}", path.display()))
+                })?;
+                if let Some(id) = client_id
+                    && id != key.client_id()
+                {
+                    return Err(invalid(
+                        INTROSPECTION_ID,
+                        format!(
+                            "is {id}, but the key file {} belongs to client {}",
+                            path.display(),
+                            key.client_id()
+                        ),
+                    ));
+                }
+                Ok(Some(IntrospectionAuth::PrivateKeyJwt(key)))
+            }
+        }
+    }
+
+    /// The policy file (when set) plus the shorthand rules.
+    pub fn policy(&self, common: &CommonArgs) -> Result<Policy, SettingsError> {
+        let policy = match &self.policy_file {
+            Some(path) => Policy::load(path).map_err(|e| invalid(POLICY_FILE, e.to_string()))?,
+            None => Policy::default(),
+        };
+        Ok(policy.with_shorthands(
+            common.admins(),
+            self_writable_prefixes(&common.self_writable_keys),
+        ))
+    }
 }
 
 /// The service user's credential toward the management API: exactly one kind of these (a PAT, a JWT-profile
@@ -519,6 +650,73 @@ mod tests {
             .credential()
             .is_ok()
         );
+    }
+
+    #[test]
+    fn a_bad_policy_file_stops_start_up_naming_setting_file_and_line() {
+        let dir = temp_dir("policy");
+        let path = dir.join("policy.toml");
+        std::fs::write(
+            &path,
+            "# comment\n[[rule]]\nwhose = \"self\"\nkeys = [\"a\"]\nactions = [\"read\", \"fly\"]\n",
+        )
+        .unwrap();
+        let args = AccessArgs {
+            policy_file: Some(path.clone()),
+            ..Default::default()
+        };
+        #[derive(Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            common: CommonArgs,
+        }
+        let common = Wrapper::try_parse_from(["x"]).unwrap().common;
+        let error = args.policy(&common).unwrap_err().to_string();
+        assert!(error.starts_with("USERMETA_POLICY_FILE"), "{error}");
+        assert!(
+            error.contains(&format!("{}, line 5", path.display())),
+            "{error}"
+        );
+        assert!(error.contains("fly"), "{error}");
+    }
+
+    #[test]
+    fn introspection_needs_a_client_id_with_exactly_one_credential() {
+        let only_id = AccessArgs {
+            introspection_client_id: Some("app@project".into()),
+            ..Default::default()
+        };
+        assert!(
+            only_id
+                .identity()
+                .unwrap_err()
+                .to_string()
+                .starts_with("USERMETA_INTROSPECTION_SECRET")
+        );
+        let only_secret = AccessArgs {
+            introspection_secret: Some("s3cr3t".into()),
+            ..Default::default()
+        };
+        let error = only_secret.identity().unwrap_err().to_string();
+        assert!(
+            error.starts_with("USERMETA_INTROSPECTION_CLIENT_ID"),
+            "{error}"
+        );
+        assert!(!error.contains("s3cr3t"), "{error}");
+        let both = AccessArgs {
+            introspection_client_id: Some("app@project".into()),
+            introspection_secret: Some("s3cr3t".into()),
+            introspection_key_file: Some("/k.json".into()),
+            ..Default::default()
+        };
+        assert!(
+            both.identity()
+                .unwrap_err()
+                .to_string()
+                .contains("exactly one")
+        );
+        let none = AccessArgs::default().identity().unwrap();
+        assert!(none.introspection.is_none() && none.jwt.is_none());
     }
 
     fn temp_dir(name: &str) -> PathBuf {

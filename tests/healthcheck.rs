@@ -32,6 +32,7 @@ async fn spawn_usermeta() -> (SocketAddr, StandIn, oneshot::Sender<()>) {
         policy: Policy::new(Vec::<String>::new(), Vec::new()),
         cache: Default::default(),
         limits: Default::default(),
+        identity: Default::default(),
     };
     let app = Application::build(config).await.unwrap();
     let addr = app.local_addr();

@@ -71,6 +71,7 @@ async fn serve(
             ..CacheConfig::default()
         },
         limits,
+        identity: Default::default(),
     };
     let app = Application::build(config).await.unwrap();
     let addr: SocketAddr = app.local_addr();

@@ -44,6 +44,9 @@ pub enum ApiError {
     /// The caller sent more requests than its per-caller rate limit allows.
     #[error("too many requests from this caller")]
     RateLimited { retry_after: Duration },
+    /// usermeta's own introspection client was refused: an operator problem, not the caller's.
+    #[error(transparent)]
+    IntrospectionClient(IdentifyError),
 }
 
 impl From<IdentifyError> for ApiError {
@@ -51,6 +54,9 @@ impl From<IdentifyError> for ApiError {
         match error {
             IdentifyError::Token(e) => ApiError::Token(e),
             IdentifyError::Upstream(e) => ApiError::Upstream(e),
+            client @ IdentifyError::IntrospectionClient { .. } => {
+                ApiError::IntrospectionClient(client)
+            }
         }
     }
 }
@@ -93,22 +99,32 @@ fn to_status(error: &ApiError) -> Status {
                 TokenError::Missing => "TOKEN_MISSING",
                 TokenError::Malformed(_) => "TOKEN_MALFORMED",
                 TokenError::NoSubject => "TOKEN_WITHOUT_SUBJECT",
+                TokenError::Inactive => "TOKEN_INACTIVE",
+                TokenError::InvalidJwt(_) => "TOKEN_INVALID",
+                TokenError::Expired => "TOKEN_EXPIRED",
             };
             let hint = match token {
-                TokenError::NoSubject => "",
+                TokenError::NoSubject
+                | TokenError::Inactive
+                | TokenError::InvalidJwt(_)
+                | TokenError::Expired => "",
                 _ => "; send gRPC metadata `authorization: Bearer <ZITADEL access token>`",
             };
             with_info(Code::Unauthenticated, format!("{token}{hint}"), reason, [])
         }
         ApiError::Denied(denial) => {
-            let (reason, action, key) = match denial {
-                Denial::NotAdmin { action, .. } => ("NOT_ADMIN", action, None),
-                Denial::KeyNotSelfWritable { action, key, .. } => {
-                    ("KEY_NOT_SELF_WRITABLE", action, Some(key))
-                }
+            let reason = match denial {
+                Denial::NoRule { .. } => "POLICY_DENIED",
+                Denial::Hidden { .. } => "KEY_HIDDEN",
             };
-            let mut metadata = vec![("action", action.name().to_owned())];
-            metadata.extend(key.map(|k| ("key", k.clone())));
+            let mut metadata = vec![("action", denial.action().name().to_owned())];
+            metadata.extend(denial.key().map(|k| ("key", k.to_owned())));
+            if let Denial::NoRule { target, .. } = denial {
+                metadata.push((
+                    "target",
+                    target.clone().unwrap_or_else(|| "self".to_owned()),
+                ));
+            }
             with_info(
                 Code::PermissionDenied,
                 format!("permission denied: {denial}"),
@@ -147,6 +163,24 @@ fn to_status(error: &ApiError) -> Status {
                 Code::ResourceExhausted,
                 "this caller sends more requests than usermeta's per-caller rate limit allows; retry later with backoff",
                 details,
+            )
+        }
+        ApiError::IntrospectionClient(error) => {
+            let mut facts = vec![("endpoint", Endpoint::Introspection.name().to_owned())];
+            if let IdentifyError::IntrospectionClient {
+                client_id,
+                http_status,
+                ..
+            } = error
+            {
+                facts.push(("client_id", client_id.clone()));
+                facts.push(("http_status", http_status.to_string()));
+            }
+            with_info(
+                Code::Unavailable,
+                error.to_string(),
+                "INTROSPECTION_CLIENT_REJECTED",
+                facts,
             )
         }
     }

@@ -12,15 +12,17 @@ use tonic::{Code, Request, Response, Status};
 use tracing::instrument;
 
 use super::{
-    ApiError, deadline, page_token, pb,
+    ApiError, deadline,
+    error::Violation,
+    page_token, pb,
     rate_limit::RateLimiter,
     validate::{self, Source},
 };
 use crate::{
     cache::CallerCache,
-    caller::{self, Identity},
+    caller::{self, Identity, Resolver},
     metadata::{KeyFilter, KeyMatch, MetadataItem, Page, PageRequest},
-    policy::{Action, Policy},
+    policy::{Action, Policy, Subject},
     zitadel::{CallerToken, Endpoint, UpstreamError, Zitadel, management::Target, resilience},
 };
 
@@ -56,9 +58,11 @@ pub struct MetadataService {
     cache: Arc<CallerCache>,
     request_timeout: Duration,
     rate_limiter: Option<Arc<RateLimiter>>,
+    resolver: Arc<Resolver>,
 }
 
 impl MetadataService {
+    /// Identifies callers by userinfo; see [`MetadataService::with_resolver`].
     pub fn new(zitadel: Arc<Zitadel>, policy: Arc<Policy>, cache: Arc<CallerCache>) -> Self {
         MetadataService {
             zitadel,
@@ -66,6 +70,7 @@ impl MetadataService {
             cache,
             request_timeout: RequestLimits::default().request_timeout,
             rate_limiter: None,
+            resolver: Arc::new(Resolver::userinfo()),
         }
     }
 
@@ -104,6 +109,19 @@ impl MetadataService {
         }
     }
 
+    /// Identifies callers the configured way (introspection, local JWT validation, userinfo).
+    pub fn with_resolver(mut self, resolver: Arc<Resolver>) -> Self {
+        self.resolver = resolver;
+        self
+    }
+
+    async fn identify(&self, token: &CallerToken) -> Result<Arc<Identity>, ApiError> {
+        Ok(self
+            .resolver
+            .identify(&self.cache, &self.zitadel, token)
+            .await?)
+    }
+
     #[instrument(name = "GetMyMetadata", skip_all, fields(source, user_id))]
     async fn get_mine(
         &self,
@@ -113,10 +131,20 @@ impl MetadataService {
         self.rate_limit(&token)?;
         let request = validate::get_mine(request.into_inner())?;
         tracing::Span::current().record("source", tracing::field::debug(request.source));
+        // "Me" is whoever ZITADEL says owns the token; the metadata is read with that same token.
         let (caller, mut items) = match request.source {
-            Source::Userinfo => {
+            Source::Userinfo if self.resolver.uses_userinfo() => {
                 let info = self.cache.userinfo(&self.zitadel, &token).await?;
-                (Identity::try_from(info.as_ref())?, info.metadata.clone())
+                (
+                    Arc::new(Identity::try_from(info.as_ref())?),
+                    info.metadata.clone(),
+                )
+            }
+            // The identity first (cached, and local for JWTs): a refused token reaches no other endpoint.
+            Source::Userinfo => {
+                let caller = self.identify(&token).await?;
+                let info = self.cache.userinfo(&self.zitadel, &token).await?;
+                (caller, info.metadata.clone())
             }
             Source::AuthApi => {
                 // One exact key can be filtered by ZITADEL; several are filtered here (its queries are ANDed).
@@ -127,21 +155,37 @@ impl MetadataService {
                     }),
                     _ => None,
                 };
-                let (info, items) = tokio::try_join!(
-                    self.cache.userinfo(&self.zitadel, &token),
-                    read_all(|page| self.zitadel.list_my_metadata(&token, filter.as_ref(), page)),
-                )?;
-                (Identity::try_from(info.as_ref())?, items)
+                let read = async {
+                    read_all(|page| self.zitadel.list_my_metadata(&token, filter.as_ref(), page))
+                        .await
+                        .map_err(ApiError::from)
+                };
+                if self.resolver.uses_userinfo() {
+                    // Both ask ZITADEL with the caller's token anyway: side by side, as before.
+                    tokio::try_join!(self.identify(&token), read)?
+                } else {
+                    let caller = self.identify(&token).await?;
+                    (caller, read.await?)
+                }
             }
         };
         tracing::Span::current().record("user_id", caller.sub.as_str());
+        let me = Subject {
+            user_id: &caller.sub,
+            org_id: caller.org_id.as_deref(),
+        };
+        let scope = self.policy.read_scope(&caller, me)?;
+        for key in &request.keys {
+            scope.require(key)?;
+        }
         if !request.keys.is_empty() {
             let wanted: HashSet<&str> = request.keys.iter().map(String::as_str).collect();
             items.retain(|item| wanted.contains(item.key.as_str()));
         }
+        items.retain(|item| scope.allows(&item.key));
         items.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(pb::GetMyMetadataResponse {
-            user_id: caller.sub,
+            user_id: caller.sub.clone(),
             metadata: items.into_iter().map(Into::into).collect(),
         })
     }
@@ -155,39 +199,63 @@ impl MetadataService {
         self.rate_limit(&token)?;
         let request = validate::list(request.into_inner())?;
         let filter = request.filter.as_ref();
-        let page = match request.user_id.as_deref() {
+        // An own listing reads with the caller's token, so ZITADEL decides whose it is; while every caller may
+        // read their own keys, it needs no identity lookup.
+        let (scope, other) = match (request.user_id.as_deref(), self.policy.own_scope()) {
+            (None, Some(own)) => (own, None),
+            (user_id, _) => {
+                let caller = self.identify(&token).await?;
+                // Self is the caller ZITADEL names; a `user_id` equal to it changes nothing.
+                let other = user_id.filter(|user_id| *user_id != caller.sub);
+                let subject = match other {
+                    None => Subject {
+                        user_id: &caller.sub,
+                        org_id: caller.org_id.as_deref(),
+                    },
+                    Some(user_id) => Subject {
+                        user_id,
+                        org_id: request.org_id.as_deref(),
+                    },
+                };
+                tracing::Span::current().record("user_id", subject.user_id);
+                (self.policy.read_scope(&caller, subject)?, other)
+            }
+        };
+        if let Some(KeyFilter {
+            key,
+            matching: KeyMatch::Equals,
+        }) = filter
+        {
+            scope.require(key)?;
+        }
+        let mut page = match other {
             None => {
                 self.zitadel
                     .list_my_metadata(&token, filter, request.page)
                     .await?
             }
             Some(user_id) => {
-                tracing::Span::current().record("user_id", user_id);
-                let caller = caller::identify(&self.cache, &self.zitadel, &token).await?;
-                if caller.sub == user_id {
-                    self.zitadel
-                        .list_my_metadata(&token, filter, request.page)
-                        .await?
-                } else {
-                    self.policy.authorize(&caller, user_id, Action::Read, [])?;
-                    let target = Target {
-                        user_id,
-                        org_id: request.org_id.as_deref(),
-                    };
-                    self.zitadel
-                        .list_user_metadata(target, filter, request.page)
-                        .await?
-                }
+                let target = Target {
+                    user_id,
+                    org_id: request.org_id.as_deref(),
+                };
+                self.zitadel
+                    .list_user_metadata(target, filter, request.page)
+                    .await?
             }
         };
-        let next_offset = request.page.offset + page.items.len() as u64;
-        let next_page_token = if !page.items.is_empty() && next_offset < page.total {
+        // Paging follows ZITADEL's listing; keys the caller may not read are left out of it.
+        let fetched = page.items.len() as u64;
+        page.items.retain(|item| scope.allows(&item.key));
+        let left_out = fetched - page.items.len() as u64;
+        let next_offset = request.page.offset + fetched;
+        let next_page_token = if fetched > 0 && next_offset < page.total {
             page_token::encode(next_offset, request.token_query())
         } else {
             String::new()
         };
         Ok(pb::ListMetadataResponse {
-            total_size: i64::try_from(page.total).unwrap_or(i64::MAX),
+            total_size: i64::try_from(page.total.saturating_sub(left_out)).unwrap_or(i64::MAX),
             metadata: page.items.into_iter().map(Into::into).collect(),
             next_page_token,
         })
@@ -201,7 +269,7 @@ impl MetadataService {
         let token = caller::bearer_token(request.metadata())?;
         self.rate_limit(&token)?;
         let request = validate::set(request.into_inner())?;
-        let caller = caller::identify(&self.cache, &self.zitadel, &token).await?;
+        let caller = self.identify(&token).await?;
         let target = target_of(
             &caller,
             request.user_id.as_deref(),
@@ -213,8 +281,13 @@ impl MetadataService {
             .map(|(key, _)| key.as_str())
             .collect();
         audited(&caller, target, Action::Write, &keys, async {
-            self.policy
-                .authorize(&caller, target.user_id, Action::Write, keys.iter().copied())?;
+            self.policy.authorize(
+                &caller,
+                subject_of(&caller, target),
+                Action::Write,
+                keys.iter().copied(),
+            )?;
+            self.check_values(&request.entries)?;
             // Whatever the outcome, the write may have landed: cached answers about the user are stale.
             let _stale = InvalidateOnDrop(&self.cache, target.user_id);
             let written = self
@@ -236,7 +309,7 @@ impl MetadataService {
         let token = caller::bearer_token(request.metadata())?;
         self.rate_limit(&token)?;
         let request = validate::delete(request.into_inner())?;
-        let caller = caller::identify(&self.cache, &self.zitadel, &token).await?;
+        let caller = self.identify(&token).await?;
         let target = target_of(
             &caller,
             request.user_id.as_deref(),
@@ -246,7 +319,7 @@ impl MetadataService {
         audited(&caller, target, Action::Delete, &keys, async {
             self.policy.authorize(
                 &caller,
-                target.user_id,
+                subject_of(&caller, target),
                 Action::Delete,
                 keys.iter().copied(),
             )?;
@@ -257,6 +330,28 @@ impl MetadataService {
             Ok(pb::DeleteMetadataResponse { update_time })
         })
         .await
+    }
+
+    /// The policy's value rules, as field violations of the request.
+    fn check_values(&self, entries: &[(String, Vec<u8>)]) -> Result<(), ApiError> {
+        let violations: Vec<Violation> = entries
+            .iter()
+            .enumerate()
+            .flat_map(|(i, (key, value))| {
+                self.policy
+                    .value_problems(key, value)
+                    .into_iter()
+                    .map(move |description| Violation {
+                        field: format!("entries[{i}].value"),
+                        description,
+                    })
+            })
+            .collect();
+        if violations.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::InvalidRequest(violations))
+        }
     }
 
     /// Removes `keys` all or nothing; with `allow_missing`, removes those that exist.
@@ -326,6 +421,22 @@ fn target_of<'a>(
     }
 }
 
+/// The policy's view of a target: for the caller themself, the organisation ZITADEL reported for them; for
+/// another user, the organisation the management call will be scoped to.
+fn subject_of<'a>(caller: &'a Identity, target: Target<'a>) -> Subject<'a> {
+    if target.user_id == caller.sub {
+        Subject {
+            user_id: &caller.sub,
+            org_id: caller.org_id.as_deref(),
+        }
+    } else {
+        Subject {
+            user_id: target.user_id,
+            org_id: target.org_id,
+        }
+    }
+}
+
 fn is_missing_key(error: &UpstreamError) -> bool {
     matches!(
         error.endpoint(),
@@ -333,7 +444,8 @@ fn is_missing_key(error: &UpstreamError) -> bool {
     ) && error.zitadel_code() == Some(Code::NotFound)
 }
 
-/// Runs a write or delete and writes its audit line: who, on whom, which keys (never values), and how it ended.
+/// Runs a write or delete and writes its audit line: who (user and client), on whom, which keys (never
+/// values), and how it ended.
 async fn audited<T>(
     caller: &Identity,
     target: Target<'_>,
@@ -348,11 +460,13 @@ async fn audited<T>(
     let outcome = match &result {
         Ok(_) => "ok",
         Err(ApiError::Denied(_)) => "denied",
+        Err(ApiError::InvalidRequest(_)) => "invalid",
         Err(_) => "failed",
     };
     tracing::info!(
         target: "usermeta::audit",
         caller = %caller.sub,
+        client_id = caller.client_id.as_deref().unwrap_or_default(),
         user_id = %target.user_id,
         org_id = target.org_id.unwrap_or_default(),
         action = action.name(),

@@ -22,6 +22,10 @@ pub enum Endpoint {
     ManagementBulkRemoveMetadata,
     /// `/oauth/v2/token`, where the service credential is exchanged for an access token.
     Token,
+    /// `/oauth/v2/introspect`, where usermeta's API application asks about a caller's token.
+    Introspection,
+    /// `/oauth/v2/keys`, ZITADEL's token signing keys.
+    Jwks,
 }
 
 impl Endpoint {
@@ -35,6 +39,8 @@ impl Endpoint {
             Endpoint::ManagementRemoveMetadata => "management.RemoveUserMetadata",
             Endpoint::ManagementBulkRemoveMetadata => "management.BulkRemoveUserMetadata",
             Endpoint::Token => "oauth.Token",
+            Endpoint::Introspection => "oauth.Introspect",
+            Endpoint::Jwks => "oauth.Keys",
         }
     }
 

@@ -2,7 +2,7 @@
 //! `urn:zitadel:iam:user:metadata`, their metadata as URL-safe unpadded base64.
 
 use serde::Deserialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::{CallerToken, Endpoint, UpstreamError, Zitadel, decode_item};
 use crate::metadata::MetadataItem;
@@ -24,8 +24,8 @@ pub struct UserInfo {
     pub org_id: Option<String>,
     /// The metadata claim, sorted by key; empty when the user has none or the token lacks the scope.
     pub metadata: Vec<MetadataItem>,
-    /// Project role names from the roles claim; empty when the token carries none.
-    pub roles: Vec<String>,
+    /// Project roles from the roles claims, when the token was requested with roles.
+    pub roles: BTreeSet<String>,
 }
 
 #[derive(Deserialize)]
@@ -35,9 +35,9 @@ struct Claims {
     org_id: Option<String>,
     #[serde(rename = "urn:zitadel:iam:user:metadata", default)]
     metadata: BTreeMap<String, serde_json::Value>,
-    /// Read loosely: a roles claim of an unexpected shape must not make the whole answer unreadable.
-    #[serde(rename = "urn:zitadel:iam:org:project:roles", default)]
-    roles: Option<serde_json::Value>,
+    /// Every other claim; the roles claims are picked from these.
+    #[serde(flatten)]
+    other: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Zitadel {
@@ -50,6 +50,7 @@ impl Zitadel {
             .header(http::header::AUTHORIZATION, token.authorization().clone());
         let claims: Claims = self.send_json(endpoint, request).await?;
         let sub = claims.sub.filter(|s| !s.is_empty());
+        let roles = crate::caller::roles_of(&claims.other);
         let metadata = claims
             .metadata
             .into_iter()
@@ -61,12 +62,6 @@ impl Zitadel {
                 }
             })
             .collect();
-        let roles = match claims.roles {
-            Some(serde_json::Value::Object(roles)) => {
-                roles.into_iter().map(|(role, _)| role).collect()
-            }
-            _ => Vec::new(),
-        };
         Ok(UserInfo {
             sub,
             org_id: claims.org_id,

@@ -418,6 +418,7 @@ async fn role_rules_read_the_project_roles_claim() {
         ServiceCredential::Pat(SecretString::from("unused")),
         Policy::new(Vec::<String>::new(), Vec::new()),
         Options::default(),
+        usermeta::caller::IdentityConfig::default(),
         Some(config),
     )
     .await;
@@ -548,6 +549,7 @@ async fn a_roles_claim_of_another_shape_means_no_roles_not_a_broken_answer() {
         ServiceCredential::Pat(SecretString::from("unused")),
         Policy::new(Vec::<String>::new(), Vec::new()),
         Options::default(),
+        usermeta::caller::IdentityConfig::default(),
         Some(config),
     )
     .await;

@@ -20,6 +20,7 @@ use usermeta::{
     api::pb::{self, user_metadata_service_client::UserMetadataServiceClient},
     authz::AuthzConfig,
     cache::CacheConfig,
+    caller::IdentityConfig,
     policy::Policy,
     server::{Application, Config, Limits},
     standin::{ManagerRole, RecordedRequest, StandIn},
@@ -80,6 +81,7 @@ pub async fn spawn_app_with_authz(ext_authz: Option<AuthzConfig>) -> TestApp {
         ServiceCredential::Pat(SecretString::from(service_pat.as_str())),
         Policy::new([admin.clone()], vec![SELF_WRITABLE.into()]),
         Options::default(),
+        IdentityConfig::default(),
         ext_authz,
     )
     .await;
@@ -147,10 +149,37 @@ pub async fn spawn_usermeta_with_credential(
     policy: Policy,
     options: Options,
 ) -> (SocketAddr, oneshot::Sender<()>) {
-    spawn_usermeta_full(zitadel_url, service_credential, policy, options, None).await
+    spawn_usermeta_full(
+        zitadel_url,
+        service_credential,
+        policy,
+        options,
+        IdentityConfig::default(),
+        None,
+    )
+    .await
 }
 
-/// [`spawn_usermeta`] with every option, including Envoy's external authorization API.
+/// [`spawn_usermeta`] identifying callers by introspection and/or local JWT validation.
+pub async fn spawn_usermeta_with_identity(
+    zitadel_url: &str,
+    service_pat: &str,
+    policy: Policy,
+    identity: IdentityConfig,
+) -> (SocketAddr, oneshot::Sender<()>) {
+    let credential = ServiceCredential::Pat(SecretString::from(service_pat));
+    spawn_usermeta_full(
+        zitadel_url,
+        credential,
+        policy,
+        Options::default(),
+        identity,
+        None,
+    )
+    .await
+}
+
+/// Starts usermeta with every setting tests vary, including Envoy's external authorization API.
 pub async fn spawn_usermeta_full(
     zitadel_url: &str,
     service_credential: ServiceCredential,
@@ -161,6 +190,7 @@ pub async fn spawn_usermeta_full(
         resilience,
         limits,
     }: Options,
+    identity: IdentityConfig,
     ext_authz: Option<AuthzConfig>,
 ) -> (SocketAddr, oneshot::Sender<()>) {
     let config = Config {
@@ -174,6 +204,7 @@ pub async fn spawn_usermeta_full(
         policy,
         cache,
         limits,
+        identity,
     };
     let app = Application::build(config)
         .await
