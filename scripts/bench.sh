@@ -2,6 +2,7 @@
 # The benchmark (not a test): builds release binaries and, on this machine in one run, measures
 #   (a) a bare tonic server answering GetMyMetadata with a same-size message: the ceiling;
 #   (b) usermeta's cached GetMyMetadata; with the same h2load settings, alternating (a) and (b);
+#   (c) usermeta's cached Envoy external authorization Check, in the same rounds;
 #   the cold path (cache off: every request asks ZITADEL) against the stand-in called directly;
 #   upstream calls (coalescing, distinct tokens) and peak RSS, including with 100k cached tokens.
 # Prints a markdown table and writes it to bench/RESULTS.md. Knobs: REQUESTS, CLIENTS, STREAMS, ROUNDS.
@@ -15,7 +16,7 @@ ROUNDS=${ROUNDS:-3}
 FILL=${FILL:-100000}
 
 command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq nghttp2-client >/dev/null; }
-cargo build --release --locked --bin usermeta --example bench_ceiling --example bench_zitadel --example bench_fill
+cargo build --release --locked --bin usermeta --example bench_ceiling --example bench_zitadel --example bench_fill --example bench_check_request
 bin=${CARGO_TARGET_DIR:-target}/release
 work=$(mktemp -d)
 pids=()
@@ -35,6 +36,8 @@ zitadel_url=$(field 'd["url"]'); user_id=$(field 'd["user_id"]'); field 'd["serv
 token() { field "d['tokens'][$1]"; }
 userinfo_calls() { curl -s "http://127.0.0.1:$control_port/userinfo_requests"; }
 
+# Every instance also serves Envoy's Check, passing ContractNumber upstream.
+export USERMETA_EXT_AUTHZ=true USERMETA_EXT_AUTHZ_HEADERS=ContractNumber=x-user-contract-number
 started=""
 start_usermeta() { # port, cache ttl; sets $started to the pid (no subshell, so cleanup keeps track)
   USERMETA_LISTEN="127.0.0.1:$1" USERMETA_ZITADEL_URL="$zitadel_url" USERMETA_SERVICE_PAT_FILE="$work/pat" \
@@ -49,31 +52,38 @@ wait_port "$ceiling_port"
 
 printf '\0\0\0\0\0' >"$work/empty-request.bin"   # a gRPC frame holding an empty GetMyMetadataRequest
 hot=$(token 0)
+"$bin/examples/bench_check_request" "$hot" "$work/check-request.bin"   # a gRPC frame holding Envoy's CheckRequest
 # h2load: one load tool, one set of settings; per-request latencies go to a log for percentiles.
 load() { # name url token [requests clients streams]
   local name=$1 url=$2 tok=$3 n=${4:-$REQUESTS} c=${5:-$CLIENTS} m=${6:-$STREAMS} grpc=()
   [[ $url == */usermeta.v1.* ]] && grpc=(-d "$work/empty-request.bin" -H 'content-type: application/grpc' -H 'te: trailers')
+  [[ $url == */envoy.service.auth.v3.* ]] && grpc=(-d "$work/check-request.bin" -H 'content-type: application/grpc' -H 'te: trailers')
   h2load -n "$n" -c "$c" -m "$m" -t 1 "${grpc[@]}" -H "authorization: Bearer $tok" --log-file="$work/$name.log" "$url" >"$work/$name.out"
   grep -q " 0 failed, 0 errored" "$work/$name.out" || { cat "$work/$name.out"; echo "load run $name had errors"; exit 1; }
   python3 scripts/bench_stats.py "$work/$name.out" "$work/$name.log" >>"$work/runs.tsv"
   sed -i "\$s/^/$name\t/" "$work/runs.tsv"
 }
 grpc_url() { echo "http://127.0.0.1:$1/usermeta.v1.UserMetadataService/GetMyMetadata"; }
+check_url() { echo "http://127.0.0.1:$1/envoy.service.auth.v3.Authorization/Check"; }
 
 # Sanity: usermeta really answers with the bench user's metadata (h2load cannot see gRPC status codes).
 grpcurl -plaintext -H "authorization: Bearer $hot" "127.0.0.1:$cached_port" usermeta.v1.UserMetadataService/GetMyMetadata | grep -q '"text": "1234"'
 grpcurl -plaintext "127.0.0.1:$ceiling_port" usermeta.v1.UserMetadataService/GetMyMetadata 2>/dev/null | grep -q 1234 \
   || true  # the ceiling has no reflection; h2load's byte counts below compare the message sizes instead
+# Check allows the bench user and passes the contract header (no reflection for it: the helper asks once).
+"$bin/examples/bench_check_request" "$hot" "$work/check-request.bin" "127.0.0.1:$cached_port"
 
 : >"$work/runs.tsv"
 load warmup-ceiling "$(grpc_url "$ceiling_port")" "$hot" 20000
 load warmup-usermeta "$(grpc_url "$cached_port")" "$hot" 20000
+load warmup-check "$(check_url "$cached_port")" "$hot" 20000
 calls_before=$(userinfo_calls)
 for round in $(seq 1 "$ROUNDS"); do
   load "ceiling-$round" "$(grpc_url "$ceiling_port")" "$hot"
   load "usermeta-cached-$round" "$(grpc_url "$cached_port")" "$hot"
+  load "check-cached-$round" "$(check_url "$cached_port")" "$hot"
 done
-cached_upstream=$(( $(userinfo_calls) - calls_before ))
+cached_upstream=$(( $(userinfo_calls) - calls_before ))  # GetMyMetadata and Check together
 
 # Cold path: cache off, so every request is a userinfo call; and the stand-in's userinfo called directly.
 # One request at a time, so the medians compare the work on the path, not queueing under saturation.

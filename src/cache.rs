@@ -26,6 +26,7 @@ use futures::{
     future::{BoxFuture, Shared},
 };
 
+use crate::caller::{IdentifyError, Identity, Resolution, TokenError};
 use crate::zitadel::{
     CallerToken, Endpoint, Rejection, UpstreamError, Zitadel, userinfo::UserInfo,
 };
@@ -88,6 +89,16 @@ impl Entry {
 type TokenKey = [u8; 32];
 type Lookup = Shared<BoxFuture<'static, Result<Arc<Entry>, UpstreamError>>>;
 
+/// An identity from introspection or a verified JWT, or the refusal of the token, until `expires_at`.
+/// Metadata writes do not change identities, so these are never stale by writes.
+#[derive(Debug)]
+struct IdentityEntry {
+    answer: Result<Arc<Identity>, TokenError>,
+    expires_at: Instant,
+}
+
+type IdentityLookup = Shared<BoxFuture<'static, Result<Arc<IdentityEntry>, IdentifyError>>>;
+
 /// The caller cache. Cheap to share behind an `Arc`.
 pub struct CallerCache {
     config: CacheConfig,
@@ -98,6 +109,9 @@ pub struct CallerCache {
     write_epoch: AtomicU64,
     /// Each user's last write epoch, and when it happened (older than the TTL is forgotten).
     last_write: RwLock<HashMap<String, (u64, Instant)>>,
+    /// Identities from introspection or JWT validation, by token digest, with their own single flight.
+    identities: Option<quick_cache::sync::Cache<TokenKey, Arc<IdentityEntry>>>,
+    identity_in_flight: Mutex<HashMap<TokenKey, IdentityLookup>>,
 }
 
 impl std::fmt::Debug for CallerCache {
@@ -119,6 +133,81 @@ impl CallerCache {
             in_flight: Mutex::new(HashMap::new()),
             write_epoch: AtomicU64::new(0),
             last_write: RwLock::new(HashMap::new()),
+            identities: (!config.ttl.is_zero()).then(|| quick_cache::sync::Cache::new(capacity)),
+            identity_in_flight: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The identity `resolve` finds for `token`, from memory when it can be. An identity lives at most the
+    /// TTL and never past the token's `exp`; a refused token lives the negative TTL. Concurrent misses for one
+    /// token share one `resolve`.
+    pub async fn identity(
+        &self,
+        token: &CallerToken,
+        resolve: impl FnOnce() -> BoxFuture<'static, Result<Resolution, IdentifyError>>,
+    ) -> Result<Arc<Identity>, IdentifyError> {
+        let Some(entries) = &self.identities else {
+            return match resolve().await? {
+                Resolution::Active(identity) if !expired(identity.expires_at) => Ok(identity),
+                Resolution::Active(_) => Err(TokenError::Expired.into()),
+                Resolution::Refused(refused) => Err(refused.into()),
+            };
+        };
+        let key = token.digest();
+        if let Some(entry) = entries.get(&key)
+            && Instant::now() < entry.expires_at
+        {
+            return entry.answer.clone().map_err(Into::into);
+        }
+        let lookup = {
+            let mut in_flight = self
+                .identity_in_flight
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            in_flight
+                .entry(key)
+                .or_insert_with(|| {
+                    let config = self.config;
+                    let resolving = resolve();
+                    async move {
+                        let now = Instant::now();
+                        Ok(Arc::new(match resolving.await? {
+                            Resolution::Active(identity) => IdentityEntry {
+                                expires_at: now + lifetime_until(identity.expires_at, config.ttl),
+                                answer: Ok(identity),
+                            },
+                            Resolution::Refused(refused) => IdentityEntry {
+                                expires_at: now + config.negative_ttl,
+                                answer: Err(refused),
+                            },
+                        }))
+                    }
+                    .boxed()
+                    .shared()
+                })
+                .clone()
+        };
+        let result = lookup.clone().await;
+        {
+            let mut in_flight = self
+                .identity_in_flight
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if in_flight
+                .get(&key)
+                .is_some_and(|current| current.ptr_eq(&lookup))
+            {
+                in_flight.remove(&key);
+            }
+        }
+        let entry = result?;
+        if entry.expires_at > Instant::now() {
+            entries.insert(key, Arc::clone(&entry));
+        }
+        match &entry.answer {
+            // A token that expired while resolving is not let through, even once.
+            Ok(identity) if expired(identity.expires_at) => Err(TokenError::Expired.into()),
+            answer => answer.clone().map_err(Into::into),
         }
     }
 
@@ -207,9 +296,15 @@ impl CallerCache {
                 .entry(key)
                 .or_insert_with(|| {
                     let epoch = self.write_epoch.load(Ordering::SeqCst);
-                    fetch(Arc::clone(zitadel), token.clone(), epoch, self.config)
-                        .boxed()
-                        .shared()
+                    // Shared by requests with different deadlines: each bounds its own wait instead.
+                    crate::zitadel::resilience::detached(fetch(
+                        Arc::clone(zitadel),
+                        token.clone(),
+                        epoch,
+                        self.config,
+                    ))
+                    .boxed()
+                    .shared()
                 })
                 .clone()
         };
@@ -261,12 +356,24 @@ async fn fetch(
 
 /// The TTL, shortened to the token's own expiry when it claims one.
 fn lifetime_for(token: &CallerToken, ttl: Duration) -> Duration {
-    let Some(exp) = token.claimed_expiry() else {
-        return ttl;
-    };
-    let now = SystemTime::now()
+    lifetime_until(token.claimed_expiry(), ttl)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
-        .as_secs();
-    Duration::from_secs(exp.saturating_sub(now)).min(ttl)
+        .as_secs()
+}
+
+/// The TTL, shortened to an expiry (seconds since the epoch) when there is one.
+fn lifetime_until(exp: Option<u64>, ttl: Duration) -> Duration {
+    match exp {
+        Some(exp) => Duration::from_secs(exp.saturating_sub(unix_now())).min(ttl),
+        None => ttl,
+    }
+}
+
+fn expired(exp: Option<u64>) -> bool {
+    exp.is_some_and(|exp| exp <= unix_now())
 }

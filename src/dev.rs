@@ -70,12 +70,15 @@ pub async fn run(args: DevArgs) -> Result<(), RunError> {
             service_credential: ServiceCredential::Pat(SecretString::from(
                 demo.service_pat.clone(),
             )),
+            resilience: Default::default(),
         },
         policy: Policy::new(
             [demo.admin_id.clone()],
             settings::self_writable_prefixes(&args.self_writable_keys),
         ),
         cache: CacheConfig::default(),
+        limits: Default::default(),
+        identity: Default::default(),
     };
     let app = Application::build(config).await?;
     print_banner(&demo, &app);

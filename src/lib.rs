@@ -1,13 +1,16 @@
 //! usermeta: one gRPC contract over ZITADEL user metadata.
 //!
 //! A request enters through [`api`] (the tonic service, request validation and the one mapping of errors to
-//! gRPC statuses), learns who is calling from [`caller`], is checked by [`policy`], and reaches ZITADEL through
+//! gRPC statuses), learns who is calling from [`caller`] (introspection, local JWT validation or userinfo),
+//! is checked against the per-key rules of [`policy`], and reaches ZITADEL through
 //! [`zitadel`] (userinfo and the auth API with the caller's token, the management API with the service
 //! credential: a PAT, or a key or client secret exchanged for tokens kept fresh by `zitadel::token_source`). [`server`] binds and serves it with health and reflection; [`standin`] is an in-process
-//! ZITADEL used by the tests and by `usermeta dev`.
+//! ZITADEL used by the tests and by `usermeta dev`. [`authz`] optionally serves Envoy's external authorization
+//! API on the same port, injecting allow-listed metadata as upstream headers.
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod authz;
 pub mod cache;
 pub mod caller;
 pub mod config_file;
@@ -23,7 +26,6 @@ pub mod telemetry;
 pub mod tls;
 pub mod zitadel;
 
-use policy::Policy;
 use server::{Application, Config};
 use settings::{ServeArgs, SettingsError};
 use zitadel::ZitadelConfig;
@@ -47,19 +49,22 @@ pub fn serve_config(args: ServeArgs) -> Result<Config, SettingsError> {
             base_url: settings::zitadel_url(&args.zitadel_url)?,
             timeout: args.common.upstream_timeout,
             service_credential: args.credential.credential()?,
+            resilience: args.common.resilience(),
         },
-        policy: Policy::new(
-            args.common.admins(),
-            settings::self_writable_prefixes(&args.common.self_writable_keys),
-        ),
+        policy: args.access.policy(&args.common)?,
         cache: args.common.cache_config(),
+        limits: args.common.limits(),
+        identity: args.access.identity()?,
     })
 }
 
 /// `usermeta serve`: serve until SIGINT or SIGTERM.
 pub async fn serve(args: ServeArgs) -> Result<(), RunError> {
+    let ext_authz = args.ext_authz.config()?;
     let options = args.ops.serve_options().map_err(server::StartError::from)?;
-    let app = Application::build_with(serve_config(args)?, options).await?;
+    let app = Application::build_with(serve_config(args)?, options)
+        .await?
+        .with_ext_authz(ext_authz);
     app.run_until(server::shutdown_signal()).await?;
     Ok(())
 }

@@ -1,17 +1,28 @@
 //! Binds the gRPC port and serves usermeta with health and reflection until told to stop.
 
-use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
-use tokio::net::TcpListener;
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
+use tokio::{net::TcpListener, sync::Semaphore};
 use tonic::transport::{Server, ServerTlsConfig, server::TcpIncoming};
 use tonic_health::server::HealthReporter;
+use tonic_types::{ErrorDetails, StatusExt as _};
 
 use crate::{
-    api::{MetadataService, pb},
+    api::{MetadataService, RequestLimits, pb},
+    authz::{self, AuthzConfig, AuthzService},
     cache::{CacheConfig, CallerCache},
+    caller::{IdentityConfig, IdentitySetupError, Resolver},
     policy::Policy,
     tls::{TlsError, TlsFiles},
-    zitadel::{SetupError, Zitadel, ZitadelConfig},
+    zitadel::{Group, SetupError, Zitadel, ZitadelConfig},
 };
 
 /// Everything the server needs, validated.
@@ -21,6 +32,34 @@ pub struct Config {
     pub zitadel: ZitadelConfig,
     pub policy: Policy,
     pub cache: CacheConfig,
+    pub limits: Limits,
+    /// How callers are identified; the default asks userinfo.
+    pub identity: IdentityConfig,
+}
+
+/// Back-pressure: how much work usermeta accepts at once.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most UserMetadataService calls in flight across all connections; more are refused at once with
+    /// RESOURCE_EXHAUSTED (no queue). 0 means no limit.
+    pub max_in_flight: usize,
+    /// HTTP/2 streams (concurrent calls) one connection may open.
+    pub max_streams_per_connection: u32,
+    /// Largest request or response message; a SetMetadata with several large values must fit.
+    pub max_message_bytes: usize,
+    /// Deadlines and the per-caller rate limit.
+    pub requests: RequestLimits,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_in_flight: 1024,
+            max_streams_per_connection: 256,
+            max_message_bytes: 8 * 1024 * 1024,
+            requests: RequestLimits::default(),
+        }
+    }
 }
 
 /// Operational settings beside [`Config`]: metrics, TLS, shutdown. The defaults serve plaintext gRPC,
@@ -58,6 +97,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Zitadel(#[from] SetupError),
+    #[error("caller identification could not be set up: {0}")]
+    Identity(#[from] IdentitySetupError),
     #[error("reflection could not load the service descriptors: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error(transparent)]
@@ -77,6 +118,10 @@ pub struct Application {
     tls: Option<ServerTlsConfig>,
     metrics: Option<(TcpListener, metrics_exporter_prometheus::PrometheusHandle)>,
     shutdown_grace: Duration,
+    zitadel: Arc<Zitadel>,
+    cache: Arc<CallerCache>,
+    authz: Option<AuthzService>,
+    limits: Limits,
 }
 
 impl Application {
@@ -103,12 +148,23 @@ impl Application {
             }
             None => None,
         };
+        let resolver = Resolver::new(
+            config.identity,
+            &config.zitadel.base_url,
+            config.zitadel.timeout,
+        )?;
         let zitadel = Arc::new(Zitadel::with_extra_roots(
             config.zitadel,
             options.zitadel_roots,
         )?);
         let cache = Arc::new(CallerCache::new(config.cache));
-        let service = MetadataService::new(zitadel, Arc::new(config.policy), cache);
+        let service = MetadataService::new(
+            Arc::clone(&zitadel),
+            Arc::new(config.policy),
+            Arc::clone(&cache),
+        )
+        .with_limits(config.limits.requests)
+        .with_resolver(Arc::new(resolver));
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -127,7 +183,23 @@ impl Application {
             tls,
             metrics,
             shutdown_grace: options.shutdown_grace,
+            zitadel,
+            cache,
+            authz: None,
+            limits: config.limits,
         })
+    }
+
+    /// Also serves Envoy's external authorization API, sharing the caller cache with the metadata API.
+    pub fn with_ext_authz(mut self, config: Option<AuthzConfig>) -> Self {
+        self.authz = config.map(|config| {
+            AuthzService::new(
+                Arc::clone(&self.zitadel),
+                Arc::clone(&self.cache),
+                Arc::new(config),
+            )
+        });
+        self
     }
 
     /// The address actually bound (useful with port 0).
@@ -153,6 +225,32 @@ impl Application {
     ) -> Result<(), StartError> {
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<pb::user_metadata_service_server::UserMetadataServiceServer<MetadataService>>().await;
+        let authz_enabled = self.authz.is_some();
+        if authz_enabled {
+            health
+                .set_service_status(authz::SERVICE_NAME, tonic_health::ServingStatus::Serving)
+                .await;
+        }
+        for group in Group::ALL {
+            health
+                .set_service_status(group.health_name(), tonic_health::ServingStatus::Serving)
+                .await;
+        }
+        let breaker_health: Vec<_> = Group::ALL
+            .into_iter()
+            .map(|group| {
+                tokio::spawn(report_breaker(
+                    health.clone(),
+                    group,
+                    self.zitadel.watch_breaker(group),
+                ))
+            })
+            .collect();
+        let limits = self.limits;
+        let service =
+            pb::user_metadata_service_server::UserMetadataServiceServer::new(self.service)
+                .max_decoding_message_size(limits.max_message_bytes)
+                .max_encoding_message_size(limits.max_message_bytes);
 
         let reflection_v1 = reflection_builder().build_v1()?;
         let reflection_v1alpha = reflection_builder().build_v1alpha()?;
@@ -168,19 +266,22 @@ impl Application {
         }
         let (signalled, grace_starts) = tokio::sync::oneshot::channel::<()>();
         let shutdown = async move {
-            drain(health, shutdown).await;
+            drain(health, shutdown, authz_enabled).await;
             let _ = signalled.send(());
         };
         let serve = builder
-            // Outermost first: the request context (request id, trace span) surrounds the measured call.
+            .max_concurrent_streams(limits.max_streams_per_connection)
+            // Outermost first: the request context (request id, trace span) surrounds the measured call,
+            // and shed calls are measured too.
             .layer(crate::telemetry::RequestContextLayer)
             .layer(crate::metrics::GrpcMetricsLayer)
+            .layer(ShedLayer::new(limits.max_in_flight))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(
-                pb::user_metadata_service_server::UserMetadataServiceServer::new(self.service),
-            )
+            .add_service(service)
+            // envoy-types ships no descriptor set, so reflection does not list this service.
+            .add_optional_service(self.authz.map(AuthorizationServer::new))
             .serve_with_incoming_shutdown(
                 // Nagle's algorithm would hold small responses back for a delayed ACK (a 40 ms tail).
                 TcpIncoming::from(self.listener)
@@ -208,9 +309,135 @@ impl Application {
         if let Some(metrics) = metrics {
             metrics.abort();
         }
+        for task in breaker_health {
+            task.abort();
+        }
         tracing::info!("usermeta stopped");
         Ok(())
     }
+}
+
+/// Reports a breaker as its own health service (see [`Group::health_name`]): NOT_SERVING while open. The
+/// server as a whole stays SERVING: restarting usermeta would not bring ZITADEL back, and reads from the
+/// cache and calls of the other group still work.
+async fn report_breaker(
+    health: HealthReporter,
+    group: Group,
+    mut open: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let status = if *open.borrow_and_update() {
+            tonic_health::ServingStatus::NotServing
+        } else {
+            tonic_health::ServingStatus::Serving
+        };
+        health.set_service_status(group.health_name(), status).await;
+        if open.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The path prefixes of the calls the in-flight limit counts; health and reflection stay answerable.
+const LIMITED_PATHS: [&str; 2] = [
+    "/usermeta.v1.UserMetadataService/",
+    "/envoy.service.auth.v3.Authorization/",
+];
+
+/// Refuses UserMetadataService calls beyond a global in-flight limit with RESOURCE_EXHAUSTED at once,
+/// rather than queueing them (a queue only turns overload into timeouts).
+#[derive(Debug, Clone)]
+struct ShedLayer {
+    permits: Option<Arc<Semaphore>>,
+    limit: usize,
+}
+
+impl ShedLayer {
+    fn new(limit: usize) -> Self {
+        ShedLayer {
+            permits: (limit > 0).then(|| Arc::new(Semaphore::new(limit))),
+            limit,
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for ShedLayer {
+    type Service = Shed<S>;
+
+    fn layer(&self, inner: S) -> Shed<S> {
+        Shed {
+            inner,
+            permits: self.permits.clone(),
+            limit: self.limit,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Shed<S> {
+    inner: S,
+    permits: Option<Arc<Semaphore>>,
+    limit: usize,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<S, B> tower::Service<http::Request<B>> for Shed<S>
+where
+    S: tower::Service<http::Request<B>>,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let permit = match &self.permits {
+            Some(permits)
+                if LIMITED_PATHS
+                    .iter()
+                    .any(|prefix| request.uri().path().starts_with(prefix)) =>
+            {
+                match Arc::clone(permits).try_acquire_owned() {
+                    Ok(permit) => Some(permit),
+                    Err(_) => {
+                        let limit = self.limit;
+                        tracing::warn!(limit, "overloaded: refusing a call");
+                        // tonic answers a `Status` error as that status.
+                        return Box::pin(async move { Err(overloaded(limit).into()) });
+                    }
+                }
+            }
+            _ => None,
+        };
+        let call = self.inner.call(request);
+        Box::pin(async move {
+            let response = call.await.map_err(Into::into);
+            drop(permit);
+            response
+        })
+    }
+}
+
+fn overloaded(limit: usize) -> tonic::Status {
+    let mut details = ErrorDetails::with_error_info(
+        "OVERLOADED",
+        crate::api::ERROR_DOMAIN,
+        [("max_in_flight".to_owned(), limit.to_string())],
+    );
+    details.set_retry_info(Some(Duration::from_millis(100)));
+    tonic::Status::with_error_details(
+        tonic::Code::ResourceExhausted,
+        format!(
+            "usermeta is at its limit of {limit} calls in flight and refused this one without starting it; retry with backoff"
+        ),
+        details,
+    )
 }
 
 fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
@@ -222,10 +449,15 @@ fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
 }
 
 /// Waits for the shutdown signal, then tells health checkers first so load balancers stop sending traffic.
-async fn drain(health: HealthReporter, shutdown: impl Future<Output = ()>) {
+async fn drain(health: HealthReporter, shutdown: impl Future<Output = ()>, authz_enabled: bool) {
     shutdown.await;
     tracing::info!("shutting down: health NOT_SERVING, finishing in-flight calls");
     health.set_not_serving::<pb::user_metadata_service_server::UserMetadataServiceServer<MetadataService>>().await;
+    if authz_enabled {
+        health
+            .set_service_status(authz::SERVICE_NAME, tonic_health::ServingStatus::NotServing)
+            .await;
+    }
     health
         .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;

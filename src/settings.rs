@@ -12,8 +12,12 @@ use secrecy::SecretString;
 use url::Url;
 
 use crate::{
+    api::RequestLimits,
     cache::CacheConfig,
-    zitadel::{ServiceCredential, ServiceKey},
+    caller::{ApplicationKey, IdentityConfig, IntrospectionAuth, JwtConfig},
+    policy::Policy,
+    server::Limits,
+    zitadel::{Resilience, ServiceCredential, ServiceKey},
 };
 
 /// usermeta: one gRPC contract for reading and writing ZITADEL user metadata.
@@ -61,9 +65,13 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub credential: CredentialArgs,
     #[command(flatten)]
+    pub access: AccessArgs,
+    #[command(flatten)]
     pub common: CommonArgs,
     #[command(flatten)]
     pub ops: OpsArgs,
+    #[command(flatten)]
+    pub ext_authz: crate::authz::settings::ExtAuthzArgs,
 }
 
 /// Operational settings of `serve`: metrics, shutdown, TLS.
@@ -87,6 +95,133 @@ pub struct OpsArgs {
     /// PEM CA certificates trusted toward ZITADEL beside the system's (a privately-signed deployment).
     #[arg(long, env = "USERMETA_ZITADEL_CA_FILE")]
     pub zitadel_ca_file: Option<PathBuf>,
+}
+
+/// Who callers are (introspection, local JWT validation, or userinfo) and what they may do (the policy).
+#[derive(Debug, Default, Args)]
+pub struct AccessArgs {
+    /// TOML file of authorisation rules and key declarations; without it, users may read their own metadata
+    /// and only USERMETA_ADMINS / USERMETA_SELF_WRITABLE_KEYS grant more.
+    #[arg(long, env = "USERMETA_POLICY_FILE")]
+    pub policy_file: Option<PathBuf>,
+    /// Client id of usermeta's ZITADEL API application, to introspect callers' tokens (with a client secret).
+    #[arg(long, env = "USERMETA_INTROSPECTION_CLIENT_ID")]
+    pub introspection_client_id: Option<String>,
+    /// Client secret of that API application (prefer the _FILE form: flags show up in `ps`).
+    #[arg(long, env = "USERMETA_INTROSPECTION_SECRET", hide_env_values = true)]
+    pub introspection_secret: Option<String>,
+    /// File holding that API application's client secret.
+    #[arg(long, env = "USERMETA_INTROSPECTION_SECRET_FILE")]
+    pub introspection_secret_file: Option<PathBuf>,
+    /// Key file of usermeta's API application (private_key_jwt): {"type":"application",...}.
+    #[arg(long, env = "USERMETA_INTROSPECTION_KEY_FILE")]
+    pub introspection_key_file: Option<PathBuf>,
+    /// Validate JWT access tokens locally against ZITADEL's keys; the accepted audiences (usermeta's project
+    /// id or client id, comma-separated).
+    #[arg(long, env = "USERMETA_JWT_AUDIENCE", value_delimiter = ',')]
+    pub jwt_audience: Vec<String>,
+    /// Shortest time between two fetches of ZITADEL's keys caused by an unknown key id.
+    #[arg(long, env = "USERMETA_JWKS_MIN_REFRESH", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub jwks_min_refresh: Duration,
+}
+
+const INTROSPECTION_ID: &str = "USERMETA_INTROSPECTION_CLIENT_ID (--introspection-client-id)";
+const INTROSPECTION_SECRET: &str = "USERMETA_INTROSPECTION_SECRET (--introspection-secret)";
+const INTROSPECTION_SECRET_FILE: &str =
+    "USERMETA_INTROSPECTION_SECRET_FILE (--introspection-secret-file)";
+const INTROSPECTION_KEY_FILE: &str = "USERMETA_INTROSPECTION_KEY_FILE (--introspection-key-file)";
+const POLICY_FILE: &str = "USERMETA_POLICY_FILE (--policy-file)";
+
+impl AccessArgs {
+    /// How callers are identified. Secrets and keys are named by setting and file, never shown.
+    pub fn identity(&self) -> Result<IdentityConfig, SettingsError> {
+        let audience = clean_list(&self.jwt_audience);
+        let jwt = (!audience.is_empty()).then_some(JwtConfig {
+            audience,
+            min_refresh_interval: self.jwks_min_refresh,
+        });
+        Ok(IdentityConfig {
+            introspection: self.introspection()?,
+            jwt,
+        })
+    }
+
+    fn introspection(&self) -> Result<Option<IntrospectionAuth>, SettingsError> {
+        let client_id = self
+            .introspection_client_id
+            .as_deref()
+            .map(str::trim)
+            .filter(|id| !id.is_empty());
+        let secret = match (&self.introspection_secret, &self.introspection_secret_file) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    INTROSPECTION_SECRET,
+                    "both USERMETA_INTROSPECTION_SECRET and USERMETA_INTROSPECTION_SECRET_FILE are set; set exactly one",
+                ));
+            }
+            (Some(secret), None) => Some(secret_from(INTROSPECTION_SECRET, secret)?),
+            (None, Some(path)) => Some(secret_from(
+                INTROSPECTION_SECRET_FILE,
+                &read_secret_file(INTROSPECTION_SECRET_FILE, path)?,
+            )?),
+            (None, None) => None,
+        };
+        match (client_id, secret, &self.introspection_key_file) {
+            (None, None, None) => Ok(None),
+            (_, Some(_), Some(_)) => Err(invalid(
+                INTROSPECTION_KEY_FILE,
+                "both a client secret and a key file are set for introspection; set exactly one",
+            )),
+            (Some(client_id), Some(secret), None) => Ok(Some(IntrospectionAuth::ClientSecret {
+                client_id: client_id.to_owned(),
+                secret,
+            })),
+            (None, Some(_), None) => Err(invalid(
+                INTROSPECTION_ID,
+                "not set, but an introspection secret is: set the API application's client id",
+            )),
+            (Some(_), None, None) => Err(invalid(
+                INTROSPECTION_SECRET,
+                "not set, but USERMETA_INTROSPECTION_CLIENT_ID is: set the API application's client secret (or USERMETA_INTROSPECTION_SECRET_FILE), or its key file (USERMETA_INTROSPECTION_KEY_FILE)",
+            )),
+            (client_id, None, Some(path)) => {
+                let text = std::fs::read(path).map_err(|e| {
+                    invalid(
+                        INTROSPECTION_KEY_FILE,
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                let key = ApplicationKey::from_json(&text).map_err(|e| {
+                    invalid(INTROSPECTION_KEY_FILE, format!("{} {e}", path.display()))
+                })?;
+                if let Some(id) = client_id
+                    && id != key.client_id()
+                {
+                    return Err(invalid(
+                        INTROSPECTION_ID,
+                        format!(
+                            "is {id}, but the key file {} belongs to client {}",
+                            path.display(),
+                            key.client_id()
+                        ),
+                    ));
+                }
+                Ok(Some(IntrospectionAuth::PrivateKeyJwt(key)))
+            }
+        }
+    }
+
+    /// The policy file (when set) plus the shorthand rules.
+    pub fn policy(&self, common: &CommonArgs) -> Result<Policy, SettingsError> {
+        let policy = match &self.policy_file {
+            Some(path) => Policy::load(path).map_err(|e| invalid(POLICY_FILE, e.to_string()))?,
+            None => Policy::default(),
+        };
+        Ok(policy.with_shorthands(
+            common.admins(),
+            self_writable_prefixes(&common.self_writable_keys),
+        ))
+    }
 }
 
 /// The service user's credential toward the management API: exactly one kind of these (a PAT, a JWT-profile
@@ -135,6 +270,48 @@ pub struct CommonArgs {
     /// Most tokens remembered at once (least recently used go first).
     #[arg(long, env = "USERMETA_CACHE_CAPACITY", default_value_t = 100_000)]
     pub cache_capacity: u64,
+    /// Deadline of a request whose caller sets no gRPC deadline (`grpc-timeout`); a caller's deadline applies as given.
+    #[arg(long, env = "USERMETA_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+    /// Most calls to ZITADEL per request and endpoint, first try included; 1 turns retries off.
+    #[arg(long, env = "USERMETA_RETRY_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10))]
+    pub retry_max_attempts: u32,
+    /// First retry backoff (doubled per retry, full jitter, at most 1s).
+    #[arg(long, env = "USERMETA_RETRY_BACKOFF", default_value = "50ms", value_parser = humantime::parse_duration)]
+    pub retry_backoff: Duration,
+    /// Retries allowed per ZITADEL call on average (0.1: at most 10% extra calls, plus 10 after a calm period).
+    #[arg(long, env = "USERMETA_RETRY_BUDGET", default_value_t = 0.1, value_parser = retry_budget)]
+    pub retry_budget: f64,
+    /// Consecutive ZITADEL failures (connection errors, timeouts, 5xx) that open a circuit breaker; 0 turns breakers off.
+    #[arg(long, env = "USERMETA_BREAKER_FAILURES", default_value_t = 5)]
+    pub breaker_failures: u32,
+    /// How long an open breaker fails calls at once before letting one probe through.
+    #[arg(long, env = "USERMETA_BREAKER_COOLDOWN", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub breaker_cooldown: Duration,
+    /// Most UserMetadataService calls in flight; more are refused with RESOURCE_EXHAUSTED; 0 means no limit.
+    #[arg(long, env = "USERMETA_MAX_IN_FLIGHT", default_value_t = 1024)]
+    pub max_in_flight: usize,
+    /// Most concurrent calls (HTTP/2 streams) per client connection.
+    #[arg(long, env = "USERMETA_MAX_STREAMS_PER_CONNECTION", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_streams_per_connection: u32,
+    /// Largest gRPC request or response message, in bytes (a few 500000-byte values per SetMetadata fit).
+    #[arg(long, env = "USERMETA_MAX_MESSAGE_BYTES", default_value_t = 8 * 1024 * 1024, value_parser = clap::value_parser!(u32).range(65536..))]
+    pub max_message_bytes: u32,
+    /// Requests per second allowed per caller token; 0 (the default) means no per-caller limit.
+    #[arg(long, env = "USERMETA_CALLER_RATE_LIMIT", default_value_t = 0)]
+    pub caller_rate_limit: u32,
+    /// Requests a caller may send in a burst before its rate limit applies.
+    #[arg(long, env = "USERMETA_CALLER_RATE_BURST", default_value_t = 20)]
+    pub caller_rate_burst: u32,
+}
+
+fn retry_budget(raw: &str) -> Result<f64, String> {
+    let ratio: f64 = raw.parse().map_err(|e| format!("{e}"))?;
+    if (0.0..=1.0).contains(&ratio) {
+        Ok(ratio)
+    } else {
+        Err("must be between 0 and 1".to_owned())
+    }
 }
 
 /// Settings of `usermeta dev`.
@@ -399,6 +576,30 @@ impl CommonArgs {
         }
     }
 
+    pub fn resilience(&self) -> Resilience {
+        Resilience {
+            max_attempts: self.retry_max_attempts,
+            backoff_base: self.retry_backoff,
+            retry_budget_ratio: self.retry_budget,
+            breaker_failures: self.breaker_failures,
+            breaker_cooldown: self.breaker_cooldown,
+            ..Resilience::default()
+        }
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_in_flight: self.max_in_flight,
+            max_streams_per_connection: self.max_streams_per_connection,
+            max_message_bytes: usize::try_from(self.max_message_bytes).unwrap_or(usize::MAX),
+            requests: RequestLimits {
+                request_timeout: self.request_timeout,
+                caller_rate: self.caller_rate_limit,
+                caller_burst: self.caller_rate_burst,
+            },
+        }
+    }
+
     /// Admin ids, trimmed, empty entries dropped.
     pub fn admins(&self) -> Vec<String> {
         clean_list(&self.admins)
@@ -504,6 +705,73 @@ mod tests {
             .credential()
             .is_ok()
         );
+    }
+
+    #[test]
+    fn a_bad_policy_file_stops_start_up_naming_setting_file_and_line() {
+        let dir = temp_dir("policy");
+        let path = dir.join("policy.toml");
+        std::fs::write(
+            &path,
+            "# comment\n[[rule]]\nwhose = \"self\"\nkeys = [\"a\"]\nactions = [\"read\", \"fly\"]\n",
+        )
+        .unwrap();
+        let args = AccessArgs {
+            policy_file: Some(path.clone()),
+            ..Default::default()
+        };
+        #[derive(Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            common: CommonArgs,
+        }
+        let common = Wrapper::try_parse_from(["x"]).unwrap().common;
+        let error = args.policy(&common).unwrap_err().to_string();
+        assert!(error.starts_with("USERMETA_POLICY_FILE"), "{error}");
+        assert!(
+            error.contains(&format!("{}, line 5", path.display())),
+            "{error}"
+        );
+        assert!(error.contains("fly"), "{error}");
+    }
+
+    #[test]
+    fn introspection_needs_a_client_id_with_exactly_one_credential() {
+        let only_id = AccessArgs {
+            introspection_client_id: Some("app@project".into()),
+            ..Default::default()
+        };
+        assert!(
+            only_id
+                .identity()
+                .unwrap_err()
+                .to_string()
+                .starts_with("USERMETA_INTROSPECTION_SECRET")
+        );
+        let only_secret = AccessArgs {
+            introspection_secret: Some("s3cr3t".into()),
+            ..Default::default()
+        };
+        let error = only_secret.identity().unwrap_err().to_string();
+        assert!(
+            error.starts_with("USERMETA_INTROSPECTION_CLIENT_ID"),
+            "{error}"
+        );
+        assert!(!error.contains("s3cr3t"), "{error}");
+        let both = AccessArgs {
+            introspection_client_id: Some("app@project".into()),
+            introspection_secret: Some("s3cr3t".into()),
+            introspection_key_file: Some("/k.json".into()),
+            ..Default::default()
+        };
+        assert!(
+            both.identity()
+                .unwrap_err()
+                .to_string()
+                .contains("exactly one")
+        );
+        let none = AccessArgs::default().identity().unwrap();
+        assert!(none.introspection.is_none() && none.jwt.is_none());
     }
 
     fn temp_dir(name: &str) -> PathBuf {
@@ -716,6 +984,32 @@ mod tests {
         );
         assert!(!format!("{credential:?}").contains("s3cr3t"));
         assert!(args(Some("svc"), Some("s3cr3t"), None).credential().is_ok());
+    }
+
+    #[test]
+    fn the_command_line_is_consistent_and_limits_have_safe_defaults() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "usermeta",
+            "serve",
+            "--zitadel-url",
+            "http://x",
+            "--service-pat",
+            "p",
+        ])
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(args.common.resilience(), Resilience::default());
+        let limits = args.common.limits();
+        assert_eq!(limits.max_message_bytes, 8 * 1024 * 1024);
+        assert_eq!(
+            limits.requests.caller_rate, 0,
+            "no per-caller limit unless asked"
+        );
+        assert!(Cli::try_parse_from(["usermeta", "serve", "--retry-budget", "1.5"]).is_err());
     }
 
     #[test]

@@ -27,9 +27,12 @@ async fn spawn_usermeta() -> (SocketAddr, StandIn, oneshot::Sender<()>) {
             service_credential: ServiceCredential::Pat(SecretString::from(
                 standin.issue_pat(&service_user),
             )),
+            resilience: Default::default(),
         },
         policy: Policy::new(Vec::<String>::new(), Vec::new()),
-        cache: usermeta::cache::CacheConfig::default(),
+        cache: Default::default(),
+        limits: Default::default(),
+        identity: Default::default(),
     };
     let app = Application::build(config).await.unwrap();
     let addr = app.local_addr();

@@ -2,7 +2,7 @@
 //! `google.rpc.BadRequest` for invalid input, `google.rpc.ErrorInfo` (domain `usermeta`) with a stable reason
 //! otherwise, and `google.rpc.RetryInfo` when ZITADEL said when to retry. Messages name no token or value.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -38,6 +38,15 @@ pub enum ApiError {
     KeysNotFound { user_id: String, keys: Vec<String> },
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    /// The caller's deadline (or the configured request timeout) passed.
+    #[error("the request's deadline passed before usermeta could answer")]
+    DeadlineExceeded,
+    /// The caller sent more requests than its per-caller rate limit allows.
+    #[error("too many requests from this caller")]
+    RateLimited { retry_after: Duration },
+    /// usermeta's own introspection client was refused: an operator problem, not the caller's.
+    #[error(transparent)]
+    IntrospectionClient(IdentifyError),
 }
 
 impl From<IdentifyError> for ApiError {
@@ -45,6 +54,9 @@ impl From<IdentifyError> for ApiError {
         match error {
             IdentifyError::Token(e) => ApiError::Token(e),
             IdentifyError::Upstream(e) => ApiError::Upstream(e),
+            client @ IdentifyError::IntrospectionClient { .. } => {
+                ApiError::IntrospectionClient(client)
+            }
         }
     }
 }
@@ -54,7 +66,7 @@ impl From<ApiError> for Status {
         let status = to_status(&error);
         if matches!(
             status.code(),
-            Code::Unavailable | Code::Internal | Code::ResourceExhausted
+            Code::Unavailable | Code::Internal | Code::ResourceExhausted | Code::DeadlineExceeded
         ) {
             tracing::warn!(code = ?status.code(), error = %error, "request failed");
             // The request id lets an operator find this call's log lines from the client's error.
@@ -96,22 +108,32 @@ fn to_status(error: &ApiError) -> Status {
                 TokenError::Missing => "TOKEN_MISSING",
                 TokenError::Malformed(_) => "TOKEN_MALFORMED",
                 TokenError::NoSubject => "TOKEN_WITHOUT_SUBJECT",
+                TokenError::Inactive => "TOKEN_INACTIVE",
+                TokenError::InvalidJwt(_) => "TOKEN_INVALID",
+                TokenError::Expired => "TOKEN_EXPIRED",
             };
             let hint = match token {
-                TokenError::NoSubject => "",
+                TokenError::NoSubject
+                | TokenError::Inactive
+                | TokenError::InvalidJwt(_)
+                | TokenError::Expired => "",
                 _ => "; send gRPC metadata `authorization: Bearer <ZITADEL access token>`",
             };
             with_info(Code::Unauthenticated, format!("{token}{hint}"), reason, [])
         }
         ApiError::Denied(denial) => {
-            let (reason, action, key) = match denial {
-                Denial::NotAdmin { action, .. } => ("NOT_ADMIN", action, None),
-                Denial::KeyNotSelfWritable { action, key, .. } => {
-                    ("KEY_NOT_SELF_WRITABLE", action, Some(key))
-                }
+            let reason = match denial {
+                Denial::NoRule { .. } => "POLICY_DENIED",
+                Denial::Hidden { .. } => "KEY_HIDDEN",
             };
-            let mut metadata = vec![("action", action.name().to_owned())];
-            metadata.extend(key.map(|k| ("key", k.clone())));
+            let mut metadata = vec![("action", denial.action().name().to_owned())];
+            metadata.extend(denial.key().map(|k| ("key", k.to_owned())));
+            if let Denial::NoRule { target, .. } = denial {
+                metadata.push((
+                    "target",
+                    target.clone().unwrap_or_else(|| "self".to_owned()),
+                ));
+            }
             with_info(
                 Code::PermissionDenied,
                 format!("permission denied: {denial}"),
@@ -137,6 +159,39 @@ fn to_status(error: &ApiError) -> Status {
             )
         }
         ApiError::Upstream(upstream) => upstream_status(upstream),
+        ApiError::DeadlineExceeded => with_info(
+            Code::DeadlineExceeded,
+            "the request's deadline passed before usermeta could answer; nothing more is sent to ZITADEL for it (a write may or may not have been applied: read it back, or repeat it, writes are idempotent)".to_owned(),
+            "DEADLINE_EXCEEDED",
+            [],
+        ),
+        ApiError::RateLimited { retry_after } => {
+            let mut details = info("CALLER_RATE_LIMITED", []);
+            details.set_retry_info(Some(*retry_after));
+            Status::with_error_details(
+                Code::ResourceExhausted,
+                "this caller sends more requests than usermeta's per-caller rate limit allows; retry later with backoff",
+                details,
+            )
+        }
+        ApiError::IntrospectionClient(error) => {
+            let mut facts = vec![("endpoint", Endpoint::Introspection.name().to_owned())];
+            if let IdentifyError::IntrospectionClient {
+                client_id,
+                http_status,
+                ..
+            } = error
+            {
+                facts.push(("client_id", client_id.clone()));
+                facts.push(("http_status", http_status.to_string()));
+            }
+            with_info(
+                Code::Unavailable,
+                error.to_string(),
+                "INTROSPECTION_CLIENT_REJECTED",
+                facts,
+            )
+        }
     }
 }
 
@@ -177,6 +232,20 @@ fn upstream_status(error: &UpstreamError) -> Status {
                 "SERVICE_CREDENTIAL_REFRESH_FAILED",
                 facts,
             )
+        }
+        UpstreamError::DeadlineExceeded { .. } => with_info(
+            Code::DeadlineExceeded,
+            format!(
+                "{error}; nothing more is sent to ZITADEL for this request (a write may or may not have been applied: read it back, or repeat it, writes are idempotent)"
+            ),
+            "DEADLINE_EXCEEDED",
+            facts,
+        ),
+        UpstreamError::CircuitOpen { retry_after, .. } => {
+            let mut details = info("ZITADEL_CIRCUIT_OPEN", facts);
+            // A probe is in flight when no cool-down is left: suggest a short wait.
+            details.set_retry_info(Some((*retry_after).max(Duration::from_millis(100))));
+            Status::with_error_details(Code::Unavailable, format!("{error}; retry later"), details)
         }
         UpstreamError::Unreachable { .. } | UpstreamError::Timeout { .. } => with_info(
             Code::Unavailable,

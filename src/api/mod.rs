@@ -2,13 +2,17 @@
 //! one mapping from errors to gRPC statuses.
 
 mod convert;
+pub mod deadline;
 mod error;
+#[cfg(test)]
+mod fuzz_tests;
 mod page_token;
+pub mod rate_limit;
 mod service;
 mod validate;
 
-pub use error::ApiError;
-pub use service::MetadataService;
+pub use error::{ApiError, ERROR_DOMAIN};
+pub use service::{MetadataService, RequestLimits};
 
 /// Code generated from `proto/usermeta/v1/usermeta.proto`.
 pub mod pb {

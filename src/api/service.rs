@@ -1,26 +1,55 @@
 //! The UserMetadataService handlers. Each reads top to bottom: token → validation → caller → policy →
 //! ZITADEL → answer; errors leave through [`ApiError`]'s one conversion to a status.
 
-use std::{collections::HashSet, future::Future, sync::Arc};
+use std::{
+    collections::HashSet,
+    future::Future,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use tonic::{Code, Request, Response, Status};
 use tracing::instrument;
 
 use super::{
-    ApiError, page_token, pb,
+    ApiError, deadline,
+    error::Violation,
+    page_token, pb,
+    rate_limit::RateLimiter,
     validate::{self, Source},
 };
 use crate::{
     cache::CallerCache,
-    caller::{self, Identity},
+    caller::{self, Identity, Resolver},
     metadata::{KeyFilter, KeyMatch, MetadataItem, Page, PageRequest},
-    policy::{Action, Policy},
+    policy::{Action, Policy, Subject},
     tls,
-    zitadel::{Endpoint, UpstreamError, Zitadel, management::Target},
+    zitadel::{CallerToken, Endpoint, UpstreamError, Zitadel, management::Target, resilience},
 };
 
 /// Page size for reading a whole listing: ZITADEL's default and usual maximum.
 const FULL_LISTING_PAGE: u32 = 1000;
+
+/// Bounds on each request: its default deadline and an optional per-caller rate limit.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    /// The deadline of a request whose caller sets no `grpc-timeout`.
+    pub request_timeout: Duration,
+    /// Requests per second per caller token; 0 means no limit.
+    pub caller_rate: u32,
+    /// Requests a caller may send at once before the rate applies.
+    pub caller_burst: u32,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        RequestLimits {
+            request_timeout: Duration::from_secs(10),
+            caller_rate: 0,
+            caller_burst: 20,
+        }
+    }
+}
 
 /// Serves `usermeta.v1.UserMetadataService`.
 #[derive(Debug, Clone)]
@@ -28,15 +57,70 @@ pub struct MetadataService {
     zitadel: Arc<Zitadel>,
     policy: Arc<Policy>,
     cache: Arc<CallerCache>,
+    request_timeout: Duration,
+    rate_limiter: Option<Arc<RateLimiter>>,
+    resolver: Arc<Resolver>,
 }
 
 impl MetadataService {
+    /// Identifies callers by userinfo; see [`MetadataService::with_resolver`].
     pub fn new(zitadel: Arc<Zitadel>, policy: Arc<Policy>, cache: Arc<CallerCache>) -> Self {
         MetadataService {
             zitadel,
             policy,
             cache,
+            request_timeout: RequestLimits::default().request_timeout,
+            rate_limiter: None,
+            resolver: Arc::new(Resolver::userinfo()),
         }
+    }
+
+    /// Applies request deadlines and the per-caller rate limit.
+    pub fn with_limits(mut self, limits: RequestLimits) -> Self {
+        self.request_timeout = limits.request_timeout;
+        self.rate_limiter = RateLimiter::new(limits.caller_rate, limits.caller_burst).map(Arc::new);
+        self
+    }
+
+    /// Runs a handler within the request's deadline: every ZITADEL call gets at most the time left, and the
+    /// answer is DEADLINE_EXCEEDED at the deadline whatever is still pending.
+    async fn bounded<T>(
+        deadline: Instant,
+        handler: impl Future<Output = Result<T, ApiError>>,
+    ) -> Result<T, ApiError> {
+        let bounded = tokio::time::timeout_at(
+            deadline.into(),
+            resilience::with_deadline(deadline, handler),
+        );
+        bounded.await.unwrap_or(Err(ApiError::DeadlineExceeded))
+    }
+
+    /// When the request must be answered.
+    fn deadline_of<T>(&self, request: &Request<T>) -> Instant {
+        deadline::deadline(request.metadata(), self.request_timeout, Instant::now())
+    }
+
+    /// Counts a request against its caller's rate limit.
+    fn rate_limit(&self, token: &CallerToken) -> Result<(), ApiError> {
+        match &self.rate_limiter {
+            Some(limiter) => limiter
+                .check(token.digest(), Instant::now())
+                .map_err(|retry_after| ApiError::RateLimited { retry_after }),
+            None => Ok(()),
+        }
+    }
+
+    /// Identifies callers the configured way (introspection, local JWT validation, userinfo).
+    pub fn with_resolver(mut self, resolver: Arc<Resolver>) -> Self {
+        self.resolver = resolver;
+        self
+    }
+
+    async fn identify(&self, token: &CallerToken) -> Result<Arc<Identity>, ApiError> {
+        Ok(self
+            .resolver
+            .identify(&self.cache, &self.zitadel, token)
+            .await?)
     }
 
     #[instrument(name = "GetMyMetadata", skip_all, fields(source, user_id))]
@@ -45,12 +129,23 @@ impl MetadataService {
         request: Request<pb::GetMyMetadataRequest>,
     ) -> Result<pb::GetMyMetadataResponse, ApiError> {
         let token = caller::bearer_token(request.metadata())?;
+        self.rate_limit(&token)?;
         let request = validate::get_mine(request.into_inner())?;
         tracing::Span::current().record("source", tracing::field::debug(request.source));
+        // "Me" is whoever ZITADEL says owns the token; the metadata is read with that same token.
         let (caller, mut items) = match request.source {
-            Source::Userinfo => {
+            Source::Userinfo if self.resolver.uses_userinfo() => {
                 let info = self.cache.userinfo(&self.zitadel, &token).await?;
-                (Identity::try_from(info.as_ref())?, info.metadata.clone())
+                (
+                    Arc::new(Identity::try_from(info.as_ref())?),
+                    info.metadata.clone(),
+                )
+            }
+            // The identity first (cached, and local for JWTs): a refused token reaches no other endpoint.
+            Source::Userinfo => {
+                let caller = self.identify(&token).await?;
+                let info = self.cache.userinfo(&self.zitadel, &token).await?;
+                (caller, info.metadata.clone())
             }
             Source::AuthApi => {
                 // One exact key can be filtered by ZITADEL; several are filtered here (its queries are ANDed).
@@ -61,21 +156,37 @@ impl MetadataService {
                     }),
                     _ => None,
                 };
-                let (info, items) = tokio::try_join!(
-                    self.cache.userinfo(&self.zitadel, &token),
-                    read_all(|page| self.zitadel.list_my_metadata(&token, filter.as_ref(), page)),
-                )?;
-                (Identity::try_from(info.as_ref())?, items)
+                let read = async {
+                    read_all(|page| self.zitadel.list_my_metadata(&token, filter.as_ref(), page))
+                        .await
+                        .map_err(ApiError::from)
+                };
+                if self.resolver.uses_userinfo() {
+                    // Both ask ZITADEL with the caller's token anyway: side by side, as before.
+                    tokio::try_join!(self.identify(&token), read)?
+                } else {
+                    let caller = self.identify(&token).await?;
+                    (caller, read.await?)
+                }
             }
         };
         tracing::Span::current().record("user_id", caller.sub.as_str());
+        let me = Subject {
+            user_id: &caller.sub,
+            org_id: caller.org_id.as_deref(),
+        };
+        let scope = self.policy.read_scope(&caller, me)?;
+        for key in &request.keys {
+            scope.require(key)?;
+        }
         if !request.keys.is_empty() {
             let wanted: HashSet<&str> = request.keys.iter().map(String::as_str).collect();
             items.retain(|item| wanted.contains(item.key.as_str()));
         }
+        items.retain(|item| scope.allows(&item.key));
         items.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(pb::GetMyMetadataResponse {
-            user_id: caller.sub,
+            user_id: caller.sub.clone(),
             metadata: items.into_iter().map(Into::into).collect(),
         })
     }
@@ -86,43 +197,66 @@ impl MetadataService {
         request: Request<pb::ListMetadataRequest>,
     ) -> Result<pb::ListMetadataResponse, ApiError> {
         let token = caller::bearer_token(request.metadata())?;
-        let client_cert = tls::client_cert(&request);
+        self.rate_limit(&token)?;
         let request = validate::list(request.into_inner())?;
         let filter = request.filter.as_ref();
-        let page = match request.user_id.as_deref() {
+        // An own listing reads with the caller's token, so ZITADEL decides whose it is; while every caller may
+        // read their own keys, it needs no identity lookup.
+        let (scope, other) = match (request.user_id.as_deref(), self.policy.own_scope()) {
+            (None, Some(own)) => (own, None),
+            (user_id, _) => {
+                let caller = self.identify(&token).await?;
+                // Self is the caller ZITADEL names; a `user_id` equal to it changes nothing.
+                let other = user_id.filter(|user_id| *user_id != caller.sub);
+                let subject = match other {
+                    None => Subject {
+                        user_id: &caller.sub,
+                        org_id: caller.org_id.as_deref(),
+                    },
+                    Some(user_id) => Subject {
+                        user_id,
+                        org_id: request.org_id.as_deref(),
+                    },
+                };
+                tracing::Span::current().record("user_id", subject.user_id);
+                (self.policy.read_scope(&caller, subject)?, other)
+            }
+        };
+        if let Some(KeyFilter {
+            key,
+            matching: KeyMatch::Equals,
+        }) = filter
+        {
+            scope.require(key)?;
+        }
+        let mut page = match other {
             None => {
                 self.zitadel
                     .list_my_metadata(&token, filter, request.page)
                     .await?
             }
             Some(user_id) => {
-                tracing::Span::current().record("user_id", user_id);
-                let mut caller = caller::identify(&self.cache, &self.zitadel, &token).await?;
-                caller.client_cert = client_cert;
-                if caller.sub == user_id {
-                    self.zitadel
-                        .list_my_metadata(&token, filter, request.page)
-                        .await?
-                } else {
-                    self.policy.authorize(&caller, user_id, Action::Read, [])?;
-                    let target = Target {
-                        user_id,
-                        org_id: request.org_id.as_deref(),
-                    };
-                    self.zitadel
-                        .list_user_metadata(target, filter, request.page)
-                        .await?
-                }
+                let target = Target {
+                    user_id,
+                    org_id: request.org_id.as_deref(),
+                };
+                self.zitadel
+                    .list_user_metadata(target, filter, request.page)
+                    .await?
             }
         };
-        let next_offset = request.page.offset + page.items.len() as u64;
-        let next_page_token = if !page.items.is_empty() && next_offset < page.total {
+        // Paging follows ZITADEL's listing; keys the caller may not read are left out of it.
+        let fetched = page.items.len() as u64;
+        page.items.retain(|item| scope.allows(&item.key));
+        let left_out = fetched - page.items.len() as u64;
+        let next_offset = request.page.offset + fetched;
+        let next_page_token = if fetched > 0 && next_offset < page.total {
             page_token::encode(next_offset, request.token_query())
         } else {
             String::new()
         };
         Ok(pb::ListMetadataResponse {
-            total_size: i64::try_from(page.total).unwrap_or(i64::MAX),
+            total_size: i64::try_from(page.total.saturating_sub(left_out)).unwrap_or(i64::MAX),
             metadata: page.items.into_iter().map(Into::into).collect(),
             next_page_token,
         })
@@ -134,10 +268,10 @@ impl MetadataService {
         request: Request<pb::SetMetadataRequest>,
     ) -> Result<pb::SetMetadataResponse, ApiError> {
         let token = caller::bearer_token(request.metadata())?;
+        self.rate_limit(&token)?;
         let client_cert = tls::client_cert(&request);
         let request = validate::set(request.into_inner())?;
-        let mut caller = caller::identify(&self.cache, &self.zitadel, &token).await?;
-        caller.client_cert = client_cert;
+        let caller = with_client_cert(self.identify(&token).await?, client_cert);
         let target = target_of(
             &caller,
             request.user_id.as_deref(),
@@ -149,14 +283,19 @@ impl MetadataService {
             .map(|(key, _)| key.as_str())
             .collect();
         audited(&caller, target, Action::Write, &keys, async {
-            self.policy
-                .authorize(&caller, target.user_id, Action::Write, keys.iter().copied())?;
+            self.policy.authorize(
+                &caller,
+                subject_of(&caller, target),
+                Action::Write,
+                keys.iter().copied(),
+            )?;
+            self.check_values(&request.entries)?;
             // Whatever the outcome, the write may have landed: cached answers about the user are stale.
+            let _stale = InvalidateOnDrop(&self.cache, target.user_id);
             let written = self
                 .zitadel
                 .set_user_metadata(target, &request.entries)
                 .await;
-            self.cache.invalidate_user(target.user_id);
             Ok(pb::SetMetadataResponse {
                 update_time: written?,
             })
@@ -170,10 +309,10 @@ impl MetadataService {
         request: Request<pb::DeleteMetadataRequest>,
     ) -> Result<pb::DeleteMetadataResponse, ApiError> {
         let token = caller::bearer_token(request.metadata())?;
+        self.rate_limit(&token)?;
         let client_cert = tls::client_cert(&request);
         let request = validate::delete(request.into_inner())?;
-        let mut caller = caller::identify(&self.cache, &self.zitadel, &token).await?;
-        caller.client_cert = client_cert;
+        let caller = with_client_cert(self.identify(&token).await?, client_cert);
         let target = target_of(
             &caller,
             request.user_id.as_deref(),
@@ -183,18 +322,39 @@ impl MetadataService {
         audited(&caller, target, Action::Delete, &keys, async {
             self.policy.authorize(
                 &caller,
-                target.user_id,
+                subject_of(&caller, target),
                 Action::Delete,
                 keys.iter().copied(),
             )?;
-            let deleted = self
+            let _stale = InvalidateOnDrop(&self.cache, target.user_id);
+            let update_time = self
                 .delete_keys(target, &request.keys, request.allow_missing)
-                .await;
-            self.cache.invalidate_user(target.user_id);
-            let update_time = deleted?;
+                .await?;
             Ok(pb::DeleteMetadataResponse { update_time })
         })
         .await
+    }
+
+    /// The policy's value rules, as field violations of the request.
+    fn check_values(&self, entries: &[(String, Vec<u8>)]) -> Result<(), ApiError> {
+        let violations: Vec<Violation> = entries
+            .iter()
+            .enumerate()
+            .flat_map(|(i, (key, value))| {
+                self.policy
+                    .value_problems(key, value)
+                    .into_iter()
+                    .map(move |description| Violation {
+                        field: format!("entries[{i}].value"),
+                        description,
+                    })
+            })
+            .collect();
+        if violations.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::InvalidRequest(violations))
+        }
     }
 
     /// Removes `keys` all or nothing; with `allow_missing`, removes those that exist.
@@ -238,6 +398,16 @@ impl MetadataService {
     }
 }
 
+/// Marks a user's cached answers stale when a write ends, also when it ends by the deadline cutting it off
+/// (it may have landed).
+struct InvalidateOnDrop<'a>(&'a CallerCache, &'a str);
+
+impl Drop for InvalidateOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.invalidate_user(self.1);
+    }
+}
+
 /// The user a write addresses: the named one, or the caller. For the caller, ZITADEL's word on their
 /// organisation (when the token carries it) scopes the call unless the request names one.
 fn target_of<'a>(
@@ -254,6 +424,22 @@ fn target_of<'a>(
     }
 }
 
+/// The policy's view of a target: for the caller themself, the organisation ZITADEL reported for them; for
+/// another user, the organisation the management call will be scoped to.
+fn subject_of<'a>(caller: &'a Identity, target: Target<'a>) -> Subject<'a> {
+    if target.user_id == caller.sub {
+        Subject {
+            user_id: &caller.sub,
+            org_id: caller.org_id.as_deref(),
+        }
+    } else {
+        Subject {
+            user_id: target.user_id,
+            org_id: target.org_id,
+        }
+    }
+}
+
 fn is_missing_key(error: &UpstreamError) -> bool {
     matches!(
         error.endpoint(),
@@ -261,7 +447,8 @@ fn is_missing_key(error: &UpstreamError) -> bool {
     ) && error.zitadel_code() == Some(Code::NotFound)
 }
 
-/// Runs a write or delete and writes its audit line: who, on whom, which keys (never values), and how it ended.
+/// Runs a write or delete and writes its audit line: who (user and client), on whom, which keys (never
+/// values), and how it ended.
 async fn audited<T>(
     caller: &Identity,
     target: Target<'_>,
@@ -276,11 +463,13 @@ async fn audited<T>(
     let outcome = match &result {
         Ok(_) => "ok",
         Err(ApiError::Denied(_)) => "denied",
+        Err(ApiError::InvalidRequest(_)) => "invalid",
         Err(_) => "failed",
     };
     tracing::info!(
         target: "usermeta::audit",
         caller = %caller.sub,
+        client_id = caller.client_id.as_deref().unwrap_or_default(),
         client_cert = caller.client_cert.as_ref().map(ToString::to_string),
         user_id = %target.user_id,
         org_id = target.org_id.unwrap_or_default(),
@@ -290,6 +479,18 @@ async fn audited<T>(
         "metadata {}", action.name()
     );
     result
+}
+
+/// The caller, with the client certificate mTLS verified (when there is one) for the policy and the audit line.
+fn with_client_cert(caller: Arc<Identity>, cert: Option<tls::ClientCert>) -> Arc<Identity> {
+    match cert {
+        None => caller,
+        Some(cert) => {
+            let mut caller = Arc::unwrap_or_clone(caller);
+            caller.client_cert = Some(cert);
+            Arc::new(caller)
+        }
+    }
 }
 
 /// Reads every page of a listing.
@@ -320,27 +521,39 @@ impl pb::user_metadata_service_server::UserMetadataService for MetadataService {
         &self,
         request: Request<pb::GetMyMetadataRequest>,
     ) -> Result<Response<pb::GetMyMetadataResponse>, Status> {
-        Ok(Response::new(self.get_mine(request).await?))
+        let deadline = self.deadline_of(&request);
+        Ok(Response::new(
+            Self::bounded(deadline, self.get_mine(request)).await?,
+        ))
     }
 
     async fn list_metadata(
         &self,
         request: Request<pb::ListMetadataRequest>,
     ) -> Result<Response<pb::ListMetadataResponse>, Status> {
-        Ok(Response::new(self.list(request).await?))
+        let deadline = self.deadline_of(&request);
+        Ok(Response::new(
+            Self::bounded(deadline, self.list(request)).await?,
+        ))
     }
 
     async fn set_metadata(
         &self,
         request: Request<pb::SetMetadataRequest>,
     ) -> Result<Response<pb::SetMetadataResponse>, Status> {
-        Ok(Response::new(self.set(request).await?))
+        let deadline = self.deadline_of(&request);
+        Ok(Response::new(
+            Self::bounded(deadline, self.set(request)).await?,
+        ))
     }
 
     async fn delete_metadata(
         &self,
         request: Request<pb::DeleteMetadataRequest>,
     ) -> Result<Response<pb::DeleteMetadataResponse>, Status> {
-        Ok(Response::new(self.delete(request).await?))
+        let deadline = self.deadline_of(&request);
+        Ok(Response::new(
+            Self::bounded(deadline, self.delete(request)).await?,
+        ))
     }
 }

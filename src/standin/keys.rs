@@ -53,6 +53,22 @@ fn pkcs1_of_pkcs8(der: &[u8]) -> Option<&[u8]> {
     (tag == 0x04).then_some(key)
 }
 
+/// `(modulus, exponent)` of a DER `RSAPublicKey` (SEQUENCE { INTEGER n, INTEGER e }), without the sign byte.
+pub(super) fn rsa_public_components(der: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (tag, sequence, _) = der_element(der)?;
+    if tag != 0x30 {
+        return None;
+    }
+    let (tag_n, n, rest) = der_element(sequence)?;
+    let (tag_e, e, _) = der_element(rest)?;
+    if tag_n != 0x02 || tag_e != 0x02 {
+        return None;
+    }
+    let n = n.strip_prefix(&[0u8]).unwrap_or(n);
+    let e = e.strip_prefix(&[0u8]).unwrap_or(e);
+    Some((n, e))
+}
+
 /// One DER element: `(tag, content, rest)`.
 fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     let (&tag, rest) = input.split_first()?;

@@ -2,7 +2,9 @@
 //!
 //! It serves, over HTTP/1 and h2c on a local port:
 //! - OIDC: `GET`/`POST /oidc/v1/userinfo` and `POST /oauth/v2/token` (client credentials and the JWT-profile
-//!   grant, whose assertions it verifies against the registered public key);
+//!   grant, whose assertions it verifies against the registered public key), `POST /oauth/v2/introspect` for
+//!   API applications (client secret or `private_key_jwt`), and `GET /oauth/v2/keys` (the JWKS of the keys
+//!   signing its JWT access tokens);
 //! - the Auth API: `/auth/v1/users/me/metadata/_search` and `/auth/v1/users/me/metadata/{key}`;
 //! - the Management API v1 metadata calls under `/management/v1/users/{id}/metadata/...`.
 //!
@@ -45,6 +47,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use faults::{Fault, FaultKind};
+pub use oidc::JwtSpec;
 pub use recorder::RecordedRequest;
 
 use state::Shared;
@@ -179,6 +182,81 @@ impl StandIn {
         self.inner
             .shared
             .issue_token(user_id, Vec::new(), None, true)
+    }
+
+    /// Issues a JWT access token for `user_id` with `scopes` and extra `audience` (project ids from
+    /// `urn:zitadel:iam:org:project:id:{id}:aud` scopes are added), valid for 43199 s, signed by the stand-in's
+    /// current key. With the scope `urn:zitadel:iam:org:projects:roles` it carries the user's roles claims.
+    ///
+    /// # Panics
+    /// When `user_id` is unknown.
+    pub fn issue_jwt(&self, user_id: &str, scopes: &[&str], audience: &[&str]) -> String {
+        self.issue_jwt_with(
+            user_id,
+            JwtSpec {
+                scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+                audience: audience.iter().map(|s| (*s).to_owned()).collect(),
+                ..JwtSpec::default()
+            },
+        )
+    }
+
+    /// Issues a JWT access token as `spec` says (expired, another issuer, an unpublished key, a client id).
+    ///
+    /// # Panics
+    /// When `user_id` is unknown.
+    pub fn issue_jwt_with(&self, user_id: &str, spec: JwtSpec) -> String {
+        oidc::issue_jwt(&self.inner.shared, user_id, spec)
+    }
+
+    /// Adds a new published signing key (ZITADEL rotates without notice); JWTs issued from now on use it.
+    /// Returns its key id.
+    pub fn rotate_signing_key(&self) -> String {
+        self.inner.shared.add_signing_key(true)
+    }
+
+    /// Creates a project in `org_id` and returns its id.
+    ///
+    /// # Panics
+    /// When `org_id` is unknown.
+    pub fn create_project(&self, org_id: &str) -> String {
+        self.inner.shared.create_project(org_id)
+    }
+
+    /// Adds an API application with a client secret to a project; returns `(client_id, secret)`.
+    ///
+    /// # Panics
+    /// When `project_id` is unknown.
+    pub fn add_api_app_with_secret(&self, project_id: &str) -> (String, String) {
+        self.inner.shared.add_api_app(project_id, false)
+    }
+
+    /// Adds an API application with a key (`private_key_jwt`) to a project; returns `(client_id, key file)`,
+    /// the key file as ZITADEL downloads it: `{"type":"application","keyId","key","clientId","appId"}`.
+    ///
+    /// # Panics
+    /// When `project_id` is unknown.
+    pub fn add_api_app_with_key(&self, project_id: &str) -> (String, String) {
+        self.inner.shared.add_api_app(project_id, true)
+    }
+
+    /// Grants `user_id` the role `role` of `project_id`; it shows in the roles claims of tokens with the scope
+    /// `urn:zitadel:iam:org:projects:roles`.
+    ///
+    /// # Panics
+    /// When `user_id` is unknown.
+    pub fn grant_role(&self, user_id: &str, project_id: &str, role: &str) {
+        self.inner.shared.grant_role(user_id, project_id, role);
+    }
+
+    /// How many introspection requests arrived (counted even with recording off).
+    pub fn introspection_requests(&self) -> usize {
+        self.inner.shared.introspection_requests()
+    }
+
+    /// How many JWKS requests arrived (counted even with recording off).
+    pub fn jwks_requests(&self) -> usize {
+        self.inner.shared.jwks_requests()
     }
 
     /// Revokes an access token or PAT; later requests with it are answered as with an unknown token.

@@ -1,4 +1,5 @@
-//! OIDC/OAuth endpoints: userinfo and the token endpoint (client credentials and the JWT-profile grant).
+//! OIDC/OAuth endpoints: userinfo, the token endpoint (client credentials and the JWT-profile grant),
+//! introspection for API applications (client secret or `private_key_jwt`), the JWKS, and JWT access tokens.
 
 use std::sync::Arc;
 
@@ -9,7 +10,7 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::state::Shared;
+use super::state::{Data, ROLES_SCOPE, Shared, Token};
 use super::{errors, wire};
 
 const SCOPE_OPENID: &str = "openid";
@@ -65,22 +66,22 @@ pub(super) async fn userinfo(
         }
     };
     let data = shared.read();
-    let invalid = || {
-        errors::oauth(
+    match user_claims(&data, token) {
+        Some(claims) => errors::json(StatusCode::OK, &Value::Object(claims)),
+        None => errors::oauth(
             StatusCode::UNAUTHORIZED,
             "access_denied",
             "access token invalid",
-        )
-    };
-    let Some(token) = data.valid_token(token) else {
-        return invalid();
-    };
-    let Some(user) = data.users.get(&token.user_id) else {
-        return invalid();
-    };
-    let Some(org) = data.orgs.get(&user.org_id) else {
-        return invalid();
-    };
+        ),
+    }
+}
+
+/// The userinfo claims of a valid token by its scopes (also part of an active introspection answer), or
+/// `None` for an unknown, expired or revoked token.
+fn user_claims(data: &Data, token: &str) -> Option<Map<String, Value>> {
+    let token = data.valid_token(token)?;
+    let user = data.users.get(&token.user_id)?;
+    let org = data.orgs.get(&user.org_id)?;
     // A PAT answers as if it had the scope `openid`.
     let pat_scopes = [SCOPE_OPENID.to_owned()];
     let scopes: &[String] = if token.pat {
@@ -143,7 +144,334 @@ pub(super) async fn userinfo(
             Value::from(org.primary_domain.as_str()),
         );
     }
+    if has(ROLES_SCOPE) {
+        claims.extend(role_claims(data, &user.id));
+    }
+    Some(claims)
+}
+
+/// `urn:zitadel:iam:org:project:roles` (every granted role) and `urn:zitadel:iam:org:project:{id}:roles`,
+/// each `{"role": {"<org id>": "<org domain>"}}` as ZITADEL shapes them.
+fn role_claims(data: &Data, user_id: &str) -> Map<String, Value> {
+    let mut claims = Map::new();
+    let Some(grants) = data.grants.get(user_id) else {
+        return claims;
+    };
+    let mut all = Map::new();
+    for (project_id, roles) in grants {
+        let org_id = data
+            .projects
+            .get(project_id)
+            .map(|p| p.org_id.clone())
+            .unwrap_or_default();
+        let domain = data
+            .orgs
+            .get(&org_id)
+            .map(|o| o.primary_domain.clone())
+            .unwrap_or_default();
+        let mut project = Map::new();
+        for role in roles {
+            let owner = Value::Object(Map::from_iter([(
+                org_id.clone(),
+                Value::from(domain.as_str()),
+            )]));
+            project.insert(role.clone(), owner.clone());
+            all.insert(role.clone(), owner);
+        }
+        claims.insert(
+            format!("urn:zitadel:iam:org:project:{project_id}:roles"),
+            Value::Object(project),
+        );
+    }
+    claims.insert(
+        "urn:zitadel:iam:org:project:roles".into(),
+        Value::Object(all),
+    );
+    claims
+}
+
+const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// `POST /oauth/v2/introspect`: an API application asks about a token. Client authentication failures are
+/// errors; everything else is HTTP 200, `{"active":false}` for tokens that do not count for this client.
+pub(super) async fn introspect(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let assertion = form_field(&body, "client_assertion").filter(|a| !a.is_empty());
+    let basic = match client_credentials_of(&headers, &body) {
+        Ok(credentials) => credentials,
+        Err(response) => return *response,
+    };
+    let client_id = match (basic, assertion) {
+        (Some(_), Some(_)) => {
+            return errors::oauth(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "client authentication must not use more than one method",
+            );
+        }
+        (None, None) => {
+            return errors::oauth(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "client must be authenticated",
+            );
+        }
+        (Some((client_id, secret)), None) => {
+            let data = shared.read();
+            match data.apps.get(&client_id) {
+                Some(app) if app.secret.as_deref() == Some(secret.as_str()) => client_id,
+                _ => {
+                    return errors::oauth(
+                        StatusCode::BAD_REQUEST,
+                        "unauthorized_client",
+                        "client authentication failed",
+                    );
+                }
+            }
+        }
+        (None, Some(assertion)) => {
+            if form_field(&body, "client_assertion_type").as_deref() != Some(CLIENT_ASSERTION_TYPE)
+            {
+                return errors::oauth(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "client_assertion_type must be jwt-bearer",
+                );
+            }
+            match verify_client_assertion(&shared, &assertion) {
+                Ok(client_id) => client_id,
+                Err(description) => {
+                    return errors::oauth(
+                        StatusCode::BAD_REQUEST,
+                        "unauthorized_client",
+                        &description,
+                    );
+                }
+            }
+        }
+    };
+    let token = form_field(&body, "token").unwrap_or_default();
+    let data = shared.read();
+    let inactive = || errors::json(StatusCode::OK, &serde_json::json!({"active": false}));
+    let Some(project_id) = data.apps.get(&client_id).map(|app| app.project_id.clone()) else {
+        return inactive();
+    };
+    let Some(entry) = data.valid_token(&token) else {
+        return inactive();
+    };
+    let audience = entry.audience();
+    // ZITADEL's validateIntrospectionAudience: the token's audience must contain the client or its project.
+    if entry.pat || !audience.iter().any(|a| *a == client_id || *a == project_id) {
+        return inactive();
+    }
+    let Some(mut claims) = user_claims(&data, &token) else {
+        return inactive();
+    };
+    let user = data.users.get(&entry.user_id);
+    claims.insert("active".into(), Value::from(true));
+    claims.insert("sub".into(), Value::from(entry.user_id.as_str()));
+    claims.insert("scope".into(), Value::from(entry.scopes.join(" ")));
+    claims.insert("token_type".into(), Value::from("Bearer"));
+    claims.insert("aud".into(), Value::from(audience));
+    claims.insert("iss".into(), Value::from(shared.issuer.as_str()));
+    claims.insert("iat".into(), Value::from(entry.iat));
+    claims.insert("nbf".into(), Value::from(entry.iat));
+    if let Some(exp) = entry.exp {
+        claims.insert("exp".into(), Value::from(exp));
+    }
+    if let Some(client) = &entry.client_id {
+        claims.insert("client_id".into(), Value::from(client.as_str()));
+    }
+    if let Some(user) = user {
+        claims.insert("username".into(), Value::from(user.username.as_str()));
+    }
     errors::json(StatusCode::OK, &Value::Object(claims))
+}
+
+/// An API application's `private_key_jwt` assertion: RS256 by a registered app key, `iss` = `sub` = the
+/// key's client id, `aud` containing the issuer, not expired.
+fn verify_client_assertion(shared: &Shared, assertion: &str) -> Result<String, String> {
+    use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+
+    #[derive(serde::Deserialize)]
+    struct Claims {
+        iss: String,
+        sub: String,
+    }
+    let header =
+        jsonwebtoken::decode_header(assertion).map_err(|_| "assertion is not a JWT".to_owned())?;
+    let kid = header.kid.ok_or("assertion header has no kid")?;
+    let (client_id, public_der) = shared
+        .read()
+        .app_keys
+        .get(&kid)
+        .cloned()
+        .ok_or_else(|| format!("no application key {kid} is registered"))?;
+    let mut validation = Validation::new(Algorithm::RS256);
+    validation.set_audience(&[shared.issuer.as_str()]);
+    validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
+    validation.leeway = 0;
+    let claims = jsonwebtoken::decode::<Claims>(
+        assertion,
+        &DecodingKey::from_rsa_der(&public_der),
+        &validation,
+    )
+    .map_err(|e| format!("client assertion invalid ({e})"))?
+    .claims;
+    if claims.iss != client_id || claims.sub != client_id {
+        return Err("iss and sub must be the key's client id".into());
+    }
+    Ok(client_id)
+}
+
+/// `GET /oauth/v2/keys`: the published JWT signing keys.
+pub(super) async fn keys(State(shared): State<Arc<Shared>>) -> Response {
+    use base64::Engine as _;
+    let encode = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let data = shared.read();
+    let keys: Vec<Value> = data
+        .signing_keys
+        .iter()
+        .filter(|k| k.published)
+        .filter_map(|k| {
+            let (n, e) = super::keys::rsa_public_components(&k.public_der)?;
+            Some(serde_json::json!({
+                "use": "sig", "kty": "RSA", "kid": k.kid, "alg": "RS256", "n": encode(n), "e": encode(e),
+            }))
+        })
+        .collect();
+    errors::json(StatusCode::OK, &serde_json::json!({ "keys": keys }))
+}
+
+/// What a JWT access token issued by the stand-in says.
+#[derive(Debug, Clone)]
+pub struct JwtSpec {
+    pub scopes: Vec<String>,
+    /// `aud`, besides the projects named by `…:project:id:{id}:aud` scopes.
+    pub audience: Vec<String>,
+    pub client_id: Option<String>,
+    /// Seconds until `exp`; negative for an already expired token.
+    pub expires_in: i64,
+    /// `iss`; the stand-in's URL when `None`.
+    pub issuer: Option<String>,
+    /// Sign with a key that `/oauth/v2/keys` does not publish.
+    pub unpublished_key: bool,
+}
+
+impl Default for JwtSpec {
+    fn default() -> Self {
+        JwtSpec {
+            scopes: Vec::new(),
+            audience: Vec::new(),
+            client_id: None,
+            expires_in: 43199,
+            issuer: None,
+            unpublished_key: false,
+        }
+    }
+}
+
+/// Issues a JWT access token for `user_id`, signed by the newest published (or an unpublished) key, with
+/// `iss`, `sub`, `aud`, `exp`, `iat`, `client_id`, `scope` and, with the roles scope, the roles claims.
+pub(super) fn issue_jwt(shared: &Shared, user_id: &str, spec: JwtSpec) -> String {
+    let wanted_published = !spec.unpublished_key;
+    let has_key = shared
+        .read()
+        .signing_keys
+        .iter()
+        .any(|k| k.published == wanted_published);
+    if !has_key {
+        shared.add_signing_key(wanted_published);
+    }
+    let now = wire::unix_secs(wire::now());
+    let exp = now.saturating_add_signed(spec.expires_in);
+    let (kid, pem, claims) = {
+        let data = shared.read();
+        let Some(key) = data
+            .signing_keys
+            .iter()
+            .rev()
+            .find(|k| k.published == wanted_published)
+        else {
+            panic!("stand-in: no signing key");
+        };
+        assert!(
+            data.users.contains_key(user_id),
+            "stand-in: unknown user {user_id:?}"
+        );
+        let entry = Token {
+            user_id: user_id.to_owned(),
+            scopes: spec.scopes.clone(),
+            expires_at: None,
+            pat: false,
+            audience: spec.audience.clone(),
+            client_id: spec.client_id.clone(),
+            exp: Some(exp),
+            iat: now,
+        };
+        let mut claims = Map::new();
+        claims.insert(
+            "iss".into(),
+            Value::from(spec.issuer.clone().unwrap_or_else(|| shared.issuer.clone())),
+        );
+        claims.insert("sub".into(), Value::from(user_id));
+        claims.insert("aud".into(), Value::from(entry.audience()));
+        claims.insert("exp".into(), Value::from(exp));
+        claims.insert("iat".into(), Value::from(now));
+        claims.insert("nbf".into(), Value::from(now));
+        claims.insert("jti".into(), Value::from(shared_random_id()));
+        claims.insert("scope".into(), Value::from(spec.scopes.join(" ")));
+        if let Some(client) = &spec.client_id {
+            claims.insert("client_id".into(), Value::from(client.as_str()));
+        }
+        if spec.scopes.iter().any(|s| s == ROLES_SCOPE) {
+            claims.extend(role_claims(&data, user_id));
+        }
+        if spec.scopes.iter().any(|s| s == SCOPE_RESOURCE_OWNER)
+            && let Some(user) = data.users.get(user_id)
+        {
+            claims.insert(
+                format!("{SCOPE_RESOURCE_OWNER}:id"),
+                Value::from(user.org_id.as_str()),
+            );
+        }
+        (key.kid.clone(), key.private_pem.clone(), claims)
+    };
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some(kid);
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(pem.as_bytes())
+        .unwrap_or_else(|e| panic!("stand-in: signing key ({e})"));
+    let token = jsonwebtoken::encode(&header, &Value::Object(claims), &key)
+        .unwrap_or_else(|e| panic!("stand-in: signing ({e})"));
+    let remaining = u64::try_from(spec.expires_in).unwrap_or(0);
+    shared.store_token(
+        token.clone(),
+        Token {
+            user_id: user_id.to_owned(),
+            scopes: spec.scopes,
+            // An already expired token is stored expired, so userinfo and introspection refuse it too.
+            expires_at: std::time::Instant::now()
+                .checked_add(std::time::Duration::from_secs(remaining)),
+            pat: false,
+            audience: spec.audience,
+            client_id: spec.client_id,
+            exp: Some(exp),
+            iat: now,
+        },
+    );
+    token
+}
+
+fn shared_random_id() -> String {
+    use rand::Rng as _;
+    rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(16)
+        .map(char::from)
+        .collect()
 }
 
 #[derive(Serialize)]

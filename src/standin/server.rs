@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::routing::{any, post};
+use axum::routing::{any, get, post};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
@@ -29,6 +29,8 @@ fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/oidc/v1/userinfo", any(oidc::userinfo))
         .route("/oauth/v2/token", post(oidc::token))
+        .route("/oauth/v2/introspect", post(oidc::introspect))
+        .route("/oauth/v2/keys", get(oidc::keys))
         .route("/auth/v1/users/me/metadata/{key}", any(auth_api::dispatch))
         .route(
             "/management/v1/users/{id}/metadata/{key}",

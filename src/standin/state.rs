@@ -1,6 +1,6 @@
 //! The stand-in's data: organisations, users with their metadata, tokens and client secrets.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -31,6 +31,8 @@ pub(super) struct Shared {
     pub(super) faults: Faults,
     token_requests: AtomicUsize,
     userinfo_requests: AtomicUsize,
+    introspection_requests: AtomicUsize,
+    jwks_requests: AtomicUsize,
     token_lifetime_ms: AtomicU64,
     audience_style: AtomicU8,
     next_id: AtomicU64,
@@ -46,6 +48,15 @@ pub(super) struct Data {
     pub(super) clients: HashMap<String, Client>,
     /// JWT-profile keys by key id.
     pub(super) machine_keys: HashMap<String, MachineKey>,
+    pub(super) projects: HashMap<String, Project>,
+    /// API applications (introspection clients) by client id.
+    pub(super) apps: HashMap<String, ApiApp>,
+    /// API application keys by key id: the client id and the public key.
+    pub(super) app_keys: HashMap<String, (String, Vec<u8>)>,
+    /// Project roles granted to users: user id → project id → role names.
+    pub(super) grants: HashMap<String, BTreeMap<String, BTreeSet<String>>>,
+    /// Keys that sign JWT access tokens; the last published one signs new tokens.
+    pub(super) signing_keys: Vec<SigningKey>,
     /// The instance-wide event counter, shown as `processedSequence`.
     pub(super) processed_sequence: u64,
 }
@@ -131,6 +142,57 @@ pub(super) struct Token {
     pub(super) scopes: Vec<String>,
     pub(super) expires_at: Option<Instant>,
     pub(super) pat: bool,
+    /// Audience beyond the projects named by `…:project:id:{id}:aud` scopes.
+    pub(super) audience: Vec<String>,
+    /// The OAuth client the token was issued to, if any.
+    pub(super) client_id: Option<String>,
+    /// `exp` as seconds since the epoch (also for already expired JWTs).
+    pub(super) exp: Option<u64>,
+    pub(super) iat: u64,
+}
+
+/// A project: the audience of tokens for its API applications, and the holder of roles.
+pub(super) struct Project {
+    pub(super) org_id: String,
+}
+
+/// An API application: usermeta's introspection client.
+pub(super) struct ApiApp {
+    pub(super) project_id: String,
+    pub(super) secret: Option<String>,
+}
+
+/// A key signing JWT access tokens.
+pub(super) struct SigningKey {
+    pub(super) kid: String,
+    pub(super) private_pem: String,
+    pub(super) public_der: Vec<u8>,
+    /// Listed at `/oauth/v2/keys`; unpublished keys sign tokens no verifier should accept.
+    pub(super) published: bool,
+}
+
+/// The scope that asks for the roles claims (roles of every project the user has grants in, in the stand-in).
+pub(super) const ROLES_SCOPE: &str = "urn:zitadel:iam:org:projects:roles";
+
+impl Token {
+    /// The token's audience: project ids from `urn:zitadel:iam:org:project:id:{id}:aud` scopes, plus extras.
+    pub(super) fn audience(&self) -> Vec<String> {
+        let mut audience: Vec<String> = self
+            .scopes
+            .iter()
+            .filter_map(|s| {
+                s.strip_prefix("urn:zitadel:iam:org:project:id:")?
+                    .strip_suffix(":aud")
+                    .map(str::to_owned)
+            })
+            .collect();
+        for extra in &self.audience {
+            if !audience.contains(extra) {
+                audience.push(extra.clone());
+            }
+        }
+        audience
+    }
 }
 
 impl Token {
@@ -199,6 +261,8 @@ impl Shared {
             faults: Faults::default(),
             token_requests: AtomicUsize::new(0),
             userinfo_requests: AtomicUsize::new(0),
+            introspection_requests: AtomicUsize::new(0),
+            jwks_requests: AtomicUsize::new(0),
             token_lifetime_ms: AtomicU64::new(duration_ms(DEFAULT_TOKEN_LIFETIME)),
             audience_style: AtomicU8::new(0),
             next_id: AtomicU64::new(FIRST_ID),
@@ -226,6 +290,12 @@ impl Shared {
         if path == "/oidc/v1/userinfo" {
             self.userinfo_requests.fetch_add(1, Ordering::Relaxed);
         }
+        if path == "/oauth/v2/introspect" {
+            self.introspection_requests.fetch_add(1, Ordering::Relaxed);
+        }
+        if path == "/oauth/v2/keys" {
+            self.jwks_requests.fetch_add(1, Ordering::Relaxed);
+        }
         if !self.recorder.enabled() {
             return;
         }
@@ -244,6 +314,14 @@ impl Shared {
 
     pub(super) fn userinfo_requests(&self) -> usize {
         self.userinfo_requests.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn introspection_requests(&self) -> usize {
+        self.introspection_requests.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn jwks_requests(&self) -> usize {
+        self.jwks_requests.load(Ordering::Relaxed)
     }
 
     pub(super) fn token_lifetime(&self) -> Duration {
@@ -332,6 +410,7 @@ impl Shared {
             !pat || user.machine_role.is_some(),
             "stand-in: PATs exist only for machine users; {user_id:?} is human"
         );
+        let iat = wire::unix_secs(wire::now());
         data.tokens.insert(
             token.clone(),
             Token {
@@ -340,9 +419,109 @@ impl Shared {
                 // A lifetime too long to represent never expires.
                 expires_at: lifetime.and_then(|l| Instant::now().checked_add(l)),
                 pat,
+                audience: Vec::new(),
+                client_id: None,
+                exp: lifetime.map(|l| iat.saturating_add(l.as_secs())),
+                iat,
             },
         );
         token
+    }
+
+    pub(super) fn create_project(&self, org_id: &str) -> String {
+        let id = self.next_id();
+        let mut data = self.write();
+        assert!(
+            data.orgs.contains_key(org_id),
+            "stand-in: unknown org {org_id:?}"
+        );
+        data.projects.insert(
+            id.clone(),
+            Project {
+                org_id: org_id.to_owned(),
+            },
+        );
+        id
+    }
+
+    /// Registers an API application; with `key`, returns its key file instead of a secret.
+    pub(super) fn add_api_app(&self, project_id: &str, key: bool) -> (String, String) {
+        let app_id = self.next_id();
+        let mut data = self.write();
+        assert!(
+            data.projects.contains_key(project_id),
+            "stand-in: unknown project {project_id:?}"
+        );
+        let client_id = format!("{app_id}@{project_id}");
+        if key {
+            drop(data);
+            let generated = super::keys::generate_rsa_key();
+            let key_id = self.next_id();
+            let mut data = self.write();
+            data.app_keys
+                .insert(key_id.clone(), (client_id.clone(), generated.public_der));
+            data.apps.insert(
+                client_id.clone(),
+                ApiApp {
+                    project_id: project_id.to_owned(),
+                    secret: None,
+                },
+            );
+            let file = serde_json::json!({
+                "type": "application",
+                "keyId": key_id,
+                "key": generated.private_pem,
+                "clientId": client_id,
+                "appId": app_id,
+            })
+            .to_string();
+            return (client_id, file);
+        }
+        let secret: String = rand::rng()
+            .sample_iter(rand::distr::Alphanumeric)
+            .take(64)
+            .map(char::from)
+            .collect();
+        data.apps.insert(
+            client_id.clone(),
+            ApiApp {
+                project_id: project_id.to_owned(),
+                secret: Some(secret.clone()),
+            },
+        );
+        (client_id, secret)
+    }
+
+    pub(super) fn grant_role(&self, user_id: &str, project_id: &str, role: &str) {
+        let mut data = self.write();
+        assert!(
+            data.users.contains_key(user_id),
+            "stand-in: unknown user {user_id:?}"
+        );
+        data.grants
+            .entry(user_id.to_owned())
+            .or_default()
+            .entry(project_id.to_owned())
+            .or_default()
+            .insert(role.to_owned());
+    }
+
+    /// Adds a signing key; a published one signs the JWTs issued from now on. Returns its key id.
+    pub(super) fn add_signing_key(&self, published: bool) -> String {
+        let generated = super::keys::generate_rsa_key();
+        let kid = self.next_id();
+        self.write().signing_keys.push(SigningKey {
+            kid: kid.clone(),
+            private_pem: generated.private_pem,
+            public_der: generated.public_der,
+            published,
+        });
+        kid
+    }
+
+    /// Stores a JWT access token so that userinfo, the APIs and introspection know it too.
+    pub(super) fn store_token(&self, token: String, entry: Token) {
+        self.write().tokens.insert(token, entry);
     }
 
     pub(super) fn revoke_token(&self, token: &str) {

@@ -54,6 +54,22 @@ impl CallerToken {
         &self.authorization
     }
 
+    /// The bare token, for introspection and local JWT validation (never logged).
+    pub(crate) fn token(&self) -> &str {
+        // Built from a `str` in `from_authorization`, so always visible ASCII after the prefix.
+        self.authorization
+            .to_str()
+            .ok()
+            .and_then(|value| value.get(BEARER_PREFIX.len()..))
+            .unwrap_or_default()
+    }
+
+    /// Whether the token looks like a JWT (three dot-separated parts); says nothing about its validity.
+    pub fn is_jwt_shaped(&self) -> bool {
+        let token = self.token();
+        token.split('.').count() == 3 && !token.split('.').any(str::is_empty)
+    }
+
     /// A digest of the token, to key caches by without keeping the token itself.
     pub fn digest(&self) -> [u8; 32] {
         Sha256::digest(self.authorization.as_bytes()).into()

@@ -22,6 +22,10 @@ pub enum Endpoint {
     ManagementBulkRemoveMetadata,
     /// `/oauth/v2/token`, where the service credential is exchanged for an access token.
     Token,
+    /// `/oauth/v2/introspect`, where usermeta's API application asks about a caller's token.
+    Introspection,
+    /// `/oauth/v2/keys`, ZITADEL's token signing keys.
+    Jwks,
 }
 
 impl Endpoint {
@@ -35,6 +39,17 @@ impl Endpoint {
             Endpoint::ManagementRemoveMetadata => "management.RemoveUserMetadata",
             Endpoint::ManagementBulkRemoveMetadata => "management.BulkRemoveUserMetadata",
             Endpoint::Token => "oauth.Token",
+            Endpoint::Introspection => "oauth.Introspect",
+            Endpoint::Jwks => "oauth.Keys",
+        }
+    }
+
+    /// The group whose retry budget and circuit breaker the call uses.
+    pub fn group(self) -> super::resilience::Group {
+        if self.uses_caller_token() {
+            super::resilience::Group::CallerToken
+        } else {
+            super::resilience::Group::Management
         }
     }
 
@@ -68,6 +83,17 @@ pub enum UpstreamError {
     },
     #[error("ZITADEL's answer from {endpoint} could not be read: {reason}")]
     BadResponse { endpoint: Endpoint, reason: String },
+    /// The caller's deadline passed (or left too little time) before ZITADEL answered; nothing more is sent.
+    #[error("the request's deadline passed before ZITADEL answered {endpoint}")]
+    DeadlineExceeded { endpoint: Endpoint },
+    /// ZITADEL failed repeatedly; calls of this group are not sent until the cool-down ends.
+    #[error(
+        "calls to ZITADEL for {endpoint} are paused after repeated failures (circuit open) for {retry_after:?}"
+    )]
+    CircuitOpen {
+        endpoint: Endpoint,
+        retry_after: Duration,
+    },
     /// The service credential could not be exchanged for a management API token; `cause` is the failed token
     /// request. `credential` names the credential by its ids, never its secret.
     #[error("usermeta could not get a management API token with its {credential}: {cause}")]
@@ -83,7 +109,9 @@ impl UpstreamError {
             UpstreamError::Unreachable { endpoint, .. }
             | UpstreamError::Timeout { endpoint, .. }
             | UpstreamError::Rejected { endpoint, .. }
-            | UpstreamError::BadResponse { endpoint, .. } => *endpoint,
+            | UpstreamError::BadResponse { endpoint, .. }
+            | UpstreamError::DeadlineExceeded { endpoint }
+            | UpstreamError::CircuitOpen { endpoint, .. } => *endpoint,
             UpstreamError::CredentialRefresh { cause, .. } => cause.endpoint(),
         }
     }

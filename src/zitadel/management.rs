@@ -71,42 +71,103 @@ impl Zitadel {
     }
 
     /// Removes keys; one call, all or nothing (ZITADEL fails the whole call when any key is missing).
+    ///
+    /// A retried remove that meets NOT_FOUND after an attempt that may have landed (a dropped connection, a
+    /// timeout, a 5xx) counts as done when none of the keys exists any more: since a remove is all or nothing,
+    /// a key still present proves the earlier attempt did not land, and then the NOT_FOUND stands.
     pub async fn remove_user_metadata(
         &self,
         target: Target<'_>,
         keys: &[String],
     ) -> Result<Option<Timestamp>, UpstreamError> {
-        let answer: wire::WriteResponse = match keys {
-            [key] if is_path_safe(key) => {
-                let request = self.management(http::Method::DELETE, target, &[key]);
-                self.send_management(Endpoint::ManagementRemoveMetadata, request)
-                    .await?
-            }
-            _ => {
-                let request = self
-                    .management(http::Method::DELETE, target, &["_bulk"])
-                    .json(&wire::BulkRemoveBody { keys });
-                self.send_management(Endpoint::ManagementBulkRemoveMetadata, request)
-                    .await?
-            }
+        let (endpoint, request) = match keys {
+            [key] if is_path_safe(key) => (
+                Endpoint::ManagementRemoveMetadata,
+                self.management(http::Method::DELETE, target, &[key]),
+            ),
+            _ => (
+                Endpoint::ManagementBulkRemoveMetadata,
+                self.management(http::Method::DELETE, target, &["_bulk"])
+                    .json(&wire::BulkRemoveBody { keys }),
+            ),
         };
-        Ok(change_date(answer))
+        let sent = self.send_management_raw(endpoint, request).await;
+        match sent.result {
+            Ok(body) => Ok(change_date(super::parse_json(endpoint, &body)?)),
+            Err(error)
+                if sent.may_have_landed && error.zitadel_code() == Some(tonic::Code::NotFound) =>
+            {
+                if self.any_key_exists(target, keys).await? {
+                    Err(error)
+                } else {
+                    tracing::info!(%endpoint, user_id = target.user_id, "a retried remove found the keys gone after an attempt that may have landed; counting it as done");
+                    Ok(None)
+                }
+            }
+            Err(error) => Err(error),
+        }
     }
 
-    /// Sends a management request with the service credential and reads a 2xx JSON answer. An OAuth token
-    /// ZITADEL rejects with 401 (expired early, revoked) is refreshed once and the call retried once; a PAT
-    /// has nothing to refresh.
+    /// Whether any of `keys` is set on the user (reads every page).
+    async fn any_key_exists(
+        &self,
+        target: Target<'_>,
+        keys: &[String],
+    ) -> Result<bool, UpstreamError> {
+        let mut offset = 0;
+        loop {
+            let page = self
+                .list_user_metadata(
+                    target,
+                    None,
+                    PageRequest {
+                        offset,
+                        limit: 1000,
+                    },
+                )
+                .await?;
+            if page.items.iter().any(|item| keys.contains(&item.key)) {
+                return Ok(true);
+            }
+            offset += page.items.len() as u64;
+            if page.items.is_empty() || offset >= page.total {
+                return Ok(false);
+            }
+        }
+    }
+
+    /// Sends a management request with the service credential and reads a 2xx JSON answer.
     async fn send_management<T: DeserializeOwned>(
         &self,
         endpoint: Endpoint,
         request: reqwest::RequestBuilder,
     ) -> Result<T, UpstreamError> {
-        let authorization = self.service_token.authorization().await?;
+        let body = self.send_management_raw(endpoint, request).await.result?;
+        super::parse_json(endpoint, &body)
+    }
+
+    /// Sends a management request with the service credential. An OAuth token ZITADEL rejects with 401
+    /// (expired early, revoked) is refreshed once and the call retried once; a PAT has nothing to refresh.
+    async fn send_management_raw(
+        &self,
+        endpoint: Endpoint,
+        request: reqwest::RequestBuilder,
+    ) -> super::Sent {
+        let authorization = match self.service_token.authorization().await {
+            Ok(authorization) => authorization,
+            Err(error) => {
+                return super::Sent {
+                    result: Err(error),
+                    may_have_landed: false,
+                };
+            }
+        };
         let retry = request
             .try_clone()
             .filter(|_| self.service_token.can_refresh());
         let first = request.header(http::header::AUTHORIZATION, authorization.clone());
-        let body = match (self.send(endpoint, first).await, retry) {
+        let sent = self.send_retrying(endpoint, first).await;
+        match (&sent.result, retry) {
             (
                 Err(UpstreamError::Rejected {
                     http_status: 401, ..
@@ -114,16 +175,25 @@ impl Zitadel {
                 Some(retry),
             ) => {
                 self.service_token.invalidate(&authorization);
-                let authorization = self.service_token.authorization().await?;
-                self.send(
-                    endpoint,
-                    retry.header(http::header::AUTHORIZATION, authorization),
-                )
-                .await?
+                match self.service_token.authorization().await {
+                    Ok(authorization) => {
+                        let mut again = self
+                            .send_retrying(
+                                endpoint,
+                                retry.header(http::header::AUTHORIZATION, authorization),
+                            )
+                            .await;
+                        again.may_have_landed |= sent.may_have_landed;
+                        again
+                    }
+                    Err(error) => super::Sent {
+                        result: Err(error),
+                        may_have_landed: sent.may_have_landed,
+                    },
+                }
             }
-            (other, _) => other?,
-        };
-        super::parse_json(endpoint, &body)
+            _ => sent,
+        }
     }
 
     /// A request to `/management/v1/users/{id}/metadata/{tail...}`; [`Self::send_management`] authorises it.

@@ -4,13 +4,16 @@
 pub mod auth_api;
 pub mod credential;
 pub mod error;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod management;
+pub mod resilience;
 pub mod token_source;
 pub mod userinfo;
 pub mod value;
 mod wire;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use serde::de::DeserializeOwned;
@@ -18,6 +21,7 @@ use url::Url;
 
 pub use credential::{BearerError, CallerToken, KeyFileError, ServiceCredential, ServiceKey};
 pub use error::{Endpoint, Rejection, UpstreamError};
+pub use resilience::{Group, Resilience};
 
 use crate::metadata::MetadataItem;
 
@@ -32,6 +36,8 @@ pub struct ZitadelConfig {
     /// How long one HTTP call to ZITADEL may take, connect included.
     pub timeout: Duration,
     pub service_credential: ServiceCredential,
+    /// Retries, retry budget and circuit breakers.
+    pub resilience: Resilience,
 }
 
 /// Could not set up the ZITADEL client.
@@ -56,6 +62,7 @@ pub struct Zitadel {
     auth_list_url: Url,
     /// The management API's `Authorization`: a PAT, or an access token kept fresh in the background.
     service_token: token_source::TokenSource,
+    guards: resilience::Guards,
 }
 
 impl Zitadel {
@@ -114,7 +121,13 @@ impl Zitadel {
             auth_list_url,
             base_url,
             service_token,
+            guards: resilience::Guards::new(config.resilience),
         })
+    }
+
+    /// Follows whether `group`'s circuit breaker is open (for health reporting).
+    pub fn watch_breaker(&self, group: Group) -> tokio::sync::watch::Receiver<bool> {
+        self.guards.of(group).breaker.watch_open()
     }
 
     /// The kind of service credential in use, for messages.
@@ -128,7 +141,99 @@ impl Zitadel {
         endpoint: Endpoint,
         request: reqwest::RequestBuilder,
     ) -> Result<Bytes, UpstreamError> {
-        send(endpoint, self.timeout, request).await
+        self.send_retrying(endpoint, request).await.result
+    }
+
+    /// Sends a request within the caller's deadline, through the group's breaker, retrying what is safe to
+    /// retry (see [`resilience`]). Every ZITADEL call usermeta makes is safe to repeat: reads, a set of the
+    /// same value, and a remove (whose NOT_FOUND after an attempt that may have landed the caller checks).
+    async fn send_retrying(&self, endpoint: Endpoint, request: reqwest::RequestBuilder) -> Sent {
+        let guard = self.guards.of(endpoint.group());
+        let policy = &self.guards.policy;
+        guard.budget.deposit();
+        let deadline = resilience::current_deadline();
+        let mut may_have_landed = false;
+        let mut request = request;
+        let mut attempt = 1;
+        loop {
+            let done = |result| Sent {
+                result,
+                may_have_landed,
+            };
+            // The time this attempt may take: the configured timeout, cut to what is left of the deadline.
+            let (timeout, cut) = match deadline {
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return done(Err(UpstreamError::DeadlineExceeded { endpoint }));
+                    }
+                    (left.min(self.timeout), left < self.timeout)
+                }
+                None => (self.timeout, false),
+            };
+            let pass = match guard.breaker.admit() {
+                Ok(pass) => pass,
+                Err(retry_after) => {
+                    return done(Err(UpstreamError::CircuitOpen {
+                        endpoint,
+                        retry_after,
+                    }));
+                }
+            };
+            let next = request.try_clone();
+            let failure = match send(endpoint, timeout, request.timeout(timeout)).await {
+                Ok(body) => {
+                    pass.report(resilience::Outcome::Alive);
+                    return done(Ok(body));
+                }
+                Err(failure) => failure,
+            };
+            let (outcome, retryable, landed) = match &failure.error {
+                UpstreamError::Timeout { .. } if cut => {
+                    pass.report(resilience::Outcome::Unknown);
+                    return done(Err(UpstreamError::DeadlineExceeded { endpoint }));
+                }
+                // A refused connection never reached ZITADEL; anything later may have.
+                UpstreamError::Unreachable { .. } => {
+                    (resilience::Outcome::Failed, true, !failure.before_sending)
+                }
+                UpstreamError::Timeout { .. } => (resilience::Outcome::Failed, true, true),
+                UpstreamError::Rejected { http_status, .. } if *http_status >= 500 => (
+                    resilience::Outcome::Failed,
+                    matches!(http_status, 502..=504),
+                    true,
+                ),
+                UpstreamError::Rejected { .. } => (resilience::Outcome::Alive, false, false),
+                _ => (resilience::Outcome::Unknown, false, false),
+            };
+            pass.report(outcome);
+            may_have_landed |= landed;
+            let error = failure.error;
+            let Some(next) = next.filter(|_| retryable && attempt < policy.max_attempts) else {
+                return Sent {
+                    result: Err(error),
+                    may_have_landed,
+                };
+            };
+            let backoff = policy.backoff(attempt);
+            if deadline.is_some_and(|deadline| Instant::now() + backoff >= deadline) {
+                return Sent {
+                    result: Err(error),
+                    may_have_landed,
+                };
+            }
+            if !guard.budget.withdraw() {
+                tracing::debug!(%endpoint, %error, "not retrying: the retry budget is spent");
+                return Sent {
+                    result: Err(error),
+                    may_have_landed,
+                };
+            }
+            tracing::debug!(%endpoint, attempt, ?backoff, %error, "retrying a failed ZITADEL call");
+            tokio::time::sleep(backoff).await;
+            request = next;
+            attempt += 1;
+        }
     }
 
     /// Sends a request and reads a 2xx JSON answer.
@@ -149,12 +254,35 @@ fn parse_json<T: DeserializeOwned>(endpoint: Endpoint, body: &[u8]) -> Result<T,
     })
 }
 
-/// Sends a request and returns the body of a 2xx answer; anything else becomes an [`UpstreamError`].
+/// The outcome of [`Zitadel::send_retrying`].
+struct Sent {
+    result: Result<Bytes, UpstreamError>,
+    /// Whether a failed attempt before the last may have changed something in ZITADEL.
+    may_have_landed: bool,
+}
+
+/// One failed attempt.
+struct Failure {
+    error: UpstreamError,
+    /// The connection could not be made: ZITADEL cannot have seen the request.
+    before_sending: bool,
+}
+
+impl From<UpstreamError> for Failure {
+    fn from(error: UpstreamError) -> Self {
+        Failure {
+            error,
+            before_sending: false,
+        }
+    }
+}
+
+/// Sends a request once and returns the body of a 2xx answer; anything else becomes an [`UpstreamError`].
 async fn send(
     endpoint: Endpoint,
     timeout: Duration,
     request: reqwest::RequestBuilder,
-) -> Result<Bytes, UpstreamError> {
+) -> Result<Bytes, Failure> {
     // Observability for every HTTP call in one place: a span whose id ZITADEL receives as `traceparent`,
     // and the call's count and latency by endpoint and HTTP status.
     let (span, trace_headers) = crate::telemetry::upstream_span(endpoint.name());
@@ -180,8 +308,11 @@ async fn exchange(
     timeout: Duration,
     request: reqwest::RequestBuilder,
     http_status: &mut Option<u16>,
-) -> Result<Bytes, UpstreamError> {
-    let transport = |e| UpstreamError::from_transport(endpoint, timeout, e);
+) -> Result<Bytes, Failure> {
+    let transport = |e: reqwest::Error| Failure {
+        before_sending: e.is_connect(),
+        error: UpstreamError::from_transport(endpoint, timeout, e),
+    };
     let mut response = request
         .header(http::header::ACCEPT, "application/json")
         .send()
@@ -202,7 +333,8 @@ async fn exchange(
             return Err(UpstreamError::BadResponse {
                 endpoint,
                 reason: format!("the answer is larger than {MAX_RESPONSE_BYTES} bytes"),
-            });
+            }
+            .into());
         }
         body.extend_from_slice(&chunk);
     }
@@ -214,7 +346,8 @@ async fn exchange(
             endpoint,
             http_status: status.as_u16(),
             rejection: Rejection::parse(status.as_u16(), retry_after, &body),
-        })
+        }
+        .into())
     }
 }
 

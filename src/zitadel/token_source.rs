@@ -373,7 +373,7 @@ impl OAuth {
         let sent = Instant::now();
         let body = super::send(endpoint, self.timeout, request).await;
         crate::metrics::token_refresh(body.is_ok());
-        let body = body.map_err(failed)?;
+        let body = body.map_err(|failure| failed(failure.error))?;
         let answer: TokenResponse = serde_json::from_slice(&body).map_err(|e| {
             failed(UpstreamError::BadResponse {
                 endpoint,

@@ -2,7 +2,7 @@
 //! `urn:zitadel:iam:user:metadata`, their metadata as URL-safe unpadded base64.
 
 use serde::Deserialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use super::{CallerToken, Endpoint, UpstreamError, Zitadel, decode_item};
 use crate::metadata::MetadataItem;
@@ -11,6 +11,9 @@ use crate::metadata::MetadataItem;
 pub const METADATA_CLAIM: &str = "urn:zitadel:iam:user:metadata";
 /// The claim with the user's organisation, present with the scope `urn:zitadel:iam:user:resourceowner`.
 pub const ORG_ID_CLAIM: &str = "urn:zitadel:iam:user:resourceowner:id";
+/// The claim with the user's project roles (an object keyed by role name), present with the scope
+/// `urn:zitadel:iam:org:projects:roles` or when the project asserts roles on authentication.
+pub const ROLES_CLAIM: &str = "urn:zitadel:iam:org:project:roles";
 
 /// What userinfo says about the token's user.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,6 +24,8 @@ pub struct UserInfo {
     pub org_id: Option<String>,
     /// The metadata claim, sorted by key; empty when the user has none or the token lacks the scope.
     pub metadata: Vec<MetadataItem>,
+    /// Project roles from the roles claims, when the token was requested with roles.
+    pub roles: BTreeSet<String>,
 }
 
 #[derive(Deserialize)]
@@ -30,6 +35,9 @@ struct Claims {
     org_id: Option<String>,
     #[serde(rename = "urn:zitadel:iam:user:metadata", default)]
     metadata: BTreeMap<String, serde_json::Value>,
+    /// Every other claim; the roles claims are picked from these.
+    #[serde(flatten)]
+    other: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Zitadel {
@@ -42,6 +50,7 @@ impl Zitadel {
             .header(http::header::AUTHORIZATION, token.authorization().clone());
         let claims: Claims = self.send_json(endpoint, request).await?;
         let sub = claims.sub.filter(|s| !s.is_empty());
+        let roles = crate::caller::roles_of(&claims.other);
         let metadata = claims
             .metadata
             .into_iter()
@@ -57,6 +66,7 @@ impl Zitadel {
             sub,
             org_id: claims.org_id,
             metadata,
+            roles,
         })
     }
 }

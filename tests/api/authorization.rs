@@ -21,7 +21,7 @@ async fn reading_another_user_needs_an_admin() {
         ))
         .await
         .unwrap_err();
-    assert_status(&status, Code::PermissionDenied, "NOT_ADMIN");
+    assert_status(&status, Code::PermissionDenied, "POLICY_DENIED");
     app.assert_no_management_request();
 }
 
@@ -40,7 +40,7 @@ async fn writing_or_deleting_another_user_needs_an_admin() {
         .set_metadata(authed(set, &app.alice_token))
         .await
         .unwrap_err();
-    assert_status(&status, Code::PermissionDenied, "NOT_ADMIN");
+    assert_status(&status, Code::PermissionDenied, "POLICY_DENIED");
     let delete = DeleteMetadataRequest {
         user_id: bob.clone(),
         organization_id: other_org,
@@ -52,7 +52,7 @@ async fn writing_or_deleting_another_user_needs_an_admin() {
         .delete_metadata(authed(delete, &app.alice_token))
         .await
         .unwrap_err();
-    assert_status(&status, Code::PermissionDenied, "NOT_ADMIN");
+    assert_status(&status, Code::PermissionDenied, "POLICY_DENIED");
     app.assert_no_management_request();
     assert_eq!(app.standin.metadata_of(&bob).len(), 1);
 }
@@ -72,7 +72,7 @@ async fn self_writes_outside_the_writable_prefixes_are_denied_naming_the_key() {
         .set_metadata(authed(set, &app.alice_token))
         .await
         .unwrap_err();
-    assert_status(&status, Code::PermissionDenied, "KEY_NOT_SELF_WRITABLE");
+    assert_status(&status, Code::PermissionDenied, "POLICY_DENIED");
     let info = tonic_types::StatusExt::get_details_error_info(&status).unwrap();
     assert_eq!(info.metadata["key"], "ContractNumber");
     assert_eq!(info.metadata["action"], "write");
@@ -86,7 +86,7 @@ async fn self_writes_outside_the_writable_prefixes_are_denied_naming_the_key() {
         .delete_metadata(authed(delete, &app.alice_token))
         .await
         .unwrap_err();
-    assert_status(&status, Code::PermissionDenied, "KEY_NOT_SELF_WRITABLE");
+    assert_status(&status, Code::PermissionDenied, "POLICY_DENIED");
 
     app.assert_no_management_request();
     assert_eq!(
@@ -110,7 +110,7 @@ async fn naming_yourself_does_not_widen_self_writes() {
         .set_metadata(authed(set, &app.alice_token))
         .await
         .unwrap_err();
-    assert_status(&status, Code::PermissionDenied, "KEY_NOT_SELF_WRITABLE");
+    assert_status(&status, Code::PermissionDenied, "POLICY_DENIED");
     app.assert_no_management_request();
 }
 

@@ -232,7 +232,8 @@ async fn zitadel_outages_are_not_remembered() {
     app.standin.push_fault(Fault {
         path_prefix: "/oidc/".into(),
         times: Some(1),
-        kind: FaultKind::Status(503),
+        // A 500 is not retried (a 503 would be, and succeed).
+        kind: FaultKind::Status(500),
     });
     let status = app
         .client

@@ -18,11 +18,13 @@ use tonic::{Code, Request, Status, transport::Channel};
 use tonic_types::StatusExt;
 use usermeta::{
     api::pb::{self, user_metadata_service_client::UserMetadataServiceClient},
+    authz::AuthzConfig,
     cache::CacheConfig,
+    caller::IdentityConfig,
     policy::Policy,
-    server::{Application, Config},
+    server::{Application, Config, Limits},
     standin::{ManagerRole, RecordedRequest, StandIn},
-    zitadel::{ServiceCredential, ZitadelConfig},
+    zitadel::{Resilience, ServiceCredential, ZitadelConfig},
 };
 
 /// Scopes a typical caller token has: identity, metadata, organisation, and the ZITADEL audience.
@@ -56,6 +58,11 @@ pub struct TestApp {
 }
 
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with_authz(None).await
+}
+
+/// [`spawn_app`] also serving Envoy's external authorization API when `ext_authz` is given.
+pub async fn spawn_app_with_authz(ext_authz: Option<AuthzConfig>) -> TestApp {
     let standin = StandIn::start().await.expect("stand-in starts");
     let org = standin.create_org("Acme");
     let other_org = standin.create_org("Globex");
@@ -69,10 +76,13 @@ pub async fn spawn_app() -> TestApp {
     standin.set_metadata(&bob, "ContractNumber", b"5678");
     let alice_token = standin.issue_token(&alice, FULL_SCOPES);
     let admin_token = standin.issue_token(&admin, FULL_SCOPES);
-    let (addr, stop) = spawn_usermeta(
+    let (addr, stop) = spawn_usermeta_full(
         &standin.url(),
-        &service_pat,
+        ServiceCredential::Pat(SecretString::from(service_pat.as_str())),
         Policy::new([admin.clone()], vec![SELF_WRITABLE.into()]),
+        Options::default(),
+        IdentityConfig::default(),
+        ext_authz,
     )
     .await;
     standin.clear_requests();
@@ -97,6 +107,8 @@ pub async fn spawn_app() -> TestApp {
 pub struct Options {
     pub timeout: Duration,
     pub cache: CacheConfig,
+    pub resilience: Resilience,
+    pub limits: Limits,
 }
 
 impl Default for Options {
@@ -104,6 +116,8 @@ impl Default for Options {
         Options {
             timeout: Duration::from_secs(5),
             cache: CacheConfig::default(),
+            resilience: Resilience::default(),
+            limits: Limits::default(),
         }
     }
 }
@@ -133,7 +147,51 @@ pub async fn spawn_usermeta_with_credential(
     zitadel_url: &str,
     service_credential: ServiceCredential,
     policy: Policy,
-    Options { timeout, cache }: Options,
+    options: Options,
+) -> (SocketAddr, oneshot::Sender<()>) {
+    spawn_usermeta_full(
+        zitadel_url,
+        service_credential,
+        policy,
+        options,
+        IdentityConfig::default(),
+        None,
+    )
+    .await
+}
+
+/// [`spawn_usermeta`] identifying callers by introspection and/or local JWT validation.
+pub async fn spawn_usermeta_with_identity(
+    zitadel_url: &str,
+    service_pat: &str,
+    policy: Policy,
+    identity: IdentityConfig,
+) -> (SocketAddr, oneshot::Sender<()>) {
+    let credential = ServiceCredential::Pat(SecretString::from(service_pat));
+    spawn_usermeta_full(
+        zitadel_url,
+        credential,
+        policy,
+        Options::default(),
+        identity,
+        None,
+    )
+    .await
+}
+
+/// Starts usermeta with every setting tests vary, including Envoy's external authorization API.
+pub async fn spawn_usermeta_full(
+    zitadel_url: &str,
+    service_credential: ServiceCredential,
+    policy: Policy,
+    Options {
+        timeout,
+        cache,
+        resilience,
+        limits,
+    }: Options,
+    identity: IdentityConfig,
+    ext_authz: Option<AuthzConfig>,
 ) -> (SocketAddr, oneshot::Sender<()>) {
     let config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -141,11 +199,17 @@ pub async fn spawn_usermeta_with_credential(
             base_url: zitadel_url.parse().unwrap(),
             timeout,
             service_credential,
+            resilience,
         },
         policy,
         cache,
+        limits,
+        identity,
     };
-    let app = Application::build(config).await.expect("usermeta builds");
+    let app = Application::build(config)
+        .await
+        .expect("usermeta builds")
+        .with_ext_authz(ext_authz);
     let addr = app.local_addr();
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(app.run_until(async {

@@ -40,9 +40,12 @@ pub async fn spawn_observed_at(
             base_url: zitadel_url.parse().unwrap(),
             timeout: Duration::from_secs(5),
             service_credential: ServiceCredential::Pat(SecretString::from(app.service_pat.clone())),
+            resilience: Default::default(),
         },
         policy: Policy::new([app.admin.clone()], vec![SELF_WRITABLE.into()]),
         cache: Default::default(),
+        limits: Default::default(),
+        identity: Default::default(),
     };
     let built = Application::build_with(config, options)
         .await

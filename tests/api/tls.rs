@@ -211,9 +211,12 @@ async fn unusable_tls_files_fail_start_up_naming_the_setting() {
             service_credential: usermeta::zitadel::ServiceCredential::Pat(
                 secrecy::SecretString::from(app.service_pat.clone()),
             ),
+            resilience: Default::default(),
         },
         policy: usermeta::policy::Policy::new(Vec::<String>::new(), vec![]),
         cache: Default::default(),
+        limits: Default::default(),
+        identity: Default::default(),
     };
     let error = usermeta::server::Application::build_with(
         config,

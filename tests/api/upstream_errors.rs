@@ -61,9 +61,10 @@ async fn zitadel_unreachable_is_unavailable() {
 #[tokio::test]
 async fn zitadel_5xx_is_unavailable() {
     let mut app = spawn_app().await;
+    // Three 503s: the first try and both retries.
     app.standin.push_fault(Fault {
         path_prefix: "/oidc/v1/userinfo".into(),
-        times: Some(1),
+        times: Some(3),
         kind: FaultKind::Status(503),
     });
     let status = app
@@ -104,9 +105,10 @@ async fn zitadel_429_is_resource_exhausted_with_retry_info() {
 #[tokio::test]
 async fn dropped_connections_and_malformed_answers_are_unavailable() {
     let mut app = spawn_app().await;
+    // Dropped on the first try and both retries.
     app.standin.push_fault(Fault {
         path_prefix: "/oidc/".into(),
-        times: Some(1),
+        times: Some(3),
         kind: FaultKind::DropConnection,
     });
     let status = app

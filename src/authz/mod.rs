@@ -1,0 +1,363 @@
+//! Envoy external authorization (`envoy.service.auth.v3.Authorization/Check`): Envoy or Istio asks usermeta
+//! before forwarding a request; usermeta resolves the caller's bearer token through the same cached userinfo
+//! path as GetMyMetadata and answers with allow-listed metadata as upstream headers, so routes can match on
+//! user attributes.
+//!
+//! This module holds the validated configuration and its parsers; [`check`] serves the API and
+//! [`settings`] reads the configuration from flags and environment.
+
+pub mod check;
+pub mod settings;
+
+pub use check::AuthzService;
+
+/// The gRPC service name, for health reporting.
+pub const SERVICE_NAME: &str = "envoy.service.auth.v3.Authorization";
+
+/// Marks a binary (non UTF-8) value encoded as standard base64 in a header.
+pub const BASE64_MARKER: &str = "base64:";
+
+/// Longest header value usermeta injects; longer values are skipped (Envoy limits all headers to 60 KiB).
+pub const MAX_HEADER_VALUE_BYTES: usize = 8 * 1024;
+
+/// How Check behaves, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthzConfig {
+    /// Metadata keys passed upstream, each under its header name.
+    pub headers: Vec<HeaderMapping>,
+    /// Header carrying the caller's user id; `None` sends none.
+    pub user_id_header: Option<String>,
+    pub binary: BinaryValues,
+    /// Requests without a bearer token pass without identity headers instead of being denied.
+    pub allow_anonymous: bool,
+    /// When ZITADEL cannot answer, requests pass without identity headers instead of being denied (503).
+    pub fail_open: bool,
+    /// Also return the user id and injected values as `dynamic_metadata`.
+    pub dynamic_metadata: bool,
+    pub rules: Vec<Rule>,
+}
+
+impl Default for AuthzConfig {
+    fn default() -> Self {
+        AuthzConfig {
+            headers: Vec::new(),
+            user_id_header: Some("x-user-id".to_owned()),
+            binary: BinaryValues::Base64,
+            allow_anonymous: false,
+            fail_open: false,
+            dynamic_metadata: false,
+            rules: Vec::new(),
+        }
+    }
+}
+
+impl AuthzConfig {
+    /// Every header name usermeta may set; each answer sets or removes all of them, so none can be forged.
+    pub fn managed_headers(&self) -> impl Iterator<Item = &str> {
+        self.user_id_header
+            .as_deref()
+            .into_iter()
+            .chain(self.headers.iter().map(|m| m.header.as_str()))
+    }
+
+    /// Checks what single settings cannot: no header name used twice.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut seen = std::collections::HashSet::new();
+        for name in self.managed_headers() {
+            if !seen.insert(name) {
+                return Err(format!(
+                    "header `{name}` is configured more than once (metadata headers and the user id header must differ)"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One allow-listed metadata key and the upstream header that carries its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderMapping {
+    pub key: String,
+    /// Lower-case, valid, not reserved.
+    pub header: String,
+}
+
+/// What happens to a value that is not UTF-8 text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BinaryValues {
+    /// Standard base64 after the marker `base64:`.
+    Base64,
+    /// Not sent (the header is removed).
+    Drop,
+}
+
+/// A requirement for requests whose path and host match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    /// Applies to paths starting with this (query string ignored); `None` to all paths.
+    pub path_prefix: Option<String>,
+    /// Applies to this host (lower-case; compared without port); `None` to all hosts.
+    pub host: Option<String>,
+    /// All must hold.
+    pub requirements: Vec<Requirement>,
+    /// Where the rule was written, for logs and denial bodies.
+    pub origin: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Requirement {
+    /// The metadata key holds exactly this (UTF-8) value.
+    Metadata { key: String, value: String },
+    /// The caller has this project role.
+    Role(String),
+}
+
+impl Rule {
+    /// Whether the rule applies to a request for `path` (may carry a query) on `host` (may carry a port).
+    pub fn applies_to(&self, path: &str, host: &str) -> bool {
+        let path = path.split(['?', '#']).next().unwrap_or_default();
+        let path_ok = self
+            .path_prefix
+            .as_deref()
+            .is_none_or(|prefix| path.starts_with(prefix));
+        let host_ok = self
+            .host
+            .as_deref()
+            .is_none_or(|wanted| strip_port(host).eq_ignore_ascii_case(wanted));
+        path_ok && host_ok
+    }
+}
+
+/// `example.com:8443` → `example.com`; `[::1]:80` → `[::1]`.
+fn strip_port(host: &str) -> &str {
+    match host.rfind(':') {
+        Some(i)
+            if !host[i..].contains(']') && host[i + 1..].bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            &host[..i]
+        }
+        _ => host,
+    }
+}
+
+/// Parses `key=header-name` pairs, comma separated (whitespace around items ignored).
+pub fn parse_header_map(raw: &str) -> Result<Vec<HeaderMapping>, String> {
+    let mut mappings = Vec::new();
+    for item in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (key, header) = item.split_once('=').ok_or_else(|| {
+            format!("`{item}` is not `metadata-key=header-name` (e.g. ContractNumber=x-user-contract-number)")
+        })?;
+        let key = key.trim();
+        if key.is_empty() {
+            return Err(format!("`{item}` names no metadata key"));
+        }
+        if mappings.iter().any(|m: &HeaderMapping| m.key == key) {
+            return Err(format!("metadata key `{key}` is listed twice"));
+        }
+        mappings.push(HeaderMapping {
+            key: key.to_owned(),
+            header: header_name(header.trim())?,
+        });
+    }
+    Ok(mappings)
+}
+
+/// Checks a header name usermeta will set: a lower-case HTTP token (Envoy matches lower-case names), not a
+/// pseudo header, and not one that carries credentials or framing.
+pub fn header_name(raw: &str) -> Result<String, String> {
+    const RESERVED: &[&str] = &[
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "te",
+        "upgrade",
+    ];
+    if raw.is_empty() {
+        return Err("a header name is empty".to_owned());
+    }
+    if raw.starts_with(':') {
+        return Err(format!(
+            "`{raw}` is a pseudo header; pick an ordinary name such as x-user-id"
+        ));
+    }
+    if http::HeaderName::from_bytes(raw.as_bytes()).is_err() {
+        return Err(format!("`{raw}` is not a valid HTTP header name"));
+    }
+    if raw.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err(format!(
+            "`{raw}` has upper-case letters; write header names in lower case (`{}`)",
+            raw.to_ascii_lowercase()
+        ));
+    }
+    if RESERVED.contains(&raw) {
+        return Err(format!("`{raw}` is reserved; usermeta will not set it"));
+    }
+    Ok(raw.to_owned())
+}
+
+/// Parses rules, one a line (`#` starts a comment line; blank lines are skipped). Errors name the line
+/// as `origin:line`. A rule is space-separated terms:
+/// `path=/prefix`, `host=name`, `role=name`, `metadata.KEY=VALUE`; at least one `role` or `metadata.` term.
+pub fn parse_rules(text: &str, origin: &str) -> Result<Vec<Rule>, String> {
+    let mut rules = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let at = format!("{origin}:{}", index + 1);
+        rules.push(parse_rule(line, at)?);
+    }
+    Ok(rules)
+}
+
+fn parse_rule(line: &str, origin: String) -> Result<Rule, String> {
+    let mut rule = Rule {
+        path_prefix: None,
+        host: None,
+        requirements: Vec::new(),
+        origin,
+    };
+    let fail = |rule: &Rule, problem: String| Err(format!("{}: {problem}", rule.origin));
+    for term in line.split_whitespace() {
+        let Some((name, value)) = term.split_once('=') else {
+            return fail(&rule, format!("`{term}` is not `name=value`"));
+        };
+        if value.is_empty() {
+            return fail(&rule, format!("`{term}` has no value"));
+        }
+        match name {
+            "path" if rule.path_prefix.is_some() => return fail(&rule, "two `path` terms".into()),
+            "path" if !value.starts_with('/') => {
+                return fail(&rule, format!("path `{value}` must start with `/`"));
+            }
+            "path" => rule.path_prefix = Some(value.to_owned()),
+            "host" if rule.host.is_some() => return fail(&rule, "two `host` terms".into()),
+            "host" => rule.host = Some(value.to_ascii_lowercase()),
+            "role" => rule.requirements.push(Requirement::Role(value.to_owned())),
+            _ => match name.strip_prefix("metadata.") {
+                Some(key) if !key.is_empty() => rule.requirements.push(Requirement::Metadata {
+                    key: key.to_owned(),
+                    value: value.to_owned(),
+                }),
+                _ => {
+                    return fail(
+                        &rule,
+                        format!("unknown term `{name}`; use path=, host=, role= or metadata.KEY="),
+                    );
+                }
+            },
+        }
+    }
+    if rule.requirements.is_empty() {
+        return fail(
+            &rule,
+            "requires nothing; add role=NAME or metadata.KEY=VALUE".into(),
+        );
+    }
+    Ok(rule)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_maps_parse_and_validate_names() {
+        let map =
+            parse_header_map(" ContractNumber=x-user-contract-number , profile.language=x-lang,")
+                .unwrap();
+        assert_eq!(
+            map,
+            vec![
+                HeaderMapping {
+                    key: "ContractNumber".into(),
+                    header: "x-user-contract-number".into()
+                },
+                HeaderMapping {
+                    key: "profile.language".into(),
+                    header: "x-lang".into()
+                },
+            ]
+        );
+        for bad in [
+            "ContractNumber",
+            "=x-a",
+            "a=",
+            "a=X-Upper",
+            "a=:path",
+            "a=authorization",
+            "a=bad header",
+            "a=x-a,a=x-b",
+        ] {
+            assert!(parse_header_map(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn duplicate_header_names_are_refused() {
+        let config = AuthzConfig {
+            headers: parse_header_map("a=x-user-id").unwrap(),
+            ..AuthzConfig::default()
+        };
+        assert!(config.validate().unwrap_err().contains("x-user-id"));
+        let config = AuthzConfig {
+            headers: parse_header_map("a=x-a,b=x-a").unwrap(),
+            user_id_header: None,
+            ..AuthzConfig::default()
+        };
+        assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn rules_parse_with_line_numbers() {
+        let rules = parse_rules(
+            "# comment\n\npath=/admin role=admin\nhost=API.example.com path=/c metadata.ContractNumber=12=34\n",
+            "rules.txt",
+        )
+        .unwrap();
+        assert_eq!(rules.len(), 2);
+        assert_eq!(rules[0].origin, "rules.txt:3");
+        assert_eq!(
+            rules[0].requirements,
+            vec![Requirement::Role("admin".into())]
+        );
+        assert_eq!(rules[1].host.as_deref(), Some("api.example.com"));
+        assert_eq!(
+            rules[1].requirements,
+            vec![Requirement::Metadata {
+                key: "ContractNumber".into(),
+                value: "12=34".into()
+            }]
+        );
+        let error = parse_rules("path=/a role=x\npath=/b\n", "f").unwrap_err();
+        assert!(error.starts_with("f:2: "), "{error}");
+        for bad in [
+            "path=a role=x",
+            "colour=red role=x",
+            "role=",
+            "metadata.=x",
+            "path=/a path=/b role=x",
+        ] {
+            assert!(parse_rules(bad, "f").is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn rules_match_path_prefix_and_host_without_port() {
+        let rule = parse_rules("path=/admin host=api.example.com role=r", "f")
+            .unwrap()
+            .remove(0);
+        assert!(rule.applies_to("/admin/users?x=1", "api.example.com:8443"));
+        assert!(rule.applies_to("/admin", "API.example.com"));
+        assert!(!rule.applies_to("/public/admin", "api.example.com"));
+        assert!(!rule.applies_to("/admin", "other.example.com"));
+        assert!(!rule.applies_to("/?/admin", "api.example.com"));
+        assert_eq!(strip_port("[::1]:80"), "[::1]");
+        assert_eq!(strip_port("[::1]"), "[::1]");
+    }
+}

@@ -1,0 +1,174 @@
+//! The `USERMETA_EXT_AUTHZ*` settings (flags with environment twins), validated into an [`AuthzConfig`].
+
+use std::path::PathBuf;
+
+use clap::{Args, builder::BoolishValueParser};
+
+use super::{AuthzConfig, BinaryValues, header_name, parse_header_map, parse_rules};
+use crate::settings::SettingsError;
+
+/// Settings of the Envoy external authorization endpoint.
+#[derive(Debug, Args)]
+pub struct ExtAuthzArgs {
+    /// Serve Envoy's external authorization API (envoy.service.auth.v3.Authorization) on the gRPC port.
+    #[arg(long, env = "USERMETA_EXT_AUTHZ", value_parser = BoolishValueParser::new(), default_value_t = false)]
+    pub ext_authz: bool,
+    /// Metadata keys passed upstream as headers: `key=header-name` pairs, comma separated
+    /// (e.g. ContractNumber=x-user-contract-number). Keys not listed are never sent.
+    #[arg(long, env = "USERMETA_EXT_AUTHZ_HEADERS", default_value = "")]
+    pub ext_authz_headers: String,
+    /// Header carrying the caller's ZITADEL user id; empty sends none.
+    #[arg(
+        long,
+        env = "USERMETA_EXT_AUTHZ_USER_ID_HEADER",
+        default_value = "x-user-id"
+    )]
+    pub ext_authz_user_id_header: String,
+    /// Values that are not UTF-8 text: sent as `base64:<standard base64>`, or dropped.
+    #[arg(long, env = "USERMETA_EXT_AUTHZ_BINARY", value_enum, default_value_t = BinaryValues::Base64)]
+    pub ext_authz_binary: BinaryValues,
+    /// Let requests without a bearer token pass, without identity headers (a bad token is still denied).
+    #[arg(long, env = "USERMETA_EXT_AUTHZ_ALLOW_ANONYMOUS", value_parser = BoolishValueParser::new(), default_value_t = false)]
+    pub ext_authz_allow_anonymous: bool,
+    /// When ZITADEL cannot answer, let requests pass without identity headers instead of denying them with
+    /// 503 (requests a route rule covers are still denied).
+    #[arg(long, env = "USERMETA_EXT_AUTHZ_FAIL_OPEN", value_parser = BoolishValueParser::new(), default_value_t = false)]
+    pub ext_authz_fail_open: bool,
+    /// Also return the user id and the passed values as Envoy dynamic metadata.
+    #[arg(long, env = "USERMETA_EXT_AUTHZ_DYNAMIC_METADATA", value_parser = BoolishValueParser::new(), default_value_t = false)]
+    pub ext_authz_dynamic_metadata: bool,
+    /// Route rules separated by `;`, each like `path=/admin role=admin` or
+    /// `host=api.example.com path=/contracts metadata.ContractNumber=1234`.
+    #[arg(long, env = "USERMETA_EXT_AUTHZ_RULES", default_value = "")]
+    pub ext_authz_rules: String,
+    /// File with route rules, one a line (`#` comments), in the syntax of USERMETA_EXT_AUTHZ_RULES.
+    #[arg(long, env = "USERMETA_EXT_AUTHZ_RULES_FILE")]
+    pub ext_authz_rules_file: Option<PathBuf>,
+}
+
+const HEADERS: &str = "USERMETA_EXT_AUTHZ_HEADERS (--ext-authz-headers)";
+const USER_ID_HEADER: &str = "USERMETA_EXT_AUTHZ_USER_ID_HEADER (--ext-authz-user-id-header)";
+const RULES: &str = "USERMETA_EXT_AUTHZ_RULES (--ext-authz-rules)";
+const RULES_FILE: &str = "USERMETA_EXT_AUTHZ_RULES_FILE (--ext-authz-rules-file)";
+
+fn invalid(setting: &'static str, problem: String) -> SettingsError {
+    SettingsError::Invalid { setting, problem }
+}
+
+impl ExtAuthzArgs {
+    /// The validated configuration, or `None` when the endpoint is off.
+    pub fn config(&self) -> Result<Option<AuthzConfig>, SettingsError> {
+        if !self.ext_authz {
+            return Ok(None);
+        }
+        let headers = parse_header_map(&self.ext_authz_headers).map_err(|e| invalid(HEADERS, e))?;
+        let user_id_header = match self.ext_authz_user_id_header.trim() {
+            "" => None,
+            name => Some(header_name(name).map_err(|e| invalid(USER_ID_HEADER, e))?),
+        };
+        let mut rules = parse_rules(&self.ext_authz_rules.replace(';', "\n"), "rule")
+            .map_err(|e| invalid(RULES, e))?;
+        if let Some(path) = &self.ext_authz_rules_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| invalid(RULES_FILE, format!("cannot read {}: {e}", path.display())))?;
+            rules.extend(
+                parse_rules(&text, &path.display().to_string())
+                    .map_err(|e| invalid(RULES_FILE, e))?,
+            );
+        }
+        let config = AuthzConfig {
+            headers,
+            user_id_header,
+            binary: self.ext_authz_binary,
+            allow_anonymous: self.ext_authz_allow_anonymous,
+            fail_open: self.ext_authz_fail_open,
+            dynamic_metadata: self.ext_authz_dynamic_metadata,
+            rules,
+        };
+        config.validate().map_err(|e| invalid(HEADERS, e))?;
+        Ok(Some(config))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ExtAuthzArgs,
+    }
+
+    fn config(args: &[&str]) -> Result<Option<AuthzConfig>, SettingsError> {
+        let cli = Cli::try_parse_from(std::iter::once("usermeta").chain(args.iter().copied()))
+            .expect("parses");
+        cli.args.config()
+    }
+
+    #[test]
+    fn off_unless_enabled() {
+        assert_eq!(config(&["--ext-authz-headers", "a=x-a"]).unwrap(), None);
+    }
+
+    #[test]
+    fn reads_every_setting() {
+        let config = config(&[
+            "--ext-authz",
+            "--ext-authz-headers",
+            "ContractNumber=x-user-contract-number",
+            "--ext-authz-user-id-header",
+            "",
+            "--ext-authz-binary",
+            "drop",
+            "--ext-authz-allow-anonymous",
+            "--ext-authz-fail-open",
+            "--ext-authz-dynamic-metadata",
+            "--ext-authz-rules",
+            "path=/a role=x; path=/b metadata.k=v",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(config.headers.len(), 1);
+        assert_eq!(config.user_id_header, None);
+        assert_eq!(config.binary, BinaryValues::Drop);
+        assert!(config.allow_anonymous && config.fail_open && config.dynamic_metadata);
+        assert_eq!(config.rules.len(), 2);
+        assert_eq!(config.rules[1].origin, "rule:2");
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        let error = config(&["--ext-authz", "--ext-authz-headers", "a=X-A"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.starts_with("USERMETA_EXT_AUTHZ_HEADERS"), "{error}");
+        let error = config(&["--ext-authz", "--ext-authz-user-id-header", ":authority"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("USERMETA_EXT_AUTHZ_USER_ID_HEADER"),
+            "{error}"
+        );
+        let error = config(&["--ext-authz", "--ext-authz-rules", "path=/a role=x;bogus"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("USERMETA_EXT_AUTHZ_RULES") && error.contains("rule:2"),
+            "{error}"
+        );
+        let error = config(&[
+            "--ext-authz",
+            "--ext-authz-rules-file",
+            "/nonexistent/rules",
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.starts_with("USERMETA_EXT_AUTHZ_RULES_FILE"),
+            "{error}"
+        );
+    }
+}

@@ -1,0 +1,267 @@
+//! Token introspection (`POST /oauth/v2/introspect`) as an API application: `client_secret_basic` (each part
+//! form-url-encoded, then base64) or `private_key_jwt` with the application's key file. `{"active":false}`
+//! means the caller's token does not count; any non-200 answer means usermeta's own client was refused.
+
+use std::{
+    fmt,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use base64::Engine as _;
+use http::HeaderValue;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use secrecy::{ExposeSecret as _, SecretString};
+use serde_json::{Map, Value};
+use url::Url;
+
+use super::{IdentifyError, Identity, IdentitySetupError, Resolution, TokenError, read_body};
+use crate::zitadel::{CallerToken, Endpoint, UpstreamError};
+
+const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+/// Client assertions are sent at once and never reused; a short life is plenty.
+const ASSERTION_LIFETIME: Duration = Duration::from_secs(5 * 60);
+
+/// How usermeta authenticates toward the introspection endpoint.
+pub enum IntrospectionAuth {
+    ClientSecret {
+        client_id: String,
+        secret: SecretString,
+    },
+    PrivateKeyJwt(ApplicationKey),
+}
+
+impl IntrospectionAuth {
+    pub fn client_id(&self) -> &str {
+        match self {
+            IntrospectionAuth::ClientSecret { client_id, .. } => client_id,
+            IntrospectionAuth::PrivateKeyJwt(key) => &key.client_id,
+        }
+    }
+}
+
+impl fmt::Debug for IntrospectionAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            IntrospectionAuth::ClientSecret { client_id, .. } => f
+                .debug_struct("ClientSecret")
+                .field("client_id", client_id)
+                .finish_non_exhaustive(),
+            IntrospectionAuth::PrivateKeyJwt(key) => {
+                f.debug_tuple("PrivateKeyJwt").field(key).finish()
+            }
+        }
+    }
+}
+
+/// An API application's key file: `{"type":"application","keyId","key","clientId","appId"}`. The private key
+/// is checked (by signing once) when loaded and never prints.
+pub struct ApplicationKey {
+    key_id: String,
+    client_id: String,
+    app_id: String,
+    key: EncodingKey,
+}
+
+impl fmt::Debug for ApplicationKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApplicationKey")
+            .field("key_id", &self.key_id)
+            .field("client_id", &self.client_id)
+            .field("app_id", &self.app_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ApplicationKey {
+    /// Reads a key file's content. Errors name fields and positions, never content.
+    pub fn from_json(text: &[u8]) -> Result<ApplicationKey, String> {
+        let value: Value = serde_json::from_slice(text).map_err(|e| {
+            format!(
+                "is not JSON ({:?} error at line {} column {}); expected the key file ZITADEL downloads for an API application",
+                e.classify(),
+                e.line(),
+                e.column()
+            )
+        })?;
+        let object = value
+            .as_object()
+            .ok_or("is not a JSON object; expected an API application's key file")?;
+        let field = |name: &str| {
+            object
+                .get(name)
+                .and_then(Value::as_str)
+                .map(str::trim)
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| {
+                    format!("has no string field `{name}`; expected an API application's key file")
+                })
+        };
+        match field("type")? {
+            "application" => {}
+            "serviceaccount" => {
+                return Err("is a service user's key (`\"type\":\"serviceaccount\"`); introspection needs an API application's key (`\"type\":\"application\"`): create one under the API app's keys".into());
+            }
+            other => {
+                return Err(format!(
+                    "has `type` {:?}; expected \"application\"",
+                    other.chars().take(40).collect::<String>()
+                ));
+            }
+        }
+        let key = ApplicationKey {
+            key_id: field("keyId")?.to_owned(),
+            client_id: field("clientId")?.to_owned(),
+            app_id: field("appId")?.to_owned(),
+            key: EncodingKey::from_rsa_pem(field("key")?.as_bytes()).map_err(|e| {
+                format!("has a `key` that is not a usable RSA private key in PEM form ({e})")
+            })?,
+        };
+        key.assertion("https://usermeta.invalid", SystemTime::now())
+            .map_err(|e| format!("has a `key` that cannot sign ({e})"))?;
+        Ok(key)
+    }
+
+    pub fn client_id(&self) -> &str {
+        &self.client_id
+    }
+
+    /// The client assertion: `iss` = `sub` = client id, `aud` = the issuer, `kid` = key id.
+    fn assertion(
+        &self,
+        audience: &str,
+        now: SystemTime,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
+        #[derive(serde::Serialize)]
+        struct Claims<'a> {
+            iss: &'a str,
+            sub: &'a str,
+            aud: &'a str,
+            iat: u64,
+            exp: u64,
+        }
+        let iat = now
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some(self.key_id.clone());
+        let claims = Claims {
+            iss: &self.client_id,
+            sub: &self.client_id,
+            aud: audience,
+            iat,
+            exp: iat + ASSERTION_LIFETIME.as_secs(),
+        };
+        jsonwebtoken::encode(&header, &claims, &self.key)
+    }
+}
+
+/// `Basic base64(urlencode(id) ":" urlencode(secret))`, as ZITADEL's docs specify.
+fn basic(client_id: &str, secret: &SecretString) -> Option<HeaderValue> {
+    let encode =
+        |part: &str| url::form_urlencoded::byte_serialize(part.as_bytes()).collect::<String>();
+    let pair = format!("{}:{}", encode(client_id), encode(secret.expose_secret()));
+    let mut value = HeaderValue::try_from(format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    ))
+    .ok()?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
+#[derive(Debug)]
+pub(super) struct Introspector {
+    auth: IntrospectionAuth,
+    basic: Option<HeaderValue>,
+    http: reqwest::Client,
+    timeout: Duration,
+    url: Url,
+    issuer: String,
+}
+
+impl Introspector {
+    pub(super) fn new(
+        auth: IntrospectionAuth,
+        http: reqwest::Client,
+        timeout: Duration,
+        url: Url,
+        issuer: String,
+    ) -> Result<Self, IdentitySetupError> {
+        let basic = match &auth {
+            IntrospectionAuth::ClientSecret { client_id, secret } => {
+                Some(basic(client_id, secret).ok_or_else(|| {
+                    IdentitySetupError::BadBaseUrl("introspection client id".into())
+                })?)
+            }
+            IntrospectionAuth::PrivateKeyJwt(_) => None,
+        };
+        Ok(Introspector {
+            auth,
+            basic,
+            http,
+            timeout,
+            url,
+            issuer,
+        })
+    }
+
+    pub(super) async fn introspect(
+        &self,
+        token: &CallerToken,
+    ) -> Result<Resolution, IdentifyError> {
+        let endpoint = Endpoint::Introspection;
+        let mut form = vec![("token", token.token().to_owned())];
+        let mut request = self.http.post(self.url.clone());
+        match (&self.auth, &self.basic) {
+            (IntrospectionAuth::PrivateKeyJwt(key), _) => {
+                let assertion = key
+                    .assertion(&self.issuer, SystemTime::now())
+                    .map_err(|e| UpstreamError::BadResponse {
+                        endpoint,
+                        reason: format!("could not sign the client assertion ({e})"),
+                    })?;
+                form.push(("client_assertion_type", CLIENT_ASSERTION_TYPE.to_owned()));
+                form.push(("client_assertion", assertion));
+            }
+            (_, Some(basic)) => {
+                request = request.header(http::header::AUTHORIZATION, basic.clone())
+            }
+            (_, None) => {}
+        }
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(form)
+            .finish();
+        let request = request
+            .header(
+                http::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .header(http::header::ACCEPT, "application/json")
+            .body(body);
+        let (status, body) = read_body(endpoint, self.timeout, request).await?;
+        if status != 200 {
+            let rejection = crate::zitadel::Rejection::parse(status, None, &body);
+            return Err(IdentifyError::IntrospectionClient {
+                client_id: self.auth.client_id().to_owned(),
+                http_status: status,
+                said: match rejection.error_id {
+                    Some(id) if id != rejection.message => format!("{id}: {}", rejection.message),
+                    _ => rejection.message,
+                },
+            });
+        }
+        let claims: Map<String, Value> =
+            serde_json::from_slice(&body).map_err(|e| UpstreamError::BadResponse {
+                endpoint,
+                reason: format!("not a JSON object ({e})"),
+            })?;
+        if claims.get("active") != Some(&Value::Bool(true)) {
+            return Ok(Resolution::Refused(TokenError::Inactive));
+        }
+        Ok(match Identity::from_claims(&claims) {
+            Ok(identity) => Resolution::Active(std::sync::Arc::new(identity)),
+            Err(refused) => Resolution::Refused(refused),
+        })
+    }
+}

@@ -1,0 +1,365 @@
+//! Who is calling: the bearer token from gRPC metadata, and the identity ZITADEL vouches for. The user id
+//! always comes from ZITADEL (introspection, a JWT signed by ZITADEL's key, or userinfo), never from the
+//! request.
+//!
+//! Which way is configured: token introspection as an API application (client secret or application key),
+//! local validation of JWT access tokens against ZITADEL's JWKS, or both (JWTs locally, opaque tokens by
+//! introspection). With neither, userinfo's `sub` (and its roles claims) is the identity.
+
+mod introspection;
+mod jwt;
+
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
+
+use futures::FutureExt as _;
+use serde_json::{Map, Value};
+use tonic::metadata::MetadataMap;
+use url::Url;
+
+pub use introspection::{ApplicationKey, IntrospectionAuth};
+
+use crate::cache::CallerCache;
+use crate::zitadel::{BearerError, CallerToken, UpstreamError, Zitadel, userinfo::UserInfo};
+
+/// The gRPC metadata key that carries the caller's token.
+pub const AUTHORIZATION: &str = "authorization";
+
+/// The generic roles claim (roles of the requested project), an object keyed by role name.
+pub const ROLES_CLAIM: &str = "urn:zitadel:iam:org:project:roles";
+const ROLES_CLAIM_PREFIX: &str = "urn:zitadel:iam:org:project:";
+const ROLES_CLAIM_SUFFIX: &str = ":roles";
+/// The caller's organisation, with the scope `urn:zitadel:iam:user:resourceowner`.
+pub const ORG_ID_CLAIM: &str = "urn:zitadel:iam:user:resourceowner:id";
+
+/// The caller's token is missing, unusable, or not vouched for by ZITADEL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("the request has no `authorization` metadata")]
+    Missing,
+    #[error(transparent)]
+    Malformed(#[from] BearerError),
+    #[error(
+        "ZITADEL's answer for this token names no user (`sub`); request the token with the scope `openid`"
+    )]
+    NoSubject,
+    #[error(
+        "ZITADEL's introspection says the token is not active: it is invalid, expired or revoked, or its audience lacks usermeta's project (request it with the scope `urn:zitadel:iam:org:project:id:{{projectid}}:aud`); obtain a new one"
+    )]
+    Inactive,
+    #[error("the JWT access token is not valid: {0}; obtain a new one")]
+    InvalidJwt(&'static str),
+    #[error("the access token has expired; obtain a new one")]
+    Expired,
+}
+
+/// Resolving the caller failed: a token problem or a ZITADEL problem.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum IdentifyError {
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    /// ZITADEL refused usermeta's own introspection client (any non-200 answer).
+    #[error(
+        "ZITADEL refused usermeta's introspection client {client_id} (HTTP {http_status}: {said}); an operator must fix USERMETA_INTROSPECTION_* (client id, secret or application key, and the app's project)"
+    )]
+    IntrospectionClient {
+        client_id: String,
+        http_status: u16,
+        said: String,
+    },
+}
+
+/// Reads the caller's bearer token from request metadata.
+pub fn bearer_token(metadata: &MetadataMap) -> Result<CallerToken, TokenError> {
+    let value = metadata.get(AUTHORIZATION).ok_or(TokenError::Missing)?;
+    Ok(CallerToken::from_authorization(value.as_bytes())?)
+}
+
+/// A caller ZITADEL vouched for.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Identity {
+    /// The ZITADEL user id of the token's owner.
+    pub sub: String,
+    /// The OAuth client the token was issued to, when ZITADEL says (introspection, JWT access tokens).
+    pub client_id: Option<String>,
+    /// The caller's organisation, when the token's scopes make ZITADEL report it.
+    pub org_id: Option<String>,
+    /// Project roles from the roles claims, when the token carries them.
+    pub roles: BTreeSet<String>,
+    pub scopes: BTreeSet<String>,
+    /// The token's own expiry (seconds since the epoch), when known; caches never outlive it.
+    pub expires_at: Option<u64>,
+    /// The client certificate verified by mTLS, naming the calling service (none without mTLS).
+    pub client_cert: Option<crate::tls::ClientCert>,
+}
+
+impl Identity {
+    /// An identity from ZITADEL's claims (introspection answer or verified JWT payload).
+    pub fn from_claims(claims: &Map<String, Value>) -> Result<Identity, TokenError> {
+        let text = |name: &str| {
+            claims
+                .get(name)
+                .and_then(Value::as_str)
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+        };
+        let sub = text("sub").ok_or(TokenError::NoSubject)?;
+        let scopes = match claims.get("scope") {
+            Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect(),
+            _ => BTreeSet::new(),
+        };
+        Ok(Identity {
+            sub,
+            client_id: text("client_id").or_else(|| text("azp")),
+            org_id: text(ORG_ID_CLAIM),
+            roles: roles_of(claims),
+            scopes,
+            expires_at: claims.get("exp").and_then(Value::as_u64),
+            client_cert: None,
+        })
+    }
+}
+
+/// Role names from `urn:zitadel:iam:org:project:roles` and `urn:zitadel:iam:org:project:{id}:roles`.
+pub fn roles_of<'a>(claims: impl IntoIterator<Item = (&'a String, &'a Value)>) -> BTreeSet<String> {
+    let mut roles = BTreeSet::new();
+    for (name, value) in claims {
+        let is_roles_claim = name == ROLES_CLAIM
+            || name
+                .strip_prefix(ROLES_CLAIM_PREFIX)
+                .and_then(|rest| rest.strip_suffix(ROLES_CLAIM_SUFFIX))
+                .is_some_and(|id| !id.is_empty() && !id.contains(':'));
+        if let (true, Value::Object(granted)) = (is_roles_claim, value) {
+            roles.extend(granted.keys().cloned());
+        }
+    }
+    roles
+}
+
+impl TryFrom<&UserInfo> for Identity {
+    type Error = TokenError;
+
+    fn try_from(info: &UserInfo) -> Result<Self, TokenError> {
+        let sub = info.sub.clone().ok_or(TokenError::NoSubject)?;
+        Ok(Identity {
+            sub,
+            org_id: info.org_id.clone(),
+            roles: info.roles.clone(),
+            ..Identity::default()
+        })
+    }
+}
+
+/// What ZITADEL said about a token: who it belongs to, or that it does not count.
+#[derive(Debug, Clone)]
+pub enum Resolution {
+    Active(Arc<Identity>),
+    Refused(TokenError),
+}
+
+/// How callers are identified.
+#[derive(Debug, Default)]
+pub struct IdentityConfig {
+    pub introspection: Option<IntrospectionAuth>,
+    pub jwt: Option<JwtConfig>,
+}
+
+/// Local validation of JWT access tokens.
+#[derive(Debug, Clone)]
+pub struct JwtConfig {
+    /// Accepted audiences: usermeta's project id or client id; a token must name at least one.
+    pub audience: Vec<String>,
+    /// Shortest time between two JWKS fetches caused by unknown key ids, so garbage `kid`s cannot hammer
+    /// ZITADEL.
+    pub min_refresh_interval: Duration,
+}
+
+/// Could not set up caller identification.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentitySetupError {
+    #[error("the HTTP client could not be built: {0}")]
+    HttpClient(#[from] reqwest::Error),
+    #[error("the ZITADEL URL {0} cannot be a base for the introspection and JWKS paths")]
+    BadBaseUrl(String),
+    #[error("the introspection client id and secret cannot be sent in an HTTP header")]
+    BadClientCredentials,
+}
+
+/// Resolves callers the configured way. Cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct Resolver {
+    introspection: Option<Arc<introspection::Introspector>>,
+    jwt: Option<Arc<jwt::JwtValidator>>,
+}
+
+impl Resolver {
+    /// Userinfo only (today's behaviour, and the fallback).
+    pub fn userinfo() -> Self {
+        Resolver {
+            introspection: None,
+            jwt: None,
+        }
+    }
+
+    pub fn new(
+        config: IdentityConfig,
+        base_url: &Url,
+        timeout: Duration,
+    ) -> Result<Self, IdentitySetupError> {
+        if config.introspection.is_none() && config.jwt.is_none() {
+            return Ok(Self::userinfo());
+        }
+        let mut base = base_url.clone();
+        if !base.path().ends_with('/') {
+            let path = format!("{}/", base.path());
+            base.set_path(&path);
+        }
+        let join = |path: &str| {
+            base.join(path)
+                .map_err(|_| IdentitySetupError::BadBaseUrl(base.to_string()))
+        };
+        let issuer = base.as_str().trim_end_matches('/').to_owned();
+        let http = reqwest::Client::builder()
+            .connect_timeout(timeout)
+            .timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .tcp_nodelay(true)
+            .user_agent(concat!("usermeta/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let introspection = match config.introspection {
+            Some(auth) => Some(Arc::new(introspection::Introspector::new(
+                auth,
+                http.clone(),
+                timeout,
+                join("oauth/v2/introspect")?,
+                issuer.clone(),
+            )?)),
+            None => None,
+        };
+        let jwt = match config.jwt {
+            Some(jwt) => Some(Arc::new(jwt::JwtValidator::new(
+                jwt,
+                http,
+                timeout,
+                join("oauth/v2/keys")?,
+                issuer,
+            ))),
+            None => None,
+        };
+        Ok(Resolver { introspection, jwt })
+    }
+
+    /// Whether identities come from userinfo (then GetMyMetadata reuses its userinfo answer).
+    pub fn uses_userinfo(&self) -> bool {
+        self.introspection.is_none() && self.jwt.is_none()
+    }
+
+    /// The caller of `token`, from the cache when it can be.
+    pub async fn identify(
+        &self,
+        cache: &CallerCache,
+        zitadel: &Arc<Zitadel>,
+        token: &CallerToken,
+    ) -> Result<Arc<Identity>, IdentifyError> {
+        // JWT-shaped tokens are checked locally when configured; opaque ones go to introspection.
+        let jwt = self.jwt.as_ref().filter(|_| token.is_jwt_shaped());
+        if let Some(validator) = jwt {
+            let validator = Arc::clone(validator);
+            let token = token.clone();
+            return cache
+                .identity(&token.clone(), move || {
+                    async move { validator.validate(&token).await }.boxed()
+                })
+                .await;
+        }
+        if let Some(introspector) = &self.introspection {
+            let introspector = Arc::clone(introspector);
+            let token = token.clone();
+            return cache
+                .identity(&token.clone(), move || {
+                    async move { introspector.introspect(&token).await }.boxed()
+                })
+                .await;
+        }
+        if self.jwt.is_some() {
+            // Only JWT validation is configured and this token is opaque: nothing can vouch for it.
+            return Err(TokenError::InvalidJwt(
+                "it is not a JWT (usermeta validates JWT access tokens only; configure introspection for opaque tokens)",
+            )
+            .into());
+        }
+        let info = cache.userinfo(zitadel, token).await?;
+        Ok(Arc::new(Identity::try_from(info.as_ref())?))
+    }
+}
+
+/// Largest introspection or JWKS answer read.
+const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Sends a request and reads its status and body, whatever the status.
+async fn read_body(
+    endpoint: crate::zitadel::Endpoint,
+    timeout: Duration,
+    request: reqwest::RequestBuilder,
+) -> Result<(u16, bytes::Bytes), UpstreamError> {
+    let transport = |e| UpstreamError::from_transport(endpoint, timeout, e);
+    let mut response = request.send().await.map_err(transport)?;
+    let status = response.status().as_u16();
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = response.chunk().await.map_err(transport)? {
+        if body.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(UpstreamError::BadResponse {
+                endpoint,
+                reason: format!("the answer is larger than {MAX_BODY_BYTES} bytes"),
+            });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((status, body.freeze()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_from_claims_reads_roles_org_client_scopes_and_expiry() {
+        let claims = serde_json::json!({
+            "sub": "u1",
+            "client_id": "billing",
+            "scope": "openid profile",
+            "exp": 1_900_000_000u64,
+            "urn:zitadel:iam:user:resourceowner:id": "org1",
+            "urn:zitadel:iam:org:project:roles": {"support": {"org1": "acme.localhost"}},
+            "urn:zitadel:iam:org:project:123:roles": {"editor": {"org1": "acme.localhost"}},
+            "urn:zitadel:iam:org:project:id:123:aud": {"not": "roles"},
+            "urn:zitadel:iam:org:project:roles:extra": {"nope": {}},
+        });
+        let identity = Identity::from_claims(claims.as_object().unwrap()).unwrap();
+        assert_eq!(identity.sub, "u1");
+        assert_eq!(identity.client_id.as_deref(), Some("billing"));
+        assert_eq!(identity.org_id.as_deref(), Some("org1"));
+        assert_eq!(
+            identity
+                .roles
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+            ["editor", "support"]
+        );
+        assert_eq!(identity.scopes.len(), 2);
+        assert_eq!(identity.expires_at, Some(1_900_000_000));
+        let no_sub = serde_json::json!({"active": true});
+        assert_eq!(
+            Identity::from_claims(no_sub.as_object().unwrap()),
+            Err(TokenError::NoSubject)
+        );
+    }
+}

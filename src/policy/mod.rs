@@ -1,0 +1,515 @@
+//! Who may do what, per key. A [`Policy`] is a list of rules (who × whose × keys × actions) plus key
+//! declarations (hidden keys, value rules), compiled once at start-up from `USERMETA_POLICY_FILE` and the
+//! shorthands `USERMETA_ADMINS` / `USERMETA_SELF_WRITABLE_KEYS`. Anything no rule allows is denied; without
+//! a file, users may read their own metadata and nothing else. Every decision is made before any management
+//! call.
+
+mod file;
+
+use std::collections::HashSet;
+
+use regex::Regex;
+
+pub use file::PolicyError;
+
+use crate::caller::Identity;
+
+/// What a request wants to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Read,
+    Write,
+    Delete,
+}
+
+impl Action {
+    pub const ALL: [Action; 3] = [Action::Read, Action::Write, Action::Delete];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Read => "read",
+            Action::Write => "write",
+            Action::Delete => "delete",
+        }
+    }
+
+    fn bit(self) -> u8 {
+        match self {
+            Action::Read => 1,
+            Action::Write => 2,
+            Action::Delete => 4,
+        }
+    }
+}
+
+/// The user whose metadata a request touches. `org_id` is the organisation ZITADEL will scope the call to:
+/// the caller's own (from ZITADEL) for themself, else the request's `organization_id` (ZITADEL refuses the
+/// management call when the user is not in it, so it cannot be used to pass an organisation rule).
+#[derive(Debug, Clone, Copy)]
+pub struct Subject<'a> {
+    pub user_id: &'a str,
+    pub org_id: Option<&'a str>,
+}
+
+/// Why a request was refused. Carries ids and key names, never values or tokens.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Denial {
+    #[error("no policy rule lets {caller} {action} {what}{hint}", action = .action.name(), what = describe(.key.as_deref(), .target.as_deref()), hint = HINT)]
+    NoRule {
+        action: Action,
+        /// `None` for a listing of another user the caller may read nothing of.
+        key: Option<String>,
+        /// `None` when the caller is the target.
+        target: Option<String>,
+        /// The caller, as `user <sub>` or `user <sub> (client <id>)`.
+        caller: String,
+    },
+    #[error("key `{key}` is hidden from the user themself (declared `hidden` in the policy)")]
+    Hidden { key: String },
+}
+
+const HINT: &str =
+    "; rules come from USERMETA_POLICY_FILE, USERMETA_ADMINS and USERMETA_SELF_WRITABLE_KEYS";
+
+fn describe(key: Option<&str>, target: Option<&str>) -> String {
+    let whose = match target {
+        None => "their own metadata".to_owned(),
+        Some(user) => format!("metadata of user {user}"),
+    };
+    match key {
+        Some(key) => format!("key `{key}` of {whose}"),
+        None => format!("any {whose}"),
+    }
+}
+
+impl Denial {
+    pub fn action(&self) -> Action {
+        match self {
+            Denial::NoRule { action, .. } => *action,
+            Denial::Hidden { .. } => Action::Read,
+        }
+    }
+
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Denial::NoRule { key, .. } => key.as_deref(),
+            Denial::Hidden { key } => Some(key),
+        }
+    }
+}
+
+/// A key name or a family of keys: `billing.*` (a prefix), `*` (every key) or an exact name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyPattern {
+    Any,
+    Prefix(String),
+    Exact(String),
+}
+
+impl KeyPattern {
+    /// Parses a pattern; `*` may only end it.
+    pub fn parse(text: &str) -> Result<KeyPattern, String> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Err("a key pattern must not be empty".into());
+        }
+        match text.strip_suffix('*') {
+            Some("") => Ok(KeyPattern::Any),
+            Some(prefix) if !prefix.contains('*') => Ok(KeyPattern::Prefix(prefix.to_owned())),
+            Some(_) | None if text.contains('*') => Err(format!(
+                "key pattern `{text}`: `*` may only end a pattern (`billing.*`) or stand alone"
+            )),
+            _ => Ok(KeyPattern::Exact(text.to_owned())),
+        }
+    }
+
+    pub fn matches(&self, key: &str) -> bool {
+        match self {
+            KeyPattern::Any => true,
+            KeyPattern::Prefix(prefix) => key.starts_with(prefix.as_str()),
+            KeyPattern::Exact(name) => key == name,
+        }
+    }
+}
+
+/// Who a rule is for. Each non-empty list must match (AND across lists, OR within one); all empty means
+/// any authenticated caller.
+#[derive(Debug, Clone, Default)]
+pub struct Who {
+    pub subjects: HashSet<String>,
+    pub client_ids: HashSet<String>,
+    pub roles: HashSet<String>,
+    pub organizations: HashSet<String>,
+}
+
+impl Who {
+    fn matches(&self, caller: &Identity) -> bool {
+        (self.subjects.is_empty() || self.subjects.contains(&caller.sub))
+            && (self.client_ids.is_empty()
+                || caller
+                    .client_id
+                    .as_ref()
+                    .is_some_and(|c| self.client_ids.contains(c)))
+            && (self.roles.is_empty() || caller.roles.iter().any(|r| self.roles.contains(r)))
+            && (self.organizations.is_empty()
+                || caller
+                    .org_id
+                    .as_ref()
+                    .is_some_and(|o| self.organizations.contains(o)))
+    }
+}
+
+/// Whose metadata a rule covers.
+#[derive(Debug, Clone)]
+pub enum Whose {
+    /// The caller's own.
+    Itself,
+    /// Any user's, the caller's own included.
+    Any,
+    /// Users of these organisations (the caller's own included when they belong to one).
+    Organizations(HashSet<String>),
+}
+
+impl Whose {
+    fn matches(&self, is_self: bool, target: Subject<'_>) -> bool {
+        match self {
+            Whose::Itself => is_self,
+            Whose::Any => true,
+            Whose::Organizations(orgs) => target.org_id.is_some_and(|o| orgs.contains(o)),
+        }
+    }
+}
+
+/// One compiled rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// For logs: the rule's `name`, or where it came from.
+    pub name: String,
+    pub who: Who,
+    pub whose: Whose,
+    pub keys: Vec<KeyPattern>,
+    actions: u8,
+}
+
+impl Rule {
+    pub fn new(
+        name: impl Into<String>,
+        who: Who,
+        whose: Whose,
+        keys: Vec<KeyPattern>,
+        actions: &[Action],
+    ) -> Rule {
+        Rule {
+            name: name.into(),
+            who,
+            whose,
+            keys,
+            actions: actions.iter().fold(0, |bits, a| bits | a.bit()),
+        }
+    }
+
+    fn allows_action(&self, action: Action) -> bool {
+        self.actions & action.bit() != 0
+    }
+}
+
+/// A key declaration: hidden from its user, and/or what its values must look like.
+#[derive(Debug, Clone)]
+pub struct KeyRule {
+    pub keys: KeyPattern,
+    pub hidden: bool,
+    pub max_bytes: Option<usize>,
+    /// Compiled once at start-up; anchored as written (use `^…$` to match the whole value).
+    pub pattern: Option<Regex>,
+    pub json: bool,
+}
+
+/// The rules in force.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    rules: Vec<Rule>,
+    key_rules: Vec<KeyRule>,
+    /// The implicit rule "anyone may read their own metadata" (hidden keys excepted).
+    self_read: bool,
+}
+
+impl Default for Policy {
+    /// Self-read allowed, everything else denied.
+    fn default() -> Self {
+        Policy {
+            rules: Vec::new(),
+            key_rules: Vec::new(),
+            self_read: true,
+        }
+    }
+}
+
+impl Policy {
+    /// The default policy plus the shorthands: `admins` (ZITADEL user ids) may do anything to anyone;
+    /// `self_writable_prefixes` are key prefixes users may write and delete on themselves.
+    pub fn new(
+        admins: impl IntoIterator<Item = String>,
+        self_writable_prefixes: Vec<String>,
+    ) -> Self {
+        Policy::default().with_shorthands(admins, self_writable_prefixes)
+    }
+
+    /// Adds the `USERMETA_ADMINS` and `USERMETA_SELF_WRITABLE_KEYS` rules.
+    pub fn with_shorthands(
+        mut self,
+        admins: impl IntoIterator<Item = String>,
+        self_writable_prefixes: Vec<String>,
+    ) -> Self {
+        let admins: HashSet<String> = admins.into_iter().collect();
+        if !admins.is_empty() {
+            self.rules.push(Rule::new(
+                "USERMETA_ADMINS",
+                Who {
+                    subjects: admins,
+                    ..Who::default()
+                },
+                Whose::Any,
+                vec![KeyPattern::Any],
+                &Action::ALL,
+            ));
+        }
+        if !self_writable_prefixes.is_empty() {
+            self.rules.push(Rule::new(
+                "USERMETA_SELF_WRITABLE_KEYS",
+                Who::default(),
+                Whose::Itself,
+                self_writable_prefixes
+                    .into_iter()
+                    .map(KeyPattern::Prefix)
+                    .collect(),
+                &[Action::Write, Action::Delete],
+            ));
+        }
+        self
+    }
+
+    /// A policy from its parts (the file parser and tests build these).
+    pub fn from_parts(rules: Vec<Rule>, key_rules: Vec<KeyRule>, self_read: bool) -> Self {
+        Policy {
+            rules,
+            key_rules,
+            self_read,
+        }
+    }
+
+    /// Parses a policy file's text; `origin` names it in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self, PolicyError> {
+        file::parse(text, origin)
+    }
+
+    /// Reads and parses a policy file.
+    pub fn load(path: &std::path::Path) -> Result<Self, PolicyError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| PolicyError {
+            origin: origin.clone(),
+            line: None,
+            message: format!("cannot read the file: {e}"),
+        })?;
+        Self::from_toml(&text, &origin)
+    }
+
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// Whether `key` is declared hidden from its user.
+    pub fn is_hidden(&self, key: &str) -> bool {
+        self.key_rules
+            .iter()
+            .any(|k| k.hidden && k.keys.matches(key))
+    }
+
+    /// The rules that apply to this caller, target and action; the keys are then checked against these only.
+    fn grants<'p>(&'p self, caller: &Identity, target: Subject<'_>, action: Action) -> Grants<'p> {
+        let is_self = caller.sub == target.user_id;
+        let rules = self
+            .rules
+            .iter()
+            .filter(|r| {
+                r.allows_action(action) && r.whose.matches(is_self, target) && r.who.matches(caller)
+            })
+            .collect();
+        Grants {
+            policy: self,
+            rules,
+            is_self,
+            implicit_read: is_self && action == Action::Read && self.self_read,
+            reads: action == Action::Read,
+        }
+    }
+
+    fn no_rule(
+        caller: &Identity,
+        target: Subject<'_>,
+        action: Action,
+        key: Option<&str>,
+    ) -> Denial {
+        Denial::NoRule {
+            action,
+            key: key.map(str::to_owned),
+            target: (caller.sub != target.user_id).then(|| target.user_id.to_owned()),
+            caller: describe_caller(caller),
+        }
+    }
+
+    /// Whether every caller may read their own metadata (hidden keys aside) whoever they are; then a self
+    /// read needs no identity beyond the token ZITADEL reads with.
+    pub fn self_read_is_open(&self) -> bool {
+        self.self_read
+    }
+
+    /// The caller's own keys, when [`Policy::self_read_is_open`]: everything but hidden keys.
+    pub fn own_scope(&self) -> Option<ReadScope<'_>> {
+        self.self_read.then(|| ReadScope {
+            grants: Grants {
+                policy: self,
+                rules: Vec::new(),
+                is_self: true,
+                implicit_read: true,
+                reads: true,
+            },
+            caller: "the caller".to_owned(),
+            target: None,
+        })
+    }
+
+    /// May `caller` do `action` on every one of `keys` of `target`? Names the first key refused.
+    pub fn authorize<'k>(
+        &self,
+        caller: &Identity,
+        target: Subject<'_>,
+        action: Action,
+        keys: impl IntoIterator<Item = &'k str>,
+    ) -> Result<(), Denial> {
+        let grants = self.grants(caller, target, action);
+        for key in keys {
+            grants.check(key).map_err(|hidden| {
+                hidden.unwrap_or_else(|| Self::no_rule(caller, target, action, Some(key)))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// What `caller` may read of `target`, for listings: refused outright when no key at all could be read.
+    pub fn read_scope<'p>(
+        &'p self,
+        caller: &Identity,
+        target: Subject<'_>,
+    ) -> Result<ReadScope<'p>, Denial> {
+        let grants = self.grants(caller, target, Action::Read);
+        if grants.rules.is_empty() && !grants.implicit_read {
+            return Err(Self::no_rule(caller, target, Action::Read, None));
+        }
+        Ok(ReadScope {
+            grants,
+            caller: describe_caller(caller),
+            target: (caller.sub != target.user_id).then(|| target.user_id.to_owned()),
+        })
+    }
+
+    /// The value rules `value` of `key` breaks, as descriptions (empty when it passes).
+    pub fn value_problems(&self, key: &str, value: &[u8]) -> Vec<String> {
+        let mut problems = Vec::new();
+        for rule in self.key_rules.iter().filter(|k| k.keys.matches(key)) {
+            if let Some(max) = rule.max_bytes
+                && value.len() > max
+            {
+                problems.push(format!(
+                    "must be at most {max} bytes for key `{key}` (policy), is {}",
+                    value.len()
+                ));
+            }
+            if rule.pattern.is_some() || rule.json {
+                let Ok(text) = std::str::from_utf8(value) else {
+                    problems.push(format!(
+                        "must be UTF-8 text for key `{key}` (policy has a pattern or json rule)"
+                    ));
+                    continue;
+                };
+                if let Some(pattern) = &rule.pattern
+                    && !pattern.is_match(text)
+                {
+                    problems.push(format!(
+                        "must match the pattern `{}` for key `{key}` (policy)",
+                        pattern.as_str()
+                    ));
+                }
+                if rule.json && serde_json::from_str::<serde::de::IgnoredAny>(text).is_err() {
+                    problems.push(format!("must be JSON for key `{key}` (policy)"));
+                }
+            }
+        }
+        problems
+    }
+}
+
+/// The rules granting one caller one action on one target.
+struct Grants<'p> {
+    policy: &'p Policy,
+    rules: Vec<&'p Rule>,
+    is_self: bool,
+    implicit_read: bool,
+    reads: bool,
+}
+
+impl Grants<'_> {
+    /// `Err(Some(_))`: hidden from a self read; `Err(None)`: no rule.
+    fn check(&self, key: &str) -> Result<(), Option<Denial>> {
+        if self.reads && self.is_self && self.policy.is_hidden(key) {
+            return Err(Some(Denial::Hidden {
+                key: key.to_owned(),
+            }));
+        }
+        if self.implicit_read
+            || self
+                .rules
+                .iter()
+                .any(|r| r.keys.iter().any(|p| p.matches(key)))
+        {
+            Ok(())
+        } else {
+            Err(None)
+        }
+    }
+}
+
+fn describe_caller(caller: &Identity) -> String {
+    match &caller.client_id {
+        Some(client) => format!("user {} (client {client})", caller.sub),
+        None => format!("user {}", caller.sub),
+    }
+}
+
+/// Which keys of one user a caller may read.
+pub struct ReadScope<'p> {
+    grants: Grants<'p>,
+    caller: String,
+    target: Option<String>,
+}
+
+impl ReadScope<'_> {
+    pub fn allows(&self, key: &str) -> bool {
+        self.grants.check(key).is_ok()
+    }
+
+    /// Refuses a key the caller asked for by name (loudly, rather than answering as if it did not exist).
+    pub fn require(&self, key: &str) -> Result<(), Denial> {
+        self.grants.check(key).map_err(|hidden| {
+            hidden.unwrap_or_else(|| Denial::NoRule {
+                action: Action::Read,
+                key: Some(key.to_owned()),
+                target: self.target.clone(),
+                caller: self.caller.clone(),
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

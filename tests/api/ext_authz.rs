@@ -1,0 +1,564 @@
+//! Envoy external authorization: Check called with Envoy's request shape through a client generated from the
+//! same protos, against the real server and the stand-in.
+
+use std::{collections::HashMap, net::SocketAddr};
+
+use envoy_types::pb::envoy::{
+    config::core::v3::{HeaderValueOption, header_value_option::HeaderAppendAction},
+    service::auth::v3::{
+        AttributeContext, CheckRequest, CheckResponse, attribute_context,
+        authorization_client::AuthorizationClient, check_response::HttpResponse,
+    },
+};
+use secrecy::SecretString;
+use tonic::{Code, transport::Channel};
+use usermeta::{
+    api::pb::GetMyMetadataRequest,
+    authz::{AuthzConfig, BinaryValues, parse_header_map, parse_rules},
+    policy::Policy,
+    standin::{Fault, FaultKind},
+    zitadel::ServiceCredential,
+};
+
+use crate::helpers::*;
+
+const CONTRACT_HEADER: &str = "x-user-contract-number";
+
+/// Passes ContractNumber and (absent for alice) Nickname; profile.language is not allow-listed.
+fn config() -> AuthzConfig {
+    AuthzConfig {
+        headers: parse_header_map(
+            "ContractNumber=x-user-contract-number,Nickname=x-user-nickname,Blob=x-user-blob,Note=x-user-note",
+        )
+        .unwrap(),
+        ..AuthzConfig::default()
+    }
+}
+
+async fn authz_client(addr: SocketAddr) -> AuthorizationClient<Channel> {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    AuthorizationClient::new(channel)
+}
+
+/// A CheckRequest as Envoy sends it: lower-case header names, path with query, host with port.
+fn envoy_request(path: &str, host: &str, token: Option<&str>) -> CheckRequest {
+    let mut headers = HashMap::from([
+        (":method".to_owned(), "GET".to_owned()),
+        (":path".to_owned(), path.to_owned()),
+        // A client trying to forge an identity header.
+        (CONTRACT_HEADER.to_owned(), "forged".to_owned()),
+        ("x-user-id".to_owned(), "forged".to_owned()),
+    ]);
+    if let Some(token) = token {
+        headers.insert("authorization".to_owned(), format!("Bearer {token}"));
+    }
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(attribute_context::Request {
+                http: Some(attribute_context::HttpRequest {
+                    method: "GET".into(),
+                    path: path.into(),
+                    host: host.into(),
+                    scheme: "https".into(),
+                    protocol: "HTTP/2".into(),
+                    headers,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+async fn check(
+    client: &mut AuthorizationClient<Channel>,
+    path: &str,
+    token: Option<&str>,
+) -> CheckResponse {
+    client
+        .check(envoy_request(path, "api.example.com:443", token))
+        .await
+        .expect("Check answers with a CheckResponse, never a gRPC error")
+        .into_inner()
+}
+
+/// What an OK answer does to the upstream request.
+#[derive(Debug)]
+struct Allowed {
+    set: Vec<(String, String)>,
+    removed: Vec<String>,
+}
+
+impl Allowed {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.set
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+#[track_caller]
+fn allowed(response: &CheckResponse) -> Allowed {
+    assert_eq!(
+        response.status.as_ref().map(|s| s.code),
+        Some(Code::Ok as i32),
+        "{response:?}"
+    );
+    let Some(HttpResponse::OkResponse(ok)) = &response.http_response else {
+        panic!("expected an OK response: {response:?}");
+    };
+    let set = ok.headers.iter().map(overwriting).collect();
+    Allowed {
+        set,
+        removed: ok.headers_to_remove.clone(),
+    }
+}
+
+/// Each set header must overwrite a client's value, for old and new Envoys alike.
+#[track_caller]
+#[allow(deprecated)]
+fn overwriting(option: &HeaderValueOption) -> (String, String) {
+    assert_eq!(option.append.as_ref().map(|a| a.value), Some(false));
+    assert_eq!(
+        option.append_action,
+        HeaderAppendAction::OverwriteIfExistsOrAdd as i32
+    );
+    let header = option.header.as_ref().unwrap();
+    (header.key.clone(), header.value.clone())
+}
+
+/// Every managed header is either overwritten or removed (never both: Envoy removes after setting).
+#[track_caller]
+fn assert_no_forgery(allowed: &Allowed, config: &AuthzConfig) {
+    for name in config.managed_headers() {
+        let set = allowed.get(name).is_some();
+        let removed = allowed.removed.iter().any(|r| r == name);
+        assert!(set != removed, "{name}: set={set} removed={removed}");
+    }
+}
+
+/// HTTP status, `www-authenticate` and body of a denial.
+#[track_caller]
+fn denied(response: &CheckResponse, grpc: Code) -> (i32, Option<String>, String) {
+    assert_eq!(
+        response.status.as_ref().map(|s| s.code),
+        Some(grpc as i32),
+        "{response:?}"
+    );
+    let Some(HttpResponse::DeniedResponse(denied)) = &response.http_response else {
+        panic!("expected a denied response: {response:?}");
+    };
+    let challenge = denied
+        .headers
+        .iter()
+        .filter_map(|h| h.header.as_ref())
+        .find(|h| h.key == "www-authenticate")
+        .map(|h| h.value.clone());
+    (
+        denied.status.as_ref().unwrap().code,
+        challenge,
+        denied.body.clone(),
+    )
+}
+
+#[tokio::test]
+async fn allow_listed_keys_and_the_user_id_become_upstream_headers() {
+    let app = spawn_app_with_authz(Some(config())).await;
+    let mut client = authz_client(app.addr).await;
+    let answer = allowed(&check(&mut client, "/contracts", Some(&app.alice_token)).await);
+    assert_eq!(answer.get("x-user-id"), Some(app.alice.as_str()));
+    assert_eq!(answer.get(CONTRACT_HEADER), Some("1234"));
+    assert_eq!(answer.set.len(), 2, "only allow-listed keys: {answer:?}");
+    assert_eq!(
+        answer.removed,
+        vec!["x-user-nickname", "x-user-blob", "x-user-note"]
+    );
+    assert_no_forgery(&answer, &config());
+}
+
+#[tokio::test]
+async fn binary_values_are_base64_with_a_marker_or_dropped() {
+    let app = spawn_app_with_authz(Some(config())).await;
+    app.standin
+        .set_metadata(&app.alice, "Blob", &[0xff, 0x00, 0x10]);
+    let mut client = authz_client(app.addr).await;
+    let answer = allowed(&check(&mut client, "/", Some(&app.alice_token)).await);
+    assert_eq!(answer.get("x-user-blob"), Some("base64:/wAQ"));
+
+    let dropping = AuthzConfig {
+        binary: BinaryValues::Drop,
+        ..config()
+    };
+    let app = spawn_app_with_authz(Some(dropping.clone())).await;
+    app.standin
+        .set_metadata(&app.alice, "Blob", &[0xff, 0x00, 0x10]);
+    let mut client = authz_client(app.addr).await;
+    let answer = allowed(&check(&mut client, "/", Some(&app.alice_token)).await);
+    assert_eq!(answer.get("x-user-blob"), None);
+    assert!(answer.removed.contains(&"x-user-blob".to_owned()));
+    assert_no_forgery(&answer, &dropping);
+}
+
+#[tokio::test]
+async fn a_value_that_is_not_header_safe_is_not_injected() {
+    let app = spawn_app_with_authz(Some(config())).await;
+    app.standin
+        .set_metadata(&app.alice, "Note", b"ok\r\nx-user-id: admin");
+    let mut client = authz_client(app.addr).await;
+    let answer = allowed(&check(&mut client, "/", Some(&app.alice_token)).await);
+    assert_eq!(answer.get("x-user-note"), None);
+    assert!(answer.removed.contains(&"x-user-note".to_owned()));
+    assert!(
+        answer
+            .set
+            .iter()
+            .all(|(_, v)| !v.contains('\n') && !v.contains('\r'))
+    );
+    assert_eq!(answer.get("x-user-id"), Some(app.alice.as_str()));
+}
+
+#[tokio::test]
+async fn a_missing_token_is_denied_with_a_bearer_challenge() {
+    let app = spawn_app_with_authz(Some(config())).await;
+    let mut client = authz_client(app.addr).await;
+    let (status, challenge, body) =
+        denied(&check(&mut client, "/", None).await, Code::Unauthenticated);
+    assert_eq!(status, 401);
+    assert_eq!(challenge.as_deref(), Some("Bearer"));
+    assert!(body.contains("no bearer token"), "{body}");
+    assert_eq!(app.standin.userinfo_requests(), 0);
+}
+
+#[tokio::test]
+async fn invalid_and_malformed_tokens_are_denied_as_invalid_token() {
+    let app = spawn_app_with_authz(Some(config())).await;
+    let mut client = authz_client(app.addr).await;
+    let (status, challenge, _) = denied(
+        &check(&mut client, "/", Some("not-a-real-token")).await,
+        Code::Unauthenticated,
+    );
+    assert_eq!(status, 401);
+    assert_eq!(
+        challenge.as_deref(),
+        Some(r#"Bearer error="invalid_token""#)
+    );
+
+    let revoked = app.standin.issue_token(&app.alice, FULL_SCOPES);
+    app.standin.revoke_token(&revoked);
+    let (status, _, _) = denied(
+        &check(&mut client, "/", Some(&revoked)).await,
+        Code::Unauthenticated,
+    );
+    assert_eq!(status, 401);
+
+    let before = app.standin.userinfo_requests();
+    let (status, challenge, body) = denied(
+        &check(&mut client, "/", Some("abc\"def")).await,
+        Code::Unauthenticated,
+    );
+    assert_eq!(status, 401);
+    assert_eq!(
+        challenge.as_deref(),
+        Some(r#"Bearer error="invalid_token""#)
+    );
+    assert!(!body.contains("abc"), "the token is never echoed: {body}");
+    assert_eq!(
+        app.standin.userinfo_requests(),
+        before,
+        "malformed tokens never leave"
+    );
+}
+
+#[tokio::test]
+async fn anonymous_requests_pass_without_identity_but_with_the_removal_list() {
+    let config = AuthzConfig {
+        allow_anonymous: true,
+        ..config()
+    };
+    let app = spawn_app_with_authz(Some(config.clone())).await;
+    let mut client = authz_client(app.addr).await;
+    let answer = allowed(&check(&mut client, "/", None).await);
+    assert!(answer.set.is_empty(), "{answer:?}");
+    let mut removed = answer.removed.clone();
+    removed.sort();
+    let mut managed: Vec<String> = config.managed_headers().map(str::to_owned).collect();
+    managed.sort();
+    assert_eq!(removed, managed);
+
+    // A token that is present but bad is not anonymous.
+    let (status, _, _) = denied(
+        &check(&mut client, "/", Some("not-a-real-token")).await,
+        Code::Unauthenticated,
+    );
+    assert_eq!(status, 401);
+    // With a good token, identity is still passed.
+    let answer = allowed(&check(&mut client, "/", Some(&app.alice_token)).await);
+    assert_eq!(answer.get("x-user-id"), Some(app.alice.as_str()));
+}
+
+fn userinfo_unavailable() -> Fault {
+    Fault {
+        path_prefix: "/oidc/v1/userinfo".into(),
+        times: None,
+        kind: FaultKind::Status(503),
+    }
+}
+
+#[tokio::test]
+async fn zitadel_failures_fail_closed_with_503_by_default() {
+    let app = spawn_app_with_authz(Some(config())).await;
+    app.standin.push_fault(userinfo_unavailable());
+    let mut client = authz_client(app.addr).await;
+    let (status, challenge, body) = denied(
+        &check(&mut client, "/", Some(&app.alice_token)).await,
+        Code::Unavailable,
+    );
+    assert_eq!(status, 503);
+    assert_eq!(challenge, None);
+    assert!(body.contains("unavailable"), "{body}");
+}
+
+#[tokio::test]
+async fn zitadel_failures_fail_open_when_configured() {
+    let config = AuthzConfig {
+        fail_open: true,
+        ..config()
+    };
+    let app = spawn_app_with_authz(Some(config.clone())).await;
+    app.standin.push_fault(userinfo_unavailable());
+    let mut client = authz_client(app.addr).await;
+    let answer = allowed(&check(&mut client, "/", Some(&app.alice_token)).await);
+    assert!(answer.set.is_empty(), "no identity headers: {answer:?}");
+    assert_eq!(answer.removed.len(), config.managed_headers().count());
+    assert_no_forgery(&answer, &config);
+
+    // A route rule cannot be checked without ZITADEL: such routes stay closed.
+    let guarded = AuthzConfig {
+        fail_open: true,
+        rules: parse_rules("path=/admin role=admin", "test").unwrap(),
+        ..self::config()
+    };
+    let app = spawn_app_with_authz(Some(guarded)).await;
+    app.standin.push_fault(userinfo_unavailable());
+    let mut client = authz_client(app.addr).await;
+    let (status, _, _) = denied(
+        &check(&mut client, "/admin", Some(&app.alice_token)).await,
+        Code::Unavailable,
+    );
+    assert_eq!(status, 503);
+    allowed(&check(&mut client, "/public", Some(&app.alice_token)).await);
+}
+
+#[tokio::test]
+async fn route_rules_require_a_metadata_value_on_their_paths_only() {
+    let config = AuthzConfig {
+        rules: parse_rules(
+            "path=/contracts metadata.ContractNumber=1234\nhost=other.example.com role=admin",
+            "test",
+        )
+        .unwrap(),
+        ..config()
+    };
+    let app = spawn_app_with_authz(Some(config)).await;
+    let bob_token = app.standin.issue_token(&app.bob, FULL_SCOPES);
+    let mut client = authz_client(app.addr).await;
+
+    let answer = allowed(&check(&mut client, "/contracts/7?x=1", Some(&app.alice_token)).await);
+    assert_eq!(answer.get(CONTRACT_HEADER), Some("1234"));
+
+    let (status, challenge, body) = denied(
+        &check(&mut client, "/contracts/7", Some(&bob_token)).await,
+        Code::PermissionDenied,
+    );
+    assert_eq!(status, 403);
+    assert_eq!(challenge, None);
+    assert!(
+        body.contains("ContractNumber") && !body.contains("1234"),
+        "{body}"
+    );
+
+    // Not applied on other paths or hosts.
+    let answer = allowed(&check(&mut client, "/profile", Some(&bob_token)).await);
+    assert_eq!(answer.get(CONTRACT_HEADER), Some("5678"));
+    // The host rule applies to its host only.
+    let response = client
+        .check(envoy_request(
+            "/profile",
+            "other.example.com",
+            Some(&bob_token),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let (status, _, body) = denied(&response, Code::PermissionDenied);
+    assert_eq!(status, 403);
+    assert!(body.contains("role `admin`"), "{body}");
+}
+
+#[tokio::test]
+async fn role_rules_read_the_project_roles_claim() {
+    let (url, _calls) = raw_userinfo(serde_json::json!({
+        "sub": "u-1",
+        "urn:zitadel:iam:org:project:roles": {"admin": {"org-1": "acme.example.com"}},
+        "urn:zitadel:iam:user:metadata": {"ContractNumber": "MTIzNA"},
+    }))
+    .await;
+    let config = AuthzConfig {
+        rules: parse_rules("path=/admin role=admin\npath=/billing role=billing", "test").unwrap(),
+        ..config()
+    };
+    let (addr, _stop) = spawn_usermeta_full(
+        &url,
+        ServiceCredential::Pat(SecretString::from("unused")),
+        Policy::new(Vec::<String>::new(), Vec::new()),
+        Options::default(),
+        usermeta::caller::IdentityConfig::default(),
+        Some(config),
+    )
+    .await;
+    let mut client = authz_client(addr).await;
+    let answer = allowed(&check(&mut client, "/admin/users", Some("any-token")).await);
+    assert_eq!(answer.get("x-user-id"), Some("u-1"));
+    assert_eq!(answer.get(CONTRACT_HEADER), Some("1234"));
+    let (status, _, body) = denied(
+        &check(&mut client, "/billing", Some("any-token")).await,
+        Code::PermissionDenied,
+    );
+    assert_eq!(status, 403);
+    assert!(body.contains("role `billing`"), "{body}");
+}
+
+#[tokio::test]
+async fn anonymous_requests_to_a_ruled_route_need_a_token() {
+    let config = AuthzConfig {
+        allow_anonymous: true,
+        rules: parse_rules("path=/admin role=admin", "test").unwrap(),
+        ..config()
+    };
+    let app = spawn_app_with_authz(Some(config)).await;
+    let mut client = authz_client(app.addr).await;
+    let (status, challenge, _) = denied(
+        &check(&mut client, "/admin", None).await,
+        Code::Unauthenticated,
+    );
+    assert_eq!(status, 401);
+    assert_eq!(challenge.as_deref(), Some("Bearer"));
+    allowed(&check(&mut client, "/public", None).await);
+}
+
+#[tokio::test]
+async fn repeated_checks_with_one_token_ask_zitadel_once() {
+    let app = spawn_app_with_authz(Some(config())).await;
+    let mut client = authz_client(app.addr).await;
+    let before = app.standin.userinfo_requests();
+    for _ in 0..10 {
+        let answer = allowed(&check(&mut client, "/", Some(&app.alice_token)).await);
+        assert_eq!(answer.get(CONTRACT_HEADER), Some("1234"));
+    }
+    // The metadata API shares the cache.
+    app.client
+        .clone()
+        .get_my_metadata(authed(GetMyMetadataRequest::default(), &app.alice_token))
+        .await
+        .unwrap();
+    assert_eq!(app.standin.userinfo_requests() - before, 1);
+}
+
+#[tokio::test]
+async fn dynamic_metadata_carries_the_same_identity_when_enabled() {
+    let app = spawn_app_with_authz(Some(AuthzConfig {
+        dynamic_metadata: true,
+        ..config()
+    }))
+    .await;
+    let mut client = authz_client(app.addr).await;
+    let response = check(&mut client, "/", Some(&app.alice_token)).await;
+    let fields = &response.dynamic_metadata.as_ref().unwrap().fields;
+    let text = |v: &envoy_types::pb::google::protobuf::Value| match &v.kind {
+        Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(s)) => s.clone(),
+        other => panic!("not a string: {other:?}"),
+    };
+    assert_eq!(text(&fields["user_id"]), app.alice);
+    let Some(envoy_types::pb::google::protobuf::value::Kind::StructValue(metadata)) =
+        &fields["metadata"].kind
+    else {
+        panic!("metadata is not a struct: {fields:?}");
+    };
+    assert_eq!(text(&metadata.fields["ContractNumber"]), "1234");
+    assert_eq!(metadata.fields.len(), 1, "allow-listed keys only");
+
+    // Off by default.
+    let app = spawn_app_with_authz(Some(config())).await;
+    let mut client = authz_client(app.addr).await;
+    assert_eq!(
+        check(&mut client, "/", Some(&app.alice_token))
+            .await
+            .dynamic_metadata,
+        None
+    );
+}
+
+#[tokio::test]
+async fn the_service_is_absent_unless_enabled_and_reports_health_when_enabled() {
+    let app = spawn_app().await;
+    let mut client = authz_client(app.addr).await;
+    let error = client
+        .check(envoy_request("/", "h", Some(&app.alice_token)))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::Unimplemented);
+
+    let app = spawn_app_with_authz(Some(config())).await;
+    let channel = Channel::from_shared(format!("http://{}", app.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let health = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "envoy.service.auth.v3.Authorization".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        health.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+}
+
+#[tokio::test]
+async fn a_roles_claim_of_another_shape_means_no_roles_not_a_broken_answer() {
+    let (url, _calls) = raw_userinfo(serde_json::json!({
+        "sub": "u-1",
+        "urn:zitadel:iam:org:project:roles": "admin",
+    }))
+    .await;
+    let config = AuthzConfig {
+        rules: parse_rules("path=/admin role=admin", "test").unwrap(),
+        ..config()
+    };
+    let (addr, _stop) = spawn_usermeta_full(
+        &url,
+        ServiceCredential::Pat(SecretString::from("unused")),
+        Policy::new(Vec::<String>::new(), Vec::new()),
+        Options::default(),
+        usermeta::caller::IdentityConfig::default(),
+        Some(config),
+    )
+    .await;
+    let mut client = authz_client(addr).await;
+    let answer = allowed(&check(&mut client, "/public", Some("any-token")).await);
+    assert_eq!(answer.get("x-user-id"), Some("u-1"));
+    let (status, _, _) = denied(
+        &check(&mut client, "/admin", Some("any-token")).await,
+        Code::PermissionDenied,
+    );
+    assert_eq!(status, 403);
+}

@@ -1,0 +1,409 @@
+//! Caller identity verified with ZITADEL: introspection as an API application (client secret or key file),
+//! and local validation of JWT access tokens against the JWKS.
+
+use std::time::Duration;
+
+use tonic::Code;
+use tonic_types::StatusExt as _;
+use usermeta::{
+    api::pb::{GetMyMetadataRequest, SetMetadataRequest},
+    caller::{ApplicationKey, IdentityConfig, IntrospectionAuth, JwtConfig},
+    policy::Policy,
+    standin::{JwtSpec, ManagerRole, StandIn},
+};
+
+use crate::helpers::*;
+
+struct World {
+    standin: StandIn,
+    project: String,
+    alice: String,
+    pat: String,
+    /// Scopes of a token meant for usermeta: the usual ones plus usermeta's project audience and roles.
+    scopes: Vec<String>,
+}
+
+async fn world() -> World {
+    let standin = StandIn::start().await.unwrap();
+    let org = standin.create_org("Acme");
+    let project = standin.create_project(&org);
+    let alice = standin.create_user(&org, "alice");
+    standin.set_metadata(&alice, "profile.name", b"Alice");
+    let service = standin.create_service_user(&org, "usermeta", ManagerRole::IamOwner);
+    let pat = standin.issue_pat(&service);
+    let mut scopes: Vec<String> = FULL_SCOPES.iter().map(|s| (*s).to_owned()).collect();
+    scopes.push(format!("urn:zitadel:iam:org:project:id:{project}:aud"));
+    scopes.push("urn:zitadel:iam:org:projects:roles".into());
+    World {
+        standin,
+        project,
+        alice,
+        pat,
+        scopes,
+    }
+}
+
+impl World {
+    fn scopes(&self) -> Vec<&str> {
+        self.scopes.iter().map(String::as_str).collect()
+    }
+
+    fn secret_auth(&self) -> IntrospectionAuth {
+        let (client_id, secret) = self.standin.add_api_app_with_secret(&self.project);
+        IntrospectionAuth::ClientSecret {
+            client_id,
+            secret: secret.into(),
+        }
+    }
+
+    fn jwt(&self, min_refresh_interval: Duration) -> JwtConfig {
+        JwtConfig {
+            audience: vec![self.project.clone()],
+            min_refresh_interval,
+        }
+    }
+
+    async fn serve(&self, identity: IdentityConfig) -> (Client, tokio::sync::oneshot::Sender<()>) {
+        // alice may write profile.* on herself; the policy must see the roles to let `editor`s write `notes.*`.
+        let policy = Policy::from_toml(
+            r#"
+[[rule]]
+who = { roles = ["editor"] }
+whose = "self"
+keys = ["notes.*"]
+actions = ["write"]
+"#,
+            "identity.toml",
+        )
+        .unwrap()
+        .with_shorthands([], vec!["profile.".into()]);
+        let (addr, stop) =
+            spawn_usermeta_with_identity(&self.standin.url(), &self.pat, policy, identity).await;
+        (connect(addr).await, stop)
+    }
+}
+
+type Client = usermeta::api::pb::user_metadata_service_client::UserMetadataServiceClient<
+    tonic::transport::Channel,
+>;
+
+async fn whoami(client: &mut Client, token: &str) -> Result<String, tonic::Status> {
+    client
+        .get_my_metadata(authed(GetMyMetadataRequest::default(), token))
+        .await
+        .map(|r| r.into_inner().user_id)
+}
+
+async fn write_note(client: &mut Client, token: &str) -> Result<(), tonic::Status> {
+    client
+        .set_metadata(authed(
+            SetMetadataRequest {
+                entries: vec![entry("notes.today", text("hi"))],
+                ..Default::default()
+            },
+            token,
+        ))
+        .await
+        .map(|_| ())
+}
+
+#[tokio::test]
+async fn introspection_with_a_client_secret_identifies_active_tokens_and_caches_them() {
+    let world = world().await;
+    let (mut client, _stop) = world
+        .serve(IdentityConfig {
+            introspection: Some(world.secret_auth()),
+            jwt: None,
+        })
+        .await;
+    let token = world.standin.issue_token(&world.alice, &world.scopes());
+    assert_eq!(whoami(&mut client, &token).await.unwrap(), world.alice);
+    assert_eq!(whoami(&mut client, &token).await.unwrap(), world.alice);
+    assert_eq!(
+        world.standin.introspection_requests(),
+        1,
+        "the identity is cached by token"
+    );
+    let introspect = world
+        .standin
+        .requests()
+        .into_iter()
+        .find(|r| r.path == "/oauth/v2/introspect")
+        .unwrap();
+    let auth = introspect.headers["authorization"].to_str().unwrap();
+    assert!(auth.starts_with("Basic "), "client_secret_basic: {auth}");
+
+    // Roles come from the introspection answer: without the grant, writing notes is refused.
+    let status = write_note(&mut client, &token).await.unwrap_err();
+    assert_status(&status, Code::PermissionDenied, "POLICY_DENIED");
+    world
+        .standin
+        .grant_role(&world.alice, &world.project, "editor");
+    let fresh = world.standin.issue_token(&world.alice, &world.scopes());
+    write_note(&mut client, &fresh).await.unwrap();
+    assert_eq!(
+        world.standin.metadata_of(&world.alice)["notes.today"],
+        b"hi"
+    );
+}
+
+#[tokio::test]
+async fn introspection_with_an_application_key_uses_private_key_jwt() {
+    let world = world().await;
+    let (client_id, key_file) = world.standin.add_api_app_with_key(&world.project);
+    let key = ApplicationKey::from_json(key_file.as_bytes()).unwrap();
+    assert_eq!(key.client_id(), client_id);
+    let (mut client, _stop) = world
+        .serve(IdentityConfig {
+            introspection: Some(IntrospectionAuth::PrivateKeyJwt(key)),
+            jwt: None,
+        })
+        .await;
+    let token = world.standin.issue_token(&world.alice, &world.scopes());
+    assert_eq!(whoami(&mut client, &token).await.unwrap(), world.alice);
+    let introspect = world
+        .standin
+        .requests()
+        .into_iter()
+        .find(|r| r.path == "/oauth/v2/introspect")
+        .unwrap();
+    let body = String::from_utf8_lossy(&introspect.body).into_owned();
+    assert!(body.contains("client_assertion_type=urn"), "{body}");
+    assert!(!introspect.headers.contains_key("authorization"));
+}
+
+#[tokio::test]
+async fn inactive_tokens_are_unauthenticated_and_remembered_briefly() {
+    let world = world().await;
+    let (mut client, _stop) = world
+        .serve(IdentityConfig {
+            introspection: Some(world.secret_auth()),
+            jwt: None,
+        })
+        .await;
+    // Revoked, and a token whose audience lacks usermeta's project: both `{"active":false}`.
+    let revoked = world.standin.issue_token(&world.alice, &world.scopes());
+    world.standin.revoke_token(&revoked);
+    let other_audience = world.standin.issue_token(&world.alice, FULL_SCOPES);
+    for token in [&revoked, &other_audience] {
+        let status = whoami(&mut client, token).await.unwrap_err();
+        assert_status(&status, Code::Unauthenticated, "TOKEN_INACTIVE");
+    }
+    let before = world.standin.introspection_requests();
+    let status = whoami(&mut client, &revoked).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert_eq!(
+        world.standin.introspection_requests(),
+        before,
+        "negative entry"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_introspection_client_is_usermeta_s_problem_not_the_caller_s() {
+    let world = world().await;
+    let (client_id, _) = world.standin.add_api_app_with_secret(&world.project);
+    let (mut client, _stop) = world
+        .serve(IdentityConfig {
+            introspection: Some(IntrospectionAuth::ClientSecret {
+                client_id: client_id.clone(),
+                secret: "wrong-secret".to_owned().into(),
+            }),
+            jwt: None,
+        })
+        .await;
+    let token = world.standin.issue_token(&world.alice, &world.scopes());
+    let status = whoami(&mut client, &token).await.unwrap_err();
+    assert_status(&status, Code::Unavailable, "INTROSPECTION_CLIENT_REJECTED");
+    assert!(
+        status.message().contains("usermeta's introspection client")
+            && status.message().contains(&client_id),
+        "{}",
+        status.message()
+    );
+    assert!(!status.message().contains("wrong-secret"));
+    assert!(!status.message().contains(&token));
+    let info = status.get_details_error_info().unwrap();
+    assert_eq!(info.metadata["client_id"], client_id);
+    app_made_no_management_call(&world.standin);
+}
+
+fn app_made_no_management_call(standin: &StandIn) {
+    assert!(standin.requests().iter().all(|r| !r.is_management()));
+}
+
+#[tokio::test]
+async fn jwts_are_validated_locally_against_the_jwks() {
+    let world = world().await;
+    let (mut client, _stop) = world
+        .serve(IdentityConfig {
+            introspection: None,
+            jwt: Some(world.jwt(Duration::from_secs(60))),
+        })
+        .await;
+    let spec = || JwtSpec {
+        scopes: world.scopes.clone(),
+        client_id: Some("webapp".into()),
+        ..JwtSpec::default()
+    };
+    let good = world.standin.issue_jwt_with(&world.alice, spec());
+    assert_eq!(whoami(&mut client, &good).await.unwrap(), world.alice);
+    assert_eq!(world.standin.jwks_requests(), 1);
+    assert_eq!(world.standin.introspection_requests(), 0);
+
+    // A flipped signature byte.
+    let mut tampered = good.clone().into_bytes();
+    let last = tampered.len() - 3;
+    tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    let cases = [
+        (tampered, "signature"),
+        (
+            world.standin.issue_jwt_with(
+                &world.alice,
+                JwtSpec {
+                    scopes: FULL_SCOPES.iter().map(|s| (*s).to_owned()).collect(),
+                    audience: vec!["some-other-project".into()],
+                    ..spec()
+                },
+            ),
+            "audience",
+        ),
+        (
+            world.standin.issue_jwt_with(
+                &world.alice,
+                JwtSpec {
+                    issuer: Some("https://evil.example".into()),
+                    ..spec()
+                },
+            ),
+            "issuer",
+        ),
+        (
+            world.standin.issue_jwt_with(
+                &world.alice,
+                JwtSpec {
+                    expires_in: -120,
+                    ..spec()
+                },
+            ),
+            "expired",
+        ),
+    ];
+    for (token, why) in cases {
+        let status = whoami(&mut client, &token).await.unwrap_err();
+        assert_status(&status, Code::Unauthenticated, "TOKEN_INVALID");
+        assert!(
+            status.message().contains(why),
+            "{why}: {}",
+            status.message()
+        );
+    }
+    assert_eq!(
+        world.standin.jwks_requests(),
+        1,
+        "known kids need no refresh"
+    );
+    assert_eq!(
+        world.standin.userinfo_requests(),
+        1,
+        "only GetMyMetadata's own read"
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_kid_refreshes_the_keys_once_and_garbage_kids_cannot_hammer_zitadel() {
+    let world = world().await;
+    let (mut client, _stop) = world
+        .serve(IdentityConfig {
+            introspection: None,
+            jwt: Some(world.jwt(Duration::ZERO)),
+        })
+        .await;
+    let scopes = world.scopes();
+    let first = world.standin.issue_jwt(&world.alice, &scopes, &[]);
+    whoami(&mut client, &first).await.unwrap();
+    assert_eq!(world.standin.jwks_requests(), 1);
+    // ZITADEL rotates its key: the new kid is unknown, so usermeta fetches the keys once more.
+    world.standin.rotate_signing_key();
+    let rotated = world.standin.issue_jwt(&world.alice, &scopes, &[]);
+    assert_eq!(whoami(&mut client, &rotated).await.unwrap(), world.alice);
+    assert_eq!(world.standin.jwks_requests(), 2);
+    // The old key is still published and known: no fetch.
+    whoami(&mut client, &first).await.unwrap();
+    assert_eq!(world.standin.jwks_requests(), 2);
+
+    // With a minimum interval, tokens signed by unpublished keys cause at most one fetch.
+    let (mut guarded, _stop2) = world
+        .serve(IdentityConfig {
+            introspection: None,
+            jwt: Some(world.jwt(Duration::from_secs(60))),
+        })
+        .await;
+    whoami(&mut guarded, &first).await.unwrap();
+    let before = world.standin.jwks_requests();
+    for _ in 0..5 {
+        let garbage = world.standin.issue_jwt_with(
+            &world.alice,
+            JwtSpec {
+                scopes: world.scopes.clone(),
+                unpublished_key: true,
+                ..JwtSpec::default()
+            },
+        );
+        let status = whoami(&mut guarded, &garbage).await.unwrap_err();
+        assert_status(&status, Code::Unauthenticated, "TOKEN_INVALID");
+        assert!(
+            status.message().contains("does not publish"),
+            "{}",
+            status.message()
+        );
+    }
+    assert!(
+        world.standin.jwks_requests() - before <= 1,
+        "garbage kids fetched the keys {} times",
+        world.standin.jwks_requests() - before
+    );
+}
+
+#[tokio::test]
+async fn a_cached_identity_never_outlives_the_token_s_exp() {
+    let world = world().await;
+    let (mut client, _stop) = world
+        .serve(IdentityConfig {
+            introspection: None,
+            jwt: Some(world.jwt(Duration::from_secs(60))),
+        })
+        .await;
+    let short = world.standin.issue_jwt_with(
+        &world.alice,
+        JwtSpec {
+            scopes: world.scopes.clone(),
+            expires_in: 2,
+            ..JwtSpec::default()
+        },
+    );
+    assert_eq!(whoami(&mut client, &short).await.unwrap(), world.alice);
+    // The cache TTL is 30 s; the token's own exp ends the cached identity first.
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let status = whoami(&mut client, &short).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(status.message().contains("expired"), "{}", status.message());
+}
+
+#[tokio::test]
+async fn opaque_tokens_go_to_introspection_when_both_are_configured() {
+    let world = world().await;
+    let (mut client, _stop) = world
+        .serve(IdentityConfig {
+            introspection: Some(world.secret_auth()),
+            jwt: Some(world.jwt(Duration::from_secs(60))),
+        })
+        .await;
+    let opaque = world.standin.issue_token(&world.alice, &world.scopes());
+    let jwt = world.standin.issue_jwt(&world.alice, &world.scopes(), &[]);
+    assert_eq!(whoami(&mut client, &opaque).await.unwrap(), world.alice);
+    assert_eq!(whoami(&mut client, &jwt).await.unwrap(), world.alice);
+    assert_eq!(world.standin.introspection_requests(), 1);
+    assert_eq!(world.standin.jwks_requests(), 1);
+}

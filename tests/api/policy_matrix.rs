@@ -1,0 +1,518 @@
+//! The authorisation matrix: every caller × target user × key × action through the real server, against an
+//! independent oracle of what the README's worked policy means. Every outcome is asserted; denied requests
+//! must reach no management endpoint; the bar is zero unexpected allows.
+
+use std::fmt;
+
+use tonic::Code;
+use usermeta::{
+    api::pb::{
+        DeleteMetadataRequest, GetMyMetadataRequest, KeyFilter, KeyMatch, ListMetadataRequest,
+        SetMetadataRequest,
+    },
+    caller::{IdentityConfig, JwtConfig},
+    policy::Policy,
+    standin::{JwtSpec, ManagerRole, StandIn},
+};
+
+use crate::helpers::*;
+
+/// The README's worked example, with the test's ids filled in.
+pub fn example_policy(acme_org: &str) -> String {
+    format!(
+        r#"
+# 1. Link an internal id: only the billing service writes it; users read their own.
+[[rule]]
+name = "billing links the internal customer id"
+who = {{ client_ids = ["billing"] }}
+whose = "any"
+keys = ["internal.customer_id"]
+actions = ["read", "write", "delete"]
+
+# 2. Data saved at registration: users fill in their own profile, within value rules.
+[[rule]]
+name = "users keep their profile"
+whose = "self"
+keys = ["profile.*"]
+actions = ["write", "delete"]
+
+[[key]]
+name = "profile.age"
+max_bytes = 3
+pattern = '^[0-9]+$'
+
+[[key]]
+name = "profile.prefs"
+json = true
+
+# 3. Routing on attributes: the gateway reads them; users never see them.
+[[rule]]
+name = "gateway routes on routing.*"
+who = {{ client_ids = ["gateway"] }}
+whose = "any"
+keys = ["routing.*"]
+actions = ["read"]
+
+[[key]]
+name = "routing.*"
+hidden = true
+
+# Support staff (a project role) read users of their own organisation.
+[[rule]]
+name = "support reads acme users"
+who = {{ roles = ["support"] }}
+whose = ["{acme_org}"]
+keys = ["*"]
+actions = ["read"]
+"#
+    )
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Who {
+    Alice,
+    Bob,
+    Admin,
+    Billing,
+    Gateway,
+    Support,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Act {
+    Read,
+    Write,
+    WriteInvalid,
+    Delete,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Outcome {
+    Ok,
+    Denied(&'static str),
+    Invalid,
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Ok => f.write_str("OK"),
+            Outcome::Denied(reason) => write!(f, "PERMISSION_DENIED/{reason}"),
+            Outcome::Invalid => f.write_str("INVALID_ARGUMENT"),
+        }
+    }
+}
+
+const KEYS: [&str; 6] = [
+    "internal.customer_id",
+    "profile.name",
+    "profile.age",
+    "profile.prefs",
+    "routing.tier",
+    "ContractNumber",
+];
+
+fn has_value_rule(key: &str) -> bool {
+    matches!(key, "profile.age" | "profile.prefs")
+}
+
+fn valid_value(key: &str) -> &'static str {
+    match key {
+        "profile.age" => "42",
+        "profile.prefs" => r#"{"theme":"dark"}"#,
+        _ => "v2",
+    }
+}
+
+fn invalid_value(key: &str) -> &'static str {
+    match key {
+        "profile.age" => "old!",
+        _ => "{not json",
+    }
+}
+
+/// What the worked policy means, written out independently of usermeta's evaluator.
+fn oracle(caller: Who, is_self: bool, target_in_acme: bool, key: &str, act: Act) -> Outcome {
+    let hidden = key.starts_with("routing.");
+    let allowed = match act {
+        Act::Read if is_self => {
+            if hidden {
+                return Outcome::Denied("KEY_HIDDEN");
+            }
+            true
+        }
+        Act::Read => match caller {
+            Who::Admin => true,
+            Who::Billing => key == "internal.customer_id",
+            Who::Gateway => hidden,
+            Who::Support => target_in_acme,
+            Who::Alice | Who::Bob => false,
+        },
+        Act::Write | Act::WriteInvalid | Act::Delete => {
+            caller == Who::Admin
+                || (caller == Who::Billing && key == "internal.customer_id")
+                || (is_self && key.starts_with("profile."))
+        }
+    };
+    match (allowed, act) {
+        (false, _) => Outcome::Denied("POLICY_DENIED"),
+        (true, Act::WriteInvalid) => Outcome::Invalid,
+        (true, _) => Outcome::Ok,
+    }
+}
+
+struct Cast {
+    standin: StandIn,
+    acme: String,
+    globex: String,
+    users: Vec<(Who, String, String)>,
+}
+
+impl Cast {
+    fn id(&self, who: Who) -> &str {
+        &self.users.iter().find(|(w, ..)| *w == who).unwrap().1
+    }
+
+    fn token(&self, who: Who) -> &str {
+        &self.users.iter().find(|(w, ..)| *w == who).unwrap().2
+    }
+}
+
+async fn cast() -> (Cast, Policy, JwtConfig, String) {
+    let standin = StandIn::start().await.unwrap();
+    let acme = standin.create_org("Acme");
+    let globex = standin.create_org("Globex");
+    let project = standin.create_project(&acme);
+    let service_user = standin.create_service_user(&acme, "usermeta", ManagerRole::IamOwner);
+    let pat = standin.issue_pat(&service_user);
+    let people = [
+        (Who::Alice, "alice", &acme, "webapp", None),
+        (Who::Bob, "bob", &globex, "webapp", None),
+        (Who::Admin, "admin", &acme, "console", None),
+        (Who::Billing, "billing-svc", &acme, "billing", None),
+        (Who::Gateway, "gateway-svc", &acme, "gateway", None),
+        (Who::Support, "sam", &acme, "console", Some("support")),
+    ];
+    let aud_scope = format!("urn:zitadel:iam:org:project:id:{project}:aud");
+    let mut users = Vec::new();
+    for (who, name, org, client, role) in people {
+        let id = standin.create_user(org, name);
+        if let Some(role) = role {
+            standin.grant_role(&id, &project, role);
+        }
+        let mut scopes: Vec<String> = FULL_SCOPES.iter().map(|s| (*s).to_owned()).collect();
+        scopes.push("urn:zitadel:iam:org:projects:roles".into());
+        scopes.push(aud_scope.clone());
+        let token = standin.issue_jwt_with(
+            &id,
+            JwtSpec {
+                scopes,
+                client_id: Some(client.into()),
+                ..JwtSpec::default()
+            },
+        );
+        users.push((who, id, token));
+    }
+    let cast = Cast {
+        standin,
+        acme: acme.clone(),
+        globex,
+        users,
+    };
+    let policy = Policy::from_toml(&example_policy(&acme), "example.toml")
+        .unwrap()
+        .with_shorthands([cast.id(Who::Admin).to_owned()], vec![]);
+    let jwt = JwtConfig {
+        audience: vec![project],
+        min_refresh_interval: std::time::Duration::from_secs(30),
+    };
+    (cast, policy, jwt, pat)
+}
+
+fn outcome_of<T>(result: &Result<T, tonic::Status>) -> Outcome {
+    match result {
+        Ok(_) => Outcome::Ok,
+        Err(status) if status.code() == Code::PermissionDenied => match reason(status).as_deref() {
+            Some("POLICY_DENIED") => Outcome::Denied("POLICY_DENIED"),
+            Some("KEY_HIDDEN") => Outcome::Denied("KEY_HIDDEN"),
+            other => panic!("unexpected denial reason {other:?}: {status:?}"),
+        },
+        Err(status) if status.code() == Code::InvalidArgument => {
+            let fields = violated_fields(status);
+            assert!(
+                !fields.is_empty() && fields.iter().all(|f| f == "entries[0].value"),
+                "{status:?}"
+            );
+            Outcome::Invalid
+        }
+        Err(status) => panic!("unexpected status {status:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_authorisation_matrix_holds_with_zero_unexpected_allows() {
+    let (cast, policy, jwt, pat) = cast().await;
+    let (addr, _stop) = spawn_usermeta_with_identity(
+        &cast.standin.url(),
+        &pat,
+        policy,
+        IdentityConfig {
+            introspection: None,
+            jwt: Some(jwt),
+        },
+    )
+    .await;
+    let mut client = connect(addr).await;
+    let callers = [
+        Who::Alice,
+        Who::Bob,
+        Who::Admin,
+        Who::Billing,
+        Who::Gateway,
+        Who::Support,
+    ];
+    let targets = [Who::Alice, Who::Bob];
+    let (mut cases, mut unexpected_allows, mut denials) = (0usize, 0usize, 0usize);
+    let mut failures = Vec::new();
+    for caller in callers {
+        for target in targets {
+            let target_id = cast.id(target).to_owned();
+            let target_org = if target == Who::Bob {
+                cast.globex.clone()
+            } else {
+                cast.acme.clone()
+            };
+            let is_self = caller == target;
+            for key in KEYS {
+                let mut acts = vec![Act::Read, Act::Write, Act::Delete];
+                if has_value_rule(key) {
+                    acts.push(Act::WriteInvalid);
+                }
+                for act in acts {
+                    // Every case starts from the same data and an empty request log.
+                    cast.standin.set_metadata(&target_id, key, b"seed");
+                    cast.standin.clear_requests();
+                    let token = cast.token(caller);
+                    let result = match act {
+                        Act::Read => client
+                            .list_metadata(authed(
+                                ListMetadataRequest {
+                                    user_id: target_id.clone(),
+                                    organization_id: target_org.clone(),
+                                    key_filter: Some(KeyFilter {
+                                        key: key.into(),
+                                        r#match: KeyMatch::Equals as i32,
+                                    }),
+                                    ..Default::default()
+                                },
+                                token,
+                            ))
+                            .await
+                            .map(|r| {
+                                assert_eq!(
+                                    pairs(&r.get_ref().metadata),
+                                    [(key.to_owned(), Some("seed".to_owned()))],
+                                    "{caller:?} read {key} of {target:?}"
+                                );
+                            }),
+                        Act::Write | Act::WriteInvalid => {
+                            let value = if act == Act::Write {
+                                valid_value(key)
+                            } else {
+                                invalid_value(key)
+                            };
+                            client
+                                .set_metadata(authed(
+                                    SetMetadataRequest {
+                                        user_id: target_id.clone(),
+                                        organization_id: target_org.clone(),
+                                        entries: vec![entry(key, text(value))],
+                                    },
+                                    token,
+                                ))
+                                .await
+                                .map(|_| ())
+                        }
+                        Act::Delete => client
+                            .delete_metadata(authed(
+                                DeleteMetadataRequest {
+                                    user_id: target_id.clone(),
+                                    organization_id: target_org.clone(),
+                                    keys: vec![key.into()],
+                                    allow_missing: false,
+                                },
+                                token,
+                            ))
+                            .await
+                            .map(|_| ()),
+                    };
+                    let got = outcome_of(&result);
+                    // Self reads must agree between GetMyMetadata and ListMetadata.
+                    if is_self && act == Act::Read {
+                        let mine = client
+                            .get_my_metadata(authed(
+                                GetMyMetadataRequest {
+                                    keys: vec![key.into()],
+                                    ..Default::default()
+                                },
+                                token,
+                            ))
+                            .await;
+                        assert_eq!(outcome_of(&mine), got, "{caller:?} GetMyMetadata {key}");
+                    }
+                    let want = oracle(caller, is_self, target != Who::Bob, key, act);
+                    cases += 1;
+                    let management = cast
+                        .standin
+                        .requests()
+                        .into_iter()
+                        .filter(|r| r.is_management())
+                        .count();
+                    let stored = cast.standin.metadata_of(&target_id).get(key).cloned();
+                    match &got {
+                        Outcome::Ok => {
+                            if want != Outcome::Ok {
+                                unexpected_allows += 1;
+                            }
+                            // Another user's data always goes through the management API.
+                            if !is_self {
+                                assert!(management > 0, "{caller:?} {act:?} {key} of {target:?}");
+                            }
+                            let expected_value = match act {
+                                Act::Read => Some(b"seed".to_vec()),
+                                Act::Write => Some(valid_value(key).as_bytes().to_vec()),
+                                Act::Delete => None,
+                                Act::WriteInvalid => unreachable!(),
+                            };
+                            assert_eq!(stored, expected_value, "{caller:?} {act:?} {key}");
+                        }
+                        Outcome::Denied(_) | Outcome::Invalid => {
+                            denials += 1;
+                            assert_eq!(
+                                management, 0,
+                                "{caller:?} {act:?} {key} of {target:?} was refused but reached the management API"
+                            );
+                            assert_eq!(stored, Some(b"seed".to_vec()), "refused, yet changed");
+                        }
+                    }
+                    if got != want {
+                        failures.push(format!(
+                            "{caller:?} {act:?} {key} of {target:?}: want {want}, got {got}"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    println!(
+        "authorisation matrix: {} callers x {} targets x {} keys x actions = {cases} cases ({denials} refused, {} allowed); unexpected allows: {unexpected_allows}",
+        callers.len(),
+        targets.len(),
+        KEYS.len(),
+        cases - denials
+    );
+    assert!(
+        failures.is_empty(),
+        "matrix mismatches:\n{}",
+        failures.join("\n")
+    );
+    assert_eq!(unexpected_allows, 0);
+    assert_eq!(cases, 240);
+}
+
+/// Nothing in a GetMyMetadata or self ListMetadata request points it at another user: the user is whoever
+/// ZITADEL says owns the token, and hidden keys stay hidden.
+#[tokio::test]
+async fn my_metadata_cannot_be_pointed_at_another_user() {
+    let (cast, policy, jwt, pat) = cast().await;
+    let (addr, _stop) = spawn_usermeta_with_identity(
+        &cast.standin.url(),
+        &pat,
+        policy,
+        IdentityConfig {
+            introspection: None,
+            jwt: Some(jwt),
+        },
+    )
+    .await;
+    let mut client = connect(addr).await;
+    let (alice, bob) = (cast.id(Who::Alice).to_owned(), cast.id(Who::Bob).to_owned());
+    for user in [&alice, &bob] {
+        cast.standin
+            .set_metadata(user, "profile.name", user.as_bytes());
+        cast.standin.set_metadata(user, "routing.tier", b"gold");
+    }
+    let token = cast.token(Who::Alice);
+    let mut request = authed(GetMyMetadataRequest::default(), token);
+    // Headers that name another user or organisation change nothing.
+    for (name, value) in [
+        ("x-zitadel-orgid", cast.globex.as_str()),
+        ("x-user-id", bob.as_str()),
+        ("user_id", bob.as_str()),
+        ("x-forwarded-user", bob.as_str()),
+    ] {
+        request.metadata_mut().insert(name, value.parse().unwrap());
+    }
+    let mine = client.get_my_metadata(request).await.unwrap().into_inner();
+    assert_eq!(mine.user_id, alice);
+    assert_eq!(
+        pairs(&mine.metadata),
+        [("profile.name".to_owned(), Some(alice.clone()))],
+        "hidden keys are left out and only alice's data is returned"
+    );
+    for source in [1, 2] {
+        let mine = client
+            .get_my_metadata(authed(
+                GetMyMetadataRequest {
+                    source,
+                    ..Default::default()
+                },
+                token,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(mine.user_id, alice);
+        assert!(mine.metadata.iter().all(|m| m.key != "routing.tier"));
+    }
+    // Self listings: no user id, or alice's own id with bob's organisation, list alice only.
+    for (user_id, org) in [
+        (String::new(), String::new()),
+        (alice.clone(), cast.globex.clone()),
+    ] {
+        cast.standin.clear_requests();
+        let listed = client
+            .list_metadata(authed(
+                ListMetadataRequest {
+                    user_id,
+                    organization_id: org,
+                    ..Default::default()
+                },
+                token,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            pairs(&listed.metadata),
+            [("profile.name".to_owned(), Some(alice.clone()))]
+        );
+        assert_eq!(listed.total_size, 1);
+        assert!(
+            cast.standin.requests().iter().all(|r| !r.is_management()),
+            "a self listing reads with the caller's own token"
+        );
+    }
+    // Naming bob is another user, and alice may not read him.
+    let status = client
+        .list_metadata(authed(
+            ListMetadataRequest {
+                user_id: bob,
+                ..Default::default()
+            },
+            token,
+        ))
+        .await
+        .unwrap_err();
+    assert_status(&status, Code::PermissionDenied, "POLICY_DENIED");
+}

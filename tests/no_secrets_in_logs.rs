@@ -1,0 +1,307 @@
+//! Captures every log line of a run that goes through every path (reads, writes, deletes, rejected tokens,
+//! retries, the breaker, deadlines, rate limits, service credentials that work and that fail) and checks
+//! that none of the tokens, PATs or secrets used appears. Its own test binary: the subscriber is global.
+#![allow(clippy::unwrap_used)] // a panic is how a test reports a broken expectation
+
+use std::{
+    io::Write,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use secrecy::SecretString;
+use tokio::sync::oneshot;
+use tonic::{Request, transport::Channel};
+use usermeta::{
+    api::pb::{
+        self, DeleteMetadataRequest, GetMyMetadataRequest, ListMetadataRequest, MetadataSource,
+        SetMetadataRequest, user_metadata_service_client::UserMetadataServiceClient,
+    },
+    cache::CacheConfig,
+    policy::Policy,
+    server::{Application, Config, Limits},
+    standin::{Fault, FaultKind, ManagerRole, StandIn},
+    zitadel::{Resilience, ServiceCredential, ZitadelConfig},
+};
+
+const SCOPES: &[&str] = &[
+    "openid",
+    "urn:zitadel:iam:user:metadata",
+    "urn:zitadel:iam:user:resourceowner",
+    "urn:zitadel:iam:org:project:id:zitadel:aud",
+];
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+async fn serve(
+    standin: &StandIn,
+    credential: ServiceCredential,
+    admin: &str,
+    limits: Limits,
+) -> (UserMetadataServiceClient<Channel>, oneshot::Sender<()>) {
+    let config = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        zitadel: ZitadelConfig {
+            base_url: standin.url().parse().unwrap(),
+            timeout: Duration::from_secs(2),
+            service_credential: credential,
+            resilience: Resilience {
+                backoff_base: Duration::from_millis(1),
+                breaker_failures: 3,
+                breaker_cooldown: Duration::from_millis(100),
+                ..Resilience::default()
+            },
+        },
+        policy: Policy::new([admin.to_owned()], vec!["profile.".into()]),
+        cache: CacheConfig {
+            ttl: Duration::ZERO,
+            ..CacheConfig::default()
+        },
+        limits,
+        identity: Default::default(),
+    };
+    let app = Application::build(config).await.unwrap();
+    let addr: SocketAddr = app.local_addr();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(app.run_until(async {
+        let _ = stopped.await;
+    }));
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    (UserMetadataServiceClient::new(channel), stop)
+}
+
+fn authed<T>(message: T, token: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+fn text(value: &str) -> Option<pb::MetadataValue> {
+    Some(pb::MetadataValue {
+        kind: Some(pb::metadata_value::Kind::Text(value.into())),
+    })
+}
+
+#[tokio::test]
+async fn no_token_pat_or_secret_is_ever_logged() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    tracing_subscriber::fmt()
+        .with_env_filter("usermeta=trace,info")
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .init();
+
+    let standin = StandIn::start().await.unwrap();
+    let org = standin.create_org("Acme");
+    let alice = standin.create_user(&org, "alice");
+    let admin = standin.create_user(&org, "admin");
+    let service_user = standin.create_service_user(&org, "usermeta", ManagerRole::IamOwner);
+    let pat = standin.issue_pat(&service_user);
+    let (client_id, client_secret) = standin.add_client_secret(&service_user);
+    let alice_token = standin.issue_token(&alice, SCOPES);
+    let admin_token = standin.issue_token(&admin, SCOPES);
+    let revoked_token = standin.issue_token(&alice, SCOPES);
+    standin.revoke_token(&revoked_token);
+    standin.set_metadata(&alice, "ContractNumber", b"1234");
+
+    let rate_limited = Limits {
+        requests: usermeta::api::RequestLimits {
+            caller_rate: 1,
+            caller_burst: 30,
+            ..Default::default()
+        },
+        ..Limits::default()
+    };
+    let (mut with_pat, stop_pat) = serve(
+        &standin,
+        ServiceCredential::Pat(SecretString::from(pat.clone())),
+        &admin,
+        rate_limited,
+    )
+    .await;
+    let (mut with_secret, stop_secret) = serve(
+        &standin,
+        ServiceCredential::ClientCredentials {
+            client_id: client_id.clone(),
+            secret: SecretString::from(client_secret.clone()),
+        },
+        &admin,
+        Limits::default(),
+    )
+    .await;
+
+    for client in [&mut with_pat, &mut with_secret] {
+        // Reads, both sources; writes and deletes on self and on another user.
+        let _ = client
+            .get_my_metadata(authed(GetMyMetadataRequest::default(), &alice_token))
+            .await;
+        let _ = client
+            .get_my_metadata(authed(
+                GetMyMetadataRequest {
+                    source: MetadataSource::AuthApi as i32,
+                    ..Default::default()
+                },
+                &alice_token,
+            ))
+            .await;
+        let _ = client
+            .list_metadata(authed(
+                ListMetadataRequest {
+                    user_id: alice.clone(),
+                    ..Default::default()
+                },
+                &admin_token,
+            ))
+            .await;
+        for token in [&alice_token, &admin_token] {
+            let _ = client
+                .set_metadata(authed(
+                    SetMetadataRequest {
+                        user_id: alice.clone(),
+                        entries: vec![pb::MetadataEntry {
+                            key: "profile.x".into(),
+                            value: text("secret-value"),
+                        }],
+                        ..Default::default()
+                    },
+                    token,
+                ))
+                .await;
+            let _ = client
+                .delete_metadata(authed(
+                    DeleteMetadataRequest {
+                        user_id: alice.clone(),
+                        keys: vec!["profile.x".into(), "missing".into()],
+                        ..Default::default()
+                    },
+                    token,
+                ))
+                .await;
+        }
+        // Rejected and malformed tokens.
+        let _ = client
+            .get_my_metadata(authed(GetMyMetadataRequest::default(), &revoked_token))
+            .await;
+        let _ = client
+            .get_my_metadata(authed(GetMyMetadataRequest::default(), "not a token"))
+            .await;
+        // Retries, 429, malformed answers, the breaker, a deadline.
+        for kind in [
+            FaultKind::Status(503),
+            FaultKind::DropConnection,
+            FaultKind::MalformedJson,
+            FaultKind::TooManyRequests {
+                retry_after_secs: Some(1),
+            },
+        ] {
+            standin.push_fault(Fault {
+                path_prefix: "".into(),
+                times: Some(4),
+                kind,
+            });
+            for _ in 0..2 {
+                let _ = client
+                    .set_metadata(authed(
+                        SetMetadataRequest {
+                            entries: vec![pb::MetadataEntry {
+                                key: "profile.y".into(),
+                                value: text("v"),
+                            }],
+                            ..Default::default()
+                        },
+                        &alice_token,
+                    ))
+                    .await;
+            }
+            standin.clear_faults();
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        standin.push_fault(Fault {
+            path_prefix: "".into(),
+            times: Some(1),
+            kind: FaultKind::Latency(Duration::from_secs(1)),
+        });
+        let mut request = authed(GetMyMetadataRequest::default(), &alice_token);
+        request.set_timeout(Duration::from_millis(300));
+        let _ = client.get_my_metadata(request).await;
+        standin.clear_faults();
+    }
+    // The per-caller rate limit.
+    for _ in 0..40 {
+        let _ = with_pat
+            .get_my_metadata(authed(GetMyMetadataRequest::default(), &admin_token))
+            .await;
+    }
+    // Service credentials ZITADEL rejects.
+    standin.revoke_token(&pat);
+    standin.remove_client_secret(&client_id);
+    standin.revoke_tokens_of(&service_user);
+    for client in [&mut with_pat, &mut with_secret] {
+        let _ = client
+            .list_metadata(authed(
+                ListMetadataRequest {
+                    user_id: alice.clone(),
+                    ..Default::default()
+                },
+                &alice_token,
+            ))
+            .await;
+        let _ = client
+            .set_metadata(authed(
+                SetMetadataRequest {
+                    user_id: alice.clone(),
+                    entries: vec![pb::MetadataEntry {
+                        key: "k".into(),
+                        value: text("v"),
+                    }],
+                    ..Default::default()
+                },
+                &admin_token,
+            ))
+            .await;
+    }
+    drop(stop_pat);
+    drop(stop_secret);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+    for expected in [
+        "request failed",
+        "retrying a failed ZITADEL call",
+        "circuit open",
+    ] {
+        assert!(
+            logs.contains(expected),
+            "the run did not log {expected:?}:\n{logs}"
+        );
+    }
+    for (name, secret) in [
+        ("alice's token", alice_token.as_str()),
+        ("admin's token", admin_token.as_str()),
+        ("a revoked token", revoked_token.as_str()),
+        ("the service PAT", pat.as_str()),
+        ("the client secret", client_secret.as_str()),
+    ] {
+        assert!(!logs.contains(secret), "{name} appears in the logs");
+    }
+}
