@@ -4,12 +4,12 @@
 
 use std::{
     fmt,
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime},
 };
 
 use base64::Engine as _;
 use http::HeaderValue;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use jsonwebtoken::EncodingKey;
 use secrecy::{ExposeSecret as _, SecretString};
 use serde_json::{Map, Value};
 use url::Url;
@@ -131,28 +131,14 @@ impl ApplicationKey {
         audience: &str,
         now: SystemTime,
     ) -> Result<String, jsonwebtoken::errors::Error> {
-        #[derive(serde::Serialize)]
-        struct Claims<'a> {
-            iss: &'a str,
-            sub: &'a str,
-            aud: &'a str,
-            iat: u64,
-            exp: u64,
-        }
-        let iat = now
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or_default();
-        let mut header = Header::new(Algorithm::RS256);
-        header.kid = Some(self.key_id.clone());
-        let claims = Claims {
-            iss: &self.client_id,
-            sub: &self.client_id,
-            aud: audience,
-            iat,
-            exp: iat + ASSERTION_LIFETIME.as_secs(),
-        };
-        jsonwebtoken::encode(&header, &claims, &self.key)
+        crate::zitadel::credential::rs256_assertion(
+            &self.client_id,
+            &self.key_id,
+            &self.key,
+            audience,
+            now,
+            ASSERTION_LIFETIME,
+        )
     }
 }
 

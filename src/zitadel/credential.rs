@@ -247,33 +247,53 @@ impl ServiceKey {
         audience: &str,
         now: SystemTime,
     ) -> Result<String, jsonwebtoken::errors::Error> {
-        #[derive(serde::Serialize)]
-        struct Claims<'a> {
-            iss: &'a str,
-            sub: &'a str,
-            aud: &'a str,
-            iat: u64,
-            exp: u64,
-        }
-        let iat = now
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or_default();
-        let mut header = Header::new(Algorithm::RS256);
-        header.kid = Some(self.key_id.clone());
-        let claims = Claims {
-            iss: &self.user_id,
-            sub: &self.user_id,
-            aud: audience,
-            iat,
-            exp: iat + ASSERTION_LIFETIME.as_secs(),
-        };
-        jsonwebtoken::encode(&header, &claims, &self.key)
+        rs256_assertion(
+            &self.user_id,
+            &self.key_id,
+            &self.key,
+            audience,
+            now,
+            ASSERTION_LIFETIME,
+        )
     }
 }
 
 /// How long an assertion is valid: ZITADEL's maximum ("MUST NOT be longer than 1h"), as its SDKs use, which
 /// leaves the most room for clock skew. It is sent at once and never reused.
+/// An RS256 JWT of the kind ZITADEL takes for the JWT-profile grant and for `private_key_jwt` client
+/// authentication: `iss` = `sub` = `subject`, header `kid`, `aud` = the issuer, valid for `lifetime` from `now`.
+pub(crate) fn rs256_assertion(
+    subject: &str,
+    key_id: &str,
+    key: &EncodingKey,
+    audience: &str,
+    now: SystemTime,
+    lifetime: Duration,
+) -> Result<String, jsonwebtoken::errors::Error> {
+    #[derive(serde::Serialize)]
+    struct Claims<'a> {
+        iss: &'a str,
+        sub: &'a str,
+        aud: &'a str,
+        iat: u64,
+        exp: u64,
+    }
+    let iat = now
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some(key_id.to_owned());
+    let claims = Claims {
+        iss: subject,
+        sub: subject,
+        aud: audience,
+        iat,
+        exp: iat + lifetime.as_secs(),
+    };
+    jsonwebtoken::encode(&header, &claims, key)
+}
+
 pub const ASSERTION_LIFETIME: Duration = Duration::from_secs(60 * 60);
 
 impl fmt::Debug for ServiceKey {
