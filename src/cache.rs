@@ -15,7 +15,7 @@
 use std::{
     collections::HashMap,
     sync::{
-        Arc, Mutex, PoisonError, RwLock,
+        Arc, Mutex, PoisonError, RwLock, Weak,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -52,7 +52,25 @@ impl Default for CacheConfig {
     }
 }
 
-/// What ZITADEL said about one token, and until when it may be reused.
+/// A userinfo answer, with the caller identity derived from it once, when it arrived (not on every hit).
+#[derive(Debug, PartialEq)]
+pub struct KnownCaller {
+    pub info: UserInfo,
+    /// Who the token belongs to; an error when the answer names no user (a token without `openid`).
+    pub identity: Result<Arc<Identity>, TokenError>,
+}
+
+impl From<UserInfo> for KnownCaller {
+    fn from(info: UserInfo) -> Self {
+        KnownCaller {
+            identity: Identity::try_from(&info).map(Arc::new),
+            info,
+        }
+    }
+}
+
+/// What ZITADEL said about one token, and until when it may be reused. Small: there is one per cached token,
+/// and the answer itself is shared by the tokens of one user.
 #[derive(Debug)]
 struct Entry {
     answer: Answer,
@@ -63,26 +81,53 @@ struct Entry {
 
 #[derive(Debug)]
 enum Answer {
-    Known(Arc<UserInfo>),
-    Rejected {
-        http_status: u16,
-        rejection: Rejection,
-    },
+    Known(Arc<KnownCaller>),
+    /// Boxed: rejections are rare, and the variant would otherwise size every entry.
+    Rejected(Box<(u16, Rejection)>),
 }
 
 impl Entry {
-    fn result(&self) -> Result<Arc<UserInfo>, UpstreamError> {
+    fn result(&self) -> Result<Arc<KnownCaller>, UpstreamError> {
         match &self.answer {
-            Answer::Known(info) => Ok(Arc::clone(info)),
-            Answer::Rejected {
-                http_status,
-                rejection,
-            } => Err(UpstreamError::Rejected {
+            Answer::Known(caller) => Ok(Arc::clone(caller)),
+            Answer::Rejected(rejected) => Err(UpstreamError::Rejected {
                 endpoint: Endpoint::Userinfo,
-                http_status: *http_status,
-                rejection: rejection.clone(),
+                http_status: rejected.0,
+                rejection: rejected.1.clone(),
             }),
         }
+    }
+}
+
+/// Keeps one copy of identical answers per user: every login or refresh gives a user another token, and
+/// each cached token pointing at its own copy of the same answer would multiply the memory per user.
+#[derive(Debug, Default)]
+struct Interner {
+    by_user: HashMap<String, Weak<KnownCaller>>,
+    /// Size at which entries whose answers are no longer cached are swept out.
+    sweep_at: usize,
+}
+
+impl Interner {
+    const MIN_SWEEP: usize = 1024;
+
+    fn intern(&mut self, caller: KnownCaller) -> Arc<KnownCaller> {
+        let Some(sub) = &caller.info.sub else {
+            return Arc::new(caller);
+        };
+        if let Some(existing) = self.by_user.get(sub).and_then(Weak::upgrade)
+            && *existing == caller
+        {
+            return existing;
+        }
+        let sub = sub.clone();
+        let shared = Arc::new(caller);
+        self.by_user.insert(sub, Arc::downgrade(&shared));
+        if self.by_user.len() >= self.sweep_at {
+            self.by_user.retain(|_, answer| answer.strong_count() > 0);
+            self.sweep_at = (self.by_user.len() * 2).max(Self::MIN_SWEEP);
+        }
+        shared
     }
 }
 
@@ -105,6 +150,7 @@ pub struct CallerCache {
     entries: Option<quick_cache::sync::Cache<TokenKey, Arc<Entry>>>,
     /// Lookups under way, shared by every request that misses on the same token meanwhile.
     in_flight: Mutex<HashMap<TokenKey, Lookup>>,
+    interner: Arc<Mutex<Interner>>,
     /// Counts writes through usermeta; each write takes the next epoch.
     write_epoch: AtomicU64,
     /// Each user's last write epoch, and when it happened (older than the TTL is forgotten).
@@ -131,6 +177,7 @@ impl CallerCache {
             config,
             entries: (!config.ttl.is_zero()).then(|| quick_cache::sync::Cache::new(capacity)),
             in_flight: Mutex::new(HashMap::new()),
+            interner: Arc::default(),
             write_epoch: AtomicU64::new(0),
             last_write: RwLock::new(HashMap::new()),
             identities: (!config.ttl.is_zero()).then(|| quick_cache::sync::Cache::new(capacity)),
@@ -216,9 +263,9 @@ impl CallerCache {
         &self,
         zitadel: &Arc<Zitadel>,
         token: &CallerToken,
-    ) -> Result<Arc<UserInfo>, UpstreamError> {
+    ) -> Result<Arc<KnownCaller>, UpstreamError> {
         let Some(entries) = &self.entries else {
-            return zitadel.userinfo(token).await.map(Arc::new);
+            return uncached(zitadel, token).await;
         };
         let key = token.digest();
         if let Some(entry) = entries.get(&key)
@@ -227,7 +274,7 @@ impl CallerCache {
         {
             crate::metrics::cache_lookup(match entry.answer {
                 Answer::Known(_) => crate::metrics::CacheResult::Hit,
-                Answer::Rejected { .. } => crate::metrics::CacheResult::NegativeHit,
+                Answer::Rejected(_) => crate::metrics::CacheResult::NegativeHit,
             });
             return entry.result();
         }
@@ -240,7 +287,7 @@ impl CallerCache {
                 return entry.result();
             }
         }
-        zitadel.userinfo(token).await.map(Arc::new)
+        uncached(zitadel, token).await
     }
 
     /// Marks `user_id` as changed: answers fetched before now are not served again.
@@ -267,10 +314,12 @@ impl CallerCache {
         if entry.epoch == self.write_epoch.load(Ordering::SeqCst) {
             return false;
         }
-        let Answer::Known(info) = &entry.answer else {
+        let Answer::Known(caller) = &entry.answer else {
             return false;
         };
-        let Some(sub) = &info.sub else { return false };
+        let Some(sub) = &caller.info.sub else {
+            return false;
+        };
         let last_write = self
             .last_write
             .read()
@@ -302,6 +351,7 @@ impl CallerCache {
                         token.clone(),
                         epoch,
                         self.config,
+                        Arc::clone(&self.interner),
                     ))
                     .boxed()
                     .shared()
@@ -323,6 +373,13 @@ impl CallerCache {
     }
 }
 
+async fn uncached(
+    zitadel: &Zitadel,
+    token: &CallerToken,
+) -> Result<Arc<KnownCaller>, UpstreamError> {
+    Ok(Arc::new(zitadel.userinfo(token).await?.into()))
+}
+
 /// One upstream lookup, as a cache entry. A rejection of the token is an entry too; other failures (ZITADEL
 /// down, rate-limited) are shared with the waiting requests but not remembered.
 async fn fetch(
@@ -330,28 +387,34 @@ async fn fetch(
     token: CallerToken,
     epoch: u64,
     config: CacheConfig,
+    interner: Arc<Mutex<Interner>>,
 ) -> Result<Arc<Entry>, UpstreamError> {
     let now = Instant::now();
-    match zitadel.userinfo(&token).await {
-        Ok(info) => Ok(Arc::new(Entry {
-            expires_at: now + lifetime_for(&token, config.ttl),
-            answer: Answer::Known(Arc::new(info)),
-            epoch,
-        })),
+    let answer = match zitadel.userinfo(&token).await {
+        Ok(info) => {
+            let caller = KnownCaller::from(info);
+            let shared = interner
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .intern(caller);
+            (Answer::Known(shared), lifetime_for(&token, config.ttl))
+        }
         Err(UpstreamError::Rejected {
             http_status: 401,
             rejection,
             ..
-        }) => Ok(Arc::new(Entry {
-            expires_at: now + config.negative_ttl,
-            answer: Answer::Rejected {
-                http_status: 401,
-                rejection,
-            },
-            epoch,
-        })),
-        Err(other) => Err(other),
-    }
+        }) => (
+            Answer::Rejected(Box::new((401, rejection))),
+            config.negative_ttl,
+        ),
+        Err(other) => return Err(other),
+    };
+    let (answer, lifetime) = answer;
+    Ok(Arc::new(Entry {
+        answer,
+        epoch,
+        expires_at: now + lifetime,
+    }))
 }
 
 /// The TTL, shortened to the token's own expiry when it claims one.

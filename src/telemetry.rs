@@ -7,13 +7,22 @@
 //! metadata and in internal-error messages.
 
 use std::{
+    cell::OnceCell,
     future::Future,
-    task::{Context, Poll},
+    io::IsTerminal as _,
+    task::{Context as TaskContext, Poll},
 };
 
 use futures::FutureExt as _;
 use http::{HeaderValue, Request, Response};
-use opentelemetry::{propagation::TextMapPropagator as _, trace::TracerProvider as _};
+use opentelemetry::{
+    Context,
+    propagation::TextMapPropagator as _,
+    trace::{
+        SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+        TracerProvider as _,
+    },
+};
 use opentelemetry_http::{HeaderExtractor, HeaderInjector};
 use opentelemetry_sdk::{propagation::TraceContextPropagator, trace::SdkTracerProvider};
 use tracing::Instrument as _;
@@ -74,9 +83,9 @@ where
             .with_service_name("usermeta")
             .build(),
     );
-    if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
-        || std::env::var_os("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some()
-    {
+    let exporting = std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
+        || std::env::var_os("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some();
+    if exporting {
         // Reads the endpoint, headers and timeout from the standard OTEL_EXPORTER_OTLP_* variables.
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
@@ -86,14 +95,24 @@ where
     let provider = provider.build();
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    // Spans reach OpenTelemetry whatever RUST_LOG says: a quiet log level must not break trace propagation.
-    let otel = tracing_opentelemetry::layer()
-        .with_tracer(provider.tracer("usermeta"))
-        .with_filter(Targets::new().with_target("usermeta", tracing::Level::INFO));
+    // Spans reach OpenTelemetry whatever RUST_LOG says. Without an exporter there is nothing to record them
+    // for, and recording costs more than the cached call itself: then no OpenTelemetry layer at all, and
+    // `upstream_span` continues the caller's trace from the call's context instead.
+    let otel = exporting.then(|| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("usermeta"))
+            .with_filter(Targets::new().with_target("usermeta", tracing::Level::INFO))
+    });
     let registry = tracing_subscriber::registry().with(otel);
     let installed = match format {
         LogFormat::Text => registry
-            .with(fmt::layer().with_writer(writer).with_filter(filter))
+            .with(
+                fmt::layer()
+                    // Colour codes only for a person at a terminal, not in collected logs.
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_writer(writer)
+                    .with_filter(filter),
+            )
             .try_init(),
         LogFormat::Json => registry
             .with(fmt::layer().json().with_writer(writer).with_filter(filter))
@@ -103,13 +122,22 @@ where
     Ok(Telemetry { provider })
 }
 
+/// What one gRPC call carries to its log lines and ZITADEL calls.
+struct CallContext {
+    request_id: String,
+    /// The trace this call belongs to: the caller's (`traceparent`), or one of its own, made on first use.
+    trace: OnceCell<SpanContext>,
+}
+
 tokio::task_local! {
-    static CURRENT_REQUEST_ID: String;
+    static CURRENT_CALL: CallContext;
 }
 
 /// The request id of the gRPC call being served, if any.
 pub fn current_request_id() -> Option<String> {
-    CURRENT_REQUEST_ID.try_with(Clone::clone).ok()
+    CURRENT_CALL
+        .try_with(|call| call.request_id.clone())
+        .ok()
 }
 
 /// The caller's request id if it is short and plain (it goes into logs), else a fresh random one.
@@ -154,7 +182,7 @@ where
     type Error = S::Error;
     type Future = futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
@@ -165,16 +193,24 @@ where
             method = crate::metrics::method_label(request.uri().path()),
             request_id = %request_id,
         );
-        let parent = TraceContextPropagator::new().extract(&HeaderExtractor(request.headers()));
-        // Fails only when no OpenTelemetry layer is installed; then there is no trace to continue.
-        let _ = span.set_parent(parent);
+        let trace = OnceCell::new();
+        if request.headers().contains_key(TRACEPARENT) {
+            let parent = TraceContextPropagator::new().extract(&HeaderExtractor(request.headers()));
+            let remote = parent.span().span_context().clone();
+            if remote.is_valid() {
+                let _ = trace.set(remote);
+            }
+            // Fails only when no OpenTelemetry layer is installed (nothing is exported).
+            let _ = span.set_parent(parent);
+        }
         let header = HeaderValue::from_str(&request_id).ok();
         let response = {
             let _entered = span.enter();
             self.inner.call(request)
         };
-        CURRENT_REQUEST_ID
-            .scope(request_id, response.instrument(span))
+        let call = CallContext { request_id, trace };
+        CURRENT_CALL
+            .scope(call, response.instrument(span))
             .map(move |result| {
                 result.map(|mut response| {
                     if let Some(header) = header {
@@ -187,14 +223,54 @@ where
     }
 }
 
+const TRACEPARENT: &str = "traceparent";
+
 /// A span for one HTTP call to ZITADEL, and the `traceparent`/`tracestate` headers naming it as the parent,
 /// so ZITADEL's traces (and its logs) join the caller's trace.
 pub fn upstream_span(endpoint: &'static str) -> (tracing::Span, http::HeaderMap) {
     let span = tracing::info_span!("zitadel", endpoint);
     let mut headers = http::HeaderMap::new();
-    TraceContextPropagator::new()
-        .inject_context(&span.context(), &mut HeaderInjector(&mut headers));
+    let recorded = span.context();
+    let context = if recorded.span().span_context().is_valid() {
+        recorded
+    } else {
+        // Spans are not exported: name a fresh span id within the call's trace, so ZITADEL's side still joins it.
+        Context::new().with_remote_span_context(unrecorded_child())
+    };
+    TraceContextPropagator::new().inject_context(&context, &mut HeaderInjector(&mut headers));
     (span, headers)
+}
+
+/// A new span id in the current call's trace (or in a trace of its own outside a call), keeping the caller's
+/// sampling decision and `tracestate`; a trace usermeta starts is sampled, as the SDK's default sampler does.
+fn unrecorded_child() -> SpanContext {
+    let child_of = |trace: &SpanContext| {
+        SpanContext::new(
+            trace.trace_id(),
+            random_span_id(),
+            trace.trace_flags(),
+            false,
+            trace.trace_state().clone(),
+        )
+    };
+    CURRENT_CALL
+        .try_with(|call| child_of(call.trace.get_or_init(new_trace)))
+        .unwrap_or_else(|_| child_of(&new_trace()))
+}
+
+fn new_trace() -> SpanContext {
+    let trace_id = TraceId::from(rand::random::<u128>().max(1));
+    SpanContext::new(
+        trace_id,
+        random_span_id(),
+        TraceFlags::SAMPLED,
+        false,
+        TraceState::NONE,
+    )
+}
+
+fn random_span_id() -> SpanId {
+    SpanId::from(rand::random::<u64>().max(1))
 }
 
 /// Runs `future` in `span`; a small helper so call sites need not import `Instrument`.

@@ -88,9 +88,10 @@ impl MetadataService {
         deadline: Instant,
         handler: impl Future<Output = Result<T, ApiError>>,
     ) -> Result<T, ApiError> {
+        // Boxed once here: the handlers' futures are large, and each wrapper would otherwise copy them.
         let bounded = tokio::time::timeout_at(
             deadline.into(),
-            resilience::with_deadline(deadline, handler),
+            resilience::with_deadline(deadline, Box::pin(handler)),
         );
         bounded.await.unwrap_or(Err(ApiError::DeadlineExceeded))
     }
@@ -135,17 +136,14 @@ impl MetadataService {
         // "Me" is whoever ZITADEL says owns the token; the metadata is read with that same token.
         let (caller, mut items) = match request.source {
             Source::Userinfo if self.resolver.uses_userinfo() => {
-                let info = self.cache.userinfo(&self.zitadel, &token).await?;
-                (
-                    Arc::new(Identity::try_from(info.as_ref())?),
-                    info.metadata.clone(),
-                )
+                let known = self.cache.userinfo(&self.zitadel, &token).await?;
+                (known.identity.clone()?, known.info.metadata.clone())
             }
             // The identity first (cached, and local for JWTs): a refused token reaches no other endpoint.
             Source::Userinfo => {
                 let caller = self.identify(&token).await?;
-                let info = self.cache.userinfo(&self.zitadel, &token).await?;
-                (caller, info.metadata.clone())
+                let known = self.cache.userinfo(&self.zitadel, &token).await?;
+                (caller, known.info.metadata.clone())
             }
             Source::AuthApi => {
                 // One exact key can be filtered by ZITADEL; several are filtered here (its queries are ANDed).

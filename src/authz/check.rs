@@ -21,7 +21,7 @@ use tracing::instrument;
 
 use super::{AuthzConfig, BASE64_MARKER, BinaryValues, MAX_HEADER_VALUE_BYTES, Requirement, Rule};
 use crate::{
-    cache::CallerCache,
+    cache::{CallerCache, KnownCaller},
     caller::AUTHORIZATION,
     zitadel::{BearerError, CallerToken, UpstreamError, Zitadel, userinfo::UserInfo},
 };
@@ -38,7 +38,7 @@ pub struct AuthzService {
 #[derive(Debug)]
 enum Decision {
     /// Forward, with the caller's identity when known.
-    Allow(Option<Arc<UserInfo>>),
+    Allow(Option<Arc<KnownCaller>>),
     /// 401: no usable token. `token_present` adds `error="invalid_token"` to the challenge.
     Unauthenticated {
         token_present: bool,
@@ -103,8 +103,8 @@ impl AuthzService {
             }
         };
 
-        let info = match self.cache.userinfo(&self.zitadel, &token).await {
-            Ok(info) => info,
+        let known = match self.cache.userinfo(&self.zitadel, &token).await {
+            Ok(known) => known,
             Err(error) if is_token_rejection(&error) => {
                 tracing::info!(%error, "token rejected");
                 return Decision::Unauthenticated {
@@ -121,6 +121,7 @@ impl AuthzService {
                 return Decision::Unavailable;
             }
         };
+        let info = &known.info;
         let Some(sub) = info.sub.as_deref() else {
             return Decision::Forbidden {
                 reason: "the token names no user; request it with the scope `openid`".to_owned(),
@@ -145,7 +146,7 @@ impl AuthzService {
                 };
             }
         }
-        Decision::Allow(Some(info))
+        Decision::Allow(Some(known))
     }
 
     fn answer(&self, decision: Decision) -> CheckResponse {
@@ -155,7 +156,7 @@ impl AuthzService {
         match decision {
             Decision::Allow(info) => {
                 record("allow");
-                self.allow(info.as_deref())
+                self.allow(info.as_deref().map(|known| &known.info))
             }
             Decision::Unauthenticated {
                 token_present,

@@ -295,8 +295,7 @@ impl Resolver {
             )
             .into());
         }
-        let info = cache.userinfo(zitadel, token).await?;
-        Ok(Arc::new(Identity::try_from(info.as_ref())?))
+        Ok(cache.userinfo(zitadel, token).await?.identity.clone()?)
     }
 }
 
