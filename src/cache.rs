@@ -27,6 +27,7 @@ use futures::{
 };
 
 use crate::caller::{IdentifyError, Identity, Resolution, TokenError};
+use crate::metadata::MetadataItem;
 use crate::zitadel::{
     CallerToken, Endpoint, Rejection, UpstreamError, Zitadel, userinfo::UserInfo,
 };
@@ -52,19 +53,31 @@ impl Default for CacheConfig {
     }
 }
 
-/// A userinfo answer, with the caller identity derived from it once, when it arrived (not on every hit).
+/// A userinfo answer, as the caller identity it vouches for (derived once, when it arrived) and the metadata.
 #[derive(Debug, PartialEq)]
 pub struct KnownCaller {
-    pub info: UserInfo,
     /// Who the token belongs to; an error when the answer names no user (a token without `openid`).
     pub identity: Result<Arc<Identity>, TokenError>,
+    /// The metadata claim, sorted by key; empty when the user has none or the token lacks the scope.
+    pub metadata: Vec<MetadataItem>,
+}
+
+impl KnownCaller {
+    /// The user id, when the answer names one.
+    pub fn user_id(&self) -> Option<&str> {
+        self.identity
+            .as_ref()
+            .ok()
+            .map(|identity| identity.sub.as_str())
+    }
 }
 
 impl From<UserInfo> for KnownCaller {
     fn from(info: UserInfo) -> Self {
+        let (identity, metadata) = Identity::from_userinfo(info);
         KnownCaller {
-            identity: Identity::try_from(&info).map(Arc::new),
-            info,
+            identity: identity.map(Arc::new),
+            metadata,
         }
     }
 }
@@ -112,7 +125,7 @@ impl Interner {
     const MIN_SWEEP: usize = 1024;
 
     fn intern(&mut self, caller: KnownCaller) -> Arc<KnownCaller> {
-        let Some(sub) = &caller.info.sub else {
+        let Some(sub) = caller.user_id() else {
             return Arc::new(caller);
         };
         if let Some(existing) = self.by_user.get(sub).and_then(Weak::upgrade)
@@ -120,7 +133,7 @@ impl Interner {
         {
             return existing;
         }
-        let sub = sub.clone();
+        let sub = sub.to_owned();
         let shared = Arc::new(caller);
         self.by_user.insert(sub, Arc::downgrade(&shared));
         if self.by_user.len() >= self.sweep_at {
@@ -317,7 +330,7 @@ impl CallerCache {
         let Answer::Known(caller) = &entry.answer else {
             return false;
         };
-        let Some(sub) = &caller.info.sub else {
+        let Some(sub) = caller.user_id() else {
             return false;
         };
         let last_write = self

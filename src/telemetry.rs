@@ -135,9 +135,7 @@ tokio::task_local! {
 
 /// The request id of the gRPC call being served, if any.
 pub fn current_request_id() -> Option<String> {
-    CURRENT_CALL
-        .try_with(|call| call.request_id.clone())
-        .ok()
+    CURRENT_CALL.try_with(|call| call.request_id.clone()).ok()
 }
 
 /// The caller's request id if it is short and plain (it goes into logs), else a fresh random one.

@@ -137,13 +137,13 @@ impl MetadataService {
         let (caller, mut items) = match request.source {
             Source::Userinfo if self.resolver.uses_userinfo() => {
                 let known = self.cache.userinfo(&self.zitadel, &token).await?;
-                (known.identity.clone()?, known.info.metadata.clone())
+                (known.identity.clone()?, known.metadata.clone())
             }
             // The identity first (cached, and local for JWTs): a refused token reaches no other endpoint.
             Source::Userinfo => {
                 let caller = self.identify(&token).await?;
                 let known = self.cache.userinfo(&self.zitadel, &token).await?;
-                (caller, known.info.metadata.clone())
+                (caller, known.metadata.clone())
             }
             Source::AuthApi => {
                 // One exact key can be filtered by ZITADEL; several are filtered here (its queries are ANDed).

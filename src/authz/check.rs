@@ -23,7 +23,9 @@ use super::{AuthzConfig, BASE64_MARKER, BinaryValues, MAX_HEADER_VALUE_BYTES, Re
 use crate::{
     cache::{CallerCache, KnownCaller},
     caller::AUTHORIZATION,
-    zitadel::{BearerError, CallerToken, UpstreamError, Zitadel, userinfo::UserInfo},
+    caller::Identity,
+    metadata::MetadataItem,
+    zitadel::{BearerError, CallerToken, UpstreamError, Zitadel},
 };
 
 /// Serves `envoy.service.auth.v3.Authorization`.
@@ -121,16 +123,19 @@ impl AuthzService {
                 return Decision::Unavailable;
             }
         };
-        let info = &known.info;
-        let Some(sub) = info.sub.as_deref() else {
+        let Ok(identity) = &known.identity else {
             return Decision::Forbidden {
                 reason: "the token names no user; request it with the scope `openid`".to_owned(),
                 challenge: Some(r#"Bearer error="insufficient_scope", scope="openid""#),
             };
         };
-        tracing::Span::current().record("user_id", sub);
+        tracing::Span::current().record("user_id", identity.sub.as_str());
         for rule in rules {
-            if let Some(unmet) = rule.requirements.iter().find(|r| !satisfies(&info, r)) {
+            if let Some(unmet) = rule
+                .requirements
+                .iter()
+                .find(|r| !satisfies(identity, &known.metadata, r))
+            {
                 let reason = match unmet {
                     Requirement::Role(role) => {
                         format!("route rule {} requires the role `{role}`", rule.origin)
@@ -156,7 +161,7 @@ impl AuthzService {
         match decision {
             Decision::Allow(info) => {
                 record("allow");
-                self.allow(info.as_deref().map(|known| &known.info))
+                self.allow(info.as_deref())
             }
             Decision::Unauthenticated {
                 token_present,
@@ -189,11 +194,11 @@ impl AuthzService {
     }
 
     /// OK: identity headers set (overwriting), every other managed header removed.
-    fn allow(&self, info: Option<&UserInfo>) -> CheckResponse {
+    fn allow(&self, info: Option<&KnownCaller>) -> CheckResponse {
         let mut set: Vec<(&str, String)> = Vec::new();
         let mut fields: HashMap<String, Value> = HashMap::new();
         if let Some(info) = info {
-            if let Some(sub) = info.sub.as_deref() {
+            if let Some(sub) = info.user_id() {
                 if let Some(header) = self.config.user_id_header.as_deref() {
                     set.push((header, sub.to_owned()));
                 }
@@ -296,11 +301,10 @@ fn is_token_rejection(error: &UpstreamError) -> bool {
         if (400..500).contains(http_status) && *http_status != 429 && *http_status != 408)
 }
 
-fn satisfies(info: &UserInfo, requirement: &Requirement) -> bool {
+fn satisfies(identity: &Identity, metadata: &[MetadataItem], requirement: &Requirement) -> bool {
     match requirement {
-        Requirement::Role(role) => info.roles.iter().any(|r| r == role),
-        Requirement::Metadata { key, value } => info
-            .metadata
+        Requirement::Role(role) => identity.roles.contains(role),
+        Requirement::Metadata { key, value } => metadata
             .iter()
             .any(|item| item.key == *key && item.value.as_deref() == Some(value.as_bytes())),
     }

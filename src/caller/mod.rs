@@ -19,6 +19,7 @@ use url::Url;
 pub use introspection::{ApplicationKey, IntrospectionAuth};
 
 use crate::cache::CallerCache;
+use crate::metadata::MetadataItem;
 use crate::zitadel::{BearerError, CallerToken, UpstreamError, Zitadel, userinfo::UserInfo};
 
 /// The gRPC metadata key that carries the caller's token.
@@ -143,17 +144,23 @@ pub fn roles_of<'a>(claims: impl IntoIterator<Item = (&'a String, &'a Value)>) -
     roles
 }
 
-impl TryFrom<&UserInfo> for Identity {
-    type Error = TokenError;
-
-    fn try_from(info: &UserInfo) -> Result<Self, TokenError> {
-        let sub = info.sub.clone().ok_or(TokenError::NoSubject)?;
-        Ok(Identity {
+impl Identity {
+    /// The identity a userinfo answer vouches for (an error when it names no user), and the metadata claim
+    /// beside it. Takes the answer apart rather than copying it: one is kept per cached user.
+    pub fn from_userinfo(info: UserInfo) -> (Result<Identity, TokenError>, Vec<MetadataItem>) {
+        let UserInfo {
             sub,
-            org_id: info.org_id.clone(),
-            roles: info.roles.clone(),
+            org_id,
+            metadata,
+            roles,
+        } = info;
+        let identity = sub.ok_or(TokenError::NoSubject).map(|sub| Identity {
+            sub,
+            org_id,
+            roles,
             ..Identity::default()
-        })
+        });
+        (identity, metadata)
     }
 }
 
