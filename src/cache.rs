@@ -453,3 +453,65 @@ fn lifetime_until(exp: Option<u64>, ttl: Duration) -> Duration {
 fn expired(exp: Option<u64>) -> bool {
     exp.is_some_and(|exp| exp <= unix_now())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(sub: &str, value: &[u8]) -> KnownCaller {
+        KnownCaller::from(UserInfo {
+            sub: Some(sub.to_owned()),
+            org_id: Some("org".to_owned()),
+            metadata: vec![MetadataItem {
+                key: "ContractNumber".to_owned(),
+                value: Some(value.to_vec()),
+                create_time: None,
+                update_time: None,
+            }],
+            roles: Default::default(),
+        })
+    }
+
+    #[test]
+    fn identical_answers_for_one_user_are_shared_and_changed_ones_are_not() {
+        let mut interner = Interner::default();
+        let first = interner.intern(answer("u1", b"1234"));
+        let same = interner.intern(answer("u1", b"1234"));
+        assert!(Arc::ptr_eq(&first, &same));
+        let changed = interner.intern(answer("u1", b"5678"));
+        assert!(!Arc::ptr_eq(&first, &changed));
+        assert_eq!(changed.metadata[0].value.as_deref(), Some(&b"5678"[..]));
+        let other_user = interner.intern(answer("u2", b"1234"));
+        assert!(!Arc::ptr_eq(&first, &other_user));
+        assert_eq!(other_user.user_id(), Some("u2"));
+        // An answer naming no user is never shared (there is nothing to key it by).
+        let anonymous = || {
+            KnownCaller::from(UserInfo {
+                sub: None,
+                org_id: None,
+                metadata: Vec::new(),
+                roles: Default::default(),
+            })
+        };
+        assert!(!Arc::ptr_eq(
+            &interner.intern(anonymous()),
+            &interner.intern(anonymous())
+        ));
+        assert_eq!(anonymous().identity, Err(TokenError::NoSubject));
+    }
+
+    #[test]
+    fn users_whose_answers_left_the_cache_are_swept() {
+        let mut interner = Interner::default();
+        let kept = interner.intern(answer("kept", b"1"));
+        for i in 0..Interner::MIN_SWEEP * 3 {
+            drop(interner.intern(answer(&format!("gone-{i}"), b"1")));
+        }
+        assert!(
+            interner.by_user.len() <= Interner::MIN_SWEEP,
+            "{} users remembered",
+            interner.by_user.len()
+        );
+        assert!(Arc::ptr_eq(&kept, &interner.intern(answer("kept", b"1"))));
+    }
+}

@@ -1,6 +1,7 @@
 //! Logs and traces. Structured `tracing` events go to stderr as text or JSON (level from `RUST_LOG`, default
-//! `info`); spans also feed OpenTelemetry, so a W3C `traceparent` from the caller continues through usermeta
-//! to every ZITADEL call, and spans are exported over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+//! `info`). A W3C `traceparent` from the caller continues through usermeta to every ZITADEL call. Spans are
+//! recorded by OpenTelemetry and exported over OTLP only when `OTEL_EXPORTER_OTLP_ENDPOINT` is set; without
+//! it, the call's trace context is carried beside its request id, and each ZITADEL call gets a fresh span id.
 //!
 //! Every gRPC call runs in a `grpc` span carrying its request id (from `x-request-id` when the caller sent a
 //! usable one, else generated), so every log line of a call names it; the id is echoed in the response
@@ -296,5 +297,36 @@ mod tests {
             request_id_of(&http::HeaderMap::new()),
             request_id_of(&http::HeaderMap::new())
         );
+    }
+
+    fn trace_and_span_of(headers: &http::HeaderMap) -> (String, String) {
+        let traceparent = headers["traceparent"].to_str().unwrap();
+        let parts: Vec<&str> = traceparent.split('-').collect();
+        assert_eq!(parts.len(), 4, "{traceparent}");
+        assert_eq!(parts[3], "01", "{traceparent}");
+        (parts[1].to_owned(), parts[2].to_owned())
+    }
+
+    #[tokio::test]
+    async fn calls_to_zitadel_share_their_calls_trace_without_an_exporter() {
+        let call = || CallContext {
+            request_id: "r".to_owned(),
+            trace: OnceCell::new(),
+        };
+        let (first, second) = CURRENT_CALL
+            .scope(call(), async {
+                let (_, first) = upstream_span("userinfo");
+                let (_, second) = upstream_span("userinfo");
+                (trace_and_span_of(&first), trace_and_span_of(&second))
+            })
+            .await;
+        assert_eq!(first.0, second.0, "one trace per gRPC call");
+        assert_ne!(first.1, second.1, "a span id per ZITADEL call");
+        let (other, _) = CURRENT_CALL
+            .scope(call(), async {
+                trace_and_span_of(&upstream_span("userinfo").1)
+            })
+            .await;
+        assert_ne!(other, first.0, "another call, another trace");
     }
 }
