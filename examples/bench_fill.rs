@@ -1,5 +1,6 @@
 //! Benchmark load: calls GetMyMetadata once with each of many distinct tokens, to fill usermeta's cache.
-//! Usage: `bench_fill <addr> <fixture.json> <count> <concurrency>`; prints how many calls failed.
+//! Usage: `bench_fill <addr> <fixture.json> <tokens|distinct_tokens> <count> <concurrency>`: the bench user's
+//! tokens, or one token each of distinct users. Prints how many calls failed.
 
 use futures::{StreamExt, stream};
 use tonic::{Request, transport::Channel};
@@ -9,15 +10,16 @@ use usermeta::api::pb::{
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    const USAGE: &str = "usage: bench_fill <addr> <fixture.json> <count> <concurrency>";
+    const USAGE: &str =
+        "usage: bench_fill <addr> <fixture.json> <tokens|distinct_tokens> <count> <concurrency>";
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [addr, fixture, count, concurrency] = args.as_slice() else {
+    let [addr, fixture, list, count, concurrency] = args.as_slice() else {
         return Err(USAGE.into());
     };
     let fixture: serde_json::Value = serde_json::from_slice(&std::fs::read(fixture)?)?;
-    let tokens: Vec<String> = fixture["tokens"]
+    let tokens: Vec<String> = fixture[list.as_str()]
         .as_array()
-        .ok_or("fixture has no tokens")?
+        .ok_or(format!("fixture has no {list}"))?
         .iter()
         .filter_map(|t| t.as_str().map(str::to_owned))
         .take(count.parse()?)

@@ -1,6 +1,7 @@
 //! Benchmark fixture: the ZITADEL stand-in on a given address, seeded with the bench user, a service user and
-//! many caller tokens; writes them to a JSON file and serves upstream call counts on a control address.
-//! Usage: `bench_zitadel <listen> <control-listen> <token-count> <fixture.json>`.
+//! many caller tokens, plus one token each for many other users with the same metadata; writes them to a JSON
+//! file and serves upstream call counts on a control address.
+//! Usage: `bench_zitadel <listen> <control-listen> <token-count> <distinct-users> <fixture.json>`.
 
 #[path = "bench_common/mod.rs"]
 mod common;
@@ -12,13 +13,13 @@ use usermeta::standin::{ManagerRole, StandIn};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    const USAGE: &str =
-        "usage: bench_zitadel <listen> <control-listen> <token-count> <fixture.json>";
+    const USAGE: &str = "usage: bench_zitadel <listen> <control-listen> <token-count> <distinct-users> <fixture.json>";
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [listen, control, count, fixture] = args.as_slice() else {
+    let [listen, control, count, distinct, fixture] = args.as_slice() else {
         return Err(USAGE.into());
     };
     let count: usize = count.parse()?;
+    let distinct: usize = distinct.parse()?;
 
     let standin = StandIn::start_on(listen.parse()?).await?;
     standin.set_recording(false);
@@ -31,11 +32,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let tokens: Vec<String> = (0..count)
         .map(|_| standin.issue_token(&user, common::SCOPES))
         .collect();
+    let distinct_tokens: Vec<String> = (0..distinct)
+        .map(|i| {
+            let other = standin.create_user(&org, &format!("bench.user{i}"));
+            for (key, value) in common::METADATA {
+                standin.set_metadata(&other, key, value);
+            }
+            standin.issue_token(&other, common::SCOPES)
+        })
+        .collect();
     let json = serde_json::json!({
         "url": standin.url(),
         "user_id": user,
         "service_pat": standin.issue_pat(&service_user),
         "tokens": tokens,
+        "distinct_tokens": distinct_tokens,
     });
     std::fs::write(fixture, serde_json::to_vec(&json)?)?;
 

@@ -24,13 +24,13 @@ cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; r
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 1 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "nothing listens on $1"; exit 1; }
+wait_port() { for _ in $(seq 1 "${2:-200}"); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "nothing listens on $1"; exit 1; }
 peak_rss_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
 
 zitadel_port=$(free_port); control_port=$(free_port)
-"$bin/examples/bench_zitadel" "127.0.0.1:$zitadel_port" "127.0.0.1:$control_port" $((FILL + 200)) "$work/fixture.json" &
+"$bin/examples/bench_zitadel" "127.0.0.1:$zitadel_port" "127.0.0.1:$control_port" $((FILL + 200)) "$FILL" "$work/fixture.json" &
 pids+=($!)
-wait_port "$control_port"
+wait_port "$control_port" 2400  # the fixture (FILL users) is made first
 field() { python3 -c "import json,sys; d=json.load(open('$work/fixture.json')); print(eval(sys.argv[1]))" "$1"; }
 zitadel_url=$(field 'd["url"]'); user_id=$(field 'd["user_id"]'); field 'd["service_pat"]' >"$work/pat"
 token() { field "d['tokens'][$1]"; }
@@ -108,15 +108,22 @@ for pass in 1 2; do for i in $(seq 2 21); do load "distinct-$pass-$i" "$(grpc_ur
 distinct=$(( $(userinfo_calls) - calls_before ))
 cached_rss=$(peak_rss_kib "$cached_pid"); ceiling_rss=$(peak_rss_kib "$ceiling_pid")
 
-# Memory with FILL cached tokens, on a fresh instance.
-fill_port=$(free_port); start_usermeta "$fill_port" 600s; fill_pid=$started
-failures=$("$bin/examples/bench_fill" "127.0.0.1:$fill_port" "$work/fixture.json" "$FILL" 64)
-[[ $failures == 0 ]] || { echo "$failures of $FILL fill calls failed"; exit 1; }
-fill_rss=$(peak_rss_kib "$fill_pid")
+# Memory with FILL cached tokens, on fresh instances: tokens of one user (as every login and refresh gives a
+# user another), and one token each of FILL distinct users.
+filled_rss=""
+fill() { # token list; sets $filled_rss to the instance's peak RSS (no subshell, so cleanup keeps track)
+  local port pid failures
+  port=$(free_port); start_usermeta "$port" 600s; pid=$started
+  failures=$("$bin/examples/bench_fill" "127.0.0.1:$port" "$work/fixture.json" "$1" "$FILL" 64)
+  [[ $failures == 0 ]] || { echo "$failures of $FILL fill calls ($1) failed"; exit 1; }
+  filled_rss=$(peak_rss_kib "$pid"); kill "$pid"
+}
+fill tokens; fill_rss=$filled_rss
+fill distinct_tokens; fill_distinct_rss=$filled_rss
 
 python3 scripts/bench_report.py "$work/runs.tsv" \
   --rounds "$ROUNDS" --requests "$REQUESTS" --clients "$CLIENTS" --streams "$STREAMS" \
   --cached-upstream "$cached_upstream" --cold-upstream "$cold_upstream" --cold-requests $((cold_n * ROUNDS)) \
   --coalesced "$coalesced" --distinct "$distinct" \
-  --cached-rss "$cached_rss" --ceiling-rss "$ceiling_rss" --fill "$FILL" --fill-rss "$fill_rss" \
+  --cached-rss "$cached_rss" --ceiling-rss "$ceiling_rss" --fill "$FILL" --fill-rss "$fill_rss" --fill-distinct-rss "$fill_distinct_rss" \
   | tee bench/RESULTS.md

@@ -8,7 +8,8 @@ from collections import defaultdict
 p = argparse.ArgumentParser()
 p.add_argument("runs")
 for name in ["rounds", "requests", "clients", "streams", "cached_upstream", "cold_upstream", "cold_requests",
-             "coalesced", "distinct", "cached_rss", "ceiling_rss", "fill", "fill_rss"]:
+             "coalesced", "distinct", "cached_rss", "ceiling_rss", "fill", "fill_rss",
+             "fill_distinct_rss"]:
     p.add_argument("--" + name.replace("_", "-"), type=int, required=True)
 a = p.parse_args()
 
@@ -53,4 +54,6 @@ print(f"| userinfo calls for 100 concurrent first requests with one new token | 
 print(f"| userinfo calls for 20 distinct tokens x 400 requests within one TTL | {a.distinct} | <= 20 |")
 print(f"| peak RSS, ceiling | {a.ceiling_rss / 1024:.1f} MiB | |")
 print(f"| peak RSS, usermeta after the runs above | {a.cached_rss / 1024:.1f} MiB | |")
-print(f"| peak RSS, usermeta with {a.fill} cached tokens | {a.fill_rss / 1024:.1f} MiB | <= 64 MiB |")
+print(f"| peak RSS, usermeta with {a.fill} cached tokens of one user | {a.fill_rss / 1024:.1f} MiB | <= 64 MiB |")
+print(f"| peak RSS, usermeta with {a.fill} cached tokens of {a.fill} users | {a.fill_distinct_rss / 1024:.1f} MiB | "
+      f"<= 64 MiB |")
