@@ -205,21 +205,34 @@ fn code_label(headers: &HeaderMap) -> Option<&'static str> {
     })
 }
 
-/// Measures every gRPC call: count by method and code, latency, in-flight.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct GrpcMetricsLayer;
+/// Measures every gRPC call: count by method and code, latency, in-flight. Without a recorder (metrics off)
+/// it passes calls through untouched: nothing would read what it measured.
+#[derive(Debug, Clone, Copy)]
+pub struct GrpcMetricsLayer {
+    enabled: bool,
+}
+
+impl GrpcMetricsLayer {
+    pub fn new(enabled: bool) -> Self {
+        GrpcMetricsLayer { enabled }
+    }
+}
 
 impl<S> tower::Layer<S> for GrpcMetricsLayer {
     type Service = GrpcMetrics<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        GrpcMetrics { inner }
+        GrpcMetrics {
+            inner,
+            enabled: self.enabled,
+        }
     }
 }
 
 #[derive(Debug, Clone)]
 pub struct GrpcMetrics<S> {
     inner: S,
+    enabled: bool,
 }
 
 impl<S, ReqBody, ResBody> tower::Service<Request<ReqBody>> for GrpcMetrics<S>
@@ -237,14 +250,18 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let call = CallMeter::start(method_label(request.uri().path()));
+        let call = self
+            .enabled
+            .then(|| CallMeter::start(method_label(request.uri().path())));
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await?;
             let mut call = call;
             // A trailers-only response (most errors) carries its status in the headers; otherwise it comes
             // in the trailers at the end of the body.
-            if let Some(code) = code_label(response.headers()) {
+            if let Some(call) = &mut call
+                && let Some(code) = code_label(response.headers())
+            {
                 call.finish(code);
             }
             Ok(response.map(|body| MeteredBody { body, call }))
@@ -292,7 +309,7 @@ impl Drop for CallMeter {
 #[derive(Debug)]
 pub struct MeteredBody<B> {
     body: B,
-    call: CallMeter,
+    call: Option<CallMeter>,
 }
 
 impl<B: Body<Data = Bytes> + Unpin> Body for MeteredBody<B> {
@@ -305,14 +322,17 @@ impl<B: Body<Data = Bytes> + Unpin> Body for MeteredBody<B> {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = &mut *self;
         let frame = Pin::new(&mut this.body).poll_frame(cx);
+        let Some(call) = &mut this.call else {
+            return frame;
+        };
         match &frame {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(trailers) = frame.trailers_ref() {
-                    this.call.finish(code_label(trailers).unwrap_or("UNKNOWN"));
+                    call.finish(code_label(trailers).unwrap_or("UNKNOWN"));
                 }
             }
             // A body that ends without trailers sent no status: the client sees an error.
-            Poll::Ready(Some(Err(_))) | Poll::Ready(None) => this.call.finish("UNKNOWN"),
+            Poll::Ready(Some(Err(_))) | Poll::Ready(None) => call.finish("UNKNOWN"),
             Poll::Pending => {}
         }
         frame

@@ -257,6 +257,7 @@ impl Application {
 
         tracing::info!(addr = %self.local_addr, tls = self.tls.is_some(), "usermeta serving");
         // Scrapable until the server stops, shutdown included.
+        let metrics_enabled = self.metrics.is_some();
         let metrics = self
             .metrics
             .map(|(listener, handle)| crate::metrics::serve(listener, handle));
@@ -274,7 +275,7 @@ impl Application {
             // Outermost first: the request context (request id, trace span) surrounds the measured call,
             // and shed calls are measured too.
             .layer(crate::telemetry::RequestContextLayer)
-            .layer(crate::metrics::GrpcMetricsLayer)
+            .layer(crate::metrics::GrpcMetricsLayer::new(metrics_enabled))
             .layer(ShedLayer::new(limits.max_in_flight))
             .add_service(health_service)
             .add_service(reflection_v1)

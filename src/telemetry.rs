@@ -151,7 +151,14 @@ fn request_id_of(headers: &http::HeaderMap) -> String {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
         })
-        .map_or_else(|| format!("{:032x}", rand::random::<u128>()), str::to_owned)
+        .map_or_else(random_request_id, str::to_owned)
+}
+
+fn random_request_id() -> String {
+    use std::fmt::Write as _;
+    let mut id = String::with_capacity(32);
+    let _ = write!(id, "{:032x}", rand::random::<u128>());
+    id
 }
 
 /// Sets up each gRPC call's context: request id, the `grpc` span (a child of the caller's `traceparent`),
@@ -202,7 +209,12 @@ where
             // Fails only when no OpenTelemetry layer is installed (nothing is exported).
             let _ = span.set_parent(parent);
         }
-        let header = HeaderValue::from_str(&request_id).ok();
+        // Never indexed: a value unique to each response would only churn the connection's HPACK table (and
+        // cost a search of it per response).
+        let header = HeaderValue::from_str(&request_id).ok().map(|mut header| {
+            header.set_sensitive(true);
+            header
+        });
         let response = {
             let _entered = span.enter();
             self.inner.call(request)

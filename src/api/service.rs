@@ -5,6 +5,7 @@ use std::{
     collections::HashSet,
     future::Future,
     sync::Arc,
+    task::Poll,
     time::{Duration, Instant},
 };
 
@@ -89,11 +90,15 @@ impl MetadataService {
         handler: impl Future<Output = Result<T, ApiError>>,
     ) -> Result<T, ApiError> {
         // Boxed once here: the handlers' futures are large, and each wrapper would otherwise copy them.
-        let bounded = tokio::time::timeout_at(
-            deadline.into(),
-            resilience::with_deadline(deadline, Box::pin(handler)),
-        );
-        bounded.await.unwrap_or(Err(ApiError::DeadlineExceeded))
+        let mut handler = Box::pin(resilience::with_deadline(deadline, handler));
+        // An answer from memory is ready at the first poll: the deadline's timer is only set up for calls
+        // that wait.
+        if let Poll::Ready(answer) = futures::poll!(&mut handler) {
+            return answer;
+        }
+        tokio::time::timeout_at(deadline.into(), handler)
+            .await
+            .unwrap_or(Err(ApiError::DeadlineExceeded))
     }
 
     /// When the request must be answered.
