@@ -341,4 +341,25 @@ mod tests {
             .await;
         assert_ne!(other, first.0, "another call, another trace");
     }
+
+    #[tokio::test]
+    async fn the_request_id_goes_back_never_indexed() {
+        use tower::{Layer as _, ServiceExt as _};
+        let inner = tower::service_fn(|_: Request<()>| async {
+            Ok::<_, std::convert::Infallible>(Response::new(()))
+        });
+        let request = Request::builder()
+            .uri("/usermeta.v1.UserMetadataService/GetMyMetadata")
+            .body(())
+            .unwrap();
+        let response = RequestContextLayer
+            .layer(inner)
+            .oneshot(request)
+            .await
+            .unwrap();
+        let id = &response.headers()[REQUEST_ID];
+        assert_eq!(id.len(), 32);
+        // Unique per response: indexing it in HPACK's table would only evict useful entries.
+        assert!(id.is_sensitive());
+    }
 }
