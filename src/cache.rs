@@ -27,7 +27,7 @@ use futures::{
 };
 
 use crate::caller::{IdentifyError, Identity, Resolution, TokenError};
-use crate::metadata::MetadataItem;
+use crate::metadata::CompactItem;
 use crate::zitadel::{
     CallerToken, Endpoint, Rejection, UpstreamError, Zitadel, userinfo::UserInfo,
 };
@@ -59,7 +59,7 @@ pub struct KnownCaller {
     /// Who the token belongs to; an error when the answer names no user (a token without `openid`).
     pub identity: Result<Arc<Identity>, TokenError>,
     /// The metadata claim, sorted by key; empty when the user has none or the token lacks the scope.
-    pub metadata: Vec<MetadataItem>,
+    pub metadata: Box<[CompactItem]>,
 }
 
 impl KnownCaller {
@@ -77,14 +77,14 @@ impl From<UserInfo> for KnownCaller {
         let (identity, metadata) = Identity::from_userinfo(info);
         KnownCaller {
             identity: identity.map(Arc::new),
-            metadata,
+            metadata: metadata.into_iter().map(CompactItem::from).collect(),
         }
     }
 }
 
-/// What ZITADEL said about one token, and until when it may be reused. Small: there is one per cached token,
-/// and the answer itself is shared by the tokens of one user.
-#[derive(Debug)]
+/// What ZITADEL said about one token, and until when it may be reused. Small, and stored in the cache by
+/// value: there is one per cached token, and the answer itself is shared by the tokens of one user.
+#[derive(Debug, Clone)]
 struct Entry {
     answer: Answer,
     /// The write epoch when the lookup started; older than the user's last write means stale.
@@ -92,7 +92,7 @@ struct Entry {
     expires_at: Instant,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Answer {
     Known(Arc<KnownCaller>),
     /// Boxed: rejections are rare, and the variant would otherwise size every entry.
@@ -116,7 +116,9 @@ impl Entry {
 /// each cached token pointing at its own copy of the same answer would multiply the memory per user.
 #[derive(Debug, Default)]
 struct Interner {
-    by_user: HashMap<String, Weak<KnownCaller>>,
+    /// By a hash of the user id (a collision only means an answer is not shared: equality decides).
+    by_user: HashMap<u64, Weak<KnownCaller>>,
+    hasher: std::hash::RandomState,
     /// Size at which entries whose answers are no longer cached are swept out.
     sweep_at: usize,
 }
@@ -128,14 +130,14 @@ impl Interner {
         let Some(sub) = caller.user_id() else {
             return Arc::new(caller);
         };
-        if let Some(existing) = self.by_user.get(sub).and_then(Weak::upgrade)
+        let user = std::hash::BuildHasher::hash_one(&self.hasher, sub);
+        if let Some(existing) = self.by_user.get(&user).and_then(Weak::upgrade)
             && *existing == caller
         {
             return existing;
         }
-        let sub = sub.to_owned();
         let shared = Arc::new(caller);
-        self.by_user.insert(sub, Arc::downgrade(&shared));
+        self.by_user.insert(user, Arc::downgrade(&shared));
         if self.by_user.len() >= self.sweep_at {
             self.by_user.retain(|_, answer| answer.strong_count() > 0);
             self.sweep_at = (self.by_user.len() * 2).max(Self::MIN_SWEEP);
@@ -145,7 +147,7 @@ impl Interner {
 }
 
 type TokenKey = [u8; 32];
-type Lookup = Shared<BoxFuture<'static, Result<Arc<Entry>, UpstreamError>>>;
+type Lookup = Shared<BoxFuture<'static, Result<Entry, UpstreamError>>>;
 
 /// An identity from introspection or a verified JWT, or the refusal of the token, until `expires_at`.
 /// Metadata writes do not change identities, so these are never stale by writes.
@@ -160,7 +162,7 @@ type IdentityLookup = Shared<BoxFuture<'static, Result<Arc<IdentityEntry>, Ident
 /// The caller cache. Cheap to share behind an `Arc`.
 pub struct CallerCache {
     config: CacheConfig,
-    entries: Option<quick_cache::sync::Cache<TokenKey, Arc<Entry>>>,
+    entries: Option<quick_cache::sync::Cache<TokenKey, Entry>>,
     /// Lookups under way, shared by every request that misses on the same token meanwhile.
     in_flight: Mutex<HashMap<TokenKey, Lookup>>,
     interner: Arc<Mutex<Interner>>,
@@ -296,8 +298,9 @@ impl CallerCache {
         for _ in 0..2 {
             let entry = self.look_up(key, zitadel, token).await?;
             if !self.is_stale(&entry) {
-                entries.insert(key, Arc::clone(&entry));
-                return entry.result();
+                let result = entry.result();
+                entries.insert(key, entry);
+                return result;
             }
         }
         uncached(zitadel, token).await
@@ -348,7 +351,7 @@ impl CallerCache {
         key: TokenKey,
         zitadel: &Arc<Zitadel>,
         token: &CallerToken,
-    ) -> Result<Arc<Entry>, UpstreamError> {
+    ) -> Result<Entry, UpstreamError> {
         let lookup = {
             let mut in_flight = self
                 .in_flight
@@ -401,7 +404,7 @@ async fn fetch(
     epoch: u64,
     config: CacheConfig,
     interner: Arc<Mutex<Interner>>,
-) -> Result<Arc<Entry>, UpstreamError> {
+) -> Result<Entry, UpstreamError> {
     let now = Instant::now();
     let answer = match zitadel.userinfo(&token).await {
         Ok(info) => {
@@ -423,11 +426,11 @@ async fn fetch(
         Err(other) => return Err(other),
     };
     let (answer, lifetime) = answer;
-    Ok(Arc::new(Entry {
+    Ok(Entry {
         answer,
         epoch,
         expires_at: now + lifetime,
-    }))
+    })
 }
 
 /// The TTL, shortened to the token's own expiry when it claims one.
@@ -457,6 +460,7 @@ fn expired(exp: Option<u64>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metadata::MetadataItem;
 
     fn answer(sub: &str, value: &[u8]) -> KnownCaller {
         KnownCaller::from(UserInfo {
@@ -481,6 +485,7 @@ mod tests {
         let changed = interner.intern(answer("u1", b"5678"));
         assert!(!Arc::ptr_eq(&first, &changed));
         assert_eq!(changed.metadata[0].value.as_deref(), Some(&b"5678"[..]));
+        assert_eq!(&*changed.metadata[0].key, "ContractNumber");
         let other_user = interner.intern(answer("u2", b"1234"));
         assert!(!Arc::ptr_eq(&first, &other_user));
         assert_eq!(other_user.user_id(), Some("u2"));

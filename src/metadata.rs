@@ -12,6 +12,34 @@ pub struct MetadataItem {
     pub update_time: Option<Timestamp>,
 }
 
+/// A metadata entry without timestamps (as userinfo gives it), in little memory: the caller cache holds one
+/// per key of every cached user.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CompactItem {
+    pub key: Box<str>,
+    pub value: Option<Box<[u8]>>,
+}
+
+impl From<MetadataItem> for CompactItem {
+    fn from(item: MetadataItem) -> Self {
+        CompactItem {
+            key: item.key.into_boxed_str(),
+            value: item.value.map(Vec::into_boxed_slice),
+        }
+    }
+}
+
+impl From<&CompactItem> for MetadataItem {
+    fn from(item: &CompactItem) -> Self {
+        MetadataItem {
+            key: item.key.as_ref().to_owned(),
+            value: item.value.as_deref().map(<[u8]>::to_vec),
+            create_time: None,
+            update_time: None,
+        }
+    }
+}
+
 /// How a key filter compares with stored keys; ZITADEL's `TextQueryMethod`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum KeyMatch {

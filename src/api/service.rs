@@ -20,7 +20,7 @@ use super::{
     validate::{self, Source},
 };
 use crate::{
-    cache::CallerCache,
+    cache::{CallerCache, KnownCaller},
     caller::{self, Identity, Resolver},
     metadata::{KeyFilter, KeyMatch, MetadataItem, Page, PageRequest},
     policy::{Action, Policy, Subject},
@@ -142,13 +142,13 @@ impl MetadataService {
         let (caller, mut items) = match request.source {
             Source::Userinfo if self.resolver.uses_userinfo() => {
                 let known = self.cache.userinfo(&self.zitadel, &token).await?;
-                (known.identity.clone()?, known.metadata.clone())
+                (known.identity.clone()?, own_metadata(&known))
             }
             // The identity first (cached, and local for JWTs): a refused token reaches no other endpoint.
             Source::Userinfo => {
                 let caller = self.identify(&token).await?;
                 let known = self.cache.userinfo(&self.zitadel, &token).await?;
-                (caller, known.metadata.clone())
+                (caller, own_metadata(&known))
             }
             Source::AuthApi => {
                 // One exact key can be filtered by ZITADEL; several are filtered here (its queries are ANDed).
@@ -485,6 +485,11 @@ async fn audited<T>(
 }
 
 /// The caller, with the client certificate mTLS verified (when there is one) for the policy and the audit line.
+/// The metadata of a cached userinfo answer, as items to filter and answer with.
+fn own_metadata(known: &KnownCaller) -> Vec<MetadataItem> {
+    known.metadata.iter().map(MetadataItem::from).collect()
+}
+
 fn with_client_cert(caller: Arc<Identity>, cert: Option<tls::ClientCert>) -> Arc<Identity> {
     match cert {
         None => caller,

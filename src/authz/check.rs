@@ -24,7 +24,7 @@ use crate::{
     cache::{CallerCache, KnownCaller},
     caller::AUTHORIZATION,
     caller::Identity,
-    metadata::MetadataItem,
+    metadata::CompactItem,
     zitadel::{BearerError, CallerToken, UpstreamError, Zitadel},
 };
 
@@ -209,7 +209,7 @@ impl AuthzService {
                 let Some(value) = info
                     .metadata
                     .iter()
-                    .find(|item| item.key == mapping.key)
+                    .find(|item| *item.key == *mapping.key)
                     .and_then(|item| item.value.as_deref())
                 else {
                     continue;
@@ -301,12 +301,12 @@ fn is_token_rejection(error: &UpstreamError) -> bool {
         if (400..500).contains(http_status) && *http_status != 429 && *http_status != 408)
 }
 
-fn satisfies(identity: &Identity, metadata: &[MetadataItem], requirement: &Requirement) -> bool {
+fn satisfies(identity: &Identity, metadata: &[CompactItem], requirement: &Requirement) -> bool {
     match requirement {
         Requirement::Role(role) => identity.roles.contains(role),
         Requirement::Metadata { key, value } => metadata
             .iter()
-            .any(|item| item.key == *key && item.value.as_deref() == Some(value.as_bytes())),
+            .any(|item| *item.key == **key && item.value.as_deref() == Some(value.as_bytes())),
     }
 }
 
