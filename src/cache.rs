@@ -100,14 +100,17 @@ enum Answer {
 }
 
 impl Entry {
-    fn result(&self) -> Result<Arc<KnownCaller>, UpstreamError> {
-        match &self.answer {
-            Answer::Known(caller) => Ok(Arc::clone(caller)),
-            Answer::Rejected(rejected) => Err(UpstreamError::Rejected {
-                endpoint: Endpoint::Userinfo,
-                http_status: rejected.0,
-                rejection: rejected.1.clone(),
-            }),
+    fn into_result(self) -> Result<Arc<KnownCaller>, UpstreamError> {
+        match self.answer {
+            Answer::Known(caller) => Ok(caller),
+            Answer::Rejected(rejected) => {
+                let (http_status, rejection) = *rejected;
+                Err(UpstreamError::Rejected {
+                    endpoint: Endpoint::Userinfo,
+                    http_status,
+                    rejection,
+                })
+            }
         }
     }
 }
@@ -291,16 +294,15 @@ impl CallerCache {
                 Answer::Known(_) => crate::metrics::CacheResult::Hit,
                 Answer::Rejected(_) => crate::metrics::CacheResult::NegativeHit,
             });
-            return entry.result();
+            return entry.into_result();
         }
         crate::metrics::cache_lookup(crate::metrics::CacheResult::Miss);
         // A second round only when the answer predates a write that finished while it was fetched.
         for _ in 0..2 {
             let entry = self.look_up(key, zitadel, token).await?;
             if !self.is_stale(&entry) {
-                let result = entry.result();
-                entries.insert(key, entry);
-                return result;
+                entries.insert(key, entry.clone());
+                return entry.into_result();
             }
         }
         uncached(zitadel, token).await

@@ -4,13 +4,16 @@ use std::{
     future::Future,
     net::SocketAddr,
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     task::{Context, Poll},
     time::Duration,
 };
 
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
-use tokio::{net::TcpListener, sync::Semaphore};
+use tokio::net::TcpListener;
 use tonic::transport::{Server, ServerTlsConfig, server::TcpIncoming};
 use tonic_health::server::HealthReporter;
 use tonic_types::{ErrorDetails, StatusExt as _};
@@ -349,16 +352,37 @@ const LIMITED_PATHS: [&str; 2] = [
 /// rather than queueing them (a queue only turns overload into timeouts).
 #[derive(Debug, Clone)]
 struct ShedLayer {
-    permits: Option<Arc<Semaphore>>,
+    in_flight: Option<Arc<AtomicUsize>>,
     limit: usize,
 }
 
 impl ShedLayer {
     fn new(limit: usize) -> Self {
         ShedLayer {
-            permits: (limit > 0).then(|| Arc::new(Semaphore::new(limit))),
+            // A counter rather than a semaphore: nothing waits for a permit, and releasing one of tokio's
+            // takes its waiter lock on every call.
+            in_flight: (limit > 0).then(|| Arc::new(AtomicUsize::new(0))),
             limit,
         }
+    }
+}
+
+/// One counted call; leaving (answer sent or call dropped) counts it out.
+struct InFlight(Arc<AtomicUsize>);
+
+impl InFlight {
+    fn enter(counter: &Arc<AtomicUsize>, limit: usize) -> Option<Self> {
+        if counter.fetch_add(1, Ordering::AcqRel) >= limit {
+            counter.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(InFlight(Arc::clone(counter)))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -368,7 +392,7 @@ impl<S> tower::Layer<S> for ShedLayer {
     fn layer(&self, inner: S) -> Shed<S> {
         Shed {
             inner,
-            permits: self.permits.clone(),
+            in_flight: self.in_flight.clone(),
             limit: self.limit,
         }
     }
@@ -377,7 +401,7 @@ impl<S> tower::Layer<S> for ShedLayer {
 #[derive(Debug, Clone)]
 struct Shed<S> {
     inner: S,
-    permits: Option<Arc<Semaphore>>,
+    in_flight: Option<Arc<AtomicUsize>>,
     limit: usize,
 }
 
@@ -398,15 +422,15 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let permit = match &self.permits {
-            Some(permits)
+        let permit = match &self.in_flight {
+            Some(in_flight)
                 if LIMITED_PATHS
                     .iter()
                     .any(|prefix| request.uri().path().starts_with(prefix)) =>
             {
-                match Arc::clone(permits).try_acquire_owned() {
-                    Ok(permit) => Some(permit),
-                    Err(_) => {
+                match InFlight::enter(in_flight, self.limit) {
+                    Some(permit) => Some(permit),
+                    None => {
                         let limit = self.limit;
                         tracing::warn!(limit, "overloaded: refusing a call");
                         // tonic answers a `Status` error as that status.

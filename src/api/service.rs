@@ -138,17 +138,23 @@ impl MetadataService {
         self.rate_limit(&token)?;
         let request = validate::get_mine(request.into_inner())?;
         tracing::Span::current().record("source", tracing::field::debug(request.source));
-        // "Me" is whoever ZITADEL says owns the token; the metadata is read with that same token.
-        let (caller, mut items) = match request.source {
+        // "Me" is whoever ZITADEL says owns the token; the metadata is read with that same token. The caller is
+        // borrowed from the cached answer or the identification that produced it.
+        let known;
+        let identified;
+        let (caller, mut items): (&Identity, _) = match request.source {
             Source::Userinfo if self.resolver.uses_userinfo() => {
-                let known = self.cache.userinfo(&self.zitadel, &token).await?;
-                (known.identity.clone()?, own_metadata(&known))
+                known = self.cache.userinfo(&self.zitadel, &token).await?;
+                (
+                    known.identity.as_deref().map_err(|e| *e)?,
+                    own_metadata(&known),
+                )
             }
             // The identity first (cached, and local for JWTs): a refused token reaches no other endpoint.
             Source::Userinfo => {
-                let caller = self.identify(&token).await?;
-                let known = self.cache.userinfo(&self.zitadel, &token).await?;
-                (caller, own_metadata(&known))
+                identified = self.identify(&token).await?;
+                known = self.cache.userinfo(&self.zitadel, &token).await?;
+                (&*identified, own_metadata(&known))
             }
             Source::AuthApi => {
                 // One exact key can be filtered by ZITADEL; several are filtered here (its queries are ANDed).
@@ -164,13 +170,15 @@ impl MetadataService {
                         .await
                         .map_err(ApiError::from)
                 };
-                if self.resolver.uses_userinfo() {
+                let (identity, items) = if self.resolver.uses_userinfo() {
                     // Both ask ZITADEL with the caller's token anyway: side by side, as before.
                     tokio::try_join!(self.identify(&token), read)?
                 } else {
                     let caller = self.identify(&token).await?;
                     (caller, read.await?)
-                }
+                };
+                identified = identity;
+                (&*identified, items)
             }
         };
         tracing::Span::current().record("user_id", caller.sub.as_str());
@@ -178,7 +186,7 @@ impl MetadataService {
             user_id: &caller.sub,
             org_id: caller.org_id.as_deref(),
         };
-        let scope = self.policy.read_scope(&caller, me)?;
+        let scope = self.policy.read_scope(caller, me)?;
         for key in &request.keys {
             scope.require(key)?;
         }
