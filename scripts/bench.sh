@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 REQUESTS=${REQUESTS:-100000}
 CLIENTS=${CLIENTS:-16}
 STREAMS=${STREAMS:-8}
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-5}
 FILL=${FILL:-100000}
 
 command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq nghttp2-client >/dev/null; }
