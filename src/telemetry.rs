@@ -15,7 +15,7 @@ use std::{
 };
 
 use futures::FutureExt as _;
-use http::{HeaderValue, Request, Response};
+use http::{HeaderName, HeaderValue, Request, Response};
 use opentelemetry::{
     Context,
     propagation::TextMapPropagator as _,
@@ -36,6 +36,9 @@ use crate::settings::LogFormat;
 
 /// The gRPC metadata key of the request id, in and out.
 pub const REQUEST_ID: &str = "x-request-id";
+/// Header names as values, so the per-call lookups need not parse them from text.
+const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static(REQUEST_ID);
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// Longest request id taken from a caller; longer ones are replaced (they end up in every log line).
 const MAX_REQUEST_ID: usize = 128;
@@ -142,7 +145,7 @@ pub fn current_request_id() -> Option<String> {
 /// The caller's request id if it is short and plain (it goes into logs), else a fresh random one.
 fn request_id_of(headers: &http::HeaderMap) -> String {
     headers
-        .get(REQUEST_ID)
+        .get(REQUEST_ID_HEADER)
         .and_then(|v| v.to_str().ok())
         .filter(|id| {
             !id.is_empty()
@@ -225,7 +228,7 @@ where
             .map(move |result| {
                 result.map(|mut response| {
                     if let Some(header) = header {
-                        response.headers_mut().insert(REQUEST_ID, header);
+                        response.headers_mut().insert(REQUEST_ID_HEADER, header);
                     }
                     response
                 })
@@ -233,8 +236,6 @@ where
             .boxed()
     }
 }
-
-const TRACEPARENT: &str = "traceparent";
 
 /// A span for one HTTP call to ZITADEL, and the `traceparent`/`tracestate` headers naming it as the parent,
 /// so ZITADEL's traces (and its logs) join the caller's trace.
