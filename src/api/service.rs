@@ -492,12 +492,12 @@ async fn audited<T>(
     result
 }
 
-/// The caller, with the client certificate mTLS verified (when there is one) for the policy and the audit line.
 /// The metadata of a cached userinfo answer, as items to filter and answer with.
 fn own_metadata(known: &KnownCaller) -> Vec<MetadataItem> {
     known.metadata.iter().map(MetadataItem::from).collect()
 }
 
+/// The caller, with the client certificate mTLS verified (when there is one) for the policy and the audit line.
 fn with_client_cert(caller: Arc<Identity>, cert: Option<tls::ClientCert>) -> Arc<Identity> {
     match cert {
         None => caller,
