@@ -16,6 +16,7 @@ ROUNDS=${ROUNDS:-5}
 FILL=${FILL:-100000}
 
 command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq nghttp2-client >/dev/null; }
+source scripts/grpcurl-env.sh
 cargo build --release --locked --bin usermeta --example bench_ceiling --example bench_zitadel --example bench_fill --example bench_check_request
 bin=${CARGO_TARGET_DIR:-target}/release
 work=$(mktemp -d)
