@@ -26,11 +26,8 @@ use futures::{
     future::{BoxFuture, Shared},
 };
 
-use crate::caller::{IdentifyError, Identity, Resolution, TokenError};
-use crate::metadata::CompactItem;
-use crate::zitadel::{
-    CallerToken, Endpoint, Rejection, UpstreamError, Zitadel, userinfo::UserInfo,
-};
+use crate::caller::{IdentifyError, Identity, KnownCaller, Resolution, TokenError};
+use crate::zitadel::{CallerToken, Endpoint, Rejection, UpstreamError, Zitadel};
 
 /// How the caller cache behaves.
 #[derive(Debug, Clone, Copy)]
@@ -53,35 +50,6 @@ impl Default for CacheConfig {
     }
 }
 
-/// A userinfo answer, as the caller identity it vouches for (derived once, when it arrived) and the metadata.
-#[derive(Debug, PartialEq)]
-pub struct KnownCaller {
-    /// Who the token belongs to; an error when the answer names no user (a token without `openid`).
-    pub identity: Result<Arc<Identity>, TokenError>,
-    /// The metadata claim, sorted by key; empty when the user has none or the token lacks the scope.
-    pub metadata: Box<[CompactItem]>,
-}
-
-impl KnownCaller {
-    /// The user id, when the answer names one.
-    pub fn user_id(&self) -> Option<&str> {
-        self.identity
-            .as_ref()
-            .ok()
-            .map(|identity| identity.sub.as_str())
-    }
-}
-
-impl From<UserInfo> for KnownCaller {
-    fn from(info: UserInfo) -> Self {
-        let (identity, metadata) = Identity::from_userinfo(info);
-        KnownCaller {
-            identity: identity.map(Arc::new),
-            metadata: metadata.into_iter().map(CompactItem::from).collect(),
-        }
-    }
-}
-
 /// What ZITADEL said about one token, and until when it may be reused. Small, and stored in the cache by
 /// value: there is one per cached token, and the answer itself is shared by the tokens of one user.
 #[derive(Debug, Clone)]
@@ -95,21 +63,25 @@ struct Entry {
 #[derive(Debug, Clone)]
 enum Answer {
     Known(Arc<KnownCaller>),
+    /// The answer names no user: the token lacks the scope `openid`.
+    Anonymous,
     /// Boxed: rejections are rare, and the variant would otherwise size every entry.
     Rejected(Box<(u16, Rejection)>),
 }
 
 impl Entry {
-    fn into_result(self) -> Result<Arc<KnownCaller>, UpstreamError> {
+    fn into_result(self) -> Result<Arc<KnownCaller>, IdentifyError> {
         match self.answer {
             Answer::Known(caller) => Ok(caller),
+            Answer::Anonymous => Err(TokenError::NoSubject.into()),
             Answer::Rejected(rejected) => {
                 let (http_status, rejection) = *rejected;
                 Err(UpstreamError::Rejected {
                     endpoint: Endpoint::Userinfo,
                     http_status,
                     rejection,
-                })
+                }
+                .into())
             }
         }
     }
@@ -130,10 +102,7 @@ impl Interner {
     const MIN_SWEEP: usize = 1024;
 
     fn intern(&mut self, caller: KnownCaller) -> Arc<KnownCaller> {
-        let Some(sub) = caller.user_id() else {
-            return Arc::new(caller);
-        };
-        let user = std::hash::BuildHasher::hash_one(&self.hasher, sub);
+        let user = std::hash::BuildHasher::hash_one(&self.hasher, &caller.identity.sub);
         if let Some(existing) = self.by_user.get(&user).and_then(Weak::upgrade)
             && *existing == caller
         {
@@ -281,7 +250,7 @@ impl CallerCache {
         &self,
         zitadel: &Arc<Zitadel>,
         token: &CallerToken,
-    ) -> Result<Arc<KnownCaller>, UpstreamError> {
+    ) -> Result<Arc<KnownCaller>, IdentifyError> {
         let Some(entries) = &self.entries else {
             return uncached(zitadel, token).await;
         };
@@ -291,7 +260,7 @@ impl CallerCache {
             && !self.is_stale(&entry)
         {
             crate::metrics::cache_lookup(match entry.answer {
-                Answer::Known(_) => crate::metrics::CacheResult::Hit,
+                Answer::Known(_) | Answer::Anonymous => crate::metrics::CacheResult::Hit,
                 Answer::Rejected(_) => crate::metrics::CacheResult::NegativeHit,
             });
             return entry.into_result();
@@ -335,9 +304,7 @@ impl CallerCache {
         let Answer::Known(caller) = &entry.answer else {
             return false;
         };
-        let Some(sub) = caller.user_id() else {
-            return false;
-        };
+        let sub = caller.identity.sub.as_str();
         let last_write = self
             .last_write
             .read()
@@ -394,8 +361,8 @@ impl CallerCache {
 async fn uncached(
     zitadel: &Zitadel,
     token: &CallerToken,
-) -> Result<Arc<KnownCaller>, UpstreamError> {
-    Ok(Arc::new(zitadel.userinfo(token).await?.into()))
+) -> Result<Arc<KnownCaller>, IdentifyError> {
+    Ok(Arc::new(zitadel.userinfo(token).await?.try_into()?))
 }
 
 /// One upstream lookup, as a cache entry. A rejection of the token is an entry too; other failures (ZITADEL
@@ -409,14 +376,16 @@ async fn fetch(
 ) -> Result<Entry, UpstreamError> {
     let now = Instant::now();
     let answer = match zitadel.userinfo(&token).await {
-        Ok(info) => {
-            let caller = KnownCaller::from(info);
-            let shared = interner
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .intern(caller);
-            (Answer::Known(shared), lifetime_for(&token, config.ttl))
-        }
+        Ok(info) => match KnownCaller::try_from(info) {
+            Ok(caller) => {
+                let shared = interner
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .intern(caller);
+                (Answer::Known(shared), lifetime_for(&token, config.ttl))
+            }
+            Err(_) => (Answer::Anonymous, lifetime_for(&token, config.ttl)),
+        },
         Err(UpstreamError::Rejected {
             http_status: 401,
             rejection,
@@ -462,10 +431,10 @@ fn expired(exp: Option<u64>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metadata::MetadataItem;
+    use crate::{metadata::MetadataItem, zitadel::userinfo::UserInfo};
 
     fn answer(sub: &str, value: &[u8]) -> KnownCaller {
-        KnownCaller::from(UserInfo {
+        KnownCaller::try_from(UserInfo {
             sub: Some(sub.to_owned()),
             org_id: Some("org".to_owned()),
             metadata: vec![MetadataItem {
@@ -476,6 +445,7 @@ mod tests {
             }],
             roles: Default::default(),
         })
+        .unwrap()
     }
 
     #[test]
@@ -486,25 +456,24 @@ mod tests {
         assert!(Arc::ptr_eq(&first, &same));
         let changed = interner.intern(answer("u1", b"5678"));
         assert!(!Arc::ptr_eq(&first, &changed));
-        assert_eq!(changed.metadata[0].value.as_deref(), Some(&b"5678"[..]));
-        assert_eq!(&*changed.metadata[0].key, "ContractNumber");
+        assert_eq!(
+            changed.metadata.get("ContractNumber"),
+            Some(Some(&b"5678"[..]))
+        );
         let other_user = interner.intern(answer("u2", b"1234"));
         assert!(!Arc::ptr_eq(&first, &other_user));
-        assert_eq!(other_user.user_id(), Some("u2"));
-        // An answer naming no user is never shared (there is nothing to key it by).
-        let anonymous = || {
-            KnownCaller::from(UserInfo {
-                sub: None,
-                org_id: None,
-                metadata: Vec::new(),
-                roles: Default::default(),
-            })
+        assert_eq!(other_user.identity.sub, "u2");
+    }
+
+    #[test]
+    fn an_answer_naming_no_user_identifies_no_one() {
+        let anonymous = UserInfo {
+            sub: None,
+            org_id: Some("org".to_owned()),
+            metadata: Vec::new(),
+            roles: Default::default(),
         };
-        assert!(!Arc::ptr_eq(
-            &interner.intern(anonymous()),
-            &interner.intern(anonymous())
-        ));
-        assert_eq!(anonymous().identity, Err(TokenError::NoSubject));
+        assert_eq!(KnownCaller::try_from(anonymous), Err(TokenError::NoSubject));
     }
 
     #[test]

@@ -12,31 +12,114 @@ pub struct MetadataItem {
     pub update_time: Option<Timestamp>,
 }
 
-/// A metadata entry without timestamps (as userinfo gives it), in little memory: the caller cache holds one
-/// per key of every cached user.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CompactItem {
-    pub key: Box<str>,
-    pub value: Option<Box<[u8]>>,
-}
+/// A user's metadata without timestamps (as userinfo gives it), packed into one allocation for the caller
+/// cache, which holds one per cached user (instead of two allocations an entry, plus the list).
+///
+/// Layout: the entry count, then per entry the key's and the value's length (`NO_VALUE`: none), all
+/// little-endian `u32`, then each entry's key and value bytes.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct PackedMetadata(Box<[u8]>);
 
-impl From<MetadataItem> for CompactItem {
-    fn from(item: MetadataItem) -> Self {
-        CompactItem {
-            key: item.key.into_boxed_str(),
-            value: item.value.map(Vec::into_boxed_slice),
+/// The value length of an entry whose value ZITADEL sent but could not be decoded.
+const NO_VALUE: u32 = u32::MAX;
+
+impl PackedMetadata {
+    /// Packs entries in the order given. Lengths are 32 bits: ZITADEL's answers are read up to 64 MiB, so no
+    /// entry comes near 4 GiB (one that did would be left out).
+    pub fn new(items: impl IntoIterator<Item = MetadataItem>) -> Self {
+        let len32 = |bytes: &[u8]| {
+            u32::try_from(bytes.len())
+                .ok()
+                .filter(|len| *len != NO_VALUE)
+        };
+        let mut header = Vec::new();
+        let mut data = Vec::new();
+        let mut count: u32 = 0;
+        for item in items {
+            let Some(key_len) = len32(item.key.as_bytes()) else {
+                continue;
+            };
+            let value_len = match item.value.as_deref().map(len32) {
+                None => NO_VALUE,
+                Some(Some(len)) => len,
+                Some(None) => continue,
+            };
+            header.extend_from_slice(&key_len.to_le_bytes());
+            header.extend_from_slice(&value_len.to_le_bytes());
+            data.extend_from_slice(item.key.as_bytes());
+            data.extend_from_slice(item.value.as_deref().unwrap_or_default());
+            count += 1;
         }
+        if count == 0 {
+            return PackedMetadata::default();
+        }
+        let mut packed = Vec::with_capacity(4 + header.len() + data.len());
+        packed.extend_from_slice(&count.to_le_bytes());
+        packed.extend_from_slice(&header);
+        packed.extend_from_slice(&data);
+        PackedMetadata(packed.into_boxed_slice())
+    }
+
+    /// Each entry's key and value (`None`: not decodable), in the order packed.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, Option<&[u8]>)> {
+        let count = self.u32_at(0) as usize;
+        let mut at = 4 + 8 * count;
+        (0..count).filter_map(move |i| {
+            let key_len = self.u32_at(4 + 8 * i) as usize;
+            let value_len = self.u32_at(8 + 8 * i);
+            let key = self.0.get(at..at + key_len)?;
+            at += key_len;
+            let value = match value_len {
+                NO_VALUE => None,
+                len => {
+                    let value = self.0.get(at..at + len as usize)?;
+                    at += len as usize;
+                    Some(value)
+                }
+            };
+            // Keys were packed from `str`s, so this holds.
+            Some((std::str::from_utf8(key).ok()?, value))
+        })
+    }
+
+    fn u32_at(&self, at: usize) -> u32 {
+        self.0
+            .get(at..at + 4)
+            .and_then(|bytes| bytes.try_into().ok())
+            .map_or(0, u32::from_le_bytes)
+    }
+
+    /// The value of `key`: `None` without such an entry, `Some(None)` when its value was not decodable.
+    pub fn get(&self, key: &str) -> Option<Option<&[u8]>> {
+        self.iter()
+            .find(|(candidate, _)| *candidate == key)
+            .map(|(_, value)| value)
+    }
+
+    pub fn len(&self) -> usize {
+        self.u32_at(0) as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The entries as items to filter and answer with.
+    pub fn to_items(&self) -> Vec<MetadataItem> {
+        let mut items = Vec::with_capacity(self.len());
+        items.extend(self.iter().map(|(key, value)| MetadataItem {
+            key: key.to_owned(),
+            value: value.map(<[u8]>::to_vec),
+            create_time: None,
+            update_time: None,
+        }));
+        items
     }
 }
 
-impl From<&CompactItem> for MetadataItem {
-    fn from(item: &CompactItem) -> Self {
-        MetadataItem {
-            key: item.key.as_ref().to_owned(),
-            value: item.value.as_deref().map(<[u8]>::to_vec),
-            create_time: None,
-            update_time: None,
-        }
+impl std::fmt::Debug for PackedMetadata {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
     }
 }
 
@@ -89,4 +172,47 @@ pub struct Page {
     pub items: Vec<MetadataItem>,
     /// How many entries match over all pages.
     pub total: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(key: &str, value: Option<&[u8]>) -> MetadataItem {
+        MetadataItem {
+            key: key.to_owned(),
+            value: value.map(<[u8]>::to_vec),
+            create_time: None,
+            update_time: None,
+        }
+    }
+
+    #[test]
+    fn packed_metadata_gives_back_every_entry_in_order() {
+        let items = vec![
+            item("ContractNumber", Some(b"1234")),
+            item("empty", Some(b"")),
+            item("garbled", None),
+            item("photo", Some(&[0xff, 0x00, 0x10])),
+            item("", Some(b"no key")),
+        ];
+        let packed = PackedMetadata::new(items.clone());
+        assert_eq!(packed.len(), 5);
+        assert_eq!(packed.to_items(), items);
+        assert_eq!(packed.get("ContractNumber"), Some(Some(&b"1234"[..])));
+        assert_eq!(packed.get("empty"), Some(Some(&b""[..])));
+        assert_eq!(packed.get("garbled"), Some(None));
+        assert_eq!(packed.get("photo"), Some(Some(&[0xff, 0x00, 0x10][..])));
+        assert_eq!(packed.get("missing"), None);
+        assert!(PackedMetadata::new(Vec::new()).is_empty());
+    }
+
+    #[test]
+    fn packed_metadata_compares_by_content() {
+        let one = PackedMetadata::new(vec![item("a", Some(b"bc"))]);
+        assert_eq!(one, PackedMetadata::new(vec![item("a", Some(b"bc"))]));
+        // Same bytes, split differently.
+        assert_ne!(one, PackedMetadata::new(vec![item("ab", Some(b"c"))]));
+        assert_ne!(one, PackedMetadata::new(vec![item("a", None)]));
+    }
 }

@@ -20,8 +20,8 @@ use super::{
     validate::{self, Source},
 };
 use crate::{
-    cache::{CallerCache, KnownCaller},
-    caller::{self, Identity, Resolver},
+    cache::CallerCache,
+    caller::{self, Caller, Identity, Resolver},
     metadata::{KeyFilter, KeyMatch, MetadataItem, Page, PageRequest},
     policy::{Action, Policy, Subject},
     tls,
@@ -122,7 +122,7 @@ impl MetadataService {
         self
     }
 
-    async fn identify(&self, token: &CallerToken) -> Result<Arc<Identity>, ApiError> {
+    async fn identify(&self, token: &CallerToken) -> Result<Caller, ApiError> {
         Ok(self
             .resolver
             .identify(&self.cache, &self.zitadel, token)
@@ -145,16 +145,13 @@ impl MetadataService {
         let (caller, mut items): (&Identity, _) = match request.source {
             Source::Userinfo if self.resolver.uses_userinfo() => {
                 known = self.cache.userinfo(&self.zitadel, &token).await?;
-                (
-                    known.identity.as_deref().map_err(|e| *e)?,
-                    own_metadata(&known),
-                )
+                (&known.identity, known.metadata.to_items())
             }
             // The identity first (cached, and local for JWTs): a refused token reaches no other endpoint.
             Source::Userinfo => {
                 identified = self.identify(&token).await?;
                 known = self.cache.userinfo(&self.zitadel, &token).await?;
-                (&*identified, own_metadata(&known))
+                (&*identified, known.metadata.to_items())
             }
             Source::AuthApi => {
                 // One exact key can be filtered by ZITADEL; several are filtered here (its queries are ANDed).
@@ -197,7 +194,7 @@ impl MetadataService {
         items.retain(|item| scope.allows(&item.key));
         items.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(pb::GetMyMetadataResponse {
-            user_id: caller.sub.clone(),
+            user_id: caller.sub.as_str().to_owned(),
             metadata: items.into_iter().map(Into::into).collect(),
         })
     }
@@ -282,7 +279,7 @@ impl MetadataService {
         self.rate_limit(&token)?;
         let client_cert = tls::client_cert(&request);
         let request = validate::set(request.into_inner())?;
-        let caller = with_client_cert(self.identify(&token).await?, client_cert);
+        let caller = self.identify(&token).await?.with_client_cert(client_cert);
         let target = target_of(
             &caller,
             request.user_id.as_deref(),
@@ -323,7 +320,7 @@ impl MetadataService {
         self.rate_limit(&token)?;
         let client_cert = tls::client_cert(&request);
         let request = validate::delete(request.into_inner())?;
-        let caller = with_client_cert(self.identify(&token).await?, client_cert);
+        let caller = self.identify(&token).await?.with_client_cert(client_cert);
         let target = target_of(
             &caller,
             request.user_id.as_deref(),
@@ -490,23 +487,6 @@ async fn audited<T>(
         "metadata {}", action.name()
     );
     result
-}
-
-/// The metadata of a cached userinfo answer, as items to filter and answer with.
-fn own_metadata(known: &KnownCaller) -> Vec<MetadataItem> {
-    known.metadata.iter().map(MetadataItem::from).collect()
-}
-
-/// The caller, with the client certificate mTLS verified (when there is one) for the policy and the audit line.
-fn with_client_cert(caller: Arc<Identity>, cert: Option<tls::ClientCert>) -> Arc<Identity> {
-    match cert {
-        None => caller,
-        Some(cert) => {
-            let mut caller = Arc::unwrap_or_clone(caller);
-            caller.client_cert = Some(cert);
-            Arc::new(caller)
-        }
-    }
 }
 
 /// Reads every page of a listing.

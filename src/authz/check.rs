@@ -21,10 +21,9 @@ use tracing::instrument;
 
 use super::{AuthzConfig, BASE64_MARKER, BinaryValues, MAX_HEADER_VALUE_BYTES, Requirement, Rule};
 use crate::{
-    cache::{CallerCache, KnownCaller},
-    caller::AUTHORIZATION,
-    caller::Identity,
-    metadata::CompactItem,
+    cache::CallerCache,
+    caller::{AUTHORIZATION, IdentifyError, Identity, KnownCaller, TokenError},
+    metadata::PackedMetadata,
     zitadel::{BearerError, CallerToken, UpstreamError, Zitadel},
 };
 
@@ -107,6 +106,13 @@ impl AuthzService {
 
         let known = match self.cache.userinfo(&self.zitadel, &token).await {
             Ok(known) => known,
+            Err(IdentifyError::Token(TokenError::NoSubject)) => {
+                return Decision::Forbidden {
+                    reason: "the token names no user; request it with the scope `openid`"
+                        .to_owned(),
+                    challenge: Some(r#"Bearer error="insufficient_scope", scope="openid""#),
+                };
+            }
             Err(error) if is_token_rejection(&error) => {
                 tracing::info!(%error, "token rejected");
                 return Decision::Unauthenticated {
@@ -123,12 +129,7 @@ impl AuthzService {
                 return Decision::Unavailable;
             }
         };
-        let Ok(identity) = &known.identity else {
-            return Decision::Forbidden {
-                reason: "the token names no user; request it with the scope `openid`".to_owned(),
-                challenge: Some(r#"Bearer error="insufficient_scope", scope="openid""#),
-            };
-        };
+        let identity = &known.identity;
         tracing::Span::current().record("user_id", identity.sub.as_str());
         for rule in rules {
             if let Some(unmet) = rule
@@ -198,20 +199,14 @@ impl AuthzService {
         let mut set: Vec<(&str, String)> = Vec::new();
         let mut fields: HashMap<String, Value> = HashMap::new();
         if let Some(info) = info {
-            if let Some(sub) = info.user_id() {
-                if let Some(header) = self.config.user_id_header.as_deref() {
-                    set.push((header, sub.to_owned()));
-                }
-                fields.insert("user_id".to_owned(), string_value(sub.to_owned()));
+            let sub = &info.identity.sub;
+            if let Some(header) = self.config.user_id_header.as_deref() {
+                set.push((header, sub.as_str().to_owned()));
             }
+            fields.insert("user_id".to_owned(), string_value(sub.as_str().to_owned()));
             let mut metadata = HashMap::new();
             for mapping in &self.config.headers {
-                let Some(value) = info
-                    .metadata
-                    .iter()
-                    .find(|item| *item.key == *mapping.key)
-                    .and_then(|item| item.value.as_deref())
-                else {
+                let Some(Some(value)) = info.metadata.get(&mapping.key) else {
                     continue;
                 };
                 let Some(text) = header_text(value, self.config.binary, &mapping.key) else {
@@ -296,17 +291,20 @@ fn authorization_header(
 }
 
 /// Whether ZITADEL refused the token itself (as opposed to being unable to answer).
-fn is_token_rejection(error: &UpstreamError) -> bool {
-    matches!(error, UpstreamError::Rejected { http_status, .. }
-        if (400..500).contains(http_status) && *http_status != 429 && *http_status != 408)
+fn is_token_rejection(error: &IdentifyError) -> bool {
+    match error {
+        IdentifyError::Token(_) => true,
+        IdentifyError::Upstream(UpstreamError::Rejected { http_status, .. }) => {
+            (400..500).contains(http_status) && *http_status != 429 && *http_status != 408
+        }
+        _ => false,
+    }
 }
 
-fn satisfies(identity: &Identity, metadata: &[CompactItem], requirement: &Requirement) -> bool {
+fn satisfies(identity: &Identity, metadata: &PackedMetadata, requirement: &Requirement) -> bool {
     match requirement {
         Requirement::Role(role) => identity.roles.contains(role),
-        Requirement::Metadata { key, value } => metadata
-            .iter()
-            .any(|item| *item.key == **key && item.value.as_deref() == Some(value.as_bytes())),
+        Requirement::Metadata { key, value } => metadata.get(key) == Some(Some(value.as_bytes())),
     }
 }
 
@@ -424,10 +422,12 @@ mod tests {
     #[test]
     fn only_refusals_of_the_token_are_token_problems() {
         use crate::zitadel::{Endpoint, Rejection};
-        let rejected = |http_status| UpstreamError::Rejected {
-            endpoint: Endpoint::Userinfo,
-            http_status,
-            rejection: Rejection::parse(http_status, None, b"{}"),
+        let rejected = |http_status| {
+            IdentifyError::from(UpstreamError::Rejected {
+                endpoint: Endpoint::Userinfo,
+                http_status,
+                rejection: Rejection::parse(http_status, None, b"{}"),
+            })
         };
         assert!(is_token_rejection(&rejected(401)));
         assert!(is_token_rejection(&rejected(403)));

@@ -11,6 +11,7 @@ mod jwt;
 
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
+use compact_str::CompactString;
 use futures::FutureExt as _;
 use serde_json::{Map, Value};
 use tonic::metadata::MetadataMap;
@@ -19,7 +20,7 @@ use url::Url;
 pub use introspection::{ApplicationKey, IntrospectionAuth};
 
 use crate::cache::CallerCache;
-use crate::metadata::MetadataItem;
+use crate::metadata::PackedMetadata;
 use crate::zitadel::{BearerError, CallerToken, UpstreamError, Zitadel, userinfo::UserInfo};
 
 /// The gRPC metadata key that carries the caller's token.
@@ -77,22 +78,24 @@ pub fn bearer_token(metadata: &MetadataMap) -> Result<CallerToken, TokenError> {
     Ok(CallerToken::from_authorization(value.as_bytes())?)
 }
 
-/// A caller ZITADEL vouched for.
+/// A caller ZITADEL vouched for. Ids are inline strings: ZITADEL's ids (18 digits) fit in the string
+/// itself, so caching an identity allocates nothing for them.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Identity {
     /// The ZITADEL user id of the token's owner.
-    pub sub: String,
+    pub sub: CompactString,
     /// The OAuth client the token was issued to, when ZITADEL says (introspection, JWT access tokens).
-    pub client_id: Option<String>,
+    pub client_id: Option<CompactString>,
     /// The caller's organisation, when the token's scopes make ZITADEL report it.
-    pub org_id: Option<String>,
+    pub org_id: Option<CompactString>,
     /// Project roles from the roles claims, when the token carries them.
     pub roles: BTreeSet<String>,
     pub scopes: BTreeSet<String>,
     /// The token's own expiry (seconds since the epoch), when known; caches never outlive it.
     pub expires_at: Option<u64>,
-    /// The client certificate verified by mTLS, naming the calling service (none without mTLS).
-    pub client_cert: Option<crate::tls::ClientCert>,
+    /// The client certificate verified by mTLS, naming the calling service (none without mTLS). Boxed: it
+    /// is set per request, never on the identities caches hold.
+    pub client_cert: Option<Box<crate::tls::ClientCert>>,
 }
 
 impl Identity {
@@ -104,7 +107,7 @@ impl Identity {
                 .and_then(Value::as_str)
                 .map(str::trim)
                 .filter(|s| !s.is_empty())
-                .map(str::to_owned)
+                .map(CompactString::from)
         };
         let sub = text("sub").ok_or(TokenError::NoSubject)?;
         let scopes = match claims.get("scope") {
@@ -144,23 +147,69 @@ pub fn roles_of<'a>(claims: impl IntoIterator<Item = (&'a String, &'a Value)>) -
     roles
 }
 
-impl Identity {
-    /// The identity a userinfo answer vouches for (an error when it names no user), and the metadata claim
-    /// beside it. Takes the answer apart rather than copying it: one is kept per cached user.
-    pub fn from_userinfo(info: UserInfo) -> (Result<Identity, TokenError>, Vec<MetadataItem>) {
+/// A userinfo answer for a token that names a user: who it is, and the metadata claim beside it. One
+/// allocation per cached user, shared by that user's cached tokens.
+#[derive(Debug, PartialEq)]
+pub struct KnownCaller {
+    pub identity: Identity,
+    /// The metadata claim, sorted by key; empty when the user has none or the token lacks the scope.
+    pub metadata: PackedMetadata,
+}
+
+impl TryFrom<UserInfo> for KnownCaller {
+    type Error = TokenError;
+
+    /// Takes the answer apart rather than copying it; an answer that names no user (a token without `openid`)
+    /// identifies no one.
+    fn try_from(info: UserInfo) -> Result<Self, TokenError> {
         let UserInfo {
             sub,
             org_id,
             metadata,
             roles,
         } = info;
-        let identity = sub.ok_or(TokenError::NoSubject).map(|sub| Identity {
-            sub,
-            org_id,
-            roles,
-            ..Identity::default()
-        });
-        (identity, metadata)
+        Ok(KnownCaller {
+            identity: Identity {
+                sub: sub.ok_or(TokenError::NoSubject)?.into(),
+                org_id: org_id.map(Into::into),
+                roles,
+                ..Identity::default()
+            },
+            metadata: PackedMetadata::new(metadata),
+        })
+    }
+}
+
+/// The caller of a request, shared with the cache that remembers it: an identity from introspection or a JWT,
+/// or a userinfo answer (whose identity sits beside the metadata, in the same allocation).
+#[derive(Debug, Clone)]
+pub enum Caller {
+    Identified(Arc<Identity>),
+    Userinfo(Arc<KnownCaller>),
+}
+
+impl Caller {
+    /// The caller, with the client certificate mTLS verified (when there is one) for the policy and the audit
+    /// line.
+    pub fn with_client_cert(self, cert: Option<crate::tls::ClientCert>) -> Caller {
+        match cert {
+            None => self,
+            Some(cert) => Caller::Identified(Arc::new(Identity {
+                client_cert: Some(Box::new(cert)),
+                ..Identity::clone(&self)
+            })),
+        }
+    }
+}
+
+impl std::ops::Deref for Caller {
+    type Target = Identity;
+
+    fn deref(&self) -> &Identity {
+        match self {
+            Caller::Identified(identity) => identity,
+            Caller::Userinfo(known) => &known.identity,
+        }
     }
 }
 
@@ -274,7 +323,7 @@ impl Resolver {
         cache: &CallerCache,
         zitadel: &Arc<Zitadel>,
         token: &CallerToken,
-    ) -> Result<Arc<Identity>, IdentifyError> {
+    ) -> Result<Caller, IdentifyError> {
         // JWT-shaped tokens are checked locally when configured; opaque ones go to introspection.
         let jwt = self.jwt.as_ref().filter(|_| token.is_jwt_shaped());
         if let Some(validator) = jwt {
@@ -284,7 +333,8 @@ impl Resolver {
                 .identity(&token.clone(), move || {
                     async move { validator.validate(&token).await }.boxed()
                 })
-                .await;
+                .await
+                .map(Caller::Identified);
         }
         if let Some(introspector) = &self.introspection {
             let introspector = Arc::clone(introspector);
@@ -293,7 +343,8 @@ impl Resolver {
                 .identity(&token.clone(), move || {
                     async move { introspector.introspect(&token).await }.boxed()
                 })
-                .await;
+                .await
+                .map(Caller::Identified);
         }
         if self.jwt.is_some() {
             // Only JWT validation is configured and this token is opaque: nothing can vouch for it.
@@ -302,7 +353,7 @@ impl Resolver {
             )
             .into());
         }
-        Ok(cache.userinfo(zitadel, token).await?.identity.clone()?)
+        Ok(Caller::Userinfo(cache.userinfo(zitadel, token).await?))
     }
 }
 

@@ -145,17 +145,17 @@ pub struct Who {
 
 impl Who {
     fn matches(&self, caller: &Identity) -> bool {
-        (self.subjects.is_empty() || self.subjects.contains(&caller.sub))
+        (self.subjects.is_empty() || self.subjects.contains(caller.sub.as_str()))
             && (self.client_ids.is_empty()
                 || caller
                     .client_id
-                    .as_ref()
+                    .as_deref()
                     .is_some_and(|c| self.client_ids.contains(c)))
             && (self.roles.is_empty() || caller.roles.iter().any(|r| self.roles.contains(r)))
             && (self.organizations.is_empty()
                 || caller
                     .org_id
-                    .as_ref()
+                    .as_deref()
                     .is_some_and(|o| self.organizations.contains(o)))
     }
 }
