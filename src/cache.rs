@@ -251,21 +251,34 @@ impl CallerCache {
         zitadel: &Arc<Zitadel>,
         token: &CallerToken,
     ) -> Result<Arc<KnownCaller>, IdentifyError> {
+        match self.cached_userinfo(token) {
+            Some(answer) => answer,
+            // Boxed: a lookup's future is large, and inline it would size (and be copied with) every
+            // caller's future, answered from memory or not.
+            None => Box::pin(self.fetch_userinfo(zitadel, token)).await,
+        }
+    }
+
+    /// What userinfo said about `token`, when it is in memory and still good; `None` means asking ZITADEL
+    /// ([`CallerCache::fetch_userinfo`]).
+    pub fn cached_userinfo(
+        &self,
+        token: &CallerToken,
+    ) -> Option<Result<Arc<KnownCaller>, IdentifyError>> {
+        self.remembered(self.entries.as_ref()?, &token.digest())
+    }
+
+    /// Asks userinfo about `token` (joining a lookup under way for it) and remembers the answer: for a
+    /// token [`CallerCache::cached_userinfo`] found nothing for.
+    pub async fn fetch_userinfo(
+        &self,
+        zitadel: &Arc<Zitadel>,
+        token: &CallerToken,
+    ) -> Result<Arc<KnownCaller>, IdentifyError> {
         let Some(entries) = &self.entries else {
             return uncached(zitadel, token).await;
         };
         let key = token.digest();
-        if let Some(entry) = entries.get(&key)
-            && Instant::now() < entry.expires_at
-            && !self.is_stale(&entry)
-        {
-            crate::metrics::cache_lookup(match entry.answer {
-                Answer::Known(_) | Answer::Anonymous => crate::metrics::CacheResult::Hit,
-                Answer::Rejected(_) => crate::metrics::CacheResult::NegativeHit,
-            });
-            return entry.into_result();
-        }
-        crate::metrics::cache_lookup(crate::metrics::CacheResult::Miss);
         // A second round only when the answer predates a write that finished while it was fetched.
         for _ in 0..2 {
             let entry = self.look_up(key, zitadel, token).await?;
@@ -275,6 +288,26 @@ impl CallerCache {
             }
         }
         uncached(zitadel, token).await
+    }
+
+    fn remembered(
+        &self,
+        entries: &quick_cache::sync::Cache<TokenKey, Entry>,
+        key: &TokenKey,
+    ) -> Option<Result<Arc<KnownCaller>, IdentifyError>> {
+        match entries.get(key) {
+            Some(entry) if Instant::now() < entry.expires_at && !self.is_stale(&entry) => {
+                crate::metrics::cache_lookup(match entry.answer {
+                    Answer::Known(_) | Answer::Anonymous => crate::metrics::CacheResult::Hit,
+                    Answer::Rejected(_) => crate::metrics::CacheResult::NegativeHit,
+                });
+                Some(entry.into_result())
+            }
+            _ => {
+                crate::metrics::cache_lookup(crate::metrics::CacheResult::Miss);
+                None
+            }
+        }
     }
 
     /// Marks `user_id` as changed: answers fetched before now are not served again.

@@ -103,18 +103,6 @@ impl PackedMetadata {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-
-    /// The entries as items to filter and answer with.
-    pub fn to_items(&self) -> Vec<MetadataItem> {
-        let mut items = Vec::with_capacity(self.len());
-        items.extend(self.iter().map(|(key, value)| MetadataItem {
-            key: key.to_owned(),
-            value: value.map(<[u8]>::to_vec),
-            create_time: None,
-            update_time: None,
-        }));
-        items
-    }
 }
 
 impl std::fmt::Debug for PackedMetadata {
@@ -198,7 +186,15 @@ mod tests {
         ];
         let packed = PackedMetadata::new(items.clone());
         assert_eq!(packed.len(), 5);
-        assert_eq!(packed.to_items(), items);
+        let unpacked: Vec<(String, Option<Vec<u8>>)> = packed
+            .iter()
+            .map(|(key, value)| (key.to_owned(), value.map(<[u8]>::to_vec)))
+            .collect();
+        let expected: Vec<(String, Option<Vec<u8>>)> = items
+            .into_iter()
+            .map(|item| (item.key, item.value))
+            .collect();
+        assert_eq!(unpacked, expected);
         assert_eq!(packed.get("ContractNumber"), Some(Some(&b"1234"[..])));
         assert_eq!(packed.get("empty"), Some(Some(&b""[..])));
         assert_eq!(packed.get("garbled"), Some(None));

@@ -5,6 +5,7 @@
 //! no-op. The recorder is process-global; the `/metrics` route is served per [`crate::server::Application`].
 
 use std::{
+    future::Future,
     pin::Pin,
     sync::OnceLock,
     task::{Context, Poll},
@@ -240,12 +241,11 @@ pub struct GrpcMetrics<S> {
 impl<S, ReqBody, ResBody> tower::Service<Request<ReqBody>> for GrpcMetrics<S>
 where
     S: tower::Service<Request<ReqBody>, Response = Response<ResBody>>,
-    S::Future: Send + 'static,
     ResBody: Body<Data = Bytes> + Unpin,
 {
     type Response = Response<MeteredBody<ResBody>>;
     type Error = S::Error;
-    type Future = futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
+    type Future = MeteredFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -255,19 +255,40 @@ where
         let call = self
             .enabled
             .then(|| CallMeter::start(method_label(request.uri().path())));
-        let response = self.inner.call(request);
-        Box::pin(async move {
-            let response = response.await?;
-            let mut call = call;
-            // A trailers-only response (most errors) carries its status in the headers; otherwise it comes
-            // in the trailers at the end of the body.
-            if let Some(call) = &mut call
-                && let Some(code) = code_label(response.headers())
-            {
-                call.finish(code);
-            }
-            Ok(response.map(|body| MeteredBody { body, call }))
-        })
+        MeteredFuture {
+            response: self.inner.call(request),
+            call,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A call's response on its way, with the meter that is handed on to its body.
+    pub struct MeteredFuture<F> {
+        #[pin]
+        response: F,
+        call: Option<CallMeter>,
+    }
+}
+
+impl<F, ResBody, E> Future for MeteredFuture<F>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+{
+    type Output = Result<Response<MeteredBody<ResBody>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = std::task::ready!(this.response.poll(cx))?;
+        let mut call = this.call.take();
+        // A trailers-only response (most errors) carries its status in the headers; otherwise it comes in
+        // the trailers at the end of the body.
+        if let Some(call) = &mut call
+            && let Some(code) = code_label(response.headers())
+        {
+            call.finish(code);
+        }
+        Poll::Ready(Ok(response.map(|body| MeteredBody { body, call })))
     }
 }
 

@@ -411,11 +411,13 @@ impl<S, B> tower::Service<http::Request<B>> for Shed<S>
 where
     S: tower::Service<http::Request<B>>,
     S::Error: Into<BoxError>,
-    S::Future: Send + 'static,
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, BoxError>> + Send>>;
+    type Future = futures::future::Either<
+        futures::future::Ready<Result<S::Response, BoxError>>,
+        CountedFuture<S::Future>,
+    >;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -434,18 +436,42 @@ where
                         let limit = self.limit;
                         tracing::warn!(limit, "overloaded: refusing a call");
                         // tonic answers a `Status` error as that status.
-                        return Box::pin(async move { Err(overloaded(limit).into()) });
+                        return futures::future::Either::Left(futures::future::err(
+                            overloaded(limit).into(),
+                        ));
                     }
                 }
             }
             _ => None,
         };
-        let call = self.inner.call(request);
-        Box::pin(async move {
-            let response = call.await.map_err(Into::into);
-            drop(permit);
-            response
+        futures::future::Either::Right(CountedFuture {
+            call: self.inner.call(request),
+            permit,
         })
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A call counted in flight until it is answered or dropped.
+    struct CountedFuture<F> {
+        #[pin]
+        call: F,
+        permit: Option<InFlight>,
+    }
+}
+
+impl<F, T, E> Future for CountedFuture<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = std::task::ready!(this.call.poll(cx)).map_err(Into::into);
+        this.permit.take();
+        Poll::Ready(response)
     }
 }
 

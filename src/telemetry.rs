@@ -11,10 +11,10 @@ use std::{
     cell::OnceCell,
     future::Future,
     io::IsTerminal as _,
+    pin::Pin,
     task::{Context as TaskContext, Poll},
 };
 
-use futures::FutureExt as _;
 use http::{HeaderName, HeaderValue, Request, Response};
 use opentelemetry::{
     Context,
@@ -26,7 +26,8 @@ use opentelemetry::{
 };
 use opentelemetry_http::{HeaderExtractor, HeaderInjector};
 use opentelemetry_sdk::{propagation::TraceContextPropagator, trace::SdkTracerProvider};
-use tracing::Instrument as _;
+use tokio::task::futures::TaskLocalFuture;
+use tracing::{Instrument as _, instrument::Instrumented};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::{
     EnvFilter, Layer as _, filter::Targets, fmt, fmt::MakeWriter, prelude::*,
@@ -128,7 +129,7 @@ where
 
 /// What one gRPC call carries to its log lines and ZITADEL calls.
 struct CallContext {
-    request_id: String,
+    request_id: RequestId,
     /// The trace this call belongs to: the caller's (`traceparent`), or one of its own, made on first use.
     trace: OnceCell<SpanContext>,
 }
@@ -139,29 +140,66 @@ tokio::task_local! {
 
 /// The request id of the gRPC call being served, if any.
 pub fn current_request_id() -> Option<String> {
-    CURRENT_CALL.try_with(|call| call.request_id.clone()).ok()
+    CURRENT_CALL
+        .try_with(|call| call.request_id.to_string())
+        .ok()
 }
 
-/// The caller's request id if it is short and plain (it goes into logs), else a fresh random one.
-fn request_id_of(headers: &http::HeaderMap) -> String {
-    headers
-        .get(REQUEST_ID_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|id| {
-            !id.is_empty()
-                && id.len() <= MAX_REQUEST_ID
-                && id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
-        })
-        .map_or_else(random_request_id, str::to_owned)
+/// A call's request id: the caller's, or one made for the call. Kept as it came (the caller's header value,
+/// or the random number), so it is only turned into text where it is written.
+#[derive(Debug, Clone)]
+enum RequestId {
+    /// The caller's `x-request-id`, short and plain (it goes into logs).
+    Given(HeaderValue),
+    Generated(u128),
 }
 
-fn random_request_id() -> String {
-    use std::fmt::Write as _;
-    let mut id = String::with_capacity(32);
-    let _ = write!(id, "{:032x}", rand::random::<u128>());
-    id
+impl RequestId {
+    /// The caller's request id if it is short and plain, else a fresh random one.
+    fn of(headers: &http::HeaderMap) -> RequestId {
+        headers
+            .get(REQUEST_ID_HEADER)
+            .filter(|id| {
+                !id.is_empty()
+                    && id.len() <= MAX_REQUEST_ID
+                    && id
+                        .as_bytes()
+                        .iter()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
+            })
+            .map_or_else(
+                || RequestId::Generated(rand::random()),
+                |id| RequestId::Given(id.clone()),
+            )
+    }
+
+    /// The id as a response header value, never HPACK-indexed: a value unique to each response would only
+    /// churn the connection's header table (and cost a search of it per response).
+    fn header_value(&self) -> HeaderValue {
+        let mut value = match self {
+            RequestId::Given(id) => id.clone(),
+            RequestId::Generated(n) => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                let mut text = [0u8; 32];
+                for (i, digit) in text.iter_mut().enumerate() {
+                    *digit = HEX[((n >> (124 - 4 * i)) & 0xf) as usize];
+                }
+                HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static("-"))
+            }
+        };
+        value.set_sensitive(true);
+        value
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            // Checked plain ASCII in `of`.
+            RequestId::Given(id) => f.write_str(id.to_str().unwrap_or_default()),
+            RequestId::Generated(n) => write!(f, "{n:032x}"),
+        }
+    }
 }
 
 /// Sets up each gRPC call's context: request id, the `grpc` span (a child of the caller's `traceparent`),
@@ -185,18 +223,17 @@ pub struct RequestContext<S> {
 impl<S, ReqBody, ResBody> tower::Service<Request<ReqBody>> for RequestContext<S>
 where
     S: tower::Service<Request<ReqBody>, Response = Response<ResBody>>,
-    S::Future: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
+    type Future = RequestContextFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let request_id = request_id_of(request.headers());
+        let request_id = RequestId::of(request.headers());
         let span = tracing::info_span!(
             "grpc",
             method = crate::metrics::method_label(request.uri().path()),
@@ -212,28 +249,41 @@ where
             // Fails only when no OpenTelemetry layer is installed (nothing is exported).
             let _ = span.set_parent(parent);
         }
-        // Never indexed: a value unique to each response would only churn the connection's HPACK table (and
-        // cost a search of it per response).
-        let header = HeaderValue::from_str(&request_id).ok().map(|mut header| {
-            header.set_sensitive(true);
-            header
-        });
+        let header = Some(request_id.header_value());
         let response = {
             let _entered = span.enter();
             self.inner.call(request)
         };
         let call = CallContext { request_id, trace };
-        CURRENT_CALL
-            .scope(call, response.instrument(span))
-            .map(move |result| {
-                result.map(|mut response| {
-                    if let Some(header) = header {
-                        response.headers_mut().insert(REQUEST_ID_HEADER, header);
-                    }
-                    response
-                })
-            })
-            .boxed()
+        RequestContextFuture {
+            call: CURRENT_CALL.scope(call, response.instrument(span)),
+            header,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A call inside its context; puts the request id on the response.
+    pub struct RequestContextFuture<F> {
+        #[pin]
+        call: TaskLocalFuture<CallContext, Instrumented<F>>,
+        header: Option<HeaderValue>,
+    }
+}
+
+impl<F, ResBody, E> Future for RequestContextFuture<F>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut result = std::task::ready!(this.call.poll(cx));
+        if let (Ok(response), Some(header)) = (&mut result, this.header.take()) {
+            response.headers_mut().insert(REQUEST_ID_HEADER, header);
+        }
+        Poll::Ready(result)
     }
 }
 
@@ -298,17 +348,28 @@ mod tests {
     fn plain_request_ids_are_kept_others_replaced() {
         let mut headers = http::HeaderMap::new();
         headers.insert(REQUEST_ID, HeaderValue::from_static("abc-123_x.y:z"));
-        assert_eq!(request_id_of(&headers), "abc-123_x.y:z");
+        let id_of = |headers: &http::HeaderMap| {
+            let id = RequestId::of(headers);
+            // The header sent back says what the logs say.
+            assert_eq!(id.header_value().to_str().unwrap(), id.to_string());
+            id.to_string()
+        };
+        assert_eq!(id_of(&headers), "abc-123_x.y:z");
         for bad in ["has space", "quote\"", ""] {
             headers.insert(REQUEST_ID, HeaderValue::from_str(bad).unwrap());
-            let id = request_id_of(&headers);
+            let id = id_of(&headers);
             assert_eq!(id.len(), 32, "{bad:?} → {id}");
+            assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
         }
         headers.insert(REQUEST_ID, HeaderValue::from_str(&"a".repeat(129)).unwrap());
-        assert_eq!(request_id_of(&headers).len(), 32);
+        assert_eq!(id_of(&headers).len(), 32);
         assert_ne!(
-            request_id_of(&http::HeaderMap::new()),
-            request_id_of(&http::HeaderMap::new())
+            id_of(&http::HeaderMap::new()),
+            id_of(&http::HeaderMap::new())
+        );
+        assert_eq!(
+            RequestId::Generated(0xab).header_value(),
+            format!("{:032x}", 0xab)
         );
     }
 
@@ -323,7 +384,7 @@ mod tests {
     #[tokio::test]
     async fn calls_to_zitadel_share_their_calls_trace_without_an_exporter() {
         let call = || CallContext {
-            request_id: "r".to_owned(),
+            request_id: RequestId::Generated(1),
             trace: OnceCell::new(),
         };
         let (first, second) = CURRENT_CALL

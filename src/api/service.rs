@@ -4,16 +4,20 @@
 use std::{
     collections::HashSet,
     future::Future,
+    ops::ControlFlow,
     sync::Arc,
     task::Poll,
     time::{Duration, Instant},
 };
 
+use futures::future::BoxFuture;
 use tonic::{Code, Request, Response, Status};
-use tracing::instrument;
+use tracing::{Instrument as _, field::Empty, instrument};
 
 use super::{
-    ApiError, deadline,
+    ApiError,
+    convert::value_to_pb,
+    deadline,
     error::Violation,
     page_token, pb,
     rate_limit::RateLimiter,
@@ -22,7 +26,7 @@ use super::{
 use crate::{
     cache::CallerCache,
     caller::{self, Caller, Identity, Resolver},
-    metadata::{KeyFilter, KeyMatch, MetadataItem, Page, PageRequest},
+    metadata::{KeyFilter, KeyMatch, MetadataItem, PackedMetadata, Page, PageRequest},
     policy::{Action, Policy, Subject},
     tls,
     zitadel::{CallerToken, Endpoint, UpstreamError, Zitadel, management::Target, resilience},
@@ -84,21 +88,23 @@ impl MetadataService {
     }
 
     /// Runs a handler within the request's deadline: every ZITADEL call gets at most the time left, and the
-    /// answer is DEADLINE_EXCEEDED at the deadline whatever is still pending.
-    async fn bounded<T>(
+    /// answer is DEADLINE_EXCEEDED at the deadline whatever is still pending. Boxed here, once: the handlers'
+    /// futures are large, and each wrapper holding one inline would copy it.
+    fn bounded<'a, T: 'a>(
         deadline: Instant,
-        handler: impl Future<Output = Result<T, ApiError>>,
-    ) -> Result<T, ApiError> {
-        // Boxed once here: the handlers' futures are large, and each wrapper would otherwise copy them.
-        let mut handler = Box::pin(resilience::with_deadline(deadline, handler));
-        // An answer from memory is ready at the first poll: the deadline's timer is only set up for calls
-        // that wait.
-        if let Poll::Ready(answer) = futures::poll!(&mut handler) {
-            return answer;
-        }
-        tokio::time::timeout_at(deadline.into(), handler)
-            .await
-            .unwrap_or(Err(ApiError::DeadlineExceeded))
+        handler: impl Future<Output = Result<T, ApiError>> + Send + 'a,
+    ) -> BoxFuture<'a, Result<T, ApiError>> {
+        Box::pin(async move {
+            let mut handler = std::pin::pin!(resilience::with_deadline(deadline, handler));
+            // An answer from memory is ready at the first poll: the deadline's timer is only set up for
+            // calls that wait.
+            if let Poll::Ready(answer) = futures::poll!(&mut handler) {
+                return answer;
+            }
+            tokio::time::timeout_at(deadline.into(), handler)
+                .await
+                .unwrap_or(Err(ApiError::DeadlineExceeded))
+        })
     }
 
     /// When the request must be answered.
@@ -129,29 +135,54 @@ impl MetadataService {
             .await?)
     }
 
-    #[instrument(name = "GetMyMetadata", skip_all, fields(source, user_id))]
-    async fn get_mine(
+    /// GetMyMetadata as far as it goes without waiting: a caller whose userinfo answer is in memory is
+    /// answered here (`Break`); any other goes on to [`MetadataService::read_mine`] with its token and
+    /// request.
+    fn mine_from_memory(
         &self,
         request: Request<pb::GetMyMetadataRequest>,
-    ) -> Result<pb::GetMyMetadataResponse, ApiError> {
+    ) -> Result<ControlFlow<pb::GetMyMetadataResponse, (CallerToken, validate::GetMine)>, ApiError>
+    {
         let token = caller::bearer_token(request.metadata())?;
         self.rate_limit(&token)?;
         let request = validate::get_mine(request.into_inner())?;
         tracing::Span::current().record("source", tracing::field::debug(request.source));
-        // "Me" is whoever ZITADEL says owns the token; the metadata is read with that same token. The caller is
-        // borrowed from the cached answer or the identification that produced it.
-        let known;
-        let identified;
-        let (caller, mut items): (&Identity, _) = match request.source {
+        if request.source == Source::Userinfo
+            && self.resolver.uses_userinfo()
+            && let Some(known) = self.cache.cached_userinfo(&token)
+        {
+            let known = known?;
+            return Ok(ControlFlow::Break(self.answer_mine(
+                &known.identity,
+                OwnRead::Userinfo(&known.metadata),
+                &request,
+            )?));
+        }
+        Ok(ControlFlow::Continue((token, request)))
+    }
+
+    /// GetMyMetadata for a caller not answered from memory. "Me" is whoever ZITADEL says owns the token; the
+    /// metadata is read with that same token.
+    async fn read_mine(
+        &self,
+        token: CallerToken,
+        request: validate::GetMine,
+    ) -> Result<pb::GetMyMetadataResponse, ApiError> {
+        match request.source {
+            // Not in memory (`mine_from_memory` looked).
             Source::Userinfo if self.resolver.uses_userinfo() => {
-                known = self.cache.userinfo(&self.zitadel, &token).await?;
-                (&known.identity, known.metadata.to_items())
+                let known = self.cache.fetch_userinfo(&self.zitadel, &token).await?;
+                self.answer_mine(
+                    &known.identity,
+                    OwnRead::Userinfo(&known.metadata),
+                    &request,
+                )
             }
             // The identity first (cached, and local for JWTs): a refused token reaches no other endpoint.
             Source::Userinfo => {
-                identified = self.identify(&token).await?;
-                known = self.cache.userinfo(&self.zitadel, &token).await?;
-                (&*identified, known.metadata.to_items())
+                let caller = self.identify(&token).await?;
+                let known = self.cache.userinfo(&self.zitadel, &token).await?;
+                self.answer_mine(&caller, OwnRead::Userinfo(&known.metadata), &request)
             }
             Source::AuthApi => {
                 // One exact key can be filtered by ZITADEL; several are filtered here (its queries are ANDed).
@@ -167,17 +198,25 @@ impl MetadataService {
                         .await
                         .map_err(ApiError::from)
                 };
-                let (identity, items) = if self.resolver.uses_userinfo() {
+                let (caller, items) = if self.resolver.uses_userinfo() {
                     // Both ask ZITADEL with the caller's token anyway: side by side, as before.
                     tokio::try_join!(self.identify(&token), read)?
                 } else {
                     let caller = self.identify(&token).await?;
                     (caller, read.await?)
                 };
-                identified = identity;
-                (&*identified, items)
+                self.answer_mine(&caller, OwnRead::AuthApi(items), &request)
             }
-        };
+        }
+    }
+
+    /// The answer to GetMyMetadata: what the policy lets the caller read of what was read, sorted by key.
+    fn answer_mine(
+        &self,
+        caller: &Identity,
+        read: OwnRead<'_>,
+        request: &validate::GetMine,
+    ) -> Result<pb::GetMyMetadataResponse, ApiError> {
         tracing::Span::current().record("user_id", caller.sub.as_str());
         let me = Subject {
             user_id: &caller.sub,
@@ -187,15 +226,32 @@ impl MetadataService {
         for key in &request.keys {
             scope.require(key)?;
         }
-        if !request.keys.is_empty() {
-            let wanted: HashSet<&str> = request.keys.iter().map(String::as_str).collect();
-            items.retain(|item| wanted.contains(item.key.as_str()));
-        }
-        items.retain(|item| scope.allows(&item.key));
-        items.sort_by(|a, b| a.key.cmp(&b.key));
+        let wanted: Option<HashSet<&str>> =
+            (!request.keys.is_empty()).then(|| request.keys.iter().map(String::as_str).collect());
+        let answered = |key: &str| {
+            wanted.as_ref().is_none_or(|wanted| wanted.contains(key)) && scope.allows(key)
+        };
+        let metadata = match read {
+            // Already sorted by key: answered straight from the cached answer, no copy in between.
+            OwnRead::Userinfo(packed) => packed
+                .iter()
+                .filter(|(key, _)| answered(key))
+                .map(|(key, value)| pb::Metadata {
+                    key: key.to_owned(),
+                    value: value.map(|value| value_to_pb(value.to_vec())),
+                    create_time: None,
+                    update_time: None,
+                })
+                .collect(),
+            OwnRead::AuthApi(mut items) => {
+                items.retain(|item| answered(&item.key));
+                items.sort_by(|a, b| a.key.cmp(&b.key));
+                items.into_iter().map(Into::into).collect()
+            }
+        };
         Ok(pb::GetMyMetadataResponse {
             user_id: caller.sub.as_str().to_owned(),
-            metadata: items.into_iter().map(Into::into).collect(),
+            metadata,
         })
     }
 
@@ -489,6 +545,12 @@ async fn audited<T>(
     result
 }
 
+/// The caller's metadata as read: the metadata claim of a userinfo answer, or the auth API's listing.
+enum OwnRead<'a> {
+    Userinfo(&'a PackedMetadata),
+    AuthApi(Vec<MetadataItem>),
+}
+
 /// Reads every page of a listing.
 async fn read_all<F, Fut>(mut fetch: F) -> Result<Vec<MetadataItem>, UpstreamError>
 where
@@ -517,10 +579,14 @@ impl pb::user_metadata_service_server::UserMetadataService for MetadataService {
         &self,
         request: Request<pb::GetMyMetadataRequest>,
     ) -> Result<Response<pb::GetMyMetadataResponse>, Status> {
+        let span = tracing::info_span!("GetMyMetadata", source = Empty, user_id = Empty);
         let deadline = self.deadline_of(&request);
-        Ok(Response::new(
-            Self::bounded(deadline, self.get_mine(request)).await?,
-        ))
+        let (token, request) = match span.in_scope(|| self.mine_from_memory(request))? {
+            ControlFlow::Break(answer) => return Ok(Response::new(answer)),
+            ControlFlow::Continue(waiting) => waiting,
+        };
+        let read = Self::bounded(deadline, self.read_mine(token, request).instrument(span));
+        Ok(Response::new(read.await?))
     }
 
     async fn list_metadata(

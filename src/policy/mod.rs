@@ -8,6 +8,7 @@ mod file;
 
 use std::collections::HashSet;
 
+use compact_str::CompactString;
 use regex::Regex;
 
 pub use file::PolicyError;
@@ -374,7 +375,7 @@ impl Policy {
                 implicit_read: true,
                 reads: true,
             },
-            caller: "the caller".to_owned(),
+            caller: None,
             target: None,
         })
     }
@@ -408,8 +409,8 @@ impl Policy {
         }
         Ok(ReadScope {
             grants,
-            caller: describe_caller(caller),
-            target: (caller.sub != target.user_id).then(|| target.user_id.to_owned()),
+            caller: Some(CallerName::of(caller)),
+            target: (caller.sub != target.user_id).then(|| target.user_id.into()),
         })
     }
 
@@ -480,17 +481,41 @@ impl Grants<'_> {
 }
 
 fn describe_caller(caller: &Identity) -> String {
-    match &caller.client_id {
-        Some(client) => format!("user {} (client {client})", caller.sub),
-        None => format!("user {}", caller.sub),
+    CallerName::of(caller).to_string()
+}
+
+/// The caller as a denial names it. Kept as ids (inline strings: copying them allocates nothing) and
+/// written out only when a denial is.
+#[derive(Debug, Clone)]
+struct CallerName {
+    sub: CompactString,
+    client_id: Option<CompactString>,
+}
+
+impl CallerName {
+    fn of(caller: &Identity) -> Self {
+        CallerName {
+            sub: caller.sub.clone(),
+            client_id: caller.client_id.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for CallerName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.client_id {
+            Some(client) => write!(f, "user {} (client {client})", self.sub),
+            None => write!(f, "user {}", self.sub),
+        }
     }
 }
 
 /// Which keys of one user a caller may read.
 pub struct ReadScope<'p> {
     grants: Grants<'p>,
-    caller: String,
-    target: Option<String>,
+    /// `None`: any caller (the open self read, which needs no identity).
+    caller: Option<CallerName>,
+    target: Option<CompactString>,
 }
 
 impl ReadScope<'_> {
@@ -504,8 +529,11 @@ impl ReadScope<'_> {
             hidden.unwrap_or_else(|| Denial::NoRule {
                 action: Action::Read,
                 key: Some(key.to_owned()),
-                target: self.target.clone(),
-                caller: self.caller.clone(),
+                target: self.target.as_deref().map(str::to_owned),
+                caller: self
+                    .caller
+                    .as_ref()
+                    .map_or_else(|| "the caller".to_owned(), ToString::to_string),
             })
         })
     }

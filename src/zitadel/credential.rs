@@ -31,21 +31,16 @@ pub enum BearerError {
 impl CallerToken {
     /// Parses `Bearer <token>` (scheme case-insensitive, as ZITADEL matches it).
     pub fn from_authorization(value: &[u8]) -> Result<Self, BearerError> {
-        let value = std::str::from_utf8(value).map_err(|_| BearerError::BadCharacters)?;
-        let (scheme, token) = value.trim().split_once(' ').ok_or(BearerError::NotBearer)?;
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(BearerError::NotBearer);
-        }
-        let token = token.trim();
-        // RFC 6750 b64token characters; anything else cannot be a token and must not reach a header.
-        if !token
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b))
-        {
-            return Err(BearerError::BadCharacters);
-        }
-        let mut authorization = HeaderValue::try_from(format!("{BEARER_PREFIX}{token}"))
-            .map_err(|_| BearerError::BadCharacters)?;
+        let token = bearer_token_of(value)?;
+        // Usually the value already is `Bearer <token>`: taken as it is, with no text to format.
+        let canonical = token.len() + BEARER_PREFIX.len() == value.len()
+            && value.starts_with(BEARER_PREFIX.as_bytes());
+        let authorization = if canonical {
+            HeaderValue::from_bytes(value)
+        } else {
+            HeaderValue::try_from(format!("{BEARER_PREFIX}{token}"))
+        };
+        let mut authorization = authorization.map_err(|_| BearerError::BadCharacters)?;
         authorization.set_sensitive(true);
         Ok(CallerToken { authorization })
     }
@@ -94,6 +89,24 @@ impl CallerToken {
 }
 
 const BEARER_PREFIX: &str = "Bearer ";
+
+/// The token of a `Bearer <token>` value.
+fn bearer_token_of(value: &[u8]) -> Result<&str, BearerError> {
+    let value = std::str::from_utf8(value).map_err(|_| BearerError::BadCharacters)?;
+    let (scheme, token) = value.trim().split_once(' ').ok_or(BearerError::NotBearer)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(BearerError::NotBearer);
+    }
+    let token = token.trim();
+    // RFC 6750 b64token characters; anything else cannot be a token and must not reach a header.
+    if !token
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b))
+    {
+        return Err(BearerError::BadCharacters);
+    }
+    Ok(token)
+}
 
 impl fmt::Debug for CallerToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -314,6 +327,13 @@ mod tests {
         for value in ["Bearer abc", "bearer abc", "BEARER abc", "  Bearer   abc  "] {
             let token = CallerToken::from_authorization(value.as_bytes()).unwrap();
             assert_eq!(token.authorization(), "Bearer abc");
+            assert!(token.authorization().is_sensitive());
+            assert_eq!(
+                token.digest(),
+                CallerToken::from_authorization(b"Bearer abc")
+                    .unwrap()
+                    .digest()
+            );
         }
     }
 
