@@ -98,15 +98,25 @@ fn bearer_token_of(value: &[u8]) -> Result<&str, BearerError> {
         return Err(BearerError::NotBearer);
     }
     let token = token.trim();
-    // RFC 6750 b64token characters; anything else cannot be a token and must not reach a header.
-    if !token
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b))
-    {
+    if !token.bytes().all(|b| TOKEN_CHARACTERS[usize::from(b)]) {
         return Err(BearerError::BadCharacters);
     }
     Ok(token)
 }
+
+/// RFC 6750 b64token characters, by byte: anything else cannot be a token and must not reach a header. A
+/// table, as every call's token is checked.
+const TOKEN_CHARACTERS: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric()
+            || matches!(c, b'-' | b'.' | b'_' | b'~' | b'+' | b'/' | b'=');
+        b += 1;
+    }
+    table
+};
 
 impl fmt::Debug for CallerToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -333,6 +343,19 @@ mod tests {
                 CallerToken::from_authorization(b"Bearer abc")
                     .unwrap()
                     .digest()
+            );
+        }
+    }
+
+    #[test]
+    fn token_characters_are_rfc_6750s_b64token() {
+        let all = "Bearer AZaz09-._~+/=";
+        assert!(CallerToken::from_authorization(all.as_bytes()).is_ok());
+        for bad in [",", "%", "!", "\\", "\u{e9}", "\t"] {
+            assert_eq!(
+                CallerToken::from_authorization(format!("Bearer a{bad}b").as_bytes()).unwrap_err(),
+                BearerError::BadCharacters,
+                "{bad:?}"
             );
         }
     }
