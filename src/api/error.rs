@@ -68,9 +68,11 @@ impl From<ApiError> for Status {
             status.code(),
             Code::Unavailable | Code::Internal | Code::ResourceExhausted | Code::DeadlineExceeded
         ) {
-            tracing::warn!(code = ?status.code(), error = %error, "request failed");
+            let request_id = crate::telemetry::current_request_id();
+            // Named here too: with only warnings logged, the call's span (which carries it) is not.
+            tracing::warn!(code = ?status.code(), error = %error, request_id, "request failed");
             // The request id lets an operator find this call's log lines from the client's error.
-            if let Some(id) = crate::telemetry::current_request_id() {
+            if let Some(id) = request_id {
                 return Status::with_details_and_metadata(
                     status.code(),
                     format!("{} (request id {id})", status.message()),
