@@ -373,6 +373,45 @@ mod tests {
         );
     }
 
+    #[test]
+    fn warnings_of_a_call_name_its_request_id_with_only_warnings_logged() {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Captured(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Captured {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let call = CallContext {
+            request_id: RequestId::Generated(0xfeed),
+            trace: OnceCell::new(),
+        };
+        let status = tracing::subscriber::with_default(subscriber, || {
+            CURRENT_CALL.sync_scope(call, || {
+                tonic::Status::from(crate::api::ApiError::DeadlineExceeded)
+            })
+        });
+        let id = format!("{:032x}", 0xfeed);
+        let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            logs.contains("request failed") && logs.contains(&id),
+            "{logs}"
+        );
+        assert!(status.message().contains(&id), "{}", status.message());
+    }
+
     fn trace_and_span_of(headers: &http::HeaderMap) -> (String, String) {
         let traceparent = headers["traceparent"].to_str().unwrap();
         let parts: Vec<&str> = traceparent.split('-').collect();
