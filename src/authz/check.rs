@@ -197,13 +197,16 @@ impl AuthzService {
     /// OK: identity headers set (overwriting), every other managed header removed.
     fn allow(&self, info: Option<&KnownCaller>) -> CheckResponse {
         let mut set: Vec<(&str, String)> = Vec::new();
-        let mut fields: HashMap<String, Value> = HashMap::new();
+        // Only built when asked for: it copies every value once more.
+        let mut fields = self
+            .config
+            .dynamic_metadata
+            .then(HashMap::<String, Value>::new);
         if let Some(info) = info {
             let sub = &info.identity.sub;
             if let Some(header) = self.config.user_id_header.as_deref() {
                 set.push((header, sub.as_str().to_owned()));
             }
-            fields.insert("user_id".to_owned(), string_value(sub.as_str().to_owned()));
             let mut metadata = HashMap::new();
             for mapping in &self.config.headers {
                 let Some(Some(value)) = info.metadata.get(&mapping.key) else {
@@ -212,15 +215,20 @@ impl AuthzService {
                 let Some(text) = header_text(value, self.config.binary, &mapping.key) else {
                     continue;
                 };
-                metadata.insert(mapping.key.clone(), string_value(text.clone()));
+                if fields.is_some() {
+                    metadata.insert(mapping.key.clone(), string_value(text.clone()));
+                }
                 set.push((mapping.header.as_str(), text));
             }
-            fields.insert(
-                "metadata".to_owned(),
-                Value {
-                    kind: Some(Kind::StructValue(Struct { fields: metadata })),
-                },
-            );
+            if let Some(fields) = &mut fields {
+                fields.insert("user_id".to_owned(), string_value(sub.as_str().to_owned()));
+                fields.insert(
+                    "metadata".to_owned(),
+                    Value {
+                        kind: Some(Kind::StructValue(Struct { fields: metadata })),
+                    },
+                );
+            }
         }
         let headers_to_remove = self
             .config
@@ -244,8 +252,9 @@ impl AuthzService {
                 keep_empty_value: false,
             })
             .collect();
-        let dynamic_metadata =
-            (self.config.dynamic_metadata && info.is_some()).then_some(Struct { fields });
+        let dynamic_metadata = fields
+            .filter(|_| info.is_some())
+            .map(|fields| Struct { fields });
         CheckResponse {
             status: Some(rpc::Status {
                 code: Code::Ok.into(),
