@@ -136,16 +136,19 @@ impl MetadataService {
     }
 
     /// GetMyMetadata as far as it goes without waiting: a caller whose userinfo answer is in memory is
-    /// answered here (`Break`); any other goes on to [`MetadataService::read_mine`] with its token and
-    /// request.
+    /// answered here (`Break`); any other goes on to [`MetadataService::read_mine`] with its token, request
+    /// and deadline.
     fn mine_from_memory(
         &self,
         request: Request<pb::GetMyMetadataRequest>,
-    ) -> Result<ControlFlow<pb::GetMyMetadataResponse, (CallerToken, validate::GetMine)>, ApiError>
-    {
-        let token = caller::bearer_token(request.metadata())?;
+    ) -> Result<
+        ControlFlow<pb::GetMyMetadataResponse, (CallerToken, validate::GetMine, Instant)>,
+        ApiError,
+    > {
+        let (metadata, _, message) = request.into_parts();
+        let token = caller::bearer_token(&metadata)?;
         self.rate_limit(&token)?;
-        let request = validate::get_mine(request.into_inner())?;
+        let request = validate::get_mine(message)?;
         tracing::Span::current().record("source", tracing::field::debug(request.source));
         if request.source == Source::Userinfo
             && self.resolver.uses_userinfo()
@@ -158,7 +161,9 @@ impl MetadataService {
                 &request,
             )?));
         }
-        Ok(ControlFlow::Continue((token, request)))
+        // Only a call that waits has a use for its deadline.
+        let deadline = deadline::deadline(&metadata, self.request_timeout, Instant::now());
+        Ok(ControlFlow::Continue((token, request, deadline)))
     }
 
     /// GetMyMetadata for a caller not answered from memory. "Me" is whoever ZITADEL says owns the token; the
@@ -580,8 +585,7 @@ impl pb::user_metadata_service_server::UserMetadataService for MetadataService {
         request: Request<pb::GetMyMetadataRequest>,
     ) -> Result<Response<pb::GetMyMetadataResponse>, Status> {
         let span = tracing::info_span!("GetMyMetadata", source = Empty, user_id = Empty);
-        let deadline = self.deadline_of(&request);
-        let (token, request) = match span.in_scope(|| self.mine_from_memory(request))? {
+        let (token, request, deadline) = match span.in_scope(|| self.mine_from_memory(request))? {
             ControlFlow::Break(answer) => return Ok(Response::new(answer)),
             ControlFlow::Continue(waiting) => waiting,
         };
