@@ -216,14 +216,15 @@ fn hidden_keys_are_never_read_by_their_user() {
     let scope = policy.read_scope(&gateway, user("u1")).unwrap();
     assert!(scope.allows("routing.tier"));
     assert!(!scope.allows("profile.x"));
-    assert!(matches!(
+    assert_eq!(
         scope.require("profile.x"),
         Err(Denial::NoRule {
-            key: Some(_),
-            target: Some(_),
-            ..
+            action: Action::Read,
+            key: Some("profile.x".into()),
+            target: Some("u1".into()),
+            caller: "user gw (client gateway)".into(),
         })
-    ));
+    );
     let own = policy.own_scope().unwrap();
     assert!(own.allows("anything") && !own.allows("routing.x"));
 }
