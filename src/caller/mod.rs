@@ -147,8 +147,8 @@ pub fn roles_of<'a>(claims: impl IntoIterator<Item = (&'a String, &'a Value)>) -
     roles
 }
 
-/// A userinfo answer for a token that names a user: who it is, and the metadata claim beside it. One
-/// allocation per cached user, shared by that user's cached tokens.
+/// A userinfo answer for a token that names a user: who it is, and the metadata claim beside it. Cached
+/// once per user (one allocation, and one for the packed metadata), shared by that user's cached tokens.
 #[derive(Debug, PartialEq)]
 pub struct KnownCaller {
     pub identity: Identity,
