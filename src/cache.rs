@@ -409,16 +409,18 @@ async fn fetch(
 ) -> Result<Entry, UpstreamError> {
     let now = Instant::now();
     let answer = match zitadel.userinfo(&token).await {
-        Ok(info) => match KnownCaller::try_from(info) {
-            Ok(caller) => {
-                let shared = interner
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .intern(caller);
-                (Answer::Known(shared), lifetime_for(&token, config.ttl))
-            }
-            Err(_) => (Answer::Anonymous, lifetime_for(&token, config.ttl)),
-        },
+        Ok(info) => {
+            let answer = match KnownCaller::try_from(info) {
+                Ok(caller) => Answer::Known(
+                    interner
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .intern(caller),
+                ),
+                Err(_) => Answer::Anonymous,
+            };
+            (answer, lifetime_for(&token, config.ttl))
+        }
         Err(UpstreamError::Rejected {
             http_status: 401,
             rejection,

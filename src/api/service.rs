@@ -11,7 +11,7 @@ use std::{
 };
 
 use futures::future::BoxFuture;
-use tonic::{Code, Request, Response, Status};
+use tonic::{Code, Request, Response, Status, metadata::MetadataMap};
 use tracing::{Instrument as _, field::Empty, instrument};
 
 use super::{
@@ -108,8 +108,8 @@ impl MetadataService {
     }
 
     /// When the request must be answered.
-    fn deadline_of<T>(&self, request: &Request<T>) -> Instant {
-        deadline::deadline(request.metadata(), self.request_timeout, Instant::now())
+    fn deadline_of(&self, metadata: &MetadataMap) -> Instant {
+        deadline::deadline(metadata, self.request_timeout, Instant::now())
     }
 
     /// Counts a request against its caller's rate limit.
@@ -162,7 +162,7 @@ impl MetadataService {
             )?));
         }
         // Only a call that waits has a use for its deadline.
-        let deadline = deadline::deadline(&metadata, self.request_timeout, Instant::now());
+        let deadline = self.deadline_of(&metadata);
         Ok(ControlFlow::Continue((token, request, deadline)))
     }
 
@@ -597,7 +597,7 @@ impl pb::user_metadata_service_server::UserMetadataService for MetadataService {
         &self,
         request: Request<pb::ListMetadataRequest>,
     ) -> Result<Response<pb::ListMetadataResponse>, Status> {
-        let deadline = self.deadline_of(&request);
+        let deadline = self.deadline_of(request.metadata());
         Ok(Response::new(
             Self::bounded(deadline, self.list(request)).await?,
         ))
@@ -607,7 +607,7 @@ impl pb::user_metadata_service_server::UserMetadataService for MetadataService {
         &self,
         request: Request<pb::SetMetadataRequest>,
     ) -> Result<Response<pb::SetMetadataResponse>, Status> {
-        let deadline = self.deadline_of(&request);
+        let deadline = self.deadline_of(request.metadata());
         Ok(Response::new(
             Self::bounded(deadline, self.set(request)).await?,
         ))
@@ -617,7 +617,7 @@ impl pb::user_metadata_service_server::UserMetadataService for MetadataService {
         &self,
         request: Request<pb::DeleteMetadataRequest>,
     ) -> Result<Response<pb::DeleteMetadataResponse>, Status> {
-        let deadline = self.deadline_of(&request);
+        let deadline = self.deadline_of(request.metadata());
         Ok(Response::new(
             Self::bounded(deadline, self.delete(request)).await?,
         ))
