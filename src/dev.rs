@@ -71,6 +71,7 @@ pub async fn run(args: DevArgs) -> Result<(), RunError> {
                 demo.service_pat.clone(),
             )),
             resilience: Default::default(),
+            http2: Default::default(),
         },
         policy: Policy::new(
             [demo.admin_id.clone()],

@@ -50,6 +50,7 @@ pub fn serve_config(args: ServeArgs) -> Result<Config, SettingsError> {
             timeout: args.common.upstream_timeout,
             service_credential: args.credential.credential()?,
             resilience: args.common.resilience(),
+            http2: args.common.zitadel_http2,
         },
         policy: args.access.policy(&args.common)?,
         cache: args.common.cache_config(),

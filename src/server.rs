@@ -151,15 +151,11 @@ impl Application {
             }
             None => None,
         };
-        let resolver = Resolver::new(
-            config.identity,
-            &config.zitadel.base_url,
-            config.zitadel.timeout,
-        )?;
         let zitadel = Arc::new(Zitadel::with_extra_roots(
             config.zitadel,
             options.zitadel_roots,
         )?);
+        let resolver = Resolver::new(config.identity, &zitadel)?;
         let cache = Arc::new(CallerCache::new(config.cache));
         let service = MetadataService::new(
             Arc::clone(&zitadel),

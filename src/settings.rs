@@ -17,7 +17,7 @@ use crate::{
     caller::{ApplicationKey, IdentityConfig, IntrospectionAuth, JwtConfig},
     policy::Policy,
     server::Limits,
-    zitadel::{Resilience, ServiceCredential, ServiceKey},
+    zitadel::{Http2, Resilience, ServiceCredential, ServiceKey},
 };
 
 /// usermeta: one gRPC contract for reading and writing ZITADEL user metadata.
@@ -257,6 +257,10 @@ pub struct CommonArgs {
     /// Key prefixes users may write and delete on themselves (comma-separated); none by default.
     #[arg(long, env = "USERMETA_SELF_WRITABLE_KEYS", value_delimiter = ',')]
     pub self_writable_keys: Vec<String>,
+    /// When to speak HTTP/2 to ZITADEL: `negotiate` (when its TLS offers it, else HTTP/1.1) or `always`
+    /// (also without TLS: h2c, which a plain-HTTP ZITADEL reached directly serves).
+    #[arg(long, env = "USERMETA_ZITADEL_HTTP2", value_enum, default_value_t = Http2::Negotiate)]
+    pub zitadel_http2: Http2,
     /// How long one call to ZITADEL may take, e.g. 5s or 1500ms.
     #[arg(long, env = "USERMETA_UPSTREAM_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub upstream_timeout: Duration,

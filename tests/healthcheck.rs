@@ -28,6 +28,7 @@ async fn spawn_usermeta() -> (SocketAddr, StandIn, oneshot::Sender<()>) {
                 standin.issue_pat(&service_user),
             )),
             resilience: Default::default(),
+            http2: Default::default(),
         },
         policy: Policy::new(Vec::<String>::new(), Vec::new()),
         cache: Default::default(),

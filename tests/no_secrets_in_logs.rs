@@ -64,6 +64,7 @@ async fn serve(
                 breaker_cooldown: Duration::from_millis(100),
                 ..Resilience::default()
             },
+            http2: Default::default(),
         },
         policy: Policy::new([admin.to_owned()], vec!["profile.".into()]),
         cache: CacheConfig {

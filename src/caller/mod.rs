@@ -15,7 +15,6 @@ use compact_str::CompactString;
 use futures::FutureExt as _;
 use serde_json::{Map, Value};
 use tonic::metadata::MetadataMap;
-use url::Url;
 
 pub use introspection::{ApplicationKey, IntrospectionAuth};
 
@@ -240,8 +239,6 @@ pub struct JwtConfig {
 /// Could not set up caller identification.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentitySetupError {
-    #[error("the HTTP client could not be built: {0}")]
-    HttpClient(#[from] reqwest::Error),
     #[error("the ZITADEL URL {0} cannot be a base for the introspection and JWKS paths")]
     BadBaseUrl(String),
     #[error("the introspection client id and secret cannot be sent in an HTTP header")]
@@ -264,31 +261,19 @@ impl Resolver {
         }
     }
 
-    pub fn new(
-        config: IdentityConfig,
-        base_url: &Url,
-        timeout: Duration,
-    ) -> Result<Self, IdentitySetupError> {
+    /// The resolver `config` asks for, calling ZITADEL through `zitadel`'s pooled client.
+    pub fn new(config: IdentityConfig, zitadel: &Zitadel) -> Result<Self, IdentitySetupError> {
         if config.introspection.is_none() && config.jwt.is_none() {
             return Ok(Self::userinfo());
         }
-        let mut base = base_url.clone();
-        if !base.path().ends_with('/') {
-            let path = format!("{}/", base.path());
-            base.set_path(&path);
-        }
+        let base = zitadel.base_url();
         let join = |path: &str| {
             base.join(path)
                 .map_err(|_| IdentitySetupError::BadBaseUrl(base.to_string()))
         };
         let issuer = base.as_str().trim_end_matches('/').to_owned();
-        let http = reqwest::Client::builder()
-            .connect_timeout(timeout)
-            .timeout(timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .tcp_nodelay(true)
-            .user_agent(concat!("usermeta/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let http = zitadel.http_client().clone();
+        let timeout = zitadel.timeout();
         let introspection = match config.introspection {
             Some(auth) => Some(Arc::new(introspection::Introspector::new(
                 auth,

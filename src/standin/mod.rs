@@ -348,6 +348,11 @@ impl StandIn {
         self.inner.shared.userinfo_requests()
     }
 
+    /// How many TCP connections the stand-in accepted: how well a client pools and reuses them.
+    pub fn connections_accepted(&self) -> usize {
+        self.inner.shared.connections_accepted()
+    }
+
     /// Adds a fault. Faults are tried in the order pushed; the first matching one with uses left fires.
     pub fn push_fault(&self, fault: Fault) {
         self.inner.shared.faults.push(fault);

@@ -4,13 +4,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use bytes::Bytes;
-use http::{HeaderMap, Method};
+use http::{HeaderMap, Method, Version};
 
 /// One request as the stand-in received it.
 #[derive(Debug, Clone)]
 pub struct RecordedRequest {
     /// The HTTP method.
     pub method: Method,
+    /// The HTTP version it came in (HTTP/1.1, or HTTP/2 over h2c).
+    pub version: Version,
     /// The raw path, still percent-encoded (e.g. `/management/v1/users/1/metadata/a%2Fb`).
     pub path: String,
     /// The raw query string, if any.

@@ -58,6 +58,7 @@ pub(super) async fn serve(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
+                    shared.connection_accepted();
                     connections.spawn(serve_connection(stream, Arc::clone(&shared), router.clone(), stop.clone()));
                 }
                 // E.g. EMFILE: back off briefly instead of spinning.

@@ -33,6 +33,7 @@ pub(super) struct Shared {
     userinfo_requests: AtomicUsize,
     introspection_requests: AtomicUsize,
     jwks_requests: AtomicUsize,
+    connections_accepted: AtomicUsize,
     token_lifetime_ms: AtomicU64,
     audience_style: AtomicU8,
     next_id: AtomicU64,
@@ -261,6 +262,7 @@ impl Shared {
             faults: Faults::default(),
             token_requests: AtomicUsize::new(0),
             userinfo_requests: AtomicUsize::new(0),
+            connections_accepted: AtomicUsize::new(0),
             introspection_requests: AtomicUsize::new(0),
             jwks_requests: AtomicUsize::new(0),
             token_lifetime_ms: AtomicU64::new(duration_ms(DEFAULT_TOKEN_LIFETIME)),
@@ -301,6 +303,7 @@ impl Shared {
         }
         self.recorder.push(RecordedRequest {
             method: parts.method.clone(),
+            version: parts.version,
             path: path.to_owned(),
             query: parts.uri.query().map(str::to_owned),
             headers: parts.headers.clone(),
@@ -314,6 +317,14 @@ impl Shared {
 
     pub(super) fn userinfo_requests(&self) -> usize {
         self.userinfo_requests.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn connection_accepted(&self) {
+        self.connections_accepted.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(super) fn connections_accepted(&self) -> usize {
+        self.connections_accepted.load(Ordering::Relaxed)
     }
 
     pub(super) fn introspection_requests(&self) -> usize {

@@ -38,6 +38,21 @@ pub struct ZitadelConfig {
     pub service_credential: ServiceCredential,
     /// Retries, retry budget and circuit breakers.
     pub resilience: Resilience,
+    /// Which HTTP versions the connections to ZITADEL speak.
+    pub http2: Http2,
+}
+
+/// When usermeta speaks HTTP/2 to ZITADEL. Over HTTP/2 every concurrent call shares one connection per
+/// ZITADEL host; over HTTP/1.1 each call in flight needs a pooled connection of its own.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Http2 {
+    /// HTTP/2 when ZITADEL offers it in the TLS handshake (ALPN), HTTP/1.1 otherwise: right for any
+    /// `https://` ZITADEL, and for a plain-HTTP one behind a proxy that may speak only HTTP/1.1.
+    #[default]
+    Negotiate,
+    /// HTTP/2 from the first byte, also without TLS (h2c): for a plain-HTTP ZITADEL reached directly, which
+    /// serves h2c on its port. A server that speaks only HTTP/1.1 then fails every call.
+    Always,
 }
 
 /// Could not set up the ZITADEL client.
@@ -98,13 +113,23 @@ impl Zitadel {
         if !extra_roots.is_empty() {
             http = http.tls_certs_merge(extra_roots);
         }
+        if config.http2 == Http2::Always {
+            http = http.http2_prior_knowledge();
+        }
         let http = http
             .connect_timeout(config.timeout)
             .timeout(config.timeout)
             // Never follow a redirect: it could carry a bearer token somewhere else.
             .redirect(reqwest::redirect::Policy::none())
             .tcp_nodelay(true)
+            // Idle connections stay open for the next call; keep-alive probes (TCP, and HTTP/2 pings while
+            // idle) find a peer or middlebox that dropped one before a caller's request is sent into it.
             .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_keepalive(Duration::from_secs(30))
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .http2_keep_alive_timeout(Duration::from_secs(10))
+            .http2_keep_alive_while_idle(true)
+            .http2_adaptive_window(true)
             .user_agent(concat!("usermeta/", env!("CARGO_PKG_VERSION")))
             .build()?;
         let service_token = token_source::TokenSource::new(
@@ -123,6 +148,22 @@ impl Zitadel {
             service_token,
             guards: resilience::Guards::new(config.resilience),
         })
+    }
+
+    /// The one pooled HTTP client for this ZITADEL, for every other endpoint usermeta calls there
+    /// (introspection, keys): its connections and TLS trust are shared.
+    pub fn http_client(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// The instance URL, ending in `/` so that API paths join onto it.
+    pub fn base_url(&self) -> &Url {
+        &self.base_url
+    }
+
+    /// How long one HTTP call to ZITADEL may take.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     /// Follows whether `group`'s circuit breaker is open (for health reporting).

@@ -24,7 +24,7 @@ use usermeta::{
     policy::Policy,
     server::{Application, Config, Limits},
     standin::{ManagerRole, RecordedRequest, StandIn},
-    zitadel::{Resilience, ServiceCredential, ZitadelConfig},
+    zitadel::{Http2, Resilience, ServiceCredential, ZitadelConfig},
 };
 
 /// Scopes a typical caller token has: identity, metadata, organisation, and the ZITADEL audience.
@@ -109,6 +109,7 @@ pub struct Options {
     pub cache: CacheConfig,
     pub resilience: Resilience,
     pub limits: Limits,
+    pub http2: Http2,
 }
 
 impl Default for Options {
@@ -118,6 +119,7 @@ impl Default for Options {
             cache: CacheConfig::default(),
             resilience: Resilience::default(),
             limits: Limits::default(),
+            http2: Http2::default(),
         }
     }
 }
@@ -189,6 +191,7 @@ pub async fn spawn_usermeta_full(
         cache,
         resilience,
         limits,
+        http2,
     }: Options,
     identity: IdentityConfig,
     ext_authz: Option<AuthzConfig>,
@@ -200,6 +203,7 @@ pub async fn spawn_usermeta_full(
             timeout,
             service_credential,
             resilience,
+            http2,
         },
         policy,
         cache,

@@ -41,6 +41,7 @@ pub async fn spawn_observed_at(
             timeout: Duration::from_secs(5),
             service_credential: ServiceCredential::Pat(SecretString::from(app.service_pat.clone())),
             resilience: Default::default(),
+            http2: Default::default(),
         },
         policy: Policy::new([app.admin.clone()], vec![SELF_WRITABLE.into()]),
         cache: Default::default(),

@@ -212,6 +212,7 @@ async fn unusable_tls_files_fail_start_up_naming_the_setting() {
                 secrecy::SecretString::from(app.service_pat.clone()),
             ),
             resilience: Default::default(),
+            http2: Default::default(),
         },
         policy: usermeta::policy::Policy::new(Vec::<String>::new(), vec![]),
         cache: Default::default(),
