@@ -3,8 +3,9 @@
 #   (a) a bare tonic server answering GetMyMetadata with a same-size message: the ceiling;
 #   (b) usermeta's cached GetMyMetadata; with the same h2load settings, alternating (a) and (b);
 #   (c) usermeta's cached Envoy external authorization Check, in the same rounds;
-#   the cold path (cache off: every request asks ZITADEL) against the stand-in called directly;
-#   upstream calls (coalescing, distinct tokens) and peak RSS, including with 100k cached tokens.
+#   the cold path (every request a token usermeta has not seen, so each one asks ZITADEL) against the
+#   stand-in's userinfo called directly with new tokens the same way;
+#   upstream calls per load (and for coalescing, distinct tokens) and peak RSS, also with 100k cached tokens.
 # Prints a markdown table and writes it to bench/RESULTS.md. Knobs: REQUESTS, CLIENTS, STREAMS, ROUNDS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,10 +15,16 @@ CLIENTS=${CLIENTS:-16}
 STREAMS=${STREAMS:-8}
 ROUNDS=${ROUNDS:-5}
 FILL=${FILL:-100000}
+COLD_REQUESTS=${COLD_REQUESTS:-$((REQUESTS / 10))}
+COLD_WARMUP=2000
+# Tokens: 0 the cached loads, 1 coalescing, 2-21 distinct tokens, then a fresh one for every cold request.
+COLD_FIRST=22
+tokens_needed=$((COLD_FIRST + 2 * COLD_WARMUP + 2 * ROUNDS * COLD_REQUESTS))
+token_count=$(( (FILL > tokens_needed ? FILL : tokens_needed) + 200 ))
 
 command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq nghttp2-client >/dev/null; }
 source scripts/grpcurl-env.sh
-cargo build --release --locked --bin usermeta --example bench_ceiling --example bench_zitadel --example bench_fill --example bench_check_request
+cargo build --release --locked --bin usermeta --example bench_ceiling --example bench_zitadel --example bench_fill --example bench_cold --example bench_check_request
 bin=${CARGO_TARGET_DIR:-target}/release
 work=$(mktemp -d)
 pids=()
@@ -29,7 +36,7 @@ wait_port() { for _ in $(seq 1 "${2:-200}"); do (exec 3<>"/dev/tcp/127.0.0.1/$1"
 peak_rss_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
 
 zitadel_port=$(free_port); control_port=$(free_port)
-"$bin/examples/bench_zitadel" "127.0.0.1:$zitadel_port" "127.0.0.1:$control_port" $((FILL + 200)) "$FILL" "$work/fixture.json" &
+"$bin/examples/bench_zitadel" "127.0.0.1:$zitadel_port" "127.0.0.1:$control_port" "$token_count" "$FILL" "$work/fixture.json" &
 pids+=($!)
 wait_port "$control_port" 2400  # the fixture (FILL users) is made first
 field() { python3 -c "import json,sys; d=json.load(open('$work/fixture.json')); print(eval(sys.argv[1]))" "$1"; }
@@ -46,7 +53,7 @@ start_usermeta() { # port, cache ttl; sets $started to the pid (no subshell, so 
   started=$!; pids+=("$started"); wait_port "$1"
 }
 cached_port=$(free_port); start_usermeta "$cached_port" 60s; cached_pid=$started
-cold_port=$(free_port); start_usermeta "$cold_port" 0s
+cold_port=$(free_port); start_usermeta "$cold_port" 60s; cold_pid=$started
 ceiling_port=$(free_port)
 "$bin/examples/bench_ceiling" "127.0.0.1:$ceiling_port" "$user_id" & ceiling_pid=$!; pids+=($ceiling_pid)
 wait_port "$ceiling_port"
@@ -54,15 +61,28 @@ wait_port "$ceiling_port"
 printf '\0\0\0\0\0' >"$work/empty-request.bin"   # a gRPC frame holding an empty GetMyMetadataRequest
 hot=$(token 0)
 "$bin/examples/bench_check_request" "$hot" "$work/check-request.bin"   # a gRPC frame holding Envoy's CheckRequest
+# Each run is a row of runs.tsv: name, req/s, p50 ms, p99 ms, data bytes, requests, userinfo calls during it.
+record() { # name out log calls-before
+  local row
+  grep -q " 0 failed, 0 errored" "$work/$1.out" || { cat "$work/$1.out"; echo "load run $1 had errors"; exit 1; }
+  row=$(python3 scripts/bench_stats.py "$work/$1.out" "$work/$1.log")
+  printf '%s\t%s\t%s\n' "$1" "$row" $(( $(userinfo_calls) - $2 )) >>"$work/runs.tsv"
+}
 # h2load: one load tool, one set of settings; per-request latencies go to a log for percentiles.
 load() { # name url token [requests clients streams]
-  local name=$1 url=$2 tok=$3 n=${4:-$REQUESTS} c=${5:-$CLIENTS} m=${6:-$STREAMS} grpc=()
+  local name=$1 url=$2 tok=$3 n=${4:-$REQUESTS} c=${5:-$CLIENTS} m=${6:-$STREAMS} grpc=() before
   [[ $url == */usermeta.v1.* ]] && grpc=(-d "$work/empty-request.bin" -H 'content-type: application/grpc' -H 'te: trailers')
   [[ $url == */envoy.service.auth.v3.* ]] && grpc=(-d "$work/check-request.bin" -H 'content-type: application/grpc' -H 'te: trailers')
+  before=$(userinfo_calls)
   h2load -n "$n" -c "$c" -m "$m" -t 1 "${grpc[@]}" -H "authorization: Bearer $tok" --log-file="$work/$name.log" "$url" >"$work/$name.out"
-  grep -q " 0 failed, 0 errored" "$work/$name.out" || { cat "$work/$name.out"; echo "load run $name had errors"; exit 1; }
-  python3 scripts/bench_stats.py "$work/$name.out" "$work/$name.log" >>"$work/runs.tsv"
-  sed -i "\$s/^/$name\t/" "$work/runs.tsv"
+  record "$name" "$before"
+}
+# The cold path: one request at a time, each with the next unused token (h2load sends one token only).
+cold() { # name usermeta|userinfo target first-token requests
+  local before
+  before=$(userinfo_calls)
+  "$bin/examples/bench_cold" "$2" "$3" "$work/fixture.json" "$4" "$5" "$work/$1.out" "$work/$1.log"
+  record "$1" "$before"
 }
 grpc_url() { echo "http://127.0.0.1:$1/usermeta.v1.UserMetadataService/GetMyMetadata"; }
 check_url() { echo "http://127.0.0.1:$1/envoy.service.auth.v3.Authorization/Check"; }
@@ -78,26 +98,24 @@ grpcurl -plaintext "127.0.0.1:$ceiling_port" usermeta.v1.UserMetadataService/Get
 load warmup-ceiling "$(grpc_url "$ceiling_port")" "$hot" 20000
 load warmup-usermeta "$(grpc_url "$cached_port")" "$hot" 20000
 load warmup-check "$(check_url "$cached_port")" "$hot" 20000
-calls_before=$(userinfo_calls)
 for round in $(seq 1 "$ROUNDS"); do
   load "ceiling-$round" "$(grpc_url "$ceiling_port")" "$hot"
   load "usermeta-cached-$round" "$(grpc_url "$cached_port")" "$hot"
   load "check-cached-$round" "$(check_url "$cached_port")" "$hot"
 done
-cached_upstream=$(( $(userinfo_calls) - calls_before ))  # GetMyMetadata and Check together
 
-# Cold path: cache off, so every request is a userinfo call; and the stand-in's userinfo called directly.
+# Cold path: every request carries a token this instance has not seen (its cache is on, as in production),
+# so each is a userinfo call; beside it the stand-in's userinfo, called directly with fresh tokens too.
 # One request at a time, so the medians compare the work on the path, not queueing under saturation.
-cold_n=$((REQUESTS / 10))
-load warmup-cold "$(grpc_url "$cold_port")" "$hot" 2000 1 1
-load warmup-direct "http://127.0.0.1:$zitadel_port/oidc/v1/userinfo" "$hot" 2000 1 1
-cold_upstream=0
+userinfo_url="http://127.0.0.1:$zitadel_port/oidc/v1/userinfo"
+next=$COLD_FIRST
+cold warmup-cold usermeta "127.0.0.1:$cold_port" "$next" "$COLD_WARMUP"; next=$((next + COLD_WARMUP))
+cold warmup-direct userinfo "$userinfo_url" "$next" "$COLD_WARMUP"; next=$((next + COLD_WARMUP))
 for round in $(seq 1 "$ROUNDS"); do
-  load "zitadel-direct-$round" "http://127.0.0.1:$zitadel_port/oidc/v1/userinfo" "$hot" "$cold_n" 1 1
-  calls_before=$(userinfo_calls)
-  load "usermeta-cold-$round" "$(grpc_url "$cold_port")" "$hot" "$cold_n" 1 1
-  cold_upstream=$(( cold_upstream + $(userinfo_calls) - calls_before ))
+  cold "zitadel-direct-$round" userinfo "$userinfo_url" "$next" "$COLD_REQUESTS"; next=$((next + COLD_REQUESTS))
+  cold "usermeta-cold-$round" usermeta "127.0.0.1:$cold_port" "$next" "$COLD_REQUESTS"; next=$((next + COLD_REQUESTS))
 done
+cold_rss=$(peak_rss_kib "$cold_pid")
 
 # Coalescing: 100 concurrent first requests with one new token.
 calls_before=$(userinfo_calls)
@@ -123,8 +141,8 @@ fill tokens; fill_rss=$filled_rss
 fill distinct_tokens; fill_distinct_rss=$filled_rss
 
 python3 scripts/bench_report.py "$work/runs.tsv" \
-  --rounds "$ROUNDS" --requests "$REQUESTS" --clients "$CLIENTS" --streams "$STREAMS" \
-  --cached-upstream "$cached_upstream" --cold-upstream "$cold_upstream" --cold-requests $((cold_n * ROUNDS)) \
+  --rounds "$ROUNDS" --requests "$REQUESTS" --clients "$CLIENTS" --streams "$STREAMS" --cold-requests "$COLD_REQUESTS" \
   --coalesced "$coalesced" --distinct "$distinct" \
-  --cached-rss "$cached_rss" --ceiling-rss "$ceiling_rss" --fill "$FILL" --fill-rss "$fill_rss" --fill-distinct-rss "$fill_distinct_rss" \
+  --cached-rss "$cached_rss" --ceiling-rss "$ceiling_rss" --cold-rss "$cold_rss" \
+  --fill "$FILL" --fill-rss "$fill_rss" --fill-distinct-rss "$fill_distinct_rss" \
   | tee bench/RESULTS.md

@@ -173,6 +173,30 @@ async fn introspection_with_an_application_key_uses_private_key_jwt() {
 }
 
 #[tokio::test]
+async fn introspection_and_userinfo_share_one_pooled_connection() {
+    let world = world().await;
+    let (mut client, _stop) = world
+        .serve(IdentityConfig {
+            introspection: Some(world.secret_auth()),
+            jwt: None,
+        })
+        .await;
+    let before = world.standin.connections_accepted();
+    for _ in 0..5 {
+        // A new token each time: introspection for the identity, then userinfo for the caller's metadata.
+        let token = world.standin.issue_token(&world.alice, &world.scopes());
+        assert_eq!(whoami(&mut client, &token).await.unwrap(), world.alice);
+    }
+    assert_eq!(world.standin.introspection_requests(), 5);
+    assert!(world.standin.requests().iter().any(|r| r.is_userinfo()));
+    assert_eq!(
+        world.standin.connections_accepted() - before,
+        1,
+        "one pooled client serves introspection and userinfo"
+    );
+}
+
+#[tokio::test]
 async fn inactive_tokens_are_unauthenticated_and_remembered_briefly() {
     let world = world().await;
     let (mut client, _stop) = world

@@ -20,6 +20,6 @@ mod observability;
 mod policy_matrix;
 mod set_metadata;
 mod tls;
-mod upstream_http;
 mod upstream_errors;
+mod upstream_http;
 mod validation;

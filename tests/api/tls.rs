@@ -234,8 +234,9 @@ async fn unusable_tls_files_fail_start_up_naming_the_setting() {
     assert!(error.contains("not-a-cert.pem"), "{error}");
 }
 
-/// A ZITADEL userinfo endpoint over TLS with a certificate from `ca`.
-async fn private_zitadel(ca: &Ca, sub: &str) -> String {
+/// A ZITADEL userinfo endpoint over TLS with a certificate from `ca`, offering HTTP/2 and HTTP/1.1 by ALPN as
+/// ZITADEL does; with the HTTP version of every request it served.
+async fn private_zitadel(ca: &Ca, sub: &str) -> (String, Arc<std::sync::Mutex<Vec<http::Version>>>) {
     use tokio_rustls::rustls::{
         self,
         pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
@@ -259,6 +260,8 @@ async fn private_zitadel(ca: &Ca, sub: &str) -> String {
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
+    let versions = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let served = Arc::clone(&versions);
     tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
@@ -266,11 +269,13 @@ async fn private_zitadel(ca: &Ca, sub: &str) -> String {
             };
             let acceptor = acceptor.clone();
             let router = router.clone();
+            let served = Arc::clone(&served);
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else {
                     return;
                 };
-                let service = hyper::service::service_fn(move |request| {
+                let service = hyper::service::service_fn(move |request: http::Request<_>| {
+                    served.lock().unwrap().push(request.version());
                     tower::ServiceExt::oneshot(router.clone(), request)
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(
@@ -281,14 +286,14 @@ async fn private_zitadel(ca: &Ca, sub: &str) -> String {
             });
         }
     });
-    format!("https://localhost:{port}")
+    (format!("https://localhost:{port}"), versions)
 }
 
 #[tokio::test]
 async fn a_privately_signed_zitadel_is_trusted_only_with_its_ca_file() {
     let app = spawn_app().await;
     let zitadel_ca = ca("private ZITADEL CA");
-    let url = private_zitadel(&zitadel_ca, "u-private-1").await;
+    let (url, versions) = private_zitadel(&zitadel_ca, "u-private-1").await;
 
     let untrusting = spawn_observed_at(&app, &url, ServeOptions::default()).await;
     let status = connect(untrusting.addr)
@@ -316,4 +321,9 @@ async fn a_privately_signed_zitadel_is_trusted_only_with_its_ca_file() {
         .unwrap()
         .into_inner();
     assert_eq!(answer.user_id, "u-private-1");
+    let versions = versions.lock().unwrap().clone();
+    assert!(
+        !versions.is_empty() && versions.iter().all(|v| *v == http::Version::HTTP_2),
+        "HTTP/2 where ZITADEL's TLS offers it: {versions:?}"
+    );
 }

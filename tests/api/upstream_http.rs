@@ -140,9 +140,9 @@ async fn http1_only_upstream() -> String {
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let answer = hyper::service::service_fn(|_| async {
-                Ok::<_, std::convert::Infallible>(http::Response::new(
-                    http_body_util::Full::new(bytes::Bytes::from_static(b"{}")),
-                ))
+                Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+                    bytes::Bytes::from_static(b"{}"),
+                )))
             });
             tokio::spawn(
                 hyper::server::conn::http1::Builder::new()
