@@ -236,7 +236,10 @@ async fn unusable_tls_files_fail_start_up_naming_the_setting() {
 
 /// A ZITADEL userinfo endpoint over TLS with a certificate from `ca`, offering HTTP/2 and HTTP/1.1 by ALPN as
 /// ZITADEL does; with the HTTP version of every request it served.
-async fn private_zitadel(ca: &Ca, sub: &str) -> (String, Arc<std::sync::Mutex<Vec<http::Version>>>) {
+async fn private_zitadel(
+    ca: &Ca,
+    sub: &str,
+) -> (String, Arc<std::sync::Mutex<Vec<http::Version>>>) {
     use tokio_rustls::rustls::{
         self,
         pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},

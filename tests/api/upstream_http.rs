@@ -39,7 +39,7 @@ async fn calls_to_every_zitadel_endpoint_reuse_one_kept_alive_connection() {
     let mut client = connect(addr).await;
     let before = app.standin.connections_accepted();
     for round in 0..10 {
-        // userinfo, the auth API (caller's token) and the management API (service credential), in turn.
+        // userinfo (the caller's token) and the management API (the service credential), in turn.
         client
             .get_my_metadata(authed(GetMyMetadataRequest::default(), &app.alice_token))
             .await
