@@ -61,7 +61,6 @@ async fn calls_to_every_zitadel_endpoint_reuse_one_kept_alive_connection() {
                     user_id: app.bob.clone(),
                     organization_id: app.other_org.clone(),
                     entries: vec![entry("notes.round", text(&round.to_string()))],
-                    ..Default::default()
                 },
                 &app.admin_token,
             ))
