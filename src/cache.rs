@@ -13,7 +13,7 @@
 //! quarter of moka's per-entry overhead, which matters at 100k cached tokens.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, hash_map},
     sync::{
         Arc, Mutex, PoisonError, RwLock, Weak,
         atomic::{AtomicU64, Ordering},
@@ -119,6 +119,7 @@ impl Interner {
 }
 
 type TokenKey = [u8; 32];
+type Entries = quick_cache::sync::Cache<TokenKey, Entry>;
 type Lookup = Shared<BoxFuture<'static, Result<Entry, UpstreamError>>>;
 
 /// An identity from introspection or a verified JWT, or the refusal of the token, until `expires_at`.
@@ -134,7 +135,7 @@ type IdentityLookup = Shared<BoxFuture<'static, Result<Arc<IdentityEntry>, Ident
 /// The caller cache. Cheap to share behind an `Arc`.
 pub struct CallerCache {
     config: CacheConfig,
-    entries: Option<quick_cache::sync::Cache<TokenKey, Entry>>,
+    entries: Option<Entries>,
     /// Lookups under way, shared by every request that misses on the same token meanwhile.
     in_flight: Mutex<HashMap<TokenKey, Lookup>>,
     interner: Arc<Mutex<Interner>>,
@@ -188,9 +189,8 @@ impl CallerCache {
             };
         };
         let key = token.digest();
-        if let Some(entry) = entries.get(&key)
-            && Instant::now() < entry.expires_at
-        {
+        let fresh = |entry: &Arc<IdentityEntry>| Instant::now() < entry.expires_at;
+        if let Some(entry) = entries.get(&key).filter(fresh) {
             return entry.answer.clone().map_err(Into::into);
         }
         let lookup = {
@@ -198,28 +198,36 @@ impl CallerCache {
                 .identity_in_flight
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            in_flight
-                .entry(key)
-                .or_insert_with(|| {
+            match in_flight.entry(key) {
+                hash_map::Entry::Occupied(under_way) => under_way.get().clone(),
+                hash_map::Entry::Vacant(none) => {
+                    // A lookup that finished since the check above left its answer here first.
+                    if let Some(entry) = entries.get(&key).filter(fresh) {
+                        return entry.answer.clone().map_err(Into::into);
+                    }
                     let config = self.config;
                     let resolving = resolve();
-                    async move {
-                        let now = Instant::now();
-                        Ok(Arc::new(match resolving.await? {
-                            Resolution::Active(identity) => IdentityEntry {
-                                expires_at: now + lifetime_until(identity.expires_at, config.ttl),
-                                answer: Ok(identity),
-                            },
-                            Resolution::Refused(refused) => IdentityEntry {
-                                expires_at: now + config.negative_ttl,
-                                answer: Err(refused),
-                            },
-                        }))
-                    }
-                    .boxed()
-                    .shared()
-                })
-                .clone()
+                    none.insert(
+                        async move {
+                            let now = Instant::now();
+                            Ok(Arc::new(match resolving.await? {
+                                Resolution::Active(identity) => IdentityEntry {
+                                    expires_at: now
+                                        + lifetime_until(identity.expires_at, config.ttl),
+                                    answer: Ok(identity),
+                                },
+                                Resolution::Refused(refused) => IdentityEntry {
+                                    expires_at: now + config.negative_ttl,
+                                    answer: Err(refused),
+                                },
+                            }))
+                        }
+                        .boxed()
+                        .shared(),
+                    )
+                    .clone()
+                }
+            }
         };
         let result = lookup.clone().await;
         {
@@ -227,17 +235,21 @@ impl CallerCache {
                 .identity_in_flight
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
+            // The first waiter back remembers the answer, then retires the lookup: in that order, so a
+            // request arriving in between finds one or the other and never starts a second lookup.
             if in_flight
                 .get(&key)
                 .is_some_and(|current| current.ptr_eq(&lookup))
             {
+                if let Ok(entry) = &result
+                    && fresh(entry)
+                {
+                    entries.insert(key, Arc::clone(entry));
+                }
                 in_flight.remove(&key);
             }
         }
         let entry = result?;
-        if entry.expires_at > Instant::now() {
-            entries.insert(key, Arc::clone(&entry));
-        }
         match &entry.answer {
             // A token that expired while resolving is not let through, even once.
             Ok(identity) if expired(identity.expires_at) => Err(TokenError::Expired.into()),
@@ -281,22 +293,28 @@ impl CallerCache {
         let key = token.digest();
         // A second round only when the answer predates a write that finished while it was fetched.
         for _ in 0..2 {
-            let entry = self.look_up(key, zitadel, token).await?;
+            let entry = self.look_up(entries, key, zitadel, token).await?;
             if !self.is_stale(&entry) {
-                entries.insert(key, entry.clone());
                 return entry.into_result();
             }
         }
         uncached(zitadel, token).await
     }
 
+    /// The entry for `key` when there is one still good: not expired, not older than a write to its user.
+    fn fresh_entry(&self, entries: &Entries, key: &TokenKey) -> Option<Entry> {
+        entries
+            .get(key)
+            .filter(|entry| Instant::now() < entry.expires_at && !self.is_stale(entry))
+    }
+
     fn remembered(
         &self,
-        entries: &quick_cache::sync::Cache<TokenKey, Entry>,
+        entries: &Entries,
         key: &TokenKey,
     ) -> Option<Result<Arc<KnownCaller>, IdentifyError>> {
-        match entries.get(key) {
-            Some(entry) if Instant::now() < entry.expires_at && !self.is_stale(&entry) => {
+        match self.fresh_entry(entries, key) {
+            Some(entry) => {
                 crate::metrics::cache_lookup(match entry.answer {
                     Answer::Known(_) | Answer::Anonymous => crate::metrics::CacheResult::Hit,
                     Answer::Rejected(_) => crate::metrics::CacheResult::NegativeHit,
@@ -347,9 +365,11 @@ impl CallerCache {
             .is_some_and(|(written, _)| *written > entry.epoch)
     }
 
-    /// Joins the lookup under way for `key`, or starts one.
+    /// Joins the lookup under way for `key`, or starts one; the answer is in `entries` before the lookup
+    /// is retired, so concurrent requests for one token cause one upstream call.
     async fn look_up(
         &self,
+        entries: &Entries,
         key: TokenKey,
         zitadel: &Arc<Zitadel>,
         token: &CallerToken,
@@ -359,32 +379,46 @@ impl CallerCache {
                 .in_flight
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            in_flight
-                .entry(key)
-                .or_insert_with(|| {
+            match in_flight.entry(key) {
+                hash_map::Entry::Occupied(under_way) => under_way.get().clone(),
+                hash_map::Entry::Vacant(none) => {
+                    // A lookup that finished since the caller missed left its answer here first.
+                    if let Some(entry) = self.fresh_entry(entries, &key) {
+                        return Ok(entry);
+                    }
                     let epoch = self.write_epoch.load(Ordering::SeqCst);
                     // Shared by requests with different deadlines: each bounds its own wait instead.
-                    crate::zitadel::resilience::detached(fetch(
-                        Arc::clone(zitadel),
-                        token.clone(),
-                        epoch,
-                        self.config,
-                        Arc::clone(&self.interner),
-                    ))
-                    .boxed()
-                    .shared()
-                })
-                .clone()
+                    none.insert(
+                        crate::zitadel::resilience::detached(fetch(
+                            Arc::clone(zitadel),
+                            token.clone(),
+                            epoch,
+                            self.config,
+                            Arc::clone(&self.interner),
+                        ))
+                        .boxed()
+                        .shared(),
+                    )
+                    .clone()
+                }
+            }
         };
         let result = lookup.clone().await;
         let mut in_flight = self
             .in_flight
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        // The first waiter back remembers the answer, then retires the lookup: in that order, so a request
+        // arriving in between finds one or the other and never starts a second lookup.
         if in_flight
             .get(&key)
             .is_some_and(|current| current.ptr_eq(&lookup))
         {
+            if let Ok(entry) = &result
+                && !self.is_stale(entry)
+            {
+                entries.insert(key, entry.clone());
+            }
             in_flight.remove(&key);
         }
         result
@@ -481,6 +515,35 @@ mod tests {
             roles: Default::default(),
         })
         .unwrap()
+    }
+
+    /// A request that missed the cache just before a finished lookup's answer was remembered comes to
+    /// `fetch_userinfo` after that lookup has left the in-flight map: it must find the answer, not ask again.
+    #[tokio::test]
+    async fn a_miss_that_raced_a_finished_lookup_finds_its_answer() {
+        let standin = crate::standin::StandIn::start().await.unwrap();
+        let org = standin.create_org("Acme");
+        let alice = standin.create_user(&org, "alice");
+        let token = standin.issue_token(&alice, &["openid"]);
+        let zitadel = Arc::new(
+            Zitadel::new(crate::zitadel::ZitadelConfig {
+                base_url: standin.url().parse().unwrap(),
+                timeout: Duration::from_secs(5),
+                service_credential: crate::zitadel::ServiceCredential::Pat("pat".into()),
+                resilience: Default::default(),
+                http2: Default::default(),
+            })
+            .unwrap(),
+        );
+        let token = CallerToken::from_authorization(format!("Bearer {token}").as_bytes()).unwrap();
+        let cache = CallerCache::new(CacheConfig::default());
+
+        let first = cache.fetch_userinfo(&zitadel, &token).await.unwrap();
+        assert!(cache.in_flight.lock().unwrap().is_empty());
+        let raced = cache.fetch_userinfo(&zitadel, &token).await.unwrap();
+        assert!(Arc::ptr_eq(&first, &raced));
+        assert_eq!(standin.userinfo_requests(), 1);
+        assert_eq!(raced.identity.sub, alice);
     }
 
     #[test]

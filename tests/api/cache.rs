@@ -81,6 +81,34 @@ async fn repeated_lookups_come_from_memory_one_call_per_token() {
 }
 
 #[tokio::test]
+async fn steady_concurrent_traffic_sends_one_userinfo_call_per_token() {
+    let app = spawn_app().await;
+    let tokens: Vec<String> = (0..20)
+        .map(|_| app.standin.issue_token(&app.alice, FULL_SCOPES))
+        .collect();
+    // Per token, 16 callers each sending requests back to back: requests keep arriving while the first
+    // lookup runs, as it finishes, and after, which is where a second lookup could slip in.
+    let callers = tokens.iter().flat_map(|token| {
+        (0..16).map(|_| {
+            let mut client = app.client.clone();
+            let token = token.clone();
+            tokio::spawn(async move {
+                for _ in 0..8 {
+                    client
+                        .get_my_metadata(authed(GetMyMetadataRequest::default(), &token))
+                        .await?;
+                }
+                Ok::<_, tonic::Status>(())
+            })
+        })
+    });
+    for caller in futures::future::join_all(callers.collect::<Vec<_>>()).await {
+        caller.unwrap().unwrap();
+    }
+    assert_eq!(userinfo_calls(&app), tokens.len());
+}
+
+#[tokio::test]
 async fn entries_live_no_longer_than_the_ttl() {
     let app = spawn_app().await;
     let (addr, _stop) = spawn_usermeta_with(
