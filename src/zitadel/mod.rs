@@ -78,6 +78,7 @@ pub struct Zitadel {
     /// The management API's `Authorization`: a PAT, or an access token kept fresh in the background.
     service_token: token_source::TokenSource,
     guards: resilience::Guards,
+    http2: Http2,
 }
 
 impl Zitadel {
@@ -147,6 +148,7 @@ impl Zitadel {
             base_url,
             service_token,
             guards: resilience::Guards::new(config.resilience),
+            http2: config.http2,
         })
     }
 
@@ -249,7 +251,7 @@ impl Zitadel {
             };
             pass.report(outcome);
             may_have_landed |= landed;
-            let error = failure.error;
+            let error = self.explained(failure);
             let Some(next) = next.filter(|_| retryable && attempt < policy.max_attempts) else {
                 return Sent {
                     result: Err(error),
@@ -274,6 +276,24 @@ impl Zitadel {
             tokio::time::sleep(backoff).await;
             request = next;
             attempt += 1;
+        }
+    }
+
+    /// The failure's error, saying so when HTTP/2 from the first byte is a likely cause: a connection that
+    /// opened and then broke, with `Http2::Always`, is what a server speaking only HTTP/1.1 does.
+    fn explained(&self, failure: Failure) -> UpstreamError {
+        match failure.error {
+            UpstreamError::Unreachable {
+                endpoint,
+                mut reason,
+            } if self.http2 == Http2::Always && !failure.before_sending => {
+                reason.push_str(
+                    " (usermeta speaks HTTP/2 from the first byte, USERMETA_ZITADEL_HTTP2=always; \
+                     if this address speaks only HTTP/1.1, set it to negotiate)",
+                );
+                UpstreamError::Unreachable { endpoint, reason }
+            }
+            error => error,
         }
     }
 

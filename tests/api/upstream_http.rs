@@ -169,5 +169,9 @@ async fn http2_always_fails_clearly_against_a_server_that_speaks_only_http1() {
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     assert_eq!(reason(&status).as_deref(), Some("ZITADEL_UNREACHABLE"));
+    assert!(
+        status.message().contains("USERMETA_ZITADEL_HTTP2"),
+        "the message names the setting to change: {status:?}"
+    );
     assert!(!status.message().contains("caller-token"), "{status:?}");
 }
