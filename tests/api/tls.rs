@@ -1,4 +1,5 @@
-//! TLS on the gRPC port, mTLS with the client identity in the audit log, and a ZITADEL signed by a private CA.
+//! TLS on the gRPC port, mTLS with the client identity in the audit log, and a ZITADEL signed by a private CA
+//! (userinfo, and introspection through the same trusted, pooled client).
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
@@ -328,5 +329,110 @@ async fn a_privately_signed_zitadel_is_trusted_only_with_its_ca_file() {
     assert!(
         !versions.is_empty() && versions.iter().all(|v| *v == http::Version::HTTP_2),
         "HTTP/2 where ZITADEL's TLS offers it: {versions:?}"
+    );
+}
+
+/// A TLS front for `backend` (the stand-in) with a certificate from `ca`, offering HTTP/2 and HTTP/1.1 by
+/// ALPN: every stand-in endpoint behind a privately-signed certificate.
+async fn tls_front(ca: &Ca, backend: SocketAddr) -> String {
+    use tokio_rustls::rustls::{
+        self,
+        pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+    };
+    let server = leaf(ca, "zitadel", &["localhost"]);
+    let certs = vec![CertificateDer::from_pem_slice(server.cert.as_bytes()).unwrap()];
+    let key = PrivateKeyDer::from_pem_slice(server.key.as_bytes()).unwrap();
+    let mut config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let (Ok(mut tls), Ok(mut plain)) = (
+                    acceptor.accept(tcp).await,
+                    tokio::net::TcpStream::connect(backend).await,
+                ) else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut plain).await;
+            });
+        }
+    });
+    format!("https://localhost:{port}")
+}
+
+#[tokio::test]
+async fn introspection_trusts_a_privately_signed_zitadel_with_its_ca_file() {
+    use usermeta::caller::{IdentityConfig, IntrospectionAuth};
+    let app = spawn_app().await;
+    let project = app.standin.create_project(&app.org);
+    let (client_id, secret) = app.standin.add_api_app_with_secret(&project);
+    let zitadel_ca = ca("private ZITADEL CA");
+    let backend = app
+        .standin
+        .url()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    let url = tls_front(&zitadel_ca, backend).await;
+    let dir = temp_dir("zitadel-ca-introspection");
+    let ca_file = write(&dir, "zitadel-ca.pem", &zitadel_ca.pem);
+    let config = usermeta::server::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        zitadel: usermeta::zitadel::ZitadelConfig {
+            base_url: url.parse().unwrap(),
+            timeout: std::time::Duration::from_secs(5),
+            service_credential: usermeta::zitadel::ServiceCredential::Pat(
+                secrecy::SecretString::from(app.service_pat.clone()),
+            ),
+            resilience: Default::default(),
+            http2: Default::default(),
+        },
+        policy: usermeta::policy::Policy::default(),
+        cache: Default::default(),
+        limits: Default::default(),
+        identity: IdentityConfig {
+            introspection: Some(IntrospectionAuth::ClientSecret {
+                client_id,
+                secret: secret.into(),
+            }),
+            jwt: None,
+        },
+    };
+    let options = ServeOptions {
+        zitadel_roots: usermeta::tls::zitadel_roots(&ca_file).unwrap(),
+        ..ServeOptions::default()
+    };
+    let built = usermeta::server::Application::build_with(config, options)
+        .await
+        .unwrap();
+    let addr = built.local_addr();
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(built.run_until(async {
+        let _ = stopped.await;
+    }));
+
+    let audience = format!("urn:zitadel:iam:org:project:id:{project}:aud");
+    let mut scopes = FULL_SCOPES.to_vec();
+    scopes.push(&audience);
+    let token = app.standin.issue_token(&app.alice, &scopes);
+    let answer = connect(addr)
+        .await
+        .get_my_metadata(authed(GetMyMetadataRequest::default(), &token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.user_id, app.alice);
+    assert_eq!(app.standin.introspection_requests(), 1);
+    assert_eq!(
+        app.standin.connections_accepted(),
+        1,
+        "introspection and userinfo share a connection"
     );
 }
