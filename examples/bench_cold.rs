@@ -1,6 +1,7 @@
 //! Benchmark load for the cold path: one request at a time, each with a token not used before, so usermeta
 //! must ask ZITADEL every time; or the same against the stand-in's userinfo called directly.
-//! Usage: `bench_cold <usermeta|userinfo> <addr|url> <fixture.json> <first-token> <count> <out> <log>`.
+//! Usage: `bench_cold <usermeta|userinfo> <addr|url> <fixture.json> <first-token> <count> <out> <log> [same]`;
+//! with `same`, every request carries the first token (usermeta's cached path, one request at a time).
 //! Writes a summary to `<out>` and per-request latencies to `<log>` in h2load's formats, so the benchmark
 //! reads both kinds of run the same way.
 
@@ -56,9 +57,13 @@ impl Target {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    const USAGE: &str = "usage: bench_cold <usermeta|userinfo> <addr|url> <fixture.json> <first-token> <count> <out> <log>";
+    const USAGE: &str = "usage: bench_cold <usermeta|userinfo> <addr|url> <fixture.json> <first-token> <count> <out> <log> [same]";
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [kind, target, fixture, first, count, out, log] = args.as_slice() else {
+    let (args, same) = match args.split_last() {
+        Some((last, rest)) if last == "same" => (rest, true),
+        _ => (args.as_slice(), false),
+    };
+    let [kind, target, fixture, first, count, out, log] = args else {
         return Err(USAGE.into());
     };
     let fixture: serde_json::Value = serde_json::from_slice(&std::fs::read(fixture)?)?;
@@ -69,8 +74,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .iter()
         .filter_map(|t| t.as_str())
         .skip(first)
-        .take(count)
+        .take(if same { 1 } else { count })
         .collect();
+    let tokens = if same { tokens.repeat(count) } else { tokens };
     if tokens.len() < count {
         return Err(format!(
             "the fixture has {} tokens from {first}, not {count}",

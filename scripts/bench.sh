@@ -78,10 +78,10 @@ load() { # name url token [requests clients streams]
   record "$name" "$before"
 }
 # The cold path: one request at a time, each with the next unused token (h2load sends one token only).
-cold() { # name usermeta|userinfo target first-token requests
+cold() { # name usermeta|userinfo target first-token requests [same]
   local before
   before=$(userinfo_calls)
-  "$bin/examples/bench_cold" "$2" "$3" "$work/fixture.json" "$4" "$5" "$work/$1.out" "$work/$1.log"
+  "$bin/examples/bench_cold" "$2" "$3" "$work/fixture.json" "$4" "$5" "$work/$1.out" "$work/$1.log" ${6:+"$6"}
   record "$1" "$before"
 }
 grpc_url() { echo "http://127.0.0.1:$1/usermeta.v1.UserMetadataService/GetMyMetadata"; }
@@ -114,6 +114,8 @@ cold warmup-direct userinfo "$userinfo_url" "$next" "$COLD_WARMUP"; next=$((next
 for round in $(seq 1 "$ROUNDS"); do
   cold "zitadel-direct-$round" userinfo "$userinfo_url" "$next" "$COLD_REQUESTS"; next=$((next + COLD_REQUESTS))
   cold "usermeta-cold-$round" usermeta "127.0.0.1:$cold_port" "$next" "$COLD_REQUESTS"; next=$((next + COLD_REQUESTS))
+  # The same tool on the cached path (token 0, cached above): the gRPC round trip without the lookup.
+  cold "usermeta-serial-$round" usermeta "127.0.0.1:$cached_port" 0 "$COLD_REQUESTS" same
 done
 cold_rss=$(peak_rss_kib "$cold_pid")
 
