@@ -235,12 +235,8 @@ async fn unusable_tls_files_fail_start_up_naming_the_setting() {
     assert!(error.contains("not-a-cert.pem"), "{error}");
 }
 
-/// A ZITADEL userinfo endpoint over TLS with a certificate from `ca`, offering HTTP/2 and HTTP/1.1 by ALPN as
-/// ZITADEL does; with the HTTP version of every request it served.
-async fn private_zitadel(
-    ca: &Ca,
-    sub: &str,
-) -> (String, Arc<std::sync::Mutex<Vec<http::Version>>>) {
+/// TLS as a ZITADEL with a certificate from `ca` for `localhost` serves it: HTTP/2 and HTTP/1.1 by ALPN.
+fn zitadel_tls(ca: &Ca) -> tokio_rustls::TlsAcceptor {
     use tokio_rustls::rustls::{
         self,
         pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
@@ -253,7 +249,15 @@ async fn private_zitadel(
         .with_single_cert(certs, key)
         .unwrap();
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+/// A ZITADEL userinfo endpoint over TLS as [`zitadel_tls`], with the HTTP version of every request it served.
+async fn private_zitadel(
+    ca: &Ca,
+    sub: &str,
+) -> (String, Arc<std::sync::Mutex<Vec<http::Version>>>) {
+    let acceptor = zitadel_tls(ca);
     let claims = serde_json::json!({"sub": sub});
     let router = axum::Router::new().route(
         "/oidc/v1/userinfo",
@@ -332,22 +336,10 @@ async fn a_privately_signed_zitadel_is_trusted_only_with_its_ca_file() {
     );
 }
 
-/// A TLS front for `backend` (the stand-in) with a certificate from `ca`, offering HTTP/2 and HTTP/1.1 by
-/// ALPN: every stand-in endpoint behind a privately-signed certificate.
+/// A TLS front for `backend` (the stand-in), as [`zitadel_tls`]: every stand-in endpoint behind a
+/// privately-signed certificate.
 async fn tls_front(ca: &Ca, backend: SocketAddr) -> String {
-    use tokio_rustls::rustls::{
-        self,
-        pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
-    };
-    let server = leaf(ca, "zitadel", &["localhost"]);
-    let certs = vec![CertificateDer::from_pem_slice(server.cert.as_bytes()).unwrap()];
-    let key = PrivateKeyDer::from_pem_slice(server.key.as_bytes()).unwrap();
-    let mut config = rustls::ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let acceptor = zitadel_tls(ca);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
