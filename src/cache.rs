@@ -120,7 +120,61 @@ impl Interner {
 
 type TokenKey = [u8; 32];
 type Entries = quick_cache::sync::Cache<TokenKey, Entry>;
-type Lookup = Shared<BoxFuture<'static, Result<Entry, UpstreamError>>>;
+
+/// Lookups under way by token digest, shared by every request that misses on the same token meanwhile.
+struct SingleFlight<T, E> {
+    under_way: Mutex<HashMap<TokenKey, Lookup<T, E>>>,
+}
+
+type Lookup<T, E> = Shared<BoxFuture<'static, Result<T, E>>>;
+
+impl<T: Clone, E: Clone> SingleFlight<T, E> {
+    fn new() -> Self {
+        SingleFlight {
+            under_way: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TokenKey, Lookup<T, E>>> {
+        self.under_way
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Joins the lookup under way for `key`, or starts one with `start`. Before starting, `remembered` is
+    /// asked once more under the lock: a lookup that finished since the caller missed left its answer there.
+    /// The first waiter back passes the answer to `remember` and only then retires the lookup, so a request
+    /// arriving in between finds one or the other and never starts a second lookup.
+    async fn run(
+        &self,
+        key: TokenKey,
+        remembered: impl FnOnce() -> Option<T>,
+        start: impl FnOnce() -> BoxFuture<'static, Result<T, E>>,
+        remember: impl FnOnce(&T),
+    ) -> Result<T, E> {
+        let lookup = match self.lock().entry(key) {
+            hash_map::Entry::Occupied(under_way) => under_way.get().clone(),
+            hash_map::Entry::Vacant(none) => {
+                if let Some(answer) = remembered() {
+                    return Ok(answer);
+                }
+                none.insert(start().shared()).clone()
+            }
+        };
+        let result = lookup.clone().await;
+        let mut under_way = self.lock();
+        if under_way
+            .get(&key)
+            .is_some_and(|current| current.ptr_eq(&lookup))
+        {
+            if let Ok(answer) = &result {
+                remember(answer);
+            }
+            under_way.remove(&key);
+        }
+        result
+    }
+}
 
 /// An identity from introspection or a verified JWT, or the refusal of the token, until `expires_at`.
 /// Metadata writes do not change identities, so these are never stale by writes.
@@ -130,14 +184,12 @@ struct IdentityEntry {
     expires_at: Instant,
 }
 
-type IdentityLookup = Shared<BoxFuture<'static, Result<Arc<IdentityEntry>, IdentifyError>>>;
-
 /// The caller cache. Cheap to share behind an `Arc`.
 pub struct CallerCache {
     config: CacheConfig,
     entries: Option<Entries>,
-    /// Lookups under way, shared by every request that misses on the same token meanwhile.
-    in_flight: Mutex<HashMap<TokenKey, Lookup>>,
+    /// Userinfo lookups under way.
+    in_flight: SingleFlight<Entry, UpstreamError>,
     interner: Arc<Mutex<Interner>>,
     /// Counts writes through usermeta; each write takes the next epoch.
     write_epoch: AtomicU64,
@@ -145,7 +197,7 @@ pub struct CallerCache {
     last_write: RwLock<HashMap<String, (u64, Instant)>>,
     /// Identities from introspection or JWT validation, by token digest, with their own single flight.
     identities: Option<quick_cache::sync::Cache<TokenKey, Arc<IdentityEntry>>>,
-    identity_in_flight: Mutex<HashMap<TokenKey, IdentityLookup>>,
+    identity_in_flight: SingleFlight<Arc<IdentityEntry>, IdentifyError>,
 }
 
 impl std::fmt::Debug for CallerCache {
@@ -164,12 +216,12 @@ impl CallerCache {
         CallerCache {
             config,
             entries: (!config.ttl.is_zero()).then(|| quick_cache::sync::Cache::new(capacity)),
-            in_flight: Mutex::new(HashMap::new()),
+            in_flight: SingleFlight::new(),
             interner: Arc::default(),
             write_epoch: AtomicU64::new(0),
             last_write: RwLock::new(HashMap::new()),
             identities: (!config.ttl.is_zero()).then(|| quick_cache::sync::Cache::new(capacity)),
-            identity_in_flight: Mutex::new(HashMap::new()),
+            identity_in_flight: SingleFlight::new(),
         }
     }
 
@@ -193,62 +245,36 @@ impl CallerCache {
         if let Some(entry) = entries.get(&key).filter(fresh) {
             return entry.answer.clone().map_err(Into::into);
         }
-        let lookup = {
-            let mut in_flight = self
-                .identity_in_flight
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            match in_flight.entry(key) {
-                hash_map::Entry::Occupied(under_way) => under_way.get().clone(),
-                hash_map::Entry::Vacant(none) => {
-                    // A lookup that finished since the check above left its answer here first.
-                    if let Some(entry) = entries.get(&key).filter(fresh) {
-                        return entry.answer.clone().map_err(Into::into);
-                    }
-                    let config = self.config;
+        let config = self.config;
+        let result = self
+            .identity_in_flight
+            .run(
+                key,
+                || entries.get(&key).filter(fresh),
+                || {
                     let resolving = resolve();
-                    none.insert(
-                        async move {
-                            let now = Instant::now();
-                            Ok(Arc::new(match resolving.await? {
-                                Resolution::Active(identity) => IdentityEntry {
-                                    expires_at: now
-                                        + lifetime_until(identity.expires_at, config.ttl),
-                                    answer: Ok(identity),
-                                },
-                                Resolution::Refused(refused) => IdentityEntry {
-                                    expires_at: now + config.negative_ttl,
-                                    answer: Err(refused),
-                                },
-                            }))
-                        }
-                        .boxed()
-                        .shared(),
-                    )
-                    .clone()
-                }
-            }
-        };
-        let result = lookup.clone().await;
-        {
-            let mut in_flight = self
-                .identity_in_flight
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            // The first waiter back remembers the answer, then retires the lookup: in that order, so a
-            // request arriving in between finds one or the other and never starts a second lookup.
-            if in_flight
-                .get(&key)
-                .is_some_and(|current| current.ptr_eq(&lookup))
-            {
-                if let Ok(entry) = &result
-                    && fresh(entry)
-                {
-                    entries.insert(key, Arc::clone(entry));
-                }
-                in_flight.remove(&key);
-            }
-        }
+                    async move {
+                        let now = Instant::now();
+                        Ok(Arc::new(match resolving.await? {
+                            Resolution::Active(identity) => IdentityEntry {
+                                expires_at: now + lifetime_until(identity.expires_at, config.ttl),
+                                answer: Ok(identity),
+                            },
+                            Resolution::Refused(refused) => IdentityEntry {
+                                expires_at: now + config.negative_ttl,
+                                answer: Err(refused),
+                            },
+                        }))
+                    }
+                    .boxed()
+                },
+                |entry| {
+                    if fresh(entry) {
+                        entries.insert(key, Arc::clone(entry));
+                    }
+                },
+            )
+            .await;
         let entry = result?;
         match &entry.answer {
             // A token that expired while resolving is not let through, even once.
@@ -374,54 +400,29 @@ impl CallerCache {
         zitadel: &Arc<Zitadel>,
         token: &CallerToken,
     ) -> Result<Entry, UpstreamError> {
-        let lookup = {
-            let mut in_flight = self
-                .in_flight
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            match in_flight.entry(key) {
-                hash_map::Entry::Occupied(under_way) => under_way.get().clone(),
-                hash_map::Entry::Vacant(none) => {
-                    // A lookup that finished since the caller missed left its answer here first.
-                    if let Some(entry) = self.fresh_entry(entries, &key) {
-                        return Ok(entry);
-                    }
+        self.in_flight
+            .run(
+                key,
+                || self.fresh_entry(entries, &key),
+                || {
                     let epoch = self.write_epoch.load(Ordering::SeqCst);
                     // Shared by requests with different deadlines: each bounds its own wait instead.
-                    none.insert(
-                        crate::zitadel::resilience::detached(fetch(
-                            Arc::clone(zitadel),
-                            token.clone(),
-                            epoch,
-                            self.config,
-                            Arc::clone(&self.interner),
-                        ))
-                        .boxed()
-                        .shared(),
-                    )
-                    .clone()
-                }
-            }
-        };
-        let result = lookup.clone().await;
-        let mut in_flight = self
-            .in_flight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        // The first waiter back remembers the answer, then retires the lookup: in that order, so a request
-        // arriving in between finds one or the other and never starts a second lookup.
-        if in_flight
-            .get(&key)
-            .is_some_and(|current| current.ptr_eq(&lookup))
-        {
-            if let Ok(entry) = &result
-                && !self.is_stale(entry)
-            {
-                entries.insert(key, entry.clone());
-            }
-            in_flight.remove(&key);
-        }
-        result
+                    crate::zitadel::resilience::detached(fetch(
+                        Arc::clone(zitadel),
+                        token.clone(),
+                        epoch,
+                        self.config,
+                        Arc::clone(&self.interner),
+                    ))
+                    .boxed()
+                },
+                |entry| {
+                    if !self.is_stale(entry) {
+                        entries.insert(key, entry.clone());
+                    }
+                },
+            )
+            .await
     }
 }
 
@@ -539,7 +540,7 @@ mod tests {
         let cache = CallerCache::new(CacheConfig::default());
 
         let first = cache.fetch_userinfo(&zitadel, &token).await.unwrap();
-        assert!(cache.in_flight.lock().unwrap().is_empty());
+        assert!(cache.in_flight.lock().is_empty());
         let raced = cache.fetch_userinfo(&zitadel, &token).await.unwrap();
         assert!(Arc::ptr_eq(&first, &raced));
         assert_eq!(standin.userinfo_requests(), 1);
