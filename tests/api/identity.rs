@@ -63,6 +63,15 @@ impl World {
         }
     }
 
+    /// [`World::serve`] identifying callers by introspection with a client secret.
+    async fn serve_introspecting(&self) -> (Client, tokio::sync::oneshot::Sender<()>) {
+        self.serve(IdentityConfig {
+            introspection: Some(self.secret_auth()),
+            jwt: None,
+        })
+        .await
+    }
+
     async fn serve(&self, identity: IdentityConfig) -> (Client, tokio::sync::oneshot::Sender<()>) {
         // alice may write profile.* on herself; the policy must see the roles to let `editor`s write `notes.*`.
         let policy = Policy::from_toml(
@@ -110,12 +119,7 @@ async fn write_note(client: &mut Client, token: &str) -> Result<(), tonic::Statu
 #[tokio::test]
 async fn introspection_with_a_client_secret_identifies_active_tokens_and_caches_them() {
     let world = world().await;
-    let (mut client, _stop) = world
-        .serve(IdentityConfig {
-            introspection: Some(world.secret_auth()),
-            jwt: None,
-        })
-        .await;
+    let (mut client, _stop) = world.serve_introspecting().await;
     let token = world.standin.issue_token(&world.alice, &world.scopes());
     assert_eq!(whoami(&mut client, &token).await.unwrap(), world.alice);
     assert_eq!(whoami(&mut client, &token).await.unwrap(), world.alice);
@@ -175,12 +179,7 @@ async fn introspection_with_an_application_key_uses_private_key_jwt() {
 #[tokio::test]
 async fn introspection_and_userinfo_share_one_pooled_connection() {
     let world = world().await;
-    let (mut client, _stop) = world
-        .serve(IdentityConfig {
-            introspection: Some(world.secret_auth()),
-            jwt: None,
-        })
-        .await;
+    let (mut client, _stop) = world.serve_introspecting().await;
     let before = world.standin.connections_accepted();
     for _ in 0..5 {
         // A new token each time: introspection for the identity, then userinfo for the caller's metadata.
@@ -199,12 +198,7 @@ async fn introspection_and_userinfo_share_one_pooled_connection() {
 #[tokio::test]
 async fn inactive_tokens_are_unauthenticated_and_remembered_briefly() {
     let world = world().await;
-    let (mut client, _stop) = world
-        .serve(IdentityConfig {
-            introspection: Some(world.secret_auth()),
-            jwt: None,
-        })
-        .await;
+    let (mut client, _stop) = world.serve_introspecting().await;
     // Revoked, and a token whose audience lacks usermeta's project: both `{"active":false}`.
     let revoked = world.standin.issue_token(&world.alice, &world.scopes());
     world.standin.revoke_token(&revoked);
