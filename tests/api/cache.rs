@@ -10,7 +10,7 @@ use std::{
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use tonic::Code;
 use usermeta::{
-    api::pb::{GetMyMetadataRequest, SetMetadataRequest},
+    api::pb::{DeleteMetadataRequest, GetMyMetadataRequest, SetMetadataRequest},
     cache::CacheConfig,
     policy::Policy,
     standin::{Fault, FaultKind},
@@ -276,26 +276,27 @@ async fn zitadel_outages_are_not_remembered() {
     assert_eq!(userinfo_calls(&app), 2);
 }
 
-#[tokio::test]
-async fn writes_through_usermeta_invalidate_the_target_users_entries_at_once() {
-    let mut app = spawn_app().await;
-    let read = |token: &str| {
-        authed(
-            GetMyMetadataRequest {
-                keys: vec!["ContractNumber".into()],
-                source: 0,
-            },
-            token,
-        )
+/// What the owner of `token` reads of their own `ContractNumber` through usermeta.
+async fn contract_number(app: &TestApp, token: &str) -> Vec<(String, Option<String>)> {
+    let request = GetMyMetadataRequest {
+        keys: vec!["ContractNumber".into()],
+        source: 0,
     };
-    let before = app
+    let answer = app
         .client
-        .get_my_metadata(read(&app.alice_token))
+        .clone()
+        .get_my_metadata(authed(request, token))
         .await
         .unwrap()
         .into_inner();
+    pairs(&answer.metadata)
+}
+
+#[tokio::test]
+async fn writes_through_usermeta_invalidate_the_target_users_entries_at_once() {
+    let mut app = spawn_app().await;
     assert_eq!(
-        pairs(&before.metadata),
+        contract_number(&app, &app.alice_token).await,
         [("ContractNumber".into(), Some("1234".into()))]
     );
 
@@ -309,27 +310,48 @@ async fn writes_through_usermeta_invalidate_the_target_users_entries_at_once() {
         .set_metadata(authed(set, &app.admin_token))
         .await
         .unwrap();
-    let after = app
-        .client
-        .get_my_metadata(read(&app.alice_token))
-        .await
-        .unwrap()
-        .into_inner();
     assert_eq!(
-        pairs(&after.metadata),
+        contract_number(&app, &app.alice_token).await,
         [("ContractNumber".into(), Some("4321".into()))]
     );
 
     // Other users' entries stay cached.
     let calls_before = userinfo_calls(&app);
-    app.client
-        .get_my_metadata(read(&app.admin_token))
-        .await
-        .unwrap();
+    contract_number(&app, &app.admin_token).await;
     assert_eq!(
         userinfo_calls(&app),
         calls_before,
         "the admin's own entry was not invalidated"
+    );
+}
+
+#[tokio::test]
+async fn deletes_through_usermeta_invalidate_the_target_users_entries_at_once() {
+    let mut app = spawn_app().await;
+    assert_eq!(
+        contract_number(&app, &app.alice_token).await,
+        [("ContractNumber".into(), Some("1234".into()))]
+    );
+
+    let delete = DeleteMetadataRequest {
+        user_id: app.alice.clone(),
+        keys: vec!["ContractNumber".into()],
+        ..Default::default()
+    };
+    app.client
+        .delete_metadata(authed(delete, &app.admin_token))
+        .await
+        .unwrap();
+    let calls_before = userinfo_calls(&app);
+    assert_eq!(
+        contract_number(&app, &app.alice_token).await,
+        [],
+        "alice still reads the deleted key"
+    );
+    assert_eq!(
+        userinfo_calls(&app),
+        calls_before + 1,
+        "the read after the delete asks ZITADEL again, once"
     );
 }
 
