@@ -111,13 +111,12 @@ async fn steady_concurrent_traffic_sends_one_userinfo_call_per_token() {
 #[tokio::test]
 async fn entries_live_no_longer_than_the_ttl() {
     let app = spawn_app().await;
-    let (addr, _stop) = spawn_usermeta_with(
-        &app.standin.url(),
-        &app.service_pat,
-        Policy::default(),
-        with_cache(Duration::from_millis(300), Duration::from_secs(5)),
-    )
-    .await;
+    let (addr, _stop) = app
+        .spawn_another(
+            Policy::default(),
+            with_cache(Duration::from_millis(300), Duration::from_secs(5)),
+        )
+        .await;
     let mut client = connect(addr).await;
     client
         .get_my_metadata(authed(GetMyMetadataRequest::default(), &app.alice_token))
@@ -139,13 +138,12 @@ async fn entries_live_no_longer_than_the_ttl() {
 #[tokio::test]
 async fn a_zero_ttl_turns_the_cache_off() {
     let app = spawn_app().await;
-    let (addr, _stop) = spawn_usermeta_with(
-        &app.standin.url(),
-        &app.service_pat,
-        Policy::default(),
-        with_cache(Duration::ZERO, Duration::ZERO),
-    )
-    .await;
+    let (addr, _stop) = app
+        .spawn_another(
+            Policy::default(),
+            with_cache(Duration::ZERO, Duration::ZERO),
+        )
+        .await;
     let mut client = connect(addr).await;
     for _ in 0..3 {
         client
@@ -215,13 +213,12 @@ async fn entries_never_outlive_a_jwt_tokens_own_expiry() {
 #[tokio::test]
 async fn rejected_tokens_are_remembered_briefly() {
     let app = spawn_app().await;
-    let (addr, _stop) = spawn_usermeta_with(
-        &app.standin.url(),
-        &app.service_pat,
-        Policy::default(),
-        with_cache(Duration::from_secs(30), Duration::from_millis(300)),
-    )
-    .await;
+    let (addr, _stop) = app
+        .spawn_another(
+            Policy::default(),
+            with_cache(Duration::from_secs(30), Duration::from_millis(300)),
+        )
+        .await;
     let mut client = connect(addr).await;
     for _ in 0..5 {
         let status = client
@@ -358,13 +355,12 @@ async fn deletes_through_usermeta_invalidate_the_target_users_entries_at_once() 
 #[tokio::test]
 async fn changes_made_outside_usermeta_show_after_the_ttl() {
     let app = spawn_app().await;
-    let (addr, _stop) = spawn_usermeta_with(
-        &app.standin.url(),
-        &app.service_pat,
-        Policy::default(),
-        with_cache(Duration::from_millis(300), Duration::from_secs(5)),
-    )
-    .await;
+    let (addr, _stop) = app
+        .spawn_another(
+            Policy::default(),
+            with_cache(Duration::from_millis(300), Duration::from_secs(5)),
+        )
+        .await;
     let mut client = connect(addr).await;
     let read = || {
         authed(

@@ -82,13 +82,12 @@ async fn usermeta_with(
     std::net::SocketAddr,
     tokio::sync::oneshot::Sender<()>,
 ) {
-    let (addr, stop) = spawn_usermeta_with(
-        &app.standin.url(),
-        &app.service_pat,
-        Policy::new([app.admin.clone()], vec![SELF_WRITABLE.into()]),
-        options,
-    )
-    .await;
+    let (addr, stop) = app
+        .spawn_another(
+            Policy::new([app.admin.clone()], vec![SELF_WRITABLE.into()]),
+            options,
+        )
+        .await;
     (connect(addr).await, addr, stop)
 }
 

@@ -286,6 +286,16 @@ pub fn violated_fields(status: &Status) -> Vec<String> {
 }
 
 impl TestApp {
+    /// Starts another usermeta in front of this app's stand-in and service user, with its own policy and
+    /// options.
+    pub async fn spawn_another(
+        &self,
+        policy: Policy,
+        options: Options,
+    ) -> (SocketAddr, oneshot::Sender<()>) {
+        spawn_usermeta_with(&self.standin.url(), &self.service_pat, policy, options).await
+    }
+
     pub fn management_requests(&self) -> Vec<RecordedRequest> {
         self.standin
             .requests()

@@ -139,16 +139,15 @@ async fn a_slow_zitadel_hits_the_upstream_timeout() {
         times: None,
         kind: FaultKind::Latency(Duration::from_secs(3)),
     });
-    let (addr, _stop) = spawn_usermeta_with(
-        &app.standin.url(),
-        &app.service_pat,
-        Policy::default(),
-        Options {
-            timeout: Duration::from_millis(200),
-            ..Options::default()
-        },
-    )
-    .await;
+    let (addr, _stop) = app
+        .spawn_another(
+            Policy::default(),
+            Options {
+                timeout: Duration::from_millis(200),
+                ..Options::default()
+            },
+        )
+        .await;
     let started = std::time::Instant::now();
     let status = connect(addr)
         .await

@@ -29,13 +29,12 @@ fn uncached(http2: Http2) -> Options {
 #[tokio::test]
 async fn calls_to_every_zitadel_endpoint_reuse_one_kept_alive_connection() {
     let app = spawn_app().await;
-    let (addr, _stop) = spawn_usermeta_with(
-        &app.standin.url(),
-        &app.service_pat,
-        Policy::new([app.admin.clone()], vec![SELF_WRITABLE.into()]),
-        uncached(Http2::Negotiate),
-    )
-    .await;
+    let (addr, _stop) = app
+        .spawn_another(
+            Policy::new([app.admin.clone()], vec![SELF_WRITABLE.into()]),
+            uncached(Http2::Negotiate),
+        )
+        .await;
     let mut client = connect(addr).await;
     let before = app.standin.connections_accepted();
     for round in 0..10 {
@@ -88,13 +87,9 @@ async fn calls_to_every_zitadel_endpoint_reuse_one_kept_alive_connection() {
 #[tokio::test]
 async fn http2_always_multiplexes_concurrent_lookups_over_one_connection() {
     let app = spawn_app().await;
-    let (addr, _stop) = spawn_usermeta_with(
-        &app.standin.url(),
-        &app.service_pat,
-        Policy::default(),
-        uncached(Http2::Always),
-    )
-    .await;
+    let (addr, _stop) = app
+        .spawn_another(Policy::default(), uncached(Http2::Always))
+        .await;
     let client = connect(addr).await;
     // Slow userinfo down so that all the lookups are in flight at once.
     app.standin.push_fault(Fault {
