@@ -255,6 +255,12 @@ fn upstream_status(error: &UpstreamError) -> Status {
             "ZITADEL_UNREACHABLE",
             facts,
         ),
+        UpstreamError::UnsafePath { .. } => with_info(
+            Code::InvalidArgument,
+            format!("{error}; use the id or key exactly as ZITADEL has it"),
+            "UNSAFE_PATH_SEGMENT",
+            facts,
+        ),
         UpstreamError::BadResponse { .. } => with_info(
             Code::Unavailable,
             format!("{error}; retry later"),

@@ -14,9 +14,9 @@ fn config() -> ProptestConfig {
     ProptestConfig::with_cases(256)
 }
 
-/// Keys as callers use them.
+/// Keys as callers use them (never the path segments `.` and `..`, which are refused).
 fn key() -> impl Strategy<Value = String> {
-    "[A-Za-z0-9._-]{1,40}"
+    "[A-Za-z0-9_-][A-Za-z0-9._-]{0,39}"
 }
 
 proptest! {

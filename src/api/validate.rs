@@ -1,5 +1,9 @@
 //! Request validation, before any upstream call. Every violation is collected, so a caller fixes them all at
 //! once; the limits are ZITADEL's own (keys 1..200 characters, values 1..500000 bytes, ids up to 200).
+//!
+//! What passes here reaches the policy, the audit line, the cache and ZITADEL as the same bytes: ids and keys
+//! that a URL, a header or a log line would change on the way (control characters, whitespace in ids, URL
+//! delimiters in ids, the path segments `.` and `..`) are refused rather than cleaned up.
 
 use std::collections::HashMap;
 
@@ -98,6 +102,8 @@ impl Violations {
                 field(),
                 format!("must be at most {MAX_KEY_CHARS} characters, is {chars}"),
             );
+        } else if let Some(problem) = key_problem(key) {
+            self.add(field(), problem);
         }
     }
 
@@ -109,6 +115,8 @@ impl Violations {
                 "user_id",
                 format!("must be at most {MAX_ID_CHARS} characters, is {chars}"),
             );
+        } else if let Some(problem) = user_id_problem(&user_id) {
+            self.add("user_id", problem);
         }
         Some(user_id).filter(|id| !id.is_empty())
     }
@@ -152,6 +160,59 @@ impl Violations {
     }
 }
 
+/// Characters a user id may not hold: they would be changed or read differently on the way into ZITADEL's
+/// URL paths (grpc-gateway leaves reserved characters percent-encoded, `%` starts an escape, `\\` is a
+/// separator to some proxies). ZITADEL's own ids are digits; custom ids with letters, `-`, `_`, `.`, `~` or
+/// non-ASCII letters pass.
+const ID_DELIMITERS: &str = "/?#[]@!$&'()*+,;=%\\\"<>^`{|}";
+
+/// Why `user_id` cannot be sent as given, if it cannot.
+fn user_id_problem(user_id: &str) -> Option<String> {
+    if let Some(dots) = dot_segment(user_id) {
+        return Some(dots);
+    }
+    if let Some(found) = user_id
+        .chars()
+        .find(|c| c.is_control() || c.is_whitespace())
+    {
+        return Some(format!(
+            "must be a ZITADEL user id, without control characters or whitespace (found {})",
+            described(found)
+        ));
+    }
+    user_id.chars().find(|c| ID_DELIMITERS.contains(*c)).map(|found| {
+        format!(
+            "must be a ZITADEL user id: letters, digits, `-`, `_`, `.` and `~`, without URL delimiters (found `{found}`)"
+        )
+    })
+}
+
+/// Why `key` cannot be sent as given, if it cannot. Spaces and any printable character are legal in ZITADEL
+/// keys and travel in a request body when a URL path would change them.
+fn key_problem(key: &str) -> Option<String> {
+    if let Some(dots) = dot_segment(key) {
+        return Some(dots);
+    }
+    key.chars().find(|c| c.is_control()).map(|found| {
+        format!(
+            "must not contain control characters (found {})",
+            described(found)
+        )
+    })
+}
+
+/// `.` and `..` are path segments that URL handling removes or resolves, never names.
+fn dot_segment(text: &str) -> Option<String> {
+    matches!(text, "." | "..").then(|| {
+        format!("must not be `{text}`: URL paths treat it as a relative segment, not a name")
+    })
+}
+
+/// A character for a message: its code point, since it may not print.
+fn described(c: char) -> String {
+    format!("U+{:04X}", u32::from(c))
+}
+
 pub fn get_mine(request: pb::GetMyMetadataRequest) -> Result<GetMine, ApiError> {
     let mut v = Violations::default();
     for (i, key) in request.keys.iter().enumerate() {
@@ -179,6 +240,8 @@ pub fn list(request: pb::ListMetadataRequest) -> Result<List, ApiError> {
         let chars = filter.key.chars().count();
         if chars > MAX_KEY_CHARS {
             v.add("key_filter.key", format!("must be at most {MAX_KEY_CHARS} characters, is {chars}"));
+        } else if let Some(found) = filter.key.chars().find(|c| c.is_control()) {
+            v.add("key_filter.key", format!("must not contain control characters (found {})", described(found)));
         }
         let matching = pb::KeyMatch::try_from(filter.r#match).map(KeyMatch::from).unwrap_or_else(|_| {
             v.add("key_filter.match", format!("{} is not a KeyMatch; use one of KEY_MATCH_EQUALS … KEY_MATCH_ENDS_WITH_IGNORE_CASE", filter.r#match));

@@ -94,6 +94,11 @@ pub enum UpstreamError {
         endpoint: Endpoint,
         retry_after: Duration,
     },
+    /// A path segment from the request would not reach ZITADEL as given (`.`, `..`, empty); nothing was sent.
+    #[error(
+        "usermeta did not send {endpoint}: the path segment {segment:?} would not reach ZITADEL as given"
+    )]
+    UnsafePath { endpoint: Endpoint, segment: String },
     /// The service credential could not be exchanged for a management API token; `cause` is the failed token
     /// request. `credential` names the credential by its ids, never its secret.
     #[error("usermeta could not get a management API token with its {credential}: {cause}")]
@@ -111,7 +116,8 @@ impl UpstreamError {
             | UpstreamError::Rejected { endpoint, .. }
             | UpstreamError::BadResponse { endpoint, .. }
             | UpstreamError::DeadlineExceeded { endpoint }
-            | UpstreamError::CircuitOpen { endpoint, .. } => *endpoint,
+            | UpstreamError::CircuitOpen { endpoint, .. }
+            | UpstreamError::UnsafePath { endpoint, .. } => *endpoint,
             UpstreamError::CredentialRefresh { cause, .. } => cause.endpoint(),
         }
     }

@@ -5,7 +5,7 @@
 use prost_types::Timestamp;
 use serde::de::DeserializeOwned;
 
-use super::{Endpoint, UpstreamError, Zitadel, value, wire};
+use super::{Endpoint, UpstreamError, Zitadel, path, value, wire};
 use crate::metadata::{KeyFilter, Page, PageRequest};
 
 /// The header that scopes a management call to an organisation.
@@ -28,7 +28,7 @@ impl Zitadel {
     ) -> Result<Page, UpstreamError> {
         let endpoint = Endpoint::ManagementListMetadata;
         let request = self
-            .management(http::Method::POST, target, &["_search"])
+            .management(endpoint, http::Method::POST, target, &["_search"])?
             .json(&wire::list_body(filter, page));
         let answer: wire::ListMetadataResponse = self.send_management(endpoint, request).await?;
         Ok(wire::into_page(endpoint, answer))
@@ -42,11 +42,16 @@ impl Zitadel {
     ) -> Result<Option<Timestamp>, UpstreamError> {
         let answer: wire::WriteResponse = match entries {
             [(key, bytes)] if is_path_safe(key) => {
-                let request =
-                    self.management(http::Method::POST, target, &[key])
-                        .json(&wire::SetValueBody {
-                            value: value::encode(bytes),
-                        });
+                let request = self
+                    .management(
+                        Endpoint::ManagementSetMetadata,
+                        http::Method::POST,
+                        target,
+                        &[key],
+                    )?
+                    .json(&wire::SetValueBody {
+                        value: value::encode(bytes),
+                    });
                 self.send_management(Endpoint::ManagementSetMetadata, request)
                     .await?
             }
@@ -61,7 +66,12 @@ impl Zitadel {
                         .collect(),
                 };
                 let request = self
-                    .management(http::Method::POST, target, &["_bulk"])
+                    .management(
+                        Endpoint::ManagementBulkSetMetadata,
+                        http::Method::POST,
+                        target,
+                        &["_bulk"],
+                    )?
                     .json(&body);
                 self.send_management(Endpoint::ManagementBulkSetMetadata, request)
                     .await?
@@ -83,12 +93,22 @@ impl Zitadel {
         let (endpoint, request) = match keys {
             [key] if is_path_safe(key) => (
                 Endpoint::ManagementRemoveMetadata,
-                self.management(http::Method::DELETE, target, &[key]),
+                self.management(
+                    Endpoint::ManagementRemoveMetadata,
+                    http::Method::DELETE,
+                    target,
+                    &[key],
+                )?,
             ),
             _ => (
                 Endpoint::ManagementBulkRemoveMetadata,
-                self.management(http::Method::DELETE, target, &["_bulk"])
-                    .json(&wire::BulkRemoveBody { keys }),
+                self.management(
+                    Endpoint::ManagementBulkRemoveMetadata,
+                    http::Method::DELETE,
+                    target,
+                    &["_bulk"],
+                )?
+                .json(&wire::BulkRemoveBody { keys }),
             ),
         };
         let sent = self.send_management_raw(endpoint, request).await;
@@ -199,21 +219,23 @@ impl Zitadel {
     /// A request to `/management/v1/users/{id}/metadata/{tail...}`; [`Self::send_management`] authorises it.
     fn management(
         &self,
+        endpoint: Endpoint,
         method: http::Method,
         target: Target<'_>,
         tail: &[&str],
-    ) -> reqwest::RequestBuilder {
-        let mut url = self.base_url.clone();
-        url.path_segments_mut()
-            .expect("checked at construction: the base URL can be a base")
-            .pop_if_empty()
-            .extend(["management", "v1", "users", target.user_id, "metadata"])
-            .extend(tail);
+    ) -> Result<reqwest::RequestBuilder, UpstreamError> {
+        let url = path::under(
+            &self.base_url,
+            ["management", "v1", "users", target.user_id, "metadata"]
+                .into_iter()
+                .chain(tail.iter().copied()),
+        )
+        .map_err(|segment| UpstreamError::UnsafePath { endpoint, segment })?;
         let mut request = self.http.request(method, url);
         if let Some(org_id) = target.org_id {
             request = request.header(ORG_HEADER, org_id);
         }
-        request
+        Ok(request)
     }
 }
 
@@ -221,8 +243,7 @@ impl Zitadel {
 /// percent-encoded reserved characters are not reliably unescaped by the gateway, and `_search`/`_bulk` would
 /// route to another RPC.
 fn is_path_safe(key: &str) -> bool {
-    key != "_search"
-        && key != "_bulk"
+    !matches!(key, "_search" | "_bulk" | "." | "..")
         && key
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
@@ -245,5 +266,7 @@ mod tests {
         assert!(!is_path_safe("a/b"));
         assert!(!is_path_safe("with space"));
         assert!(!is_path_safe("ümlaut"));
+        assert!(!is_path_safe("."));
+        assert!(!is_path_safe(".."));
     }
 }

@@ -7,6 +7,7 @@ pub mod error;
 #[cfg(test)]
 mod fuzz_tests;
 pub mod management;
+mod path;
 pub mod resilience;
 pub mod token_source;
 pub mod userinfo;

@@ -10,6 +10,7 @@ mod cache;
 mod config_file;
 mod credentials;
 mod delete_metadata;
+mod exact_target;
 mod ext_authz;
 mod faults;
 mod get_my_metadata;
