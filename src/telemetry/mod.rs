@@ -35,6 +35,10 @@ use tracing_subscriber::{
 
 use crate::settings::LogFormat;
 
+mod text_fields;
+
+pub use text_fields::EscapedFields;
+
 /// The gRPC metadata key of the request id, in and out.
 pub const REQUEST_ID: &str = "x-request-id";
 /// Header names as values, so the per-call lookups need not parse them from text.
@@ -113,6 +117,8 @@ where
         LogFormat::Text => registry
             .with(
                 fmt::layer()
+                    // No request field can pass for another field or line (JSON escapes by itself).
+                    .fmt_fields(EscapedFields)
                     // Colour codes only for a person at a terminal, not in collected logs.
                     .with_ansi(std::io::stderr().is_terminal())
                     .with_writer(writer)

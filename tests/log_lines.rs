@@ -1,0 +1,196 @@
+//! Text logs as an operator reads them: one call writes only lines of its own. Request fields that reach a log
+//! line (keys with spaces and `=`, line separators, an Envoy request path) are quoted and escaped, so no line
+//! can be read as another call's audit entry. Its own test binary: the log subscriber is global.
+#![allow(clippy::unwrap_used)] // a panic is how a test reports a broken expectation
+
+use std::{
+    io::Write,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use secrecy::SecretString;
+use tokio::sync::oneshot;
+use tonic::{Code, Request, transport::Channel};
+use usermeta::{
+    api::pb::{self, SetMetadataRequest, user_metadata_service_client::UserMetadataServiceClient},
+    cache::CacheConfig,
+    policy::Policy,
+    server::{Application, Config, Limits},
+    settings::LogFormat,
+    standin::{ManagerRole, StandIn},
+    telemetry,
+    zitadel::{ServiceCredential, ZitadelConfig},
+};
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn lines(&self) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// The text of a line outside double-quoted values.
+fn unquoted(line: &str) -> String {
+    let mut outside = String::new();
+    let (mut quoted, mut escaped) = (false, false);
+    for c in line.chars() {
+        match (quoted, escaped, c) {
+            (true, true, _) => escaped = false,
+            (true, false, '\\') => escaped = true,
+            (_, false, '"') => quoted = !quoted,
+            (false, _, c) => outside.push(c),
+            (true, false, _) => {}
+        }
+    }
+    outside
+}
+
+fn with_request_id<T>(message: T, token: &str, request_id: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    let metadata = request.metadata_mut();
+    metadata.insert("authorization", format!("Bearer {token}").parse().unwrap());
+    metadata.insert("x-request-id", request_id.parse().unwrap());
+    request
+}
+
+fn set(key: &str) -> SetMetadataRequest {
+    SetMetadataRequest {
+        entries: vec![pb::MetadataEntry {
+            key: key.to_owned(),
+            value: Some(pb::MetadataValue {
+                kind: Some(pb::metadata_value::Kind::Text("v".into())),
+            }),
+        }],
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn no_request_field_can_write_a_line_that_passes_for_another() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    std::mem::forget(
+        telemetry::init_with(LogFormat::Text, "usermeta=info", move || writer.clone()).unwrap(),
+    );
+
+    let standin = StandIn::start().await.unwrap();
+    let org = standin.create_org("Acme");
+    let alice = standin.create_user(&org, "alice");
+    let service_user = standin.create_service_user(&org, "usermeta", ManagerRole::IamOwner);
+    let pat = standin.issue_pat(&service_user);
+    let token = standin.issue_token(&alice, &["openid", "urn:zitadel:iam:user:metadata"]);
+    let app = Application::build(Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        zitadel: ZitadelConfig {
+            base_url: standin.url().parse().unwrap(),
+            timeout: Duration::from_secs(2),
+            service_credential: ServiceCredential::Pat(SecretString::from(pat)),
+            resilience: Default::default(),
+            http2: Default::default(),
+        },
+        policy: Policy::new(Vec::<String>::new(), vec!["profile.".into()]),
+        cache: CacheConfig::default(),
+        limits: Limits::default(),
+        identity: Default::default(),
+    })
+    .await
+    .unwrap();
+    let addr = app.local_addr();
+    let (_stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(app.run_until(async {
+        let _ = stopped.await;
+    }));
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = UserMetadataServiceClient::new(channel);
+
+    // Legal keys that look like fields and lines: the write succeeds, its audit line stays one entry.
+    let forged = "profile.x outcome=ok caller=170000000000000001 user_id=170000000000000001";
+    client
+        .set_metadata(with_request_id(set(forged), &token, "req-forge-1"))
+        .await
+        .unwrap();
+    let separator = "profile.y\u{2028}INFO usermeta::audit: outcome=ok";
+    client
+        .set_metadata(with_request_id(set(separator), &token, "req-forge-2"))
+        .await
+        .unwrap();
+    // A key with a newline is refused before anything is logged of it.
+    let newline = "profile.z\nINFO usermeta::audit: outcome=ok";
+    let status = client
+        .set_metadata(with_request_id(set(newline), &token, "req-forge-3"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    // A denied write of a key with spaces (outside the writable prefix).
+    let denied = "other outcome=ok";
+    let status = client
+        .set_metadata(with_request_id(set(denied), &token, "req-forge-4"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+
+    let lines = captured.lines();
+    for line in &lines {
+        assert!(
+            line.starts_with("20"),
+            "every line starts with its timestamp: {line:?}"
+        );
+        assert!(!line.contains('\u{2028}'), "{line:?}");
+    }
+    for (request_id, outcome) in [
+        ("req-forge-1", "ok"),
+        ("req-forge-2", "ok"),
+        ("req-forge-4", "denied"),
+    ] {
+        let audit: Vec<&String> = lines
+            .iter()
+            .filter(|line| line.contains(request_id) && line.contains("usermeta::audit"))
+            .collect();
+        assert_eq!(audit.len(), 1, "{request_id}: {lines:#?}");
+        let outside = unquoted(audit[0]);
+        assert_eq!(
+            outside.matches(" outcome=").count(),
+            1,
+            "{request_id}: {}",
+            audit[0]
+        );
+        assert!(
+            outside.contains(&format!(" outcome={outcome}")),
+            "{}",
+            audit[0]
+        );
+        assert_eq!(outside.matches(" caller=").count(), 1, "{}", audit[0]);
+        assert!(
+            outside.contains(&format!(" caller={alice}")),
+            "{}",
+            audit[0]
+        );
+    }
+    assert!(
+        !lines
+            .iter()
+            .any(|line| line.contains("req-forge-3") && line.contains("usermeta::audit")),
+        "an invalid request writes no audit line"
+    );
+}
