@@ -277,6 +277,10 @@ pub struct CommonArgs {
     /// Deadline of a request whose caller sets no gRPC deadline (`grpc-timeout`); a caller's deadline applies as given.
     #[arg(long, env = "USERMETA_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
+    /// Longest deadline a caller may ask for (`grpc-timeout`); longer ones are cut to it, so no call can hold
+    /// its resources (and ZITADEL retries) for hours.
+    #[arg(long, env = "USERMETA_MAX_REQUEST_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub max_request_timeout: Duration,
     /// Most calls to ZITADEL per request and endpoint, first try included; 1 turns retries off.
     #[arg(long, env = "USERMETA_RETRY_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10))]
     pub retry_max_attempts: u32,
@@ -598,6 +602,7 @@ impl CommonArgs {
             max_message_bytes: usize::try_from(self.max_message_bytes).unwrap_or(usize::MAX),
             requests: RequestLimits {
                 request_timeout: self.request_timeout,
+                max_request_timeout: self.max_request_timeout.max(self.request_timeout),
                 caller_rate: self.caller_rate_limit,
                 caller_burst: self.caller_rate_burst,
             },

@@ -28,14 +28,23 @@ pub fn parse_grpc_timeout(value: &str) -> Option<Duration> {
     })
 }
 
-/// When the request must be answered: the caller's `grpc-timeout` (less a margin to send the answer), or
-/// `default` when it sets none.
-pub fn deadline(metadata: &MetadataMap, default: Duration, received: Instant) -> Instant {
+/// When the request must be answered: the caller's `grpc-timeout` (less a margin to send the answer) cut to
+/// `max`, or `default` when it sets none.
+pub fn deadline(
+    metadata: &MetadataMap,
+    default: Duration,
+    max: Duration,
+    received: Instant,
+) -> Instant {
     let timeout = metadata
         .get("grpc-timeout")
         .and_then(|value| value.to_str().ok())
         .and_then(parse_grpc_timeout)
-        .map(|timeout| timeout.saturating_sub(ANSWER_MARGIN.min(timeout / 10)));
+        .map(|timeout| {
+            timeout
+                .saturating_sub(ANSWER_MARGIN.min(timeout / 10))
+                .min(max)
+        });
     let timeout = timeout.unwrap_or(default);
     received.checked_add(timeout).unwrap_or(received + default)
 }
@@ -75,27 +84,40 @@ mod tests {
         }
     }
 
+    const MAX: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn a_caller_deadline_is_cut_to_the_maximum() {
+        let now = Instant::now();
+        let mut metadata = MetadataMap::new();
+        metadata.insert("grpc-timeout", "99999999H".parse().unwrap());
+        assert_eq!(
+            deadline(&metadata, Duration::from_secs(10), MAX, now),
+            now + MAX
+        );
+    }
+
     #[test]
     fn keeps_a_margin_to_answer_and_falls_back_to_the_default() {
         let now = Instant::now();
         let mut metadata = MetadataMap::new();
         assert_eq!(
-            deadline(&metadata, Duration::from_secs(10), now),
+            deadline(&metadata, Duration::from_secs(10), MAX, now),
             now + Duration::from_secs(10)
         );
         metadata.insert("grpc-timeout", "500m".parse().unwrap());
         assert_eq!(
-            deadline(&metadata, Duration::from_secs(10), now),
+            deadline(&metadata, Duration::from_secs(10), MAX, now),
             now + Duration::from_millis(450)
         );
         metadata.insert("grpc-timeout", "5S".parse().unwrap());
         assert_eq!(
-            deadline(&metadata, Duration::from_secs(10), now),
+            deadline(&metadata, Duration::from_secs(10), MAX, now),
             now + Duration::from_millis(4900)
         );
         metadata.insert("grpc-timeout", "nonsense".parse().unwrap());
         assert_eq!(
-            deadline(&metadata, Duration::from_secs(10), now),
+            deadline(&metadata, Duration::from_secs(10), MAX, now),
             now + Duration::from_secs(10)
         );
     }

@@ -40,6 +40,8 @@ const FULL_LISTING_PAGE: u32 = 1000;
 pub struct RequestLimits {
     /// The deadline of a request whose caller sets no `grpc-timeout`.
     pub request_timeout: Duration,
+    /// The longest deadline a caller's `grpc-timeout` may set; longer ones are cut to it.
+    pub max_request_timeout: Duration,
     /// Requests per second per caller token; 0 means no limit.
     pub caller_rate: u32,
     /// Requests a caller may send at once before the rate applies.
@@ -50,6 +52,7 @@ impl Default for RequestLimits {
     fn default() -> Self {
         RequestLimits {
             request_timeout: Duration::from_secs(10),
+            max_request_timeout: Duration::from_secs(60),
             caller_rate: 0,
             caller_burst: 20,
         }
@@ -63,6 +66,7 @@ pub struct MetadataService {
     policy: Arc<Policy>,
     cache: Arc<CallerCache>,
     request_timeout: Duration,
+    max_request_timeout: Duration,
     rate_limiter: Option<Arc<RateLimiter>>,
     resolver: Arc<Resolver>,
 }
@@ -75,6 +79,7 @@ impl MetadataService {
             policy,
             cache,
             request_timeout: RequestLimits::default().request_timeout,
+            max_request_timeout: RequestLimits::default().max_request_timeout,
             rate_limiter: None,
             resolver: Arc::new(Resolver::userinfo()),
         }
@@ -83,6 +88,7 @@ impl MetadataService {
     /// Applies request deadlines and the per-caller rate limit.
     pub fn with_limits(mut self, limits: RequestLimits) -> Self {
         self.request_timeout = limits.request_timeout;
+        self.max_request_timeout = limits.max_request_timeout;
         self.rate_limiter = RateLimiter::new(limits.caller_rate, limits.caller_burst).map(Arc::new);
         self
     }
@@ -109,7 +115,12 @@ impl MetadataService {
 
     /// When the request must be answered.
     fn deadline_of(&self, metadata: &MetadataMap) -> Instant {
-        deadline::deadline(metadata, self.request_timeout, Instant::now())
+        deadline::deadline(
+            metadata,
+            self.request_timeout,
+            self.max_request_timeout,
+            Instant::now(),
+        )
     }
 
     /// Counts a request against its caller's rate limit.

@@ -36,6 +36,14 @@ pub enum FaultKind {
     DropConnection,
     /// Answers `200` with a truncated JSON body.
     MalformedJson,
+    /// Answers this HTTP status with exactly this JSON body: for answers a proxy or a broken ZITADEL might
+    /// give (an error body claiming code 0, an oversized error id).
+    Body {
+        /// The HTTP status.
+        status: u16,
+        /// The body, sent as `application/json`.
+        json: String,
+    },
 }
 
 impl FaultKind {
@@ -65,6 +73,10 @@ impl FaultKind {
             FaultKind::MalformedJson => errors::json_response(
                 StatusCode::OK,
                 bytes::Bytes::from_static(br#"{"details":{"totalResult":"1","processedSequence":"#),
+            ),
+            FaultKind::Body { status, json } => errors::json_response(
+                StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                bytes::Bytes::from(json.clone()),
             ),
             // Not reached: these are handled by the connection code; answer like a broken upstream.
             FaultKind::Latency(_) | FaultKind::DropConnection => errors::gateway_error(

@@ -170,6 +170,9 @@ impl fmt::Display for Rejection {
 
 /// Longest ZITADEL message carried into our own messages; bodies from proxies can be large.
 const MAX_MESSAGE_CHARS: usize = 300;
+/// Longest error id carried into `ErrorInfo` metadata; ZITADEL's (`QUERY-Rgh32`) and OAuth's error codes are
+/// far shorter, and anything else in that place is not one.
+const MAX_ERROR_ID_CHARS: usize = 64;
 
 impl Rejection {
     /// Reads an error answer of any of ZITADEL's shapes.
@@ -203,7 +206,8 @@ impl Rejection {
             .details
             .into_iter()
             .find_map(|d| d.id)
-            .or_else(|| body.error.clone());
+            .or_else(|| body.error.clone())
+            .filter(|id| is_error_id(id));
         let message = body
             .message
             .or(body.error_description)
@@ -216,6 +220,12 @@ impl Rejection {
             retry_after,
         }
     }
+}
+
+/// Whether `id` looks like an error id (short printable ASCII) rather than text that would bloat or garble the
+/// `ErrorInfo` it is copied into.
+fn is_error_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= MAX_ERROR_ID_CHARS && id.bytes().all(|b| b.is_ascii_graphic())
 }
 
 fn truncate(mut message: String) -> String {
@@ -314,6 +324,22 @@ mod tests {
         assert_eq!(
             Rejection::parse(429, None, b"").code,
             Code::ResourceExhausted
+        );
+    }
+
+    #[test]
+    fn error_ids_that_are_not_ids_are_dropped() {
+        let long = format!(
+            r#"{{"code":5,"message":"m","details":[{{"id":"{}"}}]}}"#,
+            "X".repeat(5000)
+        );
+        assert_eq!(Rejection::parse(404, None, long.as_bytes()).error_id, None);
+        let garbled = br#"{"code":5,"message":"m","details":[{"id":"A B\n"}]}"#;
+        assert_eq!(Rejection::parse(404, None, garbled).error_id, None);
+        let fine = br#"{"code":5,"message":"m","details":[{"id":"QUERY-Rgh32"}]}"#;
+        assert_eq!(
+            Rejection::parse(404, None, fine).error_id.as_deref(),
+            Some("QUERY-Rgh32")
         );
     }
 

@@ -402,15 +402,26 @@ async fn exchange(
     }
     let body = body.freeze();
     if status.is_success() {
-        Ok(body)
-    } else {
-        Err(UpstreamError::Rejected {
-            endpoint,
-            http_status: status.as_u16(),
-            rejection: Rejection::parse(status.as_u16(), retry_after, &body),
-        }
-        .into())
+        return Ok(body);
     }
+    let rejection = Rejection::parse(status.as_u16(), retry_after, &body);
+    if rejection.code == tonic::Code::Ok {
+        // An error answer that claims success is no answer usermeta can act on.
+        return Err(UpstreamError::BadResponse {
+            endpoint,
+            reason: format!(
+                "HTTP {status} with an error body whose code is 0 (OK)",
+                status = status.as_u16()
+            ),
+        }
+        .into());
+    }
+    Err(UpstreamError::Rejected {
+        endpoint,
+        http_status: status.as_u16(),
+        rejection,
+    }
+    .into())
 }
 
 /// Turns a stored entry from ZITADEL's wire shape into the domain shape. A value that does not decode keeps

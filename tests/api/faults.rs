@@ -194,6 +194,43 @@ async fn without_a_caller_deadline_the_request_timeout_applies() {
 }
 
 #[tokio::test]
+async fn a_caller_deadline_beyond_the_maximum_is_cut_to_it() {
+    let app = spawn_app().await;
+    app.standin.push_fault(fault(
+        "/oidc/v1/userinfo",
+        None,
+        FaultKind::Latency(Duration::from_secs(3)),
+    ));
+    let (mut client, _addr, _stop) = usermeta_with(
+        &app,
+        Options {
+            limits: Limits {
+                requests: RequestLimits {
+                    max_request_timeout: Duration::from_millis(300),
+                    ..RequestLimits::default()
+                },
+                ..Limits::default()
+            },
+            ..Options::default()
+        },
+    )
+    .await;
+    let mut request = get_mine(&app);
+    // Hours, as a hostile or careless caller might ask.
+    request
+        .metadata_mut()
+        .insert("grpc-timeout", "99999999H".parse().unwrap());
+    let started = Instant::now();
+    let status = client.get_my_metadata(request).await.unwrap_err();
+    assert_status(&status, Code::DeadlineExceeded, "DEADLINE_EXCEEDED");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_millis(1500),
+        "answered after {waited:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_5xx_burst_on_userinfo_is_retried() {
     let mut app = spawn_app().await;
     app.standin

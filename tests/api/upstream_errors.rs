@@ -269,3 +269,47 @@ async fn listing_another_users_missing_organisation_is_reported() {
         .unwrap_err();
     assert_status(&status, Code::PermissionDenied, "ORGANIZATION_NOT_FOUND");
 }
+
+#[tokio::test]
+async fn an_error_body_that_claims_code_0_is_a_bad_response_not_ok() {
+    let mut app = spawn_app().await;
+    app.standin.push_fault(Fault {
+        path_prefix: "/management/".into(),
+        times: None,
+        kind: FaultKind::Body {
+            status: 400,
+            json: r#"{"code":0,"message":"all good"}"#.into(),
+        },
+    });
+    let status = app
+        .client
+        .set_metadata(authed(set_alice(&app), &app.admin_token))
+        .await
+        .unwrap_err();
+    assert_status(&status, Code::Unavailable, "ZITADEL_BAD_RESPONSE");
+    assert!(status.message().contains("code is 0"), "{status:?}");
+}
+
+#[tokio::test]
+async fn copied_error_ids_are_capped() {
+    let mut app = spawn_app().await;
+    let huge = "X".repeat(10_000);
+    app.standin.push_fault(Fault {
+        path_prefix: "/management/".into(),
+        times: None,
+        kind: FaultKind::Body {
+            status: 400,
+            json: format!(r#"{{"code":3,"message":"no","details":[{{"id":"{huge}"}}]}}"#),
+        },
+    });
+    let status = app
+        .client
+        .set_metadata(authed(set_alice(&app), &app.admin_token))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let info = status.get_details_error_info().unwrap();
+    assert!(!info.metadata.contains_key("zitadel_error_id"), "{info:?}");
+    assert!(status.message().len() < 1000, "{}", status.message().len());
+    assert!(status.details().len() < 1000, "{}", status.details().len());
+}
