@@ -73,28 +73,26 @@ struct RuleDoc {
     name: Option<String>,
     #[serde(default)]
     who: WhoDoc,
-    whose: WhoseDoc,
+    whose: Spanned<WhoseDoc>,
     keys: Spanned<Vec<Spanned<String>>>,
     actions: Spanned<Vec<Action>>,
 }
 
+/// Each list is optional; one that is given must name someone (an empty list or entry would otherwise
+/// quietly mean "anyone").
 #[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct WhoDoc {
-    #[serde(default)]
-    subjects: Vec<String>,
-    #[serde(default)]
-    client_ids: Vec<String>,
-    #[serde(default)]
-    roles: Vec<String>,
-    #[serde(default)]
-    organizations: Vec<String>,
+    subjects: Option<Spanned<Vec<Spanned<String>>>>,
+    client_ids: Option<Spanned<Vec<Spanned<String>>>>,
+    roles: Option<Spanned<Vec<Spanned<String>>>>,
+    organizations: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 enum WhoseDoc {
     Itself,
     Any,
-    Organizations(Vec<String>),
+    Organizations(Vec<Spanned<String>>),
 }
 
 impl<'de> Deserialize<'de> for WhoseDoc {
@@ -116,7 +114,7 @@ impl<'de> Deserialize<'de> for WhoseDoc {
             }
             fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<WhoseDoc, A::Error> {
                 let mut orgs = Vec::new();
-                while let Some(org) = seq.next_element::<String>()? {
+                while let Some(org) = seq.next_element::<Spanned<String>>()? {
                     orgs.push(org);
                 }
                 Ok(WhoseDoc::Organizations(orgs))
@@ -182,22 +180,57 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<Policy, PolicyError> {
             let span = key.span();
             keys.push(KeyPattern::parse(key.get_ref()).map_err(|m| at(Some(span), m))?);
         }
-        let set = |list: Vec<String>| -> HashSet<String> {
+        // Entries are trimmed; an empty list or an entry that is empty (a template variable that was not
+        // filled in) is an error, never "anyone".
+        let entries = |field: &str,
+                       span: std::ops::Range<usize>,
+                       list: Vec<Spanned<String>>|
+         -> Result<HashSet<String>, PolicyError> {
+            if list.is_empty() {
+                return Err(at(
+                    Some(span),
+                    format!(
+                        "{name}: `{field}` is an empty list; name at least one, or leave `{field}` out"
+                    ),
+                ));
+            }
             list.into_iter()
-                .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty())
+                .map(|entry| {
+                    let span = entry.span();
+                    let text = entry.into_inner().trim().to_owned();
+                    if text.is_empty() {
+                        Err(at(
+                            Some(span),
+                            format!(
+                                "{name}: `{field}` has an empty entry; every entry must name one"
+                            ),
+                        ))
+                    } else {
+                        Ok(text)
+                    }
+                })
                 .collect()
         };
-        let who = Who {
-            subjects: set(rule.who.subjects),
-            client_ids: set(rule.who.client_ids),
-            roles: set(rule.who.roles),
-            organizations: set(rule.who.organizations),
+        let who_list = |field: &str, list: Option<Spanned<Vec<Spanned<String>>>>| match list {
+            None => Ok(HashSet::new()),
+            Some(list) => {
+                let span = list.span();
+                entries(field, span, list.into_inner())
+            }
         };
-        let whose = match rule.whose {
+        let who = Who {
+            subjects: who_list("who.subjects", rule.who.subjects)?,
+            client_ids: who_list("who.client_ids", rule.who.client_ids)?,
+            roles: who_list("who.roles", rule.who.roles)?,
+            organizations: who_list("who.organizations", rule.who.organizations)?,
+        };
+        let whose_span = rule.whose.span();
+        let whose = match rule.whose.into_inner() {
             WhoseDoc::Itself => Whose::Itself,
             WhoseDoc::Any => Whose::Any,
-            WhoseDoc::Organizations(orgs) => Whose::Organizations(set(orgs)),
+            WhoseDoc::Organizations(orgs) => {
+                Whose::Organizations(entries("whose", whose_span, orgs)?)
+            }
         };
         rules.push(Rule::new(name, who, whose, keys, rule.actions.get_ref()));
     }

@@ -309,6 +309,36 @@ fn file_errors_name_the_line() {
             "actions",
         ),
         ("[[key]]\nname = \"a\"\n", 2, "declares nothing"),
+        (
+            "[[rule]]\nwho = { client_ids = [\"\"] }\nwhose = \"any\"\nkeys = [\"a\"]\nactions = [\"read\"]\n",
+            2,
+            "`who.client_ids` has an empty entry",
+        ),
+        (
+            "[[rule]]\nwhose = \"any\"\nkeys = [\"a\"]\nactions = [\"read\"]\nwho = { subjects = [] }\n",
+            5,
+            "`who.subjects` is an empty list",
+        ),
+        (
+            "[[rule]]\nwho = { roles = [\"support\", \"  \"] }\nwhose = \"any\"\nkeys = [\"a\"]\nactions = [\"read\"]\n",
+            2,
+            "`who.roles` has an empty entry",
+        ),
+        (
+            "[[rule]]\nwho = { organizations = [] }\nwhose = \"any\"\nkeys = [\"a\"]\nactions = [\"read\"]\n",
+            2,
+            "`who.organizations` is an empty list",
+        ),
+        (
+            "[[rule]]\nwhose = [\"\"]\nkeys = [\"a\"]\nactions = [\"read\"]\n",
+            2,
+            "`whose` has an empty entry",
+        ),
+        (
+            "[[rule]]\nwhose = []\nkeys = [\"a\"]\nactions = [\"read\"]\n",
+            2,
+            "`whose` is an empty list",
+        ),
         ("[[rule]\n", 1, ""),
     ];
     for (text, line, needle) in cases {

@@ -2,7 +2,7 @@
 
 use std::process::{Command, Output};
 
-fn usermeta(args: &[&str], env: &[(&str, &str)]) -> Output {
+pub fn usermeta(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_usermeta"));
     command.args(args);
     for (key, _) in std::env::vars() {
@@ -14,11 +14,11 @@ fn usermeta(args: &[&str], env: &[(&str, &str)]) -> Output {
     command.output().unwrap()
 }
 
-fn stderr(output: &Output) -> String {
+pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-fn config(name: &str, text: &str) -> String {
+pub fn config(name: &str, text: &str) -> String {
     let dir = std::env::temp_dir().join(format!("usermeta-config-it-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);

@@ -20,6 +20,7 @@ mod list_metadata;
 mod observability;
 mod policy_matrix;
 mod set_metadata;
+mod start_up;
 mod tls;
 mod upstream_errors;
 mod upstream_http;

@@ -1,0 +1,43 @@
+//! Settings that would widen the policy or open a side door stop start-up, with a message naming the setting,
+//! the file and the line: the real binary, as an operator starts it.
+
+use crate::config_file::{config, stderr, usermeta};
+
+fn serve_with_policy(name: &str, policy: &str, extra_env: &[(&str, &str)]) -> String {
+    let path = config(name, policy);
+    let mut env = vec![
+        ("USERMETA_ZITADEL_URL", "http://127.0.0.1:9"),
+        ("USERMETA_SERVICE_PAT", "p"),
+        ("USERMETA_LISTEN", "127.0.0.1:0"),
+        ("USERMETA_POLICY_FILE", path.as_str()),
+    ];
+    env.extend_from_slice(extra_env);
+    let output = usermeta(&["serve"], &env);
+    assert!(!output.status.success(), "usermeta started with {policy}");
+    stderr(&output)
+}
+
+#[test]
+fn an_empty_who_entry_stops_start_up_naming_the_file_and_line() {
+    let error = serve_with_policy(
+        "empty-client.toml",
+        "[[rule]]\nname = \"billing\"\nwho = { client_ids = [\"\"] }\nwhose = \"any\"\nkeys = [\"*\"]\nactions = [\"write\"]\n",
+        &[],
+    );
+    assert!(
+        error.contains("USERMETA_POLICY_FILE")
+            && error.contains("empty-client.toml, line 3")
+            && error.contains("`who.client_ids` has an empty entry"),
+        "{error}"
+    );
+    let error = serve_with_policy(
+        "empty-subjects.toml",
+        "[[rule]]\nwho = { subjects = [] }\nwhose = \"any\"\nkeys = [\"*\"]\nactions = [\"write\"]\n",
+        &[],
+    );
+    assert!(
+        error.contains("empty-subjects.toml, line 2")
+            && error.contains("`who.subjects` is an empty list"),
+        "{error}"
+    );
+}
