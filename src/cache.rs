@@ -533,6 +533,7 @@ mod tests {
                 service_credential: crate::zitadel::ServiceCredential::Pat("pat".into()),
                 resilience: Default::default(),
                 http2: Default::default(),
+                project_id: None,
             })
             .unwrap(),
         );

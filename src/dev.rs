@@ -72,6 +72,7 @@ pub async fn run(args: DevArgs) -> Result<(), RunError> {
             )),
             resilience: Default::default(),
             http2: Default::default(),
+            project_id: None,
         },
         policy: Policy::new(
             [demo.admin_id.clone()],

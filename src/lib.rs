@@ -51,6 +51,7 @@ pub fn serve_config(args: ServeArgs) -> Result<Config, SettingsError> {
             service_credential: args.credential.credential()?,
             resilience: args.common.resilience(),
             http2: args.common.zitadel_http2,
+            project_id: args.access.project_id()?,
         },
         policy: args.access.policy(&args.common)?,
         cache: args.common.cache_config(),
@@ -62,6 +63,20 @@ pub fn serve_config(args: ServeArgs) -> Result<Config, SettingsError> {
 /// `usermeta serve`: serve until SIGINT or SIGTERM.
 pub async fn serve(args: ServeArgs) -> Result<(), RunError> {
     let ext_authz = args.ext_authz.config()?;
+    if let Some(rule) = ext_authz
+        .as_ref()
+        .and_then(authz::AuthzConfig::first_role_rule)
+        && args.access.project_id()?.is_none()
+    {
+        return Err(SettingsError::Invalid {
+            setting: settings::PROJECT_ID,
+            problem: format!(
+                "not set, but ext_authz rule {} requires a role; set it to usermeta's ZITADEL project id, whose roles the rules mean (roles of other projects never count)",
+                rule.origin
+            ),
+        }
+        .into());
+    }
     let options = args.ops.serve_options().map_err(server::StartError::from)?;
     let app = Application::build_with(serve_config(args)?, options)
         .await?

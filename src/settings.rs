@@ -123,6 +123,11 @@ pub struct AccessArgs {
     /// Shortest time between two fetches of ZITADEL's keys caused by an unknown key id.
     #[arg(long, env = "USERMETA_JWKS_MIN_REFRESH", default_value = "30s", value_parser = humantime::parse_duration)]
     pub jwks_min_refresh: Duration,
+    /// usermeta's ZITADEL project id: only the roles ZITADEL asserts for this project (the claim
+    /// `urn:zitadel:iam:org:project:{id}:roles`) are callers' roles. Required when a policy or ext_authz rule
+    /// names roles.
+    #[arg(long, env = "USERMETA_PROJECT_ID")]
+    pub project_id: Option<String>,
 }
 
 const INTROSPECTION_ID: &str = "USERMETA_INTROSPECTION_CLIENT_ID (--introspection-client-id)";
@@ -131,6 +136,8 @@ const INTROSPECTION_SECRET_FILE: &str =
     "USERMETA_INTROSPECTION_SECRET_FILE (--introspection-secret-file)";
 const INTROSPECTION_KEY_FILE: &str = "USERMETA_INTROSPECTION_KEY_FILE (--introspection-key-file)";
 const POLICY_FILE: &str = "USERMETA_POLICY_FILE (--policy-file)";
+/// The setting that names usermeta's project, for messages of rules that need it.
+pub const PROJECT_ID: &str = "USERMETA_PROJECT_ID (--project-id)";
 
 impl AccessArgs {
     /// How callers are identified. Secrets and keys are named by setting and file, never shown.
@@ -211,12 +218,47 @@ impl AccessArgs {
         }
     }
 
-    /// The policy file (when set) plus the shorthand rules.
+    /// usermeta's project id, trimmed; `None` when unset.
+    pub fn project_id(&self) -> Result<Option<String>, SettingsError> {
+        let Some(id) = self.project_id.as_deref().map(str::trim) else {
+            return Ok(None);
+        };
+        if id.is_empty()
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+        {
+            return Err(invalid(
+                PROJECT_ID,
+                format!(
+                    "`{id}` is not a ZITADEL project id (letters, digits, `-`, `_`); copy it from the project's page in ZITADEL Console"
+                ),
+            ));
+        }
+        Ok(Some(id.to_owned()))
+    }
+
+    /// The policy file (when set) plus the shorthand rules. A rule that names roles needs
+    /// USERMETA_PROJECT_ID: roles mean nothing without the project that defines them.
     pub fn policy(&self, common: &CommonArgs) -> Result<Policy, SettingsError> {
         let policy = match &self.policy_file {
             Some(path) => Policy::load(path).map_err(|e| invalid(POLICY_FILE, e.to_string()))?,
             None => Policy::default(),
         };
+        if self.project_id()?.is_none()
+            && let Some(rule) = policy
+                .rules()
+                .iter()
+                .find(|rule| !rule.who.roles.is_empty())
+        {
+            return Err(invalid(
+                PROJECT_ID,
+                format!(
+                    "not set, but rule `{}` of USERMETA_POLICY_FILE names roles; set it to usermeta's ZITADEL project id, whose roles the rules mean (roles of other projects never count)",
+                    rule.name
+                ),
+            ));
+        }
         Ok(policy.with_shorthands(
             common.admins(),
             self_writable_prefixes(&common.self_writable_keys),

@@ -29,6 +29,7 @@ async fn spawn_usermeta() -> (SocketAddr, StandIn, oneshot::Sender<()>) {
             )),
             resilience: Default::default(),
             http2: Default::default(),
+            project_id: None,
         },
         policy: Policy::new(Vec::<String>::new(), Vec::new()),
         cache: Default::default(),

@@ -104,6 +104,7 @@ async fn no_request_field_can_write_a_line_that_passes_for_another() {
             service_credential: ServiceCredential::Pat(SecretString::from(pat)),
             resilience: Default::default(),
             http2: Default::default(),
+            project_id: None,
         },
         policy: Policy::new(Vec::<String>::new(), vec!["profile.".into()]),
         cache: CacheConfig::default(),

@@ -65,6 +65,7 @@ async fn serve(
                 ..Resilience::default()
             },
             http2: Default::default(),
+            project_id: None,
         },
         policy: Policy::new([admin.to_owned()], vec!["profile.".into()]),
         cache: CacheConfig {

@@ -60,6 +60,15 @@ impl AuthzConfig {
             .chain(self.headers.iter().map(|m| m.header.as_str()))
     }
 
+    /// The first route rule that requires a role (roles need usermeta's project id to mean anything).
+    pub fn first_role_rule(&self) -> Option<&Rule> {
+        self.rules.iter().find(|rule| {
+            rule.requirements
+                .iter()
+                .any(|r| matches!(r, Requirement::Role(_)))
+        })
+    }
+
     /// Checks what single settings cannot: no header name used twice.
     pub fn validate(&self) -> Result<(), String> {
         let mut seen = std::collections::HashSet::new();

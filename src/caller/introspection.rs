@@ -164,6 +164,8 @@ pub(super) struct Introspector {
     timeout: Duration,
     url: Url,
     issuer: String,
+    /// Whose roles count (usermeta's project).
+    project_id: Option<String>,
 }
 
 impl Introspector {
@@ -173,6 +175,7 @@ impl Introspector {
         timeout: Duration,
         url: Url,
         issuer: String,
+        project_id: Option<String>,
     ) -> Result<Self, IdentitySetupError> {
         let basic = match &auth {
             IntrospectionAuth::ClientSecret { client_id, secret } => {
@@ -189,6 +192,7 @@ impl Introspector {
             timeout,
             url,
             issuer,
+            project_id,
         })
     }
 
@@ -245,9 +249,11 @@ impl Introspector {
         if claims.get("active") != Some(&Value::Bool(true)) {
             return Ok(Resolution::Refused(TokenError::Inactive));
         }
-        Ok(match Identity::from_claims(&claims) {
-            Ok(identity) => Resolution::Active(std::sync::Arc::new(identity)),
-            Err(refused) => Resolution::Refused(refused),
-        })
+        Ok(
+            match Identity::from_claims(&claims, self.project_id.as_deref()) {
+                Ok(identity) => Resolution::Active(std::sync::Arc::new(identity)),
+                Err(refused) => Resolution::Refused(refused),
+            },
+        )
     }
 }

@@ -41,6 +41,8 @@ pub(super) struct JwtValidator {
     timeout: Duration,
     url: Url,
     issuer: String,
+    /// Whose roles count (usermeta's project).
+    project_id: Option<String>,
     keys: RwLock<Keys>,
     /// One JWKS fetch at a time; waiters re-check the keys after it.
     refresh: tokio::sync::Mutex<()>,
@@ -74,6 +76,7 @@ impl JwtValidator {
         timeout: Duration,
         url: Url,
         issuer: String,
+        project_id: Option<String>,
     ) -> Self {
         JwtValidator {
             config,
@@ -81,6 +84,7 @@ impl JwtValidator {
             timeout,
             url,
             issuer,
+            project_id,
             keys: RwLock::new(Keys::default()),
             refresh: tokio::sync::Mutex::new(()),
         }
@@ -205,10 +209,12 @@ impl JwtValidator {
                     });
                 }
             };
-        Ok(match Identity::from_claims(&claims) {
-            Ok(identity) => Resolution::Active(Arc::new(identity)),
-            Err(refused) => Resolution::Refused(refused),
-        })
+        Ok(
+            match Identity::from_claims(&claims, self.project_id.as_deref()) {
+                Ok(identity) => Resolution::Active(Arc::new(identity)),
+                Err(refused) => Resolution::Refused(refused),
+            },
+        )
     }
 }
 

@@ -20,17 +20,13 @@ pub use introspection::{ApplicationKey, IntrospectionAuth};
 
 use crate::cache::CallerCache;
 use crate::metadata::PackedMetadata;
-use crate::zitadel::{BearerError, CallerToken, UpstreamError, Zitadel, userinfo::UserInfo};
+use crate::zitadel::{
+    BearerError, CallerToken, UpstreamError, Zitadel,
+    userinfo::{ORG_ID_CLAIM, UserInfo, project_roles},
+};
 
 /// The gRPC metadata key that carries the caller's token.
 pub const AUTHORIZATION: &str = "authorization";
-
-/// The generic roles claim (roles of the requested project), an object keyed by role name.
-pub const ROLES_CLAIM: &str = "urn:zitadel:iam:org:project:roles";
-const ROLES_CLAIM_PREFIX: &str = "urn:zitadel:iam:org:project:";
-const ROLES_CLAIM_SUFFIX: &str = ":roles";
-/// The caller's organisation, with the scope `urn:zitadel:iam:user:resourceowner`.
-pub const ORG_ID_CLAIM: &str = "urn:zitadel:iam:user:resourceowner:id";
 
 /// The caller's token is missing, unusable, or not vouched for by ZITADEL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -87,7 +83,7 @@ pub struct Identity {
     pub client_id: Option<CompactString>,
     /// The caller's organisation, when the token's scopes make ZITADEL report it.
     pub org_id: Option<CompactString>,
-    /// Project roles from the roles claims, when the token carries them.
+    /// Roles ZITADEL asserts for usermeta's project (`USERMETA_PROJECT_ID`), when the token carries them.
     pub roles: BTreeSet<String>,
     pub scopes: BTreeSet<String>,
     /// The token's own expiry (seconds since the epoch), when known; caches never outlive it.
@@ -98,8 +94,12 @@ pub struct Identity {
 }
 
 impl Identity {
-    /// An identity from ZITADEL's claims (introspection answer or verified JWT payload).
-    pub fn from_claims(claims: &Map<String, Value>) -> Result<Identity, TokenError> {
+    /// An identity from ZITADEL's claims (introspection answer or verified JWT payload); roles are those of
+    /// `project_id` only.
+    pub fn from_claims(
+        claims: &Map<String, Value>,
+        project_id: Option<&str>,
+    ) -> Result<Identity, TokenError> {
         let text = |name: &str| {
             claims
                 .get(name)
@@ -122,28 +122,12 @@ impl Identity {
             sub,
             client_id: text("client_id").or_else(|| text("azp")),
             org_id: text(ORG_ID_CLAIM),
-            roles: roles_of(claims),
+            roles: project_roles(claims, project_id),
             scopes,
             expires_at: claims.get("exp").and_then(Value::as_u64),
             client_cert: None,
         })
     }
-}
-
-/// Role names from `urn:zitadel:iam:org:project:roles` and `urn:zitadel:iam:org:project:{id}:roles`.
-pub fn roles_of<'a>(claims: impl IntoIterator<Item = (&'a String, &'a Value)>) -> BTreeSet<String> {
-    let mut roles = BTreeSet::new();
-    for (name, value) in claims {
-        let is_roles_claim = name == ROLES_CLAIM
-            || name
-                .strip_prefix(ROLES_CLAIM_PREFIX)
-                .and_then(|rest| rest.strip_suffix(ROLES_CLAIM_SUFFIX))
-                .is_some_and(|id| !id.is_empty() && !id.contains(':'));
-        if let (true, Value::Object(granted)) = (is_roles_claim, value) {
-            roles.extend(granted.keys().cloned());
-        }
-    }
-    roles
 }
 
 /// A userinfo answer for a token that names a user: who it is, and the metadata claim beside it. Cached
@@ -281,6 +265,7 @@ impl Resolver {
                 timeout,
                 join("oauth/v2/introspect")?,
                 issuer.clone(),
+                zitadel.project_id().map(str::to_owned),
             )?)),
             None => None,
         };
@@ -291,6 +276,7 @@ impl Resolver {
                 timeout,
                 join("oauth/v2/keys")?,
                 issuer,
+                zitadel.project_id().map(str::to_owned),
             ))),
             None => None,
         };
@@ -384,7 +370,7 @@ mod tests {
             "urn:zitadel:iam:org:project:id:123:aud": {"not": "roles"},
             "urn:zitadel:iam:org:project:roles:extra": {"nope": {}},
         });
-        let identity = Identity::from_claims(claims.as_object().unwrap()).unwrap();
+        let identity = Identity::from_claims(claims.as_object().unwrap(), Some("123")).unwrap();
         assert_eq!(identity.sub, "u1");
         assert_eq!(identity.client_id.as_deref(), Some("billing"));
         assert_eq!(identity.org_id.as_deref(), Some("org1"));
@@ -394,13 +380,19 @@ mod tests {
                 .iter()
                 .map(String::as_str)
                 .collect::<Vec<_>>(),
-            ["editor", "support"]
+            ["editor"],
+            "only roles of usermeta's project count, never the generic claim's"
         );
+        let other_project =
+            Identity::from_claims(claims.as_object().unwrap(), Some("999")).unwrap();
+        assert!(other_project.roles.is_empty());
+        let no_project = Identity::from_claims(claims.as_object().unwrap(), None).unwrap();
+        assert!(no_project.roles.is_empty());
         assert_eq!(identity.scopes.len(), 2);
         assert_eq!(identity.expires_at, Some(1_900_000_000));
         let no_sub = serde_json::json!({"active": true});
         assert_eq!(
-            Identity::from_claims(no_sub.as_object().unwrap()),
+            Identity::from_claims(no_sub.as_object().unwrap(), Some("123")),
             Err(TokenError::NoSubject)
         );
     }

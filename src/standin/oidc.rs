@@ -145,19 +145,23 @@ fn user_claims(data: &Data, token: &str) -> Option<Map<String, Value>> {
         );
     }
     if has(ROLES_SCOPE) {
-        claims.extend(role_claims(data, &user.id));
+        claims.extend(role_claims(
+            data,
+            &user.id,
+            token.request_project(data).as_deref(),
+        ));
     }
     Some(claims)
 }
 
-/// `urn:zitadel:iam:org:project:roles` (every granted role) and `urn:zitadel:iam:org:project:{id}:roles`,
-/// each `{"role": {"<org id>": "<org domain>"}}` as ZITADEL shapes them.
-fn role_claims(data: &Data, user_id: &str) -> Map<String, Value> {
+/// `urn:zitadel:iam:org:project:{id}:roles` for every project the user has roles in, and, as ZITADEL does,
+/// the generic `urn:zitadel:iam:org:project:roles` repeating only the roles of the project the token was
+/// requested for; each `{"role": {"<org id>": "<org domain>"}}`.
+fn role_claims(data: &Data, user_id: &str, request_project: Option<&str>) -> Map<String, Value> {
     let mut claims = Map::new();
     let Some(grants) = data.grants.get(user_id) else {
         return claims;
     };
-    let mut all = Map::new();
     for (project_id, roles) in grants {
         let org_id = data
             .projects
@@ -175,18 +179,19 @@ fn role_claims(data: &Data, user_id: &str) -> Map<String, Value> {
                 org_id.clone(),
                 Value::from(domain.as_str()),
             )]));
-            project.insert(role.clone(), owner.clone());
-            all.insert(role.clone(), owner);
+            project.insert(role.clone(), owner);
+        }
+        if request_project == Some(project_id.as_str()) {
+            claims.insert(
+                "urn:zitadel:iam:org:project:roles".into(),
+                Value::Object(project.clone()),
+            );
         }
         claims.insert(
             format!("urn:zitadel:iam:org:project:{project_id}:roles"),
             Value::Object(project),
         );
     }
-    claims.insert(
-        "urn:zitadel:iam:org:project:roles".into(),
-        Value::Object(all),
-    );
     claims
 }
 
@@ -428,7 +433,11 @@ pub(super) fn issue_jwt(shared: &Shared, user_id: &str, spec: JwtSpec) -> String
             claims.insert("client_id".into(), Value::from(client.as_str()));
         }
         if spec.scopes.iter().any(|s| s == ROLES_SCOPE) {
-            claims.extend(role_claims(&data, user_id));
+            claims.extend(role_claims(
+                &data,
+                user_id,
+                entry.request_project(&data).as_deref(),
+            ));
         }
         if spec.scopes.iter().any(|s| s == SCOPE_RESOURCE_OWNER)
             && let Some(user) = data.users.get(user_id)

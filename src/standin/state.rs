@@ -197,6 +197,16 @@ impl Token {
 }
 
 impl Token {
+    /// The project the token was requested for, whose roles ZITADEL repeats in the generic roles claim: the
+    /// project of its client, else (a user token requested through some app) the first project named by an
+    /// `…:project:id:{id}:aud` scope (`zitadel` excepted).
+    pub(super) fn request_project(&self, data: &Data) -> Option<String> {
+        if let Some(app) = self.client_id.as_ref().and_then(|c| data.apps.get(c)) {
+            return Some(app.project_id.clone());
+        }
+        self.audience().into_iter().find(|id| id != "zitadel")
+    }
+
     pub(super) fn is_valid(&self) -> bool {
         self.expires_at.is_none_or(|at| Instant::now() < at)
     }

@@ -41,6 +41,9 @@ pub struct ZitadelConfig {
     pub resilience: Resilience,
     /// Which HTTP versions the connections to ZITADEL speak.
     pub http2: Http2,
+    /// usermeta's project in ZITADEL: only roles ZITADEL asserts for it are callers' roles. `None`: callers
+    /// have no roles.
+    pub project_id: Option<String>,
 }
 
 /// When usermeta speaks HTTP/2 to ZITADEL. Over HTTP/2 every concurrent call shares one connection per
@@ -80,6 +83,7 @@ pub struct Zitadel {
     service_token: token_source::TokenSource,
     guards: resilience::Guards,
     http2: Http2,
+    project_id: Option<String>,
 }
 
 impl Zitadel {
@@ -150,6 +154,7 @@ impl Zitadel {
             service_token,
             guards: resilience::Guards::new(config.resilience),
             http2: config.http2,
+            project_id: config.project_id,
         })
     }
 
@@ -162,6 +167,11 @@ impl Zitadel {
     /// The instance URL, ending in `/` so that API paths join onto it.
     pub fn base_url(&self) -> &Url {
         &self.base_url
+    }
+
+    /// usermeta's project, whose roles count as callers' roles.
+    pub fn project_id(&self) -> Option<&str> {
+        self.project_id.as_deref()
     }
 
     /// How long one HTTP call to ZITADEL may take.

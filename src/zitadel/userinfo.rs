@@ -11,9 +11,29 @@ use crate::metadata::MetadataItem;
 pub const METADATA_CLAIM: &str = "urn:zitadel:iam:user:metadata";
 /// The claim with the user's organisation, present with the scope `urn:zitadel:iam:user:resourceowner`.
 pub const ORG_ID_CLAIM: &str = "urn:zitadel:iam:user:resourceowner:id";
-/// The claim with the user's project roles (an object keyed by role name), present with the scope
-/// `urn:zitadel:iam:org:projects:roles` or when the project asserts roles on authentication.
-pub const ROLES_CLAIM: &str = "urn:zitadel:iam:org:project:roles";
+/// The claim with one project's roles, `urn:zitadel:iam:org:project:{id}:roles` (an object keyed by role
+/// name), present with the scope `urn:zitadel:iam:org:projects:roles` or when the project asserts roles on
+/// authentication. ZITADEL writes one for every project whose roles it asserts; the generic
+/// `urn:zitadel:iam:org:project:roles` only repeats the roles of whichever project the token was requested
+/// for, so it is never read: a role counts only as a role of the project that defines it.
+fn project_roles_claim(project_id: &str) -> String {
+    format!("urn:zitadel:iam:org:project:{project_id}:roles")
+}
+
+/// The role names ZITADEL asserts for `project_id` (none without a project, or when the claim is absent or
+/// of another shape).
+pub fn project_roles(
+    claims: &serde_json::Map<String, serde_json::Value>,
+    project_id: Option<&str>,
+) -> BTreeSet<String> {
+    let Some(project_id) = project_id else {
+        return BTreeSet::new();
+    };
+    match claims.get(&project_roles_claim(project_id)) {
+        Some(serde_json::Value::Object(granted)) => granted.keys().cloned().collect(),
+        _ => BTreeSet::new(),
+    }
+}
 
 /// What userinfo says about the token's user.
 #[derive(Debug, Clone, PartialEq)]
@@ -24,7 +44,7 @@ pub struct UserInfo {
     pub org_id: Option<String>,
     /// The metadata claim, sorted by key; empty when the user has none or the token lacks the scope.
     pub metadata: Vec<MetadataItem>,
-    /// Project roles from the roles claims, when the token was requested with roles.
+    /// Roles of usermeta's project (see [`project_roles`]), when the token was requested with roles.
     pub roles: BTreeSet<String>,
 }
 
@@ -35,7 +55,7 @@ struct Claims {
     org_id: Option<String>,
     #[serde(rename = "urn:zitadel:iam:user:metadata", default)]
     metadata: BTreeMap<String, serde_json::Value>,
-    /// Every other claim; the roles claims are picked from these.
+    /// Every other claim; the roles claim of usermeta's project is picked from these.
     #[serde(flatten)]
     other: serde_json::Map<String, serde_json::Value>,
 }
@@ -50,7 +70,7 @@ impl Zitadel {
             .header(http::header::AUTHORIZATION, token.authorization().clone());
         let claims: Claims = self.send_json(endpoint, request).await?;
         let sub = claims.sub.filter(|s| !s.is_empty());
-        let roles = crate::caller::roles_of(&claims.other);
+        let roles = project_roles(&claims.other, self.project_id.as_deref());
         let metadata = claims
             .metadata
             .into_iter()

@@ -402,10 +402,13 @@ async fn route_rules_require_a_metadata_value_on_their_paths_only() {
 }
 
 #[tokio::test]
-async fn role_rules_read_the_project_roles_claim() {
+async fn role_rules_read_only_the_roles_of_usermetas_project() {
     let (url, _calls) = raw_userinfo(serde_json::json!({
         "sub": "u-1",
+        // The generic claim and another project's claim both say `admin`: neither counts.
         "urn:zitadel:iam:org:project:roles": {"admin": {"org-1": "acme.example.com"}},
+        "urn:zitadel:iam:org:project:p-attacker:roles": {"admin": {"org-1": "acme.example.com"}},
+        "urn:zitadel:iam:org:project:p-usermeta:roles": {"billing": {"org-1": "acme.example.com"}},
         "urn:zitadel:iam:user:metadata": {"ContractNumber": "MTIzNA"},
     }))
     .await;
@@ -420,18 +423,19 @@ async fn role_rules_read_the_project_roles_claim() {
         Options::default(),
         usermeta::caller::IdentityConfig::default(),
         Some(config),
+        Some("p-usermeta".into()),
     )
     .await;
     let mut client = authz_client(addr).await;
-    let answer = allowed(&check(&mut client, "/admin/users", Some("any-token")).await);
+    let answer = allowed(&check(&mut client, "/billing/invoices", Some("any-token")).await);
     assert_eq!(answer.get("x-user-id"), Some("u-1"));
     assert_eq!(answer.get(CONTRACT_HEADER), Some("1234"));
     let (status, _, body) = denied(
-        &check(&mut client, "/billing", Some("any-token")).await,
+        &check(&mut client, "/admin", Some("any-token")).await,
         Code::PermissionDenied,
     );
     assert_eq!(status, 403);
-    assert!(body.contains("role `billing`"), "{body}");
+    assert!(body.contains("role `admin`"), "{body}");
 }
 
 #[tokio::test]
@@ -551,6 +555,7 @@ async fn a_roles_claim_of_another_shape_means_no_roles_not_a_broken_answer() {
         Options::default(),
         usermeta::caller::IdentityConfig::default(),
         Some(config),
+        None,
     )
     .await;
     let mut client = authz_client(addr).await;

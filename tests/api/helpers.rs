@@ -83,6 +83,7 @@ pub async fn spawn_app_with_authz(ext_authz: Option<AuthzConfig>) -> TestApp {
         Options::default(),
         IdentityConfig::default(),
         ext_authz,
+        None,
     )
     .await;
     standin.clear_requests();
@@ -158,16 +159,19 @@ pub async fn spawn_usermeta_with_credential(
         options,
         IdentityConfig::default(),
         None,
+        None,
     )
     .await
 }
 
-/// [`spawn_usermeta`] identifying callers by introspection and/or local JWT validation.
+/// [`spawn_usermeta`] identifying callers by introspection and/or local JWT validation; roles of
+/// `project_id` count as callers' roles.
 pub async fn spawn_usermeta_with_identity(
     zitadel_url: &str,
     service_pat: &str,
     policy: Policy,
     identity: IdentityConfig,
+    project_id: &str,
 ) -> (SocketAddr, oneshot::Sender<()>) {
     let credential = ServiceCredential::Pat(SecretString::from(service_pat));
     spawn_usermeta_full(
@@ -177,6 +181,7 @@ pub async fn spawn_usermeta_with_identity(
         Options::default(),
         identity,
         None,
+        Some(project_id.to_owned()),
     )
     .await
 }
@@ -195,6 +200,7 @@ pub async fn spawn_usermeta_full(
     }: Options,
     identity: IdentityConfig,
     ext_authz: Option<AuthzConfig>,
+    project_id: Option<String>,
 ) -> (SocketAddr, oneshot::Sender<()>) {
     let config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -204,6 +210,7 @@ pub async fn spawn_usermeta_full(
             service_credential,
             resilience,
             http2,
+            project_id,
         },
         policy,
         cache,

@@ -86,8 +86,14 @@ actions = ["write"]
         )
         .unwrap()
         .with_shorthands([], vec!["profile.".into()]);
-        let (addr, stop) =
-            spawn_usermeta_with_identity(&self.standin.url(), &self.pat, policy, identity).await;
+        let (addr, stop) = spawn_usermeta_with_identity(
+            &self.standin.url(),
+            &self.pat,
+            policy,
+            identity,
+            &self.project,
+        )
+        .await;
         (connect(addr).await, stop)
     }
 }
@@ -424,4 +430,79 @@ async fn opaque_tokens_go_to_introspection_when_both_are_configured() {
     assert_eq!(whoami(&mut client, &jwt).await.unwrap(), world.alice);
     assert_eq!(world.standin.introspection_requests(), 1);
     assert_eq!(world.standin.jwks_requests(), 1);
+}
+
+/// A project anyone can create, with a role of the same name, grants nothing: only roles of usermeta's own
+/// project count, whichever way the caller is identified and whatever project the token was requested for.
+#[tokio::test]
+async fn a_role_of_the_same_name_in_another_project_grants_nothing() {
+    let world = world().await;
+    let org = world.standin.create_org("Attackers");
+    let other_project = world.standin.create_project(&org);
+    world
+        .standin
+        .grant_role(&world.alice, &other_project, "editor");
+    let (other_client, _) = world.standin.add_api_app_with_secret(&other_project);
+    // Requested for the other project (it fills the generic roles claim), with usermeta's audience too.
+    let mut scopes = world.scopes.clone();
+    scopes.insert(
+        0,
+        format!("urn:zitadel:iam:org:project:id:{other_project}:aud"),
+    );
+    let scopes: Vec<&str> = scopes.iter().map(String::as_str).collect();
+    let opaque = world.standin.issue_token(&world.alice, &scopes);
+    let jwt = world.standin.issue_jwt_with(
+        &world.alice,
+        JwtSpec {
+            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+            client_id: Some(other_client),
+            ..JwtSpec::default()
+        },
+    );
+    let modes = [
+        (IdentityConfig::default(), &opaque),
+        (
+            IdentityConfig {
+                introspection: Some(world.secret_auth()),
+                jwt: None,
+            },
+            &opaque,
+        ),
+        (
+            IdentityConfig {
+                introspection: None,
+                jwt: Some(world.jwt(Duration::from_secs(30))),
+            },
+            &jwt,
+        ),
+    ];
+    for (identity, token) in modes {
+        let (mut client, _stop) = world.serve(identity).await;
+        let status = write_note(&mut client, token).await.unwrap_err();
+        assert_status(&status, Code::PermissionDenied, "POLICY_DENIED");
+    }
+    assert!(
+        !world
+            .standin
+            .metadata_of(&world.alice)
+            .contains_key("notes.today")
+    );
+    // The same role in usermeta's project does count.
+    world
+        .standin
+        .grant_role(&world.alice, &world.project, "editor");
+    let (mut client, _stop) = world
+        .serve(IdentityConfig {
+            introspection: None,
+            jwt: Some(world.jwt(Duration::from_secs(30))),
+        })
+        .await;
+    let token = world.standin.issue_jwt_with(
+        &world.alice,
+        JwtSpec {
+            scopes: world.scopes.clone(),
+            ..JwtSpec::default()
+        },
+    );
+    write_note(&mut client, &token).await.unwrap();
 }

@@ -42,6 +42,7 @@ pub async fn spawn_observed_at(
             service_credential: ServiceCredential::Pat(SecretString::from(app.service_pat.clone())),
             resilience: Default::default(),
             http2: Default::default(),
+            project_id: None,
         },
         policy: Policy::new([app.admin.clone()], vec![SELF_WRITABLE.into()]),
         cache: Default::default(),

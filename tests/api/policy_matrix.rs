@@ -252,6 +252,7 @@ fn outcome_of<T>(result: &Result<T, tonic::Status>) -> Outcome {
 #[tokio::test]
 async fn the_authorisation_matrix_holds_with_zero_unexpected_allows() {
     let (cast, policy, jwt, pat) = cast().await;
+    let project = jwt.audience[0].clone();
     let (addr, _stop) = spawn_usermeta_with_identity(
         &cast.standin.url(),
         &pat,
@@ -260,6 +261,7 @@ async fn the_authorisation_matrix_holds_with_zero_unexpected_allows() {
             introspection: None,
             jwt: Some(jwt),
         },
+        &project,
     )
     .await;
     let mut client = connect(addr).await;
@@ -425,6 +427,7 @@ async fn the_authorisation_matrix_holds_with_zero_unexpected_allows() {
 #[tokio::test]
 async fn my_metadata_cannot_be_pointed_at_another_user() {
     let (cast, policy, jwt, pat) = cast().await;
+    let project = jwt.audience[0].clone();
     let (addr, _stop) = spawn_usermeta_with_identity(
         &cast.standin.url(),
         &pat,
@@ -433,6 +436,7 @@ async fn my_metadata_cannot_be_pointed_at_another_user() {
             introspection: None,
             jwt: Some(jwt),
         },
+        &project,
     )
     .await;
     let mut client = connect(addr).await;

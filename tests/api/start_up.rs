@@ -41,3 +41,37 @@ fn an_empty_who_entry_stops_start_up_naming_the_file_and_line() {
         "{error}"
     );
 }
+
+#[test]
+fn a_rule_naming_roles_needs_usermetas_project_id() {
+    let policy = "[[rule]]\nname = \"support reads\"\nwho = { roles = [\"support\"] }\nwhose = \"any\"\nkeys = [\"*\"]\nactions = [\"read\"]\n";
+    let error = serve_with_policy("roles.toml", policy, &[]);
+    assert!(
+        error.contains("USERMETA_PROJECT_ID") && error.contains("support reads"),
+        "{error}"
+    );
+    // An empty value is no project id either.
+    let error = serve_with_policy("roles-empty.toml", policy, &[("USERMETA_PROJECT_ID", " ")]);
+    assert!(error.contains("USERMETA_PROJECT_ID"), "{error}");
+}
+
+#[test]
+fn an_ext_authz_rule_requiring_a_role_needs_usermetas_project_id() {
+    let output = usermeta(
+        &["serve"],
+        &[
+            ("USERMETA_ZITADEL_URL", "http://127.0.0.1:9"),
+            ("USERMETA_SERVICE_PAT", "p"),
+            ("USERMETA_LISTEN", "127.0.0.1:0"),
+            ("USERMETA_EXT_AUTHZ", "true"),
+            ("USERMETA_EXT_AUTHZ_LISTEN", "127.0.0.1:0"),
+            ("USERMETA_EXT_AUTHZ_RULES", "path=/admin role=admin"),
+        ],
+    );
+    assert!(!output.status.success());
+    let error = stderr(&output);
+    assert!(
+        error.contains("USERMETA_PROJECT_ID") && error.contains("rule:1"),
+        "{error}"
+    );
+}
