@@ -151,6 +151,13 @@ impl Application {
             }
             None => None,
         };
+        // Replicas sharing the service credential accept each other's page tokens.
+        let page_tokens = crate::api::PageTokenKey::new(
+            &config
+                .zitadel
+                .service_credential
+                .derive_secret("usermeta page tokens v2"),
+        );
         let zitadel = Arc::new(Zitadel::with_extra_roots(
             config.zitadel,
             options.zitadel_roots,
@@ -163,7 +170,8 @@ impl Application {
             Arc::clone(&cache),
         )
         .with_limits(config.limits.requests)
-        .with_resolver(Arc::new(resolver));
+        .with_resolver(Arc::new(resolver))
+        .with_page_token_key(page_tokens);
         let listener =
             TcpListener::bind(config.listen)
                 .await

@@ -5,7 +5,7 @@ use proptest::prelude::*;
 use prost::Message as _;
 
 use super::{
-    page_token::{self, Query},
+    page_token::{self, Offsets, PageTokenKey, Position, Query},
     pb, validate,
 };
 use crate::metadata::{KeyFilter, KeyMatch};
@@ -32,7 +32,7 @@ proptest! {
             let _ = validate::delete(request);
         }
         if let Ok(request) = pb::ListMetadataRequest::decode(bytes.as_slice()) {
-            let _ = validate::list(request);
+            let _ = validate::list(request, &PageTokenKey::random());
         }
         if let Ok(request) = pb::GetMyMetadataRequest::decode(bytes.as_slice()) {
             let _ = validate::get_mine(request);
@@ -67,7 +67,7 @@ proptest! {
             page_size,
             page_token,
             ..Default::default()
-        });
+        }, &PageTokenKey::random());
     }
 
     #[test]
@@ -97,22 +97,25 @@ proptest! {
     #[test]
     fn page_tokens_never_panic_on_arbitrary_text(token in "\\PC{0,80}", user_id in "[0-9]{0,20}") {
         let query = Query { user_id: &user_id, org_id: "", filter: None };
-        let _ = page_token::decode(&token, query);
+        let _ = page_token::decode(&PageTokenKey::random(), &token, query);
     }
 
     #[test]
     fn page_tokens_round_trip_and_stay_bound_to_their_query(
-        offset in any::<u64>(),
+        offset in 1..=page_token::MAX_OFFSET,
+        visible in any::<bool>(),
         user_id in "[0-9]{1,20}",
         org_id in "[0-9]{0,20}",
         filter_key in prop::option::of(key()),
     ) {
         let filter = filter_key.map(|key| KeyFilter { key, matching: KeyMatch::StartsWith });
         let query = Query { user_id: &user_id, org_id: &org_id, filter: filter.as_ref() };
-        let token = page_token::encode(offset, query);
-        prop_assert_eq!(page_token::decode(&token, query), Ok(offset));
+        let key = PageTokenKey::random();
+        let position = Position { offset, offsets: if visible { Offsets::Visible } else { Offsets::Zitadel } };
+        let token = page_token::encode(&key, position, query);
+        prop_assert_eq!(page_token::decode(&key, &token, query), Ok(position));
         let other_user = format!("{user_id}0");
         let other = Query { user_id: &other_user, ..query };
-        prop_assert_eq!(page_token::decode(&token, other), Err(page_token::PageTokenError::OtherQuery));
+        prop_assert_eq!(page_token::decode(&key, &token, other), Err(page_token::PageTokenError::NotIssued));
     }
 }

@@ -12,6 +12,7 @@ mod service;
 mod validate;
 
 pub use error::{ApiError, ERROR_DOMAIN};
+pub use page_token::PageTokenKey;
 pub use service::{MetadataService, RequestLimits};
 
 /// Code generated from `proto/usermeta/v1/usermeta.proto`.

@@ -1,15 +1,53 @@
-//! Opaque page tokens for ListMetadata. A token carries the offset of the next page and a digest of the
-//! query it belongs to, so it cannot be replayed against another user, organisation or filter. It needs no
-//! server state or secret, so any replica can continue a listing another one started.
+//! Opaque page tokens for ListMetadata. A token carries the offset of the next page, whether that offset
+//! counts ZITADEL's entries or only those the caller may see, and a MAC (HMAC-SHA256) over both and the query
+//! it belongs to (user, organisation, filter). Only usermeta can make one, so an altered or made-up token is
+//! refused before any call, and it cannot be replayed against another user, organisation or filter. No
+//! server state: every replica holding the same key (see [`PageTokenKey`]) continues a listing another
+//! replica started.
 
+use aws_lc_rs::{constant_time, hmac};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use sha2::{Digest, Sha256};
 
 use crate::metadata::KeyFilter;
 
-const VERSION: u8 = 1;
-const DIGEST_LEN: usize = 16;
-const TOKEN_LEN: usize = 1 + 8 + DIGEST_LEN;
+const VERSION: u8 = 2;
+const MAC_LEN: usize = 16;
+const TOKEN_LEN: usize = 1 + 8 + 1 + MAC_LEN;
+
+/// The largest offset a token may carry: far beyond any user's metadata, so a token pointing past it was
+/// not made by usermeta's listings.
+pub const MAX_OFFSET: u64 = 1_000_000;
+
+/// The secret page tokens are signed with. Replicas of one deployment must share it.
+#[derive(Clone)]
+pub struct PageTokenKey(hmac::Key);
+
+impl std::fmt::Debug for PageTokenKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PageTokenKey(..)")
+    }
+}
+
+impl PageTokenKey {
+    /// A key from secret bytes (32 or more from a good source; they are never shown).
+    pub fn new(secret: &[u8]) -> Self {
+        PageTokenKey(hmac::Key::new(hmac::HMAC_SHA256, secret))
+    }
+
+    /// A fresh random key: tokens then work on this process only (tests, `usermeta dev`).
+    pub fn random() -> Self {
+        Self::new(&rand::random::<[u8; 32]>())
+    }
+}
+
+/// What the offset of a token counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offsets {
+    /// ZITADEL's entries: the caller may see every key, so ZITADEL pages.
+    Zitadel,
+    /// The entries the caller may see: usermeta pages what is left after the policy.
+    Visible,
+}
 
 /// The query a page token is bound to.
 #[derive(Debug, Clone, Copy)]
@@ -19,63 +57,87 @@ pub struct Query<'a> {
     pub filter: Option<&'a KeyFilter>,
 }
 
-impl Query<'_> {
-    fn digest(&self) -> [u8; DIGEST_LEN] {
-        let mut hasher = Sha256::new();
-        // Length prefixes keep ("ab","c") and ("a","bc") apart.
-        for part in [
-            self.user_id,
-            self.org_id,
-            self.filter.map_or("", |f| f.key.as_str()),
-        ] {
-            hasher.update((part.len() as u64).to_be_bytes());
-            hasher.update(part.as_bytes());
-        }
-        hasher.update([self.filter.map_or(0, |f| f.matching as u8 + 1)]);
-        let full = hasher.finalize();
-        let mut digest = [0; DIGEST_LEN];
-        digest.copy_from_slice(&full[..DIGEST_LEN]);
-        digest
-    }
+/// A token's content, once its MAC checked out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    pub offset: u64,
+    pub offsets: Offsets,
 }
 
 /// Why a page token was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PageTokenError {
     #[error(
-        "is not a page token usermeta issued; pass next_page_token from the previous response unchanged"
+        "is not a page token usermeta issued for this listing (another user_id, organization_id or key_filter, or altered); pass next_page_token from the previous response unchanged with the same fields, or drop page_token to start over"
     )]
-    Malformed,
-    #[error(
-        "belongs to a listing with another user_id, organization_id or key_filter; repeat the request of the first page with the same fields, or drop page_token to start over"
-    )]
-    OtherQuery,
+    NotIssued,
 }
 
-/// The token for the page that starts at `offset`.
-pub fn encode(offset: u64, query: Query<'_>) -> String {
+fn mac(key: &PageTokenKey, head: &[u8], query: Query<'_>) -> [u8; MAC_LEN] {
+    let mut context = hmac::Context::with_key(&key.0);
+    context.update(head);
+    // Length prefixes keep ("ab","c") and ("a","bc") apart.
+    for part in [
+        query.user_id,
+        query.org_id,
+        query.filter.map_or("", |f| f.key.as_str()),
+    ] {
+        context.update(&(part.len() as u64).to_be_bytes());
+        context.update(part.as_bytes());
+    }
+    context.update(&[query.filter.map_or(0, |f| f.matching as u8 + 1)]);
+    let tag = context.sign();
+    let mut mac = [0; MAC_LEN];
+    mac.copy_from_slice(&tag.as_ref()[..MAC_LEN]);
+    mac
+}
+
+fn head(position: Position) -> [u8; 10] {
+    let mut head = [0u8; 10];
+    head[0] = VERSION;
+    head[1..9].copy_from_slice(&position.offset.to_be_bytes());
+    head[9] = match position.offsets {
+        Offsets::Zitadel => 0,
+        Offsets::Visible => 1,
+    };
+    head
+}
+
+/// The token for the page at `position` of `query`.
+pub fn encode(key: &PageTokenKey, position: Position, query: Query<'_>) -> String {
+    let head = head(position);
     let mut bytes = [0u8; TOKEN_LEN];
-    bytes[0] = VERSION;
-    bytes[1..9].copy_from_slice(&offset.to_be_bytes());
-    bytes[9..].copy_from_slice(&query.digest());
+    bytes[..10].copy_from_slice(&head);
+    bytes[10..].copy_from_slice(&mac(key, &head, query));
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// The offset a token stands for, if it was issued for this query.
-pub fn decode(token: &str, query: Query<'_>) -> Result<u64, PageTokenError> {
+/// Where a token issued for `query` points; anything else is refused.
+pub fn decode(
+    key: &PageTokenKey,
+    token: &str,
+    query: Query<'_>,
+) -> Result<Position, PageTokenError> {
     let bytes = URL_SAFE_NO_PAD
         .decode(token)
-        .map_err(|_| PageTokenError::Malformed)?;
-    let bytes: [u8; TOKEN_LEN] = bytes.try_into().map_err(|_| PageTokenError::Malformed)?;
-    if bytes[0] != VERSION {
-        return Err(PageTokenError::Malformed);
-    }
-    if bytes[9..] != query.digest() {
-        return Err(PageTokenError::OtherQuery);
+        .map_err(|_| PageTokenError::NotIssued)?;
+    let bytes: [u8; TOKEN_LEN] = bytes.try_into().map_err(|_| PageTokenError::NotIssued)?;
+    if constant_time::verify_slices_are_equal(&bytes[10..], &mac(key, &bytes[..10], query)).is_err()
+    {
+        return Err(PageTokenError::NotIssued);
     }
     let mut offset = [0u8; 8];
     offset.copy_from_slice(&bytes[1..9]);
-    Ok(u64::from_be_bytes(offset))
+    let offset = u64::from_be_bytes(offset);
+    let offsets = match (bytes[0], bytes[9]) {
+        (VERSION, 0) => Offsets::Zitadel,
+        (VERSION, 1) => Offsets::Visible,
+        _ => return Err(PageTokenError::NotIssued),
+    };
+    if offset == 0 || offset > MAX_OFFSET {
+        return Err(PageTokenError::NotIssued);
+    }
+    Ok(Position { offset, offsets })
 }
 
 #[cfg(test)]
@@ -83,8 +145,16 @@ mod tests {
     use super::*;
     use crate::metadata::KeyMatch;
 
+    fn at(offset: u64) -> Position {
+        Position {
+            offset,
+            offsets: Offsets::Zitadel,
+        }
+    }
+
     #[test]
-    fn round_trips_for_the_same_query() {
+    fn round_trips_for_the_same_query_and_key() {
+        let key = PageTokenKey::new(b"0123456789abcdef0123456789abcdef");
         let filter = KeyFilter {
             key: "billing.".into(),
             matching: KeyMatch::StartsWith,
@@ -94,18 +164,27 @@ mod tests {
             org_id: "o1",
             filter: Some(&filter),
         };
-        assert_eq!(decode(&encode(200, query), query), Ok(200));
+        let visible = Position {
+            offset: 200,
+            offsets: Offsets::Visible,
+        };
+        assert_eq!(
+            decode(&key, &encode(&key, visible, query), query),
+            Ok(visible)
+        );
+        // Another replica with the same key continues the listing.
+        let same = PageTokenKey::new(b"0123456789abcdef0123456789abcdef");
+        assert_eq!(decode(&same, &encode(&key, at(7), query), query), Ok(at(7)));
+        // A replica with another key does not accept it.
+        let other = PageTokenKey::random();
+        assert!(decode(&other, &encode(&key, at(7), query), query).is_err());
     }
 
     #[test]
     fn refuses_another_query() {
+        let key = PageTokenKey::random();
         let a = Query {
             user_id: "u1",
-            org_id: "",
-            filter: None,
-        };
-        let b = Query {
-            user_id: "u2",
             org_id: "",
             filter: None,
         };
@@ -113,37 +192,47 @@ mod tests {
             key: "x".into(),
             matching: KeyMatch::Contains,
         };
-        let c = Query {
-            user_id: "u1",
-            org_id: "",
-            filter: Some(&filter),
-        };
-        let d = Query {
-            user_id: "u1",
-            org_id: "o",
-            filter: None,
-        };
-        let token = encode(10, a);
-        for other in [b, c, d] {
-            assert_eq!(decode(&token, other), Err(PageTokenError::OtherQuery));
+        let others = [
+            Query { user_id: "u2", ..a },
+            Query {
+                filter: Some(&filter),
+                ..a
+            },
+            Query { org_id: "o", ..a },
+        ];
+        let token = encode(&key, at(10), a);
+        for other in others {
+            assert_eq!(decode(&key, &token, other), Err(PageTokenError::NotIssued));
         }
     }
 
     #[test]
-    fn refuses_garbage() {
+    fn refuses_altered_made_up_and_out_of_range_tokens() {
+        let key = PageTokenKey::random();
         let q = Query {
             user_id: "u1",
             org_id: "",
             filter: None,
         };
+        let genuine = encode(&key, at(100), q);
+        let mut bytes = URL_SAFE_NO_PAD.decode(&genuine).unwrap();
+        bytes[8] ^= 1;
+        let altered = URL_SAFE_NO_PAD.encode(&bytes);
         for token in [
             "",
             "10",
             "!!!",
             "AAAA",
             &URL_SAFE_NO_PAD.encode([9u8; TOKEN_LEN]),
+            &altered,
+            &encode(&key, at(MAX_OFFSET + 1), q),
+            &encode(&key, at(0), q),
         ] {
-            assert_eq!(decode(token, q), Err(PageTokenError::Malformed), "{token}");
+            assert_eq!(
+                decode(&key, token, q),
+                Err(PageTokenError::NotIssued),
+                "{token}"
+            );
         }
     }
 }

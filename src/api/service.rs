@@ -19,7 +19,8 @@ use super::{
     convert::value_to_pb,
     deadline,
     error::Violation,
-    page_token, pb,
+    page_token::{self, Offsets, PageTokenKey, Position},
+    pb,
     rate_limit::RateLimiter,
     validate::{self, Source},
 };
@@ -69,6 +70,8 @@ pub struct MetadataService {
     max_request_timeout: Duration,
     rate_limiter: Option<Arc<RateLimiter>>,
     resolver: Arc<Resolver>,
+    /// Signs ListMetadata's page tokens; shared by the replicas of a deployment.
+    page_tokens: PageTokenKey,
 }
 
 impl MetadataService {
@@ -82,7 +85,14 @@ impl MetadataService {
             max_request_timeout: RequestLimits::default().max_request_timeout,
             rate_limiter: None,
             resolver: Arc::new(Resolver::userinfo()),
+            page_tokens: PageTokenKey::random(),
         }
+    }
+
+    /// Signs page tokens with `key`, so every replica holding it continues listings of the others.
+    pub fn with_page_token_key(mut self, key: PageTokenKey) -> Self {
+        self.page_tokens = key;
+        self
     }
 
     /// Applies request deadlines and the per-caller rate limit.
@@ -278,7 +288,7 @@ impl MetadataService {
     ) -> Result<pb::ListMetadataResponse, ApiError> {
         let token = caller::bearer_token(request.metadata())?;
         self.rate_limit(&token)?;
-        let request = validate::list(request.into_inner())?;
+        let request = validate::list(request.into_inner(), &self.page_tokens)?;
         let filter = request.filter.as_ref();
         // An own listing reads with the caller's token, so ZITADEL decides whose it is; while every caller may
         // read their own keys, it needs no identity lookup.
@@ -309,35 +319,65 @@ impl MetadataService {
         {
             scope.require(key)?;
         }
-        let mut page = match other {
-            None => {
-                self.zitadel
-                    .list_my_metadata(&token, filter, request.page)
-                    .await?
-            }
-            Some(user_id) => {
-                let target = Target {
-                    user_id,
-                    org_id: request.org_id.as_deref(),
-                };
-                self.zitadel
-                    .list_user_metadata(target, filter, request.page)
-                    .await?
+        // Counts and page tokens account only for what the caller may see: when the policy hides some keys,
+        // usermeta reads the whole listing and pages what is left; otherwise ZITADEL pages.
+        let offsets = if scope.sees_every_key() {
+            Offsets::Zitadel
+        } else {
+            Offsets::Visible
+        };
+        if request.resumed.is_some_and(|resumed| resumed != offsets) {
+            return Err(ApiError::InvalidRequest(vec![Violation {
+                field: "page_token".to_owned(),
+                description: "was issued while the policy let the caller see other keys of this user; drop page_token to start the listing over".to_owned(),
+            }]));
+        }
+        let target = other.map(|user_id| Target {
+            user_id,
+            org_id: request.org_id.as_deref(),
+        });
+        let token = &token;
+        let fetch = |page: PageRequest| async move {
+            match target {
+                None => self.zitadel.list_my_metadata(token, filter, page).await,
+                Some(target) => self.zitadel.list_user_metadata(target, filter, page).await,
             }
         };
-        // Paging follows ZITADEL's listing; keys the caller may not read are left out of it.
-        let fetched = page.items.len() as u64;
-        page.items.retain(|item| scope.allows(&item.key));
-        let left_out = fetched - page.items.len() as u64;
-        let next_offset = request.page.offset + fetched;
-        let next_page_token = if fetched > 0 && next_offset < page.total {
-            page_token::encode(next_offset, request.token_query())
-        } else {
-            String::new()
+        let (items, total, next_offset) = match offsets {
+            Offsets::Zitadel => {
+                let page = fetch(request.page).await?;
+                let fetched = page.items.len() as u64;
+                let next = request.page.offset + fetched;
+                let mut items = page.items;
+                // Nothing to leave out when every key may be read; kept as the last line of defence.
+                items.retain(|item| scope.allows(&item.key));
+                (items, page.total, (fetched > 0).then_some(next))
+            }
+            Offsets::Visible => {
+                let mut items = read_all(fetch).await?;
+                items.retain(|item| scope.allows(&item.key));
+                let total = items.len() as u64;
+                let start = usize::try_from(request.page.offset.min(total)).unwrap_or(usize::MAX);
+                let end = start
+                    .saturating_add(request.page.limit as usize)
+                    .min(items.len());
+                let next = end as u64;
+                items.truncate(end);
+                items.drain(..start);
+                (items, total, (end > start).then_some(next))
+            }
+        };
+        let next_page_token = match next_offset {
+            Some(offset) if offset < total => page_token::encode(
+                &self.page_tokens,
+                Position { offset, offsets },
+                request.token_query(),
+            ),
+            _ => String::new(),
         };
         Ok(pb::ListMetadataResponse {
-            total_size: i64::try_from(page.total.saturating_sub(left_out)).unwrap_or(i64::MAX),
-            metadata: page.items.into_iter().map(Into::into).collect(),
+            total_size: i64::try_from(total).unwrap_or(i64::MAX),
+            metadata: items.into_iter().map(Into::into).collect(),
             next_page_token,
         })
     }

@@ -11,7 +11,7 @@ use super::{
     ApiError,
     convert::value_from_pb,
     error::Violation,
-    page_token::{self, Query},
+    page_token::{self, Offsets, PageTokenKey, Query},
     pb,
 };
 use crate::metadata::{KeyFilter, KeyMatch, PageRequest};
@@ -44,6 +44,9 @@ pub struct List {
     pub org_id: Option<String>,
     pub filter: Option<KeyFilter>,
     pub page: PageRequest,
+    /// What the offset of a continued listing counts (`None` on its first page); it must match what the
+    /// caller's view counts now.
+    pub resumed: Option<Offsets>,
 }
 
 impl List {
@@ -232,7 +235,7 @@ pub fn get_mine(request: pb::GetMyMetadataRequest) -> Result<GetMine, ApiError> 
     })
 }
 
-pub fn list(request: pb::ListMetadataRequest) -> Result<List, ApiError> {
+pub fn list(request: pb::ListMetadataRequest, key: &PageTokenKey) -> Result<List, ApiError> {
     let mut v = Violations::default();
     let user_id = v.user_id(request.user_id);
     let org_id = v.org_id(request.organization_id);
@@ -268,10 +271,14 @@ pub fn list(request: pb::ListMetadataRequest) -> Result<List, ApiError> {
         org_id,
         filter,
         page: PageRequest { offset: 0, limit },
+        resumed: None,
     };
     if !request.page_token.is_empty() {
-        match page_token::decode(&request.page_token, list.token_query()) {
-            Ok(offset) => list.page.offset = offset,
+        match page_token::decode(key, &request.page_token, list.token_query()) {
+            Ok(position) => {
+                list.page.offset = position.offset;
+                list.resumed = Some(position.offsets);
+            }
             Err(e) => v.add("page_token", e.to_string()),
         }
     }

@@ -460,6 +460,14 @@ struct Grants<'p> {
 }
 
 impl Grants<'_> {
+    /// Whether every key there could be passes [`Grants::check`]: no hidden key applies and some grant
+    /// covers `*`.
+    fn covers_every_key(&self) -> bool {
+        let hides = self.reads && self.is_self && self.policy.key_rules.iter().any(|k| k.hidden);
+        !hides
+            && (self.implicit_read || self.rules.iter().any(|r| r.keys.contains(&KeyPattern::Any)))
+    }
+
     /// `Err(Some(_))`: hidden from a self read; `Err(None)`: no rule.
     fn check(&self, key: &str) -> Result<(), Option<Denial>> {
         if self.reads && self.is_self && self.policy.is_hidden(key) {
@@ -519,6 +527,11 @@ pub struct ReadScope<'p> {
 }
 
 impl ReadScope<'_> {
+    /// Whether the caller may read every key the user has, so ZITADEL's counts are the caller's counts.
+    pub fn sees_every_key(&self) -> bool {
+        self.grants.covers_every_key()
+    }
+
     pub fn allows(&self, key: &str) -> bool {
         self.grants.check(key).is_ok()
     }

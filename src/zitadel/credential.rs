@@ -163,6 +163,34 @@ impl ServiceCredential {
     }
 }
 
+impl ServiceCredential {
+    /// A secret for `purpose` that every holder of this credential derives alike (replicas of one deployment)
+    /// and that tells nothing of the credential: HMAC-SHA256 keyed with the credential's secret material.
+    pub fn derive_secret(&self, purpose: &str) -> [u8; 32] {
+        let material = match self {
+            ServiceCredential::Pat(pat) => {
+                keyed_hash(b"usermeta pat", pat.expose_secret().as_bytes())
+            }
+            ServiceCredential::JwtProfile(key) => key.material,
+            ServiceCredential::ClientCredentials { client_id, secret } => {
+                let joined = format!("{client_id}\0{}", secret.expose_secret());
+                keyed_hash(b"usermeta client credentials", joined.as_bytes())
+            }
+        };
+        keyed_hash(&material, purpose.as_bytes())
+    }
+}
+
+fn keyed_hash(key: &[u8], message: &[u8]) -> [u8; 32] {
+    let tag = aws_lc_rs::hmac::sign(
+        &aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, key),
+        message,
+    );
+    let mut out = [0; 32];
+    out.copy_from_slice(tag.as_ref());
+    out
+}
+
 /// A PAT as an `Authorization` header value, marked sensitive.
 pub(crate) fn pat_authorization(pat: &SecretString) -> Result<HeaderValue, BearerError> {
     let mut value = HeaderValue::try_from(format!("Bearer {}", pat.expose_secret()))
@@ -188,6 +216,8 @@ pub struct ServiceKey {
     key_id: String,
     user_id: String,
     key: EncodingKey,
+    /// The private key's PEM through a keyed hash, for [`ServiceCredential::derive_secret`]; never the key.
+    material: [u8; 32],
 }
 
 /// What is wrong with a key file. Messages never contain key material.
@@ -248,6 +278,7 @@ impl ServiceKey {
             key_id,
             user_id,
             key,
+            material: keyed_hash(b"usermeta service key material", pem.as_bytes()),
         };
         // PEM parsing checks the armour only; one signature proves the RSA key itself at start-up.
         key.assertion("https://usermeta.invalid", SystemTime::now())

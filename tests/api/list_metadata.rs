@@ -264,3 +264,197 @@ async fn organisation_scoping_follows_zitadel() {
         .unwrap_err();
     assert_status(&status, Code::PermissionDenied, "ORGANIZATION_NOT_FOUND");
 }
+
+/// A policy that hides `routing.*` from users and lets `admin` read only `routing.*` of others.
+fn hiding_policy(app: &TestApp) -> usermeta::policy::Policy {
+    usermeta::policy::Policy::from_toml(
+        &format!(
+            r#"
+[[rule]]
+name = "the gateway reads routing attributes"
+who = {{ subjects = ["{admin}"] }}
+whose = "any"
+keys = ["routing.*"]
+actions = ["read"]
+
+[[key]]
+name = "routing.*"
+hidden = true
+"#,
+            admin = app.admin
+        ),
+        "hiding.toml",
+    )
+    .unwrap()
+}
+
+fn filtered(user_id: &str, prefix: &str) -> ListMetadataRequest {
+    ListMetadataRequest {
+        user_id: user_id.into(),
+        key_filter: Some(KeyFilter {
+            key: prefix.into(),
+            r#match: KeyMatch::StartsWith as i32,
+        }),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn counts_and_page_tokens_account_only_for_what_the_caller_may_see() {
+    let app = spawn_app().await;
+    for key in ["routing.tier", "routing.zone", "routing.zz-secret"] {
+        app.standin.set_metadata(&app.alice, key, b"x");
+    }
+    let (addr, _stop) = app
+        .spawn_another(hiding_policy(&app), Options::default())
+        .await;
+    let mut client = connect(addr).await;
+
+    // alice sees ContractNumber and profile.language; the three routing keys are hidden from her.
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let answer = client
+            .list_metadata(authed(list("", 1, &token), &app.alice_token))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(answer.total_size, 2, "{answer:?}");
+        seen.extend(answer.metadata.iter().map(|m| m.key.clone()));
+        token = answer.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(seen, ["ContractNumber", "profile.language"]);
+
+    // Prefix filters tell nothing about hidden names: a prefix that matches three hidden keys answers as one
+    // that matches nothing.
+    for prefix in ["routing.", "routing.t", "routing.zz", "nothing-here."] {
+        let answer = client
+            .list_metadata(authed(filtered("", prefix), &app.alice_token))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(answer.total_size, 0, "{prefix}: {answer:?}");
+        assert!(answer.next_page_token.is_empty(), "{prefix}");
+        assert!(answer.metadata.is_empty(), "{prefix}");
+    }
+
+    // The admin of this policy reads only routing.* of alice: the count is of those, not of all five.
+    let alice = app.alice.clone();
+    let answer = client
+        .list_metadata(authed(list(&alice, 2, ""), &app.admin_token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.total_size, 3, "{answer:?}");
+    assert_eq!(pairs(&answer.metadata).len(), 2);
+    let rest = client
+        .list_metadata(authed(
+            list(&alice, 2, &answer.next_page_token),
+            &app.admin_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rest.total_size, 3);
+    assert_eq!(rest.metadata.len(), 1);
+    assert!(rest.next_page_token.is_empty());
+}
+
+#[tokio::test]
+async fn altered_or_foreign_page_tokens_are_refused_before_any_zitadel_call() {
+    let app = spawn_app().await;
+    for i in 0..5 {
+        app.standin.set_metadata(&app.alice, &format!("k{i}"), b"v");
+    }
+    let alice = app.alice.clone();
+    let mut client = app.client.clone();
+    let first = client
+        .list_metadata(authed(list(&alice, 2, ""), &app.admin_token))
+        .await
+        .unwrap()
+        .into_inner();
+    let genuine = first.next_page_token.clone();
+    assert!(!genuine.is_empty());
+
+    // Every single-character change of the genuine token, and a made-up one with an absurd offset.
+    use base64::Engine as _;
+    let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let mut bytes = engine.decode(&genuine).unwrap();
+    let mut forged = Vec::new();
+    for i in 0..bytes.len() {
+        bytes[i] ^= 0x55;
+        forged.push(engine.encode(&bytes));
+        bytes[i] ^= 0x55;
+    }
+    let mut absurd = vec![1u8];
+    absurd.extend(u64::MAX.to_be_bytes());
+    absurd.extend([0u8; 16]);
+    forged.push(engine.encode(&absurd));
+    app.standin.clear_requests();
+    for token in &forged {
+        let status = client
+            .list_metadata(authed(list(&alice, 2, token), &app.admin_token))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{token}: {status:?}");
+        assert_eq!(violated_fields(&status), ["page_token"]);
+    }
+    app.assert_no_upstream_request();
+
+    // Another replica with the same service credential continues the listing ...
+    let (addr, _stop) = app
+        .spawn_another(
+            usermeta::policy::Policy::new([app.admin.clone()], vec![]),
+            Options::default(),
+        )
+        .await;
+    let next = connect(addr)
+        .await
+        .list_metadata(authed(list(&alice, 2, &genuine), &app.admin_token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(next.metadata.len(), 2);
+    // ... but not for another user, and not as a listing of one's own under another policy view.
+    let status = client
+        .list_metadata(authed(list(&app.bob, 2, &genuine), &app.admin_token))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn a_token_from_a_view_of_every_key_does_not_continue_a_view_with_hidden_keys() {
+    let app = spawn_app().await;
+    for i in 0..3 {
+        app.standin
+            .set_metadata(&app.alice, &format!("routing.k{i}"), b"v");
+    }
+    // alice lists herself naming her own id; under the default policy she sees every key ...
+    let alice = app.alice.clone();
+    let open = app
+        .client
+        .clone()
+        .list_metadata(authed(list(&alice, 1, ""), &app.alice_token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!open.next_page_token.is_empty());
+    // ... a replica that hides routing.* refuses that token rather than paging by ZITADEL's offsets.
+    let (addr, _stop) = app
+        .spawn_another(hiding_policy(&app), Options::default())
+        .await;
+    let status = connect(addr)
+        .await
+        .list_metadata(authed(
+            list(&alice, 1, &open.next_page_token),
+            &app.alice_token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(violated_fields(&status), ["page_token"]);
+}
