@@ -62,10 +62,10 @@ pub fn serve_config(args: ServeArgs) -> Result<Config, SettingsError> {
 
 /// `usermeta serve`: serve until SIGINT or SIGTERM.
 pub async fn serve(args: ServeArgs) -> Result<(), RunError> {
-    let ext_authz = args.ext_authz.config()?;
+    let ext_authz = args.ext_authz.served()?;
     if let Some(rule) = ext_authz
         .as_ref()
-        .and_then(authz::AuthzConfig::first_role_rule)
+        .and_then(|served| served.config.first_role_rule())
         && args.access.project_id()?.is_none()
     {
         return Err(SettingsError::Invalid {
@@ -77,10 +77,9 @@ pub async fn serve(args: ServeArgs) -> Result<(), RunError> {
         }
         .into());
     }
-    let options = args.ops.serve_options().map_err(server::StartError::from)?;
-    let app = Application::build_with(serve_config(args)?, options)
-        .await?
-        .with_ext_authz(ext_authz);
+    let mut options = args.ops.serve_options().map_err(server::StartError::from)?;
+    options.ext_authz = ext_authz;
+    let app = Application::build_with(serve_config(args)?, options).await?;
     app.run_until(server::shutdown_signal()).await?;
     Ok(())
 }

@@ -20,11 +20,11 @@ use tonic_types::{ErrorDetails, StatusExt as _};
 
 use crate::{
     api::{MetadataService, RequestLimits, pb},
-    authz::{self, AuthzConfig, AuthzService},
+    authz::{self, AuthzConfig, AuthzService, ExtAuthz},
     cache::{CacheConfig, CallerCache},
     caller::{IdentityConfig, IdentitySetupError, Resolver},
     policy::Policy,
-    tls::{TlsError, TlsFiles},
+    tls::{TlsError, TlsFiles, TlsSettings},
     zitadel::{Group, SetupError, Zitadel, ZitadelConfig},
 };
 
@@ -77,6 +77,8 @@ pub struct ServeOptions {
     pub tls: Option<TlsFiles>,
     /// Extra CA certificates trusted toward ZITADEL (beside the system's).
     pub zitadel_roots: Vec<reqwest::Certificate>,
+    /// Envoy's external authorization API, on a listener of its own; `None` serves none.
+    pub ext_authz: Option<ExtAuthz>,
 }
 
 impl Default for ServeOptions {
@@ -86,8 +88,17 @@ impl Default for ServeOptions {
             shutdown_grace: Duration::from_secs(10),
             tls: None,
             zitadel_roots: Vec::new(),
+            ext_authz: None,
         }
     }
+}
+
+/// The bound ext_authz listener and what serves it.
+struct AuthzEndpoint {
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    service: AuthzService,
+    tls: Option<ServerTlsConfig>,
 }
 
 /// The server could not start.
@@ -106,6 +117,8 @@ pub enum StartError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error("{0}")]
+    ExtAuthz(String),
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
     #[error("gRPC server: {0}")]
@@ -122,8 +135,7 @@ pub struct Application {
     metrics: Option<(TcpListener, metrics_exporter_prometheus::PrometheusHandle)>,
     shutdown_grace: Duration,
     zitadel: Arc<Zitadel>,
-    cache: Arc<CallerCache>,
-    authz: Option<AuthzService>,
+    authz: Option<AuthzEndpoint>,
     limits: Limits,
 }
 
@@ -134,13 +146,11 @@ impl Application {
 
     /// [`Application::build`] with metrics, TLS and shutdown settings. Binds the metrics port too.
     pub async fn build_with(config: Config, options: ServeOptions) -> Result<Self, StartError> {
-        let tls = options.tls.as_ref().map(TlsFiles::load).transpose()?;
-        if let Some(tls) = &tls {
-            // Parses the certificate and key now, so a bad pair fails start-up rather than the first client.
-            Server::builder()
-                .tls_config(tls.clone())
-                .map_err(|e| TlsError::Unusable(e.to_string()))?;
-        }
+        let tls = options
+            .tls
+            .as_ref()
+            .map(|files| files.load_checked(&TlsSettings::GRPC))
+            .transpose()?;
         let metrics = match options.metrics_listen {
             Some(addr) => {
                 let handle = crate::metrics::install()?;
@@ -162,16 +172,53 @@ impl Application {
             config.zitadel,
             options.zitadel_roots,
         )?);
-        let resolver = Resolver::new(config.identity, &zitadel)?;
+        let resolver = Arc::new(Resolver::new(config.identity, &zitadel)?);
         let cache = Arc::new(CallerCache::new(config.cache));
+        let policy = Arc::new(config.policy);
         let service = MetadataService::new(
             Arc::clone(&zitadel),
-            Arc::new(config.policy),
+            Arc::clone(&policy),
             Arc::clone(&cache),
         )
         .with_limits(config.limits.requests)
-        .with_resolver(Arc::new(resolver))
+        .with_resolver(Arc::clone(&resolver))
         .with_page_token_key(page_tokens);
+        let authz = match options.ext_authz {
+            None => None,
+            Some(ext) => {
+                check_ext_authz_headers(&ext.config, &policy)?;
+                let tls = ext
+                    .tls
+                    .as_ref()
+                    .map(|files| files.load_checked(&TlsSettings::EXT_AUTHZ))
+                    .transpose()?;
+                let listener =
+                    TcpListener::bind(ext.listen)
+                        .await
+                        .map_err(|source| StartError::Bind {
+                            addr: ext.listen,
+                            source,
+                        })?;
+                let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
+                    addr: ext.listen,
+                    source,
+                })?;
+                let shared = authz::check::Shared {
+                    zitadel: Arc::clone(&zitadel),
+                    cache: Arc::clone(&cache),
+                    resolver,
+                    policy,
+                    rate_limiter: service.rate_limiter(),
+                    limits: config.limits.requests,
+                };
+                Some(AuthzEndpoint {
+                    listener,
+                    local_addr,
+                    service: AuthzService::new(shared, Arc::new(ext.config)),
+                    tls,
+                })
+            }
+        };
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -191,22 +238,14 @@ impl Application {
             metrics,
             shutdown_grace: options.shutdown_grace,
             zitadel,
-            cache,
-            authz: None,
+            authz,
             limits: config.limits,
         })
     }
 
-    /// Also serves Envoy's external authorization API, sharing the caller cache with the metadata API.
-    pub fn with_ext_authz(mut self, config: Option<AuthzConfig>) -> Self {
-        self.authz = config.map(|config| {
-            AuthzService::new(
-                Arc::clone(&self.zitadel),
-                Arc::clone(&self.cache),
-                Arc::new(config),
-            )
-        });
-        self
+    /// The address Envoy's Check is served on, when ext_authz is on.
+    pub fn ext_authz_addr(&self) -> Option<SocketAddr> {
+        self.authz.as_ref().map(|authz| authz.local_addr)
     }
 
     /// The address actually bound (useful with port 0).
@@ -232,12 +271,6 @@ impl Application {
     ) -> Result<(), StartError> {
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<pb::user_metadata_service_server::UserMetadataServiceServer<MetadataService>>().await;
-        let authz_enabled = self.authz.is_some();
-        if authz_enabled {
-            health
-                .set_service_status(authz::SERVICE_NAME, tonic_health::ServingStatus::Serving)
-                .await;
-        }
         for group in Group::ALL {
             health
                 .set_service_status(group.health_name(), tonic_health::ServingStatus::Serving)
@@ -268,13 +301,32 @@ impl Application {
         let metrics = self
             .metrics
             .map(|(listener, handle)| crate::metrics::serve(listener, handle));
+        // One in-flight limit for both listeners: they share ZITADEL and this process.
+        let shed = ShedLayer::new(limits.max_in_flight);
         let mut builder = Server::builder();
         if let Some(tls) = self.tls {
             builder = builder.tls_config(tls)?;
         }
+        // The ext_authz listener has a health service of its own, so Envoy's health checks see Check's state.
+        let authz_health = match &self.authz {
+            Some(_) => {
+                let (reporter, service) = tonic_health::server::health_reporter();
+                reporter
+                    .set_service_status(authz::SERVICE_NAME, tonic_health::ServingStatus::Serving)
+                    .await;
+                Some((reporter, service))
+            }
+            None => None,
+        };
+        let (stopping, stop_rx) = tokio::sync::watch::channel(false);
         let (signalled, grace_starts) = tokio::sync::oneshot::channel::<()>();
+        let drain_reporters = (
+            health,
+            authz_health.as_ref().map(|(reporter, _)| reporter.clone()),
+        );
         let shutdown = async move {
-            drain(health, shutdown, authz_enabled).await;
+            drain(drain_reporters.0, drain_reporters.1, shutdown).await;
+            let _ = stopping.send(true);
             let _ = signalled.send(());
         };
         let serve = builder
@@ -283,20 +335,35 @@ impl Application {
             // and shed calls are measured too.
             .layer(crate::telemetry::RequestContextLayer)
             .layer(crate::metrics::GrpcMetricsLayer::new(metrics_enabled))
-            .layer(ShedLayer::new(limits.max_in_flight))
+            .layer(shed.clone())
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(service)
-            // envoy-types ships no descriptor set, so reflection does not list this service.
-            .add_optional_service(self.authz.map(AuthorizationServer::new))
-            .serve_with_incoming_shutdown(
-                // Nagle's algorithm would hold small responses back for a delayed ACK (a 40 ms tail).
-                TcpIncoming::from(self.listener)
-                    .with_nodelay(Some(true))
-                    .with_keepalive(Some(Duration::from_secs(60))),
-                shutdown,
-            );
+            .serve_with_incoming_shutdown(incoming(self.listener), shutdown);
+        let authz_serve = async move {
+            let (Some(authz), Some((_, health_service))) = (self.authz, authz_health) else {
+                return Ok(());
+            };
+            tracing::info!(addr = %authz.local_addr, tls = authz.tls.is_some(), "ext_authz serving");
+            let mut builder = Server::builder();
+            if let Some(tls) = authz.tls {
+                builder = builder.tls_config(tls)?;
+            }
+            let mut stop_rx = stop_rx;
+            builder
+                .max_concurrent_streams(limits.max_streams_per_connection)
+                .layer(crate::telemetry::RequestContextLayer)
+                .layer(crate::metrics::GrpcMetricsLayer::new(metrics_enabled))
+                .layer(shed)
+                .add_service(health_service)
+                // envoy-types ships no descriptor set, so reflection does not list this service.
+                .add_service(AuthorizationServer::new(authz.service))
+                .serve_with_incoming_shutdown(incoming(authz.listener), async move {
+                    let _ = stop_rx.wait_for(|stopping| *stopping).await;
+                })
+                .await
+        };
         let grace = self.shutdown_grace;
         let grace_over = async move {
             if grace_starts.await.is_err() {
@@ -304,10 +371,13 @@ impl Application {
             }
             tokio::time::sleep(grace).await;
         };
+        let both = async { tokio::join!(serve, authz_serve) };
         tokio::select! {
-            result = serve => {
-                if let Err(error) = result {
-                    tracing::error!(%error, "gRPC server stopped with an error");
+            (main, ext) = both => {
+                for (listener, result) in [("gRPC", main), ("ext_authz", ext)] {
+                    if let Err(error) = result {
+                        tracing::error!(%error, listener, "server stopped with an error");
+                    }
                 }
             }
             () = grace_over => {
@@ -322,6 +392,26 @@ impl Application {
         }
         tracing::info!("usermeta stopped");
         Ok(())
+    }
+}
+
+/// A listener's connections, as both servers take them.
+fn incoming(listener: TcpListener) -> TcpIncoming {
+    // Nagle's algorithm would hold small responses back for a delayed ACK (a 40 ms tail).
+    TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(60)))
+}
+
+/// A header mapping of a key the policy hides from its user would never be sent (Check passes on only what
+/// the caller may read of themself): refused at start-up rather than silently never sent.
+fn check_ext_authz_headers(config: &AuthzConfig, policy: &Policy) -> Result<(), StartError> {
+    match config.headers.iter().find(|m| policy.is_hidden(&m.key)) {
+        Some(mapping) => Err(StartError::ExtAuthz(format!(
+            "USERMETA_EXT_AUTHZ_HEADERS (--ext-authz-headers): `{}` is declared hidden in the policy, and Check passes on only what the caller may read of themself; remove it, or route on it with a rule (metadata.{}=VALUE) instead",
+            mapping.key, mapping.key
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -504,18 +594,24 @@ fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
 }
 
 /// Waits for the shutdown signal, then tells health checkers first so load balancers stop sending traffic.
-async fn drain(health: HealthReporter, shutdown: impl Future<Output = ()>, authz_enabled: bool) {
+async fn drain(
+    health: HealthReporter,
+    authz_health: Option<HealthReporter>,
+    shutdown: impl Future<Output = ()>,
+) {
     shutdown.await;
     tracing::info!("shutting down: health NOT_SERVING, finishing in-flight calls");
     health.set_not_serving::<pb::user_metadata_service_server::UserMetadataServiceServer<MetadataService>>().await;
-    if authz_enabled {
-        health
-            .set_service_status(authz::SERVICE_NAME, tonic_health::ServingStatus::NotServing)
-            .await;
-    }
     health
         .set_service_status("", tonic_health::ServingStatus::NotServing)
         .await;
+    if let Some(authz_health) = authz_health {
+        for service in [authz::SERVICE_NAME, ""] {
+            authz_health
+                .set_service_status(service, tonic_health::ServingStatus::NotServing)
+                .await;
+        }
+    }
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -594,16 +594,11 @@ fn pat_from(setting: &'static str, text: &str) -> Result<ServiceCredential, Sett
 impl OpsArgs {
     /// The server's operational options; reads the ZITADEL CA file.
     pub fn serve_options(&self) -> Result<crate::server::ServeOptions, crate::tls::TlsError> {
-        let tls = match (&self.tls_cert_file, &self.tls_key_file) {
-            (Some(cert_file), Some(key_file)) => Some(crate::tls::TlsFiles {
-                cert_file: cert_file.clone(),
-                key_file: key_file.clone(),
-                client_ca_file: self.tls_client_ca_file.clone(),
-            }),
-            // clap enforces these pairs on the command line, but not for values from a config file.
-            (None, None) if self.tls_client_ca_file.is_none() => None,
-            _ => return Err(crate::tls::TlsError::Incomplete),
-        };
+        let tls = crate::tls::TlsSettings::GRPC.files(
+            self.tls_cert_file.as_ref(),
+            self.tls_key_file.as_ref(),
+            self.tls_client_ca_file.as_ref(),
+        )?;
         let zitadel_roots = match &self.zitadel_ca_file {
             Some(path) => crate::tls::zitadel_roots(path)?,
             None => Vec::new(),
@@ -613,6 +608,7 @@ impl OpsArgs {
             shutdown_grace: self.shutdown_grace,
             tls,
             zitadel_roots,
+            ext_authz: None,
         })
     }
 }

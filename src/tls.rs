@@ -30,21 +30,66 @@ pub enum TlsError {
     },
     #[error("{setting}: {path} holds no PEM certificate")]
     NoCertificate { setting: &'static str, path: String },
-    #[error(
-        "USERMETA_TLS_CERT_FILE / USERMETA_TLS_KEY_FILE: the certificate and key cannot be used: {0}"
-    )]
-    Unusable(String),
-    #[error(
-        "USERMETA_TLS_CERT_FILE and USERMETA_TLS_KEY_FILE: set both for TLS (USERMETA_TLS_CLIENT_CA_FILE needs them too)"
-    )]
-    Incomplete,
+    #[error("{cert} / {key}: the certificate and key cannot be used: {reason}")]
+    Unusable {
+        cert: &'static str,
+        key: &'static str,
+        reason: String,
+    },
+    #[error("{cert} and {key}: set both for TLS ({client_ca} needs them too)")]
+    Incomplete {
+        cert: &'static str,
+        key: &'static str,
+        client_ca: &'static str,
+    },
     #[error("USERMETA_ZITADEL_CA_FILE: {path} holds no usable PEM certificate ({reason})")]
     BadZitadelCa { path: String, reason: String },
 }
 
-pub const CERT_FILE: &str = "USERMETA_TLS_CERT_FILE (--tls-cert-file)";
-pub const KEY_FILE: &str = "USERMETA_TLS_KEY_FILE (--tls-key-file)";
-pub const CLIENT_CA_FILE: &str = "USERMETA_TLS_CLIENT_CA_FILE (--tls-client-ca-file)";
+/// The settings a listener's TLS files come from, for messages.
+#[derive(Debug, Clone, Copy)]
+pub struct TlsSettings {
+    pub cert: &'static str,
+    pub key: &'static str,
+    pub client_ca: &'static str,
+}
+
+impl TlsSettings {
+    /// The public gRPC port.
+    pub const GRPC: TlsSettings = TlsSettings {
+        cert: "USERMETA_TLS_CERT_FILE (--tls-cert-file)",
+        key: "USERMETA_TLS_KEY_FILE (--tls-key-file)",
+        client_ca: "USERMETA_TLS_CLIENT_CA_FILE (--tls-client-ca-file)",
+    };
+    /// The ext_authz listener.
+    pub const EXT_AUTHZ: TlsSettings = TlsSettings {
+        cert: "USERMETA_EXT_AUTHZ_TLS_CERT_FILE (--ext-authz-tls-cert-file)",
+        key: "USERMETA_EXT_AUTHZ_TLS_KEY_FILE (--ext-authz-tls-key-file)",
+        client_ca: "USERMETA_EXT_AUTHZ_TLS_CLIENT_CA_FILE (--ext-authz-tls-client-ca-file)",
+    };
+
+    /// Both files or neither (a client CA needs them): clap checks pairs of flags, not of config-file keys.
+    pub fn files(
+        &self,
+        cert_file: Option<&PathBuf>,
+        key_file: Option<&PathBuf>,
+        client_ca_file: Option<&PathBuf>,
+    ) -> Result<Option<TlsFiles>, TlsError> {
+        match (cert_file, key_file) {
+            (Some(cert_file), Some(key_file)) => Ok(Some(TlsFiles {
+                cert_file: cert_file.clone(),
+                key_file: key_file.clone(),
+                client_ca_file: client_ca_file.cloned(),
+            })),
+            (None, None) if client_ca_file.is_none() => Ok(None),
+            _ => Err(TlsError::Incomplete {
+                cert: self.cert,
+                key: self.key,
+                client_ca: self.client_ca,
+            }),
+        }
+    }
+}
 
 fn read(setting: &'static str, path: &PathBuf) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|source| TlsError::Read {
@@ -59,25 +104,37 @@ fn has_certificate(pem: &[u8]) -> bool {
 }
 
 impl TlsFiles {
-    /// Reads the files into tonic's server TLS configuration. The key is checked later, when the server is
-    /// configured (see [`crate::server::Application::build_with`]), so a bad pair fails at start-up.
-    pub fn load(&self) -> Result<ServerTlsConfig, TlsError> {
-        let cert = read(CERT_FILE, &self.cert_file)?;
+    /// Reads the files into tonic's server TLS configuration and checks that the certificate and key can be
+    /// used, so a bad pair fails start-up rather than the first client. Errors name `settings`.
+    pub fn load_checked(&self, settings: &TlsSettings) -> Result<ServerTlsConfig, TlsError> {
+        let config = self.load(settings)?;
+        tonic::transport::Server::builder()
+            .tls_config(config.clone())
+            .map_err(|e| TlsError::Unusable {
+                cert: settings.cert,
+                key: settings.key,
+                reason: e.to_string(),
+            })?;
+        Ok(config)
+    }
+
+    fn load(&self, settings: &TlsSettings) -> Result<ServerTlsConfig, TlsError> {
+        let cert = read(settings.cert, &self.cert_file)?;
         if !has_certificate(&cert) {
             return Err(TlsError::NoCertificate {
-                setting: CERT_FILE,
+                setting: settings.cert,
                 path: self.cert_file.display().to_string(),
             });
         }
-        let key = read(KEY_FILE, &self.key_file)?;
+        let key = read(settings.key, &self.key_file)?;
         let mut config = ServerTlsConfig::new()
             .identity(Identity::from_pem(cert, key))
             .timeout(HANDSHAKE_TIMEOUT);
         if let Some(path) = &self.client_ca_file {
-            let ca = read(CLIENT_CA_FILE, path)?;
+            let ca = read(settings.client_ca, path)?;
             if !has_certificate(&ca) {
                 return Err(TlsError::NoCertificate {
-                    setting: CLIENT_CA_FILE,
+                    setting: settings.client_ca,
                     path: path.display().to_string(),
                 });
             }

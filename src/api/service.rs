@@ -95,6 +95,11 @@ impl MetadataService {
         self
     }
 
+    /// The per-caller rate limit in force, to share with Envoy's Check (one budget per caller).
+    pub fn rate_limiter(&self) -> Option<Arc<RateLimiter>> {
+        self.rate_limiter.clone()
+    }
+
     /// Applies request deadlines and the per-caller rate limit.
     pub fn with_limits(mut self, limits: RequestLimits) -> Self {
         self.request_timeout = limits.request_timeout;

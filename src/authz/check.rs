@@ -5,9 +5,14 @@
 //! can never reach the upstream with its own value under one of them. Envoy applies `headers_to_remove`
 //! after the headers it sets, so a name that is set must not also be listed for removal.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use base64::{Engine, engine::general_purpose::STANDARD};
+use compact_str::CompactString;
 use envoy_types::ext_authz::v3::pb::{
     Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction,
     HeaderValue, HeaderValueOption, HttpResponse, HttpStatus, OkHttpResponse,
@@ -21,25 +26,43 @@ use tracing::instrument;
 
 use super::{AuthzConfig, BASE64_MARKER, BinaryValues, MAX_HEADER_VALUE_BYTES, Requirement, Rule};
 use crate::{
+    api::{RequestLimits, deadline, rate_limit::RateLimiter},
     cache::CallerCache,
-    caller::{AUTHORIZATION, IdentifyError, Identity, KnownCaller, TokenError},
+    caller::{AUTHORIZATION, Caller, IdentifyError, Identity, KnownCaller, Resolver, TokenError},
     metadata::PackedMetadata,
-    zitadel::{BearerError, CallerToken, UpstreamError, Zitadel},
+    policy::{Policy, Subject},
+    zitadel::{BearerError, CallerToken, UpstreamError, Zitadel, resilience},
 };
 
-/// Serves `envoy.service.auth.v3.Authorization`.
+/// Serves `envoy.service.auth.v3.Authorization`. Callers are identified exactly as the metadata API
+/// identifies them (introspection, local JWT validation or userinfo, with the same cache, negative cache and
+/// per-caller rate limit), and only metadata the policy lets the caller read of themself is passed on.
 #[derive(Debug, Clone)]
 pub struct AuthzService {
     zitadel: Arc<Zitadel>,
     cache: Arc<CallerCache>,
+    resolver: Arc<Resolver>,
+    policy: Arc<Policy>,
+    rate_limiter: Option<Arc<RateLimiter>>,
+    limits: RequestLimits,
     config: Arc<AuthzConfig>,
+}
+
+/// Who an allowed request is from, and what of their metadata may go upstream.
+#[derive(Debug)]
+struct Admitted {
+    user_id: CompactString,
+    /// The caller's metadata, when headers or rules needed it.
+    metadata: Option<Arc<KnownCaller>>,
+    /// Keys of `metadata` the policy lets the caller read of themself (configured header keys only).
+    readable: Vec<bool>,
 }
 
 /// What Check decided, before it becomes Envoy's answer.
 #[derive(Debug)]
 enum Decision {
     /// Forward, with the caller's identity when known.
-    Allow(Option<Arc<KnownCaller>>),
+    Allow(Option<Admitted>),
     /// 401: no usable token. `token_present` adds `error="invalid_token"` to the challenge.
     Unauthenticated {
         token_present: bool,
@@ -50,15 +73,32 @@ enum Decision {
         reason: String,
         challenge: Option<&'static str>,
     },
-    /// 503: ZITADEL could not say who the caller is.
+    /// 429: the caller's rate limit is spent.
+    RateLimited { retry_after: Duration },
+    /// 503: ZITADEL could not say who the caller is (or not in time).
     Unavailable,
 }
 
+/// Everything Check needs besides its configuration, shared with the metadata API.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    pub zitadel: Arc<Zitadel>,
+    pub cache: Arc<CallerCache>,
+    pub resolver: Arc<Resolver>,
+    pub policy: Arc<Policy>,
+    pub rate_limiter: Option<Arc<RateLimiter>>,
+    pub limits: RequestLimits,
+}
+
 impl AuthzService {
-    pub fn new(zitadel: Arc<Zitadel>, cache: Arc<CallerCache>, config: Arc<AuthzConfig>) -> Self {
+    pub fn new(shared: Shared, config: Arc<AuthzConfig>) -> Self {
         AuthzService {
-            zitadel,
-            cache,
+            zitadel: shared.zitadel,
+            cache: shared.cache,
+            resolver: shared.resolver,
+            policy: shared.policy,
+            rate_limiter: shared.rate_limiter,
+            limits: shared.limits,
             config,
         }
     }
@@ -103,9 +143,36 @@ impl AuthzService {
                 };
             }
         };
+        if let Some(limiter) = &self.rate_limiter
+            && let Err(retry_after) = limiter.check(token.digest(), Instant::now())
+        {
+            return Decision::RateLimited { retry_after };
+        }
 
-        let known = match self.cache.userinfo(&self.zitadel, &token).await {
-            Ok(known) => known,
+        let needs_metadata = !self.config.headers.is_empty()
+            || rules.iter().any(|rule| {
+                rule.requirements
+                    .iter()
+                    .any(|r| matches!(r, Requirement::Metadata { .. }))
+            });
+        let looked_up = async {
+            let caller = self
+                .resolver
+                .identify(&self.cache, &self.zitadel, &token)
+                .await?;
+            let metadata = match &caller {
+                Caller::Userinfo(known) => Some(Arc::clone(known)),
+                // The identity came from introspection or the JWT; the metadata is read like GetMyMetadata
+                // reads it, with the caller's own token.
+                Caller::Identified(_) if needs_metadata => {
+                    Some(self.cache.userinfo(&self.zitadel, &token).await?)
+                }
+                Caller::Identified(_) => None,
+            };
+            Ok::<_, IdentifyError>((caller, metadata))
+        };
+        let (caller, metadata) = match looked_up.await {
+            Ok(found) => found,
             Err(IdentifyError::Token(TokenError::NoSubject)) => {
                 return Decision::Forbidden {
                     reason: "the token names no user; request it with the scope `openid`"
@@ -129,13 +196,14 @@ impl AuthzService {
                 return Decision::Unavailable;
             }
         };
-        let identity = &known.identity;
+        let identity: &Identity = &caller;
         tracing::Span::current().record("user_id", identity.sub.as_str());
+        let packed = metadata.as_deref().map(|known| &known.metadata);
         for rule in rules {
             if let Some(unmet) = rule
                 .requirements
                 .iter()
-                .find(|r| !satisfies(identity, &known.metadata, r))
+                .find(|r| !satisfies(identity, packed, r))
             {
                 let reason = match unmet {
                     Requirement::Role(role) => {
@@ -152,7 +220,40 @@ impl AuthzService {
                 };
             }
         }
-        Decision::Allow(Some(known))
+        // What goes upstream is what the caller may read of themself (hidden keys never).
+        let me = Subject {
+            user_id: &identity.sub,
+            org_id: identity.org_id.as_deref(),
+        };
+        let readable = match self.policy.read_scope(identity, me) {
+            Ok(scope) => self
+                .config
+                .headers
+                .iter()
+                .map(|mapping| scope.allows(&mapping.key))
+                .collect(),
+            Err(_) => vec![false; self.config.headers.len()],
+        };
+        Decision::Allow(Some(Admitted {
+            user_id: identity.sub.clone(),
+            metadata,
+            readable,
+        }))
+    }
+
+    /// [`AuthzService::decide`] within the call's deadline (the caller's `grpc-timeout`, cut to the maximum,
+    /// or the request timeout), which bounds every ZITADEL call it makes.
+    async fn decide_in_time(&self, request: &Request<CheckRequest>) -> Decision {
+        let deadline = deadline::deadline(
+            request.metadata(),
+            self.limits.request_timeout,
+            self.limits.max_request_timeout,
+            Instant::now(),
+        );
+        let decided = resilience::with_deadline(deadline, self.decide(request.get_ref()));
+        tokio::time::timeout_at(deadline.into(), decided)
+            .await
+            .unwrap_or(Decision::Unavailable)
     }
 
     fn answer(&self, decision: Decision) -> CheckResponse {
@@ -160,9 +261,9 @@ impl AuthzService {
             tracing::Span::current().record("decision", name);
         };
         match decision {
-            Decision::Allow(info) => {
+            Decision::Allow(admitted) => {
                 record("allow");
-                self.allow(info.as_deref())
+                self.allow(admitted.as_ref())
             }
             Decision::Unauthenticated {
                 token_present,
@@ -182,6 +283,16 @@ impl AuthzService {
                 tracing::info!(reason, "denied (403)");
                 denied(Code::PermissionDenied, 403, &reason, challenge)
             }
+            Decision::RateLimited { retry_after } => {
+                record("rate_limited");
+                let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                denied_with(
+                    Code::ResourceExhausted,
+                    429,
+                    "this caller sends more requests than usermeta's per-caller rate limit allows; retry later",
+                    &[("retry-after", &seconds.max(1).to_string())],
+                )
+            }
             Decision::Unavailable => {
                 record("unavailable");
                 denied(
@@ -195,21 +306,25 @@ impl AuthzService {
     }
 
     /// OK: identity headers set (overwriting), every other managed header removed.
-    fn allow(&self, info: Option<&KnownCaller>) -> CheckResponse {
+    fn allow(&self, admitted: Option<&Admitted>) -> CheckResponse {
         let mut set: Vec<(&str, String)> = Vec::new();
         // Only built when asked for: it copies every value once more.
         let mut fields = self
             .config
             .dynamic_metadata
             .then(HashMap::<String, Value>::new);
-        if let Some(info) = info {
-            let sub = &info.identity.sub;
+        if let Some(admitted) = admitted {
+            let sub = &admitted.user_id;
             if let Some(header) = self.config.user_id_header.as_deref() {
                 set.push((header, sub.as_str().to_owned()));
             }
             let mut metadata = HashMap::new();
-            for mapping in &self.config.headers {
-                let Some(Some(value)) = info.metadata.get(&mapping.key) else {
+            let packed = admitted.metadata.as_deref().map(|known| &known.metadata);
+            for (mapping, readable) in self.config.headers.iter().zip(&admitted.readable) {
+                if !readable {
+                    continue;
+                }
+                let Some(Some(value)) = packed.and_then(|p| p.get(&mapping.key)) else {
                     continue;
                 };
                 let Some(text) = header_text(value, self.config.binary, &mapping.key) else {
@@ -253,7 +368,7 @@ impl AuthzService {
             })
             .collect();
         let dynamic_metadata = fields
-            .filter(|_| info.is_some())
+            .filter(|_| admitted.is_some())
             .map(|fields| Struct { fields });
         CheckResponse {
             status: Some(rpc::Status {
@@ -310,10 +425,16 @@ fn is_token_rejection(error: &IdentifyError) -> bool {
     }
 }
 
-fn satisfies(identity: &Identity, metadata: &PackedMetadata, requirement: &Requirement) -> bool {
+fn satisfies(
+    identity: &Identity,
+    metadata: Option<&PackedMetadata>,
+    requirement: &Requirement,
+) -> bool {
     match requirement {
         Requirement::Role(role) => identity.roles.contains(role),
-        Requirement::Metadata { key, value } => metadata.get(key) == Some(Some(value.as_bytes())),
+        Requirement::Metadata { key, value } => {
+            metadata.and_then(|m| m.get(key)) == Some(Some(value.as_bytes()))
+        }
     }
 }
 
@@ -357,6 +478,18 @@ fn string_value(text: String) -> Value {
 }
 
 fn denied(code: Code, http_status: i32, body: &str, challenge: Option<&str>) -> CheckResponse {
+    match challenge {
+        Some(challenge) => denied_with(code, http_status, body, &[("www-authenticate", challenge)]),
+        None => denied_with(code, http_status, body, &[]),
+    }
+}
+
+fn denied_with(
+    code: Code,
+    http_status: i32,
+    body: &str,
+    extra_headers: &[(&str, &str)],
+) -> CheckResponse {
     let header = |key: &str, value: &str| HeaderValueOption {
         header: Some(HeaderValue {
             key: key.to_owned(),
@@ -369,7 +502,7 @@ fn denied(code: Code, http_status: i32, body: &str, challenge: Option<&str>) -> 
         keep_empty_value: false,
     };
     let mut headers = vec![header("content-type", "text/plain; charset=utf-8")];
-    headers.extend(challenge.map(|c| header("www-authenticate", c)));
+    headers.extend(extra_headers.iter().map(|(k, v)| header(k, v)));
     CheckResponse {
         status: Some(rpc::Status {
             code: code.into(),
@@ -391,7 +524,7 @@ impl Authorization for AuthzService {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
-        let decision = self.decide(request.get_ref()).await;
+        let decision = self.decide_in_time(&request).await;
         Ok(Response::new(self.answer(decision)))
     }
 }

@@ -20,6 +20,18 @@ pub const BASE64_MARKER: &str = "base64:";
 /// Longest header value usermeta injects; longer values are skipped (Envoy limits all headers to 60 KiB).
 pub const MAX_HEADER_VALUE_BYTES: usize = 8 * 1024;
 
+/// Envoy's external authorization API as served: how Check behaves, and where. Check answers with callers'
+/// metadata for the upstream, so it is served only on a listener of its own, for Envoy alone (a sidecar's
+/// loopback, or a port a NetworkPolicy opens to the gateway); the public gRPC port answers UNIMPLEMENTED.
+#[derive(Debug, Clone)]
+pub struct ExtAuthz {
+    pub config: AuthzConfig,
+    /// Where Check is served.
+    pub listen: std::net::SocketAddr,
+    /// TLS (and mTLS, to admit only Envoy's certificate) on that listener; plaintext when `None`.
+    pub tls: Option<crate::tls::TlsFiles>,
+}
+
 /// How Check behaves, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthzConfig {
@@ -103,9 +115,9 @@ pub enum BinaryValues {
 /// A requirement for requests whose path and host match.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
-    /// Applies to paths starting with this (query string ignored); `None` to all paths.
+    /// Applies to this path and the paths below it, compared by whole segments; `None` to all paths.
     pub path_prefix: Option<String>,
-    /// Applies to this host (lower-case; compared without port); `None` to all hosts.
+    /// Applies to this host (lower-case, without a trailing dot; compared without port); `None` to all hosts.
     pub host: Option<String>,
     /// All must hold.
     pub requirements: Vec<Requirement>,
@@ -122,19 +134,45 @@ pub enum Requirement {
 }
 
 impl Rule {
-    /// Whether the rule applies to a request for `path` (may carry a query) on `host` (may carry a port).
+    /// Whether the rule applies to a request for `path` (may carry a query) on `host` (may carry a port and a
+    /// trailing dot). Paths are compared as [`path_segments`]: whole segments, so `/admin` covers `/admin`
+    /// and `/admin/x` but not `/administrator`, after the normalisations an upstream might apply itself.
     pub fn applies_to(&self, path: &str, host: &str) -> bool {
-        let path = path.split(['?', '#']).next().unwrap_or_default();
-        let path_ok = self
-            .path_prefix
-            .as_deref()
-            .is_none_or(|prefix| path.starts_with(prefix));
+        let path_ok = self.path_prefix.as_deref().is_none_or(|prefix| {
+            let wanted = path_segments(prefix);
+            let segments = path_segments(path);
+            segments.len() >= wanted.len() && segments[..wanted.len()] == wanted[..]
+        });
         let host_ok = self
             .host
             .as_deref()
-            .is_none_or(|wanted| strip_port(host).eq_ignore_ascii_case(wanted));
+            .is_none_or(|wanted| bare_host(host).eq_ignore_ascii_case(wanted));
         path_ok && host_ok
     }
+}
+
+/// A request path as rules compare it: the query and fragment cut off; `%XX` escapes decoded (an upstream
+/// may decode them); `\` taken as `/`; empty, `.` and `..` segments resolved; a segment's `;parameters`
+/// dropped; ASCII lower case. Each of these can only make a rule cover more requests (the safe direction for
+/// a rule that requires something): an upstream that reads `/%61dmin`, `//admin`, `/x/../admin`,
+/// `/admin;v=1` or `/ADMIN` as `/admin` still meets the rule for `/admin`.
+pub fn path_segments(raw: &str) -> Vec<String> {
+    let raw = raw.split(['?', '#']).next().unwrap_or_default();
+    let decoded = percent_encoding::percent_decode_str(raw)
+        .decode_utf8_lossy()
+        .replace('\\', "/");
+    let mut segments: Vec<String> = Vec::new();
+    for segment in decoded.split('/') {
+        let name = segment.split(';').next().unwrap_or_default();
+        match name {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            name => segments.push(name.to_ascii_lowercase()),
+        }
+    }
+    segments
 }
 
 /// `example.com:8443` → `example.com`; `[::1]:80` → `[::1]`.
@@ -147,6 +185,12 @@ fn strip_port(host: &str) -> &str {
         }
         _ => host,
     }
+}
+
+/// The host as rules compare it: without port and without the trailing dot of a fully qualified name.
+fn bare_host(host: &str) -> &str {
+    let host = strip_port(host);
+    host.strip_suffix('.').unwrap_or(host)
 }
 
 /// Parses `key=header-name` pairs, comma separated (whitespace around items ignored).
@@ -246,7 +290,10 @@ fn parse_rule(line: &str, origin: String) -> Result<Rule, String> {
             }
             "path" => rule.path_prefix = Some(value.to_owned()),
             "host" if rule.host.is_some() => return fail(&rule, "two `host` terms".into()),
-            "host" => rule.host = Some(value.to_ascii_lowercase()),
+            "host" => {
+                let host = value.to_ascii_lowercase();
+                rule.host = Some(host.strip_suffix('.').unwrap_or(&host).to_owned());
+            }
             "role" => rule.requirements.push(Requirement::Role(value.to_owned())),
             _ => match name.strip_prefix("metadata.") {
                 Some(key) if !key.is_empty() => rule.requirements.push(Requirement::Metadata {
@@ -366,6 +413,31 @@ mod tests {
         assert!(!rule.applies_to("/public/admin", "api.example.com"));
         assert!(!rule.applies_to("/admin", "other.example.com"));
         assert!(!rule.applies_to("/?/admin", "api.example.com"));
+        // A fully qualified host name with its trailing dot is the same host.
+        assert!(rule.applies_to("/admin", "api.example.com."));
+        assert!(rule.applies_to("/admin", "api.example.com.:443"));
+        let dotted = parse_rules("host=api.example.com. role=r", "f")
+            .unwrap()
+            .remove(0);
+        assert!(dotted.applies_to("/", "api.example.com"));
+        // Whole segments only.
+        assert!(!rule.applies_to("/administrator", "api.example.com"));
+        assert!(!rule.applies_to("/admin-tools", "api.example.com"));
+        assert!(rule.applies_to("/admin/", "api.example.com"));
+        // What an upstream might read as /admin is covered.
+        for disguised in [
+            "//admin",
+            "/./admin",
+            "/x/../admin",
+            "/%61dmin",
+            "/%2Fadmin",
+            "/admin;jsessionid=1",
+            "/ADMIN",
+            "\\admin",
+            "/public/..%2Fadmin",
+        ] {
+            assert!(rule.applies_to(disguised, "api.example.com"), "{disguised}");
+        }
         assert_eq!(strip_port("[::1]:80"), "[::1]");
         assert_eq!(strip_port("[::1]"), "[::1]");
     }

@@ -1,18 +1,32 @@
 //! The `USERMETA_EXT_AUTHZ*` settings (flags with environment twins), validated into an [`AuthzConfig`].
 
-use std::path::PathBuf;
+use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Args, builder::BoolishValueParser};
 
-use super::{AuthzConfig, BinaryValues, header_name, parse_header_map, parse_rules};
-use crate::settings::SettingsError;
+use super::{AuthzConfig, BinaryValues, ExtAuthz, header_name, parse_header_map, parse_rules};
+use crate::{settings::SettingsError, tls::TlsSettings};
 
 /// Settings of the Envoy external authorization endpoint.
 #[derive(Debug, Args)]
 pub struct ExtAuthzArgs {
-    /// Serve Envoy's external authorization API (envoy.service.auth.v3.Authorization) on the gRPC port.
+    /// Serve Envoy's external authorization API (envoy.service.auth.v3.Authorization), on
+    /// USERMETA_EXT_AUTHZ_LISTEN (never on the public gRPC port).
     #[arg(long, env = "USERMETA_EXT_AUTHZ", value_parser = BoolishValueParser::new(), default_value_t = false)]
     pub ext_authz: bool,
+    /// Address Check is served on, reachable by Envoy only: e.g. 127.0.0.1:50052 for a sidecar, or a port a
+    /// NetworkPolicy opens to the gateway. Required with USERMETA_EXT_AUTHZ.
+    #[arg(long, env = "USERMETA_EXT_AUTHZ_LISTEN")]
+    pub ext_authz_listen: Option<SocketAddr>,
+    /// PEM certificate chain for TLS on the ext_authz listener (with --ext-authz-tls-key-file).
+    #[arg(long, env = "USERMETA_EXT_AUTHZ_TLS_CERT_FILE")]
+    pub ext_authz_tls_cert_file: Option<PathBuf>,
+    /// PEM private key of that certificate.
+    #[arg(long, env = "USERMETA_EXT_AUTHZ_TLS_KEY_FILE")]
+    pub ext_authz_tls_key_file: Option<PathBuf>,
+    /// PEM CA certificates: Envoy must present a certificate signed by one of them (mTLS).
+    #[arg(long, env = "USERMETA_EXT_AUTHZ_TLS_CLIENT_CA_FILE")]
+    pub ext_authz_tls_client_ca_file: Option<PathBuf>,
     /// Metadata keys passed upstream as headers: `key=header-name` pairs, comma separated
     /// (e.g. ContractNumber=x-user-contract-number). Keys not listed are never sent.
     #[arg(long, env = "USERMETA_EXT_AUTHZ_HEADERS", default_value = "")]
@@ -46,6 +60,7 @@ pub struct ExtAuthzArgs {
     pub ext_authz_rules_file: Option<PathBuf>,
 }
 
+const LISTEN: &str = "USERMETA_EXT_AUTHZ_LISTEN (--ext-authz-listen)";
 const HEADERS: &str = "USERMETA_EXT_AUTHZ_HEADERS (--ext-authz-headers)";
 const USER_ID_HEADER: &str = "USERMETA_EXT_AUTHZ_USER_ID_HEADER (--ext-authz-user-id-header)";
 const RULES: &str = "USERMETA_EXT_AUTHZ_RULES (--ext-authz-rules)";
@@ -56,6 +71,31 @@ fn invalid(setting: &'static str, problem: String) -> SettingsError {
 }
 
 impl ExtAuthzArgs {
+    /// The validated endpoint, or `None` when it is off.
+    pub fn served(&self) -> Result<Option<ExtAuthz>, SettingsError> {
+        let Some(config) = self.config()? else {
+            return Ok(None);
+        };
+        let listen = self.ext_authz_listen.ok_or_else(|| {
+            invalid(
+                LISTEN,
+                "not set, but USERMETA_EXT_AUTHZ is on: Check is served only on a listener of its own, for Envoy alone (e.g. 127.0.0.1:50052 beside a sidecar Envoy); it is never served on the public gRPC port".to_owned(),
+            )
+        })?;
+        let tls = TlsSettings::EXT_AUTHZ
+            .files(
+                self.ext_authz_tls_cert_file.as_ref(),
+                self.ext_authz_tls_key_file.as_ref(),
+                self.ext_authz_tls_client_ca_file.as_ref(),
+            )
+            .map_err(|e| invalid(LISTEN, e.to_string()))?;
+        Ok(Some(ExtAuthz {
+            config,
+            listen,
+            tls,
+        }))
+    }
+
     /// The validated configuration, or `None` when the endpoint is off.
     pub fn config(&self) -> Result<Option<AuthzConfig>, SettingsError> {
         if !self.ext_authz {

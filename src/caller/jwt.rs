@@ -22,6 +22,9 @@ use crate::zitadel::{CallerToken, Endpoint, UpstreamError};
 
 /// No leeway on `exp`: cached identities end at `exp` exactly too, so both agree on when a token is over.
 const LEEWAY_SECS: u64 = 0;
+/// Clock skew allowed on `nbf`: ZITADEL sets it to the issue time, and a usermeta whose clock runs a few
+/// seconds behind ZITADEL's must still take a token used at once.
+const NBF_LEEWAY_SECS: u64 = 5;
 
 struct Key {
     decoding: DecodingKey,
@@ -209,6 +212,16 @@ impl JwtValidator {
                     });
                 }
             };
+        // `nbf` with a leeway of its own (jsonwebtoken has one for both); a malformed one is refused.
+        if let Some(nbf) = claims.get("nbf") {
+            match nbf.as_u64().or_else(|| nbf.as_f64().map(|f| f as u64)) {
+                Some(nbf) if nbf > jsonwebtoken::get_current_timestamp() + NBF_LEEWAY_SECS => {
+                    return refused("it is not valid yet (`nbf`)");
+                }
+                Some(_) => {}
+                None => return refused("its `nbf` is not a number"),
+            }
+        }
         Ok(
             match Identity::from_claims(&claims, self.project_id.as_deref()) {
                 Ok(identity) => Resolution::Active(Arc::new(identity)),

@@ -364,6 +364,8 @@ pub struct JwtSpec {
     pub issuer: Option<String>,
     /// Sign with a key that `/oauth/v2/keys` does not publish.
     pub unpublished_key: bool,
+    /// Seconds from now until `nbf` (ZITADEL sets it to the issue time: 0).
+    pub not_before_in: i64,
 }
 
 impl Default for JwtSpec {
@@ -375,6 +377,7 @@ impl Default for JwtSpec {
             expires_in: 43199,
             issuer: None,
             unpublished_key: false,
+            not_before_in: 0,
         }
     }
 }
@@ -426,7 +429,10 @@ pub(super) fn issue_jwt(shared: &Shared, user_id: &str, spec: JwtSpec) -> String
         claims.insert("aud".into(), Value::from(entry.audience()));
         claims.insert("exp".into(), Value::from(exp));
         claims.insert("iat".into(), Value::from(now));
-        claims.insert("nbf".into(), Value::from(now));
+        claims.insert(
+            "nbf".into(),
+            Value::from(now.saturating_add_signed(spec.not_before_in)),
+        );
         claims.insert("jti".into(), Value::from(shared_random_id()));
         claims.insert("scope".into(), Value::from(spec.scopes.join(" ")));
         if let Some(client) = &spec.client_id {

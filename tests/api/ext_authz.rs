@@ -170,7 +170,7 @@ fn denied(response: &CheckResponse, grpc: Code) -> (i32, Option<String>, String)
 #[tokio::test]
 async fn allow_listed_keys_and_the_user_id_become_upstream_headers() {
     let app = spawn_app_with_authz(Some(config())).await;
-    let mut client = authz_client(app.addr).await;
+    let mut client = authz_client(app.authz_addr()).await;
     let answer = allowed(&check(&mut client, "/contracts", Some(&app.alice_token)).await);
     assert_eq!(answer.get("x-user-id"), Some(app.alice.as_str()));
     assert_eq!(answer.get(CONTRACT_HEADER), Some("1234"));
@@ -187,7 +187,7 @@ async fn binary_values_are_base64_with_a_marker_or_dropped() {
     let app = spawn_app_with_authz(Some(config())).await;
     app.standin
         .set_metadata(&app.alice, "Blob", &[0xff, 0x00, 0x10]);
-    let mut client = authz_client(app.addr).await;
+    let mut client = authz_client(app.authz_addr()).await;
     let answer = allowed(&check(&mut client, "/", Some(&app.alice_token)).await);
     assert_eq!(answer.get("x-user-blob"), Some("base64:/wAQ"));
 
@@ -198,7 +198,7 @@ async fn binary_values_are_base64_with_a_marker_or_dropped() {
     let app = spawn_app_with_authz(Some(dropping.clone())).await;
     app.standin
         .set_metadata(&app.alice, "Blob", &[0xff, 0x00, 0x10]);
-    let mut client = authz_client(app.addr).await;
+    let mut client = authz_client(app.authz_addr()).await;
     let answer = allowed(&check(&mut client, "/", Some(&app.alice_token)).await);
     assert_eq!(answer.get("x-user-blob"), None);
     assert!(answer.removed.contains(&"x-user-blob".to_owned()));
@@ -210,7 +210,7 @@ async fn a_value_that_is_not_header_safe_is_not_injected() {
     let app = spawn_app_with_authz(Some(config())).await;
     app.standin
         .set_metadata(&app.alice, "Note", b"ok\r\nx-user-id: admin");
-    let mut client = authz_client(app.addr).await;
+    let mut client = authz_client(app.authz_addr()).await;
     let answer = allowed(&check(&mut client, "/", Some(&app.alice_token)).await);
     assert_eq!(answer.get("x-user-note"), None);
     assert!(answer.removed.contains(&"x-user-note".to_owned()));
@@ -226,7 +226,7 @@ async fn a_value_that_is_not_header_safe_is_not_injected() {
 #[tokio::test]
 async fn a_missing_token_is_denied_with_a_bearer_challenge() {
     let app = spawn_app_with_authz(Some(config())).await;
-    let mut client = authz_client(app.addr).await;
+    let mut client = authz_client(app.authz_addr()).await;
     let (status, challenge, body) =
         denied(&check(&mut client, "/", None).await, Code::Unauthenticated);
     assert_eq!(status, 401);
@@ -238,7 +238,7 @@ async fn a_missing_token_is_denied_with_a_bearer_challenge() {
 #[tokio::test]
 async fn invalid_and_malformed_tokens_are_denied_as_invalid_token() {
     let app = spawn_app_with_authz(Some(config())).await;
-    let mut client = authz_client(app.addr).await;
+    let mut client = authz_client(app.authz_addr()).await;
     let (status, challenge, _) = denied(
         &check(&mut client, "/", Some("not-a-real-token")).await,
         Code::Unauthenticated,
@@ -282,7 +282,7 @@ async fn anonymous_requests_pass_without_identity_but_with_the_removal_list() {
         ..config()
     };
     let app = spawn_app_with_authz(Some(config.clone())).await;
-    let mut client = authz_client(app.addr).await;
+    let mut client = authz_client(app.authz_addr()).await;
     let answer = allowed(&check(&mut client, "/", None).await);
     assert!(answer.set.is_empty(), "{answer:?}");
     let mut removed = answer.removed.clone();
@@ -314,7 +314,7 @@ fn userinfo_unavailable() -> Fault {
 async fn zitadel_failures_fail_closed_with_503_by_default() {
     let app = spawn_app_with_authz(Some(config())).await;
     app.standin.push_fault(userinfo_unavailable());
-    let mut client = authz_client(app.addr).await;
+    let mut client = authz_client(app.authz_addr()).await;
     let (status, challenge, body) = denied(
         &check(&mut client, "/", Some(&app.alice_token)).await,
         Code::Unavailable,
@@ -332,7 +332,7 @@ async fn zitadel_failures_fail_open_when_configured() {
     };
     let app = spawn_app_with_authz(Some(config.clone())).await;
     app.standin.push_fault(userinfo_unavailable());
-    let mut client = authz_client(app.addr).await;
+    let mut client = authz_client(app.authz_addr()).await;
     let answer = allowed(&check(&mut client, "/", Some(&app.alice_token)).await);
     assert!(answer.set.is_empty(), "no identity headers: {answer:?}");
     assert_eq!(answer.removed.len(), config.managed_headers().count());
@@ -346,7 +346,7 @@ async fn zitadel_failures_fail_open_when_configured() {
     };
     let app = spawn_app_with_authz(Some(guarded)).await;
     app.standin.push_fault(userinfo_unavailable());
-    let mut client = authz_client(app.addr).await;
+    let mut client = authz_client(app.authz_addr()).await;
     let (status, _, _) = denied(
         &check(&mut client, "/admin", Some(&app.alice_token)).await,
         Code::Unavailable,
@@ -367,7 +367,7 @@ async fn route_rules_require_a_metadata_value_on_their_paths_only() {
     };
     let app = spawn_app_with_authz(Some(config)).await;
     let bob_token = app.standin.issue_token(&app.bob, FULL_SCOPES);
-    let mut client = authz_client(app.addr).await;
+    let mut client = authz_client(app.authz_addr()).await;
 
     let answer = allowed(&check(&mut client, "/contracts/7?x=1", Some(&app.alice_token)).await);
     assert_eq!(answer.get(CONTRACT_HEADER), Some("1234"));
@@ -416,7 +416,7 @@ async fn role_rules_read_only_the_roles_of_usermetas_project() {
         rules: parse_rules("path=/admin role=admin\npath=/billing role=billing", "test").unwrap(),
         ..config()
     };
-    let (addr, _stop) = spawn_usermeta_full(
+    let spawned = spawn_usermeta_full(
         &url,
         ServiceCredential::Pat(SecretString::from("unused")),
         Policy::new(Vec::<String>::new(), Vec::new()),
@@ -426,7 +426,7 @@ async fn role_rules_read_only_the_roles_of_usermetas_project() {
         Some("p-usermeta".into()),
     )
     .await;
-    let mut client = authz_client(addr).await;
+    let mut client = authz_client(spawned.authz_addr.unwrap()).await;
     let answer = allowed(&check(&mut client, "/billing/invoices", Some("any-token")).await);
     assert_eq!(answer.get("x-user-id"), Some("u-1"));
     assert_eq!(answer.get(CONTRACT_HEADER), Some("1234"));
@@ -446,7 +446,7 @@ async fn anonymous_requests_to_a_ruled_route_need_a_token() {
         ..config()
     };
     let app = spawn_app_with_authz(Some(config)).await;
-    let mut client = authz_client(app.addr).await;
+    let mut client = authz_client(app.authz_addr()).await;
     let (status, challenge, _) = denied(
         &check(&mut client, "/admin", None).await,
         Code::Unauthenticated,
@@ -459,7 +459,7 @@ async fn anonymous_requests_to_a_ruled_route_need_a_token() {
 #[tokio::test]
 async fn repeated_checks_with_one_token_ask_zitadel_once() {
     let app = spawn_app_with_authz(Some(config())).await;
-    let mut client = authz_client(app.addr).await;
+    let mut client = authz_client(app.authz_addr()).await;
     let before = app.standin.userinfo_requests();
     for _ in 0..10 {
         let answer = allowed(&check(&mut client, "/", Some(&app.alice_token)).await);
@@ -481,7 +481,7 @@ async fn dynamic_metadata_carries_the_same_identity_when_enabled() {
         ..config()
     }))
     .await;
-    let mut client = authz_client(app.addr).await;
+    let mut client = authz_client(app.authz_addr()).await;
     let response = check(&mut client, "/", Some(&app.alice_token)).await;
     let fields = &response.dynamic_metadata.as_ref().unwrap().fields;
     let text = |v: &envoy_types::pb::google::protobuf::Value| match &v.kind {
@@ -499,7 +499,7 @@ async fn dynamic_metadata_carries_the_same_identity_when_enabled() {
 
     // Off by default.
     let app = spawn_app_with_authz(Some(config())).await;
-    let mut client = authz_client(app.addr).await;
+    let mut client = authz_client(app.authz_addr()).await;
     assert_eq!(
         check(&mut client, "/", Some(&app.alice_token))
             .await
@@ -509,7 +509,7 @@ async fn dynamic_metadata_carries_the_same_identity_when_enabled() {
 }
 
 #[tokio::test]
-async fn the_service_is_absent_unless_enabled_and_reports_health_when_enabled() {
+async fn check_is_never_served_on_the_public_port_and_reports_health_on_its_own() {
     let app = spawn_app().await;
     let mut client = authz_client(app.addr).await;
     let error = client
@@ -518,22 +518,48 @@ async fn the_service_is_absent_unless_enabled_and_reports_health_when_enabled() 
         .unwrap_err();
     assert_eq!(error.code(), Code::Unimplemented);
 
+    // With ext_authz on, the public port still does not answer Check: no caller can read the headers it would
+    // inject (hidden keys included) by calling it directly.
     let app = spawn_app_with_authz(Some(config())).await;
-    let channel = Channel::from_shared(format!("http://{}", app.addr))
-        .unwrap()
-        .connect()
+    let error = authz_client(app.addr)
         .await
-        .unwrap();
-    let health = tonic_health::pb::health_client::HealthClient::new(channel)
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: "envoy.service.auth.v3.Authorization".into(),
-        })
+        .check(envoy_request("/", "h", Some(&app.alice_token)))
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap_err();
+    assert_eq!(error.code(), Code::Unimplemented);
+    app.assert_no_upstream_request();
+    assert_ne!(app.authz_addr(), app.addr);
+    let answer = allowed(
+        &check(
+            &mut authz_client(app.authz_addr()).await,
+            "/",
+            Some(&app.alice_token),
+        )
+        .await,
+    );
+    assert_eq!(answer.get("x-user-id"), Some(app.alice.as_str()));
+
+    let health_of = |addr: SocketAddr| async move {
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        tonic_health::pb::health_client::HealthClient::new(channel)
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: "envoy.service.auth.v3.Authorization".into(),
+            })
+            .await
+    };
+    let health = health_of(app.authz_addr()).await.unwrap().into_inner();
     assert_eq!(
         health.status,
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    assert_eq!(
+        health_of(app.addr).await.unwrap_err().code(),
+        Code::NotFound,
+        "the public port does not claim to serve Check"
     );
 }
 
@@ -548,7 +574,7 @@ async fn a_roles_claim_of_another_shape_means_no_roles_not_a_broken_answer() {
         rules: parse_rules("path=/admin role=admin", "test").unwrap(),
         ..config()
     };
-    let (addr, _stop) = spawn_usermeta_full(
+    let spawned = spawn_usermeta_full(
         &url,
         ServiceCredential::Pat(SecretString::from("unused")),
         Policy::new(Vec::<String>::new(), Vec::new()),
@@ -558,7 +584,7 @@ async fn a_roles_claim_of_another_shape_means_no_roles_not_a_broken_answer() {
         None,
     )
     .await;
-    let mut client = authz_client(addr).await;
+    let mut client = authz_client(spawned.authz_addr.unwrap()).await;
     let answer = allowed(&check(&mut client, "/public", Some("any-token")).await);
     assert_eq!(answer.get("x-user-id"), Some("u-1"));
     let (status, _, _) = denied(
@@ -566,4 +592,308 @@ async fn a_roles_claim_of_another_shape_means_no_roles_not_a_broken_answer() {
         Code::PermissionDenied,
     );
     assert_eq!(status, 403);
+}
+
+/// A stand-in with usermeta's project and API application, alice in it, and usermeta's service user.
+struct Introspected {
+    standin: usermeta::standin::StandIn,
+    project: String,
+    alice: String,
+    pat: String,
+    token: String,
+}
+
+async fn introspected() -> Introspected {
+    let standin = usermeta::standin::StandIn::start().await.unwrap();
+    let org = standin.create_org("Acme");
+    let project = standin.create_project(&org);
+    let alice = standin.create_user(&org, "alice");
+    standin.set_metadata(&alice, "ContractNumber", b"1234");
+    let service =
+        standin.create_service_user(&org, "usermeta", usermeta::standin::ManagerRole::IamOwner);
+    let pat = standin.issue_pat(&service);
+    let aud = format!("urn:zitadel:iam:org:project:id:{project}:aud");
+    let mut scopes = FULL_SCOPES.to_vec();
+    scopes.push(&aud);
+    let token = standin.issue_token(&alice, &scopes);
+    Introspected {
+        standin,
+        project,
+        alice,
+        pat,
+        token,
+    }
+}
+
+#[tokio::test]
+async fn check_identifies_callers_as_the_rpcs_do() {
+    let world = introspected().await;
+    let (client_id, secret) = world.standin.add_api_app_with_secret(&world.project);
+    let identity = usermeta::caller::IdentityConfig {
+        introspection: Some(usermeta::caller::IntrospectionAuth::ClientSecret {
+            client_id,
+            secret: secret.into(),
+        }),
+        jwt: None,
+    };
+    let spawned = spawn_usermeta_full(
+        &world.standin.url(),
+        ServiceCredential::Pat(SecretString::from(world.pat.as_str())),
+        Policy::default(),
+        Options::default(),
+        identity,
+        Some(config()),
+        Some(world.project.clone()),
+    )
+    .await;
+    let mut client = authz_client(spawned.authz_addr.unwrap()).await;
+    let answer = allowed(&check(&mut client, "/", Some(&world.token)).await);
+    assert_eq!(answer.get("x-user-id"), Some(world.alice.as_str()));
+    assert_eq!(answer.get(CONTRACT_HEADER), Some("1234"));
+    assert_eq!(
+        world.standin.introspection_requests(),
+        1,
+        "introspection is the configured way"
+    );
+
+    // A token without usermeta's project in its audience is inactive for introspection, though userinfo
+    // would still answer for it: Check refuses it, as the RPCs do.
+    let userinfo_only = world.standin.issue_token(&world.alice, FULL_SCOPES);
+    let (status, _, _) = denied(
+        &check(&mut client, "/", Some(&userinfo_only)).await,
+        Code::Unauthenticated,
+    );
+    assert_eq!(status, 401);
+    // The refusal is remembered (negative cache): asking again reaches no ZITADEL endpoint.
+    world.standin.clear_requests();
+    denied(
+        &check(&mut client, "/", Some(&userinfo_only)).await,
+        Code::Unauthenticated,
+    );
+    assert!(
+        world.standin.requests().is_empty(),
+        "{:?}",
+        world.standin.requests()
+    );
+}
+
+#[tokio::test]
+async fn a_forged_jwt_is_refused_by_local_validation_without_asking_userinfo() {
+    let world = introspected().await;
+    let identity = usermeta::caller::IdentityConfig {
+        introspection: None,
+        jwt: Some(usermeta::caller::JwtConfig {
+            audience: vec![world.project.clone()],
+            min_refresh_interval: std::time::Duration::from_secs(30),
+        }),
+    };
+    let spawned = spawn_usermeta_full(
+        &world.standin.url(),
+        ServiceCredential::Pat(SecretString::from(world.pat.as_str())),
+        Policy::default(),
+        Options::default(),
+        identity,
+        Some(config()),
+        Some(world.project.clone()),
+    )
+    .await;
+    let mut client = authz_client(spawned.authz_addr.unwrap()).await;
+    let forged = world.standin.issue_jwt_with(
+        &world.alice,
+        usermeta::standin::JwtSpec {
+            scopes: vec!["openid".into()],
+            audience: vec![world.project.clone()],
+            unpublished_key: true,
+            ..Default::default()
+        },
+    );
+    let (status, _, _) = denied(
+        &check(&mut client, "/", Some(&forged)).await,
+        Code::Unauthenticated,
+    );
+    assert_eq!(status, 401);
+    assert_eq!(world.standin.userinfo_requests(), 0);
+}
+
+#[tokio::test]
+async fn the_per_caller_rate_limit_applies_to_check_too() {
+    let app = spawn_app().await;
+    let spawned = spawn_usermeta_full(
+        &app.standin.url(),
+        ServiceCredential::Pat(SecretString::from(app.service_pat.as_str())),
+        Policy::default(),
+        Options {
+            limits: usermeta::server::Limits {
+                requests: usermeta::api::RequestLimits {
+                    caller_rate: 1,
+                    caller_burst: 2,
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+            ..Options::default()
+        },
+        usermeta::caller::IdentityConfig::default(),
+        Some(config()),
+        None,
+    )
+    .await;
+    let mut client = authz_client(spawned.authz_addr.unwrap()).await;
+    allowed(&check(&mut client, "/", Some(&app.alice_token)).await);
+    allowed(&check(&mut client, "/", Some(&app.alice_token)).await);
+    let response = check(&mut client, "/", Some(&app.alice_token)).await;
+    let (status, _, _) = denied(&response, Code::ResourceExhausted);
+    assert_eq!(status, 429);
+    let Some(HttpResponse::DeniedResponse(denial)) = &response.http_response else {
+        unreachable!()
+    };
+    assert!(
+        denial
+            .headers
+            .iter()
+            .filter_map(|h| h.header.as_ref())
+            .any(|h| h.key == "retry-after" && h.value.parse::<u64>().is_ok_and(|s| s >= 1)),
+        "{denial:?}"
+    );
+    // The RPCs share the same budget: the caller's next GetMyMetadata is refused too.
+    let status = connect(spawned.addr)
+        .await
+        .get_my_metadata(authed(GetMyMetadataRequest::default(), &app.alice_token))
+        .await
+        .unwrap_err();
+    assert_status(&status, Code::ResourceExhausted, "CALLER_RATE_LIMITED");
+}
+
+#[tokio::test]
+async fn only_what_the_caller_may_read_of_themself_goes_upstream() {
+    let app = spawn_app().await;
+    // With the self-read rule off, alice may read nothing of herself: her user id passes, no metadata does.
+    let closed = Policy::from_toml("self_read = false\n", "closed.toml").unwrap();
+    let spawned = spawn_usermeta_full(
+        &app.standin.url(),
+        ServiceCredential::Pat(SecretString::from(app.service_pat.as_str())),
+        closed,
+        Options::default(),
+        usermeta::caller::IdentityConfig::default(),
+        Some(config()),
+        None,
+    )
+    .await;
+    let answer = allowed(
+        &check(
+            &mut authz_client(spawned.authz_addr.unwrap()).await,
+            "/",
+            Some(&app.alice_token),
+        )
+        .await,
+    );
+    assert_eq!(answer.get("x-user-id"), Some(app.alice.as_str()));
+    assert_eq!(answer.get(CONTRACT_HEADER), None);
+    assert!(answer.removed.iter().any(|h| h == CONTRACT_HEADER));
+}
+
+#[tokio::test]
+async fn a_header_for_a_hidden_key_stops_start_up() {
+    let app = spawn_app().await;
+    let hiding = Policy::from_toml(
+        "[[key]]\nname = \"Contract*\"\nhidden = true\n",
+        "hiding.toml",
+    )
+    .unwrap();
+    let config = usermeta::server::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        zitadel: usermeta::zitadel::ZitadelConfig {
+            base_url: app.standin.url().parse().unwrap(),
+            timeout: std::time::Duration::from_secs(1),
+            service_credential: ServiceCredential::Pat(SecretString::from("p")),
+            resilience: Default::default(),
+            http2: Default::default(),
+            project_id: None,
+        },
+        policy: hiding,
+        cache: Default::default(),
+        limits: Default::default(),
+        identity: Default::default(),
+    };
+    let options = usermeta::server::ServeOptions {
+        ext_authz: Some(usermeta::authz::ExtAuthz {
+            config: super::ext_authz::config(),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            tls: None,
+        }),
+        ..Default::default()
+    };
+    let Err(error) = usermeta::server::Application::build_with(config, options).await else {
+        panic!("started with a header for a hidden key");
+    };
+    let error = error.to_string();
+    assert!(
+        error.contains("USERMETA_EXT_AUTHZ_HEADERS") && error.contains("ContractNumber"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn path_rules_match_whole_segments_and_hosts_ignore_a_trailing_dot() {
+    let config = AuthzConfig {
+        rules: parse_rules(
+            "path=/admin role=admin\nhost=api.example.com path=/billing metadata.ContractNumber=9999",
+            "test",
+        )
+        .unwrap(),
+        ..config()
+    };
+    let app = spawn_app_with_authz(Some(config)).await;
+    let mut client = authz_client(app.authz_addr()).await;
+    // Not under /admin: no role needed.
+    allowed(&check(&mut client, "/administrator", Some(&app.alice_token)).await);
+    // Ways of writing /admin that an upstream may read as /admin all need the role.
+    for disguised in [
+        "/admin",
+        "//admin/x",
+        "/./admin",
+        "/%61dmin",
+        "/public/../admin",
+        "/ADMIN;x=1",
+    ] {
+        denied(
+            &check(&mut client, disguised, Some(&app.alice_token)).await,
+            Code::PermissionDenied,
+        );
+    }
+    // A fully qualified host name with its trailing dot is the same host.
+    for host in [
+        "api.example.com",
+        "api.example.com.",
+        "API.example.com.:443",
+    ] {
+        let response = client
+            .check(envoy_request("/billing", host, Some(&app.alice_token)))
+            .await
+            .unwrap()
+            .into_inner();
+        denied(&response, Code::PermissionDenied);
+    }
+}
+
+#[tokio::test]
+async fn check_answers_within_the_callers_deadline() {
+    let app = spawn_app_with_authz(Some(config())).await;
+    app.standin.push_fault(Fault {
+        path_prefix: "/oidc/v1/userinfo".into(),
+        times: None,
+        kind: FaultKind::Latency(std::time::Duration::from_secs(5)),
+    });
+    let mut client = authz_client(app.authz_addr()).await;
+    let mut request = tonic::Request::new(envoy_request("/", "h", Some(&app.alice_token)));
+    request.set_timeout(std::time::Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let response = client.check(request).await.unwrap().into_inner();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let (status, _, _) = denied(&response, Code::Unavailable);
+    assert_eq!(status, 503);
 }

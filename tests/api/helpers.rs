@@ -18,11 +18,11 @@ use tonic::{Code, Request, Status, transport::Channel};
 use tonic_types::StatusExt;
 use usermeta::{
     api::pb::{self, user_metadata_service_client::UserMetadataServiceClient},
-    authz::AuthzConfig,
+    authz::{AuthzConfig, ExtAuthz},
     cache::CacheConfig,
     caller::IdentityConfig,
     policy::Policy,
-    server::{Application, Config, Limits},
+    server::{Application, Config, Limits, ServeOptions},
     standin::{ManagerRole, RecordedRequest, StandIn},
     zitadel::{Http2, Resilience, ServiceCredential, ZitadelConfig},
 };
@@ -54,7 +54,16 @@ pub struct TestApp {
     pub admin_token: String,
     pub bob: String,
     pub service_pat: String,
+    /// Where Envoy's Check is served, when ext_authz is on (never on `addr`).
+    pub authz_addr: Option<SocketAddr>,
     _stop: oneshot::Sender<()>,
+}
+
+/// A usermeta started by [`spawn_usermeta_full`]; it stops when `stop` drops.
+pub struct Spawned {
+    pub addr: SocketAddr,
+    pub authz_addr: Option<SocketAddr>,
+    pub stop: oneshot::Sender<()>,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -76,7 +85,11 @@ pub async fn spawn_app_with_authz(ext_authz: Option<AuthzConfig>) -> TestApp {
     standin.set_metadata(&bob, "ContractNumber", b"5678");
     let alice_token = standin.issue_token(&alice, FULL_SCOPES);
     let admin_token = standin.issue_token(&admin, FULL_SCOPES);
-    let (addr, stop) = spawn_usermeta_full(
+    let Spawned {
+        addr,
+        authz_addr,
+        stop,
+    } = spawn_usermeta_full(
         &standin.url(),
         ServiceCredential::Pat(SecretString::from(service_pat.as_str())),
         Policy::new([admin.clone()], vec![SELF_WRITABLE.into()]),
@@ -99,6 +112,7 @@ pub async fn spawn_app_with_authz(ext_authz: Option<AuthzConfig>) -> TestApp {
         admin_token,
         bob,
         service_pat,
+        authz_addr,
         _stop: stop,
     }
 }
@@ -162,6 +176,7 @@ pub async fn spawn_usermeta_with_credential(
         None,
     )
     .await
+    .into_pair()
 }
 
 /// [`spawn_usermeta`] identifying callers by introspection and/or local JWT validation; roles of
@@ -184,6 +199,7 @@ pub async fn spawn_usermeta_with_identity(
         Some(project_id.to_owned()),
     )
     .await
+    .into_pair()
 }
 
 /// Starts usermeta with every setting tests vary, including Envoy's external authorization API.
@@ -201,7 +217,7 @@ pub async fn spawn_usermeta_full(
     identity: IdentityConfig,
     ext_authz: Option<AuthzConfig>,
     project_id: Option<String>,
-) -> (SocketAddr, oneshot::Sender<()>) {
+) -> Spawned {
     let config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         zitadel: ZitadelConfig {
@@ -217,16 +233,34 @@ pub async fn spawn_usermeta_full(
         limits,
         identity,
     };
-    let app = Application::build(config)
+    let options = ServeOptions {
+        ext_authz: ext_authz.map(|config| ExtAuthz {
+            config,
+            listen: "127.0.0.1:0".parse().unwrap(),
+            tls: None,
+        }),
+        ..ServeOptions::default()
+    };
+    let app = Application::build_with(config, options)
         .await
-        .expect("usermeta builds")
-        .with_ext_authz(ext_authz);
+        .expect("usermeta builds");
     let addr = app.local_addr();
+    let authz_addr = app.ext_authz_addr();
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(app.run_until(async {
         let _ = stopped.await;
     }));
-    (addr, stop)
+    Spawned {
+        addr,
+        authz_addr,
+        stop,
+    }
+}
+
+impl Spawned {
+    fn into_pair(self) -> (SocketAddr, oneshot::Sender<()>) {
+        (self.addr, self.stop)
+    }
 }
 
 pub async fn connect(addr: SocketAddr) -> UserMetadataServiceClient<Channel> {
@@ -293,6 +327,11 @@ pub fn violated_fields(status: &Status) -> Vec<String> {
 }
 
 impl TestApp {
+    /// The ext_authz listener's address (the app must have been spawned with ext_authz).
+    pub fn authz_addr(&self) -> SocketAddr {
+        self.authz_addr.expect("spawned with ext_authz")
+    }
+
     /// Starts another usermeta in front of this app's stand-in and service user, with its own policy and
     /// options.
     pub async fn spawn_another(

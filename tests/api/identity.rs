@@ -506,3 +506,35 @@ async fn a_role_of_the_same_name_in_another_project_grants_nothing() {
     );
     write_note(&mut client, &token).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_jwt_that_is_not_valid_yet_is_refused() {
+    let world = world().await;
+    let (mut client, _stop) = world
+        .serve(IdentityConfig {
+            introspection: None,
+            jwt: Some(world.jwt(Duration::from_secs(30))),
+        })
+        .await;
+    let early = world.standin.issue_jwt_with(
+        &world.alice,
+        JwtSpec {
+            scopes: world.scopes.clone(),
+            not_before_in: 3600,
+            ..JwtSpec::default()
+        },
+    );
+    let status = whoami(&mut client, &early).await.unwrap_err();
+    assert_status(&status, Code::Unauthenticated, "TOKEN_INVALID");
+    assert!(status.message().contains("nbf"), "{status:?}");
+    // A clock a little ahead of usermeta's is tolerated.
+    let skewed = world.standin.issue_jwt_with(
+        &world.alice,
+        JwtSpec {
+            scopes: world.scopes.clone(),
+            not_before_in: 2,
+            ..JwtSpec::default()
+        },
+    );
+    assert_eq!(whoami(&mut client, &skewed).await.unwrap(), world.alice);
+}
