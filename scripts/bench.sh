@@ -44,16 +44,18 @@ zitadel_url=$(field 'd["url"]'); user_id=$(field 'd["user_id"]'); field 'd["serv
 token() { field "d['tokens'][$1]"; }
 userinfo_calls() { curl -s "http://127.0.0.1:$control_port/userinfo_requests"; }
 
-# Every instance also serves Envoy's Check, passing ContractNumber upstream.
+# Every instance also serves Envoy's Check (on a listener of its own), passing ContractNumber upstream.
 export USERMETA_EXT_AUTHZ=true USERMETA_EXT_AUTHZ_HEADERS=ContractNumber=x-user-contract-number
 started=""
-start_usermeta() { # port, cache ttl; sets $started to the pid (no subshell, so cleanup keeps track)
-  USERMETA_LISTEN="127.0.0.1:$1" USERMETA_ZITADEL_URL="$zitadel_url" USERMETA_SERVICE_PAT_FILE="$work/pat" \
-    USERMETA_CACHE_TTL="$2" USERMETA_CACHE_CAPACITY=$((FILL + 1000)) RUST_LOG=warn "$bin/usermeta" serve 2>>"$work/usermeta.log" &
-  started=$!; pids+=("$started"); wait_port "$1"
+start_usermeta() { # port, cache ttl, ext_authz port; sets $started to the pid (no subshell, so cleanup keeps track)
+  USERMETA_LISTEN="127.0.0.1:$1" USERMETA_EXT_AUTHZ_LISTEN="127.0.0.1:$3" USERMETA_ZITADEL_URL="$zitadel_url" \
+    USERMETA_SERVICE_PAT_FILE="$work/pat" USERMETA_CACHE_TTL="$2" USERMETA_CACHE_CAPACITY=$((FILL + 1000)) \
+    RUST_LOG=warn "$bin/usermeta" serve 2>>"$work/usermeta.log" &
+  started=$!; pids+=("$started"); wait_port "$1"; wait_port "$3"
 }
-cached_port=$(free_port); start_usermeta "$cached_port" 60s; cached_pid=$started
-cold_port=$(free_port); start_usermeta "$cold_port" 60s; cold_pid=$started
+cached_port=$(free_port); cached_authz_port=$(free_port)
+start_usermeta "$cached_port" 60s "$cached_authz_port"; cached_pid=$started
+cold_port=$(free_port); start_usermeta "$cold_port" 60s "$(free_port)"; cold_pid=$started
 ceiling_port=$(free_port)
 "$bin/examples/bench_ceiling" "127.0.0.1:$ceiling_port" "$user_id" & ceiling_pid=$!; pids+=($ceiling_pid)
 wait_port "$ceiling_port"
@@ -92,16 +94,16 @@ grpcurl -plaintext -H "authorization: Bearer $hot" "127.0.0.1:$cached_port" user
 grpcurl -plaintext "127.0.0.1:$ceiling_port" usermeta.v1.UserMetadataService/GetMyMetadata 2>/dev/null | grep -q 1234 \
   || true  # the ceiling has no reflection; h2load's byte counts below compare the message sizes instead
 # Check allows the bench user and passes the contract header (no reflection for it: the helper asks once).
-"$bin/examples/bench_check_request" "$hot" "$work/check-request.bin" "127.0.0.1:$cached_port"
+"$bin/examples/bench_check_request" "$hot" "$work/check-request.bin" "127.0.0.1:$cached_authz_port"
 
 : >"$work/runs.tsv"
 load warmup-ceiling "$(grpc_url "$ceiling_port")" "$hot" 20000
 load warmup-usermeta "$(grpc_url "$cached_port")" "$hot" 20000
-load warmup-check "$(check_url "$cached_port")" "$hot" 20000
+load warmup-check "$(check_url "$cached_authz_port")" "$hot" 20000
 for round in $(seq 1 "$ROUNDS"); do
   load "ceiling-$round" "$(grpc_url "$ceiling_port")" "$hot"
   load "usermeta-cached-$round" "$(grpc_url "$cached_port")" "$hot"
-  load "check-cached-$round" "$(check_url "$cached_port")" "$hot"
+  load "check-cached-$round" "$(check_url "$cached_authz_port")" "$hot"
 done
 
 # Cold path: every request carries a token this instance has not seen (its cache is on, as in production),

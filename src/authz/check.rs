@@ -315,7 +315,9 @@ impl AuthzService {
             .then(HashMap::<String, Value>::new);
         if let Some(admitted) = admitted {
             let sub = &admitted.user_id;
-            if let Some(header) = self.config.user_id_header.as_deref() {
+            if let Some(header) = self.config.user_id_header.as_deref()
+                && is_header_safe(sub)
+            {
                 set.push((header, sub.as_str().to_owned()));
             }
             let mut metadata = HashMap::new();

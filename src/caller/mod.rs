@@ -100,11 +100,11 @@ impl Identity {
         claims: &Map<String, Value>,
         project_id: Option<&str>,
     ) -> Result<Identity, TokenError> {
+        // Exactly as ZITADEL wrote them: the user id the policy and ZITADEL see must be the same bytes.
         let text = |name: &str| {
             claims
                 .get(name)
                 .and_then(Value::as_str)
-                .map(str::trim)
                 .filter(|s| !s.is_empty())
                 .map(CompactString::from)
         };
