@@ -12,10 +12,9 @@ use http::HeaderValue;
 use jsonwebtoken::EncodingKey;
 use secrecy::{ExposeSecret as _, SecretString};
 use serde_json::{Map, Value};
-use url::Url;
 
-use super::{IdentifyError, Identity, IdentitySetupError, Resolution, TokenError, read_body};
-use crate::zitadel::{CallerToken, Endpoint, UpstreamError};
+use super::{IdentifyError, Identity, IdentitySetupError, Resolution, TokenError};
+use crate::zitadel::{CallerToken, Endpoint, UpstreamError, Zitadel};
 
 const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 /// Client assertions are sent at once and never reused; a short life is plenty.
@@ -160,10 +159,6 @@ fn basic(client_id: &str, secret: &SecretString) -> Option<HeaderValue> {
 pub(super) struct Introspector {
     auth: IntrospectionAuth,
     basic: Option<HeaderValue>,
-    http: reqwest::Client,
-    timeout: Duration,
-    url: Url,
-    issuer: String,
     /// Whose roles count (usermeta's project).
     project_id: Option<String>,
 }
@@ -171,76 +166,68 @@ pub(super) struct Introspector {
 impl Introspector {
     pub(super) fn new(
         auth: IntrospectionAuth,
-        http: reqwest::Client,
-        timeout: Duration,
-        url: Url,
-        issuer: String,
         project_id: Option<String>,
     ) -> Result<Self, IdentitySetupError> {
         let basic = match &auth {
             IntrospectionAuth::ClientSecret { client_id, secret } => {
-                Some(basic(client_id, secret).ok_or_else(|| {
-                    IdentitySetupError::BadBaseUrl("introspection client id".into())
-                })?)
+                Some(basic(client_id, secret).ok_or(IdentitySetupError::BadClientCredentials)?)
             }
             IntrospectionAuth::PrivateKeyJwt(_) => None,
         };
         Ok(Introspector {
             auth,
             basic,
-            http,
-            timeout,
-            url,
-            issuer,
             project_id,
         })
     }
 
     pub(super) async fn introspect(
         &self,
+        zitadel: &Zitadel,
         token: &CallerToken,
     ) -> Result<Resolution, IdentifyError> {
         let endpoint = Endpoint::Introspection;
-        let mut form = vec![("token", token.token().to_owned())];
-        let mut request = self.http.post(self.url.clone());
-        match (&self.auth, &self.basic) {
-            (IntrospectionAuth::PrivateKeyJwt(key), _) => {
-                let assertion = key
-                    .assertion(&self.issuer, SystemTime::now())
+        let assertion = match &self.auth {
+            IntrospectionAuth::PrivateKeyJwt(key) => Some(
+                key.assertion(zitadel.issuer(), SystemTime::now())
                     .map_err(|e| UpstreamError::BadResponse {
                         endpoint,
                         reason: format!("could not sign the client assertion ({e})"),
-                    })?;
-                form.push(("client_assertion_type", CLIENT_ASSERTION_TYPE.to_owned()));
-                form.push(("client_assertion", assertion));
+                    })?,
+            ),
+            IntrospectionAuth::ClientSecret { .. } => None,
+        };
+        let form = {
+            let mut form = url::form_urlencoded::Serializer::new(String::new());
+            form.append_pair("token", token.token());
+            if let Some(assertion) = &assertion {
+                form.append_pair("client_assertion_type", CLIENT_ASSERTION_TYPE);
+                form.append_pair("client_assertion", assertion);
             }
-            (_, Some(basic)) => {
-                request = request.header(http::header::AUTHORIZATION, basic.clone())
+            form.finish()
+        };
+        let body = match zitadel.introspect(form, self.basic.as_ref()).await {
+            Ok(body) => body,
+            // Any refusal of the request itself is a refusal of usermeta's client: a caller's token that does
+            // not count is a 200 with `{"active":false}`.
+            Err(UpstreamError::Rejected {
+                http_status,
+                rejection,
+                ..
+            }) if (400..500).contains(&http_status) && !matches!(http_status, 408 | 429) => {
+                return Err(IdentifyError::IntrospectionClient {
+                    client_id: self.auth.client_id().to_owned(),
+                    http_status,
+                    said: match rejection.error_id {
+                        Some(id) if id != rejection.message => {
+                            format!("{id}: {}", rejection.message)
+                        }
+                        _ => rejection.message,
+                    },
+                });
             }
-            (_, None) => {}
-        }
-        let body = url::form_urlencoded::Serializer::new(String::new())
-            .extend_pairs(form)
-            .finish();
-        let request = request
-            .header(
-                http::header::CONTENT_TYPE,
-                "application/x-www-form-urlencoded",
-            )
-            .header(http::header::ACCEPT, "application/json")
-            .body(body);
-        let (status, body) = read_body(endpoint, self.timeout, request).await?;
-        if status != 200 {
-            let rejection = crate::zitadel::Rejection::parse(status, None, &body);
-            return Err(IdentifyError::IntrospectionClient {
-                client_id: self.auth.client_id().to_owned(),
-                http_status: status,
-                said: match rejection.error_id {
-                    Some(id) if id != rejection.message => format!("{id}: {}", rejection.message),
-                    _ => rejection.message,
-                },
-            });
-        }
+            Err(error) => return Err(error.into()),
+        };
         let claims: Map<String, Value> =
             serde_json::from_slice(&body).map_err(|e| UpstreamError::BadResponse {
                 endpoint,

@@ -6,7 +6,7 @@
 use std::{
     collections::HashMap,
     sync::{Arc, PoisonError, RwLock},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use jsonwebtoken::{
@@ -15,10 +15,9 @@ use jsonwebtoken::{
     jwk::{Jwk, JwkSet},
 };
 use serde_json::{Map, Value};
-use url::Url;
 
-use super::{IdentifyError, Identity, JwtConfig, Resolution, TokenError, read_body};
-use crate::zitadel::{CallerToken, Endpoint, UpstreamError};
+use super::{IdentifyError, Identity, JwtConfig, Resolution, TokenError};
+use crate::zitadel::{CallerToken, Endpoint, UpstreamError, Zitadel};
 
 /// No leeway on `exp`: cached identities end at `exp` exactly too, so both agree on when a token is over.
 const LEEWAY_SECS: u64 = 0;
@@ -40,9 +39,7 @@ struct Keys {
 
 pub(super) struct JwtValidator {
     config: JwtConfig,
-    http: reqwest::Client,
-    timeout: Duration,
-    url: Url,
+    /// The `iss` tokens must name: the ZITADEL URL.
     issuer: String,
     /// Whose roles count (usermeta's project).
     project_id: Option<String>,
@@ -73,19 +70,9 @@ const ASYMMETRIC: [Algorithm; 9] = [
 ];
 
 impl JwtValidator {
-    pub(super) fn new(
-        config: JwtConfig,
-        http: reqwest::Client,
-        timeout: Duration,
-        url: Url,
-        issuer: String,
-        project_id: Option<String>,
-    ) -> Self {
+    pub(super) fn new(config: JwtConfig, issuer: String, project_id: Option<String>) -> Self {
         JwtValidator {
             config,
-            http,
-            timeout,
-            url,
             issuer,
             project_id,
             keys: RwLock::new(Keys::default()),
@@ -110,7 +97,7 @@ impl JwtValidator {
     }
 
     /// Fetches the JWKS unless one was fetched within the minimum interval (or while waiting for the lock).
-    async fn refresh(&self, seen: Option<Instant>) -> Result<(), UpstreamError> {
+    async fn refresh(&self, zitadel: &Zitadel, seen: Option<Instant>) -> Result<(), UpstreamError> {
         let _one_at_a_time = self.refresh.lock().await;
         let last = self.fetched_at();
         if last != seen || last.is_some_and(|at| at.elapsed() < self.config.min_refresh_interval) {
@@ -125,24 +112,20 @@ impl JwtValidator {
                 keys.by_kid = by_kid;
             }
         };
-        let request = self
-            .http
-            .get(self.url.clone())
-            .header(http::header::ACCEPT, "application/json");
-        let (status, body) = match read_body(endpoint, self.timeout, request).await {
-            Ok(answer) => answer,
+        let body = match zitadel.signing_keys().await {
+            Ok(body) => body,
+            Err(UpstreamError::Rejected { http_status, .. }) => {
+                record(None);
+                return Err(UpstreamError::BadResponse {
+                    endpoint,
+                    reason: format!("HTTP {http_status} instead of the key set"),
+                });
+            }
             Err(e) => {
                 record(None);
                 return Err(e);
             }
         };
-        if status != 200 {
-            record(None);
-            return Err(UpstreamError::BadResponse {
-                endpoint,
-                reason: format!("HTTP {status} instead of the key set"),
-            });
-        }
         let set: JwkSet = match serde_json::from_slice(&body) {
             Ok(set) => set,
             Err(e) => {
@@ -158,7 +141,11 @@ impl JwtValidator {
         Ok(())
     }
 
-    pub(super) async fn validate(&self, token: &CallerToken) -> Result<Resolution, IdentifyError> {
+    pub(super) async fn validate(
+        &self,
+        zitadel: &Zitadel,
+        token: &CallerToken,
+    ) -> Result<Resolution, IdentifyError> {
         let refused = |why: &'static str| Ok(Resolution::Refused(TokenError::InvalidJwt(why)));
         let token = token.token();
         let Ok(header) = jsonwebtoken::decode_header(token) else {
@@ -173,7 +160,7 @@ impl JwtValidator {
         let key = match self.key(kid) {
             Some(key) => key,
             None => {
-                self.refresh(self.fetched_at()).await?;
+                self.refresh(zitadel, self.fetched_at()).await?;
                 match self.key(kid) {
                     Some(key) => key,
                     None => return refused("it is signed with a key ZITADEL does not publish"),

@@ -223,8 +223,6 @@ pub struct JwtConfig {
 /// Could not set up caller identification.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentitySetupError {
-    #[error("the ZITADEL URL {0} cannot be a base for the introspection and JWKS paths")]
-    BadBaseUrl(String),
     #[error("the introspection client id and secret cannot be sent in an HTTP header")]
     BadClientCredentials,
 }
@@ -250,36 +248,21 @@ impl Resolver {
         if config.introspection.is_none() && config.jwt.is_none() {
             return Ok(Self::userinfo());
         }
-        let base = zitadel.base_url();
-        let join = |path: &str| {
-            base.join(path)
-                .map_err(|_| IdentitySetupError::BadBaseUrl(base.to_string()))
-        };
-        let issuer = base.as_str().trim_end_matches('/').to_owned();
-        let http = zitadel.http_client().clone();
-        let timeout = zitadel.timeout();
+        let project_id = zitadel.project_id().map(str::to_owned);
         let introspection = match config.introspection {
             Some(auth) => Some(Arc::new(introspection::Introspector::new(
                 auth,
-                http.clone(),
-                timeout,
-                join("oauth/v2/introspect")?,
-                issuer.clone(),
-                zitadel.project_id().map(str::to_owned),
+                project_id.clone(),
             )?)),
             None => None,
         };
-        let jwt = match config.jwt {
-            Some(jwt) => Some(Arc::new(jwt::JwtValidator::new(
+        let jwt = config.jwt.map(|jwt| {
+            Arc::new(jwt::JwtValidator::new(
                 jwt,
-                http,
-                timeout,
-                join("oauth/v2/keys")?,
-                issuer,
-                zitadel.project_id().map(str::to_owned),
-            ))),
-            None => None,
-        };
+                zitadel.issuer().to_owned(),
+                project_id,
+            ))
+        });
         Ok(Resolver { introspection, jwt })
     }
 
@@ -299,20 +282,22 @@ impl Resolver {
         let jwt = self.jwt.as_ref().filter(|_| token.is_jwt_shaped());
         if let Some(validator) = jwt {
             let validator = Arc::clone(validator);
+            let zitadel = Arc::clone(zitadel);
             let token = token.clone();
             return cache
                 .identity(&token.clone(), move || {
-                    async move { validator.validate(&token).await }.boxed()
+                    async move { validator.validate(&zitadel, &token).await }.boxed()
                 })
                 .await
                 .map(Caller::Identified);
         }
         if let Some(introspector) = &self.introspection {
             let introspector = Arc::clone(introspector);
+            let zitadel = Arc::clone(zitadel);
             let token = token.clone();
             return cache
                 .identity(&token.clone(), move || {
-                    async move { introspector.introspect(&token).await }.boxed()
+                    async move { introspector.introspect(&zitadel, &token).await }.boxed()
                 })
                 .await
                 .map(Caller::Identified);
@@ -326,31 +311,6 @@ impl Resolver {
         }
         Ok(Caller::Userinfo(cache.userinfo(zitadel, token).await?))
     }
-}
-
-/// Largest introspection or JWKS answer read.
-const MAX_BODY_BYTES: usize = 1024 * 1024;
-
-/// Sends a request and reads its status and body, whatever the status.
-async fn read_body(
-    endpoint: crate::zitadel::Endpoint,
-    timeout: Duration,
-    request: reqwest::RequestBuilder,
-) -> Result<(u16, bytes::Bytes), UpstreamError> {
-    let transport = |e| UpstreamError::from_transport(endpoint, timeout, e);
-    let mut response = request.send().await.map_err(transport)?;
-    let status = response.status().as_u16();
-    let mut body = bytes::BytesMut::new();
-    while let Some(chunk) = response.chunk().await.map_err(transport)? {
-        if body.len() + chunk.len() > MAX_BODY_BYTES {
-            return Err(UpstreamError::BadResponse {
-                endpoint,
-                reason: format!("the answer is larger than {MAX_BODY_BYTES} bytes"),
-            });
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok((status, body.freeze()))
 }
 
 #[cfg(test)]

@@ -44,12 +44,15 @@ impl Endpoint {
         }
     }
 
-    /// The group whose retry budget and circuit breaker the call uses.
+    /// The group whose retry budget and circuit breaker the call uses: identifying callers (userinfo,
+    /// introspection, keys) and their own reads, or the management API with the service credential.
     pub fn group(self) -> super::resilience::Group {
-        if self.uses_caller_token() {
-            super::resilience::Group::CallerToken
-        } else {
-            super::resilience::Group::Management
+        match self {
+            Endpoint::Userinfo
+            | Endpoint::AuthListMyMetadata
+            | Endpoint::Introspection
+            | Endpoint::Jwks => super::resilience::Group::CallerToken,
+            _ => super::resilience::Group::Management,
         }
     }
 

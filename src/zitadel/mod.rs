@@ -7,6 +7,7 @@ pub mod error;
 #[cfg(test)]
 mod fuzz_tests;
 pub mod management;
+mod oauth;
 mod path;
 pub mod resilience;
 pub mod token_source;
@@ -79,6 +80,10 @@ pub struct Zitadel {
     base_url: Url,
     userinfo_url: Url,
     auth_list_url: Url,
+    introspect_url: Url,
+    keys_url: Url,
+    /// The instance URL without a trailing slash, as ZITADEL names itself.
+    issuer: String,
     /// The management API's `Authorization`: a PAT, or an access token kept fresh in the background.
     service_token: token_source::TokenSource,
     guards: resilience::Guards,
@@ -115,6 +120,8 @@ impl Zitadel {
         let userinfo_url = join("oidc/v1/userinfo")?;
         let token_url = join("oauth/v2/token")?;
         let auth_list_url = join("auth/v1/users/me/metadata/_search")?;
+        let introspect_url = join("oauth/v2/introspect")?;
+        let keys_url = join("oauth/v2/keys")?;
         let mut http = reqwest::Client::builder();
         if !extra_roots.is_empty() {
             http = http.tls_certs_merge(extra_roots);
@@ -142,7 +149,7 @@ impl Zitadel {
             config.service_credential,
             http.clone(),
             config.timeout,
-            issuer,
+            issuer.clone(),
             token_url,
         )?;
         Ok(Zitadel {
@@ -150,23 +157,15 @@ impl Zitadel {
             timeout: config.timeout,
             userinfo_url,
             auth_list_url,
+            introspect_url,
+            keys_url,
+            issuer,
             base_url,
             service_token,
             guards: resilience::Guards::new(config.resilience),
             http2: config.http2,
             project_id: config.project_id,
         })
-    }
-
-    /// The one pooled HTTP client for this ZITADEL, for every other endpoint usermeta calls there
-    /// (introspection, keys): its connections and TLS trust are shared.
-    pub fn http_client(&self) -> &reqwest::Client {
-        &self.http
-    }
-
-    /// The instance URL, ending in `/` so that API paths join onto it.
-    pub fn base_url(&self) -> &Url {
-        &self.base_url
     }
 
     /// usermeta's project, whose roles count as callers' roles.

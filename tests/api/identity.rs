@@ -538,3 +538,159 @@ async fn a_jwt_that_is_not_valid_yet_is_refused() {
     );
     assert_eq!(whoami(&mut client, &skewed).await.unwrap(), world.alice);
 }
+
+/// A usermeta identifying callers by introspection (opaque tokens) and by JWTs, with metrics on; its
+/// breaker opens after `breaker_failures` failed calls and stays open for a minute.
+async fn serve_observed(
+    world: &World,
+    breaker_failures: u32,
+) -> (
+    Client,
+    std::net::SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let config = usermeta::server::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        zitadel: usermeta::zitadel::ZitadelConfig {
+            base_url: world.standin.url().parse().unwrap(),
+            timeout: Duration::from_secs(5),
+            service_credential: usermeta::zitadel::ServiceCredential::Pat(world.pat.clone().into()),
+            resilience: usermeta::zitadel::Resilience {
+                max_attempts: 1,
+                breaker_failures,
+                breaker_cooldown: Duration::from_secs(60),
+                ..Default::default()
+            },
+            http2: Default::default(),
+            project_id: Some(world.project.clone()),
+        },
+        policy: Policy::default(),
+        cache: Default::default(),
+        limits: Default::default(),
+        identity: IdentityConfig {
+            introspection: Some(world.secret_auth()),
+            jwt: Some(world.jwt(Duration::from_secs(30))),
+        },
+    };
+    let options = usermeta::server::ServeOptions {
+        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+        ..Default::default()
+    };
+    let app = usermeta::server::Application::build_with(config, options)
+        .await
+        .unwrap();
+    let (addr, metrics) = (app.local_addr(), app.metrics_addr().unwrap());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run_until(async {
+        let _ = stopped.await;
+    }));
+    (connect(addr).await, metrics, stop)
+}
+
+fn traced(token: &str, trace_id: &str) -> tonic::Request<GetMyMetadataRequest> {
+    let mut request = authed(GetMyMetadataRequest::default(), token);
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace_id}-00f067aa0ba902b7-01")
+            .parse()
+            .unwrap(),
+    );
+    request
+}
+
+/// Introspection and key fetches go through the one door to ZITADEL: the caller's trace, upstream metrics,
+/// the deadline and the circuit breaker apply to them as to every other call.
+#[tokio::test]
+async fn introspection_and_key_fetches_carry_the_trace_are_counted_and_bounded_by_the_deadline() {
+    let world = world().await;
+    let (mut client, metrics, _stop) = serve_observed(&world, 5).await;
+    let opaque = world.standin.issue_token(&world.alice, &world.scopes());
+    let jwt = world.standin.issue_jwt_with(
+        &world.alice,
+        JwtSpec {
+            scopes: world.scopes.clone(),
+            ..JwtSpec::default()
+        },
+    );
+    let introspect_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let keys_trace = "5cf92f3577b34da6a3ce929d0e0e4737";
+    client
+        .get_my_metadata(traced(&opaque, introspect_trace))
+        .await
+        .unwrap();
+    client
+        .get_my_metadata(traced(&jwt, keys_trace))
+        .await
+        .unwrap();
+    let requests = world.standin.requests();
+    let trace_of = |path: &str| {
+        requests
+            .iter()
+            .find(|r| r.path == path)
+            .and_then(|r| r.header("traceparent"))
+            .map(|t| t.split('-').nth(1).unwrap_or_default().to_owned())
+    };
+    assert_eq!(
+        trace_of("/oauth/v2/introspect").as_deref(),
+        Some(introspect_trace)
+    );
+    assert_eq!(trace_of("/oauth/v2/keys").as_deref(), Some(keys_trace));
+
+    let scraped = reqwest::get(format!("http://{metrics}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for endpoint in ["oauth.Introspect", "oauth.Keys"] {
+        let series =
+            format!("usermeta_upstream_requests_total{{endpoint=\"{endpoint}\",status=\"200\"}}");
+        assert!(
+            scraped.lines().any(|line| line.starts_with(&series)),
+            "no {series} in:\n{scraped}"
+        );
+    }
+
+    // A slow introspection is cut off at the caller's deadline.
+    world.standin.push_fault(usermeta::standin::Fault {
+        path_prefix: "/oauth/v2/introspect".into(),
+        times: None,
+        kind: usermeta::standin::FaultKind::Latency(Duration::from_secs(3)),
+    });
+    let slow = world.standin.issue_token(&world.alice, &world.scopes());
+    let mut request = authed(GetMyMetadataRequest::default(), &slow);
+    request.set_timeout(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let status = client.get_my_metadata(request).await.unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn an_open_breaker_stops_introspection_calls() {
+    let world = world().await;
+    let (mut client, _metrics, _stop) = serve_observed(&world, 2).await;
+    world.standin.push_fault(usermeta::standin::Fault {
+        path_prefix: "/oauth/v2/introspect".into(),
+        times: None,
+        kind: usermeta::standin::FaultKind::Status(503),
+    });
+    for _ in 0..2 {
+        let token = world.standin.issue_token(&world.alice, &world.scopes());
+        let status = whoami(&mut client, &token).await.unwrap_err();
+        assert_status(&status, Code::Unavailable, "ZITADEL_UNAVAILABLE");
+    }
+    let sent = world.standin.introspection_requests();
+    let token = world.standin.issue_token(&world.alice, &world.scopes());
+    let status = whoami(&mut client, &token).await.unwrap_err();
+    assert_status(&status, Code::Unavailable, "ZITADEL_CIRCUIT_OPEN");
+    assert_eq!(
+        world.standin.introspection_requests(),
+        sent,
+        "nothing sent while open"
+    );
+}
