@@ -15,21 +15,24 @@ ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
 FROM ${RUST_IMAGE} AS builder
 WORKDIR /src
 
-# 1. Dependencies only: the manifests, the build script and the contract, with placeholder sources. This layer
-#    is rebuilt only when Cargo.toml, Cargo.lock, build.rs or the proto change, not on every source edit.
+# 1. Dependencies only: the manifests, the build script, the contract and the workspace's other crates (the
+#    ZITADEL stand-in, which a production build does not compile: `--no-default-features` leaves out
+#    `usermeta dev`), with placeholder sources for usermeta. This layer is rebuilt only when a manifest,
+#    Cargo.lock, build.rs or the proto change, not on every source edit.
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto ./proto
+COPY crates ./crates
 RUN mkdir src \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \
-    && cargo build --release --locked \
+    && cargo build --release --locked -p usermeta --no-default-features \
     && rm -rf src
 
 # 2. The real sources. COPY keeps the files' modification times, which can be older than the placeholder build;
 #    touching the crate roots makes cargo rebuild usermeta itself (and only it).
 COPY src ./src
 RUN touch src/main.rs src/lib.rs \
-    && cargo build --release --locked \
+    && cargo build --release --locked -p usermeta --no-default-features \
     && cp target/release/usermeta /usermeta \
     && /usermeta --version | grep '^usermeta '
 

@@ -9,7 +9,7 @@ mod common;
 use std::sync::Arc;
 
 use axum::{Router, routing::get};
-use usermeta::standin::{ManagerRole, StandIn};
+use zitadel_standin::{ManagerRole, StandIn};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

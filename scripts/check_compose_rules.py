@@ -195,7 +195,7 @@ def check_dockerignore(path: str) -> None:
          ".dockerignore keeps target/, .git and node_modules out of the build context")
     if allowlist:
         allowed = {l[1:].rstrip("/") for l in lines if l.startswith("!")}
-        needed = {"Cargo.toml", "Cargo.lock", "build.rs", "proto", "src"}
+        needed = {"Cargo.toml", "Cargo.lock", "build.rs", "proto", "src", "crates"}
         rule(needed <= allowed, f".dockerignore lets in what the Dockerfile copies ({sorted(needed)})")
 
 

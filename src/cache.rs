@@ -522,7 +522,7 @@ mod tests {
     /// `fetch_userinfo` after that lookup has left the in-flight map: it must find the answer, not ask again.
     #[tokio::test]
     async fn a_miss_that_raced_a_finished_lookup_finds_its_answer() {
-        let standin = crate::standin::StandIn::start().await.unwrap();
+        let standin = zitadel_standin::StandIn::start().await.unwrap();
         let org = standin.create_org("Acme");
         let alice = standin.create_user(&org, "alice");
         let token = standin.issue_token(&alice, &["openid"]);

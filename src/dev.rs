@@ -5,13 +5,14 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
+use zitadel_standin::{ManagerRole, StandIn};
+
 use crate::{
     RunError,
     cache::CacheConfig,
     policy::Policy,
     server::{self, Application, Config},
     settings::{self, DevArgs},
-    standin::{ManagerRole, StandIn},
     zitadel::{ServiceCredential, ZitadelConfig},
 };
 

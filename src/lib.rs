@@ -4,8 +4,9 @@
 //! gRPC statuses), learns who is calling from [`caller`] (introspection, local JWT validation or userinfo),
 //! is checked against the per-key rules of [`policy`], and reaches ZITADEL through
 //! [`zitadel`] (userinfo and the auth API with the caller's token, the management API with the service
-//! credential: a PAT, or a key or client secret exchanged for tokens kept fresh by `zitadel::token_source`). [`server`] binds and serves it with health and reflection; [`standin`] is an in-process
-//! ZITADEL used by the tests and by `usermeta dev`. [`authz`] optionally serves Envoy's external authorization
+//! credential: a PAT, or a key or client secret exchanged for tokens kept fresh by `zitadel::token_source`). [`server`] binds and serves it with health and reflection; `dev` (the default-on `dev`
+//! feature) runs it against the in-process ZITADEL stand-in of the `zitadel-standin` crate, which the tests
+//! use too. [`authz`] optionally serves Envoy's external authorization
 //! API on the same port, injecting allow-listed metadata as upstream headers.
 #![forbid(unsafe_code)]
 
@@ -14,6 +15,7 @@ pub mod authz;
 pub mod cache;
 pub mod caller;
 pub mod config_file;
+#[cfg(feature = "dev")]
 pub mod dev;
 pub mod healthcheck;
 pub mod metadata;
@@ -21,7 +23,6 @@ pub mod metrics;
 pub mod policy;
 pub mod server;
 pub mod settings;
-pub mod standin;
 pub mod telemetry;
 pub mod tls;
 pub mod zitadel;
@@ -37,6 +38,7 @@ pub enum RunError {
     Settings(#[from] SettingsError),
     #[error(transparent)]
     Start(#[from] server::StartError),
+    #[cfg(feature = "dev")]
     #[error("the ZITADEL stand-in could not start: {0}")]
     StandIn(std::io::Error),
 }

@@ -33,6 +33,7 @@ fn main() -> ExitCode {
     let code = runtime.block_on(async {
         let result = match cli.command {
             Command::Serve(args) => usermeta::serve(*args).await,
+            #[cfg(feature = "dev")]
             Command::Dev(args) => usermeta::dev::run(args).await,
             Command::Healthcheck(args) => return usermeta::healthcheck::run(args).await,
         };

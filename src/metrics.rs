@@ -88,24 +88,10 @@ fn describe() {
     );
 }
 
-/// Serves `GET /metrics` on `listener` until the returned task is aborted.
+/// Serves `GET /metrics` on `listener` until the returned task is aborted. HTTP/1.1 by hyper directly: a
+/// scrape endpoint needs no router.
 pub fn serve(listener: TcpListener, handle: PrometheusHandle) -> tokio::task::JoinHandle<()> {
     let upkeep_handle = handle.clone();
-    let router = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let handle = handle.clone();
-            async move {
-                (
-                    [(
-                        http::header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4; charset=utf-8",
-                    )],
-                    handle.render(),
-                )
-            }
-        }),
-    );
     tokio::spawn(async move {
         // Histogram samples wait in buffers until drained; drain them even when nobody scrapes.
         let upkeep = async move {
@@ -115,15 +101,62 @@ pub fn serve(listener: TcpListener, handle: PrometheusHandle) -> tokio::task::Jo
                 upkeep_handle.run_upkeep();
             }
         };
-        tokio::select! {
-            result = axum::serve(listener, router) => {
-                if let Err(error) = result {
-                    tracing::error!(%error, "the metrics listener stopped");
-                }
+        let accept = async move {
+            loop {
+                let stream = match listener.accept().await {
+                    Ok((stream, _)) => stream,
+                    Err(error) => {
+                        tracing::warn!(%error, "the metrics listener could not accept a connection");
+                        // E.g. EMFILE: back off briefly instead of spinning.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let handle = handle.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request| {
+                        let answer = scrape_answer(&handle, &request);
+                        async move { Ok::<_, std::convert::Infallible>(answer) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
             }
+        };
+        tokio::select! {
+            () = accept => {}
             () = upkeep => {}
         }
     })
+}
+
+/// The answer to one request of the metrics listener: the text format at `GET /metrics`, 404 elsewhere.
+fn scrape_answer<B>(
+    handle: &PrometheusHandle,
+    request: &http::Request<B>,
+) -> http::Response<http_body_util::Full<bytes::Bytes>> {
+    let (status, content_type, body) =
+        if request.uri().path() == "/metrics" && request.method() == http::Method::GET {
+            (
+                http::StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                handle.render(),
+            )
+        } else {
+            (
+                http::StatusCode::NOT_FOUND,
+                "text/plain; charset=utf-8",
+                "not found: metrics are at GET /metrics\n".to_owned(),
+            )
+        };
+    let mut response = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    response
 }
 
 /// Records one HTTP call to ZITADEL: `status` is the HTTP status, or `None` when no answer arrived.

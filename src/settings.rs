@@ -48,6 +48,7 @@ pub enum Command {
     /// Serve the gRPC API against a ZITADEL instance.
     Serve(Box<ServeArgs>),
     /// Start an embedded ZITADEL stand-in with demo data and serve against it (for trying usermeta out).
+    #[cfg(feature = "dev")]
     Dev(DevArgs),
     /// Ask a running usermeta for its gRPC health; exit 0 when SERVING, 1 otherwise (for container health checks).
     Healthcheck(HealthcheckArgs),
@@ -365,6 +366,7 @@ fn retry_budget(raw: &str) -> Result<f64, String> {
 }
 
 /// Settings of `usermeta dev`.
+#[cfg(feature = "dev")]
 #[derive(Debug, Args)]
 pub struct DevArgs {
     /// Address the gRPC server listens on.
@@ -878,7 +880,7 @@ mod tests {
     #[test]
     fn key_file_problems_name_the_file_and_the_problem_never_the_key() {
         let dir = temp_dir("keys");
-        let good = crate::standin::keys::generate_rsa_key();
+        let good = zitadel_standin::keys::generate_rsa_key();
         let file = |name: &str, content: &str| {
             let path = dir.join(name);
             std::fs::write(&path, content).unwrap();
@@ -958,7 +960,7 @@ mod tests {
             use aws_lc_rs::encoding::AsDer as _;
             let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
             let der = pair.as_der().unwrap();
-            crate::standin::keys::pem("PRIVATE KEY", der.as_ref())
+            zitadel_standin::keys::pem("PRIVATE KEY", der.as_ref())
         };
         assert!(
             key_file_args(file("pkcs8.json", &key_json("serviceaccount", &pkcs8)))

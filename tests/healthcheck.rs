@@ -10,9 +10,9 @@ use tokio::{net::TcpListener, process::Command, sync::oneshot};
 use usermeta::{
     policy::Policy,
     server::{Application, Config},
-    standin::{ManagerRole, StandIn},
     zitadel::{ServiceCredential, ZitadelConfig},
 };
+use zitadel_standin::{ManagerRole, StandIn};
 
 /// A usermeta serving on 127.0.0.1:0; it stops when the sender drops.
 async fn spawn_usermeta() -> (SocketAddr, StandIn, oneshot::Sender<()>) {

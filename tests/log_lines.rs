@@ -18,10 +18,10 @@ use usermeta::{
     policy::Policy,
     server::{Application, Config, Limits},
     settings::LogFormat,
-    standin::{ManagerRole, StandIn},
     telemetry,
     zitadel::{ServiceCredential, ZitadelConfig},
 };
+use zitadel_standin::{ManagerRole, StandIn};
 
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);

@@ -21,9 +21,9 @@ use usermeta::{
     cache::CacheConfig,
     policy::Policy,
     server::{Application, Config, Limits},
-    standin::{Fault, FaultKind, ManagerRole, StandIn},
     zitadel::{Resilience, ServiceCredential, ZitadelConfig},
 };
+use zitadel_standin::{Fault, FaultKind, ManagerRole, StandIn};
 
 const SCOPES: &[&str] = &[
     "openid",

@@ -13,8 +13,8 @@ use usermeta::{
     api::pb::{DeleteMetadataRequest, GetMyMetadataRequest, SetMetadataRequest},
     cache::CacheConfig,
     policy::Policy,
-    standin::{Fault, FaultKind},
 };
+use zitadel_standin::{Fault, FaultKind};
 
 use crate::helpers::*;
 

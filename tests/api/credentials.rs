@@ -12,9 +12,9 @@ use usermeta::{
         user_metadata_service_client::UserMetadataServiceClient,
     },
     policy::Policy,
-    standin::{Fault, FaultKind, ManagerRole, StandIn},
     zitadel::{ServiceCredential, ServiceKey},
 };
+use zitadel_standin::{Fault, FaultKind, ManagerRole, StandIn};
 
 use crate::helpers::*;
 

@@ -16,9 +16,9 @@ use usermeta::{
     api::pb::GetMyMetadataRequest,
     authz::{AuthzConfig, BinaryValues, parse_header_map, parse_rules},
     policy::Policy,
-    standin::{Fault, FaultKind},
     zitadel::ServiceCredential,
 };
+use zitadel_standin::{Fault, FaultKind};
 
 use crate::helpers::*;
 
@@ -596,7 +596,7 @@ async fn a_roles_claim_of_another_shape_means_no_roles_not_a_broken_answer() {
 
 /// A stand-in with usermeta's project and API application, alice in it, and usermeta's service user.
 struct Introspected {
-    standin: usermeta::standin::StandIn,
+    standin: zitadel_standin::StandIn,
     project: String,
     alice: String,
     pat: String,
@@ -604,13 +604,13 @@ struct Introspected {
 }
 
 async fn introspected() -> Introspected {
-    let standin = usermeta::standin::StandIn::start().await.unwrap();
+    let standin = zitadel_standin::StandIn::start().await.unwrap();
     let org = standin.create_org("Acme");
     let project = standin.create_project(&org);
     let alice = standin.create_user(&org, "alice");
     standin.set_metadata(&alice, "ContractNumber", b"1234");
     let service =
-        standin.create_service_user(&org, "usermeta", usermeta::standin::ManagerRole::IamOwner);
+        standin.create_service_user(&org, "usermeta", zitadel_standin::ManagerRole::IamOwner);
     let pat = standin.issue_pat(&service);
     let aud = format!("urn:zitadel:iam:org:project:id:{project}:aud");
     let mut scopes = FULL_SCOPES.to_vec();
@@ -700,7 +700,7 @@ async fn a_forged_jwt_is_refused_by_local_validation_without_asking_userinfo() {
     let mut client = authz_client(spawned.authz_addr.unwrap()).await;
     let forged = world.standin.issue_jwt_with(
         &world.alice,
-        usermeta::standin::JwtSpec {
+        zitadel_standin::JwtSpec {
             scopes: vec!["openid".into()],
             audience: vec![world.project.clone()],
             unpublished_key: true,

@@ -30,9 +30,9 @@ use usermeta::{
     cache::CacheConfig,
     policy::Policy,
     server::Limits,
-    standin::{Fault, FaultKind},
     zitadel::Resilience,
 };
+use zitadel_standin::{Fault, FaultKind};
 
 use crate::helpers::*;
 

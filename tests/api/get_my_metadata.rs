@@ -162,7 +162,7 @@ async fn auth_api_without_the_zitadel_audience_scope_says_which_scope_is_missing
     );
 
     app.standin
-        .set_audience_error_style(usermeta::standin::AudienceErrorStyle::InvalidAudience);
+        .set_audience_error_style(zitadel_standin::AudienceErrorStyle::InvalidAudience);
     let status = app
         .client
         .get_my_metadata(authed(get(&[], MetadataSource::AuthApi), &token))

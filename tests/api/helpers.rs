@@ -23,9 +23,9 @@ use usermeta::{
     caller::IdentityConfig,
     policy::Policy,
     server::{Application, Config, Limits, ServeOptions},
-    standin::{ManagerRole, RecordedRequest, StandIn},
     zitadel::{Http2, Resilience, ServiceCredential, ZitadelConfig},
 };
+use zitadel_standin::{ManagerRole, RecordedRequest, StandIn};
 
 /// Scopes a typical caller token has: identity, metadata, organisation, and the ZITADEL audience.
 pub const FULL_SCOPES: &[&str] = &[

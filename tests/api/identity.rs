@@ -9,8 +9,8 @@ use usermeta::{
     api::pb::{GetMyMetadataRequest, SetMetadataRequest},
     caller::{ApplicationKey, IdentityConfig, IntrospectionAuth, JwtConfig},
     policy::Policy,
-    standin::{JwtSpec, ManagerRole, StandIn},
 };
+use zitadel_standin::{JwtSpec, ManagerRole, StandIn};
 
 use crate::helpers::*;
 
@@ -652,10 +652,10 @@ async fn introspection_and_key_fetches_carry_the_trace_are_counted_and_bounded_b
     }
 
     // A slow introspection is cut off at the caller's deadline.
-    world.standin.push_fault(usermeta::standin::Fault {
+    world.standin.push_fault(zitadel_standin::Fault {
         path_prefix: "/oauth/v2/introspect".into(),
         times: None,
-        kind: usermeta::standin::FaultKind::Latency(Duration::from_secs(3)),
+        kind: zitadel_standin::FaultKind::Latency(Duration::from_secs(3)),
     });
     let slow = world.standin.issue_token(&world.alice, &world.scopes());
     let mut request = authed(GetMyMetadataRequest::default(), &slow);
@@ -674,10 +674,10 @@ async fn introspection_and_key_fetches_carry_the_trace_are_counted_and_bounded_b
 async fn an_open_breaker_stops_introspection_calls() {
     let world = world().await;
     let (mut client, _metrics, _stop) = serve_observed(&world, 2).await;
-    world.standin.push_fault(usermeta::standin::Fault {
+    world.standin.push_fault(zitadel_standin::Fault {
         path_prefix: "/oauth/v2/introspect".into(),
         times: None,
-        kind: usermeta::standin::FaultKind::Status(503),
+        kind: zitadel_standin::FaultKind::Status(503),
     });
     for _ in 0..2 {
         let token = world.standin.issue_token(&world.alice, &world.scopes());

@@ -11,9 +11,9 @@ use usermeta::{
     api::pb::{GetMyMetadataRequest, SetMetadataRequest},
     policy::Policy,
     server::{Application, Config, ServeOptions},
-    standin::{Fault, FaultKind, ManagerRole},
     zitadel::{ServiceCredential, ZitadelConfig},
 };
+use zitadel_standin::{Fault, FaultKind, ManagerRole};
 
 use crate::{helpers::*, logs};
 

@@ -12,8 +12,8 @@ use usermeta::{
     },
     caller::{IdentityConfig, JwtConfig},
     policy::Policy,
-    standin::{JwtSpec, ManagerRole, StandIn},
 };
+use zitadel_standin::{JwtSpec, ManagerRole, StandIn};
 
 use crate::helpers::*;
 

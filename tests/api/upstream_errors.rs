@@ -7,8 +7,8 @@ use tonic_types::StatusExt;
 use usermeta::{
     api::pb::{GetMyMetadataRequest, ListMetadataRequest, MetadataSource, SetMetadataRequest},
     policy::Policy,
-    standin::{Fault, FaultKind, ManagerRole},
 };
+use zitadel_standin::{Fault, FaultKind, ManagerRole};
 
 use crate::helpers::*;
 

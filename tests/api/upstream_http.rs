@@ -8,9 +8,9 @@ use usermeta::{
     api::pb::{GetMyMetadataRequest, ListMetadataRequest, SetMetadataRequest},
     cache::CacheConfig,
     policy::Policy,
-    standin::{Fault, FaultKind},
     zitadel::Http2,
 };
+use zitadel_standin::{Fault, FaultKind};
 
 use crate::helpers::*;
 

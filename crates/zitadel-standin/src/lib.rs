@@ -15,7 +15,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
-//! use usermeta::standin::{ManagerRole, StandIn};
+//! use zitadel_standin::{ManagerRole, StandIn};
 //! let zitadel = StandIn::start().await?;
 //! let org = zitadel.create_org("acme");
 //! let alice = zitadel.create_user(&org, "alice");

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use usermeta::standin::{AudienceErrorStyle, Fault, FaultKind, ManagerRole, StandIn};
+use zitadel_standin::{AudienceErrorStyle, Fault, FaultKind, ManagerRole, StandIn};
 
 const AUD: &str = "urn:zitadel:iam:org:project:id:zitadel:aud";
 const META: &str = "urn:zitadel:iam:user:metadata";
@@ -1318,7 +1318,7 @@ async fn stops_on_shutdown_and_when_the_last_handle_drops() {
 fn handles_are_send_sync_and_clone() {
     fn check<T: Send + Sync + Clone + 'static>() {}
     check::<StandIn>();
-    check::<usermeta::standin::RecordedRequest>();
+    check::<zitadel_standin::RecordedRequest>();
     check::<Fault>();
 }
 
