@@ -401,7 +401,7 @@ impl MetadataService {
             &caller,
             request.user_id.as_deref(),
             request.org_id.as_deref(),
-        );
+        )?;
         let keys: Vec<&str> = request
             .entries
             .iter()
@@ -410,7 +410,7 @@ impl MetadataService {
         audited(&caller, target, Action::Write, &keys, async {
             self.policy.authorize(
                 &caller,
-                subject_of(&caller, target),
+                subject_of(target),
                 Action::Write,
                 keys.iter().copied(),
             )?;
@@ -442,12 +442,12 @@ impl MetadataService {
             &caller,
             request.user_id.as_deref(),
             request.org_id.as_deref(),
-        );
+        )?;
         let keys: Vec<&str> = request.keys.iter().map(String::as_str).collect();
         audited(&caller, target, Action::Delete, &keys, async {
             self.policy.authorize(
                 &caller,
-                subject_of(&caller, target),
+                subject_of(target),
                 Action::Delete,
                 keys.iter().copied(),
             )?;
@@ -534,34 +534,40 @@ impl Drop for InvalidateOnDrop<'_> {
 }
 
 /// The user a write addresses: the named one, or the caller. For the caller, ZITADEL's word on their
-/// organisation (when the token carries it) scopes the call unless the request names one.
+/// organisation (when the token carries it) scopes the call unless the request names one; a request that names
+/// another organisation than the caller's for the caller's own metadata is refused, since the policy and
+/// ZITADEL would otherwise see different organisations.
 fn target_of<'a>(
     caller: &'a Identity,
     user_id: Option<&'a str>,
     org_id: Option<&'a str>,
-) -> Target<'a> {
+) -> Result<Target<'a>, ApiError> {
     match user_id {
-        Some(user_id) if user_id != caller.sub => Target { user_id, org_id },
-        _ => Target {
-            user_id: &caller.sub,
-            org_id: org_id.or(caller.org_id.as_deref()),
+        Some(user_id) if user_id != caller.sub => Ok(Target { user_id, org_id }),
+        _ => match (org_id, caller.org_id.as_deref()) {
+            (Some(named), Some(own)) if named != own => {
+                Err(ApiError::InvalidRequest(vec![Violation {
+                    field: "organization_id".to_owned(),
+                    description: format!(
+                        "names organisation {named}, but the caller's own metadata is in organisation {own} (as ZITADEL says); leave organization_id empty for your own metadata"
+                    ),
+                }]))
+            }
+            (named, own) => Ok(Target {
+                user_id: &caller.sub,
+                org_id: named.or(own),
+            }),
         },
     }
 }
 
-/// The policy's view of a target: for the caller themself, the organisation ZITADEL reported for them; for
-/// another user, the organisation the management call will be scoped to.
-fn subject_of<'a>(caller: &'a Identity, target: Target<'a>) -> Subject<'a> {
-    if target.user_id == caller.sub {
-        Subject {
-            user_id: &caller.sub,
-            org_id: caller.org_id.as_deref(),
-        }
-    } else {
-        Subject {
-            user_id: target.user_id,
-            org_id: target.org_id,
-        }
+/// The policy's view of a target: exactly what ZITADEL receives, the user and the organisation the management
+/// call is scoped to (for the caller themself, ZITADEL's word on their organisation unless the request named
+/// it; a named organisation ZITADEL enforces by refusing users outside it).
+fn subject_of(target: Target<'_>) -> Subject<'_> {
+    Subject {
+        user_id: target.user_id,
+        org_id: target.org_id,
     }
 }
 

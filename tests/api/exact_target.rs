@@ -368,3 +368,39 @@ async fn keys_with_spaces_and_delimiters_arrive_exactly_as_given() {
         );
     }
 }
+
+#[tokio::test]
+async fn your_own_metadata_in_another_organisation_is_refused_not_half_checked() {
+    let app = spawn_app().await;
+    let mut client = app.client.clone();
+    // The policy would see alice's organisation (from ZITADEL) while ZITADEL would be asked about another.
+    let status = client
+        .set_metadata(authed(
+            SetMetadataRequest {
+                organization_id: app.other_org.clone(),
+                entries: vec![entry("profile.language", text("fr"))],
+                ..Default::default()
+            },
+            &app.alice_token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(violated_fields(&status), ["organization_id"]);
+    app.assert_no_management_request();
+    // Naming her own organisation is what she gets anyway.
+    client
+        .set_metadata(authed(
+            SetMetadataRequest {
+                organization_id: app.org.clone(),
+                entries: vec![entry("profile.language", text("fr"))],
+                ..Default::default()
+            },
+            &app.alice_token,
+        ))
+        .await
+        .unwrap();
+    let sent = app.management_requests();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].header("x-zitadel-orgid"), Some(app.org.as_str()));
+}
