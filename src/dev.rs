@@ -9,7 +9,7 @@ use zitadel_standin::{ManagerRole, StandIn};
 
 use crate::{
     RunError,
-    cache::CacheConfig,
+    caller::cache::CacheConfig,
     policy::Policy,
     server::{self, Application, Config},
     settings::{self, DevArgs},

@@ -12,7 +12,6 @@
 
 pub mod api;
 pub mod authz;
-pub mod cache;
 pub mod caller;
 pub mod config_file;
 #[cfg(feature = "dev")]

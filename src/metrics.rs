@@ -19,8 +19,6 @@ use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 
-use crate::zitadel::Endpoint;
-
 pub const GRPC_REQUESTS: &str = "usermeta_grpc_requests_total";
 pub const GRPC_DURATION: &str = "usermeta_grpc_request_duration_seconds";
 pub const GRPC_IN_FLIGHT: &str = "usermeta_grpc_requests_in_flight";
@@ -159,11 +157,12 @@ fn scrape_answer<B>(
     response
 }
 
-/// Records one HTTP call to ZITADEL: `status` is the HTTP status, or `None` when no answer arrived.
-pub fn upstream_call(endpoint: Endpoint, status: Option<u16>, elapsed: Duration) {
+/// Records one HTTP call upstream: `endpoint` names it (`userinfo`, `management.SetUserMetadata`, …), `status`
+/// is the HTTP status, or `None` when no answer arrived.
+pub fn upstream_call(endpoint: &'static str, status: Option<u16>, elapsed: Duration) {
     let status = status.map_or_else(|| "error".to_owned(), |s| s.to_string());
-    counter!(UPSTREAM_REQUESTS, "endpoint" => endpoint.name(), "status" => status).increment(1);
-    histogram!(UPSTREAM_DURATION, "endpoint" => endpoint.name()).record(elapsed.as_secs_f64());
+    counter!(UPSTREAM_REQUESTS, "endpoint" => endpoint, "status" => status).increment(1);
+    histogram!(UPSTREAM_DURATION, "endpoint" => endpoint).record(elapsed.as_secs_f64());
 }
 
 /// What a caller cache lookup found.

@@ -21,7 +21,7 @@ use tonic_types::{ErrorDetails, StatusExt as _};
 use crate::{
     api::{MetadataService, RequestLimits, pb},
     authz::{self, AuthzConfig, AuthzService, ExtAuthz},
-    cache::{CacheConfig, CallerCache},
+    caller::cache::{CacheConfig, CallerCache},
     caller::{IdentityConfig, IdentitySetupError, Resolver},
     policy::Policy,
     tls::{TlsError, TlsFiles, TlsSettings},

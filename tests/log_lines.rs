@@ -14,7 +14,7 @@ use tokio::sync::oneshot;
 use tonic::{Code, Request, transport::Channel};
 use usermeta::{
     api::pb::{self, SetMetadataRequest, user_metadata_service_client::UserMetadataServiceClient},
-    cache::CacheConfig,
+    caller::cache::CacheConfig,
     policy::Policy,
     server::{Application, Config, Limits},
     settings::LogFormat,

@@ -18,7 +18,7 @@ use usermeta::{
         self, DeleteMetadataRequest, GetMyMetadataRequest, ListMetadataRequest, MetadataSource,
         SetMetadataRequest, user_metadata_service_client::UserMetadataServiceClient,
     },
-    cache::CacheConfig,
+    caller::cache::CacheConfig,
     policy::Policy,
     server::{Application, Config, Limits},
     zitadel::{Resilience, ServiceCredential, ZitadelConfig},

@@ -25,7 +25,7 @@ use super::{
     validate::{self, Source},
 };
 use crate::{
-    cache::CallerCache,
+    caller::cache::CallerCache,
     caller::{self, Caller, Identity, Resolver},
     metadata::{KeyFilter, KeyMatch, MetadataItem, PackedMetadata, Page, PageRequest},
     policy::{Action, Policy, Subject},

@@ -27,7 +27,7 @@ use tracing::instrument;
 use super::{AuthzConfig, BASE64_MARKER, BinaryValues, MAX_HEADER_VALUE_BYTES, Requirement, Rule};
 use crate::{
     api::{RequestLimits, deadline, rate_limit::RateLimiter},
-    cache::CallerCache,
+    caller::cache::CallerCache,
     caller::{AUTHORIZATION, Caller, IdentifyError, Identity, KnownCaller, Resolver, TokenError},
     metadata::PackedMetadata,
     policy::{Policy, Subject},

@@ -3,11 +3,10 @@
 //! path as GetMyMetadata and answers with allow-listed metadata as upstream headers, so routes can match on
 //! user attributes.
 //!
-//! This module holds the validated configuration and its parsers; [`check`] serves the API and
-//! [`settings`] reads the configuration from flags and environment.
+//! This module holds the validated configuration and its parsers; [`check`] serves the API, and
+//! `settings::ext_authz` reads the configuration from flags and environment.
 
 pub mod check;
-pub mod settings;
 
 pub use check::AuthzService;
 

@@ -6,6 +6,7 @@
 //! local validation of JWT access tokens against ZITADEL's JWKS, or both (JWTs locally, opaque tokens by
 //! introspection). With neither, userinfo's `sub` (and its roles claims) is the identity.
 
+pub mod cache;
 mod introspection;
 mod jwt;
 
@@ -18,12 +19,12 @@ use tonic::metadata::MetadataMap;
 
 pub use introspection::{ApplicationKey, IntrospectionAuth};
 
-use crate::cache::CallerCache;
 use crate::metadata::PackedMetadata;
 use crate::zitadel::{
     BearerError, CallerToken, UpstreamError, Zitadel,
     userinfo::{ORG_ID_CLAIM, UserInfo, project_roles},
 };
+use cache::CallerCache;
 
 /// The gRPC metadata key that carries the caller's token.
 pub const AUTHORIZATION: &str = "authorization";

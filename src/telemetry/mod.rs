@@ -33,7 +33,14 @@ use tracing_subscriber::{
     EnvFilter, Layer as _, filter::Targets, fmt, fmt::MakeWriter, prelude::*,
 };
 
-use crate::settings::LogFormat;
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines, fields escaped (see [`EscapedFields`]).
+    Text,
+    /// One JSON object a line.
+    Json,
+}
 
 mod text_fields;
 
@@ -74,13 +81,13 @@ impl Telemetry {
 
 /// Installs the global subscriber, logging to stderr. Call once, from `main`, before the runtime starts:
 /// the OTLP exporter's blocking HTTP client must not be built inside it.
-pub fn init(format: LogFormat) -> Result<Telemetry, TelemetryError> {
+pub fn init(format: impl Into<LogFormat>) -> Result<Telemetry, TelemetryError> {
     init_with(format, "info", std::io::stderr)
 }
 
 /// [`init`] with a default filter (used when `RUST_LOG` is unset) and a writer; tests capture logs with it.
 pub fn init_with<W>(
-    format: LogFormat,
+    format: impl Into<LogFormat>,
     default_filter: &str,
     writer: W,
 ) -> Result<Telemetry, TelemetryError>
@@ -113,7 +120,7 @@ where
             .with_filter(Targets::new().with_target("usermeta", tracing::Level::INFO))
     });
     let registry = tracing_subscriber::registry().with(otel);
-    let installed = match format {
+    let installed = match format.into() {
         LogFormat::Text => registry
             .with(
                 fmt::layer()

@@ -369,7 +369,7 @@ async fn send(
         ),
     )
     .await;
-    crate::metrics::upstream_call(endpoint, http_status, started.elapsed());
+    crate::metrics::upstream_call(endpoint.name(), http_status, started.elapsed());
     result
 }
 

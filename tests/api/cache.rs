@@ -11,7 +11,7 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use tonic::Code;
 use usermeta::{
     api::pb::{DeleteMetadataRequest, GetMyMetadataRequest, SetMetadataRequest},
-    cache::CacheConfig,
+    caller::cache::CacheConfig,
     policy::Policy,
 };
 use zitadel_standin::{Fault, FaultKind};

@@ -27,7 +27,7 @@ use usermeta::{
             DeleteMetadataRequest, GetMyMetadataRequest, ListMetadataRequest, SetMetadataRequest,
         },
     },
-    cache::CacheConfig,
+    caller::cache::CacheConfig,
     policy::Policy,
     server::Limits,
     zitadel::Resilience,

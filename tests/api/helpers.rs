@@ -19,8 +19,8 @@ use tonic_types::StatusExt;
 use usermeta::{
     api::pb::{self, user_metadata_service_client::UserMetadataServiceClient},
     authz::{AuthzConfig, ExtAuthz},
-    cache::CacheConfig,
     caller::IdentityConfig,
+    caller::cache::CacheConfig,
     policy::Policy,
     server::{Application, Config, Limits, ServeOptions},
     zitadel::{Http2, Resilience, ServiceCredential, ZitadelConfig},

@@ -6,7 +6,7 @@ use std::time::Duration;
 use http::Version;
 use usermeta::{
     api::pb::{GetMyMetadataRequest, ListMetadataRequest, SetMetadataRequest},
-    cache::CacheConfig,
+    caller::cache::CacheConfig,
     policy::Policy,
     zitadel::Http2,
 };

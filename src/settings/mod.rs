@@ -8,12 +8,14 @@ use std::{
 };
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub mod ext_authz;
 use secrecy::SecretString;
 use url::Url;
 
 use crate::{
     api::RequestLimits,
-    cache::CacheConfig,
+    caller::cache::CacheConfig,
     caller::{ApplicationKey, IdentityConfig, IntrospectionAuth, JwtConfig},
     policy::Policy,
     server::Limits,
@@ -41,6 +43,15 @@ pub enum LogFormat {
     Text,
     /// One JSON object a line.
     Json,
+}
+
+impl From<LogFormat> for crate::telemetry::LogFormat {
+    fn from(format: LogFormat) -> Self {
+        match format {
+            LogFormat::Text => crate::telemetry::LogFormat::Text,
+            LogFormat::Json => crate::telemetry::LogFormat::Json,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -72,7 +83,7 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub ops: OpsArgs,
     #[command(flatten)]
-    pub ext_authz: crate::authz::settings::ExtAuthzArgs,
+    pub ext_authz: ext_authz::ExtAuthzArgs,
 }
 
 /// Operational settings of `serve`: metrics, shutdown, TLS.

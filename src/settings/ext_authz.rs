@@ -4,8 +4,11 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Args, builder::BoolishValueParser};
 
-use super::{AuthzConfig, BinaryValues, ExtAuthz, header_name, parse_header_map, parse_rules};
-use crate::{settings::SettingsError, tls::TlsSettings};
+use super::SettingsError;
+use crate::{
+    authz::{AuthzConfig, BinaryValues, ExtAuthz, header_name, parse_header_map, parse_rules},
+    tls::TlsSettings,
+};
 
 /// Settings of the Envoy external authorization endpoint.
 #[derive(Debug, Args)]

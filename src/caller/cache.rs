@@ -26,7 +26,7 @@ use futures::{
     future::{BoxFuture, Shared},
 };
 
-use crate::caller::{IdentifyError, Identity, KnownCaller, Resolution, TokenError};
+use super::{IdentifyError, Identity, KnownCaller, Resolution, TokenError};
 use crate::zitadel::{CallerToken, Endpoint, Rejection, UpstreamError, Zitadel};
 
 /// How the caller cache behaves.
