@@ -20,8 +20,9 @@ echo "-- buf format --diff --exit-code"
 buf format --diff --exit-code
 echo "   ok"
 
-# interop/go/buf.gen.yaml is documentation users copy; CI has no Go toolchain, so stand-in plugins that answer with
-# no files check that buf accepts the template and runs both plugins on the contract.
+# interop/go/buf.gen.yaml is documentation users copy (CI's Go client is built with protoc, interop/go/build.sh); this
+# step runs before the interop step installs the real Go plugins, so stand-in plugins that answer with no files
+# check that buf accepts the template and runs both plugins on the contract.
 echo "-- buf generate --template interop/go/buf.gen.yaml (stand-in protoc-gen-go and protoc-gen-go-grpc)"
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
