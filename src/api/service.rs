@@ -11,7 +11,7 @@ use std::{
 };
 
 use futures::future::BoxFuture;
-use tonic::{Code, Request, Response, Status, metadata::MetadataMap};
+use tonic::{Request, Response, Status, metadata::MetadataMap};
 use tracing::{Instrument as _, field::Empty, instrument};
 
 use super::{
@@ -30,7 +30,7 @@ use crate::{
     metadata::{KeyFilter, KeyMatch, MetadataItem, PackedMetadata, Page, PageRequest},
     policy::{Action, Policy, Subject},
     tls,
-    zitadel::{CallerToken, Endpoint, UpstreamError, Zitadel, management::Target, resilience},
+    zitadel::{CallerToken, UpstreamError, Zitadel, management::Target, resilience},
 };
 
 /// Page size for reading a whole listing: ZITADEL's default and usual maximum.
@@ -494,7 +494,7 @@ impl MetadataService {
         for _ in 0..3 {
             match self.zitadel.remove_user_metadata(target, &to_remove).await {
                 Ok(update_time) => return Ok(update_time),
-                Err(e) if !is_missing_key(&e) => return Err(e.into()),
+                Err(e) if !e.is_missing_metadata() => return Err(e.into()),
                 Err(_) if !allow_missing => {
                     return Err(ApiError::KeysNotFound {
                         user_id: target.user_id.to_owned(),
@@ -569,13 +569,6 @@ fn subject_of(target: Target<'_>) -> Subject<'_> {
         user_id: target.user_id,
         org_id: target.org_id,
     }
-}
-
-fn is_missing_key(error: &UpstreamError) -> bool {
-    matches!(
-        error.endpoint(),
-        Endpoint::ManagementRemoveMetadata | Endpoint::ManagementBulkRemoveMetadata
-    ) && error.zitadel_code() == Some(Code::NotFound)
 }
 
 /// Runs a write or delete and writes its audit line: who (user and client), on whom, which keys (never

@@ -125,6 +125,14 @@ impl UpstreamError {
         }
     }
 
+    /// Whether ZITADEL refused a removal because a key to remove does not exist (so nothing was removed).
+    pub fn is_missing_metadata(&self) -> bool {
+        matches!(
+            self.endpoint(),
+            Endpoint::ManagementRemoveMetadata | Endpoint::ManagementBulkRemoveMetadata
+        ) && self.zitadel_code() == Some(Code::NotFound)
+    }
+
     /// The gRPC code ZITADEL gave, when it rejected the call.
     pub fn zitadel_code(&self) -> Option<Code> {
         match self {

@@ -89,6 +89,8 @@ pub struct Zitadel {
     guards: resilience::Guards,
     http2: Http2,
     project_id: Option<String>,
+    /// Which API manages users' metadata.
+    management_api: management::ManagementApi,
 }
 
 impl Zitadel {
@@ -165,6 +167,7 @@ impl Zitadel {
             guards: resilience::Guards::new(config.resilience),
             http2: config.http2,
             project_id: config.project_id,
+            management_api: management::ManagementApi::V1,
         })
     }
 
@@ -318,7 +321,10 @@ impl Zitadel {
     }
 }
 
-fn parse_json<T: DeserializeOwned>(endpoint: Endpoint, body: &[u8]) -> Result<T, UpstreamError> {
+pub(crate) fn parse_json<T: DeserializeOwned>(
+    endpoint: Endpoint,
+    body: &[u8],
+) -> Result<T, UpstreamError> {
     serde_json::from_slice(body).map_err(|e| UpstreamError::BadResponse {
         endpoint,
         reason: format!("not the expected JSON ({e})"),
@@ -326,7 +332,7 @@ fn parse_json<T: DeserializeOwned>(endpoint: Endpoint, body: &[u8]) -> Result<T,
 }
 
 /// The outcome of [`Zitadel::send_retrying`].
-struct Sent {
+pub(crate) struct Sent {
     result: Result<Bytes, UpstreamError>,
     /// Whether a failed attempt before the last may have changed something in ZITADEL.
     may_have_landed: bool,

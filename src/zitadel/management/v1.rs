@@ -1,26 +1,20 @@
-//! ZITADEL's management API (`/management/v1`): any user's metadata, with usermeta's service credential.
-//! Calls name the user's organisation in `x-zitadel-orgid` when the caller gave one; without it ZITADEL
-//! looks in the service user's own organisation.
+//! The v1 management API (`/management/v1/users/{id}/metadata/...`, grpc-gateway REST): any user's metadata,
+//! with usermeta's service credential. Calls name the user's organisation in `x-zitadel-orgid` when the
+//! caller gave one; without it ZITADEL looks in the service user's own organisation.
 
 use prost_types::Timestamp;
 use serde::de::DeserializeOwned;
 
-use super::{Endpoint, UpstreamError, Zitadel, path, value, wire};
+use super::Target;
 use crate::metadata::{KeyFilter, Page, PageRequest};
+use crate::zitadel::{Endpoint, UpstreamError, Zitadel, path, value, wire};
 
 /// The header that scopes a management call to an organisation.
 pub const ORG_HEADER: &str = "x-zitadel-orgid";
 
-/// Where a metadata write goes: a user, in an organisation or in the service user's own.
-#[derive(Debug, Clone, Copy)]
-pub struct Target<'a> {
-    pub user_id: &'a str,
-    pub org_id: Option<&'a str>,
-}
-
 impl Zitadel {
     /// One page of a user's metadata, ascending (ListUserMetadata).
-    pub async fn list_user_metadata(
+    pub(super) async fn v1_list_user_metadata(
         &self,
         target: Target<'_>,
         filter: Option<&KeyFilter>,
@@ -35,7 +29,7 @@ impl Zitadel {
     }
 
     /// Adds or overwrites entries; one call, all or nothing. Returns ZITADEL's change date.
-    pub async fn set_user_metadata(
+    pub(super) async fn v1_set_user_metadata(
         &self,
         target: Target<'_>,
         entries: &[(String, Vec<u8>)],
@@ -85,7 +79,7 @@ impl Zitadel {
     /// A retried remove that meets NOT_FOUND after an attempt that may have landed (a dropped connection, a
     /// timeout, a 5xx) counts as done when none of the keys exists any more: since a remove is all or nothing,
     /// a key still present proves the earlier attempt did not land, and then the NOT_FOUND stands.
-    pub async fn remove_user_metadata(
+    pub(super) async fn v1_remove_user_metadata(
         &self,
         target: Target<'_>,
         keys: &[String],
@@ -113,7 +107,7 @@ impl Zitadel {
         };
         let sent = self.send_management_raw(endpoint, request).await;
         match sent.result {
-            Ok(body) => Ok(change_date(super::parse_json(endpoint, &body)?)),
+            Ok(body) => Ok(change_date(crate::zitadel::parse_json(endpoint, &body)?)),
             Err(error)
                 if sent.may_have_landed && error.zitadel_code() == Some(tonic::Code::NotFound) =>
             {
@@ -137,7 +131,7 @@ impl Zitadel {
         let mut offset = 0;
         loop {
             let page = self
-                .list_user_metadata(
+                .v1_list_user_metadata(
                     target,
                     None,
                     PageRequest {
@@ -163,7 +157,7 @@ impl Zitadel {
         request: reqwest::RequestBuilder,
     ) -> Result<T, UpstreamError> {
         let body = self.send_management_raw(endpoint, request).await.result?;
-        super::parse_json(endpoint, &body)
+        crate::zitadel::parse_json(endpoint, &body)
     }
 
     /// Sends a management request with the service credential. An OAuth token ZITADEL rejects with 401
@@ -172,11 +166,11 @@ impl Zitadel {
         &self,
         endpoint: Endpoint,
         request: reqwest::RequestBuilder,
-    ) -> super::Sent {
+    ) -> crate::zitadel::Sent {
         let authorization = match self.service_token.authorization().await {
             Ok(authorization) => authorization,
             Err(error) => {
-                return super::Sent {
+                return crate::zitadel::Sent {
                     result: Err(error),
                     may_have_landed: false,
                 };
@@ -206,7 +200,7 @@ impl Zitadel {
                         again.may_have_landed |= sent.may_have_landed;
                         again
                     }
-                    Err(error) => super::Sent {
+                    Err(error) => crate::zitadel::Sent {
                         result: Err(error),
                         may_have_landed: sent.may_have_landed,
                     },
