@@ -1,13 +1,23 @@
 //! usermeta: one gRPC contract over ZITADEL user metadata.
 //!
-//! A request enters through [`api`] (the tonic service, request validation and the one mapping of errors to
-//! gRPC statuses), learns who is calling from [`caller`] (introspection, local JWT validation or userinfo),
-//! is checked against the per-key rules of [`policy`], and reaches ZITADEL through
-//! [`zitadel`] (userinfo and the auth API with the caller's token, the management API with the service
-//! credential: a PAT, or a key or client secret exchanged for tokens kept fresh by `zitadel::token_source`). [`server`] binds and serves it with health and reflection; `dev` (the default-on `dev`
-//! feature) runs it against the in-process ZITADEL stand-in of the `zitadel-standin` crate, which the tests
-//! use too. [`authz`] optionally serves Envoy's external authorization
-//! API on the same port, injecting allow-listed metadata as upstream headers.
+//! # Layout
+//!
+//! A request reads top to bottom, and modules import only downward (CI checks it:
+//! `scripts/check-module-cycles.sh`):
+//!
+//! | layer | modules | what lives there |
+//! |---|---|---|
+//! | configuration | [`settings`], [`config_file`] | flags with environment twins and the `--config` file, validated once at start-up |
+//! | composition | [`serve`], [`server`], `dev` | the listeners, TLS ([`tls`]), health, reflection, shutdown; `dev` (the default-on `dev` feature) runs usermeta against the `zitadel-standin` crate |
+//! | the surfaces | [`api`], [`authz`] | the `UserMetadataService` handlers with request validation, page tokens and the one error → status mapping ([`api::ApiError`]); Envoy's `Check` on its own listener |
+//! | who and what | [`caller`], [`policy`] | the bearer token and who ZITADEL says it is (introspection, JWT validation or userinfo), the caller cache ([`caller::cache`]); who may do what, per key |
+//! | ZITADEL | [`zitadel`] | every HTTP call through one transport (deadline, retries, retry budget, circuit breakers: [`zitadel::resilience`]), userinfo, the auth API, the management API behind [`zitadel::management::ManagementApi`], introspection and keys ([`zitadel::Zitadel::introspect`]), the service credential and its token source, error bodies ([`zitadel::UpstreamError`]) |
+//! | leaves | [`metadata`], [`metrics`], [`telemetry`] | domain types; Prometheus series; logs, traces and request ids, knowing nothing of ZITADEL or settings |
+//!
+//! A call: [`api`] validates the request, [`caller`] identifies the token (from the cache when it can),
+//! [`policy`] decides on every key before any management call, [`zitadel`] sends exactly what the policy
+//! checked, and the answer (or the error, through [`api::ApiError`]) goes back. [`healthcheck`] is the
+//! container's probe binary mode.
 #![forbid(unsafe_code)]
 
 pub mod api;

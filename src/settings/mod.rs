@@ -1,5 +1,7 @@
 //! The command line and its settings. Every setting is a flag with an environment twin; start-up validates
 //! them once and names the setting in every error.
+// Doc comments of settings are `--help` texts, where a URL reads best bare.
+#![allow(rustdoc::bare_urls)]
 
 use std::{
     net::SocketAddr,

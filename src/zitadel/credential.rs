@@ -125,7 +125,7 @@ impl fmt::Debug for CallerToken {
 }
 
 /// How usermeta authenticates itself toward the management API. Only the PAT is a bearer itself; the other
-/// two are exchanged for short-lived access tokens by the [`super::token_source::TokenSource`].
+/// two are exchanged for short-lived access tokens by the token source (`token_source::TokenSource`).
 pub enum ServiceCredential {
     /// A personal access token of a ZITADEL service user.
     Pat(SecretString),
