@@ -1,19 +1,16 @@
 //! `usermeta dev`: the embedded ZITADEL stand-in with demo data, and usermeta serving against it, so a
 //! newcomer sees the service work with one command.
 
-use std::time::Duration;
-
 use secrecy::SecretString;
 
 use zitadel_standin::{ManagerRole, StandIn};
 
 use crate::{
     RunError,
-    caller::cache::CacheConfig,
     policy::Policy,
     server::{self, Application, Config},
     settings::{self, DevArgs},
-    zitadel::{ServiceCredential, ZitadelConfig},
+    zitadel::ServiceCredential,
 };
 
 /// Scopes of the demo tokens: identity, metadata in userinfo, and the audience the auth API needs.
@@ -65,23 +62,14 @@ pub async fn run(args: DevArgs) -> Result<(), RunError> {
     let demo = seed_demo(standin).await;
     let config = Config {
         listen: args.listen,
-        zitadel: ZitadelConfig {
-            base_url: settings::zitadel_url(&demo.standin.url())?,
-            timeout: Duration::from_secs(5),
-            service_credential: ServiceCredential::Pat(SecretString::from(
-                demo.service_pat.clone(),
-            )),
-            resilience: Default::default(),
-            http2: Default::default(),
-            project_id: None,
-        },
         policy: Policy::new(
             [demo.admin_id.clone()],
             settings::self_writable_prefixes(&args.self_writable_keys),
         ),
-        cache: CacheConfig::default(),
-        limits: Default::default(),
-        identity: Default::default(),
+        ..Config::new(
+            settings::zitadel_url(&demo.standin.url())?,
+            ServiceCredential::Pat(SecretString::from(demo.service_pat.clone())),
+        )
     };
     let app = Application::build(config).await?;
     print_banner(&demo, &app);

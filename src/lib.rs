@@ -52,32 +52,14 @@ pub enum RunError {
     StandIn(std::io::Error),
 }
 
-/// Validates the `serve` settings into a server configuration.
-pub fn serve_config(args: ServeArgs) -> Result<Config, SettingsError> {
-    Ok(Config {
-        listen: args.listen,
-        zitadel: ZitadelConfig {
-            base_url: settings::zitadel_url(&args.zitadel_url)?,
-            timeout: args.common.upstream_timeout,
-            service_credential: args.credential.credential()?,
-            resilience: args.common.resilience(),
-            http2: args.common.zitadel_http2,
-            project_id: args.access.project_id()?,
-        },
-        policy: args.access.policy(&args.common)?,
-        cache: args.common.cache_config(),
-        limits: args.common.limits(),
-        identity: args.access.identity()?,
-    })
-}
-
-/// `usermeta serve`: serve until SIGINT or SIGTERM.
-pub async fn serve(args: ServeArgs) -> Result<(), RunError> {
+/// Validates the `serve` settings into the server's configuration.
+pub fn serve_config(args: ServeArgs) -> Result<Config, RunError> {
+    let project_id = args.access.project_id()?;
     let ext_authz = args.ext_authz.served()?;
     if let Some(rule) = ext_authz
         .as_ref()
         .and_then(|served| served.config.first_role_rule())
-        && args.access.project_id()?.is_none()
+        && project_id.is_none()
     {
         return Err(SettingsError::Invalid {
             setting: settings::PROJECT_ID,
@@ -90,7 +72,27 @@ pub async fn serve(args: ServeArgs) -> Result<(), RunError> {
     }
     let mut options = args.ops.serve_options().map_err(server::StartError::from)?;
     options.ext_authz = ext_authz;
-    let app = Application::build_with(serve_config(args)?, options).await?;
+    Ok(Config {
+        listen: args.listen,
+        zitadel: ZitadelConfig {
+            base_url: settings::zitadel_url(&args.zitadel_url)?,
+            timeout: args.common.upstream_timeout,
+            service_credential: args.credential.credential()?,
+            resilience: args.common.resilience(),
+            http2: args.common.zitadel_http2,
+            project_id,
+        },
+        policy: args.access.policy(&args.common)?,
+        cache: args.common.cache_config(),
+        limits: args.common.limits(),
+        identity: args.access.identity()?,
+        options,
+    })
+}
+
+/// `usermeta serve`: serve until SIGINT or SIGTERM.
+pub async fn serve(args: ServeArgs) -> Result<(), RunError> {
+    let app = Application::build(serve_config(args)?).await?;
     app.run_until(server::shutdown_signal()).await?;
     Ok(())
 }

@@ -28,7 +28,8 @@ use crate::{
     zitadel::{Group, SetupError, Zitadel, ZitadelConfig},
 };
 
-/// Everything the server needs, validated.
+/// Everything the server needs, validated: the one configuration `serve` (from settings), `dev` and the
+/// tests build, as [`Config::new`]'s defaults plus what they override.
 #[derive(Debug)]
 pub struct Config {
     pub listen: SocketAddr,
@@ -38,6 +39,34 @@ pub struct Config {
     pub limits: Limits,
     /// How callers are identified; the default asks userinfo.
     pub identity: IdentityConfig,
+    /// Metrics, TLS, shutdown, ext_authz.
+    pub options: ServeOptions,
+}
+
+impl Config {
+    /// The defaults for a ZITADEL and the service credential: listens on 127.0.0.1:0 (a free port), the
+    /// default policy (users read their own metadata), 5 s upstream timeout, and every other default.
+    pub fn new(
+        zitadel_url: url::Url,
+        service_credential: crate::zitadel::ServiceCredential,
+    ) -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            zitadel: ZitadelConfig {
+                base_url: zitadel_url,
+                timeout: Duration::from_secs(5),
+                service_credential,
+                resilience: Default::default(),
+                http2: Default::default(),
+                project_id: None,
+            },
+            policy: Policy::default(),
+            cache: CacheConfig::default(),
+            limits: Limits::default(),
+            identity: IdentityConfig::default(),
+            options: ServeOptions::default(),
+        }
+    }
 }
 
 /// Back-pressure: how much work usermeta accepts at once.
@@ -140,12 +169,10 @@ pub struct Application {
 }
 
 impl Application {
+    /// Validates what is left to check (TLS files, ext_authz against the policy) and binds every listener
+    /// (gRPC, ext_authz, metrics), so the ports are known and taken before serving starts.
     pub async fn build(config: Config) -> Result<Self, StartError> {
-        Self::build_with(config, ServeOptions::default()).await
-    }
-
-    /// [`Application::build`] with metrics, TLS and shutdown settings. Binds the metrics port too.
-    pub async fn build_with(config: Config, options: ServeOptions) -> Result<Self, StartError> {
+        let options = config.options;
         let tls = options
             .tls
             .as_ref()

@@ -35,6 +35,7 @@ async fn spawn_usermeta() -> (SocketAddr, StandIn, oneshot::Sender<()>) {
         cache: Default::default(),
         limits: Default::default(),
         identity: Default::default(),
+        options: Default::default(),
     };
     let app = Application::build(config).await.unwrap();
     let addr = app.local_addr();

@@ -6,7 +6,6 @@
 use std::{
     io::Write,
     sync::{Arc, Mutex},
-    time::Duration,
 };
 
 use secrecy::SecretString;
@@ -14,12 +13,11 @@ use tokio::sync::oneshot;
 use tonic::{Code, Request, transport::Channel};
 use usermeta::{
     api::pb::{self, SetMetadataRequest, user_metadata_service_client::UserMetadataServiceClient},
-    caller::cache::CacheConfig,
     policy::Policy,
-    server::{Application, Config, Limits},
+    server::{Application, Config},
     settings::LogFormat,
     telemetry,
-    zitadel::{ServiceCredential, ZitadelConfig},
+    zitadel::ServiceCredential,
 };
 use zitadel_standin::{ManagerRole, StandIn};
 
@@ -97,19 +95,11 @@ async fn no_request_field_can_write_a_line_that_passes_for_another() {
     let pat = standin.issue_pat(&service_user);
     let token = standin.issue_token(&alice, &["openid", "urn:zitadel:iam:user:metadata"]);
     let app = Application::build(Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        zitadel: ZitadelConfig {
-            base_url: standin.url().parse().unwrap(),
-            timeout: Duration::from_secs(2),
-            service_credential: ServiceCredential::Pat(SecretString::from(pat)),
-            resilience: Default::default(),
-            http2: Default::default(),
-            project_id: None,
-        },
         policy: Policy::new(Vec::<String>::new(), vec!["profile.".into()]),
-        cache: CacheConfig::default(),
-        limits: Limits::default(),
-        identity: Default::default(),
+        ..Config::new(
+            standin.url().parse().unwrap(),
+            ServiceCredential::Pat(SecretString::from(pat)),
+        )
     })
     .await
     .unwrap();

@@ -74,6 +74,7 @@ async fn serve(
         },
         limits,
         identity: Default::default(),
+        options: Default::default(),
     };
     let app = Application::build(config).await.unwrap();
     let addr: SocketAddr = app.local_addr();

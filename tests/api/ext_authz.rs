@@ -814,6 +814,7 @@ async fn a_header_for_a_hidden_key_stops_start_up() {
         cache: Default::default(),
         limits: Default::default(),
         identity: Default::default(),
+        options: Default::default(),
     };
     let options = usermeta::server::ServeOptions {
         ext_authz: Some(usermeta::authz::ExtAuthz {
@@ -823,7 +824,9 @@ async fn a_header_for_a_hidden_key_stops_start_up() {
         }),
         ..Default::default()
     };
-    let Err(error) = usermeta::server::Application::build_with(config, options).await else {
+    let Err(error) =
+        usermeta::server::Application::build(usermeta::server::Config { options, ..config }).await
+    else {
         panic!("started with a header for a hidden key");
     };
     let error = error.to_string();

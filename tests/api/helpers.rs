@@ -232,6 +232,7 @@ pub async fn spawn_usermeta_full(
         cache,
         limits,
         identity,
+        options: Default::default(),
     };
     let options = ServeOptions {
         ext_authz: ext_authz.map(|config| ExtAuthz {
@@ -241,7 +242,7 @@ pub async fn spawn_usermeta_full(
         }),
         ..ServeOptions::default()
     };
-    let app = Application::build_with(config, options)
+    let app = Application::build(usermeta::server::Config { options, ..config })
         .await
         .expect("usermeta builds");
     let addr = app.local_addr();

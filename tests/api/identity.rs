@@ -571,12 +571,13 @@ async fn serve_observed(
             introspection: Some(world.secret_auth()),
             jwt: Some(world.jwt(Duration::from_secs(30))),
         },
+        options: Default::default(),
     };
     let options = usermeta::server::ServeOptions {
         metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
         ..Default::default()
     };
-    let app = usermeta::server::Application::build_with(config, options)
+    let app = usermeta::server::Application::build(usermeta::server::Config { options, ..config })
         .await
         .unwrap();
     let (addr, metrics) = (app.local_addr(), app.metrics_addr().unwrap());

@@ -48,8 +48,9 @@ pub async fn spawn_observed_at(
         cache: Default::default(),
         limits: Default::default(),
         identity: Default::default(),
+        options: Default::default(),
     };
-    let built = Application::build_with(config, options)
+    let built = Application::build(usermeta::server::Config { options, ..config })
         .await
         .expect("usermeta builds");
     let addr = built.local_addr();

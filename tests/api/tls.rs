@@ -220,14 +220,15 @@ async fn unusable_tls_files_fail_start_up_naming_the_setting() {
         cache: Default::default(),
         limits: Default::default(),
         identity: Default::default(),
+        options: Default::default(),
     };
-    let error = usermeta::server::Application::build_with(
-        config,
-        ServeOptions {
+    let error = usermeta::server::Application::build(usermeta::server::Config {
+        options: ServeOptions {
             tls: Some(files),
             ..ServeOptions::default()
         },
-    )
+        ..config
+    })
     .await
     .err()
     .expect("start-up fails")
@@ -398,14 +399,16 @@ async fn introspection_trusts_a_privately_signed_zitadel_with_its_ca_file() {
             }),
             jwt: None,
         },
+        options: Default::default(),
     };
     let options = ServeOptions {
         zitadel_roots: usermeta::tls::zitadel_roots(&ca_file).unwrap(),
         ..ServeOptions::default()
     };
-    let built = usermeta::server::Application::build_with(config, options)
-        .await
-        .unwrap();
+    let built =
+        usermeta::server::Application::build(usermeta::server::Config { options, ..config })
+            .await
+            .unwrap();
     let addr = built.local_addr();
     let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(built.run_until(async {
