@@ -209,6 +209,10 @@ impl AuthzService {
                     Requirement::Role(role) => {
                         format!("route rule {} requires the role `{role}`", rule.origin)
                     }
+                    // The denial goes back to the caller: it never names a key hidden from them.
+                    Requirement::Metadata { key, .. } if self.policy.is_hidden(key) => {
+                        format!("route rule {} is not met", rule.origin)
+                    }
                     Requirement::Metadata { key, .. } => format!(
                         "route rule {} requires a different value of metadata `{key}`",
                         rule.origin

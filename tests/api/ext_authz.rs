@@ -900,3 +900,38 @@ async fn check_answers_within_the_callers_deadline() {
     let (status, _, _) = denied(&response, Code::Unavailable);
     assert_eq!(status, 503);
 }
+
+#[tokio::test]
+async fn a_denial_by_a_rule_on_a_hidden_key_does_not_name_the_key() {
+    let app = spawn_app().await;
+    app.standin
+        .set_metadata(&app.alice, "routing.tier", b"silver");
+    let hiding = Policy::from_toml(
+        "[[key]]\nname = \"routing.*\"\nhidden = true\n",
+        "hiding.toml",
+    )
+    .unwrap();
+    let spawned = spawn_usermeta_full(
+        &app.standin.url(),
+        ServiceCredential::Pat(SecretString::from(app.service_pat.as_str())),
+        hiding,
+        Options::default(),
+        usermeta::caller::IdentityConfig::default(),
+        Some(AuthzConfig {
+            rules: parse_rules("path=/gold metadata.routing.tier=gold", "test").unwrap(),
+            ..config()
+        }),
+        None,
+    )
+    .await;
+    let mut client = authz_client(spawned.authz_addr.unwrap()).await;
+    let (status, _, body) = denied(
+        &check(&mut client, "/gold", Some(&app.alice_token)).await,
+        Code::PermissionDenied,
+    );
+    assert_eq!(status, 403);
+    assert!(
+        body.contains("test:1") && !body.contains("routing"),
+        "{body}"
+    );
+}
