@@ -103,7 +103,7 @@ pub struct HeaderMapping {
 }
 
 /// What happens to a value that is not UTF-8 text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BinaryValues {
     /// Standard base64 after the marker `base64:`.
     Base64,

@@ -7,10 +7,9 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use base64::Engine as _;
 use http::HeaderValue;
 use jsonwebtoken::EncodingKey;
-use secrecy::{ExposeSecret as _, SecretString};
+use secrecy::SecretString;
 use serde_json::{Map, Value};
 
 use super::{IdentifyError, Identity, IdentitySetupError, Resolution, TokenError};
@@ -141,20 +140,6 @@ impl ApplicationKey {
     }
 }
 
-/// `Basic base64(urlencode(id) ":" urlencode(secret))`, as ZITADEL's docs specify.
-fn basic(client_id: &str, secret: &SecretString) -> Option<HeaderValue> {
-    let encode =
-        |part: &str| url::form_urlencoded::byte_serialize(part.as_bytes()).collect::<String>();
-    let pair = format!("{}:{}", encode(client_id), encode(secret.expose_secret()));
-    let mut value = HeaderValue::try_from(format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(pair)
-    ))
-    .ok()?;
-    value.set_sensitive(true);
-    Some(value)
-}
-
 #[derive(Debug)]
 pub(super) struct Introspector {
     auth: IntrospectionAuth,
@@ -169,9 +154,10 @@ impl Introspector {
         project_id: Option<String>,
     ) -> Result<Self, IdentitySetupError> {
         let basic = match &auth {
-            IntrospectionAuth::ClientSecret { client_id, secret } => {
-                Some(basic(client_id, secret).ok_or(IdentitySetupError::BadClientCredentials)?)
-            }
+            IntrospectionAuth::ClientSecret { client_id, secret } => Some(
+                crate::zitadel::credential::client_secret_basic(client_id, secret)
+                    .ok_or(IdentitySetupError::BadClientCredentials)?,
+            ),
             IntrospectionAuth::PrivateKeyJwt(_) => None,
         };
         Ok(Introspector {

@@ -42,7 +42,7 @@ pub struct ExtAuthzArgs {
     )]
     pub ext_authz_user_id_header: String,
     /// Values that are not UTF-8 text: sent as `base64:<standard base64>`, or dropped.
-    #[arg(long, env = "USERMETA_EXT_AUTHZ_BINARY", value_enum, default_value_t = BinaryValues::Base64)]
+    #[arg(long, env = "USERMETA_EXT_AUTHZ_BINARY", default_value = "base64", value_parser = binary_parser())]
     pub ext_authz_binary: BinaryValues,
     /// Let requests without a bearer token pass, without identity headers (a bad token is still denied).
     #[arg(long, env = "USERMETA_EXT_AUTHZ_ALLOW_ANONYMOUS", value_parser = BoolishValueParser::new(), default_value_t = false)]
@@ -61,6 +61,15 @@ pub struct ExtAuthzArgs {
     /// File with route rules, one a line (`#` comments), in the syntax of USERMETA_EXT_AUTHZ_RULES.
     #[arg(long, env = "USERMETA_EXT_AUTHZ_RULES_FILE")]
     pub ext_authz_rules_file: Option<PathBuf>,
+}
+
+/// `base64` | `drop`, listed in `--help`.
+fn binary_parser() -> impl clap::builder::TypedValueParser<Value = BinaryValues> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(["base64", "drop"]).map(|value| match value.as_str() {
+        "drop" => BinaryValues::Drop,
+        _ => BinaryValues::Base64,
+    })
 }
 
 const LISTEN: &str = "USERMETA_EXT_AUTHZ_LISTEN (--ext-authz-listen)";

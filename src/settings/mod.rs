@@ -315,7 +315,7 @@ pub struct CommonArgs {
     pub self_writable_keys: Vec<String>,
     /// When to speak HTTP/2 to ZITADEL: `negotiate` (when its TLS offers it, else HTTP/1.1) or `always`
     /// (also without TLS: h2c, which a plain-HTTP ZITADEL reached directly serves).
-    #[arg(long, env = "USERMETA_ZITADEL_HTTP2", value_enum, default_value_t = Http2::Negotiate)]
+    #[arg(long, env = "USERMETA_ZITADEL_HTTP2", default_value = "negotiate", value_parser = http2_parser())]
     pub zitadel_http2: Http2,
     /// How long one call to ZITADEL may take, e.g. 5s or 1500ms.
     #[arg(long, env = "USERMETA_UPSTREAM_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
@@ -367,6 +367,17 @@ pub struct CommonArgs {
     /// Requests a caller may send in a burst before its rate limit applies.
     #[arg(long, env = "USERMETA_CALLER_RATE_BURST", default_value_t = 20)]
     pub caller_rate_burst: u32,
+}
+
+/// `negotiate` | `always`, listed in `--help` (the ZITADEL client's own type knows nothing of the command line).
+fn http2_parser() -> impl clap::builder::TypedValueParser<Value = Http2> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(["negotiate", "always"]).map(|value| {
+        match value.as_str() {
+            "always" => Http2::Always,
+            _ => Http2::Negotiate,
+        }
+    })
 }
 
 fn retry_budget(raw: &str) -> Result<f64, String> {

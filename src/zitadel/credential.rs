@@ -191,6 +191,18 @@ fn keyed_hash(key: &[u8], message: &[u8]) -> [u8; 32] {
     out
 }
 
+/// `Authorization: Basic base64(form-url-encode(id) ":" form-url-encode(secret))`, as ZITADEL's docs specify
+/// and its OIDC library unescapes it (`client_secret_basic`, for the token endpoint and introspection), marked
+/// sensitive; `None` when the pair cannot be a header value.
+pub fn client_secret_basic(client_id: &str, secret: &SecretString) -> Option<HeaderValue> {
+    let encode = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let pair = format!("{}:{}", encode(client_id), encode(secret.expose_secret()));
+    let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
+    let mut value = HeaderValue::try_from(format!("Basic {encoded}")).ok()?;
+    value.set_sensitive(true);
+    Some(value)
+}
+
 /// A PAT as an `Authorization` header value, marked sensitive.
 pub(crate) fn pat_authorization(pat: &SecretString) -> Result<HeaderValue, BearerError> {
     let mut value = HeaderValue::try_from(format!("Bearer {}", pat.expose_secret()))

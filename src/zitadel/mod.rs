@@ -49,7 +49,7 @@ pub struct ZitadelConfig {
 
 /// When usermeta speaks HTTP/2 to ZITADEL. Over HTTP/2 every concurrent call shares one connection per
 /// ZITADEL host; over HTTP/1.1 each call in flight needs a pooled connection of its own.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Http2 {
     /// HTTP/2 when ZITADEL offers it in the TLS handshake (ALPN), HTTP/1.1 otherwise: right for any
     /// `https://` ZITADEL, and for a plain-HTTP one behind a proxy that may speak only HTTP/1.1.

@@ -13,13 +13,12 @@ use std::{
 };
 
 use arc_swap::ArcSwapOption;
-use base64::Engine as _;
 use futures::{
     FutureExt as _,
     future::{BoxFuture, Shared},
 };
 use http::HeaderValue;
-use secrecy::{ExposeSecret as _, SecretString};
+use secrecy::SecretString;
 use serde::Deserialize;
 use tokio::{sync::Notify, task::AbortHandle};
 use url::Url;
@@ -238,15 +237,10 @@ impl fmt::Debug for TokenSource {
     }
 }
 
-/// `Basic base64(form-url-encode(id) ":" form-url-encode(secret))`, as ZITADEL's OIDC library unescapes it.
+/// The token endpoint's `client_secret_basic` header.
 fn basic_authorization(client_id: &str, secret: &SecretString) -> Result<HeaderValue, SetupError> {
-    let encode = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-    let pair = format!("{}:{}", encode(client_id), encode(secret.expose_secret()));
-    let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
-    let mut value = HeaderValue::try_from(format!("Basic {encoded}"))
-        .map_err(|_| SetupError::BadCredential(BearerError::BadCharacters))?;
-    value.set_sensitive(true);
-    Ok(value)
+    super::credential::client_secret_basic(client_id, secret)
+        .ok_or(SetupError::BadCredential(BearerError::BadCharacters))
 }
 
 /// How long after issue a token of `lifetime` is refreshed: when a fifth of its lifetime is left, but at
