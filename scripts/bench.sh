@@ -136,7 +136,7 @@ cached_rss=$(peak_rss_kib "$cached_pid"); ceiling_rss=$(peak_rss_kib "$ceiling_p
 filled_rss=""
 fill() { # token list; sets $filled_rss to the instance's peak RSS (no subshell, so cleanup keeps track)
   local port pid failures
-  port=$(free_port); start_usermeta "$port" 600s; pid=$started
+  port=$(free_port); start_usermeta "$port" 600s "$(free_port)"; pid=$started
   failures=$("$bin/examples/bench_fill" "127.0.0.1:$port" "$work/fixture.json" "$1" "$FILL" 64)
   [[ $failures == 0 ]] || { echo "$failures of $FILL fill calls ($1) failed"; exit 1; }
   filled_rss=$(peak_rss_kib "$pid"); kill "$pid"
