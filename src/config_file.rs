@@ -190,7 +190,7 @@ shutdown_grace = "3s"
         assert_eq!(args.common.admins, ["a1", "a2"]);
         assert_eq!(args.common.cache_capacity, 7);
         assert_eq!(args.common.upstream_timeout.as_secs(), 2);
-        assert_eq!(args.common.zitadel_http2, crate::zitadel::Http2::Always);
+        assert_eq!(args.common.zitadel_http2, usermeta_zitadel::Http2::Always);
         assert_eq!(args.ops.shutdown_grace.as_secs(), 3);
 
         let cli = parse_from([

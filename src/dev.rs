@@ -10,8 +10,8 @@ use crate::{
     policy::Policy,
     server::{self, Application, Config},
     settings::{self, DevArgs},
-    zitadel::ServiceCredential,
 };
+use usermeta_zitadel::ServiceCredential;
 
 /// Scopes of the demo tokens: identity, metadata in userinfo, and the audience the auth API needs.
 const DEMO_SCOPES: &[&str] = &[

@@ -3,19 +3,21 @@
 //! # Layout
 //!
 //! A request reads top to bottom, and modules import only downward (CI checks it:
-//! `scripts/check-module-cycles.sh`):
+//! `scripts/check-module-cycles.sh`). The crates enforce the rest: the ZITADEL client
+//! (`crates/usermeta-zitadel`) cannot reach the service, and the stand-in (`crates/zitadel-standin`) is only a
+//! dependency of `usermeta dev` and of the tests.
 //!
 //! | layer | modules | what lives there |
 //! |---|---|---|
 //! | configuration | [`settings`], [`config_file`] | flags with environment twins and the `--config` file, validated once at start-up |
-//! | composition | [`serve`], [`server`], `dev` | the listeners, TLS ([`tls`]), health, reflection, shutdown; `dev` (the default-on `dev` feature) runs usermeta against the `zitadel-standin` crate |
+//! | composition | [`serve`], [`server`], [`instrumentation`], `dev` | the listeners, TLS ([`tls`]), health, reflection, shutdown; the ZITADEL client's calls as spans and metrics; `dev` (the default-on `dev` feature) runs usermeta against the `zitadel-standin` crate |
 //! | the surfaces | [`api`], [`authz`] | the `UserMetadataService` handlers with request validation, page tokens and the one error → status mapping ([`api::ApiError`]); Envoy's `Check` on its own listener |
 //! | who and what | [`caller`], [`policy`] | the bearer token and who ZITADEL says it is (introspection, JWT validation or userinfo), the caller cache ([`caller::cache`]); who may do what, per key |
-//! | ZITADEL | [`zitadel`] | every HTTP call through one transport (deadline, retries, retry budget, circuit breakers: [`zitadel::resilience`]), userinfo, the auth API, the management API behind [`zitadel::management::ManagementApi`], introspection and keys ([`zitadel::Zitadel::introspect`]), the service credential and its token source, error bodies ([`zitadel::UpstreamError`]) |
-//! | leaves | [`metadata`], [`metrics`], [`telemetry`] | domain types; Prometheus series; logs, traces and request ids, knowing nothing of ZITADEL or settings |
+//! | leaves | [`metrics`], [`telemetry`] | Prometheus series; logs, traces and request ids, knowing nothing of ZITADEL or settings |
+//! | ZITADEL (crate [`usermeta_zitadel`]) | its own crate below the service | every HTTP call through one transport (deadline, retries, retry budget, circuit breakers: [`usermeta_zitadel::resilience`]), userinfo, the auth API, the management API behind [`usermeta_zitadel::management::ManagementApi`], introspection and keys ([`usermeta_zitadel::Zitadel::introspect`]), the service credential and its token source, error bodies ([`usermeta_zitadel::UpstreamError`]), the metadata domain types ([`usermeta_zitadel::metadata`]); hooks for the service's telemetry ([`usermeta_zitadel::Instrument`]) |
 //!
 //! A call: [`api`] validates the request, [`caller`] identifies the token (from the cache when it can),
-//! [`policy`] decides on every key before any management call, [`zitadel`] sends exactly what the policy
+//! [`policy`] decides on every key before any management call, [`usermeta_zitadel`] sends exactly what the policy
 //! checked, and the answer (or the error, through [`api::ApiError`]) goes back. [`healthcheck`] is the
 //! container's probe binary mode.
 #![forbid(unsafe_code)]
@@ -27,18 +29,17 @@ pub mod config_file;
 #[cfg(feature = "dev")]
 pub mod dev;
 pub mod healthcheck;
-pub mod metadata;
+pub mod instrumentation;
 pub mod metrics;
 pub mod policy;
 pub mod server;
 pub mod settings;
 pub mod telemetry;
 pub mod tls;
-pub mod zitadel;
 
 use server::{Application, Config};
 use settings::{ServeArgs, SettingsError};
-use zitadel::ZitadelConfig;
+use usermeta_zitadel::ZitadelConfig;
 
 /// Why usermeta stopped with an error.
 #[derive(Debug, thiserror::Error)]

@@ -25,8 +25,8 @@ use crate::{
     caller::{IdentityConfig, IdentitySetupError, Resolver},
     policy::Policy,
     tls::{TlsError, TlsFiles, TlsSettings},
-    zitadel::{Group, SetupError, Zitadel, ZitadelConfig},
 };
+use usermeta_zitadel::{Group, SetupError, Zitadel, ZitadelConfig};
 
 /// Everything the server needs, validated: the one configuration `serve` (from settings), `dev` and the
 /// tests build, as [`Config::new`]'s defaults plus what they override.
@@ -48,7 +48,7 @@ impl Config {
     /// default policy (users read their own metadata), 5 s upstream timeout, and every other default.
     pub fn new(
         zitadel_url: url::Url,
-        service_credential: crate::zitadel::ServiceCredential,
+        service_credential: usermeta_zitadel::ServiceCredential,
     ) -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -195,9 +195,10 @@ impl Application {
                 .service_credential
                 .derive_secret("usermeta page tokens v2"),
         );
-        let zitadel = Arc::new(Zitadel::with_extra_roots(
+        let zitadel = Arc::new(Zitadel::build(
             config.zitadel,
             options.zitadel_roots,
+            crate::instrumentation::upstream(),
         )?);
         let resolver = Arc::new(Resolver::new(config.identity, &zitadel)?);
         let cache = Arc::new(CallerCache::new(config.cache));

@@ -10,8 +10,8 @@ use tokio::{net::TcpListener, process::Command, sync::oneshot};
 use usermeta::{
     policy::Policy,
     server::{Application, Config},
-    zitadel::{ServiceCredential, ZitadelConfig},
 };
+use usermeta_zitadel::{ServiceCredential, ZitadelConfig};
 use zitadel_standin::{ManagerRole, StandIn};
 
 /// A usermeta serving on 127.0.0.1:0; it stops when the sender drops.

@@ -17,8 +17,8 @@ use usermeta::{
     server::{Application, Config},
     settings::LogFormat,
     telemetry,
-    zitadel::ServiceCredential,
 };
+use usermeta_zitadel::ServiceCredential;
 use zitadel_standin::{ManagerRole, StandIn};
 
 #[derive(Clone, Default)]

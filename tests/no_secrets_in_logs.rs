@@ -21,8 +21,8 @@ use usermeta::{
     caller::cache::CacheConfig,
     policy::Policy,
     server::{Application, Config, Limits},
-    zitadel::{Resilience, ServiceCredential, ZitadelConfig},
 };
+use usermeta_zitadel::{Resilience, ServiceCredential, ZitadelConfig};
 use zitadel_standin::{Fault, FaultKind, ManagerRole, StandIn};
 
 const SCOPES: &[&str] = &[

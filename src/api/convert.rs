@@ -1,7 +1,7 @@
 //! Conversions between the generated proto types and the domain.
 
 use super::pb;
-use crate::metadata::{KeyMatch, MetadataItem};
+use usermeta_zitadel::metadata::{KeyMatch, MetadataItem};
 
 impl From<MetadataItem> for pb::Metadata {
     fn from(item: MetadataItem) -> Self {

@@ -10,8 +10,8 @@ use tonic_types::{ErrorDetails, StatusExt};
 use crate::{
     caller::{IdentifyError, TokenError},
     policy::Denial,
-    zitadel::{Endpoint, UpstreamError, auth_api::ZITADEL_AUDIENCE_SCOPE},
 };
+use usermeta_zitadel::{Endpoint, UpstreamError, auth_api::ZITADEL_AUDIENCE_SCOPE};
 
 /// The `ErrorInfo.domain` of every status usermeta produces.
 pub const ERROR_DOMAIN: &str = "usermeta";

@@ -8,7 +8,7 @@ use super::{
     page_token::{self, Offsets, PageTokenKey, Position, Query},
     pb, validate,
 };
-use crate::metadata::{KeyFilter, KeyMatch};
+use usermeta_zitadel::metadata::{KeyFilter, KeyMatch};
 
 fn config() -> ProptestConfig {
     ProptestConfig::with_cases(256)

@@ -8,7 +8,7 @@
 use aws_lc_rs::{constant_time, hmac};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 
-use crate::metadata::KeyFilter;
+use usermeta_zitadel::metadata::KeyFilter;
 
 const VERSION: u8 = 2;
 const MAC_LEN: usize = 16;
@@ -143,7 +143,7 @@ pub fn decode(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metadata::KeyMatch;
+    use usermeta_zitadel::metadata::KeyMatch;
 
     fn at(offset: u64) -> Position {
         Position {

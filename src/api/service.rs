@@ -27,10 +27,14 @@ use super::{
 use crate::{
     caller::cache::CallerCache,
     caller::{self, Caller, Identity, Resolver},
-    metadata::{KeyFilter, KeyMatch, MetadataItem, PackedMetadata, Page, PageRequest},
     policy::{Action, Policy, Subject},
     tls,
-    zitadel::{CallerToken, UpstreamError, Zitadel, management::Target, resilience},
+};
+use usermeta_zitadel::{
+    CallerToken, UpstreamError, Zitadel,
+    management::Target,
+    metadata::{KeyFilter, KeyMatch, MetadataItem, PackedMetadata, Page, PageRequest},
+    resilience,
 };
 
 /// Page size for reading a whole listing: ZITADEL's default and usual maximum.

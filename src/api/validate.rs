@@ -14,7 +14,7 @@ use super::{
     page_token::{self, Offsets, PageTokenKey, Query},
     pb,
 };
-use crate::metadata::{KeyFilter, KeyMatch, PageRequest};
+use usermeta_zitadel::metadata::{KeyFilter, KeyMatch, PageRequest};
 
 pub const MAX_KEY_CHARS: usize = 200;
 pub const MAX_VALUE_BYTES: usize = 500_000;

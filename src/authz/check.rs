@@ -29,9 +29,10 @@ use crate::{
     api::{RequestLimits, deadline, rate_limit::RateLimiter},
     caller::cache::CallerCache,
     caller::{AUTHORIZATION, Caller, IdentifyError, Identity, KnownCaller, Resolver, TokenError},
-    metadata::PackedMetadata,
     policy::{Policy, Subject},
-    zitadel::{BearerError, CallerToken, UpstreamError, Zitadel, resilience},
+};
+use usermeta_zitadel::{
+    BearerError, CallerToken, UpstreamError, Zitadel, metadata::PackedMetadata, resilience,
 };
 
 /// Serves `envoy.service.auth.v3.Authorization`. Callers are identified exactly as the metadata API
@@ -569,7 +570,7 @@ mod tests {
 
     #[test]
     fn only_refusals_of_the_token_are_token_problems() {
-        use crate::zitadel::{Endpoint, Rejection};
+        use usermeta_zitadel::{Endpoint, Rejection};
         let rejected = |http_status| {
             IdentifyError::from(UpstreamError::Rejected {
                 endpoint: Endpoint::Userinfo,

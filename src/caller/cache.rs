@@ -27,7 +27,7 @@ use futures::{
 };
 
 use super::{IdentifyError, Identity, KnownCaller, Resolution, TokenError};
-use crate::zitadel::{CallerToken, Endpoint, Rejection, UpstreamError, Zitadel};
+use usermeta_zitadel::{CallerToken, Endpoint, Rejection, UpstreamError, Zitadel};
 
 /// How the caller cache behaves.
 #[derive(Debug, Clone, Copy)]
@@ -407,7 +407,7 @@ impl CallerCache {
                 || {
                     let epoch = self.write_epoch.load(Ordering::SeqCst);
                     // Shared by requests with different deadlines: each bounds its own wait instead.
-                    crate::zitadel::resilience::detached(fetch(
+                    usermeta_zitadel::resilience::detached(fetch(
                         Arc::clone(zitadel),
                         token.clone(),
                         epoch,
@@ -501,7 +501,7 @@ fn expired(exp: Option<u64>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{metadata::MetadataItem, zitadel::userinfo::UserInfo};
+    use usermeta_zitadel::{metadata::MetadataItem, userinfo::UserInfo};
 
     fn answer(sub: &str, value: &[u8]) -> KnownCaller {
         KnownCaller::try_from(UserInfo {
@@ -527,10 +527,10 @@ mod tests {
         let alice = standin.create_user(&org, "alice");
         let token = standin.issue_token(&alice, &["openid"]);
         let zitadel = Arc::new(
-            Zitadel::new(crate::zitadel::ZitadelConfig {
+            Zitadel::new(usermeta_zitadel::ZitadelConfig {
                 base_url: standin.url().parse().unwrap(),
                 timeout: Duration::from_secs(5),
-                service_credential: crate::zitadel::ServiceCredential::Pat("pat".into()),
+                service_credential: usermeta_zitadel::ServiceCredential::Pat("pat".into()),
                 resilience: Default::default(),
                 http2: Default::default(),
                 project_id: None,

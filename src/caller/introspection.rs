@@ -13,7 +13,7 @@ use secrecy::SecretString;
 use serde_json::{Map, Value};
 
 use super::{IdentifyError, Identity, IdentitySetupError, Resolution, TokenError};
-use crate::zitadel::{CallerToken, Endpoint, UpstreamError, Zitadel};
+use usermeta_zitadel::{CallerToken, Endpoint, UpstreamError, Zitadel};
 
 const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 /// Client assertions are sent at once and never reused; a short life is plenty.
@@ -129,7 +129,7 @@ impl ApplicationKey {
         audience: &str,
         now: SystemTime,
     ) -> Result<String, jsonwebtoken::errors::Error> {
-        crate::zitadel::credential::rs256_assertion(
+        usermeta_zitadel::credential::rs256_assertion(
             &self.client_id,
             &self.key_id,
             &self.key,
@@ -155,7 +155,7 @@ impl Introspector {
     ) -> Result<Self, IdentitySetupError> {
         let basic = match &auth {
             IntrospectionAuth::ClientSecret { client_id, secret } => Some(
-                crate::zitadel::credential::client_secret_basic(client_id, secret)
+                usermeta_zitadel::credential::client_secret_basic(client_id, secret)
                     .ok_or(IdentitySetupError::BadClientCredentials)?,
             ),
             IntrospectionAuth::PrivateKeyJwt(_) => None,

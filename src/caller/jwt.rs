@@ -17,7 +17,7 @@ use jsonwebtoken::{
 use serde_json::{Map, Value};
 
 use super::{IdentifyError, Identity, JwtConfig, Resolution, TokenError};
-use crate::zitadel::{CallerToken, Endpoint, UpstreamError, Zitadel};
+use usermeta_zitadel::{CallerToken, Endpoint, UpstreamError, Zitadel};
 
 /// No leeway on `exp`: cached identities end at `exp` exactly too, so both agree on when a token is over.
 const LEEWAY_SECS: u64 = 0;

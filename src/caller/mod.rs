@@ -19,12 +19,12 @@ use tonic::metadata::MetadataMap;
 
 pub use introspection::{ApplicationKey, IntrospectionAuth};
 
-use crate::metadata::PackedMetadata;
-use crate::zitadel::{
+use cache::CallerCache;
+use usermeta_zitadel::metadata::PackedMetadata;
+use usermeta_zitadel::{
     BearerError, CallerToken, UpstreamError, Zitadel,
     userinfo::{ORG_ID_CLAIM, UserInfo, project_roles},
 };
-use cache::CallerCache;
 
 /// The gRPC metadata key that carries the caller's token.
 pub const AUTHORIZATION: &str = "authorization";

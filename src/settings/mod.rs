@@ -21,8 +21,8 @@ use crate::{
     caller::{ApplicationKey, IdentityConfig, IntrospectionAuth, JwtConfig},
     policy::Policy,
     server::Limits,
-    zitadel::{Http2, Resilience, ServiceCredential, ServiceKey},
 };
+use usermeta_zitadel::{Http2, Resilience, ServiceCredential, ServiceKey};
 
 /// usermeta: one gRPC contract for reading and writing ZITADEL user metadata.
 #[derive(Debug, Parser)]

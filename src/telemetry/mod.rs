@@ -348,10 +348,6 @@ fn random_span_id() -> SpanId {
     SpanId::from(rand::random::<u64>().max(1))
 }
 
-/// Runs `future` in `span`; a small helper so call sites need not import `Instrument`.
-pub fn in_span<F: Future>(span: tracing::Span, future: F) -> tracing::instrument::Instrumented<F> {
-    future.instrument(span)
-}
 
 #[cfg(test)]
 mod tests {

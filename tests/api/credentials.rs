@@ -12,8 +12,8 @@ use usermeta::{
         user_metadata_service_client::UserMetadataServiceClient,
     },
     policy::Policy,
-    zitadel::{ServiceCredential, ServiceKey},
 };
+use usermeta_zitadel::{ServiceCredential, ServiceKey};
 use zitadel_standin::{Fault, FaultKind, ManagerRole, StandIn};
 
 use crate::helpers::*;

@@ -16,8 +16,8 @@ use usermeta::{
     api::pb::GetMyMetadataRequest,
     authz::{AuthzConfig, BinaryValues, parse_header_map, parse_rules},
     policy::Policy,
-    zitadel::ServiceCredential,
 };
+use usermeta_zitadel::ServiceCredential;
 use zitadel_standin::{Fault, FaultKind};
 
 use crate::helpers::*;
@@ -802,7 +802,7 @@ async fn a_header_for_a_hidden_key_stops_start_up() {
     .unwrap();
     let config = usermeta::server::Config {
         listen: "127.0.0.1:0".parse().unwrap(),
-        zitadel: usermeta::zitadel::ZitadelConfig {
+        zitadel: usermeta_zitadel::ZitadelConfig {
             base_url: app.standin.url().parse().unwrap(),
             timeout: std::time::Duration::from_secs(1),
             service_credential: ServiceCredential::Pat(SecretString::from("p")),

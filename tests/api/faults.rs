@@ -30,8 +30,8 @@ use usermeta::{
     caller::cache::CacheConfig,
     policy::Policy,
     server::Limits,
-    zitadel::Resilience,
 };
+use usermeta_zitadel::Resilience;
 use zitadel_standin::{Fault, FaultKind};
 
 use crate::helpers::*;

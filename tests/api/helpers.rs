@@ -23,8 +23,8 @@ use usermeta::{
     caller::cache::CacheConfig,
     policy::Policy,
     server::{Application, Config, Limits, ServeOptions},
-    zitadel::{Http2, Resilience, ServiceCredential, ZitadelConfig},
 };
+use usermeta_zitadel::{Http2, Resilience, ServiceCredential, ZitadelConfig};
 use zitadel_standin::{ManagerRole, RecordedRequest, StandIn};
 
 /// Scopes a typical caller token has: identity, metadata, organisation, and the ZITADEL audience.

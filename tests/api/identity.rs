@@ -551,11 +551,11 @@ async fn serve_observed(
 ) {
     let config = usermeta::server::Config {
         listen: "127.0.0.1:0".parse().unwrap(),
-        zitadel: usermeta::zitadel::ZitadelConfig {
+        zitadel: usermeta_zitadel::ZitadelConfig {
             base_url: world.standin.url().parse().unwrap(),
             timeout: Duration::from_secs(5),
-            service_credential: usermeta::zitadel::ServiceCredential::Pat(world.pat.clone().into()),
-            resilience: usermeta::zitadel::Resilience {
+            service_credential: usermeta_zitadel::ServiceCredential::Pat(world.pat.clone().into()),
+            resilience: usermeta_zitadel::Resilience {
                 max_attempts: 1,
                 breaker_failures,
                 breaker_cooldown: Duration::from_secs(60),

@@ -11,8 +11,8 @@ use usermeta::{
     api::pb::{GetMyMetadataRequest, SetMetadataRequest},
     policy::Policy,
     server::{Application, Config, ServeOptions},
-    zitadel::{ServiceCredential, ZitadelConfig},
 };
+use usermeta_zitadel::{ServiceCredential, ZitadelConfig};
 use zitadel_standin::{Fault, FaultKind, ManagerRole};
 
 use crate::{helpers::*, logs};

@@ -206,10 +206,10 @@ async fn unusable_tls_files_fail_start_up_naming_the_setting() {
     };
     let config = usermeta::server::Config {
         listen: "127.0.0.1:0".parse().unwrap(),
-        zitadel: usermeta::zitadel::ZitadelConfig {
+        zitadel: usermeta_zitadel::ZitadelConfig {
             base_url: app.standin.url().parse().unwrap(),
             timeout: std::time::Duration::from_secs(1),
-            service_credential: usermeta::zitadel::ServiceCredential::Pat(
+            service_credential: usermeta_zitadel::ServiceCredential::Pat(
                 secrecy::SecretString::from(app.service_pat.clone()),
             ),
             resilience: Default::default(),
@@ -379,10 +379,10 @@ async fn introspection_trusts_a_privately_signed_zitadel_with_its_ca_file() {
     let ca_file = write(&dir, "zitadel-ca.pem", &zitadel_ca.pem);
     let config = usermeta::server::Config {
         listen: "127.0.0.1:0".parse().unwrap(),
-        zitadel: usermeta::zitadel::ZitadelConfig {
+        zitadel: usermeta_zitadel::ZitadelConfig {
             base_url: url.parse().unwrap(),
             timeout: std::time::Duration::from_secs(5),
-            service_credential: usermeta::zitadel::ServiceCredential::Pat(
+            service_credential: usermeta_zitadel::ServiceCredential::Pat(
                 secrecy::SecretString::from(app.service_pat.clone()),
             ),
             resilience: Default::default(),

@@ -8,8 +8,8 @@ use usermeta::{
     api::pb::{GetMyMetadataRequest, ListMetadataRequest, SetMetadataRequest},
     caller::cache::CacheConfig,
     policy::Policy,
-    zitadel::Http2,
 };
+use usermeta_zitadel::Http2;
 use zitadel_standin::{Fault, FaultKind};
 
 use crate::helpers::*;

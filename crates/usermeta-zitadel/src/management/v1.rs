@@ -7,7 +7,7 @@ use serde::de::DeserializeOwned;
 
 use super::Target;
 use crate::metadata::{KeyFilter, Page, PageRequest};
-use crate::zitadel::{Endpoint, UpstreamError, Zitadel, path, value, wire};
+use crate::{Endpoint, UpstreamError, Zitadel, path, value, wire};
 
 /// The header that scopes a management call to an organisation.
 pub const ORG_HEADER: &str = "x-zitadel-orgid";
@@ -107,7 +107,7 @@ impl Zitadel {
         };
         let sent = self.send_management_raw(endpoint, request).await;
         match sent.result {
-            Ok(body) => Ok(change_date(crate::zitadel::parse_json(endpoint, &body)?)),
+            Ok(body) => Ok(change_date(crate::parse_json(endpoint, &body)?)),
             Err(error)
                 if sent.may_have_landed && error.zitadel_code() == Some(tonic::Code::NotFound) =>
             {
@@ -157,7 +157,7 @@ impl Zitadel {
         request: reqwest::RequestBuilder,
     ) -> Result<T, UpstreamError> {
         let body = self.send_management_raw(endpoint, request).await.result?;
-        crate::zitadel::parse_json(endpoint, &body)
+        crate::parse_json(endpoint, &body)
     }
 
     /// Sends a management request with the service credential. An OAuth token ZITADEL rejects with 401
@@ -166,11 +166,11 @@ impl Zitadel {
         &self,
         endpoint: Endpoint,
         request: reqwest::RequestBuilder,
-    ) -> crate::zitadel::Sent {
+    ) -> crate::Sent {
         let authorization = match self.service_token.authorization().await {
             Ok(authorization) => authorization,
             Err(error) => {
-                return crate::zitadel::Sent {
+                return crate::Sent {
                     result: Err(error),
                     may_have_landed: false,
                 };
@@ -200,7 +200,7 @@ impl Zitadel {
                         again.may_have_landed |= sent.may_have_landed;
                         again
                     }
-                    Err(error) => crate::zitadel::Sent {
+                    Err(error) => crate::Sent {
                         result: Err(error),
                         may_have_landed: sent.may_have_landed,
                     },

@@ -1,12 +1,20 @@
 //! ZITADEL, as usermeta calls it: [`userinfo`] and the [`auth_api`] with the caller's token, the
-//! [`management`] API with the service credential. One pooled HTTP client serves all of them.
+//! [`management`] API with the service credential, introspection and signing keys ([`Zitadel::introspect`],
+//! [`Zitadel::signing_keys`]). One pooled HTTP client serves all of them, and every call goes through one
+//! door ([`Zitadel`]'s transport): the caller's deadline, retries within a retry budget, a circuit breaker
+//! per group ([`resilience`]), and the service's [`Instrument`] hooks (trace headers, metrics).
+//!
+//! The crate sits below the service and knows nothing of gRPC handlers, settings or telemetry backends: its
+//! inputs are [`ZitadelConfig`] and [`metadata`]'s domain types, its failures one [`UpstreamError`].
 
 pub mod auth_api;
 pub mod credential;
 pub mod error;
 #[cfg(test)]
 mod fuzz_tests;
+pub mod instrument;
 pub mod management;
+pub mod metadata;
 mod oauth;
 mod path;
 pub mod resilience;
@@ -19,10 +27,12 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use serde::de::DeserializeOwned;
+use tracing::Instrument as _;
 use url::Url;
 
 pub use credential::{BearerError, CallerToken, KeyFileError, ServiceCredential, ServiceKey};
 pub use error::{Endpoint, Rejection, UpstreamError};
+pub use instrument::{Instrument, Instrumentation};
 pub use resilience::{Group, Resilience};
 
 use crate::metadata::MetadataItem;
@@ -76,6 +86,8 @@ pub enum SetupError {
 #[derive(Debug)]
 pub struct Zitadel {
     http: reqwest::Client,
+    /// The service's hooks around every HTTP call (spans, trace headers, metrics).
+    instrumentation: Instrumentation,
     timeout: Duration,
     base_url: Url,
     userinfo_url: Url,
@@ -94,14 +106,17 @@ pub struct Zitadel {
 }
 
 impl Zitadel {
+    /// A client trusting the system's CAs, without instrumentation.
     pub fn new(config: ZitadelConfig) -> Result<Self, SetupError> {
-        Self::with_extra_roots(config, Vec::new())
+        Self::build(config, Vec::new(), Instrumentation::none())
     }
 
-    /// [`Zitadel::new`] trusting `extra_roots` beside the system's CAs (a privately-signed ZITADEL).
-    pub fn with_extra_roots(
+    /// [`Zitadel::new`] trusting `extra_roots` beside the system's CAs (a privately-signed ZITADEL), with the
+    /// service's hooks around every call.
+    pub fn build(
         config: ZitadelConfig,
         extra_roots: Vec<reqwest::Certificate>,
+        instrumentation: Instrumentation,
     ) -> Result<Self, SetupError> {
         let mut base_url = config.base_url;
         if base_url.cannot_be_a_base() {
@@ -150,12 +165,14 @@ impl Zitadel {
         let service_token = token_source::TokenSource::new(
             config.service_credential,
             http.clone(),
+            instrumentation.clone(),
             config.timeout,
             issuer.clone(),
             token_url,
         )?;
         Ok(Zitadel {
             http,
+            instrumentation,
             timeout: config.timeout,
             userinfo_url,
             auth_list_url,
@@ -237,7 +254,14 @@ impl Zitadel {
                 }
             };
             let next = request.try_clone();
-            let failure = match send(endpoint, timeout, request.timeout(timeout)).await {
+            let failure = match send(
+                &self.instrumentation,
+                endpoint,
+                timeout,
+                request.timeout(timeout),
+            )
+            .await
+            {
                 Ok(body) => {
                     pass.report(resilience::Outcome::Alive);
                     return done(Ok(body));
@@ -356,26 +380,26 @@ impl From<UpstreamError> for Failure {
 
 /// Sends a request once and returns the body of a 2xx answer; anything else becomes an [`UpstreamError`].
 async fn send(
+    instrumentation: &Instrumentation,
     endpoint: Endpoint,
     timeout: Duration,
     request: reqwest::RequestBuilder,
 ) -> Result<Bytes, Failure> {
     // Observability for every HTTP call in one place: a span whose id ZITADEL receives as `traceparent`,
     // and the call's count and latency by endpoint and HTTP status.
-    let (span, trace_headers) = crate::telemetry::upstream_span(endpoint.name());
+    let hooks = instrumentation.hooks();
+    let (span, trace_headers) = hooks.call_started(endpoint.name());
     let started = std::time::Instant::now();
     let mut http_status = None;
-    let result = crate::telemetry::in_span(
-        span,
-        exchange(
-            endpoint,
-            timeout,
-            request.headers(trace_headers),
-            &mut http_status,
-        ),
+    let result = exchange(
+        endpoint,
+        timeout,
+        request.headers(trace_headers),
+        &mut http_status,
     )
+    .instrument(span)
     .await;
-    crate::metrics::upstream_call(endpoint.name(), http_status, started.elapsed());
+    hooks.call_finished(endpoint.name(), http_status, started.elapsed());
     result
 }
 

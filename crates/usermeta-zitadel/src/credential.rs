@@ -50,7 +50,7 @@ impl CallerToken {
     }
 
     /// The bare token, for introspection and local JWT validation (never logged).
-    pub(crate) fn token(&self) -> &str {
+    pub fn token(&self) -> &str {
         // Built from a `str` in `from_authorization`, so always visible ASCII after the prefix.
         self.authorization
             .to_str()
@@ -328,7 +328,7 @@ impl ServiceKey {
 /// leaves the most room for clock skew. It is sent at once and never reused.
 /// An RS256 JWT of the kind ZITADEL takes for the JWT-profile grant and for `private_key_jwt` client
 /// authentication: `iss` = `sub` = `subject`, header `kid`, `aud` = the issuer, valid for `lifetime` from `now`.
-pub(crate) fn rs256_assertion(
+pub fn rs256_assertion(
     subject: &str,
     key_id: &str,
     key: &EncodingKey,

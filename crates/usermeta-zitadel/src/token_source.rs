@@ -24,7 +24,8 @@ use tokio::{sync::Notify, task::AbortHandle};
 use url::Url;
 
 use super::{
-    BearerError, Endpoint, ServiceCredential, SetupError, UpstreamError, credential::ServiceKey,
+    BearerError, Endpoint, Instrumentation, ServiceCredential, SetupError, UpstreamError,
+    credential::ServiceKey,
 };
 
 /// The scope of service tokens: `openid` (required by both grants) and the ZITADEL project audience, without
@@ -84,6 +85,7 @@ struct OAuth {
     credential: String,
     kind: &'static str,
     http: reqwest::Client,
+    instrumentation: Instrumentation,
     timeout: Duration,
     token_url: Url,
     /// The `aud` of JWT-profile assertions: the issuer URL without a trailing slash.
@@ -108,6 +110,7 @@ impl TokenSource {
     pub(crate) fn new(
         credential: ServiceCredential,
         http: reqwest::Client,
+        instrumentation: Instrumentation,
         timeout: Duration,
         issuer: String,
         token_url: Url,
@@ -136,6 +139,7 @@ impl TokenSource {
                     credential: credential_text,
                     kind: kind_name,
                     http,
+                    instrumentation,
                     timeout,
                     token_url,
                     issuer,
@@ -365,8 +369,8 @@ impl OAuth {
 
         // Lifetimes count from before the request: the token cannot have been issued earlier.
         let sent = Instant::now();
-        let body = super::send(endpoint, self.timeout, request).await;
-        crate::metrics::token_refresh(body.is_ok());
+        let body = super::send(&self.instrumentation, endpoint, self.timeout, request).await;
+        self.instrumentation.hooks().token_refreshed(body.is_ok());
         let body = body.map_err(|failure| failed(failure.error))?;
         let answer: TokenResponse = serde_json::from_slice(&body).map_err(|e| {
             failed(UpstreamError::BadResponse {
