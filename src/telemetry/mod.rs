@@ -348,7 +348,6 @@ fn random_span_id() -> SpanId {
     SpanId::from(rand::random::<u64>().max(1))
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

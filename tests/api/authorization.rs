@@ -8,7 +8,7 @@ use crate::helpers::*;
 
 #[tokio::test]
 async fn reading_another_user_needs_an_admin() {
-    let mut app = spawn_app().await;
+    let mut app = TestApp::start().await;
     let bob = app.bob.clone();
     let status = app
         .client
@@ -27,7 +27,7 @@ async fn reading_another_user_needs_an_admin() {
 
 #[tokio::test]
 async fn writing_or_deleting_another_user_needs_an_admin() {
-    let mut app = spawn_app().await;
+    let mut app = TestApp::start().await;
     let bob = app.bob.clone();
     let other_org = app.other_org.clone();
     let set = SetMetadataRequest {
@@ -59,7 +59,7 @@ async fn writing_or_deleting_another_user_needs_an_admin() {
 
 #[tokio::test]
 async fn self_writes_outside_the_writable_prefixes_are_denied_naming_the_key() {
-    let mut app = spawn_app().await;
+    let mut app = TestApp::start().await;
     let set = SetMetadataRequest {
         entries: vec![
             entry(&format!("{SELF_WRITABLE}ok"), text("v")),
@@ -98,7 +98,7 @@ async fn self_writes_outside_the_writable_prefixes_are_denied_naming_the_key() {
 
 #[tokio::test]
 async fn naming_yourself_does_not_widen_self_writes() {
-    let mut app = spawn_app().await;
+    let mut app = TestApp::start().await;
     let alice = app.alice.clone();
     let set = SetMetadataRequest {
         user_id: alice,
@@ -116,7 +116,7 @@ async fn naming_yourself_does_not_widen_self_writes() {
 
 #[tokio::test]
 async fn admins_write_any_key_of_any_user() {
-    let mut app = spawn_app().await;
+    let mut app = TestApp::start().await;
     let bob = app.bob.clone();
     let set = SetMetadataRequest {
         user_id: bob.clone(),
@@ -132,7 +132,7 @@ async fn admins_write_any_key_of_any_user() {
 
 #[tokio::test]
 async fn tokens_never_cross_over() {
-    let mut app = spawn_app().await;
+    let mut app = TestApp::start().await;
     let alice = app.alice.clone();
     app.client
         .set_metadata(authed(

@@ -39,7 +39,7 @@ fn with_cache(ttl: Duration, negative_ttl: Duration) -> Options {
 
 #[tokio::test]
 async fn one_hundred_concurrent_first_requests_send_one_userinfo_call() {
-    let app = spawn_app().await;
+    let app = TestApp::start().await;
     let token = app.standin.issue_token(&app.alice, FULL_SCOPES);
     // Slow userinfo down so every request arrives while the first lookup is still under way.
     app.standin.push_fault(Fault {
@@ -65,7 +65,7 @@ async fn one_hundred_concurrent_first_requests_send_one_userinfo_call() {
 
 #[tokio::test]
 async fn repeated_lookups_come_from_memory_one_call_per_token() {
-    let mut app = spawn_app().await;
+    let mut app = TestApp::start().await;
     let tokens: Vec<String> = (0..5)
         .map(|_| app.standin.issue_token(&app.alice, FULL_SCOPES))
         .collect();
@@ -82,7 +82,7 @@ async fn repeated_lookups_come_from_memory_one_call_per_token() {
 
 #[tokio::test]
 async fn steady_concurrent_traffic_sends_one_userinfo_call_per_token() {
-    let app = spawn_app().await;
+    let app = TestApp::start().await;
     let tokens: Vec<String> = (0..20)
         .map(|_| app.standin.issue_token(&app.alice, FULL_SCOPES))
         .collect();
@@ -110,13 +110,17 @@ async fn steady_concurrent_traffic_sends_one_userinfo_call_per_token() {
 
 #[tokio::test]
 async fn entries_live_no_longer_than_the_ttl() {
-    let app = spawn_app().await;
+    let app = TestApp::start().await;
     let (addr, _stop) = app
-        .spawn_another(
-            Policy::default(),
-            with_cache(Duration::from_millis(300), Duration::from_secs(5)),
-        )
-        .await;
+        .another()
+        .policy(Policy::default())
+        .options(with_cache(
+            Duration::from_millis(300),
+            Duration::from_secs(5),
+        ))
+        .spawn()
+        .await
+        .into_pair();
     let mut client = connect(addr).await;
     client
         .get_my_metadata(authed(GetMyMetadataRequest::default(), &app.alice_token))
@@ -137,13 +141,14 @@ async fn entries_live_no_longer_than_the_ttl() {
 
 #[tokio::test]
 async fn a_zero_ttl_turns_the_cache_off() {
-    let app = spawn_app().await;
+    let app = TestApp::start().await;
     let (addr, _stop) = app
-        .spawn_another(
-            Policy::default(),
-            with_cache(Duration::ZERO, Duration::ZERO),
-        )
-        .await;
+        .another()
+        .policy(Policy::default())
+        .options(with_cache(Duration::ZERO, Duration::ZERO))
+        .spawn()
+        .await
+        .into_pair();
     let mut client = connect(addr).await;
     for _ in 0..3 {
         client
@@ -170,13 +175,12 @@ fn jwt_expiring_in(seconds: u64) -> String {
 #[tokio::test]
 async fn entries_never_outlive_a_jwt_tokens_own_expiry() {
     let (url, calls) = raw_userinfo(serde_json::json!({"sub": "170848145649959169"})).await;
-    let (addr, _stop) = spawn_usermeta_with(
-        &url,
-        "pat",
-        Policy::default(),
-        with_cache(Duration::from_secs(60), Duration::from_secs(5)),
-    )
-    .await;
+    let (addr, _stop) = AppBuilder::with_pat(&url, "pat")
+        .policy(Policy::default())
+        .options(with_cache(Duration::from_secs(60), Duration::from_secs(5)))
+        .spawn()
+        .await
+        .into_pair();
     let mut client = connect(addr).await;
 
     let long_lived = jwt_expiring_in(3600);
@@ -212,13 +216,17 @@ async fn entries_never_outlive_a_jwt_tokens_own_expiry() {
 
 #[tokio::test]
 async fn rejected_tokens_are_remembered_briefly() {
-    let app = spawn_app().await;
+    let app = TestApp::start().await;
     let (addr, _stop) = app
-        .spawn_another(
-            Policy::default(),
-            with_cache(Duration::from_secs(30), Duration::from_millis(300)),
-        )
-        .await;
+        .another()
+        .policy(Policy::default())
+        .options(with_cache(
+            Duration::from_secs(30),
+            Duration::from_millis(300),
+        ))
+        .spawn()
+        .await
+        .into_pair();
     let mut client = connect(addr).await;
     for _ in 0..5 {
         let status = client
@@ -253,7 +261,7 @@ async fn rejected_tokens_are_remembered_briefly() {
 
 #[tokio::test]
 async fn zitadel_outages_are_not_remembered() {
-    let mut app = spawn_app().await;
+    let mut app = TestApp::start().await;
     app.standin.push_fault(Fault {
         path_prefix: "/oidc/".into(),
         times: Some(1),
@@ -291,7 +299,7 @@ async fn contract_number(app: &TestApp, token: &str) -> Vec<(String, Option<Stri
 
 #[tokio::test]
 async fn writes_through_usermeta_invalidate_the_target_users_entries_at_once() {
-    let mut app = spawn_app().await;
+    let mut app = TestApp::start().await;
     assert_eq!(
         contract_number(&app, &app.alice_token).await,
         [("ContractNumber".into(), Some("1234".into()))]
@@ -324,7 +332,7 @@ async fn writes_through_usermeta_invalidate_the_target_users_entries_at_once() {
 
 #[tokio::test]
 async fn deletes_through_usermeta_invalidate_the_target_users_entries_at_once() {
-    let mut app = spawn_app().await;
+    let mut app = TestApp::start().await;
     assert_eq!(
         contract_number(&app, &app.alice_token).await,
         [("ContractNumber".into(), Some("1234".into()))]
@@ -354,13 +362,17 @@ async fn deletes_through_usermeta_invalidate_the_target_users_entries_at_once() 
 
 #[tokio::test]
 async fn changes_made_outside_usermeta_show_after_the_ttl() {
-    let app = spawn_app().await;
+    let app = TestApp::start().await;
     let (addr, _stop) = app
-        .spawn_another(
-            Policy::default(),
-            with_cache(Duration::from_millis(300), Duration::from_secs(5)),
-        )
-        .await;
+        .another()
+        .policy(Policy::default())
+        .options(with_cache(
+            Duration::from_millis(300),
+            Duration::from_secs(5),
+        ))
+        .spawn()
+        .await
+        .into_pair();
     let mut client = connect(addr).await;
     let read = || {
         authed(

@@ -82,13 +82,12 @@ async fn spawn_with(kind: Kind, prepare: impl FnOnce(&StandIn)) -> CredApp {
         }
     };
     prepare(&standin);
-    let (addr, stop) = spawn_usermeta_with_credential(
-        &standin.url(),
-        credential,
-        Policy::new([admin.clone()], vec![SELF_WRITABLE.into()]),
-        Options::default(),
-    )
-    .await;
+    let (addr, stop) = AppBuilder::new(&standin.url(), credential)
+        .policy(Policy::new([admin.clone()], vec![SELF_WRITABLE.into()]))
+        .options(Options::default())
+        .spawn()
+        .await
+        .into_pair();
     CredApp {
         client: connect(addr).await,
         standin,

@@ -14,7 +14,7 @@ fn delete(user_id: &str, keys: &[&str], allow_missing: bool) -> DeleteMetadataRe
 
 #[tokio::test]
 async fn deletes_one_key_through_the_single_key_endpoint() {
-    let mut app = spawn_app().await;
+    let mut app = TestApp::start().await;
     let alice = app.alice.clone();
     let answer = app
         .client
@@ -39,7 +39,7 @@ async fn deletes_one_key_through_the_single_key_endpoint() {
 
 #[tokio::test]
 async fn deletes_several_keys_in_one_bulk_call() {
-    let mut app = spawn_app().await;
+    let mut app = TestApp::start().await;
     let alice = app.alice.clone();
     app.client
         .delete_metadata(authed(
@@ -56,7 +56,7 @@ async fn deletes_several_keys_in_one_bulk_call() {
 
 #[tokio::test]
 async fn a_missing_key_is_not_found_and_nothing_is_removed() {
-    let mut app = spawn_app().await;
+    let mut app = TestApp::start().await;
     let alice = app.alice.clone();
     let status = app
         .client
@@ -85,7 +85,7 @@ async fn a_missing_key_is_not_found_and_nothing_is_removed() {
 
 #[tokio::test]
 async fn allow_missing_removes_what_exists() {
-    let mut app = spawn_app().await;
+    let mut app = TestApp::start().await;
     let alice = app.alice.clone();
     let single = app
         .client
@@ -120,7 +120,7 @@ async fn allow_missing_removes_what_exists() {
 
 #[tokio::test]
 async fn users_delete_their_own_self_writable_keys() {
-    let mut app = spawn_app().await;
+    let mut app = TestApp::start().await;
     let answer = app
         .client
         .delete_metadata(authed(

@@ -10,7 +10,7 @@ use tonic::{Code, Status};
 use tonic_types::StatusExt as _;
 use usermeta::api::pb::{DeleteMetadataRequest, ListMetadataRequest, SetMetadataRequest};
 
-use crate::helpers::{TestApp, authed, entry, spawn_app, text, violated_fields};
+use crate::helpers::{TestApp, authed, entry, text, violated_fields};
 use crate::logs;
 
 /// Characters a user id may not carry (they change on the way into a URL path).
@@ -266,7 +266,7 @@ async fn check_case(app: &TestApp, user_id: &str, key: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_policy_audit_and_zitadel_see_the_same_user_id_and_key() {
     logs::capture();
-    let app = spawn_app().await;
+    let app = TestApp::start().await;
     let handle = tokio::runtime::Handle::current();
     let mut runner = TestRunner::new(ProptestConfig {
         cases: 160,
@@ -287,7 +287,7 @@ async fn the_policy_audit_and_zitadel_see_the_same_user_id_and_key() {
 
 #[tokio::test]
 async fn a_user_id_that_differs_from_yours_only_by_what_urls_drop_is_refused() {
-    let app = spawn_app().await;
+    let app = TestApp::start().await;
     let mut client = app.client.clone();
     for disguised in [
         format!("{}\t", app.alice),
@@ -339,7 +339,7 @@ async fn a_user_id_that_differs_from_yours_only_by_what_urls_drop_is_refused() {
 
 #[tokio::test]
 async fn keys_with_spaces_and_delimiters_arrive_exactly_as_given() {
-    let app = spawn_app().await;
+    let app = TestApp::start().await;
     let mut client = app.client.clone();
     let keys = [
         "profile.with space",
@@ -371,7 +371,7 @@ async fn keys_with_spaces_and_delimiters_arrive_exactly_as_given() {
 
 #[tokio::test]
 async fn your_own_metadata_in_another_organisation_is_refused_not_half_checked() {
-    let app = spawn_app().await;
+    let app = TestApp::start().await;
     let mut client = app.client.clone();
     // The policy would see alice's organisation (from ZITADEL) while ZITADEL would be asked about another.
     let status = client

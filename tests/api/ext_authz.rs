@@ -169,7 +169,7 @@ fn denied(response: &CheckResponse, grpc: Code) -> (i32, Option<String>, String)
 
 #[tokio::test]
 async fn allow_listed_keys_and_the_user_id_become_upstream_headers() {
-    let app = spawn_app_with_authz(Some(config())).await;
+    let app = TestApp::builder().ext_authz(config()).start().await;
     let mut client = authz_client(app.authz_addr()).await;
     let answer = allowed(&check(&mut client, "/contracts", Some(&app.alice_token)).await);
     assert_eq!(answer.get("x-user-id"), Some(app.alice.as_str()));
@@ -184,7 +184,7 @@ async fn allow_listed_keys_and_the_user_id_become_upstream_headers() {
 
 #[tokio::test]
 async fn binary_values_are_base64_with_a_marker_or_dropped() {
-    let app = spawn_app_with_authz(Some(config())).await;
+    let app = TestApp::builder().ext_authz(config()).start().await;
     app.standin
         .set_metadata(&app.alice, "Blob", &[0xff, 0x00, 0x10]);
     let mut client = authz_client(app.authz_addr()).await;
@@ -195,7 +195,7 @@ async fn binary_values_are_base64_with_a_marker_or_dropped() {
         binary: BinaryValues::Drop,
         ..config()
     };
-    let app = spawn_app_with_authz(Some(dropping.clone())).await;
+    let app = TestApp::builder().ext_authz(dropping.clone()).start().await;
     app.standin
         .set_metadata(&app.alice, "Blob", &[0xff, 0x00, 0x10]);
     let mut client = authz_client(app.authz_addr()).await;
@@ -207,7 +207,7 @@ async fn binary_values_are_base64_with_a_marker_or_dropped() {
 
 #[tokio::test]
 async fn a_value_that_is_not_header_safe_is_not_injected() {
-    let app = spawn_app_with_authz(Some(config())).await;
+    let app = TestApp::builder().ext_authz(config()).start().await;
     app.standin
         .set_metadata(&app.alice, "Note", b"ok\r\nx-user-id: admin");
     let mut client = authz_client(app.authz_addr()).await;
@@ -225,7 +225,7 @@ async fn a_value_that_is_not_header_safe_is_not_injected() {
 
 #[tokio::test]
 async fn a_missing_token_is_denied_with_a_bearer_challenge() {
-    let app = spawn_app_with_authz(Some(config())).await;
+    let app = TestApp::builder().ext_authz(config()).start().await;
     let mut client = authz_client(app.authz_addr()).await;
     let (status, challenge, body) =
         denied(&check(&mut client, "/", None).await, Code::Unauthenticated);
@@ -237,7 +237,7 @@ async fn a_missing_token_is_denied_with_a_bearer_challenge() {
 
 #[tokio::test]
 async fn invalid_and_malformed_tokens_are_denied_as_invalid_token() {
-    let app = spawn_app_with_authz(Some(config())).await;
+    let app = TestApp::builder().ext_authz(config()).start().await;
     let mut client = authz_client(app.authz_addr()).await;
     let (status, challenge, _) = denied(
         &check(&mut client, "/", Some("not-a-real-token")).await,
@@ -281,7 +281,7 @@ async fn anonymous_requests_pass_without_identity_but_with_the_removal_list() {
         allow_anonymous: true,
         ..config()
     };
-    let app = spawn_app_with_authz(Some(config.clone())).await;
+    let app = TestApp::builder().ext_authz(config.clone()).start().await;
     let mut client = authz_client(app.authz_addr()).await;
     let answer = allowed(&check(&mut client, "/", None).await);
     assert!(answer.set.is_empty(), "{answer:?}");
@@ -312,7 +312,7 @@ fn userinfo_unavailable() -> Fault {
 
 #[tokio::test]
 async fn zitadel_failures_fail_closed_with_503_by_default() {
-    let app = spawn_app_with_authz(Some(config())).await;
+    let app = TestApp::builder().ext_authz(config()).start().await;
     app.standin.push_fault(userinfo_unavailable());
     let mut client = authz_client(app.authz_addr()).await;
     let (status, challenge, body) = denied(
@@ -330,7 +330,7 @@ async fn zitadel_failures_fail_open_when_configured() {
         fail_open: true,
         ..config()
     };
-    let app = spawn_app_with_authz(Some(config.clone())).await;
+    let app = TestApp::builder().ext_authz(config.clone()).start().await;
     app.standin.push_fault(userinfo_unavailable());
     let mut client = authz_client(app.authz_addr()).await;
     let answer = allowed(&check(&mut client, "/", Some(&app.alice_token)).await);
@@ -344,7 +344,7 @@ async fn zitadel_failures_fail_open_when_configured() {
         rules: parse_rules("path=/admin role=admin", "test").unwrap(),
         ..self::config()
     };
-    let app = spawn_app_with_authz(Some(guarded)).await;
+    let app = TestApp::builder().ext_authz(guarded).start().await;
     app.standin.push_fault(userinfo_unavailable());
     let mut client = authz_client(app.authz_addr()).await;
     let (status, _, _) = denied(
@@ -365,7 +365,7 @@ async fn route_rules_require_a_metadata_value_on_their_paths_only() {
         .unwrap(),
         ..config()
     };
-    let app = spawn_app_with_authz(Some(config)).await;
+    let app = TestApp::builder().ext_authz(config).start().await;
     let bob_token = app.standin.issue_token(&app.bob, FULL_SCOPES);
     let mut client = authz_client(app.authz_addr()).await;
 
@@ -416,16 +416,14 @@ async fn role_rules_read_only_the_roles_of_usermetas_project() {
         rules: parse_rules("path=/admin role=admin\npath=/billing role=billing", "test").unwrap(),
         ..config()
     };
-    let spawned = spawn_usermeta_full(
-        &url,
-        ServiceCredential::Pat(SecretString::from("unused")),
-        Policy::new(Vec::<String>::new(), Vec::new()),
-        Options::default(),
-        usermeta::caller::IdentityConfig::default(),
-        Some(config),
-        Some("p-usermeta".into()),
-    )
-    .await;
+    let spawned = AppBuilder::new(&url, ServiceCredential::Pat(SecretString::from("unused")))
+        .policy(Policy::new(Vec::<String>::new(), Vec::new()))
+        .options(Options::default())
+        .identity(usermeta::caller::IdentityConfig::default())
+        .ext_authz(config)
+        .project_id("p-usermeta")
+        .spawn()
+        .await;
     let mut client = authz_client(spawned.authz_addr.unwrap()).await;
     let answer = allowed(&check(&mut client, "/billing/invoices", Some("any-token")).await);
     assert_eq!(answer.get("x-user-id"), Some("u-1"));
@@ -445,7 +443,7 @@ async fn anonymous_requests_to_a_ruled_route_need_a_token() {
         rules: parse_rules("path=/admin role=admin", "test").unwrap(),
         ..config()
     };
-    let app = spawn_app_with_authz(Some(config)).await;
+    let app = TestApp::builder().ext_authz(config).start().await;
     let mut client = authz_client(app.authz_addr()).await;
     let (status, challenge, _) = denied(
         &check(&mut client, "/admin", None).await,
@@ -458,7 +456,7 @@ async fn anonymous_requests_to_a_ruled_route_need_a_token() {
 
 #[tokio::test]
 async fn repeated_checks_with_one_token_ask_zitadel_once() {
-    let app = spawn_app_with_authz(Some(config())).await;
+    let app = TestApp::builder().ext_authz(config()).start().await;
     let mut client = authz_client(app.authz_addr()).await;
     let before = app.standin.userinfo_requests();
     for _ in 0..10 {
@@ -476,11 +474,13 @@ async fn repeated_checks_with_one_token_ask_zitadel_once() {
 
 #[tokio::test]
 async fn dynamic_metadata_carries_the_same_identity_when_enabled() {
-    let app = spawn_app_with_authz(Some(AuthzConfig {
-        dynamic_metadata: true,
-        ..config()
-    }))
-    .await;
+    let app = TestApp::builder()
+        .ext_authz(AuthzConfig {
+            dynamic_metadata: true,
+            ..config()
+        })
+        .start()
+        .await;
     let mut client = authz_client(app.authz_addr()).await;
     let response = check(&mut client, "/", Some(&app.alice_token)).await;
     let fields = &response.dynamic_metadata.as_ref().unwrap().fields;
@@ -498,7 +498,7 @@ async fn dynamic_metadata_carries_the_same_identity_when_enabled() {
     assert_eq!(metadata.fields.len(), 1, "allow-listed keys only");
 
     // Off by default.
-    let app = spawn_app_with_authz(Some(config())).await;
+    let app = TestApp::builder().ext_authz(config()).start().await;
     let mut client = authz_client(app.authz_addr()).await;
     assert_eq!(
         check(&mut client, "/", Some(&app.alice_token))
@@ -510,7 +510,7 @@ async fn dynamic_metadata_carries_the_same_identity_when_enabled() {
 
 #[tokio::test]
 async fn check_is_never_served_on_the_public_port_and_reports_health_on_its_own() {
-    let app = spawn_app().await;
+    let app = TestApp::start().await;
     let mut client = authz_client(app.addr).await;
     let error = client
         .check(envoy_request("/", "h", Some(&app.alice_token)))
@@ -520,7 +520,7 @@ async fn check_is_never_served_on_the_public_port_and_reports_health_on_its_own(
 
     // With ext_authz on, the public port still does not answer Check: no caller can read the headers it would
     // inject (hidden keys included) by calling it directly.
-    let app = spawn_app_with_authz(Some(config())).await;
+    let app = TestApp::builder().ext_authz(config()).start().await;
     let error = authz_client(app.addr)
         .await
         .check(envoy_request("/", "h", Some(&app.alice_token)))
@@ -574,16 +574,13 @@ async fn a_roles_claim_of_another_shape_means_no_roles_not_a_broken_answer() {
         rules: parse_rules("path=/admin role=admin", "test").unwrap(),
         ..config()
     };
-    let spawned = spawn_usermeta_full(
-        &url,
-        ServiceCredential::Pat(SecretString::from("unused")),
-        Policy::new(Vec::<String>::new(), Vec::new()),
-        Options::default(),
-        usermeta::caller::IdentityConfig::default(),
-        Some(config),
-        None,
-    )
-    .await;
+    let spawned = AppBuilder::new(&url, ServiceCredential::Pat(SecretString::from("unused")))
+        .policy(Policy::new(Vec::<String>::new(), Vec::new()))
+        .options(Options::default())
+        .identity(usermeta::caller::IdentityConfig::default())
+        .ext_authz(config)
+        .spawn()
+        .await;
     let mut client = authz_client(spawned.authz_addr.unwrap()).await;
     let answer = allowed(&check(&mut client, "/public", Some("any-token")).await);
     assert_eq!(answer.get("x-user-id"), Some("u-1"));
@@ -636,15 +633,16 @@ async fn check_identifies_callers_as_the_rpcs_do() {
         }),
         jwt: None,
     };
-    let spawned = spawn_usermeta_full(
+    let spawned = AppBuilder::new(
         &world.standin.url(),
         ServiceCredential::Pat(SecretString::from(world.pat.as_str())),
-        Policy::default(),
-        Options::default(),
-        identity,
-        Some(config()),
-        Some(world.project.clone()),
     )
+    .policy(Policy::default())
+    .options(Options::default())
+    .identity(identity)
+    .ext_authz(config())
+    .project_id(&world.project)
+    .spawn()
     .await;
     let mut client = authz_client(spawned.authz_addr.unwrap()).await;
     let answer = allowed(&check(&mut client, "/", Some(&world.token)).await);
@@ -687,15 +685,16 @@ async fn a_forged_jwt_is_refused_by_local_validation_without_asking_userinfo() {
             min_refresh_interval: std::time::Duration::from_secs(30),
         }),
     };
-    let spawned = spawn_usermeta_full(
+    let spawned = AppBuilder::new(
         &world.standin.url(),
         ServiceCredential::Pat(SecretString::from(world.pat.as_str())),
-        Policy::default(),
-        Options::default(),
-        identity,
-        Some(config()),
-        Some(world.project.clone()),
     )
+    .policy(Policy::default())
+    .options(Options::default())
+    .identity(identity)
+    .ext_authz(config())
+    .project_id(&world.project)
+    .spawn()
     .await;
     let mut client = authz_client(spawned.authz_addr.unwrap()).await;
     let forged = world.standin.issue_jwt_with(
@@ -717,26 +716,26 @@ async fn a_forged_jwt_is_refused_by_local_validation_without_asking_userinfo() {
 
 #[tokio::test]
 async fn the_per_caller_rate_limit_applies_to_check_too() {
-    let app = spawn_app().await;
-    let spawned = spawn_usermeta_full(
+    let app = TestApp::start().await;
+    let spawned = AppBuilder::new(
         &app.standin.url(),
         ServiceCredential::Pat(SecretString::from(app.service_pat.as_str())),
-        Policy::default(),
-        Options {
-            limits: usermeta::server::Limits {
-                requests: usermeta::api::RequestLimits {
-                    caller_rate: 1,
-                    caller_burst: 2,
-                    ..Default::default()
-                },
+    )
+    .policy(Policy::default())
+    .options(Options {
+        limits: usermeta::server::Limits {
+            requests: usermeta::api::RequestLimits {
+                caller_rate: 1,
+                caller_burst: 2,
                 ..Default::default()
             },
-            ..Options::default()
+            ..Default::default()
         },
-        usermeta::caller::IdentityConfig::default(),
-        Some(config()),
-        None,
-    )
+        ..Options::default()
+    })
+    .identity(usermeta::caller::IdentityConfig::default())
+    .ext_authz(config())
+    .spawn()
     .await;
     let mut client = authz_client(spawned.authz_addr.unwrap()).await;
     allowed(&check(&mut client, "/", Some(&app.alice_token)).await);
@@ -766,18 +765,18 @@ async fn the_per_caller_rate_limit_applies_to_check_too() {
 
 #[tokio::test]
 async fn only_what_the_caller_may_read_of_themself_goes_upstream() {
-    let app = spawn_app().await;
+    let app = TestApp::start().await;
     // With the self-read rule off, alice may read nothing of herself: her user id passes, no metadata does.
     let closed = Policy::from_toml("self_read = false\n", "closed.toml").unwrap();
-    let spawned = spawn_usermeta_full(
+    let spawned = AppBuilder::new(
         &app.standin.url(),
         ServiceCredential::Pat(SecretString::from(app.service_pat.as_str())),
-        closed,
-        Options::default(),
-        usermeta::caller::IdentityConfig::default(),
-        Some(config()),
-        None,
     )
+    .policy(closed)
+    .options(Options::default())
+    .identity(usermeta::caller::IdentityConfig::default())
+    .ext_authz(config())
+    .spawn()
     .await;
     let answer = allowed(
         &check(
@@ -794,7 +793,7 @@ async fn only_what_the_caller_may_read_of_themself_goes_upstream() {
 
 #[tokio::test]
 async fn a_header_for_a_hidden_key_stops_start_up() {
-    let app = spawn_app().await;
+    let app = TestApp::start().await;
     let hiding = Policy::from_toml(
         "[[key]]\nname = \"Contract*\"\nhidden = true\n",
         "hiding.toml",
@@ -846,7 +845,7 @@ async fn path_rules_match_whole_segments_and_hosts_ignore_a_trailing_dot() {
         .unwrap(),
         ..config()
     };
-    let app = spawn_app_with_authz(Some(config)).await;
+    let app = TestApp::builder().ext_authz(config).start().await;
     let mut client = authz_client(app.authz_addr()).await;
     // Not under /admin: no role needed.
     allowed(&check(&mut client, "/administrator", Some(&app.alice_token)).await);
@@ -881,7 +880,7 @@ async fn path_rules_match_whole_segments_and_hosts_ignore_a_trailing_dot() {
 
 #[tokio::test]
 async fn check_answers_within_the_callers_deadline() {
-    let app = spawn_app_with_authz(Some(config())).await;
+    let app = TestApp::builder().ext_authz(config()).start().await;
     app.standin.push_fault(Fault {
         path_prefix: "/oidc/v1/userinfo".into(),
         times: None,
@@ -903,7 +902,7 @@ async fn check_answers_within_the_callers_deadline() {
 
 #[tokio::test]
 async fn a_denial_by_a_rule_on_a_hidden_key_does_not_name_the_key() {
-    let app = spawn_app().await;
+    let app = TestApp::start().await;
     app.standin
         .set_metadata(&app.alice, "routing.tier", b"silver");
     let hiding = Policy::from_toml(
@@ -911,18 +910,18 @@ async fn a_denial_by_a_rule_on_a_hidden_key_does_not_name_the_key() {
         "hiding.toml",
     )
     .unwrap();
-    let spawned = spawn_usermeta_full(
+    let spawned = AppBuilder::new(
         &app.standin.url(),
         ServiceCredential::Pat(SecretString::from(app.service_pat.as_str())),
-        hiding,
-        Options::default(),
-        usermeta::caller::IdentityConfig::default(),
-        Some(AuthzConfig {
-            rules: parse_rules("path=/gold metadata.routing.tier=gold", "test").unwrap(),
-            ..config()
-        }),
-        None,
     )
+    .policy(hiding)
+    .options(Options::default())
+    .identity(usermeta::caller::IdentityConfig::default())
+    .ext_authz(AuthzConfig {
+        rules: parse_rules("path=/gold metadata.routing.tier=gold", "test").unwrap(),
+        ..config()
+    })
+    .spawn()
     .await;
     let mut client = authz_client(spawned.authz_addr.unwrap()).await;
     let (status, _, body) = denied(

@@ -83,11 +83,12 @@ async fn usermeta_with(
     tokio::sync::oneshot::Sender<()>,
 ) {
     let (addr, stop) = app
-        .spawn_another(
-            Policy::new([app.admin.clone()], vec![SELF_WRITABLE.into()]),
-            options,
-        )
-        .await;
+        .another()
+        .policy(Policy::new([app.admin.clone()], vec![SELF_WRITABLE.into()]))
+        .options(options)
+        .spawn()
+        .await
+        .into_pair();
     (connect(addr).await, addr, stop)
 }
 
@@ -120,7 +121,7 @@ async fn eventually_health(addr: std::net::SocketAddr, service: &str, expected: 
 
 #[tokio::test]
 async fn latency_past_the_callers_deadline_is_deadline_exceeded_in_time() {
-    let mut app = spawn_app().await;
+    let mut app = TestApp::start().await;
     app.standin.push_fault(fault(
         "/oidc/v1/userinfo",
         None,
@@ -167,7 +168,7 @@ async fn latency_past_the_callers_deadline_is_deadline_exceeded_in_time() {
 
 #[tokio::test]
 async fn without_a_caller_deadline_the_request_timeout_applies() {
-    let app = spawn_app().await;
+    let app = TestApp::start().await;
     app.standin.push_fault(fault(
         "/oidc/v1/userinfo",
         None,
@@ -195,7 +196,7 @@ async fn without_a_caller_deadline_the_request_timeout_applies() {
 
 #[tokio::test]
 async fn a_caller_deadline_beyond_the_maximum_is_cut_to_it() {
-    let app = spawn_app().await;
+    let app = TestApp::start().await;
     app.standin.push_fault(fault(
         "/oidc/v1/userinfo",
         None,
@@ -232,7 +233,7 @@ async fn a_caller_deadline_beyond_the_maximum_is_cut_to_it() {
 
 #[tokio::test]
 async fn a_5xx_burst_on_userinfo_is_retried() {
-    let mut app = spawn_app().await;
+    let mut app = TestApp::start().await;
     app.standin
         .push_fault(fault("/oidc/v1/userinfo", Some(2), FaultKind::Status(503)));
     let answer = app.client.get_my_metadata(get_mine(&app)).await;
@@ -242,7 +243,7 @@ async fn a_5xx_burst_on_userinfo_is_retried() {
 
 #[tokio::test]
 async fn a_500_is_not_retried() {
-    let mut app = spawn_app().await;
+    let mut app = TestApp::start().await;
     app.standin
         .push_fault(fault("/oidc/v1/userinfo", None, FaultKind::Status(500)));
     let status = app
@@ -256,7 +257,7 @@ async fn a_500_is_not_retried() {
 
 #[tokio::test]
 async fn a_5xx_storm_stays_within_the_retry_budget() {
-    let app = spawn_app().await;
+    let app = TestApp::start().await;
     let (mut client, _addr, _stop) = usermeta_with(
         &app,
         uncached(Resilience {
@@ -286,7 +287,7 @@ async fn a_5xx_storm_stays_within_the_retry_budget() {
 
 #[tokio::test]
 async fn the_breaker_opens_under_a_storm_fails_fast_and_recovers_without_restart() {
-    let app = spawn_app().await;
+    let app = TestApp::start().await;
     let cooldown = Duration::from_millis(300);
     let (mut client, addr, _stop) = usermeta_with(
         &app,
@@ -339,7 +340,7 @@ async fn the_breaker_opens_under_a_storm_fails_fast_and_recovers_without_restart
 
 #[tokio::test]
 async fn zitadel_down_then_back_recovers_without_restart() {
-    let app = spawn_app().await;
+    let app = TestApp::start().await;
     let (mut client, _addr, _stop) = usermeta_with(
         &app,
         uncached(Resilience {
@@ -363,7 +364,7 @@ async fn zitadel_down_then_back_recovers_without_restart() {
 
 #[tokio::test]
 async fn zitadel_429_is_resource_exhausted_with_retry_info_and_not_retried() {
-    let mut app = spawn_app().await;
+    let mut app = TestApp::start().await;
     app.standin.push_fault(fault(
         "/oidc/v1/userinfo",
         None,
@@ -384,7 +385,7 @@ async fn zitadel_429_is_resource_exhausted_with_retry_info_and_not_retried() {
 
 #[tokio::test]
 async fn dropped_connections_are_retried_for_reads_and_idempotent_writes() {
-    let mut app = spawn_app().await;
+    let mut app = TestApp::start().await;
     app.standin
         .push_fault(fault("/oidc/", Some(1), FaultKind::DropConnection));
     let answer = app.client.get_my_metadata(get_mine(&app)).await;
@@ -423,7 +424,7 @@ async fn dropped_connections_are_retried_for_reads_and_idempotent_writes() {
 
 #[tokio::test]
 async fn a_malformed_body_is_unavailable_and_not_retried() {
-    let mut app = spawn_app().await;
+    let mut app = TestApp::start().await;
     app.standin
         .push_fault(fault("/oidc/", None, FaultKind::MalformedJson));
     let status = app
@@ -486,8 +487,11 @@ async fn flaky_remove(left: &'static [&'static str]) -> (String, Arc<AtomicUsize
 #[tokio::test]
 async fn a_retried_delete_that_finds_the_key_gone_counts_as_done() {
     let (url, removes) = flaky_remove(&[]).await;
-    let (addr, _stop) =
-        spawn_usermeta(&url, "pat", Policy::new(["admin".to_owned()], vec![])).await;
+    let (addr, _stop) = AppBuilder::with_pat(&url, "pat")
+        .policy(Policy::new(["admin".to_owned()], vec![]))
+        .spawn()
+        .await
+        .into_pair();
     let delete = DeleteMetadataRequest {
         user_id: "170848145649959169".into(),
         keys: vec!["plan".into()],
@@ -505,8 +509,11 @@ async fn a_retried_delete_that_finds_the_key_gone_counts_as_done() {
 async fn a_retried_delete_whose_key_is_still_there_did_not_land() {
     // NOT_FOUND yet the key is listed: the 503 attempt did not remove it; the NOT_FOUND stands.
     let (url, _removes) = flaky_remove(&["plan"]).await;
-    let (addr, _stop) =
-        spawn_usermeta(&url, "pat", Policy::new(["admin".to_owned()], vec![])).await;
+    let (addr, _stop) = AppBuilder::with_pat(&url, "pat")
+        .policy(Policy::new(["admin".to_owned()], vec![]))
+        .spawn()
+        .await
+        .into_pair();
     let delete = DeleteMetadataRequest {
         user_id: "170848145649959169".into(),
         keys: vec!["plan".into()],
@@ -522,7 +529,7 @@ async fn a_retried_delete_whose_key_is_still_there_did_not_land() {
 
 #[tokio::test]
 async fn over_the_in_flight_limit_calls_are_shed_with_resource_exhausted() {
-    let app = spawn_app().await;
+    let app = TestApp::start().await;
     let (client, addr, _stop) = usermeta_with(
         &app,
         Options {
@@ -567,7 +574,7 @@ async fn over_the_in_flight_limit_calls_are_shed_with_resource_exhausted() {
 
 #[tokio::test]
 async fn a_caller_over_its_rate_limit_gets_resource_exhausted_with_retry_info() {
-    let app = spawn_app().await;
+    let app = TestApp::start().await;
     let (mut client, _addr, _stop) = usermeta_with(
         &app,
         Options {
@@ -598,7 +605,7 @@ async fn a_caller_over_its_rate_limit_gets_resource_exhausted_with_retry_info() 
 
 #[tokio::test]
 async fn shutdown_under_load_lets_accepted_calls_finish() {
-    let app = spawn_app().await;
+    let app = TestApp::start().await;
     let (client, _addr, stop) = usermeta_with(&app, uncached(Resilience::default())).await;
     app.standin.push_fault(fault(
         "/oidc/v1/userinfo",
@@ -624,7 +631,7 @@ async fn shutdown_under_load_lets_accepted_calls_finish() {
 
 #[tokio::test]
 async fn messages_over_the_size_limit_are_refused_before_any_upstream_call() {
-    let app = spawn_app().await;
+    let app = TestApp::start().await;
     let (mut client, _addr, _stop) = usermeta_with(
         &app,
         Options {
@@ -671,7 +678,11 @@ async fn bad_upstream_input_gives_clear_errors() {
         "urn:zitadel:iam:user:metadata": "not an object"
     }))
     .await;
-    let (addr, _stop) = spawn_usermeta(&url, "pat", Policy::default()).await;
+    let (addr, _stop) = AppBuilder::with_pat(&url, "pat")
+        .policy(Policy::default())
+        .spawn()
+        .await
+        .into_pair();
     let status = connect(addr)
         .await
         .get_my_metadata(authed(GetMyMetadataRequest::default(), "t"))
@@ -681,7 +692,11 @@ async fn bad_upstream_input_gives_clear_errors() {
 
     // Missing fields: no claims at all means no user, not a crash.
     let (url, _calls) = raw_userinfo(serde_json::json!({})).await;
-    let (addr, _stop) = spawn_usermeta(&url, "pat", Policy::default()).await;
+    let (addr, _stop) = AppBuilder::with_pat(&url, "pat")
+        .policy(Policy::default())
+        .spawn()
+        .await
+        .into_pair();
     let status = connect(addr)
         .await
         .get_my_metadata(authed(GetMyMetadataRequest::default(), "t"))
@@ -705,7 +720,11 @@ async fn a_huge_upstream_body_is_refused_not_buffered_without_bound() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router).await });
-    let (addr, _stop) = spawn_usermeta(&url, "pat", Policy::default()).await;
+    let (addr, _stop) = AppBuilder::with_pat(&url, "pat")
+        .policy(Policy::default())
+        .spawn()
+        .await
+        .into_pair();
     let status = connect(addr)
         .await
         .get_my_metadata(authed(GetMyMetadataRequest::default(), "t"))

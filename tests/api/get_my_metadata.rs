@@ -12,7 +12,7 @@ fn get(keys: &[&str], source: MetadataSource) -> GetMyMetadataRequest {
 
 #[tokio::test]
 async fn userinfo_is_the_default_source_and_values_come_back_decoded() {
-    let mut app = spawn_app().await;
+    let mut app = TestApp::start().await;
     let answer = app
         .client
         .get_my_metadata(authed(
@@ -43,7 +43,7 @@ async fn userinfo_is_the_default_source_and_values_come_back_decoded() {
 
 #[tokio::test]
 async fn auth_api_source_gives_timestamps_and_the_user_from_userinfo() {
-    let mut app = spawn_app().await;
+    let mut app = TestApp::start().await;
     let answer = app
         .client
         .get_my_metadata(authed(get(&[], MetadataSource::AuthApi), &app.alice_token))
@@ -75,7 +75,7 @@ async fn auth_api_source_gives_timestamps_and_the_user_from_userinfo() {
 
 #[tokio::test]
 async fn binary_values_survive_both_base64_flavours() {
-    let mut app = spawn_app().await;
+    let mut app = TestApp::start().await;
     // 0xfb 0xff differs between the alphabets: "+/8=" standard, "-_8" URL-safe unpadded.
     let bytes = [0xfb, 0xff, 0x00, 0x80];
     app.standin.set_metadata(&app.alice, "blob", &bytes);
@@ -97,7 +97,7 @@ async fn binary_values_survive_both_base64_flavours() {
 
 #[tokio::test]
 async fn keys_filter_exactly_in_both_sources() {
-    let mut app = spawn_app().await;
+    let mut app = TestApp::start().await;
     app.standin
         .set_metadata(&app.alice, "contractnumber", b"lower");
     for source in [MetadataSource::Userinfo, MetadataSource::AuthApi] {
@@ -129,7 +129,7 @@ async fn keys_filter_exactly_in_both_sources() {
 
 #[tokio::test]
 async fn a_token_without_the_metadata_scope_sees_no_metadata_in_userinfo() {
-    let mut app = spawn_app().await;
+    let mut app = TestApp::start().await;
     let token = app.standin.issue_token(&app.alice, &["openid"]);
     let answer = app
         .client
@@ -143,7 +143,7 @@ async fn a_token_without_the_metadata_scope_sees_no_metadata_in_userinfo() {
 
 #[tokio::test]
 async fn auth_api_without_the_zitadel_audience_scope_says_which_scope_is_missing() {
-    let mut app = spawn_app().await;
+    let mut app = TestApp::start().await;
     let token = app
         .standin
         .issue_token(&app.alice, &["openid", "urn:zitadel:iam:user:metadata"]);
@@ -184,7 +184,7 @@ async fn auth_api_without_the_zitadel_audience_scope_says_which_scope_is_missing
 
 #[tokio::test]
 async fn a_token_without_openid_names_no_user_and_is_refused() {
-    let mut app = spawn_app().await;
+    let mut app = TestApp::start().await;
     let token = app
         .standin
         .issue_token(&app.alice, &["urn:zitadel:iam:user:metadata"]);
@@ -199,7 +199,7 @@ async fn a_token_without_openid_names_no_user_and_is_refused() {
 
 #[tokio::test]
 async fn the_user_comes_from_zitadel_not_from_the_request() {
-    let mut app = spawn_app().await;
+    let mut app = TestApp::start().await;
     // Whatever the caller puts in metadata, only its token decides whose metadata it reads.
     let mut request = authed(get(&[], MetadataSource::Unspecified), &app.alice_token);
     request

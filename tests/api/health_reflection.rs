@@ -14,7 +14,7 @@ use crate::helpers::*;
 
 #[tokio::test]
 async fn health_reports_serving_overall_and_for_the_service() {
-    let app = spawn_app().await;
+    let app = TestApp::start().await;
     let channel = Channel::from_shared(format!("http://{}", app.addr))
         .unwrap()
         .connect()
@@ -36,7 +36,7 @@ async fn health_reports_serving_overall_and_for_the_service() {
 
 #[tokio::test]
 async fn reflection_lists_every_service() {
-    let app = spawn_app().await;
+    let app = TestApp::start().await;
     let channel = Channel::from_shared(format!("http://{}", app.addr))
         .unwrap()
         .connect()
@@ -70,7 +70,7 @@ async fn reflection_lists_every_service() {
 
 #[tokio::test]
 async fn reflection_describes_the_contract_and_health() {
-    let app = spawn_app().await;
+    let app = TestApp::start().await;
     let channel = Channel::from_shared(format!("http://{}", app.addr))
         .unwrap()
         .connect()

@@ -7,25 +7,21 @@ use std::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
-    time::Duration,
 };
 
 use axum::{Json, Router, routing::get};
 
-use secrecy::SecretString;
 use tokio::sync::oneshot;
 use tonic::{Code, Request, Status, transport::Channel};
 use tonic_types::StatusExt;
 use usermeta::{
     api::pb::{self, user_metadata_service_client::UserMetadataServiceClient},
-    authz::{AuthzConfig, ExtAuthz},
-    caller::IdentityConfig,
-    caller::cache::CacheConfig,
+    authz::AuthzConfig,
     policy::Policy,
-    server::{Application, Config, Limits, ServeOptions},
 };
-use usermeta_zitadel::{Http2, Resilience, ServiceCredential, ZitadelConfig};
 use zitadel_standin::{ManagerRole, RecordedRequest, StandIn};
+
+pub use crate::support::{AppBuilder, Options};
 
 /// Scopes a typical caller token has: identity, metadata, organisation, and the ZITADEL audience.
 pub const FULL_SCOPES: &[&str] = &[
@@ -59,208 +55,74 @@ pub struct TestApp {
     _stop: oneshot::Sender<()>,
 }
 
-/// A usermeta started by [`spawn_usermeta_full`]; it stops when `stop` drops.
-pub struct Spawned {
-    pub addr: SocketAddr,
-    pub authz_addr: Option<SocketAddr>,
-    pub stop: oneshot::Sender<()>,
-}
+impl TestApp {
+    /// The usual app: [`TestApp::builder`] with nothing changed.
+    pub async fn start() -> TestApp {
+        TestApp::builder().start().await
+    }
 
-pub async fn spawn_app() -> TestApp {
-    spawn_app_with_authz(None).await
-}
+    /// A stand-in seeded with the cast (alice and the admin in Acme, bob in Globex, an IAM_OWNER service
+    /// user whose PAT usermeta holds), and usermeta in front of it with the test policy: the admin may do
+    /// anything, everyone may write their own `profile.` keys.
+    pub fn builder() -> TestAppBuilder {
+        TestAppBuilder { ext_authz: None }
+    }
 
-/// [`spawn_app`] also serving Envoy's external authorization API when `ext_authz` is given.
-pub async fn spawn_app_with_authz(ext_authz: Option<AuthzConfig>) -> TestApp {
-    let standin = StandIn::start().await.expect("stand-in starts");
-    let org = standin.create_org("Acme");
-    let other_org = standin.create_org("Globex");
-    let alice = standin.create_user(&org, "alice");
-    let admin = standin.create_user(&org, "admin");
-    let bob = standin.create_user(&other_org, "bob");
-    let service_user = standin.create_service_user(&org, "usermeta", ManagerRole::IamOwner);
-    let service_pat = standin.issue_pat(&service_user);
-    standin.set_metadata(&alice, "ContractNumber", b"1234");
-    standin.set_metadata(&alice, "profile.language", b"en");
-    standin.set_metadata(&bob, "ContractNumber", b"5678");
-    let alice_token = standin.issue_token(&alice, FULL_SCOPES);
-    let admin_token = standin.issue_token(&admin, FULL_SCOPES);
-    let Spawned {
-        addr,
-        authz_addr,
-        stop,
-    } = spawn_usermeta_full(
-        &standin.url(),
-        ServiceCredential::Pat(SecretString::from(service_pat.as_str())),
-        Policy::new([admin.clone()], vec![SELF_WRITABLE.into()]),
-        Options::default(),
-        IdentityConfig::default(),
-        ext_authz,
-        None,
-    )
-    .await;
-    standin.clear_requests();
-    TestApp {
-        client: connect(addr).await,
-        standin,
-        addr,
-        org,
-        other_org,
-        alice,
-        alice_token,
-        admin,
-        admin_token,
-        bob,
-        service_pat,
-        authz_addr,
-        _stop: stop,
+    /// Another usermeta in front of this app's stand-in and service user (the default policy until told
+    /// otherwise).
+    pub fn another(&self) -> AppBuilder {
+        AppBuilder::with_pat(&self.standin.url(), &self.service_pat)
     }
 }
 
-/// Settings of a spawned usermeta that tests vary.
-#[derive(Debug, Clone, Copy)]
-pub struct Options {
-    pub timeout: Duration,
-    pub cache: CacheConfig,
-    pub resilience: Resilience,
-    pub limits: Limits,
-    pub http2: Http2,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            timeout: Duration::from_secs(5),
-            cache: CacheConfig::default(),
-            resilience: Resilience::default(),
-            limits: Limits::default(),
-            http2: Http2::default(),
-        }
-    }
-}
-
-/// Starts usermeta on 127.0.0.1:0 against `zitadel_url`; it stops when the returned sender drops.
-pub async fn spawn_usermeta(
-    zitadel_url: &str,
-    service_pat: &str,
-    policy: Policy,
-) -> (SocketAddr, oneshot::Sender<()>) {
-    spawn_usermeta_with(zitadel_url, service_pat, policy, Options::default()).await
-}
-
-/// [`spawn_usermeta`] with non-default options.
-pub async fn spawn_usermeta_with(
-    zitadel_url: &str,
-    service_pat: &str,
-    policy: Policy,
-    options: Options,
-) -> (SocketAddr, oneshot::Sender<()>) {
-    let credential = ServiceCredential::Pat(SecretString::from(service_pat));
-    spawn_usermeta_with_credential(zitadel_url, credential, policy, options).await
-}
-
-/// [`spawn_usermeta`] with any kind of service credential.
-pub async fn spawn_usermeta_with_credential(
-    zitadel_url: &str,
-    service_credential: ServiceCredential,
-    policy: Policy,
-    options: Options,
-) -> (SocketAddr, oneshot::Sender<()>) {
-    spawn_usermeta_full(
-        zitadel_url,
-        service_credential,
-        policy,
-        options,
-        IdentityConfig::default(),
-        None,
-        None,
-    )
-    .await
-    .into_pair()
-}
-
-/// [`spawn_usermeta`] identifying callers by introspection and/or local JWT validation; roles of
-/// `project_id` count as callers' roles.
-pub async fn spawn_usermeta_with_identity(
-    zitadel_url: &str,
-    service_pat: &str,
-    policy: Policy,
-    identity: IdentityConfig,
-    project_id: &str,
-) -> (SocketAddr, oneshot::Sender<()>) {
-    let credential = ServiceCredential::Pat(SecretString::from(service_pat));
-    spawn_usermeta_full(
-        zitadel_url,
-        credential,
-        policy,
-        Options::default(),
-        identity,
-        None,
-        Some(project_id.to_owned()),
-    )
-    .await
-    .into_pair()
-}
-
-/// Starts usermeta with every setting tests vary, including Envoy's external authorization API.
-pub async fn spawn_usermeta_full(
-    zitadel_url: &str,
-    service_credential: ServiceCredential,
-    policy: Policy,
-    Options {
-        timeout,
-        cache,
-        resilience,
-        limits,
-        http2,
-    }: Options,
-    identity: IdentityConfig,
+/// What a [`TestApp`] varies beside its seeded cast.
+pub struct TestAppBuilder {
     ext_authz: Option<AuthzConfig>,
-    project_id: Option<String>,
-) -> Spawned {
-    let config = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        zitadel: ZitadelConfig {
-            base_url: zitadel_url.parse().unwrap(),
-            timeout,
-            service_credential,
-            resilience,
-            http2,
-            project_id,
-        },
-        policy,
-        cache,
-        limits,
-        identity,
-        options: Default::default(),
-    };
-    let options = ServeOptions {
-        ext_authz: ext_authz.map(|config| ExtAuthz {
-            config,
-            listen: "127.0.0.1:0".parse().unwrap(),
-            tls: None,
-        }),
-        ..ServeOptions::default()
-    };
-    let app = Application::build(usermeta::server::Config { options, ..config })
-        .await
-        .expect("usermeta builds");
-    let addr = app.local_addr();
-    let authz_addr = app.ext_authz_addr();
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(app.run_until(async {
-        let _ = stopped.await;
-    }));
-    Spawned {
-        addr,
-        authz_addr,
-        stop,
-    }
 }
 
-impl Spawned {
-    fn into_pair(self) -> (SocketAddr, oneshot::Sender<()>) {
-        (self.addr, self.stop)
+impl TestAppBuilder {
+    /// Also serve Envoy's external authorization API (on its own listener).
+    pub fn ext_authz(mut self, config: AuthzConfig) -> Self {
+        self.ext_authz = Some(config);
+        self
+    }
+
+    pub async fn start(self) -> TestApp {
+        let standin = StandIn::start().await.expect("stand-in starts");
+        let org = standin.create_org("Acme");
+        let other_org = standin.create_org("Globex");
+        let alice = standin.create_user(&org, "alice");
+        let admin = standin.create_user(&org, "admin");
+        let bob = standin.create_user(&other_org, "bob");
+        let service_user = standin.create_service_user(&org, "usermeta", ManagerRole::IamOwner);
+        let service_pat = standin.issue_pat(&service_user);
+        standin.set_metadata(&alice, "ContractNumber", b"1234");
+        standin.set_metadata(&alice, "profile.language", b"en");
+        standin.set_metadata(&bob, "ContractNumber", b"5678");
+        let alice_token = standin.issue_token(&alice, FULL_SCOPES);
+        let admin_token = standin.issue_token(&admin, FULL_SCOPES);
+        let mut app = AppBuilder::with_pat(&standin.url(), &service_pat)
+            .policy(Policy::new([admin.clone()], vec![SELF_WRITABLE.into()]));
+        if let Some(config) = self.ext_authz {
+            app = app.ext_authz(config);
+        }
+        let spawned = app.spawn().await;
+        standin.clear_requests();
+        TestApp {
+            client: connect(spawned.addr).await,
+            standin,
+            addr: spawned.addr,
+            org,
+            other_org,
+            alice,
+            alice_token,
+            admin,
+            admin_token,
+            bob,
+            service_pat,
+            authz_addr: spawned.authz_addr,
+            _stop: spawned.stop,
+        }
     }
 }
 
@@ -331,16 +193,6 @@ impl TestApp {
     /// The ext_authz listener's address (the app must have been spawned with ext_authz).
     pub fn authz_addr(&self) -> SocketAddr {
         self.authz_addr.expect("spawned with ext_authz")
-    }
-
-    /// Starts another usermeta in front of this app's stand-in and service user, with its own policy and
-    /// options.
-    pub async fn spawn_another(
-        &self,
-        policy: Policy,
-        options: Options,
-    ) -> (SocketAddr, oneshot::Sender<()>) {
-        spawn_usermeta_with(&self.standin.url(), &self.service_pat, policy, options).await
     }
 
     pub fn management_requests(&self) -> Vec<RecordedRequest> {

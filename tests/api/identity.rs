@@ -86,14 +86,13 @@ actions = ["write"]
         )
         .unwrap()
         .with_shorthands([], vec!["profile.".into()]);
-        let (addr, stop) = spawn_usermeta_with_identity(
-            &self.standin.url(),
-            &self.pat,
-            policy,
-            identity,
-            &self.project,
-        )
-        .await;
+        let (addr, stop) = AppBuilder::with_pat(&self.standin.url(), &self.pat)
+            .policy(policy)
+            .identity(identity)
+            .project_id(&self.project)
+            .spawn()
+            .await
+            .into_pair();
         (connect(addr).await, stop)
     }
 }

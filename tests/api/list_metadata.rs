@@ -14,7 +14,7 @@ fn list(user_id: &str, page_size: i32, page_token: &str) -> ListMetadataRequest 
 
 #[tokio::test]
 async fn own_listing_uses_the_auth_api_with_the_callers_token() {
-    let mut app = spawn_app().await;
+    let mut app = TestApp::start().await;
     let answer = app
         .client
         .list_metadata(authed(list("", 0, ""), &app.alice_token))
@@ -38,7 +38,7 @@ async fn own_listing_uses_the_auth_api_with_the_callers_token() {
 
 #[tokio::test]
 async fn naming_yourself_is_still_your_own_listing() {
-    let mut app = spawn_app().await;
+    let mut app = TestApp::start().await;
     let alice = app.alice.clone();
     let answer = app
         .client
@@ -52,7 +52,7 @@ async fn naming_yourself_is_still_your_own_listing() {
 
 #[tokio::test]
 async fn admins_list_other_users_through_the_management_api() {
-    let mut app = spawn_app().await;
+    let mut app = TestApp::start().await;
     let alice = app.alice.clone();
     let answer = app
         .client
@@ -77,7 +77,7 @@ async fn admins_list_other_users_through_the_management_api() {
 
 #[tokio::test]
 async fn pages_through_everything_with_opaque_tokens() {
-    let mut app = spawn_app().await;
+    let mut app = TestApp::start().await;
     for i in 0..5 {
         app.standin
             .set_metadata(&app.bob, &format!("k{i}"), format!("v{i}").as_bytes());
@@ -130,7 +130,7 @@ async fn pages_through_everything_with_opaque_tokens() {
 
 #[tokio::test]
 async fn a_page_token_cannot_be_replayed_against_another_user() {
-    let mut app = spawn_app().await;
+    let mut app = TestApp::start().await;
     for i in 0..3 {
         app.standin.set_metadata(&app.alice, &format!("k{i}"), b"v");
     }
@@ -159,7 +159,7 @@ async fn a_page_token_cannot_be_replayed_against_another_user() {
 
 #[tokio::test]
 async fn key_filters_map_onto_zitadel_text_queries() {
-    let mut app = spawn_app().await;
+    let mut app = TestApp::start().await;
     app.standin
         .set_metadata(&app.alice, "billing.plan", b"gold");
     app.standin.set_metadata(&app.alice, "Billing.Seats", b"3");
@@ -222,7 +222,7 @@ async fn key_filters_map_onto_zitadel_text_queries() {
 
 #[tokio::test]
 async fn organisation_scoping_follows_zitadel() {
-    let mut app = spawn_app().await;
+    let mut app = TestApp::start().await;
     let bob = app.bob.clone();
     // Without organization_id ZITADEL looks in the service user's organisation, where bob is not.
     let unscoped = app
@@ -301,13 +301,17 @@ fn filtered(user_id: &str, prefix: &str) -> ListMetadataRequest {
 
 #[tokio::test]
 async fn counts_and_page_tokens_account_only_for_what_the_caller_may_see() {
-    let app = spawn_app().await;
+    let app = TestApp::start().await;
     for key in ["routing.tier", "routing.zone", "routing.zz-secret"] {
         app.standin.set_metadata(&app.alice, key, b"x");
     }
     let (addr, _stop) = app
-        .spawn_another(hiding_policy(&app), Options::default())
-        .await;
+        .another()
+        .policy(hiding_policy(&app))
+        .options(Options::default())
+        .spawn()
+        .await
+        .into_pair();
     let mut client = connect(addr).await;
 
     // alice sees ContractNumber and profile.language; the three routing keys are hidden from her.
@@ -365,7 +369,7 @@ async fn counts_and_page_tokens_account_only_for_what_the_caller_may_see() {
 
 #[tokio::test]
 async fn altered_or_foreign_page_tokens_are_refused_before_any_zitadel_call() {
-    let app = spawn_app().await;
+    let app = TestApp::start().await;
     for i in 0..5 {
         app.standin.set_metadata(&app.alice, &format!("k{i}"), b"v");
     }
@@ -406,11 +410,12 @@ async fn altered_or_foreign_page_tokens_are_refused_before_any_zitadel_call() {
 
     // Another replica with the same service credential continues the listing ...
     let (addr, _stop) = app
-        .spawn_another(
-            usermeta::policy::Policy::new([app.admin.clone()], vec![]),
-            Options::default(),
-        )
-        .await;
+        .another()
+        .policy(usermeta::policy::Policy::new([app.admin.clone()], vec![]))
+        .options(Options::default())
+        .spawn()
+        .await
+        .into_pair();
     let next = connect(addr)
         .await
         .list_metadata(authed(list(&alice, 2, &genuine), &app.admin_token))
@@ -428,7 +433,7 @@ async fn altered_or_foreign_page_tokens_are_refused_before_any_zitadel_call() {
 
 #[tokio::test]
 async fn a_token_from_a_view_of_every_key_does_not_continue_a_view_with_hidden_keys() {
-    let app = spawn_app().await;
+    let app = TestApp::start().await;
     for i in 0..3 {
         app.standin
             .set_metadata(&app.alice, &format!("routing.k{i}"), b"v");
@@ -445,8 +450,12 @@ async fn a_token_from_a_view_of_every_key_does_not_continue_a_view_with_hidden_k
     assert!(!open.next_page_token.is_empty());
     // ... a replica that hides routing.* refuses that token rather than paging by ZITADEL's offsets.
     let (addr, _stop) = app
-        .spawn_another(hiding_policy(&app), Options::default())
-        .await;
+        .another()
+        .policy(hiding_policy(&app))
+        .options(Options::default())
+        .spawn()
+        .await
+        .into_pair();
     let status = connect(addr)
         .await
         .list_metadata(authed(

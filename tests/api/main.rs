@@ -4,6 +4,8 @@
 
 mod helpers;
 mod logs;
+#[path = "../support/mod.rs"]
+mod support;
 
 mod authorization;
 mod cache;

@@ -96,7 +96,7 @@ fn assert_series(text: &str, series: &str) {
 
 #[tokio::test]
 async fn a_scrape_after_traffic_shows_calls_upstream_cache_and_latency() {
-    let app = spawn_app().await;
+    let app = TestApp::start().await;
     let observed = spawn_observed(
         &app,
         ServeOptions {
@@ -145,16 +145,18 @@ async fn a_scrape_after_traffic_shows_calls_upstream_cache_and_latency() {
         app.standin
             .create_service_user(&app.org, "usermeta-cc", ManagerRole::IamOwner);
     let (client_id, secret) = app.standin.add_client_secret(&service_user);
-    let (cc_addr, _cc_stop) = spawn_usermeta_with_credential(
+    let (cc_addr, _cc_stop) = AppBuilder::new(
         &app.standin.url(),
         ServiceCredential::ClientCredentials {
             client_id,
             secret: SecretString::from(secret),
         },
-        Policy::new([app.admin.clone()], vec![SELF_WRITABLE.into()]),
-        Options::default(),
     )
-    .await;
+    .policy(Policy::new([app.admin.clone()], vec![SELF_WRITABLE.into()]))
+    .options(Options::default())
+    .spawn()
+    .await
+    .into_pair();
     connect(cc_addr)
         .await
         .set_metadata(authed(
@@ -209,7 +211,7 @@ async fn a_scrape_after_traffic_shows_calls_upstream_cache_and_latency() {
 
 #[tokio::test]
 async fn metrics_are_off_without_a_listen_address() {
-    let app = spawn_app().await;
+    let app = TestApp::start().await;
     let observed = spawn_observed(&app, ServeOptions::default()).await;
     assert_eq!(observed.metrics_addr, None);
 }
@@ -217,7 +219,7 @@ async fn metrics_are_off_without_a_listen_address() {
 #[tokio::test]
 async fn traceparent_and_tracestate_continue_to_zitadel_with_a_new_parent_span() {
     logs::capture();
-    let app = spawn_app().await;
+    let app = TestApp::start().await;
     let mut client = app.client.clone();
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let client_span = "00f067aa0ba902b7";
@@ -266,7 +268,7 @@ async fn traceparent_and_tracestate_continue_to_zitadel_with_a_new_parent_span()
 #[tokio::test]
 async fn request_ids_are_echoed_or_generated_and_on_every_log_line() {
     let logs = logs::capture();
-    let app = spawn_app().await;
+    let app = TestApp::start().await;
     let mut client = app.client.clone();
 
     let response = client
@@ -333,7 +335,7 @@ async fn request_ids_are_echoed_or_generated_and_on_every_log_line() {
 
 #[tokio::test]
 async fn internal_errors_name_the_request_id() {
-    let app = spawn_app().await;
+    let app = TestApp::start().await;
     let mut client = app.client.clone();
     app.standin.push_fault(Fault {
         path_prefix: "/oidc/v1/userinfo".into(),
@@ -360,7 +362,7 @@ async fn health_of(channel: Channel) -> HealthClient<Channel> {
 
 #[tokio::test]
 async fn shutdown_turns_health_not_serving_and_finishes_every_accepted_call() {
-    let app = spawn_app().await;
+    let app = TestApp::start().await;
     let observed = spawn_observed(
         &app,
         ServeOptions {
@@ -444,7 +446,7 @@ async fn shutdown_turns_health_not_serving_and_finishes_every_accepted_call() {
 
 #[tokio::test]
 async fn shutdown_stops_after_the_grace_period_even_with_calls_in_flight() {
-    let app = spawn_app().await;
+    let app = TestApp::start().await;
     let observed = spawn_observed(
         &app,
         ServeOptions {

@@ -253,17 +253,16 @@ fn outcome_of<T>(result: &Result<T, tonic::Status>) -> Outcome {
 async fn the_authorisation_matrix_holds_with_zero_unexpected_allows() {
     let (cast, policy, jwt, pat) = cast().await;
     let project = jwt.audience[0].clone();
-    let (addr, _stop) = spawn_usermeta_with_identity(
-        &cast.standin.url(),
-        &pat,
-        policy,
-        IdentityConfig {
+    let (addr, _stop) = AppBuilder::with_pat(&cast.standin.url(), &pat)
+        .policy(policy)
+        .identity(IdentityConfig {
             introspection: None,
             jwt: Some(jwt),
-        },
-        &project,
-    )
-    .await;
+        })
+        .project_id(&project)
+        .spawn()
+        .await
+        .into_pair();
     let mut client = connect(addr).await;
     let callers = [
         Who::Alice,
@@ -428,17 +427,16 @@ async fn the_authorisation_matrix_holds_with_zero_unexpected_allows() {
 async fn my_metadata_cannot_be_pointed_at_another_user() {
     let (cast, policy, jwt, pat) = cast().await;
     let project = jwt.audience[0].clone();
-    let (addr, _stop) = spawn_usermeta_with_identity(
-        &cast.standin.url(),
-        &pat,
-        policy,
-        IdentityConfig {
+    let (addr, _stop) = AppBuilder::with_pat(&cast.standin.url(), &pat)
+        .policy(policy)
+        .identity(IdentityConfig {
             introspection: None,
             jwt: Some(jwt),
-        },
-        &project,
-    )
-    .await;
+        })
+        .project_id(&project)
+        .spawn()
+        .await
+        .into_pair();
     let mut client = connect(addr).await;
     let (alice, bob) = (cast.id(Who::Alice).to_owned(), cast.id(Who::Bob).to_owned());
     for user in [&alice, &bob] {

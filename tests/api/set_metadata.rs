@@ -17,7 +17,7 @@ fn set(
 
 #[tokio::test]
 async fn one_entry_uses_the_single_key_endpoint_with_padded_base64() {
-    let mut app = spawn_app().await;
+    let mut app = TestApp::start().await;
     let alice = app.alice.clone();
     let answer = app
         .client
@@ -48,7 +48,7 @@ async fn one_entry_uses_the_single_key_endpoint_with_padded_base64() {
 
 #[tokio::test]
 async fn several_entries_go_in_one_bulk_call() {
-    let mut app = spawn_app().await;
+    let mut app = TestApp::start().await;
     let alice = app.alice.clone();
     let entries = vec![entry("a", text("1")), entry("b", binary(&[0xfb, 0xff]))];
     app.client
@@ -67,7 +67,7 @@ async fn several_entries_go_in_one_bulk_call() {
 
 #[tokio::test]
 async fn keys_that_cannot_travel_in_a_path_go_in_a_body() {
-    let mut app = spawn_app().await;
+    let mut app = TestApp::start().await;
     let alice = app.alice.clone();
     for key in ["_search", "a/b", "with space", "ümlaut"] {
         app.client
@@ -88,7 +88,7 @@ async fn keys_that_cannot_travel_in_a_path_go_in_a_body() {
 
 #[tokio::test]
 async fn users_write_their_own_self_writable_keys_without_naming_themselves() {
-    let mut app = spawn_app().await;
+    let mut app = TestApp::start().await;
     let key = format!("{SELF_WRITABLE}language");
     app.client
         .set_metadata(authed(
@@ -115,7 +115,7 @@ async fn users_write_their_own_self_writable_keys_without_naming_themselves() {
 
 #[tokio::test]
 async fn users_in_another_organisation_need_organization_id() {
-    let mut app = spawn_app().await;
+    let mut app = TestApp::start().await;
     let bob = app.bob.clone();
     let status = app
         .client
@@ -150,7 +150,7 @@ async fn users_in_another_organisation_need_organization_id() {
 
 #[tokio::test]
 async fn writes_are_visible_to_the_next_read() {
-    let mut app = spawn_app().await;
+    let mut app = TestApp::start().await;
     let key = format!("{SELF_WRITABLE}theme");
     app.client
         .set_metadata(authed(

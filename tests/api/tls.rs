@@ -105,7 +105,7 @@ async fn tls_client(
 
 #[tokio::test]
 async fn tls_serves_clients_that_trust_the_certificate_and_refuses_plaintext() {
-    let app = spawn_app().await;
+    let app = TestApp::start().await;
     let ca = ca("usermeta test CA");
     let observed = spawn_observed(
         &app,
@@ -139,7 +139,7 @@ async fn tls_serves_clients_that_trust_the_certificate_and_refuses_plaintext() {
 #[tokio::test]
 async fn mtls_admits_clients_of_the_ca_and_audits_their_identity() {
     let logs = logs::capture();
-    let app = spawn_app().await;
+    let app = TestApp::start().await;
     let server_ca = ca("usermeta server CA");
     let client_ca = ca("usermeta client CA");
     let observed = spawn_observed(
@@ -197,7 +197,7 @@ async fn mtls_admits_clients_of_the_ca_and_audits_their_identity() {
 
 #[tokio::test]
 async fn unusable_tls_files_fail_start_up_naming_the_setting() {
-    let app = spawn_app().await;
+    let app = TestApp::start().await;
     let dir = temp_dir("bad");
     let files = TlsFiles {
         cert_file: write(&dir, "not-a-cert.pem", "hello"),
@@ -301,7 +301,7 @@ async fn private_zitadel(
 
 #[tokio::test]
 async fn a_privately_signed_zitadel_is_trusted_only_with_its_ca_file() {
-    let app = spawn_app().await;
+    let app = TestApp::start().await;
     let zitadel_ca = ca("private ZITADEL CA");
     let (url, versions) = private_zitadel(&zitadel_ca, "u-private-1").await;
 
@@ -364,7 +364,7 @@ async fn tls_front(ca: &Ca, backend: SocketAddr) -> String {
 #[tokio::test]
 async fn introspection_trusts_a_privately_signed_zitadel_with_its_ca_file() {
     use usermeta::caller::{IdentityConfig, IntrospectionAuth};
-    let app = spawn_app().await;
+    let app = TestApp::start().await;
     let project = app.standin.create_project(&app.org);
     let (client_id, secret) = app.standin.add_api_app_with_secret(&project);
     let zitadel_ca = ca("private ZITADEL CA");

@@ -26,7 +26,7 @@ fn set_alice(app: &TestApp) -> SetMetadataRequest {
 
 #[tokio::test]
 async fn a_token_zitadel_rejects_is_unauthenticated() {
-    let mut app = spawn_app().await;
+    let mut app = TestApp::start().await;
     app.standin.revoke_token(&app.alice_token);
     let status = app
         .client
@@ -48,7 +48,11 @@ async fn zitadel_unreachable_is_unavailable() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
-    let (addr, _stop) = spawn_usermeta(&url, "pat", Policy::default()).await;
+    let (addr, _stop) = AppBuilder::with_pat(&url, "pat")
+        .policy(Policy::default())
+        .spawn()
+        .await
+        .into_pair();
     let status = connect(addr)
         .await
         .get_my_metadata(authed(get_mine(), "some-token"))
@@ -60,7 +64,7 @@ async fn zitadel_unreachable_is_unavailable() {
 
 #[tokio::test]
 async fn zitadel_5xx_is_unavailable() {
-    let mut app = spawn_app().await;
+    let mut app = TestApp::start().await;
     // Three 503s: the first try and both retries.
     app.standin.push_fault(Fault {
         path_prefix: "/oidc/v1/userinfo".into(),
@@ -84,7 +88,7 @@ async fn zitadel_5xx_is_unavailable() {
 
 #[tokio::test]
 async fn zitadel_429_is_resource_exhausted_with_retry_info() {
-    let mut app = spawn_app().await;
+    let mut app = TestApp::start().await;
     app.standin.push_fault(Fault {
         path_prefix: "/management/".into(),
         times: Some(1),
@@ -104,7 +108,7 @@ async fn zitadel_429_is_resource_exhausted_with_retry_info() {
 
 #[tokio::test]
 async fn dropped_connections_and_malformed_answers_are_unavailable() {
-    let mut app = spawn_app().await;
+    let mut app = TestApp::start().await;
     // Dropped on the first try and both retries.
     app.standin.push_fault(Fault {
         path_prefix: "/oidc/".into(),
@@ -133,21 +137,22 @@ async fn dropped_connections_and_malformed_answers_are_unavailable() {
 
 #[tokio::test]
 async fn a_slow_zitadel_hits_the_upstream_timeout() {
-    let app = spawn_app().await;
+    let app = TestApp::start().await;
     app.standin.push_fault(Fault {
         path_prefix: "".into(),
         times: None,
         kind: FaultKind::Latency(Duration::from_secs(3)),
     });
     let (addr, _stop) = app
-        .spawn_another(
-            Policy::default(),
-            Options {
-                timeout: Duration::from_millis(200),
-                ..Options::default()
-            },
-        )
-        .await;
+        .another()
+        .policy(Policy::default())
+        .options(Options {
+            timeout: Duration::from_millis(200),
+            ..Options::default()
+        })
+        .spawn()
+        .await
+        .into_pair();
     let started = std::time::Instant::now();
     let status = connect(addr)
         .await
@@ -163,7 +168,7 @@ async fn a_slow_zitadel_hits_the_upstream_timeout() {
 
 #[tokio::test]
 async fn a_rejected_service_credential_is_unavailable_and_reads_keep_working() {
-    let mut app = spawn_app().await;
+    let mut app = TestApp::start().await;
     app.standin.revoke_token(&app.service_pat);
     let status = app
         .client
@@ -182,17 +187,16 @@ async fn a_rejected_service_credential_is_unavailable_and_reads_keep_working() {
 
 #[tokio::test]
 async fn a_service_user_without_a_manager_role_is_permission_denied() {
-    let app = spawn_app().await;
+    let app = TestApp::start().await;
     let weak = app
         .standin
         .create_service_user(&app.org, "weak", ManagerRole::None);
     let weak_pat = app.standin.issue_pat(&weak);
-    let (addr, _stop) = spawn_usermeta(
-        &app.standin.url(),
-        &weak_pat,
-        Policy::new([app.admin.clone()], vec![]),
-    )
-    .await;
+    let (addr, _stop) = AppBuilder::with_pat(&app.standin.url(), &weak_pat)
+        .policy(Policy::new([app.admin.clone()], vec![]))
+        .spawn()
+        .await
+        .into_pair();
     let status = connect(addr)
         .await
         .set_metadata(authed(set_alice(&app), &app.admin_token))
@@ -212,7 +216,11 @@ async fn one_undecodable_value_does_not_fail_the_answer() {
         "urn:zitadel:iam:user:metadata": {"good": "MTIzNA", "bad": "%%%not base64%%%", "odd": 42}
     }))
     .await;
-    let (addr, _stop) = spawn_usermeta(&url, "pat", Policy::default()).await;
+    let (addr, _stop) = AppBuilder::with_pat(&url, "pat")
+        .policy(Policy::default())
+        .spawn()
+        .await
+        .into_pair();
     let answer = connect(addr)
         .await
         .get_my_metadata(authed(get_mine(), "t"))
@@ -233,7 +241,7 @@ async fn one_undecodable_value_does_not_fail_the_answer() {
 
 #[tokio::test]
 async fn auth_api_source_failures_map_like_the_rest() {
-    let mut app = spawn_app().await;
+    let mut app = TestApp::start().await;
     app.standin.push_fault(Fault {
         path_prefix: "/auth/".into(),
         times: Some(1),
@@ -256,7 +264,7 @@ async fn auth_api_source_failures_map_like_the_rest() {
 
 #[tokio::test]
 async fn listing_another_users_missing_organisation_is_reported() {
-    let mut app = spawn_app().await;
+    let mut app = TestApp::start().await;
     let request = ListMetadataRequest {
         user_id: app.bob.clone(),
         organization_id: "1".into(),
@@ -272,7 +280,7 @@ async fn listing_another_users_missing_organisation_is_reported() {
 
 #[tokio::test]
 async fn an_error_body_that_claims_code_0_is_a_bad_response_not_ok() {
-    let mut app = spawn_app().await;
+    let mut app = TestApp::start().await;
     app.standin.push_fault(Fault {
         path_prefix: "/management/".into(),
         times: None,
@@ -292,7 +300,7 @@ async fn an_error_body_that_claims_code_0_is_a_bad_response_not_ok() {
 
 #[tokio::test]
 async fn copied_error_ids_are_capped() {
-    let mut app = spawn_app().await;
+    let mut app = TestApp::start().await;
     let huge = "X".repeat(10_000);
     app.standin.push_fault(Fault {
         path_prefix: "/management/".into(),

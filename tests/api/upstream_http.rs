@@ -28,13 +28,14 @@ fn uncached(http2: Http2) -> Options {
 
 #[tokio::test]
 async fn calls_to_every_zitadel_endpoint_reuse_one_kept_alive_connection() {
-    let app = spawn_app().await;
+    let app = TestApp::start().await;
     let (addr, _stop) = app
-        .spawn_another(
-            Policy::new([app.admin.clone()], vec![SELF_WRITABLE.into()]),
-            uncached(Http2::Negotiate),
-        )
-        .await;
+        .another()
+        .policy(Policy::new([app.admin.clone()], vec![SELF_WRITABLE.into()]))
+        .options(uncached(Http2::Negotiate))
+        .spawn()
+        .await
+        .into_pair();
     let mut client = connect(addr).await;
     let before = app.standin.connections_accepted();
     for round in 0..10 {
@@ -86,10 +87,14 @@ async fn calls_to_every_zitadel_endpoint_reuse_one_kept_alive_connection() {
 
 #[tokio::test]
 async fn http2_always_multiplexes_concurrent_lookups_over_one_connection() {
-    let app = spawn_app().await;
+    let app = TestApp::start().await;
     let (addr, _stop) = app
-        .spawn_another(Policy::default(), uncached(Http2::Always))
-        .await;
+        .another()
+        .policy(Policy::default())
+        .options(uncached(Http2::Always))
+        .spawn()
+        .await
+        .into_pair();
     let client = connect(addr).await;
     // Slow userinfo down so that all the lookups are in flight at once.
     app.standin.push_fault(Fault {
@@ -150,13 +155,12 @@ async fn http1_only_upstream() -> String {
 #[tokio::test]
 async fn http2_always_fails_clearly_against_a_server_that_speaks_only_http1() {
     let url = http1_only_upstream().await;
-    let (addr, _stop) = spawn_usermeta_with(
-        &url,
-        "service-pat",
-        Policy::default(),
-        uncached(Http2::Always),
-    )
-    .await;
+    let (addr, _stop) = AppBuilder::with_pat(&url, "service-pat")
+        .policy(Policy::default())
+        .options(uncached(Http2::Always))
+        .spawn()
+        .await
+        .into_pair();
     let mut client = connect(addr).await;
     let status = client
         .get_my_metadata(authed(GetMyMetadataRequest::default(), "caller-token"))

@@ -14,7 +14,7 @@ fn long(chars: usize) -> String {
 
 #[tokio::test]
 async fn set_requests_are_checked_before_anything_is_sent() {
-    let mut app = spawn_app().await;
+    let mut app = TestApp::start().await;
     let cases: Vec<(SetMetadataRequest, Vec<&str>)> = vec![
         (SetMetadataRequest::default(), vec!["entries"]),
         (
@@ -105,7 +105,7 @@ async fn set_requests_are_checked_before_anything_is_sent() {
 
 #[tokio::test]
 async fn the_largest_values_and_keys_are_accepted() {
-    let mut app = spawn_app().await;
+    let mut app = TestApp::start().await;
     let alice = app.alice.clone();
     let key = "k".repeat(200);
     let request = SetMetadataRequest {
@@ -125,7 +125,7 @@ async fn the_largest_values_and_keys_are_accepted() {
 
 #[tokio::test]
 async fn delete_requests_are_checked_before_anything_is_sent() {
-    let mut app = spawn_app().await;
+    let mut app = TestApp::start().await;
     let keys = |ks: &[&str]| ks.iter().map(|k| k.to_string()).collect::<Vec<_>>();
     let cases: Vec<(DeleteMetadataRequest, Vec<&str>)> = vec![
         (DeleteMetadataRequest::default(), vec!["keys"]),
@@ -173,7 +173,7 @@ async fn delete_requests_are_checked_before_anything_is_sent() {
 
 #[tokio::test]
 async fn list_and_get_requests_are_checked_before_anything_is_sent() {
-    let mut app = spawn_app().await;
+    let mut app = TestApp::start().await;
     let list_cases: Vec<(ListMetadataRequest, Vec<&str>)> = vec![
         (
             ListMetadataRequest {
@@ -270,7 +270,7 @@ async fn list_and_get_requests_are_checked_before_anything_is_sent() {
 
 #[tokio::test]
 async fn missing_or_malformed_tokens_are_refused_before_anything_is_sent() {
-    let mut app = spawn_app().await;
+    let mut app = TestApp::start().await;
     let status = app
         .client
         .get_my_metadata(GetMyMetadataRequest::default())
