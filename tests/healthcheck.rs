@@ -3,15 +3,14 @@
 //! accepts connections but never answers.
 #![allow(clippy::unwrap_used)] // a panic is how a test reports a broken expectation
 
+#[path = "support/mod.rs"]
+mod support;
+use support::AppBuilder;
+
 use std::{net::SocketAddr, process::Output, time::Duration};
 
-use secrecy::SecretString;
 use tokio::{net::TcpListener, process::Command, sync::oneshot};
-use usermeta::{
-    policy::Policy,
-    server::{Application, Config},
-};
-use usermeta_zitadel::{ServiceCredential, ZitadelConfig};
+use usermeta::policy::Policy;
 use zitadel_standin::{ManagerRole, StandIn};
 
 /// A usermeta serving on 127.0.0.1:0; it stops when the sender drops.
@@ -19,30 +18,12 @@ async fn spawn_usermeta() -> (SocketAddr, StandIn, oneshot::Sender<()>) {
     let standin = StandIn::start().await.unwrap();
     let org = standin.create_org("Acme");
     let service_user = standin.create_service_user(&org, "usermeta", ManagerRole::IamOwner);
-    let config = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        zitadel: ZitadelConfig {
-            base_url: standin.url().parse().unwrap(),
-            timeout: Duration::from_secs(5),
-            service_credential: ServiceCredential::Pat(SecretString::from(
-                standin.issue_pat(&service_user),
-            )),
-            resilience: Default::default(),
-            http2: Default::default(),
-            project_id: None,
-        },
-        policy: Policy::new(Vec::<String>::new(), Vec::new()),
-        cache: Default::default(),
-        limits: Default::default(),
-        identity: Default::default(),
-        options: Default::default(),
-    };
-    let app = Application::build(config).await.unwrap();
-    let addr = app.local_addr();
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(app.run_until(async {
-        let _ = stopped.await;
-    }));
+    let pat = standin.issue_pat(&service_user);
+    let (addr, stop) = AppBuilder::with_pat(&standin.url(), &pat)
+        .policy(Policy::new(Vec::<String>::new(), Vec::new()))
+        .spawn()
+        .await
+        .into_pair();
     (addr, standin, stop)
 }
 

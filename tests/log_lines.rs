@@ -3,22 +3,22 @@
 //! can be read as another call's audit entry. Its own test binary: the log subscriber is global.
 #![allow(clippy::unwrap_used)] // a panic is how a test reports a broken expectation
 
+#[path = "support/mod.rs"]
+mod support;
+use support::{AppBuilder, Spawned};
+
 use std::{
     io::Write,
     sync::{Arc, Mutex},
 };
 
-use secrecy::SecretString;
-use tokio::sync::oneshot;
 use tonic::{Code, Request, transport::Channel};
 use usermeta::{
     api::pb::{self, SetMetadataRequest, user_metadata_service_client::UserMetadataServiceClient},
     policy::Policy,
-    server::{Application, Config},
     settings::LogFormat,
     telemetry,
 };
-use usermeta_zitadel::ServiceCredential;
 use zitadel_standin::{ManagerRole, StandIn};
 
 #[derive(Clone, Default)]
@@ -94,20 +94,12 @@ async fn no_request_field_can_write_a_line_that_passes_for_another() {
     let service_user = standin.create_service_user(&org, "usermeta", ManagerRole::IamOwner);
     let pat = standin.issue_pat(&service_user);
     let token = standin.issue_token(&alice, &["openid", "urn:zitadel:iam:user:metadata"]);
-    let app = Application::build(Config {
-        policy: Policy::new(Vec::<String>::new(), vec!["profile.".into()]),
-        ..Config::new(
-            standin.url().parse().unwrap(),
-            ServiceCredential::Pat(SecretString::from(pat)),
-        )
-    })
-    .await
-    .unwrap();
-    let addr = app.local_addr();
-    let (_stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(app.run_until(async {
-        let _ = stopped.await;
-    }));
+    let Spawned {
+        addr, stop: _stop, ..
+    } = AppBuilder::with_pat(&standin.url(), &pat)
+        .policy(Policy::new(Vec::<String>::new(), vec!["profile.".into()]))
+        .spawn()
+        .await;
     let channel = Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()

@@ -3,9 +3,12 @@
 //! that none of the tokens, PATs or secrets used appears. Its own test binary: the subscriber is global.
 #![allow(clippy::unwrap_used)] // a panic is how a test reports a broken expectation
 
+#[path = "support/mod.rs"]
+mod support;
+use support::{AppBuilder, Options};
+
 use std::{
     io::Write,
-    net::SocketAddr,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -20,9 +23,9 @@ use usermeta::{
     },
     caller::cache::CacheConfig,
     policy::Policy,
-    server::{Application, Config, Limits},
+    server::Limits,
 };
-use usermeta_zitadel::{Resilience, ServiceCredential, ZitadelConfig};
+use usermeta_zitadel::{Resilience, ServiceCredential};
 use zitadel_standin::{Fault, FaultKind, ManagerRole, StandIn};
 
 const SCOPES: &[&str] = &[
@@ -52,36 +55,26 @@ async fn serve(
     admin: &str,
     limits: Limits,
 ) -> (UserMetadataServiceClient<Channel>, oneshot::Sender<()>) {
-    let config = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        zitadel: ZitadelConfig {
-            base_url: standin.url().parse().unwrap(),
+    let (addr, stop) = AppBuilder::new(&standin.url(), credential)
+        .policy(Policy::new([admin.to_owned()], vec!["profile.".into()]))
+        .options(Options {
             timeout: Duration::from_secs(2),
-            service_credential: credential,
             resilience: Resilience {
                 backoff_base: Duration::from_millis(1),
                 breaker_failures: 3,
                 breaker_cooldown: Duration::from_millis(100),
                 ..Resilience::default()
             },
-            http2: Default::default(),
-            project_id: None,
-        },
-        policy: Policy::new([admin.to_owned()], vec!["profile.".into()]),
-        cache: CacheConfig {
-            ttl: Duration::ZERO,
-            ..CacheConfig::default()
-        },
-        limits,
-        identity: Default::default(),
-        options: Default::default(),
-    };
-    let app = Application::build(config).await.unwrap();
-    let addr: SocketAddr = app.local_addr();
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(app.run_until(async {
-        let _ = stopped.await;
-    }));
+            cache: CacheConfig {
+                ttl: Duration::ZERO,
+                ..CacheConfig::default()
+            },
+            limits,
+            ..Options::default()
+        })
+        .spawn()
+        .await
+        .into_pair();
     let channel = Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()

@@ -8,17 +8,16 @@ use crate::helpers::*;
 
 #[tokio::test]
 async fn reading_another_user_needs_an_admin() {
-    let mut app = TestApp::start().await;
+    let app = TestApp::start().await;
     let bob = app.bob.clone();
     let status = app
-        .client
-        .list_metadata(authed(
+        .list_metadata(
+            &app.alice_token,
             ListMetadataRequest {
                 user_id: bob,
                 ..Default::default()
             },
-            &app.alice_token,
-        ))
+        )
         .await
         .unwrap_err();
     assert_status(&status, Code::PermissionDenied, "POLICY_DENIED");
@@ -27,7 +26,7 @@ async fn reading_another_user_needs_an_admin() {
 
 #[tokio::test]
 async fn writing_or_deleting_another_user_needs_an_admin() {
-    let mut app = TestApp::start().await;
+    let app = TestApp::start().await;
     let bob = app.bob.clone();
     let other_org = app.other_org.clone();
     let set = SetMetadataRequest {
@@ -35,11 +34,7 @@ async fn writing_or_deleting_another_user_needs_an_admin() {
         organization_id: other_org.clone(),
         entries: vec![entry(&format!("{SELF_WRITABLE}x"), text("v"))],
     };
-    let status = app
-        .client
-        .set_metadata(authed(set, &app.alice_token))
-        .await
-        .unwrap_err();
+    let status = app.set_metadata(&app.alice_token, set).await.unwrap_err();
     assert_status(&status, Code::PermissionDenied, "POLICY_DENIED");
     let delete = DeleteMetadataRequest {
         user_id: bob.clone(),
@@ -48,8 +43,7 @@ async fn writing_or_deleting_another_user_needs_an_admin() {
         ..Default::default()
     };
     let status = app
-        .client
-        .delete_metadata(authed(delete, &app.alice_token))
+        .delete_metadata(&app.alice_token, delete)
         .await
         .unwrap_err();
     assert_status(&status, Code::PermissionDenied, "POLICY_DENIED");
@@ -59,7 +53,7 @@ async fn writing_or_deleting_another_user_needs_an_admin() {
 
 #[tokio::test]
 async fn self_writes_outside_the_writable_prefixes_are_denied_naming_the_key() {
-    let mut app = TestApp::start().await;
+    let app = TestApp::start().await;
     let set = SetMetadataRequest {
         entries: vec![
             entry(&format!("{SELF_WRITABLE}ok"), text("v")),
@@ -67,11 +61,7 @@ async fn self_writes_outside_the_writable_prefixes_are_denied_naming_the_key() {
         ],
         ..Default::default()
     };
-    let status = app
-        .client
-        .set_metadata(authed(set, &app.alice_token))
-        .await
-        .unwrap_err();
+    let status = app.set_metadata(&app.alice_token, set).await.unwrap_err();
     assert_status(&status, Code::PermissionDenied, "POLICY_DENIED");
     let info = tonic_types::StatusExt::get_details_error_info(&status).unwrap();
     assert_eq!(info.metadata["key"], "ContractNumber");
@@ -82,8 +72,7 @@ async fn self_writes_outside_the_writable_prefixes_are_denied_naming_the_key() {
         ..Default::default()
     };
     let status = app
-        .client
-        .delete_metadata(authed(delete, &app.alice_token))
+        .delete_metadata(&app.alice_token, delete)
         .await
         .unwrap_err();
     assert_status(&status, Code::PermissionDenied, "POLICY_DENIED");
@@ -98,65 +87,55 @@ async fn self_writes_outside_the_writable_prefixes_are_denied_naming_the_key() {
 
 #[tokio::test]
 async fn naming_yourself_does_not_widen_self_writes() {
-    let mut app = TestApp::start().await;
+    let app = TestApp::start().await;
     let alice = app.alice.clone();
     let set = SetMetadataRequest {
         user_id: alice,
         entries: vec![entry("ContractNumber", text("0"))],
         ..Default::default()
     };
-    let status = app
-        .client
-        .set_metadata(authed(set, &app.alice_token))
-        .await
-        .unwrap_err();
+    let status = app.set_metadata(&app.alice_token, set).await.unwrap_err();
     assert_status(&status, Code::PermissionDenied, "POLICY_DENIED");
     app.assert_no_management_request();
 }
 
 #[tokio::test]
 async fn admins_write_any_key_of_any_user() {
-    let mut app = TestApp::start().await;
+    let app = TestApp::start().await;
     let bob = app.bob.clone();
     let set = SetMetadataRequest {
         user_id: bob.clone(),
         organization_id: app.other_org.clone(),
         entries: vec![entry("ContractNumber", text("42"))],
     };
-    app.client
-        .set_metadata(authed(set, &app.admin_token))
-        .await
-        .unwrap();
+    app.set_metadata(&app.admin_token, set).await.unwrap();
     assert_eq!(app.standin.metadata_of(&bob)["ContractNumber"], b"42");
 }
 
 #[tokio::test]
 async fn tokens_never_cross_over() {
-    let mut app = TestApp::start().await;
+    let app = TestApp::start().await;
     let alice = app.alice.clone();
-    app.client
-        .set_metadata(authed(
-            SetMetadataRequest {
-                user_id: alice.clone(),
-                entries: vec![entry("k", text("v"))],
-                ..Default::default()
-            },
-            &app.admin_token,
-        ))
-        .await
-        .unwrap();
-    app.client
-        .list_metadata(authed(
-            ListMetadataRequest {
-                user_id: alice,
-                ..Default::default()
-            },
-            &app.admin_token,
-        ))
-        .await
-        .unwrap();
-    app.client
-        .list_metadata(authed(ListMetadataRequest::default(), &app.admin_token))
+    app.set_metadata(
+        &app.admin_token,
+        SetMetadataRequest {
+            user_id: alice.clone(),
+            entries: vec![entry("k", text("v"))],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    app.list_metadata(
+        &app.admin_token,
+        ListMetadataRequest {
+            user_id: alice,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    app.list_metadata(&app.admin_token, ListMetadataRequest::default())
         .await
         .unwrap();
     for request in app.standin.requests() {

@@ -65,14 +65,13 @@ async fn one_hundred_concurrent_first_requests_send_one_userinfo_call() {
 
 #[tokio::test]
 async fn repeated_lookups_come_from_memory_one_call_per_token() {
-    let mut app = TestApp::start().await;
+    let app = TestApp::start().await;
     let tokens: Vec<String> = (0..5)
         .map(|_| app.standin.issue_token(&app.alice, FULL_SCOPES))
         .collect();
     for _ in 0..10 {
         for token in &tokens {
-            app.client
-                .get_my_metadata(authed(GetMyMetadataRequest::default(), token))
+            app.get_my_metadata(token, GetMyMetadataRequest::default())
                 .await
                 .unwrap();
         }
@@ -261,7 +260,7 @@ async fn rejected_tokens_are_remembered_briefly() {
 
 #[tokio::test]
 async fn zitadel_outages_are_not_remembered() {
-    let mut app = TestApp::start().await;
+    let app = TestApp::start().await;
     app.standin.push_fault(Fault {
         path_prefix: "/oidc/".into(),
         times: Some(1),
@@ -269,13 +268,11 @@ async fn zitadel_outages_are_not_remembered() {
         kind: FaultKind::Status(500),
     });
     let status = app
-        .client
-        .get_my_metadata(authed(GetMyMetadataRequest::default(), &app.alice_token))
+        .get_my_metadata(&app.alice_token, GetMyMetadataRequest::default())
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
-    app.client
-        .get_my_metadata(authed(GetMyMetadataRequest::default(), &app.alice_token))
+    app.get_my_metadata(&app.alice_token, GetMyMetadataRequest::default())
         .await
         .unwrap();
     assert_eq!(userinfo_calls(&app), 2);
@@ -299,7 +296,7 @@ async fn contract_number(app: &TestApp, token: &str) -> Vec<(String, Option<Stri
 
 #[tokio::test]
 async fn writes_through_usermeta_invalidate_the_target_users_entries_at_once() {
-    let mut app = TestApp::start().await;
+    let app = TestApp::start().await;
     assert_eq!(
         contract_number(&app, &app.alice_token).await,
         [("ContractNumber".into(), Some("1234".into()))]
@@ -311,10 +308,7 @@ async fn writes_through_usermeta_invalidate_the_target_users_entries_at_once() {
         entries: vec![entry("ContractNumber", text("4321"))],
         ..Default::default()
     };
-    app.client
-        .set_metadata(authed(set, &app.admin_token))
-        .await
-        .unwrap();
+    app.set_metadata(&app.admin_token, set).await.unwrap();
     assert_eq!(
         contract_number(&app, &app.alice_token).await,
         [("ContractNumber".into(), Some("4321".into()))]
@@ -332,7 +326,7 @@ async fn writes_through_usermeta_invalidate_the_target_users_entries_at_once() {
 
 #[tokio::test]
 async fn deletes_through_usermeta_invalidate_the_target_users_entries_at_once() {
-    let mut app = TestApp::start().await;
+    let app = TestApp::start().await;
     assert_eq!(
         contract_number(&app, &app.alice_token).await,
         [("ContractNumber".into(), Some("1234".into()))]
@@ -343,10 +337,7 @@ async fn deletes_through_usermeta_invalidate_the_target_users_entries_at_once() 
         keys: vec!["ContractNumber".into()],
         ..Default::default()
     };
-    app.client
-        .delete_metadata(authed(delete, &app.admin_token))
-        .await
-        .unwrap();
+    app.delete_metadata(&app.admin_token, delete).await.unwrap();
     let calls_before = userinfo_calls(&app);
     assert_eq!(
         contract_number(&app, &app.alice_token).await,

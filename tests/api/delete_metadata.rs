@@ -14,14 +14,10 @@ fn delete(user_id: &str, keys: &[&str], allow_missing: bool) -> DeleteMetadataRe
 
 #[tokio::test]
 async fn deletes_one_key_through_the_single_key_endpoint() {
-    let mut app = TestApp::start().await;
+    let app = TestApp::start().await;
     let alice = app.alice.clone();
     let answer = app
-        .client
-        .delete_metadata(authed(
-            delete(&alice, &["ContractNumber"], false),
-            &app.admin_token,
-        ))
+        .delete_metadata(&app.admin_token, delete(&alice, &["ContractNumber"], false))
         .await
         .unwrap()
         .into_inner();
@@ -39,15 +35,14 @@ async fn deletes_one_key_through_the_single_key_endpoint() {
 
 #[tokio::test]
 async fn deletes_several_keys_in_one_bulk_call() {
-    let mut app = TestApp::start().await;
+    let app = TestApp::start().await;
     let alice = app.alice.clone();
-    app.client
-        .delete_metadata(authed(
-            delete(&alice, &["ContractNumber", "profile.language"], false),
-            &app.admin_token,
-        ))
-        .await
-        .unwrap();
+    app.delete_metadata(
+        &app.admin_token,
+        delete(&alice, &["ContractNumber", "profile.language"], false),
+    )
+    .await
+    .unwrap();
     assert!(app.standin.metadata_of(&alice).is_empty());
     let management = app.management_requests();
     assert_eq!(management.len(), 1);
@@ -56,22 +51,20 @@ async fn deletes_several_keys_in_one_bulk_call() {
 
 #[tokio::test]
 async fn a_missing_key_is_not_found_and_nothing_is_removed() {
-    let mut app = TestApp::start().await;
+    let app = TestApp::start().await;
     let alice = app.alice.clone();
     let status = app
-        .client
-        .delete_metadata(authed(delete(&alice, &["nope"], false), &app.admin_token))
+        .delete_metadata(&app.admin_token, delete(&alice, &["nope"], false))
         .await
         .unwrap_err();
     assert_status(&status, Code::NotFound, "METADATA_NOT_FOUND");
     assert!(status.message().contains("allow_missing"));
 
     let status = app
-        .client
-        .delete_metadata(authed(
-            delete(&alice, &["ContractNumber", "nope"], false),
+        .delete_metadata(
             &app.admin_token,
-        ))
+            delete(&alice, &["ContractNumber", "nope"], false),
+        )
         .await
         .unwrap_err();
     assert_status(&status, Code::NotFound, "METADATA_NOT_FOUND");
@@ -85,22 +78,20 @@ async fn a_missing_key_is_not_found_and_nothing_is_removed() {
 
 #[tokio::test]
 async fn allow_missing_removes_what_exists() {
-    let mut app = TestApp::start().await;
+    let app = TestApp::start().await;
     let alice = app.alice.clone();
     let single = app
-        .client
-        .delete_metadata(authed(delete(&alice, &["nope"], true), &app.admin_token))
+        .delete_metadata(&app.admin_token, delete(&alice, &["nope"], true))
         .await
         .unwrap()
         .into_inner();
     assert!(single.update_time.is_none(), "nothing was removed");
 
     let answer = app
-        .client
-        .delete_metadata(authed(
-            delete(&alice, &["ContractNumber", "nope", "gone"], true),
+        .delete_metadata(
             &app.admin_token,
-        ))
+            delete(&alice, &["ContractNumber", "nope", "gone"], true),
+        )
         .await
         .unwrap()
         .into_inner();
@@ -110,8 +101,7 @@ async fn allow_missing_removes_what_exists() {
     assert!(stored.contains_key("profile.language"), "untouched");
 
     let none_left = app
-        .client
-        .delete_metadata(authed(delete(&alice, &["x", "y"], true), &app.admin_token))
+        .delete_metadata(&app.admin_token, delete(&alice, &["x", "y"], true))
         .await
         .unwrap()
         .into_inner();
@@ -120,13 +110,9 @@ async fn allow_missing_removes_what_exists() {
 
 #[tokio::test]
 async fn users_delete_their_own_self_writable_keys() {
-    let mut app = TestApp::start().await;
+    let app = TestApp::start().await;
     let answer = app
-        .client
-        .delete_metadata(authed(
-            delete("", &["profile.language"], false),
-            &app.alice_token,
-        ))
+        .delete_metadata(&app.alice_token, delete("", &["profile.language"], false))
         .await;
     assert!(answer.is_ok(), "{answer:?}");
     assert!(

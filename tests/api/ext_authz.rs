@@ -799,32 +799,11 @@ async fn a_header_for_a_hidden_key_stops_start_up() {
         "hiding.toml",
     )
     .unwrap();
-    let config = usermeta::server::Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        zitadel: usermeta_zitadel::ZitadelConfig {
-            base_url: app.standin.url().parse().unwrap(),
-            timeout: std::time::Duration::from_secs(1),
-            service_credential: ServiceCredential::Pat(SecretString::from("p")),
-            resilience: Default::default(),
-            http2: Default::default(),
-            project_id: None,
-        },
-        policy: hiding,
-        cache: Default::default(),
-        limits: Default::default(),
-        identity: Default::default(),
-        options: Default::default(),
-    };
-    let options = usermeta::server::ServeOptions {
-        ext_authz: Some(usermeta::authz::ExtAuthz {
-            config: super::ext_authz::config(),
-            listen: "127.0.0.1:0".parse().unwrap(),
-            tls: None,
-        }),
-        ..Default::default()
-    };
-    let Err(error) =
-        usermeta::server::Application::build(usermeta::server::Config { options, ..config }).await
+    let Err(error) = AppBuilder::with_pat(&app.standin.url(), "p")
+        .policy(hiding)
+        .ext_authz(super::ext_authz::config())
+        .build()
+        .await
     else {
         panic!("started with a header for a hidden key");
     };

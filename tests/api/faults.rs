@@ -400,10 +400,7 @@ async fn dropped_connections_are_retried_for_reads_and_idempotent_writes() {
         organization_id: app.other_org.clone(),
         ..Default::default()
     };
-    let answer = app
-        .client
-        .list_metadata(authed(list, &app.admin_token))
-        .await;
+    let answer = app.list_metadata(&app.admin_token, list).await;
     assert!(answer.is_ok(), "{answer:?}");
     assert_eq!(app.management_requests().len(), 2);
 
@@ -416,7 +413,7 @@ async fn dropped_connections_are_retried_for_reads_and_idempotent_writes() {
         organization_id: app.other_org.clone(),
         entries: vec![entry("plan", text("gold"))],
     };
-    let answer = app.client.set_metadata(authed(set, &app.admin_token)).await;
+    let answer = app.set_metadata(&app.admin_token, set).await;
     assert!(answer.is_ok(), "{answer:?}");
     assert_eq!(app.management_requests().len(), 2);
     assert_eq!(app.standin.metadata_of(&app.bob)["plan"], b"gold");
@@ -656,17 +653,14 @@ async fn messages_over_the_size_limit_are_refused_before_any_upstream_call() {
     app.assert_no_upstream_request();
 
     // The default limit fits several maximal values (two here: the stand-in takes bodies up to 2 MB).
-    let mut app = app;
+    let app = app;
     let large = SetMetadataRequest {
         entries: (0..2)
             .map(|i| entry(&format!("profile.v{i}"), binary(&[i; 500_000])))
             .collect(),
         ..Default::default()
     };
-    let answer = app
-        .client
-        .set_metadata(authed(large, &app.alice_token))
-        .await;
+    let answer = app.set_metadata(&app.alice_token, large).await;
     assert!(answer.is_ok(), "{answer:?}");
 }
 

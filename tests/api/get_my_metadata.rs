@@ -12,13 +12,9 @@ fn get(keys: &[&str], source: MetadataSource) -> GetMyMetadataRequest {
 
 #[tokio::test]
 async fn userinfo_is_the_default_source_and_values_come_back_decoded() {
-    let mut app = TestApp::start().await;
+    let app = TestApp::start().await;
     let answer = app
-        .client
-        .get_my_metadata(authed(
-            get(&[], MetadataSource::Unspecified),
-            &app.alice_token,
-        ))
+        .get_my_metadata(&app.alice_token, get(&[], MetadataSource::Unspecified))
         .await
         .unwrap()
         .into_inner();
@@ -43,10 +39,9 @@ async fn userinfo_is_the_default_source_and_values_come_back_decoded() {
 
 #[tokio::test]
 async fn auth_api_source_gives_timestamps_and_the_user_from_userinfo() {
-    let mut app = TestApp::start().await;
+    let app = TestApp::start().await;
     let answer = app
-        .client
-        .get_my_metadata(authed(get(&[], MetadataSource::AuthApi), &app.alice_token))
+        .get_my_metadata(&app.alice_token, get(&[], MetadataSource::AuthApi))
         .await
         .unwrap()
         .into_inner();
@@ -75,14 +70,13 @@ async fn auth_api_source_gives_timestamps_and_the_user_from_userinfo() {
 
 #[tokio::test]
 async fn binary_values_survive_both_base64_flavours() {
-    let mut app = TestApp::start().await;
+    let app = TestApp::start().await;
     // 0xfb 0xff differs between the alphabets: "+/8=" standard, "-_8" URL-safe unpadded.
     let bytes = [0xfb, 0xff, 0x00, 0x80];
     app.standin.set_metadata(&app.alice, "blob", &bytes);
     for source in [MetadataSource::Userinfo, MetadataSource::AuthApi] {
         let answer = app
-            .client
-            .get_my_metadata(authed(get(&["blob"], source), &app.alice_token))
+            .get_my_metadata(&app.alice_token, get(&["blob"], source))
             .await
             .unwrap()
             .into_inner();
@@ -97,13 +91,12 @@ async fn binary_values_survive_both_base64_flavours() {
 
 #[tokio::test]
 async fn keys_filter_exactly_in_both_sources() {
-    let mut app = TestApp::start().await;
+    let app = TestApp::start().await;
     app.standin
         .set_metadata(&app.alice, "contractnumber", b"lower");
     for source in [MetadataSource::Userinfo, MetadataSource::AuthApi] {
         let one = app
-            .client
-            .get_my_metadata(authed(get(&["ContractNumber"], source), &app.alice_token))
+            .get_my_metadata(&app.alice_token, get(&["ContractNumber"], source))
             .await
             .unwrap()
             .into_inner();
@@ -114,11 +107,10 @@ async fn keys_filter_exactly_in_both_sources() {
         );
 
         let two = app
-            .client
-            .get_my_metadata(authed(
-                get(&["profile.language", "ContractNumber", "absent"], source),
+            .get_my_metadata(
                 &app.alice_token,
-            ))
+                get(&["profile.language", "ContractNumber", "absent"], source),
+            )
             .await
             .unwrap()
             .into_inner();
@@ -129,11 +121,10 @@ async fn keys_filter_exactly_in_both_sources() {
 
 #[tokio::test]
 async fn a_token_without_the_metadata_scope_sees_no_metadata_in_userinfo() {
-    let mut app = TestApp::start().await;
+    let app = TestApp::start().await;
     let token = app.standin.issue_token(&app.alice, &["openid"]);
     let answer = app
-        .client
-        .get_my_metadata(authed(get(&[], MetadataSource::Userinfo), &token))
+        .get_my_metadata(&token, get(&[], MetadataSource::Userinfo))
         .await
         .unwrap()
         .into_inner();
@@ -143,13 +134,12 @@ async fn a_token_without_the_metadata_scope_sees_no_metadata_in_userinfo() {
 
 #[tokio::test]
 async fn auth_api_without_the_zitadel_audience_scope_says_which_scope_is_missing() {
-    let mut app = TestApp::start().await;
+    let app = TestApp::start().await;
     let token = app
         .standin
         .issue_token(&app.alice, &["openid", "urn:zitadel:iam:user:metadata"]);
     let status = app
-        .client
-        .get_my_metadata(authed(get(&[], MetadataSource::AuthApi), &token))
+        .get_my_metadata(&token, get(&[], MetadataSource::AuthApi))
         .await
         .unwrap_err();
     assert_status(&status, Code::Unauthenticated, "TOKEN_REJECTED_BY_AUTH_API");
@@ -164,8 +154,7 @@ async fn auth_api_without_the_zitadel_audience_scope_says_which_scope_is_missing
     app.standin
         .set_audience_error_style(zitadel_standin::AudienceErrorStyle::InvalidAudience);
     let status = app
-        .client
-        .get_my_metadata(authed(get(&[], MetadataSource::AuthApi), &token))
+        .get_my_metadata(&token, get(&[], MetadataSource::AuthApi))
         .await
         .unwrap_err();
     assert_status(
@@ -184,13 +173,12 @@ async fn auth_api_without_the_zitadel_audience_scope_says_which_scope_is_missing
 
 #[tokio::test]
 async fn a_token_without_openid_names_no_user_and_is_refused() {
-    let mut app = TestApp::start().await;
+    let app = TestApp::start().await;
     let token = app
         .standin
         .issue_token(&app.alice, &["urn:zitadel:iam:user:metadata"]);
     let status = app
-        .client
-        .get_my_metadata(authed(get(&[], MetadataSource::Userinfo), &token))
+        .get_my_metadata(&token, get(&[], MetadataSource::Userinfo))
         .await
         .unwrap_err();
     assert_status(&status, Code::Unauthenticated, "TOKEN_WITHOUT_SUBJECT");

@@ -12,7 +12,7 @@ use std::{
 use axum::{Json, Router, routing::get};
 
 use tokio::sync::oneshot;
-use tonic::{Code, Request, Status, transport::Channel};
+use tonic::{Code, Request, Response, Status, transport::Channel};
 use tonic_types::StatusExt;
 use usermeta::{
     api::pb::{self, user_metadata_service_client::UserMetadataServiceClient},
@@ -21,7 +21,7 @@ use usermeta::{
 };
 use zitadel_standin::{ManagerRole, RecordedRequest, StandIn};
 
-pub use crate::support::{AppBuilder, Options};
+pub use crate::support::{AppBuilder, Options, Spawned};
 
 /// Scopes a typical caller token has: identity, metadata, organisation, and the ZITADEL audience.
 pub const FULL_SCOPES: &[&str] = &[
@@ -55,6 +55,7 @@ pub struct TestApp {
     _stop: oneshot::Sender<()>,
 }
 
+/// One method per RPC, each with the caller's bearer token.
 impl TestApp {
     /// The usual app: [`TestApp::builder`] with nothing changed.
     pub async fn start() -> TestApp {
@@ -66,6 +67,50 @@ impl TestApp {
     /// anything, everyone may write their own `profile.` keys.
     pub fn builder() -> TestAppBuilder {
         TestAppBuilder { ext_authz: None }
+    }
+
+    pub async fn get_my_metadata(
+        &self,
+        token: &str,
+        request: pb::GetMyMetadataRequest,
+    ) -> Result<Response<pb::GetMyMetadataResponse>, Status> {
+        self.client
+            .clone()
+            .get_my_metadata(authed(request, token))
+            .await
+    }
+
+    pub async fn list_metadata(
+        &self,
+        token: &str,
+        request: pb::ListMetadataRequest,
+    ) -> Result<Response<pb::ListMetadataResponse>, Status> {
+        self.client
+            .clone()
+            .list_metadata(authed(request, token))
+            .await
+    }
+
+    pub async fn set_metadata(
+        &self,
+        token: &str,
+        request: pb::SetMetadataRequest,
+    ) -> Result<Response<pb::SetMetadataResponse>, Status> {
+        self.client
+            .clone()
+            .set_metadata(authed(request, token))
+            .await
+    }
+
+    pub async fn delete_metadata(
+        &self,
+        token: &str,
+        request: pb::DeleteMetadataRequest,
+    ) -> Result<Response<pb::DeleteMetadataResponse>, Status> {
+        self.client
+            .clone()
+            .delete_metadata(authed(request, token))
+            .await
     }
 
     /// Another usermeta in front of this app's stand-in and service user (the default policy until told

@@ -548,43 +548,29 @@ async fn serve_observed(
     std::net::SocketAddr,
     tokio::sync::oneshot::Sender<()>,
 ) {
-    let config = usermeta::server::Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        zitadel: usermeta_zitadel::ZitadelConfig {
-            base_url: world.standin.url().parse().unwrap(),
-            timeout: Duration::from_secs(5),
-            service_credential: usermeta_zitadel::ServiceCredential::Pat(world.pat.clone().into()),
+    let spawned = AppBuilder::with_pat(&world.standin.url(), &world.pat)
+        .options(Options {
             resilience: usermeta_zitadel::Resilience {
                 max_attempts: 1,
                 breaker_failures,
                 breaker_cooldown: Duration::from_secs(60),
                 ..Default::default()
             },
-            http2: Default::default(),
-            project_id: Some(world.project.clone()),
-        },
-        policy: Policy::default(),
-        cache: Default::default(),
-        limits: Default::default(),
-        identity: IdentityConfig {
+            ..Options::default()
+        })
+        .project_id(&world.project)
+        .identity(IdentityConfig {
             introspection: Some(world.secret_auth()),
             jwt: Some(world.jwt(Duration::from_secs(30))),
-        },
-        options: Default::default(),
-    };
-    let options = usermeta::server::ServeOptions {
-        metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
-        ..Default::default()
-    };
-    let app = usermeta::server::Application::build(usermeta::server::Config { options, ..config })
-        .await
-        .unwrap();
-    let (addr, metrics) = (app.local_addr(), app.metrics_addr().unwrap());
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(app.run_until(async {
-        let _ = stopped.await;
-    }));
-    (connect(addr).await, metrics, stop)
+        })
+        .serve_options(usermeta::server::ServeOptions {
+            metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+            ..Default::default()
+        })
+        .spawn()
+        .await;
+    let metrics = spawned.metrics_addr.unwrap();
+    (connect(spawned.addr).await, metrics, spawned.stop)
 }
 
 fn traced(token: &str, trace_id: &str) -> tonic::Request<GetMyMetadataRequest> {

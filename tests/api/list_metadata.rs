@@ -14,10 +14,9 @@ fn list(user_id: &str, page_size: i32, page_token: &str) -> ListMetadataRequest 
 
 #[tokio::test]
 async fn own_listing_uses_the_auth_api_with_the_callers_token() {
-    let mut app = TestApp::start().await;
+    let app = TestApp::start().await;
     let answer = app
-        .client
-        .list_metadata(authed(list("", 0, ""), &app.alice_token))
+        .list_metadata(&app.alice_token, list("", 0, ""))
         .await
         .unwrap()
         .into_inner();
@@ -38,11 +37,10 @@ async fn own_listing_uses_the_auth_api_with_the_callers_token() {
 
 #[tokio::test]
 async fn naming_yourself_is_still_your_own_listing() {
-    let mut app = TestApp::start().await;
+    let app = TestApp::start().await;
     let alice = app.alice.clone();
     let answer = app
-        .client
-        .list_metadata(authed(list(&alice, 0, ""), &app.alice_token))
+        .list_metadata(&app.alice_token, list(&alice, 0, ""))
         .await
         .unwrap()
         .into_inner();
@@ -52,11 +50,10 @@ async fn naming_yourself_is_still_your_own_listing() {
 
 #[tokio::test]
 async fn admins_list_other_users_through_the_management_api() {
-    let mut app = TestApp::start().await;
+    let app = TestApp::start().await;
     let alice = app.alice.clone();
     let answer = app
-        .client
-        .list_metadata(authed(list(&alice, 0, ""), &app.admin_token))
+        .list_metadata(&app.admin_token, list(&alice, 0, ""))
         .await
         .unwrap()
         .into_inner();
@@ -77,7 +74,7 @@ async fn admins_list_other_users_through_the_management_api() {
 
 #[tokio::test]
 async fn pages_through_everything_with_opaque_tokens() {
-    let mut app = TestApp::start().await;
+    let app = TestApp::start().await;
     for i in 0..5 {
         app.standin
             .set_metadata(&app.bob, &format!("k{i}"), format!("v{i}").as_bytes());
@@ -96,8 +93,7 @@ async fn pages_through_everything_with_opaque_tokens() {
             ..Default::default()
         };
         let answer = app
-            .client
-            .list_metadata(authed(request, &app.admin_token))
+            .list_metadata(&app.admin_token, request)
             .await
             .unwrap()
             .into_inner();
@@ -130,14 +126,13 @@ async fn pages_through_everything_with_opaque_tokens() {
 
 #[tokio::test]
 async fn a_page_token_cannot_be_replayed_against_another_user() {
-    let mut app = TestApp::start().await;
+    let app = TestApp::start().await;
     for i in 0..3 {
         app.standin.set_metadata(&app.alice, &format!("k{i}"), b"v");
     }
     let alice = app.alice.clone();
     let first = app
-        .client
-        .list_metadata(authed(list(&alice, 1, ""), &app.admin_token))
+        .list_metadata(&app.admin_token, list(&alice, 1, ""))
         .await
         .unwrap()
         .into_inner();
@@ -145,11 +140,7 @@ async fn a_page_token_cannot_be_replayed_against_another_user() {
     app.standin.clear_requests();
     let bob = app.bob.clone();
     let status = app
-        .client
-        .list_metadata(authed(
-            list(&bob, 1, &first.next_page_token),
-            &app.admin_token,
-        ))
+        .list_metadata(&app.admin_token, list(&bob, 1, &first.next_page_token))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
@@ -159,7 +150,7 @@ async fn a_page_token_cannot_be_replayed_against_another_user() {
 
 #[tokio::test]
 async fn key_filters_map_onto_zitadel_text_queries() {
-    let mut app = TestApp::start().await;
+    let app = TestApp::start().await;
     app.standin
         .set_metadata(&app.alice, "billing.plan", b"gold");
     app.standin.set_metadata(&app.alice, "Billing.Seats", b"3");
@@ -205,8 +196,7 @@ async fn key_filters_map_onto_zitadel_text_queries() {
             ..Default::default()
         };
         let answer = app
-            .client
-            .list_metadata(authed(request, &app.alice_token))
+            .list_metadata(&app.alice_token, request)
             .await
             .unwrap()
             .into_inner();
@@ -222,12 +212,11 @@ async fn key_filters_map_onto_zitadel_text_queries() {
 
 #[tokio::test]
 async fn organisation_scoping_follows_zitadel() {
-    let mut app = TestApp::start().await;
+    let app = TestApp::start().await;
     let bob = app.bob.clone();
     // Without organization_id ZITADEL looks in the service user's organisation, where bob is not.
     let unscoped = app
-        .client
-        .list_metadata(authed(list(&bob, 0, ""), &app.admin_token))
+        .list_metadata(&app.admin_token, list(&bob, 0, ""))
         .await
         .unwrap()
         .into_inner();
@@ -240,8 +229,7 @@ async fn organisation_scoping_follows_zitadel() {
         ..Default::default()
     };
     let scoped = app
-        .client
-        .list_metadata(authed(request, &app.admin_token))
+        .list_metadata(&app.admin_token, request)
         .await
         .unwrap()
         .into_inner();
@@ -258,8 +246,7 @@ async fn organisation_scoping_follows_zitadel() {
         ..Default::default()
     };
     let status = app
-        .client
-        .list_metadata(authed(request, &app.admin_token))
+        .list_metadata(&app.admin_token, request)
         .await
         .unwrap_err();
     assert_status(&status, Code::PermissionDenied, "ORGANIZATION_NOT_FOUND");

@@ -4,72 +4,29 @@
 use std::{net::SocketAddr, time::Duration};
 
 use secrecy::SecretString;
-use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::{Code, transport::Channel};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use usermeta::{
     api::pb::{GetMyMetadataRequest, SetMetadataRequest},
     policy::Policy,
-    server::{Application, Config, ServeOptions},
+    server::ServeOptions,
 };
-use usermeta_zitadel::{ServiceCredential, ZitadelConfig};
+use usermeta_zitadel::ServiceCredential;
 use zitadel_standin::{Fault, FaultKind, ManagerRole};
 
 use crate::{helpers::*, logs};
 
-/// A usermeta built with `options` against `app`'s stand-in, with the same policy as [`spawn_app`].
-pub struct Observed {
-    pub addr: SocketAddr,
-    pub metrics_addr: Option<SocketAddr>,
-    pub stop: oneshot::Sender<()>,
-    pub stopped: JoinHandle<()>,
-}
-
-pub async fn spawn_observed(app: &TestApp, options: ServeOptions) -> Observed {
+/// A usermeta serving with `options` against `app`'s stand-in, with the same policy as the app's.
+pub async fn spawn_observed(app: &TestApp, options: ServeOptions) -> Spawned {
     spawn_observed_at(app, &app.standin.url(), options).await
 }
 
-pub async fn spawn_observed_at(
-    app: &TestApp,
-    zitadel_url: &str,
-    options: ServeOptions,
-) -> Observed {
-    let config = Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        zitadel: ZitadelConfig {
-            base_url: zitadel_url.parse().unwrap(),
-            timeout: Duration::from_secs(5),
-            service_credential: ServiceCredential::Pat(SecretString::from(app.service_pat.clone())),
-            resilience: Default::default(),
-            http2: Default::default(),
-            project_id: None,
-        },
-        policy: Policy::new([app.admin.clone()], vec![SELF_WRITABLE.into()]),
-        cache: Default::default(),
-        limits: Default::default(),
-        identity: Default::default(),
-        options: Default::default(),
-    };
-    let built = Application::build(usermeta::server::Config { options, ..config })
+pub async fn spawn_observed_at(app: &TestApp, zitadel_url: &str, options: ServeOptions) -> Spawned {
+    AppBuilder::with_pat(zitadel_url, &app.service_pat)
+        .policy(Policy::new([app.admin.clone()], vec![SELF_WRITABLE.into()]))
+        .serve_options(options)
+        .spawn()
         .await
-        .expect("usermeta builds");
-    let addr = built.local_addr();
-    let metrics_addr = built.metrics_addr();
-    let (stop, on_stop) = oneshot::channel::<()>();
-    let stopped = tokio::spawn(async move {
-        built
-            .run_until(async {
-                let _ = on_stop.await;
-            })
-            .await
-            .unwrap();
-    });
-    Observed {
-        addr,
-        metrics_addr,
-        stop,
-        stopped,
-    }
 }
 
 async fn scrape(addr: SocketAddr) -> String {

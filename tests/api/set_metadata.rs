@@ -17,14 +17,13 @@ fn set(
 
 #[tokio::test]
 async fn one_entry_uses_the_single_key_endpoint_with_padded_base64() {
-    let mut app = TestApp::start().await;
+    let app = TestApp::start().await;
     let alice = app.alice.clone();
     let answer = app
-        .client
-        .set_metadata(authed(
-            set(&alice, "", vec![entry("ContractNumber", text("99"))]),
+        .set_metadata(
             &app.admin_token,
-        ))
+            set(&alice, "", vec![entry("ContractNumber", text("99"))]),
+        )
         .await
         .unwrap()
         .into_inner();
@@ -48,11 +47,10 @@ async fn one_entry_uses_the_single_key_endpoint_with_padded_base64() {
 
 #[tokio::test]
 async fn several_entries_go_in_one_bulk_call() {
-    let mut app = TestApp::start().await;
+    let app = TestApp::start().await;
     let alice = app.alice.clone();
     let entries = vec![entry("a", text("1")), entry("b", binary(&[0xfb, 0xff]))];
-    app.client
-        .set_metadata(authed(set(&alice, "", entries), &app.admin_token))
+    app.set_metadata(&app.admin_token, set(&alice, "", entries))
         .await
         .unwrap();
     let stored = app.standin.metadata_of(&alice);
@@ -67,16 +65,15 @@ async fn several_entries_go_in_one_bulk_call() {
 
 #[tokio::test]
 async fn keys_that_cannot_travel_in_a_path_go_in_a_body() {
-    let mut app = TestApp::start().await;
+    let app = TestApp::start().await;
     let alice = app.alice.clone();
     for key in ["_search", "a/b", "with space", "ümlaut"] {
-        app.client
-            .set_metadata(authed(
-                set(&alice, "", vec![entry(key, text("x"))]),
-                &app.admin_token,
-            ))
-            .await
-            .unwrap();
+        app.set_metadata(
+            &app.admin_token,
+            set(&alice, "", vec![entry(key, text("x"))]),
+        )
+        .await
+        .unwrap();
         assert_eq!(app.standin.metadata_of(&alice)[key], b"x", "{key}");
     }
     assert!(
@@ -88,13 +85,9 @@ async fn keys_that_cannot_travel_in_a_path_go_in_a_body() {
 
 #[tokio::test]
 async fn users_write_their_own_self_writable_keys_without_naming_themselves() {
-    let mut app = TestApp::start().await;
+    let app = TestApp::start().await;
     let key = format!("{SELF_WRITABLE}language");
-    app.client
-        .set_metadata(authed(
-            set("", "", vec![entry(&key, text("de"))]),
-            &app.alice_token,
-        ))
+    app.set_metadata(&app.alice_token, set("", "", vec![entry(&key, text("de"))]))
         .await
         .unwrap();
     assert_eq!(app.standin.metadata_of(&app.alice)[&key], b"de");
@@ -115,14 +108,10 @@ async fn users_write_their_own_self_writable_keys_without_naming_themselves() {
 
 #[tokio::test]
 async fn users_in_another_organisation_need_organization_id() {
-    let mut app = TestApp::start().await;
+    let app = TestApp::start().await;
     let bob = app.bob.clone();
     let status = app
-        .client
-        .set_metadata(authed(
-            set(&bob, "", vec![entry("k", text("v"))]),
-            &app.admin_token,
-        ))
+        .set_metadata(&app.admin_token, set(&bob, "", vec![entry("k", text("v"))]))
         .await
         .unwrap_err();
     assert_status(
@@ -138,36 +127,33 @@ async fn users_in_another_organisation_need_organization_id() {
     assert!(!app.standin.metadata_of(&bob).contains_key("k"));
 
     let other_org = app.other_org.clone();
-    app.client
-        .set_metadata(authed(
-            set(&bob, &other_org, vec![entry("k", text("v"))]),
-            &app.admin_token,
-        ))
-        .await
-        .unwrap();
+    app.set_metadata(
+        &app.admin_token,
+        set(&bob, &other_org, vec![entry("k", text("v"))]),
+    )
+    .await
+    .unwrap();
     assert_eq!(app.standin.metadata_of(&bob)["k"], b"v");
 }
 
 #[tokio::test]
 async fn writes_are_visible_to_the_next_read() {
-    let mut app = TestApp::start().await;
+    let app = TestApp::start().await;
     let key = format!("{SELF_WRITABLE}theme");
-    app.client
-        .set_metadata(authed(
-            set("", "", vec![entry(&key, text("dark"))]),
-            &app.alice_token,
-        ))
-        .await
-        .unwrap();
+    app.set_metadata(
+        &app.alice_token,
+        set("", "", vec![entry(&key, text("dark"))]),
+    )
+    .await
+    .unwrap();
     let answer = app
-        .client
-        .get_my_metadata(authed(
+        .get_my_metadata(
+            &app.alice_token,
             usermeta::api::pb::GetMyMetadataRequest {
                 keys: vec![key.clone()],
                 source: 0,
             },
-            &app.alice_token,
-        ))
+        )
         .await
         .unwrap()
         .into_inner();

@@ -204,35 +204,17 @@ async fn unusable_tls_files_fail_start_up_naming_the_setting() {
         key_file: write(&dir, "key.pem", "hello"),
         client_ca_file: None,
     };
-    let config = usermeta::server::Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        zitadel: usermeta_zitadel::ZitadelConfig {
-            base_url: app.standin.url().parse().unwrap(),
-            timeout: std::time::Duration::from_secs(1),
-            service_credential: usermeta_zitadel::ServiceCredential::Pat(
-                secrecy::SecretString::from(app.service_pat.clone()),
-            ),
-            resilience: Default::default(),
-            http2: Default::default(),
-            project_id: None,
-        },
-        policy: usermeta::policy::Policy::new(Vec::<String>::new(), vec![]),
-        cache: Default::default(),
-        limits: Default::default(),
-        identity: Default::default(),
-        options: Default::default(),
-    };
-    let error = usermeta::server::Application::build(usermeta::server::Config {
-        options: ServeOptions {
+    let error = app
+        .another()
+        .serve_options(ServeOptions {
             tls: Some(files),
             ..ServeOptions::default()
-        },
-        ..config
-    })
-    .await
-    .err()
-    .expect("start-up fails")
-    .to_string();
+        })
+        .build()
+        .await
+        .err()
+        .expect("start-up fails")
+        .to_string();
     assert!(error.contains("USERMETA_TLS_CERT_FILE"), "{error}");
     assert!(error.contains("not-a-cert.pem"), "{error}");
 }
@@ -377,43 +359,22 @@ async fn introspection_trusts_a_privately_signed_zitadel_with_its_ca_file() {
     let url = tls_front(&zitadel_ca, backend).await;
     let dir = temp_dir("zitadel-ca-introspection");
     let ca_file = write(&dir, "zitadel-ca.pem", &zitadel_ca.pem);
-    let config = usermeta::server::Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        zitadel: usermeta_zitadel::ZitadelConfig {
-            base_url: url.parse().unwrap(),
-            timeout: std::time::Duration::from_secs(5),
-            service_credential: usermeta_zitadel::ServiceCredential::Pat(
-                secrecy::SecretString::from(app.service_pat.clone()),
-            ),
-            resilience: Default::default(),
-            http2: Default::default(),
-            project_id: None,
-        },
-        policy: usermeta::policy::Policy::default(),
-        cache: Default::default(),
-        limits: Default::default(),
-        identity: IdentityConfig {
+    let Spawned {
+        addr, stop: _stop, ..
+    } = AppBuilder::with_pat(&url, &app.service_pat)
+        .identity(IdentityConfig {
             introspection: Some(IntrospectionAuth::ClientSecret {
                 client_id,
                 secret: secret.into(),
             }),
             jwt: None,
-        },
-        options: Default::default(),
-    };
-    let options = ServeOptions {
-        zitadel_roots: usermeta::tls::zitadel_roots(&ca_file).unwrap(),
-        ..ServeOptions::default()
-    };
-    let built =
-        usermeta::server::Application::build(usermeta::server::Config { options, ..config })
-            .await
-            .unwrap();
-    let addr = built.local_addr();
-    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(built.run_until(async {
-        let _ = stopped.await;
-    }));
+        })
+        .serve_options(ServeOptions {
+            zitadel_roots: usermeta::tls::zitadel_roots(&ca_file).unwrap(),
+            ..ServeOptions::default()
+        })
+        .spawn()
+        .await;
 
     let audience = format!("urn:zitadel:iam:org:project:id:{project}:aud");
     let mut scopes = FULL_SCOPES.to_vec();

@@ -26,18 +26,16 @@ fn set_alice(app: &TestApp) -> SetMetadataRequest {
 
 #[tokio::test]
 async fn a_token_zitadel_rejects_is_unauthenticated() {
-    let mut app = TestApp::start().await;
+    let app = TestApp::start().await;
     app.standin.revoke_token(&app.alice_token);
     let status = app
-        .client
-        .get_my_metadata(authed(get_mine(), &app.alice_token))
+        .get_my_metadata(&app.alice_token, get_mine())
         .await
         .unwrap_err();
     assert_status(&status, Code::Unauthenticated, "TOKEN_REJECTED");
     assert!(!status.message().contains(&app.alice_token));
     let status = app
-        .client
-        .get_my_metadata(authed(get_mine(), "made-up-token"))
+        .get_my_metadata("made-up-token", get_mine())
         .await
         .unwrap_err();
     assert_status(&status, Code::Unauthenticated, "TOKEN_REJECTED");
@@ -64,7 +62,7 @@ async fn zitadel_unreachable_is_unavailable() {
 
 #[tokio::test]
 async fn zitadel_5xx_is_unavailable() {
-    let mut app = TestApp::start().await;
+    let app = TestApp::start().await;
     // Three 503s: the first try and both retries.
     app.standin.push_fault(Fault {
         path_prefix: "/oidc/v1/userinfo".into(),
@@ -72,15 +70,13 @@ async fn zitadel_5xx_is_unavailable() {
         kind: FaultKind::Status(503),
     });
     let status = app
-        .client
-        .get_my_metadata(authed(get_mine(), &app.alice_token))
+        .get_my_metadata(&app.alice_token, get_mine())
         .await
         .unwrap_err();
     assert_status(&status, Code::Unavailable, "ZITADEL_UNAVAILABLE");
     // The fault is spent: the next call works without restarting anything.
     assert!(
-        app.client
-            .get_my_metadata(authed(get_mine(), &app.alice_token))
+        app.get_my_metadata(&app.alice_token, get_mine())
             .await
             .is_ok()
     );
@@ -88,7 +84,7 @@ async fn zitadel_5xx_is_unavailable() {
 
 #[tokio::test]
 async fn zitadel_429_is_resource_exhausted_with_retry_info() {
-    let mut app = TestApp::start().await;
+    let app = TestApp::start().await;
     app.standin.push_fault(Fault {
         path_prefix: "/management/".into(),
         times: Some(1),
@@ -97,8 +93,7 @@ async fn zitadel_429_is_resource_exhausted_with_retry_info() {
         },
     });
     let status = app
-        .client
-        .set_metadata(authed(set_alice(&app), &app.admin_token))
+        .set_metadata(&app.admin_token, set_alice(&app))
         .await
         .unwrap_err();
     assert_status(&status, Code::ResourceExhausted, "ZITADEL_RATE_LIMITED");
@@ -108,7 +103,7 @@ async fn zitadel_429_is_resource_exhausted_with_retry_info() {
 
 #[tokio::test]
 async fn dropped_connections_and_malformed_answers_are_unavailable() {
-    let mut app = TestApp::start().await;
+    let app = TestApp::start().await;
     // Dropped on the first try and both retries.
     app.standin.push_fault(Fault {
         path_prefix: "/oidc/".into(),
@@ -116,8 +111,7 @@ async fn dropped_connections_and_malformed_answers_are_unavailable() {
         kind: FaultKind::DropConnection,
     });
     let status = app
-        .client
-        .get_my_metadata(authed(get_mine(), &app.alice_token))
+        .get_my_metadata(&app.alice_token, get_mine())
         .await
         .unwrap_err();
     assert_status(&status, Code::Unavailable, "ZITADEL_UNREACHABLE");
@@ -128,8 +122,7 @@ async fn dropped_connections_and_malformed_answers_are_unavailable() {
         kind: FaultKind::MalformedJson,
     });
     let status = app
-        .client
-        .get_my_metadata(authed(get_mine(), &app.alice_token))
+        .get_my_metadata(&app.alice_token, get_mine())
         .await
         .unwrap_err();
     assert_status(&status, Code::Unavailable, "ZITADEL_BAD_RESPONSE");
@@ -168,20 +161,16 @@ async fn a_slow_zitadel_hits_the_upstream_timeout() {
 
 #[tokio::test]
 async fn a_rejected_service_credential_is_unavailable_and_reads_keep_working() {
-    let mut app = TestApp::start().await;
+    let app = TestApp::start().await;
     app.standin.revoke_token(&app.service_pat);
     let status = app
-        .client
-        .set_metadata(authed(set_alice(&app), &app.admin_token))
+        .set_metadata(&app.admin_token, set_alice(&app))
         .await
         .unwrap_err();
     assert_status(&status, Code::Unavailable, "SERVICE_CREDENTIAL_REJECTED");
     assert!(!status.message().contains(&app.service_pat));
     // Reading your own metadata needs no service credential.
-    let mine = app
-        .client
-        .get_my_metadata(authed(get_mine(), &app.alice_token))
-        .await;
+    let mine = app.get_my_metadata(&app.alice_token, get_mine()).await;
     assert!(mine.is_ok(), "{mine:?}");
 }
 
@@ -241,7 +230,7 @@ async fn one_undecodable_value_does_not_fail_the_answer() {
 
 #[tokio::test]
 async fn auth_api_source_failures_map_like_the_rest() {
-    let mut app = TestApp::start().await;
+    let app = TestApp::start().await;
     app.standin.push_fault(Fault {
         path_prefix: "/auth/".into(),
         times: Some(1),
@@ -252,8 +241,7 @@ async fn auth_api_source_failures_map_like_the_rest() {
         ..Default::default()
     };
     let status = app
-        .client
-        .get_my_metadata(authed(request, &app.alice_token))
+        .get_my_metadata(&app.alice_token, request)
         .await
         .unwrap_err();
     assert_status(&status, Code::Unavailable, "ZITADEL_UNAVAILABLE");
@@ -264,15 +252,14 @@ async fn auth_api_source_failures_map_like_the_rest() {
 
 #[tokio::test]
 async fn listing_another_users_missing_organisation_is_reported() {
-    let mut app = TestApp::start().await;
+    let app = TestApp::start().await;
     let request = ListMetadataRequest {
         user_id: app.bob.clone(),
         organization_id: "1".into(),
         ..Default::default()
     };
     let status = app
-        .client
-        .list_metadata(authed(request, &app.admin_token))
+        .list_metadata(&app.admin_token, request)
         .await
         .unwrap_err();
     assert_status(&status, Code::PermissionDenied, "ORGANIZATION_NOT_FOUND");
@@ -280,7 +267,7 @@ async fn listing_another_users_missing_organisation_is_reported() {
 
 #[tokio::test]
 async fn an_error_body_that_claims_code_0_is_a_bad_response_not_ok() {
-    let mut app = TestApp::start().await;
+    let app = TestApp::start().await;
     app.standin.push_fault(Fault {
         path_prefix: "/management/".into(),
         times: None,
@@ -290,8 +277,7 @@ async fn an_error_body_that_claims_code_0_is_a_bad_response_not_ok() {
         },
     });
     let status = app
-        .client
-        .set_metadata(authed(set_alice(&app), &app.admin_token))
+        .set_metadata(&app.admin_token, set_alice(&app))
         .await
         .unwrap_err();
     assert_status(&status, Code::Unavailable, "ZITADEL_BAD_RESPONSE");
@@ -300,7 +286,7 @@ async fn an_error_body_that_claims_code_0_is_a_bad_response_not_ok() {
 
 #[tokio::test]
 async fn copied_error_ids_are_capped() {
-    let mut app = TestApp::start().await;
+    let app = TestApp::start().await;
     let huge = "X".repeat(10_000);
     app.standin.push_fault(Fault {
         path_prefix: "/management/".into(),
@@ -311,8 +297,7 @@ async fn copied_error_ids_are_capped() {
         },
     });
     let status = app
-        .client
-        .set_metadata(authed(set_alice(&app), &app.admin_token))
+        .set_metadata(&app.admin_token, set_alice(&app))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");

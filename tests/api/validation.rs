@@ -14,7 +14,7 @@ fn long(chars: usize) -> String {
 
 #[tokio::test]
 async fn set_requests_are_checked_before_anything_is_sent() {
-    let mut app = TestApp::start().await;
+    let app = TestApp::start().await;
     let cases: Vec<(SetMetadataRequest, Vec<&str>)> = vec![
         (SetMetadataRequest::default(), vec!["entries"]),
         (
@@ -93,8 +93,7 @@ async fn set_requests_are_checked_before_anything_is_sent() {
     ];
     for (request, fields) in cases {
         let status = app
-            .client
-            .set_metadata(authed(request, &app.admin_token))
+            .set_metadata(&app.admin_token, request)
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
@@ -105,7 +104,7 @@ async fn set_requests_are_checked_before_anything_is_sent() {
 
 #[tokio::test]
 async fn the_largest_values_and_keys_are_accepted() {
-    let mut app = TestApp::start().await;
+    let app = TestApp::start().await;
     let alice = app.alice.clone();
     let key = "k".repeat(200);
     let request = SetMetadataRequest {
@@ -116,16 +115,13 @@ async fn the_largest_values_and_keys_are_accepted() {
         }],
         ..Default::default()
     };
-    app.client
-        .set_metadata(authed(request, &app.admin_token))
-        .await
-        .unwrap();
+    app.set_metadata(&app.admin_token, request).await.unwrap();
     assert_eq!(app.standin.metadata_of(&alice)[&key].len(), 500_000);
 }
 
 #[tokio::test]
 async fn delete_requests_are_checked_before_anything_is_sent() {
-    let mut app = TestApp::start().await;
+    let app = TestApp::start().await;
     let keys = |ks: &[&str]| ks.iter().map(|k| k.to_string()).collect::<Vec<_>>();
     let cases: Vec<(DeleteMetadataRequest, Vec<&str>)> = vec![
         (DeleteMetadataRequest::default(), vec!["keys"]),
@@ -161,8 +157,7 @@ async fn delete_requests_are_checked_before_anything_is_sent() {
     ];
     for (request, fields) in cases {
         let status = app
-            .client
-            .delete_metadata(authed(request, &app.admin_token))
+            .delete_metadata(&app.admin_token, request)
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
@@ -173,7 +168,7 @@ async fn delete_requests_are_checked_before_anything_is_sent() {
 
 #[tokio::test]
 async fn list_and_get_requests_are_checked_before_anything_is_sent() {
-    let mut app = TestApp::start().await;
+    let app = TestApp::start().await;
     let list_cases: Vec<(ListMetadataRequest, Vec<&str>)> = vec![
         (
             ListMetadataRequest {
@@ -226,8 +221,7 @@ async fn list_and_get_requests_are_checked_before_anything_is_sent() {
     ];
     for (request, fields) in list_cases {
         let status = app
-            .client
-            .list_metadata(authed(request, &app.alice_token))
+            .list_metadata(&app.alice_token, request)
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
@@ -258,8 +252,7 @@ async fn list_and_get_requests_are_checked_before_anything_is_sent() {
     ];
     for (request, fields) in get_cases {
         let status = app
-            .client
-            .get_my_metadata(authed(request, &app.alice_token))
+            .get_my_metadata(&app.alice_token, request)
             .await
             .unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
