@@ -187,10 +187,10 @@ shutdown_grace = "3s"
         assert_eq!(cli.log_format, crate::settings::LogFormat::Json);
         let args = serve_args(cli);
         assert_eq!(args.zitadel_url, "https://file.example");
-        assert_eq!(args.common.admins, ["a1", "a2"]);
-        assert_eq!(args.common.cache_capacity, 7);
-        assert_eq!(args.common.upstream_timeout.as_secs(), 2);
-        assert_eq!(args.common.zitadel_http2, usermeta_zitadel::Http2::Always);
+        assert_eq!(args.access.admins, ["a1", "a2"]);
+        assert_eq!(args.cache.cache_capacity, 7);
+        assert_eq!(args.zitadel.upstream_timeout.as_secs(), 2);
+        assert_eq!(args.zitadel.zitadel_http2, usermeta_zitadel::Http2::Always);
         assert_eq!(args.ops.shutdown_grace.as_secs(), 3);
 
         let cli = parse_from([
@@ -205,8 +205,8 @@ shutdown_grace = "3s"
         .unwrap();
         let args = serve_args(cli);
         assert_eq!(args.zitadel_url, "https://flag.example");
-        assert_eq!(args.common.cache_capacity, 9);
-        assert_eq!(args.common.admins, ["a1", "a2"]);
+        assert_eq!(args.cache.cache_capacity, 9);
+        assert_eq!(args.access.admins, ["a1", "a2"]);
     }
 
     #[test]

@@ -63,7 +63,7 @@ pub fn serve_config(args: ServeArgs) -> Result<Config, RunError> {
         && project_id.is_none()
     {
         return Err(SettingsError::Invalid {
-            setting: settings::PROJECT_ID,
+            setting: settings::PROJECT_ID.to_string(),
             problem: format!(
                 "not set, but ext_authz rule {} requires a role; set it to usermeta's ZITADEL project id, whose roles the rules mean (roles of other projects never count)",
                 rule.origin
@@ -77,15 +77,15 @@ pub fn serve_config(args: ServeArgs) -> Result<Config, RunError> {
         listen: args.listen,
         zitadel: ZitadelConfig {
             base_url: settings::zitadel_url(&args.zitadel_url)?,
-            timeout: args.common.upstream_timeout,
+            timeout: args.zitadel.upstream_timeout,
             service_credential: args.credential.credential()?,
-            resilience: args.common.resilience(),
-            http2: args.common.zitadel_http2,
+            resilience: args.zitadel.resilience(),
+            http2: args.zitadel.zitadel_http2,
             project_id,
         },
-        policy: args.access.policy(&args.common)?,
-        cache: args.common.cache_config(),
-        limits: args.common.limits(),
+        policy: args.access.policy()?,
+        cache: args.cache.config(),
+        limits: args.limits.limits(),
         identity: args.access.identity()?,
         options,
     })

@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Args, builder::BoolishValueParser};
 
-use super::SettingsError;
+use super::{Setting, SettingsError};
 use crate::{
     authz::{AuthzConfig, BinaryValues, ExtAuthz, header_name, parse_header_map, parse_rules},
     tls::TlsSettings,
@@ -72,14 +72,21 @@ fn binary_parser() -> impl clap::builder::TypedValueParser<Value = BinaryValues>
     })
 }
 
-const LISTEN: &str = "USERMETA_EXT_AUTHZ_LISTEN (--ext-authz-listen)";
-const HEADERS: &str = "USERMETA_EXT_AUTHZ_HEADERS (--ext-authz-headers)";
-const USER_ID_HEADER: &str = "USERMETA_EXT_AUTHZ_USER_ID_HEADER (--ext-authz-user-id-header)";
-const RULES: &str = "USERMETA_EXT_AUTHZ_RULES (--ext-authz-rules)";
-const RULES_FILE: &str = "USERMETA_EXT_AUTHZ_RULES_FILE (--ext-authz-rules-file)";
+const LISTEN: Setting = Setting::new("ext_authz_listen");
+const HEADERS: Setting = Setting::new("ext_authz_headers");
+const USER_ID_HEADER: Setting = Setting::new("ext_authz_user_id_header");
+const RULES: Setting = Setting::new("ext_authz_rules");
+const RULES_FILE: Setting = Setting::new("ext_authz_rules_file");
 
-fn invalid(setting: &'static str, problem: String) -> SettingsError {
-    SettingsError::Invalid { setting, problem }
+/// Every setting this module's messages name.
+#[cfg(test)]
+pub(super) const SETTINGS: [Setting; 5] = [LISTEN, HEADERS, USER_ID_HEADER, RULES, RULES_FILE];
+
+fn invalid(setting: Setting, problem: String) -> SettingsError {
+    SettingsError::Invalid {
+        setting: setting.to_string(),
+        problem,
+    }
 }
 
 impl ExtAuthzArgs {

@@ -4,6 +4,7 @@
 #![allow(rustdoc::bare_urls)]
 
 use std::{
+    fmt,
     net::SocketAddr,
     path::{Path, PathBuf},
     time::Duration,
@@ -12,6 +13,8 @@ use std::{
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 pub mod ext_authz;
+mod name;
+pub use name::Setting;
 use secrecy::SecretString;
 use url::Url;
 
@@ -80,8 +83,12 @@ pub struct ServeArgs {
     pub credential: CredentialArgs,
     #[command(flatten)]
     pub access: AccessArgs,
-    #[command(flatten)]
-    pub common: CommonArgs,
+    #[command(flatten, next_help_heading = "ZITADEL connection")]
+    pub zitadel: ZitadelArgs,
+    #[command(flatten, next_help_heading = "Caller cache")]
+    pub cache: CacheArgs,
+    #[command(flatten, next_help_heading = "Limits")]
+    pub limits: LimitArgs,
     #[command(flatten)]
     pub ops: OpsArgs,
     #[command(flatten)]
@@ -142,16 +149,21 @@ pub struct AccessArgs {
     /// names roles.
     #[arg(long, env = "USERMETA_PROJECT_ID")]
     pub project_id: Option<String>,
+    /// ZITADEL user ids allowed to read other users and to write or delete any user's metadata (comma-separated).
+    #[arg(long, env = "USERMETA_ADMINS", value_delimiter = ',')]
+    pub admins: Vec<String>,
+    /// Key prefixes users may write and delete on themselves (comma-separated); none by default.
+    #[arg(long, env = "USERMETA_SELF_WRITABLE_KEYS", value_delimiter = ',')]
+    pub self_writable_keys: Vec<String>,
 }
 
-const INTROSPECTION_ID: &str = "USERMETA_INTROSPECTION_CLIENT_ID (--introspection-client-id)";
-const INTROSPECTION_SECRET: &str = "USERMETA_INTROSPECTION_SECRET (--introspection-secret)";
-const INTROSPECTION_SECRET_FILE: &str =
-    "USERMETA_INTROSPECTION_SECRET_FILE (--introspection-secret-file)";
-const INTROSPECTION_KEY_FILE: &str = "USERMETA_INTROSPECTION_KEY_FILE (--introspection-key-file)";
-const POLICY_FILE: &str = "USERMETA_POLICY_FILE (--policy-file)";
+const INTROSPECTION_ID: Setting = Setting::new("introspection_client_id");
+const INTROSPECTION_SECRET: Setting = Setting::new("introspection_secret");
+const INTROSPECTION_SECRET_FILE: Setting = Setting::new("introspection_secret_file");
+const INTROSPECTION_KEY_FILE: Setting = Setting::new("introspection_key_file");
+const POLICY_FILE: Setting = Setting::new("policy_file");
 /// The setting that names usermeta's project, for messages of rules that need it.
-pub const PROJECT_ID: &str = "USERMETA_PROJECT_ID (--project-id)";
+pub const PROJECT_ID: Setting = Setting::new("project_id");
 
 impl AccessArgs {
     /// How callers are identified. Secrets and keys are named by setting and file, never shown.
@@ -254,7 +266,7 @@ impl AccessArgs {
 
     /// The policy file (when set) plus the shorthand rules. A rule that names roles needs
     /// USERMETA_PROJECT_ID: roles mean nothing without the project that defines them.
-    pub fn policy(&self, common: &CommonArgs) -> Result<Policy, SettingsError> {
+    pub fn policy(&self) -> Result<Policy, SettingsError> {
         let policy = match &self.policy_file {
             Some(path) => Policy::load(path).map_err(|e| invalid(POLICY_FILE, e.to_string()))?,
             None => Policy::default(),
@@ -274,8 +286,8 @@ impl AccessArgs {
             ));
         }
         Ok(policy.with_shorthands(
-            common.admins(),
-            self_writable_prefixes(&common.self_writable_keys),
+            clean_list(&self.admins),
+            self_writable_prefixes(&self.self_writable_keys),
         ))
     }
 }
@@ -304,15 +316,9 @@ pub struct CredentialArgs {
     pub service_client_secret_file: Option<PathBuf>,
 }
 
-/// Settings shared by `serve` and `dev`.
+/// How usermeta talks to ZITADEL: HTTP versions, timeouts, retries and circuit breakers.
 #[derive(Debug, Args)]
-pub struct CommonArgs {
-    /// ZITADEL user ids allowed to read other users and to write or delete any user's metadata (comma-separated).
-    #[arg(long, env = "USERMETA_ADMINS", value_delimiter = ',')]
-    pub admins: Vec<String>,
-    /// Key prefixes users may write and delete on themselves (comma-separated); none by default.
-    #[arg(long, env = "USERMETA_SELF_WRITABLE_KEYS", value_delimiter = ',')]
-    pub self_writable_keys: Vec<String>,
+pub struct ZitadelArgs {
     /// When to speak HTTP/2 to ZITADEL: `negotiate` (when its TLS offers it, else HTTP/1.1) or `always`
     /// (also without TLS: h2c, which a plain-HTTP ZITADEL reached directly serves).
     #[arg(long, env = "USERMETA_ZITADEL_HTTP2", default_value = "negotiate", value_parser = http2_parser())]
@@ -320,23 +326,6 @@ pub struct CommonArgs {
     /// How long one call to ZITADEL may take, e.g. 5s or 1500ms.
     #[arg(long, env = "USERMETA_UPSTREAM_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub upstream_timeout: Duration,
-    /// How long ZITADEL's answer about a token is reused (never past a JWT's own `exp`); 0 turns caching off.
-    /// It bounds how long a revoked token keeps working here and how stale metadata written elsewhere can be.
-    #[arg(long, env = "USERMETA_CACHE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
-    pub cache_ttl: Duration,
-    /// How long a token ZITADEL rejected is refused without asking again.
-    #[arg(long, env = "USERMETA_CACHE_NEGATIVE_TTL", default_value = "5s", value_parser = humantime::parse_duration)]
-    pub cache_negative_ttl: Duration,
-    /// Most tokens remembered at once (least recently used go first).
-    #[arg(long, env = "USERMETA_CACHE_CAPACITY", default_value_t = 100_000)]
-    pub cache_capacity: u64,
-    /// Deadline of a request whose caller sets no gRPC deadline (`grpc-timeout`); a caller's deadline applies as given.
-    #[arg(long, env = "USERMETA_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
-    pub request_timeout: Duration,
-    /// Longest deadline a caller may ask for (`grpc-timeout`); longer ones are cut to it, so no call can hold
-    /// its resources (and ZITADEL retries) for hours.
-    #[arg(long, env = "USERMETA_MAX_REQUEST_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
-    pub max_request_timeout: Duration,
     /// Most calls to ZITADEL per request and endpoint, first try included; 1 turns retries off.
     #[arg(long, env = "USERMETA_RETRY_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=10))]
     pub retry_max_attempts: u32,
@@ -352,6 +341,33 @@ pub struct CommonArgs {
     /// How long an open breaker fails calls at once before letting one probe through.
     #[arg(long, env = "USERMETA_BREAKER_COOLDOWN", default_value = "5s", value_parser = humantime::parse_duration)]
     pub breaker_cooldown: Duration,
+}
+
+/// The caller cache: how long ZITADEL's answers about tokens are reused.
+#[derive(Debug, Args)]
+pub struct CacheArgs {
+    /// How long ZITADEL's answer about a token is reused (never past a JWT's own `exp`); 0 turns caching off.
+    /// It bounds how long a revoked token keeps working here and how stale metadata written elsewhere can be.
+    #[arg(long, env = "USERMETA_CACHE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub cache_ttl: Duration,
+    /// How long a token ZITADEL rejected is refused without asking again.
+    #[arg(long, env = "USERMETA_CACHE_NEGATIVE_TTL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub cache_negative_ttl: Duration,
+    /// Most tokens remembered at once (least recently used go first).
+    #[arg(long, env = "USERMETA_CACHE_CAPACITY", default_value_t = 100_000)]
+    pub cache_capacity: u64,
+}
+
+/// What one caller and the whole server may ask for: deadlines, concurrency, sizes, rates.
+#[derive(Debug, Args)]
+pub struct LimitArgs {
+    /// Deadline of a request whose caller sets no gRPC deadline (`grpc-timeout`); a caller's deadline applies as given.
+    #[arg(long, env = "USERMETA_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+    /// Longest deadline a caller may ask for (`grpc-timeout`); longer ones are cut to it, so no call can hold
+    /// its resources (and ZITADEL retries) for hours.
+    #[arg(long, env = "USERMETA_MAX_REQUEST_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub max_request_timeout: Duration,
     /// Most UserMetadataService calls in flight; more are refused with RESOURCE_EXHAUSTED; 0 means no limit.
     #[arg(long, env = "USERMETA_MAX_IN_FLIGHT", default_value_t = 1024)]
     pub max_in_flight: usize,
@@ -433,21 +449,22 @@ pub struct HealthcheckArgs {
 pub enum SettingsError {
     #[error("{setting}: {problem}")]
     Invalid {
-        setting: &'static str,
+        /// The setting (or settings) at fault, as `USERMETA_X (--x)`.
+        setting: String,
         problem: String,
     },
 }
 
-fn invalid(setting: &'static str, problem: impl Into<String>) -> SettingsError {
+fn invalid(setting: impl fmt::Display, problem: impl Into<String>) -> SettingsError {
     SettingsError::Invalid {
-        setting,
+        setting: setting.to_string(),
         problem: problem.into(),
     }
 }
 
 /// Parses and checks the ZITADEL URL.
 pub fn zitadel_url(raw: &str) -> Result<Url, SettingsError> {
-    const SETTING: &str = "USERMETA_ZITADEL_URL (--zitadel-url)";
+    const SETTING: Setting = Setting::new("zitadel_url");
     let url = Url::parse(raw.trim())
         .map_err(|e| invalid(SETTING, format!("`{raw}` is not a URL ({e})")))?;
     if !matches!(url.scheme(), "http" | "https") {
@@ -472,13 +489,12 @@ pub fn zitadel_url(raw: &str) -> Result<Url, SettingsError> {
     Ok(url)
 }
 
-const PAT: &str = "USERMETA_SERVICE_PAT (--service-pat)";
-const PAT_FILE: &str = "USERMETA_SERVICE_PAT_FILE (--service-pat-file)";
-const KEY_FILE: &str = "USERMETA_SERVICE_KEY_FILE (--service-key-file)";
-const CLIENT_ID: &str = "USERMETA_SERVICE_CLIENT_ID (--service-client-id)";
-const CLIENT_SECRET: &str = "USERMETA_SERVICE_CLIENT_SECRET (--service-client-secret)";
-const CLIENT_SECRET_FILE: &str =
-    "USERMETA_SERVICE_CLIENT_SECRET_FILE (--service-client-secret-file)";
+const PAT: Setting = Setting::new("service_pat");
+const PAT_FILE: Setting = Setting::new("service_pat_file");
+const KEY_FILE: Setting = Setting::new("service_key_file");
+const CLIENT_ID: Setting = Setting::new("service_client_id");
+const CLIENT_SECRET: Setting = Setting::new("service_client_secret");
+const CLIENT_SECRET_FILE: Setting = Setting::new("service_client_secret_file");
 const ALL_CREDENTIALS: &str = "USERMETA_SERVICE_PAT[_FILE], USERMETA_SERVICE_KEY_FILE, USERMETA_SERVICE_CLIENT_ID with USERMETA_SERVICE_CLIENT_SECRET[_FILE]";
 
 impl CredentialArgs {
@@ -531,7 +547,7 @@ impl CredentialArgs {
     fn pat(&self) -> Result<ServiceCredential, SettingsError> {
         match (&self.service_pat, &self.service_pat_file) {
             (Some(_), Some(_)) => Err(invalid(
-                "USERMETA_SERVICE_PAT (--service-pat) and USERMETA_SERVICE_PAT_FILE (--service-pat-file)",
+                format!("{PAT} and {PAT_FILE}"),
                 "both are set; set exactly one",
             )),
             (Some(pat), None) => pat_from(PAT, pat),
@@ -547,7 +563,7 @@ impl CredentialArgs {
         ) {
             (Some(_), Some(_)) => {
                 return Err(invalid(
-                    "USERMETA_SERVICE_CLIENT_SECRET (--service-client-secret) and USERMETA_SERVICE_CLIENT_SECRET_FILE (--service-client-secret-file)",
+                    format!("{CLIENT_SECRET} and {CLIENT_SECRET_FILE}"),
                     "both are set; set exactly one",
                 ));
             }
@@ -581,12 +597,12 @@ impl CredentialArgs {
     }
 }
 
-fn read_secret_file(setting: &'static str, path: &Path) -> Result<String, SettingsError> {
+fn read_secret_file(setting: Setting, path: &Path) -> Result<String, SettingsError> {
     std::fs::read_to_string(path)
         .map_err(|e| invalid(setting, format!("cannot read {}: {e}", path.display())))
 }
 
-fn secret_from(setting: &'static str, text: &str) -> Result<SecretString, SettingsError> {
+fn secret_from(setting: Setting, text: &str) -> Result<SecretString, SettingsError> {
     let secret = text.trim();
     if secret.is_empty() {
         return Err(invalid(setting, "the client secret is empty"));
@@ -602,7 +618,7 @@ fn key_from_file(path: &Path) -> Result<ServiceCredential, SettingsError> {
         .map_err(|e| invalid(KEY_FILE, format!("{} {e}", path.display())))
 }
 
-fn pat_from(setting: &'static str, text: &str) -> Result<ServiceCredential, SettingsError> {
+fn pat_from(setting: Setting, text: &str) -> Result<ServiceCredential, SettingsError> {
     let pat = text.trim();
     if pat.is_empty() {
         return Err(invalid(setting, "the personal access token is empty"));
@@ -639,15 +655,7 @@ impl OpsArgs {
     }
 }
 
-impl CommonArgs {
-    pub fn cache_config(&self) -> CacheConfig {
-        CacheConfig {
-            ttl: self.cache_ttl,
-            negative_ttl: self.cache_negative_ttl,
-            capacity: self.cache_capacity,
-        }
-    }
-
+impl ZitadelArgs {
     pub fn resilience(&self) -> Resilience {
         Resilience {
             max_attempts: self.retry_max_attempts,
@@ -658,7 +666,19 @@ impl CommonArgs {
             ..Resilience::default()
         }
     }
+}
 
+impl CacheArgs {
+    pub fn config(&self) -> CacheConfig {
+        CacheConfig {
+            ttl: self.cache_ttl,
+            negative_ttl: self.cache_negative_ttl,
+            capacity: self.cache_capacity,
+        }
+    }
+}
+
+impl LimitArgs {
     pub fn limits(&self) -> Limits {
         Limits {
             max_in_flight: self.max_in_flight,
@@ -671,11 +691,6 @@ impl CommonArgs {
                 caller_burst: self.caller_rate_burst,
             },
         }
-    }
-
-    /// Admin ids, trimmed, empty entries dropped.
-    pub fn admins(&self) -> Vec<String> {
-        clean_list(&self.admins)
     }
 }
 
@@ -696,6 +711,30 @@ fn clean_list(raw: &[String]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_setting_messages_name_is_a_flag_with_an_environment_twin() {
+        for setting in [
+            INTROSPECTION_ID,
+            INTROSPECTION_SECRET,
+            INTROSPECTION_SECRET_FILE,
+            INTROSPECTION_KEY_FILE,
+            POLICY_FILE,
+            PROJECT_ID,
+            PAT,
+            PAT_FILE,
+            KEY_FILE,
+            CLIENT_ID,
+            CLIENT_SECRET,
+            CLIENT_SECRET_FILE,
+            Setting::new("zitadel_url"),
+        ]
+        .into_iter()
+        .chain(ext_authz::SETTINGS)
+        {
+            assert!(name::is_known(setting), "{setting} is no flag");
+        }
+    }
 
     #[test]
     fn zitadel_url_must_be_http_with_a_host() {
@@ -793,13 +832,7 @@ mod tests {
             policy_file: Some(path.clone()),
             ..Default::default()
         };
-        #[derive(Parser)]
-        struct Wrapper {
-            #[command(flatten)]
-            common: CommonArgs,
-        }
-        let common = Wrapper::try_parse_from(["x"]).unwrap().common;
-        let error = args.policy(&common).unwrap_err().to_string();
+        let error = args.policy().unwrap_err().to_string();
         assert!(error.starts_with("USERMETA_POLICY_FILE"), "{error}");
         assert!(
             error.contains(&format!("{}, line 5", path.display())),
@@ -1075,8 +1108,8 @@ mod tests {
         let Command::Serve(args) = cli.command else {
             panic!("not serve")
         };
-        assert_eq!(args.common.resilience(), Resilience::default());
-        let limits = args.common.limits();
+        assert_eq!(args.zitadel.resilience(), Resilience::default());
+        let limits = args.limits.limits();
         assert_eq!(limits.max_message_bytes, 8 * 1024 * 1024);
         assert_eq!(
             limits.requests.caller_rate, 0,
