@@ -92,8 +92,9 @@ pub(super) struct User {
     pub(super) given_name: String,
     pub(super) family_name: String,
     pub(super) created: SystemTime,
-    /// When the user was created on the stand-in's monotonic clock: lagged searches do not see it before.
-    pub(super) created_at: Instant,
+    /// When the user was created on the stand-in's monotonic clock, if searches lagged then: lagged searches
+    /// do not see it before.
+    pub(super) created_at: Option<Instant>,
     /// The sequence of the user aggregate (its last event).
     pub(super) sequence: u64,
     /// When the last event on the user happened (its `changeDate`).
@@ -158,9 +159,12 @@ impl User {
 
     /// Whether a search projection `lag` behind has seen the user yet.
     pub(super) fn visible_with_lag(&self, lag: Duration) -> bool {
+        let Some(created_at) = self.created_at else {
+            return true;
+        };
         Instant::now()
             .checked_sub(lag)
-            .is_some_and(|cutoff| self.created_at <= cutoff)
+            .is_some_and(|cutoff| created_at <= cutoff)
     }
 
     /// A `user.metadata.set` event.
@@ -475,6 +479,7 @@ impl Shared {
             "stand-in: unknown org {org_id:?}"
         );
         let now = wire::now();
+        let created_at = (!data.events.search_lag.is_zero()).then(Instant::now);
         // "user added" plus the initial profile/email events.
         data.events.processed_sequence += 2;
         data.users.insert(
@@ -487,7 +492,7 @@ impl Shared {
                 given_name: username.to_owned(),
                 family_name: "Tester".to_owned(),
                 created: now,
-                created_at: Instant::now(),
+                created_at,
                 sequence: 2,
                 changed: now,
                 metadata: BTreeMap::new(),

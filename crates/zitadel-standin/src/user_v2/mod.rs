@@ -119,14 +119,18 @@ pub(super) async fn connect(
             .insert("accept-post", HeaderValue::from_static("application/json"));
         return response;
     }
-    let outcome = json::object(&body)
-        .map_err(|failure| {
+    let outcome = json::object(&body).and_then(|request| rpc.call(&shared, &headers, &request));
+    // connect-go reports decoding errors of its JSON codec with the message type in front.
+    let outcome = outcome.map_err(|failure| {
+        if failure.message.starts_with("proto: ") {
             Failure::plain(
                 failure.code,
                 format!("unmarshal into {}: {}", rpc.request_type(), failure.message),
             )
-        })
-        .and_then(|request| rpc.call(&shared, &headers, &request));
+        } else {
+            failure
+        }
+    });
     match outcome {
         Ok(answer) => errors::json(StatusCode::OK, &answer),
         Err(failure) => failure.to_connect(),
