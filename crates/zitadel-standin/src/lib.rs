@@ -6,7 +6,20 @@
 //!   API applications (client secret or `private_key_jwt`), and `GET /oauth/v2/keys` (the JWKS of the keys
 //!   signing its JWT access tokens);
 //! - the Auth API: `/auth/v1/users/me/metadata/_search` and `/auth/v1/users/me/metadata/{key}`;
-//! - the Management API v1 metadata calls under `/management/v1/users/{id}/metadata/...`.
+//! - the Management API v1 metadata calls under `/management/v1/users/{id}/metadata/...`;
+//! - ZITADEL v4's `zitadel.user.v2.UserService`: `SetUserMetadata`, `ListUserMetadata`, `DeleteUserMetadata`,
+//!   `GetUserByID` and `ListUsers` (metadata key/value filters, `inUserIdsQuery`, `organizationIdQuery`,
+//!   `userNameQuery`, `typeQuery`, `andQuery`/`orQuery`/`notQuery`), over Connect unary JSON
+//!   (`POST /zitadel.user.v2.UserService/<RPC>`, `Content-Type: application/json`, Connect error bodies) and
+//!   over their grpc-gateway REST twins (`POST /v2/users/{user_id}/metadata`, `POST …/metadata/search`,
+//!   `DELETE …/metadata?keys=…`, `GET /v2/users/{user_id}`, `POST /v2/users`). Permissions are checked in the
+//!   target user's real organisation (no `x-zitadel-orgid`, no self-management of metadata).
+//!
+//! Switches: [`StandIn::set_apis`] plays a ZITADEL v3 ([`Apis::V3`], no v2 metadata) or one without the
+//! Management API v1 ([`Apis::V2_ONLY`]); [`StandIn::set_search_lag`] makes the v2 searches read a lagging
+//! projection as ZITADEL's do; [`StandIn::set_empty_value_deletes`] switches v2 Set to the newer "an empty
+//! value deletes" behaviour. `cargo run -p zitadel-standin --example serve` serves a seeded stand-in for
+//! scripts.
 //!
 //! It behaves like the real ZITADEL described in `zitadel-api.md` (lowerCamelCase JSON with omitted defaults,
 //! 64-bit integers as strings, padded standard base64 in REST answers, grpc-gateway error bodies, org scoping,
