@@ -43,7 +43,7 @@ fn list(shared: &Shared, headers: &HeaderMap, body: &[u8]) -> Result<Response, e
     let response = wire::ListResponse {
         details: wire::ListDetails {
             total_result: total,
-            processed_sequence: data.processed_sequence,
+            processed_sequence: data.events.processed_sequence,
             view_timestamp: wire::rfc3339(wire::now()),
         },
         result: page

@@ -4,7 +4,7 @@
 use http::HeaderMap;
 
 use super::errors;
-use super::state::{Data, Shared, ZITADEL_AUDIENCE_SCOPE};
+use super::state::{Data, Shared, User, ZITADEL_AUDIENCE_SCOPE};
 use super::{AudienceErrorStyle, ManagerRole};
 
 /// An authenticated API caller.
@@ -33,36 +33,73 @@ impl Caller {
     }
 }
 
+/// Why a bearer token was not accepted, before either transport renders it.
+pub(super) enum Refusal {
+    HeaderMissing,
+    InvalidHeader,
+    TokenInvalid,
+    InvalidAudience,
+}
+
+impl Refusal {
+    /// As the v1 APIs (grpc-gateway) answer it.
+    fn reject(self) -> errors::Reject {
+        Box::new(self.failure().to_gateway())
+    }
+
+    /// As a transport-independent failure (the v2 services).
+    pub(super) fn failure(self) -> errors::Failure {
+        use errors::{Code, Failure};
+        match self {
+            Refusal::HeaderMissing => Failure::plain(Code::Unauthenticated, "auth header missing"),
+            Refusal::InvalidHeader => {
+                Failure::zitadel(Code::Unauthenticated, "AUTH-7fs1e", "invalid auth header")
+            }
+            Refusal::TokenInvalid => {
+                Failure::zitadel(Code::Unauthenticated, "AUTH-7fs1e", "Token is invalid")
+            }
+            Refusal::InvalidAudience => {
+                Failure::zitadel(Code::Unauthenticated, "APP-Zxfako", "invalid audience")
+            }
+        }
+    }
+}
+
+/// The user behind a bearer token that passed ZITADEL's token checks (header, validity, audience).
+pub(super) fn identify<'a>(
+    shared: &Shared,
+    data: &'a Data,
+    headers: &HeaderMap,
+) -> Result<&'a User, Refusal> {
+    let header = match headers.get(http::header::AUTHORIZATION) {
+        None => "",
+        Some(value) => value.to_str().map_err(|_| Refusal::InvalidHeader)?,
+    };
+    if header.is_empty() {
+        return Err(Refusal::HeaderMissing);
+    }
+    // ZITADEL does `strings.Split(header, "Bearer ")` and wants exactly two parts: the prefix is case-sensitive.
+    let mut parts = header.split("Bearer ");
+    let (Some(_), Some(token), None) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(Refusal::InvalidHeader);
+    };
+    let token = data.valid_token(token).ok_or(Refusal::TokenInvalid)?;
+    if !token.pat && !token.has_scope(ZITADEL_AUDIENCE_SCOPE) {
+        return Err(match shared.audience_style() {
+            AudienceErrorStyle::TokenInvalid => Refusal::TokenInvalid,
+            AudienceErrorStyle::InvalidAudience => Refusal::InvalidAudience,
+        });
+    }
+    data.users.get(&token.user_id).ok_or(Refusal::TokenInvalid)
+}
+
 /// Authenticates an API call from its headers.
 pub(super) fn authenticate(
     shared: &Shared,
     data: &Data,
     headers: &HeaderMap,
 ) -> Result<Caller, errors::Reject> {
-    let header = headers
-        .get(http::header::AUTHORIZATION)
-        .map(|v| v.to_str().map_err(|_| errors::invalid_auth_header()))
-        .transpose()?
-        .unwrap_or("");
-    if header.is_empty() {
-        return Err(errors::auth_header_missing());
-    }
-    // ZITADEL does `strings.Split(header, "Bearer ")` and wants exactly two parts: the prefix is case-sensitive.
-    let mut parts = header.split("Bearer ");
-    let (Some(_), Some(token), None) = (parts.next(), parts.next(), parts.next()) else {
-        return Err(errors::invalid_auth_header());
-    };
-    let token = data.valid_token(token).ok_or_else(errors::token_invalid)?;
-    if !token.pat && !token.has_scope(ZITADEL_AUDIENCE_SCOPE) {
-        return Err(match shared.audience_style() {
-            AudienceErrorStyle::TokenInvalid => errors::token_invalid(),
-            AudienceErrorStyle::InvalidAudience => errors::invalid_audience(),
-        });
-    }
-    let user = data
-        .users
-        .get(&token.user_id)
-        .ok_or_else(errors::token_invalid)?;
+    let user = identify(shared, data, headers).map_err(Refusal::reject)?;
     let requested_org = headers
         .get("x-zitadel-orgid")
         .and_then(|v| v.to_str().ok())

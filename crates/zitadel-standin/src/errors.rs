@@ -2,6 +2,7 @@
 //! `{"error","error_description"}` bodies for the OIDC endpoints.
 
 use axum::response::Response;
+use base64::Engine as _;
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
 use serde::Serialize;
@@ -103,26 +104,6 @@ pub(super) fn invalid_argument(message: &str) -> Reject {
     Box::new(gateway_error(StatusCode::BAD_REQUEST, 3, message, None))
 }
 
-/// No `Authorization` header on an API call.
-pub(super) fn auth_header_missing() -> Reject {
-    Box::new(gateway_error(
-        StatusCode::UNAUTHORIZED,
-        16,
-        "auth header missing",
-        None,
-    ))
-}
-
-/// An `Authorization` header that is not `Bearer <token>`.
-pub(super) fn invalid_auth_header() -> Reject {
-    Box::new(zitadel(
-        StatusCode::UNAUTHORIZED,
-        16,
-        "AUTH-7fs1e",
-        "invalid auth header",
-    ))
-}
-
 /// Unknown, expired or revoked token (and, in current ZITADEL, a missing audience).
 pub(super) fn token_invalid() -> Reject {
     Box::new(zitadel(
@@ -130,16 +111,6 @@ pub(super) fn token_invalid() -> Reject {
         16,
         "AUTH-7fs1e",
         "Token is invalid",
-    ))
-}
-
-/// Missing audience as older ZITADEL versions report it.
-pub(super) fn invalid_audience() -> Reject {
-    Box::new(zitadel(
-        StatusCode::UNAUTHORIZED,
-        16,
-        "APP-Zxfako",
-        "invalid audience",
     ))
 }
 
@@ -258,4 +229,193 @@ pub(super) fn grpc_code_for_status(status: StatusCode) -> i32 {
         500 => 13,
         _ => 2,
     }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// transport-independent errors of the v2 services
+
+/// The gRPC status codes ZITADEL answers with, and how each transport shows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Code {
+    InvalidArgument,
+    Unauthenticated,
+    PermissionDenied,
+    NotFound,
+    FailedPrecondition,
+    ResourceExhausted,
+    Unimplemented,
+    Internal,
+    Unavailable,
+    DeadlineExceeded,
+    AlreadyExists,
+    Canceled,
+    Unknown,
+}
+
+impl Code {
+    /// The numeric gRPC code (what grpc-gateway bodies carry).
+    pub(super) fn grpc(self) -> i32 {
+        match self {
+            Code::Canceled => 1,
+            Code::Unknown => 2,
+            Code::InvalidArgument => 3,
+            Code::DeadlineExceeded => 4,
+            Code::NotFound => 5,
+            Code::AlreadyExists => 6,
+            Code::PermissionDenied => 7,
+            Code::ResourceExhausted => 8,
+            Code::FailedPrecondition => 9,
+            Code::Unimplemented => 12,
+            Code::Internal => 13,
+            Code::Unavailable => 14,
+            Code::Unauthenticated => 16,
+        }
+    }
+
+    /// The Connect protocol's name of the code (snake_case).
+    pub(super) fn connect_name(self) -> &'static str {
+        match self {
+            Code::Canceled => "canceled",
+            Code::Unknown => "unknown",
+            Code::InvalidArgument => "invalid_argument",
+            Code::DeadlineExceeded => "deadline_exceeded",
+            Code::NotFound => "not_found",
+            Code::AlreadyExists => "already_exists",
+            Code::PermissionDenied => "permission_denied",
+            Code::ResourceExhausted => "resource_exhausted",
+            Code::FailedPrecondition => "failed_precondition",
+            Code::Unimplemented => "unimplemented",
+            Code::Internal => "internal",
+            Code::Unavailable => "unavailable",
+            Code::Unauthenticated => "unauthenticated",
+        }
+    }
+
+    /// The HTTP status of a Connect unary error (connectrpc.com protocol spec, "Error Codes").
+    pub(super) fn connect_status(self) -> StatusCode {
+        match self {
+            Code::Canceled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+            Code::Unknown | Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Code::InvalidArgument | Code::FailedPrecondition => StatusCode::BAD_REQUEST,
+            Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+            Code::Unimplemented => StatusCode::NOT_IMPLEMENTED,
+            Code::NotFound => StatusCode::NOT_FOUND,
+            Code::AlreadyExists => StatusCode::CONFLICT,
+            Code::PermissionDenied => StatusCode::FORBIDDEN,
+            Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+            Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        }
+    }
+
+    /// The HTTP status grpc-gateway v2 gives the code (`runtime.HTTPStatusFromCode`).
+    pub(super) fn gateway_status(self) -> StatusCode {
+        match self {
+            Code::FailedPrecondition => StatusCode::BAD_REQUEST,
+            Code::Canceled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+            other => other.connect_status(),
+        }
+    }
+
+    /// The code whose Connect status is `status`, for faults that answer a bare status on a Connect path.
+    pub(super) fn for_status(status: StatusCode) -> Code {
+        match status.as_u16() {
+            400 => Code::InvalidArgument,
+            401 => Code::Unauthenticated,
+            403 => Code::PermissionDenied,
+            404 => Code::NotFound,
+            409 => Code::AlreadyExists,
+            429 => Code::ResourceExhausted,
+            499 => Code::Canceled,
+            500 => Code::Internal,
+            501 => Code::Unimplemented,
+            503 => Code::Unavailable,
+            504 => Code::DeadlineExceeded,
+            _ => Code::Unknown,
+        }
+    }
+}
+
+/// A failed v2 call before it is written out: Connect JSON or grpc-gateway JSON, depending on the transport.
+#[derive(Debug, Clone)]
+pub(super) struct Failure {
+    pub(super) code: Code,
+    /// The whole message, for ZITADEL errors `"<text> (<id>)"`.
+    pub(super) message: String,
+    /// ZITADEL's `ErrorDetail` as `(id, text)`; `None` for decoding and validation errors.
+    pub(super) detail: Option<(&'static str, String)>,
+}
+
+impl Failure {
+    /// A ZITADEL error (`zerrors`): message `"<text> (<id>)"` plus an `ErrorDetail`.
+    pub(super) fn zitadel(code: Code, id: &'static str, text: &str) -> Failure {
+        Failure {
+            code,
+            message: format!("{text} ({id})"),
+            detail: Some((id, text.to_owned())),
+        }
+    }
+
+    /// An error without details: request decoding, protoc-gen-validate, the auth header checks.
+    pub(super) fn plain(code: Code, message: impl Into<String>) -> Failure {
+        Failure {
+            code,
+            message: message.into(),
+            detail: None,
+        }
+    }
+
+    /// The grpc-gateway answer (REST twins of the v2 services).
+    pub(super) fn to_gateway(&self) -> Response {
+        gateway_error(
+            self.code.gateway_status(),
+            self.code.grpc(),
+            &self.message,
+            self.detail.as_ref().map(|(id, text)| (*id, text.as_str())),
+        )
+    }
+
+    /// The Connect unary error answer: `{"code","message","details":[{"type","value"}]}`, where `type` is the
+    /// detail's message name without the `type.googleapis.com/` prefix and `value` its protobuf encoding in
+    /// unpadded standard base64 (connect-go's `RawStdEncoding`).
+    pub(super) fn to_connect(&self) -> Response {
+        let details = self.detail.as_ref().map(|(id, text)| {
+            vec![serde_json::json!({
+                "type": "zitadel.v1.ErrorDetail",
+                "value": base64::engine::general_purpose::STANDARD_NO_PAD
+                    .encode(error_detail_protobuf(id, text)),
+            })]
+        });
+        let mut body = serde_json::json!({
+            "code": self.code.connect_name(),
+            "message": self.message,
+        });
+        if let (Some(details), Some(map)) = (details, body.as_object_mut()) {
+            map.insert("details".into(), serde_json::Value::Array(details));
+        }
+        json(self.code.connect_status(), &body)
+    }
+}
+
+/// `zitadel.v1.ErrorDetail{id = 1, message = 2}` in protobuf wire format.
+pub(super) fn error_detail_protobuf(id: &str, message: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(id.len() + message.len() + 8);
+    for (tag, text) in [(0x0a_u8, id), (0x12, message)] {
+        if text.is_empty() {
+            continue;
+        }
+        out.push(tag);
+        let mut len = text.len();
+        loop {
+            let byte = (len & 0x7f) as u8;
+            len >>= 7;
+            if len == 0 {
+                out.push(byte);
+                break;
+            }
+            out.push(byte | 0x80);
+        }
+        out.extend_from_slice(text.as_bytes());
+    }
+    out
 }

@@ -47,21 +47,32 @@ pub enum FaultKind {
 }
 
 impl FaultKind {
-    /// The answer for the kinds that answer at once (everything but latency and dropped connections).
-    pub(super) fn response(&self) -> Response {
+    /// The answer for the kinds that answer at once (everything but latency and dropped connections). On a
+    /// Connect path (`connect`), error statuses come with a Connect error body (`{"code":"unavailable",...}`)
+    /// instead of a grpc-gateway one, as ZITADEL's Connect handlers write them.
+    pub(super) fn response(&self, connect: bool) -> Response {
+        let error = |status: StatusCode, grpc: i32, message: &str| {
+            if connect {
+                let code = errors::Code::for_status(status);
+                let mut response = errors::Failure::plain(code, message).to_connect();
+                *response.status_mut() = status;
+                response
+            } else {
+                errors::gateway_error(status, grpc, message, None)
+            }
+        };
         match self {
             FaultKind::Status(status) => {
                 let status =
                     StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
                 let message = format!("stand-in fault: {status}");
-                errors::gateway_error(status, errors::grpc_code_for_status(status), &message, None)
+                error(status, errors::grpc_code_for_status(status), &message)
             }
             FaultKind::TooManyRequests { retry_after_secs } => {
-                let mut response = errors::gateway_error(
+                let mut response = error(
                     StatusCode::TOO_MANY_REQUESTS,
                     8,
                     "stand-in fault: rate limit exceeded",
-                    None,
                 );
                 if let Some(secs) = retry_after_secs {
                     response

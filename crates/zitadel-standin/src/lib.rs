@@ -6,7 +6,20 @@
 //!   API applications (client secret or `private_key_jwt`), and `GET /oauth/v2/keys` (the JWKS of the keys
 //!   signing its JWT access tokens);
 //! - the Auth API: `/auth/v1/users/me/metadata/_search` and `/auth/v1/users/me/metadata/{key}`;
-//! - the Management API v1 metadata calls under `/management/v1/users/{id}/metadata/...`.
+//! - the Management API v1 metadata calls under `/management/v1/users/{id}/metadata/...`;
+//! - ZITADEL v4's `zitadel.user.v2.UserService`: `SetUserMetadata`, `ListUserMetadata`, `DeleteUserMetadata`,
+//!   `GetUserByID` and `ListUsers` (metadata key/value filters, `inUserIdsQuery`, `organizationIdQuery`,
+//!   `userNameQuery`, `typeQuery`, `andQuery`/`orQuery`/`notQuery`), over Connect unary JSON
+//!   (`POST /zitadel.user.v2.UserService/<RPC>`, `Content-Type: application/json`, Connect error bodies) and
+//!   over their grpc-gateway REST twins (`POST /v2/users/{user_id}/metadata`, `POST …/metadata/search`,
+//!   `DELETE …/metadata?keys=…`, `GET /v2/users/{user_id}`, `POST /v2/users`). Permissions are checked in the
+//!   target user's real organisation (no `x-zitadel-orgid`, no self-management of metadata).
+//!
+//! Switches: [`StandIn::set_apis`] plays a ZITADEL v3 ([`Apis::V3`], no v2 metadata) or one without the
+//! Management API v1 ([`Apis::V2_ONLY`]); [`StandIn::set_search_lag`] makes the v2 searches read a lagging
+//! projection as ZITADEL's do; [`StandIn::set_empty_value_deletes`] switches v2 Set to the newer "an empty
+//! value deletes" behaviour. `cargo run -p zitadel-standin --example serve` serves a seeded stand-in for
+//! scripts.
 //!
 //! It behaves like the real ZITADEL described in `zitadel-api.md` (lowerCamelCase JSON with omitted defaults,
 //! 64-bit integers as strings, padded standard base64 in REST answers, grpc-gateway error bodies, org scoping,
@@ -36,6 +49,7 @@ mod oidc;
 mod recorder;
 mod server;
 mod state;
+mod user_v2;
 mod wire;
 
 use std::collections::BTreeMap;
@@ -71,6 +85,46 @@ pub enum AudienceErrorStyle {
     TokenInvalid,
     /// Older ZITADEL: `401 {"code":16,"message":"invalid audience (APP-Zxfako)",...}`.
     InvalidAudience,
+}
+
+/// Which API families the stand-in serves, to play a ZITADEL of another version (set with
+/// [`StandIn::set_apis`]). The default, [`Apis::V4`], serves everything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Apis {
+    /// The Management API v1 (`/management/v1/...`). Off, its paths answer as on a ZITADEL without them: 404
+    /// with grpc-gateway's `{"code":5,"message":"Not Found"}`.
+    pub management_v1: bool,
+    /// The metadata RPCs of `zitadel.user.v2.UserService` (ZITADEL 4.0+) and the metadata filters of its
+    /// `ListUsers` (4.1+). Off, the stand-in is a ZITADEL v3: `GetUserByID` and `ListUsers` still answer, the
+    /// Connect metadata procedures answer connect-go's 404 for an unknown procedure (`404 page not found`,
+    /// which Connect clients read as `unimplemented`), their REST twins grpc-gateway's 404, and a `ListUsers`
+    /// query holding only a metadata filter is refused as a query with no member set (the unknown field is
+    /// dropped by the JSON decoder).
+    pub user_v2_metadata: bool,
+}
+
+impl Apis {
+    /// ZITADEL v4: Management API v1 and the v2 user service with metadata.
+    pub const V4: Apis = Apis {
+        management_v1: true,
+        user_v2_metadata: true,
+    };
+    /// ZITADEL v3: Management API v1; the v2 user service without metadata.
+    pub const V3: Apis = Apis {
+        management_v1: true,
+        user_v2_metadata: false,
+    };
+    /// A ZITADEL that dropped the v1 Management API (as v5 may): only the v2 user service for metadata.
+    pub const V2_ONLY: Apis = Apis {
+        management_v1: false,
+        user_v2_metadata: true,
+    };
+}
+
+impl Default for Apis {
+    fn default() -> Self {
+        Apis::V4
+    }
 }
 
 /// A running stand-in ZITADEL. Cheap to clone; it stops serving on [`StandIn::shutdown`] or when the last clone
@@ -315,6 +369,25 @@ impl StandIn {
     /// When `user_id` is unknown.
     pub fn set_metadata(&self, user_id: &str, key: &str, value: &[u8]) {
         self.inner.shared.set_metadata(user_id, key, value);
+    }
+
+    /// Chooses which API families are served ([`Apis::V4`], [`Apis::V3`], [`Apis::V2_ONLY`] or any mix).
+    pub fn set_apis(&self, apis: Apis) {
+        self.inner.shared.write().apis = apis;
+    }
+
+    /// Makes the v2 searches (`ListUserMetadata`, `ListUsers`) read a projection `lag` behind, as ZITADEL's
+    /// do: writes apply at once (v1, the Auth API and userinfo see them), but a v2 search does not see a write
+    /// or a new user younger than `lag`, and still lists a key deleted less than `lag` ago. Zero (the default)
+    /// turns it off. Applies to writes made after the call.
+    pub fn set_search_lag(&self, lag: Duration) {
+        self.inner.shared.write().events.search_lag = lag;
+    }
+
+    /// Switches v2 `SetUserMetadata` between refusing an empty value (`false`, the default: ZITADEL up to
+    /// 4.11) and deleting the key for it (`true`: ZITADEL with PR #11776; no-op when the key is absent).
+    pub fn set_empty_value_deletes(&self, on: bool) {
+        self.inner.shared.write().empty_value_deletes = on;
     }
 
     /// The metadata of `user_id` (empty for an unknown user).

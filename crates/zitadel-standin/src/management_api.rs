@@ -27,6 +27,9 @@ pub(super) async fn dispatch(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if !shared.read().apis.management_v1 {
+        return errors::gateway_not_found();
+    }
     let Ok(Path((id, key))) = params else {
         return *errors::invalid_argument("type mismatch, parameter: id or key");
     };
@@ -79,7 +82,7 @@ fn list(shared: &Shared, headers: &HeaderMap, id: &str, body: &[u8]) -> Reply {
     let response = wire::ListResponse {
         details: wire::ListDetails {
             total_result: total,
-            processed_sequence: data.processed_sequence,
+            processed_sequence: data.events.processed_sequence,
             view_timestamp: wire::rfc3339(wire::now()),
         },
         result: page
@@ -123,7 +126,7 @@ fn set(shared: &Shared, headers: &HeaderMap, id: &str, key: &str, body: &[u8]) -
         return Ok(errors::json(StatusCode::OK, &response));
     }
     let now = wire::now();
-    let sequence = user.set_metadata(key, value, now, &mut data.processed_sequence);
+    let sequence = user.set_metadata(key, value, now, &mut data.events);
     Ok(errors::json(
         StatusCode::OK,
         &wire::WriteResponse::new(sequence, now, &caller.context_org),
@@ -153,7 +156,7 @@ fn bulk_set(shared: &Shared, headers: &HeaderMap, id: &str, body: &[u8]) -> Repl
     // Unlike Set, the bulk command pushes an event for every entry, changed or not.
     let mut sequence = user.sequence;
     for (key, value) in metadata {
-        sequence = user.set_metadata(&key, value, now, &mut data.processed_sequence);
+        sequence = user.set_metadata(&key, value, now, &mut data.events);
     }
     Ok(errors::json(
         StatusCode::OK,
@@ -171,7 +174,7 @@ fn remove(shared: &Shared, headers: &HeaderMap, id: &str, key: &str) -> Reply {
     if !user.metadata.contains_key(key) {
         return Err(errors::metadata_not_found_command());
     }
-    let sequence = user.remove_metadata(key, &mut data.processed_sequence);
+    let sequence = user.remove_metadata(key, &mut data.events);
     Ok(errors::json(
         StatusCode::OK,
         &wire::WriteResponse::new(sequence, wire::now(), &caller.context_org),
@@ -197,7 +200,7 @@ fn bulk_remove(shared: &Shared, headers: &HeaderMap, id: &str, body: &[u8]) -> R
     }
     let mut sequence = user.sequence;
     for key in &keys {
-        sequence = user.remove_metadata(key, &mut data.processed_sequence);
+        sequence = user.remove_metadata(key, &mut data.events);
     }
     Ok(errors::json(
         StatusCode::OK,

@@ -46,6 +46,21 @@ impl RecordedRequest {
         self.path.starts_with("/auth/v1/")
     }
 
+    /// Whether this is a v2 user service call over Connect (`/zitadel.user.v2.UserService/...`).
+    pub fn is_user_v2_connect(&self) -> bool {
+        self.path.starts_with("/zitadel.user.v2.UserService/")
+    }
+
+    /// Whether this is a v2 user service call over REST (`/v2/users...`).
+    pub fn is_user_v2_rest(&self) -> bool {
+        self.path == "/v2/users" || self.path.starts_with("/v2/users/")
+    }
+
+    /// The Connect procedure name of a v2 call (e.g. `SetUserMetadata`), if this is one.
+    pub fn connect_procedure(&self) -> Option<&str> {
+        self.path.strip_prefix("/zitadel.user.v2.UserService/")
+    }
+
     /// Whether this is a userinfo call (`/oidc/v1/userinfo`).
     pub fn is_userinfo(&self) -> bool {
         self.path == "/oidc/v1/userinfo"

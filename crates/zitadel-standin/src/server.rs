@@ -22,7 +22,7 @@ use tower::ServiceExt;
 use super::errors;
 use super::faults::FaultKind;
 use super::state::Shared;
-use super::{auth_api, management_api, oidc};
+use super::{auth_api, management_api, oidc, user_v2};
 
 /// Builds the router of every endpoint the stand-in serves.
 fn router(shared: Arc<Shared>) -> Router {
@@ -35,6 +35,17 @@ fn router(shared: Arc<Shared>) -> Router {
         .route(
             "/management/v1/users/{id}/metadata/{key}",
             any(management_api::dispatch),
+        )
+        .route(
+            "/zitadel.user.v2.UserService/{procedure}",
+            any(user_v2::connect),
+        )
+        .route("/v2/users", any(user_v2::rest_list_users))
+        .route("/v2/users/{user_id}", any(user_v2::rest_get_user))
+        .route("/v2/users/{user_id}/metadata", any(user_v2::rest_metadata))
+        .route(
+            "/v2/users/{user_id}/metadata/search",
+            any(user_v2::rest_list_metadata),
         )
         .fallback(not_found)
         .method_not_allowed_fallback(not_found)
@@ -132,7 +143,10 @@ async fn handle(
                 kill.notify_one();
                 return Err(Dropped);
             }
-            other => return Ok(other.response()),
+            other => {
+                let connect = parts.uri.path().starts_with("/zitadel.");
+                return Ok(other.response(connect));
+            }
         }
     }
     let request = Request::from_parts(parts, Body::from(body));

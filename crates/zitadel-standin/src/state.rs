@@ -12,7 +12,7 @@ use rand::Rng as _;
 use super::faults::Faults;
 use super::recorder::{RecordedRequest, Recorder};
 use super::wire;
-use super::{AudienceErrorStyle, ManagerRole};
+use super::{Apis, AudienceErrorStyle, ManagerRole};
 
 /// ZITADEL's usual access-token lifetime as seen in `expires_in` (12 h minus a second).
 pub(super) const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(43199);
@@ -58,8 +58,23 @@ pub(super) struct Data {
     pub(super) grants: HashMap<String, BTreeMap<String, BTreeSet<String>>>,
     /// Keys that sign JWT access tokens; the last published one signs new tokens.
     pub(super) signing_keys: Vec<SigningKey>,
-    /// The instance-wide event counter, shown as `processedSequence`.
+    /// The instance-wide event counter and the projection lag metadata writes are journaled for.
+    pub(super) events: Events,
+    /// Which API families this stand-in serves (a ZITADEL v4 by default).
+    pub(super) apis: Apis,
+    /// Whether an empty value in v2 `SetUserMetadata` deletes the key (ZITADEL after PR #11776) instead of
+    /// being refused.
+    pub(super) empty_value_deletes: bool,
+}
+
+/// What every metadata write needs besides the user: the instance-wide event counter, and how long the v2
+/// search projection lags behind (so how long a write's undo record must be kept).
+#[derive(Default)]
+pub(super) struct Events {
+    /// Shown as `processedSequence`.
     pub(super) processed_sequence: u64,
+    /// v2 `ListUserMetadata` and `ListUsers` see the state as it was this long ago.
+    pub(super) search_lag: Duration,
 }
 
 pub(super) struct Org {
@@ -77,9 +92,24 @@ pub(super) struct User {
     pub(super) given_name: String,
     pub(super) family_name: String,
     pub(super) created: SystemTime,
+    /// When the user was created on the stand-in's monotonic clock, if searches lagged then: lagged searches
+    /// do not see it before.
+    pub(super) created_at: Option<Instant>,
     /// The sequence of the user aggregate (its last event).
     pub(super) sequence: u64,
+    /// When the last event on the user happened (its `changeDate`).
+    pub(super) changed: SystemTime,
     pub(super) metadata: BTreeMap<String, Entry>,
+    /// Undo records of recent metadata writes, newest last, kept for as long as the search lag so that a lagged
+    /// read can roll the current state back (empty while the lag is zero).
+    pub(super) changes: Vec<Change>,
+}
+
+/// One metadata write, as a lagged search must undo it: the entry the key held before (`None`: absent).
+pub(super) struct Change {
+    pub(super) at: Instant,
+    pub(super) key: String,
+    pub(super) previous: Option<Entry>,
 }
 
 impl User {
@@ -88,10 +118,53 @@ impl User {
     }
 
     /// Records an event on the user aggregate and returns its sequence.
-    fn push_event(&mut self, processed_sequence: &mut u64) -> u64 {
+    fn push_event(&mut self, events: &mut Events, now: SystemTime) -> u64 {
         self.sequence += 1;
-        *processed_sequence += 1;
+        self.changed = now;
+        events.processed_sequence += 1;
         self.sequence
+    }
+
+    /// Keeps an undo record of a write to `key` while searches lag, and forgets records older than the lag.
+    fn journal(&mut self, key: &str, events: &Events) {
+        let now = Instant::now();
+        if let Some(horizon) = now.checked_sub(events.search_lag) {
+            self.changes.retain(|change| change.at >= horizon);
+        }
+        if events.search_lag.is_zero() {
+            return;
+        }
+        self.changes.push(Change {
+            at: now,
+            key: key.to_owned(),
+            previous: self.metadata.get(key).cloned(),
+        });
+    }
+
+    /// The metadata as a search projection `lag` behind sees it: the current state with every write younger
+    /// than `lag` undone, newest first.
+    pub(super) fn metadata_as_of(&self, lag: Duration) -> BTreeMap<String, Entry> {
+        let mut view = self.metadata.clone();
+        let Some(cutoff) = Instant::now().checked_sub(lag) else {
+            return BTreeMap::new();
+        };
+        for change in self.changes.iter().rev().filter(|c| c.at > cutoff) {
+            match &change.previous {
+                Some(entry) => view.insert(change.key.clone(), entry.clone()),
+                None => view.remove(&change.key),
+            };
+        }
+        view
+    }
+
+    /// Whether a search projection `lag` behind has seen the user yet.
+    pub(super) fn visible_with_lag(&self, lag: Duration) -> bool {
+        let Some(created_at) = self.created_at else {
+            return true;
+        };
+        Instant::now()
+            .checked_sub(lag)
+            .is_some_and(|cutoff| created_at <= cutoff)
     }
 
     /// A `user.metadata.set` event.
@@ -100,9 +173,10 @@ impl User {
         key: &str,
         value: Vec<u8>,
         now: SystemTime,
-        processed: &mut u64,
+        events: &mut Events,
     ) -> u64 {
-        let sequence = self.push_event(processed);
+        self.journal(key, events);
+        let sequence = self.push_event(events, now);
         match self.metadata.get_mut(key) {
             Some(entry) => {
                 entry.value = value;
@@ -115,6 +189,7 @@ impl User {
                     Entry {
                         value,
                         sequence,
+                        created_sequence: sequence,
                         creation_date: now,
                         change_date: now,
                     },
@@ -125,15 +200,19 @@ impl User {
     }
 
     /// A `user.metadata.removed` event.
-    pub(super) fn remove_metadata(&mut self, key: &str, processed: &mut u64) -> u64 {
+    pub(super) fn remove_metadata(&mut self, key: &str, events: &mut Events) -> u64 {
+        self.journal(key, events);
         self.metadata.remove(key);
-        self.push_event(processed)
+        self.push_event(events, wire::now())
     }
 }
 
+#[derive(Clone)]
 pub(super) struct Entry {
     pub(super) value: Vec<u8>,
     pub(super) sequence: u64,
+    /// The sequence of the event that created the entry: orders entries created at the same instant.
+    pub(super) created_sequence: u64,
     pub(super) creation_date: SystemTime,
     pub(super) change_date: SystemTime,
 }
@@ -265,7 +344,10 @@ impl Shared {
         Shared {
             issuer,
             data: RwLock::new(Data {
-                processed_sequence: 1000,
+                events: Events {
+                    processed_sequence: 1000,
+                    search_lag: Duration::ZERO,
+                },
                 ..Data::default()
             }),
             recorder: Recorder::default(),
@@ -372,7 +454,7 @@ impl Shared {
     pub(super) fn create_org(&self, name: &str) -> String {
         let id = self.next_id();
         let mut data = self.write();
-        data.processed_sequence += 1;
+        data.events.processed_sequence += 1;
         data.orgs.insert(
             id.clone(),
             Org {
@@ -396,8 +478,10 @@ impl Shared {
             data.orgs.contains_key(org_id),
             "stand-in: unknown org {org_id:?}"
         );
+        let now = wire::now();
+        let created_at = (!data.events.search_lag.is_zero()).then(Instant::now);
         // "user added" plus the initial profile/email events.
-        data.processed_sequence += 2;
+        data.events.processed_sequence += 2;
         data.users.insert(
             id.clone(),
             User {
@@ -407,9 +491,12 @@ impl Shared {
                 machine_role,
                 given_name: username.to_owned(),
                 family_name: "Tester".to_owned(),
-                created: wire::now(),
+                created: now,
+                created_at,
                 sequence: 2,
+                changed: now,
                 metadata: BTreeMap::new(),
+                changes: Vec::new(),
             },
         );
         id
@@ -625,15 +712,10 @@ impl Shared {
         };
         if value.is_empty() {
             if user.metadata.contains_key(key) {
-                user.remove_metadata(key, &mut data.processed_sequence);
+                user.remove_metadata(key, &mut data.events);
             }
         } else {
-            user.set_metadata(
-                key,
-                value.to_vec(),
-                wire::now(),
-                &mut data.processed_sequence,
-            );
+            user.set_metadata(key, value.to_vec(), wire::now(), &mut data.events);
         }
     }
 

@@ -515,7 +515,7 @@ impl ListRequest {
 }
 
 /// `TextQueryMethod` semantics on a key (odd methods are the `_IGNORE_CASE` variants).
-fn text_matches(method: i64, pattern: &str, key: &str) -> bool {
+pub(super) fn text_matches(method: i64, pattern: &str, key: &str) -> bool {
     if method % 2 == 1 {
         return text_matches(method - 1, &pattern.to_lowercase(), &key.to_lowercase());
     }

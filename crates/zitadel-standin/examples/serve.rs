@@ -1,0 +1,32 @@
+//! Serves a seeded stand-in ZITADEL for scripts (the Python SDK proof in `interop/zitadel-sdk/`): binds
+//! `127.0.0.1:0`, creates an organisation, a human user and an IAM_OWNER service user with a PAT, prints one
+//! JSON line `{"url","pat","user_id","org_id"}` on stdout and serves until the process is killed.
+//!
+//!     cargo run -p zitadel-standin --example serve
+
+use std::io::Write as _;
+
+use zitadel_standin::{ManagerRole, StandIn};
+
+#[tokio::main]
+async fn main() -> std::io::Result<()> {
+    let zitadel = StandIn::start().await?;
+    // A long-running helper: no request log growing in memory.
+    zitadel.set_recording(false);
+    let org_id = zitadel.create_org("Acme");
+    let user_id = zitadel.create_user(&org_id, "alice");
+    let admin = zitadel.create_service_user(&org_id, "admin", ManagerRole::IamOwner);
+    let pat = zitadel.issue_pat(&admin);
+    let line = serde_json::json!({
+        "url": zitadel.url(),
+        "pat": pat,
+        "user_id": user_id,
+        "org_id": org_id,
+    });
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{line}")?;
+    stdout.flush()?;
+    drop(stdout);
+    std::future::pending::<()>().await;
+    Ok(())
+}
