@@ -6,7 +6,7 @@
 #   the cold path (every request a token usermeta has not seen, so each one asks ZITADEL) against the
 #   stand-in's userinfo called directly with new tokens the same way;
 #   upstream calls per load (and for coalescing, distinct tokens) and peak RSS, also with 100k cached tokens.
-# Prints a markdown table and writes it to bench/RESULTS.md. Knobs: REQUESTS, CLIENTS, STREAMS, ROUNDS.
+# Prints a markdown table and writes it to crates/usermeta-bench/RESULTS.md. Knobs: REQUESTS, CLIENTS, STREAMS, ROUNDS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,7 +24,7 @@ token_count=$(( (FILL > tokens_needed ? FILL : tokens_needed) + 200 ))
 
 command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq nghttp2-client >/dev/null; }
 source scripts/grpcurl-env.sh
-cargo build --release --locked --bin usermeta --example bench_ceiling --example bench_zitadel --example bench_fill --example bench_cold --example bench_check_request
+cargo build --release --locked --bin usermeta -p usermeta-bench
 bin=${CARGO_TARGET_DIR:-target}/release
 work=$(mktemp -d)
 pids=()
@@ -36,7 +36,7 @@ wait_port() { for _ in $(seq 1 "${2:-200}"); do (exec 3<>"/dev/tcp/127.0.0.1/$1"
 peak_rss_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
 
 zitadel_port=$(free_port); control_port=$(free_port)
-"$bin/examples/bench_zitadel" "127.0.0.1:$zitadel_port" "127.0.0.1:$control_port" "$token_count" "$FILL" "$work/fixture.json" &
+"$bin/bench_zitadel" "127.0.0.1:$zitadel_port" "127.0.0.1:$control_port" "$token_count" "$FILL" "$work/fixture.json" &
 pids+=($!)
 wait_port "$control_port" 2400  # the fixture (FILL users) is made first
 field() { python3 -c "import json,sys; d=json.load(open('$work/fixture.json')); print(eval(sys.argv[1]))" "$1"; }
@@ -57,17 +57,17 @@ cached_port=$(free_port); cached_authz_port=$(free_port)
 start_usermeta "$cached_port" 60s "$cached_authz_port"; cached_pid=$started
 cold_port=$(free_port); start_usermeta "$cold_port" 60s "$(free_port)"; cold_pid=$started
 ceiling_port=$(free_port)
-"$bin/examples/bench_ceiling" "127.0.0.1:$ceiling_port" "$user_id" & ceiling_pid=$!; pids+=($ceiling_pid)
+"$bin/bench_ceiling" "127.0.0.1:$ceiling_port" "$user_id" & ceiling_pid=$!; pids+=($ceiling_pid)
 wait_port "$ceiling_port"
 
 printf '\0\0\0\0\0' >"$work/empty-request.bin"   # a gRPC frame holding an empty GetMyMetadataRequest
 hot=$(token 0)
-"$bin/examples/bench_check_request" "$hot" "$work/check-request.bin"   # a gRPC frame holding Envoy's CheckRequest
+"$bin/bench_check_request" "$hot" "$work/check-request.bin"   # a gRPC frame holding Envoy's CheckRequest
 # Each run is a row of runs.tsv: name, req/s, p50 ms, p99 ms, data bytes, requests, userinfo calls during it.
 record() { # name out log calls-before
   local row
   grep -q " 0 failed, 0 errored" "$work/$1.out" || { cat "$work/$1.out"; echo "load run $1 had errors"; exit 1; }
-  row=$(python3 scripts/bench_stats.py "$work/$1.out" "$work/$1.log")
+  row=$(python3 crates/usermeta-bench/stats.py "$work/$1.out" "$work/$1.log")
   printf '%s\t%s\t%s\n' "$1" "$row" $(( $(userinfo_calls) - $2 )) >>"$work/runs.tsv"
 }
 # h2load: one load tool, one set of settings; per-request latencies go to a log for percentiles.
@@ -83,7 +83,7 @@ load() { # name url token [requests clients streams]
 cold() { # name usermeta|userinfo target first-token requests [same]
   local before
   before=$(userinfo_calls)
-  "$bin/examples/bench_cold" "$2" "$3" "$work/fixture.json" "$4" "$5" "$work/$1.out" "$work/$1.log" ${6:+"$6"}
+  "$bin/bench_cold" "$2" "$3" "$work/fixture.json" "$4" "$5" "$work/$1.out" "$work/$1.log" ${6:+"$6"}
   record "$1" "$before"
 }
 grpc_url() { echo "http://127.0.0.1:$1/usermeta.v1.UserMetadataService/GetMyMetadata"; }
@@ -94,7 +94,7 @@ grpcurl -plaintext -H "authorization: Bearer $hot" "127.0.0.1:$cached_port" user
 grpcurl -plaintext "127.0.0.1:$ceiling_port" usermeta.v1.UserMetadataService/GetMyMetadata 2>/dev/null | grep -q 1234 \
   || true  # the ceiling has no reflection; h2load's byte counts below compare the message sizes instead
 # Check allows the bench user and passes the contract header (no reflection for it: the helper asks once).
-"$bin/examples/bench_check_request" "$hot" "$work/check-request.bin" "127.0.0.1:$cached_authz_port"
+"$bin/bench_check_request" "$hot" "$work/check-request.bin" "127.0.0.1:$cached_authz_port"
 
 : >"$work/runs.tsv"
 load warmup-ceiling "$(grpc_url "$ceiling_port")" "$hot" 20000
@@ -137,16 +137,16 @@ filled_rss=""
 fill() { # token list; sets $filled_rss to the instance's peak RSS (no subshell, so cleanup keeps track)
   local port pid failures
   port=$(free_port); start_usermeta "$port" 600s "$(free_port)"; pid=$started
-  failures=$("$bin/examples/bench_fill" "127.0.0.1:$port" "$work/fixture.json" "$1" "$FILL" 64)
+  failures=$("$bin/bench_fill" "127.0.0.1:$port" "$work/fixture.json" "$1" "$FILL" 64)
   [[ $failures == 0 ]] || { echo "$failures of $FILL fill calls ($1) failed"; exit 1; }
   filled_rss=$(peak_rss_kib "$pid"); kill "$pid"
 }
 fill tokens; fill_rss=$filled_rss
 fill distinct_tokens; fill_distinct_rss=$filled_rss
 
-python3 scripts/bench_report.py "$work/runs.tsv" \
+python3 crates/usermeta-bench/report.py "$work/runs.tsv" \
   --rounds "$ROUNDS" --requests "$REQUESTS" --clients "$CLIENTS" --streams "$STREAMS" --cold-requests "$COLD_REQUESTS" \
   --coalesced "$coalesced" --distinct "$distinct" \
   --cached-rss "$cached_rss" --ceiling-rss "$ceiling_rss" --cold-rss "$cold_rss" \
   --fill "$FILL" --fill-rss "$fill_rss" --fill-distinct-rss "$fill_distinct_rss" \
-  | tee bench/RESULTS.md
+  | tee crates/usermeta-bench/RESULTS.md

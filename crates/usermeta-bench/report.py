@@ -36,7 +36,7 @@ cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d:
 cores = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
 print(f"Machine: {cpu or platform.processor()}, {cores} cores. Cached loads: h2load -c {a.clients} -m {a.streams} "
       f"-t 1, {a.requests} requests a run; cold path and direct: one request at a time, a new token each, "
-      f"{a.cold_requests} requests a run (`examples/bench_cold.rs`); medians of {a.rounds} alternating rounds.\n")
+      f"{a.cold_requests} requests a run (`crates/usermeta-bench/src/bin/bench_cold.rs`); medians of {a.rounds} alternating rounds.\n")
 
 ceiling = med("ceiling", 0)
 NA = "–"

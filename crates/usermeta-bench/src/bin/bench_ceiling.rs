@@ -1,7 +1,7 @@
 //! Benchmark ceiling: a bare tonic server answering GetMyMetadata with a fixed message of the same size as
 //! usermeta's answer for the bench user, doing no other work. Usage: `bench_ceiling <listen> <user_id>`.
 
-#[path = "bench_common/mod.rs"]
+#[path = "../common.rs"]
 mod common;
 
 use tonic::{Request, Response, Status, transport::Server};

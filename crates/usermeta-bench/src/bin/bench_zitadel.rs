@@ -3,7 +3,7 @@
 //! file and serves upstream call counts on a control address.
 //! Usage: `bench_zitadel <listen> <control-listen> <token-count> <distinct-users> <fixture.json>`.
 
-#[path = "bench_common/mod.rs"]
+#[path = "../common.rs"]
 mod common;
 
 use std::sync::Arc;
