@@ -5,6 +5,8 @@ use secrecy::SecretString;
 
 use zitadel_standin::{ManagerRole, StandIn};
 
+use usermeta_zitadel::management::ApiChoice;
+
 use crate::{
     RunError,
     policy::Policy,
@@ -60,7 +62,7 @@ pub async fn run(args: DevArgs) -> Result<(), RunError> {
     // A long-running demo must not grow memory with every request it serves.
     standin.set_recording(false);
     let demo = seed_demo(standin).await;
-    let config = Config {
+    let mut config = Config {
         listen: args.listen,
         policy: Policy::new(
             [demo.admin_id.clone()],
@@ -71,6 +73,8 @@ pub async fn run(args: DevArgs) -> Result<(), RunError> {
             ServiceCredential::Pat(SecretString::from(demo.service_pat.clone())),
         )
     };
+    // The stand-in is a ZITADEL v4: new installations manage metadata through the v2 user service.
+    config.zitadel.management_api = ApiChoice::V2;
     let app = Application::build(config).await?;
     print_banner(&demo, &app);
     app.run_until(server::shutdown_signal()).await?;

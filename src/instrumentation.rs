@@ -1,16 +1,25 @@
 //! How the ZITADEL client's calls show in usermeta's telemetry: each runs in a span whose id ZITADEL receives
-//! as `traceparent`, and is counted by endpoint and HTTP status.
+//! as `traceparent`, and is counted by endpoint and HTTP status; the management API in use is a gauge; a
+//! deprecated endpoint is a warning, once per endpoint.
 
-use std::time::Duration;
+use std::{
+    collections::HashSet,
+    sync::{Mutex, PoisonError},
+    time::Duration,
+};
 
 use usermeta_zitadel::{Instrument, Instrumentation};
 
 /// The hooks [`server::Application`](crate::server::Application) gives the ZITADEL client.
 pub fn upstream() -> Instrumentation {
-    Instrumentation::new(Upstream)
+    Instrumentation::new(Upstream::default())
 }
 
-struct Upstream;
+#[derive(Default)]
+struct Upstream {
+    /// Endpoints already warned about.
+    deprecated: Mutex<HashSet<&'static str>>,
+}
 
 impl Instrument for Upstream {
     fn call_started(&self, endpoint: &'static str) -> (tracing::Span, http::HeaderMap) {
@@ -23,5 +32,23 @@ impl Instrument for Upstream {
 
     fn token_refreshed(&self, ok: bool) {
         crate::metrics::token_refresh(ok);
+    }
+
+    fn deprecated(&self, endpoint: &'static str) {
+        let first = self
+            .deprecated
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(endpoint);
+        if first {
+            tracing::warn!(
+                endpoint,
+                "ZITADEL marks {endpoint} as deprecated (a `Deprecation` header); move to the v2 user service with USERMETA_ZITADEL_API=v2 (or auto)"
+            );
+        }
+    }
+
+    fn management_api_in_use(&self, api: &'static str) {
+        crate::metrics::management_api(api);
     }
 }

@@ -82,6 +82,8 @@ pub fn serve_config(args: ServeArgs) -> Result<Config, RunError> {
             resilience: args.zitadel.resilience(),
             http2: args.zitadel.zitadel_http2,
             project_id,
+            management_api: args.zitadel.zitadel_api,
+            read_your_writes: args.zitadel.read_your_writes,
         },
         policy: args.access.policy()?,
         cache: args.cache.config(),

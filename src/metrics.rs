@@ -26,6 +26,7 @@ pub const UPSTREAM_REQUESTS: &str = "usermeta_upstream_requests_total";
 pub const UPSTREAM_DURATION: &str = "usermeta_upstream_request_duration_seconds";
 pub const CACHE_LOOKUPS: &str = "usermeta_cache_lookups_total";
 pub const TOKEN_REFRESHES: &str = "usermeta_service_token_refreshes_total";
+pub const MANAGEMENT_API: &str = "usermeta_zitadel_management_api";
 
 /// Latency buckets in seconds: from a cache hit (sub-millisecond) to a call at the default 5 s timeout.
 const BUCKETS: &[f64] = &[
@@ -67,6 +68,10 @@ fn describe() {
         "gRPC call latency until the status is sent, by method"
     );
     describe_gauge!(GRPC_IN_FLIGHT, "gRPC calls being served");
+    describe_gauge!(
+        MANAGEMENT_API,
+        "1 for the ZITADEL API that manages metadata now (label api: v1 or v2), 0 for the other"
+    );
     describe_counter!(
         UPSTREAM_REQUESTS,
         "HTTP calls to ZITADEL, by endpoint and HTTP status (`error` when no answer arrived)"
@@ -181,6 +186,13 @@ pub fn cache_lookup(result: CacheResult) {
         CacheResult::NegativeHit => {
             counter!(CACHE_LOOKUPS, "result" => "negative_hit").increment(1);
         }
+    }
+}
+
+/// Which management API is in use now.
+pub fn management_api(in_use: &'static str) {
+    for api in ["v1", "v2"] {
+        gauge!(MANAGEMENT_API, "api" => api).set(if api == in_use { 1.0 } else { 0.0 });
     }
 }
 

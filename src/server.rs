@@ -26,7 +26,10 @@ use crate::{
     policy::Policy,
     tls::{TlsError, TlsFiles, TlsSettings},
 };
-use usermeta_zitadel::{Group, SetupError, Zitadel, ZitadelConfig};
+use usermeta_zitadel::{
+    Group, SetupError, Zitadel, ZitadelConfig,
+    management::{ApiChoice, ManagementApi},
+};
 
 /// Everything the server needs, validated: the one configuration `serve` (from settings), `dev` and the
 /// tests build, as [`Config::new`]'s defaults plus what they override.
@@ -52,14 +55,7 @@ impl Config {
     ) -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            zitadel: ZitadelConfig {
-                base_url: zitadel_url,
-                timeout: Duration::from_secs(5),
-                service_credential,
-                resilience: Default::default(),
-                http2: Default::default(),
-                project_id: None,
-            },
+            zitadel: ZitadelConfig::new(zitadel_url, service_credential),
             policy: Policy::default(),
             cache: CacheConfig::default(),
             limits: Limits::default(),
@@ -67,6 +63,31 @@ impl Config {
             options: ServeOptions::default(),
         }
     }
+}
+
+/// Says at start-up which ZITADEL API manages metadata; for `auto`, asks ZITADEL in the background (a ZITADEL
+/// that is not up yet is asked again on the first call).
+fn announce_management_api(zitadel: &Arc<Zitadel>) {
+    let fixed = match zitadel.management_api_choice() {
+        ApiChoice::V1 => ManagementApi::V1,
+        ApiChoice::V2 => ManagementApi::V2,
+        ApiChoice::Auto => {
+            let zitadel = Arc::clone(zitadel);
+            tokio::spawn(async move {
+                if let Err(error) = zitadel.management_api().await {
+                    tracing::warn!(%error, "could not yet learn which management API ZITADEL serves (USERMETA_ZITADEL_API=auto); asking again on the first call");
+                }
+            });
+            return;
+        }
+    };
+    tracing::info!(
+        api = fixed.name(),
+        "managing metadata through ZITADEL's {} API (USERMETA_ZITADEL_API={})",
+        fixed.name(),
+        fixed.name()
+    );
+    crate::metrics::management_api(fixed.name());
 }
 
 /// Back-pressure: how much work usermeta accepts at once.
@@ -200,6 +221,7 @@ impl Application {
             options.zitadel_roots,
             crate::instrumentation::upstream(),
         )?);
+        announce_management_api(&zitadel);
         let resolver = Arc::new(Resolver::new(config.identity, &zitadel)?);
         let cache = Arc::new(CallerCache::new(config.cache));
         let policy = Arc::new(config.policy);

@@ -255,6 +255,14 @@ fn upstream_status(error: &UpstreamError) -> Status {
             "ZITADEL_UNREACHABLE",
             facts,
         ),
+        UpstreamError::NotInOrganization { .. } => with_info(
+            Code::FailedPrecondition,
+            format!(
+                "{error}; check user_id, and set organization_id to the user's organisation (or leave it empty)"
+            ),
+            "USER_NOT_FOUND_IN_ORGANIZATION",
+            facts,
+        ),
         UpstreamError::UnsafePath { .. } => with_info(
             Code::InvalidArgument,
             format!("{error}; use the id or key exactly as ZITADEL has it"),
@@ -359,6 +367,15 @@ fn upstream_status(error: &UpstreamError) -> Status {
                         facts,
                     )
                 }
+                // v2 looks the user up first (for the organisation the policy decides on): the same fact.
+                (Code::NotFound, Endpoint::UserV2GetUser) => with_info(
+                    Code::FailedPrecondition,
+                    format!(
+                        "ZITADEL found no such user in the organisation it searched ({said}); check user_id, and set organization_id to the user's organisation"
+                    ),
+                    "USER_NOT_FOUND_IN_ORGANIZATION",
+                    facts,
+                ),
                 (code, _) => with_info(
                     code,
                     format!("ZITADEL refused {endpoint}: {said}"),

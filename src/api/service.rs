@@ -32,7 +32,7 @@ use crate::{
 };
 use usermeta_zitadel::{
     CallerToken, UpstreamError, Zitadel,
-    management::Target,
+    management::{Scoped, Target},
     metadata::{KeyFilter, KeyMatch, MetadataItem, PackedMetadata, Page, PageRequest},
     resilience,
 };
@@ -305,17 +305,25 @@ impl MetadataService {
             (None, Some(own)) => (own, None),
             (user_id, _) => {
                 let caller = self.identify(&token).await?;
-                // Self is the caller ZITADEL names; a `user_id` equal to it changes nothing.
-                let other = user_id.filter(|user_id| *user_id != caller.sub);
-                let subject = match other {
+                // Self is the caller ZITADEL names; a `user_id` equal to it changes nothing. Another user is
+                // scoped to the organisation ZITADEL will act in, which is what the policy decides on.
+                let other = match user_id.filter(|user_id| *user_id != caller.sub) {
+                    Some(user_id) => Some(
+                        self.zitadel
+                            .scope(Target {
+                                user_id,
+                                org_id: request.org_id.as_deref(),
+                            })
+                            .await?,
+                    ),
+                    None => None,
+                };
+                let subject = match &other {
                     None => Subject {
                         user_id: &caller.sub,
                         org_id: caller.org_id.as_deref(),
                     },
-                    Some(user_id) => Subject {
-                        user_id,
-                        org_id: request.org_id.as_deref(),
-                    },
+                    Some(scoped) => subject_of(scoped.target()),
                 };
                 tracing::Span::current().record("user_id", subject.user_id);
                 (self.policy.read_scope(&caller, subject)?, other)
@@ -341,10 +349,7 @@ impl MetadataService {
                 description: "was issued while the policy let the caller see other keys of this user; drop page_token to start the listing over".to_owned(),
             }]));
         }
-        let target = other.map(|user_id| Target {
-            user_id,
-            org_id: request.org_id.as_deref(),
-        });
+        let target = other.as_ref().map(Scoped::target);
         let token = &token;
         let fetch = |page: PageRequest| async move {
             match target {
@@ -401,11 +406,15 @@ impl MetadataService {
         let client_cert = tls::client_cert(&request);
         let request = validate::set(request.into_inner())?;
         let caller = self.identify(&token).await?.with_client_cert(client_cert);
-        let target = target_of(
-            &caller,
-            request.user_id.as_deref(),
-            request.org_id.as_deref(),
-        )?;
+        let scoped = self
+            .zitadel
+            .scope(target_of(
+                &caller,
+                request.user_id.as_deref(),
+                request.org_id.as_deref(),
+            )?)
+            .await?;
+        let target = scoped.target();
         let keys: Vec<&str> = request
             .entries
             .iter()
@@ -442,11 +451,15 @@ impl MetadataService {
         let client_cert = tls::client_cert(&request);
         let request = validate::delete(request.into_inner())?;
         let caller = self.identify(&token).await?.with_client_cert(client_cert);
-        let target = target_of(
-            &caller,
-            request.user_id.as_deref(),
-            request.org_id.as_deref(),
-        )?;
+        let scoped = self
+            .zitadel
+            .scope(target_of(
+                &caller,
+                request.user_id.as_deref(),
+                request.org_id.as_deref(),
+            )?)
+            .await?;
+        let target = scoped.target();
         let keys: Vec<&str> = request.keys.iter().map(String::as_str).collect();
         audited(&caller, target, Action::Delete, &keys, async {
             self.policy.authorize(

@@ -527,14 +527,10 @@ mod tests {
         let alice = standin.create_user(&org, "alice");
         let token = standin.issue_token(&alice, &["openid"]);
         let zitadel = Arc::new(
-            Zitadel::new(usermeta_zitadel::ZitadelConfig {
-                base_url: standin.url().parse().unwrap(),
-                timeout: Duration::from_secs(5),
-                service_credential: usermeta_zitadel::ServiceCredential::Pat("pat".into()),
-                resilience: Default::default(),
-                http2: Default::default(),
-                project_id: None,
-            })
+            Zitadel::new(usermeta_zitadel::ZitadelConfig::new(
+                standin.url().parse().unwrap(),
+                usermeta_zitadel::ServiceCredential::Pat("pat".into()),
+            ))
             .unwrap(),
         );
         let token = CallerToken::from_authorization(format!("Bearer {token}").as_bytes()).unwrap();

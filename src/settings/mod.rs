@@ -25,7 +25,7 @@ use crate::{
     policy::Policy,
     server::Limits,
 };
-use usermeta_zitadel::{Http2, Resilience, ServiceCredential, ServiceKey};
+use usermeta_zitadel::{Http2, Resilience, ServiceCredential, ServiceKey, management::ApiChoice};
 
 /// usermeta: one gRPC contract for reading and writing ZITADEL user metadata.
 #[derive(Debug, Parser)]
@@ -323,6 +323,16 @@ pub struct ZitadelArgs {
     /// (also without TLS: h2c, which a plain-HTTP ZITADEL reached directly serves).
     #[arg(long, env = "USERMETA_ZITADEL_HTTP2", default_value = "negotiate", value_parser = http2_parser())]
     pub zitadel_http2: Http2,
+    /// Which ZITADEL API manages users' metadata: `v2` (the v2 user service, ZITADEL 4.0+), `v1` (the
+    /// management API, deprecated since ZITADEL v4), or `auto` (v2 where ZITADEL serves it, else v1; decided
+    /// once and again when a call says otherwise).
+    #[arg(long, env = "USERMETA_ZITADEL_API", default_value = "auto", value_parser = api_parser())]
+    pub zitadel_api: ApiChoice,
+    /// With the v2 API: how long this instance lays its own writes over ZITADEL's eventually consistent
+    /// listing, so a caller lists what it just wrote (a write the listing shows is dropped sooner); 0 turns
+    /// it off.
+    #[arg(long, env = "USERMETA_READ_YOUR_WRITES", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub read_your_writes: Duration,
     /// How long one call to ZITADEL may take, e.g. 5s or 1500ms.
     #[arg(long, env = "USERMETA_UPSTREAM_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub upstream_timeout: Duration,
@@ -392,6 +402,18 @@ fn http2_parser() -> impl clap::builder::TypedValueParser<Value = Http2> {
         match value.as_str() {
             "always" => Http2::Always,
             _ => Http2::Negotiate,
+        }
+    })
+}
+
+/// `v1` | `v2` | `auto`, listed in `--help`.
+fn api_parser() -> impl clap::builder::TypedValueParser<Value = ApiChoice> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(["auto", "v1", "v2"]).map(|value| {
+        match value.as_str() {
+            "v1" => ApiChoice::V1,
+            "v2" => ApiChoice::V2,
+            _ => ApiChoice::Auto,
         }
     })
 }

@@ -12,7 +12,7 @@ use usermeta::{
     policy::Policy,
     server::{Application, Config, Limits, ServeOptions, StartError},
 };
-use usermeta_zitadel::{Http2, Resilience, ServiceCredential};
+use usermeta_zitadel::{Http2, Resilience, ServiceCredential, management::ApiChoice};
 
 /// Settings of the ZITADEL client and the caches that tests vary together.
 #[derive(Debug, Clone, Copy)]
@@ -42,9 +42,18 @@ pub struct AppBuilder {
 }
 
 impl AppBuilder {
+    /// Against the v1 management API unless [`AppBuilder::api`] says otherwise: the tests that pin v1's wire
+    /// format need it, and the backend-independent suite runs against both.
     pub fn new(zitadel_url: &str, credential: ServiceCredential) -> Self {
-        let config = Config::new(zitadel_url.parse().expect("a ZITADEL URL"), credential);
+        let mut config = Config::new(zitadel_url.parse().expect("a ZITADEL URL"), credential);
+        config.zitadel.management_api = ApiChoice::V1;
         AppBuilder { config }.options(Options::default())
+    }
+
+    /// Which ZITADEL API manages metadata (v1, v2 or auto).
+    pub fn api(mut self, api: ApiChoice) -> Self {
+        self.config.zitadel.management_api = api;
+        self
     }
 
     /// [`AppBuilder::new`] with a personal access token as the service credential.

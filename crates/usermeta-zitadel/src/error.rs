@@ -26,6 +26,11 @@ pub enum Endpoint {
     Introspection,
     /// `/oauth/v2/keys`, ZITADEL's token signing keys.
     Jwks,
+    /// The v2 user service (`zitadel.user.v2.UserService`, Connect JSON).
+    UserV2ListMetadata,
+    UserV2SetMetadata,
+    UserV2DeleteMetadata,
+    UserV2GetUser,
 }
 
 impl Endpoint {
@@ -41,6 +46,10 @@ impl Endpoint {
             Endpoint::Token => "oauth.Token",
             Endpoint::Introspection => "oauth.Introspect",
             Endpoint::Jwks => "oauth.Keys",
+            Endpoint::UserV2ListMetadata => "user.v2.ListUserMetadata",
+            Endpoint::UserV2SetMetadata => "user.v2.SetUserMetadata",
+            Endpoint::UserV2DeleteMetadata => "user.v2.DeleteUserMetadata",
+            Endpoint::UserV2GetUser => "user.v2.GetUserByID",
         }
     }
 
@@ -102,6 +111,10 @@ pub enum UpstreamError {
         "usermeta did not send {endpoint}: the path segment {segment:?} would not reach ZITADEL as given"
     )]
     UnsafePath { endpoint: Endpoint, segment: String },
+    /// The request names an organisation, but ZITADEL says the user is in another (v2, where ZITADEL takes no
+    /// organisation and usermeta checks it); nothing was sent.
+    #[error("ZITADEL found no user {user_id} in organisation {org_id}")]
+    NotInOrganization { user_id: String, org_id: String },
     /// The service credential could not be exchanged for a management API token; `cause` is the failed token
     /// request. `credential` names the credential by its ids, never its secret.
     #[error("usermeta could not get a management API token with its {credential}: {cause}")]
@@ -122,6 +135,7 @@ impl UpstreamError {
             | UpstreamError::CircuitOpen { endpoint, .. }
             | UpstreamError::UnsafePath { endpoint, .. } => *endpoint,
             UpstreamError::CredentialRefresh { cause, .. } => cause.endpoint(),
+            UpstreamError::NotInOrganization { .. } => Endpoint::UserV2GetUser,
         }
     }
 
@@ -129,7 +143,9 @@ impl UpstreamError {
     pub fn is_missing_metadata(&self) -> bool {
         matches!(
             self.endpoint(),
-            Endpoint::ManagementRemoveMetadata | Endpoint::ManagementBulkRemoveMetadata
+            Endpoint::ManagementRemoveMetadata
+                | Endpoint::ManagementBulkRemoveMetadata
+                | Endpoint::UserV2DeleteMetadata
         ) && self.zitadel_code() == Some(Code::NotFound)
     }
 
@@ -200,7 +216,12 @@ impl Rejection {
         #[derive(Deserialize, Default)]
         #[serde(default)]
         struct Detail {
+            /// grpc-gateway: `{"@type": "…ErrorDetail", "id": …}`.
             id: Option<String>,
+            /// Connect: `{"type": "zitadel.v1.ErrorDetail", "value": <the message's bytes, base64>}`.
+            #[serde(rename = "type")]
+            type_name: Option<String>,
+            value: Option<String>,
         }
 
         let body: Body = serde_json::from_slice(body).unwrap_or_default();
@@ -216,7 +237,7 @@ impl Rejection {
         let error_id = body
             .details
             .into_iter()
-            .find_map(|d| d.id)
+            .find_map(|d| d.id.or_else(|| connect_error_id(d.type_name?, &d.value?)))
             .or_else(|| body.error.clone())
             .filter(|id| is_error_id(id));
         let message = body
@@ -231,6 +252,25 @@ impl Rejection {
             retry_after,
         }
     }
+}
+
+/// The id inside a Connect error detail of type `zitadel.v1.ErrorDetail` (`string id = 1`).
+fn connect_error_id(type_name: String, value: &str) -> Option<String> {
+    use base64::Engine as _;
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct ErrorDetail {
+        #[prost(string, tag = "1")]
+        id: String,
+    }
+    if type_name.trim_start_matches("type.googleapis.com/") != "zitadel.v1.ErrorDetail" {
+        return None;
+    }
+    // Connect sends unpadded standard base64; accept padding too.
+    let bytes = base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(value.trim_end_matches('='))
+        .ok()?;
+    let detail = <ErrorDetail as prost::Message>::decode(bytes.as_slice()).ok()?;
+    (!detail.id.is_empty()).then_some(detail.id)
 }
 
 /// Whether `id` looks like an error id (short printable ASCII) rather than text that would bloat or garble the

@@ -14,6 +14,10 @@ pub trait Instrument: Send + Sync + 'static {
     fn call_finished(&self, endpoint: &'static str, http_status: Option<u16>, elapsed: Duration);
     /// A request to the token endpoint for the service credential ended (`ok`: a token came back).
     fn token_refreshed(&self, ok: bool);
+    /// ZITADEL answered a call to `endpoint` with a `Deprecation` header.
+    fn deprecated(&self, _endpoint: &'static str) {}
+    /// The management API (`v1`, `v2`) now in use.
+    fn management_api_in_use(&self, _api: &'static str) {}
 }
 
 /// The hooks in use: [`Instrumentation::none`] unless the service gives its own.

@@ -55,6 +55,31 @@ pub struct ZitadelConfig {
     /// usermeta's project in ZITADEL: only roles ZITADEL asserts for it are callers' roles. `None`: callers
     /// have no roles.
     pub project_id: Option<String>,
+    /// Which API manages users' metadata: v1, v2, or v2 where served.
+    pub management_api: management::ApiChoice,
+    /// How long this replica lays its own writes over v2's eventually consistent listing (0: not at all).
+    pub read_your_writes: Duration,
+}
+
+/// How long this replica lays its own writes over v2's listing by default: ZITADEL's own tests wait up to a
+/// minute for its projection; a write the listing shows earlier is dropped from the overlay at once.
+pub const DEFAULT_READ_YOUR_WRITES: Duration = Duration::from_secs(60);
+
+impl ZitadelConfig {
+    /// The defaults for an instance and a credential: 5 s per call, default resilience, HTTP/2 negotiated,
+    /// no project, the management API chosen automatically.
+    pub fn new(base_url: Url, service_credential: ServiceCredential) -> Self {
+        ZitadelConfig {
+            base_url,
+            timeout: Duration::from_secs(5),
+            service_credential,
+            resilience: Resilience::default(),
+            http2: Http2::default(),
+            project_id: None,
+            management_api: management::ApiChoice::default(),
+            read_your_writes: DEFAULT_READ_YOUR_WRITES,
+        }
+    }
 }
 
 /// When usermeta speaks HTTP/2 to ZITADEL. Over HTTP/2 every concurrent call shares one connection per
@@ -102,7 +127,11 @@ pub struct Zitadel {
     http2: Http2,
     project_id: Option<String>,
     /// Which API manages users' metadata.
-    management_api: management::ManagementApi,
+    selector: management::Selector,
+    /// Writes through this replica, laid over v2's lagging listing.
+    recent_writes: management::RecentWrites,
+    /// Users' organisations, as v2 needs them for the policy.
+    user_orgs: management::UserOrgs,
 }
 
 impl Zitadel {
@@ -184,7 +213,9 @@ impl Zitadel {
             guards: resilience::Guards::new(config.resilience),
             http2: config.http2,
             project_id: config.project_id,
-            management_api: management::ManagementApi::V1,
+            selector: management::Selector::new(config.management_api),
+            recent_writes: management::RecentWrites::new(config.read_your_writes),
+            user_orgs: management::UserOrgs::new(management::USER_ORG_CAPACITY),
         })
     }
 
@@ -201,6 +232,11 @@ impl Zitadel {
     /// Follows whether `group`'s circuit breaker is open (for health reporting).
     pub fn watch_breaker(&self, group: Group) -> tokio::sync::watch::Receiver<bool> {
         self.guards.of(group).breaker.watch_open()
+    }
+
+    /// The operator's choice of management API.
+    pub fn management_api_choice(&self) -> management::ApiChoice {
+        self.selector.choice()
     }
 
     /// The kind of service credential in use, for messages.
@@ -390,25 +426,31 @@ async fn send(
     let hooks = instrumentation.hooks();
     let (span, trace_headers) = hooks.call_started(endpoint.name());
     let started = std::time::Instant::now();
-    let mut http_status = None;
-    let result = exchange(
-        endpoint,
-        timeout,
-        request.headers(trace_headers),
-        &mut http_status,
-    )
-    .instrument(span)
-    .await;
-    hooks.call_finished(endpoint.name(), http_status, started.elapsed());
+    let mut seen = Seen::default();
+    let result = exchange(endpoint, timeout, request.headers(trace_headers), &mut seen)
+        .instrument(span)
+        .await;
+    hooks.call_finished(endpoint.name(), seen.http_status, started.elapsed());
+    if seen.deprecated {
+        hooks.deprecated(endpoint.name());
+    }
     result
 }
 
-/// [`send`] without the observability; `http_status` is set once an answer arrives.
+/// What [`exchange`] saw of an answer, for the instrumentation.
+#[derive(Default)]
+struct Seen {
+    http_status: Option<u16>,
+    /// The answer carried a `Deprecation` header (RFC 9745; ZITADEL v5 plans it on every v1 call).
+    deprecated: bool,
+}
+
+/// [`send`] without the observability; `seen` is filled once an answer arrives.
 async fn exchange(
     endpoint: Endpoint,
     timeout: Duration,
     request: reqwest::RequestBuilder,
-    http_status: &mut Option<u16>,
+    seen: &mut Seen,
 ) -> Result<Bytes, Failure> {
     let transport = |e: reqwest::Error| Failure {
         before_sending: e.is_connect(),
@@ -420,7 +462,8 @@ async fn exchange(
         .await
         .map_err(transport)?;
     let status = response.status();
-    *http_status = Some(status.as_u16());
+    seen.http_status = Some(status.as_u16());
+    seen.deprecated = response.headers().contains_key("deprecation");
     let retry_after = response
         .headers()
         .get(http::header::RETRY_AFTER)

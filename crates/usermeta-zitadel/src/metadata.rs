@@ -125,6 +125,20 @@ pub enum KeyMatch {
 }
 
 impl KeyMatch {
+    /// The enum name the v2 user service takes in `keyFilter.method`.
+    pub fn v2_method(self) -> &'static str {
+        match self {
+            KeyMatch::Equals => "TEXT_FILTER_METHOD_EQUALS",
+            KeyMatch::EqualsIgnoreCase => "TEXT_FILTER_METHOD_EQUALS_IGNORE_CASE",
+            KeyMatch::StartsWith => "TEXT_FILTER_METHOD_STARTS_WITH",
+            KeyMatch::StartsWithIgnoreCase => "TEXT_FILTER_METHOD_STARTS_WITH_IGNORE_CASE",
+            KeyMatch::Contains => "TEXT_FILTER_METHOD_CONTAINS",
+            KeyMatch::ContainsIgnoreCase => "TEXT_FILTER_METHOD_CONTAINS_IGNORE_CASE",
+            KeyMatch::EndsWith => "TEXT_FILTER_METHOD_ENDS_WITH",
+            KeyMatch::EndsWithIgnoreCase => "TEXT_FILTER_METHOD_ENDS_WITH_IGNORE_CASE",
+        }
+    }
+
     /// The enum name ZITADEL's REST API takes in `keyQuery.method`.
     pub fn zitadel_method(self) -> &'static str {
         match self {
@@ -145,6 +159,24 @@ impl KeyMatch {
 pub struct KeyFilter {
     pub key: String,
     pub matching: KeyMatch,
+}
+
+impl KeyFilter {
+    /// Whether ZITADEL's filter lets `key` through (ignoring case as ZITADEL does: Unicode lower case).
+    pub fn matches(&self, key: &str) -> bool {
+        let (pattern, key) = match self.matching {
+            KeyMatch::Equals | KeyMatch::StartsWith | KeyMatch::Contains | KeyMatch::EndsWith => {
+                (self.key.clone(), key.to_owned())
+            }
+            _ => (self.key.to_lowercase(), key.to_lowercase()),
+        };
+        match self.matching {
+            KeyMatch::Equals | KeyMatch::EqualsIgnoreCase => key == pattern,
+            KeyMatch::StartsWith | KeyMatch::StartsWithIgnoreCase => key.starts_with(&pattern),
+            KeyMatch::Contains | KeyMatch::ContainsIgnoreCase => key.contains(&pattern),
+            KeyMatch::EndsWith | KeyMatch::EndsWithIgnoreCase => key.ends_with(&pattern),
+        }
+    }
 }
 
 /// Which slice of a listing to fetch.

@@ -103,7 +103,7 @@ pub struct BulkRemoveBody<'a> {
 }
 
 /// Accepts a uint64 as a JSON string (what ZITADEL sends) or a number.
-fn lenient_u64<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+pub(crate) fn lenient_u64<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum StringOrNumber {

@@ -1,16 +1,25 @@
 //! ZITADEL's management of any user's metadata, with usermeta's service credential: the seam between what
 //! usermeta asks (list, set, remove a user's metadata) and the ZITADEL API that answers it. Handlers and the
-//! policy call only [`Zitadel::list_user_metadata`], [`Zitadel::set_user_metadata`] and
-//! [`Zitadel::remove_user_metadata`]; which API serves them is a [`ManagementApi`] chosen once, so a second
-//! one (ZITADEL v4's v2 user service) is another variant and another module, not a change of its callers.
+//! policy call only [`Zitadel::scope`], [`Zitadel::list_user_metadata`], [`Zitadel::set_user_metadata`] and
+//! [`Zitadel::remove_user_metadata`]; which API serves them ([`ManagementApi`]: the v1 management API or
+//! v4's v2 user service) is chosen by [`ApiChoice`], for `auto` once per ZITADEL and again when a call
+//! says the chosen one is not served.
 
+mod choice;
+mod recent;
 mod v1;
+mod v2;
+
+use std::time::{Duration, Instant};
 
 use prost_types::Timestamp;
 
+pub use choice::ApiChoice;
+pub(crate) use choice::Selector;
+pub(crate) use recent::RecentWrites;
 pub use v1::ORG_HEADER;
 
-use super::{UpstreamError, Zitadel};
+use super::{Endpoint, UpstreamError, Zitadel};
 use crate::metadata::{KeyFilter, Page, PageRequest};
 
 /// Where a metadata call goes: a user, in an organisation or in the service user's own.
@@ -23,21 +32,161 @@ pub struct Target<'a> {
 /// The ZITADEL API that manages users' metadata.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum ManagementApi {
-    /// `/management/v1/users/{id}/metadata/...` (grpc-gateway REST).
+    /// `/management/v1/users/{id}/metadata/...` (grpc-gateway REST), deprecated since ZITADEL v4.
     #[default]
     V1,
+    /// `zitadel.user.v2.UserService` (ZITADEL 4.0+), over Connect JSON.
+    V2,
+}
+
+impl ManagementApi {
+    pub fn name(self) -> &'static str {
+        match self {
+            ManagementApi::V1 => "v1",
+            ManagementApi::V2 => "v2",
+        }
+    }
+}
+
+/// How long ZITADEL's word on a user's organisation is reused: users do not change organisations, and a
+/// deleted user's writes fail in ZITADEL anyway.
+const USER_ORG_TTL: Duration = Duration::from_secs(60);
+
+/// Users whose organisation is remembered at once.
+pub(crate) const USER_ORG_CAPACITY: usize = 10_000;
+
+pub(crate) type UserOrgs = quick_cache::sync::Cache<String, (String, Instant)>;
+
+/// A target whose organisation is the one ZITADEL acts in, [`Zitadel::scope`]'s answer.
+#[derive(Debug, Clone)]
+pub struct Scoped {
+    pub user_id: String,
+    /// `None` (v1 only): the service user's organisation, where ZITADEL looks without `x-zitadel-orgid`.
+    pub org_id: Option<String>,
+}
+
+impl Scoped {
+    pub fn target(&self) -> Target<'_> {
+        Target {
+            user_id: &self.user_id,
+            org_id: self.org_id.as_deref(),
+        }
+    }
 }
 
 impl Zitadel {
-    /// One page of a user's metadata, ascending.
+    /// The management API in use (for `auto`, asks ZITADEL once which it serves).
+    pub async fn management_api(&self) -> Result<ManagementApi, UpstreamError> {
+        self.selector.current(self).await
+    }
+
+    /// The organisation a management call on `target` acts in, so the policy decides on exactly that: with v1,
+    /// the one the request names (ZITADEL refuses users outside it) or none (the service user's own); with
+    /// v2, which takes no organisation, the user's real one as ZITADEL says. A named organisation that is not
+    /// the user's is [`UpstreamError::NotInOrganization`], before anything is written.
+    pub async fn scope(&self, target: Target<'_>) -> Result<Scoped, UpstreamError> {
+        let org_id = match self.management_api().await? {
+            ManagementApi::V1 => target.org_id.map(str::to_owned),
+            ManagementApi::V2 => {
+                let actual = self.user_organization(target.user_id).await?;
+                if let Some(named) = target.org_id
+                    && named != actual
+                {
+                    return Err(UpstreamError::NotInOrganization {
+                        user_id: target.user_id.to_owned(),
+                        org_id: named.to_owned(),
+                    });
+                }
+                Some(actual)
+            }
+        };
+        Ok(Scoped {
+            user_id: target.user_id.to_owned(),
+            org_id,
+        })
+    }
+
+    /// Sends a management request with the service credential. An OAuth token ZITADEL rejects with 401
+    /// (expired early, revoked) is refreshed once and the call retried once; a PAT has nothing to refresh.
+    pub(crate) async fn send_management_raw(
+        &self,
+        endpoint: Endpoint,
+        request: reqwest::RequestBuilder,
+    ) -> crate::Sent {
+        let authorization = match self.service_token.authorization().await {
+            Ok(authorization) => authorization,
+            Err(error) => {
+                return crate::Sent {
+                    result: Err(error),
+                    may_have_landed: false,
+                };
+            }
+        };
+        let retry = request
+            .try_clone()
+            .filter(|_| self.service_token.can_refresh());
+        let first = request.header(http::header::AUTHORIZATION, authorization.clone());
+        let sent = self.send_retrying(endpoint, first).await;
+        match (&sent.result, retry) {
+            (
+                Err(UpstreamError::Rejected {
+                    http_status: 401, ..
+                }),
+                Some(retry),
+            ) => {
+                self.service_token.invalidate(&authorization);
+                match self.service_token.authorization().await {
+                    Ok(authorization) => {
+                        let mut again = self
+                            .send_retrying(
+                                endpoint,
+                                retry.header(http::header::AUTHORIZATION, authorization),
+                            )
+                            .await;
+                        again.may_have_landed |= sent.may_have_landed;
+                        again
+                    }
+                    Err(error) => crate::Sent {
+                        result: Err(error),
+                        may_have_landed: sent.may_have_landed,
+                    },
+                }
+            }
+            _ => sent,
+        }
+    }
+
+    /// The user's organisation (v2 `GetUserByID`), remembered for [`USER_ORG_TTL`].
+    async fn user_organization(&self, user_id: &str) -> Result<String, UpstreamError> {
+        if let Some((org, at)) = self.user_orgs.get(user_id)
+            && at.elapsed() < USER_ORG_TTL
+        {
+            return Ok(org);
+        }
+        let org = self.v2_user_organization(user_id).await?;
+        self.user_orgs
+            .insert(user_id.to_owned(), (org.clone(), Instant::now()));
+        Ok(org)
+    }
+
+    /// One page of a user's metadata, ascending (v1 by key, v2 by creation date).
     pub async fn list_user_metadata(
         &self,
         target: Target<'_>,
         filter: Option<&KeyFilter>,
         page: PageRequest,
     ) -> Result<Page, UpstreamError> {
-        match self.management_api {
-            ManagementApi::V1 => self.v1_list_user_metadata(target, filter, page).await,
+        let mut switched = false;
+        loop {
+            let api = self.management_api().await?;
+            let result = match api {
+                ManagementApi::V1 => self.v1_list_user_metadata(target, filter, page).await,
+                ManagementApi::V2 => self.v2_list_user_metadata(target, filter, page).await,
+            };
+            if switched || !self.selector.switched_after(self, api, &result) {
+                return result;
+            }
+            switched = true;
         }
     }
 
@@ -47,8 +196,17 @@ impl Zitadel {
         target: Target<'_>,
         entries: &[(String, Vec<u8>)],
     ) -> Result<Option<Timestamp>, UpstreamError> {
-        match self.management_api {
-            ManagementApi::V1 => self.v1_set_user_metadata(target, entries).await,
+        let mut switched = false;
+        loop {
+            let api = self.management_api().await?;
+            let result = match api {
+                ManagementApi::V1 => self.v1_set_user_metadata(target, entries).await,
+                ManagementApi::V2 => self.v2_set_user_metadata(target, entries).await,
+            };
+            if switched || !self.selector.switched_after(self, api, &result) {
+                return result;
+            }
+            switched = true;
         }
     }
 
@@ -59,8 +217,17 @@ impl Zitadel {
         target: Target<'_>,
         keys: &[String],
     ) -> Result<Option<Timestamp>, UpstreamError> {
-        match self.management_api {
-            ManagementApi::V1 => self.v1_remove_user_metadata(target, keys).await,
+        let mut switched = false;
+        loop {
+            let api = self.management_api().await?;
+            let result = match api {
+                ManagementApi::V1 => self.v1_remove_user_metadata(target, keys).await,
+                ManagementApi::V2 => self.v2_remove_user_metadata(target, keys).await,
+            };
+            if switched || !self.selector.switched_after(self, api, &result) {
+                return result;
+            }
+            switched = true;
         }
     }
 }

@@ -160,56 +160,6 @@ impl Zitadel {
         crate::parse_json(endpoint, &body)
     }
 
-    /// Sends a management request with the service credential. An OAuth token ZITADEL rejects with 401
-    /// (expired early, revoked) is refreshed once and the call retried once; a PAT has nothing to refresh.
-    async fn send_management_raw(
-        &self,
-        endpoint: Endpoint,
-        request: reqwest::RequestBuilder,
-    ) -> crate::Sent {
-        let authorization = match self.service_token.authorization().await {
-            Ok(authorization) => authorization,
-            Err(error) => {
-                return crate::Sent {
-                    result: Err(error),
-                    may_have_landed: false,
-                };
-            }
-        };
-        let retry = request
-            .try_clone()
-            .filter(|_| self.service_token.can_refresh());
-        let first = request.header(http::header::AUTHORIZATION, authorization.clone());
-        let sent = self.send_retrying(endpoint, first).await;
-        match (&sent.result, retry) {
-            (
-                Err(UpstreamError::Rejected {
-                    http_status: 401, ..
-                }),
-                Some(retry),
-            ) => {
-                self.service_token.invalidate(&authorization);
-                match self.service_token.authorization().await {
-                    Ok(authorization) => {
-                        let mut again = self
-                            .send_retrying(
-                                endpoint,
-                                retry.header(http::header::AUTHORIZATION, authorization),
-                            )
-                            .await;
-                        again.may_have_landed |= sent.may_have_landed;
-                        again
-                    }
-                    Err(error) => crate::Sent {
-                        result: Err(error),
-                        may_have_landed: sent.may_have_landed,
-                    },
-                }
-            }
-            _ => sent,
-        }
-    }
-
     /// A request to `/management/v1/users/{id}/metadata/{tail...}`; [`Self::send_management`] authorises it.
     fn management(
         &self,

@@ -1,0 +1,170 @@
+//! Which management API answers: fixed by the operator, or (`auto`) the v2 user service where ZITADEL serves
+//! it and v1 otherwise, decided once per ZITADEL and decided again when a call says otherwise (an upgrade,
+//! a rollback, v1 switched off).
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use super::ManagementApi;
+use crate::{Endpoint, UpstreamError, Zitadel};
+
+/// The operator's choice of management API.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ApiChoice {
+    V1,
+    V2,
+    /// v2 where ZITADEL serves it, else v1.
+    #[default]
+    Auto,
+}
+
+const UNKNOWN: u8 = 0;
+const V1: u8 = 1;
+const V2: u8 = 2;
+
+#[derive(Debug)]
+pub(crate) struct Selector {
+    choice: ApiChoice,
+    /// For `auto`: what ZITADEL was found to serve.
+    found: AtomicU8,
+    /// One probe at a time; the others wait for its answer.
+    probing: tokio::sync::Mutex<()>,
+}
+
+impl Selector {
+    pub(crate) fn new(choice: ApiChoice) -> Self {
+        Selector {
+            choice,
+            found: AtomicU8::new(UNKNOWN),
+            probing: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub(crate) fn choice(&self) -> ApiChoice {
+        self.choice
+    }
+
+    pub(crate) async fn current(&self, zitadel: &Zitadel) -> Result<ManagementApi, UpstreamError> {
+        match self.choice {
+            ApiChoice::V1 => return Ok(ManagementApi::V1),
+            ApiChoice::V2 => return Ok(ManagementApi::V2),
+            ApiChoice::Auto => {}
+        }
+        if let Some(api) = self.found() {
+            return Ok(api);
+        }
+        let _probing = self.probing.lock().await;
+        if let Some(api) = self.found() {
+            return Ok(api);
+        }
+        let api = probe(zitadel).await?;
+        self.settle(zitadel, api, "ZITADEL's answer to a probe");
+        Ok(api)
+    }
+
+    fn found(&self) -> Option<ManagementApi> {
+        match self.found.load(Ordering::Acquire) {
+            V1 => Some(ManagementApi::V1),
+            V2 => Some(ManagementApi::V2),
+            _ => None,
+        }
+    }
+
+    fn settle(&self, zitadel: &Zitadel, api: ManagementApi, why: &str) {
+        let code = match api {
+            ManagementApi::V1 => V1,
+            ManagementApi::V2 => V2,
+        };
+        if self.found.swap(code, Ordering::AcqRel) != code {
+            tracing::info!(
+                api = api.name(),
+                "managing metadata through ZITADEL's {} API (auto, from {why})",
+                api.name()
+            );
+            zitadel
+                .instrumentation
+                .hooks()
+                .management_api_in_use(api.name());
+        }
+    }
+
+    /// Whether `result` of a call on `api` says ZITADEL does not serve that API (any more), in which case the
+    /// choice is made again and the caller repeats the call once. Only under `auto`.
+    pub(crate) fn switched_after<T>(
+        &self,
+        zitadel: &Zitadel,
+        api: ManagementApi,
+        result: &Result<T, UpstreamError>,
+    ) -> bool {
+        if self.choice != ApiChoice::Auto {
+            return false;
+        }
+        let Err(error) = result else {
+            return false;
+        };
+        if !is_not_served(error) {
+            return false;
+        }
+        match api {
+            ManagementApi::V2 => {
+                tracing::warn!(endpoint = %error.endpoint(), "ZITADEL no longer serves the v2 user service's metadata calls; switching to the v1 management API");
+                self.settle(
+                    zitadel,
+                    ManagementApi::V1,
+                    "a v2 call ZITADEL did not serve",
+                );
+            }
+            ManagementApi::V1 => {
+                tracing::warn!(endpoint = %error.endpoint(), "ZITADEL no longer serves the v1 management API; switching to the v2 user service");
+                self.settle(
+                    zitadel,
+                    ManagementApi::V2,
+                    "a v1 call ZITADEL did not serve",
+                );
+            }
+        }
+        true
+    }
+}
+
+/// An answer that means "no such API here", not an answer of the API: Connect's `unimplemented`, or a 404
+/// without ZITADEL's error id (a route that does not exist; every error ZITADEL itself raises carries one).
+fn is_not_served(error: &UpstreamError) -> bool {
+    match error {
+        UpstreamError::Rejected {
+            http_status,
+            rejection,
+            ..
+        } => {
+            rejection.code == tonic::Code::Unimplemented
+                || (*http_status == 404 && rejection.error_id.is_none())
+        }
+        _ => false,
+    }
+}
+
+/// Asks the v2 user service for a user that does not exist: any answer of the service (an error with ZITADEL's
+/// id included) means it is served; "not served" means v1. A failure to reach ZITADEL decides nothing.
+async fn probe(zitadel: &Zitadel) -> Result<ManagementApi, UpstreamError> {
+    let body = serde_json::json!({
+        "userId": "usermeta-api-probe",
+        "pagination": {"limit": 1},
+    });
+    let request = zitadel.connect_request("ListUserMetadata", &body)?;
+    match zitadel
+        .send_management_raw(Endpoint::UserV2ListMetadata, request)
+        .await
+        .result
+    {
+        Ok(_) => Ok(ManagementApi::V2),
+        Err(error) if is_not_served(&error) => Ok(ManagementApi::V1),
+        Err(error @ UpstreamError::Rejected { .. }) => {
+            if error.zitadel_code() == Some(tonic::Code::Unauthenticated) {
+                // The credential failed, not the API: no decision, and the caller learns why.
+                Err(error)
+            } else {
+                Ok(ManagementApi::V2)
+            }
+        }
+        Err(error) => Err(error),
+    }
+}
