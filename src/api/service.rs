@@ -308,14 +308,17 @@ impl MetadataService {
                 // Self is the caller ZITADEL names; a `user_id` equal to it changes nothing. Another user is
                 // scoped to the organisation ZITADEL will act in, which is what the policy decides on.
                 let other = match user_id.filter(|user_id| *user_id != caller.sub) {
-                    Some(user_id) => Some(
-                        self.zitadel
-                            .scope(Target {
-                                user_id,
-                                org_id: request.org_id.as_deref(),
-                            })
-                            .await?,
-                    ),
+                    Some(user_id) => {
+                        let named = Target {
+                            user_id,
+                            org_id: request.org_id.as_deref(),
+                        };
+                        // Refused without asking ZITADEL anything when no organisation could change that.
+                        if !self.policy.names_target_organizations() {
+                            self.policy.read_scope(&caller, subject_of(named))?;
+                        }
+                        Some(self.zitadel.scope(named).await?)
+                    }
                     None => None,
                 };
                 let subject = match &other {
@@ -406,21 +409,19 @@ impl MetadataService {
         let client_cert = tls::client_cert(&request);
         let request = validate::set(request.into_inner())?;
         let caller = self.identify(&token).await?.with_client_cert(client_cert);
-        let scoped = self
-            .zitadel
-            .scope(target_of(
-                &caller,
-                request.user_id.as_deref(),
-                request.org_id.as_deref(),
-            )?)
-            .await?;
-        let target = scoped.target();
+        let named = target_of(
+            &caller,
+            request.user_id.as_deref(),
+            request.org_id.as_deref(),
+        )?;
         let keys: Vec<&str> = request
             .entries
             .iter()
             .map(|(key, _)| key.as_str())
             .collect();
-        audited(&caller, target, Action::Write, &keys, async {
+        audited(&caller, named, Action::Write, &keys, async {
+            let scoped = self.scoped(&caller, named, Action::Write, &keys).await?;
+            let target = scoped.target();
             self.policy.authorize(
                 &caller,
                 subject_of(target),
@@ -451,17 +452,15 @@ impl MetadataService {
         let client_cert = tls::client_cert(&request);
         let request = validate::delete(request.into_inner())?;
         let caller = self.identify(&token).await?.with_client_cert(client_cert);
-        let scoped = self
-            .zitadel
-            .scope(target_of(
-                &caller,
-                request.user_id.as_deref(),
-                request.org_id.as_deref(),
-            )?)
-            .await?;
-        let target = scoped.target();
+        let named = target_of(
+            &caller,
+            request.user_id.as_deref(),
+            request.org_id.as_deref(),
+        )?;
         let keys: Vec<&str> = request.keys.iter().map(String::as_str).collect();
-        audited(&caller, target, Action::Delete, &keys, async {
+        audited(&caller, named, Action::Delete, &keys, async {
+            let scoped = self.scoped(&caller, named, Action::Delete, &keys).await?;
+            let target = scoped.target();
             self.policy.authorize(
                 &caller,
                 subject_of(target),
@@ -475,6 +474,22 @@ impl MetadataService {
             Ok(pb::DeleteMetadataResponse { update_time })
         })
         .await
+    }
+
+    /// The target in the organisation ZITADEL acts in ([`Zitadel::scope`]). When no policy rule names
+    /// organisations the decision cannot depend on it, so a denial comes first and costs ZITADEL nothing.
+    async fn scoped(
+        &self,
+        caller: &Identity,
+        named: Target<'_>,
+        action: Action,
+        keys: &[&str],
+    ) -> Result<Scoped, ApiError> {
+        if !self.policy.names_target_organizations() {
+            self.policy
+                .authorize(caller, subject_of(named), action, keys.iter().copied())?;
+        }
+        Ok(self.zitadel.scope(named).await?)
     }
 
     /// The policy's value rules, as field violations of the request.

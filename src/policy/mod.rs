@@ -319,6 +319,14 @@ impl Policy {
         &self.rules
     }
 
+    /// Whether a decision can depend on the target user's organisation (a rule with `whose` organisations).
+    /// Without such a rule the organisation changes nothing, so a denial needs no lookup of it.
+    pub fn names_target_organizations(&self) -> bool {
+        self.rules
+            .iter()
+            .any(|rule| matches!(rule.whose, Whose::Organizations(_)))
+    }
+
     /// Whether `key` is declared hidden from its user.
     pub fn is_hidden(&self, key: &str) -> bool {
         self.key_rules

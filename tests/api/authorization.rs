@@ -6,9 +6,8 @@ use usermeta::api::pb::{DeleteMetadataRequest, ListMetadataRequest, SetMetadataR
 
 use crate::helpers::*;
 
-#[tokio::test]
-async fn reading_another_user_needs_an_admin() {
-    let app = TestApp::start().await;
+async fn reading_another_user_needs_an_admin(api: ApiChoice) {
+    let app = TestApp::builder().api(api).start().await;
     let bob = app.bob.clone();
     let status = app
         .list_metadata(
@@ -24,9 +23,8 @@ async fn reading_another_user_needs_an_admin() {
     app.assert_no_management_request();
 }
 
-#[tokio::test]
-async fn writing_or_deleting_another_user_needs_an_admin() {
-    let app = TestApp::start().await;
+async fn writing_or_deleting_another_user_needs_an_admin(api: ApiChoice) {
+    let app = TestApp::builder().api(api).start().await;
     let bob = app.bob.clone();
     let other_org = app.other_org.clone();
     let set = SetMetadataRequest {
@@ -51,9 +49,8 @@ async fn writing_or_deleting_another_user_needs_an_admin() {
     assert_eq!(app.standin.metadata_of(&bob).len(), 1);
 }
 
-#[tokio::test]
-async fn self_writes_outside_the_writable_prefixes_are_denied_naming_the_key() {
-    let app = TestApp::start().await;
+async fn self_writes_outside_the_writable_prefixes_are_denied_naming_the_key(api: ApiChoice) {
+    let app = TestApp::builder().api(api).start().await;
     let set = SetMetadataRequest {
         entries: vec![
             entry(&format!("{SELF_WRITABLE}ok"), text("v")),
@@ -85,9 +82,8 @@ async fn self_writes_outside_the_writable_prefixes_are_denied_naming_the_key() {
     );
 }
 
-#[tokio::test]
-async fn naming_yourself_does_not_widen_self_writes() {
-    let app = TestApp::start().await;
+async fn naming_yourself_does_not_widen_self_writes(api: ApiChoice) {
+    let app = TestApp::builder().api(api).start().await;
     let alice = app.alice.clone();
     let set = SetMetadataRequest {
         user_id: alice,
@@ -99,9 +95,8 @@ async fn naming_yourself_does_not_widen_self_writes() {
     app.assert_no_management_request();
 }
 
-#[tokio::test]
-async fn admins_write_any_key_of_any_user() {
-    let app = TestApp::start().await;
+async fn admins_write_any_key_of_any_user(api: ApiChoice) {
+    let app = TestApp::builder().api(api).start().await;
     let bob = app.bob.clone();
     let set = SetMetadataRequest {
         user_id: bob.clone(),
@@ -112,9 +107,8 @@ async fn admins_write_any_key_of_any_user() {
     assert_eq!(app.standin.metadata_of(&bob)["ContractNumber"], b"42");
 }
 
-#[tokio::test]
-async fn tokens_never_cross_over() {
-    let app = TestApp::start().await;
+async fn tokens_never_cross_over(api: ApiChoice) {
+    let app = TestApp::builder().api(api).start().await;
     let alice = app.alice.clone();
     app.set_metadata(
         &app.admin_token,
@@ -158,3 +152,12 @@ async fn tokens_never_cross_over() {
         }
     }
 }
+
+on_both_apis!(
+    reading_another_user_needs_an_admin,
+    writing_or_deleting_another_user_needs_an_admin,
+    self_writes_outside_the_writable_prefixes_are_denied_naming_the_key,
+    naming_yourself_does_not_widen_self_writes,
+    admins_write_any_key_of_any_user,
+    tokens_never_cross_over,
+);

@@ -49,9 +49,8 @@ async fn deletes_several_keys_in_one_bulk_call() {
     assert!(management[0].path.ends_with("/metadata/_bulk"));
 }
 
-#[tokio::test]
-async fn a_missing_key_is_not_found_and_nothing_is_removed() {
-    let app = TestApp::start().await;
+async fn a_missing_key_is_not_found_and_nothing_is_removed(api: ApiChoice) {
+    let app = TestApp::builder().api(api).start().await;
     let alice = app.alice.clone();
     let status = app
         .delete_metadata(&app.admin_token, delete(&alice, &["nope"], false))
@@ -76,9 +75,8 @@ async fn a_missing_key_is_not_found_and_nothing_is_removed() {
     );
 }
 
-#[tokio::test]
-async fn allow_missing_removes_what_exists() {
-    let app = TestApp::start().await;
+async fn allow_missing_removes_what_exists(api: ApiChoice) {
+    let app = TestApp::builder().api(api).start().await;
     let alice = app.alice.clone();
     let single = app
         .delete_metadata(&app.admin_token, delete(&alice, &["nope"], true))
@@ -108,9 +106,8 @@ async fn allow_missing_removes_what_exists() {
     assert!(none_left.update_time.is_none());
 }
 
-#[tokio::test]
-async fn users_delete_their_own_self_writable_keys() {
-    let app = TestApp::start().await;
+async fn users_delete_their_own_self_writable_keys(api: ApiChoice) {
+    let app = TestApp::builder().api(api).start().await;
     let answer = app
         .delete_metadata(&app.alice_token, delete("", &["profile.language"], false))
         .await;
@@ -121,3 +118,9 @@ async fn users_delete_their_own_self_writable_keys() {
             .contains_key("profile.language")
     );
 }
+
+on_both_apis!(
+    a_missing_key_is_not_found_and_nothing_is_removed,
+    allow_missing_removes_what_exists,
+    users_delete_their_own_self_writable_keys,
+);

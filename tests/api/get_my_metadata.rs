@@ -10,9 +10,8 @@ fn get(keys: &[&str], source: MetadataSource) -> GetMyMetadataRequest {
     }
 }
 
-#[tokio::test]
-async fn userinfo_is_the_default_source_and_values_come_back_decoded() {
-    let app = TestApp::start().await;
+async fn userinfo_is_the_default_source_and_values_come_back_decoded(api: ApiChoice) {
+    let app = TestApp::builder().api(api).start().await;
     let answer = app
         .get_my_metadata(&app.alice_token, get(&[], MetadataSource::Unspecified))
         .await
@@ -37,9 +36,8 @@ async fn userinfo_is_the_default_source_and_values_come_back_decoded() {
     assert_eq!(requests[0].bearer(), Some(app.alice_token.as_str()));
 }
 
-#[tokio::test]
-async fn auth_api_source_gives_timestamps_and_the_user_from_userinfo() {
-    let app = TestApp::start().await;
+async fn auth_api_source_gives_timestamps_and_the_user_from_userinfo(api: ApiChoice) {
+    let app = TestApp::builder().api(api).start().await;
     let answer = app
         .get_my_metadata(&app.alice_token, get(&[], MetadataSource::AuthApi))
         .await
@@ -68,9 +66,8 @@ async fn auth_api_source_gives_timestamps_and_the_user_from_userinfo() {
     app.assert_no_management_request();
 }
 
-#[tokio::test]
-async fn binary_values_survive_both_base64_flavours() {
-    let app = TestApp::start().await;
+async fn binary_values_survive_both_base64_flavours(api: ApiChoice) {
+    let app = TestApp::builder().api(api).start().await;
     // 0xfb 0xff differs between the alphabets: "+/8=" standard, "-_8" URL-safe unpadded.
     let bytes = [0xfb, 0xff, 0x00, 0x80];
     app.standin.set_metadata(&app.alice, "blob", &bytes);
@@ -89,9 +86,8 @@ async fn binary_values_survive_both_base64_flavours() {
     }
 }
 
-#[tokio::test]
-async fn keys_filter_exactly_in_both_sources() {
-    let app = TestApp::start().await;
+async fn keys_filter_exactly_in_both_sources(api: ApiChoice) {
+    let app = TestApp::builder().api(api).start().await;
     app.standin
         .set_metadata(&app.alice, "contractnumber", b"lower");
     for source in [MetadataSource::Userinfo, MetadataSource::AuthApi] {
@@ -119,9 +115,8 @@ async fn keys_filter_exactly_in_both_sources() {
     }
 }
 
-#[tokio::test]
-async fn a_token_without_the_metadata_scope_sees_no_metadata_in_userinfo() {
-    let app = TestApp::start().await;
+async fn a_token_without_the_metadata_scope_sees_no_metadata_in_userinfo(api: ApiChoice) {
+    let app = TestApp::builder().api(api).start().await;
     let token = app.standin.issue_token(&app.alice, &["openid"]);
     let answer = app
         .get_my_metadata(&token, get(&[], MetadataSource::Userinfo))
@@ -132,9 +127,8 @@ async fn a_token_without_the_metadata_scope_sees_no_metadata_in_userinfo() {
     assert!(answer.metadata.is_empty());
 }
 
-#[tokio::test]
-async fn auth_api_without_the_zitadel_audience_scope_says_which_scope_is_missing() {
-    let app = TestApp::start().await;
+async fn auth_api_without_the_zitadel_audience_scope_says_which_scope_is_missing(api: ApiChoice) {
+    let app = TestApp::builder().api(api).start().await;
     let token = app
         .standin
         .issue_token(&app.alice, &["openid", "urn:zitadel:iam:user:metadata"]);
@@ -171,9 +165,8 @@ async fn auth_api_without_the_zitadel_audience_scope_says_which_scope_is_missing
     );
 }
 
-#[tokio::test]
-async fn a_token_without_openid_names_no_user_and_is_refused() {
-    let app = TestApp::start().await;
+async fn a_token_without_openid_names_no_user_and_is_refused(api: ApiChoice) {
+    let app = TestApp::builder().api(api).start().await;
     let token = app
         .standin
         .issue_token(&app.alice, &["urn:zitadel:iam:user:metadata"]);
@@ -185,9 +178,8 @@ async fn a_token_without_openid_names_no_user_and_is_refused() {
     assert!(status.message().contains("openid"));
 }
 
-#[tokio::test]
-async fn the_user_comes_from_zitadel_not_from_the_request() {
-    let mut app = TestApp::start().await;
+async fn the_user_comes_from_zitadel_not_from_the_request(api: ApiChoice) {
+    let mut app = TestApp::builder().api(api).start().await;
     // Whatever the caller puts in metadata, only its token decides whose metadata it reads.
     let mut request = authed(get(&[], MetadataSource::Unspecified), &app.alice_token);
     request
@@ -205,3 +197,14 @@ async fn the_user_comes_from_zitadel_not_from_the_request() {
     assert_eq!(answer.user_id, app.alice);
     assert!(pairs(&answer.metadata).contains(&("ContractNumber".into(), Some("1234".into()))));
 }
+
+on_both_apis!(
+    userinfo_is_the_default_source_and_values_come_back_decoded,
+    auth_api_source_gives_timestamps_and_the_user_from_userinfo,
+    binary_values_survive_both_base64_flavours,
+    keys_filter_exactly_in_both_sources,
+    a_token_without_the_metadata_scope_sees_no_metadata_in_userinfo,
+    auth_api_without_the_zitadel_audience_scope_says_which_scope_is_missing,
+    a_token_without_openid_names_no_user_and_is_refused,
+    the_user_comes_from_zitadel_not_from_the_request,
+);

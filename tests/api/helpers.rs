@@ -22,6 +22,31 @@ use usermeta::{
 use zitadel_standin::{ManagerRole, RecordedRequest, StandIn};
 
 pub use crate::support::{AppBuilder, Options, Spawned};
+pub use usermeta_zitadel::management::ApiChoice;
+
+/// The backend-independent suite: each named `async fn name(api: ApiChoice)` runs as the test `v1::name`
+/// against the v1 management API and as `v2::name` against the v2 user service. One suite, two backends.
+macro_rules! on_both_apis {
+    ($($name:ident),* $(,)?) => {
+        mod v1 {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::helpers::ApiChoice::V1).await
+                }
+            )*
+        }
+        mod v2 {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::helpers::ApiChoice::V2).await
+                }
+            )*
+        }
+    };
+}
+pub(crate) use on_both_apis;
 
 /// Scopes a typical caller token has: identity, metadata, organisation, and the ZITADEL audience.
 pub const FULL_SCOPES: &[&str] = &[
@@ -66,7 +91,10 @@ impl TestApp {
     /// user whose PAT usermeta holds), and usermeta in front of it with the test policy: the admin may do
     /// anything, everyone may write their own `profile.` keys.
     pub fn builder() -> TestAppBuilder {
-        TestAppBuilder { ext_authz: None }
+        TestAppBuilder {
+            ext_authz: None,
+            api: ApiChoice::V1,
+        }
     }
 
     pub async fn get_my_metadata(
@@ -123,12 +151,19 @@ impl TestApp {
 /// What a [`TestApp`] varies beside its seeded cast.
 pub struct TestAppBuilder {
     ext_authz: Option<AuthzConfig>,
+    api: ApiChoice,
 }
 
 impl TestAppBuilder {
     /// Also serve Envoy's external authorization API (on its own listener).
     pub fn ext_authz(mut self, config: AuthzConfig) -> Self {
         self.ext_authz = Some(config);
+        self
+    }
+
+    /// Which ZITADEL API manages metadata (v1 unless told).
+    pub fn api(mut self, api: ApiChoice) -> Self {
+        self.api = api;
         self
     }
 
@@ -147,6 +182,7 @@ impl TestAppBuilder {
         let alice_token = standin.issue_token(&alice, FULL_SCOPES);
         let admin_token = standin.issue_token(&admin, FULL_SCOPES);
         let mut app = AppBuilder::with_pat(&standin.url(), &service_pat)
+            .api(self.api)
             .policy(Policy::new([admin.clone()], vec![SELF_WRITABLE.into()]));
         if let Some(config) = self.ext_authz {
             app = app.ext_authz(config);
@@ -260,6 +296,14 @@ impl TestApp {
         assert!(seen.is_empty(), "expected no ZITADEL request, saw {seen:?}");
     }
 
+    /// The management calls that read or write metadata (without v2's lookup of a user's organisation).
+    pub fn metadata_requests(&self) -> Vec<RecordedRequest> {
+        self.management_requests()
+            .into_iter()
+            .filter(|r| r.connect_procedure() != Some("GetUserByID"))
+            .collect()
+    }
+
     #[track_caller]
     pub fn assert_no_management_request(&self) {
         let seen: Vec<String> = self
@@ -268,6 +312,17 @@ impl TestApp {
             .map(|r| format!("{} {}", r.method, r.path))
             .collect();
         assert!(seen.is_empty(), "expected no management call, saw {seen:?}");
+    }
+}
+
+/// The user a management call addressed: v1 names it in the path, v2 in the JSON body.
+pub fn user_of(request: &RecordedRequest) -> String {
+    match request.path.strip_prefix("/management/v1/users/") {
+        Some(rest) => rest.split('/').next().unwrap_or_default().to_owned(),
+        None => {
+            let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
+            body["userId"].as_str().unwrap_or_default().to_owned()
+        }
     }
 }
 

@@ -12,9 +12,8 @@ fn list(user_id: &str, page_size: i32, page_token: &str) -> ListMetadataRequest 
     }
 }
 
-#[tokio::test]
-async fn own_listing_uses_the_auth_api_with_the_callers_token() {
-    let app = TestApp::start().await;
+async fn own_listing_uses_the_auth_api_with_the_callers_token(api: ApiChoice) {
+    let app = TestApp::builder().api(api).start().await;
     let answer = app
         .list_metadata(&app.alice_token, list("", 0, ""))
         .await
@@ -35,9 +34,8 @@ async fn own_listing_uses_the_auth_api_with_the_callers_token() {
     );
 }
 
-#[tokio::test]
-async fn naming_yourself_is_still_your_own_listing() {
-    let app = TestApp::start().await;
+async fn naming_yourself_is_still_your_own_listing(api: ApiChoice) {
+    let app = TestApp::builder().api(api).start().await;
     let alice = app.alice.clone();
     let answer = app
         .list_metadata(&app.alice_token, list(&alice, 0, ""))
@@ -48,9 +46,8 @@ async fn naming_yourself_is_still_your_own_listing() {
     app.assert_no_management_request();
 }
 
-#[tokio::test]
-async fn admins_list_other_users_through_the_management_api() {
-    let app = TestApp::start().await;
+async fn admins_list_other_users_through_the_management_api(api: ApiChoice) {
+    let app = TestApp::builder().api(api).start().await;
     let alice = app.alice.clone();
     let answer = app
         .list_metadata(&app.admin_token, list(&alice, 0, ""))
@@ -58,23 +55,22 @@ async fn admins_list_other_users_through_the_management_api() {
         .unwrap()
         .into_inner();
     assert_eq!(answer.total_size, 2);
-    let management = app.management_requests();
+    let management = app.metadata_requests();
     assert_eq!(management.len(), 1);
     assert_eq!(
         management[0].bearer(),
         Some(app.service_pat.as_str()),
         "service credential, not the caller's token"
     );
-    assert!(
-        management[0]
-            .path
-            .ends_with(&format!("/users/{alice}/metadata/_search"))
-    );
+    assert_eq!(user_of(&management[0]), alice);
+    match api {
+        ApiChoice::V1 => assert!(management[0].path.ends_with("/metadata/_search")),
+        _ => assert_eq!(management[0].connect_procedure(), Some("ListUserMetadata")),
+    }
 }
 
-#[tokio::test]
-async fn pages_through_everything_with_opaque_tokens() {
-    let app = TestApp::start().await;
+async fn pages_through_everything_with_opaque_tokens(api: ApiChoice) {
+    let app = TestApp::builder().api(api).start().await;
     for i in 0..5 {
         app.standin
             .set_metadata(&app.bob, &format!("k{i}"), format!("v{i}").as_bytes());
@@ -113,20 +109,24 @@ async fn pages_through_everything_with_opaque_tokens() {
     assert_eq!(pages, 3);
     seen.sort();
     assert_eq!(seen, ["ContractNumber", "k0", "k1", "k2", "k3", "k4"]);
-    // Offsets and limits reached ZITADEL as its ListQuery.
+    // Offsets and limits reached ZITADEL as its list query (v1 `query`, v2 `pagination`).
     let bodies: Vec<serde_json::Value> = app
         .management_requests()
         .iter()
+        .filter(|r| r.connect_procedure() != Some("GetUserByID"))
         .map(|r| serde_json::from_slice(&r.body).unwrap())
         .collect();
-    assert_eq!(bodies[1]["query"]["offset"], "2");
-    assert_eq!(bodies[1]["query"]["limit"], 2);
-    assert_eq!(bodies[1]["query"]["asc"], true);
+    let query = match api {
+        ApiChoice::V1 => &bodies[1]["query"],
+        _ => &bodies[1]["pagination"],
+    };
+    assert_eq!(query["offset"], "2");
+    assert_eq!(query["limit"], 2);
+    assert_eq!(query["asc"], true);
 }
 
-#[tokio::test]
-async fn a_page_token_cannot_be_replayed_against_another_user() {
-    let app = TestApp::start().await;
+async fn a_page_token_cannot_be_replayed_against_another_user(api: ApiChoice) {
+    let app = TestApp::builder().api(api).start().await;
     for i in 0..3 {
         app.standin.set_metadata(&app.alice, &format!("k{i}"), b"v");
     }
@@ -148,9 +148,8 @@ async fn a_page_token_cannot_be_replayed_against_another_user() {
     app.assert_no_upstream_request();
 }
 
-#[tokio::test]
-async fn key_filters_map_onto_zitadel_text_queries() {
-    let app = TestApp::start().await;
+async fn key_filters_map_onto_zitadel_text_queries(api: ApiChoice) {
+    let app = TestApp::builder().api(api).start().await;
     app.standin
         .set_metadata(&app.alice, "billing.plan", b"gold");
     app.standin.set_metadata(&app.alice, "Billing.Seats", b"3");
@@ -286,9 +285,8 @@ fn filtered(user_id: &str, prefix: &str) -> ListMetadataRequest {
     }
 }
 
-#[tokio::test]
-async fn counts_and_page_tokens_account_only_for_what_the_caller_may_see() {
-    let app = TestApp::start().await;
+async fn counts_and_page_tokens_account_only_for_what_the_caller_may_see(api: ApiChoice) {
+    let app = TestApp::builder().api(api).start().await;
     for key in ["routing.tier", "routing.zone", "routing.zz-secret"] {
         app.standin.set_metadata(&app.alice, key, b"x");
     }
@@ -354,9 +352,8 @@ async fn counts_and_page_tokens_account_only_for_what_the_caller_may_see() {
     assert!(rest.next_page_token.is_empty());
 }
 
-#[tokio::test]
-async fn altered_or_foreign_page_tokens_are_refused_before_any_zitadel_call() {
-    let app = TestApp::start().await;
+async fn altered_or_foreign_page_tokens_are_refused_before_any_zitadel_call(api: ApiChoice) {
+    let app = TestApp::builder().api(api).start().await;
     for i in 0..5 {
         app.standin.set_metadata(&app.alice, &format!("k{i}"), b"v");
     }
@@ -418,9 +415,10 @@ async fn altered_or_foreign_page_tokens_are_refused_before_any_zitadel_call() {
     assert_eq!(status.code(), Code::InvalidArgument);
 }
 
-#[tokio::test]
-async fn a_token_from_a_view_of_every_key_does_not_continue_a_view_with_hidden_keys() {
-    let app = TestApp::start().await;
+async fn a_token_from_a_view_of_every_key_does_not_continue_a_view_with_hidden_keys(
+    api: ApiChoice,
+) {
+    let app = TestApp::builder().api(api).start().await;
     for i in 0..3 {
         app.standin
             .set_metadata(&app.alice, &format!("routing.k{i}"), b"v");
@@ -454,3 +452,15 @@ async fn a_token_from_a_view_of_every_key_does_not_continue_a_view_with_hidden_k
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert_eq!(violated_fields(&status), ["page_token"]);
 }
+
+on_both_apis!(
+    own_listing_uses_the_auth_api_with_the_callers_token,
+    naming_yourself_is_still_your_own_listing,
+    admins_list_other_users_through_the_management_api,
+    pages_through_everything_with_opaque_tokens,
+    a_page_token_cannot_be_replayed_against_another_user,
+    key_filters_map_onto_zitadel_text_queries,
+    counts_and_page_tokens_account_only_for_what_the_caller_may_see,
+    altered_or_foreign_page_tokens_are_refused_before_any_zitadel_call,
+    a_token_from_a_view_of_every_key_does_not_continue_a_view_with_hidden_keys,
+);

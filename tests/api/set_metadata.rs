@@ -63,9 +63,8 @@ async fn several_entries_go_in_one_bulk_call() {
     assert_eq!(body["metadata"][1]["value"], "+/8=");
 }
 
-#[tokio::test]
-async fn keys_that_cannot_travel_in_a_path_go_in_a_body() {
-    let app = TestApp::start().await;
+async fn keys_that_cannot_travel_in_a_path_go_in_a_body(api: ApiChoice) {
+    let app = TestApp::builder().api(api).start().await;
     let alice = app.alice.clone();
     for key in ["_search", "a/b", "with space", "ümlaut"] {
         app.set_metadata(
@@ -76,34 +75,39 @@ async fn keys_that_cannot_travel_in_a_path_go_in_a_body() {
         .unwrap();
         assert_eq!(app.standin.metadata_of(&alice)[key], b"x", "{key}");
     }
-    assert!(
-        app.management_requests()
-            .iter()
-            .all(|r| r.path.ends_with("/metadata/_bulk"))
-    );
+    // v1 takes such keys only in its bulk call's body; v2 takes every key in a body.
+    let calls = app.metadata_requests();
+    assert_eq!(calls.len(), 4);
+    match api {
+        ApiChoice::V1 => assert!(calls.iter().all(|r| r.path.ends_with("/metadata/_bulk"))),
+        _ => assert!(
+            calls
+                .iter()
+                .all(|r| r.connect_procedure() == Some("SetUserMetadata"))
+        ),
+    }
 }
 
-#[tokio::test]
-async fn users_write_their_own_self_writable_keys_without_naming_themselves() {
-    let app = TestApp::start().await;
+async fn users_write_their_own_self_writable_keys_without_naming_themselves(api: ApiChoice) {
+    let app = TestApp::builder().api(api).start().await;
     let key = format!("{SELF_WRITABLE}language");
     app.set_metadata(&app.alice_token, set("", "", vec![entry(&key, text("de"))]))
         .await
         .unwrap();
     assert_eq!(app.standin.metadata_of(&app.alice)[&key], b"de");
     // The target came from userinfo, never from the request; the write used the service credential.
-    let management = app.management_requests();
-    assert!(
-        management[0]
-            .path
-            .contains(&format!("/users/{}/", app.alice))
-    );
+    let management = app.metadata_requests();
+    assert_eq!(user_of(&management[0]), app.alice);
     assert_eq!(management[0].bearer(), Some(app.service_pat.as_str()));
-    // ZITADEL told us alice's organisation; the write was scoped to it.
-    assert_eq!(
-        management[0].header("x-zitadel-orgid"),
-        Some(app.org.as_str())
-    );
+    match api {
+        // ZITADEL told us alice's organisation; the write was scoped to it.
+        ApiChoice::V1 => assert_eq!(
+            management[0].header("x-zitadel-orgid"),
+            Some(app.org.as_str())
+        ),
+        // v2 takes no organisation: ZITADEL acts in the user's own.
+        _ => assert_eq!(management[0].header("x-zitadel-orgid"), None),
+    }
 }
 
 #[tokio::test]
@@ -136,9 +140,8 @@ async fn users_in_another_organisation_need_organization_id() {
     assert_eq!(app.standin.metadata_of(&bob)["k"], b"v");
 }
 
-#[tokio::test]
-async fn writes_are_visible_to_the_next_read() {
-    let app = TestApp::start().await;
+async fn writes_are_visible_to_the_next_read(api: ApiChoice) {
+    let app = TestApp::builder().api(api).start().await;
     let key = format!("{SELF_WRITABLE}theme");
     app.set_metadata(
         &app.alice_token,
@@ -159,3 +162,9 @@ async fn writes_are_visible_to_the_next_read() {
         .into_inner();
     assert_eq!(pairs(&answer.metadata), [(key, Some("dark".into()))]);
 }
+
+on_both_apis!(
+    keys_that_cannot_travel_in_a_path_go_in_a_body,
+    users_write_their_own_self_writable_keys_without_naming_themselves,
+    writes_are_visible_to_the_next_read,
+);

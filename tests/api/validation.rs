@@ -12,9 +12,8 @@ fn long(chars: usize) -> String {
     "k".repeat(chars)
 }
 
-#[tokio::test]
-async fn set_requests_are_checked_before_anything_is_sent() {
-    let app = TestApp::start().await;
+async fn set_requests_are_checked_before_anything_is_sent(api: ApiChoice) {
+    let app = TestApp::builder().api(api).start().await;
     let cases: Vec<(SetMetadataRequest, Vec<&str>)> = vec![
         (SetMetadataRequest::default(), vec!["entries"]),
         (
@@ -102,9 +101,8 @@ async fn set_requests_are_checked_before_anything_is_sent() {
     app.assert_no_upstream_request();
 }
 
-#[tokio::test]
-async fn the_largest_values_and_keys_are_accepted() {
-    let app = TestApp::start().await;
+async fn the_largest_values_and_keys_are_accepted(api: ApiChoice) {
+    let app = TestApp::builder().api(api).start().await;
     let alice = app.alice.clone();
     let key = "k".repeat(200);
     let request = SetMetadataRequest {
@@ -119,9 +117,8 @@ async fn the_largest_values_and_keys_are_accepted() {
     assert_eq!(app.standin.metadata_of(&alice)[&key].len(), 500_000);
 }
 
-#[tokio::test]
-async fn delete_requests_are_checked_before_anything_is_sent() {
-    let app = TestApp::start().await;
+async fn delete_requests_are_checked_before_anything_is_sent(api: ApiChoice) {
+    let app = TestApp::builder().api(api).start().await;
     let keys = |ks: &[&str]| ks.iter().map(|k| k.to_string()).collect::<Vec<_>>();
     let cases: Vec<(DeleteMetadataRequest, Vec<&str>)> = vec![
         (DeleteMetadataRequest::default(), vec!["keys"]),
@@ -166,9 +163,8 @@ async fn delete_requests_are_checked_before_anything_is_sent() {
     app.assert_no_upstream_request();
 }
 
-#[tokio::test]
-async fn list_and_get_requests_are_checked_before_anything_is_sent() {
-    let app = TestApp::start().await;
+async fn list_and_get_requests_are_checked_before_anything_is_sent(api: ApiChoice) {
+    let app = TestApp::builder().api(api).start().await;
     let list_cases: Vec<(ListMetadataRequest, Vec<&str>)> = vec![
         (
             ListMetadataRequest {
@@ -261,9 +257,8 @@ async fn list_and_get_requests_are_checked_before_anything_is_sent() {
     app.assert_no_upstream_request();
 }
 
-#[tokio::test]
-async fn missing_or_malformed_tokens_are_refused_before_anything_is_sent() {
-    let mut app = TestApp::start().await;
+async fn missing_or_malformed_tokens_are_refused_before_anything_is_sent(api: ApiChoice) {
+    let mut app = TestApp::builder().api(api).start().await;
     let status = app
         .client
         .get_my_metadata(GetMyMetadataRequest::default())
@@ -295,3 +290,11 @@ async fn missing_or_malformed_tokens_are_refused_before_anything_is_sent() {
     }
     app.assert_no_upstream_request();
 }
+
+on_both_apis!(
+    set_requests_are_checked_before_anything_is_sent,
+    the_largest_values_and_keys_are_accepted,
+    delete_requests_are_checked_before_anything_is_sent,
+    list_and_get_requests_are_checked_before_anything_is_sent,
+    missing_or_malformed_tokens_are_refused_before_anything_is_sent,
+);

@@ -39,6 +39,8 @@ impl RecordedRequest {
     /// Whether this is a Management API v1 call (`/management/v1/...`).
     pub fn is_management(&self) -> bool {
         self.path.starts_with("/management/v1/")
+            || self.is_user_v2_connect()
+            || self.is_user_v2_rest()
     }
 
     /// Whether this is an Auth API v1 call (`/auth/v1/...`).
