@@ -27,3 +27,4 @@ mod tls;
 mod upstream_errors;
 mod upstream_http;
 mod validation;
+mod zitadel_v2;

@@ -379,6 +379,33 @@ mod tests {
     }
 
     #[test]
+    fn connect_errors_give_their_code_and_the_id_inside_the_detail() {
+        use base64::Engine as _;
+        // `zitadel.v1.ErrorDetail { id: "AUTHZ-cdgFk", message: "membership not found" }` as protobuf.
+        let mut detail = vec![0x0a, 11];
+        detail.extend_from_slice(b"AUTHZ-cdgFk");
+        detail.extend_from_slice(&[0x12, 20]);
+        detail.extend_from_slice(b"membership not found");
+        let value = base64::engine::general_purpose::STANDARD_NO_PAD.encode(&detail);
+        let body = format!(
+            r#"{{"code":"not_found","message":"membership not found (AUTHZ-cdgFk)","details":[{{"type":"zitadel.v1.ErrorDetail","value":"{value}"}}]}}"#
+        );
+        let r = Rejection::parse(404, None, body.as_bytes());
+        assert_eq!(r.code, Code::NotFound);
+        assert_eq!(r.error_id.as_deref(), Some("AUTHZ-cdgFk"));
+        // The gateway's shape of the same error (the REST twins) reads the same.
+        let gateway = br#"{"code":5,"message":"membership not found (AUTHZ-cdgFk)","details":[{"@type":"type.googleapis.com/zitadel.v1.ErrorDetail","id":"AUTHZ-cdgFk","message":"membership not found"}]}"#;
+        assert_eq!(Rejection::parse(404, None, gateway), r);
+        // A detail of another type, or one that does not decode, gives no id; the code still stands.
+        let other = br#"{"code":"unavailable","details":[{"type":"google.rpc.RetryInfo","value":"CgIIBQ"}]}"#;
+        let r = Rejection::parse(503, None, other);
+        assert_eq!((r.code, r.error_id), (Code::Unavailable, None));
+        let garbled =
+            br#"{"code":"internal","details":[{"type":"zitadel.v1.ErrorDetail","value":"!!"}]}"#;
+        assert_eq!(Rejection::parse(500, None, garbled).error_id, None);
+    }
+
+    #[test]
     fn error_ids_that_are_not_ids_are_dropped() {
         let long = format!(
             r#"{{"code":5,"message":"m","details":[{{"id":"{}"}}]}}"#,

@@ -384,6 +384,15 @@ impl StandIn {
         self.inner.shared.write().events.search_lag = lag;
     }
 
+    /// Answers every `/management/v1`, `/auth/v1` and `/admin/v1` call with a `Deprecation` header (RFC 9745),
+    /// as ZITADEL v5 plans to (#10899).
+    pub fn set_v1_deprecation(&self, on: bool) {
+        self.inner
+            .shared
+            .deprecate_v1
+            .store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Switches v2 `SetUserMetadata` between refusing an empty value (`false`, the default: ZITADEL up to
     /// 4.11) and deleting the key for it (`true`: ZITADEL with PR #11776; no-op when the key is absent).
     pub fn set_empty_value_deletes(&self, on: bool) {

@@ -149,10 +149,23 @@ async fn handle(
             }
         }
     }
+    let deprecated = shared
+        .deprecate_v1
+        .load(std::sync::atomic::Ordering::Relaxed)
+        && ["/management/v1/", "/auth/v1/", "/admin/v1/"]
+            .iter()
+            .any(|prefix| parts.uri.path().starts_with(prefix));
     let request = Request::from_parts(parts, Body::from(body));
     // The router's error type is Infallible.
-    match router.oneshot(request).await {
-        Ok(response) => Ok(response),
+    let mut response = match router.oneshot(request).await {
+        Ok(response) => response,
         Err(never) => match never {},
+    };
+    if deprecated {
+        // RFC 9745: a structured-field date, here 2026-01-01T00:00:00Z.
+        response
+            .headers_mut()
+            .insert("deprecation", http::HeaderValue::from_static("@1767225600"));
     }
+    Ok(response)
 }

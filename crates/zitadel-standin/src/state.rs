@@ -37,6 +37,8 @@ pub(super) struct Shared {
     token_lifetime_ms: AtomicU64,
     audience_style: AtomicU8,
     next_id: AtomicU64,
+    /// Answer v1 calls with a `Deprecation` header, as ZITADEL v5 plans to.
+    pub(super) deprecate_v1: std::sync::atomic::AtomicBool,
 }
 
 /// Everything behind the data lock.
@@ -360,6 +362,7 @@ impl Shared {
             token_lifetime_ms: AtomicU64::new(duration_ms(DEFAULT_TOKEN_LIFETIME)),
             audience_style: AtomicU8::new(0),
             next_id: AtomicU64::new(FIRST_ID),
+            deprecate_v1: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
