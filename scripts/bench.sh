@@ -16,6 +16,7 @@ STREAMS=${STREAMS:-8}
 ROUNDS=${ROUNDS:-5}
 FILL=${FILL:-100000}
 COLD_REQUESTS=${COLD_REQUESTS:-$((REQUESTS / 10))}
+MANAGEMENT_REQUESTS=${MANAGEMENT_REQUESTS:-$((REQUESTS / 10))}
 COLD_WARMUP=2000
 # Tokens: 0 the cached loads, 1 coalescing, 2-21 distinct tokens, then a fresh one for every cold request.
 COLD_FIRST=22
@@ -46,8 +47,11 @@ userinfo_calls() { curl -s "http://127.0.0.1:$control_port/userinfo_requests"; }
 
 # Every instance also serves Envoy's Check (on a listener of its own), passing ContractNumber upstream.
 export USERMETA_EXT_AUTHZ=true USERMETA_EXT_AUTHZ_HEADERS=ContractNumber=x-user-contract-number
+# The bench user is an admin: the management loads list and write the target user's metadata.
+export USERMETA_ADMINS="$user_id"
 started=""
-start_usermeta() { # port, cache ttl, ext_authz port; sets $started to the pid (no subshell, so cleanup keeps track)
+start_usermeta() { # port, cache ttl, ext_authz port [management API]; sets $started to the pid (no subshell, so cleanup keeps track)
+  USERMETA_ZITADEL_API="${4:-auto}" \
   USERMETA_LISTEN="127.0.0.1:$1" USERMETA_EXT_AUTHZ_LISTEN="127.0.0.1:$3" USERMETA_ZITADEL_URL="$zitadel_url" \
     USERMETA_SERVICE_PAT_FILE="$work/pat" USERMETA_CACHE_TTL="$2" USERMETA_CACHE_CAPACITY=$((FILL + 1000)) \
     RUST_LOG=warn "$bin/usermeta" serve 2>>"$work/usermeta.log" &
@@ -56,6 +60,11 @@ start_usermeta() { # port, cache ttl, ext_authz port; sets $started to the pid (
 cached_port=$(free_port); cached_authz_port=$(free_port)
 start_usermeta "$cached_port" 60s "$cached_authz_port"; cached_pid=$started
 cold_port=$(free_port); start_usermeta "$cold_port" 60s "$(free_port)"; cold_pid=$started
+# The management API, v1 beside v2, against the same stand-in: every ListMetadata and SetMetadata reaches it.
+v1_port=$(free_port); start_usermeta "$v1_port" 60s "$(free_port)" v1
+v2_port=$(free_port); start_usermeta "$v2_port" 60s "$(free_port)" v2
+target_user_id=$(field 'd["target_user_id"]')
+"$bin/bench_frames" "$target_user_id" "$work"   # list.bin and set.bin: gRPC frames of the management loads
 ceiling_port=$(free_port)
 "$bin/bench_ceiling" "127.0.0.1:$ceiling_port" "$user_id" & ceiling_pid=$!; pids+=($ceiling_pid)
 wait_port "$ceiling_port"
@@ -75,6 +84,8 @@ load() { # name url token [requests clients streams]
   local name=$1 url=$2 tok=$3 n=${4:-$REQUESTS} c=${5:-$CLIENTS} m=${6:-$STREAMS} grpc=() before
   [[ $url == */usermeta.v1.* ]] && grpc=(-d "$work/empty-request.bin" -H 'content-type: application/grpc' -H 'te: trailers')
   [[ $url == */envoy.service.auth.v3.* ]] && grpc=(-d "$work/check-request.bin" -H 'content-type: application/grpc' -H 'te: trailers')
+  [[ $url == */ListMetadata ]] && grpc=(-d "$work/list.bin" -H 'content-type: application/grpc' -H 'te: trailers')
+  [[ $url == */SetMetadata ]] && grpc=(-d "$work/set.bin" -H 'content-type: application/grpc' -H 'te: trailers')
   before=$(userinfo_calls)
   h2load -n "$n" -c "$c" -m "$m" -t 1 "${grpc[@]}" -H "authorization: Bearer $tok" --log-file="$work/$name.log" "$url" >"$work/$name.out"
   record "$name" "$before"
@@ -88,6 +99,7 @@ cold() { # name usermeta|userinfo target first-token requests [same]
 }
 grpc_url() { echo "http://127.0.0.1:$1/usermeta.v1.UserMetadataService/GetMyMetadata"; }
 check_url() { echo "http://127.0.0.1:$1/envoy.service.auth.v3.Authorization/Check"; }
+rpc_url() { echo "http://127.0.0.1:$1/usermeta.v1.UserMetadataService/$2"; }
 
 # Sanity: usermeta really answers with the bench user's metadata (h2load cannot see gRPC status codes).
 grpcurl -plaintext -H "authorization: Bearer $hot" "127.0.0.1:$cached_port" usermeta.v1.UserMetadataService/GetMyMetadata | grep -q '"text": "1234"'
@@ -121,6 +133,24 @@ for round in $(seq 1 "$ROUNDS"); do
 done
 cold_rss=$(peak_rss_kib "$cold_pid")
 
+# Management loads: an admin's ListMetadata and SetMetadata of one user, through v1 and through v2, in the same
+# rounds. h2load sees no gRPC status, so each instance first answers once through grpcurl.
+for port in "$v1_port" "$v2_port"; do
+  grpcurl -plaintext -H "authorization: Bearer $hot" -d "{\"user_id\":\"$target_user_id\"}" "127.0.0.1:$port" \
+    usermeta.v1.UserMetadataService/ListMetadata | grep -q ContractNumber
+  grpcurl -plaintext -H "authorization: Bearer $hot" \
+    -d "{\"user_id\":\"$target_user_id\",\"entries\":[{\"key\":\"bench.counter\",\"value\":{\"text\":\"1\"}}]}" \
+    "127.0.0.1:$port" usermeta.v1.UserMetadataService/SetMetadata | grep -q updateTime
+done
+for api in v1 v2; do port_var="${api}_port"; load "warmup-$api-list" "$(rpc_url "${!port_var}" ListMetadata)" "$hot" 2000; done
+for round in $(seq 1 "$ROUNDS"); do
+  for api in v1 v2; do
+    port_var="${api}_port"
+    load "$api-list-$round" "$(rpc_url "${!port_var}" ListMetadata)" "$hot" "$MANAGEMENT_REQUESTS"
+    load "$api-set-$round" "$(rpc_url "${!port_var}" SetMetadata)" "$hot" "$MANAGEMENT_REQUESTS"
+  done
+done
+
 # Coalescing: 100 concurrent first requests with one new token.
 calls_before=$(userinfo_calls)
 load coalesce "$(grpc_url "$cached_port")" "$(token 1)" 100 100 1
@@ -146,6 +176,7 @@ fill distinct_tokens; fill_distinct_rss=$filled_rss
 
 python3 crates/usermeta-bench/report.py "$work/runs.tsv" \
   --rounds "$ROUNDS" --requests "$REQUESTS" --clients "$CLIENTS" --streams "$STREAMS" --cold-requests "$COLD_REQUESTS" \
+  --management-requests "$MANAGEMENT_REQUESTS" \
   --coalesced "$coalesced" --distinct "$distinct" \
   --cached-rss "$cached_rss" --ceiling-rss "$ceiling_rss" --cold-rss "$cold_rss" \
   --fill "$FILL" --fill-rss "$fill_rss" --fill-distinct-rss "$fill_distinct_rss" \

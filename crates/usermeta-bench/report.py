@@ -7,7 +7,7 @@ from collections import defaultdict
 
 p = argparse.ArgumentParser()
 p.add_argument("runs")
-for name in ["rounds", "requests", "clients", "streams", "cold_requests", "coalesced", "distinct",
+for name in ["rounds", "requests", "clients", "streams", "cold_requests", "management_requests", "coalesced", "distinct",
              "cached_rss", "ceiling_rss", "cold_rss", "fill", "fill_rss", "fill_distinct_rss"]:
     p.add_argument("--" + name.replace("_", "-"), type=int, required=True)
 a = p.parse_args()
@@ -36,7 +36,9 @@ cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d:
 cores = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
 print(f"Machine: {cpu or platform.processor()}, {cores} cores. Cached loads: h2load -c {a.clients} -m {a.streams} "
       f"-t 1, {a.requests} requests a run; cold path and direct: one request at a time, a new token each, "
-      f"{a.cold_requests} requests a run (`crates/usermeta-bench/src/bin/bench_cold.rs`); medians of {a.rounds} alternating rounds.\n")
+      f"{a.cold_requests} requests a run (`crates/usermeta-bench/src/bin/bench_cold.rs`); management loads: the "
+      f"cached loads' h2load settings, {a.management_requests} requests a run, v1 and v2 in the same rounds; "
+      f"medians of {a.rounds} alternating rounds.\n")
 
 ceiling = med("ceiling", 0)
 NA = "–"
@@ -57,6 +59,11 @@ for label, name, upstream, rss in rows:
     rps = med(name, 0)
     of_ceiling = f"{rps / ceiling:.2f}" if name in ("ceiling", "usermeta-cached", "check-cached") else NA
     print(f"| {label} | {rps:.0f} | {med(name, 1):.3f} | {med(name, 2):.3f} | {of_ceiling} | {upstream} | {rss} |")
+for api in ("v1", "v2"):
+    for rpc, what in (("list", "ListMetadata"), ("set", "SetMetadata")):
+        name = f"{api}-{rpc}"
+        print(f"| usermeta, {api} management API: an admin's {what} (each call reaches ZITADEL) | {med(name, 0):.0f} | "
+              f"{med(name, 1):.3f} | {med(name, 2):.3f} | {NA} | {NA} | (own instance) |")
 print(f"| usermeta with {a.fill} cached tokens of one user | | | | | | {mib(a.fill_rss)} |")
 print(f"| usermeta with {a.fill} cached tokens of {a.fill} users | | | | | | {mib(a.fill_distinct_rss)} |")
 

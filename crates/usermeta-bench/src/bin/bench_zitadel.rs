@@ -28,6 +28,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (key, value) in common::METADATA {
         standin.set_metadata(&user, key, value);
     }
+    // Whose metadata the management loads read and write (the bench user is an admin there).
+    let target = standin.create_user(&org, "bench.target");
+    for (key, value) in common::METADATA {
+        standin.set_metadata(&target, key, value);
+    }
     let service_user = standin.create_service_user(&org, "usermeta", ManagerRole::IamOwner);
     let tokens: Vec<String> = (0..count)
         .map(|_| standin.issue_token(&user, common::SCOPES))
@@ -44,6 +49,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let json = serde_json::json!({
         "url": standin.url(),
         "user_id": user,
+        "target_user_id": target,
         "service_pat": standin.issue_pat(&service_user),
         "tokens": tokens,
         "distinct_tokens": distinct_tokens,
