@@ -25,7 +25,7 @@ token_count=$(( (FILL > tokens_needed ? FILL : tokens_needed) + 200 ))
 
 command -v h2load >/dev/null || { apt-get update -qq && apt-get install -y -qq nghttp2-client >/dev/null; }
 source scripts/grpcurl-env.sh
-cargo build --release --locked --bin usermeta -p usermeta-bench
+cargo build --release --locked -p usermeta -p usermeta-bench --bins
 bin=${CARGO_TARGET_DIR:-target}/release
 work=$(mktemp -d)
 pids=()
