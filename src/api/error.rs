@@ -11,7 +11,7 @@ use crate::{
     caller::{IdentifyError, TokenError},
     policy::Denial,
 };
-use usermeta_zitadel::{Endpoint, UpstreamError, auth_api::ZITADEL_AUDIENCE_SCOPE};
+use usermeta_zitadel::{Endpoint, ErrorKind, UpstreamError, auth_api::ZITADEL_AUDIENCE_SCOPE};
 
 /// The `ErrorInfo.domain` of every status usermeta produces.
 pub const ERROR_DOMAIN: &str = "usermeta";
@@ -287,7 +287,7 @@ fn upstream_status(error: &UpstreamError) -> Status {
             }
             let said = &rejection.message;
             let code = rejection.code;
-            if *http_status == 429 || code == Code::ResourceExhausted {
+            if error.kind() == ErrorKind::RateLimited {
                 let message =
                     format!("ZITADEL is rate-limiting usermeta ({said}); retry later with backoff");
                 let mut details = info("ZITADEL_RATE_LIMITED", facts);
@@ -296,7 +296,7 @@ fn upstream_status(error: &UpstreamError) -> Status {
                 }
                 return Status::with_error_details(Code::ResourceExhausted, message, details);
             }
-            if *http_status >= 500 {
+            if error.kind() == ErrorKind::Unavailable {
                 return with_info(
                     Code::Unavailable,
                     format!("ZITADEL failed on {endpoint} ({said}); retry later"),

@@ -32,7 +32,7 @@ use crate::{
     policy::{Policy, Subject},
 };
 use usermeta_zitadel::{
-    BearerError, CallerToken, UpstreamError, Zitadel, metadata::PackedMetadata, resilience,
+    BearerError, CallerToken, ErrorKind, Zitadel, metadata::PackedMetadata, resilience,
 };
 
 /// Serves `envoy.service.auth.v3.Authorization`. Callers are identified exactly as the metadata API
@@ -425,9 +425,7 @@ fn authorization_header(
 fn is_token_rejection(error: &IdentifyError) -> bool {
     match error {
         IdentifyError::Token(_) => true,
-        IdentifyError::Upstream(UpstreamError::Rejected { http_status, .. }) => {
-            (400..500).contains(http_status) && *http_status != 429 && *http_status != 408
-        }
+        IdentifyError::Upstream(error) => error.kind() == ErrorKind::Refused,
         _ => false,
     }
 }
@@ -570,7 +568,7 @@ mod tests {
 
     #[test]
     fn only_refusals_of_the_token_are_token_problems() {
-        use usermeta_zitadel::{Endpoint, Rejection};
+        use usermeta_zitadel::{Endpoint, Rejection, UpstreamError};
         let rejected = |http_status| {
             IdentifyError::from(UpstreamError::Rejected {
                 endpoint: Endpoint::Userinfo,

@@ -149,6 +149,34 @@ impl UpstreamError {
         ) && self.zitadel_code() == Some(Code::NotFound)
     }
 
+    /// What kind of failure this is: the one classification the status mapping, ext_authz and the caller
+    /// cache share, so "was it the request's fault" is decided in one place.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            UpstreamError::Rejected {
+                http_status,
+                rejection,
+                ..
+            } => {
+                if *http_status == 429 || rejection.code == Code::ResourceExhausted {
+                    ErrorKind::RateLimited
+                } else if *http_status >= 500 || *http_status == 408 {
+                    ErrorKind::Unavailable
+                } else {
+                    ErrorKind::Refused
+                }
+            }
+            UpstreamError::NotInOrganization { .. } => ErrorKind::Refused,
+            UpstreamError::UnsafePath { .. } => ErrorKind::NotSent,
+            UpstreamError::DeadlineExceeded { .. } => ErrorKind::DeadlineExceeded,
+            UpstreamError::Unreachable { .. }
+            | UpstreamError::Timeout { .. }
+            | UpstreamError::BadResponse { .. }
+            | UpstreamError::CircuitOpen { .. }
+            | UpstreamError::CredentialRefresh { .. } => ErrorKind::Unavailable,
+        }
+    }
+
     /// The gRPC code ZITADEL gave, when it rejected the call.
     pub fn zitadel_code(&self) -> Option<Code> {
         match self {
@@ -174,6 +202,23 @@ impl UpstreamError {
         }
         UpstreamError::Unreachable { endpoint, reason }
     }
+}
+
+/// The kinds of [`UpstreamError`], by what the caller can do about them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// ZITADEL answered and decided against the request (4xx but 408 and 429): a token it rejects, a permission,
+    /// a user or key that does not exist. Repeating it changes nothing.
+    Refused,
+    /// ZITADEL is rate-limiting (429 or RESOURCE_EXHAUSTED): later.
+    RateLimited,
+    /// ZITADEL could not answer (unreachable, too slow, 5xx, an unreadable answer, an open breaker, no service
+    /// token): later, or an operator's fix.
+    Unavailable,
+    /// The caller's deadline ran out first.
+    DeadlineExceeded,
+    /// Nothing was sent: the request would not reach ZITADEL as given.
+    NotSent,
 }
 
 /// ZITADEL's own account of why it refused a call.

@@ -31,7 +31,7 @@ use tracing::Instrument as _;
 use url::Url;
 
 pub use credential::{BearerError, CallerToken, KeyFileError, ServiceCredential, ServiceKey};
-pub use error::{Endpoint, Rejection, UpstreamError};
+pub use error::{Endpoint, ErrorKind, Rejection, UpstreamError};
 pub use instrument::{Instrument, Instrumentation};
 pub use resilience::{Group, Resilience};
 
