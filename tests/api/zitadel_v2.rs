@@ -361,3 +361,38 @@ async fn a_deprecated_v1_endpoint_is_warned_about_once_naming_the_setting() {
     // Once per endpoint, not once per call; only this test's ZITADEL sends the header.
     assert_eq!(warnings.len(), 1, "{warnings:?}");
 }
+
+#[tokio::test]
+async fn v2_calls_are_retried_after_a_dropped_connection() {
+    let app = TestApp::builder().api(ApiChoice::V2).start().await;
+    let alice = app.alice.clone();
+    for procedure in ["SetUserMetadata", "ListUserMetadata", "DeleteUserMetadata"] {
+        app.standin.push_fault(Fault {
+            path_prefix: format!("/zitadel.user.v2.UserService/{procedure}"),
+            times: Some(1),
+            kind: FaultKind::DropConnection,
+        });
+    }
+    app.set_metadata(&app.admin_token, set(&alice, "", "k", "v"))
+        .await
+        .unwrap();
+    let listed = app
+        .list_metadata(&app.admin_token, list(&alice))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(keys(&listed).contains(&"k".to_owned()));
+    app.delete_metadata(&app.admin_token, delete(&alice, &["k"]))
+        .await
+        .unwrap();
+    assert!(!app.standin.metadata_of(&alice).contains_key("k"));
+    let calls = |procedure: &str| {
+        app.standin
+            .requests()
+            .iter()
+            .filter(|r| r.connect_procedure() == Some(procedure))
+            .count()
+    };
+    assert_eq!(calls("SetUserMetadata"), 2);
+    assert_eq!(calls("DeleteUserMetadata"), 2);
+}
