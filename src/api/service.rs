@@ -314,9 +314,8 @@ impl MetadataService {
                             org_id: request.org_id.as_deref(),
                         };
                         // Refused without asking ZITADEL anything when no organisation could change that.
-                        if !self.policy.names_target_organizations() {
-                            self.policy.read_scope(&caller, subject_of(named))?;
-                        }
+                        self.policy
+                            .read_in_any_organization(&caller, subject_of(named))?;
                         Some(self.zitadel.scope(named).await?)
                     }
                     None => None,
@@ -476,8 +475,8 @@ impl MetadataService {
         .await
     }
 
-    /// The target in the organisation ZITADEL acts in ([`Zitadel::scope`]). When no policy rule names
-    /// organisations the decision cannot depend on it, so a denial comes first and costs ZITADEL nothing.
+    /// The target in the organisation ZITADEL acts in ([`Zitadel::scope`]). What no organisation could allow is
+    /// refused first, so a denial costs ZITADEL nothing.
     async fn scoped(
         &self,
         caller: &Identity,
@@ -485,10 +484,12 @@ impl MetadataService {
         action: Action,
         keys: &[&str],
     ) -> Result<Scoped, ApiError> {
-        if !self.policy.names_target_organizations() {
-            self.policy
-                .authorize(caller, subject_of(named), action, keys.iter().copied())?;
-        }
+        self.policy.authorize_in_any_organization(
+            caller,
+            subject_of(named),
+            action,
+            keys.iter().copied(),
+        )?;
         Ok(self.zitadel.scope(named).await?)
     }
 

@@ -173,11 +173,14 @@ pub enum Whose {
 }
 
 impl Whose {
-    fn matches(&self, is_self: bool, target: Subject<'_>) -> bool {
+    /// `any_org`: as if the target were in every organisation (for a decision that holds in all of them).
+    fn matches(&self, is_self: bool, target: Subject<'_>, any_org: bool) -> bool {
         match self {
             Whose::Itself => is_self,
             Whose::Any => true,
-            Whose::Organizations(orgs) => target.org_id.is_some_and(|o| orgs.contains(o)),
+            Whose::Organizations(orgs) => {
+                any_org || target.org_id.is_some_and(|o| orgs.contains(o))
+            }
         }
     }
 }
@@ -319,14 +322,6 @@ impl Policy {
         &self.rules
     }
 
-    /// Whether a decision can depend on the target user's organisation (a rule with `whose` organisations).
-    /// Without such a rule the organisation changes nothing, so a denial needs no lookup of it.
-    pub fn names_target_organizations(&self) -> bool {
-        self.rules
-            .iter()
-            .any(|rule| matches!(rule.whose, Whose::Organizations(_)))
-    }
-
     /// Whether `key` is declared hidden from its user.
     pub fn is_hidden(&self, key: &str) -> bool {
         self.key_rules
@@ -336,12 +331,24 @@ impl Policy {
 
     /// The rules that apply to this caller, target and action; the keys are then checked against these only.
     fn grants<'p>(&'p self, caller: &Identity, target: Subject<'_>, action: Action) -> Grants<'p> {
+        self.grants_in(caller, target, action, false)
+    }
+
+    fn grants_in<'p>(
+        &'p self,
+        caller: &Identity,
+        target: Subject<'_>,
+        action: Action,
+        any_org: bool,
+    ) -> Grants<'p> {
         let is_self = caller.sub == target.user_id;
         let rules = self
             .rules
             .iter()
             .filter(|r| {
-                r.allows_action(action) && r.whose.matches(is_self, target) && r.who.matches(caller)
+                r.allows_action(action)
+                    && r.whose.matches(is_self, target, any_org)
+                    && r.who.matches(caller)
             })
             .collect();
         Grants {
@@ -401,6 +408,37 @@ impl Policy {
             grants.check(key).map_err(|hidden| {
                 hidden.unwrap_or_else(|| Self::no_rule(caller, target, action, Some(key)))
             })?;
+        }
+        Ok(())
+    }
+
+    /// [`Policy::authorize`] as if `target` were in whichever organisation a rule names. Rules only grant, so
+    /// a denial here holds whatever the user's organisation is: the service refuses before looking it up.
+    pub fn authorize_in_any_organization<'k>(
+        &self,
+        caller: &Identity,
+        target: Subject<'_>,
+        action: Action,
+        keys: impl IntoIterator<Item = &'k str>,
+    ) -> Result<(), Denial> {
+        let grants = self.grants_in(caller, target, action, true);
+        for key in keys {
+            grants.check(key).map_err(|hidden| {
+                hidden.unwrap_or_else(|| Self::no_rule(caller, target, action, Some(key)))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// [`Policy::read_scope`]'s refusal as if `target` were in whichever organisation a rule names.
+    pub fn read_in_any_organization(
+        &self,
+        caller: &Identity,
+        target: Subject<'_>,
+    ) -> Result<(), Denial> {
+        let grants = self.grants_in(caller, target, Action::Read, true);
+        if grants.rules.is_empty() && !grants.implicit_read {
+            return Err(Self::no_rule(caller, target, Action::Read, None));
         }
         Ok(())
     }

@@ -10,7 +10,7 @@ use tonic::{Code, Status};
 use tonic_types::StatusExt as _;
 use usermeta::api::pb::{DeleteMetadataRequest, ListMetadataRequest, SetMetadataRequest};
 
-use crate::helpers::{TestApp, authed, entry, text, violated_fields};
+use crate::helpers::{ApiChoice, TestApp, authed, entry, text, violated_fields};
 use crate::logs;
 
 /// Characters a user id may not carry (they change on the way into a URL path).
@@ -79,6 +79,10 @@ fn assert_zitadel_received(app: &TestApp, user_id: &str, key: Option<&str>, tail
     );
     for request in requests {
         assert_eq!(request.query, None, "{}", request.path);
+        if let Some(procedure) = request.connect_procedure() {
+            assert_v2_received(&request, procedure, user_id, key, tail);
+            continue;
+        }
         let segments = decoded_segments(&request.path);
         assert_eq!(
             segments.len(),
@@ -117,6 +121,37 @@ fn assert_zitadel_received(app: &TestApp, user_id: &str, key: Option<&str>, tail
             (in_path, Some(key)) => assert_eq!(in_path, key, "{}", request.path),
             (other, None) => panic!("unexpected tail {other:?}"),
         }
+    }
+}
+
+/// A v2 call (Connect JSON) names the user and the key only in its body: exactly those bytes.
+fn assert_v2_received(
+    request: &zitadel_standin::RecordedRequest,
+    procedure: &str,
+    user_id: &str,
+    key: Option<&str>,
+    tail: &str,
+) {
+    let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
+    assert_eq!(body["userId"], user_id, "{procedure}: {body}");
+    let keys = |list: &serde_json::Value, field: Option<&str>| -> Vec<String> {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|e| match field {
+                Some(field) => e[field].as_str().unwrap().to_owned(),
+                None => e.as_str().unwrap().to_owned(),
+            })
+            .collect()
+    };
+    match (procedure, key) {
+        ("GetUserByID", _) => {}
+        ("ListUserMetadata", _) => assert_eq!(tail, "_search", "{procedure}"),
+        ("SetUserMetadata", Some(key)) => {
+            assert_eq!(keys(&body["metadata"], Some("key")), [key], "{body}");
+        }
+        ("DeleteUserMetadata", Some(key)) => assert_eq!(keys(&body["keys"], None), [key], "{body}"),
+        (other, _) => panic!("unexpected v2 call {other}"),
     }
 }
 
@@ -265,8 +300,17 @@ async fn check_case(app: &TestApp, user_id: &str, key: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_policy_audit_and_zitadel_see_the_same_user_id_and_key() {
+    same_user_id_and_key_everywhere(ApiChoice::V1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_policy_audit_and_the_v2_user_service_see_the_same_user_id_and_key() {
+    same_user_id_and_key_everywhere(ApiChoice::V2).await;
+}
+
+async fn same_user_id_and_key_everywhere(api: ApiChoice) {
     logs::capture();
-    let app = TestApp::start().await;
+    let app = TestApp::builder().api(api).start().await;
     let handle = tokio::runtime::Handle::current();
     let mut runner = TestRunner::new(ProptestConfig {
         cases: 160,

@@ -249,11 +249,11 @@ fn outcome_of<T>(result: &Result<T, tonic::Status>) -> Outcome {
     }
 }
 
-#[tokio::test]
-async fn the_authorisation_matrix_holds_with_zero_unexpected_allows() {
+async fn the_authorisation_matrix_holds_with_zero_unexpected_allows(api: ApiChoice) {
     let (cast, policy, jwt, pat) = cast().await;
     let project = jwt.audience[0].clone();
     let (addr, _stop) = AppBuilder::with_pat(&cast.standin.url(), &pat)
+        .api(api)
         .policy(policy)
         .identity(IdentityConfig {
             introspection: None,
@@ -423,11 +423,11 @@ async fn the_authorisation_matrix_holds_with_zero_unexpected_allows() {
 
 /// Nothing in a GetMyMetadata or self ListMetadata request points it at another user: the user is whoever
 /// ZITADEL says owns the token, and hidden keys stay hidden.
-#[tokio::test]
-async fn my_metadata_cannot_be_pointed_at_another_user() {
+async fn my_metadata_cannot_be_pointed_at_another_user(api: ApiChoice) {
     let (cast, policy, jwt, pat) = cast().await;
     let project = jwt.audience[0].clone();
     let (addr, _stop) = AppBuilder::with_pat(&cast.standin.url(), &pat)
+        .api(api)
         .policy(policy)
         .identity(IdentityConfig {
             introspection: None,
@@ -518,3 +518,8 @@ async fn my_metadata_cannot_be_pointed_at_another_user() {
         .unwrap_err();
     assert_status(&status, Code::PermissionDenied, "POLICY_DENIED");
 }
+
+on_both_apis!(
+    the_authorisation_matrix_holds_with_zero_unexpected_allows,
+    my_metadata_cannot_be_pointed_at_another_user,
+);
