@@ -82,11 +82,10 @@ async fn zitadel_5xx_is_unavailable() {
     );
 }
 
-#[tokio::test]
-async fn zitadel_429_is_resource_exhausted_with_retry_info() {
-    let app = TestApp::start().await;
+async fn zitadel_429_is_resource_exhausted_with_retry_info(api: ApiChoice) {
+    let app = TestApp::builder().api(api).start().await;
     app.standin.push_fault(Fault {
-        path_prefix: "/management/".into(),
+        path_prefix: management_prefix(api).into(),
         times: Some(1),
         kind: FaultKind::TooManyRequests {
             retry_after_secs: Some(7),
@@ -159,9 +158,8 @@ async fn a_slow_zitadel_hits_the_upstream_timeout() {
     );
 }
 
-#[tokio::test]
-async fn a_rejected_service_credential_is_unavailable_and_reads_keep_working() {
-    let app = TestApp::start().await;
+async fn a_rejected_service_credential_is_unavailable_and_reads_keep_working(api: ApiChoice) {
+    let app = TestApp::builder().api(api).start().await;
     app.standin.revoke_token(&app.service_pat);
     let status = app
         .set_metadata(&app.admin_token, set_alice(&app))
@@ -174,14 +172,14 @@ async fn a_rejected_service_credential_is_unavailable_and_reads_keep_working() {
     assert!(mine.is_ok(), "{mine:?}");
 }
 
-#[tokio::test]
-async fn a_service_user_without_a_manager_role_is_permission_denied() {
-    let app = TestApp::start().await;
+async fn a_service_user_without_a_manager_role_is_permission_denied(api: ApiChoice) {
+    let app = TestApp::builder().api(api).start().await;
     let weak = app
         .standin
         .create_service_user(&app.org, "weak", ManagerRole::None);
     let weak_pat = app.standin.issue_pat(&weak);
     let (addr, _stop) = AppBuilder::with_pat(&app.standin.url(), &weak_pat)
+        .api(api)
         .policy(Policy::new([app.admin.clone()], vec![]))
         .spawn()
         .await
@@ -265,11 +263,10 @@ async fn listing_another_users_missing_organisation_is_reported() {
     assert_status(&status, Code::PermissionDenied, "ORGANIZATION_NOT_FOUND");
 }
 
-#[tokio::test]
-async fn an_error_body_that_claims_code_0_is_a_bad_response_not_ok() {
-    let app = TestApp::start().await;
+async fn an_error_body_that_claims_code_0_is_a_bad_response_not_ok(api: ApiChoice) {
+    let app = TestApp::builder().api(api).start().await;
     app.standin.push_fault(Fault {
-        path_prefix: "/management/".into(),
+        path_prefix: management_prefix(api).into(),
         times: None,
         kind: FaultKind::Body {
             status: 400,
@@ -284,12 +281,11 @@ async fn an_error_body_that_claims_code_0_is_a_bad_response_not_ok() {
     assert!(status.message().contains("code is 0"), "{status:?}");
 }
 
-#[tokio::test]
-async fn copied_error_ids_are_capped() {
-    let app = TestApp::start().await;
+async fn copied_error_ids_are_capped(api: ApiChoice) {
+    let app = TestApp::builder().api(api).start().await;
     let huge = "X".repeat(10_000);
     app.standin.push_fault(Fault {
-        path_prefix: "/management/".into(),
+        path_prefix: management_prefix(api).into(),
         times: None,
         kind: FaultKind::Body {
             status: 400,
@@ -306,3 +302,19 @@ async fn copied_error_ids_are_capped() {
     assert!(status.message().len() < 1000, "{}", status.message().len());
     assert!(status.details().len() < 1000, "{}", status.details().len());
 }
+
+/// Where a fault hits every management call of `api`.
+fn management_prefix(api: ApiChoice) -> &'static str {
+    match api {
+        ApiChoice::V1 => "/management/",
+        _ => "/zitadel.user.v2.UserService/",
+    }
+}
+
+on_both_apis!(
+    zitadel_429_is_resource_exhausted_with_retry_info,
+    a_rejected_service_credential_is_unavailable_and_reads_keep_working,
+    a_service_user_without_a_manager_role_is_permission_denied,
+    an_error_body_that_claims_code_0_is_a_bad_response_not_ok,
+    copied_error_ids_are_capped,
+);

@@ -396,3 +396,57 @@ async fn v2_calls_are_retried_after_a_dropped_connection() {
     assert_eq!(calls("SetUserMetadata"), 2);
     assert_eq!(calls("DeleteUserMetadata"), 2);
 }
+
+#[tokio::test]
+async fn v2_outages_open_the_breaker_and_slow_answers_meet_the_deadline() {
+    let app = TestApp::builder().api(ApiChoice::V2).start().await;
+    let (addr, _stop) = app
+        .another()
+        .api(ApiChoice::V2)
+        .policy(Policy::new([app.admin.clone()], vec![]))
+        .options(Options {
+            resilience: usermeta_zitadel::Resilience {
+                max_attempts: 1,
+                breaker_failures: 2,
+                breaker_cooldown: Duration::from_secs(60),
+                ..Default::default()
+            },
+            ..Options::default()
+        })
+        .spawn()
+        .await
+        .into_pair();
+    let mut client = connect(addr).await;
+
+    // Slower than the caller's deadline: DEADLINE_EXCEEDED in time.
+    app.standin.push_fault(Fault {
+        path_prefix: "/zitadel.user.v2.UserService/".into(),
+        times: Some(1),
+        kind: FaultKind::Latency(Duration::from_secs(3)),
+    });
+    let mut request = authed(list(&app.alice), &app.admin_token);
+    request.set_timeout(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    let status = client.list_metadata(request).await.unwrap_err();
+    assert_status(&status, Code::DeadlineExceeded, "DEADLINE_EXCEEDED");
+    assert!(started.elapsed() < Duration::from_secs(2));
+
+    // Two failed calls open the management breaker; the next caller is told at once.
+    app.standin.push_fault(Fault {
+        path_prefix: "/zitadel.user.v2.UserService/".into(),
+        times: None,
+        kind: FaultKind::Status(503),
+    });
+    for _ in 0..2 {
+        let status = client
+            .list_metadata(authed(list(&app.bob), &app.admin_token))
+            .await
+            .unwrap_err();
+        assert_status(&status, Code::Unavailable, "ZITADEL_UNAVAILABLE");
+    }
+    let status = client
+        .list_metadata(authed(list(&app.bob), &app.admin_token))
+        .await
+        .unwrap_err();
+    assert_status(&status, Code::Unavailable, "ZITADEL_CIRCUIT_OPEN");
+}
