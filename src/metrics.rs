@@ -208,6 +208,7 @@ const KNOWN_METHODS: &[&str] = &[
     "/usermeta.v1.UserMetadataService/ListMetadata",
     "/usermeta.v1.UserMetadataService/SetMetadata",
     "/usermeta.v1.UserMetadataService/DeleteMetadata",
+    "/usermeta.v1.UserMetadataService/FindUsersByMetadata",
     "/grpc.health.v1.Health/Check",
     "/grpc.health.v1.Health/Watch",
     "/grpc.health.v1.Health/List",

@@ -263,6 +263,18 @@ fn upstream_status(error: &UpstreamError) -> Status {
             "USER_NOT_FOUND_IN_ORGANIZATION",
             facts,
         ),
+        UpstreamError::NotSupported { .. } => with_info(
+            Code::FailedPrecondition,
+            format!(
+                "{error}; usermeta manages metadata through {api}: run ZITADEL 4.1 or later and set USERMETA_ZITADEL_API=v2 (or auto)",
+                api = match endpoint {
+                    Endpoint::UserV2ListUsers => "an API without it",
+                    _ => "another API",
+                }
+            ),
+            "ZITADEL_API_UNSUPPORTED",
+            facts,
+        ),
         UpstreamError::UnsafePath { .. } => with_info(
             Code::InvalidArgument,
             format!("{error}; use the id or key exactly as ZITADEL has it"),

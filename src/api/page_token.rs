@@ -55,6 +55,8 @@ pub struct Query<'a> {
     pub user_id: &'a str,
     pub org_id: &'a str,
     pub filter: Option<&'a KeyFilter>,
+    /// For FindUsersByMetadata: the key and value looked for (a listing's tokens never fit a search's).
+    pub find: Option<(&'a str, &'a [u8])>,
 }
 
 /// A token's content, once its MAC checked out.
@@ -86,6 +88,13 @@ fn mac(key: &PageTokenKey, head: &[u8], query: Query<'_>) -> [u8; MAC_LEN] {
         context.update(part.as_bytes());
     }
     context.update(&[query.filter.map_or(0, |f| f.matching as u8 + 1)]);
+    if let Some((key, value)) = query.find {
+        context.update(b"find");
+        for part in [key.as_bytes(), value] {
+            context.update(&(part.len() as u64).to_be_bytes());
+            context.update(part);
+        }
+    }
     let tag = context.sign();
     let mut mac = [0; MAC_LEN];
     mac.copy_from_slice(&tag.as_ref()[..MAC_LEN]);
@@ -163,6 +172,7 @@ mod tests {
             user_id: "u1",
             org_id: "o1",
             filter: Some(&filter),
+            find: None,
         };
         let visible = Position {
             offset: 200,
@@ -187,6 +197,7 @@ mod tests {
             user_id: "u1",
             org_id: "",
             filter: None,
+            find: None,
         };
         let filter = KeyFilter {
             key: "x".into(),
@@ -213,6 +224,7 @@ mod tests {
             user_id: "u1",
             org_id: "",
             filter: None,
+            find: None,
         };
         let genuine = encode(&key, at(100), q);
         let mut bytes = URL_SAFE_NO_PAD.decode(&genuine).unwrap();

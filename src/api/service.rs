@@ -493,6 +493,76 @@ impl MetadataService {
         Ok(self.zitadel.scope(named).await?)
     }
 
+    #[instrument(name = "FindUsersByMetadata", skip_all, fields(caller))]
+    async fn find(
+        &self,
+        request: Request<pb::FindUsersByMetadataRequest>,
+    ) -> Result<pb::FindUsersByMetadataResponse, ApiError> {
+        let token = caller::bearer_token(request.metadata())?;
+        self.rate_limit(&token)?;
+        let request = validate::find(request.into_inner(), &self.page_tokens)?;
+        let caller = self.identify(&token).await?;
+        tracing::Span::current().record("caller", caller.sub.as_str());
+        // Who holds a value is asked only of callers some rule lets find on this key (anyone but themself).
+        self.policy.authorize_in_any_organization(
+            &caller,
+            Subject {
+                user_id: "",
+                org_id: request.org_id.as_deref(),
+            },
+            Action::Find,
+            [request.key.as_str()],
+        )?;
+        let found = self
+            .zitadel
+            .find_users_by_metadata(
+                &request.key,
+                &request.value,
+                request.org_id.as_deref(),
+                request.page,
+            )
+            .await?;
+        // Each user found passes the policy for that user and organisation, or is left out.
+        let users = found
+            .users
+            .into_iter()
+            .filter(|user| {
+                self.policy
+                    .authorize(
+                        &caller,
+                        Subject {
+                            user_id: &user.user_id,
+                            org_id: Some(&user.org_id),
+                        },
+                        Action::Find,
+                        [request.key.as_str()],
+                    )
+                    .is_ok()
+            })
+            .map(|user| pb::UserRef {
+                user_id: user.user_id,
+                organization_id: user.org_id,
+            })
+            .collect();
+        let next = request.page.offset + found.fetched;
+        let next_page_token = if found.fetched > 0 && next < found.total {
+            page_token::encode(
+                &self.page_tokens,
+                Position {
+                    offset: next,
+                    offsets: Offsets::Zitadel,
+                },
+                request.token_query(),
+            )
+        } else {
+            String::new()
+        };
+        Ok(pb::FindUsersByMetadataResponse {
+            users,
+            next_page_token,
+        })
+    }
+
     /// The policy's value rules, as field violations of the request.
     fn check_values(&self, entries: &[(String, Vec<u8>)]) -> Result<(), ApiError> {
         let violations: Vec<Violation> = entries
@@ -708,6 +778,16 @@ impl pb::user_metadata_service_server::UserMetadataService for MetadataService {
         let deadline = self.deadline_of(request.metadata());
         Ok(Response::new(
             Self::bounded(deadline, self.delete(request)).await?,
+        ))
+    }
+
+    async fn find_users_by_metadata(
+        &self,
+        request: Request<pb::FindUsersByMetadataRequest>,
+    ) -> Result<Response<pb::FindUsersByMetadataResponse>, Status> {
+        let deadline = self.deadline_of(request.metadata());
+        Ok(Response::new(
+            Self::bounded(deadline, self.find(request)).await?,
         ))
     }
 }

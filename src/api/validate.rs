@@ -56,6 +56,88 @@ impl List {
             user_id: self.user_id.as_deref().unwrap_or_default(),
             org_id: self.org_id.as_deref().unwrap_or_default(),
             filter: self.filter.as_ref(),
+            find: None,
+        }
+    }
+}
+
+/// A valid FindUsersByMetadata request.
+#[derive(Debug)]
+pub struct Find {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub org_id: Option<String>,
+    pub page: PageRequest,
+}
+
+impl Find {
+    /// The query page tokens of this search are bound to.
+    pub fn token_query(&self) -> Query<'_> {
+        Query {
+            user_id: "",
+            org_id: self.org_id.as_deref().unwrap_or_default(),
+            filter: None,
+            find: Some((&self.key, &self.value)),
+        }
+    }
+}
+
+/// The longest value ZITADEL's metadata value filter compares.
+pub const MAX_FIND_VALUE_BYTES: usize = 200;
+
+pub fn find(request: pb::FindUsersByMetadataRequest, key: &PageTokenKey) -> Result<Find, ApiError> {
+    let mut v = Violations::default();
+    v.key(|| "key".to_owned(), &request.key);
+    let org_id = v.org_id(request.organization_id);
+    let value = match value_from_pb(request.value) {
+        None => {
+            v.add("value", "must be set: give `text` or `binary`");
+            Vec::new()
+        }
+        Some(bytes) if bytes.is_empty() => {
+            v.add("value", "must not be empty: ZITADEL stores no empty values");
+            bytes
+        }
+        Some(bytes) if bytes.len() > MAX_FIND_VALUE_BYTES => {
+            v.add(
+                "value",
+                format!(
+                    "must be at most {MAX_FIND_VALUE_BYTES} bytes (the most ZITADEL's metadata filter compares), is {}",
+                    bytes.len()
+                ),
+            );
+            bytes
+        }
+        Some(bytes) => bytes,
+    };
+    let limit = page_size(&mut v, request.page_size);
+    let mut find = Find {
+        key: request.key,
+        value,
+        org_id,
+        page: PageRequest { offset: 0, limit },
+    };
+    if !request.page_token.is_empty() {
+        match page_token::decode(key, &request.page_token, find.token_query()) {
+            Ok(position) => find.page.offset = position.offset,
+            Err(e) => v.add("page_token", e.to_string()),
+        }
+    }
+    v.finish(find)
+}
+
+fn page_size(v: &mut Violations, page_size: i32) -> u32 {
+    match u32::try_from(page_size) {
+        Ok(0) => DEFAULT_PAGE_SIZE,
+        Ok(size) if size <= MAX_PAGE_SIZE => size,
+        _ => {
+            v.add(
+                "page_size",
+                format!(
+                    "must be between 0 (meaning {DEFAULT_PAGE_SIZE}) and {MAX_PAGE_SIZE}, is {page_size}"
+                ),
+            );
+            DEFAULT_PAGE_SIZE
         }
     }
 }
@@ -252,20 +334,7 @@ pub fn list(request: pb::ListMetadataRequest, key: &PageTokenKey) -> Result<List
         });
         KeyFilter { key: filter.key, matching }
     });
-    let limit = match u32::try_from(request.page_size) {
-        Ok(0) => DEFAULT_PAGE_SIZE,
-        Ok(size) if size <= MAX_PAGE_SIZE => size,
-        _ => {
-            v.add(
-                "page_size",
-                format!(
-                    "must be between 0 (meaning {DEFAULT_PAGE_SIZE}) and {MAX_PAGE_SIZE}, is {}",
-                    request.page_size
-                ),
-            );
-            DEFAULT_PAGE_SIZE
-        }
-    };
+    let limit = page_size(&mut v, request.page_size);
     let mut list = List {
         user_id,
         org_id,

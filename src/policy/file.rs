@@ -9,7 +9,7 @@
 //! who = { client_ids = ["billing@acme"] }   # subjects, client_ids, roles, organizations; empty = anyone
 //! whose = "any"                              # "self", "any", or a list of organisation ids
 //! keys = ["internal.customer_id"]            # exact names, `prefix.*`, or `*`
-//! actions = ["write", "delete"]              # read, write, delete
+//! actions = ["write", "delete"]              # read, write, delete, find
 //!
 //! [[key]]
 //! name = "profile.*"

@@ -22,16 +22,19 @@ pub enum Action {
     Read,
     Write,
     Delete,
+    /// Find users by a key's value (FindUsersByMetadata): reveals who holds a value without reading more.
+    Find,
 }
 
 impl Action {
-    pub const ALL: [Action; 3] = [Action::Read, Action::Write, Action::Delete];
+    pub const ALL: [Action; 4] = [Action::Read, Action::Write, Action::Delete, Action::Find];
 
     pub fn name(self) -> &'static str {
         match self {
             Action::Read => "read",
             Action::Write => "write",
             Action::Delete => "delete",
+            Action::Find => "find",
         }
     }
 
@@ -40,6 +43,7 @@ impl Action {
             Action::Read => 1,
             Action::Write => 2,
             Action::Delete => 4,
+            Action::Find => 8,
         }
     }
 }
@@ -356,7 +360,8 @@ impl Policy {
             rules,
             is_self,
             implicit_read: is_self && action == Action::Read && self.self_read,
-            reads: action == Action::Read,
+            // Finding a user by a key reveals its value: hidden keys stay hidden from their user here too.
+            reads: matches!(action, Action::Read | Action::Find),
         }
     }
 

@@ -15,6 +15,7 @@ mod delete_metadata;
 mod exact_target;
 mod ext_authz;
 mod faults;
+mod find_users;
 mod get_my_metadata;
 mod health_reflection;
 mod identity;

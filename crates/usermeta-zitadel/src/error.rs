@@ -31,6 +31,7 @@ pub enum Endpoint {
     UserV2SetMetadata,
     UserV2DeleteMetadata,
     UserV2GetUser,
+    UserV2ListUsers,
 }
 
 impl Endpoint {
@@ -50,6 +51,7 @@ impl Endpoint {
             Endpoint::UserV2SetMetadata => "user.v2.SetUserMetadata",
             Endpoint::UserV2DeleteMetadata => "user.v2.DeleteUserMetadata",
             Endpoint::UserV2GetUser => "user.v2.GetUserByID",
+            Endpoint::UserV2ListUsers => "user.v2.ListUsers",
         }
     }
 
@@ -115,6 +117,14 @@ pub enum UpstreamError {
     /// organisation and usermeta checks it); nothing was sent.
     #[error("ZITADEL found no user {user_id} in organisation {org_id}")]
     NotInOrganization { user_id: String, org_id: String },
+    /// The ZITADEL in use does not serve what the call needs (the v1 backend, or a ZITADEL too old); nothing
+    /// was sent, or ZITADEL did not understand the query.
+    #[error("{what} needs {needs}")]
+    NotSupported {
+        endpoint: Endpoint,
+        what: &'static str,
+        needs: &'static str,
+    },
     /// The service credential could not be exchanged for a management API token; `cause` is the failed token
     /// request. `credential` names the credential by its ids, never its secret.
     #[error("usermeta could not get a management API token with its {credential}: {cause}")]
@@ -136,6 +146,7 @@ impl UpstreamError {
             | UpstreamError::UnsafePath { endpoint, .. } => *endpoint,
             UpstreamError::CredentialRefresh { cause, .. } => cause.endpoint(),
             UpstreamError::NotInOrganization { .. } => Endpoint::UserV2GetUser,
+            UpstreamError::NotSupported { endpoint, .. } => *endpoint,
         }
     }
 
@@ -167,7 +178,9 @@ impl UpstreamError {
                 }
             }
             UpstreamError::NotInOrganization { .. } => ErrorKind::Refused,
-            UpstreamError::UnsafePath { .. } => ErrorKind::NotSent,
+            UpstreamError::UnsafePath { .. } | UpstreamError::NotSupported { .. } => {
+                ErrorKind::NotSent
+            }
             UpstreamError::DeadlineExceeded { .. } => ErrorKind::DeadlineExceeded,
             UpstreamError::Unreachable { .. }
             | UpstreamError::Timeout { .. }

@@ -43,6 +43,13 @@ impl UserMetadataService for Ceiling {
     ) -> Result<Response<pb::DeleteMetadataResponse>, Status> {
         Err(Status::unimplemented("ceiling serves GetMyMetadata only"))
     }
+
+    async fn find_users_by_metadata(
+        &self,
+        _: Request<pb::FindUsersByMetadataRequest>,
+    ) -> Result<Response<pb::FindUsersByMetadataResponse>, Status> {
+        Err(Status::unimplemented("ceiling serves GetMyMetadata only"))
+    }
 }
 
 #[tokio::main]

@@ -48,6 +48,24 @@ impl ManagementApi {
     }
 }
 
+/// A user found by [`Zitadel::find_users_by_metadata`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRef {
+    pub user_id: String,
+    pub org_id: String,
+}
+
+/// One page of ZITADEL's answer to a search by metadata.
+#[derive(Debug, Clone, Default)]
+pub struct FoundUsers {
+    /// The users of this page whose key holds exactly the value.
+    pub users: Vec<UserRef>,
+    /// How many entries ZITADEL returned for this page (the next page starts after them).
+    pub fetched: u64,
+    /// How many users ZITADEL matched over all pages.
+    pub total: u64,
+}
+
 /// How long ZITADEL's word on a user's organisation is reused: users do not change organisations, and a
 /// deleted user's writes fail in ZITADEL anyway.
 const USER_ORG_TTL: Duration = Duration::from_secs(60);
@@ -167,6 +185,25 @@ impl Zitadel {
         self.user_orgs
             .insert(user_id.to_owned(), (org.clone(), Instant::now()));
         Ok(org)
+    }
+
+    /// Users whose `key` holds exactly `value`, optionally only in `org_id`: v2 `ListUsers` with its metadata
+    /// filters (ZITADEL 4.1+). The v1 API has no such search, and usermeta never scans every user instead.
+    pub async fn find_users_by_metadata(
+        &self,
+        key: &str,
+        value: &[u8],
+        org_id: Option<&str>,
+        page: PageRequest,
+    ) -> Result<FoundUsers, UpstreamError> {
+        match self.management_api().await? {
+            ManagementApi::V1 => Err(UpstreamError::NotSupported {
+                endpoint: Endpoint::UserV2ListUsers,
+                what: "finding users by metadata",
+                needs: "the v2 user service of ZITADEL 4.1 or later",
+            }),
+            ManagementApi::V2 => self.v2_find_users(key, value, org_id, page).await,
+        }
     }
 
     /// One page of a user's metadata, ascending (v1 by key, v2 by creation date).

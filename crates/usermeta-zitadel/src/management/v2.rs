@@ -363,6 +363,133 @@ impl Zitadel {
     }
 }
 
+#[derive(Serialize)]
+struct ListUsersRequest {
+    query: Pagination,
+    queries: Vec<serde_json::Value>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct ListUsersResponse {
+    details: Option<ListDetails>,
+    result: Vec<ListedUser>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct ListDetails {
+    #[serde(deserialize_with = "crate::wire::lenient_u64")]
+    total_result: u64,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct ListedUser {
+    user_id: String,
+    details: Option<crate::wire::ObjectDetails>,
+}
+
+/// How many found users are checked at once.
+const VERIFY_CONCURRENCY: usize = 8;
+
+impl Zitadel {
+    /// `ListUsers` with a metadata key and a value filter. ZITADEL matches each filter on its own (a user with
+    /// the key holding another value and the value under another key matches both), so every user found is
+    /// checked: its `key` must hold exactly `value`.
+    pub(super) async fn v2_find_users(
+        &self,
+        key: &str,
+        value: &[u8],
+        org_id: Option<&str>,
+        page: PageRequest,
+    ) -> Result<super::FoundUsers, UpstreamError> {
+        use futures::StreamExt as _;
+        let endpoint = Endpoint::UserV2ListUsers;
+        let mut queries = vec![
+            serde_json::json!({"metadataKeyFilter": {"key": key, "method": "TEXT_FILTER_METHOD_EQUALS"}}),
+            serde_json::json!({"metadataValueFilter": {"value": value::encode(value), "method": "BYTE_FILTER_METHOD_EQUALS"}}),
+        ];
+        if let Some(org_id) = org_id {
+            queries.push(serde_json::json!({"organizationIdQuery": {"organizationId": org_id}}));
+        }
+        let body = ListUsersRequest {
+            query: Pagination {
+                offset: page.offset.to_string(),
+                limit: page.limit.min(MAX_LIMIT),
+                asc: true,
+            },
+            queries,
+        };
+        let answer: ListUsersResponse = match self.connect(endpoint, "ListUsers", &body).await {
+            Ok(answer) => answer,
+            // Our query is valid; a ZITADEL that refuses it predates the metadata filters (4.0).
+            Err(error) if error.zitadel_code() == Some(tonic::Code::InvalidArgument) => {
+                tracing::warn!(%error, "ZITADEL refused ListUsers with metadata filters");
+                return Err(UpstreamError::NotSupported {
+                    endpoint,
+                    what: "finding users by metadata",
+                    needs: "ZITADEL 4.1 or later (ListUsers with metadata filters)",
+                });
+            }
+            Err(error) => return Err(error),
+        };
+        let fetched = answer.result.len() as u64;
+        let candidates: Vec<super::UserRef> = answer
+            .result
+            .into_iter()
+            .filter_map(|user| {
+                let org_id = user.details?.resource_owner?;
+                Some(super::UserRef {
+                    user_id: user.user_id,
+                    org_id,
+                })
+            })
+            .collect();
+        let filter = KeyFilter {
+            key: key.to_owned(),
+            matching: crate::metadata::KeyMatch::Equals,
+        };
+        let checked: Vec<Result<Option<super::UserRef>, UpstreamError>> =
+            futures::stream::iter(candidates)
+                .map(|user| {
+                    let filter = &filter;
+                    async move {
+                        let page = self
+                            .v2_list_user_metadata(
+                                Target {
+                                    user_id: &user.user_id,
+                                    org_id: None,
+                                },
+                                Some(filter),
+                                PageRequest {
+                                    offset: 0,
+                                    limit: 10,
+                                },
+                            )
+                            .await?;
+                        let holds = page
+                            .items
+                            .iter()
+                            .any(|item| item.key == key && item.value.as_deref() == Some(value));
+                        Ok(holds.then_some(user))
+                    }
+                })
+                .buffered(VERIFY_CONCURRENCY)
+                .collect()
+                .await;
+        let mut users = Vec::new();
+        for user in checked {
+            users.extend(user?);
+        }
+        Ok(super::FoundUsers {
+            users,
+            fetched,
+            total: answer.details.map(|d| d.total_result).unwrap_or_default(),
+        })
+    }
+}
+
 /// v2 tells a service user without a membership in the user's organisation "membership not found"
 /// (NOT_FOUND); v1 says PERMISSION_DENIED for the same fact, and so does usermeta.
 fn membership_is_permission(error: UpstreamError) -> UpstreamError {
