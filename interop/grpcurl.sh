@@ -78,6 +78,12 @@ answer=$(grpcurl -plaintext -H "authorization: Bearer $ADMIN_TOKEN" \
 expect "$answer" "page 2 holds $key.bin and is the last" \
   "[m['key'] for m in d['metadata']] == ['$key.bin'] and not d.get('nextPageToken')"
 
+echo "-- FindUsersByMetadata: who holds ContractNumber 1234, as the admin"
+answer=$(grpcurl -plaintext -H "authorization: Bearer $ADMIN_TOKEN" \
+  -d '{"key":"ContractNumber","value":{"text":"1234"}}' "$addr" "$svc/FindUsersByMetadata")
+expect "$answer" "the demo user, with their organisation" \
+  "[u['userId'] for u in d['users']] == ['$DEMO_USER_ID'] and d['users'][0]['organizationId']"
+
 echo "-- DeleteMetadata both, then they are gone"
 answer=$(grpcurl -plaintext -H "authorization: Bearer $USER_TOKEN" -d "{\"keys\":[\"$key\",\"$key.bin\"]}" \
   "$addr" "$svc/DeleteMetadata")
