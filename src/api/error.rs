@@ -47,6 +47,16 @@ pub enum ApiError {
     /// usermeta's own introspection client was refused: an operator problem, not the caller's.
     #[error(transparent)]
     IntrospectionClient(IdentifyError),
+    /// METADATA_SOURCE_TOKEN with a token that is not a JWT.
+    #[error(
+        "the access token is opaque, not a JWT: it carries no metadata of its own; read with source METADATA_SOURCE_USERINFO or METADATA_SOURCE_AUTH_API, or send a JWT (an ID token with \"User Info inside ID Token\", or a JWT access token)"
+    )]
+    TokenNotJwt,
+    /// METADATA_SOURCE_TOKEN while usermeta validates no JWTs.
+    #[error(
+        "METADATA_SOURCE_TOKEN needs usermeta to validate JWTs against ZITADEL's keys, which this deployment does not: an operator sets USERMETA_JWT_AUDIENCE; until then read with METADATA_SOURCE_USERINFO"
+    )]
+    TokenSourceOff,
 }
 
 impl From<IdentifyError> for ApiError {
@@ -105,6 +115,18 @@ fn to_status(error: &ApiError) -> Status {
                 details,
             )
         }
+        ApiError::TokenNotJwt => with_info(
+            Code::FailedPrecondition,
+            error.to_string(),
+            "TOKEN_NOT_JWT",
+            [],
+        ),
+        ApiError::TokenSourceOff => with_info(
+            Code::FailedPrecondition,
+            error.to_string(),
+            "TOKEN_SOURCE_UNAVAILABLE",
+            [],
+        ),
         ApiError::Token(token) => {
             let reason = match token {
                 TokenError::Missing => "TOKEN_MISSING",

@@ -219,6 +219,13 @@ impl MetadataService {
                 let known = self.cache.userinfo(&self.zitadel, &token).await?;
                 self.answer_mine(&caller, OwnRead::Userinfo(&known.metadata), &request)
             }
+            Source::Token => match self.resolver.token_metadata(&self.zitadel, &token).await? {
+                None => Err(ApiError::TokenSourceOff),
+                Some(caller::TokenRead::NotJwt) => Err(ApiError::TokenNotJwt),
+                Some(caller::TokenRead::Claims { identity, metadata }) => {
+                    self.answer_mine(&identity, OwnRead::AuthApi(metadata), &request)
+                }
+            },
             Source::AuthApi => {
                 // One exact key can be filtered by ZITADEL; several are filtered here (its queries are ANDed).
                 let filter = match request.keys.as_slice() {

@@ -27,6 +27,8 @@ pub const MAX_PAGE_SIZE: u32 = 1000;
 pub enum Source {
     Userinfo,
     AuthApi,
+    /// The bearer JWT's own metadata claim.
+    Token,
 }
 
 /// A valid GetMyMetadata request.
@@ -306,8 +308,9 @@ pub fn get_mine(request: pb::GetMyMetadataRequest) -> Result<GetMine, ApiError> 
     let source = match pb::MetadataSource::try_from(request.source) {
         Ok(pb::MetadataSource::Unspecified | pb::MetadataSource::Userinfo) => Source::Userinfo,
         Ok(pb::MetadataSource::AuthApi) => Source::AuthApi,
+        Ok(pb::MetadataSource::Token) => Source::Token,
         Err(_) => {
-            v.add("source", format!("{} is not a MetadataSource; use METADATA_SOURCE_USERINFO or METADATA_SOURCE_AUTH_API", request.source));
+            v.add("source", format!("{} is not a MetadataSource; use METADATA_SOURCE_USERINFO, METADATA_SOURCE_AUTH_API or METADATA_SOURCE_TOKEN", request.source));
             Source::Userinfo
         }
     };

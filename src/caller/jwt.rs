@@ -146,7 +146,23 @@ impl JwtValidator {
         zitadel: &Zitadel,
         token: &CallerToken,
     ) -> Result<Resolution, IdentifyError> {
-        let refused = |why: &'static str| Ok(Resolution::Refused(TokenError::InvalidJwt(why)));
+        Ok(match self.validated_claims(zitadel, token).await? {
+            Ok(claims) => match Identity::from_claims(&claims, self.project_id.as_deref()) {
+                Ok(identity) => Resolution::Active(Arc::new(identity)),
+                Err(refused) => Resolution::Refused(refused),
+            },
+            Err(refused) => Resolution::Refused(refused),
+        })
+    }
+
+    /// The claims of a JWT whose signature, issuer, audience and times check out; `Ok(Err(_))` says why the
+    /// token itself is refused.
+    pub(super) async fn validated_claims(
+        &self,
+        zitadel: &Zitadel,
+        token: &CallerToken,
+    ) -> Result<Result<Map<String, Value>, TokenError>, IdentifyError> {
+        let refused = |why: &'static str| Ok(Err(TokenError::InvalidJwt(why)));
         let token = token.token();
         let Ok(header) = jsonwebtoken::decode_header(token) else {
             return refused("its header cannot be read");
@@ -209,12 +225,7 @@ impl JwtValidator {
                 None => return refused("its `nbf` is not a number"),
             }
         }
-        Ok(
-            match Identity::from_claims(&claims, self.project_id.as_deref()) {
-                Ok(identity) => Resolution::Active(Arc::new(identity)),
-                Err(refused) => Resolution::Refused(refused),
-            },
-        )
+        Ok(Ok(claims))
     }
 }
 

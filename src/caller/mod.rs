@@ -68,6 +68,18 @@ pub enum IdentifyError {
     },
 }
 
+/// What a bearer token says of itself ([`Resolver::token_metadata`]).
+#[derive(Debug)]
+pub enum TokenRead {
+    /// Not a JWT: it carries nothing to read.
+    NotJwt,
+    /// A valid JWT: its caller and its metadata claim (empty without the claim).
+    Claims {
+        identity: Identity,
+        metadata: Vec<usermeta_zitadel::metadata::MetadataItem>,
+    },
+}
+
 /// Reads the caller's bearer token from request metadata.
 pub fn bearer_token(metadata: &MetadataMap) -> Result<CallerToken, TokenError> {
     let value = metadata.get(AUTHORIZATION).ok_or(TokenError::Missing)?;
@@ -268,6 +280,32 @@ impl Resolver {
     }
 
     /// Whether identities come from userinfo (then GetMyMetadata reuses its userinfo answer).
+    /// For METADATA_SOURCE_TOKEN: the caller and the metadata claim of a JWT validated locally. `Ok(None)`:
+    /// no JWT validation is configured; a token that is not JWT-shaped is `Err(TokenError::…)` of its own
+    /// via `not_jwt`.
+    pub async fn token_metadata(
+        &self,
+        zitadel: &Zitadel,
+        token: &CallerToken,
+    ) -> Result<Option<TokenRead>, IdentifyError> {
+        let Some(validator) = &self.jwt else {
+            return Ok(None);
+        };
+        if !token.is_jwt_shaped() {
+            return Ok(Some(TokenRead::NotJwt));
+        }
+        let claims = validator.validated_claims(zitadel, token).await??;
+        let identity = Identity::from_claims(&claims, zitadel.project_id())?;
+        let metadata = claims
+            .get(usermeta_zitadel::userinfo::METADATA_CLAIM)
+            .and_then(|claim| serde_json::from_value(claim.clone()).ok())
+            .map(|claim| {
+                usermeta_zitadel::userinfo::metadata_claim(usermeta_zitadel::Endpoint::Jwks, claim)
+            })
+            .unwrap_or_default();
+        Ok(Some(TokenRead::Claims { identity, metadata }))
+    }
+
     pub fn uses_userinfo(&self) -> bool {
         self.introspection.is_none() && self.jwt.is_none()
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use tonic::Code;
 use tonic_types::StatusExt as _;
 use usermeta::{
-    api::pb::{GetMyMetadataRequest, SetMetadataRequest},
+    api::pb::{GetMyMetadataRequest, GetMyMetadataResponse, MetadataSource, SetMetadataRequest},
     caller::{ApplicationKey, IdentityConfig, IntrospectionAuth, JwtConfig},
     policy::Policy,
 };
@@ -678,5 +678,168 @@ async fn an_open_breaker_stops_introspection_calls() {
         world.standin.introspection_requests(),
         sent,
         "nothing sent while open"
+    );
+}
+
+async fn from_token(
+    client: &mut Client,
+    token: &str,
+) -> Result<GetMyMetadataResponse, tonic::Status> {
+    client
+        .get_my_metadata(authed(
+            GetMyMetadataRequest {
+                source: MetadataSource::Token as i32,
+                ..Default::default()
+            },
+            token,
+        ))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+#[tokio::test]
+async fn the_token_source_reads_the_jwts_own_metadata_claim_without_asking_zitadel() {
+    let world = world().await;
+    world
+        .standin
+        .set_metadata(&world.alice, "bin", &[0xff, 0x00]);
+    let (mut client, _stop) = world
+        .serve(IdentityConfig {
+            introspection: None,
+            jwt: Some(world.jwt(Duration::from_secs(60))),
+        })
+        .await;
+    let spec = || JwtSpec {
+        scopes: world.scopes.clone(),
+        ..JwtSpec::default()
+    };
+    // Warm the key cache, then every new token costs ZITADEL nothing.
+    from_token(
+        &mut client,
+        &world.standin.issue_jwt_with(&world.alice, spec()),
+    )
+    .await
+    .unwrap();
+    let before = (
+        world.standin.userinfo_requests(),
+        world.standin.jwks_requests(),
+    );
+    for _ in 0..3 {
+        let token = world.standin.issue_jwt_with(&world.alice, spec());
+        let answer = from_token(&mut client, &token).await.unwrap();
+        assert_eq!(answer.user_id, world.alice);
+        let keys: Vec<&str> = answer.metadata.iter().map(|m| m.key.as_str()).collect();
+        assert_eq!(keys, ["bin", "profile.name"]);
+        assert_eq!(text_of(&answer.metadata[1]), Some("Alice"));
+        assert_eq!(
+            answer.metadata[0].value,
+            binary(&[0xff, 0x00]),
+            "values decode as userinfo's do"
+        );
+    }
+    assert_eq!(
+        (
+            world.standin.userinfo_requests(),
+            world.standin.jwks_requests()
+        ),
+        before
+    );
+    assert!(world.standin.requests().iter().all(|r| !r.is_management()));
+
+    // A JWT asked without the metadata scope carries no claim: an empty answer.
+    let without: Vec<String> = world
+        .scopes
+        .iter()
+        .filter(|s| *s != "urn:zitadel:iam:user:metadata")
+        .cloned()
+        .collect();
+    let bare = world.standin.issue_jwt_with(
+        &world.alice,
+        JwtSpec {
+            scopes: without,
+            ..JwtSpec::default()
+        },
+    );
+    assert!(
+        from_token(&mut client, &bare)
+            .await
+            .unwrap()
+            .metadata
+            .is_empty()
+    );
+
+    // Expired, not yet valid, or for another audience: UNAUTHENTICATED, saying why.
+    for (spec, why) in [
+        (
+            JwtSpec {
+                expires_in: -600,
+                ..spec()
+            },
+            "expired",
+        ),
+        (
+            JwtSpec {
+                not_before_in: 600,
+                ..spec()
+            },
+            "not valid yet",
+        ),
+        (
+            JwtSpec {
+                scopes: FULL_SCOPES.iter().map(|s| (*s).to_owned()).collect(),
+                audience: vec!["some-other-project".into()],
+                ..spec()
+            },
+            "audience",
+        ),
+        (
+            JwtSpec {
+                unpublished_key: true,
+                ..spec()
+            },
+            "key ZITADEL does not publish",
+        ),
+    ] {
+        let token = world.standin.issue_jwt_with(&world.alice, spec);
+        let status = from_token(&mut client, &token).await.unwrap_err();
+        assert_status(&status, Code::Unauthenticated, "TOKEN_INVALID");
+        assert!(status.message().contains(why), "{why}: {status:?}");
+    }
+
+    // An opaque token has nothing to read.
+    let opaque = world.standin.issue_token(&world.alice, &world.scopes());
+    let status = from_token(&mut client, &opaque).await.unwrap_err();
+    assert_status(&status, Code::FailedPrecondition, "TOKEN_NOT_JWT");
+    assert!(
+        status.message().contains("METADATA_SOURCE_USERINFO"),
+        "{status:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_token_source_needs_jwt_validation_configured() {
+    let world = world().await;
+    let (mut client, _stop) = world
+        .serve(IdentityConfig {
+            introspection: None,
+            jwt: None,
+        })
+        .await;
+    let token = world.standin.issue_jwt_with(
+        &world.alice,
+        JwtSpec {
+            scopes: world.scopes.clone(),
+            ..JwtSpec::default()
+        },
+    );
+    let status = from_token(&mut client, &token).await.unwrap_err();
+    assert_status(
+        &status,
+        Code::FailedPrecondition,
+        "TOKEN_SOURCE_UNAVAILABLE",
+    );
+    assert!(
+        status.message().contains("USERMETA_JWT_AUDIENCE"),
+        "{status:?}"
     );
 }

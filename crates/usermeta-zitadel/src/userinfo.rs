@@ -60,6 +60,24 @@ struct Claims {
     other: serde_json::Map<String, serde_json::Value>,
 }
 
+/// The entries of a `urn:zitadel:iam:user:metadata` claim (key → base64 of the value; ZITADEL uses unpadded
+/// URL-safe base64 there), sorted by key. `endpoint` names where the claim came from in warnings.
+pub fn metadata_claim(
+    endpoint: Endpoint,
+    claim: BTreeMap<String, serde_json::Value>,
+) -> Vec<MetadataItem> {
+    claim
+        .into_iter()
+        .map(|(key, value)| match value {
+            serde_json::Value::String(encoded) => decode_item(endpoint, key, Some(&encoded), None),
+            _ => {
+                tracing::warn!(%endpoint, key = %key, "metadata claim value is not a string; returning the key without a value");
+                MetadataItem { key, value: None, create_time: None, update_time: None }
+            }
+        })
+        .collect()
+}
+
 impl Zitadel {
     /// Asks userinfo about the caller's token.
     pub async fn userinfo(&self, token: &CallerToken) -> Result<UserInfo, UpstreamError> {
@@ -71,17 +89,7 @@ impl Zitadel {
         let claims: Claims = self.send_json(endpoint, request).await?;
         let sub = claims.sub.filter(|s| !s.is_empty());
         let roles = project_roles(&claims.other, self.project_id.as_deref());
-        let metadata = claims
-            .metadata
-            .into_iter()
-            .map(|(key, value)| match value {
-                serde_json::Value::String(encoded) => decode_item(endpoint, key, Some(&encoded), None),
-                _ => {
-                    tracing::warn!(%endpoint, key = %key, "metadata claim value is not a string; returning the key without a value");
-                    MetadataItem { key, value: None, create_time: None, update_time: None }
-                }
-            })
-            .collect();
+        let metadata = metadata_claim(endpoint, claims.metadata);
         Ok(UserInfo {
             sub,
             org_id: claims.org_id,

@@ -445,6 +445,18 @@ pub(super) fn issue_jwt(shared: &Shared, user_id: &str, spec: JwtSpec) -> String
                 entry.request_project(&data).as_deref(),
             ));
         }
+        // ZITADEL's "User Info inside ID Token" (and JWT access tokens asked with the scope) carry the claim.
+        if spec.scopes.iter().any(|s| s == SCOPE_METADATA)
+            && let Some(user) = data.users.get(user_id)
+            && !user.metadata.is_empty()
+        {
+            let metadata: Map<String, Value> = user
+                .metadata
+                .iter()
+                .map(|(key, entry)| (key.clone(), Value::from(wire::encode_claim(&entry.value))))
+                .collect();
+            claims.insert(SCOPE_METADATA.into(), Value::Object(metadata));
+        }
         if spec.scopes.iter().any(|s| s == SCOPE_RESOURCE_OWNER)
             && let Some(user) = data.users.get(user_id)
         {
