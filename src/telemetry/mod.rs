@@ -7,15 +7,9 @@
 //! usable one, else generated), so every log line of a call names it; the id is echoed in the response
 //! metadata and in internal-error messages.
 
-use std::{
-    cell::OnceCell,
-    future::Future,
-    io::IsTerminal as _,
-    pin::Pin,
-    task::{Context as TaskContext, Poll},
-};
+use std::{cell::OnceCell, io::IsTerminal as _};
 
-use http::{HeaderName, HeaderValue, Request, Response};
+use http::{HeaderName, HeaderValue};
 use opentelemetry::{
     Context,
     propagation::TextMapPropagator as _,
@@ -24,10 +18,8 @@ use opentelemetry::{
         TracerProvider as _,
     },
 };
-use opentelemetry_http::{HeaderExtractor, HeaderInjector};
+use opentelemetry_http::HeaderInjector;
 use opentelemetry_sdk::{propagation::TraceContextPropagator, trace::SdkTracerProvider};
-use tokio::task::futures::TaskLocalFuture;
-use tracing::{Instrument as _, instrument::Instrumented};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::{
     EnvFilter, Layer as _, filter::Targets, fmt, fmt::MakeWriter, prelude::*,
@@ -42,8 +34,10 @@ pub enum LogFormat {
     Json,
 }
 
+mod request_context;
 mod text_fields;
 
+pub use request_context::{RequestContext, RequestContextFuture, RequestContextLayer};
 pub use text_fields::EscapedFields;
 
 /// The gRPC metadata key of the request id, in and out.
@@ -215,91 +209,6 @@ impl std::fmt::Display for RequestId {
     }
 }
 
-/// Sets up each gRPC call's context: request id, the `grpc` span (a child of the caller's `traceparent`),
-/// and `x-request-id` on the response.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct RequestContextLayer;
-
-impl<S> tower::Layer<S> for RequestContextLayer {
-    type Service = RequestContext<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        RequestContext { inner }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct RequestContext<S> {
-    inner: S,
-}
-
-impl<S, ReqBody, ResBody> tower::Service<Request<ReqBody>> for RequestContext<S>
-where
-    S: tower::Service<Request<ReqBody>, Response = Response<ResBody>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = RequestContextFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let request_id = RequestId::of(request.headers());
-        let span = tracing::info_span!(
-            "grpc",
-            method = crate::metrics::method_label(request.uri().path()),
-            request_id = %request_id,
-        );
-        let trace = OnceCell::new();
-        if request.headers().contains_key(TRACEPARENT) {
-            let parent = TraceContextPropagator::new().extract(&HeaderExtractor(request.headers()));
-            let remote = parent.span().span_context().clone();
-            if remote.is_valid() {
-                let _ = trace.set(remote);
-            }
-            // Fails only when no OpenTelemetry layer is installed (nothing is exported).
-            let _ = span.set_parent(parent);
-        }
-        let header = Some(request_id.header_value());
-        let response = {
-            let _entered = span.enter();
-            self.inner.call(request)
-        };
-        let call = CallContext { request_id, trace };
-        RequestContextFuture {
-            call: CURRENT_CALL.scope(call, response.instrument(span)),
-            header,
-        }
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A call inside its context; puts the request id on the response.
-    pub struct RequestContextFuture<F> {
-        #[pin]
-        call: TaskLocalFuture<CallContext, Instrumented<F>>,
-        header: Option<HeaderValue>,
-    }
-}
-
-impl<F, ResBody, E> Future for RequestContextFuture<F>
-where
-    F: Future<Output = Result<Response<ResBody>, E>>,
-{
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let mut result = std::task::ready!(this.call.poll(cx));
-        if let (Ok(response), Some(header)) = (&mut result, this.header.take()) {
-            response.headers_mut().insert(REQUEST_ID_HEADER, header);
-        }
-        Poll::Ready(result)
-    }
-}
-
 /// A span for one HTTP call to ZITADEL, and the `traceparent`/`tracestate` headers naming it as the parent,
 /// so ZITADEL's traces (and its logs) join the caller's trace.
 pub fn upstream_span(endpoint: &'static str) -> (tracing::Span, http::HeaderMap) {
@@ -351,6 +260,7 @@ fn random_span_id() -> SpanId {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::{Request, Response};
 
     #[test]
     fn plain_request_ids_are_kept_others_replaced() {

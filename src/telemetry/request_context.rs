@@ -1,0 +1,104 @@
+//! The tower layer that gives each gRPC call its context: the request id, the `grpc` span (a child of the
+//! caller's `traceparent`), and `x-request-id` on the response.
+
+use std::{
+    cell::OnceCell,
+    future::Future,
+    pin::Pin,
+    task::{Context as TaskContext, Poll},
+};
+
+use http::{HeaderValue, Request, Response};
+use opentelemetry::{propagation::TextMapPropagator as _, trace::TraceContextExt as _};
+use opentelemetry_http::HeaderExtractor;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use tokio::task::futures::TaskLocalFuture;
+use tracing::{Instrument as _, instrument::Instrumented};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+use super::{CURRENT_CALL, CallContext, REQUEST_ID_HEADER, RequestId, TRACEPARENT};
+
+/// Sets up each gRPC call's context: request id, the `grpc` span (a child of the caller's `traceparent`),
+/// and `x-request-id` on the response.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestContextLayer;
+
+impl<S> tower::Layer<S> for RequestContextLayer {
+    type Service = RequestContext<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequestContext { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RequestContext<S> {
+    inner: S,
+}
+
+impl<S, ReqBody, ResBody> tower::Service<Request<ReqBody>> for RequestContext<S>
+where
+    S: tower::Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = RequestContextFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let request_id = RequestId::of(request.headers());
+        let span = tracing::info_span!(
+            "grpc",
+            method = crate::metrics::method_label(request.uri().path()),
+            request_id = %request_id,
+        );
+        let trace = OnceCell::new();
+        if request.headers().contains_key(TRACEPARENT) {
+            let parent = TraceContextPropagator::new().extract(&HeaderExtractor(request.headers()));
+            let remote = parent.span().span_context().clone();
+            if remote.is_valid() {
+                let _ = trace.set(remote);
+            }
+            // Fails only when no OpenTelemetry layer is installed (nothing is exported).
+            let _ = span.set_parent(parent);
+        }
+        let header = Some(request_id.header_value());
+        let response = {
+            let _entered = span.enter();
+            self.inner.call(request)
+        };
+        let call = CallContext { request_id, trace };
+        RequestContextFuture {
+            call: CURRENT_CALL.scope(call, response.instrument(span)),
+            header,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A call inside its context; puts the request id on the response.
+    pub struct RequestContextFuture<F> {
+        #[pin]
+        call: TaskLocalFuture<CallContext, Instrumented<F>>,
+        header: Option<HeaderValue>,
+    }
+}
+
+impl<F, ResBody, E> Future for RequestContextFuture<F>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut result = std::task::ready!(this.call.poll(cx));
+        if let (Ok(response), Some(header)) = (&mut result, this.header.take()) {
+            response.headers_mut().insert(REQUEST_ID_HEADER, header);
+        }
+        Poll::Ready(result)
+    }
+}
