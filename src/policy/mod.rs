@@ -334,10 +334,6 @@ impl Policy {
     }
 
     /// The rules that apply to this caller, target and action; the keys are then checked against these only.
-    fn grants<'p>(&'p self, caller: &Identity, target: Subject<'_>, action: Action) -> Grants<'p> {
-        self.grants_in(caller, target, action, false)
-    }
-
     fn grants_in<'p>(
         &'p self,
         caller: &Identity,
@@ -408,7 +404,18 @@ impl Policy {
         action: Action,
         keys: impl IntoIterator<Item = &'k str>,
     ) -> Result<(), Denial> {
-        let grants = self.grants(caller, target, action);
+        self.authorize_in(caller, target, action, keys, false)
+    }
+
+    fn authorize_in<'k>(
+        &self,
+        caller: &Identity,
+        target: Subject<'_>,
+        action: Action,
+        keys: impl IntoIterator<Item = &'k str>,
+        any_org: bool,
+    ) -> Result<(), Denial> {
+        let grants = self.grants_in(caller, target, action, any_org);
         for key in keys {
             grants.check(key).map_err(|hidden| {
                 hidden.unwrap_or_else(|| Self::no_rule(caller, target, action, Some(key)))
@@ -426,13 +433,7 @@ impl Policy {
         action: Action,
         keys: impl IntoIterator<Item = &'k str>,
     ) -> Result<(), Denial> {
-        let grants = self.grants_in(caller, target, action, true);
-        for key in keys {
-            grants.check(key).map_err(|hidden| {
-                hidden.unwrap_or_else(|| Self::no_rule(caller, target, action, Some(key)))
-            })?;
-        }
-        Ok(())
+        self.authorize_in(caller, target, action, keys, true)
     }
 
     /// [`Policy::read_scope`]'s refusal as if `target` were in whichever organisation a rule names.
@@ -441,11 +442,21 @@ impl Policy {
         caller: &Identity,
         target: Subject<'_>,
     ) -> Result<(), Denial> {
-        let grants = self.grants_in(caller, target, Action::Read, true);
+        self.readable(caller, target, true).map(drop)
+    }
+
+    /// The grants to read `target`, or the refusal when no key at all could be read.
+    fn readable<'p>(
+        &'p self,
+        caller: &Identity,
+        target: Subject<'_>,
+        any_org: bool,
+    ) -> Result<Grants<'p>, Denial> {
+        let grants = self.grants_in(caller, target, Action::Read, any_org);
         if grants.rules.is_empty() && !grants.implicit_read {
             return Err(Self::no_rule(caller, target, Action::Read, None));
         }
-        Ok(())
+        Ok(grants)
     }
 
     /// What `caller` may read of `target`, for listings: refused outright when no key at all could be read.
@@ -454,10 +465,7 @@ impl Policy {
         caller: &Identity,
         target: Subject<'_>,
     ) -> Result<ReadScope<'p>, Denial> {
-        let grants = self.grants(caller, target, Action::Read);
-        if grants.rules.is_empty() && !grants.implicit_read {
-            return Err(Self::no_rule(caller, target, Action::Read, None));
-        }
+        let grants = self.readable(caller, target, false)?;
         Ok(ReadScope {
             grants,
             caller: Some(CallerName::of(caller)),
