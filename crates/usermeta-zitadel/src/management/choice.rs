@@ -126,8 +126,8 @@ impl Selector {
     }
 }
 
-/// An answer that means "no such API here", not an answer of the API: Connect's `unimplemented`, or a 404
-/// without ZITADEL's error id (a route that does not exist; every error ZITADEL itself raises carries one).
+/// An answer that means "no such API here", not an answer of the API: Connect's `unimplemented`, or a 404, 405
+/// or 501 without ZITADEL's error id (a route that does not exist; every error ZITADEL itself raises carries one).
 fn is_not_served(error: &UpstreamError) -> bool {
     match error {
         UpstreamError::Rejected {
@@ -136,7 +136,7 @@ fn is_not_served(error: &UpstreamError) -> bool {
             ..
         } => {
             rejection.code == tonic::Code::Unimplemented
-                || (*http_status == 404 && rejection.error_id.is_none())
+                || (matches!(http_status, 404 | 405 | 501) && rejection.error_id.is_none())
         }
         _ => false,
     }
@@ -155,7 +155,15 @@ async fn probe(zitadel: &Zitadel) -> Result<ManagementApi, UpstreamError> {
         .await
         .result
     {
-        Ok(_) => Ok(ManagementApi::V2),
+        // A JSON answer is the service's; anything else at that path (a web page a proxy or an old ZITADEL
+        // serves for unknown paths) is not.
+        Ok(body) => Ok(
+            if serde_json::from_slice::<serde_json::Value>(&body).is_ok_and(|v| v.is_object()) {
+                ManagementApi::V2
+            } else {
+                ManagementApi::V1
+            },
+        ),
         Err(error) if is_not_served(&error) => Ok(ManagementApi::V1),
         Err(error @ UpstreamError::Rejected { .. }) => {
             if error.zitadel_code() == Some(tonic::Code::Unauthenticated) {
@@ -166,5 +174,43 @@ async fn probe(zitadel: &Zitadel) -> Result<ManagementApi, UpstreamError> {
             }
         }
         Err(error) => Err(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Rejection;
+
+    fn rejected(http_status: u16, body: &str) -> UpstreamError {
+        UpstreamError::Rejected {
+            endpoint: Endpoint::UserV2ListMetadata,
+            http_status,
+            rejection: Rejection::parse(http_status, None, body.as_bytes()),
+        }
+    }
+
+    #[test]
+    fn only_answers_of_no_such_api_count_as_not_served() {
+        assert!(is_not_served(&rejected(404, "404 page not found")));
+        assert!(is_not_served(&rejected(
+            404,
+            r#"{"code":5,"message":"Not Found"}"#
+        )));
+        assert!(is_not_served(&rejected(
+            404,
+            r#"{"code":"unimplemented","message":"x"}"#
+        )));
+        assert!(is_not_served(&rejected(405, "")));
+        // The service's own errors carry ZITADEL's id: the API is there.
+        assert!(!is_not_served(&rejected(
+            404,
+            r#"{"code":5,"message":"User not found (QUERY-Dfbg2)","details":[{"id":"QUERY-Dfbg2"}]}"#
+        )));
+        assert!(!is_not_served(&rejected(
+            400,
+            r#"{"code":3,"message":"invalid"}"#
+        )));
+        assert!(!is_not_served(&rejected(503, "")));
     }
 }
