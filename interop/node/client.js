@@ -179,6 +179,20 @@ async function main() {
       page,
     );
 
+    console.log('-- FindUsersByMetadata: who holds ContractNumber 1234, as the admin');
+    const found = await call(
+      client,
+      'FindUsersByMetadata',
+      { key: 'ContractNumber', value: { text: '1234' } },
+      admin,
+    );
+    check(
+      JSON.stringify(found.users.map((u) => u.user_id)) === JSON.stringify([demoUserId]) &&
+        found.users[0].organization_id !== '',
+      'the demo user, with their organisation',
+      found,
+    );
+
     console.log('-- DeleteMetadata both, then they are gone');
     answer = await call(client, 'DeleteMetadata', { keys: [KEY, `${KEY}.bin`] }, user);
     check(answer.update_time !== null, 'the delete has an update_time', answer);

@@ -133,6 +133,13 @@ def main() -> None:
         check([m.key for m in page.metadata] == [f"{KEY}.bin"] and page.next_page_token == "",
               f"page 2 holds {KEY}.bin and is the last", page)
 
+        print("-- FindUsersByMetadata: who holds ContractNumber 1234, as the admin")
+        found = stub.FindUsersByMetadata(
+            pb.FindUsersByMetadataRequest(key="ContractNumber", value=pb.MetadataValue(text="1234")),
+            metadata=admin, timeout=TIMEOUT)
+        check([u.user_id for u in found.users] == [demo_user_id] and found.users[0].organization_id != "",
+              "the demo user, with their organisation", found)
+
         print("-- DeleteMetadata both, then they are gone")
         answer = stub.DeleteMetadata(pb.DeleteMetadataRequest(keys=[KEY, f"{KEY}.bin"]), metadata=user,
                                      timeout=TIMEOUT)
