@@ -326,18 +326,23 @@ const TEXT_QUERY_METHODS: [&str; 8] = [
     "TEXT_QUERY_METHOD_ENDS_WITH_IGNORE_CASE",
 ];
 
-/// An enum accepts a known name or any int32 (proto3 enums are open; `defined_only` is checked later).
-fn text_query_method(value: Option<&Value>) -> Decoded<i64> {
-    let parsed = match value {
+/// An enum's number: absent is 0, a name from `names` (indexed by number), or any int32 (proto3 enums are
+/// open); `None` for anything else.
+pub(super) fn enum_number(value: Option<&Value>, names: &[&str]) -> Option<i64> {
+    match value {
         None => Some(0),
-        Some(Value::String(name)) => TEXT_QUERY_METHODS
+        Some(Value::String(name)) => names
             .iter()
             .position(|known| known == name)
             .and_then(|i| i64::try_from(i).ok()),
         Some(Value::Number(n)) => n.as_i64().filter(|v| i32::try_from(*v).is_ok()),
         Some(_) => None,
-    };
-    parsed.ok_or_else(|| {
+    }
+}
+
+/// An enum accepts a known name or any int32 (proto3 enums are open; `defined_only` is checked later).
+fn text_query_method(value: Option<&Value>) -> Decoded<i64> {
+    enum_number(value, &TEXT_QUERY_METHODS).ok_or_else(|| {
         bad(format!(
             "proto: invalid value for enum field method: {}",
             value.map(Value::to_string).unwrap_or_default()

@@ -10,7 +10,10 @@ mod recent;
 mod v1;
 mod v2;
 
-use std::time::{Duration, Instant};
+use std::{
+    future::Future,
+    time::{Duration, Instant},
+};
 
 use prost_types::Timestamp;
 
@@ -187,6 +190,24 @@ impl Zitadel {
         Ok(org)
     }
 
+    /// Runs `call` on the management API in use; when its answer says that API is not served (under `auto`),
+    /// once more on the one chosen then.
+    async fn on_management_api<T, F, Fut>(&self, call: F) -> Result<T, UpstreamError>
+    where
+        F: Fn(ManagementApi) -> Fut,
+        Fut: Future<Output = Result<T, UpstreamError>>,
+    {
+        let mut switched = false;
+        loop {
+            let api = self.management_api().await?;
+            let result = call(api).await;
+            if switched || !self.selector.switched_after(self, api, &result) {
+                return result;
+            }
+            switched = true;
+        }
+    }
+
     /// Users whose `key` holds exactly `value`, optionally only in `org_id`: v2 `ListUsers` with its metadata
     /// filters (ZITADEL 4.1+). The v1 API has no such search, and usermeta never scans every user instead.
     pub async fn find_users_by_metadata(
@@ -213,18 +234,13 @@ impl Zitadel {
         filter: Option<&KeyFilter>,
         page: PageRequest,
     ) -> Result<Page, UpstreamError> {
-        let mut switched = false;
-        loop {
-            let api = self.management_api().await?;
-            let result = match api {
+        self.on_management_api(|api| async move {
+            match api {
                 ManagementApi::V1 => self.v1_list_user_metadata(target, filter, page).await,
                 ManagementApi::V2 => self.v2_list_user_metadata(target, filter, page).await,
-            };
-            if switched || !self.selector.switched_after(self, api, &result) {
-                return result;
             }
-            switched = true;
-        }
+        })
+        .await
     }
 
     /// Adds or overwrites entries; one call, all or nothing. Returns ZITADEL's change date.
@@ -233,18 +249,13 @@ impl Zitadel {
         target: Target<'_>,
         entries: &[(String, Vec<u8>)],
     ) -> Result<Option<Timestamp>, UpstreamError> {
-        let mut switched = false;
-        loop {
-            let api = self.management_api().await?;
-            let result = match api {
+        self.on_management_api(|api| async move {
+            match api {
                 ManagementApi::V1 => self.v1_set_user_metadata(target, entries).await,
                 ManagementApi::V2 => self.v2_set_user_metadata(target, entries).await,
-            };
-            if switched || !self.selector.switched_after(self, api, &result) {
-                return result;
             }
-            switched = true;
-        }
+        })
+        .await
     }
 
     /// Removes keys; one call, all or nothing: when any key is missing nothing is removed and the error says
@@ -254,17 +265,12 @@ impl Zitadel {
         target: Target<'_>,
         keys: &[String],
     ) -> Result<Option<Timestamp>, UpstreamError> {
-        let mut switched = false;
-        loop {
-            let api = self.management_api().await?;
-            let result = match api {
+        self.on_management_api(|api| async move {
+            match api {
                 ManagementApi::V1 => self.v1_remove_user_metadata(target, keys).await,
                 ManagementApi::V2 => self.v2_remove_user_metadata(target, keys).await,
-            };
-            if switched || !self.selector.switched_after(self, api, &result) {
-                return result;
             }
-            switched = true;
-        }
+        })
+        .await
     }
 }

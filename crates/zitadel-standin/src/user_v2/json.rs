@@ -136,16 +136,7 @@ pub(super) fn messages<'a>(
 
 /// An enum by one of `names` (indexed by number) or by any int32 (proto3 enums are open).
 pub(super) fn enumeration(value: Option<&Value>, names: &[&str], name: &str) -> Decoded<i64> {
-    let parsed = match value {
-        None => Some(0),
-        Some(Value::String(text)) => names
-            .iter()
-            .position(|known| known == text)
-            .and_then(|i| i64::try_from(i).ok()),
-        Some(Value::Number(n)) => n.as_i64().filter(|v| i32::try_from(*v).is_ok()),
-        Some(_) => None,
-    };
-    parsed.ok_or_else(|| {
+    wire::enum_number(value, names).ok_or_else(|| {
         bad(format!(
             "proto: invalid value for enum field {name}: {}",
             value.map(Value::to_string).unwrap_or_default()
