@@ -47,6 +47,9 @@ pub enum ApiError {
     /// usermeta's own introspection client was refused: an operator problem, not the caller's.
     #[error(transparent)]
     IntrospectionClient(IdentifyError),
+    /// A read of a user ZITADEL does not know (BatchGetMetadata's per-user result).
+    #[error("ZITADEL knows no user {user_id}; check the user id")]
+    UserNotFound { user_id: String },
     /// METADATA_SOURCE_TOKEN with a token that is not a JWT.
     #[error(
         "the access token is opaque, not a JWT: it carries no metadata of its own; read with source METADATA_SOURCE_USERINFO or METADATA_SOURCE_AUTH_API, or send a JWT (an ID token with \"User Info inside ID Token\", or a JWT access token)"
@@ -97,6 +100,22 @@ impl From<ApiError> for Status {
     }
 }
 
+/// One failed result of a batch as the `google.rpc.Status` the same failure of a single call would be: its
+/// code, message and details (ErrorInfo, RetryInfo, BadRequest).
+pub(super) fn status_message(error: &ApiError) -> tonic_types::Status {
+    let status = to_status(error);
+    let code = status.code() as i32;
+    // Statuses with details carry them as an encoded google.rpc.Status of the same code and message.
+    <tonic_types::Status as prost::Message>::decode(status.details())
+        .ok()
+        .filter(|decoded| decoded.code == code)
+        .unwrap_or_else(|| tonic_types::Status {
+            code,
+            message: status.message().to_owned(),
+            details: Vec::new(),
+        })
+}
+
 fn to_status(error: &ApiError) -> Status {
     match error {
         ApiError::InvalidRequest(violations) => {
@@ -115,6 +134,12 @@ fn to_status(error: &ApiError) -> Status {
                 details,
             )
         }
+        ApiError::UserNotFound { user_id } => with_info(
+            Code::NotFound,
+            error.to_string(),
+            "USER_NOT_FOUND",
+            [("user_id", user_id.clone())],
+        ),
         ApiError::TokenNotJwt => with_info(
             Code::FailedPrecondition,
             error.to_string(),

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures::future::BoxFuture;
+use futures::{StreamExt as _, future::BoxFuture};
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 use tracing::{Instrument as _, field::Empty, instrument};
 
@@ -18,7 +18,7 @@ use super::{
     ApiError,
     convert::value_to_pb,
     deadline,
-    error::Violation,
+    error::{self as api_error, Violation},
     page_token::{self, Offsets, PageTokenKey, Position},
     pb,
     rate_limit::RateLimiter,
@@ -51,6 +51,8 @@ pub struct RequestLimits {
     pub caller_rate: u32,
     /// Requests a caller may send at once before the rate applies.
     pub caller_burst: u32,
+    /// Users one BatchGetMetadata call reads from ZITADEL at once.
+    pub batch_concurrency: usize,
 }
 
 impl Default for RequestLimits {
@@ -60,6 +62,7 @@ impl Default for RequestLimits {
             max_request_timeout: Duration::from_secs(60),
             caller_rate: 0,
             caller_burst: 20,
+            batch_concurrency: 8,
         }
     }
 }
@@ -73,6 +76,7 @@ pub struct MetadataService {
     request_timeout: Duration,
     max_request_timeout: Duration,
     rate_limiter: Option<Arc<RateLimiter>>,
+    batch_concurrency: usize,
     resolver: Arc<Resolver>,
     /// Signs ListMetadata's page tokens; shared by the replicas of a deployment.
     page_tokens: PageTokenKey,
@@ -88,6 +92,7 @@ impl MetadataService {
             request_timeout: RequestLimits::default().request_timeout,
             max_request_timeout: RequestLimits::default().max_request_timeout,
             rate_limiter: None,
+            batch_concurrency: RequestLimits::default().batch_concurrency,
             resolver: Arc::new(Resolver::userinfo()),
             page_tokens: PageTokenKey::random(),
         }
@@ -109,6 +114,7 @@ impl MetadataService {
         self.request_timeout = limits.request_timeout;
         self.max_request_timeout = limits.max_request_timeout;
         self.rate_limiter = RateLimiter::new(limits.caller_rate, limits.caller_burst).map(Arc::new);
+        self.batch_concurrency = limits.batch_concurrency.max(1);
         self
     }
 
@@ -570,6 +576,113 @@ impl MetadataService {
         })
     }
 
+    #[instrument(name = "BatchGetMetadata", skip_all, fields(caller, users))]
+    async fn batch(
+        &self,
+        request: Request<pb::BatchGetMetadataRequest>,
+    ) -> Result<pb::BatchGetMetadataResponse, ApiError> {
+        let token = caller::bearer_token(request.metadata())?;
+        self.rate_limit(&token)?;
+        let request = validate::batch_get(request.into_inner())?;
+        let caller = self.identify(&token).await?;
+        let span = tracing::Span::current();
+        span.record("caller", caller.sub.as_str());
+        span.record("users", request.user_ids.len());
+        // Users are read side by side, a bounded number at once, and answered in request order.
+        // By index: a closure over `&String` would make the stream's future not provably `Send`.
+        let reads = (0..request.user_ids.len())
+            .map(|i| self.read_of_batch(&token, &caller, &request.user_ids[i], &request));
+        let reads: Vec<Result<Vec<pb::Metadata>, ApiError>> = futures::stream::iter(reads)
+            .buffered(self.batch_concurrency)
+            .collect()
+            .await;
+        let mut results = Vec::with_capacity(reads.len());
+        for (user_id, read) in request.user_ids.into_iter().zip(reads) {
+            let (metadata, error) = match read {
+                Ok(metadata) => (metadata, None),
+                // The call's deadline is the whole call's: its other results are cut off too.
+                Err(ApiError::DeadlineExceeded) => return Err(ApiError::DeadlineExceeded),
+                Err(error) => {
+                    let status = api_error::status_message(&error);
+                    tracing::info!(user_id, code = status.code, error = %error, "batch result failed");
+                    (Vec::new(), Some(status))
+                }
+            };
+            results.push(pb::UserMetadataResult {
+                user_id,
+                metadata,
+                error,
+            });
+        }
+        crate::metrics::batch_results(results.iter().map(|result| {
+            result
+                .error
+                .as_ref()
+                .map_or(tonic::Code::Ok, |status| tonic::Code::from_i32(status.code))
+        }));
+        Ok(pb::BatchGetMetadataResponse { results })
+    }
+
+    /// One user of a BatchGetMetadata call: what the policy lets the caller read of the keys asked for, sorted
+    /// by key. The caller's own id reads with the caller's token (the auth API), as ListMetadata does; any
+    /// other user with the service credential, scoped to the organisation ZITADEL acts in.
+    async fn read_of_batch(
+        &self,
+        token: &CallerToken,
+        caller: &Identity,
+        user_id: &str,
+        request: &validate::BatchGet,
+    ) -> Result<Vec<pb::Metadata>, ApiError> {
+        // One exact key can be filtered by ZITADEL; several are filtered here (its queries are ANDed).
+        let filter = match request.keys.as_slice() {
+            [key] => Some(KeyFilter {
+                key: key.clone(),
+                matching: KeyMatch::Equals,
+            }),
+            _ => None,
+        };
+        let filter = filter.as_ref();
+        let org_id = request.org_id.as_deref();
+        let mut items = if user_id == caller.sub {
+            let target = target_of(caller, None, org_id)?;
+            let scope = self.policy.read_scope(caller, subject_of(target))?;
+            for key in &request.keys {
+                scope.require(key)?;
+            }
+            let mut items =
+                read_all(|page| self.zitadel.list_my_metadata(token, filter, page)).await?;
+            items.retain(|item| scope.allows(&item.key));
+            items
+        } else {
+            let named = Target { user_id, org_id };
+            self.policy
+                .read_in_any_organization(caller, subject_of(named))?;
+            let scoped = self.zitadel.scope(named).await.map_err(|e| {
+                if e.is_unknown_user() {
+                    ApiError::UserNotFound {
+                        user_id: user_id.to_owned(),
+                    }
+                } else {
+                    e.into()
+                }
+            })?;
+            let target = scoped.target();
+            let scope = self.policy.read_scope(caller, subject_of(target))?;
+            for key in &request.keys {
+                scope.require(key)?;
+            }
+            let mut items =
+                read_all(|page| self.zitadel.list_user_metadata(target, filter, page)).await?;
+            items.retain(|item| scope.allows(&item.key));
+            items
+        };
+        if !request.keys.is_empty() {
+            items.retain(|item| request.keys.contains(&item.key));
+        }
+        items.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(items.into_iter().map(Into::into).collect())
+    }
+
     /// The policy's value rules, as field violations of the request.
     fn check_values(&self, entries: &[(String, Vec<u8>)]) -> Result<(), ApiError> {
         let violations: Vec<Violation> = entries
@@ -795,6 +908,16 @@ impl pb::user_metadata_service_server::UserMetadataService for MetadataService {
         let deadline = self.deadline_of(request.metadata());
         Ok(Response::new(
             Self::bounded(deadline, self.find(request)).await?,
+        ))
+    }
+
+    async fn batch_get_metadata(
+        &self,
+        request: Request<pb::BatchGetMetadataRequest>,
+    ) -> Result<Response<pb::BatchGetMetadataResponse>, Status> {
+        let deadline = self.deadline_of(request.metadata());
+        Ok(Response::new(
+            Self::bounded(deadline, self.batch(request)).await?,
         ))
     }
 }

@@ -144,6 +144,71 @@ fn page_size(v: &mut Violations, page_size: i32) -> u32 {
     }
 }
 
+/// A valid BatchGetMetadata request.
+#[derive(Debug)]
+pub struct BatchGet {
+    /// Distinct, in request order.
+    pub user_ids: Vec<String>,
+    /// Empty means every key the caller may read.
+    pub keys: Vec<String>,
+    pub org_id: Option<String>,
+}
+
+/// The most users one BatchGetMetadata call reads.
+pub const MAX_BATCH_USERS: usize = 100;
+
+pub fn batch_get(request: pb::BatchGetMetadataRequest) -> Result<BatchGet, ApiError> {
+    let mut v = Violations::default();
+    match request.user_ids.len() {
+        0 => v.add(
+            "user_ids",
+            format!("must name 1 to {MAX_BATCH_USERS} users, names none"),
+        ),
+        n if n > MAX_BATCH_USERS => v.add(
+            "user_ids",
+            format!("must name at most {MAX_BATCH_USERS} users, names {n}; split the batch"),
+        ),
+        _ => {}
+    }
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (i, user_id) in request.user_ids.iter().enumerate() {
+        if user_id.is_empty() {
+            v.add(
+                format!("user_ids[{i}]"),
+                "must not be empty: name the user (your own id reads your metadata)",
+            );
+            continue;
+        }
+        v.id_of_user(|| format!("user_ids[{i}]"), user_id);
+        if let Some(&first) = seen.get(user_id.as_str()) {
+            v.add(
+                format!("user_ids[{i}]"),
+                format!("repeats user_ids[{first}]; name each user once"),
+            );
+        } else {
+            seen.insert(user_id, i);
+        }
+    }
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (i, key) in request.keys.iter().enumerate() {
+        v.key(|| format!("keys[{i}]"), key);
+        if let Some(&first) = seen.get(key.as_str()) {
+            v.add(
+                format!("keys[{i}]"),
+                format!("repeats keys[{first}]; name each key once"),
+            );
+        } else {
+            seen.insert(key, i);
+        }
+    }
+    let org_id = v.org_id(request.organization_id);
+    v.finish(BatchGet {
+        user_ids: request.user_ids,
+        keys: request.keys,
+        org_id,
+    })
+}
+
 /// A valid SetMetadata request.
 #[derive(Debug)]
 pub struct Set {
@@ -196,16 +261,21 @@ impl Violations {
 
     /// Empty means "the caller"; anything else must be an id ZITADEL could have issued.
     fn user_id(&mut self, user_id: String) -> Option<String> {
+        self.id_of_user(|| "user_id".to_owned(), &user_id);
+        Some(user_id).filter(|id| !id.is_empty())
+    }
+
+    /// An id ZITADEL could have issued, or empty.
+    fn id_of_user(&mut self, field: impl FnOnce() -> String, user_id: &str) {
         let chars = user_id.chars().count();
         if chars > MAX_ID_CHARS {
             self.add(
-                "user_id",
+                field(),
                 format!("must be at most {MAX_ID_CHARS} characters, is {chars}"),
             );
-        } else if let Some(problem) = user_id_problem(&user_id) {
-            self.add("user_id", problem);
+        } else if let Some(problem) = user_id_problem(user_id) {
+            self.add(field(), problem);
         }
-        Some(user_id).filter(|id| !id.is_empty())
     }
 
     /// The organisation id travels in an HTTP header, so it must be printable ASCII.

@@ -12,7 +12,7 @@ use http::{HeaderMap, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use metrics::{counter, gauge, histogram};
 
-use super::{GRPC_DURATION, GRPC_IN_FLIGHT, GRPC_REQUESTS, method_label};
+use super::{GRPC_DURATION, GRPC_IN_FLIGHT, GRPC_REQUESTS, code_name, method_label};
 
 /// The gRPC status code name of a `grpc-status` value, e.g. `OK`, `NOT_FOUND`.
 fn code_label(headers: &HeaderMap) -> Option<&'static str> {
@@ -22,25 +22,7 @@ fn code_label(headers: &HeaderMap) -> Option<&'static str> {
         .ok()?
         .parse::<i32>()
         .ok()?;
-    Some(match tonic::Code::from_i32(code) {
-        tonic::Code::Ok => "OK",
-        tonic::Code::Cancelled => "CANCELLED",
-        tonic::Code::Unknown => "UNKNOWN",
-        tonic::Code::InvalidArgument => "INVALID_ARGUMENT",
-        tonic::Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        tonic::Code::NotFound => "NOT_FOUND",
-        tonic::Code::AlreadyExists => "ALREADY_EXISTS",
-        tonic::Code::PermissionDenied => "PERMISSION_DENIED",
-        tonic::Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        tonic::Code::FailedPrecondition => "FAILED_PRECONDITION",
-        tonic::Code::Aborted => "ABORTED",
-        tonic::Code::OutOfRange => "OUT_OF_RANGE",
-        tonic::Code::Unimplemented => "UNIMPLEMENTED",
-        tonic::Code::Internal => "INTERNAL",
-        tonic::Code::Unavailable => "UNAVAILABLE",
-        tonic::Code::DataLoss => "DATA_LOSS",
-        tonic::Code::Unauthenticated => "UNAUTHENTICATED",
-    })
+    Some(code_name(tonic::Code::from_i32(code)))
 }
 
 /// Measures every gRPC call: count by method and code, latency, in-flight. Without a recorder (metrics off)

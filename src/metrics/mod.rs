@@ -21,6 +21,7 @@ pub const UPSTREAM_DURATION: &str = "usermeta_upstream_request_duration_seconds"
 pub const CACHE_LOOKUPS: &str = "usermeta_cache_lookups_total";
 pub const TOKEN_REFRESHES: &str = "usermeta_service_token_refreshes_total";
 pub const MANAGEMENT_API: &str = "usermeta_zitadel_management_api";
+pub const BATCH_RESULTS: &str = "usermeta_batch_results_total";
 
 /// Latency buckets in seconds: from a cache hit (sub-millisecond) to a call at the default 5 s timeout.
 const BUCKETS: &[f64] = &[
@@ -78,6 +79,10 @@ fn describe() {
     describe_counter!(
         CACHE_LOOKUPS,
         "Caller cache lookups: hit, miss, or negative_hit (a recently rejected token)"
+    );
+    describe_counter!(
+        BATCH_RESULTS,
+        "Per-user results of BatchGetMetadata calls, by status code (OK, PERMISSION_DENIED, NOT_FOUND, …)"
     );
     describe_counter!(
         TOKEN_REFRESHES,
@@ -196,6 +201,36 @@ pub fn token_refresh(ok: bool) {
     counter!(TOKEN_REFRESHES, "outcome" => outcome).increment(1);
 }
 
+/// Records the per-user results of one BatchGetMetadata call.
+pub fn batch_results(codes: impl IntoIterator<Item = tonic::Code>) {
+    for code in codes {
+        counter!(BATCH_RESULTS, "code" => code_name(code)).increment(1);
+    }
+}
+
+/// The name of a gRPC status code, e.g. `OK`, `NOT_FOUND`.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    match code {
+        tonic::Code::Ok => "OK",
+        tonic::Code::Cancelled => "CANCELLED",
+        tonic::Code::Unknown => "UNKNOWN",
+        tonic::Code::InvalidArgument => "INVALID_ARGUMENT",
+        tonic::Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        tonic::Code::NotFound => "NOT_FOUND",
+        tonic::Code::AlreadyExists => "ALREADY_EXISTS",
+        tonic::Code::PermissionDenied => "PERMISSION_DENIED",
+        tonic::Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        tonic::Code::FailedPrecondition => "FAILED_PRECONDITION",
+        tonic::Code::Aborted => "ABORTED",
+        tonic::Code::OutOfRange => "OUT_OF_RANGE",
+        tonic::Code::Unimplemented => "UNIMPLEMENTED",
+        tonic::Code::Internal => "INTERNAL",
+        tonic::Code::Unavailable => "UNAVAILABLE",
+        tonic::Code::DataLoss => "DATA_LOSS",
+        tonic::Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
 /// Methods usermeta serves. Anything else is labelled `unknown`: a client must not be able to mint series.
 const KNOWN_METHODS: &[&str] = &[
     "/usermeta.v1.UserMetadataService/GetMyMetadata",
@@ -203,6 +238,7 @@ const KNOWN_METHODS: &[&str] = &[
     "/usermeta.v1.UserMetadataService/SetMetadata",
     "/usermeta.v1.UserMetadataService/DeleteMetadata",
     "/usermeta.v1.UserMetadataService/FindUsersByMetadata",
+    "/usermeta.v1.UserMetadataService/BatchGetMetadata",
     "/grpc.health.v1.Health/Check",
     "/grpc.health.v1.Health/Watch",
     "/grpc.health.v1.Health/List",

@@ -393,6 +393,9 @@ pub struct LimitArgs {
     /// Requests a caller may send in a burst before its rate limit applies.
     #[arg(long, env = "USERMETA_CALLER_RATE_BURST", default_value_t = 20)]
     pub caller_rate_burst: u32,
+    /// ZITADEL calls one BatchGetMetadata request makes at once (each user costs one or two calls).
+    #[arg(long, env = "USERMETA_BATCH_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub batch_concurrency: u32,
 }
 
 /// `negotiate` | `always`, listed in `--help` (the ZITADEL client's own type knows nothing of the command line).
@@ -711,6 +714,7 @@ impl LimitArgs {
                 max_request_timeout: self.max_request_timeout.max(self.request_timeout),
                 caller_rate: self.caller_rate_limit,
                 caller_burst: self.caller_rate_burst,
+                batch_concurrency: self.batch_concurrency as usize,
             },
         }
     }

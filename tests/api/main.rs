@@ -8,6 +8,7 @@ mod logs;
 mod support;
 
 mod authorization;
+mod batch_get;
 mod cache;
 mod config_file;
 mod credentials;

@@ -160,6 +160,11 @@ impl UpstreamError {
         ) && self.zitadel_code() == Some(Code::NotFound)
     }
 
+    /// Whether ZITADEL said the user does not exist at all (v2's user lookup, which no organisation scopes).
+    pub fn is_unknown_user(&self) -> bool {
+        self.endpoint() == Endpoint::UserV2GetUser && self.zitadel_code() == Some(Code::NotFound)
+    }
+
     /// What kind of failure this is: the one classification the status mapping, ext_authz and the caller
     /// cache share, so "was it the request's fault" is decided in one place.
     pub fn kind(&self) -> ErrorKind {

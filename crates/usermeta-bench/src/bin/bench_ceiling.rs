@@ -50,6 +50,13 @@ impl UserMetadataService for Ceiling {
     ) -> Result<Response<pb::FindUsersByMetadataResponse>, Status> {
         Err(Status::unimplemented("ceiling serves GetMyMetadata only"))
     }
+
+    async fn batch_get_metadata(
+        &self,
+        _: Request<pb::BatchGetMetadataRequest>,
+    ) -> Result<Response<pb::BatchGetMetadataResponse>, Status> {
+        Err(Status::unimplemented("ceiling serves GetMyMetadata only"))
+    }
 }
 
 #[tokio::main]
