@@ -16,24 +16,38 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed={CONTRACT}");
     println!("cargo:rerun-if-changed=build.rs");
 
-    let mut files = ChainFileResolver::new();
-    files.add(IncludeFileResolver::new(PROTO_ROOT.into()));
-    files.add(GoogleFileResolver::new());
-    files.add(DescriptorSetFileResolver::new(google_rpc()?));
-    let mut compiler = protox::Compiler::with_file_resolver(files);
-    // Imports included, so reflection clients (grpcurl) resolve google.rpc.Status without proto files.
-    compiler.include_imports(true).include_source_info(true);
-    compiler.open_file("usermeta/v1/usermeta.proto")?;
-    let descriptors = compiler.file_descriptor_set();
-
+    // The contract, for the generated code.
+    let descriptors = compile(&["usermeta/v1/usermeta.proto"])?;
+    // What reflection serves: also google.rpc's error details, so grpcurl decodes the ErrorInfo, BadRequest
+    // and RetryInfo inside BatchGetMetadata's per-user `google.rpc.Status` results without proto files.
+    let served = compile(&[
+        "usermeta/v1/usermeta.proto",
+        "google/rpc/error_details.proto",
+    ])?;
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
-    let descriptor_path = out_dir.join("usermeta_descriptor.bin");
-    std::fs::write(&descriptor_path, descriptors.encode_to_vec())?;
+    std::fs::write(
+        out_dir.join("usermeta_descriptor.bin"),
+        served.encode_to_vec(),
+    )?;
 
     tonic_prost_build::configure()
         .extern_path(".google.rpc", "::tonic_types")
         .compile_fds(descriptors)?;
     Ok(())
+}
+
+/// `files` and everything they import (so reflection clients resolve every type), with source info (comments).
+fn compile(files: &[&str]) -> Result<prost_types::FileDescriptorSet, Box<dyn std::error::Error>> {
+    let mut resolver = ChainFileResolver::new();
+    resolver.add(IncludeFileResolver::new(PROTO_ROOT.into()));
+    resolver.add(GoogleFileResolver::new());
+    resolver.add(DescriptorSetFileResolver::new(google_rpc()?));
+    let mut compiler = protox::Compiler::with_file_resolver(resolver);
+    compiler.include_imports(true).include_source_info(true);
+    for file in files {
+        compiler.open_file(file)?;
+    }
+    Ok(compiler.file_descriptor_set())
 }
 
 /// tonic-types' google.rpc files under the names googleapis publishes them at (it names them `status.proto`

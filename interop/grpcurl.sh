@@ -84,6 +84,16 @@ answer=$(grpcurl -plaintext -H "authorization: Bearer $ADMIN_TOKEN" \
 expect "$answer" "the demo user, with their organisation" \
   "[u['userId'] for u in d['users']] == ['$DEMO_USER_ID'] and d['users'][0]['organizationId']"
 
+echo "-- BatchGetMetadata: the demo user and one ZITADEL does not know, as the admin"
+answer=$(grpcurl -plaintext -H "authorization: Bearer $ADMIN_TOKEN" \
+  -d "{\"user_ids\":[\"$DEMO_USER_ID\",\"31415926535\"],\"keys\":[\"ContractNumber\"]}" "$addr" "$svc/BatchGetMetadata")
+expect "$answer" "one result per user, in request order" \
+  "[r['userId'] for r in d['results']] == ['$DEMO_USER_ID', '31415926535']"
+expect "$answer" "the demo user's ContractNumber is 1234" \
+  "d['results'][0]['metadata'] == [{'key': 'ContractNumber', 'value': {'text': '1234'}}] and 'error' not in d['results'][0]"
+expect "$answer" "the unknown user's result is NOT_FOUND with ErrorInfo USER_NOT_FOUND (decoded through reflection)" \
+  "d['results'][1]['error']['code'] == 5 and any(x['@type'] == 'type.googleapis.com/google.rpc.ErrorInfo' and x['reason'] == 'USER_NOT_FOUND' for x in d['results'][1]['error']['details'])"
+
 echo "-- DeleteMetadata both, then they are gone"
 answer=$(grpcurl -plaintext -H "authorization: Bearer $USER_TOKEN" -d "{\"keys\":[\"$key\",\"$key.bin\"]}" \
   "$addr" "$svc/DeleteMetadata")

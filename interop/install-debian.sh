@@ -20,7 +20,8 @@ go_packages=(
   # which panics (nil pointer in makeOneOfMarshaler) on a oneof of a message protoc-gen-go 1.28 generated, such as
   # MetadataValue. 1.5 wraps google.golang.org/protobuf and encodes them. Installing it removes 1.3.
   golang-github-golang-protobuf-1-5-dev
-  golang-google-genproto-dev             # google.golang.org/genproto/googleapis/rpc/errdetails (ErrorInfo, BadRequest)
+  golang-google-genproto-dev             # google.golang.org/genproto/googleapis/rpc/errdetails (ErrorInfo, BadRequest) and status
+  golang-github-gogo-googleapis-dev      # google/rpc/status.proto, which the contract imports (for protoc only)
   protobuf-compiler                      # protoc 3.21
   libprotobuf-dev                        # google/protobuf/timestamp.proto (only recommended by protobuf-compiler)
   protoc-gen-go

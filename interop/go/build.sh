@@ -27,10 +27,16 @@ echo "-- generating stubs into $gopath/src/$stubs"
 echo "   ($(protoc --version), $(protoc-gen-go --version), $(protoc-gen-go-grpc --version))"
 rm -rf "$gopath"
 mkdir -p "$gopath/src"
-# The contract sets no go_package; M gives the file its Go import path and package name.
-protoc --proto_path="$proto_root" --proto_path=/usr/include \
+# The contract sets no go_package; M gives the file its Go import path and package name. The google/rpc/status.proto
+# it imports comes from Debian's gogo googleapis; M points its Go code at genproto's status package (what grpc-go
+# uses), not at gogo's.
+googleapis=/usr/share/gocode/src/github.com/gogo/googleapis
+status_go=google.golang.org/genproto/googleapis/rpc/status
+protoc --proto_path="$proto_root" --proto_path="$googleapis" --proto_path=/usr/include \
   --go_out="$gopath/src" --go_opt="Musermeta/v1/usermeta.proto=$stubs;usermetav1" \
+  --go_opt="Mgoogle/rpc/status.proto=$status_go;status" \
   --go-grpc_out="$gopath/src" --go-grpc_opt="Musermeta/v1/usermeta.proto=$stubs;usermetav1" \
+  --go-grpc_opt="Mgoogle/rpc/status.proto=$status_go;status" \
   usermeta/v1/usermeta.proto
 find "$gopath/src" -name '*.go' | sort | sed 's/^/   /'
 

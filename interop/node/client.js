@@ -21,10 +21,12 @@ const SERVICE = 'usermeta.v1.UserMetadataService';
 const KEY = 'profile.interop-node';
 const TIMEOUT_MS = 10_000;
 
-// The contract, as it is in the repository. proto-loader brings google/protobuf/timestamp.proto along.
+// The contract, as it is in the repository. proto-loader brings google/protobuf/timestamp.proto along;
+// google/rpc/status.proto, which it imports, comes from google-proto-files.
 const PROTO_ROOT = path.resolve(__dirname, '../../proto');
+const GOOGLE_PROTOS = path.join(googleProtoFiles.getProtoPath(), '..');
 const definition = protoLoader.loadSync('usermeta/v1/usermeta.proto', {
-  includeDirs: [PROTO_ROOT],
+  includeDirs: [PROTO_ROOT, GOOGLE_PROTOS],
   keepCase: true, // field names as in the proto: user_id, next_page_token
   longs: String, // int64 total_size as a string, as in JSON
   enums: String, // enum values by name
@@ -72,6 +74,14 @@ function valueOf(entry) {
   return value && value.kind ? [value.kind, value[value.kind]] : null;
 }
 
+/** The `google.protobuf.Any` details of a google.rpc.Status, each decoded as the type it names. */
+function unpackDetails(details) {
+  return details.map((any) => {
+    const type = rpcProtos.lookupType(any.type_url.replace(/^.*\//, ''));
+    return { type: type.fullName.replace(/^\./, ''), message: type.toObject(type.decode(any.value)) };
+  });
+}
+
 /** Makes a call that must fail with `code`; returns its google.rpc.Status, details unpacked. */
 async function failsWith(code, client, method, request, metadata) {
   let answer;
@@ -83,10 +93,7 @@ async function failsWith(code, client, method, request, metadata) {
     const [bytes] = error.metadata.get('grpc-status-details-bin');
     check(Buffer.isBuffer(bytes), 'the error carries a google.rpc.Status (grpc-status-details-bin)');
     const status = Status.decode(bytes);
-    status.unpacked = status.details.map((any) => {
-      const type = rpcProtos.lookupType(any.type_url.replace(/^.*\//, ''));
-      return { type: type.fullName.replace(/^\./, ''), message: type.toObject(type.decode(any.value)) };
-    });
+    status.unpacked = unpackDetails(status.details);
     return status;
   }
   check(false, `fails with code ${code}`, answer);
@@ -191,6 +198,33 @@ async function main() {
         found.users[0].organization_id !== '',
       'the demo user, with their organisation',
       found,
+    );
+
+    console.log('-- BatchGetMetadata: the demo user and one ZITADEL does not know, as the admin');
+    const batch = await call(
+      client,
+      'BatchGetMetadata',
+      { user_ids: [demoUserId, '31415926535'], keys: ['ContractNumber'] },
+      admin,
+    );
+    check(
+      JSON.stringify(batch.results.map((r) => r.user_id)) === JSON.stringify([demoUserId, '31415926535']),
+      'one result per user, in request order',
+      batch,
+    );
+    check(
+      batch.results[0].error === null &&
+        JSON.stringify(batch.results[0].metadata.map((m) => [m.key, m.value.text])) ===
+          JSON.stringify([['ContractNumber', '1234']]),
+      "the demo user's ContractNumber is 1234",
+      batch.results[0],
+    );
+    const missing = batch.results[1].error;
+    const missingInfo = missing && unpackDetails(missing.details).find((d) => d.type === 'google.rpc.ErrorInfo');
+    check(
+      missing !== null && missing.code === grpc.status.NOT_FOUND && missingInfo?.message.reason === 'USER_NOT_FOUND',
+      "the unknown user's result is NOT_FOUND with ErrorInfo USER_NOT_FOUND",
+      batch.results[1],
     );
 
     console.log('-- DeleteMetadata both, then they are gone');

@@ -140,6 +140,21 @@ def main() -> None:
         check([u.user_id for u in found.users] == [demo_user_id] and found.users[0].organization_id != "",
               "the demo user, with their organisation", found)
 
+        print("-- BatchGetMetadata: the demo user and one ZITADEL does not know, as the admin")
+        batch = stub.BatchGetMetadata(
+            pb.BatchGetMetadataRequest(user_ids=[demo_user_id, "31415926535"], keys=["ContractNumber"]),
+            metadata=admin, timeout=TIMEOUT)
+        check([r.user_id for r in batch.results] == [demo_user_id, "31415926535"],
+              "one result per user, in request order", batch)
+        check(not batch.results[0].HasField("error")
+              and [(m.key, value_of(m)) for m in batch.results[0].metadata] == [("ContractNumber", ("text", "1234"))],
+              "the demo user's ContractNumber is 1234", batch.results[0])
+        missing = batch.results[1].error
+        infos = unpacked(missing, error_details_pb2.ErrorInfo)
+        check(batch.results[1].HasField("error") and missing.code == grpc.StatusCode.NOT_FOUND.value[0]
+              and [i.reason for i in infos] == ["USER_NOT_FOUND"],
+              "the unknown user's result is NOT_FOUND with ErrorInfo USER_NOT_FOUND", batch.results[1])
+
         print("-- DeleteMetadata both, then they are gone")
         answer = stub.DeleteMetadata(pb.DeleteMetadataRequest(keys=[KEY, f"{KEY}.bin"]), metadata=user,
                                      timeout=TIMEOUT)

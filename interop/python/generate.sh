@@ -22,9 +22,11 @@ fi
 echo "-- generating stubs into $out"
 rm -rf "$out"
 mkdir -p "$out"
-# grpc_tools.protoc brings protoc and the well-known types (google/protobuf/timestamp.proto) along.
+# grpc_tools.protoc brings protoc and the well-known types (google/protobuf/timestamp.proto) along;
+# googleapis-common-protos ships google/rpc/status.proto beside its google.rpc.status_pb2, which the stubs import.
+googleapis=$("$venv/bin/python" -c 'import google.rpc, os; print(os.path.dirname(os.path.dirname(list(google.rpc.__path__)[0])))')
 "$venv/bin/python" -m grpc_tools.protoc \
-  --proto_path="$proto_root" \
+  --proto_path="$proto_root" --proto_path="$googleapis" \
   --python_out="$out" --pyi_out="$out" --grpc_python_out="$out" \
   usermeta/v1/usermeta.proto
 find "$out" -name '*.py*' | sort | sed 's/^/   /'

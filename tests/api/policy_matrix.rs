@@ -7,8 +7,8 @@ use std::fmt;
 use tonic::Code;
 use usermeta::{
     api::pb::{
-        DeleteMetadataRequest, GetMyMetadataRequest, KeyFilter, KeyMatch, ListMetadataRequest,
-        SetMetadataRequest,
+        BatchGetMetadataRequest, DeleteMetadataRequest, FindUsersByMetadataRequest,
+        GetMyMetadataRequest, KeyFilter, KeyMatch, ListMetadataRequest, SetMetadataRequest,
     },
     caller::{IdentityConfig, JwtConfig},
     policy::Policy,
@@ -21,13 +21,13 @@ use crate::helpers::*;
 pub fn example_policy(acme_org: &str) -> String {
     format!(
         r#"
-# 1. Link an internal id: only the billing service writes it; users read their own.
+# 1. Link an internal id: only the billing service writes it, and finds the user holding one; users read their own.
 [[rule]]
 name = "billing links the internal customer id"
 who = {{ client_ids = ["billing"] }}
 whose = "any"
 keys = ["internal.customer_id"]
-actions = ["read", "write", "delete"]
+actions = ["read", "write", "delete", "find"]
 
 # 2. Data saved at registration: users fill in their own profile, within value rules.
 [[rule]]
@@ -84,6 +84,8 @@ enum Act {
     Write,
     WriteInvalid,
     Delete,
+    /// FindUsersByMetadata for the value the target holds: is the target found?
+    Find,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +93,10 @@ enum Outcome {
     Ok,
     Denied(&'static str),
     Invalid,
+    /// Find allowed, but the search left the target out (the rule for that user refused it).
+    NotFound,
+    /// Find allowed, but the v1 API cannot search (FAILED_PRECONDITION `ZITADEL_API_UNSUPPORTED`).
+    Unsupported,
 }
 
 impl fmt::Display for Outcome {
@@ -99,6 +105,8 @@ impl fmt::Display for Outcome {
             Outcome::Ok => f.write_str("OK"),
             Outcome::Denied(reason) => write!(f, "PERMISSION_DENIED/{reason}"),
             Outcome::Invalid => f.write_str("INVALID_ARGUMENT"),
+            Outcome::NotFound => f.write_str("OK without the target"),
+            Outcome::Unsupported => f.write_str("FAILED_PRECONDITION/ZITADEL_API_UNSUPPORTED"),
         }
     }
 }
@@ -132,8 +140,26 @@ fn invalid_value(key: &str) -> &'static str {
 }
 
 /// What the worked policy means, written out independently of usermeta's evaluator.
-fn oracle(caller: Who, is_self: bool, target_in_acme: bool, key: &str, act: Act) -> Outcome {
+fn oracle(
+    api: ApiChoice,
+    caller: Who,
+    is_self: bool,
+    target_in_acme: bool,
+    key: &str,
+    act: Act,
+) -> Outcome {
     let hidden = key.starts_with("routing.");
+    if act == Act::Find {
+        // Only the admin finds by any key, billing by the internal id; nobody else by anything.
+        if !(caller == Who::Admin || (caller == Who::Billing && key == "internal.customer_id")) {
+            return Outcome::Denied("POLICY_DENIED");
+        }
+        return match api {
+            ApiChoice::V2 if is_self && hidden => Outcome::NotFound,
+            ApiChoice::V2 => Outcome::Ok,
+            _ => Outcome::Unsupported,
+        };
+    }
     let allowed = match act {
         Act::Read if is_self => {
             if hidden {
@@ -148,6 +174,7 @@ fn oracle(caller: Who, is_self: bool, target_in_acme: bool, key: &str, act: Act)
             Who::Support => target_in_acme,
             Who::Alice | Who::Bob => false,
         },
+        Act::Find => unreachable!("answered above"),
         Act::Write | Act::WriteInvalid | Act::Delete => {
             caller == Who::Admin
                 || (caller == Who::Billing && key == "internal.customer_id")
@@ -237,6 +264,14 @@ fn outcome_of<T>(result: &Result<T, tonic::Status>) -> Outcome {
             Some("KEY_HIDDEN") => Outcome::Denied("KEY_HIDDEN"),
             other => panic!("unexpected denial reason {other:?}: {status:?}"),
         },
+        Err(status) if status.code() == Code::FailedPrecondition => {
+            assert_eq!(
+                reason(status).as_deref(),
+                Some("ZITADEL_API_UNSUPPORTED"),
+                "{status:?}"
+            );
+            Outcome::Unsupported
+        }
         Err(status) if status.code() == Code::InvalidArgument => {
             let fields = violated_fields(status);
             assert!(
@@ -285,16 +320,42 @@ async fn the_authorisation_matrix_holds_with_zero_unexpected_allows(api: ApiChoi
             };
             let is_self = caller == target;
             for key in KEYS {
-                let mut acts = vec![Act::Read, Act::Write, Act::Delete];
+                let mut acts = vec![Act::Read, Act::Write, Act::Delete, Act::Find];
                 if has_value_rule(key) {
                     acts.push(Act::WriteInvalid);
                 }
                 for act in acts {
-                    // Every case starts from the same data and an empty request log.
-                    cast.standin.set_metadata(&target_id, key, b"seed");
+                    // Every case starts from the same data and an empty request log; a search looks for a
+                    // value only the target holds.
+                    let find_value = format!("find-{target_id}");
+                    let seed: &[u8] = if act == Act::Find {
+                        find_value.as_bytes()
+                    } else {
+                        b"seed"
+                    };
+                    cast.standin.set_metadata(&target_id, key, seed);
                     cast.standin.clear_requests();
                     let token = cast.token(caller);
+                    let mut found = None;
                     let result = match act {
+                        Act::Find => client
+                            .find_users_by_metadata(authed(
+                                FindUsersByMetadataRequest {
+                                    key: key.into(),
+                                    value: text(&find_value),
+                                    ..Default::default()
+                                },
+                                token,
+                            ))
+                            .await
+                            .map(|r| {
+                                let users = &r.get_ref().users;
+                                assert!(
+                                    users.iter().all(|u| u.user_id == target_id),
+                                    "{caller:?} found others than {target:?} by {key}: {users:?}"
+                                );
+                                found = Some(!users.is_empty());
+                            }),
                         Act::Read => client
                             .list_metadata(authed(
                                 ListMetadataRequest {
@@ -347,7 +408,48 @@ async fn the_authorisation_matrix_holds_with_zero_unexpected_allows(api: ApiChoi
                             .await
                             .map(|_| ()),
                     };
-                    let got = outcome_of(&result);
+                    let mut got = outcome_of(&result);
+                    if found == Some(false) {
+                        got = Outcome::NotFound;
+                    }
+                    // Reads must agree between ListMetadata and BatchGetMetadata's result for the user.
+                    if act == Act::Read {
+                        let batch = client
+                            .batch_get_metadata(authed(
+                                BatchGetMetadataRequest {
+                                    user_ids: vec![target_id.clone()],
+                                    keys: vec![key.into()],
+                                    organization_id: target_org.clone(),
+                                },
+                                token,
+                            ))
+                            .await
+                            .unwrap()
+                            .into_inner();
+                        let result = &batch.results[0];
+                        let batch_outcome = match &result.error {
+                            None => {
+                                assert_eq!(
+                                    pairs(&result.metadata),
+                                    [(key.to_owned(), Some("seed".to_owned()))],
+                                    "{caller:?} batch read {key} of {target:?}"
+                                );
+                                Outcome::Ok
+                            }
+                            Some(status) => {
+                                let status = tonic::Status::with_details(
+                                    Code::from_i32(status.code),
+                                    status.message.clone(),
+                                    prost::Message::encode_to_vec(status).into(),
+                                );
+                                outcome_of::<()>(&Err(status))
+                            }
+                        };
+                        assert_eq!(
+                            batch_outcome, got,
+                            "{caller:?} BatchGetMetadata {key} of {target:?}"
+                        );
+                    }
                     // Self reads must agree between GetMyMetadata and ListMetadata.
                     if is_self && act == Act::Read {
                         let mine = client
@@ -361,7 +463,7 @@ async fn the_authorisation_matrix_holds_with_zero_unexpected_allows(api: ApiChoi
                             .await;
                         assert_eq!(outcome_of(&mine), got, "{caller:?} GetMyMetadata {key}");
                     }
-                    let want = oracle(caller, is_self, target != Who::Bob, key, act);
+                    let want = oracle(api, caller, is_self, target != Who::Bob, key, act);
                     cases += 1;
                     let management = cast
                         .standin
@@ -371,6 +473,22 @@ async fn the_authorisation_matrix_holds_with_zero_unexpected_allows(api: ApiChoi
                         .count();
                     let stored = cast.standin.metadata_of(&target_id).get(key).cloned();
                     match &got {
+                        // A search changes nothing; what it may reach is the v2 user service.
+                        _ if act == Act::Find => {
+                            if got == Outcome::Ok && want != Outcome::Ok {
+                                unexpected_allows += 1;
+                            }
+                            if matches!(got, Outcome::Denied(_) | Outcome::Unsupported) {
+                                denials += 1;
+                                if got != Outcome::Unsupported {
+                                    assert_eq!(
+                                        management, 0,
+                                        "{caller:?} find {key} was refused but reached ZITADEL"
+                                    );
+                                }
+                            }
+                            assert_eq!(stored, Some(seed.to_vec()), "a search changed data");
+                        }
                         Outcome::Ok => {
                             if want != Outcome::Ok {
                                 unexpected_allows += 1;
@@ -383,11 +501,14 @@ async fn the_authorisation_matrix_holds_with_zero_unexpected_allows(api: ApiChoi
                                 Act::Read => Some(b"seed".to_vec()),
                                 Act::Write => Some(valid_value(key).as_bytes().to_vec()),
                                 Act::Delete => None,
-                                Act::WriteInvalid => unreachable!(),
+                                Act::WriteInvalid | Act::Find => unreachable!(),
                             };
                             assert_eq!(stored, expected_value, "{caller:?} {act:?} {key}");
                         }
-                        Outcome::Denied(_) | Outcome::Invalid => {
+                        Outcome::Denied(_)
+                        | Outcome::Invalid
+                        | Outcome::NotFound
+                        | Outcome::Unsupported => {
                             denials += 1;
                             assert_eq!(
                                 management, 0,
@@ -418,7 +539,7 @@ async fn the_authorisation_matrix_holds_with_zero_unexpected_allows(api: ApiChoi
         failures.join("\n")
     );
     assert_eq!(unexpected_allows, 0);
-    assert_eq!(cases, 240);
+    assert_eq!(cases, 312);
 }
 
 /// Nothing in a GetMyMetadata or self ListMetadata request points it at another user: the user is whoever
