@@ -27,6 +27,7 @@ use super::{
 use crate::{
     caller::cache::CallerCache,
     caller::{self, Caller, Identity, Resolver},
+    fleet::SharedInvalidation,
     policy::{Action, Policy, Subject},
     tls,
 };
@@ -80,6 +81,8 @@ pub struct MetadataService {
     resolver: Arc<Resolver>,
     /// Signs ListMetadata's page tokens; shared by the replicas of a deployment.
     page_tokens: PageTokenKey,
+    /// Tells the other replicas which users this one changed (Redis), when configured.
+    fleet: Option<SharedInvalidation>,
 }
 
 impl MetadataService {
@@ -95,7 +98,14 @@ impl MetadataService {
             batch_concurrency: RequestLimits::default().batch_concurrency,
             resolver: Arc::new(Resolver::userinfo()),
             page_tokens: PageTokenKey::random(),
+            fleet: None,
         }
+    }
+
+    /// Publishes every change to the other replicas through `fleet`.
+    pub fn with_shared_invalidation(mut self, fleet: SharedInvalidation) -> Self {
+        self.fleet = Some(fleet);
+        self
     }
 
     /// Signs page tokens with `key`, so every replica holding it continues listings of the others.
@@ -442,7 +452,7 @@ impl MetadataService {
             )?;
             self.check_values(&request.entries)?;
             // Whatever the outcome, the write may have landed: cached answers about the user are stale.
-            let _stale = InvalidateOnDrop(&self.cache, target.user_id);
+            let _stale = self.invalidate_on_drop(target.user_id, &keys);
             let written = self
                 .zitadel
                 .set_user_metadata(target, &request.entries)
@@ -479,7 +489,7 @@ impl MetadataService {
                 Action::Delete,
                 keys.iter().copied(),
             )?;
-            let _stale = InvalidateOnDrop(&self.cache, target.user_id);
+            let _stale = self.invalidate_on_drop(target.user_id, &keys);
             let update_time = self
                 .delete_keys(target, &request.keys, request.allow_missing)
                 .await?;
@@ -746,13 +756,36 @@ impl MetadataService {
     }
 }
 
+impl MetadataService {
+    fn invalidate_on_drop<'a>(
+        &'a self,
+        user_id: &'a str,
+        keys: &'a [&'a str],
+    ) -> InvalidateOnDrop<'a> {
+        InvalidateOnDrop {
+            cache: &self.cache,
+            fleet: self.fleet.as_ref(),
+            user_id,
+            keys,
+        }
+    }
+}
+
 /// Marks a user's cached answers stale when a write ends, also when it ends by the deadline cutting it off
-/// (it may have landed).
-struct InvalidateOnDrop<'a>(&'a CallerCache, &'a str);
+/// (it may have landed): here at once, and on the other replicas through the fleet.
+struct InvalidateOnDrop<'a> {
+    cache: &'a CallerCache,
+    fleet: Option<&'a SharedInvalidation>,
+    user_id: &'a str,
+    keys: &'a [&'a str],
+}
 
 impl Drop for InvalidateOnDrop<'_> {
     fn drop(&mut self) {
-        self.0.invalidate_user(self.1);
+        self.cache.invalidate_user(self.user_id);
+        if let Some(fleet) = self.fleet {
+            fleet.publish(self.user_id, self.keys);
+        }
     }
 }
 

@@ -193,6 +193,8 @@ pub struct CallerCache {
     interner: Arc<Mutex<Interner>>,
     /// Counts writes through usermeta; each write takes the next epoch.
     write_epoch: AtomicU64,
+    /// Answers fetched at an epoch before this one are stale for every user ([`CallerCache::invalidate_all`]).
+    all_stale_before: AtomicU64,
     /// Each user's last write epoch, and when it happened (older than the TTL is forgotten).
     last_write: RwLock<HashMap<String, (u64, Instant)>>,
     /// Identities from introspection or JWT validation, by token digest, with their own single flight.
@@ -219,6 +221,7 @@ impl CallerCache {
             in_flight: SingleFlight::new(),
             interner: Arc::default(),
             write_epoch: AtomicU64::new(0),
+            all_stale_before: AtomicU64::new(0),
             last_write: RwLock::new(HashMap::new()),
             identities: (!config.ttl.is_zero()).then(|| quick_cache::sync::Cache::new(capacity)),
             identity_in_flight: SingleFlight::new(),
@@ -373,6 +376,15 @@ impl CallerCache {
         last_write.insert(user_id.to_owned(), (epoch, now));
     }
 
+    /// Marks every cached answer stale: for when this replica may have missed other replicas' changes.
+    pub fn invalidate_all(&self) {
+        if self.entries.is_none() {
+            return;
+        }
+        let epoch = self.write_epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        self.all_stale_before.fetch_max(epoch, Ordering::SeqCst);
+    }
+
     fn is_stale(&self, entry: &Entry) -> bool {
         // Fast path: no write at all since the lookup started.
         if entry.epoch == self.write_epoch.load(Ordering::SeqCst) {
@@ -381,6 +393,9 @@ impl CallerCache {
         let Answer::Known(caller) = &entry.answer else {
             return false;
         };
+        if entry.epoch < self.all_stale_before.load(Ordering::SeqCst) {
+            return true;
+        }
         let sub = caller.identity.sub.as_str();
         let last_write = self
             .last_write

@@ -22,6 +22,8 @@ pub const CACHE_LOOKUPS: &str = "usermeta_cache_lookups_total";
 pub const TOKEN_REFRESHES: &str = "usermeta_service_token_refreshes_total";
 pub const MANAGEMENT_API: &str = "usermeta_zitadel_management_api";
 pub const BATCH_RESULTS: &str = "usermeta_batch_results_total";
+pub const REDIS_CONNECTED: &str = "usermeta_redis_connected";
+pub const INVALIDATIONS: &str = "usermeta_shared_invalidations_total";
 
 /// Latency buckets in seconds: from a cache hit (sub-millisecond) to a call at the default 5 s timeout.
 const BUCKETS: &[f64] = &[
@@ -79,6 +81,14 @@ fn describe() {
     describe_counter!(
         CACHE_LOOKUPS,
         "Caller cache lookups: hit, miss, or negative_hit (a recently rejected token)"
+    );
+    describe_gauge!(
+        REDIS_CONNECTED,
+        "1 while this replica hears other replicas' changes through Redis (USERMETA_REDIS_URL), 0 while not"
+    );
+    describe_counter!(
+        INVALIDATIONS,
+        "Shared invalidations through Redis, by outcome: published, publish_failed, dropped, received, malformed"
     );
     describe_counter!(
         BATCH_RESULTS,
@@ -199,6 +209,16 @@ pub fn management_api(in_use: &'static str) {
 pub fn token_refresh(ok: bool) {
     let outcome = if ok { "ok" } else { "error" };
     counter!(TOKEN_REFRESHES, "outcome" => outcome).increment(1);
+}
+
+/// Whether the subscription to other replicas' changes is up.
+pub fn redis_connected(up: bool) {
+    gauge!(REDIS_CONNECTED).set(if up { 1.0 } else { 0.0 });
+}
+
+/// One shared invalidation sent or heard (`outcome` is one of the literals the describe text lists).
+pub fn invalidation(outcome: &'static str) {
+    counter!(INVALIDATIONS, "outcome" => outcome).increment(1);
 }
 
 /// Records the per-user results of one BatchGetMetadata call.

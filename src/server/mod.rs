@@ -14,6 +14,7 @@ use crate::{
     authz::{self, AuthzConfig, AuthzService, ExtAuthz},
     caller::cache::{CacheConfig, CallerCache},
     caller::{IdentityConfig, IdentitySetupError, Resolver},
+    fleet::SharedInvalidation,
     policy::Policy,
     tls::{TlsError, TlsFiles, TlsSettings},
 };
@@ -120,6 +121,8 @@ pub struct ServeOptions {
     pub zitadel_roots: Vec<reqwest::Certificate>,
     /// Envoy's external authorization API, on a listener of its own; `None` serves none.
     pub ext_authz: Option<ExtAuthz>,
+    /// Redis, for invalidation shared with the other replicas; `None` keeps each replica's cache its own.
+    pub redis: Option<crate::fleet::RedisConfig>,
 }
 
 impl Default for ServeOptions {
@@ -130,6 +133,7 @@ impl Default for ServeOptions {
             tls: None,
             zitadel_roots: Vec::new(),
             ext_authz: None,
+            redis: None,
         }
     }
 }
@@ -162,6 +166,8 @@ pub enum StartError {
     ExtAuthz(String),
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
+    #[error(transparent)]
+    Redis(#[from] crate::fleet::RedisSetupError),
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -178,6 +184,7 @@ pub struct Application {
     zitadel: Arc<Zitadel>,
     authz: Option<AuthzEndpoint>,
     limits: Limits,
+    fleet: Option<SharedInvalidation>,
 }
 
 impl Application {
@@ -216,7 +223,7 @@ impl Application {
         let resolver = Arc::new(Resolver::new(config.identity, &zitadel)?);
         let cache = Arc::new(CallerCache::new(config.cache));
         let policy = Arc::new(config.policy);
-        let service = MetadataService::new(
+        let mut service = MetadataService::new(
             Arc::clone(&zitadel),
             Arc::clone(&policy),
             Arc::clone(&cache),
@@ -224,6 +231,14 @@ impl Application {
         .with_limits(config.limits.requests)
         .with_resolver(Arc::clone(&resolver))
         .with_page_token_key(page_tokens);
+        let fleet = match options.redis {
+            Some(redis) => {
+                let fleet = SharedInvalidation::start(redis, Arc::clone(&cache))?;
+                service = service.with_shared_invalidation(fleet.clone());
+                Some(fleet)
+            }
+            None => None,
+        };
         let authz = match options.ext_authz {
             None => None,
             Some(ext) => {
@@ -281,6 +296,7 @@ impl Application {
             zitadel,
             authz,
             limits: config.limits,
+            fleet,
         })
     }
 
@@ -317,16 +333,25 @@ impl Application {
                 .set_service_status(group.health_name(), tonic_health::ServingStatus::Serving)
                 .await;
         }
-        let breaker_health: Vec<_> = Group::ALL
+        let mut detail_health: Vec<_> = Group::ALL
             .into_iter()
             .map(|group| {
-                tokio::spawn(report_breaker(
+                tokio::spawn(report_detail(
                     health.clone(),
-                    group,
+                    group.health_name(),
                     self.zitadel.watch_breaker(group),
+                    |open| !open,
                 ))
             })
             .collect();
+        if let Some(fleet) = &self.fleet {
+            detail_health.push(tokio::spawn(report_detail(
+                health.clone(),
+                crate::fleet::HEALTH_SERVICE,
+                fleet.connected(),
+                |connected| connected,
+            )));
+        }
         let limits = self.limits;
         let service =
             pb::user_metadata_service_server::UserMetadataServiceServer::new(self.service)
@@ -428,7 +453,7 @@ impl Application {
         if let Some(metrics) = metrics {
             metrics.abort();
         }
-        for task in breaker_health {
+        for task in detail_health {
             task.abort();
         }
         tracing::info!("usermeta stopped");
@@ -456,22 +481,24 @@ fn check_ext_authz_headers(config: &AuthzConfig, policy: &Policy) -> Result<(), 
     }
 }
 
-/// Reports a breaker as its own health service (see [`Group::health_name`]): NOT_SERVING while open. The
-/// server as a whole stays SERVING: restarting usermeta would not bring ZITADEL back, and reads from the
-/// cache and calls of the other group still work.
-async fn report_breaker(
+/// Reports a part usermeta depends on as a health service of its own: a breaker ([`Group::health_name`],
+/// NOT_SERVING while open) or the Redis link ([`crate::fleet::HEALTH_SERVICE`], NOT_SERVING while down). The
+/// server as a whole stays SERVING: restarting usermeta would bring neither ZITADEL nor Redis back, and
+/// reads from the cache and calls of the other group still work.
+async fn report_detail(
     health: HealthReporter,
-    group: Group,
-    mut open: tokio::sync::watch::Receiver<bool>,
+    name: &'static str,
+    mut state: tokio::sync::watch::Receiver<bool>,
+    healthy: fn(bool) -> bool,
 ) {
     loop {
-        let status = if *open.borrow_and_update() {
-            tonic_health::ServingStatus::NotServing
-        } else {
+        let status = if healthy(*state.borrow_and_update()) {
             tonic_health::ServingStatus::Serving
+        } else {
+            tonic_health::ServingStatus::NotServing
         };
-        health.set_service_status(group.health_name(), status).await;
-        if open.changed().await.is_err() {
+        health.set_service_status(name, status).await;
+        if state.changed().await.is_err() {
             return;
         }
     }
@@ -480,9 +507,9 @@ async fn report_breaker(
 fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        // The contract's set holds google.rpc's status and error details too (build.rs), so grpcurl and other
+        // reflection clients decode BadRequest, ErrorInfo and RetryInfo wherever they appear.
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        // So grpcurl and other reflection clients can decode BadRequest, ErrorInfo and RetryInfo details.
-        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
 }
 
 /// Waits for the shutdown signal, then tells health checkers first so load balancers stop sending traffic.

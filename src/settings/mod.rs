@@ -91,8 +91,67 @@ pub struct ServeArgs {
     pub limits: LimitArgs,
     #[command(flatten)]
     pub ops: OpsArgs,
+    #[command(flatten, next_help_heading = "Fleet")]
+    pub fleet: FleetArgs,
     #[command(flatten)]
     pub ext_authz: ext_authz::ExtAuthzArgs,
+}
+
+/// How replicas of one deployment keep their caches in agreement.
+#[derive(Debug, Default, Args)]
+pub struct FleetArgs {
+    /// Redis for shared invalidation between replicas: redis://host:6379[/db] or rediss://host:6380 (TLS). Each
+    /// replica publishes the users it changed and drops others' cached answers for them. Off when unset.
+    #[arg(long, env = "USERMETA_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// File holding the Redis password (AUTH), kept out of the URL and of every log line.
+    #[arg(long, env = "USERMETA_REDIS_PASSWORD_FILE", requires = "redis_url")]
+    pub redis_password_file: Option<PathBuf>,
+}
+
+const REDIS_URL: Setting = Setting::new("redis_url");
+const REDIS_PASSWORD_FILE: Setting = Setting::new("redis_password_file");
+
+impl FleetArgs {
+    /// The Redis link, reading the password file; `None` when no Redis is configured.
+    pub fn redis(&self) -> Result<Option<crate::fleet::RedisConfig>, SettingsError> {
+        let Some(url) = &self.redis_url else {
+            return Ok(None);
+        };
+        let parsed = url::Url::parse(url).map_err(|e| {
+            invalid(
+                REDIS_URL,
+                format!("is not a URL ({e}); use redis://host:6379 or rediss://host:6380"),
+            )
+        })?;
+        if !matches!(parsed.scheme(), "redis" | "rediss") || parsed.host_str().is_none() {
+            return Err(invalid(
+                REDIS_URL,
+                "must be redis://host:port or rediss://host:port (TLS)",
+            ));
+        }
+        if parsed.password().is_some() {
+            return Err(invalid(
+                REDIS_URL,
+                "holds a password; put it in a file named by USERMETA_REDIS_PASSWORD_FILE (--redis-password-file) instead, so it never shows in the environment or a log",
+            ));
+        }
+        let password = match &self.redis_password_file {
+            None => None,
+            Some(path) => {
+                let text = read_secret_file(REDIS_PASSWORD_FILE, path)?;
+                let password = text.trim();
+                if password.is_empty() {
+                    return Err(invalid(REDIS_PASSWORD_FILE, "the password file is empty"));
+                }
+                Some(password.to_owned())
+            }
+        };
+        Ok(Some(crate::fleet::RedisConfig {
+            url: url.clone(),
+            password,
+        }))
+    }
 }
 
 /// Operational settings of `serve`: metrics, shutdown, TLS.
@@ -676,6 +735,7 @@ impl OpsArgs {
             tls,
             zitadel_roots,
             ext_authz: None,
+            redis: None,
         })
     }
 }
@@ -753,6 +813,8 @@ mod tests {
             CLIENT_ID,
             CLIENT_SECRET,
             CLIENT_SECRET_FILE,
+            REDIS_URL,
+            REDIS_PASSWORD_FILE,
             Setting::new("zitadel_url"),
         ]
         .into_iter()

@@ -17,6 +17,7 @@ mod exact_target;
 mod ext_authz;
 mod faults;
 mod find_users;
+mod fleet;
 mod get_my_metadata;
 mod health_reflection;
 mod identity;

@@ -1,0 +1,296 @@
+//! A fleet that agrees: replicas share invalidation over a real `redis-server`, so a write through one replica
+//! is not served stale by another; Redis going away degrades to local invalidation and the TTL, and coming
+//! back restores it, with nothing but user ids and keys ever sent to Redis.
+
+use std::{
+    net::SocketAddr,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use futures::StreamExt as _;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+use usermeta::{
+    api::pb::{
+        GetMyMetadataRequest, SetMetadataRequest,
+        user_metadata_service_client::UserMetadataServiceClient,
+    },
+    fleet::{CHANNEL, HEALTH_SERVICE, RedisConfig},
+    policy::Policy,
+};
+
+use crate::helpers::*;
+
+/// A `redis-server` of this test alone, on a free port, without persistence; killed on drop.
+struct Redis {
+    port: u16,
+    child: Child,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        Redis::start_on(port)
+    }
+
+    fn start_on(port: u16) -> Redis {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "redis-server runs (Debian: apt-get install redis-server; .ci/run installs it)",
+            );
+        let started = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "redis-server did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Redis { port, child }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn stop(mut self) -> u16 {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.port
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A replica in front of the app's stand-in with the app's policy, sharing invalidation through `redis`.
+async fn replica(
+    app: &TestApp,
+    redis: Option<&str>,
+) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let redis = redis.map(|url| RedisConfig {
+        url: url.to_owned(),
+        password: None,
+    });
+    app.another()
+        .policy(Policy::new([app.admin.clone()], vec![SELF_WRITABLE.into()]))
+        .configure(|config| config.options.redis = redis)
+        .spawn()
+        .await
+        .into_pair()
+}
+
+async fn redis_health(addr: SocketAddr) -> ServingStatus {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let health = HealthClient::new(channel);
+    let status = |service: &str| {
+        let mut health = health.clone();
+        let service = service.to_owned();
+        async move {
+            health
+                .check(HealthCheckRequest { service })
+                .await
+                .unwrap()
+                .into_inner()
+                .status()
+        }
+    };
+    // The replica as a whole serves whatever Redis does.
+    assert_eq!(status("").await, ServingStatus::Serving);
+    status(HEALTH_SERVICE).await
+}
+
+async fn wait_for_redis_health(addr: SocketAddr, want: ServingStatus) {
+    let started = Instant::now();
+    while redis_health(addr).await != want {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{HEALTH_SERVICE} never became {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn language(
+    client: &mut UserMetadataServiceClient<tonic::transport::Channel>,
+    token: &str,
+) -> String {
+    let answer = client
+        .get_my_metadata(authed(
+            GetMyMetadataRequest {
+                keys: vec!["profile.language".into()],
+                ..Default::default()
+            },
+            token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    text_of(&answer.metadata[0]).unwrap().to_owned()
+}
+
+async fn set_language(
+    client: &mut UserMetadataServiceClient<tonic::transport::Channel>,
+    token: &str,
+    value: &str,
+) {
+    client
+        .set_metadata(authed(
+            SetMetadataRequest {
+                entries: vec![entry("profile.language", text(value))],
+                ..Default::default()
+            },
+            token,
+        ))
+        .await
+        .unwrap();
+}
+
+/// How long until `client` answers `want` for alice's language; panics after `limit`.
+async fn seen_within(
+    client: &mut UserMetadataServiceClient<tonic::transport::Channel>,
+    token: &str,
+    want: &str,
+    limit: Duration,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        if language(client, token).await == want {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "not seen within {limit:?}: still {}",
+            language(client, token).await
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_write_through_one_replica_is_seen_through_the_others_within_a_second() {
+    let app = TestApp::start().await;
+    let redis = Redis::start();
+    let (a, _stop_a) = replica(&app, Some(&redis.url())).await;
+    let (b, _stop_b) = replica(&app, Some(&redis.url())).await;
+    let (lone, _stop_lone) = replica(&app, None).await;
+    for replica in [a, b] {
+        wait_for_redis_health(replica, ServingStatus::Serving).await;
+    }
+    let (mut a, mut b, mut lone) = (connect(a).await, connect(b).await, connect(lone).await);
+    // Every replica has alice's answer cached.
+    for client in [&mut a, &mut b, &mut lone] {
+        assert_eq!(language(client, &app.alice_token).await, "en");
+    }
+    set_language(&mut a, &app.alice_token, "fr").await;
+    // The writer at once; the other replica through Redis, well within a second.
+    assert_eq!(language(&mut a, &app.alice_token).await, "fr");
+    let took = seen_within(&mut b, &app.alice_token, "fr", Duration::from_secs(1)).await;
+    println!("replica b saw the write after {took:?}");
+    // A replica without Redis serves its cached answer until the TTL: the news came through Redis.
+    assert_eq!(language(&mut lone, &app.alice_token).await, "en");
+}
+
+#[tokio::test]
+async fn only_user_ids_and_keys_go_to_redis() {
+    let app = TestApp::start().await;
+    let redis = Redis::start();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub.subscribe(CHANNEL).await.unwrap();
+    let (a, _stop) = replica(&app, Some(&redis.url())).await;
+    wait_for_redis_health(a, ServingStatus::Serving).await;
+    let mut a = connect(a).await;
+    set_language(&mut a, &app.alice_token, "a-secret-value").await;
+    let message = tokio::time::timeout(Duration::from_secs(5), pubsub.on_message().next())
+        .await
+        .expect("a change was published")
+        .unwrap();
+    let payload: String = message.get_payload().unwrap();
+    let change: serde_json::Value = serde_json::from_str(&payload).unwrap();
+    assert_eq!(change["user_id"], app.alice.as_str());
+    assert_eq!(change["keys"], serde_json::json!(["profile.language"]));
+    for secret in [
+        app.alice_token.as_str(),
+        app.service_pat.as_str(),
+        "a-secret-value",
+    ] {
+        assert!(
+            !payload.contains(secret),
+            "Redis received a secret or value: {payload}"
+        );
+    }
+    let fields: Vec<&String> = change.as_object().unwrap().keys().collect();
+    assert_eq!(fields, ["keys", "origin", "user_id"], "{payload}");
+}
+
+#[tokio::test]
+async fn without_redis_replicas_serve_on_and_reconnect_by_themselves() {
+    let app = TestApp::start().await;
+    let redis = Redis::start();
+    let url = redis.url();
+    let (a, _stop_a) = replica(&app, Some(&url)).await;
+    let (b, _stop_b) = replica(&app, Some(&url)).await;
+    for replica in [a, b] {
+        wait_for_redis_health(replica, ServingStatus::Serving).await;
+    }
+    let (a_addr, b_addr) = (a, b);
+    let (mut a, mut b) = (connect(a).await, connect(b).await);
+    assert_eq!(language(&mut b, &app.alice_token).await, "en");
+
+    // Redis goes away: health says so, and both replicas go on reading and writing.
+    let port = redis.stop();
+    wait_for_redis_health(a_addr, ServingStatus::NotServing).await;
+    wait_for_redis_health(b_addr, ServingStatus::NotServing).await;
+    set_language(&mut a, &app.alice_token, "de").await;
+    assert_eq!(language(&mut a, &app.alice_token).await, "de");
+    // b serves what it has: staleness is bounded by the TTL, as without Redis.
+    assert_eq!(language(&mut b, &app.alice_token).await, "en");
+
+    // Redis comes back on the same address: both reconnect, b drops what it may have missed, and shared
+    // invalidation works again.
+    let _redis = Redis::start_on(port);
+    wait_for_redis_health(a_addr, ServingStatus::Serving).await;
+    wait_for_redis_health(b_addr, ServingStatus::Serving).await;
+    assert_eq!(language(&mut b, &app.alice_token).await, "de");
+    set_language(&mut a, &app.alice_token, "it").await;
+    seen_within(&mut b, &app.alice_token, "it", Duration::from_secs(1)).await;
+}
+
+#[test]
+fn a_redis_url_with_a_password_is_refused_at_start_up() {
+    let fleet = usermeta::settings::FleetArgs {
+        redis_url: Some("redis://:hunter2@redis:6379".into()),
+        redis_password_file: None,
+    };
+    let error = fleet.redis().unwrap_err().to_string();
+    assert!(error.contains("USERMETA_REDIS_PASSWORD_FILE"), "{error}");
+    assert!(!error.contains("hunter2"), "{error}");
+    for bad in ["http://redis:6379", "redis-host:6379", "redis://"] {
+        let fleet = usermeta::settings::FleetArgs {
+            redis_url: Some(bad.into()),
+            redis_password_file: None,
+        };
+        let error = fleet.redis().unwrap_err().to_string();
+        assert!(error.contains("USERMETA_REDIS_URL"), "{bad}: {error}");
+    }
+}
