@@ -610,10 +610,12 @@ impl MetadataService {
         for (user_id, read) in request.user_ids.into_iter().zip(reads) {
             let (metadata, error) = match read {
                 Ok(metadata) => (metadata, None),
-                // The call's deadline is the whole call's: its other results are cut off too.
-                Err(ApiError::DeadlineExceeded) => return Err(ApiError::DeadlineExceeded),
                 Err(error) => {
                     let status = api_error::status_message(&error);
+                    // The deadline is the whole call's (whichever read met it): the other results go too.
+                    if status.code == tonic::Code::DeadlineExceeded as i32 {
+                        return Err(error);
+                    }
                     tracing::info!(user_id, code = status.code, error = %error, "batch result failed");
                     (Vec::new(), Some(status))
                 }

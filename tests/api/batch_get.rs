@@ -359,8 +359,10 @@ async fn the_deadline_fails_the_whole_call() {
         times: None,
         kind: FaultKind::Latency(Duration::from_secs(3)),
     });
-    let mut request = authed(batch(&[&app.alice], &[]), &app.admin_token);
-    request.set_timeout(Duration::from_millis(300));
+    let request = with_deadline(
+        authed(batch(&[&app.alice], &[]), &app.admin_token),
+        Duration::from_millis(300),
+    );
     let status = app
         .client
         .clone()

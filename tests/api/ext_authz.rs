@@ -866,8 +866,10 @@ async fn check_answers_within_the_callers_deadline() {
         kind: FaultKind::Latency(std::time::Duration::from_secs(5)),
     });
     let mut client = authz_client(app.authz_addr()).await;
-    let mut request = tonic::Request::new(envoy_request("/", "h", Some(&app.alice_token)));
-    request.set_timeout(std::time::Duration::from_millis(300));
+    let request = with_deadline(
+        tonic::Request::new(envoy_request("/", "h", Some(&app.alice_token))),
+        std::time::Duration::from_millis(300),
+    );
     let started = std::time::Instant::now();
     let response = client.check(request).await.unwrap().into_inner();
     assert!(

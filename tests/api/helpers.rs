@@ -226,6 +226,16 @@ pub fn authed<T>(message: T, token: &str) -> Request<T> {
 }
 
 /// A text value.
+/// Sends `timeout` as the caller's deadline (`grpc-timeout`) without a client-side timer, so a test sees
+/// usermeta's own answer at the deadline (a client timer of the same length races it on a loaded machine).
+pub fn with_deadline<T>(mut request: Request<T>, timeout: std::time::Duration) -> Request<T> {
+    let value = format!("{}m", timeout.as_millis());
+    request
+        .metadata_mut()
+        .insert("grpc-timeout", value.parse().expect("a grpc-timeout value"));
+    request
+}
+
 pub fn text(value: &str) -> Option<pb::MetadataValue> {
     Some(pb::MetadataValue {
         kind: Some(pb::metadata_value::Kind::Text(value.into())),

@@ -644,8 +644,10 @@ async fn introspection_and_key_fetches_carry_the_trace_are_counted_and_bounded_b
         kind: zitadel_standin::FaultKind::Latency(Duration::from_secs(3)),
     });
     let slow = world.standin.issue_token(&world.alice, &world.scopes());
-    let mut request = authed(GetMyMetadataRequest::default(), &slow);
-    request.set_timeout(Duration::from_millis(300));
+    let request = with_deadline(
+        authed(GetMyMetadataRequest::default(), &slow),
+        Duration::from_millis(300),
+    );
     let started = std::time::Instant::now();
     let status = client.get_my_metadata(request).await.unwrap_err();
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");

@@ -424,8 +424,10 @@ async fn v2_outages_open_the_breaker_and_slow_answers_meet_the_deadline() {
         times: Some(1),
         kind: FaultKind::Latency(Duration::from_secs(3)),
     });
-    let mut request = authed(list(&app.alice), &app.admin_token);
-    request.set_timeout(Duration::from_millis(300));
+    let request = with_deadline(
+        authed(list(&app.alice), &app.admin_token),
+        Duration::from_millis(300),
+    );
     let started = std::time::Instant::now();
     let status = client.list_metadata(request).await.unwrap_err();
     assert_status(&status, Code::DeadlineExceeded, "DEADLINE_EXCEEDED");
