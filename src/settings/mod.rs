@@ -345,9 +345,22 @@ pub struct ZitadelArgs {
     /// Retries allowed per ZITADEL call on average (0.1: at most 10% extra calls, plus 10 after a calm period).
     #[arg(long, env = "USERMETA_RETRY_BUDGET", default_value_t = 0.1, value_parser = retry_budget)]
     pub retry_budget: f64,
-    /// Consecutive ZITADEL failures (connection errors, timeouts, 5xx) that open a circuit breaker; 0 turns breakers off.
+    /// Failed requests (after their retries: a connection error, timeout or 5xx on the last attempt) within
+    /// USERMETA_BREAKER_WINDOW below which a circuit breaker never opens; with only failures in the window,
+    /// this many open it. 0 turns breakers off. (Before: consecutive failed attempts.)
     #[arg(long, env = "USERMETA_BREAKER_FAILURES", default_value_t = 5)]
     pub breaker_failures: u32,
+    /// Requests within USERMETA_BREAKER_WINDOW from which USERMETA_BREAKER_FAILURE_RATIO opens a breaker that
+    /// also saw successes.
+    #[arg(long, env = "USERMETA_BREAKER_MIN_REQUESTS", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub breaker_min_requests: u32,
+    /// Share of failed requests within USERMETA_BREAKER_WINDOW (above 0, at most 1) that opens a breaker, once
+    /// USERMETA_BREAKER_MIN_REQUESTS were made.
+    #[arg(long, env = "USERMETA_BREAKER_FAILURE_RATIO", default_value_t = 0.5, value_parser = failure_ratio)]
+    pub breaker_failure_ratio: f64,
+    /// How far back a breaker counts requests (in ten buckets), e.g. 10s.
+    #[arg(long, env = "USERMETA_BREAKER_WINDOW", default_value = "10s", value_parser = breaker_window)]
+    pub breaker_window: Duration,
     /// How long an open breaker fails calls at once before letting one probe through.
     #[arg(long, env = "USERMETA_BREAKER_COOLDOWN", default_value = "5s", value_parser = humantime::parse_duration)]
     pub breaker_cooldown: Duration,
@@ -424,6 +437,27 @@ fn retry_budget(raw: &str) -> Result<f64, String> {
         Ok(ratio)
     } else {
         Err("must be between 0 and 1".to_owned())
+    }
+}
+
+fn failure_ratio(raw: &str) -> Result<f64, String> {
+    let ratio: f64 = raw.parse().map_err(|e| format!("{e}"))?;
+    if ratio > 0.0 && ratio <= 1.0 {
+        Ok(ratio)
+    } else {
+        Err("must be above 0 and at most 1 (0.5: half of the requests failed)".to_owned())
+    }
+}
+
+fn breaker_window(raw: &str) -> Result<Duration, String> {
+    let window = humantime::parse_duration(raw).map_err(|e| e.to_string())?;
+    if window >= Duration::from_millis(100) {
+        Ok(window)
+    } else {
+        Err(
+            "must be at least 100ms (the breaker counts in ten buckets of a tenth of it)"
+                .to_owned(),
+        )
     }
 }
 
@@ -684,6 +718,9 @@ impl ZitadelArgs {
             backoff_base: self.retry_backoff,
             retry_budget_ratio: self.retry_budget,
             breaker_failures: self.breaker_failures,
+            breaker_min_requests: self.breaker_min_requests,
+            breaker_failure_ratio: self.breaker_failure_ratio,
+            breaker_window: self.breaker_window,
             breaker_cooldown: self.breaker_cooldown,
             ..Resilience::default()
         }

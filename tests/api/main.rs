@@ -8,6 +8,7 @@ mod logs;
 mod support;
 
 mod authorization;
+mod breaker;
 mod cache;
 mod config_file;
 mod credentials;

@@ -256,38 +256,49 @@ impl Zitadel {
     /// Sends a request within the caller's deadline, through the group's breaker, retrying what is safe to
     /// retry (see [`resilience`]). Every ZITADEL call usermeta makes is safe to repeat: reads, a set of the
     /// same value, and a remove (whose NOT_FOUND after an attempt that may have landed the caller checks).
+    /// The breaker sees the request once, with the outcome of its last attempt.
     async fn send_retrying(&self, endpoint: Endpoint, request: reqwest::RequestBuilder) -> Sent {
         let guard = self.guards.of(endpoint.group());
         let policy = &self.guards.policy;
-        guard.budget.deposit();
         let deadline = resilience::current_deadline();
+        let pass = match guard.breaker.admit() {
+            Ok(pass) => pass,
+            Err(retry_after) => {
+                return Sent {
+                    result: Err(UpstreamError::CircuitOpen {
+                        endpoint,
+                        retry_after,
+                    }),
+                    may_have_landed: false,
+                };
+            }
+        };
+        guard.budget.deposit();
         let mut may_have_landed = false;
+        // An attempt failed (transport, timeout, 5xx): a request cut short after it still failed.
+        let mut failed_before = false;
         let mut request = request;
         let mut attempt = 1;
         loop {
-            let done = |result| Sent {
-                result,
-                may_have_landed,
+            let cut_short = if failed_before {
+                resilience::Outcome::Failed
+            } else {
+                resilience::Outcome::Unknown
             };
             // The time this attempt may take: the configured timeout, cut to what is left of the deadline.
             let (timeout, cut) = match deadline {
                 Some(deadline) => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
-                        return done(Err(UpstreamError::DeadlineExceeded { endpoint }));
+                        pass.report(cut_short);
+                        return Sent {
+                            result: Err(UpstreamError::DeadlineExceeded { endpoint }),
+                            may_have_landed,
+                        };
                     }
                     (left.min(self.timeout), left < self.timeout)
                 }
                 None => (self.timeout, false),
-            };
-            let pass = match guard.breaker.admit() {
-                Ok(pass) => pass,
-                Err(retry_after) => {
-                    return done(Err(UpstreamError::CircuitOpen {
-                        endpoint,
-                        retry_after,
-                    }));
-                }
             };
             let next = request.try_clone();
             let failure = match send(
@@ -300,14 +311,20 @@ impl Zitadel {
             {
                 Ok(body) => {
                     pass.report(resilience::Outcome::Alive);
-                    return done(Ok(body));
+                    return Sent {
+                        result: Ok(body),
+                        may_have_landed,
+                    };
                 }
                 Err(failure) => failure,
             };
             let (outcome, retryable, landed) = match &failure.error {
                 UpstreamError::Timeout { .. } if cut => {
-                    pass.report(resilience::Outcome::Unknown);
-                    return done(Err(UpstreamError::DeadlineExceeded { endpoint }));
+                    pass.report(cut_short);
+                    return Sent {
+                        result: Err(UpstreamError::DeadlineExceeded { endpoint }),
+                        may_have_landed: true,
+                    };
                 }
                 // A refused connection never reached ZITADEL; anything later may have.
                 UpstreamError::Unreachable { .. } => {
@@ -320,30 +337,32 @@ impl Zitadel {
                     true,
                 ),
                 UpstreamError::Rejected { .. } => (resilience::Outcome::Alive, false, false),
-                _ => (resilience::Outcome::Unknown, false, false),
+                _ => (cut_short, false, false),
             };
-            pass.report(outcome);
+            failed_before |= outcome == resilience::Outcome::Failed;
             may_have_landed |= landed;
             let error = self.explained(failure);
-            let Some(next) = next.filter(|_| retryable && attempt < policy.max_attempts) else {
-                return Sent {
+            let give_up = |pass: resilience::Pass<'_>, error| {
+                pass.report(outcome);
+                Sent {
                     result: Err(error),
                     may_have_landed,
-                };
+                }
             };
+            let Some(next) = next.filter(|_| retryable && attempt < policy.max_attempts) else {
+                return give_up(pass, error);
+            };
+            if !pass.may_retry() {
+                tracing::debug!(%endpoint, %error, "not retrying: a probe, or the circuit opened meanwhile");
+                return give_up(pass, error);
+            }
             let backoff = policy.backoff(attempt);
             if deadline.is_some_and(|deadline| Instant::now() + backoff >= deadline) {
-                return Sent {
-                    result: Err(error),
-                    may_have_landed,
-                };
+                return give_up(pass, error);
             }
             if !guard.budget.withdraw() {
                 tracing::debug!(%endpoint, %error, "not retrying: the retry budget is spent");
-                return Sent {
-                    result: Err(error),
-                    may_have_landed,
-                };
+                return give_up(pass, error);
             }
             tracing::debug!(%endpoint, attempt, ?backoff, %error, "retrying a failed ZITADEL call");
             tokio::time::sleep(backoff).await;
