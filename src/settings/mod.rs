@@ -25,7 +25,9 @@ use crate::{
     policy::Policy,
     server::Limits,
 };
-use usermeta_zitadel::{Http2, Resilience, ServiceCredential, ServiceKey, management::ApiChoice};
+use usermeta_zitadel::{
+    Http2, Resilience, ServiceCredential, ServiceKey, UpstreamBudget, management::ApiChoice,
+};
 
 /// usermeta: one gRPC contract for reading and writing ZITADEL user metadata.
 #[derive(Debug, Parser)]
@@ -364,6 +366,20 @@ pub struct ZitadelArgs {
     /// How long an open breaker fails calls at once before letting one probe through.
     #[arg(long, env = "USERMETA_BREAKER_COOLDOWN", default_value = "5s", value_parser = humantime::parse_duration)]
     pub breaker_cooldown: Duration,
+    /// Most requests per second this instance sends to ZITADEL, retries included (e.g. 12.5); past it, callers
+    /// with tokens usermeta does not know yet get RESOURCE_EXHAUSTED UPSTREAM_BUDGET_EXHAUSTED first. ZITADEL
+    /// Cloud allows 50 per second per source IP: give each of N replicas behind one IP less than 50/N. 0 (the
+    /// default) means no budget.
+    #[arg(long, env = "USERMETA_UPSTREAM_RATE_LIMIT", default_value_t = 0.0, value_parser = upstream_rate)]
+    pub upstream_rate_limit: f64,
+    /// Requests to ZITADEL that may go at once after a calm period (the budget's bucket); default: one
+    /// second's worth of USERMETA_UPSTREAM_RATE_LIMIT.
+    #[arg(long, env = "USERMETA_UPSTREAM_BURST", value_parser = clap::value_parser!(u32).range(1..))]
+    pub upstream_burst: Option<u32>,
+    /// Share of USERMETA_UPSTREAM_BURST kept for calls of callers already identified (management calls, their
+    /// own reads): identifying new tokens may use the budget only while more than this is left (0 to 1).
+    #[arg(long, env = "USERMETA_UPSTREAM_RESERVE", default_value_t = UpstreamBudget::DEFAULT_RESERVE, value_parser = retry_budget)]
+    pub upstream_reserve: f64,
 }
 
 /// The caller cache: how long ZITADEL's answers about tokens are reused.
@@ -437,6 +453,15 @@ fn retry_budget(raw: &str) -> Result<f64, String> {
         Ok(ratio)
     } else {
         Err("must be between 0 and 1".to_owned())
+    }
+}
+
+fn upstream_rate(raw: &str) -> Result<f64, String> {
+    let rate: f64 = raw.parse().map_err(|e| format!("{e}"))?;
+    if rate.is_finite() && rate >= 0.0 {
+        Ok(rate)
+    } else {
+        Err("must be a number of requests per second, 0 or more (0: no budget)".to_owned())
     }
 }
 
@@ -724,6 +749,19 @@ impl ZitadelArgs {
             breaker_cooldown: self.breaker_cooldown,
             ..Resilience::default()
         }
+    }
+}
+
+impl ZitadelArgs {
+    /// The request budget toward ZITADEL, when a rate is set.
+    pub fn upstream_budget(&self) -> Option<UpstreamBudget> {
+        (self.upstream_rate_limit > 0.0).then(|| UpstreamBudget {
+            rate: self.upstream_rate_limit,
+            burst: self.upstream_burst.unwrap_or_else(|| {
+                usermeta_zitadel::budget::one_second_of(self.upstream_rate_limit)
+            }),
+            reserve: self.upstream_reserve,
+        })
     }
 }
 
@@ -1168,6 +1206,11 @@ mod tests {
             panic!("not serve")
         };
         assert_eq!(args.zitadel.resilience(), Resilience::default());
+        assert_eq!(
+            args.zitadel.upstream_budget(),
+            None,
+            "no budget unless asked"
+        );
         let limits = args.limits.limits();
         assert_eq!(limits.max_message_bytes, 8 * 1024 * 1024);
         assert_eq!(
@@ -1175,6 +1218,56 @@ mod tests {
             "no per-caller limit unless asked"
         );
         assert!(Cli::try_parse_from(["usermeta", "serve", "--retry-budget", "1.5"]).is_err());
+    }
+
+    #[test]
+    fn the_upstream_budget_takes_a_second_of_its_rate_as_burst_unless_told() {
+        let parse = |extra: &[&str]| {
+            let mut args = vec![
+                "usermeta",
+                "serve",
+                "--zitadel-url",
+                "http://x",
+                "--service-pat",
+                "p",
+            ];
+            args.extend_from_slice(extra);
+            match Cli::try_parse_from(args).map(|cli| cli.command) {
+                Ok(Command::Serve(args)) => Ok(args.zitadel.upstream_budget()),
+                Ok(_) => panic!("not serve"),
+                Err(e) => Err(e),
+            }
+        };
+        assert_eq!(
+            parse(&["--upstream-rate-limit", "12.5"]).unwrap(),
+            Some(UpstreamBudget {
+                rate: 12.5,
+                burst: 13,
+                reserve: 0.2
+            })
+        );
+        assert_eq!(
+            parse(&[
+                "--upstream-rate-limit",
+                "40",
+                "--upstream-burst",
+                "100",
+                "--upstream-reserve",
+                "0.5"
+            ])
+            .unwrap(),
+            Some(UpstreamBudget {
+                rate: 40.0,
+                burst: 100,
+                reserve: 0.5
+            })
+        );
+        assert_eq!(parse(&["--upstream-rate-limit", "0"]).unwrap(), None);
+        assert!(parse(&["--upstream-rate-limit", "-1"]).is_err());
+        assert!(parse(&["--upstream-rate-limit", "10", "--upstream-burst", "0"]).is_err());
+        assert!(parse(&["--upstream-rate-limit", "10", "--upstream-reserve", "2"]).is_err());
+        assert!(parse(&["--breaker-failure-ratio", "0"]).is_err());
+        assert!(parse(&["--breaker-window", "10ms"]).is_err());
     }
 
     #[test]
