@@ -26,6 +26,7 @@ mod policy_matrix;
 mod set_metadata;
 mod start_up;
 mod tls;
+mod upstream_budget;
 mod upstream_errors;
 mod upstream_http;
 mod validation;
