@@ -1,6 +1,6 @@
 //! How the ZITADEL client's calls show in usermeta's telemetry: each runs in a span whose id ZITADEL receives
 //! as `traceparent`, and is counted by endpoint and HTTP status; the management API in use is a gauge; a
-//! deprecated endpoint is a warning, once per endpoint.
+//! deprecated endpoint is a warning, once per endpoint; the request budget's decisions are counted.
 
 use std::{
     collections::HashSet,
@@ -50,5 +50,9 @@ impl Instrument for Upstream {
 
     fn management_api_in_use(&self, api: &'static str) {
         crate::metrics::management_api(api);
+    }
+
+    fn upstream_budget(&self, class: &'static str, granted: bool, tokens: f64) {
+        crate::metrics::upstream_budget(class, granted, tokens);
     }
 }

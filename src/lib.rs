@@ -15,7 +15,7 @@
 //! | the fleet | [`fleet`] | replicas telling each other which users they changed (Redis pub/sub), so their caches agree |
 //! | who and what | [`caller`], [`policy`] | the bearer token and who ZITADEL says it is (introspection, JWT validation or userinfo), the caller cache ([`caller::cache`]); who may do what, per key |
 //! | leaves | [`metrics`], [`telemetry`] | Prometheus series; logs, traces and request ids, knowing nothing of ZITADEL or settings |
-//! | ZITADEL (crate [`usermeta_zitadel`]) | its own crate below the service | every HTTP call through one transport (deadline, retries, retry budget, circuit breakers: [`usermeta_zitadel::resilience`]), userinfo, the auth API, the management API behind [`usermeta_zitadel::management::ManagementApi`], introspection and keys ([`usermeta_zitadel::Zitadel::introspect`]), the service credential and its token source, error bodies ([`usermeta_zitadel::UpstreamError`]), the metadata domain types ([`usermeta_zitadel::metadata`]); hooks for the service's telemetry ([`usermeta_zitadel::Instrument`]) |
+//! | ZITADEL (crate [`usermeta_zitadel`]) | its own crate below the service | every HTTP call through one transport (deadline, retries, retry budget, circuit breakers: [`usermeta_zitadel::resilience`]; the request budget toward ZITADEL: [`usermeta_zitadel::budget`]), userinfo, the auth API, the management API behind [`usermeta_zitadel::management::ManagementApi`], introspection and keys ([`usermeta_zitadel::Zitadel::introspect`]), the service credential and its token source, error bodies ([`usermeta_zitadel::UpstreamError`]), the metadata domain types ([`usermeta_zitadel::metadata`]); hooks for the service's telemetry ([`usermeta_zitadel::Instrument`]) |
 //!
 //! A call: [`api`] validates the request, [`caller`] identifies the token (from the cache when it can),
 //! [`policy`] decides on every key before any management call, [`usermeta_zitadel`] sends exactly what the policy
@@ -87,6 +87,7 @@ pub fn serve_config(args: ServeArgs) -> Result<Config, RunError> {
             project_id,
             management_api: args.zitadel.zitadel_api,
             read_your_writes: args.zitadel.read_your_writes,
+            upstream_budget: args.zitadel.upstream_budget(),
         },
         policy: args.access.policy()?,
         cache: args.cache.config(),

@@ -62,6 +62,7 @@ async fn serve(
             resilience: Resilience {
                 backoff_base: Duration::from_millis(1),
                 breaker_failures: 3,
+                breaker_window: Duration::from_millis(500),
                 breaker_cooldown: Duration::from_millis(100),
                 ..Resilience::default()
             },
@@ -231,6 +232,20 @@ async fn no_token_pat_or_secret_is_ever_logged() {
             }
             standin.clear_faults();
         }
+        // A sustained outage opens the breaker: once the window has forgotten the successes above, three
+        // failed requests and nothing else.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        standin.push_fault(Fault {
+            path_prefix: "".into(),
+            times: None,
+            kind: FaultKind::Status(503),
+        });
+        for _ in 0..4 {
+            let _ = client
+                .get_my_metadata(authed(GetMyMetadataRequest::default(), &alice_token))
+                .await;
+        }
+        standin.clear_faults();
         tokio::time::sleep(Duration::from_millis(150)).await;
         standin.push_fault(Fault {
             path_prefix: "".into(),

@@ -11,7 +11,9 @@ use crate::{
     caller::{IdentifyError, TokenError},
     policy::Denial,
 };
-use usermeta_zitadel::{Endpoint, ErrorKind, UpstreamError, auth_api::ZITADEL_AUDIENCE_SCOPE};
+use usermeta_zitadel::{
+    Endpoint, ErrorKind, UpstreamError, auth_api::ZITADEL_AUDIENCE_SCOPE, budget::Class,
+};
 
 /// The `ErrorInfo.domain` of every status usermeta produces.
 pub const ERROR_DOMAIN: &str = "usermeta";
@@ -295,6 +297,22 @@ fn upstream_status(error: &UpstreamError) -> Status {
             // A probe is in flight when no cool-down is left: suggest a short wait.
             details.set_retry_info(Some((*retry_after).max(Duration::from_millis(100))));
             Status::with_error_details(Code::Unavailable, format!("{error}; retry later"), details)
+        }
+        UpstreamError::BudgetExhausted {
+            class, retry_after, ..
+        } => {
+            facts.push(("class", class.name().to_owned()));
+            let mut details = info("UPSTREAM_BUDGET_EXHAUSTED", facts);
+            details.set_retry_info(Some((*retry_after).max(Duration::from_millis(10))));
+            let why = match class {
+                Class::Identify => {
+                    "usermeta keeps within its request budget toward ZITADEL (USERMETA_UPSTREAM_RATE_LIMIT), and identifying a token it does not know yet waits while calls of callers already identified go first; nothing was sent to ZITADEL; retry after the RetryInfo delay, and reuse tokens rather than fetching a new one per call"
+                }
+                Class::Manage => {
+                    "usermeta keeps within its request budget toward ZITADEL (USERMETA_UPSTREAM_RATE_LIMIT), which is spent for now; nothing was sent to ZITADEL; retry after the RetryInfo delay"
+                }
+            };
+            Status::with_error_details(Code::ResourceExhausted, why, details)
         }
         UpstreamError::Unreachable { .. } | UpstreamError::Timeout { .. } => with_info(
             Code::Unavailable,

@@ -33,6 +33,7 @@ use crate::{
 };
 use usermeta_zitadel::{
     CallerToken, UpstreamError, Zitadel,
+    budget::for_identified_caller,
     management::{Scoped, Target},
     metadata::{KeyFilter, KeyMatch, MetadataItem, PackedMetadata, Page, PageRequest},
     resilience,
@@ -181,6 +182,16 @@ impl MetadataService {
             .await?)
     }
 
+    /// Runs `work` as an identified caller's (for the request budget toward ZITADEL) when the cache knows
+    /// `token`; otherwise as it is.
+    async fn as_known<T>(&self, token: &CallerToken, work: impl Future<Output = T>) -> T {
+        if self.cache.knows(token) {
+            for_identified_caller(work).await
+        } else {
+            work.await
+        }
+    }
+
     /// GetMyMetadata as far as it goes without waiting: a caller whose userinfo answer is in memory is
     /// answered here (`Break`); any other goes on to [`MetadataService::read_mine`] with its token, request
     /// and deadline.
@@ -232,7 +243,8 @@ impl MetadataService {
             // The identity first (cached, and local for JWTs): a refused token reaches no other endpoint.
             Source::Userinfo => {
                 let caller = self.identify(&token).await?;
-                let known = self.cache.userinfo(&self.zitadel, &token).await?;
+                let known =
+                    for_identified_caller(self.cache.userinfo(&self.zitadel, &token)).await?;
                 self.answer_mine(&caller, OwnRead::Userinfo(&known.metadata), &request)
             }
             Source::Token => match self.resolver.token_metadata(&self.zitadel, &token).await? {
@@ -257,11 +269,13 @@ impl MetadataService {
                         .map_err(ApiError::from)
                 };
                 let (caller, items) = if self.resolver.uses_userinfo() {
-                    // Both ask ZITADEL with the caller's token anyway: side by side, as before.
+                    // Both ask ZITADEL with the caller's token anyway: side by side, as before. The read is
+                    // an identified caller's when the identity comes from memory.
+                    let read = self.as_known(&token, read);
                     tokio::try_join!(self.identify(&token), read)?
                 } else {
                     let caller = self.identify(&token).await?;
-                    (caller, read.await?)
+                    (caller, for_identified_caller(read).await?)
                 };
                 self.answer_mine(&caller, OwnRead::AuthApi(items), &request)
             }
@@ -324,8 +338,9 @@ impl MetadataService {
         let filter = request.filter.as_ref();
         // An own listing reads with the caller's token, so ZITADEL decides whose it is; while every caller may
         // read their own keys, it needs no identity lookup.
-        let (scope, other) = match (request.user_id.as_deref(), self.policy.own_scope()) {
-            (None, Some(own)) => (own, None),
+        let (scope, other, identified) = match (request.user_id.as_deref(), self.policy.own_scope())
+        {
+            (None, Some(own)) => (own, None, self.cache.knows(&token)),
             (user_id, _) => {
                 let caller = self.identify(&token).await?;
                 // Self is the caller ZITADEL names; a `user_id` equal to it changes nothing. Another user is
@@ -351,7 +366,7 @@ impl MetadataService {
                     Some(scoped) => subject_of(scoped.target()),
                 };
                 tracing::Span::current().record("user_id", subject.user_id);
-                (self.policy.read_scope(&caller, subject)?, other)
+                (self.policy.read_scope(&caller, subject)?, other, true)
             }
         };
         if let Some(KeyFilter {
@@ -376,10 +391,20 @@ impl MetadataService {
         }
         let target = other.as_ref().map(Scoped::target);
         let token = &token;
-        let fetch = |page: PageRequest| async move {
-            match target {
-                None => self.zitadel.list_my_metadata(token, filter, page).await,
-                Some(target) => self.zitadel.list_user_metadata(target, filter, page).await,
+        let fetch = |page: PageRequest| {
+            let fetch = async move {
+                match target {
+                    None => self.zitadel.list_my_metadata(token, filter, page).await,
+                    Some(target) => self.zitadel.list_user_metadata(target, filter, page).await,
+                }
+            };
+            // Ranked for the request budget: an identified caller's read, or a token not known yet.
+            async move {
+                if identified {
+                    for_identified_caller(fetch).await
+                } else {
+                    fetch.await
+                }
             }
         };
         let (items, total, next_offset) = match offsets {

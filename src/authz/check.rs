@@ -32,7 +32,8 @@ use crate::{
     policy::{Policy, Subject},
 };
 use usermeta_zitadel::{
-    BearerError, CallerToken, ErrorKind, Zitadel, metadata::PackedMetadata, resilience,
+    BearerError, CallerToken, ErrorKind, UpstreamError, Zitadel, metadata::PackedMetadata,
+    resilience,
 };
 
 /// Serves `envoy.service.auth.v3.Authorization`. Callers are identified exactly as the metadata API
@@ -76,6 +77,8 @@ enum Decision {
     },
     /// 429: the caller's rate limit is spent.
     RateLimited { retry_after: Duration },
+    /// 429: usermeta's request budget toward ZITADEL has nothing left to identify this caller with.
+    BudgetExhausted { retry_after: Duration },
     /// 503: ZITADEL could not say who the caller is (or not in time).
     Unavailable,
 }
@@ -192,6 +195,11 @@ impl AuthzService {
                 tracing::warn!(%error, "ZITADEL unavailable; failing open (no identity headers)");
                 return Decision::Allow(None);
             }
+            Err(IdentifyError::Upstream(UpstreamError::BudgetExhausted {
+                retry_after, ..
+            })) => {
+                return Decision::BudgetExhausted { retry_after };
+            }
             Err(error) => {
                 tracing::warn!(%error, "ZITADEL unavailable; failing closed (503)");
                 return Decision::Unavailable;
@@ -290,12 +298,20 @@ impl AuthzService {
             }
             Decision::RateLimited { retry_after } => {
                 record("rate_limited");
-                let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
                 denied_with(
                     Code::ResourceExhausted,
                     429,
                     "this caller sends more requests than usermeta's per-caller rate limit allows; retry later",
-                    &[("retry-after", &seconds.max(1).to_string())],
+                    &[("retry-after", &whole_seconds(retry_after).to_string())],
+                )
+            }
+            Decision::BudgetExhausted { retry_after } => {
+                record("upstream_budget_exhausted");
+                denied_with(
+                    Code::ResourceExhausted,
+                    429,
+                    "usermeta's request budget toward the identity provider is spent for tokens it does not know yet; retry later",
+                    &[("retry-after", &whole_seconds(retry_after).to_string())],
                 )
             }
             Decision::Unavailable => {
@@ -419,6 +435,11 @@ fn authorization_header(
     } else {
         &header.raw_value
     })
+}
+
+/// A `Retry-After` in whole seconds, rounded up, at least 1.
+fn whole_seconds(wait: Duration) -> u64 {
+    (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1)
 }
 
 /// Whether ZITADEL refused the token itself (as opposed to being unable to answer).

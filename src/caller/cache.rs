@@ -357,6 +357,24 @@ impl CallerCache {
         }
     }
 
+    /// Whether ZITADEL vouched for `token` recently (a userinfo answer naming a user, or an identity, still in
+    /// memory): its caller counts as identified for the request budget toward ZITADEL. Records no metrics.
+    pub fn knows(&self, token: &CallerToken) -> bool {
+        let key = token.digest();
+        let now = Instant::now();
+        let by_userinfo = self.entries.as_ref().is_some_and(|entries| {
+            entries.get(&key).is_some_and(|entry| {
+                now < entry.expires_at && matches!(entry.answer, Answer::Known(_))
+            })
+        });
+        by_userinfo
+            || self.identities.as_ref().is_some_and(|identities| {
+                identities
+                    .get(&key)
+                    .is_some_and(|entry| now < entry.expires_at && entry.answer.is_ok())
+            })
+    }
+
     /// Marks `user_id` as changed: answers fetched before now are not served again.
     pub fn invalidate_user(&self, user_id: &str) {
         if self.entries.is_none() {

@@ -24,6 +24,8 @@ pub const MANAGEMENT_API: &str = "usermeta_zitadel_management_api";
 pub const BATCH_RESULTS: &str = "usermeta_batch_results_total";
 pub const REDIS_CONNECTED: &str = "usermeta_redis_connected";
 pub const INVALIDATIONS: &str = "usermeta_shared_invalidations_total";
+pub const UPSTREAM_BUDGET: &str = "usermeta_upstream_budget_requests_total";
+pub const UPSTREAM_BUDGET_TOKENS: &str = "usermeta_upstream_budget_tokens";
 
 /// Latency buckets in seconds: from a cache hit (sub-millisecond) to a call at the default 5 s timeout.
 const BUCKETS: &[f64] = &[
@@ -97,6 +99,14 @@ fn describe() {
     describe_counter!(
         TOKEN_REFRESHES,
         "Management API token requests, by outcome (ok or error)"
+    );
+    describe_counter!(
+        UPSTREAM_BUDGET,
+        "Requests to ZITADEL the request budget (USERMETA_UPSTREAM_RATE_LIMIT) decided on, by class (identify: tokens usermeta does not know yet; manage: identified callers and the service credential) and outcome (granted or refused: not sent)"
+    );
+    describe_gauge!(
+        UPSTREAM_BUDGET_TOKENS,
+        "Requests the budget toward ZITADEL would grant at once, as of its last decision"
     );
 }
 
@@ -203,6 +213,13 @@ pub fn management_api(in_use: &'static str) {
     for api in ["v1", "v2"] {
         gauge!(MANAGEMENT_API, "api" => api).set(if api == in_use { 1.0 } else { 0.0 });
     }
+}
+
+/// Records one decision of the request budget toward ZITADEL, and the tokens it left.
+pub fn upstream_budget(class: &'static str, granted: bool, tokens: f64) {
+    let outcome = if granted { "granted" } else { "refused" };
+    counter!(UPSTREAM_BUDGET, "class" => class, "outcome" => outcome).increment(1);
+    gauge!(UPSTREAM_BUDGET_TOKENS).set(tokens);
 }
 
 /// Records one management API token request.

@@ -25,7 +25,9 @@ use crate::{
     policy::Policy,
     server::Limits,
 };
-use usermeta_zitadel::{Http2, Resilience, ServiceCredential, ServiceKey, management::ApiChoice};
+use usermeta_zitadel::{
+    Http2, Resilience, ServiceCredential, ServiceKey, UpstreamBudget, management::ApiChoice,
+};
 
 /// usermeta: one gRPC contract for reading and writing ZITADEL user metadata.
 #[derive(Debug, Parser)]
@@ -404,12 +406,39 @@ pub struct ZitadelArgs {
     /// Retries allowed per ZITADEL call on average (0.1: at most 10% extra calls, plus 10 after a calm period).
     #[arg(long, env = "USERMETA_RETRY_BUDGET", default_value_t = 0.1, value_parser = retry_budget)]
     pub retry_budget: f64,
-    /// Consecutive ZITADEL failures (connection errors, timeouts, 5xx) that open a circuit breaker; 0 turns breakers off.
+    /// Failed requests (after their retries: a connection error, timeout or 5xx on the last attempt) within
+    /// USERMETA_BREAKER_WINDOW below which a circuit breaker never opens; with only failures in the window,
+    /// this many open it. 0 turns breakers off. (Before: consecutive failed attempts.)
     #[arg(long, env = "USERMETA_BREAKER_FAILURES", default_value_t = 5)]
     pub breaker_failures: u32,
+    /// Requests within USERMETA_BREAKER_WINDOW from which USERMETA_BREAKER_FAILURE_RATIO opens a breaker that
+    /// also saw successes.
+    #[arg(long, env = "USERMETA_BREAKER_MIN_REQUESTS", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub breaker_min_requests: u32,
+    /// Share of failed requests within USERMETA_BREAKER_WINDOW (above 0, at most 1) that opens a breaker, once
+    /// USERMETA_BREAKER_MIN_REQUESTS were made.
+    #[arg(long, env = "USERMETA_BREAKER_FAILURE_RATIO", default_value_t = 0.5, value_parser = failure_ratio)]
+    pub breaker_failure_ratio: f64,
+    /// How far back a breaker counts requests (in ten buckets), e.g. 10s.
+    #[arg(long, env = "USERMETA_BREAKER_WINDOW", default_value = "10s", value_parser = breaker_window)]
+    pub breaker_window: Duration,
     /// How long an open breaker fails calls at once before letting one probe through.
     #[arg(long, env = "USERMETA_BREAKER_COOLDOWN", default_value = "5s", value_parser = humantime::parse_duration)]
     pub breaker_cooldown: Duration,
+    /// Most requests per second this instance sends to ZITADEL, retries included (e.g. 12.5); past it, callers
+    /// with tokens usermeta does not know yet get RESOURCE_EXHAUSTED UPSTREAM_BUDGET_EXHAUSTED first. ZITADEL
+    /// Cloud allows 50 per second per source IP: give each of N replicas behind one IP less than 50/N. 0 (the
+    /// default) means no budget.
+    #[arg(long, env = "USERMETA_UPSTREAM_RATE_LIMIT", default_value_t = 0.0, value_parser = upstream_rate)]
+    pub upstream_rate_limit: f64,
+    /// Requests to ZITADEL that may go at once after a calm period (the budget's bucket); default: one
+    /// second's worth of USERMETA_UPSTREAM_RATE_LIMIT.
+    #[arg(long, env = "USERMETA_UPSTREAM_BURST", value_parser = clap::value_parser!(u32).range(1..))]
+    pub upstream_burst: Option<u32>,
+    /// Share of USERMETA_UPSTREAM_BURST kept for calls of callers already identified (management calls, their
+    /// own reads): identifying new tokens may use the budget only while more than this is left (0 to 1).
+    #[arg(long, env = "USERMETA_UPSTREAM_RESERVE", default_value_t = UpstreamBudget::DEFAULT_RESERVE, value_parser = retry_budget)]
+    pub upstream_reserve: f64,
 }
 
 /// The caller cache: how long ZITADEL's answers about tokens are reused.
@@ -486,6 +515,36 @@ fn retry_budget(raw: &str) -> Result<f64, String> {
         Ok(ratio)
     } else {
         Err("must be between 0 and 1".to_owned())
+    }
+}
+
+fn upstream_rate(raw: &str) -> Result<f64, String> {
+    let rate: f64 = raw.parse().map_err(|e| format!("{e}"))?;
+    if rate.is_finite() && rate >= 0.0 {
+        Ok(rate)
+    } else {
+        Err("must be a number of requests per second, 0 or more (0: no budget)".to_owned())
+    }
+}
+
+fn failure_ratio(raw: &str) -> Result<f64, String> {
+    let ratio: f64 = raw.parse().map_err(|e| format!("{e}"))?;
+    if ratio > 0.0 && ratio <= 1.0 {
+        Ok(ratio)
+    } else {
+        Err("must be above 0 and at most 1 (0.5: half of the requests failed)".to_owned())
+    }
+}
+
+fn breaker_window(raw: &str) -> Result<Duration, String> {
+    let window = humantime::parse_duration(raw).map_err(|e| e.to_string())?;
+    if window >= Duration::from_millis(100) {
+        Ok(window)
+    } else {
+        Err(
+            "must be at least 100ms (the breaker counts in ten buckets of a tenth of it)"
+                .to_owned(),
+        )
     }
 }
 
@@ -747,9 +806,25 @@ impl ZitadelArgs {
             backoff_base: self.retry_backoff,
             retry_budget_ratio: self.retry_budget,
             breaker_failures: self.breaker_failures,
+            breaker_min_requests: self.breaker_min_requests,
+            breaker_failure_ratio: self.breaker_failure_ratio,
+            breaker_window: self.breaker_window,
             breaker_cooldown: self.breaker_cooldown,
             ..Resilience::default()
         }
+    }
+}
+
+impl ZitadelArgs {
+    /// The request budget toward ZITADEL, when a rate is set.
+    pub fn upstream_budget(&self) -> Option<UpstreamBudget> {
+        (self.upstream_rate_limit > 0.0).then(|| UpstreamBudget {
+            rate: self.upstream_rate_limit,
+            burst: self.upstream_burst.unwrap_or_else(|| {
+                usermeta_zitadel::budget::one_second_of(self.upstream_rate_limit)
+            }),
+            reserve: self.upstream_reserve,
+        })
     }
 }
 
@@ -1197,6 +1272,11 @@ mod tests {
             panic!("not serve")
         };
         assert_eq!(args.zitadel.resilience(), Resilience::default());
+        assert_eq!(
+            args.zitadel.upstream_budget(),
+            None,
+            "no budget unless asked"
+        );
         let limits = args.limits.limits();
         assert_eq!(limits.max_message_bytes, 8 * 1024 * 1024);
         assert_eq!(
@@ -1204,6 +1284,56 @@ mod tests {
             "no per-caller limit unless asked"
         );
         assert!(Cli::try_parse_from(["usermeta", "serve", "--retry-budget", "1.5"]).is_err());
+    }
+
+    #[test]
+    fn the_upstream_budget_takes_a_second_of_its_rate_as_burst_unless_told() {
+        let parse = |extra: &[&str]| {
+            let mut args = vec![
+                "usermeta",
+                "serve",
+                "--zitadel-url",
+                "http://x",
+                "--service-pat",
+                "p",
+            ];
+            args.extend_from_slice(extra);
+            match Cli::try_parse_from(args).map(|cli| cli.command) {
+                Ok(Command::Serve(args)) => Ok(args.zitadel.upstream_budget()),
+                Ok(_) => panic!("not serve"),
+                Err(e) => Err(e),
+            }
+        };
+        assert_eq!(
+            parse(&["--upstream-rate-limit", "12.5"]).unwrap(),
+            Some(UpstreamBudget {
+                rate: 12.5,
+                burst: 13,
+                reserve: 0.2
+            })
+        );
+        assert_eq!(
+            parse(&[
+                "--upstream-rate-limit",
+                "40",
+                "--upstream-burst",
+                "100",
+                "--upstream-reserve",
+                "0.5"
+            ])
+            .unwrap(),
+            Some(UpstreamBudget {
+                rate: 40.0,
+                burst: 100,
+                reserve: 0.5
+            })
+        );
+        assert_eq!(parse(&["--upstream-rate-limit", "0"]).unwrap(), None);
+        assert!(parse(&["--upstream-rate-limit", "-1"]).is_err());
+        assert!(parse(&["--upstream-rate-limit", "10", "--upstream-burst", "0"]).is_err());
+        assert!(parse(&["--upstream-rate-limit", "10", "--upstream-reserve", "2"]).is_err());
+        assert!(parse(&["--breaker-failure-ratio", "0"]).is_err());
+        assert!(parse(&["--breaker-window", "10ms"]).is_err());
     }
 
     #[test]

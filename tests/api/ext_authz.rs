@@ -764,6 +764,50 @@ async fn the_per_caller_rate_limit_applies_to_check_too() {
 }
 
 #[tokio::test]
+async fn a_spent_upstream_budget_is_429_with_retry_after_and_nothing_sent() {
+    let app = TestApp::start().await;
+    let spawned = AppBuilder::new(
+        &app.standin.url(),
+        ServiceCredential::Pat(SecretString::from(app.service_pat.as_str())),
+    )
+    .policy(Policy::default())
+    .identity(usermeta::caller::IdentityConfig::default())
+    .ext_authz(config())
+    .configure(|config| {
+        // Two requests, none kept back, refilled once a minute.
+        config.zitadel.upstream_budget = Some(usermeta_zitadel::UpstreamBudget {
+            rate: 1.0 / 60.0,
+            burst: 2,
+            reserve: 0.0,
+        });
+    })
+    .spawn()
+    .await;
+    let mut client = authz_client(spawned.authz_addr.unwrap()).await;
+    app.standin.clear_requests();
+    allowed(&check(&mut client, "/", Some(&app.alice_token)).await);
+    allowed(&check(&mut client, "/", Some(&app.admin_token)).await);
+    let fresh = app.standin.issue_token(&app.alice, FULL_SCOPES);
+    let response = check(&mut client, "/", Some(&fresh)).await;
+    let (status, _, _) = denied(&response, Code::ResourceExhausted);
+    assert_eq!(status, 429);
+    let Some(HttpResponse::DeniedResponse(denial)) = &response.http_response else {
+        unreachable!()
+    };
+    assert!(
+        denial
+            .headers
+            .iter()
+            .filter_map(|h| h.header.as_ref())
+            .any(|h| h.key == "retry-after" && h.value.parse::<u64>().is_ok_and(|s| s >= 1)),
+        "{denial:?}"
+    );
+    assert_eq!(app.standin.requests().len(), 2, "nothing sent when refused");
+    // Callers already known are answered from memory.
+    allowed(&check(&mut client, "/", Some(&app.alice_token)).await);
+}
+
+#[tokio::test]
 async fn only_what_the_caller_may_read_of_themself_goes_upstream() {
     let app = TestApp::start().await;
     // With the self-read rule off, alice may read nothing of herself: her user id passes, no metadata does.

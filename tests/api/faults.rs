@@ -36,11 +36,11 @@ use zitadel_standin::{Fault, FaultKind};
 
 use crate::helpers::*;
 
-fn get_mine(app: &TestApp) -> Request<GetMyMetadataRequest> {
+pub(crate) fn get_mine(app: &TestApp) -> Request<GetMyMetadataRequest> {
     authed(GetMyMetadataRequest::default(), &app.alice_token)
 }
 
-fn fault(path_prefix: &str, times: Option<u32>, kind: FaultKind) -> Fault {
+pub(crate) fn fault(path_prefix: &str, times: Option<u32>, kind: FaultKind) -> Fault {
     Fault {
         path_prefix: path_prefix.into(),
         times,
@@ -48,7 +48,7 @@ fn fault(path_prefix: &str, times: Option<u32>, kind: FaultKind) -> Fault {
     }
 }
 
-fn userinfo_requests(app: &TestApp) -> usize {
+pub(crate) fn userinfo_requests(app: &TestApp) -> usize {
     app.standin
         .requests()
         .iter()
@@ -57,7 +57,7 @@ fn userinfo_requests(app: &TestApp) -> usize {
 }
 
 /// Options for fault tests: no caching (every request reaches ZITADEL) and fast backoff.
-fn uncached(resilience: Resilience) -> Options {
+pub(crate) fn uncached(resilience: Resilience) -> Options {
     Options {
         cache: CacheConfig {
             ttl: Duration::ZERO,
@@ -72,7 +72,7 @@ fn uncached(resilience: Resilience) -> Options {
 }
 
 /// A usermeta with `options` against `app`'s stand-in, and a client for it.
-async fn usermeta_with(
+pub(crate) async fn usermeta_with(
     app: &TestApp,
     options: Options,
 ) -> (
@@ -92,7 +92,7 @@ async fn usermeta_with(
     (connect(addr).await, addr, stop)
 }
 
-async fn health_of(addr: std::net::SocketAddr, service: &str) -> ServingStatus {
+pub(crate) async fn health_of(addr: std::net::SocketAddr, service: &str) -> ServingStatus {
     let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
@@ -109,7 +109,11 @@ async fn health_of(addr: std::net::SocketAddr, service: &str) -> ServingStatus {
 }
 
 /// Waits (briefly) for a health status to be reported: breaker changes reach health asynchronously.
-async fn eventually_health(addr: std::net::SocketAddr, service: &str, expected: ServingStatus) {
+pub(crate) async fn eventually_health(
+    addr: std::net::SocketAddr,
+    service: &str,
+    expected: ServingStatus,
+) {
     for _ in 0..100 {
         if health_of(addr, service).await == expected {
             return;

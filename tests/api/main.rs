@@ -9,6 +9,7 @@ mod support;
 
 mod authorization;
 mod batch_get;
+mod breaker;
 mod cache;
 mod config_file;
 mod credentials;
@@ -27,6 +28,7 @@ mod policy_matrix;
 mod set_metadata;
 mod start_up;
 mod tls;
+mod upstream_budget;
 mod upstream_errors;
 mod upstream_http;
 mod validation;

@@ -108,6 +108,19 @@ pub enum UpstreamError {
         endpoint: Endpoint,
         retry_after: Duration,
     },
+    /// usermeta's own request budget toward ZITADEL is spent for requests of this class; nothing was sent.
+    #[error(
+        "usermeta did not send {endpoint}: its request budget toward ZITADEL is spent for {what} for {retry_after:?}",
+        what = match class {
+            crate::budget::Class::Identify => "identifying tokens it does not know yet",
+            crate::budget::Class::Manage => "every request",
+        }
+    )]
+    BudgetExhausted {
+        endpoint: Endpoint,
+        class: crate::budget::Class,
+        retry_after: Duration,
+    },
     /// A path segment from the request would not reach ZITADEL as given (`.`, `..`, empty); nothing was sent.
     #[error(
         "usermeta did not send {endpoint}: the path segment {segment:?} would not reach ZITADEL as given"
@@ -143,6 +156,7 @@ impl UpstreamError {
             | UpstreamError::BadResponse { endpoint, .. }
             | UpstreamError::DeadlineExceeded { endpoint }
             | UpstreamError::CircuitOpen { endpoint, .. }
+            | UpstreamError::BudgetExhausted { endpoint, .. }
             | UpstreamError::UnsafePath { endpoint, .. } => *endpoint,
             UpstreamError::CredentialRefresh { cause, .. } => cause.endpoint(),
             UpstreamError::NotInOrganization { .. } => Endpoint::UserV2GetUser,
@@ -183,6 +197,8 @@ impl UpstreamError {
                 }
             }
             UpstreamError::NotInOrganization { .. } => ErrorKind::Refused,
+            // usermeta keeping to ZITADEL's rate limit on its behalf: later, as for a 429.
+            UpstreamError::BudgetExhausted { .. } => ErrorKind::RateLimited,
             UpstreamError::UnsafePath { .. } | UpstreamError::NotSupported { .. } => {
                 ErrorKind::NotSent
             }
@@ -228,7 +244,8 @@ pub enum ErrorKind {
     /// ZITADEL answered and decided against the request (4xx but 408 and 429): a token it rejects, a permission,
     /// a user or key that does not exist. Repeating it changes nothing.
     Refused,
-    /// ZITADEL is rate-limiting (429 or RESOURCE_EXHAUSTED): later.
+    /// ZITADEL is rate-limiting (429 or RESOURCE_EXHAUSTED), or usermeta's request budget toward it is
+    /// spent (nothing sent): later.
     RateLimited,
     /// ZITADEL could not answer (unreachable, too slow, 5xx, an unreadable answer, an open breaker, no service
     /// token): later, or an operator's fix.

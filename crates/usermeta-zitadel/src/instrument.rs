@@ -18,6 +18,9 @@ pub trait Instrument: Send + Sync + 'static {
     fn deprecated(&self, _endpoint: &'static str) {}
     /// The management API (`v1`, `v2`) now in use.
     fn management_api_in_use(&self, _api: &'static str) {}
+    /// The request budget toward ZITADEL granted (or refused) a request of `class` (`identify`, `manage`);
+    /// `tokens` are left in the bucket (below zero while a charge is repaid).
+    fn upstream_budget(&self, _class: &'static str, _granted: bool, _tokens: f64) {}
 }
 
 /// The hooks in use: [`Instrumentation::none`] unless the service gives its own.

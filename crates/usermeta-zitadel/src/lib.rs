@@ -2,12 +2,14 @@
 //! [`management`] API with the service credential, introspection and signing keys ([`Zitadel::introspect`],
 //! [`Zitadel::signing_keys`]). One pooled HTTP client serves all of them, and every call goes through one
 //! door ([`Zitadel`]'s transport): the caller's deadline, retries within a retry budget, a circuit breaker
-//! per group ([`resilience`]), and the service's [`Instrument`] hooks (trace headers, metrics).
+//! per group ([`resilience`]), a request budget per ZITADEL ([`budget`]), and the service's [`Instrument`]
+//! hooks (trace headers, metrics).
 //!
 //! The crate sits below the service and knows nothing of gRPC handlers, settings or telemetry backends: its
 //! inputs are [`ZitadelConfig`] and [`metadata`]'s domain types, its failures one [`UpstreamError`].
 
 pub mod auth_api;
+pub mod budget;
 pub mod credential;
 pub mod error;
 #[cfg(test)]
@@ -23,13 +25,17 @@ pub mod userinfo;
 pub mod value;
 mod wire;
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use bytes::{Bytes, BytesMut};
 use serde::de::DeserializeOwned;
 use tracing::Instrument as _;
 use url::Url;
 
+pub use budget::UpstreamBudget;
 pub use credential::{BearerError, CallerToken, KeyFileError, ServiceCredential, ServiceKey};
 pub use error::{Endpoint, ErrorKind, Rejection, UpstreamError};
 pub use instrument::{Instrument, Instrumentation};
@@ -59,6 +65,8 @@ pub struct ZitadelConfig {
     pub management_api: management::ApiChoice,
     /// How long this replica lays its own writes over v2's eventually consistent listing (0: not at all).
     pub read_your_writes: Duration,
+    /// Most requests per second sent to this ZITADEL (retries included); `None`: no budget.
+    pub upstream_budget: Option<UpstreamBudget>,
 }
 
 /// How long this replica lays its own writes over v2's listing by default: ZITADEL's own tests wait up to a
@@ -78,6 +86,7 @@ impl ZitadelConfig {
             project_id: None,
             management_api: management::ApiChoice::default(),
             read_your_writes: DEFAULT_READ_YOUR_WRITES,
+            upstream_budget: None,
         }
     }
 }
@@ -124,6 +133,8 @@ pub struct Zitadel {
     /// The management API's `Authorization`: a PAT, or an access token kept fresh in the background.
     service_token: token_source::TokenSource,
     guards: resilience::Guards,
+    /// The request budget toward this ZITADEL, shared with the token source.
+    budget: Option<Arc<budget::Bucket>>,
     http2: Http2,
     project_id: Option<String>,
     /// Which API manages users' metadata.
@@ -191,10 +202,14 @@ impl Zitadel {
             .http2_adaptive_window(true)
             .user_agent(concat!("usermeta/", env!("CARGO_PKG_VERSION")))
             .build()?;
+        let budget = config
+            .upstream_budget
+            .map(|budget| Arc::new(budget::Bucket::new(budget, Instant::now())));
         let service_token = token_source::TokenSource::new(
             config.service_credential,
             http.clone(),
             instrumentation.clone(),
+            budget.clone(),
             config.timeout,
             issuer.clone(),
             token_url,
@@ -211,6 +226,7 @@ impl Zitadel {
             base_url,
             service_token,
             guards: resilience::Guards::new(config.resilience),
+            budget,
             http2: config.http2,
             project_id: config.project_id,
             selector: management::Selector::new(config.management_api),
@@ -256,38 +272,61 @@ impl Zitadel {
     /// Sends a request within the caller's deadline, through the group's breaker, retrying what is safe to
     /// retry (see [`resilience`]). Every ZITADEL call usermeta makes is safe to repeat: reads, a set of the
     /// same value, and a remove (whose NOT_FOUND after an attempt that may have landed the caller checks).
+    /// The breaker sees the request once, with the outcome of its last attempt.
     async fn send_retrying(&self, endpoint: Endpoint, request: reqwest::RequestBuilder) -> Sent {
         let guard = self.guards.of(endpoint.group());
         let policy = &self.guards.policy;
-        guard.budget.deposit();
         let deadline = resilience::current_deadline();
+        let pass = match guard.breaker.admit() {
+            Ok(pass) => pass,
+            Err(retry_after) => {
+                return Sent {
+                    result: Err(UpstreamError::CircuitOpen {
+                        endpoint,
+                        retry_after,
+                    }),
+                    may_have_landed: false,
+                };
+            }
+        };
+        if let Err(refused) = self.take_budget(endpoint) {
+            // Nothing sent: the breaker learns nothing (a dropped pass frees a probe's slot).
+            drop(pass);
+            return Sent {
+                result: Err(UpstreamError::BudgetExhausted {
+                    endpoint,
+                    class: budget::Class::of(endpoint),
+                    retry_after: refused.retry_after,
+                }),
+                may_have_landed: false,
+            };
+        }
+        guard.budget.deposit();
         let mut may_have_landed = false;
+        // An attempt failed (transport, timeout, 5xx): a request cut short after it still failed.
+        let mut failed_before = false;
         let mut request = request;
         let mut attempt = 1;
         loop {
-            let done = |result| Sent {
-                result,
-                may_have_landed,
+            let cut_short = if failed_before {
+                resilience::Outcome::Failed
+            } else {
+                resilience::Outcome::Unknown
             };
             // The time this attempt may take: the configured timeout, cut to what is left of the deadline.
             let (timeout, cut) = match deadline {
                 Some(deadline) => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     if left.is_zero() {
-                        return done(Err(UpstreamError::DeadlineExceeded { endpoint }));
+                        pass.report(cut_short);
+                        return Sent {
+                            result: Err(UpstreamError::DeadlineExceeded { endpoint }),
+                            may_have_landed,
+                        };
                     }
                     (left.min(self.timeout), left < self.timeout)
                 }
                 None => (self.timeout, false),
-            };
-            let pass = match guard.breaker.admit() {
-                Ok(pass) => pass,
-                Err(retry_after) => {
-                    return done(Err(UpstreamError::CircuitOpen {
-                        endpoint,
-                        retry_after,
-                    }));
-                }
             };
             let next = request.try_clone();
             let failure = match send(
@@ -300,14 +339,20 @@ impl Zitadel {
             {
                 Ok(body) => {
                     pass.report(resilience::Outcome::Alive);
-                    return done(Ok(body));
+                    return Sent {
+                        result: Ok(body),
+                        may_have_landed,
+                    };
                 }
                 Err(failure) => failure,
             };
             let (outcome, retryable, landed) = match &failure.error {
                 UpstreamError::Timeout { .. } if cut => {
-                    pass.report(resilience::Outcome::Unknown);
-                    return done(Err(UpstreamError::DeadlineExceeded { endpoint }));
+                    pass.report(cut_short);
+                    return Sent {
+                        result: Err(UpstreamError::DeadlineExceeded { endpoint }),
+                        may_have_landed: true,
+                    };
                 }
                 // A refused connection never reached ZITADEL; anything later may have.
                 UpstreamError::Unreachable { .. } => {
@@ -320,36 +365,59 @@ impl Zitadel {
                     true,
                 ),
                 UpstreamError::Rejected { .. } => (resilience::Outcome::Alive, false, false),
-                _ => (resilience::Outcome::Unknown, false, false),
+                _ => (cut_short, false, false),
             };
-            pass.report(outcome);
+            failed_before |= outcome == resilience::Outcome::Failed;
             may_have_landed |= landed;
             let error = self.explained(failure);
-            let Some(next) = next.filter(|_| retryable && attempt < policy.max_attempts) else {
-                return Sent {
+            let give_up = |pass: resilience::Pass<'_>, error| {
+                pass.report(outcome);
+                Sent {
                     result: Err(error),
                     may_have_landed,
-                };
+                }
             };
+            let Some(next) = next.filter(|_| retryable && attempt < policy.max_attempts) else {
+                return give_up(pass, error);
+            };
+            if !pass.may_retry() {
+                tracing::debug!(%endpoint, %error, "not retrying: a probe, or the circuit opened meanwhile");
+                return give_up(pass, error);
+            }
             let backoff = policy.backoff(attempt);
             if deadline.is_some_and(|deadline| Instant::now() + backoff >= deadline) {
-                return Sent {
-                    result: Err(error),
-                    may_have_landed,
-                };
+                return give_up(pass, error);
             }
             if !guard.budget.withdraw() {
                 tracing::debug!(%endpoint, %error, "not retrying: the retry budget is spent");
-                return Sent {
-                    result: Err(error),
-                    may_have_landed,
-                };
+                return give_up(pass, error);
+            }
+            if self.take_budget(endpoint).is_err() {
+                tracing::debug!(%endpoint, %error, "not retrying: the request budget toward ZITADEL is spent");
+                return give_up(pass, error);
             }
             tracing::debug!(%endpoint, attempt, ?backoff, %error, "retrying a failed ZITADEL call");
             tokio::time::sleep(backoff).await;
             request = next;
             attempt += 1;
         }
+    }
+
+    /// Takes a token of the request budget for one request to `endpoint`, telling the instrumentation.
+    fn take_budget(&self, endpoint: Endpoint) -> Result<(), budget::Refused> {
+        let Some(bucket) = &self.budget else {
+            return Ok(());
+        };
+        let class = budget::Class::of(endpoint);
+        let taken = bucket.try_take(class, Instant::now());
+        let tokens = match &taken {
+            Ok(left) => *left,
+            Err(refused) => refused.tokens,
+        };
+        self.instrumentation
+            .hooks()
+            .upstream_budget(class.name(), taken.is_ok(), tokens);
+        taken.map(|_| ())
     }
 
     /// The failure's error, saying so when HTTP/2 from the first byte is a likely cause: a connection that

@@ -9,9 +9,14 @@
 //! - **Budget**: a token bucket per group. Every call deposits `ratio` of a retry (capped at `floor`); every
 //!   retry takes a whole one. Retries therefore stay below `floor + ratio × calls`, so a 5xx storm cannot
 //!   multiply traffic.
-//! - **Breaker**: `failures` consecutive failures (transport errors, timeouts, 5xx; not 4xx) open it for
-//!   `cooldown`: calls fail at once without reaching ZITADEL. Then one probe goes through; its success closes
-//!   it, its failure opens it again.
+//! - **Breaker**: counts *requests* (one logical call, after its retries: its last attempt decides) over a
+//!   rolling window (`window`, in ten buckets). A request failed when its last attempt met a transport error,
+//!   a timeout or a 5xx; 4xx and 429 mean ZITADEL is up. It opens for `cooldown` when the window holds at
+//!   least `failures` failed requests and either every request in it failed (a total outage, at any traffic)
+//!   or at least `min_requests` were made and `failure_ratio` of them failed (a partial one). Open, calls fail
+//!   at once without reaching ZITADEL; then one probe (a single attempt) goes through: its success closes it
+//!   with an empty window, its failure opens it again. Two or three failed requests among good ones, or
+//!   alone, never open it.
 
 use std::{
     future::Future,
@@ -58,8 +63,14 @@ pub struct Resilience {
     pub retry_budget_ratio: f64,
     /// Retries always available after a calm period (the bucket size).
     pub retry_budget_floor: u32,
-    /// Consecutive failures that open a breaker; 0 turns breakers off.
+    /// Failed requests in the window below which a breaker never opens; 0 turns breakers off.
     pub breaker_failures: u32,
+    /// Requests in the window from which the failure ratio opens a breaker that also saw successes.
+    pub breaker_min_requests: u32,
+    /// Share of failed requests in the window (0 < ratio ≤ 1) that opens a breaker, with enough requests.
+    pub breaker_failure_ratio: f64,
+    /// How far back the breaker counts requests.
+    pub breaker_window: Duration,
     /// How long an open breaker fails calls before letting a probe through.
     pub breaker_cooldown: Duration,
 }
@@ -73,6 +84,9 @@ impl Default for Resilience {
             retry_budget_ratio: 0.1,
             retry_budget_floor: 10,
             breaker_failures: 5,
+            breaker_min_requests: 20,
+            breaker_failure_ratio: 0.5,
+            breaker_window: Duration::from_secs(10),
             breaker_cooldown: Duration::from_secs(5),
         }
     }
@@ -157,42 +171,164 @@ impl RetryBudget {
 
 #[derive(Debug, Clone, Copy)]
 enum State {
-    Closed { failures: u32 },
+    Closed,
     Open { until: Instant },
     HalfOpen { probing: bool },
 }
 
-/// How one call ended, for the breaker.
+/// How one request (one logical call, after its retries) ended, for the breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Outcome {
     /// ZITADEL answered (any 2xx, 4xx or 429): it is up.
     Alive,
-    /// Transport error, timeout, or 5xx.
+    /// Transport error, timeout, or 5xx, on the last attempt.
     Failed,
-    /// Says nothing about ZITADEL (cut short by the caller's deadline, or cancelled).
+    /// Says nothing about ZITADEL (cut short by the caller's deadline before any failure, nothing sent, or
+    /// cancelled).
     Unknown,
 }
 
-/// A circuit breaker for one group.
+/// When the outcomes in the window open a breaker: enough failed requests, and either all of them failed or
+/// enough of a large enough sample did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct TripRule {
+    /// Failed requests in the window needed before anything opens; 0 never opens.
+    pub(crate) failures: u32,
+    /// Requests in the window from which the failure ratio decides.
+    pub(crate) min_requests: u32,
+    /// Share of failed requests that opens, once `min_requests` were made.
+    pub(crate) ratio: f64,
+}
+
+impl TripRule {
+    fn of(policy: &Resilience) -> Self {
+        TripRule {
+            failures: policy.breaker_failures,
+            min_requests: policy.breaker_min_requests,
+            ratio: policy.breaker_failure_ratio,
+        }
+    }
+
+    /// Whether `failures` failed requests out of `requests` in the window open the breaker. A total outage
+    /// (every request failed) opens after `self.failures` requests at any traffic; a partial one needs the
+    /// volume, so a blip among many good requests does not.
+    pub(crate) fn trips(&self, requests: u32, failures: u32) -> bool {
+        if self.failures == 0 || failures < self.failures {
+            return false;
+        }
+        failures >= requests
+            || (requests >= self.min_requests
+                && f64::from(failures) >= self.ratio * f64::from(requests))
+    }
+}
+
+/// Buckets of the rolling window.
+const WINDOW_BUCKETS: usize = 10;
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Bucket {
+    /// Which slice of time (in bucket lengths since the window's epoch) the counts are of.
+    tick: u64,
+    requests: u32,
+    failures: u32,
+}
+
+/// Request outcomes over the last `span`, in [`WINDOW_BUCKETS`] buckets: a bucket older than the span is
+/// reused (and reset) for the current slice, so nothing needs a timer.
+#[derive(Debug)]
+pub(crate) struct Window {
+    epoch: Instant,
+    bucket: Duration,
+    buckets: [Bucket; WINDOW_BUCKETS],
+}
+
+impl Window {
+    pub(crate) fn new(span: Duration, epoch: Instant) -> Self {
+        let bucket = (span / WINDOW_BUCKETS as u32).max(Duration::from_millis(1));
+        Window {
+            epoch,
+            bucket,
+            buckets: [Bucket::default(); WINDOW_BUCKETS],
+        }
+    }
+
+    fn tick(&self, now: Instant) -> u64 {
+        let since = now.saturating_duration_since(self.epoch).as_nanos();
+        u64::try_from(since / self.bucket.as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Counts one request at `now`.
+    pub(crate) fn record(&mut self, now: Instant, failed: bool) {
+        let tick = self.tick(now);
+        let slot = &mut self.buckets[(tick % WINDOW_BUCKETS as u64) as usize];
+        if slot.tick != tick {
+            *slot = Bucket {
+                tick,
+                ..Bucket::default()
+            };
+        }
+        slot.requests = slot.requests.saturating_add(1);
+        if failed {
+            slot.failures = slot.failures.saturating_add(1);
+        }
+    }
+
+    /// Requests and failed requests within the window at `now`.
+    pub(crate) fn totals(&self, now: Instant) -> (u32, u32) {
+        let tick = self.tick(now);
+        self.buckets
+            .iter()
+            .filter(|b| b.tick <= tick && tick - b.tick < WINDOW_BUCKETS as u64)
+            .fold((0u32, 0u32), |(requests, failures), b| {
+                (
+                    requests.saturating_add(b.requests),
+                    failures.saturating_add(b.failures),
+                )
+            })
+    }
+
+    /// Forgets every outcome: after the breaker changed state, old outcomes say nothing.
+    pub(crate) fn clear(&mut self) {
+        self.buckets = [Bucket::default(); WINDOW_BUCKETS];
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: State,
+    window: Window,
+}
+
+/// A circuit breaker for one group. It counts requests, not attempts: a request retried three times is one
+/// outcome, its last.
 #[derive(Debug)]
 pub(crate) struct Breaker {
     group: Group,
-    threshold: u32,
+    rule: TripRule,
+    window: Duration,
     cooldown: Duration,
-    state: Mutex<State>,
+    inner: Mutex<Inner>,
     /// `true` while open, for health reporting.
     open: watch::Sender<bool>,
 }
 
 impl Breaker {
-    pub(crate) fn new(group: Group, threshold: u32, cooldown: Duration) -> Self {
+    pub(crate) fn new(group: Group, policy: &Resilience) -> Self {
         Breaker {
             group,
-            threshold,
-            cooldown,
-            state: Mutex::new(State::Closed { failures: 0 }),
+            rule: TripRule::of(policy),
+            window: policy.breaker_window,
+            cooldown: policy.breaker_cooldown,
+            inner: Mutex::new(Inner {
+                state: State::Closed,
+                window: Window::new(policy.breaker_window, Instant::now()),
+            }),
             open: watch::Sender::new(false),
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Follows whether the breaker is open.
@@ -200,20 +336,23 @@ impl Breaker {
         self.open.subscribe()
     }
 
-    /// Lets a call through, or says how long until the next probe.
+    /// Lets a request through, or says how long until the next probe.
     pub(crate) fn admit(&self) -> Result<Pass<'_>, Duration> {
-        if self.threshold == 0 {
+        self.admit_at(Instant::now())
+    }
+
+    fn admit_at(&self, now: Instant) -> Result<Pass<'_>, Duration> {
+        if self.rule.failures == 0 {
             return Ok(Pass::new(self, false));
         }
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        match *state {
-            State::Closed { .. } => Ok(Pass::new(self, false)),
+        let mut inner = self.lock();
+        match inner.state {
+            State::Closed => Ok(Pass::new(self, false)),
             State::Open { until } => {
-                let now = Instant::now();
                 if now < until {
                     Err(until - now)
                 } else {
-                    *state = State::HalfOpen { probing: true };
+                    inner.state = State::HalfOpen { probing: true };
                     tracing::info!(group = ?self.group, "ZITADEL circuit half-open: probing");
                     Ok(Pass::new(self, true))
                 }
@@ -221,52 +360,69 @@ impl Breaker {
             // One probe at a time; the others fail fast until it has answered.
             State::HalfOpen { probing: true } => Err(Duration::ZERO),
             State::HalfOpen { probing: false } => {
-                *state = State::HalfOpen { probing: true };
+                inner.state = State::HalfOpen { probing: true };
                 Ok(Pass::new(self, true))
             }
         }
     }
 
+    /// Whether a request admitted earlier may send another attempt: not once the breaker opened meanwhile.
+    fn is_closed(&self) -> bool {
+        self.rule.failures == 0 || matches!(self.lock().state, State::Closed)
+    }
+
     fn record(&self, probe: bool, outcome: Outcome) {
-        if self.threshold == 0 {
+        self.record_at(Instant::now(), probe, outcome);
+    }
+
+    fn record_at(&self, now: Instant, probe: bool, outcome: Outcome) {
+        if self.rule.failures == 0 {
             return;
         }
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        match (outcome, *state) {
-            (Outcome::Alive, State::Closed { .. }) => *state = State::Closed { failures: 0 },
+        let mut inner = self.lock();
+        match (outcome, inner.state) {
+            (Outcome::Alive, State::Closed) => inner.window.record(now, false),
             (Outcome::Alive, State::HalfOpen { .. }) if probe => {
-                *state = State::Closed { failures: 0 };
+                inner.state = State::Closed;
+                inner.window.clear();
                 tracing::info!(group = ?self.group, "ZITADEL circuit closed: the probe succeeded");
                 self.open.send_replace(false);
             }
-            (Outcome::Failed, State::Closed { failures }) => {
-                let failures = failures.saturating_add(1);
-                *state = if failures >= self.threshold {
-                    tracing::warn!(group = ?self.group, failures, cooldown = ?self.cooldown, "ZITADEL circuit open: failing calls fast");
+            (Outcome::Failed, State::Closed) => {
+                inner.window.record(now, true);
+                let (requests, failures) = inner.window.totals(now);
+                if self.rule.trips(requests, failures) {
+                    tracing::warn!(
+                        group = ?self.group,
+                        requests,
+                        failures,
+                        window = ?self.window,
+                        cooldown = ?self.cooldown,
+                        "ZITADEL circuit open: failing calls fast"
+                    );
+                    inner.state = State::Open {
+                        until: now + self.cooldown,
+                    };
+                    inner.window.clear();
                     self.open.send_replace(true);
-                    State::Open {
-                        until: Instant::now() + self.cooldown,
-                    }
-                } else {
-                    State::Closed { failures }
-                };
+                }
             }
             (Outcome::Failed, State::HalfOpen { .. }) if probe => {
                 tracing::warn!(group = ?self.group, cooldown = ?self.cooldown, "ZITADEL circuit open again: the probe failed");
-                *state = State::Open {
-                    until: Instant::now() + self.cooldown,
+                inner.state = State::Open {
+                    until: now + self.cooldown,
                 };
             }
             (Outcome::Unknown, State::HalfOpen { .. }) if probe => {
-                *state = State::HalfOpen { probing: false };
+                inner.state = State::HalfOpen { probing: false };
             }
             _ => {}
         }
     }
 }
 
-/// Permission for one call; reports its outcome. A probe dropped unreported (its request was cancelled)
-/// frees the probe slot.
+/// Permission for one request; reports its outcome once. A request dropped unreported (cancelled) counts as
+/// unknown, which frees a probe's slot.
 pub(crate) struct Pass<'a> {
     breaker: &'a Breaker,
     probe: bool,
@@ -282,9 +438,21 @@ impl<'a> Pass<'a> {
         }
     }
 
+    /// Whether the request may retry: a probe is one attempt (as its failure reopens the breaker), and no
+    /// request retries into a breaker that opened meanwhile.
+    pub(crate) fn may_retry(&self) -> bool {
+        !self.probe && self.breaker.is_closed()
+    }
+
     pub(crate) fn report(mut self, outcome: Outcome) {
         self.reported = true;
         self.breaker.record(self.probe, outcome);
+    }
+
+    #[cfg(test)]
+    fn report_at(mut self, now: Instant, outcome: Outcome) {
+        self.reported = true;
+        self.breaker.record_at(now, self.probe, outcome);
     }
 }
 
@@ -315,7 +483,7 @@ impl Guards {
     pub(crate) fn new(policy: Resilience) -> Self {
         let guard = |group| Guard {
             budget: RetryBudget::new(policy.retry_budget_ratio, policy.retry_budget_floor),
-            breaker: Breaker::new(group, policy.breaker_failures, policy.breaker_cooldown),
+            breaker: Breaker::new(group, &policy),
         };
         Guards {
             policy,
@@ -353,40 +521,196 @@ mod tests {
         assert!(!empty.withdraw());
     }
 
-    #[test]
-    fn the_breaker_opens_fails_fast_probes_and_closes() {
-        let breaker = Breaker::new(Group::Management, 2, Duration::from_millis(30));
-        breaker.admit().unwrap().report(Outcome::Failed);
-        breaker.admit().unwrap().report(Outcome::Alive);
-        breaker.admit().unwrap().report(Outcome::Failed);
-        assert!(
-            !*breaker.watch_open().borrow(),
-            "a success in between resets"
-        );
-        breaker.admit().unwrap().report(Outcome::Failed);
-        assert!(*breaker.watch_open().borrow());
-        let wait = breaker.admit().err().unwrap();
-        assert!(wait > Duration::ZERO && wait <= Duration::from_millis(30));
-        std::thread::sleep(Duration::from_millis(35));
-        let probe = breaker.admit().unwrap();
-        assert!(breaker.admit().is_err(), "one probe at a time");
-        drop(probe);
-        let probe = breaker.admit().expect("a cancelled probe frees the slot");
-        probe.report(Outcome::Failed);
-        assert!(breaker.admit().is_err(), "a failed probe reopens");
-        std::thread::sleep(Duration::from_millis(35));
-        breaker.admit().unwrap().report(Outcome::Alive);
-        assert!(!*breaker.watch_open().borrow());
-        assert!(breaker.admit().is_ok());
+    fn policy(failures: u32, cooldown: Duration) -> Resilience {
+        Resilience {
+            breaker_failures: failures,
+            breaker_cooldown: cooldown,
+            ..Resilience::default()
+        }
+    }
+
+    /// Reports one request's outcome at `now`.
+    fn request(breaker: &Breaker, now: Instant, outcome: Outcome) {
+        breaker
+            .admit_at(now)
+            .expect("admitted")
+            .report_at(now, outcome);
+    }
+
+    fn is_open(breaker: &Breaker) -> bool {
+        *breaker.watch_open().borrow()
     }
 
     #[test]
-    fn a_zero_threshold_never_opens() {
-        let breaker = Breaker::new(Group::CallerToken, 0, Duration::from_secs(60));
-        for _ in 0..100 {
-            breaker.admit().unwrap().report(Outcome::Failed);
+    fn the_rule_needs_failures_and_then_a_total_outage_or_the_ratio_over_the_volume() {
+        let rule = TripRule {
+            failures: 5,
+            min_requests: 20,
+            ratio: 0.5,
+        };
+        // A few failed requests, alone or among good ones, never open.
+        for failures in 0..5 {
+            assert!(!rule.trips(failures, failures), "{failures} alone");
+            assert!(!rule.trips(failures + 1, failures));
         }
-        assert!(breaker.admit().is_ok());
+        // A total outage opens once enough requests failed, whatever the volume.
+        assert!(rule.trips(5, 5));
+        assert!(rule.trips(100, 100));
+        // A partial one needs the volume and the ratio.
+        assert!(!rule.trips(19, 10), "below the volume");
+        assert!(rule.trips(20, 10));
+        assert!(!rule.trips(20, 9), "below the ratio");
+        assert!(!rule.trips(1000, 300));
+        assert!(rule.trips(1000, 500));
+        let off = TripRule {
+            failures: 0,
+            ..rule
+        };
+        assert!(!off.trips(100, 100));
+    }
+
+    #[test]
+    fn the_window_forgets_what_is_older_than_its_span() {
+        let epoch = Instant::now();
+        let at = |ms: u64| epoch + Duration::from_millis(ms);
+        let mut window = Window::new(Duration::from_secs(10), epoch);
+        window.record(at(0), true);
+        window.record(at(500), false);
+        window.record(at(4_200), true);
+        assert_eq!(window.totals(at(4_200)), (3, 2));
+        // 10 s later the first second's bucket has left the window; the fifth's has not.
+        assert_eq!(window.totals(at(10_000)), (1, 1));
+        assert_eq!(window.totals(at(13_999)), (1, 1));
+        assert_eq!(window.totals(at(14_000)), (0, 0));
+        // A bucket reused for a later slice starts from zero.
+        window.record(at(20_100), false);
+        assert_eq!(window.totals(at(20_100)), (1, 0));
+        window.clear();
+        assert_eq!(window.totals(at(20_100)), (0, 0));
+    }
+
+    #[test]
+    fn two_or_three_failed_requests_do_not_open_the_breaker() {
+        let breaker = Breaker::new(Group::CallerToken, &Resilience::default());
+        let now = Instant::now();
+        for _ in 0..3 {
+            request(&breaker, now, Outcome::Failed);
+        }
+        assert!(!is_open(&breaker));
+        assert!(
+            breaker.admit_at(now).is_ok(),
+            "the next caller reaches ZITADEL"
+        );
+        // Among good requests, even a burst of failures stays below the ratio.
+        for _ in 0..30 {
+            request(&breaker, now, Outcome::Alive);
+        }
+        for _ in 0..20 {
+            request(&breaker, now, Outcome::Failed);
+        }
+        assert!(!is_open(&breaker), "20 of 53 failed");
+    }
+
+    #[test]
+    fn a_total_outage_opens_after_the_failures_and_the_ratio_opens_a_partial_one() {
+        let now = Instant::now();
+        let breaker = Breaker::new(Group::CallerToken, &Resilience::default());
+        for _ in 0..4 {
+            request(&breaker, now, Outcome::Failed);
+        }
+        assert!(!is_open(&breaker));
+        request(&breaker, now, Outcome::Failed);
+        assert!(is_open(&breaker), "five failed requests and nothing else");
+
+        let breaker = Breaker::new(Group::CallerToken, &Resilience::default());
+        for _ in 0..10 {
+            request(&breaker, now, Outcome::Alive);
+        }
+        for _ in 0..9 {
+            request(&breaker, now, Outcome::Failed);
+        }
+        assert!(!is_open(&breaker), "19 requests: below the volume");
+        request(&breaker, now, Outcome::Failed);
+        assert!(is_open(&breaker), "10 of 20 failed");
+    }
+
+    #[test]
+    fn successes_age_out_so_a_sustained_outage_opens_at_low_traffic() {
+        let breaker = Breaker::new(Group::Management, &Resilience::default());
+        // After the breaker's own epoch, so bucket boundaries fall on whole seconds from here.
+        let epoch = Instant::now();
+        let at = |ms: u64| epoch + Duration::from_millis(ms);
+        request(&breaker, at(0), Outcome::Alive);
+        // One failed request a second: the success keeps it closed while it is in the window.
+        for second in 1..=8 {
+            request(&breaker, at(second * 1000), Outcome::Failed);
+        }
+        assert!(!is_open(&breaker), "8 of 9 failed, below the volume");
+        request(&breaker, at(10_000), Outcome::Failed);
+        assert!(is_open(&breaker), "the success left the window");
+    }
+
+    #[test]
+    fn unknown_outcomes_and_4xx_count_for_nothing_bad() {
+        let now = Instant::now();
+        let breaker = Breaker::new(Group::Management, &policy(2, Duration::from_secs(1)));
+        request(&breaker, now, Outcome::Failed);
+        for _ in 0..10 {
+            request(&breaker, now, Outcome::Unknown);
+            drop(breaker.admit_at(now).unwrap());
+        }
+        assert!(!is_open(&breaker));
+        request(&breaker, now, Outcome::Failed);
+        assert!(is_open(&breaker));
+    }
+
+    #[test]
+    fn an_open_breaker_fails_fast_probes_once_and_closes() {
+        let epoch = Instant::now();
+        let at = |ms: u64| epoch + Duration::from_millis(ms);
+        let cooldown = Duration::from_millis(30);
+        let breaker = Breaker::new(Group::Management, &policy(2, cooldown));
+        request(&breaker, at(0), Outcome::Failed);
+        let in_flight = breaker.admit_at(at(0)).unwrap();
+        assert!(in_flight.may_retry());
+        request(&breaker, at(0), Outcome::Failed);
+        assert!(is_open(&breaker));
+        assert!(!in_flight.may_retry(), "no retry into an open breaker");
+        in_flight.report_at(at(0), Outcome::Failed);
+        let wait = breaker.admit_at(at(10)).err().unwrap();
+        assert_eq!(wait, Duration::from_millis(20));
+
+        let probe = breaker.admit_at(at(30)).unwrap();
+        assert!(!probe.may_retry(), "a probe is one attempt");
+        assert_eq!(breaker.admit_at(at(31)).err(), Some(Duration::ZERO));
+        drop(probe);
+        breaker
+            .admit_at(at(32))
+            .expect("a cancelled probe frees the slot")
+            .report_at(at(32), Outcome::Failed);
+        assert!(breaker.admit_at(at(40)).is_err(), "a failed probe reopens");
+        assert!(is_open(&breaker));
+
+        breaker
+            .admit_at(at(62))
+            .unwrap()
+            .report_at(at(62), Outcome::Alive);
+        assert!(!is_open(&breaker));
+        // Closed with an empty window: one more failure is not two.
+        request(&breaker, at(63), Outcome::Failed);
+        assert!(!is_open(&breaker));
+        assert!(breaker.admit_at(at(63)).is_ok());
+    }
+
+    #[test]
+    fn zero_failures_never_opens() {
+        let breaker = Breaker::new(Group::CallerToken, &policy(0, Duration::from_secs(60)));
+        let now = Instant::now();
+        for _ in 0..100 {
+            request(&breaker, now, Outcome::Failed);
+        }
+        assert!(breaker.admit_at(now).is_ok());
+        assert!(!is_open(&breaker));
     }
 
     #[test]

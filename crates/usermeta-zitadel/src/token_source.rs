@@ -86,6 +86,8 @@ struct OAuth {
     kind: &'static str,
     http: reqwest::Client,
     instrumentation: Instrumentation,
+    /// The request budget toward ZITADEL: token requests count against it.
+    budget: Option<Arc<crate::budget::Bucket>>,
     timeout: Duration,
     token_url: Url,
     /// The `aud` of JWT-profile assertions: the issuer URL without a trailing slash.
@@ -111,6 +113,7 @@ impl TokenSource {
         credential: ServiceCredential,
         http: reqwest::Client,
         instrumentation: Instrumentation,
+        budget: Option<Arc<crate::budget::Bucket>>,
         timeout: Duration,
         issuer: String,
         token_url: Url,
@@ -140,6 +143,7 @@ impl TokenSource {
                     kind: kind_name,
                     http,
                     instrumentation,
+                    budget,
                     timeout,
                     token_url,
                     issuer,
@@ -369,6 +373,15 @@ impl OAuth {
 
         // Lifetimes count from before the request: the token cannot have been issued earlier.
         let sent = Instant::now();
+        // Counted against the request budget, never refused by it: no management call works without it.
+        if let Some(budget) = &self.budget {
+            let left = budget.charge(sent);
+            self.instrumentation.hooks().upstream_budget(
+                crate::budget::Class::Manage.name(),
+                true,
+                left,
+            );
+        }
         let body = super::send(&self.instrumentation, endpoint, self.timeout, request).await;
         self.instrumentation.hooks().token_refreshed(body.is_ok());
         let body = body.map_err(|failure| failed(failure.error))?;

@@ -1,0 +1,268 @@
+//! The request budget toward ZITADEL (`USERMETA_UPSTREAM_RATE_LIMIT`): every HTTP request sent takes a token,
+//! retries included; when it is spent nothing is sent, cached callers keep working, new tokens are refused
+//! with RESOURCE_EXHAUSTED `UPSTREAM_BUDGET_EXHAUSTED` and `RetryInfo`, and calls of callers already
+//! identified get the reserve that identification must leave.
+
+use std::time::Duration;
+
+use tonic::Code;
+use tonic_types::StatusExt;
+use usermeta::{
+    api::pb::{GetMyMetadataRequest, ListMetadataRequest},
+    caller::cache::CacheConfig,
+    policy::Policy,
+    server::ServeOptions,
+};
+use usermeta_zitadel::{Resilience, UpstreamBudget};
+use zitadel_standin::FaultKind;
+
+use crate::faults::{fault, userinfo_requests};
+use crate::helpers::*;
+
+/// A usermeta with `budget` (and fast retries) in front of `app`'s stand-in, with metrics on.
+async fn with_budget(app: &TestApp, budget: UpstreamBudget) -> (Client, Spawned) {
+    let spawned = app
+        .another()
+        .policy(Policy::new([app.admin.clone()], vec![SELF_WRITABLE.into()]))
+        .options(Options {
+            resilience: Resilience {
+                backoff_base: Duration::from_millis(1),
+                ..Resilience::default()
+            },
+            cache: CacheConfig::default(),
+            ..Options::default()
+        })
+        .configure(|config| config.zitadel.upstream_budget = Some(budget))
+        .serve_options(ServeOptions {
+            metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+            ..ServeOptions::default()
+        })
+        .spawn()
+        .await;
+    (connect(spawned.addr).await, spawned)
+}
+
+type Client = usermeta::api::pb::user_metadata_service_client::UserMetadataServiceClient<
+    tonic::transport::Channel,
+>;
+
+/// A budget that refills too slowly to matter within a test (one token per 100 s).
+fn slow(burst: u32, reserve: f64) -> UpstreamBudget {
+    UpstreamBudget {
+        rate: 0.01,
+        burst,
+        reserve,
+    }
+}
+
+fn mine(token: &str) -> tonic::Request<GetMyMetadataRequest> {
+    authed(GetMyMetadataRequest::default(), token)
+}
+
+#[tokio::test]
+async fn new_tokens_are_refused_first_while_cached_and_identified_callers_keep_working() {
+    let app = TestApp::start().await;
+    // Five requests, two of them kept for identified callers.
+    let (mut client, spawned) = with_budget(&app, slow(5, 0.4)).await;
+    let list_bob = || ListMetadataRequest {
+        user_id: app.bob.clone(),
+        organization_id: app.other_org.clone(),
+        ..Default::default()
+    };
+    app.standin.clear_requests();
+    // Alice is identified (one userinfo), the admin too (one userinfo) and lists bob's metadata (one
+    // management call): two tokens left, the reserve.
+    client
+        .get_my_metadata(mine(&app.alice_token))
+        .await
+        .unwrap();
+    client
+        .list_metadata(authed(list_bob(), &app.admin_token))
+        .await
+        .unwrap();
+    assert_eq!(app.standin.requests().len(), 3);
+
+    // A token usermeta does not know: refused, nothing sent, with when to retry.
+    let fresh = app.standin.issue_token(&app.alice, FULL_SCOPES);
+    let status = client.get_my_metadata(mine(&fresh)).await.unwrap_err();
+    assert_status(
+        &status,
+        Code::ResourceExhausted,
+        "UPSTREAM_BUDGET_EXHAUSTED",
+    );
+    let retry = status.get_details_retry_info().expect("RetryInfo");
+    let delay = retry.retry_delay.expect("a delay");
+    assert!(
+        delay > Duration::ZERO && delay <= Duration::from_secs(100),
+        "{delay:?}"
+    );
+    let info = status.get_details_error_info().expect("ErrorInfo");
+    assert_eq!(info.metadata["class"], "identify");
+    assert!(
+        status.message().contains("USERMETA_UPSTREAM_RATE_LIMIT"),
+        "{}",
+        status.message()
+    );
+    assert!(!status.message().contains(&fresh), "no token in messages");
+    assert_eq!(app.standin.requests().len(), 3, "nothing sent when refused");
+
+    // Cached callers keep working, without ZITADEL.
+    for _ in 0..5 {
+        client
+            .get_my_metadata(mine(&app.alice_token))
+            .await
+            .unwrap();
+    }
+    assert_eq!(app.standin.requests().len(), 3);
+
+    // The identified admin's management call still goes through: it may use the reserve.
+    let answer = client
+        .list_metadata(authed(list_bob(), &app.admin_token))
+        .await;
+    assert!(answer.is_ok(), "{answer:?}");
+    assert_eq!(app.management_requests().len(), 2);
+    // New tokens stay refused, for every RPC.
+    let another = app.standin.issue_token(&app.admin, FULL_SCOPES);
+    let status = client
+        .list_metadata(authed(list_bob(), &another))
+        .await
+        .unwrap_err();
+    assert_status(
+        &status,
+        Code::ResourceExhausted,
+        "UPSTREAM_BUDGET_EXHAUSTED",
+    );
+    assert_eq!(app.standin.requests().len(), 4);
+
+    // The last token goes to the identified caller too; then the budget is spent for everyone.
+    client
+        .list_metadata(authed(list_bob(), &app.admin_token))
+        .await
+        .unwrap();
+    let status = client
+        .list_metadata(authed(list_bob(), &app.admin_token))
+        .await
+        .unwrap_err();
+    assert_status(
+        &status,
+        Code::ResourceExhausted,
+        "UPSTREAM_BUDGET_EXHAUSTED",
+    );
+    let info = status.get_details_error_info().expect("ErrorInfo");
+    assert_eq!(info.metadata["class"], "manage");
+    assert!(status.get_details_retry_info().is_some());
+    assert_eq!(app.standin.requests().len(), 5, "never more than the burst");
+
+    // The metric shows the budget's use.
+    let metrics = spawned.metrics_addr.expect("metrics are on");
+    let scraped = reqwest::get(format!("http://{metrics}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for series in [
+        r#"usermeta_upstream_budget_requests_total{class="identify",outcome="granted"}"#,
+        r#"usermeta_upstream_budget_requests_total{class="identify",outcome="refused"}"#,
+        r#"usermeta_upstream_budget_requests_total{class="manage",outcome="granted"}"#,
+        r#"usermeta_upstream_budget_requests_total{class="manage",outcome="refused"}"#,
+        "usermeta_upstream_budget_tokens",
+    ] {
+        assert!(
+            scraped.lines().any(|line| line.starts_with(series)),
+            "no {series} in:\n{scraped}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn retries_take_from_the_budget_and_a_storm_of_new_tokens_never_exceeds_it() {
+    let app = TestApp::start().await;
+    let (mut client, _spawned) = with_budget(&app, slow(10, 0.2)).await;
+    app.standin.clear_requests();
+    // Three attempts of one request are three requests to ZITADEL.
+    app.standin
+        .push_fault(fault("/oidc/v1/userinfo", Some(2), FaultKind::Status(503)));
+    client
+        .get_my_metadata(mine(&app.alice_token))
+        .await
+        .unwrap();
+    assert_eq!(userinfo_requests(&app), 3);
+
+    // Forty callers with tokens usermeta has never seen, at once: identification may use what the reserve
+    // leaves (10 - 3 - 2 = 5), the rest is refused without reaching ZITADEL.
+    let calls = (0..40).map(|_| {
+        let mut client = client.clone();
+        let token = app.standin.issue_token(&app.alice, FULL_SCOPES);
+        async move { client.get_my_metadata(mine(&token)).await }
+    });
+    let answers = futures::future::join_all(calls).await;
+    let refused = answers
+        .iter()
+        .filter(|answer| {
+            answer.as_ref().is_err_and(|status| {
+                reason(status).as_deref() == Some("UPSTREAM_BUDGET_EXHAUSTED")
+                    && status.code() == Code::ResourceExhausted
+                    && status.get_details_retry_info().is_some()
+            })
+        })
+        .count();
+    let answered = answers.iter().filter(|answer| answer.is_ok()).count();
+    assert_eq!(answered, 5, "{answers:?}");
+    assert_eq!(refused, 35);
+    assert_eq!(userinfo_requests(&app), 3 + 5);
+
+    // Alice, identified before, reads from memory; ZITADEL sees nothing more.
+    client
+        .get_my_metadata(mine(&app.alice_token))
+        .await
+        .unwrap();
+    assert_eq!(app.standin.requests().len(), 8);
+}
+
+#[tokio::test]
+async fn the_budget_refills_at_its_rate() {
+    let app = TestApp::start().await;
+    // Twenty per second, a burst of one: a refused caller that waits its RetryInfo gets through.
+    let (mut client, _spawned) = with_budget(
+        &app,
+        UpstreamBudget {
+            rate: 20.0,
+            burst: 1,
+            reserve: 0.0,
+        },
+    )
+    .await;
+    let first = app.standin.issue_token(&app.alice, FULL_SCOPES);
+    client.get_my_metadata(mine(&first)).await.unwrap();
+    let second = app.standin.issue_token(&app.alice, FULL_SCOPES);
+    let status = match client.get_my_metadata(mine(&second)).await {
+        // A slow machine may have refilled the token already.
+        Ok(_) => return,
+        Err(status) => status,
+    };
+    assert_status(
+        &status,
+        Code::ResourceExhausted,
+        "UPSTREAM_BUDGET_EXHAUSTED",
+    );
+    let delay = status
+        .get_details_retry_info()
+        .and_then(|retry| retry.retry_delay)
+        .expect("a delay");
+    assert!(delay <= Duration::from_millis(50), "{delay:?}");
+    tokio::time::sleep(delay).await;
+    client.get_my_metadata(mine(&second)).await.unwrap();
+}
+
+#[tokio::test]
+async fn without_a_budget_nothing_is_refused() {
+    let app = TestApp::start().await;
+    for _ in 0..60 {
+        let token = app.standin.issue_token(&app.alice, FULL_SCOPES);
+        app.get_my_metadata(&token, GetMyMetadataRequest::default())
+            .await
+            .unwrap();
+    }
+    assert_eq!(userinfo_requests(&app), 60);
+}
