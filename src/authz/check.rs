@@ -107,7 +107,12 @@ impl AuthzService {
         }
     }
 
-    #[instrument(name = "Check", skip_all, fields(path, user_id, decision))]
+    #[instrument(
+        name = "Check",
+        level = "debug",
+        skip_all,
+        fields(path, user_id, decision)
+    )]
     async fn decide(&self, request: &CheckRequest) -> Decision {
         let http = request
             .attributes

@@ -3,9 +3,9 @@
 //! recorded by OpenTelemetry and exported over OTLP only when `OTEL_EXPORTER_OTLP_ENDPOINT` is set; without
 //! it, the call's trace context is carried beside its request id, and each ZITADEL call gets a fresh span id.
 //!
-//! Every gRPC call runs in a `grpc` span carrying its request id (from `x-request-id` when the caller sent a
-//! usable one, else generated), so every log line of a call names it; the id is echoed in the response
-//! metadata and in internal-error messages.
+//! Every gRPC call has a request id (from `x-request-id` when the caller sent a usable one, else generated),
+//! and every log line of a call names it and the method, as a `grpc` span would (see [`call_log`] for why it
+//! is no span); the id is echoed in the response metadata and in internal-error messages.
 
 use std::{cell::OnceCell, io::IsTerminal as _};
 
@@ -22,7 +22,7 @@ use opentelemetry_http::HeaderInjector;
 use opentelemetry_sdk::{propagation::TraceContextPropagator, trace::SdkTracerProvider};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::{
-    EnvFilter, Layer as _, filter::Targets, fmt, fmt::MakeWriter, prelude::*,
+    EnvFilter, Layer, filter::Targets, fmt, fmt::MakeWriter, prelude::*, registry::LookupSpan,
 };
 
 /// How log lines are written.
@@ -34,6 +34,7 @@ pub enum LogFormat {
     Json,
 }
 
+mod call_log;
 mod request_context;
 mod text_fields;
 
@@ -105,37 +106,75 @@ where
     let provider = provider.build();
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
-    // Spans reach OpenTelemetry whatever RUST_LOG says. Without an exporter there is nothing to record them
-    // for, and recording costs more than the cached call itself: then no OpenTelemetry layer at all, and
-    // `upstream_span` continues the caller's trace from the call's context instead.
-    let otel = exporting.then(|| {
-        tracing_opentelemetry::layer()
-            .with_tracer(provider.tracer("usermeta"))
-            .with_filter(Targets::new().with_target("usermeta", tracing::Level::INFO))
-    });
-    let registry = tracing_subscriber::registry().with(otel);
-    let installed = match format.into() {
-        LogFormat::Text => registry
-            .with(
-                fmt::layer()
-                    // No request field can pass for another field or line (JSON escapes by itself).
-                    .fmt_fields(EscapedFields)
-                    // Colour codes only for a person at a terminal, not in collected logs.
-                    .with_ansi(std::io::stderr().is_terminal())
-                    .with_writer(writer)
-                    .with_filter(filter),
-            )
-            .try_init(),
-        LogFormat::Json => registry
-            .with(fmt::layer().json().with_writer(writer).with_filter(filter))
-            .try_init(),
-    };
+    let tracer = exporting.then_some(&provider);
+    let installed = subscriber(format.into(), filter, writer, tracer).try_init();
     installed.map_err(|_| TelemetryError::AlreadyInstalled)?;
     Ok(Telemetry { provider })
 }
 
+/// Log lines, and spans for OpenTelemetry when `tracer` exports them.
+fn subscriber<W>(
+    format: LogFormat,
+    filter: EnvFilter,
+    writer: W,
+    tracer: Option<&SdkTracerProvider>,
+) -> Box<dyn tracing::Subscriber + Send + Sync + 'static>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let logs = tracing_subscriber::registry();
+    // Spans reach OpenTelemetry whatever RUST_LOG says. Without an exporter there is nothing to record them
+    // for, and recording costs more than the cached call itself: then no OpenTelemetry layer at all (not even
+    // a `None` one: that would enable every span the log filter turns down), and `upstream_span` continues
+    // the caller's trace from the call's context instead. The per-call handler spans are DEBUG (so that logs
+    // at the default level pay for none), and exported all the same.
+    match tracer {
+        None => Box::new(logs.with(log_layer(format, filter, writer))),
+        Some(provider) => Box::new(
+            logs.with(
+                tracing_opentelemetry::layer()
+                    .with_tracer(provider.tracer("usermeta"))
+                    .with_filter(Targets::new().with_target("usermeta", tracing::Level::DEBUG)),
+            )
+            .with(log_layer(format, filter, writer)),
+        ),
+    }
+}
+
+/// The log lines: to stderr (or `writer`) as `filter` says, each line of a gRPC call naming the call.
+fn log_layer<S, W>(
+    format: LogFormat,
+    filter: EnvFilter,
+    writer: W,
+) -> Box<dyn Layer<S> + Send + Sync + 'static>
+where
+    S: tracing::Subscriber + for<'span> LookupSpan<'span>,
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let filter = call_log::HideCallSpan(filter);
+    match format {
+        LogFormat::Text => fmt::layer()
+            // No request field can pass for another field or line (JSON escapes by itself).
+            .fmt_fields(EscapedFields)
+            .event_format(call_log::TextLines::default())
+            // Colour codes only for a person at a terminal, not in collected logs.
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(writer)
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Json => fmt::layer()
+            .json()
+            .event_format(call_log::JsonLines::default())
+            .with_writer(writer)
+            .with_filter(filter)
+            .boxed(),
+    }
+}
+
 /// What one gRPC call carries to its log lines and ZITADEL calls.
 struct CallContext {
+    /// The method's name as metrics label it.
+    method: &'static str,
     request_id: RequestId,
     /// The trace this call belongs to: the caller's (`traceparent`), or one of its own, made on first use.
     trace: OnceCell<SpanContext>,
@@ -147,9 +186,12 @@ tokio::task_local! {
 
 /// The request id of the gRPC call being served, if any.
 pub fn current_request_id() -> Option<String> {
-    CURRENT_CALL
-        .try_with(|call| call.request_id.to_string())
-        .ok()
+    with_current_call(|call| call.request_id.to_string())
+}
+
+/// `f` of the gRPC call being served, if any.
+fn with_current_call<R>(f: impl FnOnce(&CallContext) -> R) -> Option<R> {
+    CURRENT_CALL.try_with(f).ok()
 }
 
 /// A call's request id: the caller's, or one made for the call. Kept as it came (the caller's header value,
@@ -313,6 +355,7 @@ mod tests {
             .with_ansi(false)
             .finish();
         let call = CallContext {
+            method: "GetMyMetadata",
             request_id: RequestId::Generated(0xfeed),
             trace: OnceCell::new(),
         };
@@ -341,6 +384,7 @@ mod tests {
     #[tokio::test]
     async fn calls_to_zitadel_share_their_calls_trace_without_an_exporter() {
         let call = || CallContext {
+            method: "GetMyMetadata",
             request_id: RequestId::Generated(1),
             trace: OnceCell::new(),
         };

@@ -1,5 +1,6 @@
-//! The tower layer that gives each gRPC call its context: the request id, the `grpc` span (a child of the
-//! caller's `traceparent`), and `x-request-id` on the response.
+//! The tower layer that gives each gRPC call its context: the request id (named by every log line of the
+//! call), the `grpc` span for OpenTelemetry (a child of the caller's `traceparent`), and `x-request-id` on the
+//! response.
 
 use std::{
     cell::OnceCell,
@@ -16,7 +17,10 @@ use tokio::task::futures::TaskLocalFuture;
 use tracing::{Instrument as _, instrument::Instrumented};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-use super::{CURRENT_CALL, CallContext, REQUEST_ID_HEADER, RequestId, TRACEPARENT};
+use super::{
+    CURRENT_CALL, CallContext, REQUEST_ID_HEADER, RequestId, TRACEPARENT,
+    call_log::CALL_SPAN_TARGET,
+};
 
 /// Sets up each gRPC call's context: request id, the `grpc` span (a child of the caller's `traceparent`),
 /// and `x-request-id` on the response.
@@ -50,9 +54,13 @@ where
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let request_id = RequestId::of(request.headers());
+        let method = crate::metrics::method_label(request.uri().path());
+        // Enabled only when spans are exported: log lines take the call's context from `CallContext`, so
+        // without an exporter no call pays for a span.
         let span = tracing::info_span!(
+            target: CALL_SPAN_TARGET,
             "grpc",
-            method = crate::metrics::method_label(request.uri().path()),
+            method,
             request_id = %request_id,
         );
         let trace = OnceCell::new();
@@ -70,7 +78,11 @@ where
             let _entered = span.enter();
             self.inner.call(request)
         };
-        let call = CallContext { request_id, trace };
+        let call = CallContext {
+            method,
+            request_id,
+            trace,
+        };
         RequestContextFuture {
             call: CURRENT_CALL.scope(call, response.instrument(span)),
             header,

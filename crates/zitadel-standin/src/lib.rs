@@ -430,6 +430,11 @@ impl StandIn {
         self.inner.shared.userinfo_requests()
     }
 
+    /// How many requests arrived, whatever their path, counted even with recording off.
+    pub fn all_requests(&self) -> usize {
+        self.inner.shared.all_requests()
+    }
+
     /// How many TCP connections the stand-in accepted: how well a client pools and reuses them.
     pub fn connections_accepted(&self) -> usize {
         self.inner.shared.connections_accepted()

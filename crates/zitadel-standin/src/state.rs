@@ -33,6 +33,8 @@ pub(super) struct Shared {
     userinfo_requests: AtomicUsize,
     introspection_requests: AtomicUsize,
     jwks_requests: AtomicUsize,
+    /// Every request, whatever its path.
+    all_requests: AtomicUsize,
     connections_accepted: AtomicUsize,
     token_lifetime_ms: AtomicU64,
     audience_style: AtomicU8,
@@ -359,6 +361,7 @@ impl Shared {
             connections_accepted: AtomicUsize::new(0),
             introspection_requests: AtomicUsize::new(0),
             jwks_requests: AtomicUsize::new(0),
+            all_requests: AtomicUsize::new(0),
             token_lifetime_ms: AtomicU64::new(duration_ms(DEFAULT_TOKEN_LIFETIME)),
             audience_style: AtomicU8::new(0),
             next_id: AtomicU64::new(FIRST_ID),
@@ -381,6 +384,7 @@ impl Shared {
     /// Records a request (and counts token requests).
     pub(super) fn record(&self, parts: &http::request::Parts, body: &Bytes) {
         let path = parts.uri.path();
+        self.all_requests.fetch_add(1, Ordering::Relaxed);
         if parts.method == Method::POST && path == "/oauth/v2/token" {
             self.token_requests.fetch_add(1, Ordering::Relaxed);
         }
@@ -412,6 +416,10 @@ impl Shared {
 
     pub(super) fn userinfo_requests(&self) -> usize {
         self.userinfo_requests.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn all_requests(&self) -> usize {
+        self.all_requests.load(Ordering::Relaxed)
     }
 
     pub(super) fn connection_accepted(&self) {
