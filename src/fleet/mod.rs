@@ -1,7 +1,7 @@
 //! A fleet that agrees: replicas tell each other which users they changed, so a write through one replica is
 //! not served stale by another for the rest of the cache TTL.
 //!
-//! Over Redis pub/sub ([`redis_bus`]): every replica publishes `{origin, user_id, keys}` on one channel after
+//! Over Redis pub/sub (`redis_bus.rs`): every replica publishes `{origin, user_id, keys}` on one channel after
 //! a write and drops the cached answers of users other replicas changed. Only user ids and keys travel: never
 //! a token, a token digest or a value. The writing replica still invalidates its own cache synchronously;
 //! Redis only carries the news to the others. While Redis is unreachable replicas keep serving (local

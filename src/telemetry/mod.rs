@@ -4,7 +4,7 @@
 //! it, the call's trace context is carried beside its request id, and each ZITADEL call gets a fresh span id.
 //!
 //! Every gRPC call has a request id (from `x-request-id` when the caller sent a usable one, else generated),
-//! and every log line of a call names it and the method, as a `grpc` span would (see [`call_log`] for why it
+//! and every log line of a call names it and the method, as a `grpc` span would (see `call_log.rs` for why it
 //! is no span); the id is echoed in the response metadata and in internal-error messages.
 
 use std::{cell::OnceCell, io::IsTerminal as _};
