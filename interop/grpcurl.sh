@@ -90,7 +90,7 @@ answer=$(grpcurl -plaintext -H "authorization: Bearer $ADMIN_TOKEN" \
 expect "$answer" "one result per user, in request order" \
   "[r['userId'] for r in d['results']] == ['$DEMO_USER_ID', '31415926535']"
 expect "$answer" "the demo user's ContractNumber is 1234" \
-  "d['results'][0]['metadata'] == [{'key': 'ContractNumber', 'value': {'text': '1234'}}] and 'error' not in d['results'][0]"
+  "[(m['key'], m['value']) for m in d['results'][0]['metadata']] == [('ContractNumber', {'text': '1234'})] and 'error' not in d['results'][0]"
 expect "$answer" "the unknown user's result is NOT_FOUND with ErrorInfo USER_NOT_FOUND (decoded through reflection)" \
   "d['results'][1]['error']['code'] == 5 and any(x['@type'] == 'type.googleapis.com/google.rpc.ErrorInfo' and x['reason'] == 'USER_NOT_FOUND' for x in d['results'][1]['error']['details'])"
 
