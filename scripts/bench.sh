@@ -1,20 +1,35 @@
 #!/usr/bin/env bash
-# The benchmark (not a test): builds release binaries and, on this machine in one run, measures
+# The benchmark (not a test): builds release binaries and, on this machine in one run, measures usermeta in its
+# DEFAULT configuration (no RUST_LOG: the default log level, metrics and OTLP export off):
 #   (a) a bare tonic server answering GetMyMetadata with a same-size message: the ceiling;
 #   (b) usermeta's cached GetMyMetadata; with the same h2load settings, alternating (a) and (b);
 #   (c) usermeta's cached Envoy external authorization Check, in the same rounds;
+#   (a) to (c) at every load shape of SHAPES (h2load -c CLIENTS -m STREAMS), one row per shape;
+#   GetMyMetadata with source TOKEN, a new JWT (minted by the fixture, validated locally) every request, beside
+#   the cached userinfo path through the same tool (bench_load), counting every ZITADEL call during the load;
 #   the cold path (every request a token usermeta has not seen, so each one asks ZITADEL) against the
 #   stand-in's userinfo called directly with new tokens the same way;
 #   upstream calls per load (and for coalescing, distinct tokens) and peak RSS, also with 100k cached tokens.
-# Prints a markdown table and writes it to crates/usermeta-bench/RESULTS.md. Knobs: REQUESTS, CLIENTS, STREAMS, ROUNDS.
+# Prints markdown tables and writes them to crates/usermeta-bench/RESULTS.md. Knobs: SHAPES ("c:m ..."),
+# REQUESTS, CLIENTS, STREAMS (the management and TOKEN loads' shape), ROUNDS, COLD_REQUESTS, MANAGEMENT_REQUESTS,
+# TOKEN_REQUESTS, FILL; QUICK=1 is a smoke run (few requests, one round) whose table is printed, not written.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+unset RUST_LOG  # the default configuration, whatever the calling shell has set
 
+QUICK=${QUICK:-}
+if [[ -n $QUICK ]]; then
+  REQUESTS=${REQUESTS:-5000} ROUNDS=${ROUNDS:-1} FILL=${FILL:-2000} TOKEN_REQUESTS=${TOKEN_REQUESTS:-1000}
+fi
+SHAPES=${SHAPES:-"1:1 16:8 16:32 64:16"}
 REQUESTS=${REQUESTS:-100000}
 CLIENTS=${CLIENTS:-16}
 STREAMS=${STREAMS:-8}
 ROUNDS=${ROUNDS:-5}
 FILL=${FILL:-100000}
+TOKEN_REQUESTS=${TOKEN_REQUESTS:-10000}
+TOKEN_WARMUP=$((TOKEN_REQUESTS / 5 + 1))
+JWT_AUDIENCE=usermeta-bench
 COLD_REQUESTS=${COLD_REQUESTS:-$((REQUESTS / 10))}
 MANAGEMENT_REQUESTS=${MANAGEMENT_REQUESTS:-$((REQUESTS / 10))}
 COLD_WARMUP=2000
@@ -37,13 +52,16 @@ wait_port() { for _ in $(seq 1 "${2:-200}"); do (exec 3<>"/dev/tcp/127.0.0.1/$1"
 peak_rss_kib() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
 
 zitadel_port=$(free_port); control_port=$(free_port)
-"$bin/bench_zitadel" "127.0.0.1:$zitadel_port" "127.0.0.1:$control_port" "$token_count" "$FILL" "$work/fixture.json" &
+"$bin/bench_zitadel" "127.0.0.1:$zitadel_port" "127.0.0.1:$control_port" "$token_count" "$FILL" "$work/fixture.json" \
+  $((TOKEN_WARMUP + ROUNDS * TOKEN_REQUESTS)) "$JWT_AUDIENCE" &
 pids+=($!)
-wait_port "$control_port" 2400  # the fixture (FILL users) is made first
+wait_port "$control_port" 12000  # the fixture (FILL users, the JWTs: RSA signatures) is made first
 field() { python3 -c "import json,sys; d=json.load(open('$work/fixture.json')); print(eval(sys.argv[1]))" "$1"; }
 zitadel_url=$(field 'd["url"]'); user_id=$(field 'd["user_id"]'); field 'd["service_pat"]' >"$work/pat"
 token() { field "d['tokens'][$1]"; }
 userinfo_calls() { curl -s "http://127.0.0.1:$control_port/userinfo_requests"; }
+all_calls() { curl -s "http://127.0.0.1:$control_port/all_requests"; }  # every request the stand-in received
+counter=userinfo_calls  # what record() counts during a run
 
 # Every instance also serves Envoy's Check (on a listener of its own), passing ContractNumber upstream.
 export USERMETA_EXT_AUTHZ=true USERMETA_EXT_AUTHZ_HEADERS=ContractNumber=x-user-contract-number
@@ -54,7 +72,7 @@ start_usermeta() { # port, cache ttl, ext_authz port [management API]; sets $sta
   USERMETA_ZITADEL_API="${4:-auto}" \
   USERMETA_LISTEN="127.0.0.1:$1" USERMETA_EXT_AUTHZ_LISTEN="127.0.0.1:$3" USERMETA_ZITADEL_URL="$zitadel_url" \
     USERMETA_SERVICE_PAT_FILE="$work/pat" USERMETA_CACHE_TTL="$2" USERMETA_CACHE_CAPACITY=$((FILL + 1000)) \
-    RUST_LOG=warn "$bin/usermeta" serve 2>>"$work/usermeta.log" &
+    "$bin/usermeta" serve 2>>"$work/usermeta.log" &
   started=$!; pids+=("$started"); wait_port "$1"; wait_port "$3"
 }
 cached_port=$(free_port); cached_authz_port=$(free_port)
@@ -77,7 +95,7 @@ record() { # name out log calls-before
   local row
   grep -q " 0 failed, 0 errored" "$work/$1.out" || { cat "$work/$1.out"; echo "load run $1 had errors"; exit 1; }
   row=$(python3 crates/usermeta-bench/stats.py "$work/$1.out" "$work/$1.log")
-  printf '%s\t%s\t%s\n' "$1" "$row" $(( $(userinfo_calls) - $2 )) >>"$work/runs.tsv"
+  printf '%s\t%s\t%s\n' "$1" "$row" $(( $($counter) - $2 )) >>"$work/runs.tsv"
 }
 # h2load: one load tool, one set of settings; per-request latencies go to a log for percentiles.
 load() { # name url token [requests clients streams]
@@ -86,14 +104,14 @@ load() { # name url token [requests clients streams]
   [[ $url == */envoy.service.auth.v3.* ]] && grpc=(-d "$work/check-request.bin" -H 'content-type: application/grpc' -H 'te: trailers')
   [[ $url == */ListMetadata ]] && grpc=(-d "$work/list.bin" -H 'content-type: application/grpc' -H 'te: trailers')
   [[ $url == */SetMetadata ]] && grpc=(-d "$work/set.bin" -H 'content-type: application/grpc' -H 'te: trailers')
-  before=$(userinfo_calls)
+  before=$($counter)
   h2load -n "$n" -c "$c" -m "$m" -t 1 "${grpc[@]}" -H "authorization: Bearer $tok" --log-file="$work/$name.log" "$url" >"$work/$name.out"
   record "$name" "$before"
 }
 # The cold path: one request at a time, each with the next unused token (h2load sends one token only).
 cold() { # name usermeta|userinfo target first-token requests [same]
   local before
-  before=$(userinfo_calls)
+  before=$($counter)
   "$bin/bench_cold" "$2" "$3" "$work/fixture.json" "$4" "$5" "$work/$1.out" "$work/$1.log" ${6:+"$6"}
   record "$1" "$before"
 }
@@ -109,14 +127,42 @@ grpcurl -plaintext "127.0.0.1:$ceiling_port" usermeta.v1.UserMetadataService/Get
 "$bin/bench_check_request" "$hot" "$work/check-request.bin" "127.0.0.1:$cached_authz_port"
 
 : >"$work/runs.tsv"
-load warmup-ceiling "$(grpc_url "$ceiling_port")" "$hot" 20000
-load warmup-usermeta "$(grpc_url "$cached_port")" "$hot" 20000
-load warmup-check "$(check_url "$cached_authz_port")" "$hot" 20000
-for round in $(seq 1 "$ROUNDS"); do
-  load "ceiling-$round" "$(grpc_url "$ceiling_port")" "$hot"
-  load "usermeta-cached-$round" "$(grpc_url "$cached_port")" "$hot"
-  load "check-cached-$round" "$(check_url "$cached_authz_port")" "$hot"
+warmup=$((REQUESTS < 20000 ? REQUESTS : 20000))
+load warmup-ceiling "$(grpc_url "$ceiling_port")" "$hot" "$warmup"
+load warmup-usermeta "$(grpc_url "$cached_port")" "$hot" "$warmup"
+load warmup-check "$(check_url "$cached_authz_port")" "$hot" "$warmup"
+# Every shape in turn; within a shape, rounds alternate the ceiling, GetMyMetadata and Check.
+for shape in $SHAPES; do
+  c=${shape%:*} m=${shape#*:}
+  # One connection, one stream in flight: fewer requests, so the run takes about as long as the others.
+  n=$(( c * m >= 16 ? REQUESTS : REQUESTS / 5 ))
+  for round in $(seq 1 "$ROUNDS"); do
+    load "ceiling@c${c}m${m}-$round" "$(grpc_url "$ceiling_port")" "$hot" "$n" "$c" "$m"
+    load "usermeta-cached@c${c}m${m}-$round" "$(grpc_url "$cached_port")" "$hot" "$n" "$c" "$m"
+    load "check-cached@c${c}m${m}-$round" "$(check_url "$cached_authz_port")" "$hot" "$n" "$c" "$m"
+  done
 done
+
+# GetMyMetadata with source TOKEN: an instance that validates JWTs locally (USERMETA_JWT_AUDIENCE), every
+# request a JWT it has not seen; beside it the cached userinfo path (token 0) through the same tool. Counted:
+# every request the stand-in receives during the load (keys included), which must be none once keys are cached.
+jwt_port=$(free_port)
+USERMETA_JWT_AUDIENCE=$JWT_AUDIENCE start_usermeta "$jwt_port" 60s "$(free_port)"
+token_load() { # name instance-port userinfo|token first requests [same]
+  local before
+  before=$($counter)
+  "$bin/bench_load" "127.0.0.1:$2" "$work/fixture.json" "$3" "$4" "$5" "$CLIENTS" "$STREAMS" \
+    "$work/$1.out" "$work/$1.log" ${6:+"$6"}
+  record "$1" "$before"
+}
+counter=all_calls
+token_load warmup-token "$jwt_port" token 0 "$TOKEN_WARMUP"
+next_jwt=$TOKEN_WARMUP
+for round in $(seq 1 "$ROUNDS"); do
+  token_load "token-source-$round" "$jwt_port" token "$next_jwt" "$TOKEN_REQUESTS"; next_jwt=$((next_jwt + TOKEN_REQUESTS))
+  token_load "userinfo-same-tool-$round" "$cached_port" userinfo 0 "$TOKEN_REQUESTS" same
+done
+counter=userinfo_calls
 
 # Cold path: every request carries a token this instance has not seen (its cache is on, as in production),
 # so each is a userinfo call; beside it the stand-in's userinfo, called directly with fresh tokens too.
@@ -174,10 +220,12 @@ fill() { # token list; sets $filled_rss to the instance's peak RSS (no subshell,
 fill tokens; fill_rss=$filled_rss
 fill distinct_tokens; fill_distinct_rss=$filled_rss
 
-python3 crates/usermeta-bench/report.py "$work/runs.tsv" \
+results=crates/usermeta-bench/RESULTS.md
+[[ -n $QUICK ]] && results=/dev/null  # a smoke run's numbers mean little
+python3 crates/usermeta-bench/report.py "$work/runs.tsv" --shapes "$SHAPES" --token-requests "$TOKEN_REQUESTS" \
   --rounds "$ROUNDS" --requests "$REQUESTS" --clients "$CLIENTS" --streams "$STREAMS" --cold-requests "$COLD_REQUESTS" \
   --management-requests "$MANAGEMENT_REQUESTS" \
   --coalesced "$coalesced" --distinct "$distinct" \
   --cached-rss "$cached_rss" --ceiling-rss "$ceiling_rss" --cold-rss "$cold_rss" \
   --fill "$FILL" --fill-rss "$fill_rss" --fill-distinct-rss "$fill_distinct_rss" \
-  | tee crates/usermeta-bench/RESULTS.md
+  | tee "$results"
