@@ -1,14 +1,19 @@
 //! A fleet that agrees: replicas tell each other which users they changed, so a write through one replica is
 //! not served stale by another for the rest of the cache TTL.
 //!
-//! Over Redis pub/sub (`redis_bus.rs`): every replica publishes `{origin, user_id, keys}` on one channel after
+//! [`Changes`] is where a replica's news of changed metadata meets: its own writes, the other replicas' and
+//! ZITADEL's events; it drops cached answers and feeds the WatchMetadata streams.
+//!
+//! Over Redis pub/sub (`redis_bus.rs`): every replica publishes `{origin, user_id, keys, kind, time}` on one channel after
 //! a write and drops the cached answers of users other replicas changed. Only user ids and keys travel: never
 //! a token, a token digest or a value. The writing replica still invalidates its own cache synchronously;
 //! Redis only carries the news to the others. While Redis is unreachable replicas keep serving (local
 //! invalidation and the TTL bound staleness, as without Redis) and reconnect by themselves.
 
+mod changes;
 mod redis_bus;
 
+pub use changes::{ChangeKind, Changes, FEED_CAPACITY, MetadataChange};
 pub use redis_bus::{RedisConfig, RedisSetupError, SharedInvalidation};
 
 /// The Redis channel replicas publish their changes on.

@@ -6,9 +6,9 @@ use std::{fmt, sync::Arc, time::Duration};
 use futures::StreamExt as _;
 use redis::{AsyncCommands as _, IntoConnectionInfo as _};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 
-use super::CHANNEL;
+use super::{CHANNEL, ChangeKind, MetadataChange};
 use crate::caller::cache::CallerCache;
 
 /// Changes waiting to be published; beyond this a change is dropped (and counted): the TTL still bounds it.
@@ -69,6 +69,36 @@ struct Change {
     /// The keys written or removed; empty means "any key".
     #[serde(default)]
     keys: Vec<String>,
+    /// What happened to them, when the write is known to have landed; absent for a write whose outcome is
+    /// unknown (the others only drop cached answers, their streams are not told).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kind: Option<ChangeKind>,
+    /// When, in milliseconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    time_ms: Option<u64>,
+}
+
+impl Change {
+    /// The stream's view of a change another replica made: no values travel between replicas.
+    fn into_metadata_changes(self) -> Vec<MetadataChange> {
+        let Some(kind) = self.kind else {
+            return Vec::new();
+        };
+        let time = std::time::UNIX_EPOCH + Duration::from_millis(self.time_ms.unwrap_or_default());
+        let keys = match kind {
+            ChangeKind::DeleteAll => vec![String::new()],
+            ChangeKind::Set | ChangeKind::Delete => self.keys,
+        };
+        keys.into_iter()
+            .map(|key| MetadataChange {
+                user_id: self.user_id.clone(),
+                key,
+                kind,
+                value: None,
+                time,
+            })
+            .collect()
+    }
 }
 
 /// The replica's end of the shared invalidation. Cloning shares it.
@@ -82,9 +112,10 @@ pub struct SharedInvalidation {
 impl SharedInvalidation {
     /// Starts publishing and subscribing in the background. Redis need not be up yet: the replica serves
     /// either way and connects when it can.
-    pub fn start(
+    pub(super) fn start(
         config: RedisConfig,
         cache: Arc<CallerCache>,
+        feed: broadcast::Sender<Arc<MetadataChange>>,
     ) -> Result<SharedInvalidation, RedisSetupError> {
         let failed = |reason: String| RedisSetupError {
             url: redacted(&config.url),
@@ -105,7 +136,7 @@ impl SharedInvalidation {
         let (state, connected) = watch::channel(false);
         crate::metrics::redis_connected(false);
         tokio::spawn(publish(client.clone(), queue));
-        tokio::spawn(subscribe(client, Arc::clone(&origin), cache, state));
+        tokio::spawn(subscribe(client, Arc::clone(&origin), cache, feed, state));
         Ok(SharedInvalidation {
             origin,
             outgoing,
@@ -113,14 +144,43 @@ impl SharedInvalidation {
         })
     }
 
-    /// Tells the other replicas that `user_id` changed (its `keys`). Never waits: a full queue drops the
-    /// news (counted), and the TTL bounds what the others serve.
+    /// Tells the other replicas that `user_id` may have changed (its `keys`), without saying how. Never
+    /// waits: a full queue drops the news (counted), and the TTL bounds what the others serve.
     pub fn publish(&self, user_id: &str, keys: &[&str]) {
-        let change = Change {
+        self.send(Change {
             origin: self.origin.to_string(),
             user_id: user_id.to_owned(),
             keys: keys.iter().map(|key| (*key).to_owned()).collect(),
-        };
+            kind: None,
+            time_ms: None,
+        });
+    }
+
+    /// Tells the other replicas of changes that landed: one message per run of one user's changes of one
+    /// kind, with keys and time but never values.
+    pub fn publish_changes(&self, changes: &[MetadataChange]) {
+        for run in changes.chunk_by(|a, b| a.user_id == b.user_id && a.kind == b.kind) {
+            let first = &run[0];
+            let time_ms = first
+                .time
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
+            self.send(Change {
+                origin: self.origin.to_string(),
+                user_id: first.user_id.clone(),
+                keys: match first.kind {
+                    ChangeKind::DeleteAll => Vec::new(),
+                    ChangeKind::Set | ChangeKind::Delete => {
+                        run.iter().map(|change| change.key.clone()).collect()
+                    }
+                },
+                kind: Some(first.kind),
+                time_ms: Some(time_ms),
+            });
+        }
+    }
+
+    fn send(&self, change: Change) {
         if self.outgoing.try_send(change).is_err() {
             crate::metrics::invalidation("dropped");
         }
@@ -218,6 +278,7 @@ async fn subscribe(
     client: redis::Client,
     origin: Arc<str>,
     cache: Arc<CallerCache>,
+    feed: broadcast::Sender<Arc<MetadataChange>>,
     state: watch::Sender<bool>,
 ) {
     let mut outage = Outage::default();
@@ -251,7 +312,7 @@ async fn subscribe(
         outage.recovered("subscribing");
         state.send_replace(true);
         crate::metrics::redis_connected(true);
-        let error = listen(pubsub, &origin, &cache).await;
+        let error = listen(pubsub, &origin, &cache, &feed).await;
         state.send_replace(false);
         crate::metrics::redis_connected(false);
         outage.failed("subscribed", &error);
@@ -259,7 +320,12 @@ async fn subscribe(
 }
 
 /// Applies the other replicas' changes until the subscription breaks; returns why it broke.
-async fn listen(pubsub: redis::aio::PubSub, origin: &str, cache: &CallerCache) -> String {
+async fn listen(
+    pubsub: redis::aio::PubSub,
+    origin: &str,
+    cache: &CallerCache,
+    feed: &broadcast::Sender<Arc<MetadataChange>>,
+) -> String {
     let (mut sink, mut messages) = pubsub.split();
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.reset();
@@ -278,6 +344,10 @@ async fn listen(pubsub: redis::aio::PubSub, origin: &str, cache: &CallerCache) -
                     Ok(change) => {
                         cache.invalidate_user(&change.user_id);
                         crate::metrics::invalidation("received");
+                        for change in change.into_metadata_changes() {
+                            // No stream listening is no error.
+                            let _ = feed.send(Arc::new(change));
+                        }
                     }
                     Err(_) => crate::metrics::invalidation("malformed"),
                 }
