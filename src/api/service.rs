@@ -27,7 +27,7 @@ use super::{
 use crate::{
     caller::cache::CallerCache,
     caller::{self, Caller, Identity, Resolver},
-    fleet::SharedInvalidation,
+    fleet::{ChangeKind, Changes, MetadataChange},
     policy::{Action, Policy, Subject},
     tls,
 };
@@ -82,8 +82,9 @@ pub struct MetadataService {
     resolver: Arc<Resolver>,
     /// Signs ListMetadata's page tokens; shared by the replicas of a deployment.
     page_tokens: PageTokenKey,
-    /// Tells the other replicas which users this one changed (Redis), when configured.
-    fleet: Option<SharedInvalidation>,
+    /// Where this replica's writes are announced: its cache, the other replicas (Redis, when configured) and
+    /// its WatchMetadata streams.
+    changes: Changes,
 }
 
 impl MetadataService {
@@ -92,20 +93,20 @@ impl MetadataService {
         MetadataService {
             zitadel,
             policy,
-            cache,
+            cache: Arc::clone(&cache),
             request_timeout: RequestLimits::default().request_timeout,
             max_request_timeout: RequestLimits::default().max_request_timeout,
             rate_limiter: None,
             batch_concurrency: RequestLimits::default().batch_concurrency,
             resolver: Arc::new(Resolver::userinfo()),
             page_tokens: PageTokenKey::random(),
-            fleet: None,
+            changes: Changes::local(Arc::clone(&cache)),
         }
     }
 
-    /// Publishes every change to the other replicas through `fleet`.
-    pub fn with_shared_invalidation(mut self, fleet: SharedInvalidation) -> Self {
-        self.fleet = Some(fleet);
+    /// Announces every change through `changes` (built on the same cache), e.g. to the other replicas.
+    pub fn with_changes(mut self, changes: Changes) -> Self {
+        self.changes = changes;
         self
     }
 
@@ -477,14 +478,20 @@ impl MetadataService {
             )?;
             self.check_values(&request.entries)?;
             // Whatever the outcome, the write may have landed: cached answers about the user are stale.
-            let _stale = self.invalidate_on_drop(target.user_id, &keys);
-            let written = self
+            let stale = self.invalidate_on_drop(target.user_id, &keys);
+            let update_time = self
                 .zitadel
                 .set_user_metadata(target, &request.entries)
-                .await;
-            Ok(pb::SetMetadataResponse {
-                update_time: written?,
-            })
+                .await?;
+            stale.landed(
+                ChangeKind::Set,
+                request
+                    .entries
+                    .iter()
+                    .map(|(key, value)| (key.as_str(), Some(value.clone()))),
+                update_time.as_ref(),
+            );
+            Ok(pb::SetMetadataResponse { update_time })
         })
         .await
     }
@@ -514,10 +521,15 @@ impl MetadataService {
                 Action::Delete,
                 keys.iter().copied(),
             )?;
-            let _stale = self.invalidate_on_drop(target.user_id, &keys);
+            let stale = self.invalidate_on_drop(target.user_id, &keys);
             let update_time = self
                 .delete_keys(target, &request.keys, request.allow_missing)
                 .await?;
+            stale.landed(
+                ChangeKind::Delete,
+                keys.iter().map(|key| (*key, None)),
+                update_time.as_ref(),
+            );
             Ok(pb::DeleteMetadataResponse { update_time })
         })
         .await
@@ -790,8 +802,7 @@ impl MetadataService {
         keys: &'a [&'a str],
     ) -> InvalidateOnDrop<'a> {
         InvalidateOnDrop {
-            cache: &self.cache,
-            fleet: self.fleet.as_ref(),
+            changes: Some(&self.changes),
             user_id,
             keys,
         }
@@ -799,19 +810,44 @@ impl MetadataService {
 }
 
 /// Marks a user's cached answers stale when a write ends, also when it ends by the deadline cutting it off
-/// (it may have landed): here at once, and on the other replicas through the fleet.
+/// (it may have landed): here at once, and on the other replicas. A write known to have landed is announced
+/// as the change it made instead ([`InvalidateOnDrop::landed`]).
 struct InvalidateOnDrop<'a> {
-    cache: &'a CallerCache,
-    fleet: Option<&'a SharedInvalidation>,
+    changes: Option<&'a Changes>,
     user_id: &'a str,
     keys: &'a [&'a str],
 }
 
+impl InvalidateOnDrop<'_> {
+    /// The write landed: each key changed this way (with the value written, when there is one).
+    fn landed<'k>(
+        mut self,
+        kind: ChangeKind,
+        keys: impl Iterator<Item = (&'k str, Option<Vec<u8>>)>,
+        update_time: Option<&prost_types::Timestamp>,
+    ) {
+        let time = update_time
+            .and_then(|time| std::time::SystemTime::try_from(*time).ok())
+            .unwrap_or_else(std::time::SystemTime::now);
+        if let Some(changes) = self.changes.take() {
+            changes.announce(
+                keys.map(|(key, value)| MetadataChange {
+                    user_id: self.user_id.to_owned(),
+                    key: key.to_owned(),
+                    kind,
+                    value,
+                    time,
+                })
+                .collect(),
+            );
+        }
+    }
+}
+
 impl Drop for InvalidateOnDrop<'_> {
     fn drop(&mut self) {
-        self.cache.invalidate_user(self.user_id);
-        if let Some(fleet) = self.fleet {
-            fleet.publish(self.user_id, self.keys);
+        if let Some(changes) = self.changes {
+            changes.maybe_changed(self.user_id, self.keys);
         }
     }
 }

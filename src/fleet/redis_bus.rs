@@ -164,7 +164,9 @@ impl SharedInvalidation {
             let time_ms = first
                 .time
                 .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX));
+                .map_or(0, |since| {
+                    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+                });
             self.send(Change {
                 origin: self.origin.to_string(),
                 user_id: first.user_id.clone(),

@@ -14,7 +14,7 @@ use crate::{
     authz::{self, AuthzConfig, AuthzService, ExtAuthz},
     caller::cache::{CacheConfig, CallerCache},
     caller::{IdentityConfig, IdentitySetupError, Resolver},
-    fleet::SharedInvalidation,
+    fleet::{Changes, SharedInvalidation},
     policy::Policy,
     tls::{TlsError, TlsFiles, TlsSettings},
 };
@@ -231,14 +231,12 @@ impl Application {
         .with_limits(config.limits.requests)
         .with_resolver(Arc::clone(&resolver))
         .with_page_token_key(page_tokens);
-        let fleet = match options.redis {
-            Some(redis) => {
-                let fleet = SharedInvalidation::start(redis, Arc::clone(&cache))?;
-                service = service.with_shared_invalidation(fleet.clone());
-                Some(fleet)
-            }
-            None => None,
-        };
+        let mut changes = Changes::local(Arc::clone(&cache));
+        if let Some(redis) = options.redis {
+            changes = changes.with_redis(redis)?;
+        }
+        let fleet = changes.shared().cloned();
+        service = service.with_changes(changes);
         let authz = match options.ext_authz {
             None => None,
             Some(ext) => {

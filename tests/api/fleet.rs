@@ -239,8 +239,17 @@ async fn only_user_ids_and_keys_go_to_redis() {
             "Redis received a secret or value: {payload}"
         );
     }
+    assert_eq!(change["kind"], "set", "a write that landed says how");
+    assert!(
+        change["time_ms"].as_u64().is_some_and(|ms| ms > 0),
+        "{payload}"
+    );
     let fields: Vec<&String> = change.as_object().unwrap().keys().collect();
-    assert_eq!(fields, ["keys", "origin", "user_id"], "{payload}");
+    assert_eq!(
+        fields,
+        ["keys", "kind", "origin", "time_ms", "user_id"],
+        "{payload}"
+    );
 }
 
 #[tokio::test]
