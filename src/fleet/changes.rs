@@ -109,3 +109,59 @@ impl Changes {
         self.feed.subscribe()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::caller::cache::CacheConfig;
+
+    fn changes() -> Changes {
+        Changes::local(Arc::new(CallerCache::new(CacheConfig::default())))
+    }
+
+    fn set(user_id: &str, key: &str, value: &[u8]) -> MetadataChange {
+        MetadataChange {
+            user_id: user_id.to_owned(),
+            key: key.to_owned(),
+            kind: ChangeKind::Set,
+            value: Some(value.to_vec()),
+            time: SystemTime::now(),
+        }
+    }
+
+    #[test]
+    fn a_landed_change_reaches_every_stream_with_its_value() {
+        let changes = changes();
+        let mut first = changes.subscribe();
+        let mut second = changes.subscribe();
+        let change = set("u1", "tier", b"gold");
+        changes.announce(vec![change.clone()]);
+        assert_eq!(*first.try_recv().unwrap(), change);
+        assert_eq!(*second.try_recv().unwrap(), change);
+        assert!(first.try_recv().is_err(), "one change, one message");
+    }
+
+    #[test]
+    fn a_write_of_unknown_outcome_is_not_streamed() {
+        let changes = changes();
+        let mut stream = changes.subscribe();
+        changes.maybe_changed("u1", &["tier"]);
+        assert!(matches!(
+            stream.try_recv(),
+            Err(broadcast::error::TryRecvError::Empty)
+        ));
+    }
+
+    #[test]
+    fn a_stream_that_falls_behind_is_told_so() {
+        let changes = changes();
+        let mut stream = changes.subscribe();
+        for i in 0..=FEED_CAPACITY {
+            changes.announce(vec![set("u1", &format!("k{i}"), b"v")]);
+        }
+        assert!(matches!(
+            stream.try_recv(),
+            Err(broadcast::error::TryRecvError::Lagged(1))
+        ));
+    }
+}
