@@ -62,6 +62,16 @@ pub enum ApiError {
         "METADATA_SOURCE_TOKEN needs usermeta to validate JWTs against ZITADEL's keys, which this deployment does not: an operator sets USERMETA_JWT_AUDIENCE; until then read with METADATA_SOURCE_USERINFO"
     )]
     TokenSourceOff,
+    /// A WatchMetadata stream fell further behind than its buffer holds.
+    #[error(
+        "this WatchMetadata stream fell {missed} changes behind (more than its buffer of {buffer} holds) and has ended: reopen it, read the current values again (ListMetadata), and read the stream faster or narrow it with key_prefix"
+    )]
+    WatchLagged { missed: u64, buffer: usize },
+    /// The replica is stopping; its streams end.
+    #[error(
+        "this usermeta replica is shutting down and ends its streams: reopen the stream (another replica serves it) and read the current values again"
+    )]
+    ShuttingDown,
 }
 
 impl From<IdentifyError> for ApiError {
@@ -146,6 +156,18 @@ fn to_status(error: &ApiError) -> Status {
             Code::FailedPrecondition,
             error.to_string(),
             "TOKEN_NOT_JWT",
+            [],
+        ),
+        ApiError::WatchLagged { missed, buffer } => with_info(
+            Code::ResourceExhausted,
+            error.to_string(),
+            "WATCH_LAGGED",
+            [("missed", missed.to_string()), ("buffer", buffer.to_string())],
+        ),
+        ApiError::ShuttingDown => with_info(
+            Code::Unavailable,
+            error.to_string(),
+            "SHUTTING_DOWN",
             [],
         ),
         ApiError::TokenSourceOff => with_info(

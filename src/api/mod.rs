@@ -10,10 +10,12 @@ mod page_token;
 pub mod rate_limit;
 mod service;
 mod validate;
+mod watch;
 
 pub use error::{ApiError, ERROR_DOMAIN};
 pub use page_token::PageTokenKey;
 pub use service::{MetadataService, RequestLimits};
+pub use watch::ChangeStream;
 
 /// Code generated from `proto/usermeta/v1/usermeta.proto`.
 pub mod pb {

@@ -23,6 +23,7 @@ use super::{
     pb,
     rate_limit::RateLimiter,
     validate::{self, Source},
+    watch::{self, ChangeStream, Watched},
 };
 use crate::{
     caller::cache::CallerCache,
@@ -85,6 +86,8 @@ pub struct MetadataService {
     /// Where this replica's writes are announced: its cache, the other replicas (Redis, when configured) and
     /// its WatchMetadata streams.
     changes: Changes,
+    /// Turns true when the replica stops: WatchMetadata streams end then.
+    stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 impl MetadataService {
@@ -101,7 +104,14 @@ impl MetadataService {
             resolver: Arc::new(Resolver::userinfo()),
             page_tokens: PageTokenKey::random(),
             changes: Changes::local(Arc::clone(&cache)),
+            stopping: tokio::sync::watch::Sender::new(false).subscribe(),
         }
+    }
+
+    /// Ends WatchMetadata streams once `stopping` turns true (the server's shutdown).
+    pub fn with_shutdown(mut self, stopping: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.stopping = stopping;
+        self
     }
 
     /// Announces every change through `changes` (built on the same cache), e.g. to the other replicas.
@@ -732,6 +742,59 @@ impl MetadataService {
         Ok(items.into_iter().map(Into::into).collect())
     }
 
+    /// Opens a WatchMetadata stream: the caller, or another user the policy lets the caller read (in the
+    /// organisation ZITADEL places the user in), checked before the stream opens; each change is then
+    /// checked against the policy as a read of its key would be.
+    #[instrument(name = "WatchMetadata", skip_all, fields(caller, user_id))]
+    async fn watch(
+        &self,
+        request: Request<pb::WatchMetadataRequest>,
+    ) -> Result<ChangeStream, ApiError> {
+        let token = caller::bearer_token(request.metadata())?;
+        self.rate_limit(&token)?;
+        let request = validate::watch(request.into_inner())?;
+        let caller = self.identify(&token).await?;
+        let span = tracing::Span::current();
+        span.record("caller", caller.sub.as_str());
+        let (user_id, org_id) = match request.user_id.filter(|user_id| *user_id != caller.sub) {
+            Some(user_id) => {
+                let named = Target {
+                    user_id: &user_id,
+                    org_id: None,
+                };
+                self.policy
+                    .read_in_any_organization(&caller, subject_of(named))?;
+                let scoped = self.zitadel.scope(named).await?;
+                let target = scoped.target();
+                self.policy.read_scope(&caller, subject_of(target))?;
+                (target.user_id.into(), target.org_id.map(Into::into))
+            }
+            None => {
+                let me = Subject {
+                    user_id: &caller.sub,
+                    org_id: caller.org_id.as_deref(),
+                };
+                self.policy.read_scope(&caller, me)?;
+                (caller.sub.clone(), caller.org_id.clone())
+            }
+        };
+        span.record("user_id", tracing::field::display(&user_id));
+        // From here on nothing is missed: changes that land while the stream starts are in its buffer.
+        let feed = self.changes.subscribe();
+        tracing::info!(user_id = %user_id, key_prefix = %request.key_prefix, "watching metadata");
+        Ok(watch::change_stream(
+            Watched {
+                policy: Arc::clone(&self.policy),
+                caller,
+                user_id,
+                org_id,
+                key_prefix: request.key_prefix,
+            },
+            feed,
+            self.stopping.clone(),
+        ))
+    }
+
     /// The policy's value rules, as field violations of the request.
     fn check_values(&self, entries: &[(String, Vec<u8>)]) -> Result<(), ApiError> {
         let violations: Vec<Violation> = entries
@@ -1005,6 +1068,20 @@ impl pb::user_metadata_service_server::UserMetadataService for MetadataService {
         let deadline = self.deadline_of(request.metadata());
         Ok(Response::new(
             Self::bounded(deadline, self.find(request)).await?,
+        ))
+    }
+
+    type WatchMetadataStream = ChangeStream;
+
+    async fn watch_metadata(
+        &self,
+        request: Request<pb::WatchMetadataRequest>,
+    ) -> Result<Response<ChangeStream>, Status> {
+        let deadline = self.deadline_of(request.metadata());
+        // The deadline bounds opening the stream (identifying the caller, placing the user); the stream
+        // itself lasts until the caller's own deadline, if any, ends the call.
+        Ok(Response::new(
+            Self::bounded(deadline, self.watch(request)).await?,
         ))
     }
 

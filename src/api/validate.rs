@@ -259,6 +259,25 @@ impl Violations {
         }
     }
 
+    /// Text keys are compared with (a filter, a prefix): empty or up to a key's length, printable.
+    fn key_pattern(&mut self, field: &str, text: &str) {
+        let chars = text.chars().count();
+        if chars > MAX_KEY_CHARS {
+            self.add(
+                field,
+                format!("must be at most {MAX_KEY_CHARS} characters, is {chars}"),
+            );
+        } else if let Some(found) = text.chars().find(|c| c.is_control()) {
+            self.add(
+                field,
+                format!(
+                    "must not contain control characters (found {})",
+                    described(found)
+                ),
+            );
+        }
+    }
+
     /// Empty means "the caller"; anything else must be an id ZITADEL could have issued.
     fn user_id(&mut self, user_id: String) -> Option<String> {
         self.id_of_user(|| "user_id".to_owned(), &user_id);
@@ -395,12 +414,7 @@ pub fn list(request: pb::ListMetadataRequest, key: &PageTokenKey) -> Result<List
     let user_id = v.user_id(request.user_id);
     let org_id = v.org_id(request.organization_id);
     let filter = request.key_filter.map(|filter| {
-        let chars = filter.key.chars().count();
-        if chars > MAX_KEY_CHARS {
-            v.add("key_filter.key", format!("must be at most {MAX_KEY_CHARS} characters, is {chars}"));
-        } else if let Some(found) = filter.key.chars().find(|c| c.is_control()) {
-            v.add("key_filter.key", format!("must not contain control characters (found {})", described(found)));
-        }
+        v.key_pattern("key_filter.key", &filter.key);
         let matching = pb::KeyMatch::try_from(filter.r#match).map(KeyMatch::from).unwrap_or_else(|_| {
             v.add("key_filter.match", format!("{} is not a KeyMatch; use one of KEY_MATCH_EQUALS … KEY_MATCH_ENDS_WITH_IGNORE_CASE", filter.r#match));
             KeyMatch::Equals
@@ -425,6 +439,25 @@ pub fn list(request: pb::ListMetadataRequest, key: &PageTokenKey) -> Result<List
         }
     }
     v.finish(list)
+}
+
+/// A valid WatchMetadata request.
+#[derive(Debug)]
+pub struct Watch {
+    /// `None` means the caller.
+    pub user_id: Option<String>,
+    /// Empty streams every key.
+    pub key_prefix: String,
+}
+
+pub fn watch(request: pb::WatchMetadataRequest) -> Result<Watch, ApiError> {
+    let mut v = Violations::default();
+    let user_id = v.user_id(request.user_id);
+    v.key_pattern("key_prefix", &request.key_prefix);
+    v.finish(Watch {
+        user_id,
+        key_prefix: request.key_prefix,
+    })
 }
 
 pub fn set(request: pb::SetMetadataRequest) -> Result<Set, ApiError> {

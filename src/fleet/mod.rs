@@ -2,7 +2,7 @@
 //! not served stale by another for the rest of the cache TTL.
 //!
 //! [`Changes`] is where a replica's news of changed metadata meets: its own writes, the other replicas' and
-//! ZITADEL's events; it drops cached answers and feeds the WatchMetadata streams.
+//! ZITADEL's events ([`webhook`]); it drops cached answers and feeds the WatchMetadata streams.
 //!
 //! Over Redis pub/sub (`redis_bus.rs`): every replica publishes `{origin, user_id, keys, kind, time}` on one channel after
 //! a write and drops the cached answers of users other replicas changed. Only user ids and keys travel: never
@@ -12,6 +12,7 @@
 
 mod changes;
 mod redis_bus;
+pub mod webhook;
 
 pub use changes::{ChangeKind, Changes, FEED_CAPACITY, MetadataChange};
 pub use redis_bus::{RedisConfig, RedisSetupError, SharedInvalidation};

@@ -26,6 +26,9 @@ pub const REDIS_CONNECTED: &str = "usermeta_redis_connected";
 pub const INVALIDATIONS: &str = "usermeta_shared_invalidations_total";
 pub const UPSTREAM_BUDGET: &str = "usermeta_upstream_budget_requests_total";
 pub const UPSTREAM_BUDGET_TOKENS: &str = "usermeta_upstream_budget_tokens";
+pub const WATCH_STREAMS: &str = "usermeta_watch_streams";
+pub const WATCH_ENDED: &str = "usermeta_watch_streams_ended_total";
+pub const WEBHOOK_EVENTS: &str = "usermeta_webhook_events_total";
 
 /// Latency buckets in seconds: from a cache hit (sub-millisecond) to a call at the default 5 s timeout.
 const BUCKETS: &[f64] = &[
@@ -92,6 +95,15 @@ fn describe() {
         INVALIDATIONS,
         "Shared invalidations through Redis, by outcome: published, publish_failed, dropped, received, malformed"
     );
+    describe_gauge!(WATCH_STREAMS, "WatchMetadata streams open on this replica");
+    describe_counter!(
+        WATCH_ENDED,
+        "WatchMetadata streams ended by usermeta, by reason: lagged (the reader fell too far behind) or shutting_down"
+    );
+    describe_counter!(
+        WEBHOOK_EVENTS,
+        "ZITADEL events POSTed to the webhook, by outcome: applied, ignored (another event type), unsigned, bad_signature, stale, replayed, malformed, too_large"
+    );
     describe_counter!(
         BATCH_RESULTS,
         "Per-user results of BatchGetMetadata calls, by status code (OK, PERMISSION_DENIED, NOT_FOUND, …)"
@@ -123,29 +135,10 @@ pub fn serve(listener: TcpListener, handle: PrometheusHandle) -> tokio::task::Jo
                 upkeep_handle.run_upkeep();
             }
         };
-        let accept = async move {
-            loop {
-                let stream = match listener.accept().await {
-                    Ok((stream, _)) => stream,
-                    Err(error) => {
-                        tracing::warn!(%error, "the metrics listener could not accept a connection");
-                        // E.g. EMFILE: back off briefly instead of spinning.
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let handle = handle.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |request| {
-                        let answer = scrape_answer(&handle, &request);
-                        async move { Ok::<_, std::convert::Infallible>(answer) }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        };
+        let accept = crate::http1::serve(listener, "metrics", move |request| {
+            let answer = scrape_answer(&handle, &request);
+            async move { answer }
+        });
         tokio::select! {
             () = accept => {}
             () = upkeep => {}
@@ -154,10 +147,7 @@ pub fn serve(listener: TcpListener, handle: PrometheusHandle) -> tokio::task::Jo
 }
 
 /// The answer to one request of the metrics listener: the text format at `GET /metrics`, 404 elsewhere.
-fn scrape_answer<B>(
-    handle: &PrometheusHandle,
-    request: &http::Request<B>,
-) -> http::Response<http_body_util::Full<bytes::Bytes>> {
+fn scrape_answer<B>(handle: &PrometheusHandle, request: &http::Request<B>) -> crate::http1::Answer {
     let (status, content_type, body) =
         if request.uri().path() == "/metrics" && request.method() == http::Method::GET {
             (
@@ -172,13 +162,7 @@ fn scrape_answer<B>(
                 "not found: metrics are at GET /metrics\n".to_owned(),
             )
         };
-    let mut response = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(body)));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static(content_type),
-    );
-    response
+    crate::http1::text(status, content_type, body)
 }
 
 /// Records one HTTP call upstream: `endpoint` names it (`userinfo`, `management.SetUserMetadata`, …), `status`
@@ -238,6 +222,21 @@ pub fn invalidation(outcome: &'static str) {
     counter!(INVALIDATIONS, "outcome" => outcome).increment(1);
 }
 
+/// A WatchMetadata stream opened (`1.0`) or closed (`-1.0`).
+pub fn watch_streams(delta: f64) {
+    gauge!(WATCH_STREAMS).increment(delta);
+}
+
+/// A WatchMetadata stream ended by usermeta (`reason` is one of the literals the describe text lists).
+pub fn watch_ended(reason: &'static str) {
+    counter!(WATCH_ENDED, "reason" => reason).increment(1);
+}
+
+/// One event POSTed to the webhook (`outcome` is one of the literals the describe text lists).
+pub fn webhook_event(outcome: &'static str) {
+    counter!(WEBHOOK_EVENTS, "outcome" => outcome).increment(1);
+}
+
 /// Records the per-user results of one BatchGetMetadata call.
 pub fn batch_results(codes: impl IntoIterator<Item = tonic::Code>) {
     for code in codes {
@@ -276,6 +275,7 @@ const KNOWN_METHODS: &[&str] = &[
     "/usermeta.v1.UserMetadataService/DeleteMetadata",
     "/usermeta.v1.UserMetadataService/FindUsersByMetadata",
     "/usermeta.v1.UserMetadataService/BatchGetMetadata",
+    "/usermeta.v1.UserMetadataService/WatchMetadata",
     "/grpc.health.v1.Health/Check",
     "/grpc.health.v1.Health/Watch",
     "/grpc.health.v1.Health/List",

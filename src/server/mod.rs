@@ -14,7 +14,7 @@ use crate::{
     authz::{self, AuthzConfig, AuthzService, ExtAuthz},
     caller::cache::{CacheConfig, CallerCache},
     caller::{IdentityConfig, IdentitySetupError, Resolver},
-    fleet::{Changes, SharedInvalidation},
+    fleet::{Changes, SharedInvalidation, webhook::Webhook},
     policy::Policy,
     tls::{TlsError, TlsFiles, TlsSettings},
 };
@@ -123,6 +123,8 @@ pub struct ServeOptions {
     pub ext_authz: Option<ExtAuthz>,
     /// Redis, for invalidation shared with the other replicas; `None` keeps each replica's cache its own.
     pub redis: Option<crate::fleet::RedisConfig>,
+    /// ZITADEL's event webhook; `None` serves none.
+    pub webhook: Option<crate::fleet::webhook::WebhookConfig>,
 }
 
 impl Default for ServeOptions {
@@ -134,6 +136,7 @@ impl Default for ServeOptions {
             zitadel_roots: Vec::new(),
             ext_authz: None,
             redis: None,
+            webhook: None,
         }
     }
 }
@@ -185,6 +188,9 @@ pub struct Application {
     authz: Option<AuthzEndpoint>,
     limits: Limits,
     fleet: Option<SharedInvalidation>,
+    webhook: Option<(TcpListener, Arc<Webhook>)>,
+    /// Turns true at shutdown: the ext_authz listener and WatchMetadata streams stop.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl Application {
@@ -236,7 +242,23 @@ impl Application {
             changes = changes.with_redis(redis)?;
         }
         let fleet = changes.shared().cloned();
-        service = service.with_changes(changes);
+        let webhook = match options.webhook {
+            Some(webhook) => {
+                let listener =
+                    TcpListener::bind(webhook.listen)
+                        .await
+                        .map_err(|source| StartError::Bind {
+                            addr: webhook.listen,
+                            source,
+                        })?;
+                Some((listener, Webhook::new(webhook.keys, changes.clone())))
+            }
+            None => None,
+        };
+        let stopping = tokio::sync::watch::Sender::new(false);
+        service = service
+            .with_changes(changes)
+            .with_shutdown(stopping.subscribe());
         let authz = match options.ext_authz {
             None => None,
             Some(ext) => {
@@ -295,6 +317,8 @@ impl Application {
             authz,
             limits: config.limits,
             fleet,
+            webhook,
+            stopping,
         })
     }
 
@@ -310,6 +334,12 @@ impl Application {
 
     pub fn port(&self) -> u16 {
         self.local_addr.port()
+    }
+
+    /// The address ZITADEL's events are POSTed to, when the webhook is on.
+    pub fn webhook_addr(&self) -> Option<SocketAddr> {
+        let (listener, _) = self.webhook.as_ref()?;
+        listener.local_addr().ok()
     }
 
     /// The address `/metrics` is served on, when metrics are on.
@@ -365,6 +395,10 @@ impl Application {
         let metrics = self
             .metrics
             .map(|(listener, handle)| crate::metrics::serve(listener, handle));
+        let webhook = self.webhook.map(|(listener, webhook)| {
+            tracing::info!(addr = ?listener.local_addr().ok(), path = crate::fleet::webhook::PATH, "ZITADEL event webhook serving");
+            crate::fleet::webhook::serve(listener, webhook)
+        });
         // One in-flight limit for both listeners: they share ZITADEL and this process.
         let shed = shed::ShedLayer::new(limits.max_in_flight);
         let mut builder = Server::builder();
@@ -382,7 +416,8 @@ impl Application {
             }
             None => None,
         };
-        let (stopping, stop_rx) = tokio::sync::watch::channel(false);
+        let stopping = self.stopping;
+        let stop_rx = stopping.subscribe();
         let (signalled, grace_starts) = tokio::sync::oneshot::channel::<()>();
         let drain_reporters = (
             health,
@@ -448,8 +483,8 @@ impl Application {
                 tracing::warn!(grace = ?grace, "shutdown grace period over; stopping with calls still in flight");
             }
         }
-        if let Some(metrics) = metrics {
-            metrics.abort();
+        for task in metrics.into_iter().chain(webhook) {
+            task.abort();
         }
         for task in detail_health {
             task.abort();

@@ -109,10 +109,27 @@ pub struct FleetArgs {
     /// File holding the Redis password (AUTH), kept out of the URL and of every log line.
     #[arg(long, env = "USERMETA_REDIS_PASSWORD_FILE", requires = "redis_url")]
     pub redis_password_file: Option<PathBuf>,
+    /// Address of the listener for ZITADEL's Actions v2 events (POST /zitadel/events), e.g. 0.0.0.0:8090.
+    /// Keep it inside the cluster. Off when unset.
+    #[arg(
+        long,
+        env = "USERMETA_WEBHOOK_LISTEN",
+        requires = "webhook_signing_key_file"
+    )]
+    pub webhook_listen: Option<SocketAddr>,
+    /// File holding the event target's signing key (the signingKey ZITADEL returned for the target); one
+    /// key per line while rotating.
+    #[arg(
+        long,
+        env = "USERMETA_WEBHOOK_SIGNING_KEY_FILE",
+        requires = "webhook_listen"
+    )]
+    pub webhook_signing_key_file: Option<PathBuf>,
 }
 
 const REDIS_URL: Setting = Setting::new("redis_url");
 const REDIS_PASSWORD_FILE: Setting = Setting::new("redis_password_file");
+const WEBHOOK_SIGNING_KEY_FILE: Setting = Setting::new("webhook_signing_key_file");
 
 impl FleetArgs {
     /// The Redis link, reading the password file; `None` when no Redis is configured.
@@ -153,6 +170,18 @@ impl FleetArgs {
             url: url.clone(),
             password,
         }))
+    }
+
+    /// ZITADEL's event webhook, reading the signing keys; `None` when it is off.
+    pub fn webhook(&self) -> Result<Option<crate::fleet::webhook::WebhookConfig>, SettingsError> {
+        let (Some(listen), Some(path)) = (self.webhook_listen, &self.webhook_signing_key_file)
+        else {
+            return Ok(None);
+        };
+        let text = read_secret_file(WEBHOOK_SIGNING_KEY_FILE, path)?;
+        let keys = crate::fleet::webhook::SigningKeys::from_text(&text)
+            .map_err(|e| invalid(WEBHOOK_SIGNING_KEY_FILE, format!("{} {e}", path.display())))?;
+        Ok(Some(crate::fleet::webhook::WebhookConfig { listen, keys }))
     }
 }
 
@@ -795,6 +824,7 @@ impl OpsArgs {
             zitadel_roots,
             ext_authz: None,
             redis: None,
+            webhook: None,
         })
     }
 }
@@ -890,6 +920,7 @@ mod tests {
             CLIENT_SECRET_FILE,
             REDIS_URL,
             REDIS_PASSWORD_FILE,
+            WEBHOOK_SIGNING_KEY_FILE,
             Setting::new("zitadel_url"),
         ]
         .into_iter()

@@ -290,6 +290,7 @@ fn a_redis_url_with_a_password_is_refused_at_start_up() {
     let fleet = usermeta::settings::FleetArgs {
         redis_url: Some("redis://:hunter2@redis:6379".into()),
         redis_password_file: None,
+        ..Default::default()
     };
     let error = fleet.redis().unwrap_err().to_string();
     assert!(error.contains("USERMETA_REDIS_PASSWORD_FILE"), "{error}");
@@ -298,6 +299,7 @@ fn a_redis_url_with_a_password_is_refused_at_start_up() {
         let fleet = usermeta::settings::FleetArgs {
             redis_url: Some(bad.into()),
             redis_password_file: None,
+            ..Default::default()
         };
         let error = fleet.redis().unwrap_err().to_string();
         assert!(error.contains("USERMETA_REDIS_URL"), "{bad}: {error}");

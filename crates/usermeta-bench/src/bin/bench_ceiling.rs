@@ -57,6 +57,15 @@ impl UserMetadataService for Ceiling {
     ) -> Result<Response<pb::BatchGetMetadataResponse>, Status> {
         Err(Status::unimplemented("ceiling serves GetMyMetadata only"))
     }
+
+    type WatchMetadataStream = usermeta::api::ChangeStream;
+
+    async fn watch_metadata(
+        &self,
+        _: Request<pb::WatchMetadataRequest>,
+    ) -> Result<Response<Self::WatchMetadataStream>, Status> {
+        Err(Status::unimplemented("ceiling serves GetMyMetadata only"))
+    }
 }
 
 #[tokio::main]

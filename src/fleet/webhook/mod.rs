@@ -1,0 +1,177 @@
+//! `POST /zitadel/events`: ZITADEL's Actions v2 event target for `user.metadata.*`. A signed event drops the
+//! user's cached answers on every replica (through Redis, when configured) and reaches the WatchMetadata
+//! streams, so a change made in ZITADEL's Console is not served stale for the rest of the TTL.
+//!
+//! ZITADEL delivers an event at most once and never retries, so the answer is quick and the cache TTL stays
+//! the bound on staleness; events only shorten it.
+
+mod event;
+mod signature;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration, time::SystemTime};
+
+use bytes::Bytes;
+use http::StatusCode;
+use http_body_util::BodyExt as _;
+
+pub use signature::{NoKeys, SignatureError, SigningKeys, TOLERANCE, sign};
+
+use super::Changes;
+use crate::http1::{self, Answer};
+
+/// Where ZITADEL POSTs events.
+pub const PATH: &str = "/zitadel/events";
+/// The largest body accepted: an event carrying a value of 500 000 bytes (ZITADEL's most) is about 670 kB
+/// of base64 and JSON.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// How long a client may take to send the body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// The header the signature arrives in (header names are compared case-insensitively); some of ZITADEL's
+/// documentation names it with an `X-` prefix.
+const SIGNATURE_HEADERS: [&str; 2] = ["zitadel-signature", "x-zitadel-signature"];
+
+/// The webhook's listener and the target's signing keys.
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    pub listen: SocketAddr,
+    pub keys: SigningKeys,
+}
+
+/// Answers ZITADEL's event calls.
+#[derive(Debug)]
+pub struct Webhook {
+    verifier: signature::Verifier,
+    changes: Changes,
+}
+
+impl Webhook {
+    pub fn new(keys: SigningKeys, changes: Changes) -> Arc<Webhook> {
+        Arc::new(Webhook {
+            verifier: signature::Verifier::new(keys),
+            changes,
+        })
+    }
+
+    /// One request: only a signed, fresh, first-seen `POST /zitadel/events` of a metadata event changes
+    /// anything.
+    pub async fn answer<B>(&self, request: http::Request<B>) -> Answer
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let (outcome, status, message) = self.apply(request).await;
+        crate::metrics::webhook_event(outcome);
+        if status.is_success() {
+            tracing::debug!(outcome, "ZITADEL event: {message}");
+        } else {
+            tracing::info!(
+                outcome,
+                status = status.as_u16(),
+                "ZITADEL event refused: {message}"
+            );
+        }
+        let mut answer = http1::text(status, "text/plain; charset=utf-8", format!("{message}\n"));
+        if status == StatusCode::METHOD_NOT_ALLOWED {
+            answer
+                .headers_mut()
+                .insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
+        }
+        answer
+    }
+
+    async fn apply<B>(&self, request: http::Request<B>) -> (&'static str, StatusCode, String)
+    where
+        B: http_body::Body<Data = Bytes>,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        if request.uri().path() != PATH {
+            return (
+                "not_found",
+                StatusCode::NOT_FOUND,
+                format!("not found: ZITADEL's events are POSTed to {PATH}"),
+            );
+        }
+        if request.method() != http::Method::POST {
+            return (
+                "not_found",
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{PATH} takes POST only"),
+            );
+        }
+        let too_large = || {
+            (
+                "too_large",
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body is larger than the {MAX_BODY_BYTES} bytes an event may be"),
+            )
+        };
+        let declared = request
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|length| length.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
+            return too_large();
+        }
+        let (parts, body) = request.into_parts();
+        let body = http_body_util::Limited::new(body, MAX_BODY_BYTES).collect();
+        let body = match tokio::time::timeout(BODY_TIMEOUT, body).await {
+            Err(_) => {
+                return (
+                    "malformed",
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!("the body did not arrive within {BODY_TIMEOUT:?}"),
+                );
+            }
+            Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => return too_large(),
+            Ok(Err(error)) => {
+                return (
+                    "malformed",
+                    StatusCode::BAD_REQUEST,
+                    format!("the body could not be read: {error}"),
+                );
+            }
+            Ok(Ok(collected)) => collected.to_bytes(),
+        };
+        let header = SIGNATURE_HEADERS
+            .iter()
+            .find_map(|name| parts.headers.get(*name))
+            .map(|value| value.to_str().unwrap_or("\u{fffd}"));
+        if let Err(refused) = self.verifier.accept(header, &body, SystemTime::now()) {
+            let status = match refused {
+                SignatureError::Malformed(_) => StatusCode::BAD_REQUEST,
+                _ => StatusCode::UNAUTHORIZED,
+            };
+            return (refused.outcome(), status, refused.to_string());
+        }
+        match event::parse(&body) {
+            Err(malformed) => ("malformed", StatusCode::BAD_REQUEST, malformed.to_string()),
+            Ok(event::Event::Ignored(event_type)) => (
+                "ignored",
+                StatusCode::OK,
+                format!("ignored: {event_type} is not a metadata event"),
+            ),
+            Ok(event::Event::Metadata(change)) => {
+                tracing::info!(
+                    user_id = %change.user_id,
+                    key = %change.key,
+                    kind = ?change.kind,
+                    "ZITADEL reported a metadata change"
+                );
+                let message = format!("applied: {:?} of user {}", change.kind, change.user_id);
+                self.changes.announce(vec![change]);
+                ("applied", StatusCode::OK, message)
+            }
+        }
+    }
+}
+
+/// Serves the webhook on `listener` until the task is aborted.
+pub fn serve(
+    listener: tokio::net::TcpListener,
+    webhook: Arc<Webhook>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(http1::serve(listener, "webhook", move |request| {
+        let webhook = Arc::clone(&webhook);
+        async move { webhook.answer(request).await }
+    }))
+}
