@@ -47,6 +47,17 @@ call "$user_token" GetMyMetadata '{"keys":["profile.language"],"source":"METADAT
 echo "-- ListMetadata of another user, as the admin"
 call "$admin_token" ListMetadata "{\"user_id\":\"$user_id\",\"page_size\":1}" | grep -q nextPageToken || fail "ListMetadata paging"
 
+echo "-- WatchMetadata streams a write as it happens"
+watched="$workdir/watched.txt"
+grpcurl -plaintext -max-time 5 -H "authorization: Bearer $user_token" -d '{"key_prefix":"profile."}' \
+  "$addr" usermeta.v1.UserMetadataService/WatchMetadata >"$watched" 2>&1 &
+watcher=$!
+sleep 1
+call "$user_token" SetMetadata '{"entries":[{"key":"profile.theme","value":{"text":"dark"}}]}' >/dev/null || fail "SetMetadata while watching"
+wait "$watcher" || true
+grep -q '"kind": "CHANGE_KIND_SET"' "$watched" && grep -q '"text": "dark"' "$watched" \
+  || fail "WatchMetadata did not stream the write: $(cat "$watched")"
+
 echo "-- DeleteMetadata"
 call "$user_token" DeleteMetadata '{"keys":["profile.language"]}' | grep -q updateTime || fail "DeleteMetadata"
 

@@ -760,12 +760,22 @@ impl MetadataService {
             Some(user_id) => {
                 let named = Target {
                     user_id: &user_id,
-                    org_id: None,
+                    org_id: request.org_id.as_deref(),
                 };
                 self.policy
                     .read_in_any_organization(&caller, subject_of(named))?;
-                let scoped = self.zitadel.scope(named).await?;
-                let target = scoped.target();
+                // Changes name only the user, and no later call to ZITADEL would scope by organisation:
+                // the policy decides on the organisation ZITADEL says the user is in.
+                let located = self.zitadel.locate(named).await.map_err(|e| {
+                    if e.is_unknown_user() {
+                        ApiError::UserNotFound {
+                            user_id: user_id.clone(),
+                        }
+                    } else {
+                        e.into()
+                    }
+                })?;
+                let target = located.target();
                 self.policy.read_scope(&caller, subject_of(target))?;
                 (target.user_id.into(), target.org_id.map(Into::into))
             }

@@ -448,15 +448,18 @@ pub struct Watch {
     pub user_id: Option<String>,
     /// Empty streams every key.
     pub key_prefix: String,
+    pub org_id: Option<String>,
 }
 
 pub fn watch(request: pb::WatchMetadataRequest) -> Result<Watch, ApiError> {
     let mut v = Violations::default();
     let user_id = v.user_id(request.user_id);
     v.key_pattern("key_prefix", &request.key_prefix);
+    let org_id = v.org_id(request.organization_id);
     v.finish(Watch {
         user_id,
         key_prefix: request.key_prefix,
+        org_id,
     })
 }
 

@@ -32,4 +32,6 @@ mod upstream_budget;
 mod upstream_errors;
 mod upstream_http;
 mod validation;
+mod watch;
+mod webhook;
 mod zitadel_v2;

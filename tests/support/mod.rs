@@ -107,6 +107,15 @@ impl AppBuilder {
         self
     }
 
+    /// ZITADEL's event webhook on 127.0.0.1:0, checking signatures with `keys` (one per line).
+    pub fn webhook(mut self, keys: &str) -> Self {
+        self.config.options.webhook = Some(usermeta::fleet::webhook::WebhookConfig {
+            listen: "127.0.0.1:0".parse().expect("an address"),
+            keys: usermeta::fleet::webhook::SigningKeys::from_text(keys).expect("signing keys"),
+        });
+        self
+    }
+
     /// Anything else of the configuration.
     pub fn configure(mut self, edit: impl FnOnce(&mut Config)) -> Self {
         edit(&mut self.config);
@@ -133,6 +142,7 @@ pub struct Spawned {
     pub addr: SocketAddr,
     pub authz_addr: Option<SocketAddr>,
     pub metrics_addr: Option<SocketAddr>,
+    pub webhook_addr: Option<SocketAddr>,
     pub stop: oneshot::Sender<()>,
     pub stopped: JoinHandle<()>,
 }
@@ -142,6 +152,7 @@ impl Spawned {
         let addr = app.local_addr();
         let authz_addr = app.ext_authz_addr();
         let metrics_addr = app.metrics_addr();
+        let webhook_addr = app.webhook_addr();
         let (stop, on_stop) = oneshot::channel::<()>();
         let stopped = tokio::spawn(async move {
             app.run_until(async {
@@ -154,6 +165,7 @@ impl Spawned {
             addr,
             authz_addr,
             metrics_addr,
+            webhook_addr,
             stop,
             stopped,
         }

@@ -108,22 +108,31 @@ impl Zitadel {
     pub async fn scope(&self, target: Target<'_>) -> Result<Scoped, UpstreamError> {
         let org_id = match self.management_api().await? {
             ManagementApi::V1 => target.org_id.map(str::to_owned),
-            ManagementApi::V2 => {
-                let actual = self.user_organization(target.user_id).await?;
-                if let Some(named) = target.org_id
-                    && named != actual
-                {
-                    return Err(UpstreamError::NotInOrganization {
-                        user_id: target.user_id.to_owned(),
-                        org_id: named.to_owned(),
-                    });
-                }
-                Some(actual)
-            }
+            ManagementApi::V2 => return self.locate(target).await,
         };
         Ok(Scoped {
             user_id: target.user_id.to_owned(),
             org_id,
+        })
+    }
+
+    /// The user in the organisation they really belong to, as ZITADEL says (v2 `GetUserByID`, whichever API
+    /// manages metadata): for decisions nothing sent to ZITADEL later would scope by organisation, such as a
+    /// stream of a user's changes. A named organisation that is not the user's is
+    /// [`UpstreamError::NotInOrganization`].
+    pub async fn locate(&self, target: Target<'_>) -> Result<Scoped, UpstreamError> {
+        let actual = self.user_organization(target.user_id).await?;
+        if let Some(named) = target.org_id
+            && named != actual
+        {
+            return Err(UpstreamError::NotInOrganization {
+                user_id: target.user_id.to_owned(),
+                org_id: named.to_owned(),
+            });
+        }
+        Ok(Scoped {
+            user_id: target.user_id.to_owned(),
+            org_id: Some(actual),
         })
     }
 

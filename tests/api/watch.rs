@@ -1,0 +1,334 @@
+//! WatchMetadata through a real gRPC client: a caller's own changes with their values, another user's only
+//! with the policy's `read`, hidden keys never streamed to their user, a reader that falls behind told so,
+//! and streams ended cleanly when the replica stops.
+
+use std::time::Duration;
+
+use tonic::{Code, Streaming};
+use usermeta::{
+    api::pb::{self, ChangeKind, MetadataChange, WatchMetadataRequest},
+    policy::Policy,
+};
+
+use crate::helpers::*;
+
+/// The next change of `stream`, failing the test after two seconds.
+async fn next_change(stream: &mut Streaming<MetadataChange>) -> MetadataChange {
+    tokio::time::timeout(Duration::from_secs(2), stream.message())
+        .await
+        .expect("a change within 2 s")
+        .expect("the stream goes on")
+        .expect("the stream is open")
+}
+
+/// Asserts nothing more arrives for a moment.
+async fn nothing_more(stream: &mut Streaming<MetadataChange>) {
+    if let Ok(next) = tokio::time::timeout(Duration::from_millis(300), stream.message()).await {
+        panic!("expected nothing more, got {next:?}");
+    }
+}
+
+pub async fn watch(
+    client: &pb::user_metadata_service_client::UserMetadataServiceClient<tonic::transport::Channel>,
+    token: &str,
+    user_id: &str,
+    key_prefix: &str,
+) -> Result<Streaming<MetadataChange>, tonic::Status> {
+    watch_in(client, token, user_id, "", key_prefix).await
+}
+
+async fn watch_in(
+    client: &pb::user_metadata_service_client::UserMetadataServiceClient<tonic::transport::Channel>,
+    token: &str,
+    user_id: &str,
+    org_id: &str,
+    key_prefix: &str,
+) -> Result<Streaming<MetadataChange>, tonic::Status> {
+    client
+        .clone()
+        .watch_metadata(authed(
+            WatchMetadataRequest {
+                user_id: user_id.to_owned(),
+                key_prefix: key_prefix.to_owned(),
+                organization_id: org_id.to_owned(),
+            },
+            token,
+        ))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+fn set(key: &str, value: &str) -> pb::SetMetadataRequest {
+    pb::SetMetadataRequest {
+        entries: vec![entry(key, text(value))],
+        ..Default::default()
+    }
+}
+
+fn set_for(user_id: &str, org_id: &str, key: &str, value: &str) -> pb::SetMetadataRequest {
+    pb::SetMetadataRequest {
+        user_id: user_id.to_owned(),
+        organization_id: org_id.to_owned(),
+        ..set(key, value)
+    }
+}
+
+#[tokio::test]
+async fn a_caller_sees_their_own_changes_with_the_values_written() {
+    let app = TestApp::start().await;
+    let mut stream = watch(&app.client, &app.alice_token, "", "").await.unwrap();
+    let written = app
+        .set_metadata(&app.alice_token, set("profile.language", "fr"))
+        .await
+        .unwrap()
+        .into_inner();
+    let change = next_change(&mut stream).await;
+    assert_eq!(change.user_id, app.alice);
+    assert_eq!(
+        (change.key.as_str(), change.kind()),
+        ("profile.language", ChangeKind::Set)
+    );
+    assert_eq!(change.value, text("fr"));
+    assert_eq!(
+        change.time, written.update_time,
+        "the time ZITADEL reported for the write"
+    );
+    app.delete_metadata(
+        &app.alice_token,
+        pb::DeleteMetadataRequest {
+            keys: vec!["profile.language".into()],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let change = next_change(&mut stream).await;
+    assert_eq!(
+        (change.key.as_str(), change.kind(), change.value),
+        ("profile.language", ChangeKind::Delete, None)
+    );
+    // Another user's change is not alice's.
+    app.set_metadata(
+        &app.admin_token,
+        set_for(&app.bob, &app.other_org, "tier", "gold"),
+    )
+    .await
+    .unwrap();
+    nothing_more(&mut stream).await;
+}
+
+#[tokio::test]
+async fn a_prefix_narrows_the_stream() {
+    let app = TestApp::start().await;
+    let mut stream = watch(&app.client, &app.alice_token, "", "profile.theme")
+        .await
+        .unwrap();
+    app.set_metadata(&app.alice_token, set("profile.language", "fr"))
+        .await
+        .unwrap();
+    app.set_metadata(&app.alice_token, set("profile.theme", "dark"))
+        .await
+        .unwrap();
+    let change = next_change(&mut stream).await;
+    assert_eq!(change.key, "profile.theme");
+    nothing_more(&mut stream).await;
+}
+
+#[tokio::test]
+async fn another_user_needs_the_policys_read_and_sees_only_readable_keys() {
+    let app = TestApp::start().await;
+    // alice may read only her own metadata.
+    let denied = watch(&app.client, &app.alice_token, &app.bob, "")
+        .await
+        .unwrap_err();
+    assert_status(&denied, Code::PermissionDenied, "POLICY_DENIED");
+    // ZITADEL says which organisation the user is in, whatever the request names.
+    let unknown = watch(&app.client, &app.admin_token, "no-such-user", "")
+        .await
+        .unwrap_err();
+    assert_status(&unknown, Code::NotFound, "USER_NOT_FOUND");
+    let elsewhere = watch_in(&app.client, &app.admin_token, &app.bob, &app.org, "")
+        .await
+        .unwrap_err();
+    assert_eq!(elsewhere.code(), Code::FailedPrecondition, "{elsewhere:?}");
+    // The admin may read anyone's.
+    let mut stream = watch_in(&app.client, &app.admin_token, &app.bob, &app.other_org, "")
+        .await
+        .unwrap();
+    app.set_metadata(
+        &app.admin_token,
+        set_for(&app.bob, &app.other_org, "tier", "gold"),
+    )
+    .await
+    .unwrap();
+    let change = next_change(&mut stream).await;
+    assert_eq!(
+        (change.user_id.as_str(), change.key.as_str(), change.value),
+        (app.bob.as_str(), "tier", text("gold"))
+    );
+}
+
+#[tokio::test]
+async fn the_policy_decides_on_the_organisation_zitadel_places_the_user_in() {
+    let app = TestApp::start().await;
+    let policy = Policy::from_toml(
+        &format!(
+            "[[rule]]\nwho = {{ subjects = [\"{}\"] }}\nwhose = [\"{}\"]\nactions = [\"read\"]\nkeys = [\"*\"]\n",
+            app.alice, app.org
+        ),
+        "test",
+    )
+    .unwrap();
+    let (addr, _stop) = app.another().policy(policy).spawn().await.into_pair();
+    let client = connect(addr).await;
+    // bob is in the other organisation: naming alice's organisation for him changes nothing.
+    for org_id in ["", app.org.as_str()] {
+        let refused = watch_in(&client, &app.alice_token, &app.bob, org_id, "")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                refused.code(),
+                Code::PermissionDenied | Code::FailedPrecondition
+            ),
+            "{org_id:?}: {refused:?}"
+        );
+    }
+    // The admin is in alice's organisation.
+    watch(&client, &app.alice_token, &app.admin, "")
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn hidden_keys_are_never_streamed_to_their_user() {
+    let app = TestApp::start().await;
+    let policy = Policy::from_toml(
+        &format!(
+            "[[rule]]\nwho = {{ subjects = [\"{}\"] }}\nwhose = \"any\"\nactions = [\"read\", \"write\"]\nkeys = [\"*\"]\n\n[[key]]\nname = \"internal.*\"\nhidden = true\n",
+            app.admin
+        ),
+        "test",
+    )
+    .unwrap();
+    let (addr, _stop) = app.another().policy(policy).spawn().await.into_pair();
+    let client = connect(addr).await;
+    let mut own = watch(&client, &app.alice_token, "", "").await.unwrap();
+    let mut admins = watch(&client, &app.admin_token, &app.alice, "")
+        .await
+        .unwrap();
+    for (key, value) in [("internal.score", "7"), ("tier", "gold")] {
+        client
+            .clone()
+            .set_metadata(authed(
+                set_for(&app.alice, "", key, value),
+                &app.admin_token,
+            ))
+            .await
+            .unwrap();
+    }
+    let change = next_change(&mut own).await;
+    assert_eq!(
+        change.key, "tier",
+        "the hidden key is not streamed to alice"
+    );
+    nothing_more(&mut own).await;
+    // Whoever may read it sees it.
+    assert_eq!(next_change(&mut admins).await.key, "internal.score");
+    assert_eq!(next_change(&mut admins).await.key, "tier");
+}
+
+#[tokio::test]
+async fn bad_requests_and_tokens_are_refused_before_a_stream_opens() {
+    let app = TestApp::start().await;
+    let bad = watch(&app.client, &app.alice_token, "", &"k".repeat(201))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert_eq!(violated_fields(&bad), ["key_prefix"]);
+    let bad = watch(&app.client, &app.alice_token, "../x", "")
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&bad), ["user_id"]);
+    let no_token = watch(&app.client, "not-a-token", "", "").await.unwrap_err();
+    assert_eq!(no_token.code(), Code::Unauthenticated);
+}
+
+#[tokio::test]
+async fn a_reader_that_falls_behind_gets_resource_exhausted() {
+    let app = TestApp::start().await;
+    // A client that takes little at a time: HTTP/2 windows of 64 KiB, as a slow reader's would fill.
+    let slow = tonic::transport::Endpoint::from_shared(format!("http://{}", app.addr))
+        .unwrap()
+        .initial_stream_window_size(65_535)
+        .initial_connection_window_size(65_535)
+        .connect()
+        .await
+        .unwrap();
+    let slow = pb::user_metadata_service_client::UserMetadataServiceClient::new(slow);
+    let mut stream = watch(&slow, &app.alice_token, "", "").await.unwrap();
+    // Far more changes than the stream's buffer (1024) and those windows hold, none read meanwhile.
+    let value = "v".repeat(200);
+    for round in 0..4 {
+        let entries = (0..1000)
+            .map(|i| entry(&format!("profile.k{round}-{i}"), text(&value)))
+            .collect();
+        app.set_metadata(
+            &app.alice_token,
+            pb::SetMetadataRequest {
+                entries,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let mut read = 0;
+    let ended = loop {
+        match tokio::time::timeout(Duration::from_secs(5), stream.message())
+            .await
+            .unwrap_or_else(|_| panic!("the stream answers (after {read} changes)"))
+        {
+            Ok(Some(_)) => read += 1,
+            Ok(None) => panic!("the stream ended without saying why"),
+            Err(status) => break status,
+        }
+    };
+    assert_status(&ended, Code::ResourceExhausted, "WATCH_LAGGED");
+    assert!(ended.message().contains("reopen"), "{}", ended.message());
+    // The service goes on, and a new stream works.
+    let mut again = watch(&app.client, &app.alice_token, "", "").await.unwrap();
+    app.set_metadata(&app.alice_token, set("profile.language", "fr"))
+        .await
+        .unwrap();
+    assert_eq!(next_change(&mut again).await.key, "profile.language");
+}
+
+#[tokio::test]
+async fn streams_end_with_unavailable_when_the_replica_stops() {
+    let app = TestApp::start().await;
+    let spawned = app
+        .another()
+        .policy(Policy::new([app.admin.clone()], vec![SELF_WRITABLE.into()]))
+        .serve_options(usermeta::server::ServeOptions {
+            shutdown_grace: Duration::from_secs(30),
+            ..Default::default()
+        })
+        .spawn()
+        .await;
+    let client = connect(spawned.addr).await;
+    let mut stream = watch(&client, &app.alice_token, "", "").await.unwrap();
+    let started = std::time::Instant::now();
+    drop(spawned.stop);
+    let ended = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("the stream ends at once")
+        .unwrap_err();
+    assert_status(&ended, Code::Unavailable, "SHUTTING_DOWN");
+    // Open streams do not hold the shutdown for the grace period.
+    tokio::time::timeout(Duration::from_secs(5), spawned.stopped)
+        .await
+        .expect("the replica stops well before its 30 s grace")
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
