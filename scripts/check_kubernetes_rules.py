@@ -114,6 +114,9 @@ def check_base(objects: list[dict]) -> tuple[dict, dict]:
     rule(value("USERMETA_EXT_AUTHZ") == "true" and value("USERMETA_EXT_AUTHZ_LISTEN") == "0.0.0.0:50052",
          "ext_authz on its own listener, 50052")
     rule(value("USERMETA_WEBHOOK_LISTEN") == "0.0.0.0:8090", "webhook on 8090")
+    signing_key = value("USERMETA_WEBHOOK_SIGNING_KEY_FILE") or ""
+    rule("secret" in mount_source(pod, usermeta, signing_key),
+         "the webhook's signing key (USERMETA_WEBHOOK_SIGNING_KEY_FILE) is a file from a Secret volume")
     rule(value("USERMETA_METRICS_LISTEN") == "0.0.0.0:9090", "metrics on 9090")
     rule(bool(value("USERMETA_ZITADEL_URL")), "USERMETA_ZITADEL_URL is set")
     credential = value("USERMETA_SERVICE_PAT_FILE") or value("USERMETA_SERVICE_KEY_FILE") or ""
