@@ -9,10 +9,12 @@
 #   the cached userinfo path through the same tool (bench_load), counting every ZITADEL call during the load;
 #   the cold path (every request a token usermeta has not seen, so each one asks ZITADEL) against the
 #   stand-in's userinfo called directly with new tokens the same way;
-#   upstream calls per load (and for coalescing, distinct tokens) and peak RSS, also with 100k cached tokens.
+#   upstream calls per load (and for coalescing, distinct tokens) and peak RSS, also with 100k cached tokens;
+#   how long a write through one of three replicas (sharing a real redis-server) takes to be served by the
+#   others: p50, p99 and max.
 # Prints markdown tables and writes them to crates/usermeta-bench/RESULTS.md. Knobs: SHAPES ("c:m ..."),
 # REQUESTS, CLIENTS, STREAMS (the management and TOKEN loads' shape), ROUNDS, COLD_REQUESTS, MANAGEMENT_REQUESTS,
-# TOKEN_REQUESTS, FILL; QUICK=1 is a smoke run (few requests, one round) whose table is printed, not written.
+# TOKEN_REQUESTS, FILL, PROPAGATION_WRITES; QUICK=1 is a smoke run (few requests, one round) whose table is printed, not written.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 unset RUST_LOG  # the default configuration, whatever the calling shell has set
@@ -20,6 +22,7 @@ unset RUST_LOG  # the default configuration, whatever the calling shell has set
 QUICK=${QUICK:-}
 if [[ -n $QUICK ]]; then
   REQUESTS=${REQUESTS:-5000} ROUNDS=${ROUNDS:-1} FILL=${FILL:-2000} TOKEN_REQUESTS=${TOKEN_REQUESTS:-1000}
+  PROPAGATION_WRITES=${PROPAGATION_WRITES:-50}
 fi
 SHAPES=${SHAPES:-"1:1 16:8 16:32 64:16"}
 REQUESTS=${REQUESTS:-100000}
@@ -28,6 +31,7 @@ STREAMS=${STREAMS:-8}
 ROUNDS=${ROUNDS:-5}
 FILL=${FILL:-100000}
 TOKEN_REQUESTS=${TOKEN_REQUESTS:-10000}
+PROPAGATION_WRITES=${PROPAGATION_WRITES:-500}
 TOKEN_WARMUP=$((TOKEN_REQUESTS / 5 + 1))
 JWT_AUDIENCE=usermeta-bench
 COLD_REQUESTS=${COLD_REQUESTS:-$((REQUESTS / 10))}
@@ -220,6 +224,22 @@ fill() { # token list; sets $filled_rss to the instance's peak RSS (no subshell,
 fill tokens; fill_rss=$filled_rss
 fill distinct_tokens; fill_distinct_rss=$filled_rss
 
+# Propagation: three replicas sharing invalidation through a real redis-server; each of PROPAGATION_WRITES
+# writes goes through one replica in turn, and the time until each other replica serves it is measured
+# (bench_propagation: both others have the old value cached when the write starts).
+command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }
+redis_port=$(free_port)
+redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no >/dev/null 2>&1 </dev/null &
+pids+=($!); wait_port "$redis_port"
+fleet=()
+for _ in 1 2 3; do
+  port=$(free_port)
+  USERMETA_REDIS_URL="redis://127.0.0.1:$redis_port" start_usermeta "$port" 60s "$(free_port)"
+  fleet+=("127.0.0.1:$port")
+done
+propagation=$("$bin/bench_propagation" "$hot" "$PROPAGATION_WRITES" "$(IFS=,; echo "${fleet[*]}")")
+echo "propagation: $propagation"
+
 results=crates/usermeta-bench/RESULTS.md
 [[ -n $QUICK ]] && results=/dev/null  # a smoke run's numbers mean little
 python3 crates/usermeta-bench/report.py "$work/runs.tsv" --shapes "$SHAPES" --token-requests "$TOKEN_REQUESTS" \
@@ -227,5 +247,5 @@ python3 crates/usermeta-bench/report.py "$work/runs.tsv" --shapes "$SHAPES" --to
   --management-requests "$MANAGEMENT_REQUESTS" \
   --coalesced "$coalesced" --distinct "$distinct" \
   --cached-rss "$cached_rss" --ceiling-rss "$ceiling_rss" --cold-rss "$cold_rss" \
-  --fill "$FILL" --fill-rss "$fill_rss" --fill-distinct-rss "$fill_distinct_rss" \
+  --fill "$FILL" --fill-rss "$fill_rss" --fill-distinct-rss "$fill_distinct_rss" --propagation "$propagation" \
   | tee "$results"

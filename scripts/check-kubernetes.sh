@@ -15,12 +15,8 @@ cd "$(dirname "$0")/.."
 KUBERNETES_VALIDATE_VERSION=1.37.0
 KUBERNETES_VERSION=1.32.0   # the oldest Kubernetes the manifests are meant for (preStop sleep needs 1.30)
 venv=.tools/kubernetes-validate-venv
-if [[ ! -x "$venv/bin/kubernetes-validate" ]] || [[ $("$venv/bin/kubernetes-validate" --version) != *"$KUBERNETES_VALIDATE_VERSION"* ]]; then
-  echo "-- installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION into $venv"
-  rm -rf "$venv"
-  python3 -m venv "$venv"
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" </dev/null
-fi
+source scripts/lib/python-tool.sh
+python_tool "$venv" "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" kubernetes-validate
 py="$venv/bin/python"
 validate=("$venv/bin/kubernetes-validate" --strict --quiet -k "$KUBERNETES_VERSION")
 

