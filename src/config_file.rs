@@ -236,4 +236,77 @@ shutdown_grace = "3s"
             .to_string();
         assert!(error.contains("broken.toml: not valid TOML"), "{error}");
     }
+
+    mod fuzz {
+        //! Config files from careless hands (256 cases under `cargo test`, more with `PROPTEST_CASES`): any
+        //! text, and files of real setting names holding any TOML value, are applied or refused naming the file
+        //! and a line inside it; never a panic, and the command line then parses or fails as clap says.
+
+        use proptest::prelude::*;
+
+        use super::*;
+
+        const NAMES: &[&str] = &[
+            "zitadel_url",
+            "admins",
+            "cache_ttl",
+            "cache_capacity",
+            "listen",
+            "log_format",
+            "zitadel_api",
+            "upstream_rate_limit",
+            "redis_url",
+            "webhook_listen",
+            "ext_authz",
+            "no_such_setting",
+        ];
+
+        fn toml_value() -> impl Strategy<Value = String> {
+            let leaf = prop_oneof![
+                "\"\\PC{0,20}\"".prop_map(|s| s),
+                any::<i64>().prop_map(|n| n.to_string()),
+                any::<f64>().prop_map(|f| format!("{f:?}")),
+                any::<bool>().prop_map(|b| b.to_string()),
+                Just("\"30s\"".to_owned()),
+                Just("\"127.0.0.1:0\"".to_owned()),
+                Just("{ a = 1 }".to_owned()),
+            ];
+            prop_oneof![
+                leaf.clone(),
+                prop::collection::vec(leaf, 0..3)
+                    .prop_map(|items| format!("[{}]", items.join(", "))),
+            ]
+        }
+
+        fn check(name: &str, text: &str) -> Result<(), TestCaseError> {
+            let path = file(name, text);
+            match apply(Cli::command(), &path) {
+                Ok(command) => {
+                    let _ = command
+                        .try_get_matches_from(["usermeta", "serve"])
+                        .map(|matches| Cli::from_arg_matches(&matches));
+                }
+                Err(ConfigFileError::Setting { line, .. }) => {
+                    prop_assert!(line >= 1 && line <= text.lines().count().max(1));
+                }
+                Err(error) => prop_assert!(error.to_string().contains(name), "{error}"),
+            }
+            Ok(())
+        }
+
+        proptest! {
+            #[test]
+            fn no_text_panics_the_config_file(text in "\\PC{0,200}") {
+                check("fuzz-text.toml", &text)?;
+            }
+
+            #[test]
+            fn no_setting_value_panics_the_config_file(
+                pairs in prop::collection::vec((prop::sample::select(NAMES), toml_value()), 0..6),
+            ) {
+                let text: String = pairs.iter().map(|(name, value)| format!("{name} = {value}\n")).collect();
+                check("fuzz-settings.toml", &text)?;
+            }
+        }
+    }
 }

@@ -123,7 +123,6 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(512))]
         #[test]
         fn parsing_never_panics(value in "\\PC{0,12}") {
             let _ = parse_grpc_timeout(&value);

@@ -1,5 +1,5 @@
-//! Property tests (bounded, run by `cargo test`): request validation and page tokens never panic on
-//! arbitrary input, valid input passes, and page tokens round-trip.
+//! Property tests (256 cases under `cargo test`, more with `PROPTEST_CASES`): request validation (WatchMetadata's
+//! too) and page tokens never panic on arbitrary input, valid input passes, and page tokens round-trip.
 
 use proptest::prelude::*;
 use prost::Message as _;
@@ -10,8 +10,9 @@ use super::{
 };
 use usermeta_zitadel::metadata::{KeyFilter, KeyMatch};
 
+/// 256 cases by default; `PROPTEST_CASES=100000 cargo test fuzz` fuzzes for longer.
 fn config() -> ProptestConfig {
-    ProptestConfig::with_cases(256)
+    ProptestConfig::default()
 }
 
 /// Keys as callers use them (never the path segments `.` and `..`, which are refused).
@@ -36,6 +37,15 @@ proptest! {
         }
         if let Ok(request) = pb::GetMyMetadataRequest::decode(bytes.as_slice()) {
             let _ = validate::get_mine(request);
+        }
+        if let Ok(request) = pb::WatchMetadataRequest::decode(bytes.as_slice()) {
+            let _ = validate::watch(request);
+        }
+        if let Ok(request) = pb::BatchGetMetadataRequest::decode(bytes.as_slice()) {
+            let _ = validate::batch_get(request);
+        }
+        if let Ok(request) = pb::FindUsersByMetadataRequest::decode(bytes.as_slice()) {
+            let _ = validate::find(request, &PageTokenKey::random());
         }
     }
 

@@ -366,3 +366,91 @@ fn denials_name_key_action_and_caller_but_no_values() {
     assert!(text.contains("client app"), "{text}");
     assert!(text.contains("write"), "{text}");
 }
+
+mod fuzz {
+    //! The policy file from hostile or careless hands (256 cases under `cargo test`, more with
+    //! `PROPTEST_CASES`): any text, and documents with the file's own fields holding anything, load or are
+    //! refused with a message, never a panic; an error's line is inside the file.
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn toml_value() -> impl Strategy<Value = String> {
+        let leaf = prop_oneof![
+            "\"\\PC{0,16}\"".prop_map(|s| s),
+            any::<i64>().prop_map(|n| n.to_string()),
+            any::<bool>().prop_map(|b| b.to_string()),
+            Just("\"*\"".to_owned()),
+            Just("\"prefix.*\"".to_owned()),
+            Just("\"^[a-z]+$\"".to_owned()),
+            Just("\"(unclosed\"".to_owned()),
+        ];
+        prop_oneof![
+            leaf.clone(),
+            prop::collection::vec(leaf.clone(), 0..3)
+                .prop_map(|items| format!("[{}]", items.join(", "))),
+            prop::collection::vec(
+                (
+                    prop::sample::select(
+                        &["subjects", "client_ids", "roles", "organizations", "x"][..]
+                    ),
+                    prop::collection::vec(leaf, 0..3)
+                ),
+                0..3
+            )
+            .prop_map(|pairs| format!(
+                "{{ {} }}",
+                pairs
+                    .iter()
+                    .map(|(k, v)| format!("{k} = [{}]", v.join(", ")))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        ]
+    }
+
+    fn table(name: &'static str, fields: &'static [&'static str]) -> impl Strategy<Value = String> {
+        prop::collection::vec((prop::sample::select(fields), toml_value()), 0..6).prop_map(
+            move |pairs| {
+                let mut text = format!("[[{name}]]\n");
+                for (field, value) in pairs {
+                    text.push_str(&format!("{field} = {value}\n"));
+                }
+                text
+            },
+        )
+    }
+
+    proptest! {
+        #[test]
+        fn no_text_panics_the_policy_loader(text in "\\PC{0,300}") {
+            if let Err(error) = Policy::from_toml(&text, "fuzz.toml")
+                && let Some((line, _)) = error.line
+            {
+                prop_assert!(line <= text.lines().count().max(1), "{error}");
+            }
+        }
+
+        #[test]
+        fn no_document_of_the_files_fields_panics_the_loader(
+            self_read in prop::option::of(toml_value()),
+            rules in prop::collection::vec(table("rule", &["name", "who", "whose", "keys", "actions", "extra"]), 0..3),
+            keys in prop::collection::vec(table("key", &["name", "hidden", "max_bytes", "pattern", "json", "extra"]), 0..3),
+        ) {
+            let mut text = self_read.map(|v| format!("self_read = {v}\n")).unwrap_or_default();
+            for table in rules.iter().chain(&keys) {
+                text.push_str(table);
+            }
+            match Policy::from_toml(&text, "fuzz.toml") {
+                Ok(policy) => {
+                    // A loaded policy decides without panicking.
+                    let caller = caller("u1");
+                    let _ = policy.read_scope(&caller, user("u2")).map(|scope| scope.allows("k"));
+                    let _ = policy.authorize(&caller, user("u1"), Action::Write, ["profile.x"]);
+                }
+                Err(error) => prop_assert!(!error.message.is_empty()),
+            }
+        }
+    }
+}

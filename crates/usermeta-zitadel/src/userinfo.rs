@@ -49,7 +49,7 @@ pub struct UserInfo {
 }
 
 #[derive(Deserialize)]
-struct Claims {
+pub(crate) struct Claims {
     sub: Option<String>,
     #[serde(rename = "urn:zitadel:iam:user:resourceowner:id")]
     org_id: Option<String>,
@@ -87,14 +87,16 @@ impl Zitadel {
             .get(self.userinfo_url.clone())
             .header(http::header::AUTHORIZATION, token.authorization().clone());
         let claims: Claims = self.send_json(endpoint, request).await?;
-        let sub = claims.sub.filter(|s| !s.is_empty());
-        let roles = project_roles(&claims.other, self.project_id.as_deref());
-        let metadata = metadata_claim(endpoint, claims.metadata);
-        Ok(UserInfo {
-            sub,
-            org_id: claims.org_id,
-            metadata,
-            roles,
-        })
+        Ok(user_info(claims, self.project_id.as_deref()))
+    }
+}
+
+/// What a userinfo answer says, with the roles of `project_id`.
+pub(crate) fn user_info(claims: Claims, project_id: Option<&str>) -> UserInfo {
+    UserInfo {
+        sub: claims.sub.filter(|s| !s.is_empty()),
+        roles: project_roles(&claims.other, project_id),
+        metadata: metadata_claim(Endpoint::Userinfo, claims.metadata),
+        org_id: claims.org_id,
     }
 }

@@ -6,6 +6,8 @@
 //! the bound on staleness; events only shorten it.
 
 mod event;
+#[cfg(test)]
+mod fuzz_tests;
 mod signature;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration, time::SystemTime};

@@ -8,7 +8,7 @@
 mod choice;
 mod recent;
 mod v1;
-mod v2;
+pub(crate) mod v2;
 
 use std::{
     future::Future,

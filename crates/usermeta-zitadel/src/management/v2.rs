@@ -60,7 +60,7 @@ struct KeyFilterBody<'a> {
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
-struct ListResponse {
+pub(crate) struct ListResponse {
     pagination: Option<PaginationResponse>,
     metadata: Vec<Entry>,
 }
@@ -203,30 +203,8 @@ impl Zitadel {
                 .collect(),
         };
         let answer: ListResponse = self.connect(endpoint, "ListUserMetadata", &body).await?;
-        Ok(Page {
-            total: answer
-                .pagination
-                .map(|p| p.total_result)
-                .unwrap_or_default(),
-            items: answer
-                .metadata
-                .into_iter()
-                .map(|entry| {
-                    crate::decode_item(
-                        endpoint,
-                        entry.key,
-                        entry.value.as_deref(),
-                        Some(crate::wire::ObjectDetails {
-                            creation_date: entry.creation_date,
-                            change_date: entry.change_date,
-                            resource_owner: None,
-                        }),
-                    )
-                })
-                .collect(),
-        })
+        Ok(page_of(answer))
     }
-
     /// Adds or overwrites entries in one call. Values are never empty here (usermeta refuses them before):
     /// newer ZITADEL deletes a key set to an empty value, older ones refuse it.
     pub(super) async fn v2_set_user_metadata(
@@ -492,6 +470,33 @@ impl Zitadel {
 
 /// v2 tells a service user without a membership in the user's organisation "membership not found"
 /// (NOT_FOUND); v1 says PERMISSION_DENIED for the same fact, and so does usermeta.
+/// A `ListUserMetadata` answer as a domain page.
+pub(crate) fn page_of(answer: ListResponse) -> Page {
+    let endpoint = Endpoint::UserV2ListMetadata;
+    Page {
+        total: answer
+            .pagination
+            .map(|p| p.total_result)
+            .unwrap_or_default(),
+        items: answer
+            .metadata
+            .into_iter()
+            .map(|entry| {
+                crate::decode_item(
+                    endpoint,
+                    entry.key,
+                    entry.value.as_deref(),
+                    Some(crate::wire::ObjectDetails {
+                        creation_date: entry.creation_date,
+                        change_date: entry.change_date,
+                        resource_owner: None,
+                    }),
+                )
+            })
+            .collect(),
+    }
+}
+
 fn membership_is_permission(error: UpstreamError) -> UpstreamError {
     match error {
         UpstreamError::Rejected {
