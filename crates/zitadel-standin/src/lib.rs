@@ -450,6 +450,26 @@ impl StandIn {
         self.inner.shared.faults.clear();
     }
 
+    /// A ZITADEL restart: stops serving (every open connection is closed), stays away for `down`, then serves
+    /// the same state (users, tokens, metadata) on the same address again.
+    pub async fn restart(&self, down: Duration) -> std::io::Result<()> {
+        self.shutdown().await;
+        tokio::time::sleep(down).await;
+        let listener = tokio::net::TcpListener::bind(self.inner.addr).await?;
+        self.inner.stop.send_replace(false);
+        let task = tokio::spawn(server::serve(
+            listener,
+            Arc::clone(&self.inner.shared),
+            self.inner.stop.subscribe(),
+        ));
+        *self
+            .inner
+            .task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(task);
+        Ok(())
+    }
+
     /// Stops accepting connections, closes the open ones and waits for the server task to end.
     pub async fn shutdown(&self) {
         self.inner.stop.send_replace(true);
