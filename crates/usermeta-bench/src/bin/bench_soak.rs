@@ -160,12 +160,12 @@ impl Worker {
                 }
                 3..=6 => {
                     // Mostly cached tokens; every fourth read a token usermeta has never seen (the cold path).
-                    let token = if i % 4 == 0 {
+                    let token = if i.is_multiple_of(4) {
                         self.standin.issue_token(&self.user_id, SCOPES)
                     } else {
                         token
                     };
-                    let source = if i % 3 == 0 {
+                    let source = if i.is_multiple_of(3) {
                         pb::MetadataSource::AuthApi
                     } else {
                         pb::MetadataSource::Userinfo
