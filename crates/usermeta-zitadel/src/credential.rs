@@ -11,7 +11,6 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use http::HeaderValue;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use secrecy::{ExposeSecret, SecretString};
-use sha2::{Digest, Sha256};
 
 /// The caller's access token, as an `Authorization` header value ready to forward.
 #[derive(Clone)]
@@ -65,9 +64,15 @@ impl CallerToken {
         token.split('.').count() == 3 && !token.split('.').any(str::is_empty)
     }
 
-    /// A digest of the token, to key caches by without keeping the token itself.
+    /// A digest of the token (SHA-256), to key caches by without keeping the token itself. aws-lc's
+    /// assembly: on every cached call, and several times faster than a portable SHA-256 where the CPU has no
+    /// SHA extensions.
     pub fn digest(&self) -> [u8; 32] {
-        Sha256::digest(self.authorization.as_bytes()).into()
+        let digest =
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, self.authorization.as_bytes());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(digest.as_ref());
+        out
     }
 
     /// The `exp` a JWT access token claims, as seconds since the epoch; `None` for opaque tokens. Not
