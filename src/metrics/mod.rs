@@ -102,7 +102,7 @@ fn describe() {
     );
     describe_counter!(
         WEBHOOK_EVENTS,
-        "ZITADEL events POSTed to the webhook, by outcome: applied, ignored (another event type), unsigned, bad_signature, stale, replayed, malformed, too_large"
+        "Requests to the ZITADEL event webhook, by outcome: applied, ignored (another event type), unsigned, bad_signature, stale, replayed, malformed, too_large, not_found (another path or method)"
     );
     describe_counter!(
         BATCH_RESULTS,
