@@ -6,7 +6,8 @@
 //!
 //! Over Redis pub/sub (`redis_bus.rs`): every replica publishes `{origin, user_id, keys, kind, time}` on one channel after
 //! a write and drops the cached answers of users other replicas changed. Only user ids and keys travel: never
-//! a token, a token digest or a value. The writing replica still invalidates its own cache synchronously;
+//! a token, a token digest or a value. Besides, the webhook claims each accepted event's signature in Redis
+//! (`SET NX EX`), so an event replayed to another replica is refused there too. The writing replica still invalidates its own cache synchronously;
 //! Redis only carries the news to the others. While Redis is unreachable replicas keep serving (local
 //! invalidation and the TTL bound staleness, as without Redis) and reconnect by themselves.
 

@@ -107,6 +107,10 @@ pub struct SharedInvalidation {
     origin: Arc<str>,
     outgoing: mpsc::Sender<Change>,
     connected: watch::Receiver<bool>,
+    /// For [`SharedInvalidation::claim`]: a connection of its own, made when first needed and again after
+    /// a failure.
+    client: redis::Client,
+    claims: Arc<tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>>,
 }
 
 impl SharedInvalidation {
@@ -136,12 +140,53 @@ impl SharedInvalidation {
         let (state, connected) = watch::channel(false);
         crate::metrics::redis_connected(false);
         tokio::spawn(publish(client.clone(), queue));
-        tokio::spawn(subscribe(client, Arc::clone(&origin), cache, feed, state));
+        tokio::spawn(subscribe(
+            client.clone(),
+            Arc::clone(&origin),
+            cache,
+            feed,
+            state,
+        ));
         Ok(SharedInvalidation {
             origin,
             outgoing,
             connected,
+            client,
+            claims: Arc::default(),
         })
+    }
+
+    /// Claims `name` for the whole fleet for `ttl`: `Ok(true)` for the first replica to ask, `Ok(false)` for
+    /// every later one until it expires (Redis `SET NX EX`). An error when Redis cannot say; the caller decides
+    /// what that means.
+    pub async fn claim(&self, name: &str, ttl: Duration) -> Result<bool, redis::RedisError> {
+        let mut connection = self.claims.lock().await;
+        let claimed = async {
+            let conn = match &mut *connection {
+                Some(conn) => conn,
+                None => connection.insert(
+                    tokio::time::timeout(
+                        REDIS_TIMEOUT,
+                        self.client.get_multiplexed_async_connection(),
+                    )
+                    .await
+                    .map_err(|_| timed_out())??,
+                ),
+            };
+            let options = redis::SetOptions::default()
+                .conditional_set(redis::ExistenceCheck::NX)
+                .with_expiration(redis::SetExpiry::EX(ttl.as_secs().max(1)));
+            let set: Option<String> =
+                tokio::time::timeout(REDIS_TIMEOUT, conn.set_options(name, "1", options))
+                    .await
+                    .map_err(|_| timed_out())??;
+            Ok::<_, redis::RedisError>(set.is_some())
+        }
+        .await;
+        if claimed.is_err() {
+            *connection = None;
+        }
+        claimed
     }
 
     /// Tells the other replicas that `user_id` may have changed (its `keys`), without saying how. Never

@@ -410,6 +410,57 @@ async fn an_event_posted_to_one_replica_drops_the_cached_answers_of_every_replic
 }
 
 #[tokio::test]
+async fn an_event_replayed_to_another_replica_is_refused_there() {
+    let app = TestApp::start().await;
+    let redis = Redis::start();
+    let key = "a-signing-key";
+    let a = replica_with(&app, &redis.url(), Some(key), Duration::from_secs(30)).await;
+    let b = replica_with(&app, &redis.url(), Some(key), Duration::from_secs(30)).await;
+    let body = serde_json::to_vec(&serde_json::json!({
+        "aggregateID": app.alice,
+        "aggregateType": "user",
+        "event_type": "user.metadata.removed",
+        "event_payload": {"key": "profile.language"},
+    }))
+    .unwrap();
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let signature = usermeta::fleet::webhook::sign(key, t, &body);
+    let post = |replica: &crate::support::Spawned| {
+        let url = format!("http://{}/zitadel/events", replica.webhook_addr.unwrap());
+        let request = reqwest::Client::new()
+            .post(url)
+            .header("ZITADEL-Signature", signature.clone())
+            .body(body.clone());
+        async move { request.send().await.unwrap() }
+    };
+    assert_eq!(post(&a).await.status().as_u16(), 200);
+    let replayed = post(&b).await;
+    assert_eq!(replayed.status().as_u16(), 401);
+    assert!(replayed.text().await.unwrap().contains("already accepted"));
+    // What Redis holds for it is the signature's name alone, expiring with the tolerance.
+    let mut redis_conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("usermeta.v1.webhook.seen.*")
+        .query_async(&mut redis_conn)
+        .await
+        .unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(&keys[0])
+        .query_async(&mut redis_conn)
+        .await
+        .unwrap();
+    assert!((590..=600).contains(&ttl), "{ttl}");
+}
+
+#[tokio::test]
 async fn a_stream_outlives_redis_going_away_and_hears_the_fleet_again_when_it_returns() {
     let app = TestApp::start().await;
     let redis = Redis::start();

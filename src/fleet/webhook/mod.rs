@@ -138,12 +138,19 @@ impl Webhook {
             .iter()
             .find_map(|name| parts.headers.get(*name))
             .map(|value| value.to_str().unwrap_or("\u{fffd}"));
-        if let Err(refused) = self.verifier.accept(header, &body, SystemTime::now()) {
+        let refused = |refused: SignatureError| {
             let status = match refused {
                 SignatureError::Malformed(_) => StatusCode::BAD_REQUEST,
                 _ => StatusCode::UNAUTHORIZED,
             };
-            return (refused.outcome(), status, refused.to_string());
+            (refused.outcome(), status, refused.to_string())
+        };
+        let signature = match self.verifier.accept(header, &body, SystemTime::now()) {
+            Ok(signature) => signature,
+            Err(error) => return refused(error),
+        };
+        if !self.first_in_fleet(&signature).await {
+            return refused(SignatureError::Replayed);
         }
         match event::parse(&body) {
             Err(malformed) => ("malformed", StatusCode::BAD_REQUEST, malformed.to_string()),
@@ -162,6 +169,28 @@ impl Webhook {
                 let message = format!("applied: {:?} of user {}", change.kind, change.user_id);
                 self.changes.announce(vec![change]);
                 ("applied", StatusCode::OK, message)
+            }
+        }
+    }
+}
+
+impl Webhook {
+    /// Whether no other replica accepted this signature (ZITADEL posts to one address, and a replay may reach
+    /// another replica than the original did). Without Redis, or while it cannot answer, this replica's own
+    /// memory is all there is.
+    async fn first_in_fleet(&self, signature: &[u8]) -> bool {
+        let Some(shared) = self.changes.shared() else {
+            return true;
+        };
+        let name = format!(
+            "usermeta.v1.webhook.seen.{}",
+            data_encoding::HEXLOWER.encode(signature)
+        );
+        match shared.claim(&name, 2 * TOLERANCE).await {
+            Ok(first) => first,
+            Err(error) => {
+                tracing::warn!(%error, "Redis could not say whether another replica saw this ZITADEL event; checking replays on this replica only");
+                true
             }
         }
     }

@@ -153,13 +153,13 @@ impl Verifier {
     }
 
     /// Accepts `body` when `header` holds a fresh signature of it under one of the keys, seen for the first
-    /// time.
+    /// time by this replica; returns the signature that matched (for a fleet-wide replay check).
     pub fn accept(
         &self,
         header: Option<&str>,
         body: &[u8],
         now: SystemTime,
-    ) -> Result<(), SignatureError> {
+    ) -> Result<Vec<u8>, SignatureError> {
         let header = parse(header.ok_or(SignatureError::Missing)?)?;
         let matched = self.matching(&header, body)?;
         let now_secs = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
@@ -167,7 +167,8 @@ impl Verifier {
         if off_by_secs > TOLERANCE.as_secs() {
             return Err(SignatureError::Stale { off_by_secs });
         }
-        self.first_time(matched, header.seconds, now_secs)
+        self.first_time(matched.clone(), header.seconds, now_secs)?;
+        Ok(matched)
     }
 
     /// The first of the header's signatures that one of the keys made of `"<t>.<body>"`.
@@ -252,7 +253,7 @@ mod tests {
         let (now, t) = now();
         let verifier = verifier("key-one\n");
         let header = sign("key-one", t, b"{}");
-        assert_eq!(verifier.accept(Some(&header), b"{}", now), Ok(()));
+        assert!(verifier.accept(Some(&header), b"{}", now).is_ok());
         assert_eq!(
             verifier.accept(Some(&header), b"{}", now),
             Err(SignatureError::Replayed)
@@ -267,7 +268,7 @@ mod tests {
         let other = sign("unknown", t, b"body");
         let v1 = |header: &str| header.split_once(",v1=").expect("v1").1.to_owned();
         let header = format!("t={t},v1={},v1={}", v1(&other), v1(&new));
-        assert_eq!(verifier.accept(Some(&header), b"body", now), Ok(()));
+        assert!(verifier.accept(Some(&header), b"body", now).is_ok());
     }
 
     #[test]
@@ -290,9 +291,10 @@ mod tests {
             verifier.accept(Some(&sign("key", t + 400, b"a")), b"a", now),
             Err(SignatureError::Stale { off_by_secs: 400 })
         );
-        assert_eq!(
-            verifier.accept(Some(&sign("key", t - 299, b"a")), b"a", now),
-            Ok(())
+        assert!(
+            verifier
+                .accept(Some(&sign("key", t - 299, b"a")), b"a", now)
+                .is_ok()
         );
     }
 
