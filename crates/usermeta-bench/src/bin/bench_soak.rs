@@ -414,14 +414,20 @@ async fn main() -> Result<(), Error> {
     let started = Instant::now();
     let until = started + duration;
     let injector = tokio::spawn(inject(standin.clone(), phases.clone(), started));
-    let rss_start = Arc::new(Mutex::new(0));
+    // usermeta's RSS once a second, to see whether it levels off once its cache is full.
+    let rss_samples = Arc::new(Mutex::new(Vec::new()));
     let rss_probe = {
-        let rss_start = Arc::clone(&rss_start);
+        let rss_samples = Arc::clone(&rss_samples);
         let pid = child.id();
         tokio::spawn(async move {
-            // After the caches have filled a little, before any fault.
-            tokio::time::sleep(share(5)).await;
-            *rss_start.lock().await = rss_kib(pid);
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            while Instant::now() < until {
+                tick.tick().await;
+                rss_samples
+                    .lock()
+                    .await
+                    .push((started.elapsed(), rss_kib(pid)));
+            }
         })
     };
     let tasks: Vec<_> = (0..workers)
@@ -449,6 +455,14 @@ async fn main() -> Result<(), Error> {
     injector.await??;
     rss_probe.await?;
     let rss_end = rss_kib(child.id());
+    let rss_samples = rss_samples.lock().await.clone();
+    let rss_at = |until: Duration| {
+        rss_samples
+            .iter()
+            .take_while(|(t, _)| *t <= until)
+            .last()
+            .map_or(0, |(_, kib)| *kib)
+    };
 
     let mut lost = Vec::new();
     for (index, worker) in seen.iter().enumerate() {
@@ -478,8 +492,10 @@ async fn main() -> Result<(), Error> {
         calls.len()
     );
     println!();
-    println!("| phase | window s | calls | status codes | errors went on after the fault ended |");
-    println!("|---|---|---:|---|---:|");
+    println!(
+        "| phase | window s | calls | status codes | errors went on after the fault ended | usermeta RSS at its end |"
+    );
+    println!("|---|---|---:|---|---:|---:|");
     for phase in &phases {
         let within: Vec<&(Duration, Code)> = calls
             .iter()
@@ -523,7 +539,7 @@ async fn main() -> Result<(), Error> {
     println!("| reads older than an acknowledged write of the same user | {stale} | 0 |");
     println!(
         "| usermeta RSS at 5 % of the run / at the end | {:.1} / {:.1} MiB | |",
-        *rss_start.lock().await as f64 / 1024.0,
+        rss_at(duration / 20) as f64 / 1024.0,
         rss_end as f64 / 1024.0
     );
     for problem in lost.iter().chain(wrong.iter().copied()).take(20) {
