@@ -160,6 +160,19 @@ impl MetadataService {
         })
     }
 
+    /// Answers `request` with `handler`, bounded by the request's deadline ([`MetadataService::bounded`]).
+    fn within_deadline<'a, M, T: 'a, F>(
+        &self,
+        request: Request<M>,
+        handler: impl FnOnce(Request<M>) -> F,
+    ) -> impl Future<Output = Result<Response<T>, Status>> + 'a
+    where
+        F: Future<Output = Result<T, ApiError>> + Send + 'a,
+    {
+        let answer = Self::bounded(self.deadline_of(request.metadata()), handler(request));
+        async move { Ok(Response::new(answer.await?)) }
+    }
+
     /// When the request must be answered.
     fn deadline_of(&self, metadata: &MetadataMap) -> Instant {
         deadline::deadline(
@@ -1045,40 +1058,32 @@ impl pb::user_metadata_service_server::UserMetadataService for MetadataService {
         &self,
         request: Request<pb::ListMetadataRequest>,
     ) -> Result<Response<pb::ListMetadataResponse>, Status> {
-        let deadline = self.deadline_of(request.metadata());
-        Ok(Response::new(
-            Self::bounded(deadline, self.list(request)).await?,
-        ))
+        self.within_deadline(request, |request| self.list(request))
+            .await
     }
 
     async fn set_metadata(
         &self,
         request: Request<pb::SetMetadataRequest>,
     ) -> Result<Response<pb::SetMetadataResponse>, Status> {
-        let deadline = self.deadline_of(request.metadata());
-        Ok(Response::new(
-            Self::bounded(deadline, self.set(request)).await?,
-        ))
+        self.within_deadline(request, |request| self.set(request))
+            .await
     }
 
     async fn delete_metadata(
         &self,
         request: Request<pb::DeleteMetadataRequest>,
     ) -> Result<Response<pb::DeleteMetadataResponse>, Status> {
-        let deadline = self.deadline_of(request.metadata());
-        Ok(Response::new(
-            Self::bounded(deadline, self.delete(request)).await?,
-        ))
+        self.within_deadline(request, |request| self.delete(request))
+            .await
     }
 
     async fn find_users_by_metadata(
         &self,
         request: Request<pb::FindUsersByMetadataRequest>,
     ) -> Result<Response<pb::FindUsersByMetadataResponse>, Status> {
-        let deadline = self.deadline_of(request.metadata());
-        Ok(Response::new(
-            Self::bounded(deadline, self.find(request)).await?,
-        ))
+        self.within_deadline(request, |request| self.find(request))
+            .await
     }
 
     type WatchMetadataStream = ChangeStream;
@@ -1087,21 +1092,17 @@ impl pb::user_metadata_service_server::UserMetadataService for MetadataService {
         &self,
         request: Request<pb::WatchMetadataRequest>,
     ) -> Result<Response<ChangeStream>, Status> {
-        let deadline = self.deadline_of(request.metadata());
         // The deadline bounds opening the stream (identifying the caller, placing the user); the stream
-        // itself lasts until the caller's own deadline, if any, ends the call.
-        Ok(Response::new(
-            Self::bounded(deadline, self.watch(request)).await?,
-        ))
+        // itself lasts until the caller ends it (or its own deadline does).
+        self.within_deadline(request, |request| self.watch(request))
+            .await
     }
 
     async fn batch_get_metadata(
         &self,
         request: Request<pb::BatchGetMetadataRequest>,
     ) -> Result<Response<pb::BatchGetMetadataResponse>, Status> {
-        let deadline = self.deadline_of(request.metadata());
-        Ok(Response::new(
-            Self::bounded(deadline, self.batch(request)).await?,
-        ))
+        self.within_deadline(request, |request| self.batch(request))
+            .await
     }
 }

@@ -17,6 +17,8 @@ const PUBLISH_QUEUE: usize = 4096;
 const PING_EVERY: Duration = Duration::from_secs(5);
 /// How long a ping or a publish may take before the connection counts as lost.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a claim may wait for Redis: the webhook answers ZITADEL, which gives up on slow targets.
+const CLAIM_TIMEOUT: Duration = Duration::from_millis(500);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -166,7 +168,7 @@ impl SharedInvalidation {
                 Some(conn) => conn,
                 None => connection.insert(
                     tokio::time::timeout(
-                        REDIS_TIMEOUT,
+                        CLAIM_TIMEOUT,
                         self.client.get_multiplexed_async_connection(),
                     )
                     .await
@@ -177,7 +179,7 @@ impl SharedInvalidation {
                 .conditional_set(redis::ExistenceCheck::NX)
                 .with_expiration(redis::SetExpiry::EX(ttl.as_secs().max(1)));
             let set: Option<String> =
-                tokio::time::timeout(REDIS_TIMEOUT, conn.set_options(name, "1", options))
+                tokio::time::timeout(CLAIM_TIMEOUT, conn.set_options(name, "1", options))
                     .await
                     .map_err(|_| timed_out())??;
             Ok::<_, redis::RedisError>(set.is_some())
