@@ -222,7 +222,7 @@ async fn unsigned_badly_signed_stale_and_replayed_events_change_nothing() {
         ),
         (
             "from the future",
-            Some(signature(KEY, t + 301, &body)),
+            Some(signature(KEY, t + 310, &body)),
             body.clone(),
             401,
         ),
