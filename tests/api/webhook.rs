@@ -216,7 +216,7 @@ async fn unsigned_badly_signed_stale_and_replayed_events_change_nothing() {
         ),
         (
             "stale",
-            Some(signature(KEY, t - 301, &body)),
+            Some(signature(KEY, t - 310, &body)),
             body.clone(),
             401,
         ),
