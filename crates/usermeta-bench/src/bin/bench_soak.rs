@@ -520,12 +520,13 @@ async fn main() -> Result<(), Error> {
             String::new()
         };
         println!(
-            "| {} | {:.0}–{:.0} | {} | {} | {recovery} |",
+            "| {} | {:.0}–{:.0} | {} | {} | {recovery} | {:.1} MiB |",
             phase.name,
             phase.start.as_secs_f64(),
             phase.end.as_secs_f64(),
             within.len(),
-            mix.join(", ")
+            mix.join(", "),
+            rss_at(phase.end) as f64 / 1024.0
         );
     }
     println!();
