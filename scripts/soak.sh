@@ -13,8 +13,8 @@ SOAK_SECONDS=${SOAK_SECONDS:-600}
 SOAK_WORKERS=${SOAK_WORKERS:-32}
 cargo build --release --locked --quiet -p usermeta -p usermeta-bench --bin usermeta --bin bench_soak
 bin=${CARGO_TARGET_DIR:-target}/release
-log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+log=${SOAK_LOG:-$(mktemp)}
+[[ -n ${SOAK_LOG:-} ]] || trap 'rm -f "$log"' EXIT
 if ! "$bin/bench_soak" "$bin/usermeta" "$SOAK_SECONDS" "$SOAK_WORKERS" "$log"; then
   echo "--- usermeta's log (last 40 lines)"; tail -n 40 "$log"; exit 1
 fi
