@@ -161,7 +161,16 @@ impl<T: Clone, E: Clone> SingleFlight<T, E> {
                 none.insert(start().shared()).clone()
             }
         };
+        // A waiter cut off here (its deadline) retires the lookup if it is still the one under way: left in
+        // the map, unpolled, it would hold its upstream call (a circuit breaker's only probe among them) and
+        // its memory for ever. Other waiters keep their own handle on it and finish it.
+        let mut retire = Retire {
+            flight: self,
+            key,
+            lookup: Some(lookup.clone()),
+        };
         let result = lookup.clone().await;
+        retire.lookup = None;
         let mut under_way = self.lock();
         if under_way
             .get(&key)
@@ -173,6 +182,27 @@ impl<T: Clone, E: Clone> SingleFlight<T, E> {
             under_way.remove(&key);
         }
         result
+    }
+}
+
+/// Retires a lookup from its [`SingleFlight`] when the waiter holding this is dropped before the answer came.
+struct Retire<'a, T: Clone, E: Clone> {
+    flight: &'a SingleFlight<T, E>,
+    key: TokenKey,
+    lookup: Option<Lookup<T, E>>,
+}
+
+impl<T: Clone, E: Clone> Drop for Retire<'_, T, E> {
+    fn drop(&mut self) {
+        if let Some(lookup) = self.lookup.take() {
+            let mut under_way = self.flight.lock();
+            if under_way
+                .get(&self.key)
+                .is_some_and(|current| current.ptr_eq(&lookup))
+            {
+                under_way.remove(&self.key);
+            }
+        }
     }
 }
 
@@ -549,6 +579,47 @@ mod tests {
             roles: Default::default(),
         })
         .unwrap()
+    }
+
+    /// A lookup whose only waiter is cut off (its deadline) leaves the map and is dropped: an unpolled one
+    /// would hold its upstream call for ever (a circuit breaker's probe stuck half-open, found by the soak).
+    #[tokio::test]
+    async fn a_lookup_whose_waiters_all_left_is_retired_and_dropped() {
+        struct Dropped(Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for Dropped {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let flight: SingleFlight<u32, String> = SingleFlight::new();
+        let dropped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let guard = Dropped(Arc::clone(&dropped));
+        let waiting = flight.run(
+            [7; 32],
+            || None,
+            move || {
+                Box::pin(async move {
+                    let _guard = guard;
+                    std::future::pending::<Result<u32, String>>().await
+                })
+            },
+            |_| {},
+        );
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), waiting)
+                .await
+                .is_err()
+        );
+        assert!(
+            flight.lock().is_empty(),
+            "the abandoned lookup left the map"
+        );
+        assert!(dropped.load(Ordering::SeqCst), "and its call was dropped");
+        // The next request for the token starts afresh.
+        let answer = flight
+            .run([7; 32], || None, || Box::pin(async { Ok(1) }), |_| {})
+            .await;
+        assert_eq!(answer, Ok(1));
     }
 
     /// A request that missed the cache just before a finished lookup's answer was remembered comes to
