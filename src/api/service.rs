@@ -729,15 +729,11 @@ impl MetadataService {
             let named = Target { user_id, org_id };
             self.policy
                 .read_in_any_organization(caller, subject_of(named))?;
-            let scoped = self.zitadel.scope(named).await.map_err(|e| {
-                if e.is_unknown_user() {
-                    ApiError::UserNotFound {
-                        user_id: user_id.to_owned(),
-                    }
-                } else {
-                    e.into()
-                }
-            })?;
+            let scoped = self
+                .zitadel
+                .scope(named)
+                .await
+                .map_err(|e| unknown_user_not_found(e, user_id))?;
             let target = scoped.target();
             let scope = self.policy.read_scope(caller, subject_of(target))?;
             for key in &request.keys {
@@ -779,15 +775,11 @@ impl MetadataService {
                     .read_in_any_organization(&caller, subject_of(named))?;
                 // Changes name only the user, and no later call to ZITADEL would scope by organisation:
                 // the policy decides on the organisation ZITADEL says the user is in.
-                let located = self.zitadel.locate(named).await.map_err(|e| {
-                    if e.is_unknown_user() {
-                        ApiError::UserNotFound {
-                            user_id: user_id.clone(),
-                        }
-                    } else {
-                        e.into()
-                    }
-                })?;
+                let located = self
+                    .zitadel
+                    .locate(named)
+                    .await
+                    .map_err(|e| unknown_user_not_found(e, &user_id))?;
                 let target = located.target();
                 self.policy.read_scope(&caller, subject_of(target))?;
                 (target.user_id.into(), target.org_id.map(Into::into))
@@ -935,6 +927,17 @@ impl Drop for InvalidateOnDrop<'_> {
         if let Some(changes) = self.changes {
             changes.maybe_changed(self.user_id, self.keys);
         }
+    }
+}
+
+/// ZITADEL's "no such user" as NOT_FOUND naming the user; any other failure as it is.
+fn unknown_user_not_found(error: UpstreamError, user_id: &str) -> ApiError {
+    if error.is_unknown_user() {
+        ApiError::UserNotFound {
+            user_id: user_id.to_owned(),
+        }
+    } else {
+        error.into()
     }
 }
 

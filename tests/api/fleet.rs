@@ -14,7 +14,7 @@ use tonic_health::pb::{
 };
 use usermeta::{
     api::pb::{
-        ChangeKind, GetMyMetadataRequest, MetadataChange, SetMetadataRequest, WatchMetadataRequest,
+        ChangeKind, MetadataChange, SetMetadataRequest, WatchMetadataRequest,
         user_metadata_service_client::UserMetadataServiceClient,
     },
     fleet::{CHANNEL, HEALTH_SERVICE, RedisConfig},
@@ -130,24 +130,6 @@ async fn wait_for_redis_health(addr: SocketAddr, want: ServingStatus) {
     }
 }
 
-async fn language(
-    client: &mut UserMetadataServiceClient<tonic::transport::Channel>,
-    token: &str,
-) -> String {
-    let answer = client
-        .get_my_metadata(authed(
-            GetMyMetadataRequest {
-                keys: vec!["profile.language".into()],
-                ..Default::default()
-            },
-            token,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    text_of(&answer.metadata[0]).unwrap().to_owned()
-}
-
 async fn set_language(
     client: &mut UserMetadataServiceClient<tonic::transport::Channel>,
     token: &str,
@@ -203,11 +185,11 @@ async fn a_write_through_one_replica_is_seen_through_the_others_within_a_second(
     }
     set_language(&mut a, &app.alice_token, "fr").await;
     // The writer at once; the other replica through Redis, well within a second.
-    assert_eq!(language(&mut a, &app.alice_token).await, "fr");
+    assert_eq!(language(&a, &app.alice_token).await, "fr");
     let took = seen_within(&mut b, &app.alice_token, "fr", Duration::from_secs(1)).await;
     println!("replica b saw the write after {took:?}");
     // A replica without Redis serves its cached answer until the TTL: the news came through Redis.
-    assert_eq!(language(&mut lone, &app.alice_token).await, "en");
+    assert_eq!(language(&lone, &app.alice_token).await, "en");
 }
 
 #[tokio::test]
@@ -264,23 +246,23 @@ async fn without_redis_replicas_serve_on_and_reconnect_by_themselves() {
     }
     let (a_addr, b_addr) = (a, b);
     let (mut a, mut b) = (connect(a).await, connect(b).await);
-    assert_eq!(language(&mut b, &app.alice_token).await, "en");
+    assert_eq!(language(&b, &app.alice_token).await, "en");
 
     // Redis goes away: health says so, and both replicas go on reading and writing.
     let port = redis.stop();
     wait_for_redis_health(a_addr, ServingStatus::NotServing).await;
     wait_for_redis_health(b_addr, ServingStatus::NotServing).await;
     set_language(&mut a, &app.alice_token, "de").await;
-    assert_eq!(language(&mut a, &app.alice_token).await, "de");
+    assert_eq!(language(&a, &app.alice_token).await, "de");
     // b serves what it has: staleness is bounded by the TTL, as without Redis.
-    assert_eq!(language(&mut b, &app.alice_token).await, "en");
+    assert_eq!(language(&b, &app.alice_token).await, "en");
 
     // Redis comes back on the same address: both reconnect, b drops what it may have missed, and shared
     // invalidation works again.
     let _redis = Redis::start_on(port);
     wait_for_redis_health(a_addr, ServingStatus::Serving).await;
     wait_for_redis_health(b_addr, ServingStatus::Serving).await;
-    assert_eq!(language(&mut b, &app.alice_token).await, "de");
+    assert_eq!(language(&b, &app.alice_token).await, "de");
     set_language(&mut a, &app.alice_token, "it").await;
     seen_within(&mut b, &app.alice_token, "it", Duration::from_secs(1)).await;
 }
@@ -379,7 +361,7 @@ async fn an_event_posted_to_one_replica_drops_the_cached_answers_of_every_replic
     let b = replica_with(&app, &redis.url(), None, Duration::from_secs(30)).await;
     let events = format!("http://{}/zitadel/events", a.webhook_addr.unwrap());
     let mut b = connect(b.addr).await;
-    assert_eq!(language(&mut b, &app.alice_token).await, "en");
+    assert_eq!(language(&b, &app.alice_token).await, "en");
     // Changed in ZITADEL itself; ZITADEL tells replica a.
     app.standin
         .set_metadata(&app.alice, "profile.language", b"nl");
@@ -500,7 +482,7 @@ async fn a_replica_killed_during_a_burst_leaves_nothing_stale_past_the_ttl() {
     let a = replica_with(&app, &redis.url(), None, ttl).await;
     let b = replica_with(&app, &redis.url(), None, ttl).await;
     let mut on_b = connect(b.addr).await;
-    assert_eq!(language(&mut on_b, &app.alice_token).await, "en");
+    assert_eq!(language(&on_b, &app.alice_token).await, "en");
     // One writer through a, each write after the last was acknowledged; a dies in the middle.
     let mut writer = connect(a.addr).await;
     let token = app.alice_token.clone();

@@ -370,3 +370,25 @@ pub async fn raw_userinfo(claims: serde_json::Value) -> (String, Arc<AtomicUsize
     tokio::spawn(async move { axum::serve(listener, router).await });
     (url, calls)
 }
+
+/// The caller's `profile.language` as `client` serves it (GetMyMetadata), or `<none>`.
+pub async fn language(client: &UserMetadataServiceClient<Channel>, token: &str) -> String {
+    let answer = client
+        .clone()
+        .get_my_metadata(authed(
+            pb::GetMyMetadataRequest {
+                keys: vec!["profile.language".into()],
+                ..Default::default()
+            },
+            token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    answer
+        .metadata
+        .first()
+        .and_then(text_of)
+        .unwrap_or("<none>")
+        .to_owned()
+}

@@ -6,10 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::hmac;
 use base64::Engine as _;
-use usermeta::{
-    api::pb::{ChangeKind, GetMyMetadataRequest},
-    policy::Policy,
-};
+use usermeta::{api::pb::ChangeKind, policy::Policy};
 
 use crate::{helpers::*, watch::watch};
 
@@ -98,43 +95,21 @@ async fn post(url: &str, signature: Option<&str>, body: Vec<u8>) -> (u16, String
     (answer.status().as_u16(), answer.text().await.unwrap())
 }
 
-async fn language(client: &Replica, token: &str) -> String {
-    let answer = client
-        .grpc
-        .clone()
-        .get_my_metadata(authed(
-            GetMyMetadataRequest {
-                keys: vec!["profile.language".into()],
-                ..Default::default()
-            },
-            token,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    answer
-        .metadata
-        .first()
-        .and_then(text_of)
-        .unwrap_or("<none>")
-        .to_owned()
-}
-
 #[tokio::test]
 async fn a_signed_event_drops_the_cached_answer_and_reaches_streams() {
     let app = TestApp::start().await;
     let (client, _stop) = with_webhook(&app, KEY).await;
-    assert_eq!(language(&client, &app.alice_token).await, "en");
+    assert_eq!(language(&client.grpc, &app.alice_token).await, "en");
     let mut stream = watch(&client.grpc, &app.alice_token, "", "").await.unwrap();
     // A change made in ZITADEL itself (the Console): usermeta still serves its cached answer.
     app.standin
         .set_metadata(&app.alice, "profile.language", b"es");
-    assert_eq!(language(&client, &app.alice_token).await, "en");
+    assert_eq!(language(&client.grpc, &app.alice_token).await, "en");
 
     let body = set_event(&app.alice, "profile.language", b"es");
     let (status, answer) = post(&client.events, Some(&signature(KEY, now(), &body)), body).await;
     assert_eq!(status, 200, "{answer}");
-    assert_eq!(language(&client, &app.alice_token).await, "es");
+    assert_eq!(language(&client.grpc, &app.alice_token).await, "es");
     let change = tokio::time::timeout(Duration::from_secs(2), stream.message())
         .await
         .unwrap()
@@ -195,7 +170,7 @@ async fn both_payload_forms_and_every_metadata_event_type_apply() {
 async fn unsigned_badly_signed_stale_and_replayed_events_change_nothing() {
     let app = TestApp::start().await;
     let (client, _stop) = with_webhook(&app, KEY).await;
-    assert_eq!(language(&client, &app.alice_token).await, "en");
+    assert_eq!(language(&client.grpc, &app.alice_token).await, "en");
     app.standin
         .set_metadata(&app.alice, "profile.language", b"es");
     let body = set_event(&app.alice, "profile.language", b"es");
@@ -239,7 +214,7 @@ async fn unsigned_badly_signed_stale_and_replayed_events_change_nothing() {
         assert_eq!(status, want, "{case}: {answer}");
         assert!(!answer.contains(KEY), "{case}: the key is never echoed");
         assert_eq!(
-            language(&client, &app.alice_token).await,
+            language(&client.grpc, &app.alice_token).await,
             "en",
             "{case} changed what usermeta serves"
         );
@@ -248,14 +223,14 @@ async fn unsigned_badly_signed_stale_and_replayed_events_change_nothing() {
     let header = signature(KEY, t, &body);
     let (status, _) = post(&client.events, Some(&header), body.clone()).await;
     assert_eq!(status, 200);
-    assert_eq!(language(&client, &app.alice_token).await, "es");
+    assert_eq!(language(&client.grpc, &app.alice_token).await, "es");
     app.standin
         .set_metadata(&app.alice, "profile.language", b"pt");
     let (status, answer) = post(&client.events, Some(&header), body).await;
     assert_eq!(status, 401, "{answer}");
     assert!(answer.contains("already"), "{answer}");
     assert_eq!(
-        language(&client, &app.alice_token).await,
+        language(&client.grpc, &app.alice_token).await,
         "es",
         "the replay dropped nothing"
     );
@@ -310,7 +285,7 @@ async fn other_event_types_are_ignored_and_malformed_or_huge_bodies_refused() {
             .await
             .is_err()
     );
-    assert_eq!(language(&client, &app.alice_token).await, "en");
+    assert_eq!(language(&client.grpc, &app.alice_token).await, "en");
 }
 
 #[tokio::test]
