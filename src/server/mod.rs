@@ -206,10 +206,7 @@ impl Application {
         let metrics = match options.metrics_listen {
             Some(addr) => {
                 let handle = crate::metrics::install()?;
-                let listener = TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| StartError::Bind { addr, source })?;
-                Some((listener, handle))
+                Some((bind(addr).await?, handle))
             }
             None => None,
         };
@@ -244,13 +241,7 @@ impl Application {
         let fleet = changes.shared().cloned();
         let webhook = match options.webhook {
             Some(webhook) => {
-                let listener =
-                    TcpListener::bind(webhook.listen)
-                        .await
-                        .map_err(|source| StartError::Bind {
-                            addr: webhook.listen,
-                            source,
-                        })?;
+                let listener = bind(webhook.listen).await?;
                 Some((listener, Webhook::new(webhook.keys, changes.clone())))
             }
             None => None,
@@ -268,13 +259,7 @@ impl Application {
                     .as_ref()
                     .map(|files| files.load_checked(&TlsSettings::EXT_AUTHZ))
                     .transpose()?;
-                let listener =
-                    TcpListener::bind(ext.listen)
-                        .await
-                        .map_err(|source| StartError::Bind {
-                            addr: ext.listen,
-                            source,
-                        })?;
+                let listener = bind(ext.listen).await?;
                 let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
                     addr: ext.listen,
                     source,
@@ -295,13 +280,7 @@ impl Application {
                 })
             }
         };
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
+        let listener = bind(config.listen).await?;
         let local_addr = listener.local_addr().map_err(|source| StartError::Bind {
             addr: config.listen,
             source,
@@ -492,6 +471,13 @@ impl Application {
         tracing::info!("usermeta stopped");
         Ok(())
     }
+}
+
+/// Binds a listener, naming the address when it cannot.
+async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { addr, source })
 }
 
 /// A listener's connections, as both servers take them.
