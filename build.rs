@@ -33,7 +33,30 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .extern_path(".google.rpc", "::tonic_types")
         .compile_fds(descriptors)?;
+    envoy_check_server();
     Ok(())
+}
+
+/// The server side of Envoy's `envoy.service.auth.v3.Authorization`, decoding `CheckRequest` into
+/// `crate::authz::wire`'s slim view of it (only the fields Check reads) instead of envoy-types' full message,
+/// and answering with envoy-types' `CheckResponse`. Same service, method and wire format as envoy-types'
+/// generated server.
+fn envoy_check_server() {
+    let check = tonic_build::manual::Method::builder()
+        .name("check")
+        .route_name("Check")
+        .input_type("crate::authz::wire::CheckRequest")
+        .output_type("::envoy_types::pb::envoy::service::auth::v3::CheckResponse")
+        .codec_path("::tonic_prost::ProstCodec")
+        .build();
+    let service = tonic_build::manual::Service::builder()
+        .name("Authorization")
+        .package("envoy.service.auth.v3")
+        .method(check)
+        .build();
+    tonic_build::manual::Builder::new()
+        .build_client(false)
+        .compile(&[service]);
 }
 
 /// `files` and everything they import (so reflection clients resolve every type), with source info (comments).

@@ -14,8 +14,8 @@ use std::{
 use base64::{Engine, engine::general_purpose::STANDARD};
 use compact_str::CompactString;
 use envoy_types::ext_authz::v3::pb::{
-    Authorization, CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction,
-    HeaderValue, HeaderValueOption, HttpResponse, HttpStatus, OkHttpResponse,
+    CheckResponse, DeniedHttpResponse, HeaderAppendAction, HeaderValue, HeaderValueOption,
+    HttpResponse, HttpStatus, OkHttpResponse,
 };
 use envoy_types::pb::google::{
     protobuf::{BoolValue, Struct, Value, value::Kind},
@@ -24,11 +24,12 @@ use envoy_types::pb::google::{
 use tonic::{Code, Request, Response, Status};
 use tracing::instrument;
 
+use super::wire::{CheckRequest, authorization_server::Authorization};
 use super::{AuthzConfig, BASE64_MARKER, BinaryValues, MAX_HEADER_VALUE_BYTES, Requirement, Rule};
 use crate::{
     api::{RequestLimits, deadline, rate_limit::RateLimiter},
     caller::cache::CallerCache,
-    caller::{AUTHORIZATION, Caller, IdentifyError, Identity, KnownCaller, Resolver, TokenError},
+    caller::{Caller, IdentifyError, Identity, KnownCaller, Resolver, TokenError},
     policy::{Policy, Subject},
 };
 use usermeta_zitadel::{
@@ -129,7 +130,7 @@ impl AuthzService {
             .filter(|rule| rule.applies_to(path, host))
             .collect();
 
-        let token = match http.and_then(authorization_header) {
+        let token = match http.and_then(|http| http.authorization()) {
             None => Err(BearerError::NotBearer),
             Some(value) => CallerToken::from_authorization(value),
         };
@@ -412,34 +413,6 @@ impl AuthzService {
             })),
         }
     }
-}
-
-/// The request's `authorization` value: Envoy sends lower-case names, in `headers` or (with
-/// `encode_raw_headers`) in `header_map`.
-fn authorization_header(
-    http: &envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest,
-) -> Option<&[u8]> {
-    if let Some(value) = http.headers.get(AUTHORIZATION) {
-        return Some(value.as_bytes());
-    }
-    if let Some((_, value)) = http
-        .headers
-        .iter()
-        .find(|(name, _)| name.eq_ignore_ascii_case(AUTHORIZATION))
-    {
-        return Some(value.as_bytes());
-    }
-    let header = http
-        .header_map
-        .as_ref()?
-        .headers
-        .iter()
-        .find(|h| h.key.eq_ignore_ascii_case(AUTHORIZATION))?;
-    Some(if header.raw_value.is_empty() {
-        header.value.as_bytes()
-    } else {
-        &header.raw_value
-    })
 }
 
 /// A `Retry-After` in whole seconds, rounded up, at least 1.

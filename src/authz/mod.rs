@@ -7,6 +7,7 @@
 //! `settings::ext_authz` reads the configuration from flags and environment.
 
 pub mod check;
+pub mod wire;
 
 pub use check::AuthzService;
 

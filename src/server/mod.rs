@@ -4,14 +4,15 @@ mod shed;
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
-use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use tokio::net::TcpListener;
 use tonic::transport::{Server, ServerTlsConfig, server::TcpIncoming};
 use tonic_health::server::HealthReporter;
 
 use crate::{
     api::{MetadataService, RequestLimits, pb},
-    authz::{self, AuthzConfig, AuthzService, ExtAuthz},
+    authz::{
+        self, AuthzConfig, AuthzService, ExtAuthz, wire::authorization_server::AuthorizationServer,
+    },
     caller::cache::{CacheConfig, CallerCache},
     caller::{IdentityConfig, IdentitySetupError, Resolver},
     fleet::{Changes, SharedInvalidation, webhook::Webhook},
