@@ -3,7 +3,8 @@
 # DEFAULT configuration (no RUST_LOG: the default log level, metrics and OTLP export off):
 #   (a) a bare tonic server answering GetMyMetadata with a same-size message: the ceiling;
 #   (b) usermeta's cached GetMyMetadata; with the same h2load settings, alternating (a) and (b);
-#   (c) usermeta's cached Envoy external authorization Check, in the same rounds;
+#   (c) usermeta's cached Envoy external authorization Check, in the same rounds, beside the same bare tonic
+#       server answering Check (envoy-types' generated server) with usermeta's answer: the Check ceiling;
 #   (a) to (c) at every load shape of SHAPES (h2load -c CLIENTS -m STREAMS), one row per shape;
 #   GetMyMetadata with source TOKEN, a new JWT (minted by the fixture, validated locally) every request, beside
 #   the cached userinfo path through the same tool (bench_load), counting every ZITADEL call during the load;
@@ -129,13 +130,15 @@ grpcurl -plaintext "127.0.0.1:$ceiling_port" usermeta.v1.UserMetadataService/Get
   || true  # the ceiling has no reflection; h2load's byte counts below compare the message sizes instead
 # Check allows the bench user and passes the contract header (no reflection for it: the helper asks once).
 "$bin/bench_check_request" "$hot" "$work/check-request.bin" "127.0.0.1:$cached_authz_port"
+"$bin/bench_check_request" "$hot" "$work/check-request.bin" "127.0.0.1:$ceiling_port"
 
 : >"$work/runs.tsv"
 warmup=$((REQUESTS < 20000 ? REQUESTS : 20000))
 load warmup-ceiling "$(grpc_url "$ceiling_port")" "$hot" "$warmup"
 load warmup-usermeta "$(grpc_url "$cached_port")" "$hot" "$warmup"
 load warmup-check "$(check_url "$cached_authz_port")" "$hot" "$warmup"
-# Every shape in turn; within a shape, rounds alternate the ceiling, GetMyMetadata and Check.
+load warmup-check-ceiling "$(check_url "$ceiling_port")" "$hot" "$warmup"
+# Every shape in turn; within a shape, rounds alternate the ceiling, GetMyMetadata, Check and the Check ceiling.
 for shape in $SHAPES; do
   c=${shape%:*} m=${shape#*:}
   # One connection, one stream in flight: fewer requests, so the run takes about as long as the others.
@@ -144,6 +147,7 @@ for shape in $SHAPES; do
     load "ceiling@c${c}m${m}-$round" "$(grpc_url "$ceiling_port")" "$hot" "$n" "$c" "$m"
     load "usermeta-cached@c${c}m${m}-$round" "$(grpc_url "$cached_port")" "$hot" "$n" "$c" "$m"
     load "check-cached@c${c}m${m}-$round" "$(check_url "$cached_authz_port")" "$hot" "$n" "$c" "$m"
+    load "check-ceiling@c${c}m${m}-$round" "$(check_url "$ceiling_port")" "$hot" "$n" "$c" "$m"
   done
 done
 

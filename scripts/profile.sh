@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A profile (not a test): instructions per call, counted by valgrind's callgrind, which is stable on a noisy
-# machine where timings are not. For the bare tonic server (the ceiling), usermeta's cached GetMyMetadata and its
-# cached Envoy Check, in the default configuration (no RUST_LOG): each server runs under callgrind twice, once
+# machine where timings are not. For the bare tonic server (the ceiling), usermeta's cached GetMyMetadata, its
+# cached Envoy Check and the bare server answering Check with usermeta's answer, in the default configuration (no RUST_LOG): each server runs under callgrind twice, once
 # answering N requests and once 2N (h2load -c 1 -m PROFILE_STREAMS, after one warm-up call that fills the cache),
 # and the difference of the two totals over N is what one more call costs, start-up and shutdown subtracted.
 # Prints a markdown table. Knobs: PROFILE_REQUESTS (N, default 2000), PROFILE_STREAMS (8), KEEP=dir keeps the
@@ -37,10 +37,10 @@ printf '\0\0\0\0\0' >"$work/empty-request.bin"
 "$bin/bench_check_request" "$hot" "$work/check-request.bin"
 
 # One server under callgrind, one warm-up call, `n` calls; prints the run's total instructions.
-instructions() { # name n what(ceiling|usermeta|check)
+instructions() { # name n what(ceiling|usermeta|check|check-ceiling)
   local name=$1 n=$2 port authz_port pid out=$work/$1.callgrind path data
   port=$(free_port); authz_port=$(free_port)
-  if [[ $3 == ceiling ]]; then
+  if [[ $3 == ceiling || $3 == check-ceiling ]]; then
     valgrind --tool=callgrind --dump-instr=no --callgrind-out-file="$out" \
       "$bin/bench_ceiling" "127.0.0.1:$port" "$user_id" 2>"$work/$name.valgrind" &
   else
@@ -54,7 +54,8 @@ instructions() { # name n what(ceiling|usermeta|check)
   wait_port "$port"
   [[ $3 == usermeta || $3 == check ]] && wait_port "$authz_port"
   path=usermeta.v1.UserMetadataService/GetMyMetadata; data=$work/empty-request.bin
-  [[ $3 == check ]] && { path=envoy.service.auth.v3.Authorization/Check; data=$work/check-request.bin; port=$authz_port; }
+  [[ $3 == check* ]] && { path=envoy.service.auth.v3.Authorization/Check; data=$work/check-request.bin; }
+  [[ $3 == check ]] && port=$authz_port
   for count in 1 "$n"; do
     h2load -n "$count" -c 1 -m "$(( count < M ? count : M ))" -t 1 -d "$data" -H 'content-type: application/grpc' \
       -H 'te: trailers' -H "authorization: Bearer $hot" "http://127.0.0.1:$port/$path" >"$work/$name.out"
@@ -67,7 +68,7 @@ instructions() { # name n what(ceiling|usermeta|check)
 
 printf '| server | instructions per call | of it above the ceiling |\n|---|---:|---:|\n'
 ceiling_per_call=""
-for what in ceiling usermeta check; do
+for what in ceiling usermeta check check-ceiling; do
   one=$(instructions "$what-n" "$N" "$what")
   two=$(instructions "$what-2n" $((2 * N)) "$what")
   per_call=$(( (two - one) / N ))
@@ -76,6 +77,7 @@ for what in ceiling usermeta check; do
   [[ $what == ceiling ]] && label="bare tonic server (ceiling), GetMyMetadata"
   [[ $what == usermeta ]] && label="usermeta, cached GetMyMetadata"
   [[ $what == check ]] && label="usermeta, cached Check (Envoy ext_authz)"
+  [[ $what == check-ceiling ]] && label="bare tonic server answering Check with usermeta's answer (the Check ceiling)"
   printf '| %s | %d | %d |\n' "$label" "$per_call" $((per_call - ceiling_per_call))
 done
 echo

@@ -48,24 +48,30 @@ print(f"Machine: {cpu or platform.processor()}, {cores} cores; usermeta in its d
       f"medians of {a.rounds} alternating rounds.\n")
 
 NA = "–"
-# One row per load shape: the ceiling, cached GetMyMetadata and cached Check, medians of the alternating rounds.
+# One row per load shape: the ceiling, cached GetMyMetadata, cached Check and the Check ceiling (the bare server
+# answering Check with usermeta's answer), medians of the alternating rounds.
 print("| shape | ceiling req/s | GetMyMetadata req/s | of ceiling | ceiling p50 / p99 ms | GetMyMetadata p50 / p99 ms "
-      "| p99 ratio | Check req/s | of ceiling | Check p50 / p99 ms | p99 ratio | rounds' req/s ratio, low to high |")
-print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+      "| p99 ratio | Check req/s | of ceiling | Check ceiling req/s | of Check ceiling | Check p50 / p99 ms "
+      "| Check ceiling p50 / p99 ms | rounds' req/s ratio, low to high |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 shape_targets = []
 for c, m in shapes:
     s = f"@c{c}m{m}"
-    ceil, um, ck = "ceiling" + s, "usermeta-cached" + s, "check-cached" + s
-    r_um, r_ck = med(um, 0) / med(ceil, 0), med(ck, 0) / med(ceil, 0)
-    p_um, p_ck = med(um, 2) / med(ceil, 2), med(ck, 2) / med(ceil, 2)
+    ceil, um, ck, ck_ceil = "ceiling" + s, "usermeta-cached" + s, "check-cached" + s, "check-ceiling" + s
+    r_um, r_ck, r_ck_own = med(um, 0) / med(ceil, 0), med(ck, 0) / med(ceil, 0), med(ck, 0) / med(ck_ceil, 0)
+    p_um, p_ck = med(um, 2) / med(ceil, 2), med(ck, 2) / med(ck_ceil, 2)
     paired = [u[0] / x[0] for u, x in zip(runs[um], runs[ceil])]
     print(f"| c{c} m{m} | {med(ceil, 0):.0f} | {med(um, 0):.0f} | {r_um:.2f} | {med(ceil, 1):.3f} / {med(ceil, 2):.3f} "
-          f"| {med(um, 1):.3f} / {med(um, 2):.3f} | {p_um:.2f}x | {med(ck, 0):.0f} | {r_ck:.2f} "
-          f"| {med(ck, 1):.3f} / {med(ck, 2):.3f} | {p_ck:.2f}x | {min(paired):.2f} to {max(paired):.2f} |")
+          f"| {med(um, 1):.3f} / {med(um, 2):.3f} | {p_um:.2f}x | {med(ck, 0):.0f} | {r_ck:.2f} | {med(ck_ceil, 0):.0f} "
+          f"| {r_ck_own:.2f} | {med(ck, 1):.3f} / {med(ck, 2):.3f} | {med(ck_ceil, 1):.3f} / {med(ck_ceil, 2):.3f} "
+          f"| {min(paired):.2f} to {max(paired):.2f} |")
     shape_targets += [
         (f"c{c} m{m}: cached GetMyMetadata / ceiling, req/s", f"{r_um:.2f}", ">= 0.90", r_um >= 0.90),
         (f"c{c} m{m}: cached GetMyMetadata / ceiling, p99", f"{p_um:.2f}x", "<= 1.2x", p_um <= 1.2),
-        (f"c{c} m{m}: cached Check / ceiling, req/s", f"{r_ck:.2f}", ">= 0.85", r_ck >= 0.85),
+        (f"c{c} m{m}: cached Check / Check ceiling, req/s", f"{r_ck_own:.2f}", ">= 0.85", r_ck_own >= 0.85),
+        (f"c{c} m{m}: cached Check / Check ceiling, p99", f"{p_ck:.2f}x", "", None),
+        (f"c{c} m{m}: cached Check / GetMyMetadata's ceiling, req/s (stricter: Check's messages are larger)",
+         f"{r_ck:.2f}", ">= 0.85", r_ck >= 0.85),
     ]
 upstream_um = sum(r[4] for c, m in shapes for r in runs[f"usermeta-cached@c{c}m{m}"])
 print()

@@ -1,9 +1,20 @@
 //! Benchmark ceiling: a bare tonic server answering GetMyMetadata with a fixed message of the same size as
-//! usermeta's answer for the bench user, doing no other work. Usage: `bench_ceiling <listen> <user_id>`.
+//! usermeta's answer for the bench user, and Envoy's Check (envoy-types' generated server, as any tonic
+//! ext_authz server would be built) with the same answer usermeta gives the bench user's request, doing no
+//! other work. Usage: `bench_ceiling <listen> <user_id>`.
 
 #[path = "../common.rs"]
 mod common;
 
+use envoy_types::pb::envoy::config::core::v3::{
+    HeaderValue, HeaderValueOption, header_value_option,
+};
+use envoy_types::pb::envoy::service::auth::v3::{
+    CheckRequest, CheckResponse, OkHttpResponse,
+    authorization_server::{Authorization, AuthorizationServer},
+    check_response::HttpResponse,
+};
+use envoy_types::pb::google::{protobuf::BoolValue, rpc};
 use tonic::{Request, Response, Status, transport::Server};
 use usermeta::api::pb::{
     self,
@@ -68,6 +79,50 @@ impl UserMetadataService for Ceiling {
     }
 }
 
+/// Envoy's Check, answered with what usermeta answers the bench user's request: OK, the user id and the
+/// contract number as upstream headers.
+struct CheckCeiling {
+    answer: CheckResponse,
+}
+
+#[tonic::async_trait]
+impl Authorization for CheckCeiling {
+    async fn check(&self, _: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+        Ok(Response::new(self.answer.clone()))
+    }
+}
+
+fn check_answer(user_id: &str) -> CheckResponse {
+    let header = |key: &str, value: &str| HeaderValueOption {
+        header: Some(HeaderValue {
+            key: key.to_owned(),
+            value: value.to_owned(),
+            raw_value: Vec::new(),
+        }),
+        #[allow(deprecated)]
+        append: Some(BoolValue { value: false }),
+        append_action: header_value_option::HeaderAppendAction::OverwriteIfExistsOrAdd.into(),
+        keep_empty_value: false,
+    };
+    let contract = common::METADATA
+        .iter()
+        .find(|(key, _)| *key == "ContractNumber")
+        .map_or("", |(_, value)| {
+            std::str::from_utf8(value).unwrap_or_default()
+        });
+    CheckResponse {
+        status: Some(rpc::Status::default()),
+        dynamic_metadata: None,
+        http_response: Some(HttpResponse::OkResponse(OkHttpResponse {
+            headers: vec![
+                header("x-user-id", user_id),
+                header("x-user-contract-number", contract),
+            ],
+            ..OkHttpResponse::default()
+        })),
+    }
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -91,11 +146,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             update_time: None,
         })
         .collect();
+    let check = CheckCeiling {
+        answer: check_answer(&user_id),
+    };
     let ceiling = Ceiling {
         answer: pb::GetMyMetadataResponse { user_id, metadata },
     };
     Server::builder()
         .add_service(UserMetadataServiceServer::new(ceiling))
+        .add_service(AuthorizationServer::new(check))
         .serve(listen)
         .await?;
     Ok(())
