@@ -76,9 +76,18 @@ echo "ok   1. Envoy's gRPC health checks (usermeta.v1.UserMetadataService) find 
 call() { grpcurl -plaintext -max-time 10 -H "authorization: Bearer $token" -d "$2" "$balancer" "usermeta.v1.UserMetadataService/$1"; }
 grpcurl -plaintext "$balancer" list | grep -qx usermeta.v1.UserMetadataService || fail "reflection through Envoy does not list usermeta.v1.UserMetadataService"
 grpcurl -plaintext "$balancer" grpc.health.v1.Health/Check | grep -q SERVING || fail "health through Envoy is not SERVING"
-for _ in $(seq 1 12); do call GetMyMetadata '{}' >/dev/null || fail "GetMyMetadata through Envoy"; done
+# Round robin spreads calls over the replicas; every one must have served some within 60 calls (a fixed dozen
+# once missed a replica on a loaded machine, with all three healthy).
+reached_all() { local port; for port in "${replica_ports[@]}"; do [[ $(host_stat "$port" rq_total) -gt 0 ]] || return 1; done; }
+for i in $(seq 1 60); do
+  call GetMyMetadata '{}' >/dev/null || fail "GetMyMetadata through Envoy"
+  (( i >= 12 )) && reached_all && break
+done
 for port in "${replica_ports[@]}"; do
-  [[ $(host_stat "$port" rq_total) -gt 0 ]] || fail "no call through Envoy reached the replica on $port"
+  [[ $(host_stat "$port" rq_total) -gt 0 ]] || {
+    curl -s "http://127.0.0.1:$admin_port/clusters" | grep -E "rq_total|health_flags"
+    fail "no call through Envoy reached the replica on $port in $i calls"
+  }
 done
 echo "ok   2. grpcurl through Envoy (reflection, health, GetMyMetadata); calls reached every replica"
 
