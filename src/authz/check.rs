@@ -132,7 +132,7 @@ impl AuthzService {
 
         let token = match http.and_then(|http| http.authorization()) {
             None => Err(BearerError::NotBearer),
-            Some(value) => CallerToken::from_authorization(value),
+            Some(value) => CallerToken::from_shared(value),
         };
         let token = match token {
             Ok(token) => token,

@@ -82,8 +82,11 @@ pub enum TokenRead {
 
 /// Reads the caller's bearer token from request metadata.
 pub fn bearer_token(metadata: &MetadataMap) -> Result<CallerToken, TokenError> {
-    let value = metadata.get(AUTHORIZATION).ok_or(TokenError::Missing)?;
-    Ok(CallerToken::from_authorization(value.as_bytes())?)
+    let value = metadata
+        .as_ref()
+        .get(AUTHORIZATION)
+        .ok_or(TokenError::Missing)?;
+    Ok(CallerToken::from_header(value)?)
 }
 
 /// A caller ZITADEL vouched for. Ids are inline strings: ZITADEL's ids (18 digits) fit in the string

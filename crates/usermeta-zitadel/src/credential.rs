@@ -8,7 +8,8 @@ use std::{
 };
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use http::HeaderValue;
+use bytes::Bytes;
+use http::{HeaderValue, header::InvalidHeaderValue};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use secrecy::{ExposeSecret, SecretString};
 
@@ -30,14 +31,34 @@ pub enum BearerError {
 impl CallerToken {
     /// Parses `Bearer <token>` (scheme case-insensitive, as ZITADEL matches it).
     pub fn from_authorization(value: &[u8]) -> Result<Self, BearerError> {
+        Self::parse(value, || HeaderValue::from_bytes(value))
+    }
+
+    /// [`CallerToken::from_authorization`] of a request's header: a value that already is `Bearer <token>`
+    /// is shared, not copied.
+    pub fn from_header(value: &HeaderValue) -> Result<Self, BearerError> {
+        Self::parse(value.as_bytes(), || Ok(value.clone()))
+    }
+
+    /// [`CallerToken::from_authorization`] of bytes it may keep (a decoded message's field), without copying
+    /// a value that already is `Bearer <token>`.
+    pub fn from_shared(value: &Bytes) -> Result<Self, BearerError> {
+        Self::parse(value, || HeaderValue::from_maybe_shared(value.clone()))
+    }
+
+    /// `as_is` is `value` as a header value, used when `value` already is `Bearer <token>`.
+    fn parse(
+        value: &[u8],
+        as_is: impl FnOnce() -> Result<HeaderValue, InvalidHeaderValue>,
+    ) -> Result<Self, BearerError> {
         let token = bearer_token_of(value)?;
-        // Usually the value already is `Bearer <token>`: taken as it is, with no text to format.
+        // Usually the value already is `Bearer <token>`: taken as it is, with nothing to rewrite.
         let canonical = token.len() + BEARER_PREFIX.len() == value.len()
             && value.starts_with(BEARER_PREFIX.as_bytes());
         let authorization = if canonical {
-            HeaderValue::from_bytes(value)
+            as_is()
         } else {
-            HeaderValue::try_from(format!("{BEARER_PREFIX}{token}"))
+            HeaderValue::from_maybe_shared(Bytes::from([BEARER_PREFIX.as_bytes(), token].concat()))
         };
         let mut authorization = authorization.map_err(|_| BearerError::BadCharacters)?;
         authorization.set_sensitive(true);
@@ -50,7 +71,7 @@ impl CallerToken {
 
     /// The bare token, for introspection and local JWT validation (never logged).
     pub fn token(&self) -> &str {
-        // Built from a `str` in `from_authorization`, so always visible ASCII after the prefix.
+        // b64token characters after the prefix (checked in `parse`), so always visible ASCII.
         self.authorization
             .to_str()
             .ok()
@@ -95,15 +116,20 @@ impl CallerToken {
 
 const BEARER_PREFIX: &str = "Bearer ";
 
-/// The token of a `Bearer <token>` value.
-fn bearer_token_of(value: &[u8]) -> Result<&str, BearerError> {
-    let value = std::str::from_utf8(value).map_err(|_| BearerError::BadCharacters)?;
-    let (scheme, token) = value.trim().split_once(' ').ok_or(BearerError::NotBearer)?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
+/// The token of a `Bearer <token>` value: RFC 6750 b64token characters only, so plain ASCII. Checked
+/// byte by byte, as every call's token is.
+fn bearer_token_of(value: &[u8]) -> Result<&[u8], BearerError> {
+    let value = value.trim_ascii();
+    let space = value
+        .iter()
+        .position(|&b| b == b' ')
+        .ok_or(BearerError::NotBearer)?;
+    let (scheme, token) = value.split_at(space);
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
         return Err(BearerError::NotBearer);
     }
-    let token = token.trim();
-    if !token.bytes().all(|b| TOKEN_CHARACTERS[usize::from(b)]) {
+    let token = token.trim_ascii();
+    if !token.iter().all(|&b| TOKEN_CHARACTERS[usize::from(b)]) {
         return Err(BearerError::BadCharacters);
     }
     Ok(token)
