@@ -134,7 +134,8 @@ where
             write!(
                 writer,
                 "{bold}grpc{{{reset}method={} request_id={}{bold}}}{reset}{dimmed}:{reset}",
-                call.method, call.request_id
+                call.method,
+                call.hand_out_request_id()
             )
         });
         if let Some(written) = call {
@@ -177,7 +178,7 @@ where
             format!(
                 r#""method":{},"request_id":{},"name":"grpc""#,
                 text(call.method),
-                text(&call.request_id.to_string())
+                text(&call.hand_out_request_id().to_string())
             )
         }) else {
             return self.line.format_event(ctx, writer, event);
@@ -204,10 +205,7 @@ fn with_call_span(line: &str, call: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::{
-        cell::OnceCell,
-        sync::{Arc, Mutex},
-    };
+    use std::sync::{Arc, Mutex};
 
     use super::*;
     use crate::telemetry::{CURRENT_CALL, CallContext, LogFormat, RequestId, subscriber};
@@ -237,11 +235,7 @@ mod tests {
     }
 
     fn in_call(emit: impl FnOnce()) {
-        let call = CallContext {
-            method: "GetMyMetadata",
-            request_id: RequestId::Generated(0xfeed),
-            trace: OnceCell::new(),
-        };
+        let call = CallContext::new("GetMyMetadata", RequestId::Generated(0xfeed));
         CURRENT_CALL.sync_scope(call, emit);
     }
 

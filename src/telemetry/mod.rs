@@ -5,9 +5,13 @@
 //!
 //! Every gRPC call has a request id (from `x-request-id` when the caller sent a usable one, else generated),
 //! and every log line of a call names it and the method, as a `grpc` span would (see `call_log.rs` for why it
-//! is no span); the id is echoed in the response metadata and in internal-error messages.
+//! is no span). The response names it (`x-request-id`) whenever it names anything: always for the caller's own
+//! id, and for a generated one when a log line, an error message or an exported span of the call names it.
 
-use std::{cell::OnceCell, io::IsTerminal as _};
+use std::{
+    cell::{Cell, OnceCell},
+    io::IsTerminal as _,
+};
 
 use http::{HeaderName, HeaderValue};
 use opentelemetry::{
@@ -178,6 +182,25 @@ struct CallContext {
     request_id: RequestId,
     /// The trace this call belongs to: the caller's (`traceparent`), or one of its own, made on first use.
     trace: OnceCell<SpanContext>,
+    /// Whether the request id went somewhere (a log line, an error message), so the response names it too.
+    request_id_handed_out: Cell<bool>,
+}
+
+impl CallContext {
+    fn new(method: &'static str, request_id: RequestId) -> Self {
+        CallContext {
+            method,
+            request_id,
+            trace: OnceCell::new(),
+            request_id_handed_out: Cell::new(false),
+        }
+    }
+
+    /// The request id, for something that will name it; the call's response then names it as well.
+    fn hand_out_request_id(&self) -> &RequestId {
+        self.request_id_handed_out.set(true);
+        &self.request_id
+    }
 }
 
 tokio::task_local! {
@@ -186,7 +209,7 @@ tokio::task_local! {
 
 /// The request id of the gRPC call being served, if any.
 pub fn current_request_id() -> Option<String> {
-    with_current_call(|call| call.request_id.to_string())
+    with_current_call(|call| call.hand_out_request_id().to_string())
 }
 
 /// `f` of the gRPC call being served, if any.
@@ -354,11 +377,7 @@ mod tests {
             .with_writer(move || writer.clone())
             .with_ansi(false)
             .finish();
-        let call = CallContext {
-            method: "GetMyMetadata",
-            request_id: RequestId::Generated(0xfeed),
-            trace: OnceCell::new(),
-        };
+        let call = CallContext::new("GetMyMetadata", RequestId::Generated(0xfeed));
         let status = tracing::subscriber::with_default(subscriber, || {
             CURRENT_CALL.sync_scope(call, || {
                 tonic::Status::from(crate::api::ApiError::DeadlineExceeded)
@@ -383,11 +402,7 @@ mod tests {
 
     #[tokio::test]
     async fn calls_to_zitadel_share_their_calls_trace_without_an_exporter() {
-        let call = || CallContext {
-            method: "GetMyMetadata",
-            request_id: RequestId::Generated(1),
-            trace: OnceCell::new(),
-        };
+        let call = || CallContext::new("GetMyMetadata", RequestId::Generated(1));
         let (first, second) = CURRENT_CALL
             .scope(call(), async {
                 let (_, first) = upstream_span("userinfo");
@@ -405,24 +420,57 @@ mod tests {
         assert_ne!(other, first.0, "another call, another trace");
     }
 
-    #[tokio::test]
-    async fn the_request_id_goes_back_never_indexed() {
+    /// Calls the layer around a service that hands the request id out (`hand_out`) or not, and returns the
+    /// response's `x-request-id`.
+    async fn response_request_id(
+        request_id: Option<&'static str>,
+        hand_out: bool,
+    ) -> Option<HeaderValue> {
         use tower::{Layer as _, ServiceExt as _};
-        let inner = tower::service_fn(|_: Request<()>| async {
+        let inner = tower::service_fn(move |_: Request<()>| async move {
+            if hand_out {
+                assert!(current_request_id().is_some());
+            }
             Ok::<_, std::convert::Infallible>(Response::new(()))
         });
-        let request = Request::builder()
-            .uri("/usermeta.v1.UserMetadataService/GetMyMetadata")
-            .body(())
-            .unwrap();
+        let mut request = Request::builder().uri("/usermeta.v1.UserMetadataService/GetMyMetadata");
+        if let Some(id) = request_id {
+            request = request.header(REQUEST_ID, id);
+        }
         let response = RequestContextLayer
             .layer(inner)
-            .oneshot(request)
+            .oneshot(request.body(()).unwrap())
             .await
             .unwrap();
-        let id = &response.headers()[REQUEST_ID];
+        response.headers().get(REQUEST_ID).cloned()
+    }
+
+    #[tokio::test]
+    async fn the_request_id_goes_back_never_indexed() {
+        let id = response_request_id(None, true)
+            .await
+            .expect("handed out, so sent");
         assert_eq!(id.len(), 32);
+        assert!(id.as_bytes().iter().all(u8::is_ascii_hexdigit));
         // Unique per response: indexing it in HPACK's table would only evict useful entries.
         assert!(id.is_sensitive());
+        let given = response_request_id(Some("req-7"), false).await.unwrap();
+        assert_eq!(given, "req-7");
+        assert!(given.is_sensitive());
+    }
+
+    #[tokio::test]
+    async fn a_generated_request_id_goes_back_only_when_it_names_something() {
+        assert_eq!(response_request_id(None, false).await, None);
+        assert!(response_request_id(None, true).await.is_some());
+        // The caller's own id always comes back, named anywhere or not.
+        assert_eq!(
+            response_request_id(Some("req-quiet"), false).await.unwrap(),
+            "req-quiet"
+        );
+        // An unusable one is replaced, and the replacement follows the rule of generated ids.
+        assert_eq!(response_request_id(Some("has spaces"), false).await, None);
+        let replaced = response_request_id(Some("has spaces"), true).await.unwrap();
+        assert_ne!(replaced, "has spaces");
     }
 }

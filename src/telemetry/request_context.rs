@@ -1,9 +1,8 @@
 //! The tower layer that gives each gRPC call its context: the request id (named by every log line of the
 //! call), the `grpc` span for OpenTelemetry (a child of the caller's `traceparent`), and `x-request-id` on the
-//! response.
+//! response whenever the id names something.
 
 use std::{
-    cell::OnceCell,
     future::Future,
     pin::Pin,
     task::{Context as TaskContext, Poll},
@@ -22,8 +21,11 @@ use super::{
     call_log::CALL_SPAN_TARGET,
 };
 
+/// The methods whose responses stream: their lines come after the response's headers.
+const STREAMING_METHODS: &[&str] = &["WatchMetadata"];
+
 /// Sets up each gRPC call's context: request id, the `grpc` span (a child of the caller's `traceparent`),
-/// and `x-request-id` on the response.
+/// and `x-request-id` on the response whenever the id names something.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RequestContextLayer;
 
@@ -63,25 +65,27 @@ where
             method,
             request_id = %request_id,
         );
-        let trace = OnceCell::new();
+        let call = CallContext::new(method, request_id);
         if request.headers().contains_key(TRACEPARENT) {
             let parent = TraceContextPropagator::new().extract(&HeaderExtractor(request.headers()));
             let remote = parent.span().span_context().clone();
             if remote.is_valid() {
-                let _ = trace.set(remote);
+                let _ = call.trace.set(remote);
             }
             // Fails only when no OpenTelemetry layer is installed (nothing is exported).
             let _ = span.set_parent(parent);
         }
-        let header = Some(request_id.header_value());
+        // The caller's own id always goes back. A generated one goes back when it names something the caller
+        // can look up: an exported span, a stream's lines (written after its headers are sent), or else the
+        // call's log lines and error messages, known once it is done. A cached read names nothing, and
+        // the header would be about a quarter of its response's bytes.
+        let header = (matches!(call.request_id, RequestId::Given(_))
+            || !span.is_disabled()
+            || STREAMING_METHODS.contains(&method))
+        .then(|| call.request_id.header_value());
         let response = {
             let _entered = span.enter();
             self.inner.call(request)
-        };
-        let call = CallContext {
-            method,
-            request_id,
-            trace,
         };
         RequestContextFuture {
             call: CURRENT_CALL.scope(call, response.instrument(span)),
@@ -106,10 +110,18 @@ where
     type Output = F::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let mut result = std::task::ready!(this.call.poll(cx));
-        if let (Ok(response), Some(header)) = (&mut result, this.header.take()) {
-            response.headers_mut().insert(REQUEST_ID_HEADER, header);
+        let mut this = self.project();
+        let mut result = std::task::ready!(this.call.as_mut().poll(cx));
+        if let Ok(response) = &mut result {
+            let header = this.header.take().or_else(|| {
+                let call = this.call.take_value()?;
+                call.request_id_handed_out
+                    .get()
+                    .then(|| call.request_id.header_value())
+            });
+            if let Some(header) = header {
+                response.headers_mut().insert(REQUEST_ID_HEADER, header);
+            }
         }
         Poll::Ready(result)
     }

@@ -228,29 +228,51 @@ async fn request_ids_are_echoed_or_generated_and_on_every_log_line() {
     let app = TestApp::start().await;
     let mut client = app.client.clone();
 
+    // A read that writes no line has nothing a generated id could lead to: none comes back.
     let response = client
         .get_my_metadata(authed(GetMyMetadataRequest::default(), &app.alice_token))
         .await
         .unwrap();
-    let generated = response
+    assert!(
+        response.metadata().get("x-request-id").is_none(),
+        "{:?}",
+        response.metadata()
+    );
+    // The caller's own id always comes back.
+    let mut request = authed(GetMyMetadataRequest::default(), &app.alice_token);
+    request
+        .metadata_mut()
+        .insert("x-request-id", "req-read-1".parse().unwrap());
+    let response = client.get_my_metadata(request).await.unwrap();
+    assert_eq!(
+        response.metadata().get("x-request-id").unwrap(),
+        "req-read-1"
+    );
+
+    // A refusal is logged: the generated id comes back and leads to that line. An unusable id is replaced,
+    // not logged.
+    let mut request = tonic::Request::new(GetMyMetadataRequest::default());
+    request
+        .metadata_mut()
+        .insert("x-request-id", "has spaces in it".parse().unwrap());
+    let status = client.get_my_metadata(request).await.unwrap_err();
+    let generated = status
         .metadata()
         .get("x-request-id")
-        .unwrap()
+        .expect("a logged refusal names its request id")
         .to_str()
         .unwrap();
     assert_eq!(generated.len(), 32, "{generated}");
     assert!(generated.bytes().all(|b| b.is_ascii_hexdigit()));
-
-    // An unusable id is replaced, not logged.
-    let mut request = authed(GetMyMetadataRequest::default(), &app.alice_token);
-    request
-        .metadata_mut()
-        .insert("x-request-id", "has spaces in it".parse().unwrap());
-    let response = client.get_my_metadata(request).await.unwrap();
-    assert_ne!(
-        response.metadata().get("x-request-id").unwrap(),
-        "has spaces in it"
+    let lines = logs.lines_with(generated);
+    assert!(
+        lines
+            .iter()
+            .any(|line| line["target"] == "usermeta::api::error"
+                && line["fields"]["code"] == "Unauthenticated"),
+        "{lines:?}"
     );
+    assert!(logs.lines_with("has spaces in it").is_empty());
 
     // Errors carry it too (trailers-only responses).
     let mut request = tonic::Request::new(GetMyMetadataRequest::default());
