@@ -7,6 +7,7 @@
 
 use std::{
     collections::HashMap,
+    ops::ControlFlow,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -22,7 +23,7 @@ use envoy_types::pb::google::{
     rpc,
 };
 use tonic::{Code, Request, Response, Status};
-use tracing::instrument;
+use tracing::{Instrument as _, field::Empty};
 
 use super::wire::{CheckRequest, authorization_server::Authorization};
 use super::{AuthzConfig, BASE64_MARKER, BinaryValues, MAX_HEADER_VALUE_BYTES, Requirement, Rule};
@@ -108,13 +109,9 @@ impl AuthzService {
         }
     }
 
-    #[instrument(
-        name = "Check",
-        level = "debug",
-        skip_all,
-        fields(path, user_id, decision)
-    )]
-    async fn decide(&self, request: &CheckRequest) -> Decision {
+    /// What can be decided from the request alone: the route rules that apply, the bearer token, the
+    /// per-caller rate limit. `Err` is the decision already made.
+    fn admission<'a>(&'a self, request: &'a CheckRequest) -> Result<Admission<'a>, Decision> {
         let http = request
             .attributes
             .as_ref()
@@ -138,50 +135,88 @@ impl AuthzService {
             Ok(token) => token,
             // No bearer credentials at all (absent, or another scheme).
             Err(BearerError::NotBearer) if self.config.allow_anonymous && rules.is_empty() => {
-                return Decision::Allow(None);
+                return Err(Decision::Allow(None));
             }
             Err(BearerError::NotBearer) => {
-                return Decision::Unauthenticated {
+                return Err(Decision::Unauthenticated {
                     token_present: false,
                     reason: "the request has no bearer token",
-                };
+                });
             }
             Err(BearerError::BadCharacters) => {
-                return Decision::Unauthenticated {
+                return Err(Decision::Unauthenticated {
                     token_present: true,
                     reason: "the bearer token is malformed",
-                };
+                });
             }
         };
         if let Some(limiter) = &self.rate_limiter
             && let Err(retry_after) = limiter.check(token.digest(), Instant::now())
         {
-            return Decision::RateLimited { retry_after };
+            return Err(Decision::RateLimited { retry_after });
         }
+        Ok(Admission { rules, token })
+    }
 
+    /// The caller and their metadata when memory has them (the userinfo cache); `None` means asking ZITADEL.
+    fn looked_up_in_memory(&self, token: &CallerToken) -> Option<LookedUp> {
+        if !self.resolver.uses_userinfo() {
+            return None;
+        }
+        Some(self.cache.cached_userinfo(token)?.map(|known| {
+            let metadata = Some(Arc::clone(&known));
+            (Caller::Userinfo(known), metadata)
+        }))
+    }
+
+    /// The caller and, when headers or rules need it, their metadata, asking ZITADEL where memory has not
+    /// got them.
+    async fn look_up(&self, admission: &Admission<'_>) -> LookedUp {
+        let token = &admission.token;
         let needs_metadata = !self.config.headers.is_empty()
-            || rules.iter().any(|rule| {
+            || admission.rules.iter().any(|rule| {
                 rule.requirements
                     .iter()
                     .any(|r| matches!(r, Requirement::Metadata { .. }))
             });
-        let looked_up = async {
-            let caller = self
-                .resolver
-                .identify(&self.cache, &self.zitadel, &token)
-                .await?;
-            let metadata = match &caller {
-                Caller::Userinfo(known) => Some(Arc::clone(known)),
-                // The identity came from introspection or the JWT; the metadata is read like GetMyMetadata
-                // reads it, with the caller's own token.
-                Caller::Identified(_) if needs_metadata => {
-                    Some(self.cache.userinfo(&self.zitadel, &token).await?)
-                }
-                Caller::Identified(_) => None,
-            };
-            Ok::<_, IdentifyError>((caller, metadata))
+        let caller = self
+            .resolver
+            .identify(&self.cache, &self.zitadel, token)
+            .await?;
+        let metadata = match &caller {
+            Caller::Userinfo(known) => Some(Arc::clone(known)),
+            // The identity came from introspection or the JWT; the metadata is read like GetMyMetadata
+            // reads it, with the caller's own token.
+            Caller::Identified(_) if needs_metadata => {
+                Some(self.cache.userinfo(&self.zitadel, token).await?)
+            }
+            Caller::Identified(_) => None,
         };
-        let (caller, metadata) = match looked_up.await {
+        Ok((caller, metadata))
+    }
+
+    /// [`AuthzService::look_up`] within the call's deadline (the caller's `grpc-timeout`, cut to the maximum,
+    /// or the request timeout), which bounds every ZITADEL call it makes; `None` when the deadline came first.
+    async fn look_up_in_time(
+        &self,
+        request: &Request<CheckRequest>,
+        admission: &Admission<'_>,
+    ) -> Option<LookedUp> {
+        let deadline = deadline::deadline(
+            request.metadata(),
+            self.limits.request_timeout,
+            self.limits.max_request_timeout,
+            Instant::now(),
+        );
+        let looked_up = resilience::with_deadline(deadline, self.look_up(admission));
+        tokio::time::timeout_at(deadline.into(), looked_up)
+            .await
+            .ok()
+    }
+
+    /// The decision for a caller looked up: the route rules, and what of their metadata may go upstream.
+    fn decide(&self, admission: Admission<'_>, looked_up: LookedUp) -> Decision {
+        let (caller, metadata) = match looked_up {
             Ok(found) => found,
             Err(IdentifyError::Token(TokenError::NoSubject)) => {
                 return Decision::Forbidden {
@@ -197,7 +232,7 @@ impl AuthzService {
                     reason: "the bearer token is invalid, expired or revoked",
                 };
             }
-            Err(error) if self.config.fail_open && rules.is_empty() => {
+            Err(error) if self.config.fail_open && admission.rules.is_empty() => {
                 tracing::warn!(%error, "ZITADEL unavailable; failing open (no identity headers)");
                 return Decision::Allow(None);
             }
@@ -214,7 +249,7 @@ impl AuthzService {
         let identity: &Identity = &caller;
         tracing::Span::current().record("user_id", identity.sub.as_str());
         let packed = metadata.as_deref().map(|known| &known.metadata);
-        for rule in rules {
+        for rule in admission.rules {
             if let Some(unmet) = rule
                 .requirements
                 .iter()
@@ -258,21 +293,6 @@ impl AuthzService {
             metadata,
             readable,
         }))
-    }
-
-    /// [`AuthzService::decide`] within the call's deadline (the caller's `grpc-timeout`, cut to the maximum,
-    /// or the request timeout), which bounds every ZITADEL call it makes.
-    async fn decide_in_time(&self, request: &Request<CheckRequest>) -> Decision {
-        let deadline = deadline::deadline(
-            request.metadata(),
-            self.limits.request_timeout,
-            self.limits.max_request_timeout,
-            Instant::now(),
-        );
-        let decided = resilience::with_deadline(deadline, self.decide(request.get_ref()));
-        tokio::time::timeout_at(deadline.into(), decided)
-            .await
-            .unwrap_or(Decision::Unavailable)
     }
 
     fn answer(&self, decision: Decision) -> CheckResponse {
@@ -528,10 +548,43 @@ impl Authorization for AuthzService {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
-        let decision = self.decide_in_time(&request).await;
-        Ok(Response::new(self.answer(decision)))
+        // DEBUG: a cached Check pays for no span at the default level (the call is on every line anyway).
+        let span = tracing::debug_span!("Check", path = Empty, user_id = Empty, decision = Empty);
+        // A caller memory knows is answered at once, before any deadline timer is set up.
+        let waiting = span.in_scope(|| match self.admission(request.get_ref()) {
+            Err(decision) => ControlFlow::Break(self.answer(decision)),
+            Ok(admission) => match self.looked_up_in_memory(&admission.token) {
+                Some(looked_up) => {
+                    ControlFlow::Break(self.answer(self.decide(admission, looked_up)))
+                }
+                None => ControlFlow::Continue(admission),
+            },
+        });
+        let admission = match waiting {
+            ControlFlow::Break(answer) => return Ok(Response::new(answer)),
+            ControlFlow::Continue(admission) => admission,
+        };
+        let looked_up = self
+            .look_up_in_time(&request, &admission)
+            .instrument(span.clone())
+            .await;
+        let answer = span.in_scope(|| match looked_up {
+            Some(looked_up) => self.answer(self.decide(admission, looked_up)),
+            None => self.answer(Decision::Unavailable),
+        });
+        Ok(Response::new(answer))
     }
 }
+
+/// What Check knows of a request before looking up its caller.
+struct Admission<'a> {
+    /// The route rules that apply to the request's path and host.
+    rules: Vec<&'a Rule>,
+    token: CallerToken,
+}
+
+/// The caller of a token and, when needed, their metadata, or why they could not be looked up.
+type LookedUp = Result<(Caller, Option<Arc<KnownCaller>>), IdentifyError>;
 
 #[cfg(test)]
 mod tests {
