@@ -70,8 +70,10 @@ for c, m in shapes:
         (f"c{c} m{m}: cached GetMyMetadata / ceiling, p99", f"{p_um:.2f}x", "<= 1.2x", p_um <= 1.2),
         (f"c{c} m{m}: cached Check / Check ceiling, req/s", f"{r_ck_own:.2f}", ">= 0.85", r_ck_own >= 0.85),
         (f"c{c} m{m}: cached Check / Check ceiling, p99", f"{p_ck:.2f}x", "", None),
-        (f"c{c} m{m}: cached Check / GetMyMetadata's ceiling, req/s (stricter: Check's messages are larger)",
-         f"{r_ck:.2f}", ">= 0.85", r_ck >= 0.85),
+        # For reference, no target: it measures Envoy's larger messages as much as usermeta, so the ratio the
+        # bare Check server itself reaches is beside it.
+        (f"c{c} m{m}: cached Check / GetMyMetadata's ceiling, req/s (for reference: Check's messages are larger; "
+         f"the Check ceiling itself reaches {med(ck_ceil, 0) / med(ceil, 0):.2f})", f"{r_ck:.2f}", "", None),
     ]
 upstream_um = sum(r[4] for c, m in shapes for r in runs[f"usermeta-cached@c{c}m{m}"])
 print()
