@@ -422,6 +422,40 @@ mod tests {
     }
 
     #[test]
+    fn header_and_shared_values_parse_as_bytes_do() {
+        for value in [
+            "Bearer abc",
+            "bearer abc",
+            "  Bearer   abc  ",
+            "Basic abc",
+            "Bearer a,b",
+        ] {
+            let bytes = value.as_bytes();
+            let expected = CallerToken::from_authorization(bytes).map(|t| t.digest());
+            let header = HeaderValue::from_str(value).unwrap();
+            assert_eq!(
+                CallerToken::from_header(&header).map(|t| t.digest()),
+                expected,
+                "{value:?}"
+            );
+            let shared = Bytes::copy_from_slice(bytes);
+            assert_eq!(
+                CallerToken::from_shared(&shared).map(|t| t.digest()),
+                expected,
+                "{value:?}"
+            );
+        }
+        // A canonical value is kept as it came: the same buffer, not a copy.
+        let shared = Bytes::from_static(b"Bearer abc");
+        let token = CallerToken::from_shared(&shared).unwrap();
+        assert_eq!(token.authorization().as_bytes().as_ptr(), shared.as_ptr());
+        assert!(token.authorization().is_sensitive());
+        // One that is not is rewritten as `Bearer <token>`.
+        let token = CallerToken::from_header(&HeaderValue::from_static("BEARER  abc ")).unwrap();
+        assert_eq!(token.authorization(), "Bearer abc");
+    }
+
+    #[test]
     fn token_characters_are_rfc_6750s_b64token() {
         let all = "Bearer AZaz09-._~+/=";
         assert!(CallerToken::from_authorization(all.as_bytes()).is_ok());
