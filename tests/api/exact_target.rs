@@ -10,7 +10,7 @@ use tonic::{Code, Status};
 use tonic_types::StatusExt as _;
 use usermeta::api::pb::{DeleteMetadataRequest, ListMetadataRequest, SetMetadataRequest};
 
-use crate::helpers::{ApiChoice, TestApp, authed, entry, text, violated_fields};
+use crate::helpers::{ApiChoice, TestApp, authed, entry, text, violated_fields, with_request_id};
 use crate::logs;
 
 /// Characters a user id may not carry (they change on the way into a URL path).
@@ -162,13 +162,6 @@ fn audit_line(request_id: &str) -> serde_json::Value {
         .into_iter()
         .find(|line| line["target"] == "usermeta::audit")
         .unwrap_or_else(|| panic!("no audit line for {request_id}"))
-}
-
-fn with_request_id<T>(mut request: tonic::Request<T>, id: &str) -> tonic::Request<T> {
-    request
-        .metadata_mut()
-        .insert("x-request-id", id.parse().unwrap());
-    request
 }
 
 fn assert_invalid(status: &Status, user_id: &str, key: &str, field: &str) {

@@ -225,6 +225,14 @@ pub fn authed<T>(message: T, token: &str) -> Request<T> {
     request
 }
 
+/// Sends `id` as the caller's request id (`x-request-id`).
+pub fn with_request_id<T>(mut request: Request<T>, id: &str) -> Request<T> {
+    request
+        .metadata_mut()
+        .insert("x-request-id", id.parse().expect("an x-request-id value"));
+    request
+}
+
 /// A text value.
 /// Sends `timeout` as the caller's deadline (`grpc-timeout`) without a client-side timer, so a test sees
 /// usermeta's own answer at the deadline (a client timer of the same length races it on a loaded machine).

@@ -239,10 +239,10 @@ async fn request_ids_are_echoed_or_generated_and_on_every_log_line() {
         response.metadata()
     );
     // The caller's own id always comes back.
-    let mut request = authed(GetMyMetadataRequest::default(), &app.alice_token);
-    request
-        .metadata_mut()
-        .insert("x-request-id", "req-read-1".parse().unwrap());
+    let request = with_request_id(
+        authed(GetMyMetadataRequest::default(), &app.alice_token),
+        "req-read-1",
+    );
     let response = client.get_my_metadata(request).await.unwrap();
     assert_eq!(
         response.metadata().get("x-request-id").unwrap(),
@@ -251,10 +251,10 @@ async fn request_ids_are_echoed_or_generated_and_on_every_log_line() {
 
     // A refusal is logged: the generated id comes back and leads to that line. An unusable id is replaced,
     // not logged.
-    let mut request = tonic::Request::new(GetMyMetadataRequest::default());
-    request
-        .metadata_mut()
-        .insert("x-request-id", "has spaces in it".parse().unwrap());
+    let request = with_request_id(
+        tonic::Request::new(GetMyMetadataRequest::default()),
+        "has spaces in it",
+    );
     let status = client.get_my_metadata(request).await.unwrap_err();
     let generated = status
         .metadata()
@@ -275,10 +275,10 @@ async fn request_ids_are_echoed_or_generated_and_on_every_log_line() {
     assert!(logs.lines_with("has spaces in it").is_empty());
 
     // Errors carry it too (trailers-only responses).
-    let mut request = tonic::Request::new(GetMyMetadataRequest::default());
-    request
-        .metadata_mut()
-        .insert("x-request-id", "req-refused-1".parse().unwrap());
+    let request = with_request_id(
+        tonic::Request::new(GetMyMetadataRequest::default()),
+        "req-refused-1",
+    );
     let status = client.get_my_metadata(request).await.unwrap_err();
     assert_eq!(
         status.metadata().get("x-request-id").unwrap(),
@@ -286,16 +286,14 @@ async fn request_ids_are_echoed_or_generated_and_on_every_log_line() {
     );
 
     // The audit line of a write names the request.
-    let mut request = authed(
+    let request = authed(
         SetMetadataRequest {
             entries: vec![entry("profile.theme", text("dark"))],
             ..Default::default()
         },
         &app.alice_token,
     );
-    request
-        .metadata_mut()
-        .insert("x-request-id", "req-audit-7f3a".parse().unwrap());
+    let request = with_request_id(request, "req-audit-7f3a");
     client.set_metadata(request).await.unwrap();
     let lines = logs.lines_with("req-audit-7f3a");
     let audit = lines
@@ -321,10 +319,10 @@ async fn internal_errors_name_the_request_id() {
         times: None,
         kind: FaultKind::Status(503),
     });
-    let mut request = authed(GetMyMetadataRequest::default(), &app.alice_token);
-    request
-        .metadata_mut()
-        .insert("x-request-id", "req-down-42".parse().unwrap());
+    let request = with_request_id(
+        authed(GetMyMetadataRequest::default(), &app.alice_token),
+        "req-down-42",
+    );
     let status = client.get_my_metadata(request).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
     assert!(
