@@ -4,6 +4,7 @@
 
 use std::{
     fmt,
+    sync::OnceLock,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -17,6 +18,8 @@ use secrecy::{ExposeSecret, SecretString};
 #[derive(Clone)]
 pub struct CallerToken {
     authorization: HeaderValue,
+    /// [`CallerToken::digest`], made on first use: the rate limit and the cache both key by it.
+    digest: OnceLock<[u8; 32]>,
 }
 
 /// Why an `authorization` value is not a usable bearer token.
@@ -62,7 +65,10 @@ impl CallerToken {
         };
         let mut authorization = authorization.map_err(|_| BearerError::BadCharacters)?;
         authorization.set_sensitive(true);
-        Ok(CallerToken { authorization })
+        Ok(CallerToken {
+            authorization,
+            digest: OnceLock::new(),
+        })
     }
 
     pub(crate) fn authorization(&self) -> &HeaderValue {
@@ -89,11 +95,15 @@ impl CallerToken {
     /// assembly: on every cached call, and several times faster than a portable SHA-256 where the CPU has no
     /// SHA extensions.
     pub fn digest(&self) -> [u8; 32] {
-        let digest =
-            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, self.authorization.as_bytes());
-        let mut out = [0u8; 32];
-        out.copy_from_slice(digest.as_ref());
-        out
+        *self.digest.get_or_init(|| {
+            let digest = aws_lc_rs::digest::digest(
+                &aws_lc_rs::digest::SHA256,
+                self.authorization.as_bytes(),
+            );
+            let mut out = [0u8; 32];
+            out.copy_from_slice(digest.as_ref());
+            out
+        })
     }
 
     /// The `exp` a JWT access token claims, as seconds since the epoch; `None` for opaque tokens. Not
