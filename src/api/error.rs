@@ -27,11 +27,67 @@ pub struct Violation {
     pub description: String,
 }
 
+/// The most violations one answer lists; the rest are counted ("and N more"), so neither the
+/// `grpc-status-details-bin` trailer nor the log line grows with what the request chooses to get wrong.
+pub const MAX_LISTED_VIOLATIONS: usize = 10;
+
+/// What is wrong with a request: the first [`MAX_LISTED_VIOLATIONS`], and how many more there are.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Violations {
+    listed: Vec<Violation>,
+    unlisted: usize,
+}
+
+impl Violations {
+    /// A request with one thing wrong.
+    pub fn one(field: impl Into<String>, description: impl Into<String>) -> Self {
+        let mut violations = Violations::default();
+        violations.add(field, description);
+        violations
+    }
+
+    /// Adds a violation; past [`MAX_LISTED_VIOLATIONS`] it is only counted.
+    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        if self.listed.len() < MAX_LISTED_VIOLATIONS {
+            self.listed.push(Violation {
+                field: field.into(),
+                description: description.into(),
+            });
+        } else {
+            self.unlisted += 1;
+        }
+    }
+
+    /// Whether any was added.
+    pub fn is_empty(&self) -> bool {
+        self.listed.is_empty()
+    }
+
+    /// The violations listed in the answer.
+    pub fn listed(&self) -> &[Violation] {
+        &self.listed
+    }
+
+    /// How many more there were.
+    pub fn unlisted(&self) -> usize {
+        self.unlisted
+    }
+
+    /// `Ok(valid)` when nothing was added, the request's error otherwise.
+    pub fn into_result<T>(self, valid: T) -> Result<T, ApiError> {
+        if self.is_empty() {
+            Ok(valid)
+        } else {
+            Err(ApiError::InvalidRequest(self))
+        }
+    }
+}
+
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("the request is invalid")]
-    InvalidRequest(Vec<Violation>),
+    InvalidRequest(Violations),
     #[error(transparent)]
     Token(#[from] TokenError),
     #[error(transparent)]
@@ -132,14 +188,21 @@ fn to_status(error: &ApiError) -> Status {
     match error {
         ApiError::InvalidRequest(violations) => {
             let mut details = ErrorDetails::new();
-            for v in violations {
+            for v in violations.listed() {
                 details.add_bad_request_violation(v.field.clone(), v.description.clone());
             }
-            let summary = violations
+            let mut summary = violations
+                .listed()
                 .iter()
                 .map(|v| format!("{}: {}", v.field, v.description))
                 .collect::<Vec<_>>()
                 .join("; ");
+            if violations.unlisted() > 0 {
+                summary.push_str(&format!(
+                    "; and {} more not listed (fix these and send again)",
+                    violations.unlisted()
+                ));
+            }
             Status::with_error_details(
                 Code::InvalidArgument,
                 format!("invalid request: {summary}"),
@@ -215,20 +278,21 @@ fn to_status(error: &ApiError) -> Status {
             )
         }
         ApiError::KeysNotFound { user_id, keys } => {
+            let named = named_keys(keys);
             let message = match keys.as_slice() {
                 [key] => format!(
                     "user {user_id} has no metadata key `{key}`; set allow_missing to ignore missing keys"
                 ),
                 _ => format!(
                     "one or more of the keys [{}] do not exist on user {user_id}; nothing was deleted; set allow_missing to ignore missing keys",
-                    keys.join(", ")
+                    named.join(", ")
                 ),
             };
             with_info(
                 Code::NotFound,
                 message,
                 "METADATA_NOT_FOUND",
-                [("keys", keys.join(","))],
+                [("keys", named.join(","))],
             )
         }
         ApiError::Upstream(upstream) => upstream_status(upstream),
@@ -266,6 +330,15 @@ fn to_status(error: &ApiError) -> Status {
             )
         }
     }
+}
+
+/// The keys an answer names: the first [`MAX_LISTED_VIOLATIONS`], then how many more.
+fn named_keys(keys: &[String]) -> Vec<String> {
+    let mut named: Vec<String> = keys.iter().take(MAX_LISTED_VIOLATIONS).cloned().collect();
+    if keys.len() > MAX_LISTED_VIOLATIONS {
+        named.push(format!("and {} more", keys.len() - MAX_LISTED_VIOLATIONS));
+    }
+    named
 }
 
 fn upstream_status(error: &UpstreamError) -> Status {

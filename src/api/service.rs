@@ -18,7 +18,7 @@ use super::{
     ApiError,
     convert::value_to_pb,
     deadline,
-    error::{self as api_error, Violation},
+    error::{self as api_error, Violations},
     page_token::{self, Offsets, PageTokenKey, Position},
     pb,
     rate_limit::RateLimiter,
@@ -408,10 +408,10 @@ impl MetadataService {
             Offsets::Visible
         };
         if request.resumed.is_some_and(|resumed| resumed != offsets) {
-            return Err(ApiError::InvalidRequest(vec![Violation {
-                field: "page_token".to_owned(),
-                description: "was issued while the policy let the caller see other keys of this user; drop page_token to start the listing over".to_owned(),
-            }]));
+            return Err(ApiError::InvalidRequest(Violations::one(
+                "page_token",
+                "was issued while the policy let the caller see other keys of this user; drop page_token to start the listing over",
+            )));
         }
         let target = other.as_ref().map(Scoped::target);
         let token = &token;
@@ -812,24 +812,13 @@ impl MetadataService {
 
     /// The policy's value rules, as field violations of the request.
     fn check_values(&self, entries: &[(String, Vec<u8>)]) -> Result<(), ApiError> {
-        let violations: Vec<Violation> = entries
-            .iter()
-            .enumerate()
-            .flat_map(|(i, (key, value))| {
-                self.policy
-                    .value_problems(key, value)
-                    .into_iter()
-                    .map(move |description| Violation {
-                        field: format!("entries[{i}].value"),
-                        description,
-                    })
-            })
-            .collect();
-        if violations.is_empty() {
-            Ok(())
-        } else {
-            Err(ApiError::InvalidRequest(violations))
+        let mut violations = Violations::default();
+        for (i, (key, value)) in entries.iter().enumerate() {
+            for description in self.policy.value_problems(key, value) {
+                violations.add(format!("entries[{i}].value"), description);
+            }
         }
+        violations.into_result(())
     }
 
     /// Removes `keys` all or nothing; with `allow_missing`, removes those that exist.
@@ -954,12 +943,12 @@ fn target_of<'a>(
         Some(user_id) if user_id != caller.sub => Ok(Target { user_id, org_id }),
         _ => match (org_id, caller.org_id.as_deref()) {
             (Some(named), Some(own)) if named != own => {
-                Err(ApiError::InvalidRequest(vec![Violation {
-                    field: "organization_id".to_owned(),
-                    description: format!(
+                Err(ApiError::InvalidRequest(Violations::one(
+                    "organization_id",
+                    format!(
                         "names organisation {named}, but the caller's own metadata is in organisation {own} (as ZITADEL says); leave organization_id empty for your own metadata"
                     ),
-                }]))
+                )))
             }
             (named, own) => Ok(Target {
                 user_id: &caller.sub,

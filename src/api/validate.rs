@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use super::{
     ApiError,
     convert::value_from_pb,
-    error::Violation,
+    error::Violations,
     page_token::{self, Offsets, PageTokenKey, Query},
     pb,
 };
@@ -21,6 +21,10 @@ pub const MAX_VALUE_BYTES: usize = 500_000;
 pub const MAX_ID_CHARS: usize = 200;
 pub const DEFAULT_PAGE_SIZE: u32 = 100;
 pub const MAX_PAGE_SIZE: u32 = 1000;
+/// The most keys or entries one request names (SetMetadata's entries, DeleteMetadata's keys, GetMyMetadata's
+/// and BatchGetMetadata's keys). Counted before any of them is looked at, so what a request costs to validate,
+/// answer and log is bounded whatever it holds.
+pub const MAX_KEYS_PER_REQUEST: usize = 100;
 
 /// Where GetMyMetadata reads from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,6 +174,11 @@ pub fn batch_get(request: pb::BatchGetMetadataRequest) -> Result<BatchGet, ApiEr
         ),
         _ => {}
     }
+    v.within("keys", request.keys.len(), MAX_KEYS_PER_REQUEST, "keys");
+    // Past the counts, each user and key is looked at: only when there are not too many of them.
+    if !v.is_empty() {
+        return v.finish_invalid();
+    }
     let mut seen: HashMap<&str, usize> = HashMap::new();
     for (i, user_id) in request.user_ids.iter().enumerate() {
         if user_id.is_empty() {
@@ -226,23 +235,29 @@ pub struct Delete {
     pub allow_missing: bool,
 }
 
-#[derive(Default)]
-struct Violations(Vec<Violation>);
-
+/// The checks of request fields, on the one list of what is wrong ([`Violations`]).
 impl Violations {
-    fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
-        self.0.push(Violation {
-            field: field.into(),
-            description: description.into(),
-        });
+    fn finish<T>(self, valid: T) -> Result<T, ApiError> {
+        self.into_result(valid)
     }
 
-    fn finish<T>(self, valid: T) -> Result<T, ApiError> {
-        if self.0.is_empty() {
-            Ok(valid)
-        } else {
-            Err(ApiError::InvalidRequest(self.0))
+    /// The request's error, for a check that stops early (nothing valid to return).
+    fn finish_invalid<T>(self) -> Result<T, ApiError> {
+        debug_assert!(!self.is_empty());
+        Err(ApiError::InvalidRequest(self))
+    }
+
+    /// Whether a repeated field names at most `max` items; says how to split the call when it does not.
+    /// Checked before the items are, so an oversized request costs no work per item.
+    fn within(&mut self, field: &str, count: usize, max: usize, what: &str) -> bool {
+        if count <= max {
+            return true;
         }
+        self.add(
+            field,
+            format!("names {count} {what}, at most {max} are allowed in one call; split it into calls of at most {max}"),
+        );
+        false
     }
 
     fn key(&mut self, field: impl FnOnce() -> String, key: &str) {
@@ -391,6 +406,14 @@ fn described(c: char) -> String {
 
 pub fn get_mine(request: pb::GetMyMetadataRequest) -> Result<GetMine, ApiError> {
     let mut v = Violations::default();
+    if !v.within(
+        "keys",
+        request.keys.len(),
+        MAX_KEYS_PER_REQUEST,
+        "keys",
+    ) {
+        return v.finish_invalid();
+    }
     for (i, key) in request.keys.iter().enumerate() {
         v.key(|| format!("keys[{i}]"), key);
     }
@@ -467,6 +490,14 @@ pub fn set(request: pb::SetMetadataRequest) -> Result<Set, ApiError> {
     let mut v = Violations::default();
     let user_id = v.user_id(request.user_id);
     let org_id = v.org_id(request.organization_id);
+    if !v.within(
+        "entries",
+        request.entries.len(),
+        MAX_KEYS_PER_REQUEST,
+        "entries",
+    ) {
+        return v.finish_invalid();
+    }
     v.distinct_keys(
         "entries",
         request
@@ -501,6 +532,9 @@ pub fn delete(request: pb::DeleteMetadataRequest) -> Result<Delete, ApiError> {
     let mut v = Violations::default();
     let user_id = v.user_id(request.user_id);
     let org_id = v.org_id(request.organization_id);
+    if !v.within("keys", request.keys.len(), MAX_KEYS_PER_REQUEST, "keys") {
+        return v.finish_invalid();
+    }
     v.distinct_keys(
         "keys",
         request

@@ -2,7 +2,7 @@
 
 use tonic::Code;
 use usermeta::api::pb::{
-    DeleteMetadataRequest, GetMyMetadataRequest, KeyFilter, ListMetadataRequest, MetadataEntry,
+    BatchGetMetadataRequest, DeleteMetadataRequest, GetMyMetadataRequest, KeyFilter, ListMetadataRequest, MetadataEntry,
     MetadataValue, SetMetadataRequest,
 };
 
@@ -297,4 +297,101 @@ on_both_apis!(
     delete_requests_are_checked_before_anything_is_sent,
     list_and_get_requests_are_checked_before_anything_is_sent,
     missing_or_malformed_tokens_are_refused_before_anything_is_sent,
+    oversized_repeated_fields_are_refused_by_their_count,
+    an_answer_lists_ten_violations_and_counts_the_rest,
 );
+
+/// A request that names more keys or entries than one call may is refused by its count alone, with any bearer
+/// string, before anyone is identified or anything is sent; the answer stays small whatever the request holds.
+async fn oversized_repeated_fields_are_refused_by_their_count(api: ApiChoice) {
+    let mut app = TestApp::builder().api(api).start().await;
+    let any_bearer = "whatever-the-caller-sends";
+    // Each element is also wrong in itself (an empty key): none of them is looked at.
+    let many_keys = vec![String::new(); 20_000];
+    let many_entries = vec![entry("", text("")); 20_000];
+    let refusals = vec![
+        app.client
+            .set_metadata(authed(
+                SetMetadataRequest {
+                    entries: many_entries,
+                    ..Default::default()
+                },
+                any_bearer,
+            ))
+            .await
+            .map(drop),
+        app.client
+            .delete_metadata(authed(
+                DeleteMetadataRequest {
+                    keys: many_keys.clone(),
+                    ..Default::default()
+                },
+                any_bearer,
+            ))
+            .await
+            .map(drop),
+        app.client
+            .get_my_metadata(authed(
+                GetMyMetadataRequest {
+                    keys: many_keys.clone(),
+                    source: 0,
+                },
+                any_bearer,
+            ))
+            .await
+            .map(drop),
+        app.client
+            .batch_get_metadata(authed(
+                BatchGetMetadataRequest {
+                    user_ids: vec!["1".into()],
+                    keys: many_keys,
+                    ..Default::default()
+                },
+                any_bearer,
+            ))
+            .await
+            .map(drop),
+    ];
+    for refusal in refusals {
+        let status = refusal.expect_err("refused");
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        let fields = violated_fields(&status);
+        assert_eq!(fields.len(), 1, "one violation: the count ({fields:?})");
+        assert!(
+            status.message().contains("20000") && status.message().contains("at most 100"),
+            "{}",
+            status.message()
+        );
+        assert!(
+            status.message().len() < 1024 && status.details().len() < 1024,
+            "the answer does not grow with the request: message {} bytes, details {} bytes",
+            status.message().len(),
+            status.details().len()
+        );
+    }
+    app.assert_no_upstream_request();
+}
+
+/// Within the count, every element is checked, but an answer lists at most ten violations and counts the rest.
+async fn an_answer_lists_ten_violations_and_counts_the_rest(api: ApiChoice) {
+    let app = TestApp::builder().api(api).start().await;
+    let entries: Vec<_> = (0..100).map(|_| entry("", text(""))).collect();
+    let status = app
+        .set_metadata(
+            &app.alice_token,
+            SetMetadataRequest {
+                entries,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(violated_fields(&status).len(), 10, "{}", status.message());
+    assert!(
+        status.message().contains("more not listed"),
+        "{}",
+        status.message()
+    );
+    app.assert_no_upstream_request();
+}

@@ -8,7 +8,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Mutex, PoisonError},
+    sync::{Arc, Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -25,21 +25,57 @@ pub(crate) struct Change {
     /// ZITADEL's date of the write (`setDate` / `deletionDate`), when it gave one.
     date: Option<Timestamp>,
     at: Instant,
+    /// Order of writing within the user: remembered keys not yet listed are appended in this order.
+    seq: u64,
+}
+
+/// One user's remembered writes, by key: a key written again replaces its earlier write in O(1).
+#[derive(Debug, Default)]
+struct UserWrites {
+    by_key: HashMap<String, Change>,
+    next_seq: u64,
+}
+
+impl UserWrites {
+    fn forget_expired(&mut self, now: Instant, window: Duration) {
+        self.by_key
+            .retain(|_, change| now.duration_since(change.at) < window);
+    }
+}
+
+/// The process-wide map only finds a user's entry; everything a request sizes (its keys, the user's
+/// remembered writes, the listing) is done under that user's own lock or none, so one large write or listing
+/// never holds up the writes and listings of other users.
+#[derive(Debug)]
+struct Users {
+    by_id: HashMap<String, Arc<Mutex<UserWrites>>>,
+    /// When users whose writes all left the window were last dropped: once a window, not on every write.
+    swept: Instant,
 }
 
 #[derive(Debug)]
 pub(crate) struct RecentWrites {
     window: Duration,
-    /// By user id, in the order written.
-    users: Mutex<HashMap<String, Vec<Change>>>,
+    users: Mutex<Users>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl RecentWrites {
     pub(crate) fn new(window: Duration) -> Self {
         RecentWrites {
             window,
-            users: Mutex::new(HashMap::new()),
+            users: Mutex::new(Users {
+                by_id: HashMap::new(),
+                swept: Instant::now(),
+            }),
         }
+    }
+
+    fn user(&self, user_id: &str) -> Option<Arc<Mutex<UserWrites>>> {
+        lock(&self.users).by_id.get(user_id).cloned()
     }
 
     /// Remembers a successful write of `changes` (key → value, `None` for a removal) on `user_id`.
@@ -53,66 +89,85 @@ impl RecentWrites {
             return;
         }
         let at = Instant::now();
-        let mut users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
-        // Forget users whose writes all left the window, so the map stays as small as recent activity.
-        users.retain(|_, writes| {
-            writes.retain(|change| at.duration_since(change.at) < self.window);
-            !writes.is_empty()
-        });
-        let writes = users.entry(user_id.to_owned()).or_default();
+        let user = {
+            let mut users = lock(&self.users);
+            if at.duration_since(users.swept) >= self.window {
+                // Once a window: O(users with recent writes), never per request.
+                users.swept = at;
+                let window = self.window;
+                users.by_id.retain(|_, writes| {
+                    let mut writes = lock(writes);
+                    writes.forget_expired(at, window);
+                    !writes.by_key.is_empty()
+                });
+            }
+            Arc::clone(users.by_id.entry(user_id.to_owned()).or_default())
+        };
+        let mut writes = lock(&user);
         for (key, value) in changes {
-            writes.retain(|change| change.key != key);
-            writes.push(Change {
-                key,
-                value,
-                date,
-                at,
-            });
+            let seq = writes.next_seq;
+            writes.next_seq += 1;
+            writes.by_key.insert(
+                key.clone(),
+                Change {
+                    key,
+                    value,
+                    date,
+                    at,
+                    seq,
+                },
+            );
         }
     }
 
-    /// The user's remembered writes still inside the window, if any.
+    /// The user's remembered writes still inside the window, in the order written, if any.
     pub(crate) fn pending(&self, user_id: &str) -> Option<Vec<Change>> {
         let now = Instant::now();
-        let users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
-        let pending: Vec<Change> = users
-            .get(user_id)?
-            .iter()
+        let user = self.user(user_id)?;
+        let mut pending: Vec<Change> = lock(&user)
+            .by_key
+            .values()
             .filter(|change| now.duration_since(change.at) < self.window)
             .cloned()
             .collect();
+        pending.sort_unstable_by_key(|change| change.seq);
         (!pending.is_empty()).then_some(pending)
     }
 
     /// `listed` (the projection's whole answer, oldest first) corrected by `pending`; keys set here and not
-    /// yet listed come last (they are the newest). Writes the projection already shows are forgotten.
+    /// yet listed come last (they are the newest). Writes the projection already shows are forgotten. Linear
+    /// in the listing and the pending writes.
     pub(crate) fn apply(
         &self,
         user_id: &str,
         pending: &[Change],
-        mut listed: Vec<MetadataItem>,
+        listed: Vec<MetadataItem>,
         filter: Option<&KeyFilter>,
     ) -> Vec<MetadataItem> {
-        let mut caught_up = Vec::new();
+        let position: HashMap<&str, usize> = listed
+            .iter()
+            .enumerate()
+            .map(|(at, item)| (item.key.as_str(), at))
+            .collect();
+        let mut corrected = Vec::with_capacity(listed.len());
+        let mut appended = Vec::new();
+        let mut caught_up: HashMap<&str, u64> = HashMap::new();
+        let mut edits: HashMap<usize, &Change> = HashMap::new();
         for change in pending {
-            let position = listed.iter().position(|item| item.key == change.key);
-            let shown = position.map(|at| &listed[at]);
-            if projection_shows(change, shown) {
-                caught_up.push(change.key.clone());
+            let at = position.get(change.key.as_str()).copied();
+            if projection_shows(change, at.map(|at| &listed[at])) {
+                caught_up.insert(&change.key, change.seq);
                 continue;
             }
-            match (&change.value, position) {
-                (None, Some(at)) => {
-                    listed.remove(at);
+            match at {
+                Some(at) => {
+                    edits.insert(at, change);
                 }
-                (None, None) => {}
-                (Some(value), Some(at)) => {
-                    listed[at].value = Some(value.clone());
-                    listed[at].update_time = change.date;
-                }
-                (Some(value), None) => {
-                    if filter.is_none_or(|filter| filter.matches(&change.key)) {
-                        listed.push(MetadataItem {
+                None => {
+                    if let Some(value) = &change.value
+                        && filter.is_none_or(|filter| filter.matches(&change.key))
+                    {
+                        appended.push(MetadataItem {
                             key: change.key.clone(),
                             value: Some(value.clone()),
                             create_time: change.date,
@@ -122,21 +177,40 @@ impl RecentWrites {
                 }
             }
         }
-        if !caught_up.is_empty() {
-            let mut users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(writes) = users.get_mut(user_id) {
-                writes.retain(|change| {
-                    !(caught_up.contains(&change.key)
-                        && pending
-                            .iter()
-                            .any(|seen| seen.key == change.key && seen.at == change.at))
-                });
-                if writes.is_empty() {
-                    users.remove(user_id);
+        for (at, mut item) in listed.into_iter().enumerate() {
+            match edits.get(&at) {
+                None => corrected.push(item),
+                Some(Change { value: None, .. }) => {}
+                Some(change) => {
+                    item.value.clone_from(&change.value);
+                    item.update_time = change.date;
+                    corrected.push(item);
                 }
             }
         }
-        listed
+        if !caught_up.is_empty()
+            && let Some(user) = self.user(user_id)
+        {
+            let mut writes = lock(&user);
+            // Only the very write seen here: a newer write of the key since then stays remembered.
+            writes.by_key.retain(|key, change| {
+                caught_up.get(key.as_str()) != Some(&change.seq)
+            });
+            let emptied = writes.by_key.is_empty();
+            drop(writes);
+            if emptied {
+                let mut users = lock(&self.users);
+                if users
+                    .by_id
+                    .get(user_id)
+                    .is_some_and(|current| Arc::ptr_eq(current, &user) && lock(current).by_key.is_empty())
+                {
+                    users.by_id.remove(user_id);
+                }
+            }
+        }
+        corrected.extend(appended);
+        corrected
     }
 }
 
@@ -220,6 +294,40 @@ mod tests {
                 .apply("u", &pending, vec![], Some(&filter))
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn many_keys_keep_their_order_and_the_last_write_of_each() {
+        let recent = RecentWrites::new(Duration::from_secs(60));
+        let keys: Vec<String> = (0..5_000).map(|i| format!("k{i:05}")).collect();
+        recent.record(
+            "u",
+            keys.iter().map(|key| (key.clone(), Some(b"1".to_vec()))),
+            date(5),
+        );
+        recent.record("u", [("k00001".to_owned(), None)], date(6));
+        recent.record("u", [("k00000".to_owned(), Some(b"2".to_vec()))], date(7));
+        let pending = recent.pending("u").unwrap();
+        assert_eq!(pending.len(), keys.len(), "one remembered write per key");
+        let listed = vec![item("k00001", b"old", 1)];
+        let seen = recent.apply("u", &pending, listed, None);
+        assert_eq!(seen.len(), keys.len() - 1, "the removed key is gone");
+        assert_eq!(seen.first().map(|i| i.key.as_str()), Some("k00002"));
+        let last = seen.last().unwrap();
+        assert_eq!((last.key.as_str(), last.value.as_deref()), ("k00000", Some(&b"2"[..])));
+    }
+
+    #[test]
+    fn a_newer_write_of_a_caught_up_key_stays_remembered() {
+        let recent = RecentWrites::new(Duration::from_secs(60));
+        recent.record("u", [("k".to_owned(), Some(b"1".to_vec()))], date(5));
+        let pending = recent.pending("u").unwrap();
+        recent.record("u", [("k".to_owned(), Some(b"2".to_vec()))], date(6));
+        // The projection shows the first write: only that write is forgotten, the second is still pending.
+        let shown = recent.apply("u", &pending, vec![item("k", b"1", 5)], None);
+        assert_eq!(shown[0].value.as_deref(), Some(&b"1"[..]));
+        let left = recent.pending("u").expect("the newer write");
+        assert_eq!(left[0].value.as_deref(), Some(&b"2"[..]));
     }
 
     #[test]
