@@ -9,6 +9,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::{
     caller::{IdentifyError, TokenError},
+    fleet::{Lag, StreamLimit},
     policy::Denial,
 };
 use usermeta_zitadel::{
@@ -118,11 +119,21 @@ pub enum ApiError {
         "METADATA_SOURCE_TOKEN needs usermeta to validate JWTs against ZITADEL's keys, which this deployment does not: an operator sets USERMETA_JWT_AUDIENCE; until then read with METADATA_SOURCE_USERINFO"
     )]
     TokenSourceOff,
-    /// A WatchMetadata stream fell further behind than its buffer holds.
+    /// A WatchMetadata stream's reader fell further behind than its buffer holds.
     #[error(
-        "this WatchMetadata stream fell {missed} changes behind (more than its buffer of {buffer} holds) and has ended: reopen it, read the current values again (ListMetadata), and read the stream faster or narrow it with key_prefix"
+        "this WatchMetadata stream's reader fell behind ({}) and the stream has ended, {missed} changes of the watched user unsent: reopen it, read the current values again (ListMetadata), and read the stream faster or narrow it with key_prefix",
+        lag_text(lag)
     )]
-    WatchLagged { missed: u64, buffer: usize },
+    WatchLagged { missed: u64, lag: Lag },
+    /// The replica holds as many WatchMetadata streams as it may, in all or for this caller.
+    #[error("{}", stream_limit_text(limit))]
+    TooManyStreams { limit: StreamLimit },
+    /// A WatchMetadata stream reached its longest life.
+    #[error(
+        "this WatchMetadata stream reached its longest life of {} (USERMETA_WATCH_MAX_DURATION) and has ended: reopen it and read the current values again",
+        humantime::format_duration(*max)
+    )]
+    WatchMaxDuration { max: Duration },
     /// The replica is stopping; its streams end.
     #[error(
         "this usermeta replica is shutting down and ends its streams: reopen the stream (another replica serves it) and read the current values again"
@@ -221,11 +232,43 @@ fn to_status(error: &ApiError) -> Status {
             "TOKEN_NOT_JWT",
             [],
         ),
-        ApiError::WatchLagged { missed, buffer } => with_info(
-            Code::ResourceExhausted,
+        ApiError::WatchLagged { missed, lag } => {
+            let (buffer, limit) = match lag {
+                Lag::Stream { changes, bytes } => ("stream", format!("{changes} changes or {bytes} bytes")),
+                Lag::Replica { bytes } => ("replica", format!("{bytes} bytes")),
+            };
+            with_info(
+                Code::ResourceExhausted,
+                error.to_string(),
+                "WATCH_LAGGED",
+                [
+                    ("missed", missed.to_string()),
+                    ("buffer", buffer.to_owned()),
+                    ("limit", limit),
+                ],
+            )
+        }
+        ApiError::TooManyStreams { limit } => {
+            let (scope, max, setting) = match limit {
+                StreamLimit::Caller(max) => ("caller", max, "USERMETA_WATCH_MAX_STREAMS_PER_CALLER"),
+                StreamLimit::Replica(max) => ("replica", max, "USERMETA_WATCH_MAX_STREAMS"),
+            };
+            with_info(
+                Code::ResourceExhausted,
+                error.to_string(),
+                "WATCH_STREAMS_EXHAUSTED",
+                [
+                    ("scope", scope.to_owned()),
+                    ("limit", max.to_string()),
+                    ("setting", setting.to_owned()),
+                ],
+            )
+        }
+        ApiError::WatchMaxDuration { max } => with_info(
+            Code::Unavailable,
             error.to_string(),
-            "WATCH_LAGGED",
-            [("missed", missed.to_string()), ("buffer", buffer.to_string())],
+            "WATCH_MAX_DURATION",
+            [("max_duration", humantime::format_duration(*max).to_string())],
         ),
         ApiError::ShuttingDown => with_info(
             Code::Unavailable,
@@ -329,6 +372,28 @@ fn to_status(error: &ApiError) -> Status {
                 facts,
             )
         }
+    }
+}
+
+fn lag_text(lag: &Lag) -> String {
+    match lag {
+        Lag::Stream { changes, bytes } => format!(
+            "more than its own buffer of {changes} changes or {bytes} bytes (USERMETA_WATCH_BUFFER_BYTES) waited to be read"
+        ),
+        Lag::Replica { bytes } => format!(
+            "the replica's stream buffers together reached {bytes} bytes (USERMETA_WATCH_BUFFER_MEMORY) while this stream had changes waiting"
+        ),
+    }
+}
+
+fn stream_limit_text(limit: &StreamLimit) -> String {
+    match limit {
+        StreamLimit::Caller(max) => format!(
+            "this caller already has {max} WatchMetadata streams open on this replica, the most one caller may (USERMETA_WATCH_MAX_STREAMS_PER_CALLER): close one, or narrow what you watch"
+        ),
+        StreamLimit::Replica(max) => format!(
+            "this usermeta replica already serves {max} WatchMetadata streams, the most it may (USERMETA_WATCH_MAX_STREAMS): retry later (another replica may serve it)"
+        ),
     }
 }
 

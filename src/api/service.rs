@@ -28,7 +28,7 @@ use super::{
 use crate::{
     caller::cache::CallerCache,
     caller::{self, Caller, Identity, Resolver},
-    fleet::{ChangeKind, Changes, MetadataChange},
+    fleet::{ChangeKind, Changes, MAX_STREAMED_VALUE_BYTES, MetadataChange, WatchLimits},
     policy::{Action, Policy, Subject},
     tls,
 };
@@ -103,7 +103,7 @@ impl MetadataService {
             batch_concurrency: RequestLimits::default().batch_concurrency,
             resolver: Arc::new(Resolver::userinfo()),
             page_tokens: PageTokenKey::random(),
-            changes: Changes::local(Arc::clone(&cache)),
+            changes: Changes::local(Arc::clone(&cache), WatchLimits::default()),
             stopping: tokio::sync::watch::Sender::new(false).subscribe(),
         }
     }
@@ -506,12 +506,15 @@ impl MetadataService {
                 .zitadel
                 .set_user_metadata(target, &request.entries)
                 .await?;
+            // Values go to streams only while they are small; a larger write is streamed by its keys.
+            let values: usize = request.entries.iter().map(|(_, value)| value.len()).sum();
+            let streamed = values <= MAX_STREAMED_VALUE_BYTES;
             stale.landed(
                 ChangeKind::Set,
                 request
                     .entries
                     .iter()
-                    .map(|(key, value)| (key.as_str(), Some(value.clone()))),
+                    .map(|(key, value)| (key.as_str(), streamed.then(|| value.clone()))),
                 update_time.as_ref(),
             );
             Ok(pb::SetMetadataResponse { update_time })
@@ -545,12 +548,13 @@ impl MetadataService {
                 keys.iter().copied(),
             )?;
             let stale = self.invalidate_on_drop(target.user_id, &keys);
-            let update_time = self
+            let (removed, update_time) = self
                 .delete_keys(target, &request.keys, request.allow_missing)
                 .await?;
+            // Only what went: a key skipped by allow_missing never existed, and no stream hears of it.
             stale.landed(
                 ChangeKind::Delete,
-                keys.iter().map(|key| (*key, None)),
+                removed.iter().map(|key| (key.as_str(), None)),
                 update_time.as_ref(),
             );
             Ok(pb::DeleteMetadataResponse { update_time })
@@ -795,7 +799,10 @@ impl MetadataService {
         };
         span.record("user_id", tracing::field::display(&user_id));
         // From here on nothing is missed: changes that land while the stream starts are in its buffer.
-        let feed = self.changes.subscribe();
+        let subscription = self
+            .changes
+            .subscribe(&user_id, &caller.sub)
+            .map_err(|limit| ApiError::TooManyStreams { limit })?;
         tracing::info!(user_id = %user_id, key_prefix = %request.key_prefix, "watching metadata");
         Ok(watch::change_stream(
             Watched {
@@ -805,7 +812,15 @@ impl MetadataService {
                 org_id,
                 key_prefix: request.key_prefix,
             },
-            feed,
+            subscription,
+            watch::Credential {
+                token,
+                resolver: Arc::clone(&self.resolver),
+                cache: Arc::clone(&self.cache),
+                zitadel: Arc::clone(&self.zitadel),
+                timeout: self.request_timeout,
+            },
+            self.changes.watch_limits(),
             self.stopping.clone(),
         ))
     }
@@ -821,18 +836,18 @@ impl MetadataService {
         violations.into_result(())
     }
 
-    /// Removes `keys` all or nothing; with `allow_missing`, removes those that exist.
+    /// Removes `keys` all or nothing; with `allow_missing`, removes those that exist. Returns the keys removed.
     async fn delete_keys(
         &self,
         target: Target<'_>,
         keys: &[String],
         allow_missing: bool,
-    ) -> Result<Option<prost_types::Timestamp>, ApiError> {
+    ) -> Result<(Vec<String>, Option<prost_types::Timestamp>), ApiError> {
         let mut to_remove = keys.to_vec();
         // A key can vanish between listing and removing (a concurrent delete); a few rounds settle it.
         for _ in 0..3 {
             match self.zitadel.remove_user_metadata(target, &to_remove).await {
-                Ok(update_time) => return Ok(update_time),
+                Ok(update_time) => return Ok((to_remove, update_time)),
                 Err(e) if !e.is_missing_metadata() => return Err(e.into()),
                 Err(_) if !allow_missing => {
                     return Err(ApiError::KeysNotFound {
@@ -840,7 +855,7 @@ impl MetadataService {
                         keys: keys.to_vec(),
                     });
                 }
-                Err(_) if to_remove.len() == 1 => return Ok(None),
+                Err(_) if to_remove.len() == 1 => return Ok((Vec::new(), None)),
                 Err(_) => {
                     let existing: HashSet<String> =
                         read_all(|page| self.zitadel.list_user_metadata(target, None, page))
@@ -850,7 +865,7 @@ impl MetadataService {
                             .collect();
                     to_remove.retain(|key| existing.contains(key));
                     if to_remove.is_empty() {
-                        return Ok(None);
+                        return Ok((Vec::new(), None));
                     }
                 }
             }

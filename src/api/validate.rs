@@ -406,12 +406,7 @@ fn described(c: char) -> String {
 
 pub fn get_mine(request: pb::GetMyMetadataRequest) -> Result<GetMine, ApiError> {
     let mut v = Violations::default();
-    if !v.within(
-        "keys",
-        request.keys.len(),
-        MAX_KEYS_PER_REQUEST,
-        "keys",
-    ) {
+    if !v.within("keys", request.keys.len(), MAX_KEYS_PER_REQUEST, "keys") {
         return v.finish_invalid();
     }
     for (i, key) in request.keys.iter().enumerate() {

@@ -1,20 +1,28 @@
-//! WatchMetadata's stream: this replica's feed of changes ([`crate::fleet::Changes`]), narrowed to one
-//! user and to the keys the policy lets the caller read, until the caller goes, falls too far behind, or the
-//! replica stops.
+//! WatchMetadata's stream: this replica's writes of one user ([`crate::fleet::Subscription`]), narrowed to the
+//! keys the policy lets the caller read, for as long as the caller's credential holds: the stream asks ZITADEL
+//! about its token again (through the cache) at least once a cache TTL, ends at the token's expiry, and lives
+//! at most [`WatchLimits::max_duration`]. It also ends when the reader falls behind its buffer or the replica
+//! stops.
 
-use std::{pin::Pin, sync::Arc};
+use std::{
+    collections::VecDeque,
+    pin::Pin,
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use compact_str::CompactString;
 use futures::Stream;
-use tokio::sync::{broadcast, watch};
+use tokio::{sync::watch, time::Instant};
 use tonic::Status;
 
 use super::{ApiError, convert::value_to_pb, pb};
 use crate::{
-    caller::Caller,
-    fleet::{ChangeKind, FEED_CAPACITY, MetadataChange},
+    caller::{Caller, Resolver, TokenError, cache::CallerCache},
+    fleet::{ChangeKind, Subscription, WatchLimits, Write},
     policy::{Policy, Subject},
 };
+use usermeta_zitadel::{CallerToken, Zitadel};
 
 /// What one stream sends.
 pub type ChangeStream = Pin<Box<dyn Stream<Item = Result<pb::MetadataChange, Status>> + Send>>;
@@ -30,144 +38,216 @@ pub(super) struct Watched {
 }
 
 impl Watched {
-    /// Whether `change` goes to this stream. The policy is asked per change, as a read of that key would be.
-    fn streams(&self, change: &MetadataChange) -> bool {
-        if change.user_id != self.user_id.as_str() {
-            return false;
-        }
-        let subject = Subject {
+    fn subject(&self) -> Subject<'_> {
+        Subject {
             user_id: &self.user_id,
             org_id: self.org_id.as_deref(),
+        }
+    }
+
+    /// The messages `write` makes for this stream: each of its keys the caller may read (as a read of that
+    /// key would be decided) under the prefix. The policy is asked once per write.
+    fn messages(&self, write: &Write, into: &mut VecDeque<pb::MetadataChange>) {
+        if write.user_id != self.user_id.as_str() {
+            return;
+        }
+        let Ok(scope) = self.policy.read_scope(&self.caller, self.subject()) else {
+            return;
         };
-        let Ok(scope) = self.policy.read_scope(&self.caller, subject) else {
-            return false;
-        };
-        match change.kind {
-            // Every key went, including those the caller may read.
-            ChangeKind::DeleteAll => true,
-            ChangeKind::Set | ChangeKind::Delete => {
-                change.key.starts_with(&self.key_prefix) && scope.allows(&change.key)
+        for changed in &write.keys {
+            let streamed = match write.kind {
+                // Every key went, including those the caller may read.
+                ChangeKind::DeleteAll => true,
+                ChangeKind::Set | ChangeKind::Delete => {
+                    changed.key.starts_with(&self.key_prefix) && scope.allows(&changed.key)
+                }
+            };
+            if streamed {
+                into.push_back(to_pb(write, &changed.key, changed.value.as_deref()));
             }
         }
     }
 }
 
-/// The stream of `watched`'s changes from `feed`, ended with UNAVAILABLE `SHUTTING_DOWN` once `stopping` turns
-/// true and with RESOURCE_EXHAUSTED `WATCH_LAGGED` when the reader falls behind the feed's buffer.
+/// The credential a stream was opened with, asked about again while it lasts.
+pub(super) struct Credential {
+    pub token: CallerToken,
+    pub resolver: Arc<Resolver>,
+    pub cache: Arc<CallerCache>,
+    pub zitadel: Arc<Zitadel>,
+    /// How long one re-identification may take.
+    pub timeout: Duration,
+}
+
+impl Credential {
+    /// How often the stream asks again: the cache TTL, so ZITADEL is asked about as often as for a caller
+    /// that calls once a TTL.
+    fn every(&self) -> Duration {
+        self.cache.ttl().max(Duration::from_secs(1))
+    }
+
+    /// Who the token belongs to now, and that they may still read what the stream carries.
+    async fn still_holds(&self, watched: &Watched) -> Result<Caller, ApiError> {
+        let identify = self
+            .resolver
+            .identify(&self.cache, &self.zitadel, &self.token);
+        let caller = tokio::time::timeout(self.timeout, identify)
+            .await
+            .map_err(|_| ApiError::DeadlineExceeded)??;
+        if caller.sub != watched.caller.sub {
+            // A token does not change hands: treat it as the refusal it would be.
+            return Err(ApiError::Token(TokenError::Inactive));
+        }
+        watched.policy.read_scope(&caller, watched.subject())?;
+        Ok(caller)
+    }
+
+    /// When the credential stops counting, whichever comes first: the identity's expiry as ZITADEL said it,
+    /// or the `exp` the token claims (which can only make the stream shorter).
+    fn expiry(&self, caller: &Caller) -> Option<Instant> {
+        let exp = match (caller.expires_at, self.token.claimed_expiry()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        Some(Instant::now() + Duration::from_secs(exp.saturating_sub(now)))
+    }
+}
+
+/// The stream of `watched`'s changes from `subscription`. It ends with UNAVAILABLE `SHUTTING_DOWN` once
+/// `stopping` turns true, RESOURCE_EXHAUSTED `WATCH_LAGGED` when the reader falls behind, UNAUTHENTICATED when
+/// the token expires or ZITADEL no longer accepts it, PERMISSION_DENIED when the policy no longer lets the
+/// caller read the user, and UNAVAILABLE `WATCH_MAX_DURATION` after `limits.max_duration`.
 pub(super) fn change_stream(
     watched: Watched,
-    feed: broadcast::Receiver<Arc<MetadataChange>>,
+    subscription: Subscription,
+    credential: Credential,
+    limits: &WatchLimits,
     stopping: watch::Receiver<bool>,
 ) -> ChangeStream {
+    let now = Instant::now();
+    let max_life = now + limits.max_duration;
+    let expiry = credential.expiry(&watched.caller);
     let state = Open {
+        recheck_at: now + credential.every(),
+        max_duration: limits.max_duration,
+        max_life,
+        expiry,
         watched,
-        feed,
+        subscription,
+        credential,
         stopping,
-        _counted: Counted::new(),
+        ready: VecDeque::new(),
     };
     Box::pin(futures::stream::unfold(Some(state), |state| async move {
         let mut state = state?;
-        loop {
-            let next = tokio::select! {
-                biased;
-                _ = state.stopping.wait_for(|stopping| *stopping) => Err(Ended::ShuttingDown),
-                received = state.feed.recv() => match received {
-                    Ok(change) => Ok(change),
-                    Err(broadcast::error::RecvError::Lagged(missed)) => Err(Ended::Lagged(missed)),
-                    // Every sender gone: the service itself is being dropped.
-                    Err(broadcast::error::RecvError::Closed) => Err(Ended::ShuttingDown),
-                },
-            };
-            match next {
-                Ok(change) if state.watched.streams(&change) => {
-                    return Some((Ok(to_pb(&change)), Some(state)));
-                }
-                Ok(_) => {}
-                Err(ended) => return Some((Err(ended.into_status()), None)),
-            }
+        match state.next().await {
+            Ok(message) => Some((Ok(message), Some(state))),
+            Err(ended) => Some((Err(ended.into()), None)),
         }
     }))
 }
 
 struct Open {
     watched: Watched,
-    feed: broadcast::Receiver<Arc<MetadataChange>>,
+    subscription: Subscription,
+    credential: Credential,
     stopping: watch::Receiver<bool>,
-    _counted: Counted,
+    /// When the credential is asked about next.
+    recheck_at: Instant,
+    max_duration: Duration,
+    max_life: Instant,
+    expiry: Option<Instant>,
+    /// Messages of a write not sent yet (a write of several keys makes several).
+    ready: VecDeque<pb::MetadataChange>,
 }
 
-enum Ended {
-    Lagged(u64),
-    ShuttingDown,
-}
-
-impl Ended {
-    fn into_status(self) -> Status {
-        let error = match self {
-            Ended::Lagged(missed) => {
-                crate::metrics::watch_ended("lagged");
-                ApiError::WatchLagged {
-                    missed,
-                    buffer: FEED_CAPACITY,
+impl Open {
+    async fn next(&mut self) -> Result<pb::MetadataChange, ApiError> {
+        loop {
+            if let Some(message) = self.ready.pop_front() {
+                return Ok(message);
+            }
+            let ends_at = self
+                .expiry
+                .map_or(self.max_life, |expiry| expiry.min(self.max_life));
+            tokio::select! {
+                biased;
+                () = stopped(&mut self.stopping) => return Err(ended("shutting_down", ApiError::ShuttingDown)),
+                () = tokio::time::sleep_until(ends_at) => {
+                    return Err(if self.expiry.is_some_and(|expiry| expiry <= self.max_life) {
+                        ended("expired", ApiError::Token(TokenError::Expired))
+                    } else {
+                        ended("max_duration", ApiError::WatchMaxDuration { max: self.max_duration })
+                    });
                 }
+                () = tokio::time::sleep_until(self.recheck_at) => {
+                    let caller = self
+                        .credential
+                        .still_holds(&self.watched)
+                        .await
+                        .map_err(|error| ended("credential", error))?;
+                    self.expiry = self.credential.expiry(&caller);
+                    self.watched.caller = caller;
+                    self.recheck_at = Instant::now() + self.credential.every();
+                }
+                next = self.subscription.next() => match next {
+                    Ok(queued) => self.watched.messages(&queued.write, &mut self.ready),
+                    Err((lag, missed)) => return Err(ended("lagged", ApiError::WatchLagged { missed, lag })),
+                },
             }
-            Ended::ShuttingDown => {
-                crate::metrics::watch_ended("shutting_down");
-                ApiError::ShuttingDown
-            }
-        };
-        error.into()
+        }
     }
 }
 
-/// Counts a stream in the open-streams gauge for as long as it lives.
-struct Counted;
-
-impl Counted {
-    fn new() -> Self {
-        crate::metrics::watch_streams(1.0);
-        Counted
+/// Resolves once the replica stops; never, when nothing can stop it (its sender is gone).
+async fn stopped(stopping: &mut watch::Receiver<bool>) {
+    if stopping.wait_for(|stopping| *stopping).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 
-impl Drop for Counted {
-    fn drop(&mut self) {
-        crate::metrics::watch_streams(-1.0);
-    }
+/// Counts how a stream ended.
+fn ended(reason: &'static str, error: ApiError) -> ApiError {
+    crate::metrics::watch_ended(reason);
+    error
 }
 
-fn to_pb(change: &MetadataChange) -> pb::MetadataChange {
-    let kind = match change.kind {
+fn to_pb(write: &Write, key: &str, value: Option<&[u8]>) -> pb::MetadataChange {
+    let kind = match write.kind {
         ChangeKind::Set => pb::ChangeKind::Set,
         ChangeKind::Delete => pb::ChangeKind::Delete,
         ChangeKind::DeleteAll => pb::ChangeKind::DeleteAll,
     };
     pb::MetadataChange {
-        user_id: change.user_id.clone(),
-        key: change.key.clone(),
+        user_id: write.user_id.clone(),
+        key: key.to_owned(),
         kind: kind.into(),
-        value: change.value.clone().map(value_to_pb),
-        time: Some(prost_types::Timestamp::from(change.time)),
+        value: value.map(|value| value_to_pb(value.to_vec())),
+        time: Some(prost_types::Timestamp::from(write.time)),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::time::SystemTime;
-
-    use futures::StreamExt as _;
-
     use super::*;
     use crate::caller::Identity;
 
-    fn change(user_id: &str, key: &str, kind: ChangeKind) -> Arc<MetadataChange> {
-        Arc::new(MetadataChange {
+    fn write(user_id: &str, keys: &[&str], kind: ChangeKind) -> Write {
+        Write {
             user_id: user_id.to_owned(),
-            key: key.to_owned(),
             kind,
-            value: None,
+            keys: keys
+                .iter()
+                .map(|key| crate::fleet::ChangedKey {
+                    key: (*key).to_owned(),
+                    value: None,
+                })
+                .collect(),
             time: SystemTime::now(),
-        })
+        }
     }
 
     fn watched_self(policy: Policy, key_prefix: &str) -> Watched {
@@ -183,66 +263,29 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn only_the_users_readable_keys_under_the_prefix_are_streamed() {
+    #[test]
+    fn only_the_users_readable_keys_under_the_prefix_are_streamed() {
         let policy = Policy::from_toml("[[key]]\nname = \"secret\"\nhidden = true\n", "test")
             .expect("policy");
-        let (feed, receiver) = broadcast::channel(16);
-        let (_stop, stopping) = watch::channel(false);
-        let mut stream = change_stream(watched_self(policy, "t"), receiver, stopping);
+        let watched = watched_self(policy, "t");
+        let mut out = VecDeque::new();
         for sent in [
-            change("u2", "tier", ChangeKind::Set),
-            change("u1", "secret", ChangeKind::Set),
-            change("u1", "other", ChangeKind::Set),
-            change("u1", "tier", ChangeKind::Delete),
-            change("u1", "", ChangeKind::DeleteAll),
+            write("u2", &["tier"], ChangeKind::Set),
+            write("u1", &["secret", "other", "tier"], ChangeKind::Set),
+            write("u1", &["tier"], ChangeKind::Delete),
+            write("u1", &[""], ChangeKind::DeleteAll),
         ] {
-            feed.send(sent).expect("a stream listens");
+            watched.messages(&sent, &mut out);
         }
-        let first = stream
-            .next()
-            .await
-            .expect("a change")
-            .expect("not an error");
+        let got: Vec<(&str, pb::ChangeKind)> =
+            out.iter().map(|m| (m.key.as_str(), m.kind())).collect();
         assert_eq!(
-            (first.key.as_str(), first.kind()),
-            ("tier", pb::ChangeKind::Delete)
+            got,
+            [
+                ("tier", pb::ChangeKind::Set),
+                ("tier", pb::ChangeKind::Delete),
+                ("", pb::ChangeKind::DeleteAll)
+            ]
         );
-        let second = stream
-            .next()
-            .await
-            .expect("a change")
-            .expect("not an error");
-        assert_eq!(second.kind(), pb::ChangeKind::DeleteAll);
-    }
-
-    #[tokio::test]
-    async fn shutdown_ends_the_stream_with_unavailable() {
-        let (_feed, receiver) = broadcast::channel(16);
-        let (stop, stopping) = watch::channel(false);
-        let mut stream = change_stream(watched_self(Policy::default(), ""), receiver, stopping);
-        stop.send(true).expect("the stream listens");
-        let ended = stream.next().await.expect("an end").expect_err("an error");
-        assert_eq!(ended.code(), tonic::Code::Unavailable);
-        assert!(stream.next().await.is_none(), "nothing after the end");
-    }
-
-    #[tokio::test]
-    async fn a_reader_behind_the_buffer_gets_resource_exhausted() {
-        let (feed, receiver) = broadcast::channel(2);
-        let (_stop, stopping) = watch::channel(false);
-        let mut stream = change_stream(watched_self(Policy::default(), ""), receiver, stopping);
-        for i in 0..5 {
-            feed.send(change("u1", &format!("k{i}"), ChangeKind::Set))
-                .expect("a stream listens");
-        }
-        let ended = stream.next().await.expect("an end").expect_err("an error");
-        assert_eq!(ended.code(), tonic::Code::ResourceExhausted);
-        assert!(
-            ended.message().contains("3 changes behind"),
-            "{}",
-            ended.message()
-        );
-        assert!(stream.next().await.is_none(), "nothing after the end");
     }
 }

@@ -241,6 +241,11 @@ impl std::fmt::Debug for CallerCache {
 }
 
 impl CallerCache {
+    /// How long an answer about a token is kept (`USERMETA_CACHE_TTL`).
+    pub fn ttl(&self) -> Duration {
+        self.config.ttl
+    }
+
     pub fn new(config: CacheConfig) -> Self {
         let capacity = usize::try_from(config.capacity)
             .unwrap_or(usize::MAX)

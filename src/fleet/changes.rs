@@ -4,14 +4,11 @@
 
 use std::{sync::Arc, time::SystemTime};
 
-use tokio::sync::broadcast;
-
-use super::{RedisConfig, RedisSetupError, SharedInvalidation};
+use super::{
+    RedisConfig, RedisSetupError, SharedInvalidation,
+    feed::{Feed, StreamLimit, Subscription, WatchLimits, Write},
+};
 use crate::caller::cache::CallerCache;
-
-/// Changes a WatchMetadata stream may fall behind by before it is ended (the feed keeps no more than this for
-/// its slowest reader).
-pub const FEED_CAPACITY: usize = 1024;
 
 /// What happened to a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -45,16 +42,17 @@ pub struct MetadataChange {
 #[derive(Debug, Clone)]
 pub struct Changes {
     cache: Arc<CallerCache>,
-    feed: broadcast::Sender<Arc<MetadataChange>>,
+    feed: Feed,
     shared: Option<SharedInvalidation>,
 }
 
 impl Changes {
-    /// News for this replica alone: nothing goes to or comes from other replicas.
-    pub fn local(cache: Arc<CallerCache>) -> Changes {
+    /// News for this replica alone: nothing goes to or comes from other replicas. Its WatchMetadata streams
+    /// are held within `limits`.
+    pub fn local(cache: Arc<CallerCache>, limits: WatchLimits) -> Changes {
         Changes {
             cache,
-            feed: broadcast::channel(FEED_CAPACITY).0,
+            feed: Feed::new(limits),
             shared: None,
         }
     }
@@ -76,7 +74,8 @@ impl Changes {
     }
 
     /// A change that happened here (a write that landed, an event ZITADEL sent): the user's cached answers go
-    /// at once, the other replicas hear of it (without values), and this replica's streams see it.
+    /// at once, the other replicas hear of it (without values), and this replica's streams of the user see it,
+    /// one item per write.
     pub fn announce(&self, changes: Vec<MetadataChange>) {
         let mut announced_users: Vec<&str> = Vec::new();
         for change in &changes {
@@ -88,10 +87,7 @@ impl Changes {
         if let Some(shared) = &self.shared {
             shared.publish_changes(&changes);
         }
-        for change in changes {
-            // No stream listening is no error.
-            let _ = self.feed.send(Arc::new(change));
-        }
+        self.feed.publish(Write::group(changes));
     }
 
     /// A write whose outcome is not known (it failed, or the deadline cut it off, and may have landed): the
@@ -103,10 +99,15 @@ impl Changes {
         }
     }
 
-    /// The changes from now on, for one stream; it lags (and is ended) when it falls [`FEED_CAPACITY`]
-    /// changes behind.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<MetadataChange>> {
-        self.feed.subscribe()
+    /// `user_id`'s changes from now on, for one stream of `caller` (a ZITADEL user id), within the limits on
+    /// streams; the stream lags (and is ended) when it falls behind its own buffer.
+    pub fn subscribe(&self, user_id: &str, caller: &str) -> Result<Subscription, StreamLimit> {
+        self.feed.subscribe(user_id, caller)
+    }
+
+    /// The limits on this replica's streams.
+    pub fn watch_limits(&self) -> &WatchLimits {
+        self.feed.limits()
     }
 }
 
@@ -116,7 +117,10 @@ mod tests {
     use crate::caller::cache::CacheConfig;
 
     fn changes() -> Changes {
-        Changes::local(Arc::new(CallerCache::new(CacheConfig::default())))
+        Changes::local(
+            Arc::new(CallerCache::new(CacheConfig::default())),
+            WatchLimits::default(),
+        )
     }
 
     fn set(user_id: &str, key: &str, value: &[u8]) -> MetadataChange {
@@ -129,39 +133,34 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_landed_change_reaches_every_stream_with_its_value() {
+    #[tokio::test]
+    async fn a_landed_write_reaches_every_stream_of_its_user_with_its_values() {
         let changes = changes();
-        let mut first = changes.subscribe();
-        let mut second = changes.subscribe();
-        let change = set("u1", "tier", b"gold");
-        changes.announce(vec![change.clone()]);
-        assert_eq!(*first.try_recv().unwrap(), change);
-        assert_eq!(*second.try_recv().unwrap(), change);
-        assert!(first.try_recv().is_err(), "one change, one message");
-    }
-
-    #[test]
-    fn a_write_of_unknown_outcome_is_not_streamed() {
-        let changes = changes();
-        let mut stream = changes.subscribe();
-        changes.maybe_changed("u1", &["tier"]);
-        assert!(matches!(
-            stream.try_recv(),
-            Err(broadcast::error::TryRecvError::Empty)
-        ));
-    }
-
-    #[test]
-    fn a_stream_that_falls_behind_is_told_so() {
-        let changes = changes();
-        let mut stream = changes.subscribe();
-        for i in 0..=FEED_CAPACITY {
-            changes.announce(vec![set("u1", &format!("k{i}"), b"v")]);
+        let first = changes.subscribe("u1", "c1").expect("opens");
+        let second = changes.subscribe("u1", "c2").expect("opens");
+        changes.announce(vec![set("u1", "tier", b"gold"), set("u1", "plan", b"pro")]);
+        for stream in [&first, &second] {
+            let write = stream.next().await.expect("the write");
+            let keys: Vec<(&str, Option<&[u8]>)> = write
+                .write
+                .keys
+                .iter()
+                .map(|key| (key.key.as_str(), key.value.as_deref()))
+                .collect();
+            assert_eq!(
+                keys,
+                [("tier", Some(&b"gold"[..])), ("plan", Some(&b"pro"[..]))]
+            );
         }
-        assert!(matches!(
-            stream.try_recv(),
-            Err(broadcast::error::TryRecvError::Lagged(1))
-        ));
+    }
+
+    #[tokio::test]
+    async fn a_write_of_unknown_outcome_is_not_streamed() {
+        let changes = changes();
+        let stream = changes.subscribe("u1", "c1").expect("opens");
+        changes.maybe_changed("u1", &["tier"]);
+        changes.announce(vec![set("u1", "after", b"1")]);
+        let write = stream.next().await.expect("only the landed write");
+        assert_eq!(write.write.keys[0].key, "after");
     }
 }

@@ -12,10 +12,15 @@
 //! invalidation and the TTL bound staleness, as without Redis) and reconnect by themselves.
 
 mod changes;
+mod feed;
 mod redis_bus;
 pub mod webhook;
 
-pub use changes::{ChangeKind, Changes, FEED_CAPACITY, MetadataChange};
+pub use changes::{ChangeKind, Changes, MetadataChange};
+pub use feed::{
+    ChangedKey, Lag, MAX_STREAMED_VALUE_BYTES, Queued, STREAM_BUFFER_CHANGES, StreamLimit,
+    Subscription, WatchLimits, Write,
+};
 pub use redis_bus::{RedisConfig, RedisSetupError, SharedInvalidation};
 
 /// The Redis channel replicas publish their changes on.

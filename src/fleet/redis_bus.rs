@@ -6,9 +6,12 @@ use std::{fmt, sync::Arc, time::Duration};
 use futures::StreamExt as _;
 use redis::{AsyncCommands as _, IntoConnectionInfo as _};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 
-use super::{CHANNEL, ChangeKind, MetadataChange};
+use super::{
+    CHANNEL, ChangeKind, MetadataChange,
+    feed::{Feed, Write},
+};
 use crate::caller::cache::CallerCache;
 
 /// Changes waiting to be published; beyond this a change is dropped (and counted): the TTL still bounds it.
@@ -121,7 +124,7 @@ impl SharedInvalidation {
     pub(super) fn start(
         config: RedisConfig,
         cache: Arc<CallerCache>,
-        feed: broadcast::Sender<Arc<MetadataChange>>,
+        feed: Feed,
     ) -> Result<SharedInvalidation, RedisSetupError> {
         let failed = |reason: String| RedisSetupError {
             url: redacted(&config.url),
@@ -327,7 +330,7 @@ async fn subscribe(
     client: redis::Client,
     origin: Arc<str>,
     cache: Arc<CallerCache>,
-    feed: broadcast::Sender<Arc<MetadataChange>>,
+    feed: Feed,
     state: watch::Sender<bool>,
 ) {
     let mut outage = Outage::default();
@@ -373,7 +376,7 @@ async fn listen(
     pubsub: redis::aio::PubSub,
     origin: &str,
     cache: &CallerCache,
-    feed: &broadcast::Sender<Arc<MetadataChange>>,
+    feed: &Feed,
 ) -> String {
     let (mut sink, mut messages) = pubsub.split();
     let mut ping = tokio::time::interval(PING_EVERY);
@@ -393,10 +396,8 @@ async fn listen(
                     Ok(change) => {
                         cache.invalidate_user(&change.user_id);
                         crate::metrics::invalidation("received");
-                        for change in change.into_metadata_changes() {
-                            // No stream listening is no error.
-                            let _ = feed.send(Arc::new(change));
-                        }
+                        // One write, one item, for the streams of its user only.
+                        feed.publish(Write::group(change.into_metadata_changes()));
                     }
                     Err(_) => crate::metrics::invalidation("malformed"),
                 }

@@ -95,6 +95,8 @@ pub struct Limits {
     pub max_message_bytes: usize,
     /// Deadlines and the per-caller rate limit.
     pub requests: RequestLimits,
+    /// WatchMetadata streams: how many, how much they buffer, how long they live.
+    pub watch: crate::fleet::WatchLimits,
 }
 
 impl Default for Limits {
@@ -104,6 +106,7 @@ impl Default for Limits {
             max_streams_per_connection: 256,
             max_message_bytes: 8 * 1024 * 1024,
             requests: RequestLimits::default(),
+            watch: crate::fleet::WatchLimits::default(),
         }
     }
 }
@@ -235,7 +238,7 @@ impl Application {
         .with_limits(config.limits.requests)
         .with_resolver(Arc::clone(&resolver))
         .with_page_token_key(page_tokens);
-        let mut changes = Changes::local(Arc::clone(&cache));
+        let mut changes = Changes::local(Arc::clone(&cache), config.limits.watch);
         if let Some(redis) = options.redis {
             changes = changes.with_redis(redis)?;
         }

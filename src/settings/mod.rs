@@ -22,6 +22,7 @@ use crate::{
     api::RequestLimits,
     caller::cache::CacheConfig,
     caller::{ApplicationKey, IdentityConfig, IntrospectionAuth, JwtConfig},
+    fleet::WatchLimits,
     policy::Policy,
     server::Limits,
 };
@@ -513,6 +514,25 @@ pub struct LimitArgs {
     /// ZITADEL calls one BatchGetMetadata request makes at once (each user costs one or two calls).
     #[arg(long, env = "USERMETA_BATCH_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub batch_concurrency: u32,
+    /// Most WatchMetadata streams open on this replica at once; more are refused with RESOURCE_EXHAUSTED
+    /// (WATCH_STREAMS_EXHAUSTED).
+    #[arg(long, env = "USERMETA_WATCH_MAX_STREAMS", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub watch_max_streams: u32,
+    /// Most WatchMetadata streams one caller (one ZITADEL user) has open on this replica at once.
+    #[arg(long, env = "USERMETA_WATCH_MAX_STREAMS_PER_CALLER", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    pub watch_max_streams_per_caller: u32,
+    /// Longest life of a WatchMetadata stream; it then ends with UNAVAILABLE (WATCH_MAX_DURATION) and the
+    /// client reopens it. A stream also ends when its token expires or ZITADEL stops accepting it.
+    #[arg(long, env = "USERMETA_WATCH_MAX_DURATION", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub watch_max_duration: Duration,
+    /// Bytes of changes one WatchMetadata stream may have waiting to be read; a stream further behind ends
+    /// with RESOURCE_EXHAUSTED (WATCH_LAGGED). One write always fits.
+    #[arg(long, env = "USERMETA_WATCH_BUFFER_BYTES", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u32).range(1024..))]
+    pub watch_buffer_bytes: u32,
+    /// Bytes of changes all WatchMetadata streams of this replica together may have waiting; past it, the
+    /// streams that are behind end with WATCH_LAGGED.
+    #[arg(long, env = "USERMETA_WATCH_BUFFER_MEMORY", default_value_t = 64 * 1024 * 1024, value_parser = clap::value_parser!(u32).range(65536..))]
+    pub watch_buffer_memory: u32,
 }
 
 /// `negotiate` | `always`, listed in `--help` (the ZITADEL client's own type knows nothing of the command line).
@@ -880,6 +900,13 @@ impl LimitArgs {
                 caller_rate: self.caller_rate_limit,
                 caller_burst: self.caller_rate_burst,
                 batch_concurrency: self.batch_concurrency as usize,
+            },
+            watch: WatchLimits {
+                max_streams: self.watch_max_streams as usize,
+                max_streams_per_caller: self.watch_max_streams_per_caller as usize,
+                buffer_bytes: self.watch_buffer_bytes as usize,
+                buffer_memory: self.watch_buffer_memory as usize,
+                max_duration: self.watch_max_duration,
             },
         }
     }

@@ -2,8 +2,8 @@
 
 use tonic::Code;
 use usermeta::api::pb::{
-    BatchGetMetadataRequest, DeleteMetadataRequest, GetMyMetadataRequest, KeyFilter, ListMetadataRequest, MetadataEntry,
-    MetadataValue, SetMetadataRequest,
+    BatchGetMetadataRequest, DeleteMetadataRequest, GetMyMetadataRequest, KeyFilter,
+    ListMetadataRequest, MetadataEntry, MetadataValue, SetMetadataRequest,
 };
 
 use crate::helpers::*;

@@ -7,8 +7,12 @@ use std::time::Duration;
 use tonic::{Code, Streaming};
 use usermeta::{
     api::pb::{self, ChangeKind, MetadataChange, WatchMetadataRequest},
+    caller::{IdentityConfig, JwtConfig, cache::CacheConfig},
+    fleet::WatchLimits,
     policy::Policy,
+    server::Limits,
 };
+use zitadel_standin::JwtSpec;
 
 use crate::helpers::*;
 
@@ -267,10 +271,10 @@ async fn a_reader_that_falls_behind_gets_resource_exhausted() {
         .unwrap();
     let slow = pb::user_metadata_service_client::UserMetadataServiceClient::new(slow);
     let mut stream = watch(&slow, &app.alice_token, "", "").await.unwrap();
-    // Far more changes than the stream's buffer (1024) and those windows hold, none read meanwhile.
+    // Far more than the stream's buffer (1 MiB) and those windows hold, none read meanwhile.
     let value = "v".repeat(200);
-    for round in 0..4 {
-        let entries = (0..1000)
+    for round in 0..80 {
+        let entries = (0..100)
             .map(|i| entry(&format!("profile.k{round}-{i}"), text(&value)))
             .collect();
         app.set_metadata(
@@ -331,4 +335,241 @@ async fn streams_end_with_unavailable_when_the_replica_stops() {
         .expect("the replica stops well before its 30 s grace")
         .unwrap();
     assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+/// The status a stream ends with, within `within`; a change instead fails the test.
+async fn end_of(stream: &mut Streaming<MetadataChange>, within: Duration) -> tonic::Status {
+    match tokio::time::timeout(within, stream.message())
+        .await
+        .expect("the stream ends in time")
+    {
+        Ok(Some(change)) => panic!("expected the end, got {change:?}"),
+        Ok(None) => panic!("the stream ended without saying why"),
+        Err(status) => status,
+    }
+}
+
+/// An app whose cache keeps answers for a second, so a stream asks about its token again every second.
+fn one_second_cache(limits: Limits) -> Options {
+    Options {
+        cache: CacheConfig {
+            ttl: Duration::from_secs(1),
+            negative_ttl: Duration::from_secs(1),
+            ..CacheConfig::default()
+        },
+        limits,
+        ..Options::default()
+    }
+}
+
+#[tokio::test]
+async fn a_stream_ends_when_zitadel_no_longer_accepts_its_token() {
+    let app = TestApp::start().await;
+    let (addr, _stop) = app
+        .another()
+        .options(one_second_cache(Limits::default()))
+        .spawn()
+        .await
+        .into_pair();
+    let client = connect(addr).await;
+    let token = app.standin.issue_token(&app.alice, FULL_SCOPES);
+    let mut stream = watch(&client, &token, "", "").await.unwrap();
+    app.standin.revoke_token(&token);
+    let ended = end_of(&mut stream, Duration::from_secs(15)).await;
+    assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
+    // Nothing of alice's reaches the revoked token's stream after that: it is over.
+    assert!(stream.message().await.unwrap_or(None).is_none());
+}
+
+#[tokio::test]
+async fn a_stream_ends_when_the_policy_no_longer_lets_the_caller_read() {
+    let app = TestApp::start().await;
+    let project = app.standin.create_project(&app.org);
+    let policy = Policy::from_toml(
+        "[[rule]]\nwho = { roles = [\"watcher\"] }\nwhose = \"any\"\nactions = [\"read\"]\nkeys = [\"*\"]\n",
+        "test",
+    )
+    .unwrap();
+    let (addr, _stop) = app
+        .another()
+        .policy(policy)
+        .project_id(&project)
+        .options(one_second_cache(Limits::default()))
+        .spawn()
+        .await
+        .into_pair();
+    let client = connect(addr).await;
+    app.standin.grant_role(&app.alice, &project, "watcher");
+    let mut scopes = FULL_SCOPES.to_vec();
+    scopes.push("urn:zitadel:iam:org:projects:roles");
+    let token = app.standin.issue_token(&app.alice, &scopes);
+    let mut stream = watch_in(&client, &token, &app.bob, &app.other_org, "")
+        .await
+        .unwrap();
+    app.standin.remove_role(&app.alice, &project, "watcher");
+    let ended = end_of(&mut stream, Duration::from_secs(15)).await;
+    assert_status(&ended, Code::PermissionDenied, "POLICY_DENIED");
+}
+
+#[tokio::test]
+async fn a_stream_ends_when_its_jwt_expires() {
+    let app = TestApp::start().await;
+    let project = app.standin.create_project(&app.org);
+    let (addr, _stop) = app
+        .another()
+        .identity(IdentityConfig {
+            introspection: None,
+            jwt: Some(JwtConfig {
+                audience: vec![project.clone()],
+                min_refresh_interval: Duration::from_secs(60),
+            }),
+        })
+        .spawn()
+        .await
+        .into_pair();
+    let client = connect(addr).await;
+    let mut scopes: Vec<String> = FULL_SCOPES.iter().map(|s| (*s).to_owned()).collect();
+    scopes.push(format!("urn:zitadel:iam:org:project:id:{project}:aud"));
+    let jwt = app.standin.issue_jwt_with(
+        &app.alice,
+        JwtSpec {
+            scopes,
+            expires_in: 2,
+            ..JwtSpec::default()
+        },
+    );
+    let mut stream = watch(&client, &jwt, "", "").await.unwrap();
+    let ended = end_of(&mut stream, Duration::from_secs(15)).await;
+    assert_status(&ended, Code::Unauthenticated, "TOKEN_EXPIRED");
+}
+
+#[tokio::test]
+async fn a_stream_lives_at_most_its_longest_life() {
+    let app = TestApp::start().await;
+    let limits = Limits {
+        watch: WatchLimits {
+            max_duration: Duration::from_secs(1),
+            ..WatchLimits::default()
+        },
+        ..Limits::default()
+    };
+    let (addr, _stop) = app
+        .another()
+        .options(Options {
+            limits,
+            ..Options::default()
+        })
+        .spawn()
+        .await
+        .into_pair();
+    let client = connect(addr).await;
+    let mut stream = watch(&client, &app.alice_token, "", "").await.unwrap();
+    let ended = end_of(&mut stream, Duration::from_secs(15)).await;
+    assert_status(&ended, Code::Unavailable, "WATCH_MAX_DURATION");
+    assert!(ended.message().contains("reopen"), "{}", ended.message());
+}
+
+#[tokio::test]
+async fn streams_are_limited_per_caller_and_per_replica() {
+    let app = TestApp::start().await;
+    let limits = Limits {
+        watch: WatchLimits {
+            max_streams: 3,
+            max_streams_per_caller: 2,
+            ..WatchLimits::default()
+        },
+        ..Limits::default()
+    };
+    let (addr, _stop) = app
+        .another()
+        .options(Options {
+            limits,
+            ..Options::default()
+        })
+        .spawn()
+        .await
+        .into_pair();
+    let client = connect(addr).await;
+    let first = watch(&client, &app.alice_token, "", "").await.unwrap();
+    let _second = watch(&client, &app.alice_token, "", "").await.unwrap();
+    // Another token of the same user is the same caller.
+    let other_token = app.standin.issue_token(&app.alice, FULL_SCOPES);
+    let refused = watch(&client, &other_token, "", "").await.unwrap_err();
+    assert_status(&refused, Code::ResourceExhausted, "WATCH_STREAMS_EXHAUSTED");
+    assert!(
+        refused
+            .message()
+            .contains("USERMETA_WATCH_MAX_STREAMS_PER_CALLER"),
+        "{}",
+        refused.message()
+    );
+    let _third = watch(&client, &app.admin_token, "", "").await.unwrap();
+    let bob_token = app.standin.issue_token(&app.bob, FULL_SCOPES);
+    let full = watch(&client, &bob_token, "", "").await.unwrap_err();
+    assert_status(&full, Code::ResourceExhausted, "WATCH_STREAMS_EXHAUSTED");
+    // A closed stream frees its place.
+    drop(first);
+    let reopened = async {
+        loop {
+            match watch(&client, &other_token, "", "").await {
+                Ok(stream) => return stream,
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), reopened)
+        .await
+        .expect("a place is freed when a stream closes");
+}
+
+#[tokio::test]
+async fn another_users_writes_never_end_a_stream() {
+    let app = TestApp::start().await;
+    let bob_token = app.standin.issue_token(&app.bob, FULL_SCOPES);
+    // alice's stream is open and not read while bob writes far more keys than any one buffer holds.
+    let mut stream = watch(&app.client, &app.alice_token, "", "").await.unwrap();
+    for round in 0..30 {
+        let entries = (0..100)
+            .map(|i| entry(&format!("profile.k{round}-{i}"), text("v")))
+            .collect();
+        app.set_metadata(
+            &bob_token,
+            pb::SetMetadataRequest {
+                entries,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    }
+    app.set_metadata(&app.alice_token, set("profile.language", "fr"))
+        .await
+        .unwrap();
+    let change = next_change(&mut stream).await;
+    assert_eq!(
+        (change.user_id.as_str(), change.key.as_str()),
+        (app.alice.as_str(), "profile.language")
+    );
+}
+
+#[tokio::test]
+async fn a_delete_announces_only_the_keys_it_removed() {
+    let app = TestApp::start().await;
+    let mut stream = watch(&app.client, &app.alice_token, "", "").await.unwrap();
+    app.delete_metadata(
+        &app.alice_token,
+        pb::DeleteMetadataRequest {
+            keys: vec!["profile.language".into(), "profile.never-set".into()],
+            allow_missing: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let change = next_change(&mut stream).await;
+    assert_eq!(
+        (change.key.as_str(), change.kind()),
+        ("profile.language", ChangeKind::Delete)
+    );
+    nothing_more(&mut stream).await;
 }

@@ -303,6 +303,12 @@ impl StandIn {
         self.inner.shared.grant_role(user_id, project_id, role);
     }
 
+    /// Removes the role `role` of `project_id` from `user_id` (ZITADEL's removal of a user grant's role); tokens
+    /// answered from now on no longer carry it.
+    pub fn remove_role(&self, user_id: &str, project_id: &str, role: &str) {
+        self.inner.shared.remove_role(user_id, project_id, role);
+    }
+
     /// How many introspection requests arrived (counted even with recording off).
     pub fn introspection_requests(&self) -> usize {
         self.inner.shared.introspection_requests()

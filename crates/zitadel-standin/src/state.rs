@@ -625,6 +625,17 @@ impl Shared {
             .insert(role.to_owned());
     }
 
+    pub(super) fn remove_role(&self, user_id: &str, project_id: &str, role: &str) {
+        let mut data = self.write();
+        if let Some(roles) = data
+            .grants
+            .get_mut(user_id)
+            .and_then(|projects| projects.get_mut(project_id))
+        {
+            roles.remove(role);
+        }
+    }
+
     /// Adds a signing key; a published one signs the JWTs issued from now on. Returns its key id.
     pub(super) fn add_signing_key(&self, published: bool) -> String {
         let generated = super::keys::generate_rsa_key();

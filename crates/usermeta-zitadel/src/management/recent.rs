@@ -193,18 +193,16 @@ impl RecentWrites {
         {
             let mut writes = lock(&user);
             // Only the very write seen here: a newer write of the key since then stays remembered.
-            writes.by_key.retain(|key, change| {
-                caught_up.get(key.as_str()) != Some(&change.seq)
-            });
+            writes
+                .by_key
+                .retain(|key, change| caught_up.get(key.as_str()) != Some(&change.seq));
             let emptied = writes.by_key.is_empty();
             drop(writes);
             if emptied {
                 let mut users = lock(&self.users);
-                if users
-                    .by_id
-                    .get(user_id)
-                    .is_some_and(|current| Arc::ptr_eq(current, &user) && lock(current).by_key.is_empty())
-                {
+                if users.by_id.get(user_id).is_some_and(|current| {
+                    Arc::ptr_eq(current, &user) && lock(current).by_key.is_empty()
+                }) {
                     users.by_id.remove(user_id);
                 }
             }
@@ -314,7 +312,10 @@ mod tests {
         assert_eq!(seen.len(), keys.len() - 1, "the removed key is gone");
         assert_eq!(seen.first().map(|i| i.key.as_str()), Some("k00002"));
         let last = seen.last().unwrap();
-        assert_eq!((last.key.as_str(), last.value.as_deref()), ("k00000", Some(&b"2"[..])));
+        assert_eq!(
+            (last.key.as_str(), last.value.as_deref()),
+            ("k00000", Some(&b"2"[..]))
+        );
     }
 
     #[test]
