@@ -6,6 +6,11 @@ use usermeta::{config_file, settings::Command, telemetry};
 
 fn main() -> ExitCode {
     let cli = match config_file::parse() {
+        // Printed before logging starts: nothing but the reference goes to stdout.
+        Ok(cli) if matches!(cli.command, Command::ConfigReference) => {
+            print!("{}", usermeta::settings::reference::markdown());
+            return ExitCode::SUCCESS;
+        }
         Ok(cli) => cli,
         Err(error) => {
             eprintln!("usermeta: {error}");
@@ -36,6 +41,7 @@ fn main() -> ExitCode {
             #[cfg(feature = "dev")]
             Command::Dev(args) => usermeta::dev::run(args).await,
             Command::Healthcheck(args) => return usermeta::healthcheck::run(args).await,
+            Command::ConfigReference => Ok(()),
         };
         match result {
             Ok(()) => ExitCode::SUCCESS,

@@ -14,6 +14,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 pub mod ext_authz;
 mod name;
+pub mod reference;
 pub use name::Setting;
 use secrecy::SecretString;
 use url::Url;
@@ -71,6 +72,9 @@ pub enum Command {
     Dev(DevArgs),
     /// Ask a running usermeta for its gRPC health; exit 0 when SERVING, 1 otherwise (for container health checks).
     Healthcheck(HealthcheckArgs),
+    /// Print the configuration reference (markdown) generated from these settings: the book's chapter.
+    #[command(hide = true)]
+    ConfigReference,
 }
 
 /// Settings of `usermeta serve`.
