@@ -364,7 +364,10 @@ impl MetadataService {
         // read their own keys, it needs no identity lookup.
         let (scope, other, identified) = match (request.user_id.as_deref(), self.policy.own_scope())
         {
-            (None, Some(own)) => (own, None, self.cache.knows(&token)),
+            (None, Some(own)) => {
+                caller::refuse_id_token(&token)?;
+                (own, None, self.cache.knows(&token))
+            }
             (user_id, _) => {
                 let caller = self.identify(&token).await?;
                 // Self is the caller ZITADEL names; a `user_id` equal to it changes nothing. Another user is
