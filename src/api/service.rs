@@ -381,7 +381,23 @@ impl MetadataService {
                         // Refused without asking ZITADEL anything when no organisation could change that.
                         self.policy
                             .read_in_any_organization(&caller, subject_of(named))?;
-                        Some(self.zitadel.scope(named).await?)
+                        let exact: Vec<&str> = match filter {
+                            Some(KeyFilter {
+                                key,
+                                matching: KeyMatch::Equals,
+                            }) => vec![key.as_str()],
+                            _ => Vec::new(),
+                        };
+                        Some(self.zitadel.scope(named).await.map_err(|e| {
+                            let missing = unknown_user_not_found(e, user_id);
+                            self.conceal_missing_user(
+                                &caller,
+                                user_id,
+                                Action::Read,
+                                &exact,
+                                missing,
+                            )
+                        })?)
                     }
                     None => None,
                 };
@@ -508,7 +524,16 @@ impl MetadataService {
             let update_time = self
                 .zitadel
                 .set_user_metadata(target, &request.entries)
-                .await?;
+                .await
+                .map_err(|e| {
+                    self.conceal_missing_user(
+                        &caller,
+                        target.user_id,
+                        Action::Write,
+                        &keys,
+                        e.into(),
+                    )
+                })?;
             stale.landed(
                 ChangeKind::Set,
                 request
@@ -550,7 +575,10 @@ impl MetadataService {
             let stale = self.invalidate_on_drop(target.user_id, &keys);
             let update_time = self
                 .delete_keys(target, &request.keys, request.allow_missing)
-                .await?;
+                .await
+                .map_err(|e| {
+                    self.conceal_missing_user(&caller, target.user_id, Action::Delete, &keys, e)
+                })?;
             stale.landed(
                 ChangeKind::Delete,
                 keys.iter().map(|key| (*key, None)),
@@ -576,7 +604,49 @@ impl MetadataService {
             action,
             keys.iter().copied(),
         )?;
-        Ok(self.zitadel.scope(named).await?)
+        self.zitadel
+            .scope(named)
+            .await
+            .map_err(|e| self.conceal_missing_user(caller, named.user_id, action, keys, e.into()))
+    }
+
+    /// ZITADEL's "no such user here" (unknown, or outside the named organisation) as the refusal a user of an
+    /// organisation none of the caller's rules name would get, when the caller's rules would refuse `action`
+    /// on `keys` there: then the answer tells neither whether the user exists nor where (issue 31, class 11).
+    /// A caller some rule lets act on users of any organisation gets ZITADEL's answer: it may act on whichever
+    /// user exists, so "unknown" tells it nothing acting would not.
+    fn conceal_missing_user(
+        &self,
+        caller: &Identity,
+        user_id: &str,
+        action: Action,
+        keys: &[&str],
+        error: ApiError,
+    ) -> ApiError {
+        let missing = match &error {
+            ApiError::UserNotFound { .. } => true,
+            ApiError::Upstream(upstream) => upstream.is_missing_user(),
+            _ => false,
+        };
+        if !missing {
+            return error;
+        }
+        // No organisation: no `whose = [orgs]` rule matches it, exactly as for another tenant's user.
+        let elsewhere = Subject {
+            user_id,
+            org_id: None,
+        };
+        let refusal = match action {
+            Action::Read => match self.policy.read_scope(caller, elsewhere) {
+                Err(denial) => Some(denial),
+                Ok(scope) => keys.iter().find_map(|key| scope.require(key).err()),
+            },
+            _ => self
+                .policy
+                .authorize(caller, elsewhere, action, keys.iter().copied())
+                .err(),
+        };
+        refusal.map_or(error, ApiError::Denied)
     }
 
     #[instrument(name = "FindUsersByMetadata", skip_all, fields(caller))]
@@ -732,11 +802,11 @@ impl MetadataService {
             let named = Target { user_id, org_id };
             self.policy
                 .read_in_any_organization(caller, subject_of(named))?;
-            let scoped = self
-                .zitadel
-                .scope(named)
-                .await
-                .map_err(|e| unknown_user_not_found(e, user_id))?;
+            let keys: Vec<&str> = request.keys.iter().map(String::as_str).collect();
+            let scoped = self.zitadel.scope(named).await.map_err(|e| {
+                let missing = unknown_user_not_found(e, user_id);
+                self.conceal_missing_user(caller, user_id, Action::Read, &keys, missing)
+            })?;
             let target = scoped.target();
             let scope = self.policy.read_scope(caller, subject_of(target))?;
             for key in &request.keys {
@@ -778,11 +848,10 @@ impl MetadataService {
                     .read_in_any_organization(&caller, subject_of(named))?;
                 // Changes name only the user, and no later call to ZITADEL would scope by organisation:
                 // the policy decides on the organisation ZITADEL says the user is in.
-                let located = self
-                    .zitadel
-                    .locate(named)
-                    .await
-                    .map_err(|e| unknown_user_not_found(e, &user_id))?;
+                let located = self.zitadel.locate(named).await.map_err(|e| {
+                    let missing = unknown_user_not_found(e, &user_id);
+                    self.conceal_missing_user(&caller, &user_id, Action::Read, &[], missing)
+                })?;
                 let target = located.target();
                 self.policy.read_scope(&caller, subject_of(target))?;
                 (target.user_id.into(), target.org_id.map(Into::into))

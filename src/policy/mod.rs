@@ -177,14 +177,17 @@ pub enum Whose {
 }
 
 impl Whose {
-    /// `any_org`: as if the target were in every organisation (for a decision that holds in all of them).
+    /// `any_org`: as if a target whose request names no organisation were in every organisation (for a
+    /// decision that holds in all of them). A named organisation is the one ZITADEL will act in (it refuses
+    /// users outside it), so it alone counts, and a rule that does not name it cannot allow.
     fn matches(&self, is_self: bool, target: Subject<'_>, any_org: bool) -> bool {
         match self {
             Whose::Itself => is_self,
             Whose::Any => true,
-            Whose::Organizations(orgs) => {
-                any_org || target.org_id.is_some_and(|o| orgs.contains(o))
-            }
+            Whose::Organizations(orgs) => match target.org_id {
+                Some(org) => orgs.contains(org),
+                None => any_org,
+            },
         }
     }
 }

@@ -454,3 +454,46 @@ mod fuzz {
         }
     }
 }
+
+/// Refusing before ZITADEL is asked: without an organisation in the request, an organisation rule may still
+/// apply once ZITADEL says where the user is; a named organisation is the one ZITADEL acts in, so only it counts.
+#[test]
+fn the_early_check_counts_only_a_named_organisation() {
+    let policy = file_policy();
+    let support = Identity {
+        roles: ["support".to_owned()].into(),
+        ..caller("sam")
+    };
+    assert!(
+        policy
+            .read_in_any_organization(&support, user("u1"))
+            .is_ok()
+    );
+    assert!(
+        policy
+            .read_in_any_organization(&support, in_org("u1", "acme"))
+            .is_ok()
+    );
+    assert!(
+        policy
+            .read_in_any_organization(&support, in_org("u1", "globex"))
+            .is_err()
+    );
+    assert!(
+        policy
+            .authorize_in_any_organization(&support, in_org("u1", "globex"), Action::Read, ["k"])
+            .is_err()
+    );
+    // A rule for any organisation is not narrowed by naming one.
+    let billing = client("b", "billing");
+    assert!(
+        policy
+            .authorize_in_any_organization(
+                &billing,
+                in_org("u1", "globex"),
+                Action::Write,
+                ["internal.customer_id"]
+            )
+            .is_ok()
+    );
+}
