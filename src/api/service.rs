@@ -29,7 +29,7 @@ use crate::{
     caller::cache::CallerCache,
     caller::{self, Caller, Identity, Resolver},
     fleet::{ChangeKind, Changes, MetadataChange},
-    policy::{Action, Policy, Subject},
+    policy::{Action, FindScope, Policy, Subject},
     tls,
 };
 use usermeta_zitadel::{
@@ -669,21 +669,51 @@ impl MetadataService {
             Action::Find,
             [request.key.as_str()],
         )?;
-        let found = self
-            .zitadel
-            .find_users_by_metadata(
-                &request.key,
-                &request.value,
-                request.org_id.as_deref(),
-                request.page,
-            )
-            .await?;
-        // Each user found passes the policy for that user and organisation, or is left out.
-        let users = found
-            .users
-            .into_iter()
-            .filter(|user| {
-                self.policy
+        // ZITADEL is asked only within the organisations the caller's rules cover, so nothing it answers
+        // (matches, counts) concerns users the caller may not find (issue 31, class 7).
+        let scope = self.policy.find_scope(&caller, &request.key)?;
+        let org_id = match (request.org_id.as_deref(), scope) {
+            (Some(named), _) => Some(named.to_owned()),
+            (None, FindScope::AnyOrganization) => None,
+            (None, FindScope::Organizations(orgs)) => match <[String; 1]>::try_from(orgs) {
+                Ok([only]) => Some(only),
+                Err(orgs) => {
+                    return Err(ApiError::InvalidRequest(vec![Violation {
+                        field: "organization_id".to_owned(),
+                        description: format!(
+                            "must name the organisation to search: the policy lets this caller find by `{}` only in organisations {}; send one of them",
+                            request.key,
+                            orgs.join(", ")
+                        ),
+                    }]));
+                }
+            },
+        };
+        // A page holds the next `limit` users the caller may see; one more seen means a next page, which
+        // starts at that user's place in ZITADEL's answer. Pages neither run short nor come out empty for
+        // users the caller may not see, and the place is sealed in the token.
+        let limit = request.page.limit as usize;
+        let mut users = Vec::with_capacity(limit);
+        let mut next = None;
+        let mut offset = request.page.offset;
+        'search: loop {
+            let wanted = u32::try_from(limit + 1 - users.len()).unwrap_or(u32::MAX);
+            let found = self
+                .zitadel
+                .find_users_by_metadata(
+                    &request.key,
+                    &request.value,
+                    org_id.as_deref(),
+                    PageRequest {
+                        offset,
+                        limit: wanted,
+                    },
+                )
+                .await?;
+            // Each user found passes the policy for that user and organisation, or is left out.
+            for user in found.users {
+                let visible = self
+                    .policy
                     .authorize(
                         &caller,
                         Subject {
@@ -693,26 +723,34 @@ impl MetadataService {
                         Action::Find,
                         [request.key.as_str()],
                     )
-                    .is_ok()
-            })
-            .map(|user| pb::UserRef {
-                user_id: user.user_id,
-                organization_id: user.org_id,
-            })
-            .collect();
-        let next = request.page.offset + found.fetched;
-        let next_page_token = if found.fetched > 0 && next < found.total {
+                    .is_ok();
+                if !visible {
+                    continue;
+                }
+                if users.len() == limit {
+                    next = Some(user.position);
+                    break 'search;
+                }
+                users.push(pb::UserRef {
+                    user_id: user.user_id,
+                    organization_id: user.org_id,
+                });
+            }
+            offset += found.fetched;
+            if found.fetched == 0 || offset >= found.total {
+                break;
+            }
+        }
+        let next_page_token = next.map_or_else(String::new, |offset| {
             page_token::encode(
                 &self.page_tokens,
                 Position {
-                    offset: next,
+                    offset,
                     offsets: Offsets::Zitadel,
                 },
                 request.token_query(),
             )
-        } else {
-            String::new()
-        };
+        });
         Ok(pb::FindUsersByMetadataResponse {
             users,
             next_page_token,

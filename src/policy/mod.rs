@@ -512,6 +512,45 @@ impl Policy {
     }
 }
 
+/// Whose users a caller's `find` rules cover for one key (FindUsersByMetadata): a search goes to ZITADEL
+/// only within them, so its answers and pages cannot count users the caller may not find.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FindScope {
+    /// Some rule covers users of every organisation.
+    AnyOrganization,
+    /// Only users of these organisations (sorted, at least one).
+    Organizations(Vec<String>),
+}
+
+impl Policy {
+    /// Where `caller` may find users by `key`; refused when no rule lets it find by `key` in any
+    /// organisation (`whose = "self"` rules never do: finding names others).
+    pub fn find_scope(&self, caller: &Identity, key: &str) -> Result<FindScope, Denial> {
+        let mut orgs = std::collections::BTreeSet::new();
+        for rule in self.rules.iter().filter(|r| {
+            r.allows_action(Action::Find)
+                && r.who.matches(caller)
+                && r.keys.iter().any(|p| p.matches(key))
+        }) {
+            match &rule.whose {
+                Whose::Any => return Ok(FindScope::AnyOrganization),
+                Whose::Organizations(named) => orgs.extend(named.iter().map(String::as_str)),
+                Whose::Itself => {}
+            }
+        }
+        if orgs.is_empty() {
+            let anyone = Subject {
+                user_id: "",
+                org_id: None,
+            };
+            return Err(Self::no_rule(caller, anyone, Action::Find, Some(key)));
+        }
+        Ok(FindScope::Organizations(
+            orgs.into_iter().map(str::to_owned).collect(),
+        ))
+    }
+}
+
 /// The rules granting one caller one action on one target.
 struct Grants<'p> {
     policy: &'p Policy,

@@ -497,3 +497,63 @@ fn the_early_check_counts_only_a_named_organisation() {
             .is_ok()
     );
 }
+
+#[test]
+fn the_find_scope_is_the_organisations_the_find_rules_name() {
+    let policy = Policy::from_toml(
+        r#"
+[[rule]]
+who = { subjects = ["finder"] }
+whose = ["o2", "o1"]
+keys = ["contract"]
+actions = ["find"]
+
+[[rule]]
+who = { subjects = ["finder"] }
+whose = ["o3"]
+keys = ["contract", "other"]
+actions = ["find", "read"]
+
+[[rule]]
+who = { subjects = ["finder"] }
+whose = "any"
+keys = ["public.*"]
+actions = ["find"]
+
+[[rule]]
+who = { subjects = ["finder"] }
+whose = "self"
+keys = ["mine"]
+actions = ["find"]
+
+[[rule]]
+who = { subjects = ["finder"] }
+whose = "any"
+keys = ["read.only"]
+actions = ["read"]
+"#,
+        "find.toml",
+    )
+    .unwrap();
+    let finder = caller("finder");
+    assert_eq!(
+        policy.find_scope(&finder, "contract"),
+        Ok(FindScope::Organizations(vec![
+            "o1".into(),
+            "o2".into(),
+            "o3".into()
+        ]))
+    );
+    assert_eq!(
+        policy.find_scope(&finder, "other"),
+        Ok(FindScope::Organizations(vec!["o3".into()]))
+    );
+    assert_eq!(
+        policy.find_scope(&finder, "public.id"),
+        Ok(FindScope::AnyOrganization)
+    );
+    for key in ["mine", "read.only", "unknown"] {
+        assert!(policy.find_scope(&finder, key).is_err(), "{key}");
+    }
+    assert!(policy.find_scope(&caller("someone"), "contract").is_err());
+}
