@@ -138,6 +138,17 @@ impl KeyPattern {
     }
 }
 
+impl std::fmt::Display for KeyPattern {
+    /// As written in a policy file.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyPattern::Any => f.write_str("*"),
+            KeyPattern::Prefix(prefix) => write!(f, "{prefix}*"),
+            KeyPattern::Exact(name) => f.write_str(name),
+        }
+    }
+}
+
 /// Who a rule is for. Each non-empty list must match (AND across lists, OR within one); all empty means
 /// any authenticated caller.
 #[derive(Debug, Clone, Default)]
@@ -229,6 +240,9 @@ impl Rule {
 #[derive(Debug, Clone)]
 pub struct KeyRule {
     pub keys: KeyPattern,
+    /// Left out of usermeta's answers to the user themself. Not sealed: ZITADEL still hands the user these
+    /// keys (userinfo and tokens with the metadata scope, the auth API), so this hides nothing secret; see
+    /// [`Policy::hidden_keys`].
     pub hidden: bool,
     pub max_bytes: Option<usize>,
     /// Compiled once at start-up; anchored as written (use `^…$` to match the whole value).
@@ -327,6 +341,19 @@ impl Policy {
 
     pub fn rules(&self) -> &[Rule] {
         &self.rules
+    }
+
+    /// The patterns of keys declared hidden from their user, as written. Hidden filters usermeta's answers
+    /// only: the user reads the same keys from ZITADEL with the token they call usermeta with (userinfo with
+    /// the scope `urn:zitadel:iam:user:metadata`, the auth API, tokens issued with that scope). Making them
+    /// unreadable there too ("sealed" keys, kept out of ZITADEL's user metadata) is a later change; until
+    /// then start-up warns about these.
+    pub fn hidden_keys(&self) -> Vec<String> {
+        self.key_rules
+            .iter()
+            .filter(|k| k.hidden)
+            .map(|k| k.keys.to_string())
+            .collect()
     }
 
     /// Whether `key` is declared hidden from its user.

@@ -557,3 +557,9 @@ actions = ["read"]
     }
     assert!(policy.find_scope(&caller("someone"), "contract").is_err());
 }
+
+#[test]
+fn hidden_keys_are_listed_as_written() {
+    assert!(Policy::default().hidden_keys().is_empty());
+    assert_eq!(file_policy().hidden_keys(), ["routing.*"]);
+}

@@ -46,7 +46,8 @@ pattern = '^[0-9]+$'
 name = "profile.prefs"
 json = true
 
-# 3. Routing on attributes: the gateway reads them; users never see them.
+# 3. Routing on attributes: the gateway reads them; usermeta does not show them to users (not a secret: ZITADEL
+#    gives users their own metadata, hidden or not; see `hidden` above).
 [[rule]]
 name = "gateway routes on routing.*"
 who = {{ client_ids = ["gateway"] }}
