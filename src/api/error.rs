@@ -290,12 +290,14 @@ fn to_status(error: &ApiError) -> Status {
                 TokenError::Inactive => "TOKEN_INACTIVE",
                 TokenError::InvalidJwt(_) => "TOKEN_INVALID",
                 TokenError::Expired => "TOKEN_EXPIRED",
+                TokenError::NotAccessToken(_) => "TOKEN_NOT_ACCESS_TOKEN",
             };
             let hint = match token {
                 TokenError::NoSubject
                 | TokenError::Inactive
                 | TokenError::InvalidJwt(_)
-                | TokenError::Expired => "",
+                | TokenError::Expired
+                | TokenError::NotAccessToken(_) => "",
                 _ => "; send gRPC metadata `authorization: Bearer <ZITADEL access token>`",
             };
             with_info(Code::Unauthenticated, format!("{token}{hint}"), reason, [])

@@ -1,16 +1,19 @@
-//! Opaque page tokens for ListMetadata. A token carries the offset of the next page, whether that offset
-//! counts ZITADEL's entries or only those the caller may see, and a MAC (HMAC-SHA256) over both and the query
-//! it belongs to (user, organisation, filter). Only usermeta can make one, so an altered or made-up token is
-//! refused before any call, and it cannot be replayed against another user, organisation or filter. No
-//! server state: every replica holding the same key (see [`PageTokenKey`]) continues a listing another
-//! replica started.
+//! Opaque page tokens for ListMetadata and FindUsersByMetadata. A token carries the offset of the next page,
+//! whether that offset counts ZITADEL's entries or only those the caller may see, and a MAC (HMAC-SHA256) over
+//! both and the query it belongs to (user, organisation, filter, search). Only usermeta can make one, so an
+//! altered or made-up token is refused before any call, and it cannot be replayed against another user,
+//! organisation or filter. The offset is sealed (SIV-style: XOR with a pad derived from the MAC): a search's
+//! offset counts ZITADEL's matches, the caller may not see them all, and a readable offset would count the
+//! ones it may not see. No server state: every replica holding the same key (see [`PageTokenKey`]) continues
+//! a listing another replica started.
 
 use aws_lc_rs::{constant_time, hmac};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 
 use usermeta_zitadel::metadata::KeyFilter;
 
-const VERSION: u8 = 2;
+/// 3: the offset is sealed (2 carried it in the clear).
+const VERSION: u8 = 3;
 const MAC_LEN: usize = 16;
 const TOKEN_LEN: usize = 1 + 8 + 1 + MAC_LEN;
 
@@ -112,12 +115,33 @@ fn head(position: Position) -> [u8; 10] {
     head
 }
 
+/// What seals a token's offset: derived from its MAC (which covers the offset in the clear), so equal
+/// positions of one query give equal tokens and any other difference looks random. The domain text keeps
+/// these inputs apart from the MAC's, which start with the version byte.
+fn pad(key: &PageTokenKey, mac: &[u8]) -> [u8; 8] {
+    let mut context = hmac::Context::with_key(&key.0);
+    context.update(b"usermeta page token offset pad");
+    context.update(mac);
+    let tag = context.sign();
+    let mut pad = [0; 8];
+    pad.copy_from_slice(&tag.as_ref()[..8]);
+    pad
+}
+
+fn xor(offset: &mut [u8], pad: [u8; 8]) {
+    for (byte, pad) in offset.iter_mut().zip(pad) {
+        *byte ^= pad;
+    }
+}
+
 /// The token for the page at `position` of `query`.
 pub fn encode(key: &PageTokenKey, position: Position, query: Query<'_>) -> String {
     let head = head(position);
+    let mac = mac(key, &head, query);
     let mut bytes = [0u8; TOKEN_LEN];
     bytes[..10].copy_from_slice(&head);
-    bytes[10..].copy_from_slice(&mac(key, &head, query));
+    xor(&mut bytes[1..9], pad(key, &mac));
+    bytes[10..].copy_from_slice(&mac);
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
@@ -130,7 +154,9 @@ pub fn decode(
     let bytes = URL_SAFE_NO_PAD
         .decode(token)
         .map_err(|_| PageTokenError::NotIssued)?;
-    let bytes: [u8; TOKEN_LEN] = bytes.try_into().map_err(|_| PageTokenError::NotIssued)?;
+    let mut bytes: [u8; TOKEN_LEN] = bytes.try_into().map_err(|_| PageTokenError::NotIssued)?;
+    let pad = pad(key, &bytes[10..]);
+    xor(&mut bytes[1..9], pad);
     if constant_time::verify_slices_are_equal(&bytes[10..], &mac(key, &bytes[..10], query)).is_err()
     {
         return Err(PageTokenError::NotIssued);
@@ -215,6 +241,30 @@ mod tests {
         for other in others {
             assert_eq!(decode(&key, &token, other), Err(PageTokenError::NotIssued));
         }
+    }
+
+    /// A token's offset cannot be read: neither in the clear, nor as the difference of two tokens.
+    #[test]
+    fn offsets_are_sealed() {
+        let key = PageTokenKey::random();
+        let q = Query {
+            user_id: "",
+            org_id: "",
+            filter: None,
+            find: Some(("k", b"v")),
+        };
+        let offset_bytes = |position: u64| {
+            let bytes = URL_SAFE_NO_PAD
+                .decode(encode(&key, at(position), q))
+                .unwrap();
+            u64::from_be_bytes(bytes[1..9].try_into().unwrap())
+        };
+        for position in [1, 2, 3, 100, 101] {
+            assert_ne!(offset_bytes(position), position);
+        }
+        assert_ne!(offset_bytes(1) ^ offset_bytes(3), 1 ^ 3);
+        assert_ne!(offset_bytes(100) ^ offset_bytes(101), 100 ^ 101);
+        assert_eq!(decode(&key, &encode(&key, at(101), q), q), Ok(at(101)));
     }
 
     #[test]

@@ -29,7 +29,7 @@ use crate::{
     caller::cache::CallerCache,
     caller::{self, Caller, Identity, Resolver},
     fleet::{ChangeKind, Changes, MAX_STREAMED_VALUE_BYTES, MetadataChange, WatchLimits},
-    policy::{Action, Policy, Subject},
+    policy::{Action, FindScope, Policy, Subject},
     tls,
 };
 use usermeta_zitadel::{
@@ -364,7 +364,10 @@ impl MetadataService {
         // read their own keys, it needs no identity lookup.
         let (scope, other, identified) = match (request.user_id.as_deref(), self.policy.own_scope())
         {
-            (None, Some(own)) => (own, None, self.cache.knows(&token)),
+            (None, Some(own)) => {
+                caller::refuse_id_token(&token)?;
+                (own, None, self.cache.knows(&token))
+            }
             (user_id, _) => {
                 let caller = self.identify(&token).await?;
                 // Self is the caller ZITADEL names; a `user_id` equal to it changes nothing. Another user is
@@ -378,7 +381,23 @@ impl MetadataService {
                         // Refused without asking ZITADEL anything when no organisation could change that.
                         self.policy
                             .read_in_any_organization(&caller, subject_of(named))?;
-                        Some(self.zitadel.scope(named).await?)
+                        let exact: Vec<&str> = match filter {
+                            Some(KeyFilter {
+                                key,
+                                matching: KeyMatch::Equals,
+                            }) => vec![key.as_str()],
+                            _ => Vec::new(),
+                        };
+                        Some(self.zitadel.scope(named).await.map_err(|e| {
+                            let missing = unknown_user_not_found(e, user_id);
+                            self.conceal_missing_user(
+                                &caller,
+                                user_id,
+                                Action::Read,
+                                &exact,
+                                missing,
+                            )
+                        })?)
                     }
                     None => None,
                 };
@@ -505,7 +524,16 @@ impl MetadataService {
             let update_time = self
                 .zitadel
                 .set_user_metadata(target, &request.entries)
-                .await?;
+                .await
+                .map_err(|e| {
+                    self.conceal_missing_user(
+                        &caller,
+                        target.user_id,
+                        Action::Write,
+                        &keys,
+                        e.into(),
+                    )
+                })?;
             // Values go to streams only while they are small; a larger write is streamed by its keys.
             let values: usize = request.entries.iter().map(|(_, value)| value.len()).sum();
             let streamed = values <= MAX_STREAMED_VALUE_BYTES;
@@ -550,7 +578,10 @@ impl MetadataService {
             let stale = self.invalidate_on_drop(target.user_id, &keys);
             let (removed, update_time) = self
                 .delete_keys(target, &request.keys, request.allow_missing)
-                .await?;
+                .await
+                .map_err(|e| {
+                    self.conceal_missing_user(&caller, target.user_id, Action::Delete, &keys, e)
+                })?;
             // Only what went: a key skipped by allow_missing never existed, and no stream hears of it.
             stale.landed(
                 ChangeKind::Delete,
@@ -577,7 +608,49 @@ impl MetadataService {
             action,
             keys.iter().copied(),
         )?;
-        Ok(self.zitadel.scope(named).await?)
+        self.zitadel
+            .scope(named)
+            .await
+            .map_err(|e| self.conceal_missing_user(caller, named.user_id, action, keys, e.into()))
+    }
+
+    /// ZITADEL's "no such user here" (unknown, or outside the named organisation) as the refusal a user of an
+    /// organisation none of the caller's rules name would get, when the caller's rules would refuse `action`
+    /// on `keys` there: then the answer tells neither whether the user exists nor where (issue 31, class 11).
+    /// A caller some rule lets act on users of any organisation gets ZITADEL's answer: it may act on whichever
+    /// user exists, so "unknown" tells it nothing acting would not.
+    fn conceal_missing_user(
+        &self,
+        caller: &Identity,
+        user_id: &str,
+        action: Action,
+        keys: &[&str],
+        error: ApiError,
+    ) -> ApiError {
+        let missing = match &error {
+            ApiError::UserNotFound { .. } => true,
+            ApiError::Upstream(upstream) => upstream.is_missing_user(),
+            _ => false,
+        };
+        if !missing {
+            return error;
+        }
+        // No organisation: no `whose = [orgs]` rule matches it, exactly as for another tenant's user.
+        let elsewhere = Subject {
+            user_id,
+            org_id: None,
+        };
+        let refusal = match action {
+            Action::Read => match self.policy.read_scope(caller, elsewhere) {
+                Err(denial) => Some(denial),
+                Ok(scope) => keys.iter().find_map(|key| scope.require(key).err()),
+            },
+            _ => self
+                .policy
+                .authorize(caller, elsewhere, action, keys.iter().copied())
+                .err(),
+        };
+        refusal.map_or(error, ApiError::Denied)
     }
 
     #[instrument(name = "FindUsersByMetadata", skip_all, fields(caller))]
@@ -600,21 +673,51 @@ impl MetadataService {
             Action::Find,
             [request.key.as_str()],
         )?;
-        let found = self
-            .zitadel
-            .find_users_by_metadata(
-                &request.key,
-                &request.value,
-                request.org_id.as_deref(),
-                request.page,
-            )
-            .await?;
-        // Each user found passes the policy for that user and organisation, or is left out.
-        let users = found
-            .users
-            .into_iter()
-            .filter(|user| {
-                self.policy
+        // ZITADEL is asked only within the organisations the caller's rules cover, so nothing it answers
+        // (matches, counts) concerns users the caller may not find (issue 31, class 7).
+        let scope = self.policy.find_scope(&caller, &request.key)?;
+        let org_id = match (request.org_id.as_deref(), scope) {
+            (Some(named), _) => Some(named.to_owned()),
+            (None, FindScope::AnyOrganization) => None,
+            (None, FindScope::Organizations(orgs)) => match <[String; 1]>::try_from(orgs) {
+                Ok([only]) => Some(only),
+                Err(orgs) => {
+                    return Err(ApiError::InvalidRequest(Violations::one(
+                        "organization_id",
+                        format!(
+                            "must name the organisation to search: the policy lets this caller find by `{}` only in organisations {}; send one of them",
+                            request.key,
+                            orgs.join(", ")
+                        ),
+                    )));
+                }
+            },
+        };
+        // A page holds the next `limit` users the caller may see; one more seen means a next page, which
+        // starts at that user's place in ZITADEL's answer. Pages neither run short nor come out empty for
+        // users the caller may not see, and the place is sealed in the token.
+        let limit = request.page.limit as usize;
+        let mut users = Vec::with_capacity(limit);
+        let mut next = None;
+        let mut offset = request.page.offset;
+        'search: loop {
+            let wanted = u32::try_from(limit + 1 - users.len()).unwrap_or(u32::MAX);
+            let found = self
+                .zitadel
+                .find_users_by_metadata(
+                    &request.key,
+                    &request.value,
+                    org_id.as_deref(),
+                    PageRequest {
+                        offset,
+                        limit: wanted,
+                    },
+                )
+                .await?;
+            // Each user found passes the policy for that user and organisation, or is left out.
+            for user in found.users {
+                let visible = self
+                    .policy
                     .authorize(
                         &caller,
                         Subject {
@@ -624,26 +727,34 @@ impl MetadataService {
                         Action::Find,
                         [request.key.as_str()],
                     )
-                    .is_ok()
-            })
-            .map(|user| pb::UserRef {
-                user_id: user.user_id,
-                organization_id: user.org_id,
-            })
-            .collect();
-        let next = request.page.offset + found.fetched;
-        let next_page_token = if found.fetched > 0 && next < found.total {
+                    .is_ok();
+                if !visible {
+                    continue;
+                }
+                if users.len() == limit {
+                    next = Some(user.position);
+                    break 'search;
+                }
+                users.push(pb::UserRef {
+                    user_id: user.user_id,
+                    organization_id: user.org_id,
+                });
+            }
+            offset += found.fetched;
+            if found.fetched == 0 || offset >= found.total {
+                break;
+            }
+        }
+        let next_page_token = next.map_or_else(String::new, |offset| {
             page_token::encode(
                 &self.page_tokens,
                 Position {
-                    offset: next,
+                    offset,
                     offsets: Offsets::Zitadel,
                 },
                 request.token_query(),
             )
-        } else {
-            String::new()
-        };
+        });
         Ok(pb::FindUsersByMetadataResponse {
             users,
             next_page_token,
@@ -733,11 +844,11 @@ impl MetadataService {
             let named = Target { user_id, org_id };
             self.policy
                 .read_in_any_organization(caller, subject_of(named))?;
-            let scoped = self
-                .zitadel
-                .scope(named)
-                .await
-                .map_err(|e| unknown_user_not_found(e, user_id))?;
+            let keys: Vec<&str> = request.keys.iter().map(String::as_str).collect();
+            let scoped = self.zitadel.scope(named).await.map_err(|e| {
+                let missing = unknown_user_not_found(e, user_id);
+                self.conceal_missing_user(caller, user_id, Action::Read, &keys, missing)
+            })?;
             let target = scoped.target();
             let scope = self.policy.read_scope(caller, subject_of(target))?;
             for key in &request.keys {
@@ -779,11 +890,10 @@ impl MetadataService {
                     .read_in_any_organization(&caller, subject_of(named))?;
                 // Changes name only the user, and no later call to ZITADEL would scope by organisation:
                 // the policy decides on the organisation ZITADEL says the user is in.
-                let located = self
-                    .zitadel
-                    .locate(named)
-                    .await
-                    .map_err(|e| unknown_user_not_found(e, &user_id))?;
+                let located = self.zitadel.locate(named).await.map_err(|e| {
+                    let missing = unknown_user_not_found(e, &user_id);
+                    self.conceal_missing_user(&caller, &user_id, Action::Read, &[], missing)
+                })?;
                 let target = located.target();
                 self.policy.read_scope(&caller, subject_of(target))?;
                 (target.user_id.into(), target.org_id.map(Into::into))

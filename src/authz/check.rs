@@ -225,6 +225,13 @@ impl AuthzService {
                     challenge: Some(r#"Bearer error="insufficient_scope", scope="openid""#),
                 };
             }
+            Err(IdentifyError::Token(TokenError::NotAccessToken(kind))) => {
+                tracing::info!(%kind, "token rejected: not an access token");
+                return Decision::Unauthenticated {
+                    token_present: true,
+                    reason: "the bearer token is not an access token (an ID token?): send the access token",
+                };
+            }
             Err(error) if is_token_rejection(&error) => {
                 tracing::info!(%error, "token rejected");
                 return Decision::Unauthenticated {

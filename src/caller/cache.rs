@@ -351,6 +351,11 @@ impl CallerCache {
         zitadel: &Arc<Zitadel>,
         token: &CallerToken,
     ) -> Result<Arc<KnownCaller>, IdentifyError> {
+        // ZITADEL's userinfo refuses an ID token; refused here first (before any await, so a read started
+        // beside this one is never sent), saying why. Only misses pay for reading the token.
+        if let Err(kind) = super::kind::unverified_kind(token) {
+            return Err(TokenError::NotAccessToken(kind).into());
+        }
         let Some(entries) = &self.entries else {
             return uncached(zitadel, token).await;
         };

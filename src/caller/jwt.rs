@@ -146,13 +146,24 @@ impl JwtValidator {
         zitadel: &Zitadel,
         token: &CallerToken,
     ) -> Result<Resolution, IdentifyError> {
-        Ok(match self.validated_claims(zitadel, token).await? {
-            Ok(claims) => match Identity::from_claims(&claims, self.project_id.as_deref()) {
+        let claims = match self.validated_claims(zitadel, token).await? {
+            Ok(claims) => claims,
+            Err(refused) => return Ok(Resolution::Refused(refused)),
+        };
+        // A caller acts with an access token; an ID token (same keys, issuer and audience) is refused here,
+        // and read only by METADATA_SOURCE_TOKEN, which takes `validated_claims` without this.
+        let typ = jsonwebtoken::decode_header(token.token())
+            .ok()
+            .and_then(|header| header.typ);
+        if let Err(kind) = super::kind::access_token_kind(typ.as_deref(), &claims) {
+            return Ok(Resolution::Refused(TokenError::NotAccessToken(kind)));
+        }
+        Ok(
+            match Identity::from_claims(&claims, self.project_id.as_deref()) {
                 Ok(identity) => Resolution::Active(Arc::new(identity)),
                 Err(refused) => Resolution::Refused(refused),
             },
-            Err(refused) => Resolution::Refused(refused),
-        })
+        )
     }
 
     /// The claims of a JWT whose signature, issuer, audience and times check out; `Ok(Err(_))` says why the

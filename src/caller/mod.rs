@@ -9,6 +9,7 @@
 pub mod cache;
 mod introspection;
 mod jwt;
+mod kind;
 
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
@@ -18,6 +19,7 @@ use serde_json::{Map, Value};
 use tonic::metadata::MetadataMap;
 
 pub use introspection::{ApplicationKey, IntrospectionAuth};
+pub use kind::{IdTokenClaim, NotAccessToken};
 
 use cache::CallerCache;
 use usermeta_zitadel::metadata::PackedMetadata;
@@ -48,6 +50,12 @@ pub enum TokenError {
     InvalidJwt(&'static str),
     #[error("the access token has expired; obtain a new one")]
     Expired,
+    /// An ID token (or another JWT that is no access token) sent as a bearer: only METADATA_SOURCE_TOKEN reads
+    /// a token's own claims; everything else acts with an access token.
+    #[error(
+        "the bearer token is not an access token ({0}); it looks like an ID token: send the access token ZITADEL issued with it (`access_token` of the token response), never the `id_token`"
+    )]
+    NotAccessToken(NotAccessToken),
 }
 
 /// Resolving the caller failed: a token problem or a ZITADEL problem.
@@ -78,6 +86,12 @@ pub enum TokenRead {
         identity: Identity,
         metadata: Vec<usermeta_zitadel::metadata::MetadataItem>,
     },
+}
+
+/// Refuses a bearer that reads as an ID token before it is sent anywhere, for calls that hand the caller's
+/// token to ZITADEL without identifying it first (ZITADEL would refuse it too, less clearly).
+pub fn refuse_id_token(token: &CallerToken) -> Result<(), TokenError> {
+    kind::unverified_kind(token).map_err(TokenError::NotAccessToken)
 }
 
 /// Reads the caller's bearer token from request metadata.
@@ -339,7 +353,15 @@ impl Resolver {
             let token = token.clone();
             return cache
                 .identity(&token.clone(), move || {
-                    async move { introspector.introspect(&zitadel, &token).await }.boxed()
+                    async move {
+                        // ZITADEL's introspection answers `active: false` for an ID token; refused here
+                        // first, saying why, and the ID token goes nowhere.
+                        if let Err(kind) = kind::unverified_kind(&token) {
+                            return Ok(Resolution::Refused(TokenError::NotAccessToken(kind)));
+                        }
+                        introspector.introspect(&zitadel, &token).await
+                    }
+                    .boxed()
                 })
                 .await
                 .map(Caller::Identified);

@@ -13,7 +13,7 @@
 //!
 //! [[key]]
 //! name = "profile.*"
-//! hidden = false
+//! hidden = false              # true: usermeta never returns it to its user; NOT secret: ZITADEL still does
 //! max_bytes = 256
 //! pattern = "^[^<>]*$"
 //! json = false

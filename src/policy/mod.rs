@@ -138,6 +138,17 @@ impl KeyPattern {
     }
 }
 
+impl std::fmt::Display for KeyPattern {
+    /// As written in a policy file.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyPattern::Any => f.write_str("*"),
+            KeyPattern::Prefix(prefix) => write!(f, "{prefix}*"),
+            KeyPattern::Exact(name) => f.write_str(name),
+        }
+    }
+}
+
 /// Who a rule is for. Each non-empty list must match (AND across lists, OR within one); all empty means
 /// any authenticated caller.
 #[derive(Debug, Clone, Default)]
@@ -177,14 +188,17 @@ pub enum Whose {
 }
 
 impl Whose {
-    /// `any_org`: as if the target were in every organisation (for a decision that holds in all of them).
+    /// `any_org`: as if a target whose request names no organisation were in every organisation (for a
+    /// decision that holds in all of them). A named organisation is the one ZITADEL will act in (it refuses
+    /// users outside it), so it alone counts, and a rule that does not name it cannot allow.
     fn matches(&self, is_self: bool, target: Subject<'_>, any_org: bool) -> bool {
         match self {
             Whose::Itself => is_self,
             Whose::Any => true,
-            Whose::Organizations(orgs) => {
-                any_org || target.org_id.is_some_and(|o| orgs.contains(o))
-            }
+            Whose::Organizations(orgs) => match target.org_id {
+                Some(org) => orgs.contains(org),
+                None => any_org,
+            },
         }
     }
 }
@@ -226,6 +240,9 @@ impl Rule {
 #[derive(Debug, Clone)]
 pub struct KeyRule {
     pub keys: KeyPattern,
+    /// Left out of usermeta's answers to the user themself. Not sealed: ZITADEL still hands the user these
+    /// keys (userinfo and tokens with the metadata scope, the auth API), so this hides nothing secret; see
+    /// [`Policy::hidden_keys`].
     pub hidden: bool,
     pub max_bytes: Option<usize>,
     /// Compiled once at start-up; anchored as written (use `^…$` to match the whole value).
@@ -324,6 +341,19 @@ impl Policy {
 
     pub fn rules(&self) -> &[Rule] {
         &self.rules
+    }
+
+    /// The patterns of keys declared hidden from their user, as written. Hidden filters usermeta's answers
+    /// only: the user reads the same keys from ZITADEL with the token they call usermeta with (userinfo with
+    /// the scope `urn:zitadel:iam:user:metadata`, the auth API, tokens issued with that scope). Making them
+    /// unreadable there too ("sealed" keys, kept out of ZITADEL's user metadata) is a later change; until
+    /// then start-up warns about these.
+    pub fn hidden_keys(&self) -> Vec<String> {
+        self.key_rules
+            .iter()
+            .filter(|k| k.hidden)
+            .map(|k| k.keys.to_string())
+            .collect()
     }
 
     /// Whether `key` is declared hidden from its user.
@@ -506,6 +536,45 @@ impl Policy {
             }
         }
         problems
+    }
+}
+
+/// Whose users a caller's `find` rules cover for one key (FindUsersByMetadata): a search goes to ZITADEL
+/// only within them, so its answers and pages cannot count users the caller may not find.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FindScope {
+    /// Some rule covers users of every organisation.
+    AnyOrganization,
+    /// Only users of these organisations (sorted, at least one).
+    Organizations(Vec<String>),
+}
+
+impl Policy {
+    /// Where `caller` may find users by `key`; refused when no rule lets it find by `key` in any
+    /// organisation (`whose = "self"` rules never do: finding names others).
+    pub fn find_scope(&self, caller: &Identity, key: &str) -> Result<FindScope, Denial> {
+        let mut orgs = std::collections::BTreeSet::new();
+        for rule in self.rules.iter().filter(|r| {
+            r.allows_action(Action::Find)
+                && r.who.matches(caller)
+                && r.keys.iter().any(|p| p.matches(key))
+        }) {
+            match &rule.whose {
+                Whose::Any => return Ok(FindScope::AnyOrganization),
+                Whose::Organizations(named) => orgs.extend(named.iter().map(String::as_str)),
+                Whose::Itself => {}
+            }
+        }
+        if orgs.is_empty() {
+            let anyone = Subject {
+                user_id: "",
+                org_id: None,
+            };
+            return Err(Self::no_rule(caller, anyone, Action::Find, Some(key)));
+        }
+        Ok(FindScope::Organizations(
+            orgs.into_iter().map(str::to_owned).collect(),
+        ))
     }
 }
 

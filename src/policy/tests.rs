@@ -454,3 +454,112 @@ mod fuzz {
         }
     }
 }
+
+/// Refusing before ZITADEL is asked: without an organisation in the request, an organisation rule may still
+/// apply once ZITADEL says where the user is; a named organisation is the one ZITADEL acts in, so only it counts.
+#[test]
+fn the_early_check_counts_only_a_named_organisation() {
+    let policy = file_policy();
+    let support = Identity {
+        roles: ["support".to_owned()].into(),
+        ..caller("sam")
+    };
+    assert!(
+        policy
+            .read_in_any_organization(&support, user("u1"))
+            .is_ok()
+    );
+    assert!(
+        policy
+            .read_in_any_organization(&support, in_org("u1", "acme"))
+            .is_ok()
+    );
+    assert!(
+        policy
+            .read_in_any_organization(&support, in_org("u1", "globex"))
+            .is_err()
+    );
+    assert!(
+        policy
+            .authorize_in_any_organization(&support, in_org("u1", "globex"), Action::Read, ["k"])
+            .is_err()
+    );
+    // A rule for any organisation is not narrowed by naming one.
+    let billing = client("b", "billing");
+    assert!(
+        policy
+            .authorize_in_any_organization(
+                &billing,
+                in_org("u1", "globex"),
+                Action::Write,
+                ["internal.customer_id"]
+            )
+            .is_ok()
+    );
+}
+
+#[test]
+fn the_find_scope_is_the_organisations_the_find_rules_name() {
+    let policy = Policy::from_toml(
+        r#"
+[[rule]]
+who = { subjects = ["finder"] }
+whose = ["o2", "o1"]
+keys = ["contract"]
+actions = ["find"]
+
+[[rule]]
+who = { subjects = ["finder"] }
+whose = ["o3"]
+keys = ["contract", "other"]
+actions = ["find", "read"]
+
+[[rule]]
+who = { subjects = ["finder"] }
+whose = "any"
+keys = ["public.*"]
+actions = ["find"]
+
+[[rule]]
+who = { subjects = ["finder"] }
+whose = "self"
+keys = ["mine"]
+actions = ["find"]
+
+[[rule]]
+who = { subjects = ["finder"] }
+whose = "any"
+keys = ["read.only"]
+actions = ["read"]
+"#,
+        "find.toml",
+    )
+    .unwrap();
+    let finder = caller("finder");
+    assert_eq!(
+        policy.find_scope(&finder, "contract"),
+        Ok(FindScope::Organizations(vec![
+            "o1".into(),
+            "o2".into(),
+            "o3".into()
+        ]))
+    );
+    assert_eq!(
+        policy.find_scope(&finder, "other"),
+        Ok(FindScope::Organizations(vec!["o3".into()]))
+    );
+    assert_eq!(
+        policy.find_scope(&finder, "public.id"),
+        Ok(FindScope::AnyOrganization)
+    );
+    for key in ["mine", "read.only", "unknown"] {
+        assert!(policy.find_scope(&finder, key).is_err(), "{key}");
+    }
+    assert!(policy.find_scope(&caller("someone"), "contract").is_err());
+}
+
+#[test]
+fn hidden_keys_are_listed_as_written() {
+    assert!(Policy::default().hidden_keys().is_empty());
+    assert_eq!(file_policy().hidden_keys(), ["routing.*"]);
+}

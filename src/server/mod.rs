@@ -229,6 +229,7 @@ impl Application {
         announce_management_api(&zitadel);
         let resolver = Arc::new(Resolver::new(config.identity, &zitadel)?);
         let cache = Arc::new(CallerCache::new(config.cache));
+        warn_hidden_keys_are_not_sealed(&config.policy);
         let policy = Arc::new(config.policy);
         let mut service = MetadataService::new(
             Arc::clone(&zitadel),
@@ -494,6 +495,20 @@ fn incoming(listener: TcpListener) -> TcpIncoming {
 
 /// A header mapping of a key the policy hides from its user would never be sent (Check passes on only what
 /// the caller may read of themself): refused at start-up rather than silently never sent.
+/// `hidden = true` filters usermeta's answers only: the user reads the same keys from ZITADEL with the token
+/// they call usermeta with. Said once at start-up, naming the patterns (never values), so nobody takes hidden
+/// keys for a place to keep secrets. Sealed keys (a later change) will be the ones this no longer warns about.
+fn warn_hidden_keys_are_not_sealed(policy: &Policy) {
+    let hidden = policy.hidden_keys();
+    if hidden.is_empty() {
+        return;
+    }
+    tracing::warn!(
+        keys = %hidden.join(", "),
+        "the policy hides these keys from their users in usermeta's answers only; they are not sealed: ZITADEL still gives each user their own values (userinfo and tokens with the scope urn:zitadel:iam:user:metadata, the auth API), so keep nothing secret in them"
+    );
+}
+
 fn check_ext_authz_headers(config: &AuthzConfig, policy: &Policy) -> Result<(), StartError> {
     match config.headers.iter().find(|m| policy.is_hidden(&m.key)) {
         Some(mapping) => Err(StartError::ExtAuthz(format!(

@@ -25,10 +25,7 @@ pub fn markdown() -> String {
          units (`500ms`, `30s`, `1h`). A setting ending in `_FILE` names a file whose content is the secret, so the\n\
          secret never shows in the process list or the environment.\n",
     );
-    let global: Vec<&clap::Arg> = cli
-        .get_arguments()
-        .filter(|arg| is_setting(arg))
-        .collect();
+    let global: Vec<&clap::Arg> = cli.get_arguments().filter(|arg| is_setting(arg)).collect();
     let mut groups: Vec<(String, Vec<&clap::Arg>)> = vec![("General".to_owned(), Vec::new())];
     for arg in serve.get_arguments().filter(|arg| is_setting(arg)) {
         let heading = arg.get_help_heading().unwrap_or("General").to_owned();

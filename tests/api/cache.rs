@@ -164,8 +164,9 @@ fn jwt_expiring_in(seconds: u64) -> String {
         .unwrap()
         .as_secs();
     let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256","kid":"1"}"#);
+    // As ZITADEL's JWT access tokens, with a token id (`jti`): without one it would be no access token.
     let claims = URL_SAFE_NO_PAD.encode(format!(
-        r#"{{"sub":"170848145649959169","exp":{}}}"#,
+        r#"{{"sub":"170848145649959169","exp":{},"jti":"V2_{seconds}"}}"#,
         now + seconds
     ));
     format!("{header}.{claims}.c2lnbmF0dXJl")

@@ -714,6 +714,77 @@ async fn a_forged_jwt_is_refused_by_local_validation_without_asking_userinfo() {
     assert_eq!(world.standin.userinfo_requests(), 0);
 }
 
+/// Issue 31, class 3: Check resolves tokens as the RPCs do, so an ID token (same keys, issuer and project
+/// audience as access tokens) is refused there too, whichever way callers are identified, and its metadata
+/// never goes upstream.
+#[tokio::test]
+async fn an_id_token_is_refused_by_check() {
+    let world = introspected().await;
+    let aud = format!("urn:zitadel:iam:org:project:id:{}:aud", world.project);
+    let mut scopes: Vec<String> = FULL_SCOPES.iter().map(|s| (*s).to_owned()).collect();
+    scopes.push(aud);
+    // A JWT access token: every mode below accepts it (userinfo and introspection know it too).
+    let access = world.standin.issue_jwt_with(
+        &world.alice,
+        zitadel_standin::JwtSpec {
+            scopes: scopes.clone(),
+            client_id: Some("webapp".into()),
+            ..Default::default()
+        },
+    );
+    let id_token = world.standin.issue_id_token(
+        &world.alice,
+        zitadel_standin::IdTokenSpec {
+            client_id: "webapp".into(),
+            scopes,
+            access_token: Some(access.clone()),
+            ..Default::default()
+        },
+    );
+    let (client_id, secret) = world.standin.add_api_app_with_secret(&world.project);
+    let modes = [
+        usermeta::caller::IdentityConfig {
+            introspection: None,
+            jwt: Some(usermeta::caller::JwtConfig {
+                audience: vec![world.project.clone()],
+                min_refresh_interval: std::time::Duration::from_secs(30),
+            }),
+        },
+        usermeta::caller::IdentityConfig {
+            introspection: Some(usermeta::caller::IntrospectionAuth::ClientSecret {
+                client_id,
+                secret: secret.into(),
+            }),
+            jwt: None,
+        },
+        usermeta::caller::IdentityConfig::default(),
+    ];
+    for identity in modes {
+        let spawned = AppBuilder::new(
+            &world.standin.url(),
+            ServiceCredential::Pat(SecretString::from(world.pat.as_str())),
+        )
+        .policy(Policy::default())
+        .options(Options::default())
+        .identity(identity)
+        // No metadata headers: Check needs nothing but the caller's identity.
+        .ext_authz(AuthzConfig::default())
+        .project_id(&world.project)
+        .spawn()
+        .await;
+        let mut client = authz_client(spawned.authz_addr.unwrap()).await;
+        // The access token issued with it is allowed.
+        allowed(&check(&mut client, "/", Some(&access)).await);
+        let (status, _, body) = denied(
+            &check(&mut client, "/", Some(&id_token)).await,
+            Code::Unauthenticated,
+        );
+        assert_eq!(status, 401);
+        assert!(body.contains("access token"), "{body}");
+        assert!(!body.contains(&id_token), "{body}");
+    }
+}
+
 #[tokio::test]
 async fn the_per_caller_rate_limit_applies_to_check_too() {
     let app = TestApp::start().await;

@@ -295,3 +295,216 @@ async fn without_the_v2_user_service_finding_says_what_is_needed() {
     .unwrap_err();
     assert_status(&status, Code::FailedPrecondition, "ZITADEL_API_UNSUPPORTED");
 }
+
+/// A finder whose `find` rule names organisations, run beside `app` (v2).
+async fn finder(
+    app: &TestApp,
+    orgs: &[&str],
+    keys: &[&str],
+) -> (
+    usermeta::api::pb::user_metadata_service_client::UserMetadataServiceClient<
+        tonic::transport::Channel,
+    >,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let quoted = |items: &[&str]| {
+        items
+            .iter()
+            .map(|item| format!("{item:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let whose = if orgs.is_empty() {
+        "\"any\"".to_owned()
+    } else {
+        format!("[{}]", quoted(orgs))
+    };
+    let policy = Policy::from_toml(
+        &format!(
+            r#"
+[[key]]
+name = "secret"
+hidden = true
+
+[[rule]]
+name = "alice finds"
+who = {{ subjects = ["{alice}"] }}
+whose = {whose}
+keys = [{keys}]
+actions = ["find"]
+"#,
+            alice = app.alice,
+            keys = quoted(keys),
+        ),
+        "find.toml",
+    )
+    .unwrap();
+    let (addr, stop) = app
+        .another()
+        .api(ApiChoice::V2)
+        .policy(policy)
+        .spawn()
+        .await
+        .into_pair();
+    (connect(addr).await, stop)
+}
+
+/// Every page of a search with `page_size`, as the list of users of each page.
+async fn pages(
+    client: &mut usermeta::api::pb::user_metadata_service_client::UserMetadataServiceClient<
+        tonic::transport::Channel,
+    >,
+    token: &str,
+    request: FindUsersByMetadataRequest,
+    page_size: i32,
+) -> Vec<Vec<String>> {
+    let mut pages = Vec::new();
+    let mut page_token = String::new();
+    for _ in 0..20 {
+        let answer = found(
+            client,
+            token,
+            FindUsersByMetadataRequest {
+                page_size,
+                page_token: page_token.clone(),
+                ..request.clone()
+            },
+        )
+        .await
+        .unwrap();
+        pages.push(answer.users.into_iter().map(|u| u.user_id).collect());
+        if answer.next_page_token.is_empty() {
+            return pages;
+        }
+        page_token = answer.next_page_token;
+    }
+    panic!("no last page after 20: {pages:?}");
+}
+
+/// Issue 31, class 7: a finder bound to Acme learns nothing of who else holds a value: the search goes to
+/// ZITADEL scoped to Acme, and pages (their number, size and tokens) count only users the finder may see.
+#[tokio::test]
+async fn a_finder_bound_to_one_organisation_learns_nothing_of_other_tenants() {
+    let app = TestApp::builder().api(ApiChoice::V2).start().await;
+    for i in 0..3 {
+        let user = app
+            .standin
+            .create_user(&app.other_org, &format!("globex{i}"));
+        app.standin.set_metadata(&user, "ContractNumber", b"7777");
+    }
+    let (mut client, _stop) = finder(&app, &[&app.org], &["ContractNumber"]).await;
+    app.standin.clear_requests();
+    // Only Globex holds 7777: one empty page, exactly as for a value nobody holds.
+    let held_elsewhere = pages(
+        &mut client,
+        &app.alice_token,
+        find("ContractNumber", "7777"),
+        1,
+    )
+    .await;
+    let held_by_nobody = pages(
+        &mut client,
+        &app.alice_token,
+        find("ContractNumber", "0000"),
+        1,
+    )
+    .await;
+    assert_eq!(held_elsewhere, [Vec::<String>::new()]);
+    assert_eq!(held_elsewhere, held_by_nobody);
+    // ZITADEL was asked within Acme only.
+    let searches: Vec<serde_json::Value> = app
+        .standin
+        .requests()
+        .into_iter()
+        .filter(|r| r.connect_procedure() == Some("ListUsers"))
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect();
+    assert!(!searches.is_empty());
+    for search in &searches {
+        let orgs: Vec<&str> = search["queries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|q| q["organizationIdQuery"]["organizationId"].as_str())
+            .collect();
+        assert_eq!(orgs, [app.org.as_str()], "{search}");
+    }
+    // An Acme holder is found, alone, on one page.
+    let carol = app.standin.create_user(&app.org, "carol");
+    app.standin.set_metadata(&carol, "ContractNumber", b"7777");
+    let pages_found = pages(
+        &mut client,
+        &app.alice_token,
+        find("ContractNumber", "7777"),
+        1,
+    )
+    .await;
+    assert_eq!(pages_found, [vec![carol]]);
+}
+
+/// A finder whose rules name several organisations names the one to search; one its rules do not name is
+/// refused before ZITADEL is asked.
+#[tokio::test]
+async fn a_finder_of_several_organisations_names_one() {
+    let app = TestApp::builder().api(ApiChoice::V2).start().await;
+    let (mut client, _stop) = finder(&app, &[&app.org, &app.other_org], &["ContractNumber"]).await;
+    app.standin.clear_requests();
+    let status = found(
+        &mut client,
+        &app.alice_token,
+        find("ContractNumber", "5678"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert_eq!(violated_fields(&status), ["organization_id"]);
+    for org in [&app.org, &app.other_org] {
+        assert!(status.message().contains(org.as_str()), "{status:?}");
+    }
+    let third = app.standin.create_org("Initech");
+    let mut elsewhere = find("ContractNumber", "5678");
+    elsewhere.organization_id = third;
+    let status = found(&mut client, &app.alice_token, elsewhere)
+        .await
+        .unwrap_err();
+    assert_status(&status, Code::PermissionDenied, "POLICY_DENIED");
+    assert!(
+        app.metadata_requests().is_empty(),
+        "{:?}",
+        app.metadata_requests()
+    );
+    let mut in_globex = find("ContractNumber", "5678");
+    in_globex.organization_id = app.other_org.clone();
+    let answer = found(&mut client, &app.alice_token, in_globex)
+        .await
+        .unwrap();
+    assert_eq!(answer.users.len(), 1);
+    assert_eq!(answer.users[0].user_id, app.bob);
+}
+
+/// Pages hold only users the finder may see: the finder itself for a key hidden from it, and users ZITADEL
+/// matched without holding the value under the key, leave neither an empty page nor a short one.
+#[tokio::test]
+async fn pages_count_only_users_the_finder_may_see() {
+    let app = TestApp::builder().api(ApiChoice::V2).start().await;
+    let carol = app.standin.create_user(&app.org, "carol");
+    let dave = app.standin.create_user(&app.org, "dave");
+    for user in [&app.alice, &app.bob, &carol] {
+        app.standin.set_metadata(user, "secret", b"s3");
+    }
+    // dave matches both of ZITADEL's filters without holding s3 under `secret`.
+    app.standin.set_metadata(&dave, "secret", b"other");
+    app.standin.set_metadata(&dave, "note", b"s3");
+    let (mut client, _stop) = finder(&app, &[], &["secret"]).await;
+    let found_pages = pages(&mut client, &app.alice_token, find("secret", "s3"), 1).await;
+    assert_eq!(found_pages.len(), 2, "{found_pages:?}");
+    assert!(
+        found_pages.iter().all(|page| page.len() == 1),
+        "{found_pages:?}"
+    );
+    let mut ids: Vec<String> = found_pages.concat();
+    ids.sort();
+    let mut expected = vec![app.bob.clone(), carol];
+    expected.sort();
+    assert_eq!(ids, expected);
+}

@@ -10,12 +10,13 @@ use usermeta::{
     caller::{ApplicationKey, IdentityConfig, IntrospectionAuth, JwtConfig},
     policy::Policy,
 };
-use zitadel_standin::{JwtSpec, ManagerRole, StandIn};
+use zitadel_standin::{IdTokenSpec, JwtSpec, ManagerRole, StandIn};
 
 use crate::helpers::*;
 
 struct World {
     standin: StandIn,
+    org: String,
     project: String,
     alice: String,
     pat: String,
@@ -36,6 +37,7 @@ async fn world() -> World {
     scopes.push("urn:zitadel:iam:org:projects:roles".into());
     World {
         standin,
+        org,
         project,
         alice,
         pat,
@@ -844,4 +846,199 @@ async fn the_token_source_needs_jwt_validation_configured() {
         status.message().contains("USERMETA_JWT_AUDIENCE"),
         "{status:?}"
     );
+}
+
+/// An ID token as ZITADEL issues one beside `access_token` (code flow: `at_hash`, `nonce`), for usermeta's
+/// project too: same keys, same issuer, the project in `aud`.
+fn id_token_of(world: &World, access_token: Option<&str>) -> String {
+    world.standin.issue_id_token(
+        &world.alice,
+        IdTokenSpec {
+            client_id: "webapp".into(),
+            scopes: world.scopes.clone(),
+            access_token: access_token.map(str::to_owned),
+            nonce: access_token.map(|_| "n-0S6_WzA2Mj".to_owned()),
+            ..IdTokenSpec::default()
+        },
+    )
+}
+
+#[track_caller]
+fn assert_not_access_token(status: &tonic::Status, token: &str) {
+    assert_status(status, Code::Unauthenticated, "TOKEN_NOT_ACCESS_TOKEN");
+    assert!(
+        status.message().contains("send the access token"),
+        "{status:?}"
+    );
+    assert!(!status.message().contains(token), "{status:?}");
+}
+
+/// Every RPC that acts as the caller, with `token`: each must refuse it the same way.
+async fn every_caller_rpc(client: &mut Client, token: &str, other: &str) -> Vec<tonic::Status> {
+    use usermeta::api::pb::{
+        BatchGetMetadataRequest, DeleteMetadataRequest, FindUsersByMetadataRequest,
+        ListMetadataRequest, MetadataSource, WatchMetadataRequest,
+    };
+    let mut refusals = Vec::new();
+    for source in [MetadataSource::Userinfo, MetadataSource::AuthApi] {
+        let request = GetMyMetadataRequest {
+            source: source as i32,
+            ..Default::default()
+        };
+        refusals.push(
+            client
+                .get_my_metadata(authed(request, token))
+                .await
+                .unwrap_err(),
+        );
+    }
+    refusals.push(write_note(client, token).await.unwrap_err());
+    for user_id in [String::new(), other.to_owned()] {
+        let list = ListMetadataRequest {
+            user_id,
+            ..Default::default()
+        };
+        refusals.push(client.list_metadata(authed(list, token)).await.unwrap_err());
+    }
+    let delete = DeleteMetadataRequest {
+        keys: vec!["profile.name".into()],
+        ..Default::default()
+    };
+    refusals.push(
+        client
+            .delete_metadata(authed(delete, token))
+            .await
+            .unwrap_err(),
+    );
+    let batch = BatchGetMetadataRequest {
+        user_ids: vec![other.to_owned()],
+        ..Default::default()
+    };
+    refusals.push(
+        client
+            .batch_get_metadata(authed(batch, token))
+            .await
+            .unwrap_err(),
+    );
+    let find = FindUsersByMetadataRequest {
+        key: "profile.name".into(),
+        value: text("Alice"),
+        ..Default::default()
+    };
+    refusals.push(
+        client
+            .find_users_by_metadata(authed(find, token))
+            .await
+            .unwrap_err(),
+    );
+    let watch = WatchMetadataRequest::default();
+    refusals.push(
+        client
+            .watch_metadata(authed(watch, token))
+            .await
+            .unwrap_err(),
+    );
+    refusals
+}
+
+/// Issue 31, class 3: ZITADEL signs ID tokens with the keys and issuer of its access tokens, and an ID
+/// token's `aud` holds usermeta's project. Handed to browsers and put in logout URLs, it must not work as a
+/// bearer: every RPC refuses it, and only METADATA_SOURCE_TOKEN reads its own claims, for its own subject.
+#[tokio::test]
+async fn an_id_token_is_no_access_token_for_local_jwt_validation() {
+    let world = world().await;
+    let (mut client, _stop) = world
+        .serve(IdentityConfig {
+            introspection: None,
+            jwt: Some(world.jwt(Duration::from_secs(60))),
+        })
+        .await;
+    let access = world.standin.issue_jwt_with(
+        &world.alice,
+        JwtSpec {
+            scopes: world.scopes.clone(),
+            client_id: Some("webapp".into()),
+            ..JwtSpec::default()
+        },
+    );
+    // The code flow's pair: the access token works, the ID token beside it does not; nor does one issued
+    // alone (implicit `id_token`: no `at_hash`, no `nonce`, still `azp` and no `jti`).
+    assert_eq!(whoami(&mut client, &access).await.unwrap(), world.alice);
+    let bob = world.standin.create_user(&world.org, "bob");
+    for id_token in [
+        id_token_of(&world, Some(&access)),
+        id_token_of(&world, None),
+    ] {
+        world.standin.clear_requests();
+        for status in every_caller_rpc(&mut client, &id_token, &bob).await {
+            assert_not_access_token(&status, &id_token);
+        }
+        assert!(
+            world
+                .standin
+                .requests()
+                .iter()
+                .all(|r| !r.is_management() && !r.is_userinfo()),
+            "an ID token reached ZITADEL as a caller's credential: {:?}",
+            world.standin.requests()
+        );
+        // METADATA_SOURCE_TOKEN reads the token's own claims, for its own subject…
+        let mine = from_token(&mut client, &id_token).await.unwrap();
+        assert_eq!(mine.user_id, world.alice);
+        assert_eq!(
+            pairs(&mine.metadata),
+            [("profile.name".to_owned(), Some("Alice".to_owned()))]
+        );
+        // …and that read is no identity the other RPCs reuse from the cache.
+        let status = write_note(&mut client, &id_token).await.unwrap_err();
+        assert_not_access_token(&status, &id_token);
+    }
+    // Read for the token source first, then used as a bearer: still refused.
+    let fresh = id_token_of(&world, None);
+    from_token(&mut client, &fresh).await.unwrap();
+    let status = whoami(&mut client, &fresh).await.unwrap_err();
+    assert_not_access_token(&status, &fresh);
+    assert!(
+        !world
+            .standin
+            .metadata_of(&world.alice)
+            .contains_key("notes.today")
+    );
+}
+
+/// With introspection or userinfo, ZITADEL itself answers for the token and refuses an ID token (it finds no
+/// access token by the ID token's missing `jti`); usermeta refuses it before asking, with the same reason.
+#[tokio::test]
+async fn an_id_token_is_refused_whichever_way_callers_are_identified() {
+    let world = world().await;
+    let bob = world.standin.create_user(&world.org, "bob");
+    let access = world.standin.issue_token(&world.alice, &world.scopes());
+    let id_token = id_token_of(&world, Some(&access));
+    let modes = [
+        IdentityConfig::default(),
+        IdentityConfig {
+            introspection: Some(world.secret_auth()),
+            jwt: None,
+        },
+        IdentityConfig {
+            introspection: Some(world.secret_auth()),
+            jwt: Some(world.jwt(Duration::from_secs(60))),
+        },
+    ];
+    for identity in modes {
+        let (mut client, _stop) = world.serve(identity).await;
+        assert_eq!(whoami(&mut client, &access).await.unwrap(), world.alice);
+        world.standin.clear_requests();
+        for status in every_caller_rpc(&mut client, &id_token, &bob).await {
+            assert_not_access_token(&status, &id_token);
+        }
+        let sent: Vec<String> = world
+            .standin
+            .requests()
+            .iter()
+            .filter(|r| r.bearer() == Some(id_token.as_str()) || r.path == "/oauth/v2/introspect")
+            .map(|r| r.path.clone())
+            .collect();
+        assert!(sent.is_empty(), "the ID token was sent to {sent:?}");
+    }
 }

@@ -460,3 +460,54 @@ async fn shutdown_stops_after_the_grace_period_even_with_calls_in_flight() {
     assert!(signalled.elapsed() >= Duration::from_millis(300));
     drop(call);
 }
+
+/// Issue 31, class 13: `hidden` filters usermeta's answers, while ZITADEL hands users those keys with the very
+/// token they call usermeta with. Start-up says so once, naming the hidden patterns (never a value), and that
+/// they are not sealed.
+#[tokio::test]
+async fn a_policy_hiding_user_keys_warns_at_start_up_that_they_are_not_sealed() {
+    let logs = crate::logs::capture();
+    let app = TestApp::start().await;
+    let policy = usermeta::policy::Policy::from_toml(
+        r#"
+[[key]]
+name = "sealcheck.*"
+hidden = true
+
+[[key]]
+name = "sealcheck_pin"
+hidden = true
+
+[[key]]
+name = "sealcheck_shown"
+max_bytes = 3
+"#,
+        "sealcheck.toml",
+    )
+    .unwrap();
+    let _spawned = app.another().policy(policy).spawn().await;
+    let warnings: Vec<serde_json::Value> = logs
+        .lines_with("sealcheck_pin")
+        .into_iter()
+        .filter(|line| line["level"] == "WARN")
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    let warning = &warnings[0];
+    assert_eq!(
+        warning["fields"]["keys"], "sealcheck.*, sealcheck_pin",
+        "{warning}"
+    );
+    let message = warning["fields"]["message"].as_str().unwrap();
+    for needed in [
+        "not sealed",
+        "userinfo",
+        "urn:zitadel:iam:user:metadata",
+        "auth API",
+    ] {
+        assert!(message.contains(needed), "{needed}: {message}");
+    }
+    assert!(
+        !warning.to_string().contains("sealcheck_shown"),
+        "{warning}"
+    );
+}

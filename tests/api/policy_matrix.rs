@@ -9,6 +9,7 @@ use usermeta::{
     api::pb::{
         BatchGetMetadataRequest, DeleteMetadataRequest, FindUsersByMetadataRequest,
         GetMyMetadataRequest, KeyFilter, KeyMatch, ListMetadataRequest, SetMetadataRequest,
+        WatchMetadataRequest,
     },
     caller::{IdentityConfig, JwtConfig},
     policy::Policy,
@@ -45,7 +46,8 @@ pattern = '^[0-9]+$'
 name = "profile.prefs"
 json = true
 
-# 3. Routing on attributes: the gateway reads them; users never see them.
+# 3. Routing on attributes: the gateway reads them; usermeta does not show them to users (not a secret: ZITADEL
+#    gives users their own metadata, hidden or not; see `hidden` above).
 [[rule]]
 name = "gateway routes on routing.*"
 who = {{ client_ids = ["gateway"] }}
@@ -640,7 +642,224 @@ async fn my_metadata_cannot_be_pointed_at_another_user(api: ApiChoice) {
     assert_status(&status, Code::PermissionDenied, "POLICY_DENIED");
 }
 
+/// An answer with the user it names written as `<user>`: what must not differ between users the caller may
+/// not act on. Code, reason, message and every ErrorInfo fact; for a success, how many entries.
+fn shape<T>(
+    result: &Result<T, tonic::Status>,
+    user: &str,
+    entries: impl Fn(&T) -> usize,
+) -> String {
+    match result {
+        Ok(answer) => format!("OK with {} entries", entries(answer)),
+        Err(status) => {
+            use tonic_types::StatusExt as _;
+            let mut facts: Vec<(String, String)> = status
+                .get_details_error_info()
+                .map(|info| info.metadata.into_iter().collect())
+                .unwrap_or_default();
+            facts.sort();
+            format!(
+                "{:?} {:?} {:?} {facts:?}",
+                status.code(),
+                reason(status),
+                status.message()
+            )
+            .replace(user, "<user>")
+        }
+    }
+}
+
+/// A BatchGetMetadata result as the status a single call would carry.
+fn result_status(result: &usermeta::api::pb::UserMetadataResult) -> Result<usize, tonic::Status> {
+    match &result.error {
+        None => Ok(result.metadata.len()),
+        Some(status) => Err(tonic::Status::with_details(
+            Code::from_i32(status.code),
+            status.message.clone(),
+            prost::Message::encode_to_vec(status).into(),
+        )),
+    }
+}
+
+/// Issue 31, class 11: a caller whose rules name organisations (support reads, and notes on, Acme's users)
+/// gets the same answer for a user ZITADEL does not know and for a user of another organisation, on every
+/// RPC that names another user; an organisation no rule names is refused before ZITADEL is asked; a caller
+/// whose rules cover every organisation (the admin) still learns that a user is unknown.
+async fn an_organisation_bound_caller_cannot_tell_unknown_users_from_other_tenants(api: ApiChoice) {
+    let (cast, _, jwt, pat) = cast().await;
+    let project = jwt.audience[0].clone();
+    let policy = Policy::from_toml(
+        &format!(
+            r#"{}
+[[rule]]
+name = "support notes on acme users"
+who = {{ roles = ["support"] }}
+whose = ["{acme}"]
+keys = ["support.*"]
+actions = ["write", "delete"]
+"#,
+            example_policy(&cast.acme),
+            acme = cast.acme
+        ),
+        "class11.toml",
+    )
+    .unwrap()
+    .with_shorthands([cast.id(Who::Admin).to_owned()], vec![]);
+    let (addr, _stop) = AppBuilder::with_pat(&cast.standin.url(), &pat)
+        .api(api)
+        .policy(policy)
+        .identity(IdentityConfig {
+            introspection: None,
+            jwt: Some(jwt),
+        })
+        .project_id(&project)
+        .spawn()
+        .await
+        .into_pair();
+    let mut client = connect(addr).await;
+    let token = cast.token(Who::Support);
+    let (bob, unknown) = (
+        cast.id(Who::Bob).to_owned(),
+        "170848145649900001".to_owned(),
+    );
+    cast.standin.set_metadata(&bob, "support.note", b"seed");
+
+    // Every RPC naming `user`, with `org` as organization_id: each answer's shape.
+    let answers = |user: String, org: String| {
+        let mut client = client.clone();
+        async move {
+            let list = client
+                .list_metadata(authed(
+                    ListMetadataRequest {
+                        user_id: user.clone(),
+                        organization_id: org.clone(),
+                        ..Default::default()
+                    },
+                    token,
+                ))
+                .await
+                .map(tonic::Response::into_inner);
+            let batch = client
+                .batch_get_metadata(authed(
+                    BatchGetMetadataRequest {
+                        user_ids: vec![user.clone()],
+                        organization_id: org.clone(),
+                        ..Default::default()
+                    },
+                    token,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+            let watch = client
+                .watch_metadata(authed(
+                    WatchMetadataRequest {
+                        user_id: user.clone(),
+                        organization_id: org.clone(),
+                        ..Default::default()
+                    },
+                    token,
+                ))
+                .await
+                .map(|_| ());
+            let set = client
+                .set_metadata(authed(
+                    SetMetadataRequest {
+                        user_id: user.clone(),
+                        organization_id: org.clone(),
+                        entries: vec![entry("support.note", text("probe"))],
+                    },
+                    token,
+                ))
+                .await
+                .map(|_| ());
+            let delete = client
+                .delete_metadata(authed(
+                    DeleteMetadataRequest {
+                        user_id: user.clone(),
+                        organization_id: org.clone(),
+                        keys: vec!["support.note".into()],
+                        allow_missing: true,
+                    },
+                    token,
+                ))
+                .await
+                .map(|_| ());
+            vec![
+                ("ListMetadata", shape(&list, &user, |l| l.metadata.len())),
+                (
+                    "BatchGetMetadata",
+                    shape(&result_status(&batch.results[0]), &user, |n| *n),
+                ),
+                ("WatchMetadata", shape(&watch, &user, |_| 0)),
+                ("SetMetadata", shape(&set, &user, |_| 0)),
+                ("DeleteMetadata", shape(&delete, &user, |_| 0)),
+            ]
+        }
+    };
+    for org in [String::new(), cast.acme.clone()] {
+        let of_unknown = answers(unknown.clone(), org.clone()).await;
+        let of_bob = answers(bob.clone(), org.clone()).await;
+        for ((rpc, unknown_shape), (_, bob_shape)) in of_unknown.iter().zip(&of_bob) {
+            assert_eq!(
+                unknown_shape, bob_shape,
+                "{rpc} (organization_id {org:?}) tells an unknown user from a user of another organisation"
+            );
+            // v1 lists only within the named organisation: empty for both, as for an Acme user without data.
+            let listed_empty = api == ApiChoice::V1
+                && !org.is_empty()
+                && matches!(*rpc, "ListMetadata" | "BatchGetMetadata");
+            if listed_empty {
+                assert_eq!(unknown_shape, "OK with 0 entries", "{rpc}");
+            } else {
+                assert!(
+                    unknown_shape.starts_with("PermissionDenied Some(\"POLICY_DENIED\")"),
+                    "{rpc} (organization_id {org:?}): {unknown_shape}"
+                );
+            }
+        }
+    }
+    assert_eq!(
+        cast.standin.metadata_of(&bob).get("support.note").cloned(),
+        Some(b"seed".to_vec()),
+        "nothing was written to another organisation's user"
+    );
+    // An organisation none of the caller's rules names: refused before ZITADEL is asked anything.
+    for user in [&unknown, &bob] {
+        cast.standin.clear_requests();
+        for (rpc, answer) in answers(user.clone(), cast.globex.clone()).await {
+            assert!(
+                answer.starts_with("PermissionDenied Some(\"POLICY_DENIED\")"),
+                "{rpc}: {answer}"
+            );
+        }
+        let asked: Vec<String> = cast
+            .standin
+            .requests()
+            .iter()
+            .filter(|r| r.is_management())
+            .map(|r| format!("{} {}", r.path, String::from_utf8_lossy(&r.body)))
+            .collect();
+        assert!(asked.is_empty(), "ZITADEL was asked: {asked:?}");
+    }
+    // The admin may act on any user of any organisation: an unknown user is no secret from them.
+    if api == ApiChoice::V2 {
+        let status = client
+            .list_metadata(authed(
+                ListMetadataRequest {
+                    user_id: unknown.clone(),
+                    ..Default::default()
+                },
+                cast.token(Who::Admin),
+            ))
+            .await
+            .unwrap_err();
+        assert_status(&status, Code::NotFound, "USER_NOT_FOUND");
+    }
+}
+
 on_both_apis!(
     the_authorisation_matrix_holds_with_zero_unexpected_allows,
     my_metadata_cannot_be_pointed_at_another_user,
+    an_organisation_bound_caller_cannot_tell_unknown_users_from_other_tenants,
 );

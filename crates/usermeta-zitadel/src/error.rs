@@ -179,6 +179,24 @@ impl UpstreamError {
         self.endpoint() == Endpoint::UserV2GetUser && self.zitadel_code() == Some(Code::NotFound)
     }
 
+    /// Whether ZITADEL said the user is not where the call looked: unknown ([`UpstreamError::is_unknown_user`]),
+    /// in another organisation than the named one, or not found in the organisation a v1 write was scoped to
+    /// (`COMMAND-uXHNj`, `COMMAND-4M0fs`, FAILED_PRECONDITION).
+    pub fn is_missing_user(&self) -> bool {
+        match self {
+            UpstreamError::NotInOrganization { .. } => true,
+            UpstreamError::Rejected { rejection, .. }
+                if rejection.code == Code::FailedPrecondition =>
+            {
+                matches!(
+                    rejection.error_id.as_deref(),
+                    Some("COMMAND-uXHNj" | "COMMAND-4M0fs")
+                )
+            }
+            _ => self.is_unknown_user(),
+        }
+    }
+
     /// What kind of failure this is: the one classification the status mapping, ext_authz and the caller
     /// cache share, so "was it the request's fault" is decided in one place.
     pub fn kind(&self) -> ErrorKind {

@@ -4,7 +4,7 @@
 //! - OIDC: `GET`/`POST /oidc/v1/userinfo` and `POST /oauth/v2/token` (client credentials and the JWT-profile
 //!   grant, whose assertions it verifies against the registered public key), `POST /oauth/v2/introspect` for
 //!   API applications (client secret or `private_key_jwt`), and `GET /oauth/v2/keys` (the JWKS of the keys
-//!   signing its JWT access tokens);
+//!   signing its JWT access tokens and its ID tokens, which userinfo and introspection refuse as ZITADEL's do);
 //! - the Auth API: `/auth/v1/users/me/metadata/_search` and `/auth/v1/users/me/metadata/{key}`;
 //! - the Management API v1 metadata calls under `/management/v1/users/{id}/metadata/...`;
 //! - ZITADEL v4's `zitadel.user.v2.UserService`: `SetUserMetadata`, `ListUserMetadata`, `DeleteUserMetadata`,
@@ -61,7 +61,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 pub use faults::{Fault, FaultKind};
-pub use oidc::JwtSpec;
+pub use oidc::{IdTokenSpec, JwtSpec};
 pub use recorder::RecordedRequest;
 
 use state::Shared;
@@ -261,6 +261,16 @@ impl StandIn {
     /// When `user_id` is unknown.
     pub fn issue_jwt_with(&self, user_id: &str, spec: JwtSpec) -> String {
         oidc::issue_jwt(&self.inner.shared, user_id, spec)
+    }
+
+    /// Issues an ID token for `user_id` as `spec` says, with the claims ZITADEL sets in one (`azp`,
+    /// `auth_time`, `amr`, `sid`, `at_hash` beside an access token, `nonce`), signed like access tokens. It is
+    /// no access token: userinfo and introspection refuse it, as ZITADEL's do.
+    ///
+    /// # Panics
+    /// When `user_id` is unknown.
+    pub fn issue_id_token(&self, user_id: &str, spec: IdTokenSpec) -> String {
+        oidc::issue_id_token(&self.inner.shared, user_id, spec)
     }
 
     /// Adds a new published signing key (ZITADEL rotates without notice); JWTs issued from now on use it.

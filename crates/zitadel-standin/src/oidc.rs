@@ -80,8 +80,6 @@ pub(super) async fn userinfo(
 /// `None` for an unknown, expired or revoked token.
 fn user_claims(data: &Data, token: &str) -> Option<Map<String, Value>> {
     let token = data.valid_token(token)?;
-    let user = data.users.get(&token.user_id)?;
-    let org = data.orgs.get(&user.org_id)?;
     // A PAT answers as if it had the scope `openid`.
     let pat_scopes = [SCOPE_OPENID.to_owned()];
     let scopes: &[String] = if token.pat {
@@ -89,6 +87,24 @@ fn user_claims(data: &Data, token: &str) -> Option<Map<String, Value>> {
     } else {
         &token.scopes
     };
+    scope_claims(
+        data,
+        &token.user_id,
+        scopes,
+        token.request_project(data).as_deref(),
+    )
+}
+
+/// The claims `scopes` ask for of `user_id` (userinfo's, and what ZITADEL asserts in an ID token), or `None`
+/// for an unknown user.
+fn scope_claims(
+    data: &Data,
+    user_id: &str,
+    scopes: &[String],
+    request_project: Option<&str>,
+) -> Option<Map<String, Value>> {
+    let user = data.users.get(user_id)?;
+    let org = data.orgs.get(&user.org_id)?;
     let has = |scope: &str| scopes.iter().any(|s| s == scope);
 
     let mut claims = Map::new();
@@ -145,11 +161,7 @@ fn user_claims(data: &Data, token: &str) -> Option<Map<String, Value>> {
         );
     }
     if has(ROLES_SCOPE) {
-        claims.extend(role_claims(
-            data,
-            &user.id,
-            token.request_project(data).as_deref(),
-        ));
+        claims.extend(role_claims(data, &user.id, request_project));
     }
     Some(claims)
 }
@@ -490,6 +502,125 @@ pub(super) fn issue_jwt(shared: &Shared, user_id: &str, spec: JwtSpec) -> String
         },
     );
     token
+}
+
+/// What an ID token issued by the stand-in says, as ZITADEL's `createIDToken` builds one
+/// (`oidc.NewIDTokenClaims`): the client in `azp` and `client_id` (and appended to `aud`), `auth_time`, `amr`,
+/// the session in `sid`, `at_hash` when issued beside an access token, `nonce` when the authorization request
+/// had one, and the user's claims; never `jti` or `scope`. Signed with the same keys and issuer as access
+/// tokens, header `typ: JWT`.
+#[derive(Debug, Clone)]
+pub struct IdTokenSpec {
+    /// The OIDC client the token was issued to (`azp`, `client_id`, and an `aud` entry).
+    pub client_id: String,
+    /// The scopes of the authorization request: `openid`, `profile`, `urn:zitadel:iam:user:metadata`, …, and
+    /// `urn:zitadel:iam:org:project:id:{id}:aud` for more audience.
+    pub scopes: Vec<String>,
+    /// `aud` besides the client and the projects named by scopes (ZITADEL adds the client's project).
+    pub audience: Vec<String>,
+    /// The access token issued with it, whose hash goes into `at_hash` (code and refresh flows).
+    pub access_token: Option<String>,
+    /// The authorization request's `nonce`.
+    pub nonce: Option<String>,
+    /// ZITADEL's "User Info inside ID Token": the user's claims by scope (metadata included) in the token.
+    pub userinfo: bool,
+    /// Seconds until `exp`.
+    pub expires_in: i64,
+}
+
+impl Default for IdTokenSpec {
+    fn default() -> Self {
+        IdTokenSpec {
+            client_id: "webapp".into(),
+            scopes: vec![SCOPE_OPENID.into()],
+            audience: Vec::new(),
+            access_token: None,
+            nonce: None,
+            userinfo: true,
+            expires_in: 43199,
+        }
+    }
+}
+
+/// Issues an ID token for `user_id` as [`IdTokenSpec`] says, signed by the newest published key. It is not an
+/// access token: ZITADEL resolves bearer tokens at userinfo and introspection by the token id (`jti`) an ID
+/// token lacks (`verifyAccessToken`), so the stand-in keeps no token entry for it and both refuse it.
+pub(super) fn issue_id_token(shared: &Shared, user_id: &str, spec: IdTokenSpec) -> String {
+    if !shared.read().signing_keys.iter().any(|k| k.published) {
+        shared.add_signing_key(true);
+    }
+    let now = wire::unix_secs(wire::now());
+    let (kid, pem, claims) = {
+        let data = shared.read();
+        let Some(key) = data.signing_keys.iter().rev().find(|k| k.published) else {
+            panic!("stand-in: no signing key");
+        };
+        assert!(
+            data.users.contains_key(user_id),
+            "stand-in: unknown user {user_id:?}"
+        );
+        let scoped = Token {
+            user_id: user_id.to_owned(),
+            scopes: spec.scopes.clone(),
+            expires_at: None,
+            pat: false,
+            audience: spec.audience.clone(),
+            client_id: Some(spec.client_id.clone()),
+            exp: None,
+            iat: now,
+        };
+        let mut audience = scoped.audience();
+        if !audience.contains(&spec.client_id) {
+            audience.push(spec.client_id.clone());
+        }
+        let mut claims = if spec.userinfo {
+            scope_claims(
+                &data,
+                user_id,
+                &spec.scopes,
+                scoped.request_project(&data).as_deref(),
+            )
+            .unwrap_or_default()
+        } else {
+            Map::new()
+        };
+        claims.insert("sub".into(), Value::from(user_id));
+        claims.insert("iss".into(), Value::from(shared.issuer.as_str()));
+        claims.insert("aud".into(), Value::from(audience));
+        claims.insert(
+            "exp".into(),
+            Value::from(now.saturating_add_signed(spec.expires_in)),
+        );
+        claims.insert("iat".into(), Value::from(now));
+        claims.insert("auth_time".into(), Value::from(now.saturating_sub(60)));
+        claims.insert("amr".into(), Value::from(vec!["pwd"]));
+        claims.insert("azp".into(), Value::from(spec.client_id.as_str()));
+        claims.insert("client_id".into(), Value::from(spec.client_id.as_str()));
+        claims.insert(
+            "sid".into(),
+            Value::from(format!("V2_{}", shared_random_id())),
+        );
+        if let Some(nonce) = &spec.nonce {
+            claims.insert("nonce".into(), Value::from(nonce.as_str()));
+        }
+        if let Some(access_token) = &spec.access_token {
+            claims.insert("at_hash".into(), Value::from(at_hash(access_token)));
+        }
+        (key.kid.clone(), key.private_pem.clone(), claims)
+    };
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = Some(kid);
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(pem.as_bytes())
+        .unwrap_or_else(|e| panic!("stand-in: signing key ({e})"));
+    jsonwebtoken::encode(&header, &Value::Object(claims), &key)
+        .unwrap_or_else(|e| panic!("stand-in: signing ({e})"))
+}
+
+/// OpenID Connect's `at_hash` for RS256: the left half of the access token's SHA-256, base64url unpadded.
+fn at_hash(access_token: &str) -> String {
+    use base64::Engine as _;
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, access_token.as_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest.as_ref()[..16])
 }
 
 fn shared_random_id() -> String {

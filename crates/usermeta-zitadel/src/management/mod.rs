@@ -56,6 +56,9 @@ impl ManagementApi {
 pub struct UserRef {
     pub user_id: String,
     pub org_id: String,
+    /// Where the user is in ZITADEL's answer to the search (its offset): a page resuming at this user
+    /// starts here.
+    pub position: u64,
 }
 
 /// One page of ZITADEL's answer to a search by metadata.

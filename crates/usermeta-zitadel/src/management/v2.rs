@@ -416,11 +416,13 @@ impl Zitadel {
         let candidates: Vec<super::UserRef> = answer
             .result
             .into_iter()
-            .filter_map(|user| {
+            .zip(page.offset..)
+            .filter_map(|(user, position)| {
                 let org_id = user.details?.resource_owner?;
                 Some(super::UserRef {
                     user_id: user.user_id,
                     org_id,
+                    position,
                 })
             })
             .collect();
