@@ -181,7 +181,11 @@ impl FleetArgs {
         let text = read_secret_file(WEBHOOK_SIGNING_KEY_FILE, path)?;
         let keys = crate::fleet::webhook::SigningKeys::from_text(&text)
             .map_err(|e| invalid(WEBHOOK_SIGNING_KEY_FILE, format!("{} {e}", path.display())))?;
-        Ok(Some(crate::fleet::webhook::WebhookConfig { listen, keys }))
+        Ok(Some(crate::fleet::webhook::WebhookConfig {
+            listen,
+            keys,
+            limits: crate::fleet::webhook::WebhookLimits::default(),
+        }))
     }
 }
 

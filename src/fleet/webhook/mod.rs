@@ -32,11 +32,36 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// documentation names it with an `X-` prefix.
 const SIGNATURE_HEADERS: [&str; 2] = ["zitadel-signature", "x-zitadel-signature"];
 
-/// The webhook's listener and the target's signing keys.
+/// The webhook's listener, the target's signing keys and what the listener takes on at once.
 #[derive(Debug, Clone)]
 pub struct WebhookConfig {
     pub listen: SocketAddr,
     pub keys: SigningKeys,
+    pub limits: WebhookLimits,
+}
+
+/// How much the webhook takes on at once. ZITADEL sends one small event per call over a few connections, so
+/// anything beyond these is someone else's traffic, refused before it costs memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WebhookLimits {
+    /// Connections open at once; more are answered 503 and closed at once.
+    pub max_connections: usize,
+    /// Body bytes buffered at once over every request of this replica; a request whose declared length does
+    /// not fit in what is left is answered 503 before its body is read.
+    pub max_buffered_bytes: usize,
+    /// How long a client may take to send a body once its headers are in; a slower one is answered 408.
+    pub body_timeout: Duration,
+}
+
+impl Default for WebhookLimits {
+    fn default() -> Self {
+        WebhookLimits {
+            max_connections: 64,
+            // Eight events carrying ZITADEL's largest value at once.
+            max_buffered_bytes: 8 * MAX_BODY_BYTES,
+            body_timeout: Duration::from_secs(2),
+        }
+    }
 }
 
 /// Answers ZITADEL's event calls.
