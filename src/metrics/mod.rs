@@ -29,6 +29,10 @@ pub const UPSTREAM_BUDGET_TOKENS: &str = "usermeta_upstream_budget_tokens";
 pub const WATCH_STREAMS: &str = "usermeta_watch_streams";
 pub const WATCH_ENDED: &str = "usermeta_watch_streams_ended_total";
 pub const WEBHOOK_EVENTS: &str = "usermeta_webhook_events_total";
+pub const CONNECTIONS_REFUSED: &str = "usermeta_http_connections_refused_total";
+
+/// Connections the `/metrics` listener serves at once.
+const MAX_SCRAPE_CONNECTIONS: usize = 16;
 
 /// Latency buckets in seconds: from a cache hit (sub-millisecond) to a call at the default 5 s timeout.
 const BUCKETS: &[f64] = &[
@@ -102,7 +106,11 @@ fn describe() {
     );
     describe_counter!(
         WEBHOOK_EVENTS,
-        "Requests to the ZITADEL event webhook, by outcome: applied, ignored (another event type), unsigned, bad_signature, stale, replayed, malformed, too_large, not_found (another path or method)"
+        "Requests to the ZITADEL event webhook, by outcome: applied, ignored (another event type), unsigned, bad_signature, stale, replayed, malformed, unsupported_media_type, length_required, too_large, buffer_full (the replica's body budget is in use), body_timeout, too_many_connections (refused at accept), not_found (another path or method)"
+    );
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Connections to the /metrics listener answered 503 at once because too many were open (label listener)"
     );
     describe_counter!(
         BATCH_RESULTS,
@@ -135,7 +143,12 @@ pub fn serve(listener: TcpListener, handle: PrometheusHandle) -> tokio::task::Jo
                 upkeep_handle.run_upkeep();
             }
         };
-        let accept = crate::http1::serve(listener, "metrics", move |request| {
+        // A scraper or two, never more: a cap keeps stray connections from piling up.
+        let limit = crate::http1::ConnectionLimit {
+            max_connections: MAX_SCRAPE_CONNECTIONS,
+            on_refused: || counter!(CONNECTIONS_REFUSED, "listener" => "metrics").increment(1),
+        };
+        let accept = crate::http1::serve(listener, "metrics", limit, move |request| {
             let answer = scrape_answer(&handle, &request);
             async move { answer }
         });

@@ -243,7 +243,10 @@ impl Application {
         let webhook = match options.webhook {
             Some(webhook) => {
                 let listener = bind(webhook.listen).await?;
-                Some((listener, Webhook::new(webhook.keys, changes.clone())))
+                Some((
+                    listener,
+                    Webhook::new(webhook.keys, webhook.limits, changes.clone()),
+                ))
             }
             None => None,
         };

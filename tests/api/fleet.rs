@@ -379,6 +379,7 @@ async fn an_event_posted_to_one_replica_drops_the_cached_answers_of_every_replic
         .as_secs();
     let answer = reqwest::Client::new()
         .post(&events)
+        .header("content-type", "application/json")
         .header(
             "ZITADEL-Signature",
             usermeta::fleet::webhook::sign(key, t, &body),
@@ -414,6 +415,7 @@ async fn an_event_replayed_to_another_replica_is_refused_there() {
         let url = format!("http://{}/zitadel/events", replica.webhook_addr.unwrap());
         let request = reqwest::Client::new()
             .post(url)
+            .header("content-type", "application/json")
             .header("ZITADEL-Signature", signature.clone())
             .body(body.clone());
         async move { request.send().await.unwrap() }
