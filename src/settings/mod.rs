@@ -100,7 +100,7 @@ pub struct ServeArgs {
 }
 
 /// How replicas of one deployment keep their caches in agreement.
-#[derive(Debug, Default, Args)]
+#[derive(Debug, Args)]
 pub struct FleetArgs {
     /// Redis for shared invalidation between replicas: redis://host:6379[/db] or rediss://host:6380 (TLS). Each
     /// replica publishes the users it changed and drops others' cached answers for them. Off when unset.
@@ -125,6 +125,46 @@ pub struct FleetArgs {
         requires = "webhook_listen"
     )]
     pub webhook_signing_key_file: Option<PathBuf>,
+    /// Connections the webhook serves at once; one more is answered 503 at once (ZITADEL holds a few).
+    #[arg(long, env = "USERMETA_WEBHOOK_MAX_CONNECTIONS", default_value_t = WEBHOOK_DEFAULTS.max_connections as u32, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub webhook_max_connections: u32,
+    /// Event body bytes the webhook buffers at once over all its requests (at least 1048576: one event with
+    /// ZITADEL's largest value); a body whose declared length does not fit in what is left is answered 503
+    /// unread.
+    #[arg(long, env = "USERMETA_WEBHOOK_MAX_BUFFERED_BYTES", default_value_t = WEBHOOK_DEFAULTS.max_buffered_bytes as u64, value_parser = clap::value_parser!(u64).range(crate::fleet::webhook::MAX_BODY_BYTES as u64..=1 << 32))]
+    pub webhook_max_buffered_bytes: u64,
+    /// How long a client may take to send an event's body once its headers are in (100ms to 60s); a slower
+    /// one is answered 408. ZITADEL sends a body at once: raise it only for a slow link.
+    #[arg(long, env = "USERMETA_WEBHOOK_BODY_TIMEOUT", default_value = "2s", value_parser = webhook_body_timeout)]
+    pub webhook_body_timeout: Duration,
+}
+
+/// The webhook's limits when no setting says otherwise.
+const WEBHOOK_DEFAULTS: crate::fleet::webhook::WebhookLimits =
+    crate::fleet::webhook::WebhookLimits::DEFAULT;
+
+impl Default for FleetArgs {
+    /// Nothing on, the limits at their defaults (as the command line without fleet flags).
+    fn default() -> Self {
+        FleetArgs {
+            redis_url: None,
+            redis_password_file: None,
+            webhook_listen: None,
+            webhook_signing_key_file: None,
+            webhook_max_connections: WEBHOOK_DEFAULTS.max_connections as u32,
+            webhook_max_buffered_bytes: WEBHOOK_DEFAULTS.max_buffered_bytes as u64,
+            webhook_body_timeout: WEBHOOK_DEFAULTS.body_timeout,
+        }
+    }
+}
+
+fn webhook_body_timeout(raw: &str) -> Result<Duration, String> {
+    let timeout = humantime::parse_duration(raw).map_err(|e| e.to_string())?;
+    if (Duration::from_millis(100)..=Duration::from_secs(60)).contains(&timeout) {
+        Ok(timeout)
+    } else {
+        Err("must be between 100ms and 60s".to_owned())
+    }
 }
 
 const REDIS_URL: Setting = Setting::new("redis_url");
@@ -184,7 +224,12 @@ impl FleetArgs {
         Ok(Some(crate::fleet::webhook::WebhookConfig {
             listen,
             keys,
-            limits: crate::fleet::webhook::WebhookLimits::default(),
+            limits: crate::fleet::webhook::WebhookLimits {
+                max_connections: self.webhook_max_connections as usize,
+                max_buffered_bytes: usize::try_from(self.webhook_max_buffered_bytes)
+                    .unwrap_or(usize::MAX),
+                body_timeout: self.webhook_body_timeout,
+            },
         }))
     }
 }
@@ -1369,6 +1414,69 @@ mod tests {
         assert!(parse(&["--upstream-rate-limit", "10", "--upstream-reserve", "2"]).is_err());
         assert!(parse(&["--breaker-failure-ratio", "0"]).is_err());
         assert!(parse(&["--breaker-window", "10ms"]).is_err());
+    }
+
+    #[test]
+    fn the_webhook_limits_default_to_production_values_and_are_bounded() {
+        let parse = |extra: &[&str]| {
+            let mut args = vec![
+                "usermeta",
+                "serve",
+                "--zitadel-url",
+                "http://x",
+                "--service-pat",
+                "p",
+            ];
+            args.extend_from_slice(extra);
+            match Cli::try_parse_from(args).map(|cli| cli.command) {
+                Ok(Command::Serve(args)) => Ok(args.fleet),
+                Ok(_) => panic!("not serve"),
+                Err(e) => Err(e),
+            }
+        };
+        let defaults = parse(&[]).unwrap();
+        assert_eq!(defaults.webhook_max_connections, 64);
+        assert_eq!(defaults.webhook_max_buffered_bytes, 8 * 1024 * 1024);
+        assert_eq!(defaults.webhook_body_timeout, Duration::from_secs(2));
+        assert_eq!(
+            (
+                defaults.webhook_max_connections,
+                defaults.webhook_max_buffered_bytes,
+                defaults.webhook_body_timeout
+            ),
+            (
+                FleetArgs::default().webhook_max_connections,
+                FleetArgs::default().webhook_max_buffered_bytes,
+                FleetArgs::default().webhook_body_timeout
+            ),
+            "FleetArgs::default() is the command line's default"
+        );
+        let set = parse(&[
+            "--webhook-max-connections",
+            "8",
+            "--webhook-max-buffered-bytes",
+            "2097152",
+            "--webhook-body-timeout",
+            "500ms",
+        ])
+        .unwrap();
+        assert_eq!(
+            (
+                set.webhook_max_connections,
+                set.webhook_max_buffered_bytes,
+                set.webhook_body_timeout
+            ),
+            (8, 2_097_152, Duration::from_millis(500))
+        );
+        for bad in [
+            ["--webhook-max-connections", "0"],
+            // Less than one event of ZITADEL's largest value.
+            ["--webhook-max-buffered-bytes", "1000"],
+            ["--webhook-body-timeout", "10ms"],
+            ["--webhook-body-timeout", "5m"],
+        ] {
+            assert!(parse(&bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
