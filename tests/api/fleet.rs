@@ -530,3 +530,200 @@ async fn a_replica_killed_during_a_burst_leaves_nothing_stale_past_the_ttl() {
     )
     .await;
 }
+
+/// Publishes `payload` on the replicas' channel as any client of their Redis could.
+async fn publish_raw(redis: &Redis, payload: &str) {
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg(CHANNEL)
+        .arg(payload)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
+
+/// Waits until replica `on`'s stream of the admin's own changes shows a write the admin makes through `via`:
+/// `on` hears the fleet's messages in the order Redis delivers them, so whatever was published before that
+/// write has been dealt with by then.
+async fn barrier(
+    app: &TestApp,
+    via: &mut UserMetadataServiceClient<tonic::transport::Channel>,
+    admin_on: &mut tonic::Streaming<MetadataChange>,
+) {
+    set_language(via, &app.admin_token, "barrier").await;
+    let change = next_change(admin_on).await;
+    assert_eq!(
+        (change.user_id.as_str(), change.key.as_str()),
+        (app.admin.as_str(), "profile.language")
+    );
+}
+
+#[tokio::test]
+async fn a_change_published_by_another_redis_client_is_not_applied() {
+    let app = TestApp::start().await;
+    let redis = Redis::start();
+    let a = replica_with(&app, &redis.url(), None, Duration::from_secs(30)).await;
+    let b = replica_with(&app, &redis.url(), None, Duration::from_secs(30)).await;
+    let (mut a, mut b) = (connect(a.addr).await, connect(b.addr).await);
+    // b serves alice's cached answer; ZITADEL holds another value b does not know of.
+    assert_eq!(language(&b, &app.alice_token).await, "en");
+    app.standin
+        .set_metadata(&app.alice, "profile.language", b"nl");
+    let mut alice_on_b = watch_mine(&mut b, &app.alice_token).await;
+    let mut admin_on_b = watch_mine(&mut b, &app.admin_token).await;
+    // Someone who can publish on the fleet's Redis, but holds no key of the fleet: a change as replicas used
+    // to send them, one with a made-up tag, one claiming to end every stream with thousands of keys.
+    let time_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let forged = serde_json::json!({
+        "origin": "attacker",
+        "user_id": app.alice,
+        "keys": ["profile.forged"],
+        "kind": "set",
+        "time_ms": time_ms,
+    })
+    .to_string();
+    let flood = serde_json::json!({
+        "origin": "attacker",
+        "user_id": app.alice,
+        "keys": (0..5000).map(|i| format!("profile.forged{i}")).collect::<Vec<_>>(),
+        "kind": "set",
+        "time_ms": time_ms,
+    })
+    .to_string();
+    for payload in [
+        forged.clone(),
+        format!("{}.{forged}", "0".repeat(64)),
+        flood,
+    ] {
+        publish_raw(&redis, &payload).await;
+    }
+    barrier(&app, &mut a, &mut admin_on_b).await;
+    // b dropped nothing and streamed nothing of it.
+    assert_eq!(
+        language(&b, &app.alice_token).await,
+        "en",
+        "a forged change dropped b's cached answer"
+    );
+    set_language(&mut a, &app.alice_token, "fr").await;
+    let first = next_change(&mut alice_on_b).await;
+    assert_eq!(
+        first.key, "profile.language",
+        "a forged change reached the stream first"
+    );
+}
+
+#[tokio::test]
+async fn a_replayed_message_of_a_replica_is_not_applied_again() {
+    let app = TestApp::start().await;
+    let redis = Redis::start();
+    let mut sniffer = redis::Client::open(redis.url())
+        .unwrap()
+        .get_async_pubsub()
+        .await
+        .unwrap();
+    sniffer.subscribe(CHANNEL).await.unwrap();
+    let a = replica_with(&app, &redis.url(), None, Duration::from_secs(30)).await;
+    let b = replica_with(&app, &redis.url(), None, Duration::from_secs(30)).await;
+    let (mut a, mut b) = (connect(a.addr).await, connect(b.addr).await);
+    let mut alice_on_b = watch_mine(&mut b, &app.alice_token).await;
+    let mut admin_on_b = watch_mine(&mut b, &app.admin_token).await;
+    set_language(&mut a, &app.alice_token, "fr").await;
+    assert_eq!(next_change(&mut alice_on_b).await.key, "profile.language");
+    // Someone who can read and publish on the fleet's Redis captures a's message and sends it again.
+    let mut heard = sniffer.on_message();
+    let captured = loop {
+        let message = tokio::time::timeout(Duration::from_secs(5), heard.next())
+            .await
+            .expect("a's message was published")
+            .unwrap();
+        let payload: String = message.get_payload().unwrap();
+        if payload.contains(app.alice.as_str()) {
+            break payload;
+        }
+    };
+    drop(heard);
+    publish_raw(&redis, &captured).await;
+    barrier(&app, &mut a, &mut admin_on_b).await;
+    // The replay reached no stream: alice's next change on b is her next write.
+    set_language_key(&mut a, &app.alice_token, "profile.theme", "dark").await;
+    assert_eq!(
+        next_change(&mut alice_on_b).await.key,
+        "profile.theme",
+        "the replayed message was streamed again"
+    );
+}
+
+async fn set_language_key(
+    client: &mut UserMetadataServiceClient<tonic::transport::Channel>,
+    token: &str,
+    key: &str,
+    value: &str,
+) {
+    client
+        .set_metadata(authed(
+            SetMetadataRequest {
+                entries: vec![entry(key, text(value))],
+                ..Default::default()
+            },
+            token,
+        ))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_claim_planted_in_redis_does_not_refuse_a_genuine_event() {
+    let app = TestApp::start().await;
+    let redis = Redis::start();
+    let key = "a-signing-key";
+    let a = replica_with(&app, &redis.url(), Some(key), Duration::from_secs(30)).await;
+    let body = serde_json::to_vec(&serde_json::json!({
+        "aggregateID": app.alice,
+        "aggregateType": "user",
+        "event_type": "user.metadata.removed",
+        "event_payload": {"key": "profile.language"},
+    }))
+    .unwrap();
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let header = usermeta::fleet::webhook::sign(key, t, &body);
+    // Someone who can write to the fleet's Redis and learnt the signature (a log, the network) claims it
+    // first, under every name a replica has used for claims.
+    let hex = header.split_once(",v1=").unwrap().1;
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    for version in ["v1", "v2"] {
+        let _: () = redis::cmd("SET")
+            .arg(format!("usermeta.{version}.webhook.seen.{hex}"))
+            .arg("1")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let answer = reqwest::Client::new()
+        .post(format!("http://{}/zitadel/events", a.webhook_addr.unwrap()))
+        .header("content-type", "application/json")
+        .header("ZITADEL-Signature", header)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        answer.status().as_u16(),
+        200,
+        "{}",
+        answer.text().await.unwrap()
+    );
+}
