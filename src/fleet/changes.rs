@@ -6,7 +6,7 @@ use std::{sync::Arc, time::SystemTime};
 
 use tokio::sync::broadcast;
 
-use super::{RedisConfig, RedisSetupError, SharedInvalidation};
+use super::{BusKey, RedisConfig, RedisSetupError, SharedInvalidation};
 use crate::caller::cache::CallerCache;
 
 /// Changes a WatchMetadata stream may fall behind by before it is ended (the feed keeps no more than this for
@@ -59,11 +59,17 @@ impl Changes {
         }
     }
 
-    /// Also tells the other replicas, and hears from them, through Redis. Redis need not be up yet: the
-    /// replica serves either way and connects when it can.
-    pub fn with_redis(mut self, config: RedisConfig) -> Result<Changes, RedisSetupError> {
+    /// Also tells the other replicas, and hears from them, through Redis, in messages sealed with `key` (every
+    /// replica needs the same). Redis need not be up yet: the replica serves either way and connects when it
+    /// can.
+    pub fn with_redis(
+        mut self,
+        config: RedisConfig,
+        key: BusKey,
+    ) -> Result<Changes, RedisSetupError> {
         self.shared = Some(SharedInvalidation::start(
             config,
+            key,
             Arc::clone(&self.cache),
             self.feed.clone(),
         )?);

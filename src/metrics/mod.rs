@@ -24,6 +24,7 @@ pub const MANAGEMENT_API: &str = "usermeta_zitadel_management_api";
 pub const BATCH_RESULTS: &str = "usermeta_batch_results_total";
 pub const REDIS_CONNECTED: &str = "usermeta_redis_connected";
 pub const INVALIDATIONS: &str = "usermeta_shared_invalidations_total";
+pub const INVALIDATIONS_REJECTED: &str = "usermeta_shared_invalidations_rejected_total";
 pub const UPSTREAM_BUDGET: &str = "usermeta_upstream_budget_requests_total";
 pub const UPSTREAM_BUDGET_TOKENS: &str = "usermeta_upstream_budget_tokens";
 pub const WATCH_STREAMS: &str = "usermeta_watch_streams";
@@ -97,7 +98,11 @@ fn describe() {
     );
     describe_counter!(
         INVALIDATIONS,
-        "Shared invalidations through Redis, by outcome: published, publish_failed, dropped, received, malformed"
+        "Shared invalidations through Redis, by outcome: published, publish_failed, dropped, received"
+    );
+    describe_counter!(
+        INVALIDATIONS_REJECTED,
+        "Messages on the fleet's Redis channel not believed, by reason: oversized, unparsable, bad_tag (not sealed with this replica's bus key), out_of_bounds, stale, replayed"
     );
     describe_gauge!(WATCH_STREAMS, "WatchMetadata streams open on this replica");
     describe_counter!(
@@ -233,6 +238,11 @@ pub fn redis_connected(up: bool) {
 /// One shared invalidation sent or heard (`outcome` is one of the literals the describe text lists).
 pub fn invalidation(outcome: &'static str) {
     counter!(INVALIDATIONS, "outcome" => outcome).increment(1);
+}
+
+/// One message on the fleet's channel not believed (`reason` is one of the literals the describe text lists).
+pub fn invalidation_rejected(reason: &'static str) {
+    counter!(INVALIDATIONS_REJECTED, "reason" => reason).increment(1);
 }
 
 /// A WatchMetadata stream opened (`1.0`) or closed (`-1.0`).

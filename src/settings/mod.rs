@@ -109,6 +109,11 @@ pub struct FleetArgs {
     /// File holding the Redis password (AUTH), kept out of the URL and of every log line.
     #[arg(long, env = "USERMETA_REDIS_PASSWORD_FILE", requires = "redis_url")]
     pub redis_password_file: Option<PathBuf>,
+    /// File holding the key replicas seal their Redis messages with: a random secret of at least 32 characters,
+    /// the same on every replica (one per line while rotating; the first signs). Unset: derived from the
+    /// service credential, which every replica holds alike.
+    #[arg(long, env = "USERMETA_REDIS_BUS_KEY_FILE", requires = "redis_url")]
+    pub redis_bus_key_file: Option<PathBuf>,
     /// Address of the listener for ZITADEL's Actions v2 events (POST /zitadel/events), e.g. 0.0.0.0:8090.
     /// Keep it inside the cluster. Off when unset.
     #[arg(
@@ -149,6 +154,7 @@ impl Default for FleetArgs {
         FleetArgs {
             redis_url: None,
             redis_password_file: None,
+            redis_bus_key_file: None,
             webhook_listen: None,
             webhook_signing_key_file: None,
             webhook_max_connections: WEBHOOK_DEFAULTS.max_connections as u32,
@@ -169,6 +175,7 @@ fn webhook_body_timeout(raw: &str) -> Result<Duration, String> {
 
 const REDIS_URL: Setting = Setting::new("redis_url");
 const REDIS_PASSWORD_FILE: Setting = Setting::new("redis_password_file");
+const REDIS_BUS_KEY_FILE: Setting = Setting::new("redis_bus_key_file");
 const WEBHOOK_SIGNING_KEY_FILE: Setting = Setting::new("webhook_signing_key_file");
 
 impl FleetArgs {
@@ -206,9 +213,17 @@ impl FleetArgs {
                 Some(password.to_owned())
             }
         };
+        let bus_key = match &self.redis_bus_key_file {
+            None => None,
+            Some(path) => Some(
+                crate::fleet::BusKey::from_text(&read_secret_file(REDIS_BUS_KEY_FILE, path)?)
+                    .map_err(|e| invalid(REDIS_BUS_KEY_FILE, format!("{} {e}", path.display())))?,
+            ),
+        };
         Ok(Some(crate::fleet::RedisConfig {
             url: url.clone(),
             password,
+            bus_key,
         }))
     }
 
@@ -969,6 +984,7 @@ mod tests {
             CLIENT_SECRET_FILE,
             REDIS_URL,
             REDIS_PASSWORD_FILE,
+            REDIS_BUS_KEY_FILE,
             WEBHOOK_SIGNING_KEY_FILE,
             Setting::new("zitadel_url"),
         ]

@@ -83,10 +83,7 @@ async fn replica(
     app: &TestApp,
     redis: Option<&str>,
 ) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
-    let redis = redis.map(|url| RedisConfig {
-        url: url.to_owned(),
-        password: None,
-    });
+    let redis = redis.map(RedisConfig::new);
     app.another()
         .policy(Policy::new([app.admin.clone()], vec![SELF_WRITABLE.into()]))
         .configure(|config| config.options.redis = redis)
@@ -208,7 +205,13 @@ async fn only_user_ids_and_keys_go_to_redis() {
         .expect("a change was published")
         .unwrap();
     let payload: String = message.get_payload().unwrap();
-    let change: serde_json::Value = serde_json::from_str(&payload).unwrap();
+    // `<HMAC-SHA256 tag in hex>.<JSON>`.
+    let (tag, json) = payload.split_once('.').unwrap();
+    assert!(
+        tag.len() == 64 && tag.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{payload}"
+    );
+    let change: serde_json::Value = serde_json::from_str(json).unwrap();
     assert_eq!(change["user_id"], app.alice.as_str());
     assert_eq!(change["keys"], serde_json::json!(["profile.language"]));
     for secret in [
@@ -226,10 +229,20 @@ async fn only_user_ids_and_keys_go_to_redis() {
         change["time_ms"].as_u64().is_some_and(|ms| ms > 0),
         "{payload}"
     );
+    assert!(
+        change["seq"].as_u64().is_some_and(|seq| seq > 0),
+        "{payload}"
+    );
+    assert!(
+        change["sent_ms"].as_u64().is_some_and(|ms| ms > 0),
+        "{payload}"
+    );
     let fields: Vec<&String> = change.as_object().unwrap().keys().collect();
     assert_eq!(
         fields,
-        ["keys", "kind", "origin", "time_ms", "user_id"],
+        [
+            "keys", "kind", "origin", "sent_ms", "seq", "time_ms", "user_id"
+        ],
         "{payload}"
     );
 }
@@ -299,10 +312,7 @@ async fn replica_with(
         .another()
         .policy(Policy::new([app.admin.clone()], vec![SELF_WRITABLE.into()]))
         .configure(|config| {
-            config.options.redis = Some(RedisConfig {
-                url: redis.to_owned(),
-                password: None,
-            });
+            config.options.redis = Some(RedisConfig::new(redis));
             config.cache.ttl = ttl;
         });
     if let Some(key) = webhook_key {
@@ -424,18 +434,21 @@ async fn an_event_replayed_to_another_replica_is_refused_there() {
     let replayed = post(&b).await;
     assert_eq!(replayed.status().as_u16(), 401);
     assert!(replayed.text().await.unwrap().contains("already accepted"));
-    // What Redis holds for it is the signature's name alone, expiring with the tolerance.
+    // What Redis holds for it is a name made of the signature with the fleet's key (not the signature),
+    // expiring with the tolerance.
     let mut redis_conn = redis::Client::open(redis.url())
         .unwrap()
         .get_multiplexed_async_connection()
         .await
         .unwrap();
     let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("usermeta.v1.webhook.seen.*")
+        .arg("usermeta.v2.webhook.seen.*")
         .query_async(&mut redis_conn)
         .await
         .unwrap();
     assert_eq!(keys.len(), 1, "{keys:?}");
+    let hex = signature.split_once(",v1=").unwrap().1;
+    assert!(!keys[0].contains(hex), "{keys:?}");
     let ttl: i64 = redis::cmd("TTL")
         .arg(&keys[0])
         .query_async(&mut redis_conn)
@@ -567,7 +580,22 @@ async fn a_change_published_by_another_redis_client_is_not_applied() {
     let app = TestApp::start().await;
     let redis = Redis::start();
     let a = replica_with(&app, &redis.url(), None, Duration::from_secs(30)).await;
-    let b = replica_with(&app, &redis.url(), None, Duration::from_secs(30)).await;
+    let b = app
+        .another()
+        .policy(Policy::new([app.admin.clone()], vec![SELF_WRITABLE.into()]))
+        .configure(|config| {
+            config.options.redis = Some(RedisConfig::new(redis.url()));
+            config.options.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+        })
+        .spawn()
+        .await;
+    wait_for_redis_health(b.addr, ServingStatus::Serving).await;
+    let metrics = b.metrics_addr.unwrap();
+    let rejected = |reason: &str| {
+        format!(r#"usermeta_shared_invalidations_rejected_total{{reason="{reason}"}}"#)
+    };
+    let unparsable_before = metric(metrics, &rejected("unparsable")).await;
+    let bad_tag_before = metric(metrics, &rejected("bad_tag")).await;
     let (mut a, mut b) = (connect(a.addr).await, connect(b.addr).await);
     // b serves alice's cached answer; ZITADEL holds another value b does not know of.
     assert_eq!(language(&b, &app.alice_token).await, "en");
@@ -617,6 +645,9 @@ async fn a_change_published_by_another_redis_client_is_not_applied() {
         first.key, "profile.language",
         "a forged change reached the stream first"
     );
+    // Each was counted by why it was refused (the recorder is shared by every replica of this process).
+    assert!(metric(metrics, &rejected("unparsable")).await >= unparsable_before + 2.0);
+    assert!(metric(metrics, &rejected("bad_tag")).await > bad_tag_before);
 }
 
 #[tokio::test]
@@ -726,4 +757,89 @@ async fn a_claim_planted_in_redis_does_not_refuse_a_genuine_event() {
         "{}",
         answer.text().await.unwrap()
     );
+}
+
+/// A replica as [`replica_with`] makes it, sealing its Redis messages with `bus_key` (a key file's text).
+async fn replica_keyed(app: &TestApp, redis: &str, bus_key: &str) -> crate::support::Spawned {
+    let mut config = RedisConfig::new(redis);
+    config.bus_key = Some(usermeta::fleet::BusKey::from_text(bus_key).unwrap());
+    let spawned = app
+        .another()
+        .policy(Policy::new([app.admin.clone()], vec![SELF_WRITABLE.into()]))
+        .configure(|c| c.options.redis = Some(config))
+        .spawn()
+        .await;
+    wait_for_redis_health(spawned.addr, ServingStatus::Serving).await;
+    spawned
+}
+
+#[tokio::test]
+async fn replicas_hear_only_replicas_with_the_same_bus_key() {
+    let app = TestApp::start().await;
+    let redis = Redis::start();
+    let ours = format!("{}\n", "1f".repeat(32));
+    let theirs = format!("{}\n", "e0".repeat(32));
+    let a = replica_keyed(&app, &redis.url(), &ours).await;
+    let b = replica_keyed(&app, &redis.url(), &ours).await;
+    let c = replica_keyed(&app, &redis.url(), &theirs).await;
+    let d = replica_keyed(&app, &redis.url(), &theirs).await;
+    let (mut a, mut b) = (connect(a.addr).await, connect(b.addr).await);
+    let (mut c, mut d) = (connect(c.addr).await, connect(d.addr).await);
+    for client in [&mut b, &mut c] {
+        assert_eq!(language(client, &app.alice_token).await, "en");
+    }
+    let mut admin_on_c = watch_mine(&mut c, &app.admin_token).await;
+    // a's write reaches b, which holds the same key…
+    set_language(&mut a, &app.alice_token, "fr").await;
+    seen_within(&mut b, &app.alice_token, "fr", Duration::from_secs(1)).await;
+    // …and not c: once c has heard d (of its own key), a's earlier message has been dealt with, and refused.
+    barrier(&app, &mut d, &mut admin_on_c).await;
+    assert_eq!(language(&c, &app.alice_token).await, "en");
+}
+
+#[test]
+fn a_bus_key_file_that_cannot_be_used_stops_start_up_naming_it_never_its_content() {
+    let dir = std::env::temp_dir().join(format!("usermeta-bus-key-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let with_file = |name: &str, content: Option<&str>| {
+        let path = dir.join(name);
+        if let Some(content) = content {
+            std::fs::write(&path, content).unwrap();
+        }
+        usermeta::settings::FleetArgs {
+            redis_url: Some("redis://redis:6379".into()),
+            redis_bus_key_file: Some(path),
+            ..Default::default()
+        }
+    };
+    for (name, content, problem) in [
+        ("missing", None, "cannot read"),
+        ("empty", Some("# the key goes here\n\n"), "holds no key"),
+        (
+            "short",
+            Some("tiny-secret-1234\n"),
+            "fewer than 32 characters",
+        ),
+    ] {
+        let error = with_file(name, content).redis().unwrap_err().to_string();
+        assert!(error.starts_with("USERMETA_REDIS_BUS_KEY_FILE"), "{error}");
+        assert!(error.contains(name) && error.contains(problem), "{error}");
+        assert!(!error.contains("tiny-secret"), "{error}");
+    }
+    let good = with_file("good", Some(&format!("{}\n", "ab".repeat(32))))
+        .redis()
+        .unwrap()
+        .unwrap();
+    assert!(!format!("{good:?}").contains("abab"), "{good:?}");
+    assert_eq!(good.bus_key.map(|key| key.len()), Some(1));
+    // Without a key file the key comes from the service credential.
+    let derived = usermeta::settings::FleetArgs {
+        redis_url: Some("redis://redis:6379".into()),
+        ..Default::default()
+    }
+    .redis()
+    .unwrap()
+    .unwrap();
+    assert!(derived.bus_key.is_none());
+    let _ = std::fs::remove_dir_all(&dir);
 }

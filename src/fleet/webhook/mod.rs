@@ -273,11 +273,7 @@ impl Webhook {
         let Some(shared) = self.changes.shared() else {
             return true;
         };
-        let name = format!(
-            "usermeta.v1.webhook.seen.{}",
-            data_encoding::HEXLOWER.encode(signature)
-        );
-        match shared.claim(&name, 2 * TOLERANCE).await {
+        match shared.claim_signature(signature, 2 * TOLERANCE).await {
             Ok(first) => first,
             Err(error) => {
                 tracing::warn!(%error, "Redis could not say whether another replica saw this ZITADEL event; checking replays on this replica only");
