@@ -40,9 +40,15 @@ impl Redis {
     }
 
     fn start_on(port: u16) -> Redis {
+        Redis::start_with(port, &[])
+    }
+
+    /// With `config` as further `redis-server` arguments.
+    fn start_with(port: u16, config: &[&str]) -> Redis {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            .args(config)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -842,4 +848,92 @@ fn a_bus_key_file_that_cannot_be_used_stops_start_up_naming_it_never_its_content
     .unwrap();
     assert!(derived.bus_key.is_none());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_fleet_works_through_a_redis_acl_user_limited_to_its_channel_and_keys() {
+    let app = TestApp::start().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // The README's recommended ACL; nobody else may connect.
+    let redis = Redis::start_with(
+        port,
+        &[
+            "--user",
+            "default",
+            "off",
+            "--user",
+            "usermeta",
+            "on",
+            ">a-redis-password",
+            "~usermeta.*",
+            "&usermeta.*",
+            "+publish",
+            "+subscribe",
+            "+ping",
+            "+set",
+        ],
+    );
+    let config = || {
+        let mut config = RedisConfig::new(format!("redis://usermeta@127.0.0.1:{}", redis.port));
+        config.password = Some("a-redis-password".to_owned());
+        config
+    };
+    let key = "a-signing-key";
+    let replica = |webhook: bool| {
+        let mut builder = app
+            .another()
+            .policy(Policy::new([app.admin.clone()], vec![SELF_WRITABLE.into()]))
+            .configure(|c| c.options.redis = Some(config()));
+        if webhook {
+            builder = builder.webhook(key);
+        }
+        builder.spawn()
+    };
+    let (a, b) = (replica(true).await, replica(true).await);
+    for replica in [a.addr, b.addr] {
+        wait_for_redis_health(replica, ServingStatus::Serving).await;
+    }
+    let (mut a_client, mut b_client) = (connect(a.addr).await, connect(b.addr).await);
+    assert_eq!(language(&b_client, &app.alice_token).await, "en");
+    set_language(&mut a_client, &app.alice_token, "fr").await;
+    seen_within(
+        &mut b_client,
+        &app.alice_token,
+        "fr",
+        Duration::from_secs(1),
+    )
+    .await;
+    // The webhook's claims work too: an event accepted by a is refused by b.
+    let body = serde_json::to_vec(&serde_json::json!({
+        "aggregateID": app.alice,
+        "aggregateType": "user",
+        "event_type": "user.metadata.removed",
+        "event_payload": {"key": "profile.language"},
+    }))
+    .unwrap();
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let header = usermeta::fleet::webhook::sign(key, t, &body);
+    let mut statuses = Vec::new();
+    for replica in [&a, &b] {
+        let answer = reqwest::Client::new()
+            .post(format!(
+                "http://{}/zitadel/events",
+                replica.webhook_addr.unwrap()
+            ))
+            .header("content-type", "application/json")
+            .header("ZITADEL-Signature", header.clone())
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        statuses.push(answer.status().as_u16());
+    }
+    assert_eq!(statuses, [200, 401]);
 }
