@@ -497,6 +497,32 @@ mod tests {
         assert!(!format!("{rotating:?}").contains("nnnn"));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn fuzz_no_message_is_believed_without_the_key(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            tag in "[0-9a-fA-F]{64}",
+            user_id in "\\PC{0,40}",
+            keys in proptest::collection::vec("\\PC{0,20}", 0..5),
+            seq in proptest::prelude::any::<u64>(),
+        ) {
+            let now = SystemTime::now();
+            let shaped = serde_json::json!({
+                "origin": "0123456789abcdef", "seq": seq, "sent_ms": unix_ms(now),
+                "user_id": user_id, "keys": keys, "kind": "set",
+            });
+            let forged = format!("{tag}.{shaped}");
+            for raw in [bytes.as_slice(), forged.as_bytes()] {
+                proptest::prop_assert!(Change::open(&key(), raw, now).is_err());
+            }
+            // The same JSON sealed with the key opens exactly when it is within bounds.
+            if let Ok(change) = serde_json::from_value::<Change>(shaped) {
+                let opened = Change::open(&key(), change.seal(&key()).as_bytes(), now);
+                proptest::prop_assert_eq!(opened.is_ok(), change.within_bounds());
+            }
+        }
+    }
+
     #[test]
     fn claim_names_depend_on_the_key() {
         let name = key().claim_name("webhook.seen", b"signature");
