@@ -5,7 +5,7 @@
 use std::{sync::Arc, time::SystemTime};
 
 use super::{
-    RedisConfig, RedisSetupError, SharedInvalidation,
+    BusKey, RedisConfig, RedisSetupError, SharedInvalidation,
     feed::{Feed, StreamLimit, Subscription, WatchLimits, Write},
 };
 use crate::caller::cache::CallerCache;
@@ -57,11 +57,17 @@ impl Changes {
         }
     }
 
-    /// Also tells the other replicas, and hears from them, through Redis. Redis need not be up yet: the
-    /// replica serves either way and connects when it can.
-    pub fn with_redis(mut self, config: RedisConfig) -> Result<Changes, RedisSetupError> {
+    /// Also tells the other replicas, and hears from them, through Redis, in messages sealed with `key` (every
+    /// replica needs the same). Redis need not be up yet: the replica serves either way and connects when it
+    /// can.
+    pub fn with_redis(
+        mut self,
+        config: RedisConfig,
+        key: BusKey,
+    ) -> Result<Changes, RedisSetupError> {
         self.shared = Some(SharedInvalidation::start(
             config,
+            key,
             Arc::clone(&self.cache),
             self.feed.clone(),
         )?);

@@ -1,15 +1,21 @@
 //! The Redis link of [`SharedInvalidation`]: one task publishes this replica's changes, one subscribes to the
-//! others'. Both reconnect with backoff; an outage is logged once when it starts and once when it ends.
+//! others'. Both reconnect with backoff; an outage is logged once when it starts and once when it ends. Every
+//! message is sealed and opened with the fleet's [`BusKey`] (`bus_message.rs`): what another client of Redis
+//! publishes is counted and dropped.
 
-use std::{fmt, sync::Arc, time::Duration};
+use std::{
+    fmt,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
 
 use futures::StreamExt as _;
 use redis::{AsyncCommands as _, IntoConnectionInfo as _};
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
 use super::{
     CHANNEL, ChangeKind, MetadataChange,
+    bus_message::{BusKey, Change, MAX_KEYS, Rejected, ReplayGuard, unix_ms},
     feed::{Feed, Write},
 };
 use crate::caller::cache::CallerCache;
@@ -24,14 +30,31 @@ const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 const CLAIM_TIMEOUT: Duration = Duration::from_millis(500);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// The least time between two log lines about refused messages (each one is counted).
+const REJECTION_LOG_EVERY: Duration = Duration::from_secs(60);
 
-/// Where Redis is. The password comes from a file, never from the URL in logs.
+/// Where Redis is and how replicas know each other's messages. The password comes from a file, never from
+/// the URL in logs.
 #[derive(Clone)]
 pub struct RedisConfig {
     /// `redis://host:port[/db]` or `rediss://…` (TLS).
     pub url: String,
     /// `USERMETA_REDIS_PASSWORD_FILE`'s content, trimmed.
     pub password: Option<String>,
+    /// `USERMETA_REDIS_BUS_KEY_FILE`'s keys; `None` derives the key from the service credential, which every
+    /// replica of a deployment holds alike.
+    pub bus_key: Option<BusKey>,
+}
+
+impl RedisConfig {
+    /// Redis at `url`, without a password, the bus key derived from the service credential.
+    pub fn new(url: impl Into<String>) -> RedisConfig {
+        RedisConfig {
+            url: url.into(),
+            password: None,
+            bus_key: None,
+        }
+    }
 }
 
 impl fmt::Debug for RedisConfig {
@@ -39,6 +62,7 @@ impl fmt::Debug for RedisConfig {
         f.debug_struct("RedisConfig")
             .field("url", &redacted(&self.url))
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("bus_key", &self.bus_key)
             .finish()
     }
 }
@@ -65,57 +89,50 @@ pub struct RedisSetupError {
     reason: String,
 }
 
-/// What replicas tell each other: who changed, never what the values are.
-#[derive(Debug, Serialize, Deserialize)]
-struct Change {
-    /// The replica that made the change (it ignores its own messages).
-    origin: String,
+/// One piece of news for the other replicas, before the publishing task numbers, stamps and seals it.
+#[derive(Debug)]
+struct News {
     user_id: String,
-    /// The keys written or removed; empty means "any key".
-    #[serde(default)]
+    /// At most [`MAX_KEYS`]; empty means "any key".
     keys: Vec<String>,
-    /// What happened to them, when the write is known to have landed; absent for a write whose outcome is
-    /// unknown (the others only drop cached answers, their streams are not told).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     kind: Option<ChangeKind>,
-    /// When, in milliseconds since the Unix epoch.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     time_ms: Option<u64>,
 }
 
-impl Change {
-    /// The stream's view of a change another replica made: no values travel between replicas.
-    fn into_metadata_changes(self) -> Vec<MetadataChange> {
-        let Some(kind) = self.kind else {
-            return Vec::new();
-        };
-        let time = std::time::UNIX_EPOCH + Duration::from_millis(self.time_ms.unwrap_or_default());
-        let keys = match kind {
-            ChangeKind::DeleteAll => vec![String::new()],
-            ChangeKind::Set | ChangeKind::Delete => self.keys,
-        };
-        keys.into_iter()
-            .map(|key| MetadataChange {
-                user_id: self.user_id.clone(),
-                key,
-                kind,
-                value: None,
-                time,
-            })
-            .collect()
-    }
+/// The stream's view of a change another replica made: no values travel between replicas.
+fn metadata_changes(change: Change) -> Vec<MetadataChange> {
+    let Some(kind) = change.kind else {
+        return Vec::new();
+    };
+    let time = std::time::UNIX_EPOCH
+        .checked_add(Duration::from_millis(change.time_ms.unwrap_or_default()))
+        .unwrap_or(std::time::UNIX_EPOCH);
+    let keys = match kind {
+        ChangeKind::DeleteAll => vec![String::new()],
+        ChangeKind::Set | ChangeKind::Delete => change.keys,
+    };
+    keys.into_iter()
+        .map(|key| MetadataChange {
+            user_id: change.user_id.clone(),
+            key,
+            kind,
+            value: None,
+            time,
+        })
+        .collect()
 }
 
 /// The replica's end of the shared invalidation. Cloning shares it.
 #[derive(Debug, Clone)]
 pub struct SharedInvalidation {
-    origin: Arc<str>,
-    outgoing: mpsc::Sender<Change>,
+    outgoing: mpsc::Sender<News>,
     connected: watch::Receiver<bool>,
     /// For [`SharedInvalidation::claim`]: a connection of its own, made when first needed and again after
     /// a failure.
     client: redis::Client,
     claims: Arc<tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>>,
+    /// Names claims, so only replicas holding it can claim anything.
+    key: BusKey,
 }
 
 impl SharedInvalidation {
@@ -123,6 +140,7 @@ impl SharedInvalidation {
     /// either way and connects when it can.
     pub(super) fn start(
         config: RedisConfig,
+        key: BusKey,
         cache: Arc<CallerCache>,
         feed: Feed,
     ) -> Result<SharedInvalidation, RedisSetupError> {
@@ -144,27 +162,46 @@ impl SharedInvalidation {
         let (outgoing, queue) = mpsc::channel(PUBLISH_QUEUE);
         let (state, connected) = watch::channel(false);
         crate::metrics::redis_connected(false);
-        tokio::spawn(publish(client.clone(), queue));
+        tokio::spawn(publish(
+            client.clone(),
+            key.clone(),
+            Arc::clone(&origin),
+            queue,
+        ));
         tokio::spawn(subscribe(
             client.clone(),
-            Arc::clone(&origin),
+            key.clone(),
+            origin,
             cache,
             feed,
             state,
         ));
         Ok(SharedInvalidation {
-            origin,
             outgoing,
             connected,
             client,
             claims: Arc::default(),
+            key,
         })
+    }
+
+    /// Claims a webhook event's signature for the whole fleet for `ttl`: `Ok(true)` for the first replica to
+    /// ask, `Ok(false)` for every later one until it expires. The name in Redis is made with the fleet's key:
+    /// someone else who can write to Redis and learnt the signature cannot claim it ahead of the replicas
+    /// (and the name tells nothing of the event).
+    pub async fn claim_signature(
+        &self,
+        signature: &[u8],
+        ttl: Duration,
+    ) -> Result<bool, redis::RedisError> {
+        self.claim(&self.key.claim_name("webhook.seen", signature), ttl)
+            .await
     }
 
     /// Claims `name` for the whole fleet for `ttl`: `Ok(true)` for the first replica to ask, `Ok(false)` for
     /// every later one until it expires (Redis `SET NX EX`). An error when Redis cannot say; the caller decides
     /// what that means.
-    pub async fn claim(&self, name: &str, ttl: Duration) -> Result<bool, redis::RedisError> {
+    async fn claim(&self, name: &str, ttl: Duration) -> Result<bool, redis::RedisError> {
         let mut connection = self.claims.lock().await;
         let claimed = async {
             let conn = match &mut *connection {
@@ -197,44 +234,52 @@ impl SharedInvalidation {
     /// Tells the other replicas that `user_id` may have changed (its `keys`), without saying how. Never
     /// waits: a full queue drops the news (counted), and the TTL bounds what the others serve.
     pub fn publish(&self, user_id: &str, keys: &[&str]) {
-        self.send(Change {
-            origin: self.origin.to_string(),
-            user_id: user_id.to_owned(),
-            keys: keys.iter().map(|key| (*key).to_owned()).collect(),
-            kind: None,
-            time_ms: None,
-        });
+        let keys: Vec<String> = keys.iter().map(|key| (*key).to_owned()).collect();
+        self.send_in_parts(user_id, keys, None, None);
     }
 
     /// Tells the other replicas of changes that landed: one message per run of one user's changes of one
-    /// kind, with keys and time but never values.
+    /// kind (of at most [`MAX_KEYS`] keys), with keys and time but never values.
     pub fn publish_changes(&self, changes: &[MetadataChange]) {
         for run in changes.chunk_by(|a, b| a.user_id == b.user_id && a.kind == b.kind) {
             let first = &run[0];
-            let time_ms = first
-                .time
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |since| {
-                    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
-                });
-            self.send(Change {
-                origin: self.origin.to_string(),
-                user_id: first.user_id.clone(),
-                keys: match first.kind {
-                    ChangeKind::DeleteAll => Vec::new(),
-                    ChangeKind::Set | ChangeKind::Delete => {
-                        run.iter().map(|change| change.key.clone()).collect()
-                    }
-                },
-                kind: Some(first.kind),
-                time_ms: Some(time_ms),
-            });
+            let keys = match first.kind {
+                ChangeKind::DeleteAll => Vec::new(),
+                ChangeKind::Set | ChangeKind::Delete => {
+                    run.iter().map(|change| change.key.clone()).collect()
+                }
+            };
+            self.send_in_parts(
+                &first.user_id,
+                keys,
+                Some(first.kind),
+                Some(unix_ms(first.time)),
+            );
         }
     }
 
-    fn send(&self, change: Change) {
-        if self.outgoing.try_send(change).is_err() {
-            crate::metrics::invalidation("dropped");
+    /// Queues the news, in messages of at most [`MAX_KEYS`] keys (receivers refuse more).
+    fn send_in_parts(
+        &self,
+        user_id: &str,
+        keys: Vec<String>,
+        kind: Option<ChangeKind>,
+        time_ms: Option<u64>,
+    ) {
+        let mut parts: Vec<Vec<String>> = keys.chunks(MAX_KEYS).map(<[String]>::to_vec).collect();
+        if parts.is_empty() {
+            parts.push(Vec::new());
+        }
+        for keys in parts {
+            let news = News {
+                user_id: user_id.to_owned(),
+                keys,
+                kind,
+                time_ms,
+            };
+            if self.outgoing.try_send(news).is_err() {
+                crate::metrics::invalidation("dropped");
+            }
         }
     }
 
@@ -271,17 +316,38 @@ impl Outage {
     }
 }
 
-async fn publish(client: redis::Client, mut queue: mpsc::Receiver<Change>) {
+async fn publish(
+    client: redis::Client,
+    key: BusKey,
+    origin: Arc<str>,
+    mut queue: mpsc::Receiver<News>,
+) {
     let mut outage = Outage::default();
     let mut backoff = BACKOFF_MIN;
     let mut connection: Option<redis::aio::MultiplexedConnection> = None;
-    while let Some(change) = queue.recv().await {
-        let payload = match serde_json::to_string(&change) {
-            Ok(payload) => payload,
-            Err(_) => continue,
+    let mut seq = 0u64;
+    while let Some(news) = queue.recv().await {
+        seq += 1;
+        let mut change = Change {
+            origin: origin.to_string(),
+            seq,
+            sent_ms: 0,
+            user_id: news.user_id,
+            keys: news.keys,
+            kind: news.kind,
+            time_ms: news.time_ms,
         };
-        // One change is tried until Redis takes it or the queue is closed; later ones wait behind it.
+        if !change.within_bounds() {
+            // The API and the webhook bound what they accept alike; receivers would refuse it.
+            tracing::debug!("a change out of the bus's bounds was not published");
+            crate::metrics::invalidation("dropped");
+            continue;
+        }
+        // One change is tried until Redis takes it or the queue is closed; later ones wait behind it. Each try
+        // is stamped anew, so a change held up by an outage is not stale when it goes.
         loop {
+            change.sent_ms = unix_ms(SystemTime::now());
+            let payload = change.seal(&key);
             let sent = async {
                 let conn = match &mut connection {
                     Some(conn) => conn,
@@ -328,6 +394,7 @@ fn timed_out() -> redis::RedisError {
 
 async fn subscribe(
     client: redis::Client,
+    key: BusKey,
     origin: Arc<str>,
     cache: Arc<CallerCache>,
     feed: Feed,
@@ -336,6 +403,8 @@ async fn subscribe(
     let mut outage = Outage::default();
     let mut backoff = BACKOFF_MIN;
     let mut ever_connected = false;
+    // Kept over reconnections: a message captured before one is no less a replay after it.
+    let mut heard = Heard::new(key);
     loop {
         let subscribed = async {
             let mut pubsub = tokio::time::timeout(REDIS_TIMEOUT, client.get_async_pubsub())
@@ -364,10 +433,56 @@ async fn subscribe(
         outage.recovered("subscribing");
         state.send_replace(true);
         crate::metrics::redis_connected(true);
-        let error = listen(pubsub, &origin, &cache, &feed).await;
+        let error = listen(pubsub, &origin, &mut heard, &cache, &feed).await;
         state.send_replace(false);
         crate::metrics::redis_connected(false);
         outage.failed("subscribed", &error);
+    }
+}
+
+/// What the subscription believes: messages sealed with the fleet's key, fresh, first heard.
+struct Heard {
+    key: BusKey,
+    replays: ReplayGuard,
+    last_logged: Option<Instant>,
+}
+
+impl Heard {
+    fn new(key: BusKey) -> Heard {
+        Heard {
+            key,
+            replays: ReplayGuard::default(),
+            last_logged: None,
+        }
+    }
+
+    /// The change a message carries when it is to be believed; anything else is counted (and now and then
+    /// logged, never quoted).
+    fn believe(&mut self, raw: &[u8]) -> Option<Change> {
+        let opened = Change::open(&self.key, raw, SystemTime::now()).and_then(|change| {
+            if self.replays.admit(&change, Instant::now()) {
+                Ok(change)
+            } else {
+                Err(Rejected::Replayed)
+            }
+        });
+        match opened {
+            Ok(change) => Some(change),
+            Err(rejected) => {
+                crate::metrics::invalidation_rejected(rejected.reason());
+                if self
+                    .last_logged
+                    .is_none_or(|last| last.elapsed() >= REJECTION_LOG_EVERY)
+                {
+                    self.last_logged = Some(Instant::now());
+                    tracing::warn!(
+                        reason = rejected.reason(),
+                        "ignored a message on the fleet's Redis channel (counted in usermeta_shared_invalidations_rejected_total; logged once a minute at most): not sealed with this replica's bus key, replayed, stale or out of bounds. Replicas derive the key from the service credential unless USERMETA_REDIS_BUS_KEY_FILE is set: every replica needs the same one"
+                    );
+                }
+                None
+            }
+        }
     }
 }
 
@@ -375,6 +490,7 @@ async fn subscribe(
 async fn listen(
     pubsub: redis::aio::PubSub,
     origin: &str,
+    heard: &mut Heard,
     cache: &CallerCache,
     feed: &Feed,
 ) -> String {
@@ -387,20 +503,17 @@ async fn listen(
                 let Some(message) = message else {
                     return "the connection closed".to_owned();
                 };
-                let Ok(payload) = message.get_payload::<String>() else {
-                    crate::metrics::invalidation("malformed");
+                let Some(change) = heard.believe(message.get_payload_bytes()) else {
                     continue;
                 };
-                match serde_json::from_str::<Change>(&payload) {
-                    Ok(change) if change.origin == origin => {}
-                    Ok(change) => {
-                        cache.invalidate_user(&change.user_id);
-                        crate::metrics::invalidation("received");
-                        // One write, one item, for the streams of its user only.
-                        feed.publish(Write::group(change.into_metadata_changes()));
-                    }
-                    Err(_) => crate::metrics::invalidation("malformed"),
+                // Its own messages come back too; they were applied when they were made.
+                if change.origin == origin {
+                    continue;
                 }
+                cache.invalidate_user(&change.user_id);
+                crate::metrics::invalidation("received");
+                // One write, one item, for the streams of its user only.
+                feed.publish(Write::group(metadata_changes(change)));
             }
             _ = ping.tick() => {
                 match tokio::time::timeout(REDIS_TIMEOUT, sink.ping::<String>()).await {

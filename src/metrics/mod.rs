@@ -24,11 +24,16 @@ pub const MANAGEMENT_API: &str = "usermeta_zitadel_management_api";
 pub const BATCH_RESULTS: &str = "usermeta_batch_results_total";
 pub const REDIS_CONNECTED: &str = "usermeta_redis_connected";
 pub const INVALIDATIONS: &str = "usermeta_shared_invalidations_total";
+pub const INVALIDATIONS_REJECTED: &str = "usermeta_shared_invalidations_rejected_total";
 pub const UPSTREAM_BUDGET: &str = "usermeta_upstream_budget_requests_total";
 pub const UPSTREAM_BUDGET_TOKENS: &str = "usermeta_upstream_budget_tokens";
 pub const WATCH_STREAMS: &str = "usermeta_watch_streams";
 pub const WATCH_ENDED: &str = "usermeta_watch_streams_ended_total";
 pub const WEBHOOK_EVENTS: &str = "usermeta_webhook_events_total";
+pub const CONNECTIONS_REFUSED: &str = "usermeta_http_connections_refused_total";
+
+/// Connections the `/metrics` listener serves at once.
+const MAX_SCRAPE_CONNECTIONS: usize = 16;
 
 /// Latency buckets in seconds: from a cache hit (sub-millisecond) to a call at the default 5 s timeout.
 const BUCKETS: &[f64] = &[
@@ -93,7 +98,11 @@ fn describe() {
     );
     describe_counter!(
         INVALIDATIONS,
-        "Shared invalidations through Redis, by outcome: published, publish_failed, dropped, received, malformed"
+        "Shared invalidations through Redis, by outcome: published, publish_failed, dropped, received"
+    );
+    describe_counter!(
+        INVALIDATIONS_REJECTED,
+        "Messages on the fleet's Redis channel not believed, by reason: oversized, unparsable, bad_tag (not sealed with this replica's bus key), out_of_bounds, stale, replayed"
     );
     describe_gauge!(WATCH_STREAMS, "WatchMetadata streams open on this replica");
     describe_counter!(
@@ -102,7 +111,11 @@ fn describe() {
     );
     describe_counter!(
         WEBHOOK_EVENTS,
-        "Requests to the ZITADEL event webhook, by outcome: applied, ignored (another event type), unsigned, bad_signature, stale, replayed, malformed, too_large, not_found (another path or method)"
+        "Requests to the ZITADEL event webhook, by outcome: applied, ignored (another event type), unsigned, bad_signature, stale, replayed, malformed, unsupported_media_type, length_required, too_large, buffer_full (the replica's body budget is in use), body_timeout, too_many_connections (refused at accept), not_found (another path or method)"
+    );
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Connections to the /metrics listener answered 503 at once because too many were open (label listener)"
     );
     describe_counter!(
         BATCH_RESULTS,
@@ -135,7 +148,12 @@ pub fn serve(listener: TcpListener, handle: PrometheusHandle) -> tokio::task::Jo
                 upkeep_handle.run_upkeep();
             }
         };
-        let accept = crate::http1::serve(listener, "metrics", move |request| {
+        // A scraper or two, never more: a cap keeps stray connections from piling up.
+        let limit = crate::http1::ConnectionLimit {
+            max_connections: MAX_SCRAPE_CONNECTIONS,
+            on_refused: || counter!(CONNECTIONS_REFUSED, "listener" => "metrics").increment(1),
+        };
+        let accept = crate::http1::serve(listener, "metrics", limit, move |request| {
             let answer = scrape_answer(&handle, &request);
             async move { answer }
         });
@@ -220,6 +238,11 @@ pub fn redis_connected(up: bool) {
 /// One shared invalidation sent or heard (`outcome` is one of the literals the describe text lists).
 pub fn invalidation(outcome: &'static str) {
     counter!(INVALIDATIONS, "outcome" => outcome).increment(1);
+}
+
+/// One message on the fleet's channel not believed (`reason` is one of the literals the describe text lists).
+pub fn invalidation_rejected(reason: &'static str) {
+    counter!(INVALIDATIONS_REJECTED, "reason" => reason).increment(1);
 }
 
 /// A WatchMetadata stream opened (`1.0`) or closed (`-1.0`).

@@ -221,6 +221,11 @@ impl Application {
                 .service_credential
                 .derive_secret("usermeta page tokens v2"),
         );
+        // Likewise the fleet's messages on Redis, unless a key file says otherwise.
+        let bus_secret = config
+            .zitadel
+            .service_credential
+            .derive_secret(crate::fleet::BUS_KEY_PURPOSE);
         let zitadel = Arc::new(Zitadel::build(
             config.zitadel,
             options.zitadel_roots,
@@ -240,14 +245,32 @@ impl Application {
         .with_resolver(Arc::clone(&resolver))
         .with_page_token_key(page_tokens);
         let mut changes = Changes::local(Arc::clone(&cache), config.limits.watch);
-        if let Some(redis) = options.redis {
-            changes = changes.with_redis(redis)?;
+        if let Some(mut redis) = options.redis {
+            let key = match redis.bus_key.take() {
+                Some(key) => {
+                    tracing::info!(
+                        keys = key.len(),
+                        "fleet messages on Redis sealed with the key of USERMETA_REDIS_BUS_KEY_FILE"
+                    );
+                    key
+                }
+                None => {
+                    tracing::info!(
+                        "fleet messages on Redis sealed with a key derived from the service credential (every replica needs the same credential, or USERMETA_REDIS_BUS_KEY_FILE)"
+                    );
+                    crate::fleet::BusKey::from_secret(&bus_secret)
+                }
+            };
+            changes = changes.with_redis(redis, key)?;
         }
         let fleet = changes.shared().cloned();
         let webhook = match options.webhook {
             Some(webhook) => {
                 let listener = bind(webhook.listen).await?;
-                Some((listener, Webhook::new(webhook.keys, changes.clone())))
+                Some((
+                    listener,
+                    Webhook::new(webhook.keys, webhook.limits, changes.clone()),
+                ))
             }
             None => None,
         };

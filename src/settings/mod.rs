@@ -105,7 +105,7 @@ pub struct ServeArgs {
 }
 
 /// How replicas of one deployment keep their caches in agreement.
-#[derive(Debug, Default, Args)]
+#[derive(Debug, Args)]
 pub struct FleetArgs {
     /// Redis for shared invalidation between replicas: redis://host:6379[/db] or rediss://host:6380 (TLS). Each
     /// replica publishes the users it changed and drops others' cached answers for them. Off when unset.
@@ -114,6 +114,11 @@ pub struct FleetArgs {
     /// File holding the Redis password (AUTH), kept out of the URL and of every log line.
     #[arg(long, env = "USERMETA_REDIS_PASSWORD_FILE", requires = "redis_url")]
     pub redis_password_file: Option<PathBuf>,
+    /// File holding the key replicas seal their Redis messages with: a random secret of at least 32 characters,
+    /// the same on every replica (one per line while rotating; the first signs). Unset: derived from the
+    /// service credential, which every replica holds alike.
+    #[arg(long, env = "USERMETA_REDIS_BUS_KEY_FILE", requires = "redis_url")]
+    pub redis_bus_key_file: Option<PathBuf>,
     /// Address of the listener for ZITADEL's Actions v2 events (POST /zitadel/events), e.g. 0.0.0.0:8090.
     /// Keep it inside the cluster. Off when unset.
     #[arg(
@@ -130,10 +135,52 @@ pub struct FleetArgs {
         requires = "webhook_listen"
     )]
     pub webhook_signing_key_file: Option<PathBuf>,
+    /// Connections the webhook serves at once; one more is answered 503 at once (ZITADEL holds a few).
+    #[arg(long, env = "USERMETA_WEBHOOK_MAX_CONNECTIONS", default_value_t = WEBHOOK_DEFAULTS.max_connections as u32, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub webhook_max_connections: u32,
+    /// Event body bytes the webhook buffers at once over all its requests (at least 1048576: one event with
+    /// ZITADEL's largest value); a body whose declared length does not fit in what is left is answered 503
+    /// unread.
+    #[arg(long, env = "USERMETA_WEBHOOK_MAX_BUFFERED_BYTES", default_value_t = WEBHOOK_DEFAULTS.max_buffered_bytes as u64, value_parser = clap::value_parser!(u64).range(crate::fleet::webhook::MAX_BODY_BYTES as u64..=1 << 32))]
+    pub webhook_max_buffered_bytes: u64,
+    /// How long a client may take to send an event's body once its headers are in (100ms to 60s); a slower
+    /// one is answered 408. ZITADEL sends a body at once: raise it only for a slow link.
+    #[arg(long, env = "USERMETA_WEBHOOK_BODY_TIMEOUT", default_value = "2s", value_parser = webhook_body_timeout)]
+    pub webhook_body_timeout: Duration,
+}
+
+/// The webhook's limits when no setting says otherwise.
+const WEBHOOK_DEFAULTS: crate::fleet::webhook::WebhookLimits =
+    crate::fleet::webhook::WebhookLimits::DEFAULT;
+
+impl Default for FleetArgs {
+    /// Nothing on, the limits at their defaults (as the command line without fleet flags).
+    fn default() -> Self {
+        FleetArgs {
+            redis_url: None,
+            redis_password_file: None,
+            redis_bus_key_file: None,
+            webhook_listen: None,
+            webhook_signing_key_file: None,
+            webhook_max_connections: WEBHOOK_DEFAULTS.max_connections as u32,
+            webhook_max_buffered_bytes: WEBHOOK_DEFAULTS.max_buffered_bytes as u64,
+            webhook_body_timeout: WEBHOOK_DEFAULTS.body_timeout,
+        }
+    }
+}
+
+fn webhook_body_timeout(raw: &str) -> Result<Duration, String> {
+    let timeout = humantime::parse_duration(raw).map_err(|e| e.to_string())?;
+    if (Duration::from_millis(100)..=Duration::from_secs(60)).contains(&timeout) {
+        Ok(timeout)
+    } else {
+        Err("must be between 100ms and 60s".to_owned())
+    }
 }
 
 const REDIS_URL: Setting = Setting::new("redis_url");
 const REDIS_PASSWORD_FILE: Setting = Setting::new("redis_password_file");
+const REDIS_BUS_KEY_FILE: Setting = Setting::new("redis_bus_key_file");
 const WEBHOOK_SIGNING_KEY_FILE: Setting = Setting::new("webhook_signing_key_file");
 
 impl FleetArgs {
@@ -171,9 +218,17 @@ impl FleetArgs {
                 Some(password.to_owned())
             }
         };
+        let bus_key = match &self.redis_bus_key_file {
+            None => None,
+            Some(path) => Some(
+                crate::fleet::BusKey::from_text(&read_secret_file(REDIS_BUS_KEY_FILE, path)?)
+                    .map_err(|e| invalid(REDIS_BUS_KEY_FILE, format!("{} {e}", path.display())))?,
+            ),
+        };
         Ok(Some(crate::fleet::RedisConfig {
             url: url.clone(),
             password,
+            bus_key,
         }))
     }
 
@@ -186,7 +241,16 @@ impl FleetArgs {
         let text = read_secret_file(WEBHOOK_SIGNING_KEY_FILE, path)?;
         let keys = crate::fleet::webhook::SigningKeys::from_text(&text)
             .map_err(|e| invalid(WEBHOOK_SIGNING_KEY_FILE, format!("{} {e}", path.display())))?;
-        Ok(Some(crate::fleet::webhook::WebhookConfig { listen, keys }))
+        Ok(Some(crate::fleet::webhook::WebhookConfig {
+            listen,
+            keys,
+            limits: crate::fleet::webhook::WebhookLimits {
+                max_connections: self.webhook_max_connections as usize,
+                max_buffered_bytes: usize::try_from(self.webhook_max_buffered_bytes)
+                    .unwrap_or(usize::MAX),
+                body_timeout: self.webhook_body_timeout,
+            },
+        }))
     }
 }
 
@@ -951,6 +1015,7 @@ mod tests {
             CLIENT_SECRET_FILE,
             REDIS_URL,
             REDIS_PASSWORD_FILE,
+            REDIS_BUS_KEY_FILE,
             WEBHOOK_SIGNING_KEY_FILE,
             Setting::new("zitadel_url"),
         ]
@@ -1396,6 +1461,69 @@ mod tests {
         assert!(parse(&["--upstream-rate-limit", "10", "--upstream-reserve", "2"]).is_err());
         assert!(parse(&["--breaker-failure-ratio", "0"]).is_err());
         assert!(parse(&["--breaker-window", "10ms"]).is_err());
+    }
+
+    #[test]
+    fn the_webhook_limits_default_to_production_values_and_are_bounded() {
+        let parse = |extra: &[&str]| {
+            let mut args = vec![
+                "usermeta",
+                "serve",
+                "--zitadel-url",
+                "http://x",
+                "--service-pat",
+                "p",
+            ];
+            args.extend_from_slice(extra);
+            match Cli::try_parse_from(args).map(|cli| cli.command) {
+                Ok(Command::Serve(args)) => Ok(args.fleet),
+                Ok(_) => panic!("not serve"),
+                Err(e) => Err(e),
+            }
+        };
+        let defaults = parse(&[]).unwrap();
+        assert_eq!(defaults.webhook_max_connections, 64);
+        assert_eq!(defaults.webhook_max_buffered_bytes, 8 * 1024 * 1024);
+        assert_eq!(defaults.webhook_body_timeout, Duration::from_secs(2));
+        assert_eq!(
+            (
+                defaults.webhook_max_connections,
+                defaults.webhook_max_buffered_bytes,
+                defaults.webhook_body_timeout
+            ),
+            (
+                FleetArgs::default().webhook_max_connections,
+                FleetArgs::default().webhook_max_buffered_bytes,
+                FleetArgs::default().webhook_body_timeout
+            ),
+            "FleetArgs::default() is the command line's default"
+        );
+        let set = parse(&[
+            "--webhook-max-connections",
+            "8",
+            "--webhook-max-buffered-bytes",
+            "2097152",
+            "--webhook-body-timeout",
+            "500ms",
+        ])
+        .unwrap();
+        assert_eq!(
+            (
+                set.webhook_max_connections,
+                set.webhook_max_buffered_bytes,
+                set.webhook_body_timeout
+            ),
+            (8, 2_097_152, Duration::from_millis(500))
+        );
+        for bad in [
+            ["--webhook-max-connections", "0"],
+            // Less than one event of ZITADEL's largest value.
+            ["--webhook-max-buffered-bytes", "1000"],
+            ["--webhook-body-timeout", "10ms"],
+            ["--webhook-body-timeout", "5m"],
+        ] {
+            assert!(parse(&bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -40,9 +40,15 @@ impl Redis {
     }
 
     fn start_on(port: u16) -> Redis {
+        Redis::start_with(port, &[])
+    }
+
+    /// With `config` as further `redis-server` arguments.
+    fn start_with(port: u16, config: &[&str]) -> Redis {
         let child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
+            .args(config)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -83,10 +89,7 @@ async fn replica(
     app: &TestApp,
     redis: Option<&str>,
 ) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
-    let redis = redis.map(|url| RedisConfig {
-        url: url.to_owned(),
-        password: None,
-    });
+    let redis = redis.map(RedisConfig::new);
     app.another()
         .policy(Policy::new([app.admin.clone()], vec![SELF_WRITABLE.into()]))
         .configure(|config| config.options.redis = redis)
@@ -208,7 +211,13 @@ async fn only_user_ids_and_keys_go_to_redis() {
         .expect("a change was published")
         .unwrap();
     let payload: String = message.get_payload().unwrap();
-    let change: serde_json::Value = serde_json::from_str(&payload).unwrap();
+    // `<HMAC-SHA256 tag in hex>.<JSON>`.
+    let (tag, json) = payload.split_once('.').unwrap();
+    assert!(
+        tag.len() == 64 && tag.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{payload}"
+    );
+    let change: serde_json::Value = serde_json::from_str(json).unwrap();
     assert_eq!(change["user_id"], app.alice.as_str());
     assert_eq!(change["keys"], serde_json::json!(["profile.language"]));
     for secret in [
@@ -226,10 +235,20 @@ async fn only_user_ids_and_keys_go_to_redis() {
         change["time_ms"].as_u64().is_some_and(|ms| ms > 0),
         "{payload}"
     );
+    assert!(
+        change["seq"].as_u64().is_some_and(|seq| seq > 0),
+        "{payload}"
+    );
+    assert!(
+        change["sent_ms"].as_u64().is_some_and(|ms| ms > 0),
+        "{payload}"
+    );
     let fields: Vec<&String> = change.as_object().unwrap().keys().collect();
     assert_eq!(
         fields,
-        ["keys", "kind", "origin", "time_ms", "user_id"],
+        [
+            "keys", "kind", "origin", "sent_ms", "seq", "time_ms", "user_id"
+        ],
         "{payload}"
     );
 }
@@ -299,10 +318,7 @@ async fn replica_with(
         .another()
         .policy(Policy::new([app.admin.clone()], vec![SELF_WRITABLE.into()]))
         .configure(|config| {
-            config.options.redis = Some(RedisConfig {
-                url: redis.to_owned(),
-                password: None,
-            });
+            config.options.redis = Some(RedisConfig::new(redis));
             config.cache.ttl = ttl;
         });
     if let Some(key) = webhook_key {
@@ -379,6 +395,7 @@ async fn an_event_posted_to_one_replica_drops_the_cached_answers_of_every_replic
         .as_secs();
     let answer = reqwest::Client::new()
         .post(&events)
+        .header("content-type", "application/json")
         .header(
             "ZITADEL-Signature",
             usermeta::fleet::webhook::sign(key, t, &body),
@@ -414,6 +431,7 @@ async fn an_event_replayed_to_another_replica_is_refused_there() {
         let url = format!("http://{}/zitadel/events", replica.webhook_addr.unwrap());
         let request = reqwest::Client::new()
             .post(url)
+            .header("content-type", "application/json")
             .header("ZITADEL-Signature", signature.clone())
             .body(body.clone());
         async move { request.send().await.unwrap() }
@@ -422,18 +440,21 @@ async fn an_event_replayed_to_another_replica_is_refused_there() {
     let replayed = post(&b).await;
     assert_eq!(replayed.status().as_u16(), 401);
     assert!(replayed.text().await.unwrap().contains("already accepted"));
-    // What Redis holds for it is the signature's name alone, expiring with the tolerance.
+    // What Redis holds for it is a name made of the signature with the fleet's key (not the signature),
+    // expiring with the tolerance.
     let mut redis_conn = redis::Client::open(redis.url())
         .unwrap()
         .get_multiplexed_async_connection()
         .await
         .unwrap();
     let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("usermeta.v1.webhook.seen.*")
+        .arg("usermeta.v2.webhook.seen.*")
         .query_async(&mut redis_conn)
         .await
         .unwrap();
     assert_eq!(keys.len(), 1, "{keys:?}");
+    let hex = signature.split_once(",v1=").unwrap().1;
+    assert!(!keys[0].contains(hex), "{keys:?}");
     let ttl: i64 = redis::cmd("TTL")
         .arg(&keys[0])
         .query_async(&mut redis_conn)
@@ -527,4 +548,392 @@ async fn a_replica_killed_during_a_burst_leaves_nothing_stale_past_the_ttl() {
         ttl + Duration::from_secs(1),
     )
     .await;
+}
+
+/// Publishes `payload` on the replicas' channel as any client of their Redis could.
+async fn publish_raw(redis: &Redis, payload: &str) {
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg(CHANNEL)
+        .arg(payload)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
+
+/// Waits until replica `on`'s stream of the admin's own changes shows a write the admin makes through `via`:
+/// `on` hears the fleet's messages in the order Redis delivers them, so whatever was published before that
+/// write has been dealt with by then.
+async fn barrier(
+    app: &TestApp,
+    via: &mut UserMetadataServiceClient<tonic::transport::Channel>,
+    admin_on: &mut tonic::Streaming<MetadataChange>,
+) {
+    set_language(via, &app.admin_token, "barrier").await;
+    let change = next_change(admin_on).await;
+    assert_eq!(
+        (change.user_id.as_str(), change.key.as_str()),
+        (app.admin.as_str(), "profile.language")
+    );
+}
+
+#[tokio::test]
+async fn a_change_published_by_another_redis_client_is_not_applied() {
+    let app = TestApp::start().await;
+    let redis = Redis::start();
+    let a = replica_with(&app, &redis.url(), None, Duration::from_secs(30)).await;
+    let b = app
+        .another()
+        .policy(Policy::new([app.admin.clone()], vec![SELF_WRITABLE.into()]))
+        .configure(|config| {
+            config.options.redis = Some(RedisConfig::new(redis.url()));
+            config.options.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+        })
+        .spawn()
+        .await;
+    wait_for_redis_health(b.addr, ServingStatus::Serving).await;
+    let metrics = b.metrics_addr.unwrap();
+    let rejected = |reason: &str| {
+        format!(r#"usermeta_shared_invalidations_rejected_total{{reason="{reason}"}}"#)
+    };
+    let unparsable_before = metric(metrics, &rejected("unparsable")).await;
+    let bad_tag_before = metric(metrics, &rejected("bad_tag")).await;
+    let (mut a, mut b) = (connect(a.addr).await, connect(b.addr).await);
+    // b serves alice's cached answer; ZITADEL holds another value b does not know of.
+    assert_eq!(language(&b, &app.alice_token).await, "en");
+    app.standin
+        .set_metadata(&app.alice, "profile.language", b"nl");
+    let mut alice_on_b = watch_mine(&mut b, &app.alice_token).await;
+    let mut admin_on_b = watch_mine(&mut b, &app.admin_token).await;
+    // Someone who can publish on the fleet's Redis, but holds no key of the fleet: a change as replicas used
+    // to send them, one with a made-up tag, one claiming to end every stream with thousands of keys.
+    let time_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let forged = serde_json::json!({
+        "origin": "attacker",
+        "user_id": app.alice,
+        "keys": ["profile.forged"],
+        "kind": "set",
+        "time_ms": time_ms,
+    })
+    .to_string();
+    let flood = serde_json::json!({
+        "origin": "attacker",
+        "user_id": app.alice,
+        "keys": (0..5000).map(|i| format!("profile.forged{i}")).collect::<Vec<_>>(),
+        "kind": "set",
+        "time_ms": time_ms,
+    })
+    .to_string();
+    for payload in [
+        forged.clone(),
+        format!("{}.{forged}", "0".repeat(64)),
+        flood,
+    ] {
+        publish_raw(&redis, &payload).await;
+    }
+    barrier(&app, &mut a, &mut admin_on_b).await;
+    // b dropped nothing and streamed nothing of it.
+    assert_eq!(
+        language(&b, &app.alice_token).await,
+        "en",
+        "a forged change dropped b's cached answer"
+    );
+    set_language(&mut a, &app.alice_token, "fr").await;
+    let first = next_change(&mut alice_on_b).await;
+    assert_eq!(
+        first.key, "profile.language",
+        "a forged change reached the stream first"
+    );
+    // Each was counted by why it was refused (the recorder is shared by every replica of this process).
+    assert!(metric(metrics, &rejected("unparsable")).await >= unparsable_before + 2.0);
+    assert!(metric(metrics, &rejected("bad_tag")).await > bad_tag_before);
+}
+
+#[tokio::test]
+async fn a_replayed_message_of_a_replica_is_not_applied_again() {
+    let app = TestApp::start().await;
+    let redis = Redis::start();
+    let mut sniffer = redis::Client::open(redis.url())
+        .unwrap()
+        .get_async_pubsub()
+        .await
+        .unwrap();
+    sniffer.subscribe(CHANNEL).await.unwrap();
+    let a = replica_with(&app, &redis.url(), None, Duration::from_secs(30)).await;
+    let b = replica_with(&app, &redis.url(), None, Duration::from_secs(30)).await;
+    let (mut a, mut b) = (connect(a.addr).await, connect(b.addr).await);
+    let mut alice_on_b = watch_mine(&mut b, &app.alice_token).await;
+    let mut admin_on_b = watch_mine(&mut b, &app.admin_token).await;
+    set_language(&mut a, &app.alice_token, "fr").await;
+    assert_eq!(next_change(&mut alice_on_b).await.key, "profile.language");
+    // Someone who can read and publish on the fleet's Redis captures a's message and sends it again.
+    let mut heard = sniffer.on_message();
+    let captured = loop {
+        let message = tokio::time::timeout(Duration::from_secs(5), heard.next())
+            .await
+            .expect("a's message was published")
+            .unwrap();
+        let payload: String = message.get_payload().unwrap();
+        if payload.contains(app.alice.as_str()) {
+            break payload;
+        }
+    };
+    drop(heard);
+    publish_raw(&redis, &captured).await;
+    barrier(&app, &mut a, &mut admin_on_b).await;
+    // The replay reached no stream: alice's next change on b is her next write.
+    set_language_key(&mut a, &app.alice_token, "profile.theme", "dark").await;
+    assert_eq!(
+        next_change(&mut alice_on_b).await.key,
+        "profile.theme",
+        "the replayed message was streamed again"
+    );
+}
+
+async fn set_language_key(
+    client: &mut UserMetadataServiceClient<tonic::transport::Channel>,
+    token: &str,
+    key: &str,
+    value: &str,
+) {
+    client
+        .set_metadata(authed(
+            SetMetadataRequest {
+                entries: vec![entry(key, text(value))],
+                ..Default::default()
+            },
+            token,
+        ))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_claim_planted_in_redis_does_not_refuse_a_genuine_event() {
+    let app = TestApp::start().await;
+    let redis = Redis::start();
+    let key = "a-signing-key";
+    let a = replica_with(&app, &redis.url(), Some(key), Duration::from_secs(30)).await;
+    let body = serde_json::to_vec(&serde_json::json!({
+        "aggregateID": app.alice,
+        "aggregateType": "user",
+        "event_type": "user.metadata.removed",
+        "event_payload": {"key": "profile.language"},
+    }))
+    .unwrap();
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let header = usermeta::fleet::webhook::sign(key, t, &body);
+    // Someone who can write to the fleet's Redis and learnt the signature (a log, the network) claims it
+    // first, under every name a replica has used for claims.
+    let hex = header.split_once(",v1=").unwrap().1;
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    for version in ["v1", "v2"] {
+        let _: () = redis::cmd("SET")
+            .arg(format!("usermeta.{version}.webhook.seen.{hex}"))
+            .arg("1")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+    let answer = reqwest::Client::new()
+        .post(format!("http://{}/zitadel/events", a.webhook_addr.unwrap()))
+        .header("content-type", "application/json")
+        .header("ZITADEL-Signature", header)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        answer.status().as_u16(),
+        200,
+        "{}",
+        answer.text().await.unwrap()
+    );
+}
+
+/// A replica as [`replica_with`] makes it, sealing its Redis messages with `bus_key` (a key file's text).
+async fn replica_keyed(app: &TestApp, redis: &str, bus_key: &str) -> crate::support::Spawned {
+    let mut config = RedisConfig::new(redis);
+    config.bus_key = Some(usermeta::fleet::BusKey::from_text(bus_key).unwrap());
+    let spawned = app
+        .another()
+        .policy(Policy::new([app.admin.clone()], vec![SELF_WRITABLE.into()]))
+        .configure(|c| c.options.redis = Some(config))
+        .spawn()
+        .await;
+    wait_for_redis_health(spawned.addr, ServingStatus::Serving).await;
+    spawned
+}
+
+#[tokio::test]
+async fn replicas_hear_only_replicas_with_the_same_bus_key() {
+    let app = TestApp::start().await;
+    let redis = Redis::start();
+    let ours = format!("{}\n", "1f".repeat(32));
+    let theirs = format!("{}\n", "e0".repeat(32));
+    let a = replica_keyed(&app, &redis.url(), &ours).await;
+    let b = replica_keyed(&app, &redis.url(), &ours).await;
+    let c = replica_keyed(&app, &redis.url(), &theirs).await;
+    let d = replica_keyed(&app, &redis.url(), &theirs).await;
+    let (mut a, mut b) = (connect(a.addr).await, connect(b.addr).await);
+    let (mut c, mut d) = (connect(c.addr).await, connect(d.addr).await);
+    for client in [&mut b, &mut c] {
+        assert_eq!(language(client, &app.alice_token).await, "en");
+    }
+    let mut admin_on_c = watch_mine(&mut c, &app.admin_token).await;
+    // a's write reaches b, which holds the same key…
+    set_language(&mut a, &app.alice_token, "fr").await;
+    seen_within(&mut b, &app.alice_token, "fr", Duration::from_secs(1)).await;
+    // …and not c: once c has heard d (of its own key), a's earlier message has been dealt with, and refused.
+    barrier(&app, &mut d, &mut admin_on_c).await;
+    assert_eq!(language(&c, &app.alice_token).await, "en");
+}
+
+#[test]
+fn a_bus_key_file_that_cannot_be_used_stops_start_up_naming_it_never_its_content() {
+    let dir = std::env::temp_dir().join(format!("usermeta-bus-key-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let with_file = |name: &str, content: Option<&str>| {
+        let path = dir.join(name);
+        if let Some(content) = content {
+            std::fs::write(&path, content).unwrap();
+        }
+        usermeta::settings::FleetArgs {
+            redis_url: Some("redis://redis:6379".into()),
+            redis_bus_key_file: Some(path),
+            ..Default::default()
+        }
+    };
+    for (name, content, problem) in [
+        ("missing", None, "cannot read"),
+        ("empty", Some("# the key goes here\n\n"), "holds no key"),
+        (
+            "short",
+            Some("tiny-secret-1234\n"),
+            "fewer than 32 characters",
+        ),
+    ] {
+        let error = with_file(name, content).redis().unwrap_err().to_string();
+        assert!(error.starts_with("USERMETA_REDIS_BUS_KEY_FILE"), "{error}");
+        assert!(error.contains(name) && error.contains(problem), "{error}");
+        assert!(!error.contains("tiny-secret"), "{error}");
+    }
+    let good = with_file("good", Some(&format!("{}\n", "ab".repeat(32))))
+        .redis()
+        .unwrap()
+        .unwrap();
+    assert!(!format!("{good:?}").contains("abab"), "{good:?}");
+    assert_eq!(good.bus_key.map(|key| key.len()), Some(1));
+    // Without a key file the key comes from the service credential.
+    let derived = usermeta::settings::FleetArgs {
+        redis_url: Some("redis://redis:6379".into()),
+        ..Default::default()
+    }
+    .redis()
+    .unwrap()
+    .unwrap();
+    assert!(derived.bus_key.is_none());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_fleet_works_through_a_redis_acl_user_limited_to_its_channel_and_keys() {
+    let app = TestApp::start().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // The README's recommended ACL; nobody else may connect.
+    let redis = Redis::start_with(
+        port,
+        &[
+            "--user",
+            "default",
+            "off",
+            "--user",
+            "usermeta",
+            "on",
+            ">a-redis-password",
+            "~usermeta.*",
+            "&usermeta.*",
+            "+publish",
+            "+subscribe",
+            "+ping",
+            "+set",
+        ],
+    );
+    let config = || {
+        let mut config = RedisConfig::new(format!("redis://usermeta@127.0.0.1:{}", redis.port));
+        config.password = Some("a-redis-password".to_owned());
+        config
+    };
+    let key = "a-signing-key";
+    let replica = |webhook: bool| {
+        let mut builder = app
+            .another()
+            .policy(Policy::new([app.admin.clone()], vec![SELF_WRITABLE.into()]))
+            .configure(|c| c.options.redis = Some(config()));
+        if webhook {
+            builder = builder.webhook(key);
+        }
+        builder.spawn()
+    };
+    let (a, b) = (replica(true).await, replica(true).await);
+    for replica in [a.addr, b.addr] {
+        wait_for_redis_health(replica, ServingStatus::Serving).await;
+    }
+    let (mut a_client, mut b_client) = (connect(a.addr).await, connect(b.addr).await);
+    assert_eq!(language(&b_client, &app.alice_token).await, "en");
+    set_language(&mut a_client, &app.alice_token, "fr").await;
+    seen_within(
+        &mut b_client,
+        &app.alice_token,
+        "fr",
+        Duration::from_secs(1),
+    )
+    .await;
+    // The webhook's claims work too: an event accepted by a is refused by b.
+    let body = serde_json::to_vec(&serde_json::json!({
+        "aggregateID": app.alice,
+        "aggregateType": "user",
+        "event_type": "user.metadata.removed",
+        "event_payload": {"key": "profile.language"},
+    }))
+    .unwrap();
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let header = usermeta::fleet::webhook::sign(key, t, &body);
+    let mut statuses = Vec::new();
+    for replica in [&a, &b] {
+        let answer = reqwest::Client::new()
+            .post(format!(
+                "http://{}/zitadel/events",
+                replica.webhook_addr.unwrap()
+            ))
+            .header("content-type", "application/json")
+            .header("ZITADEL-Signature", header.clone())
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        statuses.push(answer.status().as_u16());
+    }
+    assert_eq!(statuses, [200, 401]);
 }

@@ -400,3 +400,18 @@ pub async fn language(client: &UserMetadataServiceClient<Channel>, token: &str) 
         .unwrap_or("<none>")
         .to_owned()
 }
+
+/// The value of one series of a `/metrics` scrape (`name{label="value"}` exactly as exported), 0 when absent.
+/// The recorder is process-wide: compare a value with an earlier one, never with a constant.
+pub async fn metric(metrics_addr: SocketAddr, series: &str) -> f64 {
+    let text = reqwest::get(format!("http://{metrics_addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map(|value| value.trim().parse::<f64>().unwrap())
+        .sum()
+}

@@ -2,11 +2,17 @@
 //! after a change in the Console, drops the cached answer and reaches WatchMetadata streams; unsigned, badly
 //! signed, stale, replayed, malformed and oversized requests are refused and change nothing.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::{
+    net::SocketAddr,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use aws_lc_rs::hmac;
 use base64::Engine as _;
-use usermeta::{api::pb::ChangeKind, policy::Policy};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use usermeta::{
+    api::pb::ChangeKind, fleet::webhook::WebhookLimits, policy::Policy, server::ServeOptions,
+};
 
 use crate::{helpers::*, watch::watch};
 
@@ -313,4 +319,265 @@ fn an_empty_signing_key_file_is_refused_at_start_up() {
         "{error}"
     );
     assert!(error.contains("signingKey"), "{error}");
+}
+
+/// A usermeta with the webhook on and these limits, and metrics on: its gRPC client, webhook address and
+/// metrics address.
+async fn with_limits(
+    app: &TestApp,
+    limits: WebhookLimits,
+) -> (
+    Replica,
+    SocketAddr,
+    SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let spawned = app
+        .another()
+        .policy(Policy::new([app.admin.clone()], vec![SELF_WRITABLE.into()]))
+        .serve_options(ServeOptions {
+            metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+            ..ServeOptions::default()
+        })
+        .webhook(KEY)
+        .webhook_limits(limits)
+        .spawn()
+        .await;
+    let webhook = spawned.webhook_addr.expect("the webhook listens");
+    let client = Replica {
+        grpc: connect(spawned.addr).await,
+        events: format!("http://{webhook}/zitadel/events"),
+    };
+    (
+        client,
+        webhook,
+        spawned.metrics_addr.expect("metrics are on"),
+        spawned.stop,
+    )
+}
+
+/// One HTTP/1.1 connection written by hand, for what an HTTP client will not do: headers without their body,
+/// a body that stops half-way, `Expect: 100-continue` to learn that usermeta has started on a request.
+struct Raw(tokio::net::TcpStream);
+
+impl Raw {
+    async fn connect(addr: SocketAddr) -> Raw {
+        Raw(tokio::net::TcpStream::connect(addr).await.unwrap())
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.0.write_all(bytes).await.unwrap();
+    }
+
+    /// The status of the next answer (an interim `100 Continue` too); its body is left unread. A guard of
+    /// `within` keeps a test from hanging when no answer comes.
+    async fn status_within(&mut self, within: Duration) -> u16 {
+        let mut head = Vec::new();
+        let read = async {
+            while !head.ends_with(b"\r\n\r\n") {
+                let byte = self
+                    .0
+                    .read_u8()
+                    .await
+                    .expect("an answer before the connection closed");
+                head.push(byte);
+            }
+        };
+        tokio::time::timeout(within, read)
+            .await
+            .unwrap_or_else(|_| panic!("no answer within {within:?}"));
+        let head = String::from_utf8(head).unwrap();
+        head.split(' ').nth(1).unwrap().parse().unwrap()
+    }
+
+    async fn status(&mut self) -> u16 {
+        self.status_within(Duration::from_secs(30)).await
+    }
+}
+
+/// The headers of a POST to the webhook; `extra` are further header lines.
+fn head(extra: &[&str]) -> Vec<u8> {
+    let mut head = "POST /zitadel/events HTTP/1.1\r\nhost: usermeta\r\n".to_owned();
+    for line in extra {
+        head.push_str(line);
+        head.push_str("\r\n");
+    }
+    head.push_str("\r\n");
+    head.into_bytes()
+}
+
+/// The headers of a signed event POST of `body`, as ZITADEL sends them, plus `extra`.
+fn signed_head(body: &[u8], extra: &[&str]) -> Vec<u8> {
+    let signature = format!("zitadel-signature: {}", signature(KEY, now(), body));
+    let length = format!("content-length: {}", body.len());
+    let mut lines = vec![
+        signature.as_str(),
+        "content-type: application/json",
+        length.as_str(),
+    ];
+    lines.extend_from_slice(extra);
+    head(&lines)
+}
+
+#[tokio::test]
+async fn a_request_is_refused_on_its_headers_without_waiting_for_its_body() {
+    let app = TestApp::start().await;
+    let (_client, webhook, _metrics, _stop) = with_limits(&app, WebhookLimits::default()).await;
+    let t = now();
+    let signed = format!("zitadel-signature: {}", signature(KEY, t, b"{}"));
+    let stale = format!("zitadel-signature: {}", signature(KEY, t - 400, b"{}"));
+    let json = "content-type: application/json";
+    let length = "content-length: 1000";
+    let cases: Vec<(&str, Vec<&str>, u16)> = vec![
+        ("unsigned", vec![json, length], 401),
+        ("stale signature", vec![stale.as_str(), json, length], 401),
+        (
+            "malformed signature",
+            vec!["zitadel-signature: t=x", json, length],
+            400,
+        ),
+        (
+            "not JSON",
+            vec![signed.as_str(), "content-type: text/plain", length],
+            415,
+        ),
+        ("no content-type", vec![signed.as_str(), length], 415),
+        (
+            "no declared length",
+            vec![signed.as_str(), json, "transfer-encoding: chunked"],
+            411,
+        ),
+        (
+            "declared over 1 MiB",
+            vec![signed.as_str(), json, "content-length: 2000000"],
+            413,
+        ),
+    ];
+    for (case, headers, want) in cases {
+        // The body never comes: the answer must not wait for it.
+        let mut raw = Raw::connect(webhook).await;
+        raw.send(&head(&headers)).await;
+        assert_eq!(raw.status().await, want, "{case}");
+    }
+}
+
+#[tokio::test]
+async fn connections_beyond_the_cap_are_answered_503_at_once() {
+    let app = TestApp::start().await;
+    let limits = WebhookLimits {
+        max_connections: 2,
+        body_timeout: Duration::from_secs(60),
+        ..WebhookLimits::default()
+    };
+    let (client, webhook, metrics, _stop) = with_limits(&app, limits).await;
+    let refused = r#"usermeta_webhook_events_total{outcome="too_many_connections"}"#;
+    let refused_before = metric(metrics, refused).await;
+    // Two requests under way: usermeta has read their headers and waits for their bodies.
+    let bodies = [
+        set_event(&app.alice, "profile.language", b"es"),
+        set_event(&app.alice, "profile.theme", b"dark"),
+    ];
+    let mut held = Vec::new();
+    for body in &bodies {
+        let mut raw = Raw::connect(webhook).await;
+        raw.send(&signed_head(
+            body,
+            &["expect: 100-continue", "connection: close"],
+        ))
+        .await;
+        assert_eq!(raw.status().await, 100);
+        held.push(raw);
+    }
+    // A third connection is answered at once, whatever it sends.
+    let third = set_event(&app.alice, "profile.color", b"red");
+    let mut raw = Raw::connect(webhook).await;
+    raw.send(&[signed_head(&third, &[]), third.clone()].concat())
+        .await;
+    assert_eq!(raw.status().await, 503);
+    assert!(metric(metrics, refused).await > refused_before);
+    // The held requests finish as usual, and their connections close.
+    for (raw, body) in held.iter_mut().zip(&bodies) {
+        raw.send(body).await;
+        assert_eq!(raw.status().await, 200);
+    }
+    drop(held);
+    // Once they are gone, connections are served again.
+    let mut attempts = 0;
+    loop {
+        let (status, answer) = post(
+            &client.events,
+            Some(&signature(KEY, now(), &third)),
+            third.clone(),
+        )
+        .await;
+        if status != 503 {
+            assert_eq!(status, 200, "{answer}");
+            break;
+        }
+        attempts += 1;
+        assert!(
+            attempts < 100,
+            "the closed connections never freed their places"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_body_beyond_the_replica_wide_buffer_budget_is_refused_with_503() {
+    let app = TestApp::start().await;
+    let big = set_event(&app.alice, "profile.language", &[b'x'; 1000]);
+    let small = set_event(&app.alice, "profile.theme", b"dark");
+    let limits = WebhookLimits {
+        // The big body and less than the small one besides.
+        max_buffered_bytes: big.len() + small.len() / 2,
+        body_timeout: Duration::from_secs(60),
+        ..WebhookLimits::default()
+    };
+    let (_client, webhook, metrics, _stop) = with_limits(&app, limits).await;
+    let refused = r#"usermeta_webhook_events_total{outcome="buffer_full"}"#;
+    let refused_before = metric(metrics, refused).await;
+    // The big body is on its way: its bytes are set aside once usermeta asks for it.
+    let mut held = Raw::connect(webhook).await;
+    held.send(&signed_head(&big, &["expect: 100-continue"]))
+        .await;
+    assert_eq!(held.status().await, 100);
+    // Meanwhile a body that does not fit in what is left is refused before it is read.
+    let mut other = Raw::connect(webhook).await;
+    other.send(&signed_head(&small, &[])).await;
+    assert_eq!(other.status().await, 503);
+    assert!(metric(metrics, refused).await > refused_before);
+    // Once the big body has been dealt with, its bytes are free again.
+    held.send(&big).await;
+    assert_eq!(held.status().await, 200);
+    let mut again = Raw::connect(webhook).await;
+    again
+        .send(&[signed_head(&small, &[]), small].concat())
+        .await;
+    assert_eq!(again.status().await, 200);
+}
+
+#[tokio::test]
+async fn a_body_that_stops_half_way_is_cut_at_the_body_timeout() {
+    let app = TestApp::start().await;
+    let limits = WebhookLimits {
+        body_timeout: Duration::from_millis(500),
+        ..WebhookLimits::default()
+    };
+    let (client, webhook, _metrics, _stop) = with_limits(&app, limits).await;
+    assert_eq!(language(&client.grpc, &app.alice_token).await, "en");
+    app.standin
+        .set_metadata(&app.alice, "profile.language", b"es");
+    let body = set_event(&app.alice, "profile.language", b"es");
+    let mut raw = Raw::connect(webhook).await;
+    raw.send(&signed_head(&body, &[])).await;
+    raw.send(&body[..body.len() / 2]).await;
+    // Answered at the body timeout (half a second), not after the 10 s it used to take; the guard is generous
+    // for a slow machine.
+    assert_eq!(raw.status_within(Duration::from_secs(5)).await, 408);
+    assert_eq!(
+        language(&client.grpc, &app.alice_token).await,
+        "en",
+        "the cut request changed nothing"
+    );
 }

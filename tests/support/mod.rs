@@ -112,7 +112,19 @@ impl AppBuilder {
         self.config.options.webhook = Some(usermeta::fleet::webhook::WebhookConfig {
             listen: "127.0.0.1:0".parse().expect("an address"),
             keys: usermeta::fleet::webhook::SigningKeys::from_text(keys).expect("signing keys"),
+            limits: usermeta::fleet::webhook::WebhookLimits::default(),
         });
+        self
+    }
+
+    /// What the webhook ([`AppBuilder::webhook`], called before) takes on at once.
+    pub fn webhook_limits(mut self, limits: usermeta::fleet::webhook::WebhookLimits) -> Self {
+        self.config
+            .options
+            .webhook
+            .as_mut()
+            .expect("AppBuilder::webhook first")
+            .limits = limits;
         self
     }
 

@@ -57,16 +57,24 @@ struct Payload {
 
 /// Reads one event body.
 pub fn parse(body: &[u8]) -> Result<Event, Malformed> {
-    let EventType { event_type } = serde_json::from_slice(body)
-        .map_err(|e| Malformed(format!("expected a JSON object with event_type ({e})")))?;
+    let EventType { event_type } = serde_json::from_slice(body).map_err(|e| {
+        Malformed(format!(
+            "expected a JSON object with event_type ({})",
+            where_(&e)
+        ))
+    })?;
     let kind = match event_type.as_str() {
         SET => ChangeKind::Set,
         REMOVED => ChangeKind::Delete,
         REMOVED_ALL => ChangeKind::DeleteAll,
         _ => return Ok(Event::Ignored(event_type)),
     };
-    let envelope: Envelope = serde_json::from_slice(body)
-        .map_err(|e| Malformed(format!("a {event_type} event needs aggregateID ({e})")))?;
+    let envelope: Envelope = serde_json::from_slice(body).map_err(|e| {
+        Malformed(format!(
+            "a {event_type} event needs aggregateID ({})",
+            where_(&e)
+        ))
+    })?;
     if let Some(other) = envelope
         .aggregate_type
         .as_deref()
@@ -132,15 +140,36 @@ fn payload(raw: Option<serde_json::Value>, event_type: &str) -> Result<Payload, 
             })?;
             serde_json::from_slice(&json).map_err(|e| {
                 Malformed(format!(
-                    "event_payload is base64 but not of a JSON object ({e})"
+                    "event_payload is base64 but not of a JSON object ({})",
+                    where_(&e)
                 ))
             })?
         }
         object @ serde_json::Value::Object(_) => object,
         _ => return Err(missing()),
     };
-    serde_json::from_value(object)
-        .map_err(|e| Malformed(format!("event_payload needs key, a string ({e})")))
+    serde_json::from_value(object).map_err(|e| {
+        Malformed(format!(
+            "event_payload needs key, a string ({})",
+            where_(&e)
+        ))
+    })
+}
+
+/// Where and what kind of JSON error, without serde's text, which quotes the offending value (a metadata value
+/// must not reach an answer or a log line).
+fn where_(error: &serde_json::Error) -> String {
+    let kind = match error.classify() {
+        serde_json::error::Category::Io => "unreadable",
+        serde_json::error::Category::Syntax => "not JSON",
+        serde_json::error::Category::Data => "a field missing or of the wrong type",
+        serde_json::error::Category::Eof => "cut short",
+    };
+    if error.line() == 0 {
+        kind.to_owned()
+    } else {
+        format!("{kind} at line {} column {}", error.line(), error.column())
+    }
 }
 
 /// Go's `[]byte` in JSON: standard base64, padded (unpadded accepted too).
@@ -221,6 +250,19 @@ mod tests {
             parse(&body("user.human.added", serde_json::Value::Null)),
             Ok(Event::Ignored("user.human.added".to_owned()))
         );
+    }
+
+    #[test]
+    fn a_malformed_event_is_described_without_quoting_its_values() {
+        for bad in [
+            body(SET, serde_json::json!({"key": "k", "value": 424242})),
+            body(SET, serde_json::json!({"key": 424242})),
+            br#"{"event_type":"user.metadata.set","aggregateID":424242}"#.to_vec(),
+            br#"{"event_type":424242}"#.to_vec(),
+        ] {
+            let error = parse(&bad).unwrap_err().to_string();
+            assert!(!error.contains("424242"), "{error}");
+        }
     }
 
     #[test]

@@ -12,6 +12,8 @@ mod signature;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration, time::SystemTime};
 
+use tokio::sync::Semaphore;
+
 use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::BodyExt as _;
@@ -26,17 +28,46 @@ pub const PATH: &str = "/zitadel/events";
 /// The largest body accepted: an event carrying a value of 500 000 bytes (ZITADEL's most) is about 670 kB
 /// of base64 and JSON.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
-/// How long a client may take to send the body.
-const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The header the signature arrives in (header names are compared case-insensitively); some of ZITADEL's
 /// documentation names it with an `X-` prefix.
 const SIGNATURE_HEADERS: [&str; 2] = ["zitadel-signature", "x-zitadel-signature"];
 
-/// The webhook's listener and the target's signing keys.
+/// The webhook's listener, the target's signing keys and what the listener takes on at once.
 #[derive(Debug, Clone)]
 pub struct WebhookConfig {
     pub listen: SocketAddr,
     pub keys: SigningKeys,
+    pub limits: WebhookLimits,
+}
+
+/// How much the webhook takes on at once. ZITADEL sends one small event per call over a few connections, so
+/// anything beyond these is someone else's traffic, refused before it costs memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WebhookLimits {
+    /// Connections open at once; more are answered 503 and closed at once.
+    pub max_connections: usize,
+    /// Body bytes buffered at once over every request of this replica; a request whose declared length does
+    /// not fit in what is left is answered 503 before its body is read.
+    pub max_buffered_bytes: usize,
+    /// How long a client may take to send a body once its headers are in; a slower one is answered 408.
+    pub body_timeout: Duration,
+}
+
+impl WebhookLimits {
+    /// The production defaults (the settings' defaults).
+    pub const DEFAULT: WebhookLimits = WebhookLimits {
+        max_connections: 64,
+        // Eight events carrying ZITADEL's largest value at once.
+        max_buffered_bytes: 8 * MAX_BODY_BYTES,
+        // Inside a cluster a body follows its headers at once; a 1 MiB body takes 2 s below 4 Mbit/s only.
+        body_timeout: Duration::from_secs(2),
+    };
+}
+
+impl Default for WebhookLimits {
+    fn default() -> Self {
+        WebhookLimits::DEFAULT
+    }
 }
 
 /// Answers ZITADEL's event calls.
@@ -44,13 +75,24 @@ pub struct WebhookConfig {
 pub struct Webhook {
     verifier: signature::Verifier,
     changes: Changes,
+    limits: WebhookLimits,
+    /// One permit per body byte this replica may buffer at once ([`WebhookLimits::max_buffered_bytes`]).
+    buffer: Arc<Semaphore>,
 }
 
+/// How a request ended: the metric's outcome label, the status and a message that never echoes a body or
+/// a signature.
+type Outcome = (&'static str, StatusCode, String);
+
 impl Webhook {
-    pub fn new(keys: SigningKeys, changes: Changes) -> Arc<Webhook> {
+    pub fn new(keys: SigningKeys, limits: WebhookLimits, changes: Changes) -> Arc<Webhook> {
         Arc::new(Webhook {
             verifier: signature::Verifier::new(keys),
             changes,
+            limits,
+            buffer: Arc::new(Semaphore::new(
+                limits.max_buffered_bytes.min(Semaphore::MAX_PERMITS),
+            )),
         })
     }
 
@@ -73,33 +115,68 @@ impl Webhook {
             );
         }
         let mut answer = http1::text(status, "text/plain; charset=utf-8", format!("{message}\n"));
+        let headers = answer.headers_mut();
         if status == StatusCode::METHOD_NOT_ALLOWED {
-            answer
-                .headers_mut()
-                .insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
+            headers.insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static("1"),
+            );
         }
         answer
     }
 
-    async fn apply<B>(&self, request: http::Request<B>) -> (&'static str, StatusCode, String)
+    /// Everything that can be decided on the request line and the headers is, before a byte of the body is
+    /// read or buffered: who sends a body must have signed it recently, say it is JSON, and declare a length
+    /// that fits.
+    async fn apply<B>(&self, request: http::Request<B>) -> Outcome
     where
         B: http_body::Body<Data = Bytes>,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        if request.uri().path() != PATH {
+        let (parts, body) = request.into_parts();
+        if parts.uri.path() != PATH {
             return (
                 "not_found",
                 StatusCode::NOT_FOUND,
                 format!("not found: ZITADEL's events are POSTed to {PATH}"),
             );
         }
-        if request.method() != http::Method::POST {
+        if parts.method != http::Method::POST {
             return (
                 "not_found",
                 StatusCode::METHOD_NOT_ALLOWED,
                 format!("{PATH} takes POST only"),
             );
         }
+        if !is_json(&parts.headers) {
+            return (
+                "unsupported_media_type",
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "events are JSON: Content-Type must be application/json (a target with payload type JSON)"
+                    .to_owned(),
+            );
+        }
+        let now = SystemTime::now();
+        let header = SIGNATURE_HEADERS
+            .iter()
+            .find_map(|name| parts.headers.get(*name))
+            .map(|value| value.to_str().unwrap_or("\u{fffd}"));
+        let header = match self.verifier.check_header(header, now) {
+            Ok(header) => header,
+            Err(error) => return refused(error),
+        };
+        // hyper knows the length exactly when Content-Length declared it (ZITADEL always does); a chunked
+        // body would have to be read to learn its size.
+        let Some(length) = body.size_hint().exact() else {
+            return (
+                "length_required",
+                StatusCode::LENGTH_REQUIRED,
+                "the body's length must be declared (Content-Length)".to_owned(),
+            );
+        };
         let too_large = || {
             (
                 "too_large",
@@ -107,21 +184,28 @@ impl Webhook {
                 format!("the body is larger than the {MAX_BODY_BYTES} bytes an event may be"),
             )
         };
-        let declared = request
-            .headers()
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|length| length.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|length| length > MAX_BODY_BYTES as u64) {
+        let Some(length) = u32::try_from(length)
+            .ok()
+            .filter(|length| *length as usize <= MAX_BODY_BYTES)
+        else {
             return too_large();
-        }
-        let (parts, body) = request.into_parts();
+        };
+        // Held until the answer is made: the bytes of bodies being read count against one budget.
+        let Ok(_buffered) = Arc::clone(&self.buffer).try_acquire_many_owned(length) else {
+            return (
+                "buffer_full",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many event bodies are being received at once; try again".to_owned(),
+            );
+        };
+        let body_timeout = self.limits.body_timeout;
         let body = http_body_util::Limited::new(body, MAX_BODY_BYTES).collect();
-        let body = match tokio::time::timeout(BODY_TIMEOUT, body).await {
+        let body = match tokio::time::timeout(body_timeout, body).await {
             Err(_) => {
                 return (
-                    "malformed",
+                    "body_timeout",
                     StatusCode::REQUEST_TIMEOUT,
-                    format!("the body did not arrive within {BODY_TIMEOUT:?}"),
+                    format!("the body did not arrive within {body_timeout:?}"),
                 );
             }
             Ok(Err(error)) if error.is::<http_body_util::LengthLimitError>() => return too_large(),
@@ -134,18 +218,7 @@ impl Webhook {
             }
             Ok(Ok(collected)) => collected.to_bytes(),
         };
-        let header = SIGNATURE_HEADERS
-            .iter()
-            .find_map(|name| parts.headers.get(*name))
-            .map(|value| value.to_str().unwrap_or("\u{fffd}"));
-        let refused = |refused: SignatureError| {
-            let status = match refused {
-                SignatureError::Malformed(_) => StatusCode::BAD_REQUEST,
-                _ => StatusCode::UNAUTHORIZED,
-            };
-            (refused.outcome(), status, refused.to_string())
-        };
-        let signature = match self.verifier.accept(header, &body, SystemTime::now()) {
+        let signature = match self.verifier.accept_body(&header, &body, now) {
             Ok(signature) => signature,
             Err(error) => return refused(error),
         };
@@ -174,6 +247,24 @@ impl Webhook {
     }
 }
 
+/// Whether the request says its body is JSON (`application/json`, parameters such as a charset allowed).
+fn is_json(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|media_type| media_type.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// A signature that is not accepted: 400 when the header is not one, 401 otherwise.
+fn refused(error: SignatureError) -> Outcome {
+    let status = match error {
+        SignatureError::Malformed(_) => StatusCode::BAD_REQUEST,
+        _ => StatusCode::UNAUTHORIZED,
+    };
+    (error.outcome(), status, error.to_string())
+}
+
 impl Webhook {
     /// Whether no other replica accepted this signature (ZITADEL posts to one address, and a replay may reach
     /// another replica than the original did). Without Redis, or while it cannot answer, this replica's own
@@ -182,11 +273,7 @@ impl Webhook {
         let Some(shared) = self.changes.shared() else {
             return true;
         };
-        let name = format!(
-            "usermeta.v1.webhook.seen.{}",
-            data_encoding::HEXLOWER.encode(signature)
-        );
-        match shared.claim(&name, 2 * TOLERANCE).await {
+        match shared.claim_signature(signature, 2 * TOLERANCE).await {
             Ok(first) => first,
             Err(error) => {
                 tracing::warn!(%error, "Redis could not say whether another replica saw this ZITADEL event; checking replays on this replica only");
@@ -201,7 +288,11 @@ pub fn serve(
     listener: tokio::net::TcpListener,
     webhook: Arc<Webhook>,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(http1::serve(listener, "webhook", move |request| {
+    let limit = http1::ConnectionLimit {
+        max_connections: webhook.limits.max_connections,
+        on_refused: || crate::metrics::webhook_event("too_many_connections"),
+    };
+    tokio::spawn(http1::serve(listener, "webhook", limit, move |request| {
         let webhook = Arc::clone(&webhook);
         async move { webhook.answer(request).await }
     }))

@@ -136,6 +136,16 @@ fn parse(header: &str) -> Result<Header<'_>, SignatureError> {
     })
 }
 
+/// A signature header that is well-formed and fresh; whether it signs the body is yet to be seen.
+#[derive(Debug)]
+pub struct FreshHeader<'a>(Header<'a>);
+
+fn unix_secs(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
 /// Checks signatures and remembers the accepted ones.
 #[derive(Debug)]
 pub struct Verifier {
@@ -152,23 +162,44 @@ impl Verifier {
         }
     }
 
-    /// Accepts `body` when `header` holds a fresh signature of it under one of the keys, seen for the first
+    /// What the header alone tells, before any body is read: it is there, well-formed, and its `t` is within
+    /// the tolerance of `now`.
+    pub fn check_header<'a>(
+        &self,
+        header: Option<&'a str>,
+        now: SystemTime,
+    ) -> Result<FreshHeader<'a>, SignatureError> {
+        let header = parse(header.ok_or(SignatureError::Missing)?)?;
+        let off_by_secs = unix_secs(now).abs_diff(header.seconds);
+        if off_by_secs > TOLERANCE.as_secs() {
+            return Err(SignatureError::Stale { off_by_secs });
+        }
+        Ok(FreshHeader(header))
+    }
+
+    /// Accepts `body` when one of the header's signatures is of it under one of the keys, seen for the first
     /// time by this replica; returns the signature that matched (for a fleet-wide replay check).
+    pub fn accept_body(
+        &self,
+        header: &FreshHeader<'_>,
+        body: &[u8],
+        now: SystemTime,
+    ) -> Result<Vec<u8>, SignatureError> {
+        let matched = self.matching(&header.0, body)?;
+        self.first_time(matched.clone(), header.0.seconds, unix_secs(now))?;
+        Ok(matched)
+    }
+
+    /// [`Verifier::check_header`] and [`Verifier::accept_body`] in one.
+    #[cfg(test)]
     pub fn accept(
         &self,
         header: Option<&str>,
         body: &[u8],
         now: SystemTime,
     ) -> Result<Vec<u8>, SignatureError> {
-        let header = parse(header.ok_or(SignatureError::Missing)?)?;
-        let matched = self.matching(&header, body)?;
-        let now_secs = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-        let off_by_secs = now_secs.abs_diff(header.seconds);
-        if off_by_secs > TOLERANCE.as_secs() {
-            return Err(SignatureError::Stale { off_by_secs });
-        }
-        self.first_time(matched.clone(), header.seconds, now_secs)?;
-        Ok(matched)
+        let header = self.check_header(header, now)?;
+        self.accept_body(&header, body, now)
     }
 
     /// The first of the header's signatures that one of the keys made of `"<t>.<body>"`.
