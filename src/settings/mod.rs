@@ -500,9 +500,15 @@ pub struct LimitArgs {
     /// its resources (and ZITADEL retries) for hours.
     #[arg(long, env = "USERMETA_MAX_REQUEST_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub max_request_timeout: Duration,
-    /// Most UserMetadataService calls in flight; more are refused with RESOURCE_EXHAUSTED; 0 means no limit.
+    /// Most calls waiting on ZITADEL at once (the metadata API and Check together; answers from memory are
+    /// not counted); more are refused at once with RESOURCE_EXHAUSTED OVERLOADED; 0 means no limit.
     #[arg(long, env = "USERMETA_MAX_IN_FLIGHT", default_value_t = 1024)]
     pub max_in_flight: usize,
+    /// Most of those with one caller token, so one caller cannot hold every slot; more are refused at once
+    /// with RESOURCE_EXHAUSTED CALLER_OVERLOADED. Default: an eighth of USERMETA_MAX_IN_FLIGHT (128); 0 means
+    /// no per-caller limit.
+    #[arg(long, env = "USERMETA_MAX_IN_FLIGHT_PER_CALLER")]
+    pub max_in_flight_per_caller: Option<usize>,
     /// Most concurrent calls (HTTP/2 streams) per client connection.
     #[arg(long, env = "USERMETA_MAX_STREAMS_PER_CONNECTION", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_streams_per_connection: u32,
@@ -896,6 +902,7 @@ impl LimitArgs {
     pub fn limits(&self) -> Limits {
         Limits {
             max_in_flight: self.max_in_flight,
+            max_in_flight_per_caller: self.max_in_flight_per_caller,
             max_streams_per_connection: self.max_streams_per_connection,
             max_message_bytes: usize::try_from(self.max_message_bytes).unwrap_or(usize::MAX),
             requests: RequestLimits {
@@ -1341,6 +1348,11 @@ mod tests {
         );
         let limits = args.limits.limits();
         assert_eq!(limits.max_message_bytes, 8 * 1024 * 1024);
+        assert_eq!(limits.max_in_flight, 1024);
+        assert_eq!(
+            limits.max_in_flight_per_caller, None,
+            "a caller's share of the in-flight limit is derived from it unless set"
+        );
         assert_eq!(
             limits.requests.caller_rate, 0,
             "no per-caller limit unless asked"
