@@ -514,6 +514,26 @@ fn upstream_status(error: &UpstreamError) -> Status {
             };
             Status::with_error_details(Code::ResourceExhausted, why, details)
         }
+        UpstreamError::CallerShareExhausted {
+            retry_after,
+            per_second,
+            burst,
+            ..
+        } => {
+            facts.push(("limit", "upstream_caller_share".to_owned()));
+            facts.push(("setting", "USERMETA_UPSTREAM_CALLER_SHARE".to_owned()));
+            facts.push(("per_second", per_second.to_string()));
+            facts.push(("burst", burst.to_string()));
+            let mut details = info("CALLER_UPSTREAM_SHARE_EXHAUSTED", facts);
+            details.set_retry_info(Some((*retry_after).max(Duration::from_millis(10))));
+            Status::with_error_details(
+                Code::ResourceExhausted,
+                format!(
+                    "this caller has spent its share of usermeta's request budget toward ZITADEL (USERMETA_UPSTREAM_CALLER_SHARE of USERMETA_UPSTREAM_RATE_LIMIT: {per_second} requests per second, {burst} at once), so one caller cannot spend ZITADEL's rate limit for everyone; nothing was sent to ZITADEL; retry after the RetryInfo delay, and ask for fewer users (or a smaller page) per call"
+                ),
+                details,
+            )
+        }
         UpstreamError::Unreachable { .. } | UpstreamError::Timeout { .. } => with_info(
             Code::Unavailable,
             format!("{error}; retry later"),

@@ -133,9 +133,13 @@ impl Admitted {
         Admitted { counted: None }
     }
 
-    /// Runs `call`, counted until it ends or is dropped.
+    /// Runs `call`, counted until it ends or is dropped, as its caller's work: its requests to ZITADEL spend
+    /// that caller's share of the request budget ([`usermeta_zitadel::budget::for_caller`]).
     pub async fn run<F: Future>(self, call: F) -> F::Output {
-        let output = call.await;
+        let output = match &self.counted {
+            Some((_, caller)) => usermeta_zitadel::budget::for_caller(*caller, call).await,
+            None => call.await,
+        };
         drop(self);
         output
     }

@@ -84,6 +84,8 @@ enum Decision {
     CallerOverloaded,
     /// 429: usermeta's request budget toward ZITADEL has nothing left to identify this caller with.
     BudgetExhausted { retry_after: Duration },
+    /// 429: this caller's share of that budget (`USERMETA_UPSTREAM_CALLER_SHARE`) is spent.
+    CallerShareExhausted { retry_after: Duration },
     /// 503: ZITADEL could not say who the caller is (or not in time).
     Unavailable,
 }
@@ -254,6 +256,12 @@ impl AuthzService {
             })) => {
                 return Decision::BudgetExhausted { retry_after };
             }
+            Err(IdentifyError::Upstream(UpstreamError::CallerShareExhausted {
+                retry_after,
+                ..
+            })) => {
+                return Decision::CallerShareExhausted { retry_after };
+            }
             Err(error) => {
                 tracing::warn!(%error, "ZITADEL unavailable; failing closed (503)");
                 return Decision::Unavailable;
@@ -359,6 +367,15 @@ impl AuthzService {
                     Code::ResourceExhausted,
                     429,
                     "usermeta's request budget toward the identity provider is spent for tokens it does not know yet; retry later",
+                    &[("retry-after", &whole_seconds(retry_after).to_string())],
+                )
+            }
+            Decision::CallerShareExhausted { retry_after } => {
+                record("caller_upstream_share_exhausted");
+                denied_with(
+                    Code::ResourceExhausted,
+                    429,
+                    "this caller has spent its share of usermeta's request budget toward the identity provider (USERMETA_UPSTREAM_CALLER_SHARE); retry later",
                     &[("retry-after", &whole_seconds(retry_after).to_string())],
                 )
             }

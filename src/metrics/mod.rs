@@ -116,7 +116,7 @@ fn describe() {
     );
     describe_counter!(
         UPSTREAM_BUDGET,
-        "Requests to ZITADEL the request budget (USERMETA_UPSTREAM_RATE_LIMIT) decided on, by class (identify: tokens usermeta does not know yet; manage: identified callers and the service credential) and outcome (granted or refused: not sent)"
+        "Requests to ZITADEL the request budget (USERMETA_UPSTREAM_RATE_LIMIT) decided on, by class (identify: tokens usermeta does not know yet; manage: identified callers and the service credential) and outcome (granted; refused: the replica's budget is spent; refused_caller_share: the caller's share of it, USERMETA_UPSTREAM_CALLER_SHARE, is spent; refused requests are not sent)"
     );
     describe_counter!(
         CALLS_SHED,
@@ -238,6 +238,11 @@ pub fn shed(limit: ShedLimit) {
 /// A call that waits on ZITADEL was admitted (`1.0`) or ended (`-1.0`).
 pub fn waiting_calls(delta: f64) {
     gauge!(CALLS_WAITING).increment(delta);
+}
+
+/// Records a request to ZITADEL the caller's share of the budget refused (the replica's bucket not asked).
+pub fn upstream_caller_share_refused(class: &'static str) {
+    counter!(UPSTREAM_BUDGET, "class" => class, "outcome" => "refused_caller_share").increment(1);
 }
 
 /// Records one management API token request.

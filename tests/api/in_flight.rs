@@ -116,7 +116,7 @@ async fn scrape(spawned: &Spawned) -> String {
 }
 
 /// A Check for a GET with `token`, as Envoy sends it.
-fn check_request(token: &str) -> CheckRequest {
+pub(crate) fn check_request(token: &str) -> CheckRequest {
     let headers = [("authorization".to_owned(), format!("Bearer {token}"))].into();
     CheckRequest {
         attributes: Some(AttributeContext {
