@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark (not a test): builds release binaries and, on this machine in one run, measures usermeta in its
-# DEFAULT configuration (no RUST_LOG: the default log level, metrics and OTLP export off):
+# DEFAULT configuration (no RUST_LOG: the default log level, metrics and OTLP export off; only the request budget
+# toward ZITADEL is off, see start_usermeta):
 #   (a) a bare tonic server answering GetMyMetadata with a same-size message: the ceiling;
 #   (b) usermeta's cached GetMyMetadata; with the same h2load settings, alternating (a) and (b);
 #   (c) usermeta's cached Envoy external authorization Check, in the same rounds, beside the same bare tonic
@@ -73,8 +74,11 @@ export USERMETA_EXT_AUTHZ=true USERMETA_EXT_AUTHZ_HEADERS=ContractNumber=x-user-
 # The bench user is an admin: the management loads list and write the target user's metadata.
 export USERMETA_ADMINS="$user_id"
 started=""
+# The request budget toward ZITADEL is off (USERMETA_UPSTREAM_RATE_LIMIT=0): the stand-in has no rate limit, and
+# the cold, management and propagation loads measure usermeta's own throughput, thousands of ZITADEL calls a
+# second. The cached loads never consult the budget either way.
 start_usermeta() { # port, cache ttl, ext_authz port [management API]; sets $started to the pid (no subshell, so cleanup keeps track)
-  USERMETA_ZITADEL_API="${4:-auto}" \
+  USERMETA_ZITADEL_API="${4:-auto}" USERMETA_UPSTREAM_RATE_LIMIT=0 \
   USERMETA_LISTEN="127.0.0.1:$1" USERMETA_EXT_AUTHZ_LISTEN="127.0.0.1:$3" USERMETA_ZITADEL_URL="$zitadel_url" \
     USERMETA_SERVICE_PAT_FILE="$work/pat" USERMETA_CACHE_TTL="$2" USERMETA_CACHE_CAPACITY=$((FILL + 1000)) \
     "$bin/usermeta" serve 2>>"$work/usermeta.log" &

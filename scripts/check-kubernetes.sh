@@ -6,7 +6,8 @@
 #   3. this project's own rules (scripts/check_kubernetes_rules.py): 3 replicas, gRPC probes on the right health
 #      services, the security context, PodDisruptionBudget and HPA, the NetworkPolicy keeping the ext_authz,
 #      webhook and metrics ports to listed sources, credentials and the policy as mounted files, no secret
-#      values inline, and the overlay's Redis wiring;
+#      values inline, a request budget toward ZITADEL that keeps the most pods inside ZITADEL Cloud's rate
+#      limit, and the overlay's Redis wiring;
 #   4. that checks 2 and 3 do fail on broken copies, so a green run means something.
 # Needs kubectl and python3; installs kubernetes-validate into .tools/ (git-ignored).
 set -euo pipefail
@@ -62,6 +63,8 @@ mutate "$scratch/base.yaml" "s.replace('- name: USERMETA_SERVICE_PAT_FILE\n     
 must_fail "a PAT inline in the environment (rules)" "FAIL .*USERMETA_SERVICE_PAT holds a secret inline" rules base "$scratch/inline.yaml"
 mutate "$scratch/base.yaml" "s.replace('  - from:\n    - namespaceSelector:\n        matchLabels:\n          kubernetes.io/metadata.name: istio-system\n      podSelector:\n        matchLabels:\n          istio: ingressgateway\n    ports:', '  - ports:', 1)" >"$scratch/open.yaml"
 must_fail "ext_authz open to every pod (rules)" "FAIL ext_authz port 50052" rules base "$scratch/open.yaml"
+mutate "$scratch/base.yaml" "s.replace('value: \"3.6\"', 'value: \"40\"', 1)" >"$scratch/budget.yaml"
+must_fail "a request budget that 11 pods would take past ZITADEL Cloud's limit (rules)" "FAIL the request budget" rules base "$scratch/budget.yaml"
 mutate "$scratch/redis.yaml" "s.replace('redis://redis:6379', 'redis://localhost:6379', 1)" >"$scratch/redis-url.yaml"
 must_fail "usermeta pointed at a Redis that is not the overlay's (rules)" "FAIL USERMETA_REDIS_URL" rules redis "$scratch/redis-url.yaml"
 echo "check-kubernetes: ok"

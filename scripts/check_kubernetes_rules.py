@@ -145,6 +145,14 @@ def check_base(objects: list[dict]) -> tuple[dict, dict]:
     target = hpa.get("spec", {}).get("scaleTargetRef", {})
     rule(target.get("kind") == "Deployment" and target.get("name") == "usermeta", "an HPA scales the Deployment")
     rule(hpa.get("spec", {}).get("minReplicas", 0) >= 3, "the HPA keeps at least 3 replicas")
+    # ZITADEL Cloud: 50 requests/s per source IP over a minute, shared by every pod behind the egress IP: the
+    # most pods that run at once (the HPA's maximum and the rollout's surge) each send at most burst + 60 × rate.
+    surge = spec.get("strategy", {}).get("rollingUpdate", {}).get("maxSurge", 1)
+    pods = hpa.get("spec", {}).get("maxReplicas", 0) + (surge if isinstance(surge, int) else 1)
+    rate = float(value("USERMETA_UPSTREAM_RATE_LIMIT") or 40)
+    burst = float(value("USERMETA_UPSTREAM_BURST") or max(1, -(-rate // 1)))
+    rule(0 < rate and pods * (burst + 60 * rate) <= 60 * 50,
+         f"the request budget keeps {pods} pods inside ZITADEL Cloud's 50/s per IP ({pods} x ({burst:g} + 60 x {rate:g}) <= 3000)")
 
     policies = [o for o in objects if o.get("kind") == "NetworkPolicy" and selects(o["spec"].get("podSelector", {}), labels)]
     rule(bool(policies), "a NetworkPolicy selects the usermeta pods")

@@ -33,8 +33,10 @@ replica_ports=()
 replica_pids=()
 for n in 1 2 3; do
   port=$(free_port)
+  # No request budget toward ZITADEL (the stand-in has none): each write is read back at once through every
+  # replica, with one token, faster than a caller's share of the default budget allows.
   USERMETA_LISTEN="127.0.0.1:$port" USERMETA_ZITADEL_URL=$(seed url) USERMETA_SERVICE_PAT_FILE="$work/service.pat" \
-    USERMETA_REDIS_URL="redis://127.0.0.1:$redis_port" USERMETA_SELF_WRITABLE_KEYS=profile. \
+    USERMETA_REDIS_URL="redis://127.0.0.1:$redis_port" USERMETA_SELF_WRITABLE_KEYS=profile. USERMETA_UPSTREAM_RATE_LIMIT=0 \
     "$bin/usermeta" serve >"$work/usermeta-$n.log" 2>&1 </dev/null &
   pids+=($!); replica_pids+=($!); replica_ports+=("$port")
   wait_port "$port" "usermeta-$n"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The soak (a benchmark-style run, not a test): usermeta's release binary in its default configuration under
+# The soak (a benchmark-style run, not a test): usermeta's release binary in its default configuration (but for
+# the request budget toward ZITADEL, off: the stand-in has no rate limit) under
 # mixed load from many users and tokens against a stand-in ZITADEL, while a schedule injects 300 ms latency,
 # 5xx blips, 429 with Retry-After, dropped connections and a ZITADEL restart on the same address with the same
 # state (crates/usermeta-bench/src/bin/bench_soak.rs). Reports acknowledged writes lost, answers naming the

@@ -55,4 +55,8 @@ impl Instrument for Upstream {
     fn upstream_budget(&self, class: &'static str, granted: bool, tokens: f64) {
         crate::metrics::upstream_budget(class, granted, tokens);
     }
+
+    fn upstream_caller_share_refused(&self, class: &'static str) {
+        crate::metrics::upstream_caller_share_refused(class);
+    }
 }

@@ -1,5 +1,6 @@
 //! Captures every log line of a run that goes through every path (reads, writes, deletes, rejected tokens,
-//! retries, the breaker, deadlines, rate limits, service credentials that work and that fail) and checks
+//! retries, the breaker, deadlines, rate limits, in-flight limits, a caller's share of the request budget,
+//! service credentials that work and that fail) and checks
 //! that none of the tokens, PATs or secrets used appears. Its own test binary: the subscriber is global.
 #![allow(clippy::unwrap_used)] // a panic is how a test reports a broken expectation
 
@@ -25,7 +26,7 @@ use usermeta::{
     policy::Policy,
     server::Limits,
 };
-use usermeta_zitadel::{Resilience, ServiceCredential};
+use usermeta_zitadel::{Resilience, ServiceCredential, UpstreamBudget};
 use zitadel_standin::{Fault, FaultKind, ManagerRole, StandIn};
 
 const SCOPES: &[&str] = &[
@@ -263,6 +264,65 @@ async fn no_token_pat_or_secret_is_ever_logged() {
             .get_my_metadata(authed(GetMyMetadataRequest::default(), &admin_token))
             .await;
     }
+    // The in-flight limits and a caller's share of the request budget: their refusals name limits, not tokens.
+    let (limited_addr, stop_limited) = AppBuilder::with_pat(&standin.url(), &pat)
+        .options(Options {
+            cache: CacheConfig {
+                ttl: Duration::ZERO,
+                ..CacheConfig::default()
+            },
+            limits: Limits {
+                max_in_flight: 8,
+                max_in_flight_per_caller: Some(1),
+                ..Limits::default()
+            },
+            ..Options::default()
+        })
+        .configure(|config| {
+            config.zitadel.upstream_budget = Some(UpstreamBudget {
+                rate: 0.01,
+                burst: 4,
+                reserve: 0.0,
+                caller_share: 0.5,
+            });
+        })
+        .spawn()
+        .await
+        .into_pair();
+    let limited = UserMetadataServiceClient::new(
+        Channel::from_shared(format!("http://{limited_addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let asked = standin.userinfo_requests();
+    standin.push_fault(Fault {
+        path_prefix: "/oidc/v1/userinfo".into(),
+        times: Some(1),
+        kind: FaultKind::Latency(Duration::from_millis(500)),
+    });
+    let held = {
+        let mut limited = limited.clone();
+        let request = authed(GetMyMetadataRequest::default(), &alice_token);
+        tokio::spawn(async move { limited.get_my_metadata(request).await })
+    };
+    while standin.userinfo_requests() == asked {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let _ = limited
+        .clone()
+        .get_my_metadata(authed(GetMyMetadataRequest::default(), &alice_token))
+        .await;
+    let _ = held.await;
+    standin.clear_faults();
+    for _ in 0..3 {
+        let _ = limited
+            .clone()
+            .get_my_metadata(authed(GetMyMetadataRequest::default(), &admin_token))
+            .await;
+    }
+    drop(stop_limited);
     // Service credentials ZITADEL rejects.
     standin.revoke_token(&pat);
     standin.remove_client_secret(&client_id);
@@ -300,6 +360,8 @@ async fn no_token_pat_or_secret_is_ever_logged() {
         "request failed",
         "retrying a failed ZITADEL call",
         "circuit open",
+        "USERMETA_MAX_IN_FLIGHT_PER_CALLER",
+        "this caller's share of its request budget",
     ] {
         assert!(
             logs.contains(expected),

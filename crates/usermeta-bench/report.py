@@ -39,7 +39,7 @@ cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d:
                      text=True).stdout.strip()
 cores = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
 shapes = [tuple(int(x) for x in shape.split(":")) for shape in a.shapes.split()]
-print(f"Machine: {cpu or platform.processor()}, {cores} cores; usermeta in its default configuration (no RUST_LOG). "
+print(f"Machine: {cpu or platform.processor()}, {cores} cores; usermeta in its default configuration (no RUST_LOG), without the request budget toward ZITADEL. "
       f"Cached loads: h2load -c C -m M -t 1 at each shape, {a.requests} requests a run ({a.requests // 5} at c1 m1); "
       f"source TOKEN and the cached userinfo path beside it: bench_load (a token per request) -c {a.clients} "
       f"-m {a.streams}, {a.token_requests} requests a run; cold path and direct: one request at a time, a new token each, "

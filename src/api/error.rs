@@ -103,6 +103,16 @@ pub enum ApiError {
     /// The caller sent more requests than its per-caller rate limit allows.
     #[error("too many requests from this caller")]
     RateLimited { retry_after: Duration },
+    /// `limit` calls already wait on ZITADEL (`USERMETA_MAX_IN_FLIGHT`); this one was not started.
+    #[error(
+        "usermeta is at its limit of {limit} calls in flight (USERMETA_MAX_IN_FLIGHT) and refused this one without starting it; retry with backoff"
+    )]
+    Overloaded { limit: usize },
+    /// This caller already has `limit` calls waiting on ZITADEL (`USERMETA_MAX_IN_FLIGHT_PER_CALLER`).
+    #[error(
+        "this caller already has {limit} calls in flight, its limit (USERMETA_MAX_IN_FLIGHT_PER_CALLER), and usermeta refused this one without starting it; retry with backoff once earlier calls have finished"
+    )]
+    CallerOverloaded { limit: usize },
     /// usermeta's own introspection client was refused: an operator problem, not the caller's.
     #[error(transparent)]
     IntrospectionClient(IdentifyError),
@@ -356,6 +366,22 @@ fn to_status(error: &ApiError) -> Status {
                 details,
             )
         }
+        ApiError::Overloaded { limit } => overloaded(
+            error,
+            "OVERLOADED",
+            [
+                ("max_in_flight", limit.to_string()),
+                ("setting", "USERMETA_MAX_IN_FLIGHT".to_owned()),
+            ],
+        ),
+        ApiError::CallerOverloaded { limit } => overloaded(
+            error,
+            "CALLER_OVERLOADED",
+            [
+                ("max_in_flight_per_caller", limit.to_string()),
+                ("setting", "USERMETA_MAX_IN_FLIGHT_PER_CALLER".to_owned()),
+            ],
+        ),
         ApiError::IntrospectionClient(error) => {
             let mut facts = vec![("endpoint", Endpoint::Introspection.name().to_owned())];
             if let IdentifyError::IntrospectionClient {
@@ -406,6 +432,18 @@ fn named_keys(keys: &[String]) -> Vec<String> {
         named.push(format!("and {} more", keys.len() - MAX_LISTED_VIOLATIONS));
     }
     named
+}
+
+/// A call an in-flight limit refused: RESOURCE_EXHAUSTED naming the limit and its setting, with a short retry
+/// hint (slots free as calls finish).
+fn overloaded<'a>(
+    error: &ApiError,
+    reason: &str,
+    facts: impl IntoIterator<Item = (&'a str, String)>,
+) -> Status {
+    let mut details = info(reason, facts);
+    details.set_retry_info(Some(Duration::from_millis(100)));
+    Status::with_error_details(Code::ResourceExhausted, error.to_string(), details)
 }
 
 fn upstream_status(error: &UpstreamError) -> Status {
@@ -475,6 +513,26 @@ fn upstream_status(error: &UpstreamError) -> Status {
                 }
             };
             Status::with_error_details(Code::ResourceExhausted, why, details)
+        }
+        UpstreamError::CallerShareExhausted {
+            retry_after,
+            per_second,
+            burst,
+            ..
+        } => {
+            facts.push(("limit", "upstream_caller_share".to_owned()));
+            facts.push(("setting", "USERMETA_UPSTREAM_CALLER_SHARE".to_owned()));
+            facts.push(("per_second", per_second.to_string()));
+            facts.push(("burst", burst.to_string()));
+            let mut details = info("CALLER_UPSTREAM_SHARE_EXHAUSTED", facts);
+            details.set_retry_info(Some((*retry_after).max(Duration::from_millis(10))));
+            Status::with_error_details(
+                Code::ResourceExhausted,
+                format!(
+                    "this caller has spent its share of usermeta's request budget toward ZITADEL (USERMETA_UPSTREAM_CALLER_SHARE of USERMETA_UPSTREAM_RATE_LIMIT: {per_second} requests per second, {burst} at once), so one caller cannot spend ZITADEL's rate limit for everyone; nothing was sent to ZITADEL; retry after the RetryInfo delay, and ask for fewer users (or a smaller page) per call"
+                ),
+                details,
+            )
         }
         UpstreamError::Unreachable { .. } | UpstreamError::Timeout { .. } => with_info(
             Code::Unavailable,

@@ -9,6 +9,7 @@ mod fuzz_tests;
 mod page_token;
 pub mod rate_limit;
 mod service;
+pub mod shed;
 mod validate;
 mod watch;
 

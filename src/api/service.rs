@@ -22,6 +22,7 @@ use super::{
     page_token::{self, Offsets, PageTokenKey, Position},
     pb,
     rate_limit::RateLimiter,
+    shed::{Admitted, Shed},
     validate::{self, Source},
     watch::{self, ChangeStream, Watched},
 };
@@ -88,6 +89,8 @@ pub struct MetadataService {
     changes: Changes,
     /// Turns true when the replica stops: WatchMetadata streams end then.
     stopping: tokio::sync::watch::Receiver<bool>,
+    /// The in-flight limits of calls that wait on ZITADEL, shared with Envoy's Check.
+    shed: Arc<Shed>,
 }
 
 impl MetadataService {
@@ -105,7 +108,14 @@ impl MetadataService {
             page_tokens: PageTokenKey::random(),
             changes: Changes::local(Arc::clone(&cache), WatchLimits::default()),
             stopping: tokio::sync::watch::Sender::new(false).subscribe(),
+            shed: Arc::new(Shed::unlimited()),
         }
+    }
+
+    /// Counts calls that wait on ZITADEL against `shed`'s limits (none until told).
+    pub fn with_shed(mut self, shed: Arc<Shed>) -> Self {
+        self.shed = shed;
+        self
     }
 
     /// Ends WatchMetadata streams once `stopping` turns true (the server's shutdown).
@@ -169,8 +179,21 @@ impl MetadataService {
     where
         F: Future<Output = Result<T, ApiError>> + Send + 'a,
     {
-        let answer = Self::bounded(self.deadline_of(request.metadata()), handler(request));
-        async move { Ok(Response::new(answer.await?)) }
+        let answer = self.admit(request.metadata()).map(|admitted| {
+            let deadline = self.deadline_of(request.metadata());
+            Self::bounded(deadline, admitted.run(handler(request)))
+        });
+        async move { Ok(Response::new(answer?.await?)) }
+    }
+
+    /// Admits a call of every RPC but GetMyMetadata (which admits only what memory cannot answer): each waits
+    /// on ZITADEL, unless refused before it asks. A call without a usable token is such a refusal: it is
+    /// not counted. (The handler reads the token again: a hash beside a round trip to ZITADEL.)
+    fn admit(&self, metadata: &MetadataMap) -> Result<Admitted, ApiError> {
+        match caller::bearer_token(metadata) {
+            Ok(token) => self.shed.admit(token.digest()),
+            Err(_) => Ok(Admitted::uncounted()),
+        }
     }
 
     /// When the request must be answered.
@@ -1167,8 +1190,10 @@ impl pb::user_metadata_service_server::UserMetadataService for MetadataService {
             ControlFlow::Break(answer) => return Ok(Response::new(answer)),
             ControlFlow::Continue(waiting) => waiting,
         };
-        let read = Self::bounded(deadline, self.read_mine(token, request).instrument(span));
-        Ok(Response::new(read.await?))
+        // Only now, when the call will wait on ZITADEL, does it count against the in-flight limits.
+        let admitted = self.shed.admit(token.digest())?;
+        let read = admitted.run(self.read_mine(token, request).instrument(span));
+        Ok(Response::new(Self::bounded(deadline, read).await?))
     }
 
     async fn list_metadata(

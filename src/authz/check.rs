@@ -28,7 +28,7 @@ use tracing::{Instrument as _, field::Empty};
 use super::wire::{CheckRequest, authorization_server::Authorization};
 use super::{AuthzConfig, BASE64_MARKER, BinaryValues, MAX_HEADER_VALUE_BYTES, Requirement, Rule};
 use crate::{
-    api::{RequestLimits, deadline, rate_limit::RateLimiter},
+    api::{ApiError, RequestLimits, deadline, rate_limit::RateLimiter, shed::Shed},
     caller::cache::CallerCache,
     caller::{Caller, IdentifyError, Identity, KnownCaller, Resolver, TokenError},
     policy::{Policy, Subject},
@@ -49,6 +49,7 @@ pub struct AuthzService {
     policy: Arc<Policy>,
     rate_limiter: Option<Arc<RateLimiter>>,
     limits: RequestLimits,
+    shed: Arc<Shed>,
     config: Arc<AuthzConfig>,
 }
 
@@ -79,8 +80,12 @@ enum Decision {
     },
     /// 429: the caller's rate limit is spent.
     RateLimited { retry_after: Duration },
+    /// 429: the caller already has its share of the calls in flight (`USERMETA_MAX_IN_FLIGHT_PER_CALLER`).
+    CallerOverloaded,
     /// 429: usermeta's request budget toward ZITADEL has nothing left to identify this caller with.
     BudgetExhausted { retry_after: Duration },
+    /// 429: this caller's share of that budget (`USERMETA_UPSTREAM_CALLER_SHARE`) is spent.
+    CallerShareExhausted { retry_after: Duration },
     /// 503: ZITADEL could not say who the caller is (or not in time).
     Unavailable,
 }
@@ -94,6 +99,8 @@ pub struct Shared {
     pub policy: Arc<Policy>,
     pub rate_limiter: Option<Arc<RateLimiter>>,
     pub limits: RequestLimits,
+    /// The in-flight limits, shared with the metadata API.
+    pub shed: Arc<Shed>,
 }
 
 impl AuthzService {
@@ -105,6 +112,7 @@ impl AuthzService {
             policy: shared.policy,
             rate_limiter: shared.rate_limiter,
             limits: shared.limits,
+            shed: shared.shed,
             config,
         }
     }
@@ -248,6 +256,12 @@ impl AuthzService {
             })) => {
                 return Decision::BudgetExhausted { retry_after };
             }
+            Err(IdentifyError::Upstream(UpstreamError::CallerShareExhausted {
+                retry_after,
+                ..
+            })) => {
+                return Decision::CallerShareExhausted { retry_after };
+            }
             Err(error) => {
                 tracing::warn!(%error, "ZITADEL unavailable; failing closed (503)");
                 return Decision::Unavailable;
@@ -338,12 +352,30 @@ impl AuthzService {
                     &[("retry-after", &whole_seconds(retry_after).to_string())],
                 )
             }
+            Decision::CallerOverloaded => {
+                record("caller_overloaded");
+                denied_with(
+                    Code::ResourceExhausted,
+                    429,
+                    "this caller already has as many calls in flight as usermeta allows one caller (USERMETA_MAX_IN_FLIGHT_PER_CALLER); retry later",
+                    &[("retry-after", "1")],
+                )
+            }
             Decision::BudgetExhausted { retry_after } => {
                 record("upstream_budget_exhausted");
                 denied_with(
                     Code::ResourceExhausted,
                     429,
                     "usermeta's request budget toward the identity provider is spent for tokens it does not know yet; retry later",
+                    &[("retry-after", &whole_seconds(retry_after).to_string())],
+                )
+            }
+            Decision::CallerShareExhausted { retry_after } => {
+                record("caller_upstream_share_exhausted");
+                denied_with(
+                    Code::ResourceExhausted,
+                    429,
+                    "this caller has spent its share of usermeta's request budget toward the identity provider (USERMETA_UPSTREAM_CALLER_SHARE); retry later",
                     &[("retry-after", &whole_seconds(retry_after).to_string())],
                 )
             }
@@ -571,8 +603,19 @@ impl Authorization for AuthzService {
             ControlFlow::Break(answer) => return Ok(Response::new(answer)),
             ControlFlow::Continue(admission) => admission,
         };
-        let looked_up = self
-            .look_up_in_time(&request, &admission)
+        // Only a Check that waits on ZITADEL counts against the in-flight limits (shared with the metadata
+        // API): over the caller's share it is denied (429); over the global limit it fails as a call, as
+        // every listener's overload does.
+        let admitted = match self.shed.admit(admission.token.digest()) {
+            Ok(admitted) => admitted,
+            Err(ApiError::CallerOverloaded { .. }) => {
+                let answer = span.in_scope(|| self.answer(Decision::CallerOverloaded));
+                return Ok(Response::new(answer));
+            }
+            Err(refused) => return Err(refused.into()),
+        };
+        let looked_up = admitted
+            .run(self.look_up_in_time(&request, &admission))
             .instrument(span.clone())
             .await;
         let answer = span.in_scope(|| match looked_up {

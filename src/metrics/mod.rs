@@ -16,6 +16,8 @@ pub use grpc_layer::{GrpcMetrics, GrpcMetricsLayer, MeteredBody};
 pub const GRPC_REQUESTS: &str = "usermeta_grpc_requests_total";
 pub const GRPC_DURATION: &str = "usermeta_grpc_request_duration_seconds";
 pub const GRPC_IN_FLIGHT: &str = "usermeta_grpc_requests_in_flight";
+pub const CALLS_SHED: &str = "usermeta_calls_shed_total";
+pub const CALLS_WAITING: &str = "usermeta_calls_waiting_on_zitadel";
 pub const UPSTREAM_REQUESTS: &str = "usermeta_upstream_requests_total";
 pub const UPSTREAM_DURATION: &str = "usermeta_upstream_request_duration_seconds";
 pub const CACHE_LOOKUPS: &str = "usermeta_cache_lookups_total";
@@ -127,7 +129,15 @@ fn describe() {
     );
     describe_counter!(
         UPSTREAM_BUDGET,
-        "Requests to ZITADEL the request budget (USERMETA_UPSTREAM_RATE_LIMIT) decided on, by class (identify: tokens usermeta does not know yet; manage: identified callers and the service credential) and outcome (granted or refused: not sent)"
+        "Requests to ZITADEL the request budget (USERMETA_UPSTREAM_RATE_LIMIT) decided on, by class (identify: tokens usermeta does not know yet; manage: identified callers and the service credential) and outcome (granted; refused: the replica's budget is spent; refused_caller_share: the caller's share of it, USERMETA_UPSTREAM_CALLER_SHARE, is spent; refused requests are not sent)"
+    );
+    describe_counter!(
+        CALLS_SHED,
+        "Calls refused at once without starting, by the in-flight limit that refused them: max_in_flight (USERMETA_MAX_IN_FLIGHT) or max_in_flight_per_caller (USERMETA_MAX_IN_FLIGHT_PER_CALLER)"
+    );
+    describe_gauge!(
+        CALLS_WAITING,
+        "Calls counted against USERMETA_MAX_IN_FLIGHT: those that wait on ZITADEL (answers from memory are not counted)"
     );
     describe_gauge!(
         UPSTREAM_BUDGET_TOKENS,
@@ -222,6 +232,35 @@ pub fn upstream_budget(class: &'static str, granted: bool, tokens: f64) {
     let outcome = if granted { "granted" } else { "refused" };
     counter!(UPSTREAM_BUDGET, "class" => class, "outcome" => outcome).increment(1);
     gauge!(UPSTREAM_BUDGET_TOKENS).set(tokens);
+}
+
+/// The in-flight limit that refused a call.
+#[derive(Debug, Clone, Copy)]
+pub enum ShedLimit {
+    /// `USERMETA_MAX_IN_FLIGHT`.
+    Global,
+    /// `USERMETA_MAX_IN_FLIGHT_PER_CALLER`.
+    PerCaller,
+}
+
+/// Records a call an in-flight limit refused.
+pub fn shed(limit: ShedLimit) {
+    match limit {
+        ShedLimit::Global => counter!(CALLS_SHED, "limit" => "max_in_flight").increment(1),
+        ShedLimit::PerCaller => {
+            counter!(CALLS_SHED, "limit" => "max_in_flight_per_caller").increment(1);
+        }
+    }
+}
+
+/// A call that waits on ZITADEL was admitted (`1.0`) or ended (`-1.0`).
+pub fn waiting_calls(delta: f64) {
+    gauge!(CALLS_WAITING).increment(delta);
+}
+
+/// Records a request to ZITADEL the caller's share of the budget refused (the replica's bucket not asked).
+pub fn upstream_caller_share_refused(class: &'static str) {
+    counter!(UPSTREAM_BUDGET, "class" => class, "outcome" => "refused_caller_share").increment(1);
 }
 
 /// Records one management API token request.

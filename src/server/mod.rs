@@ -1,7 +1,5 @@
 //! Binds the gRPC port and serves usermeta with health and reflection until told to stop.
 
-mod shed;
-
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::net::TcpListener;
@@ -9,7 +7,7 @@ use tonic::transport::{Server, ServerTlsConfig, server::TcpIncoming};
 use tonic_health::server::HealthReporter;
 
 use crate::{
-    api::{MetadataService, RequestLimits, pb},
+    api::{MetadataService, RequestLimits, pb, shed::Shed},
     authz::{
         self, AuthzConfig, AuthzService, ExtAuthz, wire::authorization_server::AuthorizationServer,
     },
@@ -86,9 +84,13 @@ fn announce_management_api(zitadel: &Arc<Zitadel>) {
 /// Back-pressure: how much work usermeta accepts at once.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Most UserMetadataService calls in flight across all connections; more are refused at once with
-    /// RESOURCE_EXHAUSTED (no queue). 0 means no limit.
+    /// Most calls waiting on ZITADEL at once (UserMetadataService and Check, across all connections); more
+    /// are refused at once with RESOURCE_EXHAUSTED (no queue). Calls answered from memory are not counted.
+    /// 0 means no limit.
     pub max_in_flight: usize,
+    /// Most of those with one caller token, so one caller cannot hold every slot; `None`: an eighth of
+    /// `max_in_flight` ([`Shed::default_per_caller`]). 0 means no per-caller limit.
+    pub max_in_flight_per_caller: Option<usize>,
     /// HTTP/2 streams (concurrent calls) one connection may open.
     pub max_streams_per_connection: u32,
     /// Largest request or response message; a SetMetadata with several large values must fit.
@@ -99,10 +101,21 @@ pub struct Limits {
     pub watch: crate::fleet::WatchLimits,
 }
 
+impl Limits {
+    /// The in-flight limits these call for, shared by every listener.
+    fn shed(&self) -> Shed {
+        let per_caller = self
+            .max_in_flight_per_caller
+            .unwrap_or_else(|| Shed::default_per_caller(self.max_in_flight));
+        Shed::new(self.max_in_flight, per_caller)
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_in_flight: 1024,
+            max_in_flight_per_caller: None,
             max_streams_per_connection: 256,
             max_message_bytes: 8 * 1024 * 1024,
             requests: RequestLimits::default(),
@@ -236,12 +249,15 @@ impl Application {
         let cache = Arc::new(CallerCache::new(config.cache));
         warn_hidden_keys_are_not_sealed(&config.policy);
         let policy = Arc::new(config.policy);
+        // One set of in-flight limits for both listeners: they share ZITADEL and this process.
+        let shed = Arc::new(config.limits.shed());
         let mut service = MetadataService::new(
             Arc::clone(&zitadel),
             Arc::clone(&policy),
             Arc::clone(&cache),
         )
         .with_limits(config.limits.requests)
+        .with_shed(Arc::clone(&shed))
         .with_resolver(Arc::clone(&resolver))
         .with_page_token_key(page_tokens);
         let mut changes = Changes::local(Arc::clone(&cache), config.limits.watch);
@@ -299,6 +315,7 @@ impl Application {
                     policy,
                     rate_limiter: service.rate_limiter(),
                     limits: config.limits.requests,
+                    shed,
                 };
                 Some(AuthzEndpoint {
                     listener,
@@ -406,8 +423,6 @@ impl Application {
             tracing::info!(addr = ?listener.local_addr().ok(), path = crate::fleet::webhook::PATH, "ZITADEL event webhook serving");
             crate::fleet::webhook::serve(listener, webhook)
         });
-        // One in-flight limit for both listeners: they share ZITADEL and this process.
-        let shed = shed::ShedLayer::new(limits.max_in_flight);
         let mut builder = Server::builder();
         if let Some(tls) = self.tls {
             builder = builder.tls_config(tls)?;
@@ -437,11 +452,10 @@ impl Application {
         };
         let serve = builder
             .max_concurrent_streams(limits.max_streams_per_connection)
-            // Outermost first: the request context (request id, trace span) surrounds the measured call,
-            // and shed calls are measured too.
+            // Outermost first: the request context (request id, trace span) surrounds the measured call.
+            // The in-flight limits are applied by the handlers, to the calls that wait on ZITADEL.
             .layer(crate::telemetry::RequestContextLayer)
             .layer(crate::metrics::GrpcMetricsLayer::new(metrics_enabled))
-            .layer(shed.clone())
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -461,7 +475,6 @@ impl Application {
                 .max_concurrent_streams(limits.max_streams_per_connection)
                 .layer(crate::telemetry::RequestContextLayer)
                 .layer(crate::metrics::GrpcMetricsLayer::new(metrics_enabled))
-                .layer(shed)
                 .add_service(health_service)
                 // envoy-types ships no descriptor set, so reflection does not list this service.
                 .add_service(AuthorizationServer::new(authz.service))

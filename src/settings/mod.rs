@@ -525,9 +525,10 @@ pub struct ZitadelArgs {
     pub breaker_cooldown: Duration,
     /// Most requests per second this instance sends to ZITADEL, retries included (e.g. 12.5); past it, callers
     /// with tokens usermeta does not know yet get RESOURCE_EXHAUSTED UPSTREAM_BUDGET_EXHAUSTED first. ZITADEL
-    /// Cloud allows 50 per second per source IP: give each of N replicas behind one IP less than 50/N. 0 (the
-    /// default) means no budget.
-    #[arg(long, env = "USERMETA_UPSTREAM_RATE_LIMIT", default_value_t = 0.0, value_parser = upstream_rate)]
+    /// Cloud allows 50 per second per source IP over a minute: the default, 40, is four fifths of that for one
+    /// instance; give each of N replicas behind one IP 0.8 × 50 / N. 0 means no budget (a self-hosted ZITADEL
+    /// without a rate limit).
+    #[arg(long, env = "USERMETA_UPSTREAM_RATE_LIMIT", default_value_t = UpstreamBudget::DEFAULT_RATE, value_parser = upstream_rate)]
     pub upstream_rate_limit: f64,
     /// Requests to ZITADEL that may go at once after a calm period (the budget's bucket); default: one
     /// second's worth of USERMETA_UPSTREAM_RATE_LIMIT.
@@ -537,6 +538,11 @@ pub struct ZitadelArgs {
     /// own reads): identifying new tokens may use the budget only while more than this is left (0 to 1).
     #[arg(long, env = "USERMETA_UPSTREAM_RESERVE", default_value_t = UpstreamBudget::DEFAULT_RESERVE, value_parser = retry_budget)]
     pub upstream_reserve: f64,
+    /// Share of USERMETA_UPSTREAM_RATE_LIMIT and of USERMETA_UPSTREAM_BURST one caller token may spend (above 0,
+    /// at most 1; 1: no per-caller share), so one caller's BatchGetMetadata or FindUsersByMetadata cannot spend
+    /// the whole budget; past it, RESOURCE_EXHAUSTED CALLER_UPSTREAM_SHARE_EXHAUSTED.
+    #[arg(long, env = "USERMETA_UPSTREAM_CALLER_SHARE", default_value_t = UpstreamBudget::DEFAULT_CALLER_SHARE, value_parser = caller_share)]
+    pub upstream_caller_share: f64,
 }
 
 /// The caller cache: how long ZITADEL's answers about tokens are reused.
@@ -564,9 +570,15 @@ pub struct LimitArgs {
     /// its resources (and ZITADEL retries) for hours.
     #[arg(long, env = "USERMETA_MAX_REQUEST_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub max_request_timeout: Duration,
-    /// Most UserMetadataService calls in flight; more are refused with RESOURCE_EXHAUSTED; 0 means no limit.
+    /// Most calls waiting on ZITADEL at once (the metadata API and Check together; answers from memory are
+    /// not counted); more are refused at once with RESOURCE_EXHAUSTED OVERLOADED; 0 means no limit.
     #[arg(long, env = "USERMETA_MAX_IN_FLIGHT", default_value_t = 1024)]
     pub max_in_flight: usize,
+    /// Most of those with one caller token, so one caller cannot hold every slot; more are refused at once
+    /// with RESOURCE_EXHAUSTED CALLER_OVERLOADED. Default: an eighth of USERMETA_MAX_IN_FLIGHT (128); 0 means
+    /// no per-caller limit.
+    #[arg(long, env = "USERMETA_MAX_IN_FLIGHT_PER_CALLER")]
+    pub max_in_flight_per_caller: Option<usize>,
     /// Most concurrent calls (HTTP/2 streams) per client connection.
     #[arg(long, env = "USERMETA_MAX_STREAMS_PER_CONNECTION", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_streams_per_connection: u32,
@@ -641,6 +653,15 @@ fn upstream_rate(raw: &str) -> Result<f64, String> {
         Ok(rate)
     } else {
         Err("must be a number of requests per second, 0 or more (0: no budget)".to_owned())
+    }
+}
+
+fn caller_share(raw: &str) -> Result<f64, String> {
+    let share: f64 = raw.parse().map_err(|e| format!("{e}"))?;
+    if share > 0.0 && share <= 1.0 {
+        Ok(share)
+    } else {
+        Err("must be above 0 and at most 1 (0.5: one caller may spend half of the budget; 1: all of it)".to_owned())
     }
 }
 
@@ -934,7 +955,7 @@ impl ZitadelArgs {
 }
 
 impl ZitadelArgs {
-    /// The request budget toward ZITADEL, when a rate is set.
+    /// The request budget toward ZITADEL, unless its rate is 0.
     pub fn upstream_budget(&self) -> Option<UpstreamBudget> {
         (self.upstream_rate_limit > 0.0).then(|| UpstreamBudget {
             rate: self.upstream_rate_limit,
@@ -942,6 +963,7 @@ impl ZitadelArgs {
                 usermeta_zitadel::budget::one_second_of(self.upstream_rate_limit)
             }),
             reserve: self.upstream_reserve,
+            caller_share: self.upstream_caller_share,
         })
     }
 }
@@ -960,6 +982,7 @@ impl LimitArgs {
     pub fn limits(&self) -> Limits {
         Limits {
             max_in_flight: self.max_in_flight,
+            max_in_flight_per_caller: self.max_in_flight_per_caller,
             max_streams_per_connection: self.max_streams_per_connection,
             max_message_bytes: usize::try_from(self.max_message_bytes).unwrap_or(usize::MAX),
             requests: RequestLimits {
@@ -1401,11 +1424,16 @@ mod tests {
         assert_eq!(args.zitadel.resilience(), Resilience::default());
         assert_eq!(
             args.zitadel.upstream_budget(),
-            None,
-            "no budget unless asked"
+            Some(UpstreamBudget::default()),
+            "a budget sized for ZITADEL Cloud unless told otherwise"
         );
         let limits = args.limits.limits();
         assert_eq!(limits.max_message_bytes, 8 * 1024 * 1024);
+        assert_eq!(limits.max_in_flight, 1024);
+        assert_eq!(
+            limits.max_in_flight_per_caller, None,
+            "a caller's share of the in-flight limit is derived from it unless set"
+        );
         assert_eq!(
             limits.requests.caller_rate, 0,
             "no per-caller limit unless asked"
@@ -1414,7 +1442,7 @@ mod tests {
     }
 
     #[test]
-    fn the_upstream_budget_takes_a_second_of_its_rate_as_burst_unless_told() {
+    fn the_upstream_budget_is_on_and_takes_a_second_of_its_rate_as_burst_unless_told() {
         let parse = |extra: &[&str]| {
             let mut args = vec![
                 "usermeta",
@@ -1432,11 +1460,21 @@ mod tests {
             }
         };
         assert_eq!(
+            parse(&[]).unwrap(),
+            Some(UpstreamBudget {
+                rate: 40.0,
+                burst: 40,
+                reserve: 0.2,
+                caller_share: 0.5
+            })
+        );
+        assert_eq!(
             parse(&["--upstream-rate-limit", "12.5"]).unwrap(),
             Some(UpstreamBudget {
                 rate: 12.5,
                 burst: 13,
-                reserve: 0.2
+                reserve: 0.2,
+                caller_share: 0.5
             })
         );
         assert_eq!(
@@ -1446,15 +1484,20 @@ mod tests {
                 "--upstream-burst",
                 "100",
                 "--upstream-reserve",
-                "0.5"
+                "0.5",
+                "--upstream-caller-share",
+                "1"
             ])
             .unwrap(),
             Some(UpstreamBudget {
                 rate: 40.0,
                 burst: 100,
-                reserve: 0.5
+                reserve: 0.5,
+                caller_share: 1.0
             })
         );
+        assert!(parse(&["--upstream-caller-share", "0"]).is_err());
+        assert!(parse(&["--upstream-caller-share", "1.5"]).is_err());
         assert_eq!(parse(&["--upstream-rate-limit", "0"]).unwrap(), None);
         assert!(parse(&["--upstream-rate-limit", "-1"]).is_err());
         assert!(parse(&["--upstream-rate-limit", "10", "--upstream-burst", "0"]).is_err());

@@ -845,11 +845,12 @@ async fn a_spent_upstream_budget_is_429_with_retry_after_and_nothing_sent() {
     .identity(usermeta::caller::IdentityConfig::default())
     .ext_authz(config())
     .configure(|config| {
-        // Two requests, none kept back, refilled once a minute.
+        // Two requests, none kept back, refilled once a minute; no caller's share of its own.
         config.zitadel.upstream_budget = Some(usermeta_zitadel::UpstreamBudget {
             rate: 1.0 / 60.0,
             burst: 2,
             reserve: 0.0,
+            caller_share: 1.0,
         });
     })
     .spawn()

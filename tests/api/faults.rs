@@ -547,10 +547,12 @@ async fn over_the_in_flight_limit_calls_are_shed_with_resource_exhausted() {
         None,
         FaultKind::Latency(Duration::from_millis(400)),
     ));
+    // Two callers (one caller's share of two slots is one).
     let slow: Vec<_> = (0..2)
         .map(|_| {
             let mut client = client.clone();
-            let request = get_mine(&app);
+            let token = app.standin.issue_token(&app.alice, FULL_SCOPES);
+            let request = authed(GetMyMetadataRequest::default(), &token);
             tokio::spawn(async move { client.get_my_metadata(request).await })
         })
         .collect();

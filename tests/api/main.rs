@@ -22,6 +22,7 @@ mod fleet;
 mod get_my_metadata;
 mod health_reflection;
 mod identity;
+mod in_flight;
 mod list_metadata;
 mod observability;
 mod policy_matrix;

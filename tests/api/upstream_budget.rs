@@ -5,10 +5,14 @@
 
 use std::time::Duration;
 
+use envoy_types::pb::envoy::service::auth::v3::{
+    CheckResponse, authorization_client::AuthorizationClient, check_response::HttpResponse,
+};
+use prost::Message as _;
 use tonic::Code;
 use tonic_types::StatusExt;
 use usermeta::{
-    api::pb::{GetMyMetadataRequest, ListMetadataRequest},
+    api::pb::{BatchGetMetadataRequest, GetMyMetadataRequest, ListMetadataRequest},
     caller::cache::CacheConfig,
     policy::Policy,
     server::ServeOptions,
@@ -18,6 +22,7 @@ use zitadel_standin::FaultKind;
 
 use crate::faults::{fault, userinfo_requests};
 use crate::helpers::*;
+use crate::in_flight::check_request;
 
 /// A usermeta with `budget` (and fast retries) in front of `app`'s stand-in, with metrics on.
 async fn with_budget(app: &TestApp, budget: UpstreamBudget) -> (Client, Spawned) {
@@ -46,12 +51,14 @@ type Client = usermeta::api::pb::user_metadata_service_client::UserMetadataServi
     tonic::transport::Channel,
 >;
 
-/// A budget that refills too slowly to matter within a test (one token per 100 s).
+/// A budget that refills too slowly to matter within a test (one token per 100 s), without a caller's share
+/// (the replica's bucket alone).
 fn slow(burst: u32, reserve: f64) -> UpstreamBudget {
     UpstreamBudget {
         rate: 0.01,
         burst,
         reserve,
+        caller_share: 1.0,
     }
 }
 
@@ -230,6 +237,7 @@ async fn the_budget_refills_at_its_rate() {
             rate: 20.0,
             burst: 1,
             reserve: 0.0,
+            caller_share: 1.0,
         },
     )
     .await;
@@ -265,4 +273,236 @@ async fn without_a_budget_nothing_is_refused() {
             .unwrap();
     }
     assert_eq!(userinfo_requests(&app), 60);
+}
+
+/// The ErrorInfo and RetryInfo a failed batch result carries.
+fn error_details(
+    status: &tonic_types::Status,
+) -> (
+    Option<tonic_types::pb::ErrorInfo>,
+    Option<tonic_types::pb::RetryInfo>,
+) {
+    let decode = |suffix: &str| {
+        status
+            .details
+            .iter()
+            .find(|any| any.type_url.ends_with(suffix))
+            .map(|any| any.value.clone())
+    };
+    (
+        decode("google.rpc.ErrorInfo")
+            .and_then(|bytes| tonic_types::pb::ErrorInfo::decode(bytes.as_slice()).ok()),
+        decode("google.rpc.RetryInfo")
+            .and_then(|bytes| tonic_types::pb::RetryInfo::decode(bytes.as_slice()).ok()),
+    )
+}
+
+#[tokio::test]
+async fn one_callers_batch_spends_only_its_share_of_the_upstream_budget() {
+    let app = TestApp::start().await;
+    // Twenty requests, refilling too slowly to matter; the default reserve and share of one caller.
+    let (mut client, _spawned) = with_budget(
+        &app,
+        UpstreamBudget {
+            rate: 0.01,
+            burst: 20,
+            ..UpstreamBudget::per_second(0.01)
+        },
+    )
+    .await;
+    let users: Vec<String> = (0..30)
+        .map(|i| app.standin.create_user(&app.org, &format!("user{i}")))
+        .collect();
+    // The admin is identified, then asks for thirty users at once: more than the whole budget.
+    client
+        .get_my_metadata(mine(&app.admin_token))
+        .await
+        .unwrap();
+    app.standin.clear_requests();
+    let results = client
+        .batch_get_metadata(authed(
+            BatchGetMetadataRequest {
+                user_ids: users,
+                ..Default::default()
+            },
+            &app.admin_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    let read = results
+        .iter()
+        .filter(|result| result.error.is_none())
+        .count();
+    assert_eq!(
+        read,
+        app.management_requests().len(),
+        "one request per user read"
+    );
+    assert!(
+        (1..=10).contains(&read),
+        "the admin's share is at most half the burst: {read} users read"
+    );
+    for status in results.iter().filter_map(|result| result.error.as_ref()) {
+        assert_eq!(status.code, Code::ResourceExhausted as i32, "{status:?}");
+        let (info, retry) = error_details(status);
+        let info = info.expect("ErrorInfo");
+        assert_eq!(info.reason, "CALLER_UPSTREAM_SHARE_EXHAUSTED", "{status:?}");
+        assert_eq!(info.metadata["setting"], "USERMETA_UPSTREAM_CALLER_SHARE");
+        assert!(
+            retry.and_then(|retry| retry.retry_delay).is_some(),
+            "{status:?}"
+        );
+        assert!(status.message.contains("USERMETA_UPSTREAM_CALLER_SHARE"));
+        assert!(!status.message.contains(&app.admin_token));
+    }
+
+    // What the admin could not spend is left for everyone else: a new caller is identified and served.
+    let fresh = app.standin.issue_token(&app.alice, FULL_SCOPES);
+    let answer = client.get_my_metadata(mine(&fresh)).await;
+    assert!(answer.is_ok(), "another caller was refused: {answer:?}");
+}
+
+#[tokio::test]
+async fn the_shipped_budget_is_on_and_keeps_one_callers_batch_to_its_share() {
+    let app = TestApp::start().await;
+    // What `usermeta serve` and `usermeta dev` run with unless told otherwise.
+    let shipped = usermeta::server::Config::new(
+        app.standin.url().parse().unwrap(),
+        usermeta_zitadel::ServiceCredential::Pat(app.service_pat.clone().into()),
+    )
+    .zitadel
+    .upstream_budget
+    .expect("a request budget toward ZITADEL by default");
+    assert_eq!(shipped, UpstreamBudget::default());
+    let (mut client, _spawned) = with_budget(&app, shipped).await;
+    let users: Vec<String> = (0..100)
+        .map(|i| app.standin.create_user(&app.org, &format!("user{i}")))
+        .collect();
+    app.standin.clear_requests();
+    let started = std::time::Instant::now();
+    client
+        .get_my_metadata(mine(&app.admin_token))
+        .await
+        .unwrap();
+    let results = client
+        .batch_get_metadata(authed(
+            BatchGetMetadataRequest {
+                user_ids: users,
+                ..Default::default()
+            },
+            &app.admin_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    let elapsed = started.elapsed().as_secs_f64();
+    let read = results
+        .iter()
+        .filter(|result| result.error.is_none())
+        .count();
+    assert_eq!(read, app.management_requests().len());
+    // The admin's share: half the burst at once, half the rate after (its identification included).
+    let share = shipped.rate * shipped.caller_share;
+    let most = (f64::from(shipped.burst) * shipped.caller_share + share * elapsed).floor();
+    assert!(
+        read as f64 + 1.0 <= most,
+        "{read} users read in {elapsed:.2} s"
+    );
+    for status in results.iter().filter_map(|result| result.error.as_ref()) {
+        let (info, _) = error_details(status);
+        assert_eq!(
+            info.map(|info| info.reason).as_deref(),
+            Some("CALLER_UPSTREAM_SHARE_EXHAUSTED"),
+            "{status:?}"
+        );
+    }
+    // Unless the machine took seconds for it, most of the hundred were refused, each naming the share.
+    if elapsed < 2.0 {
+        assert!(read < 100 / 2, "{read} users read in {elapsed:.2} s");
+    }
+    // The rest of the replica's budget is there for others.
+    let fresh = app.standin.issue_token(&app.alice, FULL_SCOPES);
+    let answer = client.get_my_metadata(mine(&fresh)).await;
+    assert!(answer.is_ok(), "another caller was refused: {answer:?}");
+}
+
+#[tokio::test]
+async fn check_denies_a_caller_past_its_share_with_429_and_nothing_sent() {
+    let app = TestApp::start().await;
+    // Four requests, two of them one caller's; nothing cached, so every Check asks userinfo.
+    let spawned = app
+        .another()
+        .options(Options {
+            cache: CacheConfig {
+                ttl: Duration::ZERO,
+                ..CacheConfig::default()
+            },
+            ..Options::default()
+        })
+        .ext_authz(usermeta::authz::AuthzConfig::default())
+        .configure(|config| {
+            config.zitadel.upstream_budget = Some(UpstreamBudget {
+                caller_share: 0.5,
+                ..slow(4, 0.0)
+            });
+        })
+        .spawn()
+        .await;
+    let channel = tonic::transport::Channel::from_shared(format!(
+        "http://{}",
+        spawned.authz_addr.expect("ext_authz is on")
+    ))
+    .unwrap()
+    .connect()
+    .await
+    .unwrap();
+    let mut authz = AuthorizationClient::new(channel);
+    app.standin.clear_requests();
+    let code = |response: &CheckResponse| response.status.as_ref().map(|status| status.code);
+    for _ in 0..2 {
+        let response = authz
+            .check(check_request(&app.alice_token))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(code(&response), Some(Code::Ok as i32), "{response:?}");
+    }
+    let response = authz
+        .check(check_request(&app.alice_token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&response), Some(Code::ResourceExhausted as i32));
+    let Some(HttpResponse::DeniedResponse(denial)) = &response.http_response else {
+        panic!("expected a denial: {response:?}");
+    };
+    assert_eq!(denial.status.as_ref().map(|status| status.code), Some(429));
+    assert!(
+        denial.body.contains("USERMETA_UPSTREAM_CALLER_SHARE"),
+        "{}",
+        denial.body
+    );
+    assert!(
+        denial
+            .headers
+            .iter()
+            .filter_map(|option| option.header.as_ref())
+            .any(|header| header.key == "retry-after" && header.value.parse::<u64>().is_ok()),
+        "{denial:?}"
+    );
+    assert_eq!(
+        userinfo_requests(&app),
+        2,
+        "nothing sent for the refused Check"
+    );
+    // Another caller finds the rest of the budget.
+    let response = authz
+        .check(check_request(&app.admin_token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(code(&response), Some(Code::Ok as i32), "{response:?}");
 }

@@ -44,9 +44,14 @@ pub struct AppBuilder {
 impl AppBuilder {
     /// Against the v1 management API unless [`AppBuilder::api`] says otherwise: the tests that pin v1's wire
     /// format need it, and the backend-independent suite runs against both.
+    ///
+    /// Without the request budget toward ZITADEL (on by default): it refills with the clock, and tests that
+    /// send ZITADEL many requests in a burst would depend on the machine's speed. Tests of the budget set one
+    /// ([`AppBuilder::configure`]).
     pub fn new(zitadel_url: &str, credential: ServiceCredential) -> Self {
         let mut config = Config::new(zitadel_url.parse().expect("a ZITADEL URL"), credential);
         config.zitadel.management_api = ApiChoice::V1;
+        config.zitadel.upstream_budget = None;
         AppBuilder { config }.options(Options::default())
     }
 

@@ -8,18 +8,39 @@
 //! only take a token while more than the reserve is left, so when new tokens exhaust the budget, identified
 //! callers' calls still get the reserve and then every token that refills.
 //!
-//! A refused request is not sent; the caller learns when a token of its class will be there.
+//! One caller's share: each caller token (by its digest, set with [`for_caller`]) may spend at most
+//! `caller_share` of the rate and of the burst, in a bucket of its own besides the replica's. So one caller's
+//! BatchGetMetadata or FindUsersByMetadata (up to hundreds of requests each) cannot spend the whole budget:
+//! the rest stays for everyone else.
+//!
+//! A refused request is not sent; the caller learns when a token of its class (or of its share) will be there.
 
 use std::{
+    collections::HashMap,
     future::Future,
     sync::{Mutex, PoisonError},
     time::{Duration, Instant},
 };
 
-use crate::Endpoint;
+use crate::{Endpoint, UpstreamError};
 
 tokio::task_local! {
     static IDENTIFIED: ();
+    static CALLER: [u8; 32];
+}
+
+/// Callers' buckets tracked before those full again (idle) are forgotten.
+const PRUNE_CALLERS_AT: usize = 10_000;
+
+/// Runs `future` as the work of the caller whose token has `digest` (never the token itself): its requests
+/// to ZITADEL spend that caller's share of the budget.
+pub async fn for_caller<F: Future>(digest: [u8; 32], future: F) -> F::Output {
+    CALLER.scope(digest, future).await
+}
+
+/// The caller of the request being made, if it is made for one.
+fn current_caller() -> Option<[u8; 32]> {
+    CALLER.try_with(|digest| *digest).ok()
 }
 
 /// Runs `future` as the work of a caller already identified: its calls with the caller's token (the auth
@@ -75,19 +96,51 @@ pub struct UpstreamBudget {
     /// Share of the burst only [`Class::Manage`] requests may use (0 to 1; capped so identification keeps
     /// at least one token of the bucket).
     pub reserve: f64,
+    /// Share of the rate and of the burst one caller token may spend (above 0, at most 1; 1: one caller may
+    /// spend it all).
+    pub caller_share: f64,
 }
 
 impl UpstreamBudget {
+    /// The default rate, for one instance behind its own source IP in front of ZITADEL Cloud (50 requests per
+    /// second per IP over a minute): four fifths of it, so that with the default burst one instance sends at
+    /// most 40 + 60 × 40 = 2440 requests in any minute, of the 3000 allowed. Replicas sharing an IP divide it.
+    pub const DEFAULT_RATE: f64 = 40.0;
+
     /// The default reserve: a fifth of the burst is kept for identified callers.
     pub const DEFAULT_RESERVE: f64 = 0.2;
 
-    /// `rate` per second with a burst of one second's worth and the default reserve.
+    /// The default share of one caller: half of the budget stays for everyone else.
+    pub const DEFAULT_CALLER_SHARE: f64 = 0.5;
+
+    /// `rate` per second with a burst of one second's worth and the default reserve and caller share.
     pub fn per_second(rate: f64) -> Self {
         UpstreamBudget {
             rate,
             burst: one_second_of(rate),
             reserve: Self::DEFAULT_RESERVE,
+            caller_share: Self::DEFAULT_CALLER_SHARE,
         }
+    }
+
+    /// One caller's part: `caller_share` of the rate, and of the burst (at least one request); `None` when a
+    /// caller may spend it all.
+    fn caller_part(&self) -> Option<(f64, f64)> {
+        let share = self.caller_share;
+        // NaN, 0 or 1 and above: no share of its own (settings accept only above 0, at most 1).
+        if !(share > 0.0 && share < 1.0) {
+            return None;
+        }
+        let burst = (f64::from(self.burst.max(1)) * share).floor().max(1.0);
+        Some((self.rate.max(f64::MIN_POSITIVE) * share, burst))
+    }
+}
+
+impl Default for UpstreamBudget {
+    /// [`UpstreamBudget::DEFAULT_RATE`] per second, a burst of one second's worth, the default reserve and
+    /// caller share.
+    fn default() -> Self {
+        Self::per_second(Self::DEFAULT_RATE)
     }
 }
 
@@ -97,16 +150,46 @@ pub fn one_second_of(rate: f64) -> u32 {
     (rate.ceil() as u32).max(1)
 }
 
+/// What refused a request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Limit {
+    /// The replica's budget, for requests of this class.
+    Budget(Class),
+    /// The caller's share of it: `per_second` and `burst` are the share's.
+    CallerShare { per_second: f64, burst: f64 },
+}
+
 /// A request the budget refused: nothing was sent.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) struct Refused {
-    /// When a token of the request's class will be there, at the earliest.
+    /// When a token of the request's class (or of the caller's share) will be there, at the earliest.
     pub(crate) retry_after: Duration,
-    /// The tokens in the bucket.
+    /// The tokens in the bucket that refused.
     pub(crate) tokens: f64,
+    pub(crate) by: Limit,
 }
 
-/// The token bucket of one ZITADEL.
+impl Refused {
+    /// The error of a request to `endpoint` refused so.
+    pub(crate) fn error(self, endpoint: Endpoint) -> UpstreamError {
+        match self.by {
+            Limit::Budget(class) => UpstreamError::BudgetExhausted {
+                endpoint,
+                class,
+                retry_after: self.retry_after,
+            },
+            Limit::CallerShare { per_second, burst } => UpstreamError::CallerShareExhausted {
+                endpoint,
+                retry_after: self.retry_after,
+                per_second,
+                // A whole number of requests (at least one), within u32 as the burst is.
+                burst: burst as u32,
+            },
+        }
+    }
+}
+
+/// The token bucket of one ZITADEL, and one per caller for its share.
 #[derive(Debug)]
 pub(crate) struct Bucket {
     rate: f64,
@@ -114,13 +197,38 @@ pub(crate) struct Bucket {
     /// Tokens identification must leave in the bucket.
     reserve: f64,
     state: Mutex<State>,
+    shares: Option<Shares>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 struct State {
     /// May go below zero after a [`Bucket::charge`]: the debt is repaid before anything else is granted.
     tokens: f64,
     at: Instant,
+}
+
+impl State {
+    fn full(burst: f64, now: Instant) -> Self {
+        State {
+            tokens: burst,
+            at: now,
+        }
+    }
+
+    /// Adds what `rate` refilled since the last look, up to `burst`.
+    fn refill(&mut self, rate: f64, burst: f64, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate).min(burst);
+        self.at = self.at.max(now);
+    }
+}
+
+/// Each caller's share: a bucket per caller token digest (never the token), made full on its first request.
+#[derive(Debug)]
+struct Shares {
+    rate: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<[u8; 32], State>>,
 }
 
 impl Bucket {
@@ -133,23 +241,60 @@ impl Bucket {
             rate: budget.rate.max(f64::MIN_POSITIVE),
             burst,
             reserve,
-            state: Mutex::new(State {
-                tokens: burst,
-                at: now,
+            state: Mutex::new(State::full(burst, now)),
+            shares: budget.caller_part().map(|(rate, burst)| Shares {
+                rate,
+                burst,
+                buckets: Mutex::new(HashMap::new()),
             }),
         }
     }
 
     fn refilled(&self, now: Instant) -> std::sync::MutexGuard<'_, State> {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let elapsed = now.saturating_duration_since(state.at).as_secs_f64();
-        state.tokens = (state.tokens + elapsed * self.rate).min(self.burst);
-        state.at = state.at.max(now);
+        state.refill(self.rate, self.burst, now);
         state
     }
 
-    /// Takes a token for a request of `class`, or says when one will be there. `Ok` holds the tokens left.
+    /// Takes a token for a request of `class` made now (for the caller [`for_caller`] names, if any), or says
+    /// when one will be there. `Ok` holds the tokens left in the replica's bucket.
     pub(crate) fn try_take(&self, class: Class, now: Instant) -> Result<f64, Refused> {
+        let (Some(shares), Some(caller)) = (&self.shares, current_caller()) else {
+            return self.take(class, now);
+        };
+        let mut buckets = shares
+            .buckets
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if buckets.len() >= PRUNE_CALLERS_AT {
+            // A full bucket is what a caller not seen before gets: forgetting it changes nothing.
+            buckets.retain(|_, bucket| {
+                bucket.refill(shares.rate, shares.burst, now);
+                bucket.tokens < shares.burst
+            });
+        }
+        let share = buckets
+            .entry(caller)
+            .or_insert_with(|| State::full(shares.burst, now));
+        share.refill(shares.rate, shares.burst, now);
+        if share.tokens < 1.0 {
+            return Err(Refused {
+                retry_after: Duration::from_secs_f64((1.0 - share.tokens) / shares.rate),
+                tokens: share.tokens,
+                by: Limit::CallerShare {
+                    per_second: shares.rate,
+                    burst: shares.burst,
+                },
+            });
+        }
+        // Taken from the share only once the replica's bucket granted it: a refusal there costs no share.
+        let left = self.take(class, now)?;
+        share.tokens -= 1.0;
+        Ok(left)
+    }
+
+    /// Takes a token of the replica's bucket for a request of `class`.
+    fn take(&self, class: Class, now: Instant) -> Result<f64, Refused> {
         let floor = match class {
             Class::Identify => self.reserve,
             Class::Manage => 0.0,
@@ -163,6 +308,7 @@ impl Bucket {
         Err(Refused {
             retry_after: Duration::from_secs_f64(missing / self.rate),
             tokens: state.tokens,
+            by: Limit::Budget(class),
         })
     }
 
@@ -187,6 +333,7 @@ mod tests {
                     rate,
                     burst,
                     reserve,
+                    caller_share: 1.0,
                 },
                 now,
             ),
@@ -287,6 +434,114 @@ mod tests {
             bucket
                 .try_take(Class::Manage, now + Duration::from_secs(2))
                 .is_ok()
+        );
+    }
+
+    #[tokio::test]
+    async fn one_caller_spends_only_its_share_and_leaves_the_rest_to_others() {
+        let now = Instant::now();
+        // Ten requests, half of them one caller's at most.
+        let bucket = Bucket::new(
+            UpstreamBudget {
+                rate: 10.0,
+                burst: 10,
+                reserve: 0.0,
+                caller_share: 0.5,
+            },
+            now,
+        );
+        let (greedy, other) = ([1; 32], [2; 32]);
+        for left in [9.0, 8.0, 7.0, 6.0, 5.0] {
+            let taken = for_caller(greedy, async { bucket.try_take(Class::Manage, now) }).await;
+            assert_eq!(taken, Ok(left));
+        }
+        let refused = for_caller(greedy, async { bucket.try_take(Class::Manage, now) })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            refused.by,
+            Limit::CallerShare {
+                per_second: 5.0,
+                burst: 5.0
+            }
+        );
+        // One of its share's tokens comes back at its rate: 5 per second.
+        assert!(close(refused.retry_after, 200), "{:?}", refused.retry_after);
+        // Another caller, and work for no caller, still find the other half.
+        for _ in 0..4 {
+            assert!(
+                for_caller(other, async { bucket.try_take(Class::Manage, now) })
+                    .await
+                    .is_ok()
+            );
+        }
+        assert!(bucket.try_take(Class::Manage, now).is_ok());
+        // The replica's bucket is empty: its refusal names the budget and costs no share.
+        let refused = for_caller(other, async { bucket.try_take(Class::Manage, now) })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.by, Limit::Budget(Class::Manage));
+        let later = now + Duration::from_millis(100);
+        assert!(
+            for_caller(other, async { bucket.try_take(Class::Manage, later) })
+                .await
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn a_share_is_at_least_one_request_and_one_means_none() {
+        let part = |burst, caller_share| {
+            UpstreamBudget {
+                rate: 4.0,
+                burst,
+                reserve: 0.2,
+                caller_share,
+            }
+            .caller_part()
+        };
+        assert_eq!(part(1, 0.5), Some((2.0, 1.0)));
+        assert_eq!(part(40, 0.5), Some((2.0, 20.0)));
+        assert_eq!(part(40, 1.0), None);
+        assert_eq!(part(40, f64::NAN), None);
+        let default = UpstreamBudget::default();
+        assert_eq!(default.rate, 40.0);
+        assert_eq!(default.burst, 40);
+        assert_eq!(default.caller_part(), Some((20.0, 20.0)));
+        // Within ZITADEL Cloud's 50 requests per second over any minute, with room to spare.
+        assert!(f64::from(default.burst) + 60.0 * default.rate <= 0.85 * 60.0 * 50.0);
+    }
+
+    #[tokio::test]
+    async fn idle_callers_are_forgotten() {
+        let now = Instant::now();
+        let bucket = Bucket::new(
+            UpstreamBudget {
+                rate: 1000.0,
+                burst: 10,
+                reserve: 0.0,
+                caller_share: 0.5,
+            },
+            now,
+        );
+        for i in 0..PRUNE_CALLERS_AT as u32 {
+            let mut caller = [0; 32];
+            caller[..4].copy_from_slice(&i.to_le_bytes());
+            let _ = for_caller(caller, async { bucket.try_take(Class::Manage, now) }).await;
+        }
+        let later = now + Duration::from_secs(1);
+        let _ = for_caller([0xff; 32], async { bucket.try_take(Class::Manage, later) }).await;
+        let tracked = bucket
+            .shares
+            .as_ref()
+            .unwrap()
+            .buckets
+            .lock()
+            .unwrap()
+            .len();
+        assert_eq!(
+            tracked, 1,
+            "the refilled callers are gone, the new one is there"
         );
     }
 

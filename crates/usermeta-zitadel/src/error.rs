@@ -121,6 +121,16 @@ pub enum UpstreamError {
         class: crate::budget::Class,
         retry_after: Duration,
     },
+    /// This caller's share of usermeta's request budget toward ZITADEL is spent; nothing was sent.
+    #[error(
+        "usermeta did not send {endpoint}: this caller's share of its request budget toward ZITADEL ({per_second} requests per second, {burst} at once) is spent for {retry_after:?}"
+    )]
+    CallerShareExhausted {
+        endpoint: Endpoint,
+        retry_after: Duration,
+        per_second: f64,
+        burst: u32,
+    },
     /// A path segment from the request would not reach ZITADEL as given (`.`, `..`, empty); nothing was sent.
     #[error(
         "usermeta did not send {endpoint}: the path segment {segment:?} would not reach ZITADEL as given"
@@ -157,6 +167,7 @@ impl UpstreamError {
             | UpstreamError::DeadlineExceeded { endpoint }
             | UpstreamError::CircuitOpen { endpoint, .. }
             | UpstreamError::BudgetExhausted { endpoint, .. }
+            | UpstreamError::CallerShareExhausted { endpoint, .. }
             | UpstreamError::UnsafePath { endpoint, .. } => *endpoint,
             UpstreamError::CredentialRefresh { cause, .. } => cause.endpoint(),
             UpstreamError::NotInOrganization { .. } => Endpoint::UserV2GetUser,
@@ -216,7 +227,9 @@ impl UpstreamError {
             }
             UpstreamError::NotInOrganization { .. } => ErrorKind::Refused,
             // usermeta keeping to ZITADEL's rate limit on its behalf: later, as for a 429.
-            UpstreamError::BudgetExhausted { .. } => ErrorKind::RateLimited,
+            UpstreamError::BudgetExhausted { .. } | UpstreamError::CallerShareExhausted { .. } => {
+                ErrorKind::RateLimited
+            }
             UpstreamError::UnsafePath { .. } | UpstreamError::NotSupported { .. } => {
                 ErrorKind::NotSent
             }

@@ -21,6 +21,9 @@ pub trait Instrument: Send + Sync + 'static {
     /// The request budget toward ZITADEL granted (or refused) a request of `class` (`identify`, `manage`);
     /// `tokens` are left in the bucket (below zero while a charge is repaid).
     fn upstream_budget(&self, _class: &'static str, _granted: bool, _tokens: f64) {}
+    /// The caller's share of the request budget refused a request of `class` (the replica's bucket was not
+    /// asked).
+    fn upstream_caller_share_refused(&self, _class: &'static str) {}
 }
 
 /// The hooks in use: [`Instrumentation::none`] unless the service gives its own.

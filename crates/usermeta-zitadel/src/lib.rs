@@ -65,7 +65,8 @@ pub struct ZitadelConfig {
     pub management_api: management::ApiChoice,
     /// How long this replica lays its own writes over v2's eventually consistent listing (0: not at all).
     pub read_your_writes: Duration,
-    /// Most requests per second sent to this ZITADEL (retries included); `None`: no budget.
+    /// Most requests per second sent to this ZITADEL (retries included), and one caller's share of them;
+    /// `None`: no budget. [`ZitadelConfig::new`] sets [`UpstreamBudget::default`].
     pub upstream_budget: Option<UpstreamBudget>,
 }
 
@@ -75,7 +76,8 @@ pub const DEFAULT_READ_YOUR_WRITES: Duration = Duration::from_secs(60);
 
 impl ZitadelConfig {
     /// The defaults for an instance and a credential: 5 s per call, default resilience, HTTP/2 negotiated,
-    /// no project, the management API chosen automatically.
+    /// no project, the management API chosen automatically, the default request budget (sized for one
+    /// instance in front of ZITADEL Cloud: [`UpstreamBudget::DEFAULT_RATE`]).
     pub fn new(base_url: Url, service_credential: ServiceCredential) -> Self {
         ZitadelConfig {
             base_url,
@@ -86,7 +88,7 @@ impl ZitadelConfig {
             project_id: None,
             management_api: management::ApiChoice::default(),
             read_your_writes: DEFAULT_READ_YOUR_WRITES,
-            upstream_budget: None,
+            upstream_budget: Some(UpstreamBudget::default()),
         }
     }
 }
@@ -293,11 +295,7 @@ impl Zitadel {
             // Nothing sent: the breaker learns nothing (a dropped pass frees a probe's slot).
             drop(pass);
             return Sent {
-                result: Err(UpstreamError::BudgetExhausted {
-                    endpoint,
-                    class: budget::Class::of(endpoint),
-                    retry_after: refused.retry_after,
-                }),
+                result: Err(refused.error(endpoint)),
                 may_have_landed: false,
             };
         }
@@ -410,13 +408,18 @@ impl Zitadel {
         };
         let class = budget::Class::of(endpoint);
         let taken = bucket.try_take(class, Instant::now());
-        let tokens = match &taken {
-            Ok(left) => *left,
-            Err(refused) => refused.tokens,
-        };
-        self.instrumentation
-            .hooks()
-            .upstream_budget(class.name(), taken.is_ok(), tokens);
+        let hooks = self.instrumentation.hooks();
+        match &taken {
+            Ok(left) => hooks.upstream_budget(class.name(), true, *left),
+            Err(refused) => match refused.by {
+                budget::Limit::Budget(_) => {
+                    hooks.upstream_budget(class.name(), false, refused.tokens);
+                }
+                budget::Limit::CallerShare { .. } => {
+                    hooks.upstream_caller_share_refused(class.name())
+                }
+            },
+        }
         taken.map(|_| ())
     }
 

@@ -1,0 +1,376 @@
+//! The in-flight limits (`USERMETA_MAX_IN_FLIGHT`, `USERMETA_MAX_IN_FLIGHT_PER_CALLER`) against a ZITADEL that
+//! hangs: one caller cannot take every slot, and a caller answered from memory is never refused because calls
+//! waiting on ZITADEL hold the slots. Slow calls are held by a long latency fault and released by aborting
+//! them; every wait is on what the stand-in received, never on the clock.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use envoy_types::pb::envoy::service::auth::v3::{
+    AttributeContext, CheckRequest, attribute_context, authorization_client::AuthorizationClient,
+    check_response::HttpResponse,
+};
+use tonic::{Code, Status};
+use tonic_types::StatusExt;
+use usermeta::{
+    api::pb::{GetMyMetadataRequest, ListMetadataRequest},
+    authz::AuthzConfig,
+    policy::Policy,
+    server::{Limits, ServeOptions},
+};
+use zitadel_standin::FaultKind;
+
+use crate::faults::{fault, userinfo_requests, usermeta_with};
+use crate::helpers::*;
+
+/// Longer than any test: a call held by it ends only when the test aborts it.
+const HANG: Duration = Duration::from_secs(300);
+
+/// ListMetadata of bob, as `token` (an admin's).
+fn list_bob(app: &TestApp, token: &str) -> tonic::Request<ListMetadataRequest> {
+    authed(
+        ListMetadataRequest {
+            user_id: app.bob.clone(),
+            organization_id: app.other_org.clone(),
+            ..Default::default()
+        },
+        token,
+    )
+}
+
+fn mine(token: &str) -> tonic::Request<GetMyMetadataRequest> {
+    authed(GetMyMetadataRequest::default(), token)
+}
+
+/// `request` with the longest deadline usermeta allows, so a call held by [`HANG`] stays held however slow the
+/// machine (the default request timeout would end it after 10 s).
+fn held<T>(request: tonic::Request<T>) -> tonic::Request<T> {
+    with_deadline(request, Duration::from_secs(60))
+}
+
+/// Polls (briefly sleeping) until `done` holds: for what happens on the server after a client's action.
+async fn until(mut done: impl FnMut() -> bool) {
+    for _ in 0..2000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("the expected state never came");
+}
+
+/// A usermeta with `max_in_flight` slots in front of `app`'s stand-in, serving Envoy's Check and metrics too.
+async fn with_check(
+    app: &TestApp,
+    max_in_flight: usize,
+) -> (
+    usermeta::api::pb::user_metadata_service_client::UserMetadataServiceClient<
+        tonic::transport::Channel,
+    >,
+    AuthorizationClient<tonic::transport::Channel>,
+    Spawned,
+) {
+    let spawned = app
+        .another()
+        .policy(Policy::new([app.admin.clone()], vec![SELF_WRITABLE.into()]))
+        .options(Options {
+            limits: Limits {
+                max_in_flight,
+                ..Limits::default()
+            },
+            ..Options::default()
+        })
+        .ext_authz(AuthzConfig::default())
+        .serve_options(ServeOptions {
+            metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+            ..ServeOptions::default()
+        })
+        .spawn()
+        .await;
+    let channel = tonic::transport::Channel::from_shared(format!(
+        "http://{}",
+        spawned.authz_addr.expect("ext_authz is on")
+    ))
+    .unwrap()
+    .connect()
+    .await
+    .unwrap();
+    (
+        connect(spawned.addr).await,
+        AuthorizationClient::new(channel),
+        spawned,
+    )
+}
+
+/// The `/metrics` text of `spawned`.
+async fn scrape(spawned: &Spawned) -> String {
+    let metrics = spawned.metrics_addr.expect("metrics are on");
+    reqwest::get(format!("http://{metrics}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// A Check for a GET with `token`, as Envoy sends it.
+pub(crate) fn check_request(token: &str) -> CheckRequest {
+    let headers = [("authorization".to_owned(), format!("Bearer {token}"))].into();
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(attribute_context::Request {
+                http: Some(attribute_context::HttpRequest {
+                    method: "GET".into(),
+                    path: "/".into(),
+                    host: "api.example.com".into(),
+                    headers,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+#[tokio::test]
+async fn one_caller_cannot_take_every_in_flight_slot() {
+    let app = TestApp::start().await;
+    // Eight slots; a caller's share is by default an eighth of them: one.
+    let (client, _addr, _stop) = usermeta_with(
+        &app,
+        Options {
+            limits: Limits {
+                max_in_flight: 8,
+                ..Limits::default()
+            },
+            ..Options::default()
+        },
+    )
+    .await;
+    // The admin is identified (in memory); then ZITADEL's management API hangs.
+    client
+        .clone()
+        .get_my_metadata(mine(&app.admin_token))
+        .await
+        .unwrap();
+    app.standin
+        .push_fault(fault("/management/", None, FaultKind::Latency(HANG)));
+    app.standin.clear_requests();
+
+    // The admin sends eight slow calls at once.
+    let refused: Arc<Mutex<Vec<Status>>> = Arc::default();
+    let hog: Vec<_> = (0..8)
+        .map(|_| {
+            let mut client = client.clone();
+            let request = held(list_bob(&app, &app.admin_token));
+            let refused = Arc::clone(&refused);
+            tokio::spawn(async move {
+                if let Err(status) = client.list_metadata(request).await {
+                    refused.lock().unwrap().push(status);
+                }
+            })
+        })
+        .collect();
+    // Each one either reached ZITADEL (and hangs there) or was refused.
+    until(|| app.management_requests().len() + refused.lock().unwrap().len() == 8).await;
+
+    // Another caller, not in memory (its token needs userinfo, which answers), is served.
+    let answer = client.clone().get_my_metadata(mine(&app.alice_token)).await;
+    assert!(answer.is_ok(), "another caller was refused: {answer:?}");
+
+    // The admin holds its share (one slot); its other calls were refused at once, naming the limit.
+    assert_eq!(app.management_requests().len(), 1);
+    let refused = refused.lock().unwrap().clone();
+    assert_eq!(refused.len(), 7);
+    for status in &refused {
+        assert_status(status, Code::ResourceExhausted, "CALLER_OVERLOADED");
+        let info = status.get_details_error_info().expect("ErrorInfo");
+        assert_eq!(info.metadata["max_in_flight_per_caller"], "1");
+        assert_eq!(
+            info.metadata["setting"],
+            "USERMETA_MAX_IN_FLIGHT_PER_CALLER"
+        );
+        assert!(status.get_details_retry_info().is_some(), "{status:?}");
+        assert!(
+            status
+                .message()
+                .contains("USERMETA_MAX_IN_FLIGHT_PER_CALLER"),
+            "{}",
+            status.message()
+        );
+        assert!(!status.message().contains(&app.admin_token));
+    }
+
+    // The held call, once given up by its client, frees the admin's slot.
+    for call in hog {
+        call.abort();
+    }
+    app.standin.clear_faults();
+    let mut client = client.clone();
+    for attempt in 0.. {
+        match client.list_metadata(list_bob(&app, &app.admin_token)).await {
+            Ok(_) => break,
+            Err(status) if reason(&status).as_deref() == Some("CALLER_OVERLOADED") => {
+                assert!(attempt < 1000, "the slot was never freed");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err(status) => panic!("{status:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn callers_answered_from_memory_are_never_shed() {
+    let app = TestApp::start().await;
+    // Two slots, shared by the metadata API and Envoy's Check.
+    let (client, authz, spawned) = with_check(&app, 2).await;
+
+    // Alice and two admin tokens are identified (in memory).
+    let second_admin = app.standin.issue_token(&app.admin, FULL_SCOPES);
+    for token in [&app.alice_token, &app.admin_token, &second_admin] {
+        client.clone().get_my_metadata(mine(token)).await.unwrap();
+    }
+    // ZITADEL's management API hangs; one slow call per admin token takes both slots.
+    app.standin
+        .push_fault(fault("/management/", None, FaultKind::Latency(HANG)));
+    app.standin.clear_requests();
+    let slow: Vec<_> = [&app.admin_token, &second_admin]
+        .into_iter()
+        .map(|token| {
+            let mut client = client.clone();
+            let request = held(list_bob(&app, token));
+            tokio::spawn(async move { client.list_metadata(request).await })
+        })
+        .collect();
+    until(|| app.management_requests().len() == 2).await;
+
+    // Alice is answered from memory, by the metadata API and by Check.
+    let answer = client.clone().get_my_metadata(mine(&app.alice_token)).await;
+    assert!(answer.is_ok(), "a cached caller was shed: {answer:?}");
+    let check = authz.clone().check(check_request(&app.alice_token)).await;
+    let check = check.expect("a cached Check is answered").into_inner();
+    assert_eq!(
+        check.status.map(|status| status.code),
+        Some(Code::Ok as i32)
+    );
+    assert_eq!(
+        app.standin.requests().len(),
+        2,
+        "nothing more reached ZITADEL"
+    );
+
+    // A caller that would wait on ZITADEL is still refused at the global limit, on both listeners.
+    let fresh = app.standin.issue_token(&app.bob, FULL_SCOPES);
+    let status = client
+        .clone()
+        .get_my_metadata(mine(&fresh))
+        .await
+        .unwrap_err();
+    assert_status(&status, Code::ResourceExhausted, "OVERLOADED");
+    let info = status.get_details_error_info().expect("ErrorInfo");
+    assert_eq!(info.metadata["max_in_flight"], "2");
+    assert_eq!(info.metadata["setting"], "USERMETA_MAX_IN_FLIGHT");
+    assert!(status.get_details_retry_info().is_some());
+    let status = authz
+        .clone()
+        .check(check_request(&fresh))
+        .await
+        .unwrap_err();
+    assert_status(&status, Code::ResourceExhausted, "OVERLOADED");
+    assert_eq!(
+        app.standin.requests().len(),
+        2,
+        "a shed call reaches nobody"
+    );
+
+    let scraped = scrape(&spawned).await;
+    for series in [
+        r#"usermeta_calls_shed_total{limit="max_in_flight"}"#,
+        "usermeta_calls_waiting_on_zitadel",
+    ] {
+        assert!(
+            scraped.lines().any(|line| line.starts_with(series)),
+            "no {series} in:\n{scraped}"
+        );
+    }
+    for call in slow {
+        call.abort();
+    }
+}
+
+#[tokio::test]
+async fn check_and_the_metadata_api_share_each_callers_limit() {
+    let app = TestApp::start().await;
+    // Eight slots; a caller's share is one.
+    let (client, authz, spawned) = with_check(&app, 8).await;
+    client
+        .clone()
+        .get_my_metadata(mine(&app.alice_token))
+        .await
+        .unwrap();
+    // A token usermeta has not seen, while userinfo hangs: its first Check waits on ZITADEL.
+    app.standin
+        .push_fault(fault("/oidc/v1/userinfo", None, FaultKind::Latency(HANG)));
+    app.standin.clear_requests();
+    let fresh = app.standin.issue_token(&app.bob, FULL_SCOPES);
+    let waiting = {
+        let mut authz = authz.clone();
+        let request = held(tonic::Request::new(check_request(&fresh)));
+        tokio::spawn(async move { authz.check(request).await })
+    };
+    until(|| userinfo_requests(&app) == 1).await;
+
+    // Its next Check is denied with 429 and a Retry-After, its next metadata call refused: one share for both.
+    let response = authz
+        .clone()
+        .check(check_request(&fresh))
+        .await
+        .expect("a denial, not a failed call")
+        .into_inner();
+    assert_eq!(
+        response.status.as_ref().map(|status| status.code),
+        Some(Code::ResourceExhausted as i32)
+    );
+    let Some(HttpResponse::DeniedResponse(denial)) = &response.http_response else {
+        panic!("expected a denial: {response:?}");
+    };
+    assert_eq!(denial.status.as_ref().map(|status| status.code), Some(429));
+    assert!(denial.body.contains("USERMETA_MAX_IN_FLIGHT_PER_CALLER"));
+    assert!(
+        denial
+            .headers
+            .iter()
+            .filter_map(|option| option.header.as_ref())
+            .any(|header| header.key == "retry-after" && header.value == "1"),
+        "{denial:?}"
+    );
+    let status = client
+        .clone()
+        .get_my_metadata(mine(&fresh))
+        .await
+        .unwrap_err();
+    assert_status(&status, Code::ResourceExhausted, "CALLER_OVERLOADED");
+    assert_eq!(userinfo_requests(&app), 1, "a refused call reaches nobody");
+
+    // A caller in memory is answered by Check as ever.
+    let check = authz
+        .clone()
+        .check(check_request(&app.alice_token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        check.status.map(|status| status.code),
+        Some(Code::Ok as i32)
+    );
+    let scraped = scrape(&spawned).await;
+    let series = r#"usermeta_calls_shed_total{limit="max_in_flight_per_caller"}"#;
+    assert!(
+        scraped.lines().any(|line| line.starts_with(series)),
+        "no {series} in:\n{scraped}"
+    );
+    waiting.abort();
+}
