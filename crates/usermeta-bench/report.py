@@ -106,9 +106,10 @@ def report(argv):
 
     # runs.tsv: name, req/s, p50 ms, p99 ms, data bytes, requests, userinfo calls during the run.
     runs = defaultdict(list)
-    for line in open(a.runs):
-        name, rps, p50, p99, _data, requests, upstream = line.rstrip("\n").split("\t")
-        runs[name.rsplit("-", 1)[0]].append((float(rps), float(p50), float(p99), int(requests), int(upstream)))
+    with open(a.runs) as lines:
+        for line in lines:
+            name, rps, p50, p99, _data, requests, upstream = line.rstrip("\n").split("\t")
+            runs[name.rsplit("-", 1)[0]].append((float(rps), float(p50), float(p99), int(requests), int(upstream)))
 
     def med(name, i):
         return statistics.median(r[i] for r in runs[name])
