@@ -14,7 +14,8 @@
 #   upstream calls per load (and for coalescing, distinct tokens) and peak RSS, also with 100k cached tokens;
 #   how long a write through one of three replicas (sharing a real redis-server) takes to be served by the
 #   others: p50, p99 and max.
-# Prints markdown tables and writes them to crates/usermeta-bench/RESULTS.md. Knobs: SHAPES ("c:m ..."),
+# Prints markdown tables (with a chart of each shape's ratio to the ceiling) and writes them to
+# crates/usermeta-bench/RESULTS.md, which the book's performance chapter includes. Knobs: SHAPES ("c:m ..."),
 # REQUESTS, CLIENTS, STREAMS (the management and TOKEN loads' shape), ROUNDS, COLD_REQUESTS, MANAGEMENT_REQUESTS,
 # TOKEN_REQUESTS, FILL, PROPAGATION_WRITES; QUICK=1 is a smoke run (few requests, one round) whose table is printed, not written.
 set -euo pipefail

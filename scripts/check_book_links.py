@@ -1,9 +1,17 @@
 #!/usr/bin/env python3
 """Checks every relative link and anchor of the built book (offline): each `href`/`src` that is not an external
 URL must name a file of the book, and each `#fragment` an element id of the page it points to. Prints every
-broken link with the page it is on; exits 1 if there is any."""
+broken link with the page it is on; exits 1 if there is any.
+
+    check_book_links.py [BOOK] [--markdown FILE.md ...]
+
+BOOK is the build directory (default docs/book); mdBook 0.5 writes the HTML there directly with one renderer,
+and into BOOK/html when several are configured: both are found. Each --markdown file (the README) has its
+relative links checked too: a link into the book's sources (docs/src/X.md#anchor) must name a chapter and an
+anchor of the built chapter, any other link a file or directory of the repository."""
 import html.parser
 import os
+import re
 import sys
 import urllib.parse
 
@@ -24,7 +32,45 @@ class Page(html.parser.HTMLParser):
                 self.links.append(attrs[name])
 
 
-def main(root):
+def html_root(root):
+    """Where mdBook wrote the HTML: BOOK itself, or BOOK/html when several renderers are configured."""
+    if not os.path.exists(os.path.join(root, "index.html")) and os.path.exists(os.path.join(root, "html", "index.html")):
+        return os.path.join(root, "html")
+    return root
+
+
+def markdown_links(path):
+    """The relative link targets of a markdown file, outside code."""
+    with open(path, encoding="utf-8") as f:
+        text = re.sub(r"```.*?```", "", f.read(), flags=re.S)
+    text = re.sub(r"`[^`\n]*`", "", text)
+    return [target for target in re.findall(r"\]\(([^)\s]+)\)", text)
+            if not urllib.parse.urlsplit(target).scheme and not target.startswith("#")]
+
+
+def check_markdown(path, root, pages, src="docs/src"):
+    broken = []
+    base = os.path.dirname(os.path.abspath(path))
+    src = os.path.abspath(src)
+    for link in markdown_links(path):
+        parsed = urllib.parse.urlsplit(link)
+        target = os.path.normpath(os.path.join(base, urllib.parse.unquote(parsed.path)))
+        if not os.path.exists(target):
+            broken.append(f"{path}: {link} (no such file)")
+            continue
+        if target.startswith(src + os.sep) and target.endswith(".md"):
+            page = os.path.normpath(os.path.join(root, os.path.relpath(target, src)[:-3] + ".html"))
+            if os.path.basename(target) == "SUMMARY.md":
+                page = os.path.normpath(os.path.join(root, "index.html"))
+            if page not in pages:
+                broken.append(f"{path}: {link} (not a chapter of the book: is it in SUMMARY.md?)")
+            elif parsed.fragment and urllib.parse.unquote(parsed.fragment) not in pages[page].ids:
+                broken.append(f"{path}: {link} (no anchor #{parsed.fragment} in the built chapter)")
+    return broken
+
+
+def main(root, markdown=()):
+    root = html_root(root)
     pages = {}
     for directory, _, files in os.walk(root):
         for file in files:
@@ -58,11 +104,23 @@ def main(root):
                 ids = pages[target].ids if target in pages else set()
                 if fragment not in ids:
                     broken.append(f"{os.path.relpath(path, root)}: {link} (no anchor #{fragment} there)")
+    checked = sum(len(p.links) for p in pages.values())
+    for path in markdown:
+        checked += len(markdown_links(path))
+        broken += check_markdown(path, root, pages)
+    if not pages:
+        broken.append(f"{root}: no HTML pages (was the book built?)")
     for line in broken:
         print(f"broken link: {line}")
-    print(f"checked {sum(len(p.links) for p in pages.values())} links on {len(pages)} pages: {len(broken)} broken")
+    print(f"checked {checked} links on {len(pages)} pages and {len(markdown)} markdown files: {len(broken)} broken")
     return 1 if broken else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "docs/book"))
+    args = sys.argv[1:]
+    files = []
+    while "--markdown" in args:
+        i = args.index("--markdown")
+        files.append(args[i + 1])
+        del args[i:i + 2]
+    sys.exit(main(args[0] if args else "docs/book", files))

@@ -96,11 +96,11 @@ pub struct ServeArgs {
     pub cache: CacheArgs,
     #[command(flatten, next_help_heading = "Limits")]
     pub limits: LimitArgs,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Operations")]
     pub ops: OpsArgs,
     #[command(flatten, next_help_heading = "Fleet")]
     pub fleet: FleetArgs,
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Envoy external authorization")]
     pub ext_authz: ext_authz::ExtAuthzArgs,
 }
 

@@ -54,7 +54,7 @@ pub fn markdown() -> String {
                 .iter()
                 .map(|value| value.to_string_lossy().into_owned())
                 .collect();
-            let default = if defaults.is_empty() {
+            let default = if defaults.iter().all(String::is_empty) {
                 "none".to_owned()
             } else {
                 format!("`{}`", defaults.join(","))

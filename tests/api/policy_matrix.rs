@@ -1,6 +1,7 @@
 //! The authorisation matrix: every caller × target user × key × action through the real server, against an
-//! independent oracle of what the README's worked policy means. Every outcome is asserted; denied requests
-//! must reach no management endpoint; the bar is zero unexpected allows.
+//! independent oracle of what the worked policy (`examples/policy.toml`, the book's policy cookbook) means.
+//! Every outcome is asserted; denied requests must reach no management endpoint; the bar is zero unexpected
+//! allows.
 
 use std::fmt;
 
@@ -18,56 +19,17 @@ use zitadel_standin::{JwtSpec, ManagerRole, StandIn};
 
 use crate::helpers::*;
 
-/// The README's worked example, with the test's ids filled in.
+/// The worked example of the book's policy cookbook, `examples/policy.toml`, with the test's organisation in
+/// place of the one the file names.
 pub fn example_policy(acme_org: &str) -> String {
-    format!(
-        r#"
-# 1. Link an internal id: only the billing service writes it, and finds the user holding one; users read their own.
-[[rule]]
-name = "billing links the internal customer id"
-who = {{ client_ids = ["billing"] }}
-whose = "any"
-keys = ["internal.customer_id"]
-actions = ["read", "write", "delete", "find"]
-
-# 2. Data saved at registration: users fill in their own profile, within value rules.
-[[rule]]
-name = "users keep their profile"
-whose = "self"
-keys = ["profile.*"]
-actions = ["write", "delete"]
-
-[[key]]
-name = "profile.age"
-max_bytes = 3
-pattern = '^[0-9]+$'
-
-[[key]]
-name = "profile.prefs"
-json = true
-
-# 3. Routing on attributes: the gateway reads them; usermeta does not show them to users (not a secret: ZITADEL
-#    gives users their own metadata, hidden or not; see `hidden` above).
-[[rule]]
-name = "gateway routes on routing.*"
-who = {{ client_ids = ["gateway"] }}
-whose = "any"
-keys = ["routing.*"]
-actions = ["read"]
-
-[[key]]
-name = "routing.*"
-hidden = true
-
-# Support staff (a project role) read users of their own organisation.
-[[rule]]
-name = "support reads acme users"
-who = {{ roles = ["support"] }}
-whose = ["{acme_org}"]
-keys = ["*"]
-actions = ["read"]
-"#
-    )
+    const FILE: &str = include_str!("../../examples/policy.toml");
+    const ORG_IN_FILE: &str = "170848145649959169";
+    assert_eq!(
+        FILE.matches(ORG_IN_FILE).count(),
+        1,
+        "examples/policy.toml names the organisation {ORG_IN_FILE} once, in the support rule"
+    );
+    FILE.replace(ORG_IN_FILE, acme_org)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
