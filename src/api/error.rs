@@ -7,6 +7,7 @@ use std::{collections::HashMap, time::Duration};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
+use super::reason::Reason;
 use crate::{
     caller::{IdentifyError, TokenError},
     fleet::{Lag, StreamLimit},
@@ -233,13 +234,13 @@ fn to_status(error: &ApiError) -> Status {
         ApiError::UserNotFound { user_id } => with_info(
             Code::NotFound,
             error.to_string(),
-            "USER_NOT_FOUND",
+            Reason::UserNotFound,
             [("user_id", user_id.clone())],
         ),
         ApiError::TokenNotJwt => with_info(
             Code::FailedPrecondition,
             error.to_string(),
-            "TOKEN_NOT_JWT",
+            Reason::TokenNotJwt,
             [],
         ),
         ApiError::WatchLagged { missed, lag } => {
@@ -250,7 +251,7 @@ fn to_status(error: &ApiError) -> Status {
             with_info(
                 Code::ResourceExhausted,
                 error.to_string(),
-                "WATCH_LAGGED",
+                Reason::WatchLagged,
                 [
                     ("missed", missed.to_string()),
                     ("buffer", buffer.to_owned()),
@@ -266,7 +267,7 @@ fn to_status(error: &ApiError) -> Status {
             with_info(
                 Code::ResourceExhausted,
                 error.to_string(),
-                "WATCH_STREAMS_EXHAUSTED",
+                Reason::WatchStreamsExhausted,
                 [
                     ("scope", scope.to_owned()),
                     ("limit", max.to_string()),
@@ -277,30 +278,30 @@ fn to_status(error: &ApiError) -> Status {
         ApiError::WatchMaxDuration { max } => with_info(
             Code::Unavailable,
             error.to_string(),
-            "WATCH_MAX_DURATION",
+            Reason::WatchMaxDuration,
             [("max_duration", humantime::format_duration(*max).to_string())],
         ),
         ApiError::ShuttingDown => with_info(
             Code::Unavailable,
             error.to_string(),
-            "SHUTTING_DOWN",
+            Reason::ShuttingDown,
             [],
         ),
         ApiError::TokenSourceOff => with_info(
             Code::FailedPrecondition,
             error.to_string(),
-            "TOKEN_SOURCE_UNAVAILABLE",
+            Reason::TokenSourceUnavailable,
             [],
         ),
         ApiError::Token(token) => {
             let reason = match token {
-                TokenError::Missing => "TOKEN_MISSING",
-                TokenError::Malformed(_) => "TOKEN_MALFORMED",
-                TokenError::NoSubject => "TOKEN_WITHOUT_SUBJECT",
-                TokenError::Inactive => "TOKEN_INACTIVE",
-                TokenError::InvalidJwt(_) => "TOKEN_INVALID",
-                TokenError::Expired => "TOKEN_EXPIRED",
-                TokenError::NotAccessToken(_) => "TOKEN_NOT_ACCESS_TOKEN",
+                TokenError::Missing => Reason::TokenMissing,
+                TokenError::Malformed(_) => Reason::TokenMalformed,
+                TokenError::NoSubject => Reason::TokenWithoutSubject,
+                TokenError::Inactive => Reason::TokenInactive,
+                TokenError::InvalidJwt(_) => Reason::TokenInvalid,
+                TokenError::Expired => Reason::TokenExpired,
+                TokenError::NotAccessToken(_) => Reason::TokenNotAccessToken,
             };
             let hint = match token {
                 TokenError::NoSubject
@@ -314,8 +315,8 @@ fn to_status(error: &ApiError) -> Status {
         }
         ApiError::Denied(denial) => {
             let reason = match denial {
-                Denial::NoRule { .. } => "POLICY_DENIED",
-                Denial::Hidden { .. } => "KEY_HIDDEN",
+                Denial::NoRule { .. } => Reason::PolicyDenied,
+                Denial::Hidden { .. } => Reason::KeyHidden,
             };
             let mut metadata = vec![("action", denial.action().name().to_owned())];
             metadata.extend(denial.key().map(|k| ("key", k.to_owned())));
@@ -346,7 +347,7 @@ fn to_status(error: &ApiError) -> Status {
             with_info(
                 Code::NotFound,
                 message,
-                "METADATA_NOT_FOUND",
+                Reason::MetadataNotFound,
                 [("keys", named.join(","))],
             )
         }
@@ -354,11 +355,11 @@ fn to_status(error: &ApiError) -> Status {
         ApiError::DeadlineExceeded => with_info(
             Code::DeadlineExceeded,
             "the request's deadline passed before usermeta could answer; nothing more is sent to ZITADEL for it (a write may or may not have been applied: read it back, or repeat it, writes are idempotent)".to_owned(),
-            "DEADLINE_EXCEEDED",
+            Reason::DeadlineExceeded,
             [],
         ),
         ApiError::RateLimited { retry_after } => {
-            let mut details = info("CALLER_RATE_LIMITED", []);
+            let mut details = info(Reason::CallerRateLimited, []);
             details.set_retry_info(Some(*retry_after));
             Status::with_error_details(
                 Code::ResourceExhausted,
@@ -368,7 +369,7 @@ fn to_status(error: &ApiError) -> Status {
         }
         ApiError::Overloaded { limit } => overloaded(
             error,
-            "OVERLOADED",
+            Reason::Overloaded,
             [
                 ("max_in_flight", limit.to_string()),
                 ("setting", "USERMETA_MAX_IN_FLIGHT".to_owned()),
@@ -376,7 +377,7 @@ fn to_status(error: &ApiError) -> Status {
         ),
         ApiError::CallerOverloaded { limit } => overloaded(
             error,
-            "CALLER_OVERLOADED",
+            Reason::CallerOverloaded,
             [
                 ("max_in_flight_per_caller", limit.to_string()),
                 ("setting", "USERMETA_MAX_IN_FLIGHT_PER_CALLER".to_owned()),
@@ -396,7 +397,7 @@ fn to_status(error: &ApiError) -> Status {
             with_info(
                 Code::Unavailable,
                 error.to_string(),
-                "INTROSPECTION_CLIENT_REJECTED",
+                Reason::IntrospectionClientRejected,
                 facts,
             )
         }
@@ -438,7 +439,7 @@ fn named_keys(keys: &[String]) -> Vec<String> {
 /// hint (slots free as calls finish).
 fn overloaded<'a>(
     error: &ApiError,
-    reason: &str,
+    reason: Reason,
     facts: impl IntoIterator<Item = (&'a str, String)>,
 ) -> Status {
     let mut details = info(reason, facts);
@@ -480,7 +481,7 @@ fn upstream_status(error: &UpstreamError) -> Status {
                 format!(
                     "usermeta could not get a management API token with its {credential}: {said}; calls that need the service credential fail until it works again (an operator may need to renew it)"
                 ),
-                "SERVICE_CREDENTIAL_REFRESH_FAILED",
+                Reason::ServiceCredentialRefreshFailed,
                 facts,
             )
         }
@@ -489,11 +490,11 @@ fn upstream_status(error: &UpstreamError) -> Status {
             format!(
                 "{error}; nothing more is sent to ZITADEL for this request (a write may or may not have been applied: read it back, or repeat it, writes are idempotent)"
             ),
-            "DEADLINE_EXCEEDED",
+            Reason::DeadlineExceeded,
             facts,
         ),
         UpstreamError::CircuitOpen { retry_after, .. } => {
-            let mut details = info("ZITADEL_CIRCUIT_OPEN", facts);
+            let mut details = info(Reason::ZitadelCircuitOpen, facts);
             // A probe is in flight when no cool-down is left: suggest a short wait.
             details.set_retry_info(Some((*retry_after).max(Duration::from_millis(100))));
             Status::with_error_details(Code::Unavailable, format!("{error}; retry later"), details)
@@ -502,7 +503,7 @@ fn upstream_status(error: &UpstreamError) -> Status {
             class, retry_after, ..
         } => {
             facts.push(("class", class.name().to_owned()));
-            let mut details = info("UPSTREAM_BUDGET_EXHAUSTED", facts);
+            let mut details = info(Reason::UpstreamBudgetExhausted, facts);
             details.set_retry_info(Some((*retry_after).max(Duration::from_millis(10))));
             let why = match class {
                 Class::Identify => {
@@ -524,7 +525,7 @@ fn upstream_status(error: &UpstreamError) -> Status {
             facts.push(("setting", "USERMETA_UPSTREAM_CALLER_SHARE".to_owned()));
             facts.push(("per_second", per_second.to_string()));
             facts.push(("burst", burst.to_string()));
-            let mut details = info("CALLER_UPSTREAM_SHARE_EXHAUSTED", facts);
+            let mut details = info(Reason::CallerUpstreamShareExhausted, facts);
             details.set_retry_info(Some((*retry_after).max(Duration::from_millis(10))));
             Status::with_error_details(
                 Code::ResourceExhausted,
@@ -537,7 +538,7 @@ fn upstream_status(error: &UpstreamError) -> Status {
         UpstreamError::Unreachable { .. } | UpstreamError::Timeout { .. } => with_info(
             Code::Unavailable,
             format!("{error}; retry later"),
-            "ZITADEL_UNREACHABLE",
+            Reason::ZitadelUnreachable,
             facts,
         ),
         UpstreamError::NotInOrganization { .. } => with_info(
@@ -545,7 +546,7 @@ fn upstream_status(error: &UpstreamError) -> Status {
             format!(
                 "{error}; check user_id, and set organization_id to the user's organisation (or leave it empty)"
             ),
-            "USER_NOT_FOUND_IN_ORGANIZATION",
+            Reason::UserNotFoundInOrganization,
             facts,
         ),
         UpstreamError::NotSupported { .. } => with_info(
@@ -557,19 +558,19 @@ fn upstream_status(error: &UpstreamError) -> Status {
                     _ => "another API",
                 }
             ),
-            "ZITADEL_API_UNSUPPORTED",
+            Reason::ZitadelApiUnsupported,
             facts,
         ),
         UpstreamError::UnsafePath { .. } => with_info(
             Code::InvalidArgument,
             format!("{error}; use the id or key exactly as ZITADEL has it"),
-            "UNSAFE_PATH_SEGMENT",
+            Reason::UnsafePathSegment,
             facts,
         ),
         UpstreamError::BadResponse { .. } => with_info(
             Code::Unavailable,
             format!("{error}; retry later"),
-            "ZITADEL_BAD_RESPONSE",
+            Reason::ZitadelBadResponse,
             facts,
         ),
         UpstreamError::Rejected {
@@ -587,7 +588,7 @@ fn upstream_status(error: &UpstreamError) -> Status {
             if error.kind() == ErrorKind::RateLimited {
                 let message =
                     format!("ZITADEL is rate-limiting usermeta ({said}); retry later with backoff");
-                let mut details = info("ZITADEL_RATE_LIMITED", facts);
+                let mut details = info(Reason::ZitadelRateLimited, facts);
                 if let Some(after) = rejection.retry_after {
                     details.set_retry_info(Some(after));
                 }
@@ -597,7 +598,7 @@ fn upstream_status(error: &UpstreamError) -> Status {
                 return with_info(
                     Code::Unavailable,
                     format!("ZITADEL failed on {endpoint} ({said}); retry later"),
-                    "ZITADEL_UNAVAILABLE",
+                    Reason::ZitadelUnavailable,
                     facts,
                 );
             }
@@ -607,7 +608,7 @@ fn upstream_status(error: &UpstreamError) -> Status {
                     format!(
                         "ZITADEL rejected the access token ({said}); it is invalid, expired or revoked: obtain a new one"
                     ),
-                    "TOKEN_REJECTED",
+                    Reason::TokenRejected,
                     facts,
                 ),
                 (Code::Unauthenticated, Endpoint::AuthListMyMetadata) if id == "APP-Zxfako" => {
@@ -616,7 +617,7 @@ fn upstream_status(error: &UpstreamError) -> Status {
                         format!(
                             "ZITADEL's auth API rejected the access token ({said}): request the token with the scope `{ZITADEL_AUDIENCE_SCOPE}`"
                         ),
-                        "TOKEN_LACKS_ZITADEL_AUDIENCE",
+                        Reason::TokenLacksZitadelAudience,
                         facts,
                     )
                 }
@@ -625,7 +626,7 @@ fn upstream_status(error: &UpstreamError) -> Status {
                     format!(
                         "ZITADEL's auth API rejected the access token ({said}): the token is invalid or expired, or it lacks the scope `{ZITADEL_AUDIENCE_SCOPE}`; request a token with that scope, or read with source METADATA_SOURCE_USERINFO"
                     ),
-                    "TOKEN_REJECTED_BY_AUTH_API",
+                    Reason::TokenRejectedByAuthApi,
                     facts,
                 ),
                 (Code::Unauthenticated, _) => with_info(
@@ -633,7 +634,7 @@ fn upstream_status(error: &UpstreamError) -> Status {
                     format!(
                         "ZITADEL rejected usermeta's service credential on {endpoint} ({said}); an operator must renew it"
                     ),
-                    "SERVICE_CREDENTIAL_REJECTED",
+                    Reason::ServiceCredentialRejected,
                     facts,
                 ),
                 (Code::PermissionDenied, _) if id == "AUTH-Bs7Ds" => with_info(
@@ -641,7 +642,7 @@ fn upstream_status(error: &UpstreamError) -> Status {
                     format!(
                         "ZITADEL knows no organisation with the given organization_id ({said}); check organization_id"
                     ),
-                    "ORGANIZATION_NOT_FOUND",
+                    Reason::OrganizationNotFound,
                     facts,
                 ),
                 (Code::PermissionDenied, _) if !endpoint.uses_caller_token() => with_info(
@@ -649,7 +650,7 @@ fn upstream_status(error: &UpstreamError) -> Status {
                     format!(
                         "ZITADEL denied usermeta's service user {endpoint} ({said}); it needs a manager role (e.g. ORG_USER_MANAGER) in the user's organisation, or IAM_OWNER"
                     ),
-                    "SERVICE_USER_LACKS_PERMISSION",
+                    Reason::ServiceUserLacksPermission,
                     facts,
                 ),
                 (Code::FailedPrecondition, _)
@@ -660,7 +661,7 @@ fn upstream_status(error: &UpstreamError) -> Status {
                         format!(
                             "ZITADEL found no such user in the organisation it searched ({said}); check user_id, and set organization_id to the user's organisation"
                         ),
-                        "USER_NOT_FOUND_IN_ORGANIZATION",
+                        Reason::UserNotFoundInOrganization,
                         facts,
                     )
                 }
@@ -670,13 +671,13 @@ fn upstream_status(error: &UpstreamError) -> Status {
                     format!(
                         "ZITADEL found no such user in the organisation it searched ({said}); check user_id, and set organization_id to the user's organisation"
                     ),
-                    "USER_NOT_FOUND_IN_ORGANIZATION",
+                    Reason::UserNotFoundInOrganization,
                     facts,
                 ),
                 (code, _) => with_info(
                     code,
                     format!("ZITADEL refused {endpoint}: {said}"),
-                    "ZITADEL_REJECTED",
+                    Reason::ZitadelRejected,
                     facts,
                 ),
             }
@@ -684,16 +685,16 @@ fn upstream_status(error: &UpstreamError) -> Status {
     }
 }
 
-fn info<'a>(reason: &str, facts: impl IntoIterator<Item = (&'a str, String)>) -> ErrorDetails {
+fn info<'a>(reason: Reason, facts: impl IntoIterator<Item = (&'a str, String)>) -> ErrorDetails {
     let metadata: HashMap<String, String> =
         facts.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
-    ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata)
+    ErrorDetails::with_error_info(reason.as_str(), ERROR_DOMAIN, metadata)
 }
 
 fn with_info<'a>(
     code: Code,
     message: String,
-    reason: &str,
+    reason: Reason,
     facts: impl IntoIterator<Item = (&'a str, String)>,
 ) -> Status {
     Status::with_error_details(code, message, info(reason, facts))

@@ -8,6 +8,7 @@ mod error;
 mod fuzz_tests;
 mod page_token;
 pub mod rate_limit;
+mod reason;
 mod service;
 pub mod shed;
 mod validate;
@@ -15,6 +16,7 @@ mod watch;
 
 pub use error::{ApiError, ERROR_DOMAIN};
 pub use page_token::PageTokenKey;
+pub use reason::Reason;
 pub use service::{MetadataService, RequestLimits};
 pub use watch::ChangeStream;
 
