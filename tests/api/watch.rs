@@ -349,6 +349,30 @@ async fn end_of(stream: &mut Streaming<MetadataChange>, within: Duration) -> ton
     }
 }
 
+/// Another usermeta in front of `app`'s stand-in, with these stream limits; its client and its stop.
+async fn with_watch_limits(
+    app: &TestApp,
+    watch: WatchLimits,
+) -> (
+    pb::user_metadata_service_client::UserMetadataServiceClient<tonic::transport::Channel>,
+    tokio::sync::oneshot::Sender<()>,
+) {
+    let limits = Limits {
+        watch,
+        ..Limits::default()
+    };
+    let (addr, stop) = app
+        .another()
+        .options(Options {
+            limits,
+            ..Options::default()
+        })
+        .spawn()
+        .await
+        .into_pair();
+    (connect(addr).await, stop)
+}
+
 /// An app whose cache keeps answers for a second, so a stream asks about its token again every second.
 fn one_second_cache(limits: Limits) -> Options {
     Options {
@@ -446,23 +470,14 @@ async fn a_stream_ends_when_its_jwt_expires() {
 #[tokio::test]
 async fn a_stream_lives_at_most_its_longest_life() {
     let app = TestApp::start().await;
-    let limits = Limits {
-        watch: WatchLimits {
+    let (client, _stop) = with_watch_limits(
+        &app,
+        WatchLimits {
             max_duration: Duration::from_secs(1),
             ..WatchLimits::default()
         },
-        ..Limits::default()
-    };
-    let (addr, _stop) = app
-        .another()
-        .options(Options {
-            limits,
-            ..Options::default()
-        })
-        .spawn()
-        .await
-        .into_pair();
-    let client = connect(addr).await;
+    )
+    .await;
     let mut stream = watch(&client, &app.alice_token, "", "").await.unwrap();
     let ended = end_of(&mut stream, Duration::from_secs(15)).await;
     assert_status(&ended, Code::Unavailable, "WATCH_MAX_DURATION");
@@ -472,24 +487,15 @@ async fn a_stream_lives_at_most_its_longest_life() {
 #[tokio::test]
 async fn streams_are_limited_per_caller_and_per_replica() {
     let app = TestApp::start().await;
-    let limits = Limits {
-        watch: WatchLimits {
+    let (client, _stop) = with_watch_limits(
+        &app,
+        WatchLimits {
             max_streams: 3,
             max_streams_per_caller: 2,
             ..WatchLimits::default()
         },
-        ..Limits::default()
-    };
-    let (addr, _stop) = app
-        .another()
-        .options(Options {
-            limits,
-            ..Options::default()
-        })
-        .spawn()
-        .await
-        .into_pair();
-    let client = connect(addr).await;
+    )
+    .await;
     let first = watch(&client, &app.alice_token, "", "").await.unwrap();
     let _second = watch(&client, &app.alice_token, "", "").await.unwrap();
     // Another token of the same user is the same caller.
