@@ -22,7 +22,7 @@ use crate::{
     fleet::{ChangeKind, Subscription, WatchLimits, Write},
     policy::{Policy, Subject},
 };
-use usermeta_zitadel::{CallerToken, Zitadel};
+use usermeta_zitadel::{CallerToken, Zitadel, budget::for_identified_caller};
 
 /// What one stream sends.
 pub type ChangeStream = Pin<Box<dyn Stream<Item = Result<pb::MetadataChange, Status>> + Send>>;
@@ -88,9 +88,13 @@ impl Credential {
 
     /// Who the token belongs to now, and that they may still read what the stream carries.
     async fn still_holds(&self, watched: &Watched) -> Result<Caller, ApiError> {
-        let identify = self
-            .resolver
-            .identify(&self.cache, &self.zitadel, &self.token);
+        // The stream's caller was identified when it opened: its checks rank as an identified caller's in the
+        // request budget toward ZITADEL, ahead of tokens usermeta does not know yet.
+        let identify = for_identified_caller(self.resolver.identify(
+            &self.cache,
+            &self.zitadel,
+            &self.token,
+        ));
         let caller = tokio::time::timeout(self.timeout, identify)
             .await
             .map_err(|_| ApiError::DeadlineExceeded)??;
@@ -140,6 +144,7 @@ pub(super) fn change_stream(
         credential,
         stopping,
         ready: VecDeque::new(),
+        unconfirmed_since: None,
     };
     Box::pin(futures::stream::unfold(Some(state), |state| async move {
         let mut state = state?;
@@ -162,6 +167,21 @@ struct Open {
     expiry: Option<Instant>,
     /// Messages of a write not sent yet (a write of several keys makes several).
     ready: VecDeque<pb::MetadataChange>,
+    /// Since when ZITADEL could not be asked about the credential, if it could not at the last check.
+    unconfirmed_since: Option<Instant>,
+}
+
+/// How soon a check that could not reach ZITADEL is tried again.
+const RECHECK_RETRY: Duration = Duration::from_secs(2);
+
+/// Whether the credential could not be checked, rather than was refused: ZITADEL down or slow, or the budget
+/// toward it spent.
+fn is_transient(error: &ApiError) -> bool {
+    let code = tonic::Code::from_i32(super::error::status_message(error).code);
+    matches!(
+        code,
+        tonic::Code::Unavailable | tonic::Code::ResourceExhausted | tonic::Code::DeadlineExceeded
+    )
 }
 
 impl Open {
@@ -184,14 +204,24 @@ impl Open {
                     });
                 }
                 () = tokio::time::sleep_until(self.recheck_at) => {
-                    let caller = self
-                        .credential
-                        .still_holds(&self.watched)
-                        .await
-                        .map_err(|error| ended("credential", error))?;
-                    self.expiry = self.credential.expiry(&caller);
-                    self.watched.caller = caller;
-                    self.recheck_at = Instant::now() + self.credential.every();
+                    let now = Instant::now();
+                    match self.credential.still_holds(&self.watched).await {
+                        Ok(caller) => {
+                            self.expiry = self.credential.expiry(&caller);
+                            self.watched.caller = caller;
+                            self.recheck_at = now + self.credential.every();
+                            self.unconfirmed_since = None;
+                        }
+                        // ZITADEL could not be asked (down, slow, or the budget toward it spent): asked again
+                        // shortly, for at most one more interval; a refusal ends the stream at once.
+                        Err(error) if is_transient(&error)
+                            && self.unconfirmed_since.is_none_or(|since| now - since < self.credential.every()) =>
+                        {
+                            self.unconfirmed_since.get_or_insert(now);
+                            self.recheck_at = now + RECHECK_RETRY.min(self.credential.every());
+                        }
+                        Err(error) => return Err(ended("credential", error)),
+                    }
                 }
                 next = self.subscription.next() => match next {
                     Ok(queued) => self.watched.messages(&queued.write, &mut self.ready),

@@ -579,3 +579,66 @@ async fn a_delete_announces_only_the_keys_it_removed() {
     );
     nothing_more(&mut stream).await;
 }
+
+#[tokio::test]
+async fn a_stream_rides_out_a_short_outage_of_zitadel_but_not_a_long_one() {
+    let app = TestApp::start().await;
+    let (addr, _stop) = app
+        .another()
+        .policy(Policy::new([app.admin.clone()], vec![SELF_WRITABLE.into()]))
+        .options(Options {
+            cache: CacheConfig {
+                ttl: Duration::from_secs(2),
+                negative_ttl: Duration::from_secs(1),
+                ..CacheConfig::default()
+            },
+            // No retries: one injected 503 is one failed check.
+            resilience: usermeta_zitadel::Resilience {
+                max_attempts: 1,
+                ..usermeta_zitadel::Resilience::default()
+            },
+            ..Options::default()
+        })
+        .spawn()
+        .await
+        .into_pair();
+    let client = connect(addr).await;
+    let token = app.standin.issue_token(&app.alice, FULL_SCOPES);
+    let mut stream = watch(&client, &token, "", "").await.unwrap();
+    // Userinfo answers 503 once: the stream cannot check its token, and goes on.
+    app.standin.clear_requests();
+    app.standin.push_fault(zitadel_standin::Fault {
+        path_prefix: "/oidc/v1/userinfo".into(),
+        times: Some(1),
+        kind: zitadel_standin::FaultKind::Status(503),
+    });
+    let checks = || {
+        app.standin
+            .requests()
+            .iter()
+            .filter(|request| request.path == "/oidc/v1/userinfo")
+            .count()
+    };
+    // The failed check, then the one after it that succeeds.
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while checks() < 2 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the stream checks its token again");
+    client
+        .clone()
+        .set_metadata(authed(set("profile.language", "fr"), &app.alice_token))
+        .await
+        .unwrap();
+    assert_eq!(next_change(&mut stream).await.key, "profile.language");
+    // Down for good: the stream ends once its credential has gone unconfirmed for a whole interval.
+    app.standin.push_fault(zitadel_standin::Fault {
+        path_prefix: "/oidc/v1/userinfo".into(),
+        times: None,
+        kind: zitadel_standin::FaultKind::Status(503),
+    });
+    let ended = end_of(&mut stream, Duration::from_secs(20)).await;
+    assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
+}
