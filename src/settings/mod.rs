@@ -1405,22 +1405,28 @@ mod tests {
         assert!(args(Some("svc"), Some("s3cr3t"), None).credential().is_ok());
     }
 
-    #[test]
-    fn the_command_line_is_consistent_and_limits_have_safe_defaults() {
-        use clap::CommandFactory as _;
-        Cli::command().debug_assert();
-        let cli = Cli::try_parse_from([
+    /// `usermeta serve` with the least it needs (a ZITADEL URL and a PAT) and `extra` flags, parsed.
+    fn serve_with(extra: &[&str]) -> Result<ServeArgs, clap::Error> {
+        let mut args = vec![
             "usermeta",
             "serve",
             "--zitadel-url",
             "http://x",
             "--service-pat",
             "p",
-        ])
-        .unwrap();
-        let Command::Serve(args) = cli.command else {
-            panic!("not serve")
-        };
+        ];
+        args.extend_from_slice(extra);
+        match Cli::try_parse_from(args)?.command {
+            Command::Serve(args) => Ok(*args),
+            _ => panic!("not serve"),
+        }
+    }
+
+    #[test]
+    fn the_command_line_is_consistent_and_limits_have_safe_defaults() {
+        use clap::CommandFactory as _;
+        Cli::command().debug_assert();
+        let args = serve_with(&[]).unwrap();
         assert_eq!(args.zitadel.resilience(), Resilience::default());
         assert_eq!(
             args.zitadel.upstream_budget(),
@@ -1443,22 +1449,7 @@ mod tests {
 
     #[test]
     fn the_upstream_budget_is_on_and_takes_a_second_of_its_rate_as_burst_unless_told() {
-        let parse = |extra: &[&str]| {
-            let mut args = vec![
-                "usermeta",
-                "serve",
-                "--zitadel-url",
-                "http://x",
-                "--service-pat",
-                "p",
-            ];
-            args.extend_from_slice(extra);
-            match Cli::try_parse_from(args).map(|cli| cli.command) {
-                Ok(Command::Serve(args)) => Ok(args.zitadel.upstream_budget()),
-                Ok(_) => panic!("not serve"),
-                Err(e) => Err(e),
-            }
-        };
+        let parse = |extra: &[&str]| serve_with(extra).map(|args| args.zitadel.upstream_budget());
         assert_eq!(
             parse(&[]).unwrap(),
             Some(UpstreamBudget {
@@ -1508,22 +1499,7 @@ mod tests {
 
     #[test]
     fn the_webhook_limits_default_to_production_values_and_are_bounded() {
-        let parse = |extra: &[&str]| {
-            let mut args = vec![
-                "usermeta",
-                "serve",
-                "--zitadel-url",
-                "http://x",
-                "--service-pat",
-                "p",
-            ];
-            args.extend_from_slice(extra);
-            match Cli::try_parse_from(args).map(|cli| cli.command) {
-                Ok(Command::Serve(args)) => Ok(args.fleet),
-                Ok(_) => panic!("not serve"),
-                Err(e) => Err(e),
-            }
-        };
+        let parse = |extra: &[&str]| serve_with(extra).map(|args| args.fleet);
         let defaults = parse(&[]).unwrap();
         assert_eq!(defaults.webhook_max_connections, 64);
         assert_eq!(defaults.webhook_max_buffered_bytes, 8 * 1024 * 1024);
