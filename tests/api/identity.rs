@@ -65,6 +65,15 @@ impl World {
         }
     }
 
+    /// [`World::serve`] validating JWTs locally (keys refetched at most once a minute), without introspection.
+    async fn serve_validating_jwts(&self) -> (Client, tokio::sync::oneshot::Sender<()>) {
+        self.serve(IdentityConfig {
+            introspection: None,
+            jwt: Some(self.jwt(Duration::from_secs(60))),
+        })
+        .await
+    }
+
     /// [`World::serve`] identifying callers by introspection with a client secret.
     async fn serve_introspecting(&self) -> (Client, tokio::sync::oneshot::Sender<()>) {
         self.serve(IdentityConfig {
@@ -260,12 +269,7 @@ fn app_made_no_management_call(standin: &StandIn) {
 #[tokio::test]
 async fn jwts_are_validated_locally_against_the_jwks() {
     let world = world().await;
-    let (mut client, _stop) = world
-        .serve(IdentityConfig {
-            introspection: None,
-            jwt: Some(world.jwt(Duration::from_secs(60))),
-        })
-        .await;
+    let (mut client, _stop) = world.serve_validating_jwts().await;
     let spec = || JwtSpec {
         scopes: world.scopes.clone(),
         client_id: Some("webapp".into()),
@@ -359,12 +363,7 @@ async fn an_unknown_kid_refreshes_the_keys_once_and_garbage_kids_cannot_hammer_z
     assert_eq!(world.standin.jwks_requests(), 2);
 
     // With a minimum interval, tokens signed by unpublished keys cause at most one fetch.
-    let (mut guarded, _stop2) = world
-        .serve(IdentityConfig {
-            introspection: None,
-            jwt: Some(world.jwt(Duration::from_secs(60))),
-        })
-        .await;
+    let (mut guarded, _stop2) = world.serve_validating_jwts().await;
     whoami(&mut guarded, &first).await.unwrap();
     let before = world.standin.jwks_requests();
     for _ in 0..5 {
@@ -394,12 +393,7 @@ async fn an_unknown_kid_refreshes_the_keys_once_and_garbage_kids_cannot_hammer_z
 #[tokio::test]
 async fn a_cached_identity_never_outlives_the_token_s_exp() {
     let world = world().await;
-    let (mut client, _stop) = world
-        .serve(IdentityConfig {
-            introspection: None,
-            jwt: Some(world.jwt(Duration::from_secs(60))),
-        })
-        .await;
+    let (mut client, _stop) = world.serve_validating_jwts().await;
     let short = world.standin.issue_jwt_with(
         &world.alice,
         JwtSpec {
@@ -707,12 +701,7 @@ async fn the_token_source_reads_the_jwts_own_metadata_claim_without_asking_zitad
     world
         .standin
         .set_metadata(&world.alice, "bin", &[0xff, 0x00]);
-    let (mut client, _stop) = world
-        .serve(IdentityConfig {
-            introspection: None,
-            jwt: Some(world.jwt(Duration::from_secs(60))),
-        })
-        .await;
+    let (mut client, _stop) = world.serve_validating_jwts().await;
     let spec = || JwtSpec {
         scopes: world.scopes.clone(),
         ..JwtSpec::default()
@@ -947,12 +936,7 @@ async fn every_caller_rpc(client: &mut Client, token: &str, other: &str) -> Vec<
 #[tokio::test]
 async fn an_id_token_is_no_access_token_for_local_jwt_validation() {
     let world = world().await;
-    let (mut client, _stop) = world
-        .serve(IdentityConfig {
-            introspection: None,
-            jwt: Some(world.jwt(Duration::from_secs(60))),
-        })
-        .await;
+    let (mut client, _stop) = world.serve_validating_jwts().await;
     let access = world.standin.issue_jwt_with(
         &world.alice,
         JwtSpec {
