@@ -3,10 +3,11 @@
 //! the same size as usermeta's.
 
 /// The bench user's metadata, as stored in the stand-in.
-pub const METADATA: &[(&str, &[u8])] = &[("ContractNumber", b"1234"), ("profile.language", b"en")];
+pub(crate) const METADATA: &[(&str, &[u8])] =
+    &[("ContractNumber", b"1234"), ("profile.language", b"en")];
 
 /// Scopes of the bench tokens.
-pub const SCOPES: &[&str] = &[
+pub(crate) const SCOPES: &[&str] = &[
     "openid",
     "profile",
     "urn:zitadel:iam:user:metadata",

@@ -25,8 +25,10 @@ pub struct CallerToken {
 /// Why an `authorization` value is not a usable bearer token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum BearerError {
+    /// The value is not `Bearer ` followed by a token.
     #[error("the authorization value must be `Bearer <access token>`")]
     NotBearer,
+    /// The token holds a byte an RFC 6750 token cannot have (a space, a control character, non-ASCII).
     #[error("the bearer token has characters a token cannot have")]
     BadCharacters,
 }
@@ -174,7 +176,9 @@ pub enum ServiceCredential {
     JwtProfile(ServiceKey),
     /// A service user's client id and secret, exchanged through the client-credentials grant.
     ClientCredentials {
+        /// The service user's client id (its user name).
         client_id: String,
+        /// The service user's client secret.
         secret: SecretString,
     },
 }
@@ -276,20 +280,26 @@ pub struct ServiceKey {
 /// What is wrong with a key file. Messages never contain key material.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyFileError {
+    /// The file does not parse as JSON; the parser's message (a position, never content).
     #[error("is not JSON ({0}); expected the key file ZITADEL downloads for a service user key")]
     NotJson(String),
+    /// The file is JSON but not an object.
     #[error("is not a JSON object; expected the key file ZITADEL downloads for a service user key")]
     NotAnObject,
+    /// A field the key needs is missing or not a string; its name.
     #[error(
         "has no string field `{0}`; expected the key file ZITADEL downloads for a service user key"
     )]
     MissingField(&'static str),
+    /// The file is an API application's key, not a service user's.
     #[error(
         "is an application key (`\"type\":\"application\"`, made for an API app's private_key_jwt); usermeta needs a service user's key (`\"type\":\"serviceaccount\"`): create one under the service user's Keys"
     )]
     ApplicationKey,
+    /// The file's `type` is neither a service user's nor an application's; the type it names.
     #[error("has `type` {0:?}; expected \"serviceaccount\" (a service user's key)")]
     WrongType(String),
+    /// The `key` field does not hold an RSA private key that signs; the reason.
     #[error("has a `key` that is not a usable RSA private key in PEM form ({0})")]
     BadKey(String),
 }
@@ -339,10 +349,12 @@ impl ServiceKey {
         Ok(key)
     }
 
+    /// The key's id, sent as the assertion's `kid`.
     pub fn key_id(&self) -> &str {
         &self.key_id
     }
 
+    /// The service user the key belongs to, the assertion's `iss` and `sub`.
     pub fn user_id(&self) -> &str {
         &self.user_id
     }
@@ -401,6 +413,7 @@ pub fn rs256_assertion(
     jsonwebtoken::encode(&header, &claims, key)
 }
 
+/// How long a JWT-profile assertion made by [`ServiceKey`] is valid, from its `iat`.
 pub const ASSERTION_LIFETIME: Duration = Duration::from_secs(60 * 60);
 
 impl fmt::Debug for ServiceKey {

@@ -13,12 +13,19 @@ use tonic::Code;
 /// The ZITADEL endpoints usermeta calls; names appear in logs and error messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
+    /// `/oidc/v1/userinfo`, who a caller's token belongs to (and its metadata and roles).
     Userinfo,
+    /// The auth API's `ListMyMetadata`, the caller's own metadata with the caller's token.
     AuthListMyMetadata,
+    /// The v1 management API's `ListUserMetadata`.
     ManagementListMetadata,
+    /// The v1 management API's `SetUserMetadata` (one key).
     ManagementSetMetadata,
+    /// The v1 management API's `BulkSetUserMetadata` (several keys in one call).
     ManagementBulkSetMetadata,
+    /// The v1 management API's `RemoveUserMetadata` (one key).
     ManagementRemoveMetadata,
+    /// The v1 management API's `BulkRemoveUserMetadata` (several keys in one call).
     ManagementBulkRemoveMetadata,
     /// `/oauth/v2/token`, where the service credential is exchanged for an access token.
     Token,
@@ -26,15 +33,20 @@ pub enum Endpoint {
     Introspection,
     /// `/oauth/v2/keys`, ZITADEL's token signing keys.
     Jwks,
-    /// The v2 user service (`zitadel.user.v2.UserService`, Connect JSON).
+    /// The v2 user service's (`zitadel.user.v2.UserService`, Connect JSON) `ListUserMetadata`.
     UserV2ListMetadata,
+    /// The v2 user service's `SetUserMetadata` (one or several keys).
     UserV2SetMetadata,
+    /// The v2 user service's `DeleteUserMetadata` (one or several keys).
     UserV2DeleteMetadata,
+    /// The v2 user service's `GetUserByID`, which tells a user's organisation.
     UserV2GetUser,
+    /// The v2 user service's `ListUsers`, the search by metadata value.
     UserV2ListUsers,
 }
 
 impl Endpoint {
+    /// ZITADEL's name of the call (`management.ListUserMetadata`), as logs, metrics and errors show it.
     pub fn name(self) -> &'static str {
         match self {
             Endpoint::Userinfo => "userinfo",
@@ -82,30 +94,54 @@ impl fmt::Display for Endpoint {
 /// A failed call to ZITADEL. Messages carry no token, credential or metadata value.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum UpstreamError {
+    /// No answer came: the connection failed or broke (a retry may succeed).
     #[error("could not reach ZITADEL for {endpoint}: {reason}")]
-    Unreachable { endpoint: Endpoint, reason: String },
+    Unreachable {
+        /// The call.
+        endpoint: Endpoint,
+        /// The innermost cause the HTTP client gave.
+        reason: String,
+    },
+    /// ZITADEL did not answer within the configured per-call timeout.
     #[error("ZITADEL did not answer {endpoint} within {timeout:?}")]
     Timeout {
+        /// The call.
         endpoint: Endpoint,
+        /// The timeout that ran out.
         timeout: Duration,
     },
+    /// ZITADEL answered with an error status.
     #[error("ZITADEL answered {endpoint} with HTTP {http_status}: {rejection}")]
     Rejected {
+        /// The call.
         endpoint: Endpoint,
+        /// The HTTP status of the answer.
         http_status: u16,
+        /// ZITADEL's error body, read.
         rejection: Rejection,
     },
+    /// ZITADEL answered with success, but the body was not what the API promises.
     #[error("ZITADEL's answer from {endpoint} could not be read: {reason}")]
-    BadResponse { endpoint: Endpoint, reason: String },
+    BadResponse {
+        /// The call.
+        endpoint: Endpoint,
+        /// What did not parse.
+        reason: String,
+    },
     /// The caller's deadline passed (or left too little time) before ZITADEL answered; nothing more is sent.
     #[error("the request's deadline passed before ZITADEL answered {endpoint}")]
-    DeadlineExceeded { endpoint: Endpoint },
+    DeadlineExceeded {
+        /// The call.
+        endpoint: Endpoint,
+    },
     /// ZITADEL failed repeatedly; calls of this group are not sent until the cool-down ends.
     #[error(
         "calls to ZITADEL for {endpoint} are paused after repeated failures (circuit open) for {retry_after:?}"
     )]
     CircuitOpen {
+        /// The call.
         endpoint: Endpoint,
+        /// Until the breaker lets a trial call through.
         retry_after: Duration,
     },
     /// usermeta's own request budget toward ZITADEL is spent for requests of this class; nothing was sent.
@@ -117,8 +153,11 @@ pub enum UpstreamError {
         }
     )]
     BudgetExhausted {
+        /// The call.
         endpoint: Endpoint,
+        /// The class of requests whose budget is spent.
         class: crate::budget::Class,
+        /// Until the budget has room again.
         retry_after: Duration,
     },
     /// This caller's share of usermeta's request budget toward ZITADEL is spent; nothing was sent.
@@ -126,38 +165,58 @@ pub enum UpstreamError {
         "usermeta did not send {endpoint}: this caller's share of its request budget toward ZITADEL ({per_second} requests per second, {burst} at once) is spent for {retry_after:?}"
     )]
     CallerShareExhausted {
+        /// The call.
         endpoint: Endpoint,
+        /// Until this caller's share has room again.
         retry_after: Duration,
+        /// The share's sustained rate.
         per_second: f64,
+        /// The share's burst.
         burst: u32,
     },
     /// A path segment from the request would not reach ZITADEL as given (`.`, `..`, empty); nothing was sent.
     #[error(
         "usermeta did not send {endpoint}: the path segment {segment:?} would not reach ZITADEL as given"
     )]
-    UnsafePath { endpoint: Endpoint, segment: String },
+    UnsafePath {
+        /// The call.
+        endpoint: Endpoint,
+        /// The refused segment, as the request gave it.
+        segment: String,
+    },
     /// The request names an organisation, but ZITADEL says the user is in another (v2, where ZITADEL takes no
     /// organisation and usermeta checks it); nothing was sent.
     #[error("ZITADEL found no user {user_id} in organisation {org_id}")]
-    NotInOrganization { user_id: String, org_id: String },
+    NotInOrganization {
+        /// The user asked for.
+        user_id: String,
+        /// The organisation the request named.
+        org_id: String,
+    },
     /// The ZITADEL in use does not serve what the call needs (the v1 backend, or a ZITADEL too old); nothing
     /// was sent, or ZITADEL did not understand the query.
     #[error("{what} needs {needs}")]
     NotSupported {
+        /// The call.
         endpoint: Endpoint,
+        /// What was asked (`finding users by metadata`).
         what: &'static str,
+        /// What it needs (`ZITADEL 4.1 or later`).
         needs: &'static str,
     },
     /// The service credential could not be exchanged for a management API token; `cause` is the failed token
     /// request. `credential` names the credential by its ids, never its secret.
     #[error("usermeta could not get a management API token with its {credential}: {cause}")]
     CredentialRefresh {
+        /// The credential, by its ids.
         credential: String,
+        /// The failed token request.
         cause: Box<UpstreamError>,
     },
 }
 
 impl UpstreamError {
+    /// The call that failed (for a failed credential refresh, the token request).
     pub fn endpoint(&self) -> Endpoint {
         match self {
             UpstreamError::Unreachable { endpoint, .. }

@@ -31,6 +31,7 @@ pub trait Instrument: Send + Sync + 'static {
 pub struct Instrumentation(Arc<dyn Instrument>);
 
 impl Instrumentation {
+    /// The service's hooks.
     pub fn new(hooks: impl Instrument) -> Self {
         Instrumentation(Arc::new(hooks))
     }

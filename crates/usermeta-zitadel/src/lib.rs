@@ -53,6 +53,7 @@ pub struct ZitadelConfig {
     pub base_url: Url,
     /// How long one HTTP call to ZITADEL may take, connect included.
     pub timeout: Duration,
+    /// What the management API calls authenticate with.
     pub service_credential: ServiceCredential,
     /// Retries, retry budget and circuit breakers.
     pub resilience: Resilience,
@@ -109,10 +110,13 @@ pub enum Http2 {
 /// Could not set up the ZITADEL client.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
+    /// The URL cannot have paths appended (`mailto:`, `data:`); the URL.
     #[error("the ZITADEL URL {0} cannot be a base for API paths")]
     BadBaseUrl(String),
+    /// The credential's token is not a valid header value.
     #[error("the service credential cannot be sent as an HTTP header: {0}")]
     BadCredential(BearerError),
+    /// reqwest could not build the client (the TLS roots, the system's configuration).
     #[error("the HTTP client could not be built: {0}")]
     HttpClient(#[from] reqwest::Error),
 }

@@ -5,10 +5,13 @@ use prost_types::Timestamp;
 /// One stored metadata entry, decoded.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetadataItem {
+    /// The key, as stored.
     pub key: String,
     /// The decoded bytes; `None` when ZITADEL sent a value that could not be decoded.
     pub value: Option<Vec<u8>>,
+    /// When the key was first set, where ZITADEL tells.
     pub create_time: Option<Timestamp>,
+    /// When the key was last set, where ZITADEL tells.
     pub update_time: Option<Timestamp>,
 }
 
@@ -96,10 +99,12 @@ impl PackedMetadata {
             .map(|(_, value)| value)
     }
 
+    /// How many entries are packed.
     pub fn len(&self) -> usize {
         self.u32_at(0) as usize
     }
 
+    /// Whether no entry is packed.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -114,13 +119,21 @@ impl std::fmt::Debug for PackedMetadata {
 /// How a key filter compares with stored keys; ZITADEL's `TextQueryMethod`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum KeyMatch {
+    /// The key is the pattern.
     Equals,
+    /// The key is the pattern, ignoring case.
     EqualsIgnoreCase,
+    /// The key starts with the pattern.
     StartsWith,
+    /// The key starts with the pattern, ignoring case.
     StartsWithIgnoreCase,
+    /// The key contains the pattern.
     Contains,
+    /// The key contains the pattern, ignoring case.
     ContainsIgnoreCase,
+    /// The key ends with the pattern.
     EndsWith,
+    /// The key ends with the pattern, ignoring case.
     EndsWithIgnoreCase,
 }
 
@@ -157,7 +170,9 @@ impl KeyMatch {
 /// A filter on keys for listings.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct KeyFilter {
+    /// The pattern.
     pub key: String,
+    /// How keys are compared with the pattern.
     pub matching: KeyMatch,
 }
 
@@ -182,13 +197,16 @@ impl KeyFilter {
 /// Which slice of a listing to fetch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PageRequest {
+    /// How many matching entries to skip.
     pub offset: u64,
+    /// How many entries at most to return.
     pub limit: u32,
 }
 
 /// One page of a listing.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Page {
+    /// The entries of this page.
     pub items: Vec<MetadataItem>,
     /// How many entries match over all pages.
     pub total: u64,

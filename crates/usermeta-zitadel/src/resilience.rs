@@ -111,11 +111,14 @@ impl Resilience {
 /// auth API) and calls with the service credential (the management API) fail for different reasons.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Group {
+    /// Calls with the caller's token: userinfo, the auth API, introspection, signing keys.
     CallerToken,
+    /// Calls with the service credential: the token exchange, the management API, the v2 user service.
     Management,
 }
 
 impl Group {
+    /// Every group, for metrics and health that report each.
     pub const ALL: [Group; 2] = [Group::CallerToken, Group::Management];
 
     /// The gRPC health service name that reports this group's breaker.

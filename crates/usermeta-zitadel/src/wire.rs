@@ -5,101 +5,101 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 /// `zitadel.v1.ListQuery`.
 #[derive(Debug, Serialize)]
-pub struct ListQuery {
+pub(crate) struct ListQuery {
     /// uint64, sent as a string as proto3 JSON does.
-    pub offset: String,
-    pub limit: u32,
+    pub(crate) offset: String,
+    pub(crate) limit: u32,
     /// ZITADEL's default is descending; usermeta always lists ascending by key.
-    pub asc: bool,
+    pub(crate) asc: bool,
 }
 
 /// `ListMyMetadataRequest` / `ListUserMetadataRequest` bodies.
 #[derive(Debug, Serialize)]
-pub struct ListMetadataBody<'a> {
-    pub query: ListQuery,
+pub(crate) struct ListMetadataBody<'a> {
+    pub(crate) query: ListQuery,
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub queries: Vec<MetadataQuery<'a>>,
+    pub(crate) queries: Vec<MetadataQuery<'a>>,
 }
 
 /// `zitadel.metadata.v1.MetadataQuery`: a oneof with one member.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct MetadataQuery<'a> {
-    pub key_query: KeyQuery<'a>,
+pub(crate) struct MetadataQuery<'a> {
+    pub(crate) key_query: KeyQuery<'a>,
 }
 
 /// `zitadel.metadata.v1.MetadataKeyQuery`.
 #[derive(Debug, Serialize)]
-pub struct KeyQuery<'a> {
-    pub key: &'a str,
-    pub method: &'static str,
+pub(crate) struct KeyQuery<'a> {
+    pub(crate) key: &'a str,
+    pub(crate) method: &'static str,
 }
 
 /// `ListMyMetadataResponse` / `ListUserMetadataResponse`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
-pub struct ListMetadataResponse {
-    pub details: Option<ListDetails>,
-    pub result: Vec<WireMetadata>,
+pub(crate) struct ListMetadataResponse {
+    pub(crate) details: Option<ListDetails>,
+    pub(crate) result: Vec<WireMetadata>,
 }
 
 /// `zitadel.v1.ListDetails`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
-pub struct ListDetails {
+pub(crate) struct ListDetails {
     #[serde(deserialize_with = "lenient_u64")]
-    pub total_result: u64,
+    pub(crate) total_result: u64,
 }
 
 /// `zitadel.metadata.v1.Metadata`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
-pub struct WireMetadata {
-    pub details: Option<ObjectDetails>,
-    pub key: String,
+pub(crate) struct WireMetadata {
+    pub(crate) details: Option<ObjectDetails>,
+    pub(crate) key: String,
     /// Base64; absent when ZITADEL omitted it.
-    pub value: Option<String>,
+    pub(crate) value: Option<String>,
 }
 
 /// `zitadel.v1.ObjectDetails`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, rename_all = "camelCase")]
-pub struct ObjectDetails {
-    pub creation_date: Option<String>,
-    pub change_date: Option<String>,
-    pub resource_owner: Option<String>,
+pub(crate) struct ObjectDetails {
+    pub(crate) creation_date: Option<String>,
+    pub(crate) change_date: Option<String>,
+    pub(crate) resource_owner: Option<String>,
 }
 
 /// The answer of every management write: `{"details": ObjectDetails}` (SetUserMetadata may add `id`).
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
-pub struct WriteResponse {
-    pub details: Option<ObjectDetails>,
+pub(crate) struct WriteResponse {
+    pub(crate) details: Option<ObjectDetails>,
 }
 
 /// `SetUserMetadataRequest` body (the key travels in the path).
 #[derive(Debug, Serialize)]
-pub struct SetValueBody {
-    pub value: String,
+pub(crate) struct SetValueBody {
+    pub(crate) value: String,
 }
 
 /// `BulkSetUserMetadataRequest` body.
 #[derive(Debug, Serialize)]
-pub struct BulkSetBody<'a> {
-    pub metadata: Vec<BulkSetEntry<'a>>,
+pub(crate) struct BulkSetBody<'a> {
+    pub(crate) metadata: Vec<BulkSetEntry<'a>>,
 }
 
 /// One entry of [`BulkSetBody`].
 #[derive(Debug, Serialize)]
-pub struct BulkSetEntry<'a> {
-    pub key: &'a str,
-    pub value: String,
+pub(crate) struct BulkSetEntry<'a> {
+    pub(crate) key: &'a str,
+    pub(crate) value: String,
 }
 
 /// `BulkRemoveUserMetadataRequest` body.
 #[derive(Debug, Serialize)]
-pub struct BulkRemoveBody<'a> {
-    pub keys: &'a [String],
+pub(crate) struct BulkRemoveBody<'a> {
+    pub(crate) keys: &'a [String],
 }
 
 /// Accepts a uint64 as a JSON string (what ZITADEL sends) or a number.
@@ -117,7 +117,7 @@ pub(crate) fn lenient_u64<'de, D: Deserializer<'de>>(deserializer: D) -> Result<
 }
 
 /// The list request body for a filter and a page, ascending by key.
-pub fn list_body(
+pub(crate) fn list_body(
     filter: Option<&crate::metadata::KeyFilter>,
     page: crate::metadata::PageRequest,
 ) -> ListMetadataBody<'_> {
@@ -140,7 +140,10 @@ pub fn list_body(
 }
 
 /// A list answer as a domain page.
-pub fn into_page(endpoint: super::Endpoint, answer: ListMetadataResponse) -> crate::metadata::Page {
+pub(crate) fn into_page(
+    endpoint: super::Endpoint,
+    answer: ListMetadataResponse,
+) -> crate::metadata::Page {
     crate::metadata::Page {
         total: answer.details.map(|d| d.total_result).unwrap_or_default(),
         items: answer

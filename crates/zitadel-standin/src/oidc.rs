@@ -366,9 +366,11 @@ pub(super) async fn keys(State(shared): State<Arc<Shared>>) -> Response {
 /// What a JWT access token issued by the stand-in says.
 #[derive(Debug, Clone)]
 pub struct JwtSpec {
+    /// The granted scopes (`scope`); the roles and metadata they ask for become claims.
     pub scopes: Vec<String>,
     /// `aud`, besides the projects named by `…:project:id:{id}:aud` scopes.
     pub audience: Vec<String>,
+    /// `client_id`, the application the token was issued to.
     pub client_id: Option<String>,
     /// Seconds until `exp`; negative for an already expired token.
     pub expires_in: i64,

@@ -10,7 +10,9 @@ use crate::{Endpoint, UpstreamError, Zitadel};
 /// The operator's choice of management API.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum ApiChoice {
+    /// Always the v1 management API.
     V1,
+    /// Always the v2 user service.
     V2,
     /// v2 where ZITADEL serves it, else v1.
     #[default]

@@ -28,7 +28,9 @@ use crate::metadata::{KeyFilter, Page, PageRequest};
 /// Where a metadata call goes: a user, in an organisation or in the service user's own.
 #[derive(Debug, Clone, Copy)]
 pub struct Target<'a> {
+    /// The user's id.
     pub user_id: &'a str,
+    /// The organisation the request names; `None`: the service user's own.
     pub org_id: Option<&'a str>,
 }
 
@@ -43,6 +45,7 @@ pub enum ManagementApi {
 }
 
 impl ManagementApi {
+    /// `v1` or `v2`, as logs and metrics label the API.
     pub fn name(self) -> &'static str {
         match self {
             ManagementApi::V1 => "v1",
@@ -54,7 +57,9 @@ impl ManagementApi {
 /// A user found by [`Zitadel::find_users_by_metadata`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserRef {
+    /// The user's id.
     pub user_id: String,
+    /// The organisation the user is in.
     pub org_id: String,
     /// Where the user is in ZITADEL's answer to the search (its offset): a page resuming at this user
     /// starts here.
@@ -84,12 +89,14 @@ pub(crate) type UserOrgs = quick_cache::sync::Cache<String, (String, Instant)>;
 /// A target whose organisation is the one ZITADEL acts in, [`Zitadel::scope`]'s answer.
 #[derive(Debug, Clone)]
 pub struct Scoped {
+    /// The user's id.
     pub user_id: String,
     /// `None` (v1 only): the service user's organisation, where ZITADEL looks without `x-zitadel-orgid`.
     pub org_id: Option<String>,
 }
 
 impl Scoped {
+    /// The target to send the call to.
     pub fn target(&self) -> Target<'_> {
         Target {
             user_id: &self.user_id,
