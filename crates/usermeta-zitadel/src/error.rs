@@ -302,7 +302,7 @@ impl UpstreamError {
     }
 
     /// The gRPC code ZITADEL gave, when it rejected the call.
-    pub fn zitadel_code(&self) -> Option<Code> {
+    pub(crate) fn zitadel_code(&self) -> Option<Code> {
         match self {
             UpstreamError::Rejected { rejection, .. } => Some(rejection.code),
             _ => None,

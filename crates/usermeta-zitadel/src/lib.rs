@@ -73,7 +73,7 @@ pub struct ZitadelConfig {
 
 /// How long this replica lays its own writes over v2's listing by default: ZITADEL's own tests wait up to a
 /// minute for its projection; a write the listing shows earlier is dropped from the overlay at once.
-pub const DEFAULT_READ_YOUR_WRITES: Duration = Duration::from_secs(60);
+const DEFAULT_READ_YOUR_WRITES: Duration = Duration::from_secs(60);
 
 impl ZitadelConfig {
     /// The defaults for an instance and a credential: 5 s per call, default resilience, HTTP/2 negotiated,
@@ -259,11 +259,6 @@ impl Zitadel {
     /// The operator's choice of management API.
     pub fn management_api_choice(&self) -> management::ApiChoice {
         self.selector.choice()
-    }
-
-    /// The kind of service credential in use, for messages.
-    pub fn service_credential_kind(&self) -> &'static str {
-        self.service_token.kind()
     }
 
     /// Sends a request and returns the body of a 2xx answer; anything else becomes an [`UpstreamError`].

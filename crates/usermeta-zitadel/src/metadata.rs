@@ -139,7 +139,7 @@ pub enum KeyMatch {
 
 impl KeyMatch {
     /// The enum name the v2 user service takes in `keyFilter.method`.
-    pub fn v2_method(self) -> &'static str {
+    pub(crate) fn v2_method(self) -> &'static str {
         match self {
             KeyMatch::Equals => "TEXT_FILTER_METHOD_EQUALS",
             KeyMatch::EqualsIgnoreCase => "TEXT_FILTER_METHOD_EQUALS_IGNORE_CASE",
@@ -153,7 +153,7 @@ impl KeyMatch {
     }
 
     /// The enum name ZITADEL's REST API takes in `keyQuery.method`.
-    pub fn zitadel_method(self) -> &'static str {
+    pub(crate) fn zitadel_method(self) -> &'static str {
         match self {
             KeyMatch::Equals => "TEXT_QUERY_METHOD_EQUALS",
             KeyMatch::EqualsIgnoreCase => "TEXT_QUERY_METHOD_EQUALS_IGNORE_CASE",

@@ -30,7 +30,7 @@ use super::{
 
 /// The scope of service tokens: `openid` (required by both grants) and the ZITADEL project audience, without
 /// which the management API refuses OAuth tokens.
-pub const SERVICE_TOKEN_SCOPE: &str = "openid urn:zitadel:iam:org:project:id:zitadel:aud";
+pub(crate) const SERVICE_TOKEN_SCOPE: &str = "openid urn:zitadel:iam:org:project:id:zitadel:aud";
 
 const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 
@@ -83,7 +83,6 @@ struct OAuth {
     grant: Grant,
     /// What the credential is, for messages (ids only).
     credential: String,
-    kind: &'static str,
     http: reqwest::Client,
     instrumentation: Instrumentation,
     /// The request budget toward ZITADEL: token requests count against it.
@@ -119,7 +118,6 @@ impl TokenSource {
         token_url: Url,
     ) -> Result<Self, SetupError> {
         let credential_text = credential.describe();
-        let kind_name = credential.kind();
         let grant = match credential {
             ServiceCredential::Pat(pat) => {
                 let authorization = super::credential::pat_authorization(&pat)
@@ -140,7 +138,6 @@ impl TokenSource {
                 oauth: Arc::new(OAuth {
                     grant,
                     credential: credential_text,
-                    kind: kind_name,
                     http,
                     instrumentation,
                     budget,
@@ -159,13 +156,6 @@ impl TokenSource {
             source.start_background();
         }
         Ok(source)
-    }
-
-    pub(crate) fn kind(&self) -> &'static str {
-        match &self.kind {
-            Kind::Fixed { .. } => "personal access token",
-            Kind::OAuth { oauth, .. } => oauth.kind,
-        }
     }
 
     /// The header for the next management call. Lock-free while a valid token is cached.

@@ -20,7 +20,6 @@ use prost_types::Timestamp;
 pub use choice::ApiChoice;
 pub(crate) use choice::Selector;
 pub(crate) use recent::RecentWrites;
-pub use v1::ORG_HEADER;
 
 use super::{Endpoint, UpstreamError, Zitadel};
 use crate::metadata::{KeyFilter, Page, PageRequest};

@@ -10,7 +10,7 @@ use crate::metadata::{KeyFilter, Page, PageRequest};
 use crate::{Endpoint, UpstreamError, Zitadel, path, value, wire};
 
 /// The header that scopes a management call to an organisation.
-pub const ORG_HEADER: &str = "x-zitadel-orgid";
+const ORG_HEADER: &str = "x-zitadel-orgid";
 
 impl Zitadel {
     /// One page of a user's metadata, ascending (ListUserMetadata).
