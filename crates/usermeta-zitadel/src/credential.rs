@@ -184,15 +184,6 @@ pub enum ServiceCredential {
 }
 
 impl ServiceCredential {
-    /// The credential's kind, for messages; never its value.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            ServiceCredential::Pat(_) => "personal access token",
-            ServiceCredential::JwtProfile(_) => "JWT profile key",
-            ServiceCredential::ClientCredentials { .. } => "client credentials",
-        }
-    }
-
     /// The kind with the ids that tell an operator which credential it is; never key material or a secret.
     pub fn describe(&self) -> String {
         match self {
