@@ -40,7 +40,7 @@ pub mod settings;
 pub mod telemetry;
 pub mod tls;
 
-use server::{Application, Config};
+use server::{Application, Config, ServeOptions};
 use settings::{ServeArgs, SettingsError};
 use usermeta_zitadel::ZitadelConfig;
 
@@ -74,10 +74,19 @@ pub fn serve_config(args: ServeArgs) -> Result<Config, RunError> {
         }
         .into());
     }
-    let mut options = args.ops.serve_options().map_err(server::StartError::from)?;
-    options.ext_authz = ext_authz;
-    options.redis = args.fleet.redis()?;
-    options.webhook = args.fleet.webhook()?;
+    let options = ServeOptions {
+        metrics_listen: args.ops.metrics_listen,
+        shutdown_grace: args.ops.shutdown_grace,
+        tls: args.ops.tls.grpc().map_err(server::StartError::from)?,
+        zitadel_roots: args
+            .ops
+            .tls
+            .zitadel_roots()
+            .map_err(server::StartError::from)?,
+        ext_authz,
+        redis: args.fleet.redis()?,
+        webhook: args.fleet.webhook()?,
+    };
     Ok(Config {
         listen: args.listen,
         zitadel: ZitadelConfig {
