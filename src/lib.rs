@@ -9,7 +9,7 @@
 //!
 //! | layer | modules | what lives there |
 //! |---|---|---|
-//! | configuration | [`settings`], [`config_file`] | flags with environment twins and the `--config` file, validated once at start-up |
+//! | configuration | [`settings`], [`config_file`] | flags with environment twins and the `--config` file, validated once at start-up; the names of settings ([`settings::names`]) are a leaf that any layer may name in its messages |
 //! | composition | [`serve`], [`server`], [`instrumentation`], `dev` | the listeners, TLS ([`tls`]), health, reflection, shutdown; the ZITADEL client's calls as spans and metrics; `dev` (the default-on `dev` feature) runs usermeta against the `zitadel-standin` crate |
 //! | the surfaces | [`api`], [`authz`] | the `UserMetadataService` handlers with request validation, page tokens and the one error → status mapping ([`api::ApiError`]); Envoy's `Check` on its own listener |
 //! | the fleet | [`fleet`] | replicas telling each other which users they changed (Redis pub/sub), ZITADEL's change events (the webhook), the feed of WatchMetadata streams; so their caches agree |
@@ -99,6 +99,7 @@ pub fn serve_config(args: ServeArgs) -> Result<Config, RunError> {
             management_api: args.zitadel.zitadel_api,
             read_your_writes: args.zitadel.read_your_writes,
             upstream_budget: args.zitadel.upstream_budget(),
+            setting_names: settings::names::ZITADEL_CLIENT,
         },
         policy: args.access.policy()?,
         cache: args.cache.config(),

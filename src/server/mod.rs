@@ -15,6 +15,7 @@ use crate::{
     caller::{IdentityConfig, IdentitySetupError, Resolver},
     fleet::{Changes, SharedInvalidation, webhook::Webhook},
     policy::Policy,
+    settings::names,
     tls::{TlsError, TlsFiles, TlsSettings},
 };
 use usermeta_zitadel::{
@@ -46,7 +47,10 @@ impl Config {
     ) -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            zitadel: ZitadelConfig::new(zitadel_url, service_credential),
+            zitadel: ZitadelConfig {
+                setting_names: names::ZITADEL_CLIENT,
+                ..ZitadelConfig::new(zitadel_url, service_credential)
+            },
             policy: Policy::default(),
             cache: CacheConfig::default(),
             limits: Limits::default(),
@@ -66,7 +70,7 @@ fn announce_management_api(zitadel: &Arc<Zitadel>) {
             let zitadel = Arc::clone(zitadel);
             tokio::spawn(async move {
                 if let Err(error) = zitadel.management_api().await {
-                    tracing::warn!(%error, "could not yet learn which management API ZITADEL serves (USERMETA_ZITADEL_API=auto); asking again on the first call");
+                    tracing::warn!(%error, "could not yet learn which management API ZITADEL serves ({}=auto); asking again on the first call", names::ZITADEL_API);
                 }
             });
             return;
@@ -74,8 +78,9 @@ fn announce_management_api(zitadel: &Arc<Zitadel>) {
     };
     tracing::info!(
         api = fixed.name(),
-        "managing metadata through ZITADEL's {} API (USERMETA_ZITADEL_API={})",
+        "managing metadata through ZITADEL's {} API ({}={})",
         fixed.name(),
+        names::ZITADEL_API,
         fixed.name()
     );
     crate::metrics::management_api(fixed.name());
@@ -266,13 +271,15 @@ impl Application {
                 Some(key) => {
                     tracing::info!(
                         keys = key.len(),
-                        "fleet messages on Redis sealed with the key of USERMETA_REDIS_BUS_KEY_FILE"
+                        "fleet messages on Redis sealed with the key of {}",
+                        names::REDIS_BUS_KEY_FILE
                     );
                     key
                 }
                 None => {
                     tracing::info!(
-                        "fleet messages on Redis sealed with a key derived from the service credential (every replica needs the same credential, or USERMETA_REDIS_BUS_KEY_FILE)"
+                        "fleet messages on Redis sealed with a key derived from the service credential (every replica needs the same credential, or {})",
+                        names::REDIS_BUS_KEY_FILE
                     );
                     crate::fleet::BusKey::from_secret(&bus_secret)
                 }
@@ -548,8 +555,10 @@ fn warn_hidden_keys_are_not_sealed(policy: &Policy) {
 fn check_ext_authz_headers(config: &AuthzConfig, policy: &Policy) -> Result<(), StartError> {
     match config.headers.iter().find(|m| policy.is_hidden(&m.key)) {
         Some(mapping) => Err(StartError::ExtAuthz(format!(
-            "USERMETA_EXT_AUTHZ_HEADERS (--ext-authz-headers): `{}` is declared hidden in the policy, and Check passes on only what the caller may read of themself; remove it, or route on it with a rule (metadata.{}=VALUE) instead",
-            mapping.key, mapping.key
+            "{}: `{}` is declared hidden in the policy, and Check passes on only what the caller may read of themself; remove it, or route on it with a rule (metadata.{}=VALUE) instead",
+            names::EXT_AUTHZ_HEADERS_SETTING,
+            mapping.key,
+            mapping.key
         ))),
         None => Ok(()),
     }

@@ -6,7 +6,7 @@ use std::{path::PathBuf, time::Duration};
 use clap::Args;
 
 use super::{
-    Setting, SettingsError, clean_list, invalid,
+    Setting, SettingsError, clean_list, invalid, names,
     secret::{SecretSetting, secret_from},
     self_writable_prefixes,
 };
@@ -20,7 +20,7 @@ use crate::{
 pub struct AccessArgs {
     /// TOML file of authorisation rules and key declarations; without it, users may read their own metadata
     /// and only USERMETA_ADMINS / USERMETA_SELF_WRITABLE_KEYS grant more.
-    #[arg(long, env = "USERMETA_POLICY_FILE")]
+    #[arg(long, env = names::POLICY_FILE)]
     pub policy_file: Option<PathBuf>,
     /// Client id of usermeta's ZITADEL API application, to introspect callers' tokens (with a client secret).
     #[arg(long, env = "USERMETA_INTROSPECTION_CLIENT_ID")]
@@ -36,7 +36,7 @@ pub struct AccessArgs {
     pub introspection_key_file: Option<PathBuf>,
     /// Validate JWT access tokens locally against ZITADEL's keys; the accepted audiences (usermeta's project
     /// id or client id, comma-separated).
-    #[arg(long, env = "USERMETA_JWT_AUDIENCE", value_delimiter = ',')]
+    #[arg(long, env = names::JWT_AUDIENCE, value_delimiter = ',')]
     pub jwt_audience: Vec<String>,
     /// Shortest time between two fetches of ZITADEL's keys caused by an unknown key id.
     #[arg(long, env = "USERMETA_JWKS_MIN_REFRESH", default_value = "30s", value_parser = humantime::parse_duration)]
@@ -44,13 +44,13 @@ pub struct AccessArgs {
     /// usermeta's ZITADEL project id: only the roles ZITADEL asserts for this project (the claim
     /// `urn:zitadel:iam:org:project:{id}:roles`) are callers' roles. Required when a policy or ext_authz rule
     /// names roles.
-    #[arg(long, env = "USERMETA_PROJECT_ID")]
+    #[arg(long, env = names::PROJECT_ID)]
     pub project_id: Option<String>,
     /// ZITADEL user ids allowed to read other users and to write or delete any user's metadata (comma-separated).
-    #[arg(long, env = "USERMETA_ADMINS", value_delimiter = ',')]
+    #[arg(long, env = names::ADMINS, value_delimiter = ',')]
     pub admins: Vec<String>,
     /// Key prefixes users may write and delete on themselves (comma-separated); none by default.
-    #[arg(long, env = "USERMETA_SELF_WRITABLE_KEYS", value_delimiter = ',')]
+    #[arg(long, env = names::SELF_WRITABLE_KEYS, value_delimiter = ',')]
     pub self_writable_keys: Vec<String>,
 }
 

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use super::names;
 use clap::Args;
 
 use crate::caller::cache::CacheConfig;
@@ -11,7 +12,7 @@ use crate::caller::cache::CacheConfig;
 pub struct CacheArgs {
     /// How long ZITADEL's answer about a token is reused (never past a JWT's own `exp`); 0 turns caching off.
     /// It bounds how long a revoked token keeps working here and how stale metadata written elsewhere can be.
-    #[arg(long, env = "USERMETA_CACHE_TTL", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = names::CACHE_TTL, default_value = "30s", value_parser = humantime::parse_duration)]
     pub cache_ttl: Duration,
     /// How long a token ZITADEL rejected is refused without asking again.
     #[arg(long, env = "USERMETA_CACHE_NEGATIVE_TTL", default_value = "5s", value_parser = humantime::parse_duration)]

@@ -7,7 +7,7 @@ use clap::Args;
 use secrecy::SecretString;
 
 use super::{
-    Setting, SettingsError, invalid,
+    Setting, SettingsError, invalid, names,
     secret::{SecretSetting, secret_from},
 };
 use usermeta_zitadel::{ServiceCredential, ServiceKey};
@@ -20,7 +20,7 @@ pub struct CredentialArgs {
     #[arg(long, env = "USERMETA_SERVICE_PAT", hide_env_values = true)]
     pub service_pat: Option<String>,
     /// File holding the service user's personal access token.
-    #[arg(long, env = "USERMETA_SERVICE_PAT_FILE")]
+    #[arg(long, env = names::SERVICE_PAT_FILE)]
     pub service_pat_file: Option<PathBuf>,
     /// JSON key file of the service user (JWT profile), as ZITADEL downloads it: {"type":"serviceaccount",...}.
     #[arg(long, env = "USERMETA_SERVICE_KEY_FILE")]

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Args;
 
-use super::{Setting, SettingsError, invalid, secret::read_secret_file};
+use super::{Setting, SettingsError, invalid, names, secret::read_secret_file};
 use crate::fleet::{
     BusKey, RedisConfig,
     webhook::{self, SigningKeys, WebhookConfig, WebhookLimits},
@@ -16,15 +16,15 @@ use crate::fleet::{
 pub struct FleetArgs {
     /// Redis for shared invalidation between replicas: redis://host:6379[/db] or rediss://host:6380 (TLS). Each
     /// replica publishes the users it changed and drops others' cached answers for them. Off when unset.
-    #[arg(long, env = "USERMETA_REDIS_URL")]
+    #[arg(long, env = names::REDIS_URL)]
     pub redis_url: Option<String>,
     /// File holding the Redis password (AUTH), kept out of the URL and of every log line.
-    #[arg(long, env = "USERMETA_REDIS_PASSWORD_FILE", requires = "redis_url")]
+    #[arg(long, env = names::REDIS_PASSWORD_FILE, requires = "redis_url")]
     pub redis_password_file: Option<PathBuf>,
     /// File holding the key replicas seal their Redis messages with: a random secret of at least 32 characters,
     /// the same on every replica (one per line while rotating; the first signs). Unset: derived from the
     /// service credential, which every replica holds alike.
-    #[arg(long, env = "USERMETA_REDIS_BUS_KEY_FILE", requires = "redis_url")]
+    #[arg(long, env = names::REDIS_BUS_KEY_FILE, requires = "redis_url")]
     pub redis_bus_key_file: Option<PathBuf>,
     /// Address of the listener for ZITADEL's Actions v2 events (POST /zitadel/events), e.g. 0.0.0.0:8090.
     /// Keep it inside the cluster. Off when unset.
@@ -38,7 +38,7 @@ pub struct FleetArgs {
     /// key per line while rotating.
     #[arg(
         long,
-        env = "USERMETA_WEBHOOK_SIGNING_KEY_FILE",
+        env = names::WEBHOOK_SIGNING_KEY_FILE,
         requires = "webhook_listen"
     )]
     pub webhook_signing_key_file: Option<PathBuf>,

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use super::names;
 use clap::Args;
 
 use crate::{api::RequestLimits, fleet::WatchLimits, server::Limits};
@@ -19,12 +20,12 @@ pub struct LimitArgs {
     pub max_request_timeout: Duration,
     /// Most calls waiting on ZITADEL at once (the metadata API and Check together; answers from memory are
     /// not counted); more are refused at once with RESOURCE_EXHAUSTED OVERLOADED; 0 means no limit.
-    #[arg(long, env = "USERMETA_MAX_IN_FLIGHT", default_value_t = 1024)]
+    #[arg(long, env = names::MAX_IN_FLIGHT, default_value_t = 1024)]
     pub max_in_flight: usize,
     /// Most of those with one caller token, so one caller cannot hold every slot; more are refused at once
     /// with RESOURCE_EXHAUSTED CALLER_OVERLOADED. Default: an eighth of USERMETA_MAX_IN_FLIGHT (128); 0 means
     /// no per-caller limit.
-    #[arg(long, env = "USERMETA_MAX_IN_FLIGHT_PER_CALLER")]
+    #[arg(long, env = names::MAX_IN_FLIGHT_PER_CALLER)]
     pub max_in_flight_per_caller: Option<usize>,
     /// Most concurrent calls (HTTP/2 streams) per client connection.
     #[arg(long, env = "USERMETA_MAX_STREAMS_PER_CONNECTION", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
@@ -43,22 +44,22 @@ pub struct LimitArgs {
     pub batch_concurrency: u32,
     /// Most WatchMetadata streams open on this replica at once; more are refused with RESOURCE_EXHAUSTED
     /// (WATCH_STREAMS_EXHAUSTED).
-    #[arg(long, env = "USERMETA_WATCH_MAX_STREAMS", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = names::WATCH_MAX_STREAMS, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     pub watch_max_streams: u32,
     /// Most WatchMetadata streams one caller (one ZITADEL user) has open on this replica at once.
-    #[arg(long, env = "USERMETA_WATCH_MAX_STREAMS_PER_CALLER", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = names::WATCH_MAX_STREAMS_PER_CALLER, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
     pub watch_max_streams_per_caller: u32,
     /// Longest life of a WatchMetadata stream; it then ends with UNAVAILABLE (WATCH_MAX_DURATION) and the
     /// client reopens it. A stream also ends when its token expires or ZITADEL stops accepting it.
-    #[arg(long, env = "USERMETA_WATCH_MAX_DURATION", default_value = "1h", value_parser = humantime::parse_duration)]
+    #[arg(long, env = names::WATCH_MAX_DURATION, default_value = "1h", value_parser = humantime::parse_duration)]
     pub watch_max_duration: Duration,
     /// Bytes of changes one WatchMetadata stream may have waiting to be read; a stream further behind ends
     /// with RESOURCE_EXHAUSTED (WATCH_LAGGED). One write always fits.
-    #[arg(long, env = "USERMETA_WATCH_BUFFER_BYTES", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u32).range(1024..))]
+    #[arg(long, env = names::WATCH_BUFFER_BYTES, default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u32).range(1024..))]
     pub watch_buffer_bytes: u32,
     /// Bytes of changes all WatchMetadata streams of this replica together may have waiting; past it, the
     /// streams that are behind end with WATCH_LAGGED.
-    #[arg(long, env = "USERMETA_WATCH_BUFFER_MEMORY", default_value_t = 64 * 1024 * 1024, value_parser = clap::value_parser!(u32).range(65536..))]
+    #[arg(long, env = names::WATCH_BUFFER_MEMORY, default_value_t = 64 * 1024 * 1024, value_parser = clap::value_parser!(u32).range(65536..))]
     pub watch_buffer_memory: u32,
 }
 

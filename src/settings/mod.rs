@@ -20,6 +20,7 @@ pub mod ext_authz;
 pub mod fleet;
 pub mod limits;
 mod name;
+pub mod names;
 pub mod ops;
 pub mod reference;
 mod secret;
@@ -47,7 +48,7 @@ pub struct Cli {
     pub log_format: LogFormat,
     /// TOML file with settings of `serve`: keys are the flag names in snake_case (`zitadel_url = "..."`,
     /// `admins = ["..."]`). Environment variables and flags override it.
-    #[arg(long, env = "USERMETA_CONFIG", global = true)]
+    #[arg(long, env = names::CONFIG, global = true)]
     pub config: Option<PathBuf>,
 }
 
@@ -86,10 +87,10 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Address the gRPC server listens on.
-    #[arg(long, env = "USERMETA_LISTEN", default_value = "0.0.0.0:50051")]
+    #[arg(long, env = names::LISTEN, default_value = "0.0.0.0:50051")]
     pub listen: SocketAddr,
     /// URL of the ZITADEL instance (its issuer), e.g. https://my-instance.zitadel.cloud.
-    #[arg(long, env = "USERMETA_ZITADEL_URL")]
+    #[arg(long, env = names::ZITADEL_URL)]
     pub zitadel_url: String,
     #[command(flatten)]
     pub credential: CredentialArgs,
@@ -114,7 +115,7 @@ pub struct ServeArgs {
 #[derive(Debug, Args)]
 pub struct DevArgs {
     /// Address the gRPC server listens on.
-    #[arg(long, env = "USERMETA_LISTEN", default_value = "127.0.0.1:50051")]
+    #[arg(long, env = names::LISTEN, default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
     /// Address the ZITADEL stand-in listens on (port 0 picks a free one).
     #[arg(
@@ -126,7 +127,7 @@ pub struct DevArgs {
     /// Key prefixes users may write and delete on themselves (comma-separated).
     #[arg(
         long,
-        env = "USERMETA_SELF_WRITABLE_KEYS",
+        env = names::SELF_WRITABLE_KEYS,
         value_delimiter = ',',
         default_value = "profile."
     )]

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use super::names;
 use clap::Args;
 
 use crate::tls::{self, TlsError, TlsFiles, TlsSettings};
@@ -20,7 +21,7 @@ pub struct TlsArgs {
     #[arg(long, env = "USERMETA_TLS_CLIENT_CA_FILE", requires = "tls_cert_file")]
     pub tls_client_ca_file: Option<PathBuf>,
     /// PEM CA certificates trusted toward ZITADEL beside the system's (a privately-signed deployment).
-    #[arg(long, env = "USERMETA_ZITADEL_CA_FILE")]
+    #[arg(long, env = names::ZITADEL_CA_FILE)]
     pub zitadel_ca_file: Option<PathBuf>,
 }
 

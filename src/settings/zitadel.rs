@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::Args;
 use url::Url;
 
-use super::{Setting, SettingsError, invalid};
+use super::{Setting, SettingsError, invalid, names};
 use usermeta_zitadel::{Http2, Resilience, UpstreamBudget, management::ApiChoice};
 
 /// How usermeta talks to ZITADEL: HTTP versions, timeouts, retries and circuit breakers.
@@ -14,12 +14,12 @@ use usermeta_zitadel::{Http2, Resilience, UpstreamBudget, management::ApiChoice}
 pub struct ZitadelArgs {
     /// When to speak HTTP/2 to ZITADEL: `negotiate` (when its TLS offers it, else HTTP/1.1) or `always`
     /// (also without TLS: h2c, which a plain-HTTP ZITADEL reached directly serves).
-    #[arg(long, env = "USERMETA_ZITADEL_HTTP2", default_value = "negotiate", value_parser = http2_parser())]
+    #[arg(long, env = names::ZITADEL_HTTP2, default_value = "negotiate", value_parser = http2_parser())]
     pub zitadel_http2: Http2,
     /// Which ZITADEL API manages users' metadata: `v2` (the v2 user service, ZITADEL 4.0+), `v1` (the
     /// management API, deprecated since ZITADEL v4), or `auto` (v2 where ZITADEL serves it, else v1; decided
     /// once and again when a call says otherwise).
-    #[arg(long, env = "USERMETA_ZITADEL_API", default_value = "auto", value_parser = api_parser())]
+    #[arg(long, env = names::ZITADEL_API, default_value = "auto", value_parser = api_parser())]
     pub zitadel_api: ApiChoice,
     /// With the v2 API: how long this instance lays its own writes over ZITADEL's eventually consistent
     /// listing, so a caller lists what it just wrote (a write the listing shows is dropped sooner); 0 turns
@@ -62,7 +62,7 @@ pub struct ZitadelArgs {
     /// Cloud allows 50 per second per source IP over a minute: the default, 40, is four fifths of that for one
     /// instance; give each of N replicas behind one IP 0.8 × 50 / N. 0 means no budget (a self-hosted ZITADEL
     /// without a rate limit).
-    #[arg(long, env = "USERMETA_UPSTREAM_RATE_LIMIT", default_value_t = UpstreamBudget::DEFAULT_RATE, value_parser = upstream_rate)]
+    #[arg(long, env = names::UPSTREAM_RATE_LIMIT, default_value_t = UpstreamBudget::DEFAULT_RATE, value_parser = upstream_rate)]
     pub upstream_rate_limit: f64,
     /// Requests to ZITADEL that may go at once after a calm period (the budget's bucket); default: one
     /// second's worth of USERMETA_UPSTREAM_RATE_LIMIT.
@@ -75,7 +75,7 @@ pub struct ZitadelArgs {
     /// Share of USERMETA_UPSTREAM_RATE_LIMIT and of USERMETA_UPSTREAM_BURST one caller token may spend (above 0,
     /// at most 1; 1: no per-caller share), so one caller's BatchGetMetadata or FindUsersByMetadata cannot spend
     /// the whole budget; past it, RESOURCE_EXHAUSTED CALLER_UPSTREAM_SHARE_EXHAUSTED.
-    #[arg(long, env = "USERMETA_UPSTREAM_CALLER_SHARE", default_value_t = UpstreamBudget::DEFAULT_CALLER_SHARE, value_parser = caller_share)]
+    #[arg(long, env = names::UPSTREAM_CALLER_SHARE, default_value_t = UpstreamBudget::DEFAULT_CALLER_SHARE, value_parser = caller_share)]
     pub upstream_caller_share: f64,
 }
 
