@@ -102,40 +102,46 @@ fn api_parser() -> impl clap::builder::TypedValueParser<Value = ApiChoice> {
     })
 }
 
-fn retry_budget(raw: &str) -> Result<f64, String> {
-    let ratio: f64 = raw.parse().map_err(|e| format!("{e}"))?;
-    if (0.0..=1.0).contains(&ratio) {
-        Ok(ratio)
+/// A number `accept` takes; otherwise `problem`, which clap shows beside the flag.
+fn number(raw: &str, accept: fn(f64) -> bool, problem: &str) -> Result<f64, String> {
+    let value: f64 = raw.parse().map_err(|e| format!("{e}"))?;
+    if accept(value) {
+        Ok(value)
     } else {
-        Err("must be between 0 and 1".to_owned())
+        Err(problem.to_owned())
     }
+}
+
+fn retry_budget(raw: &str) -> Result<f64, String> {
+    number(
+        raw,
+        |ratio| (0.0..=1.0).contains(&ratio),
+        "must be between 0 and 1",
+    )
 }
 
 fn upstream_rate(raw: &str) -> Result<f64, String> {
-    let rate: f64 = raw.parse().map_err(|e| format!("{e}"))?;
-    if rate.is_finite() && rate >= 0.0 {
-        Ok(rate)
-    } else {
-        Err("must be a number of requests per second, 0 or more (0: no budget)".to_owned())
-    }
+    number(
+        raw,
+        |rate| rate.is_finite() && rate >= 0.0,
+        "must be a number of requests per second, 0 or more (0: no budget)",
+    )
 }
 
 fn caller_share(raw: &str) -> Result<f64, String> {
-    let share: f64 = raw.parse().map_err(|e| format!("{e}"))?;
-    if share > 0.0 && share <= 1.0 {
-        Ok(share)
-    } else {
-        Err("must be above 0 and at most 1 (0.5: one caller may spend half of the budget; 1: all of it)".to_owned())
-    }
+    number(
+        raw,
+        |share| share > 0.0 && share <= 1.0,
+        "must be above 0 and at most 1 (0.5: one caller may spend half of the budget; 1: all of it)",
+    )
 }
 
 fn failure_ratio(raw: &str) -> Result<f64, String> {
-    let ratio: f64 = raw.parse().map_err(|e| format!("{e}"))?;
-    if ratio > 0.0 && ratio <= 1.0 {
-        Ok(ratio)
-    } else {
-        Err("must be above 0 and at most 1 (0.5: half of the requests failed)".to_owned())
-    }
+    number(
+        raw,
+        |ratio| ratio > 0.0 && ratio <= 1.0,
+        "must be above 0 and at most 1 (0.5: half of the requests failed)",
+    )
 }
 
 fn breaker_window(raw: &str) -> Result<Duration, String> {
