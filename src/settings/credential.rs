@@ -197,49 +197,31 @@ mod tests {
 
     #[test]
     fn pat_file_problems_name_the_setting_not_the_secret() {
-        let dir = std::env::temp_dir().join(format!("usermeta-settings-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let missing = CredentialArgs {
-            service_pat_file: Some(dir.join("nope.pat")),
-            ..Default::default()
+        let dir = temp_dir("settings");
+        let written = |name: &str, content: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, content).unwrap();
+            path
         };
-        let error = missing.credential().unwrap_err().to_string();
+        let pat_file = |path: PathBuf| {
+            CredentialArgs {
+                service_pat_file: Some(path),
+                ..Default::default()
+            }
+            .credential()
+        };
+        let error = pat_file(dir.join("nope.pat")).unwrap_err().to_string();
         assert!(
             error.starts_with("USERMETA_SERVICE_PAT_FILE") && error.contains("nope.pat"),
             "{error}"
         );
-
-        let empty = dir.join("empty.pat");
-        std::fs::write(&empty, "\n").unwrap();
-        let error = CredentialArgs {
-            service_pat_file: Some(empty),
-            ..Default::default()
-        }
-        .credential()
-        .unwrap_err();
+        let error = pat_file(written("empty.pat", "\n")).unwrap_err();
         assert!(error.to_string().contains("empty"), "{error}");
-
-        let spaced = dir.join("spaced.pat");
-        std::fs::write(&spaced, "secret with spaces").unwrap();
-        let error = CredentialArgs {
-            service_pat_file: Some(spaced),
-            ..Default::default()
-        }
-        .credential()
-        .unwrap_err();
+        let error = pat_file(written("spaced.pat", "secret with spaces")).unwrap_err();
         assert!(!error.to_string().contains("secret"), "{error}");
-
-        let good = dir.join("good.pat");
-        std::fs::write(&good, "abc123\n").unwrap();
-        assert!(
-            CredentialArgs {
-                service_pat_file: Some(good),
-                ..Default::default()
-            }
-            .credential()
-            .is_ok()
-        );
+        assert!(pat_file(written("good.pat", "abc123\n")).is_ok());
     }
+
     fn key_file_args(path: PathBuf) -> CredentialArgs {
         CredentialArgs {
             service_key_file: Some(path),

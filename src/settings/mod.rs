@@ -19,11 +19,11 @@ pub mod credential;
 pub mod ext_authz;
 pub mod fleet;
 pub mod limits;
-mod name;
 pub mod names;
 pub mod ops;
 pub mod reference;
 mod secret;
+mod setting;
 pub mod tls;
 pub mod zitadel;
 
@@ -32,8 +32,8 @@ pub use cache::CacheArgs;
 pub use credential::CredentialArgs;
 pub use fleet::FleetArgs;
 pub use limits::LimitArgs;
-pub use name::Setting;
 pub use ops::OpsArgs;
+pub use setting::Setting;
 pub use tls::TlsArgs;
 pub use zitadel::{ZitadelArgs, zitadel_url};
 
@@ -187,7 +187,7 @@ mod tests {
 
     #[test]
     fn every_setting_messages_name_is_a_flag_with_an_environment_twin() {
-        for setting in [
+        for named in [
             zitadel::SETTINGS.as_slice(),
             &credential::SETTINGS,
             &access::SETTINGS,
@@ -197,7 +197,7 @@ mod tests {
         .chain(&fleet::SETTINGS)
         .chain(&ext_authz::SETTINGS)
         {
-            assert!(name::is_known(*setting), "{setting} is no flag");
+            assert!(setting::is_known(*named), "{named} is no flag");
         }
     }
 
