@@ -35,7 +35,7 @@ pub enum ConfigFileError {
     },
 }
 
-/// Parses the command line of this process, with the `--config` file (or `USERMETA_CONFIG`) applied.
+/// Parses the command line of this process, with the `--config` file (or [`CONFIG`](crate::settings::names::CONFIG)) applied.
 /// Command-line errors, `--help` and `--version` exit as clap does.
 pub fn parse() -> Result<Cli, ConfigFileError> {
     parse_from(std::env::args_os())

@@ -18,7 +18,7 @@ use tonic_health::pb::{
 
 use crate::settings::HealthcheckArgs;
 
-/// Where to look when neither `--addr` nor `USERMETA_LISTEN` says.
+/// Where to look when neither `--addr` nor [`LISTEN`](crate::settings::names::LISTEN) says.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:50051";
 
 /// Why the check did not get a health answer.
@@ -41,10 +41,13 @@ pub enum CheckError {
 
 /// Runs the check and prints its one line; the exit code is 0 only for SERVING.
 pub async fn run(args: HealthcheckArgs) -> ExitCode {
-    let addr = args
-        .addr
-        .clone()
-        .unwrap_or_else(|| default_addr(std::env::var("USERMETA_LISTEN").ok().as_deref()));
+    let addr = args.addr.clone().unwrap_or_else(|| {
+        default_addr(
+            std::env::var(crate::settings::names::LISTEN)
+                .ok()
+                .as_deref(),
+        )
+    });
     let subject = if args.service.is_empty() {
         format!("{addr} (server)")
     } else {
@@ -108,7 +111,7 @@ pub async fn check(
         .map_err(|_| CheckError::Timeout(timeout))?
 }
 
-/// The address to check when `--addr` is not given: the port usermeta listens on (`USERMETA_LISTEN`, which a
+/// The address to check when `--addr` is not given: the port usermeta listens on ([`LISTEN`](crate::settings::names::LISTEN), which a
 /// container's health check inherits), reached over loopback when the server listens on every interface.
 pub fn default_addr(listen: Option<&str>) -> String {
     let Some(listen) = listen.and_then(|raw| raw.trim().parse::<SocketAddr>().ok()) else {

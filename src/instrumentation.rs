@@ -43,7 +43,8 @@ impl Instrument for Upstream {
         if first {
             tracing::warn!(
                 endpoint,
-                "ZITADEL marks {endpoint} as deprecated (a `Deprecation` header); move to the v2 user service with USERMETA_ZITADEL_API=v2 (or auto)"
+                "ZITADEL marks {endpoint} as deprecated (a `Deprecation` header); move to the v2 user service with {}=v2 (or auto)",
+                crate::settings::names::ZITADEL_API
             );
         }
     }

@@ -9,7 +9,7 @@
 //!
 //! | layer | modules | what lives there |
 //! |---|---|---|
-//! | configuration | [`settings`], [`config_file`] | flags with environment twins and the `--config` file, validated once at start-up |
+//! | configuration | [`settings`], [`config_file`] | flags with environment twins and the `--config` file, validated once at start-up; the names of settings ([`settings::names`]) are a leaf that any layer may name in its messages |
 //! | composition | [`serve`], [`server`], [`instrumentation`], `dev` | the listeners, TLS ([`tls`]), health, reflection, shutdown; the ZITADEL client's calls as spans and metrics; `dev` (the default-on `dev` feature) runs usermeta against the `zitadel-standin` crate |
 //! | the surfaces | [`api`], [`authz`] | the `UserMetadataService` handlers with request validation, page tokens and the one error → status mapping ([`api::ApiError`]); Envoy's `Check` on its own listener |
 //! | the fleet | [`fleet`] | replicas telling each other which users they changed (Redis pub/sub), ZITADEL's change events (the webhook), the feed of WatchMetadata streams; so their caches agree |
@@ -40,7 +40,7 @@ pub mod settings;
 pub mod telemetry;
 pub mod tls;
 
-use server::{Application, Config};
+use server::{Application, Config, ServeOptions};
 use settings::{ServeArgs, SettingsError};
 use usermeta_zitadel::ZitadelConfig;
 
@@ -74,10 +74,19 @@ pub fn serve_config(args: ServeArgs) -> Result<Config, RunError> {
         }
         .into());
     }
-    let mut options = args.ops.serve_options().map_err(server::StartError::from)?;
-    options.ext_authz = ext_authz;
-    options.redis = args.fleet.redis()?;
-    options.webhook = args.fleet.webhook()?;
+    let options = ServeOptions {
+        metrics_listen: args.ops.metrics_listen,
+        shutdown_grace: args.ops.shutdown_grace,
+        tls: args.ops.tls.grpc().map_err(server::StartError::from)?,
+        zitadel_roots: args
+            .ops
+            .tls
+            .zitadel_roots()
+            .map_err(server::StartError::from)?,
+        ext_authz,
+        redis: args.fleet.redis()?,
+        webhook: args.fleet.webhook()?,
+    };
     Ok(Config {
         listen: args.listen,
         zitadel: ZitadelConfig {
@@ -90,6 +99,7 @@ pub fn serve_config(args: ServeArgs) -> Result<Config, RunError> {
             management_api: args.zitadel.zitadel_api,
             read_your_writes: args.zitadel.read_your_writes,
             upstream_budget: args.zitadel.upstream_budget(),
+            setting_names: settings::names::ZITADEL_CLIENT,
         },
         policy: args.access.policy()?,
         cache: args.cache.config(),

@@ -5,6 +5,8 @@ use std::{fmt, path::PathBuf, time::Duration};
 
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
+use crate::settings::names;
+
 /// How long a TLS handshake may take before the connection is dropped (a slow client holds a socket).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -42,7 +44,7 @@ pub enum TlsError {
         key: &'static str,
         client_ca: &'static str,
     },
-    #[error("USERMETA_ZITADEL_CA_FILE: {path} holds no usable PEM certificate ({reason})")]
+    #[error("{setting}: {path} holds no usable PEM certificate ({reason})", setting = crate::settings::names::ZITADEL_CA_FILE)]
     BadZitadelCa { path: String, reason: String },
 }
 
@@ -57,15 +59,15 @@ pub struct TlsSettings {
 impl TlsSettings {
     /// The public gRPC port.
     pub const GRPC: TlsSettings = TlsSettings {
-        cert: "USERMETA_TLS_CERT_FILE (--tls-cert-file)",
-        key: "USERMETA_TLS_KEY_FILE (--tls-key-file)",
-        client_ca: "USERMETA_TLS_CLIENT_CA_FILE (--tls-client-ca-file)",
+        cert: names::TLS_CERT_FILE_SETTING,
+        key: names::TLS_KEY_FILE_SETTING,
+        client_ca: names::TLS_CLIENT_CA_FILE_SETTING,
     };
     /// The ext_authz listener.
     pub const EXT_AUTHZ: TlsSettings = TlsSettings {
-        cert: "USERMETA_EXT_AUTHZ_TLS_CERT_FILE (--ext-authz-tls-cert-file)",
-        key: "USERMETA_EXT_AUTHZ_TLS_KEY_FILE (--ext-authz-tls-key-file)",
-        client_ca: "USERMETA_EXT_AUTHZ_TLS_CLIENT_CA_FILE (--ext-authz-tls-client-ca-file)",
+        cert: names::EXT_AUTHZ_TLS_CERT_FILE_SETTING,
+        key: names::EXT_AUTHZ_TLS_KEY_FILE_SETTING,
+        client_ca: names::EXT_AUTHZ_TLS_CLIENT_CA_FILE_SETTING,
     };
 
     /// Both files or neither (a client CA needs them): clap checks pairs of flags, not of config-file keys.

@@ -104,14 +104,16 @@ pub enum ApiError {
     /// The caller sent more requests than its per-caller rate limit allows.
     #[error("too many requests from this caller")]
     RateLimited { retry_after: Duration },
-    /// `limit` calls already wait on ZITADEL (`USERMETA_MAX_IN_FLIGHT`); this one was not started.
+    /// `limit` calls already wait on ZITADEL ([`MAX_IN_FLIGHT`](crate::settings::names::MAX_IN_FLIGHT)); this one was not started.
     #[error(
-        "usermeta is at its limit of {limit} calls in flight (USERMETA_MAX_IN_FLIGHT) and refused this one without starting it; retry with backoff"
+        "usermeta is at its limit of {limit} calls in flight ({setting}) and refused this one without starting it; retry with backoff",
+        setting = crate::settings::names::MAX_IN_FLIGHT
     )]
     Overloaded { limit: usize },
-    /// This caller already has `limit` calls waiting on ZITADEL (`USERMETA_MAX_IN_FLIGHT_PER_CALLER`).
+    /// This caller already has `limit` calls waiting on ZITADEL ([`MAX_IN_FLIGHT_PER_CALLER`](crate::settings::names::MAX_IN_FLIGHT_PER_CALLER)).
     #[error(
-        "this caller already has {limit} calls in flight, its limit (USERMETA_MAX_IN_FLIGHT_PER_CALLER), and usermeta refused this one without starting it; retry with backoff once earlier calls have finished"
+        "this caller already has {limit} calls in flight, its limit ({setting}), and usermeta refused this one without starting it; retry with backoff once earlier calls have finished",
+        setting = crate::settings::names::MAX_IN_FLIGHT_PER_CALLER
     )]
     CallerOverloaded { limit: usize },
     /// usermeta's own introspection client was refused: an operator problem, not the caller's.
@@ -127,7 +129,8 @@ pub enum ApiError {
     TokenNotJwt,
     /// METADATA_SOURCE_TOKEN while usermeta validates no JWTs.
     #[error(
-        "METADATA_SOURCE_TOKEN needs usermeta to validate JWTs against ZITADEL's keys, which this deployment does not: an operator sets USERMETA_JWT_AUDIENCE; until then read with METADATA_SOURCE_USERINFO"
+        "METADATA_SOURCE_TOKEN needs usermeta to validate JWTs against ZITADEL's keys, which this deployment does not: an operator sets {setting}; until then read with METADATA_SOURCE_USERINFO",
+        setting = crate::settings::names::JWT_AUDIENCE
     )]
     TokenSourceOff,
     /// A WatchMetadata stream's reader fell further behind than its buffer holds.
@@ -141,8 +144,9 @@ pub enum ApiError {
     TooManyStreams { limit: StreamLimit },
     /// A WatchMetadata stream reached its longest life.
     #[error(
-        "this WatchMetadata stream reached its longest life of {} (USERMETA_WATCH_MAX_DURATION) and has ended: reopen it and read the current values again",
-        humantime::format_duration(*max)
+        "this WatchMetadata stream reached its longest life of {} ({setting}) and has ended: reopen it and read the current values again",
+        humantime::format_duration(*max),
+        setting = crate::settings::names::WATCH_MAX_DURATION
     )]
     WatchMaxDuration { max: Duration },
     /// The replica is stopping; its streams end.
@@ -261,8 +265,8 @@ fn to_status(error: &ApiError) -> Status {
         }
         ApiError::TooManyStreams { limit } => {
             let (scope, max, setting) = match limit {
-                StreamLimit::Caller(max) => ("caller", max, "USERMETA_WATCH_MAX_STREAMS_PER_CALLER"),
-                StreamLimit::Replica(max) => ("replica", max, "USERMETA_WATCH_MAX_STREAMS"),
+                StreamLimit::Caller(max) => ("caller", max, crate::settings::names::WATCH_MAX_STREAMS_PER_CALLER),
+                StreamLimit::Replica(max) => ("replica", max, crate::settings::names::WATCH_MAX_STREAMS),
             };
             with_info(
                 Code::ResourceExhausted,
@@ -372,7 +376,7 @@ fn to_status(error: &ApiError) -> Status {
             Reason::Overloaded,
             [
                 ("max_in_flight", limit.to_string()),
-                ("setting", "USERMETA_MAX_IN_FLIGHT".to_owned()),
+                ("setting", crate::settings::names::MAX_IN_FLIGHT.to_owned()),
             ],
         ),
         ApiError::CallerOverloaded { limit } => overloaded(
@@ -380,7 +384,7 @@ fn to_status(error: &ApiError) -> Status {
             Reason::CallerOverloaded,
             [
                 ("max_in_flight_per_caller", limit.to_string()),
-                ("setting", "USERMETA_MAX_IN_FLIGHT_PER_CALLER".to_owned()),
+                ("setting", crate::settings::names::MAX_IN_FLIGHT_PER_CALLER.to_owned()),
             ],
         ),
         ApiError::IntrospectionClient(error) => {
@@ -407,10 +411,12 @@ fn to_status(error: &ApiError) -> Status {
 fn lag_text(lag: &Lag) -> String {
     match lag {
         Lag::Stream { changes, bytes } => format!(
-            "more than its own buffer of {changes} changes or {bytes} bytes (USERMETA_WATCH_BUFFER_BYTES) waited to be read"
+            "more than its own buffer of {changes} changes or {bytes} bytes ({}) waited to be read",
+            crate::settings::names::WATCH_BUFFER_BYTES
         ),
         Lag::Replica { bytes } => format!(
-            "the replica's stream buffers together reached {bytes} bytes (USERMETA_WATCH_BUFFER_MEMORY) while this stream had changes waiting"
+            "the replica's stream buffers together reached {bytes} bytes ({}) while this stream had changes waiting",
+            crate::settings::names::WATCH_BUFFER_MEMORY
         ),
     }
 }
@@ -418,10 +424,12 @@ fn lag_text(lag: &Lag) -> String {
 fn stream_limit_text(limit: &StreamLimit) -> String {
     match limit {
         StreamLimit::Caller(max) => format!(
-            "this caller already has {max} WatchMetadata streams open on this replica, the most one caller may (USERMETA_WATCH_MAX_STREAMS_PER_CALLER): close one, or narrow what you watch"
+            "this caller already has {max} WatchMetadata streams open on this replica, the most one caller may ({}): close one, or narrow what you watch",
+            crate::settings::names::WATCH_MAX_STREAMS_PER_CALLER
         ),
         StreamLimit::Replica(max) => format!(
-            "this usermeta replica already serves {max} WatchMetadata streams, the most it may (USERMETA_WATCH_MAX_STREAMS): retry later (another replica may serve it)"
+            "this usermeta replica already serves {max} WatchMetadata streams, the most it may ({}): retry later (another replica may serve it)",
+            crate::settings::names::WATCH_MAX_STREAMS
         ),
     }
 }
@@ -507,10 +515,16 @@ fn upstream_status(error: &UpstreamError) -> Status {
             details.set_retry_info(Some((*retry_after).max(Duration::from_millis(10))));
             let why = match class {
                 Class::Identify => {
-                    "usermeta keeps within its request budget toward ZITADEL (USERMETA_UPSTREAM_RATE_LIMIT), and identifying a token it does not know yet waits while calls of callers already identified go first; nothing was sent to ZITADEL; retry after the RetryInfo delay, and reuse tokens rather than fetching a new one per call"
+                    format!(
+                        "usermeta keeps within its request budget toward ZITADEL ({}), and identifying a token it does not know yet waits while calls of callers already identified go first; nothing was sent to ZITADEL; retry after the RetryInfo delay, and reuse tokens rather than fetching a new one per call",
+                        crate::settings::names::UPSTREAM_RATE_LIMIT
+                    )
                 }
                 Class::Manage => {
-                    "usermeta keeps within its request budget toward ZITADEL (USERMETA_UPSTREAM_RATE_LIMIT), which is spent for now; nothing was sent to ZITADEL; retry after the RetryInfo delay"
+                    format!(
+                        "usermeta keeps within its request budget toward ZITADEL ({}), which is spent for now; nothing was sent to ZITADEL; retry after the RetryInfo delay",
+                        crate::settings::names::UPSTREAM_RATE_LIMIT
+                    )
                 }
             };
             Status::with_error_details(Code::ResourceExhausted, why, details)
@@ -522,7 +536,10 @@ fn upstream_status(error: &UpstreamError) -> Status {
             ..
         } => {
             facts.push(("limit", "upstream_caller_share".to_owned()));
-            facts.push(("setting", "USERMETA_UPSTREAM_CALLER_SHARE".to_owned()));
+            facts.push((
+                "setting",
+                crate::settings::names::UPSTREAM_CALLER_SHARE.to_owned(),
+            ));
             facts.push(("per_second", per_second.to_string()));
             facts.push(("burst", burst.to_string()));
             let mut details = info(Reason::CallerUpstreamShareExhausted, facts);
@@ -530,7 +547,9 @@ fn upstream_status(error: &UpstreamError) -> Status {
             Status::with_error_details(
                 Code::ResourceExhausted,
                 format!(
-                    "this caller has spent its share of usermeta's request budget toward ZITADEL (USERMETA_UPSTREAM_CALLER_SHARE of USERMETA_UPSTREAM_RATE_LIMIT: {per_second} requests per second, {burst} at once), so one caller cannot spend ZITADEL's rate limit for everyone; nothing was sent to ZITADEL; retry after the RetryInfo delay, and ask for fewer users (or a smaller page) per call"
+                    "this caller has spent its share of usermeta's request budget toward ZITADEL ({share} of {rate}: {per_second} requests per second, {burst} at once), so one caller cannot spend ZITADEL's rate limit for everyone; nothing was sent to ZITADEL; retry after the RetryInfo delay, and ask for fewer users (or a smaller page) per call",
+                    share = crate::settings::names::UPSTREAM_CALLER_SHARE,
+                    rate = crate::settings::names::UPSTREAM_RATE_LIMIT
                 ),
                 details,
             )
@@ -552,7 +571,8 @@ fn upstream_status(error: &UpstreamError) -> Status {
         UpstreamError::NotSupported { .. } => with_info(
             Code::FailedPrecondition,
             format!(
-                "{error}; usermeta manages metadata through {api}: run ZITADEL 4.1 or later and set USERMETA_ZITADEL_API=v2 (or auto)",
+                "{error}; usermeta manages metadata through {api}: run ZITADEL 4.1 or later and set {setting}=v2 (or auto)",
+                setting = crate::settings::names::ZITADEL_API,
                 api = match endpoint {
                     Endpoint::UserV2ListUsers => "an API without it",
                     _ => "another API",

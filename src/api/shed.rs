@@ -1,5 +1,5 @@
-//! Back-pressure on the calls that wait on ZITADEL: at most `USERMETA_MAX_IN_FLIGHT` of them at once, and at
-//! most `USERMETA_MAX_IN_FLIGHT_PER_CALLER` per caller token, so one caller cannot hold every slot. Beyond
+//! Back-pressure on the calls that wait on ZITADEL: at most [`MAX_IN_FLIGHT`](crate::settings::names::MAX_IN_FLIGHT) of them at once, and at
+//! most [`MAX_IN_FLIGHT_PER_CALLER`](crate::settings::names::MAX_IN_FLIGHT_PER_CALLER) per caller token, so one caller cannot hold every slot. Beyond
 //! either, a call is refused at once with RESOURCE_EXHAUSTED (and a retry hint) instead of queueing: a queue
 //! only turns overload into timeouts.
 //!

@@ -80,11 +80,11 @@ enum Decision {
     },
     /// 429: the caller's rate limit is spent.
     RateLimited { retry_after: Duration },
-    /// 429: the caller already has its share of the calls in flight (`USERMETA_MAX_IN_FLIGHT_PER_CALLER`).
+    /// 429: the caller already has its share of the calls in flight ([`MAX_IN_FLIGHT_PER_CALLER`](crate::settings::names::MAX_IN_FLIGHT_PER_CALLER)).
     CallerOverloaded,
     /// 429: usermeta's request budget toward ZITADEL has nothing left to identify this caller with.
     BudgetExhausted { retry_after: Duration },
-    /// 429: this caller's share of that budget (`USERMETA_UPSTREAM_CALLER_SHARE`) is spent.
+    /// 429: this caller's share of that budget ([`UPSTREAM_CALLER_SHARE`](crate::settings::names::UPSTREAM_CALLER_SHARE)) is spent.
     CallerShareExhausted { retry_after: Duration },
     /// 503: ZITADEL could not say who the caller is (or not in time).
     Unavailable,
@@ -357,7 +357,10 @@ impl AuthzService {
                 denied_with(
                     Code::ResourceExhausted,
                     429,
-                    "this caller already has as many calls in flight as usermeta allows one caller (USERMETA_MAX_IN_FLIGHT_PER_CALLER); retry later",
+                    &format!(
+                        "this caller already has as many calls in flight as usermeta allows one caller ({}); retry later",
+                        crate::settings::names::MAX_IN_FLIGHT_PER_CALLER
+                    ),
                     &[("retry-after", "1")],
                 )
             }
@@ -375,7 +378,10 @@ impl AuthzService {
                 denied_with(
                     Code::ResourceExhausted,
                     429,
-                    "this caller has spent its share of usermeta's request budget toward the identity provider (USERMETA_UPSTREAM_CALLER_SHARE); retry later",
+                    &format!(
+                        "this caller has spent its share of usermeta's request budget toward the identity provider ({}); retry later",
+                        crate::settings::names::UPSTREAM_CALLER_SHARE
+                    ),
                     &[("retry-after", &whole_seconds(retry_after).to_string())],
                 )
             }

@@ -241,7 +241,7 @@ impl std::fmt::Debug for CallerCache {
 }
 
 impl CallerCache {
-    /// How long an answer about a token is kept (`USERMETA_CACHE_TTL`).
+    /// How long an answer about a token is kept ([`CACHE_TTL`](crate::settings::names::CACHE_TTL)).
     pub fn ttl(&self) -> Duration {
         self.config.ttl
     }

@@ -5,7 +5,7 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, PoisonError, RwLock},
+    sync::{Arc, LazyLock, PoisonError, RwLock},
     time::Instant,
 };
 
@@ -18,6 +18,14 @@ use serde_json::{Map, Value};
 
 use super::{IdentifyError, Identity, JwtConfig, Resolution, TokenError};
 use usermeta_zitadel::{CallerToken, Endpoint, UpstreamError, Zitadel};
+
+/// Why a token whose audience is not usermeta's is refused, naming the setting that lists usermeta's.
+static WRONG_AUDIENCE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "its audience does not name usermeta ({})",
+        crate::settings::names::JWT_AUDIENCE
+    )
+});
 
 /// No leeway on `exp`: cached identities end at `exp` exactly too, so both agree on when a token is over.
 const LEEWAY_SECS: u64 = 0;
@@ -210,9 +218,7 @@ impl JwtValidator {
                         ErrorKind::InvalidSignature => "its signature does not verify",
                         ErrorKind::ExpiredSignature => "it has expired",
                         ErrorKind::ImmatureSignature => "it is not valid yet (`nbf`)",
-                        ErrorKind::InvalidAudience => {
-                            "its audience does not name usermeta (USERMETA_JWT_AUDIENCE)"
-                        }
+                        ErrorKind::InvalidAudience => WRONG_AUDIENCE.as_str(),
                         ErrorKind::InvalidIssuer => {
                             "it was issued by another issuer than the ZITADEL URL"
                         }

@@ -67,7 +67,8 @@ pub enum IdentifyError {
     Upstream(#[from] UpstreamError),
     /// ZITADEL refused usermeta's own introspection client (any non-200 answer).
     #[error(
-        "ZITADEL refused usermeta's introspection client {client_id} (HTTP {http_status}: {said}); an operator must fix USERMETA_INTROSPECTION_* (client id, secret or application key, and the app's project)"
+        "ZITADEL refused usermeta's introspection client {client_id} (HTTP {http_status}: {said}); an operator must fix {settings} (client id, secret or application key, and the app's project)",
+        settings = crate::settings::names::INTROSPECTION_ALL
     )]
     IntrospectionClient {
         client_id: String,
@@ -113,7 +114,7 @@ pub struct Identity {
     pub client_id: Option<CompactString>,
     /// The caller's organisation, when the token's scopes make ZITADEL report it.
     pub org_id: Option<CompactString>,
-    /// Roles ZITADEL asserts for usermeta's project (`USERMETA_PROJECT_ID`), when the token carries them.
+    /// Roles ZITADEL asserts for usermeta's project ([`PROJECT_ID`](crate::settings::names::PROJECT_ID)), when the token carries them.
     pub roles: BTreeSet<String>,
     pub scopes: BTreeSet<String>,
     /// The token's own expiry (seconds since the epoch), when known; caches never outlive it.

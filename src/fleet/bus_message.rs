@@ -47,7 +47,7 @@ const MESSAGE_LABEL: &[u8] = b"usermeta bus messages v2";
 const CLAIM_LABEL: &[u8] = b"usermeta webhook claims v2";
 
 /// The key replicas authenticate their messages (and name their claims) with: derived from one shared secret,
-/// or from each line of `USERMETA_REDIS_BUS_KEY_FILE` (the first signs, every one is accepted, for rotation).
+/// or from each line of [`REDIS_BUS_KEY_FILE`](crate::settings::names::REDIS_BUS_KEY_FILE) (the first signs, every one is accepted, for rotation).
 /// Never printed.
 #[derive(Clone)]
 pub struct BusKey {

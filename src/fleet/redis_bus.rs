@@ -39,9 +39,9 @@ const REJECTION_LOG_EVERY: Duration = Duration::from_secs(60);
 pub struct RedisConfig {
     /// `redis://host:port[/db]` or `rediss://…` (TLS).
     pub url: String,
-    /// `USERMETA_REDIS_PASSWORD_FILE`'s content, trimmed.
+    /// [`REDIS_PASSWORD_FILE`](crate::settings::names::REDIS_PASSWORD_FILE)'s content, trimmed.
     pub password: Option<String>,
-    /// `USERMETA_REDIS_BUS_KEY_FILE`'s keys; `None` derives the key from the service credential, which every
+    /// [`REDIS_BUS_KEY_FILE`](crate::settings::names::REDIS_BUS_KEY_FILE)'s keys; `None` derives the key from the service credential, which every
     /// replica of a deployment holds alike.
     pub bus_key: Option<BusKey>,
 }
@@ -82,7 +82,9 @@ fn redacted(url: &str) -> String {
 /// The Redis settings cannot work.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "USERMETA_REDIS_URL (--redis-url) {url} is not a Redis URL ({reason}); use redis://host:6379 or rediss://host:6380 for TLS, with the password in USERMETA_REDIS_PASSWORD_FILE"
+    "{setting} {url} is not a Redis URL ({reason}); use redis://host:6379 or rediss://host:6380 for TLS, with the password in {password}",
+    setting = crate::settings::names::REDIS_URL_SETTING,
+    password = crate::settings::names::REDIS_PASSWORD_FILE
 )]
 pub struct RedisSetupError {
     url: String,
@@ -477,7 +479,8 @@ impl Heard {
                     self.last_logged = Some(Instant::now());
                     tracing::warn!(
                         reason = rejected.reason(),
-                        "ignored a message on the fleet's Redis channel (counted in usermeta_shared_invalidations_rejected_total; logged once a minute at most): not sealed with this replica's bus key, replayed, stale or out of bounds. Replicas derive the key from the service credential unless USERMETA_REDIS_BUS_KEY_FILE is set: every replica needs the same one"
+                        "ignored a message on the fleet's Redis channel (counted in usermeta_shared_invalidations_rejected_total; logged once a minute at most): not sealed with this replica's bus key, replayed, stale or out of bounds. Replicas derive the key from the service credential unless {} is set: every replica needs the same one",
+                        crate::settings::names::REDIS_BUS_KEY_FILE
                     );
                 }
                 None

@@ -96,7 +96,10 @@ fn describe() {
     );
     describe_gauge!(
         REDIS_CONNECTED,
-        "1 while this replica hears other replicas' changes through Redis (USERMETA_REDIS_URL), 0 while not"
+        format!(
+            "1 while this replica hears other replicas' changes through Redis ({}), 0 while not",
+            crate::settings::names::REDIS_URL
+        )
     );
     describe_counter!(
         INVALIDATIONS,
@@ -129,15 +132,26 @@ fn describe() {
     );
     describe_counter!(
         UPSTREAM_BUDGET,
-        "Requests to ZITADEL the request budget (USERMETA_UPSTREAM_RATE_LIMIT) decided on, by class (identify: tokens usermeta does not know yet; manage: identified callers and the service credential) and outcome (granted; refused: the replica's budget is spent; refused_caller_share: the caller's share of it, USERMETA_UPSTREAM_CALLER_SHARE, is spent; refused requests are not sent)"
+        format!(
+            "Requests to ZITADEL the request budget ({}) decided on, by class (identify: tokens usermeta does not know yet; manage: identified callers and the service credential) and outcome (granted; refused: the replica's budget is spent; refused_caller_share: the caller's share of it, {}, is spent; refused requests are not sent)",
+            crate::settings::names::UPSTREAM_RATE_LIMIT,
+            crate::settings::names::UPSTREAM_CALLER_SHARE
+        )
     );
     describe_counter!(
         CALLS_SHED,
-        "Calls refused at once without starting, by the in-flight limit that refused them: max_in_flight (USERMETA_MAX_IN_FLIGHT) or max_in_flight_per_caller (USERMETA_MAX_IN_FLIGHT_PER_CALLER)"
+        format!(
+            "Calls refused at once without starting, by the in-flight limit that refused them: max_in_flight ({}) or max_in_flight_per_caller ({})",
+            crate::settings::names::MAX_IN_FLIGHT,
+            crate::settings::names::MAX_IN_FLIGHT_PER_CALLER
+        )
     );
     describe_gauge!(
         CALLS_WAITING,
-        "Calls counted against USERMETA_MAX_IN_FLIGHT: those that wait on ZITADEL (answers from memory are not counted)"
+        format!(
+            "Calls counted against {}: those that wait on ZITADEL (answers from memory are not counted)",
+            crate::settings::names::MAX_IN_FLIGHT
+        )
     );
     describe_gauge!(
         UPSTREAM_BUDGET_TOKENS,
@@ -237,9 +251,9 @@ pub fn upstream_budget(class: &'static str, granted: bool, tokens: f64) {
 /// The in-flight limit that refused a call.
 #[derive(Debug, Clone, Copy)]
 pub enum ShedLimit {
-    /// `USERMETA_MAX_IN_FLIGHT`.
+    /// [`MAX_IN_FLIGHT`](crate::settings::names::MAX_IN_FLIGHT).
     Global,
-    /// `USERMETA_MAX_IN_FLIGHT_PER_CALLER`.
+    /// [`MAX_IN_FLIGHT_PER_CALLER`](crate::settings::names::MAX_IN_FLIGHT_PER_CALLER).
     PerCaller,
 }
 

@@ -1,6 +1,6 @@
 //! Who may do what, per key. A [`Policy`] is a list of rules (who × whose × keys × actions) plus key
-//! declarations (hidden keys, value rules), compiled once at start-up from `USERMETA_POLICY_FILE` and the
-//! shorthands `USERMETA_ADMINS` / `USERMETA_SELF_WRITABLE_KEYS`. Anything no rule allows is denied; without
+//! declarations (hidden keys, value rules), compiled once at start-up from [`POLICY_FILE`](crate::settings::names::POLICY_FILE) and the
+//! shorthands [`ADMINS`](crate::settings::names::ADMINS) / [`SELF_WRITABLE_KEYS`](crate::settings::names::SELF_WRITABLE_KEYS). Anything no rule allows is denied; without
 //! a file, users may read their own metadata and nothing else. Every decision is made before any management
 //! call.
 
@@ -60,7 +60,7 @@ pub struct Subject<'a> {
 /// Why a request was refused. Carries ids and key names, never values or tokens.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Denial {
-    #[error("no policy rule lets {caller} {action} {what}{hint}", action = .action.name(), what = describe(.key.as_deref(), .target.as_deref()), hint = HINT)]
+    #[error("no policy rule lets {caller} {action} {what}{hint}", action = .action.name(), what = describe(.key.as_deref(), .target.as_deref()), hint = rule_sources())]
     NoRule {
         action: Action,
         /// `None` for a listing of another user the caller may read nothing of.
@@ -74,8 +74,11 @@ pub enum Denial {
     Hidden { key: String },
 }
 
-const HINT: &str =
-    "; rules come from USERMETA_POLICY_FILE, USERMETA_ADMINS and USERMETA_SELF_WRITABLE_KEYS";
+/// Where the rules come from, said with every refusal so an operator knows where to look.
+fn rule_sources() -> String {
+    use crate::settings::names::{ADMINS, POLICY_FILE, SELF_WRITABLE_KEYS};
+    format!("; rules come from {POLICY_FILE}, {ADMINS} and {SELF_WRITABLE_KEYS}")
+}
 
 fn describe(key: Option<&str>, target: Option<&str>) -> String {
     let whose = match target {
@@ -280,7 +283,7 @@ impl Policy {
         Policy::default().with_shorthands(admins, self_writable_prefixes)
     }
 
-    /// Adds the `USERMETA_ADMINS` and `USERMETA_SELF_WRITABLE_KEYS` rules.
+    /// Adds the [`ADMINS`](crate::settings::names::ADMINS) and [`SELF_WRITABLE_KEYS`](crate::settings::names::SELF_WRITABLE_KEYS) rules.
     pub fn with_shorthands(
         mut self,
         admins: impl IntoIterator<Item = String>,
@@ -289,7 +292,7 @@ impl Policy {
         let admins: HashSet<String> = admins.into_iter().collect();
         if !admins.is_empty() {
             self.rules.push(Rule::new(
-                "USERMETA_ADMINS",
+                crate::settings::names::ADMINS,
                 Who {
                     subjects: admins,
                     ..Who::default()
@@ -301,7 +304,7 @@ impl Policy {
         }
         if !self_writable_prefixes.is_empty() {
             self.rules.push(Rule::new(
-                "USERMETA_SELF_WRITABLE_KEYS",
+                crate::settings::names::SELF_WRITABLE_KEYS,
                 Who::default(),
                 Whose::Itself,
                 self_writable_prefixes

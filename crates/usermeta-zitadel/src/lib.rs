@@ -69,6 +69,16 @@ pub struct ZitadelConfig {
     /// Most requests per second sent to this ZITADEL (retries included), and one caller's share of them;
     /// `None`: no budget. [`ZitadelConfig::new`] sets [`UpstreamBudget::default`].
     pub upstream_budget: Option<UpstreamBudget>,
+    /// What the operator calls these settings, for hints in errors.
+    pub setting_names: SettingNames,
+}
+
+/// What the operator calls the client's settings, handed in by whoever reads them (the client knows no
+/// command line); hints name a setting only when given its name.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SettingNames {
+    /// The setting that chooses [`ZitadelConfig::http2`].
+    pub http2: Option<&'static str>,
 }
 
 /// How long this replica lays its own writes over v2's listing by default: ZITADEL's own tests wait up to a
@@ -90,6 +100,7 @@ impl ZitadelConfig {
             management_api: management::ApiChoice::default(),
             read_your_writes: DEFAULT_READ_YOUR_WRITES,
             upstream_budget: Some(UpstreamBudget::default()),
+            setting_names: SettingNames::default(),
         }
     }
 }
@@ -142,6 +153,7 @@ pub struct Zitadel {
     /// The request budget toward this ZITADEL, shared with the token source.
     budget: Option<Arc<budget::Bucket>>,
     http2: Http2,
+    setting_names: SettingNames,
     project_id: Option<String>,
     /// Which API manages users' metadata.
     selector: management::Selector,
@@ -234,6 +246,7 @@ impl Zitadel {
             guards: resilience::Guards::new(config.resilience),
             budget,
             http2: config.http2,
+            setting_names: config.setting_names,
             project_id: config.project_id,
             selector: management::Selector::new(config.management_api),
             recent_writes: management::RecentWrites::new(config.read_your_writes),
@@ -430,10 +443,15 @@ impl Zitadel {
                 endpoint,
                 mut reason,
             } if self.http2 == Http2::Always && !failure.before_sending => {
-                reason.push_str(
-                    " (usermeta speaks HTTP/2 from the first byte, USERMETA_ZITADEL_HTTP2=always; \
-                     if this address speaks only HTTP/1.1, set it to negotiate)",
-                );
+                let setting = self
+                    .setting_names
+                    .http2
+                    .map(|name| format!(", {name}=always"))
+                    .unwrap_or_default();
+                reason.push_str(&format!(
+                    " (usermeta speaks HTTP/2 from the first byte{setting}; \
+                     if this address speaks only HTTP/1.1, set it to negotiate)"
+                ));
                 UpstreamError::Unreachable { endpoint, reason }
             }
             error => error,

@@ -73,7 +73,8 @@ pub enum SignatureError {
     )]
     Malformed(&'static str),
     #[error(
-        "no v1 signature matches the body under any configured signing key; check USERMETA_WEBHOOK_SIGNING_KEY_FILE against the target's signingKey"
+        "no v1 signature matches the body under any configured signing key; check {setting} against the target's signingKey",
+        setting = crate::settings::names::WEBHOOK_SIGNING_KEY_FILE
     )]
     Mismatch,
     #[error(

@@ -26,6 +26,7 @@ use tonic::{Code, Request, transport::Channel};
 use usermeta::api::pb::{
     self, metadata_value::Kind, user_metadata_service_client::UserMetadataServiceClient,
 };
+use usermeta::settings::names;
 use zitadel_standin::{Fault, FaultKind, ManagerRole, StandIn};
 
 const KEY: &str = "soak.value";
@@ -332,15 +333,15 @@ fn start_usermeta(
     let child = Command::new(binary)
         .arg("serve")
         .env_remove("RUST_LOG")
-        .env("USERMETA_LISTEN", addr.to_string())
-        .env("USERMETA_ZITADEL_URL", standin.url())
-        .env("USERMETA_SERVICE_PAT_FILE", pat_file)
-        .env("USERMETA_ADMINS", admin)
-        .env("USERMETA_SELF_WRITABLE_KEYS", "soak.")
-        .env("USERMETA_ZITADEL_API", "v1")
+        .env(names::LISTEN, addr.to_string())
+        .env(names::ZITADEL_URL, standin.url())
+        .env(names::SERVICE_PAT_FILE, pat_file)
+        .env(names::ADMINS, admin)
+        .env(names::SELF_WRITABLE_KEYS, "soak.")
+        .env(names::ZITADEL_API, "v1")
         // No request budget toward ZITADEL (the stand-in has no rate limit): its refusals would read as errors
         // that outlast the injected faults.
-        .env("USERMETA_UPSTREAM_RATE_LIMIT", "0")
+        .env(names::UPSTREAM_RATE_LIMIT, "0")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log)?)

@@ -1,0 +1,68 @@
+//! What start-up says about the configuration, and what it refuses, beyond what settings validate: facts
+//! that need the built ZITADEL client or two configurations together.
+
+use std::sync::Arc;
+
+use super::StartError;
+use crate::{authz::AuthzConfig, policy::Policy, settings::names};
+use usermeta_zitadel::{
+    Zitadel,
+    management::{ApiChoice, ManagementApi},
+};
+
+/// Says at start-up which ZITADEL API manages metadata; for `auto`, asks ZITADEL in the background (a ZITADEL
+/// that is not up yet is asked again on the first call).
+pub(super) fn announce_management_api(zitadel: &Arc<Zitadel>) {
+    let fixed = match zitadel.management_api_choice() {
+        ApiChoice::V1 => ManagementApi::V1,
+        ApiChoice::V2 => ManagementApi::V2,
+        ApiChoice::Auto => {
+            let zitadel = Arc::clone(zitadel);
+            tokio::spawn(async move {
+                if let Err(error) = zitadel.management_api().await {
+                    tracing::warn!(%error, "could not yet learn which management API ZITADEL serves ({}=auto); asking again on the first call", names::ZITADEL_API);
+                }
+            });
+            return;
+        }
+    };
+    tracing::info!(
+        api = fixed.name(),
+        "managing metadata through ZITADEL's {} API ({}={})",
+        fixed.name(),
+        names::ZITADEL_API,
+        fixed.name()
+    );
+    crate::metrics::management_api(fixed.name());
+}
+
+/// Warns that `hidden = true` filters usermeta's answers only: the user reads the same keys from ZITADEL with the token
+/// they call usermeta with. Said once at start-up, naming the patterns (never values), so nobody takes hidden
+/// keys for a place to keep secrets. Sealed keys (a later change) will be the ones this no longer warns about.
+pub(super) fn warn_hidden_keys_are_not_sealed(policy: &Policy) {
+    let hidden = policy.hidden_keys();
+    if hidden.is_empty() {
+        return;
+    }
+    tracing::warn!(
+        keys = %hidden.join(", "),
+        "the policy hides these keys from their users in usermeta's answers only; they are not sealed: ZITADEL still gives each user their own values (userinfo and tokens with the scope urn:zitadel:iam:user:metadata, the auth API), so keep nothing secret in them"
+    );
+}
+
+/// A header mapping of a key the policy hides from its user would never be sent (Check passes on only what
+/// the caller may read of themself): refused at start-up rather than silently never sent.
+pub(super) fn check_ext_authz_headers(
+    config: &AuthzConfig,
+    policy: &Policy,
+) -> Result<(), StartError> {
+    match config.headers.iter().find(|m| policy.is_hidden(&m.key)) {
+        Some(mapping) => Err(StartError::ExtAuthz(format!(
+            "{}: `{}` is declared hidden in the policy, and Check passes on only what the caller may read of themself; remove it, or route on it with a rule (metadata.{}=VALUE) instead",
+            names::EXT_AUTHZ_HEADERS_SETTING,
+            mapping.key,
+            mapping.key
+        ))),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,33 @@
+//! The caller cache: how long ZITADEL's answers about tokens are reused, into a [`CacheConfig`].
+
+use std::time::Duration;
+
+use super::names;
+use clap::Args;
+
+use crate::caller::cache::CacheConfig;
+
+/// The caller cache: how long ZITADEL's answers about tokens are reused.
+#[derive(Debug, Args)]
+pub struct CacheArgs {
+    /// How long ZITADEL's answer about a token is reused (never past a JWT's own `exp`); 0 turns caching off.
+    /// It bounds how long a revoked token keeps working here and how stale metadata written elsewhere can be.
+    #[arg(long, env = names::CACHE_TTL, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub cache_ttl: Duration,
+    /// How long a token ZITADEL rejected is refused without asking again.
+    #[arg(long, env = "USERMETA_CACHE_NEGATIVE_TTL", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub cache_negative_ttl: Duration,
+    /// Most tokens remembered at once (least recently used go first).
+    #[arg(long, env = "USERMETA_CACHE_CAPACITY", default_value_t = 100_000)]
+    pub cache_capacity: u64,
+}
+
+impl CacheArgs {
+    pub fn config(&self) -> CacheConfig {
+        CacheConfig {
+            ttl: self.cache_ttl,
+            negative_ttl: self.cache_negative_ttl,
+            capacity: self.cache_capacity,
+        }
+    }
+}

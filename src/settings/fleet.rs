@@ -1,0 +1,224 @@
+//! The fleet: Redis, over which replicas tell each other which users they changed, and the listener for
+//! ZITADEL's change events (the webhook), validated into [`RedisConfig`] and [`WebhookConfig`].
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::Args;
+
+use super::{Setting, SettingsError, invalid, names, secret::read_secret_file};
+use crate::fleet::{
+    BusKey, RedisConfig,
+    webhook::{self, SigningKeys, WebhookConfig, WebhookLimits},
+};
+
+/// How replicas of one deployment keep their caches in agreement.
+#[derive(Debug, Args)]
+pub struct FleetArgs {
+    /// Redis for shared invalidation between replicas: redis://host:6379[/db] or rediss://host:6380 (TLS). Each
+    /// replica publishes the users it changed and drops others' cached answers for them. Off when unset.
+    #[arg(long, env = names::REDIS_URL)]
+    pub redis_url: Option<String>,
+    /// File holding the Redis password (AUTH), kept out of the URL and of every log line.
+    #[arg(long, env = names::REDIS_PASSWORD_FILE, requires = "redis_url")]
+    pub redis_password_file: Option<PathBuf>,
+    /// File holding the key replicas seal their Redis messages with: a random secret of at least 32 characters,
+    /// the same on every replica (one per line while rotating; the first signs). Unset: derived from the
+    /// service credential, which every replica holds alike.
+    #[arg(long, env = names::REDIS_BUS_KEY_FILE, requires = "redis_url")]
+    pub redis_bus_key_file: Option<PathBuf>,
+    /// Address of the listener for ZITADEL's Actions v2 events (POST /zitadel/events), e.g. 0.0.0.0:8090.
+    /// Keep it inside the cluster. Off when unset.
+    #[arg(
+        long,
+        env = "USERMETA_WEBHOOK_LISTEN",
+        requires = "webhook_signing_key_file"
+    )]
+    pub webhook_listen: Option<SocketAddr>,
+    /// File holding the event target's signing key (the signingKey ZITADEL returned for the target); one
+    /// key per line while rotating.
+    #[arg(
+        long,
+        env = names::WEBHOOK_SIGNING_KEY_FILE,
+        requires = "webhook_listen"
+    )]
+    pub webhook_signing_key_file: Option<PathBuf>,
+    /// Connections the webhook serves at once; one more is answered 503 at once (ZITADEL holds a few).
+    #[arg(long, env = "USERMETA_WEBHOOK_MAX_CONNECTIONS", default_value_t = WEBHOOK_DEFAULTS.max_connections as u32, value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub webhook_max_connections: u32,
+    /// Event body bytes the webhook buffers at once over all its requests (at least 1048576: one event with
+    /// ZITADEL's largest value); a body whose declared length does not fit in what is left is answered 503
+    /// unread.
+    #[arg(long, env = "USERMETA_WEBHOOK_MAX_BUFFERED_BYTES", default_value_t = WEBHOOK_DEFAULTS.max_buffered_bytes as u64, value_parser = clap::value_parser!(u64).range(webhook::MAX_BODY_BYTES as u64..=1 << 32))]
+    pub webhook_max_buffered_bytes: u64,
+    /// How long a client may take to send an event's body once its headers are in (100ms to 60s); a slower
+    /// one is answered 408. ZITADEL sends a body at once: raise it only for a slow link.
+    #[arg(long, env = "USERMETA_WEBHOOK_BODY_TIMEOUT", default_value = "2s", value_parser = webhook_body_timeout)]
+    pub webhook_body_timeout: Duration,
+}
+
+/// The webhook's limits when no setting says otherwise.
+const WEBHOOK_DEFAULTS: WebhookLimits = WebhookLimits::DEFAULT;
+
+impl Default for FleetArgs {
+    /// Nothing on, the limits at their defaults (as the command line without fleet flags).
+    fn default() -> Self {
+        FleetArgs {
+            redis_url: None,
+            redis_password_file: None,
+            redis_bus_key_file: None,
+            webhook_listen: None,
+            webhook_signing_key_file: None,
+            webhook_max_connections: WEBHOOK_DEFAULTS.max_connections as u32,
+            webhook_max_buffered_bytes: WEBHOOK_DEFAULTS.max_buffered_bytes as u64,
+            webhook_body_timeout: WEBHOOK_DEFAULTS.body_timeout,
+        }
+    }
+}
+
+fn webhook_body_timeout(raw: &str) -> Result<Duration, String> {
+    let timeout = humantime::parse_duration(raw).map_err(|e| e.to_string())?;
+    if (Duration::from_millis(100)..=Duration::from_secs(60)).contains(&timeout) {
+        Ok(timeout)
+    } else {
+        Err("must be between 100ms and 60s".to_owned())
+    }
+}
+
+const REDIS_URL: Setting = Setting::new("redis_url");
+const REDIS_PASSWORD_FILE: Setting = Setting::new("redis_password_file");
+const REDIS_BUS_KEY_FILE: Setting = Setting::new("redis_bus_key_file");
+const WEBHOOK_SIGNING_KEY_FILE: Setting = Setting::new("webhook_signing_key_file");
+
+/// Every setting this module's messages name.
+#[cfg(test)]
+pub(super) const SETTINGS: [Setting; 4] = [
+    REDIS_URL,
+    REDIS_PASSWORD_FILE,
+    REDIS_BUS_KEY_FILE,
+    WEBHOOK_SIGNING_KEY_FILE,
+];
+
+impl FleetArgs {
+    /// The Redis link, reading the password file; `None` when no Redis is configured.
+    pub fn redis(&self) -> Result<Option<RedisConfig>, SettingsError> {
+        let Some(url) = &self.redis_url else {
+            return Ok(None);
+        };
+        let parsed = url::Url::parse(url).map_err(|e| {
+            invalid(
+                REDIS_URL,
+                format!("is not a URL ({e}); use redis://host:6379 or rediss://host:6380"),
+            )
+        })?;
+        if !matches!(parsed.scheme(), "redis" | "rediss") || parsed.host_str().is_none() {
+            return Err(invalid(
+                REDIS_URL,
+                "must be redis://host:port or rediss://host:port (TLS)",
+            ));
+        }
+        if parsed.password().is_some() {
+            return Err(invalid(
+                REDIS_URL,
+                "holds a password; put it in a file named by USERMETA_REDIS_PASSWORD_FILE (--redis-password-file) instead, so it never shows in the environment or a log",
+            ));
+        }
+        let password = match &self.redis_password_file {
+            None => None,
+            Some(path) => {
+                let text = read_secret_file(REDIS_PASSWORD_FILE, path)?;
+                let password = text.trim();
+                if password.is_empty() {
+                    return Err(invalid(REDIS_PASSWORD_FILE, "the password file is empty"));
+                }
+                Some(password.to_owned())
+            }
+        };
+        let bus_key = match &self.redis_bus_key_file {
+            None => None,
+            Some(path) => Some(
+                BusKey::from_text(&read_secret_file(REDIS_BUS_KEY_FILE, path)?)
+                    .map_err(|e| invalid(REDIS_BUS_KEY_FILE, format!("{} {e}", path.display())))?,
+            ),
+        };
+        Ok(Some(RedisConfig {
+            url: url.clone(),
+            password,
+            bus_key,
+        }))
+    }
+
+    /// ZITADEL's event webhook, reading the signing keys; `None` when it is off.
+    pub fn webhook(&self) -> Result<Option<WebhookConfig>, SettingsError> {
+        let (Some(listen), Some(path)) = (self.webhook_listen, &self.webhook_signing_key_file)
+        else {
+            return Ok(None);
+        };
+        let text = read_secret_file(WEBHOOK_SIGNING_KEY_FILE, path)?;
+        let keys = SigningKeys::from_text(&text)
+            .map_err(|e| invalid(WEBHOOK_SIGNING_KEY_FILE, format!("{} {e}", path.display())))?;
+        Ok(Some(WebhookConfig {
+            listen,
+            keys,
+            limits: WebhookLimits {
+                max_connections: self.webhook_max_connections as usize,
+                max_buffered_bytes: usize::try_from(self.webhook_max_buffered_bytes)
+                    .unwrap_or(usize::MAX),
+                body_timeout: self.webhook_body_timeout,
+            },
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::tests::serve_with;
+
+    #[test]
+    fn the_webhook_limits_default_to_production_values_and_are_bounded() {
+        let parse = |extra: &[&str]| serve_with(extra).map(|args| args.fleet);
+        let defaults = parse(&[]).unwrap();
+        assert_eq!(defaults.webhook_max_connections, 64);
+        assert_eq!(defaults.webhook_max_buffered_bytes, 8 * 1024 * 1024);
+        assert_eq!(defaults.webhook_body_timeout, Duration::from_secs(2));
+        assert_eq!(
+            (
+                defaults.webhook_max_connections,
+                defaults.webhook_max_buffered_bytes,
+                defaults.webhook_body_timeout
+            ),
+            (
+                FleetArgs::default().webhook_max_connections,
+                FleetArgs::default().webhook_max_buffered_bytes,
+                FleetArgs::default().webhook_body_timeout
+            ),
+            "FleetArgs::default() is the command line's default"
+        );
+        let set = parse(&[
+            "--webhook-max-connections",
+            "8",
+            "--webhook-max-buffered-bytes",
+            "2097152",
+            "--webhook-body-timeout",
+            "500ms",
+        ])
+        .unwrap();
+        assert_eq!(
+            (
+                set.webhook_max_connections,
+                set.webhook_max_buffered_bytes,
+                set.webhook_body_timeout
+            ),
+            (8, 2_097_152, Duration::from_millis(500))
+        );
+        for bad in [
+            ["--webhook-max-connections", "0"],
+            // Less than one event of ZITADEL's largest value.
+            ["--webhook-max-buffered-bytes", "1000"],
+            ["--webhook-body-timeout", "10ms"],
+            ["--webhook-body-timeout", "5m"],
+        ] {
+            assert!(parse(&bad).is_err(), "{bad:?}");
+        }
+    }
+}
