@@ -16,7 +16,7 @@ use usermeta::{
 use usermeta_zitadel::{ServiceCredential, ServiceKey};
 use zitadel_standin::{Fault, FaultKind, ManagerRole, StandIn};
 
-use crate::helpers::*;
+use crate::support::*;
 
 const SCOPE: &str = "openid urn:zitadel:iam:org:project:id:zitadel:aud";
 
@@ -82,14 +82,14 @@ async fn spawn_with(kind: Kind, prepare: impl FnOnce(&StandIn)) -> CredApp {
         }
     };
     prepare(&standin);
-    let (addr, stop) = AppBuilder::new(&standin.url(), credential)
+    let other = TestApp::builder()
+        .zitadel_url(&standin.url())
+        .credential(credential)
         .policy(Policy::new([admin.clone()], vec![SELF_WRITABLE.into()]))
-        .options(Options::default())
         .spawn()
-        .await
-        .into_pair();
+        .await;
     CredApp {
-        client: connect(addr).await,
+        client: other.client.clone(),
         standin,
         alice,
         alice_token,
@@ -97,7 +97,7 @@ async fn spawn_with(kind: Kind, prepare: impl FnOnce(&StandIn)) -> CredApp {
         service_user,
         credential_id,
         secret,
-        _stop: stop,
+        _stop: other.stop,
     }
 }
 
