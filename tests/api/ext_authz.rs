@@ -602,6 +602,23 @@ struct Introspected {
     token: String,
 }
 
+impl Introspected {
+    /// A usermeta in front of this stand-in, identifying callers by `identity`, serving Check with `authz`.
+    fn usermeta(
+        &self,
+        identity: usermeta::caller::IdentityConfig,
+        authz: AuthzConfig,
+    ) -> TestAppBuilder {
+        TestApp::builder()
+            .zitadel_url(&self.standin.url())
+            .pat(&self.pat)
+            .policy(Policy::default())
+            .identity(identity)
+            .ext_authz(authz)
+            .project_id(&self.project)
+    }
+}
+
 async fn introspected() -> Introspected {
     let standin = zitadel_standin::StandIn::start().await.unwrap();
     let org = standin.create_org("Acme");
@@ -635,15 +652,7 @@ async fn check_identifies_callers_as_the_rpcs_do() {
         }),
         jwt: None,
     };
-    let spawned = TestApp::builder()
-        .zitadel_url(&world.standin.url())
-        .pat(&world.pat)
-        .policy(Policy::default())
-        .identity(identity)
-        .ext_authz(config())
-        .project_id(&world.project)
-        .spawn()
-        .await;
+    let spawned = world.usermeta(identity, config()).spawn().await;
     let mut client = authz_client(spawned.authz_addr.unwrap()).await;
     let answer = allowed(&check(&mut client, "/", Some(&world.token)).await);
     assert_eq!(answer.get("x-user-id"), Some(world.alice.as_str()));
@@ -685,15 +694,7 @@ async fn a_forged_jwt_is_refused_by_local_validation_without_asking_userinfo() {
             min_refresh_interval: std::time::Duration::from_secs(30),
         }),
     };
-    let spawned = TestApp::builder()
-        .zitadel_url(&world.standin.url())
-        .pat(&world.pat)
-        .policy(Policy::default())
-        .identity(identity)
-        .ext_authz(config())
-        .project_id(&world.project)
-        .spawn()
-        .await;
+    let spawned = world.usermeta(identity, config()).spawn().await;
     let mut client = authz_client(spawned.authz_addr.unwrap()).await;
     let forged = world.standin.issue_jwt_with(
         &world.alice,
@@ -758,14 +759,9 @@ async fn an_id_token_is_refused_by_check() {
         usermeta::caller::IdentityConfig::default(),
     ];
     for identity in modes {
-        let spawned = TestApp::builder()
-            .zitadel_url(&world.standin.url())
-            .pat(&world.pat)
-            .policy(Policy::default())
-            .identity(identity)
-            // No metadata headers: Check needs nothing but the caller's identity.
-            .ext_authz(AuthzConfig::default())
-            .project_id(&world.project)
+        // No metadata headers: Check needs nothing but the caller's identity.
+        let spawned = world
+            .usermeta(identity, AuthzConfig::default())
             .spawn()
             .await;
         let mut client = authz_client(spawned.authz_addr.unwrap()).await;
