@@ -420,7 +420,6 @@ async fn role_rules_read_only_the_roles_of_usermetas_project() {
         .zitadel_url(&url)
         .credential(ServiceCredential::Pat(SecretString::from("unused")))
         .policy(Policy::new(Vec::<String>::new(), Vec::new()))
-        .identity(usermeta::caller::IdentityConfig::default())
         .ext_authz(config)
         .project_id("p-usermeta")
         .spawn()
@@ -579,7 +578,6 @@ async fn a_roles_claim_of_another_shape_means_no_roles_not_a_broken_answer() {
         .zitadel_url(&url)
         .credential(ServiceCredential::Pat(SecretString::from("unused")))
         .policy(Policy::new(Vec::<String>::new(), Vec::new()))
-        .identity(usermeta::caller::IdentityConfig::default())
         .ext_authz(config)
         .spawn()
         .await;
@@ -782,9 +780,6 @@ async fn the_per_caller_rate_limit_applies_to_check_too() {
     let app = TestApp::spawn().await;
     let spawned = app
         .another()
-        .credential(ServiceCredential::Pat(SecretString::from(
-            app.service_pat.as_str(),
-        )))
         .policy(Policy::default())
         .limits(usermeta::server::Limits {
             requests: usermeta::api::RequestLimits {
@@ -794,7 +789,6 @@ async fn the_per_caller_rate_limit_applies_to_check_too() {
             },
             ..Default::default()
         })
-        .identity(usermeta::caller::IdentityConfig::default())
         .ext_authz(config())
         .spawn()
         .await;
@@ -830,11 +824,7 @@ async fn a_spent_upstream_budget_is_429_with_retry_after_and_nothing_sent() {
     let app = TestApp::spawn().await;
     let spawned = app
         .another()
-        .credential(ServiceCredential::Pat(SecretString::from(
-            app.service_pat.as_str(),
-        )))
         .policy(Policy::default())
-        .identity(usermeta::caller::IdentityConfig::default())
         .ext_authz(config())
         // Two requests, none kept back, refilled once a minute; no caller's share of its own.
         .upstream_budget(usermeta_zitadel::UpstreamBudget {
@@ -876,11 +866,7 @@ async fn only_what_the_caller_may_read_of_themself_goes_upstream() {
     let closed = Policy::from_toml("self_read = false\n", "closed.toml").unwrap();
     let spawned = app
         .another()
-        .credential(ServiceCredential::Pat(SecretString::from(
-            app.service_pat.as_str(),
-        )))
         .policy(closed)
-        .identity(usermeta::caller::IdentityConfig::default())
         .ext_authz(config())
         .spawn()
         .await;
@@ -998,11 +984,7 @@ async fn a_denial_by_a_rule_on_a_hidden_key_does_not_name_the_key() {
     .unwrap();
     let spawned = app
         .another()
-        .credential(ServiceCredential::Pat(SecretString::from(
-            app.service_pat.as_str(),
-        )))
         .policy(hiding)
-        .identity(usermeta::caller::IdentityConfig::default())
         .ext_authz(AuthzConfig {
             rules: parse_rules("path=/gold metadata.routing.tier=gold", "test").unwrap(),
             ..config()

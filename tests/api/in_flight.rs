@@ -80,17 +80,6 @@ async fn with_check(
     )
 }
 
-/// The `/metrics` text of `spawned`.
-async fn scrape(spawned: &TestApp) -> String {
-    let metrics = spawned.metrics_addr.expect("metrics are on");
-    reqwest::get(format!("http://{metrics}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 #[tokio::test]
 async fn one_caller_cannot_take_every_in_flight_slot() {
     let app = TestApp::spawn().await;
@@ -247,7 +236,7 @@ async fn callers_answered_from_memory_are_never_shed() {
         "a shed call reaches nobody"
     );
 
-    let scraped = scrape(&spawned).await;
+    let scraped = scrape(spawned.metrics_addr()).await;
     for series in [
         r#"usermeta_calls_shed_total{limit="max_in_flight"}"#,
         "usermeta_calls_waiting_on_zitadel",
@@ -327,7 +316,7 @@ async fn check_and_the_metadata_api_share_each_callers_limit() {
         check.status.map(|status| status.code),
         Some(Code::Ok as i32)
     );
-    let scraped = scrape(&spawned).await;
+    let scraped = scrape(spawned.metrics_addr()).await;
     let series = r#"usermeta_calls_shed_total{limit="max_in_flight_per_caller"}"#;
     assert!(
         scraped.lines().any(|line| line.starts_with(series)),
