@@ -5,26 +5,19 @@
 
 #[path = "support/mod.rs"]
 mod support;
-use support::AppBuilder;
+use support::TestApp;
 
-use std::{net::SocketAddr, process::Output, time::Duration};
+use std::{process::Output, time::Duration};
 
-use tokio::{net::TcpListener, process::Command, sync::oneshot};
+use tokio::{net::TcpListener, process::Command};
 use usermeta::policy::Policy;
-use zitadel_standin::{ManagerRole, StandIn};
 
-/// A usermeta serving on 127.0.0.1:0; it stops when the sender drops.
-async fn spawn_usermeta() -> (SocketAddr, StandIn, oneshot::Sender<()>) {
-    let standin = StandIn::start().await.unwrap();
-    let org = standin.create_org("Acme");
-    let service_user = standin.create_service_user(&org, "usermeta", ManagerRole::IamOwner);
-    let pat = standin.issue_pat(&service_user);
-    let (addr, stop) = AppBuilder::with_pat(&standin.url(), &pat)
+/// A usermeta serving on 127.0.0.1:0 that lets nobody read or write; it stops when dropped.
+async fn spawn_usermeta() -> TestApp {
+    TestApp::builder()
         .policy(Policy::new(Vec::<String>::new(), Vec::new()))
         .spawn()
         .await
-        .into_pair();
-    (addr, standin, stop)
 }
 
 /// Runs `usermeta healthcheck <args>` with a clean environment for the settings it reads.
@@ -57,7 +50,8 @@ fn describe(output: &Output) -> String {
 
 #[tokio::test]
 async fn exits_0_and_says_serving_when_the_server_is_serving() {
-    let (addr, _standin, _stop) = spawn_usermeta().await;
+    let app = spawn_usermeta().await;
+    let addr = app.addr;
     let addr = addr.to_string();
     for args in [
         vec!["--addr", addr.as_str()],
@@ -83,7 +77,8 @@ async fn exits_0_and_says_serving_when_the_server_is_serving() {
 
 #[tokio::test]
 async fn without_addr_it_checks_the_port_of_usermeta_listen_over_loopback() {
-    let (addr, _standin, _stop) = spawn_usermeta().await;
+    let app = spawn_usermeta().await;
+    let addr = app.addr;
     // As in a container: the server listens on every interface, the check inherits that setting.
     let listen = format!("0.0.0.0:{}", addr.port());
     let output = healthcheck(&[], Some(&listen)).await;
@@ -97,7 +92,8 @@ async fn without_addr_it_checks_the_port_of_usermeta_listen_over_loopback() {
 
 #[tokio::test]
 async fn exits_1_for_a_service_the_server_does_not_know() {
-    let (addr, _standin, _stop) = spawn_usermeta().await;
+    let app = spawn_usermeta().await;
+    let addr = app.addr;
     let output = healthcheck(
         &["--addr", &addr.to_string(), "--service", "no.such.Service"],
         None,

@@ -5,44 +5,10 @@
 
 #[path = "support/mod.rs"]
 mod support;
-use support::{AppBuilder, Spawned};
+use support::{Captured, TestApp, authed, entry, text, with_request_id};
 
-use std::{
-    io::Write,
-    sync::{Arc, Mutex},
-};
-
-use tonic::{Code, Request, transport::Channel};
-use usermeta::{
-    api::pb::{self, SetMetadataRequest, user_metadata_service_client::UserMetadataServiceClient},
-    policy::Policy,
-    settings::LogFormat,
-    telemetry,
-};
-use zitadel_standin::{ManagerRole, StandIn};
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Captured {
-    fn lines(&self) -> Vec<String> {
-        String::from_utf8_lossy(&self.0.lock().unwrap())
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    }
-}
+use tonic::Code;
+use usermeta::{api::pb::SetMetadataRequest, policy::Policy, settings::LogFormat};
 
 /// The text of a line outside double-quoted values.
 fn unquoted(line: &str) -> String {
@@ -60,75 +26,50 @@ fn unquoted(line: &str) -> String {
     outside
 }
 
-fn with_request_id<T>(message: T, token: &str, request_id: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    let metadata = request.metadata_mut();
-    metadata.insert("authorization", format!("Bearer {token}").parse().unwrap());
-    metadata.insert("x-request-id", request_id.parse().unwrap());
-    request
-}
-
 fn set(key: &str) -> SetMetadataRequest {
     SetMetadataRequest {
-        entries: vec![pb::MetadataEntry {
-            key: key.to_owned(),
-            value: Some(pb::MetadataValue {
-                kind: Some(pb::metadata_value::Kind::Text("v".into())),
-            }),
-        }],
+        entries: vec![entry(key, text("v"))],
         ..Default::default()
     }
 }
 
 #[tokio::test]
 async fn no_request_field_can_write_a_line_that_passes_for_another() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    std::mem::forget(
-        telemetry::init_with(LogFormat::Text, "usermeta=info", move || writer.clone()).unwrap(),
-    );
-
-    let standin = StandIn::start().await.unwrap();
-    let org = standin.create_org("Acme");
-    let alice = standin.create_user(&org, "alice");
-    let service_user = standin.create_service_user(&org, "usermeta", ManagerRole::IamOwner);
-    let pat = standin.issue_pat(&service_user);
-    let token = standin.issue_token(&alice, &["openid", "urn:zitadel:iam:user:metadata"]);
-    let Spawned {
-        addr, stop: _stop, ..
-    } = AppBuilder::with_pat(&standin.url(), &pat)
+    let captured = Captured::install(LogFormat::Text, "usermeta=info");
+    let app = TestApp::builder()
         .policy(Policy::new(Vec::<String>::new(), vec!["profile.".into()]))
         .spawn()
         .await;
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let mut client = UserMetadataServiceClient::new(channel);
+    let token = app
+        .standin
+        .issue_token(&app.alice, &["openid", "urn:zitadel:iam:user:metadata"]);
+    let mut client = app.client.clone();
 
     // Legal keys that look like fields and lines: the write succeeds, its audit line stays one entry.
     let forged = "profile.x outcome=ok caller=170000000000000001 user_id=170000000000000001";
     client
-        .set_metadata(with_request_id(set(forged), &token, "req-forge-1"))
+        .set_metadata(with_request_id(authed(set(forged), &token), "req-forge-1"))
         .await
         .unwrap();
     let separator = "profile.y\u{2028}INFO usermeta::audit: outcome=ok";
     client
-        .set_metadata(with_request_id(set(separator), &token, "req-forge-2"))
+        .set_metadata(with_request_id(
+            authed(set(separator), &token),
+            "req-forge-2",
+        ))
         .await
         .unwrap();
     // A key with a newline is refused before anything is logged of it.
     let newline = "profile.z\nINFO usermeta::audit: outcome=ok";
     let status = client
-        .set_metadata(with_request_id(set(newline), &token, "req-forge-3"))
+        .set_metadata(with_request_id(authed(set(newline), &token), "req-forge-3"))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     // A denied write of a key with spaces (outside the writable prefix).
     let denied = "other outcome=ok";
     let status = client
-        .set_metadata(with_request_id(set(denied), &token, "req-forge-4"))
+        .set_metadata(with_request_id(authed(set(denied), &token), "req-forge-4"))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
@@ -165,7 +106,7 @@ async fn no_request_field_can_write_a_line_that_passes_for_another() {
         );
         assert_eq!(outside.matches(" caller=").count(), 1, "{}", audit[0]);
         assert!(
-            outside.contains(&format!(" caller={alice}")),
+            outside.contains(&format!(" caller={}", app.alice)),
             "{}",
             audit[0]
         );

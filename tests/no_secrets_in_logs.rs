@@ -6,23 +6,16 @@
 
 #[path = "support/mod.rs"]
 mod support;
-use support::{AppBuilder, Options};
+use support::{Captured, TestApp, authed, text, until};
 
-use std::{
-    io::Write,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::time::Duration;
 
 use secrecy::SecretString;
-use tokio::sync::oneshot;
-use tonic::{Request, transport::Channel};
 use usermeta::{
     api::pb::{
         self, DeleteMetadataRequest, GetMyMetadataRequest, ListMetadataRequest, MetadataSource,
-        SetMetadataRequest, user_metadata_service_client::UserMetadataServiceClient,
+        SetMetadataRequest,
     },
-    caller::cache::CacheConfig,
     policy::Policy,
     server::Limits,
 };
@@ -36,67 +29,27 @@ const SCOPES: &[&str] = &[
     "urn:zitadel:iam:org:project:id:zitadel:aud",
 ];
 
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 async fn serve(
     standin: &StandIn,
     credential: ServiceCredential,
     admin: &str,
     limits: Limits,
-) -> (UserMetadataServiceClient<Channel>, oneshot::Sender<()>) {
-    let (addr, stop) = AppBuilder::new(&standin.url(), credential)
+) -> TestApp {
+    TestApp::builder()
+        .zitadel_url(&standin.url())
+        .credential(credential)
         .policy(Policy::new([admin.to_owned()], vec!["profile.".into()]))
-        .options(Options {
-            timeout: Duration::from_secs(2),
-            resilience: Resilience {
-                backoff_base: Duration::from_millis(1),
-                breaker_failures: 3,
-                breaker_window: Duration::from_millis(500),
-                breaker_cooldown: Duration::from_millis(100),
-                ..Resilience::default()
-            },
-            cache: CacheConfig {
-                ttl: Duration::ZERO,
-                ..CacheConfig::default()
-            },
-            limits,
-            ..Options::default()
+        .timeout(Duration::from_secs(2))
+        .fast_retries(Resilience {
+            breaker_failures: 3,
+            breaker_window: Duration::from_millis(500),
+            breaker_cooldown: Duration::from_millis(100),
+            ..Resilience::default()
         })
+        .no_cache()
+        .limits(limits)
         .spawn()
         .await
-        .into_pair();
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    (UserMetadataServiceClient::new(channel), stop)
-}
-
-fn authed<T>(message: T, token: &str) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    request
-}
-
-fn text(value: &str) -> Option<pb::MetadataValue> {
-    Some(pb::MetadataValue {
-        kind: Some(pb::metadata_value::Kind::Text(value.into())),
-    })
 }
 
 #[tokio::test]
@@ -130,14 +83,14 @@ async fn no_token_pat_or_secret_is_ever_logged() {
         },
         ..Limits::default()
     };
-    let (mut with_pat, stop_pat) = serve(
+    let pat_app = serve(
         &standin,
         ServiceCredential::Pat(SecretString::from(pat.clone())),
         &admin,
         rate_limited,
     )
     .await;
-    let (mut with_secret, stop_secret) = serve(
+    let secret_app = serve(
         &standin,
         ServiceCredential::ClientCredentials {
             client_id: client_id.clone(),
@@ -147,6 +100,7 @@ async fn no_token_pat_or_secret_is_ever_logged() {
         Limits::default(),
     )
     .await;
+    let (mut with_pat, mut with_secret) = (pat_app.client.clone(), secret_app.client.clone());
 
     for client in [&mut with_pat, &mut with_secret] {
         // Reads, both sources; writes and deletes on self and on another user.
@@ -265,37 +219,24 @@ async fn no_token_pat_or_secret_is_ever_logged() {
             .await;
     }
     // The in-flight limits and a caller's share of the request budget: their refusals name limits, not tokens.
-    let (limited_addr, stop_limited) = AppBuilder::with_pat(&standin.url(), &pat)
-        .options(Options {
-            cache: CacheConfig {
-                ttl: Duration::ZERO,
-                ..CacheConfig::default()
-            },
-            limits: Limits {
-                max_in_flight: 8,
-                max_in_flight_per_caller: Some(1),
-                ..Limits::default()
-            },
-            ..Options::default()
+    let limited_app = TestApp::builder()
+        .zitadel_url(&standin.url())
+        .pat(&pat)
+        .no_cache()
+        .limits(Limits {
+            max_in_flight: 8,
+            max_in_flight_per_caller: Some(1),
+            ..Limits::default()
         })
-        .configure(|config| {
-            config.zitadel.upstream_budget = Some(UpstreamBudget {
-                rate: 0.01,
-                burst: 4,
-                reserve: 0.0,
-                caller_share: 0.5,
-            });
+        .upstream_budget(UpstreamBudget {
+            rate: 0.01,
+            burst: 4,
+            reserve: 0.0,
+            caller_share: 0.5,
         })
         .spawn()
-        .await
-        .into_pair();
-    let limited = UserMetadataServiceClient::new(
-        Channel::from_shared(format!("http://{limited_addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap(),
-    );
+        .await;
+    let limited = limited_app.client.clone();
     let asked = standin.userinfo_requests();
     standin.push_fault(Fault {
         path_prefix: "/oidc/v1/userinfo".into(),
@@ -307,9 +248,10 @@ async fn no_token_pat_or_secret_is_ever_logged() {
         let request = authed(GetMyMetadataRequest::default(), &alice_token);
         tokio::spawn(async move { limited.get_my_metadata(request).await })
     };
-    while standin.userinfo_requests() == asked {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until("the first call is held at userinfo", || {
+        standin.userinfo_requests() > asked
+    })
+    .await;
     let _ = limited
         .clone()
         .get_my_metadata(authed(GetMyMetadataRequest::default(), &alice_token))
@@ -322,7 +264,8 @@ async fn no_token_pat_or_secret_is_ever_logged() {
             .get_my_metadata(authed(GetMyMetadataRequest::default(), &admin_token))
             .await;
     }
-    drop(stop_limited);
+    limited_app.stop.send(()).unwrap();
+    limited_app.stopped.await.unwrap();
     // Service credentials ZITADEL rejects.
     standin.revoke_token(&pat);
     standin.remove_client_secret(&client_id);
@@ -351,11 +294,13 @@ async fn no_token_pat_or_secret_is_ever_logged() {
             ))
             .await;
     }
-    drop(stop_pat);
-    drop(stop_secret);
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Stopped and gone: whatever they log on the way out is in `captured`.
+    for app in [pat_app, secret_app] {
+        app.stop.send(()).unwrap();
+        app.stopped.await.unwrap();
+    }
 
-    let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+    let logs = captured.text();
     for expected in [
         "request failed",
         "retrying a failed ZITADEL call",

@@ -205,24 +205,11 @@ fn with_call_span(line: &str, call: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
     use super::*;
-    use crate::telemetry::{CURRENT_CALL, CallContext, LogFormat, RequestId, subscriber};
+    use crate::telemetry::{
+        CURRENT_CALL, CallContext, LogFormat, RequestId, captured::Captured, subscriber,
+    };
     use tracing_subscriber::EnvFilter;
-
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Captured {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
 
     /// The lines `emit` writes through usermeta's subscriber (spans not exported), with `filter`.
     fn lines(format: LogFormat, filter: &str, emit: impl FnOnce()) -> Vec<String> {
@@ -230,8 +217,7 @@ mod tests {
         let writer = captured.clone();
         let logs = subscriber(format, EnvFilter::new(filter), move || writer.clone(), None);
         tracing::subscriber::with_default(logs, emit);
-        let text = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-        text.lines().map(str::to_owned).collect()
+        captured.text().lines().map(str::to_owned).collect()
     }
 
     fn in_call(emit: impl FnOnce()) {

@@ -39,6 +39,8 @@ pub enum LogFormat {
 }
 
 mod call_log;
+#[cfg(test)]
+mod captured;
 mod request_context;
 mod text_fields;
 
@@ -358,19 +360,7 @@ mod tests {
 
     #[test]
     fn warnings_of_a_call_name_its_request_id_with_only_warnings_logged() {
-        use std::sync::{Arc, Mutex};
-        #[derive(Clone, Default)]
-        struct Captured(Arc<Mutex<Vec<u8>>>);
-        impl std::io::Write for Captured {
-            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(bytes);
-                Ok(bytes.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let captured = Captured::default();
+        let captured = super::captured::Captured::default();
         let writer = captured.clone();
         let subscriber = tracing_subscriber::fmt()
             .with_max_level(tracing::Level::WARN)
@@ -384,7 +374,7 @@ mod tests {
             })
         });
         let id = format!("{:032x}", 0xfeed);
-        let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        let logs = captured.text();
         assert!(
             logs.contains("request failed") && logs.contains(&id),
             "{logs}"

@@ -4,10 +4,10 @@
 use tonic::Code;
 use usermeta::api::pb::{DeleteMetadataRequest, ListMetadataRequest, SetMetadataRequest};
 
-use crate::helpers::*;
+use crate::support::*;
 
 async fn reading_another_user_needs_an_admin(api: ApiChoice) {
-    let app = TestApp::builder().api(api).start().await;
+    let app = TestApp::builder().api(api).spawn().await;
     let bob = app.bob.clone();
     let status = app
         .list_metadata(
@@ -24,7 +24,7 @@ async fn reading_another_user_needs_an_admin(api: ApiChoice) {
 }
 
 async fn writing_or_deleting_another_user_needs_an_admin(api: ApiChoice) {
-    let app = TestApp::builder().api(api).start().await;
+    let app = TestApp::builder().api(api).spawn().await;
     let bob = app.bob.clone();
     let other_org = app.other_org.clone();
     let set = SetMetadataRequest {
@@ -50,7 +50,7 @@ async fn writing_or_deleting_another_user_needs_an_admin(api: ApiChoice) {
 }
 
 async fn self_writes_outside_the_writable_prefixes_are_denied_naming_the_key(api: ApiChoice) {
-    let app = TestApp::builder().api(api).start().await;
+    let app = TestApp::builder().api(api).spawn().await;
     let set = SetMetadataRequest {
         entries: vec![
             entry(&format!("{SELF_WRITABLE}ok"), text("v")),
@@ -83,7 +83,7 @@ async fn self_writes_outside_the_writable_prefixes_are_denied_naming_the_key(api
 }
 
 async fn naming_yourself_does_not_widen_self_writes(api: ApiChoice) {
-    let app = TestApp::builder().api(api).start().await;
+    let app = TestApp::builder().api(api).spawn().await;
     let alice = app.alice.clone();
     let set = SetMetadataRequest {
         user_id: alice,
@@ -96,7 +96,7 @@ async fn naming_yourself_does_not_widen_self_writes(api: ApiChoice) {
 }
 
 async fn admins_write_any_key_of_any_user(api: ApiChoice) {
-    let app = TestApp::builder().api(api).start().await;
+    let app = TestApp::builder().api(api).spawn().await;
     let bob = app.bob.clone();
     let set = SetMetadataRequest {
         user_id: bob.clone(),
@@ -108,7 +108,7 @@ async fn admins_write_any_key_of_any_user(api: ApiChoice) {
 }
 
 async fn tokens_never_cross_over(api: ApiChoice) {
-    let app = TestApp::builder().api(api).start().await;
+    let app = TestApp::builder().api(api).spawn().await;
     let alice = app.alice.clone();
     app.set_metadata(
         &app.admin_token,

@@ -11,7 +11,8 @@ use usermeta::{
 };
 use zitadel_standin::{Fault, FaultKind};
 
-use crate::helpers::*;
+use crate::support::*;
+use usermeta::{api::RequestLimits, server::Limits};
 
 fn batch(user_ids: &[&str], keys: &[&str]) -> BatchGetMetadataRequest {
     BatchGetMetadataRequest {
@@ -51,7 +52,7 @@ fn outcome(result: &UserMetadataResult) -> (Code, Option<String>) {
 }
 
 async fn an_admin_reads_many_users_in_request_order(api: ApiChoice) {
-    let app = TestApp::builder().api(api).start().await;
+    let app = TestApp::builder().api(api).spawn().await;
     app.standin
         .set_metadata(&app.admin, "profile.language", b"de");
     let answer = batch_get(
@@ -94,7 +95,7 @@ async fn an_admin_reads_many_users_in_request_order(api: ApiChoice) {
 }
 
 async fn named_keys_are_returned_and_others_left_out(api: ApiChoice) {
-    let app = TestApp::builder().api(api).start().await;
+    let app = TestApp::builder().api(api).spawn().await;
     let answer = batch_get(
         &app,
         &app.admin_token,
@@ -132,7 +133,7 @@ async fn named_keys_are_returned_and_others_left_out(api: ApiChoice) {
 }
 
 async fn a_refused_user_fails_only_its_own_result(api: ApiChoice) {
-    let app = TestApp::builder().api(api).start().await;
+    let app = TestApp::builder().api(api).spawn().await;
     let carol = app.standin.create_user(&app.org, "carol");
     app.standin.set_metadata(&carol, "profile.language", b"fr");
     // Alice reads herself, but not carol: carol's result is refused, without ZITADEL being asked about her.
@@ -157,7 +158,7 @@ async fn a_refused_user_fails_only_its_own_result(api: ApiChoice) {
 }
 
 async fn a_named_key_the_caller_may_not_read_refuses_that_user(api: ApiChoice) {
-    let app = TestApp::builder().api(api).start().await;
+    let app = TestApp::builder().api(api).spawn().await;
     let policy = Policy::from_toml(
         &format!(
             r#"
@@ -177,14 +178,8 @@ actions = ["read"]
         "batch.toml",
     )
     .unwrap();
-    let (addr, _stop) = app
-        .another()
-        .api(api)
-        .policy(policy)
-        .spawn()
-        .await
-        .into_pair();
-    let mut reader = connect(addr).await;
+    let other = app.another().api(api).policy(policy).spawn().await;
+    let mut reader = other.client.clone();
     // Carol is in alice's organisation, where v1 looks without organization_id.
     let carol = app.standin.create_user(&app.org, "carol");
     app.standin.set_metadata(&carol, "ContractNumber", b"5678");
@@ -229,7 +224,7 @@ actions = ["read"]
 
 #[tokio::test]
 async fn a_user_zitadel_does_not_know_is_not_found_on_v2() {
-    let app = TestApp::builder().api(ApiChoice::V2).start().await;
+    let app = TestApp::builder().api(ApiChoice::V2).spawn().await;
     let answer = batch_get(
         &app,
         &app.admin_token,
@@ -246,7 +241,7 @@ async fn a_user_zitadel_does_not_know_is_not_found_on_v2() {
 
 #[tokio::test]
 async fn a_user_outside_the_named_organisation_fails_its_result_on_v2() {
-    let app = TestApp::builder().api(ApiChoice::V2).start().await;
+    let app = TestApp::builder().api(ApiChoice::V2).spawn().await;
     let mut request = batch(&[&app.bob, &app.alice], &[]);
     request.organization_id = app.org.clone();
     let answer = batch_get(&app, &app.admin_token, request).await.unwrap();
@@ -261,7 +256,7 @@ async fn a_user_outside_the_named_organisation_fails_its_result_on_v2() {
 }
 
 async fn bad_batches_are_refused_whole_before_zitadel_is_asked(api: ApiChoice) {
-    let app = TestApp::builder().api(api).start().await;
+    let app = TestApp::builder().api(api).spawn().await;
     app.standin.clear_requests();
     let too_many: Vec<String> = (0..101).map(|i| format!("user{i}")).collect();
     let too_many: Vec<&str> = too_many.iter().map(String::as_str).collect();
@@ -312,7 +307,7 @@ on_both_apis!(
 
 #[tokio::test]
 async fn zitadel_failing_for_one_user_fails_only_that_result() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     let carol = app.standin.create_user(&app.org, "carol");
     let dave = app.standin.create_user(&app.org, "dave");
     // Every listing of carol's metadata fails, dave's is rate limited; alice's goes through.
@@ -353,7 +348,7 @@ async fn zitadel_failing_for_one_user_fails_only_that_result() {
 
 #[tokio::test]
 async fn the_deadline_fails_the_whole_call() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     app.standin.push_fault(Fault {
         path_prefix: "/management/v1/users/".to_owned(),
         times: None,
@@ -374,7 +369,7 @@ async fn the_deadline_fails_the_whole_call() {
 
 #[tokio::test]
 async fn users_are_read_concurrently_within_the_bound() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     let users: Vec<String> = (0..8)
         .map(|i| app.standin.create_user(&app.org, &format!("u{i}")))
         .collect();
@@ -384,14 +379,19 @@ async fn users_are_read_concurrently_within_the_bound() {
         times: None,
         kind: FaultKind::Latency(Duration::from_millis(500)),
     });
-    let (addr, _stop) = app
+    let other = app
         .another()
         .policy(Policy::new([app.admin.clone()], vec![]))
-        .configure(|config| config.limits.requests.batch_concurrency = 2)
+        .limits(Limits {
+            requests: RequestLimits {
+                batch_concurrency: 2,
+                ..RequestLimits::default()
+            },
+            ..Limits::default()
+        })
         .spawn()
-        .await
-        .into_pair();
-    let mut client = connect(addr).await;
+        .await;
+    let mut client = other.client.clone();
     let ids: Vec<&str> = users.iter().map(String::as_str).collect();
     let started = std::time::Instant::now();
     let answer = client

@@ -16,30 +16,19 @@ use usermeta::{
 };
 use zitadel_standin::{Fault, FaultKind};
 
-use crate::helpers::*;
+use crate::support::*;
 
-fn userinfo_calls(app: &TestApp) -> usize {
-    app.standin
-        .requests()
-        .iter()
-        .filter(|r| r.is_userinfo())
-        .count()
-}
-
-fn with_cache(ttl: Duration, negative_ttl: Duration) -> Options {
-    Options {
-        cache: CacheConfig {
-            ttl,
-            negative_ttl,
-            capacity: 1000,
-        },
-        ..Options::default()
+fn with_cache(ttl: Duration, negative_ttl: Duration) -> CacheConfig {
+    CacheConfig {
+        ttl,
+        negative_ttl,
+        capacity: 1000,
     }
 }
 
 #[tokio::test]
 async fn one_hundred_concurrent_first_requests_send_one_userinfo_call() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     let token = app.standin.issue_token(&app.alice, FULL_SCOPES);
     // Slow userinfo down so every request arrives while the first lookup is still under way.
     app.standin.push_fault(Fault {
@@ -60,12 +49,12 @@ async fn one_hundred_concurrent_first_requests_send_one_userinfo_call() {
         let answer = call.unwrap().unwrap().into_inner();
         assert_eq!(answer.user_id, app.alice);
     }
-    assert_eq!(userinfo_calls(&app), 1);
+    assert_eq!(app.userinfo_requests(), 1);
 }
 
 #[tokio::test]
 async fn repeated_lookups_come_from_memory_one_call_per_token() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     let tokens: Vec<String> = (0..5)
         .map(|_| app.standin.issue_token(&app.alice, FULL_SCOPES))
         .collect();
@@ -76,12 +65,12 @@ async fn repeated_lookups_come_from_memory_one_call_per_token() {
                 .unwrap();
         }
     }
-    assert_eq!(userinfo_calls(&app), tokens.len());
+    assert_eq!(app.userinfo_requests(), tokens.len());
 }
 
 #[tokio::test]
 async fn steady_concurrent_traffic_sends_one_userinfo_call_per_token() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     let tokens: Vec<String> = (0..20)
         .map(|_| app.standin.issue_token(&app.alice, FULL_SCOPES))
         .collect();
@@ -104,23 +93,22 @@ async fn steady_concurrent_traffic_sends_one_userinfo_call_per_token() {
     for caller in futures::future::join_all(callers.collect::<Vec<_>>()).await {
         caller.unwrap().unwrap();
     }
-    assert_eq!(userinfo_calls(&app), tokens.len());
+    assert_eq!(app.userinfo_requests(), tokens.len());
 }
 
 #[tokio::test]
 async fn entries_live_no_longer_than_the_ttl() {
-    let app = TestApp::start().await;
-    let (addr, _stop) = app
+    let app = TestApp::spawn().await;
+    let other = app
         .another()
         .policy(Policy::default())
-        .options(with_cache(
+        .cache(with_cache(
             Duration::from_millis(300),
             Duration::from_secs(5),
         ))
         .spawn()
-        .await
-        .into_pair();
-    let mut client = connect(addr).await;
+        .await;
+    let mut client = other.client.clone();
     client
         .get_my_metadata(authed(GetMyMetadataRequest::default(), &app.alice_token))
         .await
@@ -129,33 +117,32 @@ async fn entries_live_no_longer_than_the_ttl() {
         .get_my_metadata(authed(GetMyMetadataRequest::default(), &app.alice_token))
         .await
         .unwrap();
-    assert_eq!(userinfo_calls(&app), 1);
+    assert_eq!(app.userinfo_requests(), 1);
     tokio::time::sleep(Duration::from_millis(400)).await;
     client
         .get_my_metadata(authed(GetMyMetadataRequest::default(), &app.alice_token))
         .await
         .unwrap();
-    assert_eq!(userinfo_calls(&app), 2, "the entry expired with the TTL");
+    assert_eq!(app.userinfo_requests(), 2, "the entry expired with the TTL");
 }
 
 #[tokio::test]
 async fn a_zero_ttl_turns_the_cache_off() {
-    let app = TestApp::start().await;
-    let (addr, _stop) = app
+    let app = TestApp::spawn().await;
+    let other = app
         .another()
         .policy(Policy::default())
-        .options(with_cache(Duration::ZERO, Duration::ZERO))
+        .cache(with_cache(Duration::ZERO, Duration::ZERO))
         .spawn()
-        .await
-        .into_pair();
-    let mut client = connect(addr).await;
+        .await;
+    let mut client = other.client.clone();
     for _ in 0..3 {
         client
             .get_my_metadata(authed(GetMyMetadataRequest::default(), &app.alice_token))
             .await
             .unwrap();
     }
-    assert_eq!(userinfo_calls(&app), 3);
+    assert_eq!(app.userinfo_requests(), 3);
 }
 
 fn jwt_expiring_in(seconds: u64) -> String {
@@ -175,13 +162,14 @@ fn jwt_expiring_in(seconds: u64) -> String {
 #[tokio::test]
 async fn entries_never_outlive_a_jwt_tokens_own_expiry() {
     let (url, calls) = raw_userinfo(serde_json::json!({"sub": "170848145649959169"})).await;
-    let (addr, _stop) = AppBuilder::with_pat(&url, "pat")
+    let other = TestApp::builder()
+        .zitadel_url(&url)
+        .pat("pat")
         .policy(Policy::default())
-        .options(with_cache(Duration::from_secs(60), Duration::from_secs(5)))
+        .cache(with_cache(Duration::from_secs(60), Duration::from_secs(5)))
         .spawn()
-        .await
-        .into_pair();
-    let mut client = connect(addr).await;
+        .await;
+    let mut client = other.client.clone();
 
     let long_lived = jwt_expiring_in(3600);
     for _ in 0..3 {
@@ -216,18 +204,17 @@ async fn entries_never_outlive_a_jwt_tokens_own_expiry() {
 
 #[tokio::test]
 async fn rejected_tokens_are_remembered_briefly() {
-    let app = TestApp::start().await;
-    let (addr, _stop) = app
+    let app = TestApp::spawn().await;
+    let other = app
         .another()
         .policy(Policy::default())
-        .options(with_cache(
+        .cache(with_cache(
             Duration::from_secs(30),
             Duration::from_millis(300),
         ))
         .spawn()
-        .await
-        .into_pair();
-    let mut client = connect(addr).await;
+        .await;
+    let mut client = other.client.clone();
     for _ in 0..5 {
         let status = client
             .get_my_metadata(authed(
@@ -239,7 +226,7 @@ async fn rejected_tokens_are_remembered_briefly() {
         assert_status(&status, Code::Unauthenticated, "TOKEN_REJECTED");
     }
     assert_eq!(
-        userinfo_calls(&app),
+        app.userinfo_requests(),
         1,
         "one lookup, then the remembered rejection"
     );
@@ -253,7 +240,7 @@ async fn rejected_tokens_are_remembered_briefly() {
         .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
     assert_eq!(
-        userinfo_calls(&app),
+        app.userinfo_requests(),
         2,
         "asked again after the negative TTL"
     );
@@ -261,7 +248,7 @@ async fn rejected_tokens_are_remembered_briefly() {
 
 #[tokio::test]
 async fn zitadel_outages_are_not_remembered() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     app.standin.push_fault(Fault {
         path_prefix: "/oidc/".into(),
         times: Some(1),
@@ -276,7 +263,7 @@ async fn zitadel_outages_are_not_remembered() {
     app.get_my_metadata(&app.alice_token, GetMyMetadataRequest::default())
         .await
         .unwrap();
-    assert_eq!(userinfo_calls(&app), 2);
+    assert_eq!(app.userinfo_requests(), 2);
 }
 
 /// What the owner of `token` reads of their own `ContractNumber` through usermeta.
@@ -297,7 +284,7 @@ async fn contract_number(app: &TestApp, token: &str) -> Vec<(String, Option<Stri
 
 #[tokio::test]
 async fn writes_through_usermeta_invalidate_the_target_users_entries_at_once() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     assert_eq!(
         contract_number(&app, &app.alice_token).await,
         [("ContractNumber".into(), Some("1234".into()))]
@@ -316,10 +303,10 @@ async fn writes_through_usermeta_invalidate_the_target_users_entries_at_once() {
     );
 
     // Other users' entries stay cached.
-    let calls_before = userinfo_calls(&app);
+    let calls_before = app.userinfo_requests();
     contract_number(&app, &app.admin_token).await;
     assert_eq!(
-        userinfo_calls(&app),
+        app.userinfo_requests(),
         calls_before,
         "the admin's own entry was not invalidated"
     );
@@ -327,7 +314,7 @@ async fn writes_through_usermeta_invalidate_the_target_users_entries_at_once() {
 
 #[tokio::test]
 async fn deletes_through_usermeta_invalidate_the_target_users_entries_at_once() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     assert_eq!(
         contract_number(&app, &app.alice_token).await,
         [("ContractNumber".into(), Some("1234".into()))]
@@ -339,14 +326,14 @@ async fn deletes_through_usermeta_invalidate_the_target_users_entries_at_once() 
         ..Default::default()
     };
     app.delete_metadata(&app.admin_token, delete).await.unwrap();
-    let calls_before = userinfo_calls(&app);
+    let calls_before = app.userinfo_requests();
     assert_eq!(
         contract_number(&app, &app.alice_token).await,
         [],
         "alice still reads the deleted key"
     );
     assert_eq!(
-        userinfo_calls(&app),
+        app.userinfo_requests(),
         calls_before + 1,
         "the read after the delete asks ZITADEL again, once"
     );
@@ -354,18 +341,17 @@ async fn deletes_through_usermeta_invalidate_the_target_users_entries_at_once() 
 
 #[tokio::test]
 async fn changes_made_outside_usermeta_show_after_the_ttl() {
-    let app = TestApp::start().await;
-    let (addr, _stop) = app
+    let app = TestApp::spawn().await;
+    let other = app
         .another()
         .policy(Policy::default())
-        .options(with_cache(
+        .cache(with_cache(
             Duration::from_millis(300),
             Duration::from_secs(5),
         ))
         .spawn()
-        .await
-        .into_pair();
-    let mut client = connect(addr).await;
+        .await;
+    let mut client = other.client.clone();
     let read = || {
         authed(
             GetMyMetadataRequest {

@@ -1,39 +1,15 @@
 //! `--config`: the real binary, so the environment takes part in the precedence (defaults → file → env → flags).
 
-use std::process::{Command, Output};
-
-pub fn usermeta(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_usermeta"));
-    command.args(args);
-    for (key, _) in std::env::vars() {
-        if key.starts_with("USERMETA_") {
-            command.env_remove(key);
-        }
-    }
-    command.envs(env.iter().copied());
-    command.output().unwrap()
-}
-
-pub fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-pub fn config(name: &str, text: &str) -> String {
-    let dir = std::env::temp_dir().join(format!("usermeta-config-it-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path.display().to_string()
-}
+use crate::support::{run_usermeta, stderr, write_config};
 
 #[test]
 fn file_then_env_then_flag() {
     // Each layer sets a different URL that is not valid, so start-up stops naming the value that won.
-    let file = config(
+    let file = write_config(
         "precedence.toml",
         "zitadel_url = \"from-file\"\nservice_pat = \"p\"\nlisten = \"127.0.0.1:0\"\n",
     );
-    let from_file = usermeta(&["serve", "--config", &file], &[]);
+    let from_file = run_usermeta(&["serve", "--config", &file], &[]);
     assert!(!from_file.status.success());
     assert!(
         stderr(&from_file).contains("`from-file` is not a URL"),
@@ -42,14 +18,14 @@ fn file_then_env_then_flag() {
     );
 
     let env = [("USERMETA_ZITADEL_URL", "from-env")];
-    let from_env = usermeta(&["serve", "--config", &file], &env);
+    let from_env = run_usermeta(&["serve", "--config", &file], &env);
     assert!(
         stderr(&from_env).contains("`from-env` is not a URL"),
         "{}",
         stderr(&from_env)
     );
 
-    let from_flag = usermeta(
+    let from_flag = run_usermeta(
         &["serve", "--config", &file, "--zitadel-url", "from-flag"],
         &env,
     );
@@ -60,7 +36,7 @@ fn file_then_env_then_flag() {
     );
 
     // The file can also be named by USERMETA_CONFIG.
-    let by_env = usermeta(&["serve"], &[("USERMETA_CONFIG", &file)]);
+    let by_env = run_usermeta(&["serve"], &[("USERMETA_CONFIG", &file)]);
     assert!(
         stderr(&by_env).contains("`from-file` is not a URL"),
         "{}",
@@ -70,11 +46,11 @@ fn file_then_env_then_flag() {
 
 #[test]
 fn unknown_keys_stop_start_up_with_file_and_line() {
-    let file = config(
+    let file = write_config(
         "unknown.toml",
         "zitadel_url = \"https://x\"\nmetrics_listn = \"0.0.0.0:9090\"\n",
     );
-    let output = usermeta(&["serve", "--config", &file], &[]);
+    let output = run_usermeta(&["serve", "--config", &file], &[]);
     assert!(!output.status.success());
     let error = stderr(&output);
     assert!(
@@ -85,7 +61,7 @@ fn unknown_keys_stop_start_up_with_file_and_line() {
 
 #[test]
 fn help_documents_every_setting() {
-    let output = usermeta(&["serve", "--help"], &[]);
+    let output = run_usermeta(&["serve", "--help"], &[]);
     assert!(output.status.success());
     let help = String::from_utf8_lossy(&output.stdout);
     for setting in [

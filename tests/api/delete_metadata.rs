@@ -1,7 +1,7 @@
 use tonic::Code;
 use usermeta::api::pb::DeleteMetadataRequest;
 
-use crate::helpers::*;
+use crate::support::*;
 
 fn delete(user_id: &str, keys: &[&str], allow_missing: bool) -> DeleteMetadataRequest {
     DeleteMetadataRequest {
@@ -14,7 +14,7 @@ fn delete(user_id: &str, keys: &[&str], allow_missing: bool) -> DeleteMetadataRe
 
 #[tokio::test]
 async fn deletes_one_key_through_the_single_key_endpoint() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     let alice = app.alice.clone();
     let answer = app
         .delete_metadata(&app.admin_token, delete(&alice, &["ContractNumber"], false))
@@ -35,7 +35,7 @@ async fn deletes_one_key_through_the_single_key_endpoint() {
 
 #[tokio::test]
 async fn deletes_several_keys_in_one_bulk_call() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     let alice = app.alice.clone();
     app.delete_metadata(
         &app.admin_token,
@@ -50,7 +50,7 @@ async fn deletes_several_keys_in_one_bulk_call() {
 }
 
 async fn a_missing_key_is_not_found_and_nothing_is_removed(api: ApiChoice) {
-    let app = TestApp::builder().api(api).start().await;
+    let app = TestApp::builder().api(api).spawn().await;
     let alice = app.alice.clone();
     let status = app
         .delete_metadata(&app.admin_token, delete(&alice, &["nope"], false))
@@ -76,7 +76,7 @@ async fn a_missing_key_is_not_found_and_nothing_is_removed(api: ApiChoice) {
 }
 
 async fn allow_missing_removes_what_exists(api: ApiChoice) {
-    let app = TestApp::builder().api(api).start().await;
+    let app = TestApp::builder().api(api).spawn().await;
     let alice = app.alice.clone();
     let single = app
         .delete_metadata(&app.admin_token, delete(&alice, &["nope"], true))
@@ -107,7 +107,7 @@ async fn allow_missing_removes_what_exists(api: ApiChoice) {
 }
 
 async fn users_delete_their_own_self_writable_keys(api: ApiChoice) {
-    let app = TestApp::builder().api(api).start().await;
+    let app = TestApp::builder().api(api).spawn().await;
     let answer = app
         .delete_metadata(&app.alice_token, delete("", &["profile.language"], false))
         .await;

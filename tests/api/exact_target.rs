@@ -10,8 +10,9 @@ use tonic::{Code, Status};
 use tonic_types::StatusExt as _;
 use usermeta::api::pb::{DeleteMetadataRequest, ListMetadataRequest, SetMetadataRequest};
 
-use crate::helpers::{ApiChoice, TestApp, authed, entry, text, violated_fields, with_request_id};
-use crate::logs;
+use crate::support::{
+    ApiChoice, TestApp, authed, capture, entry, text, violated_fields, with_request_id,
+};
 
 /// Characters a user id may not carry (they change on the way into a URL path).
 const ID_DELIMITERS: &str = "/?#[]@!$&'()*+,;=%\\\"<>^`{|}";
@@ -157,7 +158,7 @@ fn assert_v2_received(
 
 /// The audit line of the call with `request_id`.
 fn audit_line(request_id: &str) -> serde_json::Value {
-    let lines = logs::capture().lines_with(request_id);
+    let lines = capture().lines_with(request_id);
     lines
         .into_iter()
         .find(|line| line["target"] == "usermeta::audit")
@@ -302,8 +303,8 @@ async fn the_policy_audit_and_the_v2_user_service_see_the_same_user_id_and_key()
 }
 
 async fn same_user_id_and_key_everywhere(api: ApiChoice) {
-    logs::capture();
-    let app = TestApp::builder().api(api).start().await;
+    capture();
+    let app = TestApp::builder().api(api).spawn().await;
     let handle = tokio::runtime::Handle::current();
     let mut runner = TestRunner::new(ProptestConfig {
         cases: 160,
@@ -324,7 +325,7 @@ async fn same_user_id_and_key_everywhere(api: ApiChoice) {
 
 #[tokio::test]
 async fn a_user_id_that_differs_from_yours_only_by_what_urls_drop_is_refused() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     let mut client = app.client.clone();
     for disguised in [
         format!("{}\t", app.alice),
@@ -376,7 +377,7 @@ async fn a_user_id_that_differs_from_yours_only_by_what_urls_drop_is_refused() {
 
 #[tokio::test]
 async fn keys_with_spaces_and_delimiters_arrive_exactly_as_given() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     let mut client = app.client.clone();
     let keys = [
         "profile.with space",
@@ -408,7 +409,7 @@ async fn keys_with_spaces_and_delimiters_arrive_exactly_as_given() {
 
 #[tokio::test]
 async fn your_own_metadata_in_another_organisation_is_refused_not_half_checked() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     let mut client = app.client.clone();
     // The policy would see alice's organisation (from ZITADEL) while ZITADEL would be asked about another.
     let status = client

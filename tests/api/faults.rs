@@ -15,10 +15,8 @@ use axum::{
     response::IntoResponse,
     routing::{delete, get, post},
 };
-use tonic::{Code, Request};
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_types::StatusExt;
 use usermeta::{
     api::{
@@ -27,112 +25,24 @@ use usermeta::{
             DeleteMetadataRequest, GetMyMetadataRequest, ListMetadataRequest, SetMetadataRequest,
         },
     },
-    caller::cache::CacheConfig,
     policy::Policy,
     server::Limits,
 };
 use usermeta_zitadel::Resilience;
-use zitadel_standin::{Fault, FaultKind};
+use zitadel_standin::FaultKind;
 
-use crate::helpers::*;
-
-pub(crate) fn get_mine(app: &TestApp) -> Request<GetMyMetadataRequest> {
-    authed(GetMyMetadataRequest::default(), &app.alice_token)
-}
-
-pub(crate) fn fault(path_prefix: &str, times: Option<u32>, kind: FaultKind) -> Fault {
-    Fault {
-        path_prefix: path_prefix.into(),
-        times,
-        kind,
-    }
-}
-
-pub(crate) fn userinfo_requests(app: &TestApp) -> usize {
-    app.standin
-        .requests()
-        .iter()
-        .filter(|r| r.is_userinfo())
-        .count()
-}
-
-/// Options for fault tests: no caching (every request reaches ZITADEL) and fast backoff.
-pub(crate) fn uncached(resilience: Resilience) -> Options {
-    Options {
-        cache: CacheConfig {
-            ttl: Duration::ZERO,
-            ..CacheConfig::default()
-        },
-        resilience: Resilience {
-            backoff_base: Duration::from_millis(1),
-            ..resilience
-        },
-        ..Options::default()
-    }
-}
-
-/// A usermeta with `options` against `app`'s stand-in, and a client for it.
-pub(crate) async fn usermeta_with(
-    app: &TestApp,
-    options: Options,
-) -> (
-    usermeta::api::pb::user_metadata_service_client::UserMetadataServiceClient<
-        tonic::transport::Channel,
-    >,
-    std::net::SocketAddr,
-    tokio::sync::oneshot::Sender<()>,
-) {
-    let (addr, stop) = app
-        .another()
-        .policy(Policy::new([app.admin.clone()], vec![SELF_WRITABLE.into()]))
-        .options(options)
-        .spawn()
-        .await
-        .into_pair();
-    (connect(addr).await, addr, stop)
-}
-
-pub(crate) async fn health_of(addr: std::net::SocketAddr, service: &str) -> ServingStatus {
-    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    HealthClient::new(channel)
-        .check(HealthCheckRequest {
-            service: service.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status()
-}
-
-/// Waits (briefly) for a health status to be reported: breaker changes reach health asynchronously.
-pub(crate) async fn eventually_health(
-    addr: std::net::SocketAddr,
-    service: &str,
-    expected: ServingStatus,
-) {
-    for _ in 0..100 {
-        if health_of(addr, service).await == expected {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    panic!("{service} never became {expected:?}");
-}
+use crate::support::*;
 
 #[tokio::test]
 async fn latency_past_the_callers_deadline_is_deadline_exceeded_in_time() {
-    let mut app = TestApp::start().await;
+    let mut app = TestApp::spawn().await;
     app.standin.push_fault(fault(
         "/oidc/v1/userinfo",
         None,
         FaultKind::Latency(Duration::from_secs(3)),
     ));
     // usermeta keeps a tenth of the caller's timeout to get its answer back before the caller gives up.
-    let mut request = get_mine(&app);
+    let mut request = app.get_mine();
     request.set_timeout(Duration::from_secs(1));
     let started = Instant::now();
     let status = app.client.get_my_metadata(request).await.unwrap_err();
@@ -143,7 +53,7 @@ async fn latency_past_the_callers_deadline_is_deadline_exceeded_in_time() {
         waited >= Duration::from_millis(850),
         "answered after {waited:?}"
     );
-    assert_eq!(userinfo_requests(&app), 1, "no retry past the deadline");
+    assert_eq!(app.userinfo_requests(), 1, "no retry past the deadline");
 
     // A management call gets only what is left of the deadline, and is not retried after it.
     app.standin.clear_faults();
@@ -172,55 +82,51 @@ async fn latency_past_the_callers_deadline_is_deadline_exceeded_in_time() {
 
 #[tokio::test]
 async fn without_a_caller_deadline_the_request_timeout_applies() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     app.standin.push_fault(fault(
         "/oidc/v1/userinfo",
         None,
         FaultKind::Latency(Duration::from_secs(3)),
     ));
-    let (mut client, _addr, _stop) = usermeta_with(
-        &app,
-        Options {
-            limits: Limits {
-                requests: RequestLimits {
-                    request_timeout: Duration::from_millis(200),
-                    ..RequestLimits::default()
-                },
-                ..Limits::default()
+    let other = app
+        .another()
+        .limits(Limits {
+            requests: RequestLimits {
+                request_timeout: Duration::from_millis(200),
+                ..RequestLimits::default()
             },
-            ..Options::default()
-        },
-    )
-    .await;
+            ..Limits::default()
+        })
+        .spawn()
+        .await;
+    let mut client = other.client.clone();
     let started = Instant::now();
-    let status = client.get_my_metadata(get_mine(&app)).await.unwrap_err();
+    let status = client.get_my_metadata(app.get_mine()).await.unwrap_err();
     assert_status(&status, Code::DeadlineExceeded, "DEADLINE_EXCEEDED");
     assert!(started.elapsed() < Duration::from_millis(400));
 }
 
 #[tokio::test]
 async fn a_caller_deadline_beyond_the_maximum_is_cut_to_it() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     app.standin.push_fault(fault(
         "/oidc/v1/userinfo",
         None,
         FaultKind::Latency(Duration::from_secs(3)),
     ));
-    let (mut client, _addr, _stop) = usermeta_with(
-        &app,
-        Options {
-            limits: Limits {
-                requests: RequestLimits {
-                    max_request_timeout: Duration::from_millis(300),
-                    ..RequestLimits::default()
-                },
-                ..Limits::default()
+    let other = app
+        .another()
+        .limits(Limits {
+            requests: RequestLimits {
+                max_request_timeout: Duration::from_millis(300),
+                ..RequestLimits::default()
             },
-            ..Options::default()
-        },
-    )
-    .await;
-    let mut request = get_mine(&app);
+            ..Limits::default()
+        })
+        .spawn()
+        .await;
+    let mut client = other.client.clone();
+    let mut request = app.get_mine();
     // Hours, as a hostile or careless caller might ask.
     request
         .metadata_mut()
@@ -237,48 +143,50 @@ async fn a_caller_deadline_beyond_the_maximum_is_cut_to_it() {
 
 #[tokio::test]
 async fn a_5xx_burst_on_userinfo_is_retried() {
-    let mut app = TestApp::start().await;
+    let mut app = TestApp::spawn().await;
     app.standin
         .push_fault(fault("/oidc/v1/userinfo", Some(2), FaultKind::Status(503)));
-    let answer = app.client.get_my_metadata(get_mine(&app)).await;
+    let answer = app.client.get_my_metadata(app.get_mine()).await;
     assert!(answer.is_ok(), "{answer:?}");
-    assert_eq!(userinfo_requests(&app), 3);
+    assert_eq!(app.userinfo_requests(), 3);
 }
 
 #[tokio::test]
 async fn a_500_is_not_retried() {
-    let mut app = TestApp::start().await;
+    let mut app = TestApp::spawn().await;
     app.standin
         .push_fault(fault("/oidc/v1/userinfo", None, FaultKind::Status(500)));
     let status = app
         .client
-        .get_my_metadata(get_mine(&app))
+        .get_my_metadata(app.get_mine())
         .await
         .unwrap_err();
     assert_status(&status, Code::Unavailable, "ZITADEL_UNAVAILABLE");
-    assert_eq!(userinfo_requests(&app), 1);
+    assert_eq!(app.userinfo_requests(), 1);
 }
 
 #[tokio::test]
 async fn a_5xx_storm_stays_within_the_retry_budget() {
-    let app = TestApp::start().await;
-    let (mut client, _addr, _stop) = usermeta_with(
-        &app,
-        uncached(Resilience {
+    let app = TestApp::spawn().await;
+    let other = app
+        .another()
+        .no_cache()
+        .fast_retries(Resilience {
             breaker_failures: 0,
             ..Resilience::default()
-        }),
-    )
-    .await;
+        })
+        .spawn()
+        .await;
+    let mut client = other.client.clone();
     app.standin
         .push_fault(fault("/oidc/v1/userinfo", None, FaultKind::Status(503)));
     app.standin.clear_requests();
     let requests = 100;
     for _ in 0..requests {
-        let status = client.get_my_metadata(get_mine(&app)).await.unwrap_err();
+        let status = client.get_my_metadata(app.get_mine()).await.unwrap_err();
         assert_status(&status, Code::Unavailable, "ZITADEL_UNAVAILABLE");
     }
-    let upstream = userinfo_requests(&app);
+    let upstream = app.userinfo_requests();
     let defaults = Resilience::default();
     let bound = requests as f64 * (1.0 + defaults.retry_budget_ratio)
         + f64::from(defaults.retry_budget_floor);
@@ -291,18 +199,21 @@ async fn a_5xx_storm_stays_within_the_retry_budget() {
 
 #[tokio::test]
 async fn the_breaker_opens_under_a_storm_fails_fast_and_recovers_without_restart() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     let cooldown = Duration::from_millis(300);
-    let (mut client, addr, _stop) = usermeta_with(
-        &app,
-        uncached(Resilience {
+    let other = app
+        .another()
+        .no_cache()
+        .fast_retries(Resilience {
             max_attempts: 1,
             breaker_failures: 3,
             breaker_cooldown: cooldown,
             ..Resilience::default()
-        }),
-    )
-    .await;
+        })
+        .spawn()
+        .await;
+    let mut client = other.client.clone();
+    let addr = other.addr;
     assert_eq!(
         health_of(addr, "usermeta.zitadel.caller").await,
         ServingStatus::Serving
@@ -311,19 +222,17 @@ async fn the_breaker_opens_under_a_storm_fails_fast_and_recovers_without_restart
         .push_fault(fault("/oidc/v1/userinfo", None, FaultKind::Status(503)));
     app.standin.clear_requests();
     for _ in 0..3 {
-        let status = client.get_my_metadata(get_mine(&app)).await.unwrap_err();
+        let status = client.get_my_metadata(app.get_mine()).await.unwrap_err();
         assert_status(&status, Code::Unavailable, "ZITADEL_UNAVAILABLE");
     }
-    assert_eq!(userinfo_requests(&app), 3);
+    assert_eq!(app.userinfo_requests(), 3);
 
-    // Open: answered at once, nothing sent, with a hint when to retry.
-    let started = Instant::now();
-    let status = client.get_my_metadata(get_mine(&app)).await.unwrap_err();
-    assert!(started.elapsed() < Duration::from_millis(100));
+    // Open: answered without asking ZITADEL (nothing sent), with a hint when to retry.
+    let status = client.get_my_metadata(app.get_mine()).await.unwrap_err();
     assert_status(&status, Code::Unavailable, "ZITADEL_CIRCUIT_OPEN");
     let retry = status.get_details_retry_info().expect("RetryInfo");
     assert!(retry.retry_delay.unwrap() <= cooldown);
-    assert_eq!(userinfo_requests(&app), 3, "nothing sent while open");
+    assert_eq!(app.userinfo_requests(), 3, "nothing sent while open");
     eventually_health(addr, "usermeta.zitadel.caller", ServingStatus::NotServing).await;
     assert_eq!(health_of(addr, "").await, ServingStatus::Serving);
     assert_eq!(
@@ -334,41 +243,43 @@ async fn the_breaker_opens_under_a_storm_fails_fast_and_recovers_without_restart
     // ZITADEL is back; after the cool-down a probe closes the breaker.
     app.standin.clear_faults();
     tokio::time::sleep(retry.retry_delay.unwrap()).await;
-    let answer = client.get_my_metadata(get_mine(&app)).await;
+    let answer = client.get_my_metadata(app.get_mine()).await;
     assert!(answer.is_ok(), "{answer:?}");
     eventually_health(addr, "usermeta.zitadel.caller", ServingStatus::Serving).await;
     for _ in 0..3 {
-        assert!(client.get_my_metadata(get_mine(&app)).await.is_ok());
+        assert!(client.get_my_metadata(app.get_mine()).await.is_ok());
     }
 }
 
 #[tokio::test]
 async fn zitadel_down_then_back_recovers_without_restart() {
-    let app = TestApp::start().await;
-    let (mut client, _addr, _stop) = usermeta_with(
-        &app,
-        uncached(Resilience {
+    let app = TestApp::spawn().await;
+    let other = app
+        .another()
+        .no_cache()
+        .fast_retries(Resilience {
             breaker_failures: 2,
             breaker_cooldown: Duration::from_millis(200),
             ..Resilience::default()
-        }),
-    )
-    .await;
+        })
+        .spawn()
+        .await;
+    let mut client = other.client.clone();
     app.standin
         .push_fault(fault("", None, FaultKind::DropConnection));
     for _ in 0..3 {
-        let status = client.get_my_metadata(get_mine(&app)).await.unwrap_err();
+        let status = client.get_my_metadata(app.get_mine()).await.unwrap_err();
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     }
     app.standin.clear_faults();
     tokio::time::sleep(Duration::from_millis(250)).await;
-    let answer = client.get_my_metadata(get_mine(&app)).await;
+    let answer = client.get_my_metadata(app.get_mine()).await;
     assert!(answer.is_ok(), "{answer:?}");
 }
 
 #[tokio::test]
 async fn zitadel_429_is_resource_exhausted_with_retry_info_and_not_retried() {
-    let mut app = TestApp::start().await;
+    let mut app = TestApp::spawn().await;
     app.standin.push_fault(fault(
         "/oidc/v1/userinfo",
         None,
@@ -378,23 +289,23 @@ async fn zitadel_429_is_resource_exhausted_with_retry_info_and_not_retried() {
     ));
     let status = app
         .client
-        .get_my_metadata(get_mine(&app))
+        .get_my_metadata(app.get_mine())
         .await
         .unwrap_err();
     assert_status(&status, Code::ResourceExhausted, "ZITADEL_RATE_LIMITED");
     let retry = status.get_details_retry_info().expect("RetryInfo");
     assert_eq!(retry.retry_delay, Some(Duration::from_secs(7)));
-    assert_eq!(userinfo_requests(&app), 1);
+    assert_eq!(app.userinfo_requests(), 1);
 }
 
 #[tokio::test]
 async fn dropped_connections_are_retried_for_reads_and_idempotent_writes() {
-    let mut app = TestApp::start().await;
+    let mut app = TestApp::spawn().await;
     app.standin
         .push_fault(fault("/oidc/", Some(1), FaultKind::DropConnection));
-    let answer = app.client.get_my_metadata(get_mine(&app)).await;
+    let answer = app.client.get_my_metadata(app.get_mine()).await;
     assert!(answer.is_ok(), "{answer:?}");
-    assert_eq!(userinfo_requests(&app), 2);
+    assert_eq!(app.userinfo_requests(), 2);
 
     // Management list.
     app.standin
@@ -425,16 +336,16 @@ async fn dropped_connections_are_retried_for_reads_and_idempotent_writes() {
 
 #[tokio::test]
 async fn a_malformed_body_is_unavailable_and_not_retried() {
-    let mut app = TestApp::start().await;
+    let mut app = TestApp::spawn().await;
     app.standin
         .push_fault(fault("/oidc/", None, FaultKind::MalformedJson));
     let status = app
         .client
-        .get_my_metadata(get_mine(&app))
+        .get_my_metadata(app.get_mine())
         .await
         .unwrap_err();
     assert_status(&status, Code::Unavailable, "ZITADEL_BAD_RESPONSE");
-    assert_eq!(userinfo_requests(&app), 1);
+    assert_eq!(app.userinfo_requests(), 1);
 }
 
 /// A scripted management API: userinfo names `admin`; a remove first fails with 503 (it "may have landed"),
@@ -488,18 +399,20 @@ async fn flaky_remove(left: &'static [&'static str]) -> (String, Arc<AtomicUsize
 #[tokio::test]
 async fn a_retried_delete_that_finds_the_key_gone_counts_as_done() {
     let (url, removes) = flaky_remove(&[]).await;
-    let (addr, _stop) = AppBuilder::with_pat(&url, "pat")
+    let other = TestApp::builder()
+        .zitadel_url(&url)
+        .pat("pat")
         .policy(Policy::new(["admin".to_owned()], vec![]))
         .spawn()
-        .await
-        .into_pair();
+        .await;
     let delete = DeleteMetadataRequest {
         user_id: "170848145649959169".into(),
         keys: vec!["plan".into()],
         ..Default::default()
     };
-    let answer = connect(addr)
-        .await
+    let answer = other
+        .client
+        .clone()
         .delete_metadata(authed(delete, "t"))
         .await;
     assert!(answer.is_ok(), "{answer:?}");
@@ -510,18 +423,20 @@ async fn a_retried_delete_that_finds_the_key_gone_counts_as_done() {
 async fn a_retried_delete_whose_key_is_still_there_did_not_land() {
     // NOT_FOUND yet the key is listed: the 503 attempt did not remove it; the NOT_FOUND stands.
     let (url, _removes) = flaky_remove(&["plan"]).await;
-    let (addr, _stop) = AppBuilder::with_pat(&url, "pat")
+    let other = TestApp::builder()
+        .zitadel_url(&url)
+        .pat("pat")
         .policy(Policy::new(["admin".to_owned()], vec![]))
         .spawn()
-        .await
-        .into_pair();
+        .await;
     let delete = DeleteMetadataRequest {
         user_id: "170848145649959169".into(),
         keys: vec!["plan".into()],
         ..Default::default()
     };
-    let status = connect(addr)
-        .await
+    let status = other
+        .client
+        .clone()
         .delete_metadata(authed(delete, "t"))
         .await
         .unwrap_err();
@@ -530,18 +445,19 @@ async fn a_retried_delete_whose_key_is_still_there_did_not_land() {
 
 #[tokio::test]
 async fn over_the_in_flight_limit_calls_are_shed_with_resource_exhausted() {
-    let app = TestApp::start().await;
-    let (client, addr, _stop) = usermeta_with(
-        &app,
-        Options {
-            limits: Limits {
-                max_in_flight: 2,
-                ..Limits::default()
-            },
-            ..uncached(Resilience::default())
-        },
-    )
-    .await;
+    let app = TestApp::spawn().await;
+    let other = app
+        .another()
+        .no_cache()
+        .fast_retries(Resilience::default())
+        .limits(Limits {
+            max_in_flight: 2,
+            ..Limits::default()
+        })
+        .spawn()
+        .await;
+    let client = other.client.clone();
+    let addr = other.addr;
     app.standin.push_fault(fault(
         "/oidc/v1/userinfo",
         None,
@@ -556,47 +472,46 @@ async fn over_the_in_flight_limit_calls_are_shed_with_resource_exhausted() {
             tokio::spawn(async move { client.get_my_metadata(request).await })
         })
         .collect();
-    while userinfo_requests(&app) < 2 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let started = Instant::now();
+    until("two userinfo calls are under way", || {
+        app.userinfo_requests() >= 2
+    })
+    .await;
     let status = client
         .clone()
-        .get_my_metadata(get_mine(&app))
+        .get_my_metadata(app.get_mine())
         .await
         .unwrap_err();
-    assert!(started.elapsed() < Duration::from_millis(100), "not queued");
+    // Not queued behind them: refused while both still wait on ZITADEL.
+    assert!(slow.iter().all(|call| !call.is_finished()), "not queued");
     assert_status(&status, Code::ResourceExhausted, "OVERLOADED");
-    assert_eq!(userinfo_requests(&app), 2, "a shed call reaches nobody");
+    assert_eq!(app.userinfo_requests(), 2, "a shed call reaches nobody");
     assert_eq!(health_of(addr, "").await, ServingStatus::Serving);
     for call in slow {
         assert!(call.await.unwrap().is_ok());
     }
-    assert!(client.clone().get_my_metadata(get_mine(&app)).await.is_ok());
+    assert!(client.clone().get_my_metadata(app.get_mine()).await.is_ok());
 }
 
 #[tokio::test]
 async fn a_caller_over_its_rate_limit_gets_resource_exhausted_with_retry_info() {
-    let app = TestApp::start().await;
-    let (mut client, _addr, _stop) = usermeta_with(
-        &app,
-        Options {
-            limits: Limits {
-                requests: RequestLimits {
-                    caller_rate: 1,
-                    caller_burst: 2,
-                    ..RequestLimits::default()
-                },
-                ..Limits::default()
+    let app = TestApp::spawn().await;
+    let other = app
+        .another()
+        .limits(Limits {
+            requests: RequestLimits {
+                caller_rate: 1,
+                caller_burst: 2,
+                ..RequestLimits::default()
             },
-            ..Options::default()
-        },
-    )
-    .await;
+            ..Limits::default()
+        })
+        .spawn()
+        .await;
+    let mut client = other.client.clone();
     for _ in 0..2 {
-        assert!(client.get_my_metadata(get_mine(&app)).await.is_ok());
+        assert!(client.get_my_metadata(app.get_mine()).await.is_ok());
     }
-    let status = client.get_my_metadata(get_mine(&app)).await.unwrap_err();
+    let status = client.get_my_metadata(app.get_mine()).await.unwrap_err();
     assert_status(&status, Code::ResourceExhausted, "CALLER_RATE_LIMITED");
     let retry = status.get_details_retry_info().expect("RetryInfo");
     assert!(retry.retry_delay.unwrap() <= Duration::from_secs(1));
@@ -608,8 +523,15 @@ async fn a_caller_over_its_rate_limit_gets_resource_exhausted_with_retry_info() 
 
 #[tokio::test]
 async fn shutdown_under_load_lets_accepted_calls_finish() {
-    let app = TestApp::start().await;
-    let (client, _addr, stop) = usermeta_with(&app, uncached(Resilience::default())).await;
+    let app = TestApp::spawn().await;
+    let other = app
+        .another()
+        .no_cache()
+        .fast_retries(Resilience::default())
+        .spawn()
+        .await;
+    let client = other.client.clone();
+    let stop = other.stop;
     app.standin.push_fault(fault(
         "/oidc/v1/userinfo",
         None,
@@ -618,13 +540,14 @@ async fn shutdown_under_load_lets_accepted_calls_finish() {
     let calls: Vec<_> = (0..5)
         .map(|_| {
             let mut client = client.clone();
-            let request = get_mine(&app);
+            let request = app.get_mine();
             tokio::spawn(async move { client.get_my_metadata(request).await })
         })
         .collect();
-    while userinfo_requests(&app) < 5 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until("five userinfo calls are under way", || {
+        app.userinfo_requests() >= 5
+    })
+    .await;
     stop.send(()).unwrap();
     for call in calls {
         let answer = call.await.unwrap();
@@ -634,18 +557,16 @@ async fn shutdown_under_load_lets_accepted_calls_finish() {
 
 #[tokio::test]
 async fn messages_over_the_size_limit_are_refused_before_any_upstream_call() {
-    let app = TestApp::start().await;
-    let (mut client, _addr, _stop) = usermeta_with(
-        &app,
-        Options {
-            limits: Limits {
-                max_message_bytes: 64 * 1024,
-                ..Limits::default()
-            },
-            ..Options::default()
-        },
-    )
-    .await;
+    let app = TestApp::spawn().await;
+    let other = app
+        .another()
+        .limits(Limits {
+            max_message_bytes: 64 * 1024,
+            ..Limits::default()
+        })
+        .spawn()
+        .await;
+    let mut client = other.client.clone();
     app.standin.clear_requests();
     let big = SetMetadataRequest {
         entries: vec![entry("profile.big", binary(&[7; 100_000]))],
@@ -678,13 +599,15 @@ async fn bad_upstream_input_gives_clear_errors() {
         "urn:zitadel:iam:user:metadata": "not an object"
     }))
     .await;
-    let (addr, _stop) = AppBuilder::with_pat(&url, "pat")
+    let other = TestApp::builder()
+        .zitadel_url(&url)
+        .pat("pat")
         .policy(Policy::default())
         .spawn()
-        .await
-        .into_pair();
-    let status = connect(addr)
-        .await
+        .await;
+    let status = other
+        .client
+        .clone()
         .get_my_metadata(authed(GetMyMetadataRequest::default(), "t"))
         .await
         .unwrap_err();
@@ -692,13 +615,15 @@ async fn bad_upstream_input_gives_clear_errors() {
 
     // Missing fields: no claims at all means no user, not a crash.
     let (url, _calls) = raw_userinfo(serde_json::json!({})).await;
-    let (addr, _stop) = AppBuilder::with_pat(&url, "pat")
+    let other = TestApp::builder()
+        .zitadel_url(&url)
+        .pat("pat")
         .policy(Policy::default())
         .spawn()
-        .await
-        .into_pair();
-    let status = connect(addr)
-        .await
+        .await;
+    let status = other
+        .client
+        .clone()
         .get_my_metadata(authed(GetMyMetadataRequest::default(), "t"))
         .await
         .unwrap_err();
@@ -720,13 +645,15 @@ async fn a_huge_upstream_body_is_refused_not_buffered_without_bound() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router).await });
-    let (addr, _stop) = AppBuilder::with_pat(&url, "pat")
+    let other = TestApp::builder()
+        .zitadel_url(&url)
+        .pat("pat")
         .policy(Policy::default())
         .spawn()
-        .await
-        .into_pair();
-    let status = connect(addr)
-        .await
+        .await;
+    let status = other
+        .client
+        .clone()
         .get_my_metadata(authed(GetMyMetadataRequest::default(), "t"))
         .await
         .unwrap_err();

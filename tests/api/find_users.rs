@@ -7,7 +7,7 @@ use usermeta::{
     policy::Policy,
 };
 
-use crate::helpers::*;
+use crate::support::*;
 
 fn find(key: &str, value: &str) -> FindUsersByMetadataRequest {
     FindUsersByMetadataRequest {
@@ -32,7 +32,7 @@ async fn found(
 
 #[tokio::test]
 async fn an_admin_finds_the_user_holding_a_contract_number() {
-    let app = TestApp::builder().api(ApiChoice::V2).start().await;
+    let app = TestApp::builder().api(ApiChoice::V2).spawn().await;
     let mut client = app.client.clone();
     let answer = found(
         &mut client,
@@ -88,7 +88,7 @@ async fn an_admin_finds_the_user_holding_a_contract_number() {
 
 #[tokio::test]
 async fn only_users_whose_key_holds_the_value_are_found() {
-    let app = TestApp::builder().api(ApiChoice::V2).start().await;
+    let app = TestApp::builder().api(ApiChoice::V2).spawn().await;
     // Carol has ContractNumber, but another value, and 1234 under another key: both filters match her.
     let carol = app.standin.create_user(&app.org, "carol");
     app.standin.set_metadata(&carol, "ContractNumber", b"9");
@@ -107,7 +107,7 @@ async fn only_users_whose_key_holds_the_value_are_found() {
 
 #[tokio::test]
 async fn an_organisation_narrows_the_search() {
-    let app = TestApp::builder().api(ApiChoice::V2).start().await;
+    let app = TestApp::builder().api(ApiChoice::V2).spawn().await;
     let mut client = app.client.clone();
     let mut request = find("ContractNumber", "5678");
     request.organization_id = app.org.clone();
@@ -117,7 +117,7 @@ async fn an_organisation_narrows_the_search() {
 
 #[tokio::test]
 async fn finding_needs_the_find_action_and_hidden_keys_stay_hidden() {
-    let app = TestApp::builder().api(ApiChoice::V2).start().await;
+    let app = TestApp::builder().api(ApiChoice::V2).spawn().await;
     let mut client = app.client.clone();
     // Alice may read her own metadata, but not look up who holds a value.
     app.standin.clear_requests();
@@ -151,14 +151,13 @@ actions = ["find"]
         "find.toml",
     )
     .unwrap();
-    let (addr, _stop) = app
+    let other = app
         .another()
         .api(ApiChoice::V2)
         .policy(policy)
         .spawn()
-        .await
-        .into_pair();
-    let mut finder = connect(addr).await;
+        .await;
+    let mut finder = other.client.clone();
     let answer = found(
         &mut finder,
         &app.alice_token,
@@ -191,7 +190,7 @@ actions = ["find"]
 
 #[tokio::test]
 async fn bad_searches_are_refused_before_zitadel_is_asked() {
-    let app = TestApp::builder().api(ApiChoice::V2).start().await;
+    let app = TestApp::builder().api(ApiChoice::V2).spawn().await;
     let mut client = app.client.clone();
     app.standin.clear_requests();
     for (request, field) in [
@@ -230,7 +229,7 @@ async fn bad_searches_are_refused_before_zitadel_is_asked() {
 
 #[tokio::test]
 async fn pages_through_many_holders() {
-    let app = TestApp::builder().api(ApiChoice::V2).start().await;
+    let app = TestApp::builder().api(ApiChoice::V2).spawn().await;
     let mut expected = vec![app.alice.clone()];
     for i in 0..4 {
         let user = app.standin.create_user(&app.org, &format!("holder{i}"));
@@ -265,7 +264,7 @@ async fn pages_through_many_holders() {
 
 #[tokio::test]
 async fn without_the_v2_user_service_finding_says_what_is_needed() {
-    let app = TestApp::builder().api(ApiChoice::V1).start().await;
+    let app = TestApp::builder().api(ApiChoice::V1).spawn().await;
     let mut client = app.client.clone();
     let status = found(
         &mut client,
@@ -283,7 +282,7 @@ async fn without_the_v2_user_service_finding_says_what_is_needed() {
     app.assert_no_management_request();
 
     // A ZITADEL 4.0 (v2 without the metadata filters) says so too.
-    let app = TestApp::builder().api(ApiChoice::V2).start().await;
+    let app = TestApp::builder().api(ApiChoice::V2).spawn().await;
     app.standin.set_apis(zitadel_standin::Apis::V3);
     let mut client = app.client.clone();
     let status = found(
@@ -339,14 +338,13 @@ actions = ["find"]
         "find.toml",
     )
     .unwrap();
-    let (addr, stop) = app
+    let other = app
         .another()
         .api(ApiChoice::V2)
         .policy(policy)
         .spawn()
-        .await
-        .into_pair();
-    (connect(addr).await, stop)
+        .await;
+    (other.client.clone(), other.stop)
 }
 
 /// Every page of a search with `page_size`, as the list of users of each page.
@@ -385,7 +383,7 @@ async fn pages(
 /// ZITADEL scoped to Acme, and pages (their number, size and tokens) count only users the finder may see.
 #[tokio::test]
 async fn a_finder_bound_to_one_organisation_learns_nothing_of_other_tenants() {
-    let app = TestApp::builder().api(ApiChoice::V2).start().await;
+    let app = TestApp::builder().api(ApiChoice::V2).spawn().await;
     for i in 0..3 {
         let user = app
             .standin
@@ -446,7 +444,7 @@ async fn a_finder_bound_to_one_organisation_learns_nothing_of_other_tenants() {
 /// refused before ZITADEL is asked.
 #[tokio::test]
 async fn a_finder_of_several_organisations_names_one() {
-    let app = TestApp::builder().api(ApiChoice::V2).start().await;
+    let app = TestApp::builder().api(ApiChoice::V2).spawn().await;
     let (mut client, _stop) = finder(&app, &[&app.org, &app.other_org], &["ContractNumber"]).await;
     app.standin.clear_requests();
     let status = found(
@@ -486,7 +484,7 @@ async fn a_finder_of_several_organisations_names_one() {
 /// matched without holding the value under the key, leave neither an empty page nor a short one.
 #[tokio::test]
 async fn pages_count_only_users_the_finder_may_see() {
-    let app = TestApp::builder().api(ApiChoice::V2).start().await;
+    let app = TestApp::builder().api(ApiChoice::V2).spawn().await;
     let carol = app.standin.create_user(&app.org, "carol");
     let dave = app.standin.create_user(&app.org, "dave");
     for user in [&app.alice, &app.bob, &carol] {

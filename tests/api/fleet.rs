@@ -18,10 +18,10 @@ use usermeta::{
         user_metadata_service_client::UserMetadataServiceClient,
     },
     fleet::{CHANNEL, HEALTH_SERVICE, RedisConfig},
-    policy::Policy,
 };
 
-use crate::helpers::*;
+use crate::support::*;
+use usermeta::caller::cache::CacheConfig;
 
 /// A `redis-server` of this test alone, on a free port, without persistence; killed on drop.
 struct Redis {
@@ -85,17 +85,12 @@ impl Drop for Redis {
 }
 
 /// A replica in front of the app's stand-in with the app's policy, sharing invalidation through `redis`.
-async fn replica(
-    app: &TestApp,
-    redis: Option<&str>,
-) -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
-    let redis = redis.map(RedisConfig::new);
-    app.another()
-        .policy(Policy::new([app.admin.clone()], vec![SELF_WRITABLE.into()]))
-        .configure(|config| config.options.redis = redis)
-        .spawn()
-        .await
-        .into_pair()
+async fn replica(app: &TestApp, redis: Option<&str>) -> TestApp {
+    let mut replica = app.another();
+    if let Some(redis) = redis {
+        replica = replica.redis(RedisConfig::new(redis));
+    }
+    replica.spawn().await
 }
 
 async fn redis_health(addr: SocketAddr) -> ServingStatus {
@@ -123,14 +118,11 @@ async fn redis_health(addr: SocketAddr) -> ServingStatus {
 }
 
 async fn wait_for_redis_health(addr: SocketAddr, want: ServingStatus) {
-    let started = Instant::now();
-    while redis_health(addr).await != want {
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "{HEALTH_SERVICE} never became {want:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        &format!("{HEALTH_SERVICE} becomes {want:?}"),
+        || async move { (redis_health(addr).await == want).then_some(()) },
+    )
+    .await;
 }
 
 async fn set_language(
@@ -173,15 +165,17 @@ async fn seen_within(
 
 #[tokio::test]
 async fn a_write_through_one_replica_is_seen_through_the_others_within_a_second() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     let redis = Redis::start();
-    let (a, _stop_a) = replica(&app, Some(&redis.url())).await;
-    let (b, _stop_b) = replica(&app, Some(&redis.url())).await;
-    let (lone, _stop_lone) = replica(&app, None).await;
-    for replica in [a, b] {
-        wait_for_redis_health(replica, ServingStatus::Serving).await;
+    let (a, b) = (
+        replica(&app, Some(&redis.url())).await,
+        replica(&app, Some(&redis.url())).await,
+    );
+    let lone = replica(&app, None).await;
+    for replica in [&a, &b] {
+        wait_for_redis_health(replica.addr, ServingStatus::Serving).await;
     }
-    let (mut a, mut b, mut lone) = (connect(a).await, connect(b).await, connect(lone).await);
+    let (mut a, mut b, mut lone) = (a.client.clone(), b.client.clone(), lone.client.clone());
     // Every replica has alice's answer cached.
     for client in [&mut a, &mut b, &mut lone] {
         assert_eq!(language(client, &app.alice_token).await, "en");
@@ -197,14 +191,14 @@ async fn a_write_through_one_replica_is_seen_through_the_others_within_a_second(
 
 #[tokio::test]
 async fn only_user_ids_and_keys_go_to_redis() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     let redis = Redis::start();
     let client = redis::Client::open(redis.url()).unwrap();
     let mut pubsub = client.get_async_pubsub().await.unwrap();
     pubsub.subscribe(CHANNEL).await.unwrap();
-    let (a, _stop) = replica(&app, Some(&redis.url())).await;
-    wait_for_redis_health(a, ServingStatus::Serving).await;
-    let mut a = connect(a).await;
+    let a = replica(&app, Some(&redis.url())).await;
+    wait_for_redis_health(a.addr, ServingStatus::Serving).await;
+    let mut a = a.client.clone();
     set_language(&mut a, &app.alice_token, "a-secret-value").await;
     let message = tokio::time::timeout(Duration::from_secs(5), pubsub.on_message().next())
         .await
@@ -255,16 +249,18 @@ async fn only_user_ids_and_keys_go_to_redis() {
 
 #[tokio::test]
 async fn without_redis_replicas_serve_on_and_reconnect_by_themselves() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     let redis = Redis::start();
     let url = redis.url();
-    let (a, _stop_a) = replica(&app, Some(&url)).await;
-    let (b, _stop_b) = replica(&app, Some(&url)).await;
-    for replica in [a, b] {
-        wait_for_redis_health(replica, ServingStatus::Serving).await;
+    let (a_app, b_app) = (
+        replica(&app, Some(&url)).await,
+        replica(&app, Some(&url)).await,
+    );
+    let (a_addr, b_addr) = (a_app.addr, b_app.addr);
+    for addr in [a_addr, b_addr] {
+        wait_for_redis_health(addr, ServingStatus::Serving).await;
     }
-    let (a_addr, b_addr) = (a, b);
-    let (mut a, mut b) = (connect(a).await, connect(b).await);
+    let (mut a, mut b) = (a_app.client.clone(), b_app.client.clone());
     assert_eq!(language(&b, &app.alice_token).await, "en");
 
     // Redis goes away: health says so, and both replicas go on reading and writing.
@@ -313,13 +309,13 @@ async fn replica_with(
     redis: &str,
     webhook_key: Option<&str>,
     ttl: Duration,
-) -> crate::support::Spawned {
+) -> TestApp {
     let mut builder = app
         .another()
-        .policy(Policy::new([app.admin.clone()], vec![SELF_WRITABLE.into()]))
-        .configure(|config| {
-            config.options.redis = Some(RedisConfig::new(redis));
-            config.cache.ttl = ttl;
+        .redis(RedisConfig::new(redis))
+        .cache(CacheConfig {
+            ttl,
+            ..CacheConfig::default()
         });
     if let Some(key) = webhook_key {
         builder = builder.webhook(key);
@@ -350,11 +346,11 @@ async fn next_change(stream: &mut tonic::Streaming<MetadataChange>) -> MetadataC
 
 #[tokio::test]
 async fn a_stream_on_one_replica_sees_writes_through_another_without_their_values() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     let redis = Redis::start();
     let a = replica_with(&app, &redis.url(), None, Duration::from_secs(30)).await;
     let b = replica_with(&app, &redis.url(), None, Duration::from_secs(30)).await;
-    let (mut a, mut b) = (connect(a.addr).await, connect(b.addr).await);
+    let (mut a, mut b) = (a.client.clone(), b.client.clone());
     let mut on_b = watch_mine(&mut b, &app.alice_token).await;
     let started = Instant::now();
     set_language(&mut a, &app.alice_token, "fr").await;
@@ -370,13 +366,13 @@ async fn a_stream_on_one_replica_sees_writes_through_another_without_their_value
 
 #[tokio::test]
 async fn an_event_posted_to_one_replica_drops_the_cached_answers_of_every_replica() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     let redis = Redis::start();
     let key = "a-signing-key";
     let a = replica_with(&app, &redis.url(), Some(key), Duration::from_secs(30)).await;
     let b = replica_with(&app, &redis.url(), None, Duration::from_secs(30)).await;
     let events = format!("http://{}/zitadel/events", a.webhook_addr.unwrap());
-    let mut b = connect(b.addr).await;
+    let mut b = b.client.clone();
     assert_eq!(language(&b, &app.alice_token).await, "en");
     // Changed in ZITADEL itself; ZITADEL tells replica a.
     app.standin
@@ -410,7 +406,7 @@ async fn an_event_posted_to_one_replica_drops_the_cached_answers_of_every_replic
 
 #[tokio::test]
 async fn an_event_replayed_to_another_replica_is_refused_there() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     let redis = Redis::start();
     let key = "a-signing-key";
     let a = replica_with(&app, &redis.url(), Some(key), Duration::from_secs(30)).await;
@@ -427,7 +423,7 @@ async fn an_event_replayed_to_another_replica_is_refused_there() {
         .unwrap()
         .as_secs();
     let signature = usermeta::fleet::webhook::sign(key, t, &body);
-    let post = |replica: &crate::support::Spawned| {
+    let post = |replica: &TestApp| {
         let url = format!("http://{}/zitadel/events", replica.webhook_addr.unwrap());
         let request = reqwest::Client::new()
             .post(url)
@@ -465,7 +461,7 @@ async fn an_event_replayed_to_another_replica_is_refused_there() {
 
 #[tokio::test]
 async fn a_stream_outlives_redis_going_away_and_hears_the_fleet_again_when_it_returns() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     let redis = Redis::start();
     let a = replica_with(&app, &redis.url(), None, Duration::from_secs(30)).await;
     let b = replica_with(&app, &redis.url(), None, Duration::from_secs(30)).await;
@@ -497,15 +493,15 @@ async fn a_stream_outlives_redis_going_away_and_hears_the_fleet_again_when_it_re
 
 #[tokio::test]
 async fn a_replica_killed_during_a_burst_leaves_nothing_stale_past_the_ttl() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     let redis = Redis::start();
     let ttl = Duration::from_secs(2);
     let a = replica_with(&app, &redis.url(), None, ttl).await;
     let b = replica_with(&app, &redis.url(), None, ttl).await;
-    let mut on_b = connect(b.addr).await;
+    let mut on_b = b.client.clone();
     assert_eq!(language(&on_b, &app.alice_token).await, "en");
     // One writer through a, each write after the last was acknowledged; a dies in the middle.
-    let mut writer = connect(a.addr).await;
+    let mut writer = a.client.clone();
     let token = app.alice_token.clone();
     let burst = tokio::spawn(async move {
         let mut acknowledged = None;
@@ -527,7 +523,11 @@ async fn a_replica_killed_during_a_burst_leaves_nothing_stale_past_the_ttl() {
         }
         acknowledged
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = app.management_requests().len();
+    until("the burst of writes is under way", || {
+        app.management_requests().len() >= before + 3
+    })
+    .await;
     // Killed, not stopped: its task and every connection go at once.
     a.stopped.abort();
     let last = burst
@@ -583,16 +583,13 @@ async fn barrier(
 
 #[tokio::test]
 async fn a_change_published_by_another_redis_client_is_not_applied() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     let redis = Redis::start();
     let a = replica_with(&app, &redis.url(), None, Duration::from_secs(30)).await;
     let b = app
         .another()
-        .policy(Policy::new([app.admin.clone()], vec![SELF_WRITABLE.into()]))
-        .configure(|config| {
-            config.options.redis = Some(RedisConfig::new(redis.url()));
-            config.options.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
-        })
+        .redis(RedisConfig::new(redis.url()))
+        .metrics()
         .spawn()
         .await;
     wait_for_redis_health(b.addr, ServingStatus::Serving).await;
@@ -602,7 +599,7 @@ async fn a_change_published_by_another_redis_client_is_not_applied() {
     };
     let unparsable_before = metric(metrics, &rejected("unparsable")).await;
     let bad_tag_before = metric(metrics, &rejected("bad_tag")).await;
-    let (mut a, mut b) = (connect(a.addr).await, connect(b.addr).await);
+    let (mut a, mut b) = (a.client.clone(), b.client.clone());
     // b serves alice's cached answer; ZITADEL holds another value b does not know of.
     assert_eq!(language(&b, &app.alice_token).await, "en");
     app.standin
@@ -658,7 +655,7 @@ async fn a_change_published_by_another_redis_client_is_not_applied() {
 
 #[tokio::test]
 async fn a_replayed_message_of_a_replica_is_not_applied_again() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     let redis = Redis::start();
     let mut sniffer = redis::Client::open(redis.url())
         .unwrap()
@@ -668,7 +665,7 @@ async fn a_replayed_message_of_a_replica_is_not_applied_again() {
     sniffer.subscribe(CHANNEL).await.unwrap();
     let a = replica_with(&app, &redis.url(), None, Duration::from_secs(30)).await;
     let b = replica_with(&app, &redis.url(), None, Duration::from_secs(30)).await;
-    let (mut a, mut b) = (connect(a.addr).await, connect(b.addr).await);
+    let (mut a, mut b) = (a.client.clone(), b.client.clone());
     let mut alice_on_b = watch_mine(&mut b, &app.alice_token).await;
     let mut admin_on_b = watch_mine(&mut b, &app.admin_token).await;
     set_language(&mut a, &app.alice_token, "fr").await;
@@ -717,7 +714,7 @@ async fn set_language_key(
 
 #[tokio::test]
 async fn a_claim_planted_in_redis_does_not_refuse_a_genuine_event() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     let redis = Redis::start();
     let key = "a-signing-key";
     let a = replica_with(&app, &redis.url(), Some(key), Duration::from_secs(30)).await;
@@ -766,22 +763,17 @@ async fn a_claim_planted_in_redis_does_not_refuse_a_genuine_event() {
 }
 
 /// A replica as [`replica_with`] makes it, sealing its Redis messages with `bus_key` (a key file's text).
-async fn replica_keyed(app: &TestApp, redis: &str, bus_key: &str) -> crate::support::Spawned {
+async fn replica_keyed(app: &TestApp, redis: &str, bus_key: &str) -> TestApp {
     let mut config = RedisConfig::new(redis);
     config.bus_key = Some(usermeta::fleet::BusKey::from_text(bus_key).unwrap());
-    let spawned = app
-        .another()
-        .policy(Policy::new([app.admin.clone()], vec![SELF_WRITABLE.into()]))
-        .configure(|c| c.options.redis = Some(config))
-        .spawn()
-        .await;
+    let spawned = app.another().redis(config).spawn().await;
     wait_for_redis_health(spawned.addr, ServingStatus::Serving).await;
     spawned
 }
 
 #[tokio::test]
 async fn replicas_hear_only_replicas_with_the_same_bus_key() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     let redis = Redis::start();
     let ours = format!("{}\n", "1f".repeat(32));
     let theirs = format!("{}\n", "e0".repeat(32));
@@ -789,8 +781,8 @@ async fn replicas_hear_only_replicas_with_the_same_bus_key() {
     let b = replica_keyed(&app, &redis.url(), &ours).await;
     let c = replica_keyed(&app, &redis.url(), &theirs).await;
     let d = replica_keyed(&app, &redis.url(), &theirs).await;
-    let (mut a, mut b) = (connect(a.addr).await, connect(b.addr).await);
-    let (mut c, mut d) = (connect(c.addr).await, connect(d.addr).await);
+    let (mut a, mut b) = (a.client.clone(), b.client.clone());
+    let (mut c, mut d) = (c.client.clone(), d.client.clone());
     for client in [&mut b, &mut c] {
         assert_eq!(language(client, &app.alice_token).await, "en");
     }
@@ -852,7 +844,7 @@ fn a_bus_key_file_that_cannot_be_used_stops_start_up_naming_it_never_its_content
 
 #[tokio::test]
 async fn a_fleet_works_through_a_redis_acl_user_limited_to_its_channel_and_keys() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -884,10 +876,7 @@ async fn a_fleet_works_through_a_redis_acl_user_limited_to_its_channel_and_keys(
     };
     let key = "a-signing-key";
     let replica = |webhook: bool| {
-        let mut builder = app
-            .another()
-            .policy(Policy::new([app.admin.clone()], vec![SELF_WRITABLE.into()]))
-            .configure(|c| c.options.redis = Some(config()));
+        let mut builder = app.another().redis(config());
         if webhook {
             builder = builder.webhook(key);
         }
@@ -897,7 +886,7 @@ async fn a_fleet_works_through_a_redis_acl_user_limited_to_its_channel_and_keys(
     for replica in [a.addr, b.addr] {
         wait_for_redis_health(replica, ServingStatus::Serving).await;
     }
-    let (mut a_client, mut b_client) = (connect(a.addr).await, connect(b.addr).await);
+    let (mut a_client, mut b_client) = (a.client.clone(), b.client.clone());
     assert_eq!(language(&b_client, &app.alice_token).await, "en");
     set_language(&mut a_client, &app.alice_token, "fr").await;
     seen_within(

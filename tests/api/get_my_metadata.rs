@@ -1,7 +1,7 @@
 use tonic::Code;
 use usermeta::api::pb::{self, GetMyMetadataRequest, MetadataSource};
 
-use crate::helpers::*;
+use crate::support::*;
 
 fn get(keys: &[&str], source: MetadataSource) -> GetMyMetadataRequest {
     GetMyMetadataRequest {
@@ -11,7 +11,7 @@ fn get(keys: &[&str], source: MetadataSource) -> GetMyMetadataRequest {
 }
 
 async fn userinfo_is_the_default_source_and_values_come_back_decoded(api: ApiChoice) {
-    let app = TestApp::builder().api(api).start().await;
+    let app = TestApp::builder().api(api).spawn().await;
     let answer = app
         .get_my_metadata(&app.alice_token, get(&[], MetadataSource::Unspecified))
         .await
@@ -37,7 +37,7 @@ async fn userinfo_is_the_default_source_and_values_come_back_decoded(api: ApiCho
 }
 
 async fn auth_api_source_gives_timestamps_and_the_user_from_userinfo(api: ApiChoice) {
-    let app = TestApp::builder().api(api).start().await;
+    let app = TestApp::builder().api(api).spawn().await;
     let answer = app
         .get_my_metadata(&app.alice_token, get(&[], MetadataSource::AuthApi))
         .await
@@ -67,7 +67,7 @@ async fn auth_api_source_gives_timestamps_and_the_user_from_userinfo(api: ApiCho
 }
 
 async fn binary_values_survive_both_base64_flavours(api: ApiChoice) {
-    let app = TestApp::builder().api(api).start().await;
+    let app = TestApp::builder().api(api).spawn().await;
     // 0xfb 0xff differs between the alphabets: "+/8=" standard, "-_8" URL-safe unpadded.
     let bytes = [0xfb, 0xff, 0x00, 0x80];
     app.standin.set_metadata(&app.alice, "blob", &bytes);
@@ -87,7 +87,7 @@ async fn binary_values_survive_both_base64_flavours(api: ApiChoice) {
 }
 
 async fn keys_filter_exactly_in_both_sources(api: ApiChoice) {
-    let app = TestApp::builder().api(api).start().await;
+    let app = TestApp::builder().api(api).spawn().await;
     app.standin
         .set_metadata(&app.alice, "contractnumber", b"lower");
     for source in [MetadataSource::Userinfo, MetadataSource::AuthApi] {
@@ -116,7 +116,7 @@ async fn keys_filter_exactly_in_both_sources(api: ApiChoice) {
 }
 
 async fn a_token_without_the_metadata_scope_sees_no_metadata_in_userinfo(api: ApiChoice) {
-    let app = TestApp::builder().api(api).start().await;
+    let app = TestApp::builder().api(api).spawn().await;
     let token = app.standin.issue_token(&app.alice, &["openid"]);
     let answer = app
         .get_my_metadata(&token, get(&[], MetadataSource::Userinfo))
@@ -128,7 +128,7 @@ async fn a_token_without_the_metadata_scope_sees_no_metadata_in_userinfo(api: Ap
 }
 
 async fn auth_api_without_the_zitadel_audience_scope_says_which_scope_is_missing(api: ApiChoice) {
-    let app = TestApp::builder().api(api).start().await;
+    let app = TestApp::builder().api(api).spawn().await;
     let token = app
         .standin
         .issue_token(&app.alice, &["openid", "urn:zitadel:iam:user:metadata"]);
@@ -166,7 +166,7 @@ async fn auth_api_without_the_zitadel_audience_scope_says_which_scope_is_missing
 }
 
 async fn a_token_without_openid_names_no_user_and_is_refused(api: ApiChoice) {
-    let app = TestApp::builder().api(api).start().await;
+    let app = TestApp::builder().api(api).spawn().await;
     let token = app
         .standin
         .issue_token(&app.alice, &["urn:zitadel:iam:user:metadata"]);
@@ -179,7 +179,7 @@ async fn a_token_without_openid_names_no_user_and_is_refused(api: ApiChoice) {
 }
 
 async fn the_user_comes_from_zitadel_not_from_the_request(api: ApiChoice) {
-    let mut app = TestApp::builder().api(api).start().await;
+    let mut app = TestApp::builder().api(api).spawn().await;
     // Whatever the caller puts in metadata, only its token decides whose metadata it reads.
     let mut request = authed(get(&[], MetadataSource::Unspecified), &app.alice_token);
     request

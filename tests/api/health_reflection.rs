@@ -10,11 +10,11 @@ use tonic_reflection::pb::v1::{
     server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
 };
 
-use crate::helpers::*;
+use crate::support::*;
 
 #[tokio::test]
 async fn health_reports_serving_overall_and_for_the_service() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     let channel = Channel::from_shared(format!("http://{}", app.addr))
         .unwrap()
         .connect()
@@ -36,7 +36,7 @@ async fn health_reports_serving_overall_and_for_the_service() {
 
 #[tokio::test]
 async fn reflection_lists_every_service() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     let channel = Channel::from_shared(format!("http://{}", app.addr))
         .unwrap()
         .connect()
@@ -70,7 +70,7 @@ async fn reflection_lists_every_service() {
 
 #[tokio::test]
 async fn reflection_describes_the_contract_and_health() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     let channel = Channel::from_shared(format!("http://{}", app.addr))
         .unwrap()
         .connect()

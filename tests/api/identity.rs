@@ -12,7 +12,7 @@ use usermeta::{
 };
 use zitadel_standin::{IdTokenSpec, JwtSpec, ManagerRole, StandIn};
 
-use crate::helpers::*;
+use crate::support::*;
 
 struct World {
     standin: StandIn,
@@ -97,14 +97,15 @@ actions = ["write"]
         )
         .unwrap()
         .with_shorthands([], vec!["profile.".into()]);
-        let (addr, stop) = AppBuilder::with_pat(&self.standin.url(), &self.pat)
+        let other = TestApp::builder()
+            .zitadel_url(&self.standin.url())
+            .pat(&self.pat)
             .policy(policy)
             .identity(identity)
             .project_id(&self.project)
             .spawn()
-            .await
-            .into_pair();
-        (connect(addr).await, stop)
+            .await;
+        (other.client.clone(), other.stop)
     }
 }
 
@@ -544,29 +545,25 @@ async fn serve_observed(
     std::net::SocketAddr,
     tokio::sync::oneshot::Sender<()>,
 ) {
-    let spawned = AppBuilder::with_pat(&world.standin.url(), &world.pat)
-        .options(Options {
-            resilience: usermeta_zitadel::Resilience {
-                max_attempts: 1,
-                breaker_failures,
-                breaker_cooldown: Duration::from_secs(60),
-                ..Default::default()
-            },
-            ..Options::default()
+    let spawned = TestApp::builder()
+        .zitadel_url(&world.standin.url())
+        .pat(&world.pat)
+        .resilience(usermeta_zitadel::Resilience {
+            max_attempts: 1,
+            breaker_failures,
+            breaker_cooldown: Duration::from_secs(60),
+            ..Default::default()
         })
         .project_id(&world.project)
         .identity(IdentityConfig {
             introspection: Some(world.secret_auth()),
             jwt: Some(world.jwt(Duration::from_secs(30))),
         })
-        .serve_options(usermeta::server::ServeOptions {
-            metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
-            ..Default::default()
-        })
+        .metrics()
         .spawn()
         .await;
     let metrics = spawned.metrics_addr.unwrap();
-    (connect(spawned.addr).await, metrics, spawned.stop)
+    (spawned.client.clone(), metrics, spawned.stop)
 }
 
 fn traced(token: &str, trace_id: &str) -> tonic::Request<GetMyMetadataRequest> {
@@ -637,21 +634,20 @@ async fn introspection_and_key_fetches_carry_the_trace_are_counted_and_bounded_b
     world.standin.push_fault(zitadel_standin::Fault {
         path_prefix: "/oauth/v2/introspect".into(),
         times: None,
-        kind: zitadel_standin::FaultKind::Latency(Duration::from_secs(3)),
+        kind: zitadel_standin::FaultKind::Latency(HANG),
     });
     let slow = world.standin.issue_token(&world.alice, &world.scopes());
     let request = with_deadline(
         authed(GetMyMetadataRequest::default(), &slow),
         Duration::from_millis(300),
     );
-    let started = std::time::Instant::now();
-    let status = client.get_my_metadata(request).await.unwrap_err();
+    let status = promptly(
+        "the deadline ends the call",
+        client.get_my_metadata(request),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
-    assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "{:?}",
-        started.elapsed()
-    );
 }
 
 #[tokio::test]

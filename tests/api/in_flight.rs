@@ -9,24 +9,18 @@ use std::{
 };
 
 use envoy_types::pb::envoy::service::auth::v3::{
-    AttributeContext, CheckRequest, attribute_context, authorization_client::AuthorizationClient,
-    check_response::HttpResponse,
+    authorization_client::AuthorizationClient, check_response::HttpResponse,
 };
 use tonic::{Code, Status};
 use tonic_types::StatusExt;
 use usermeta::{
     api::pb::{GetMyMetadataRequest, ListMetadataRequest},
     authz::AuthzConfig,
-    policy::Policy,
-    server::{Limits, ServeOptions},
+    server::Limits,
 };
 use zitadel_standin::FaultKind;
 
-use crate::faults::{fault, userinfo_requests, usermeta_with};
-use crate::helpers::*;
-
-/// Longer than any test: a call held by it ends only when the test aborts it.
-const HANG: Duration = Duration::from_secs(300);
+use crate::support::*;
 
 /// ListMetadata of bob, as `token` (an admin's).
 fn list_bob(app: &TestApp, token: &str) -> tonic::Request<ListMetadataRequest> {
@@ -50,17 +44,6 @@ fn held<T>(request: tonic::Request<T>) -> tonic::Request<T> {
     with_deadline(request, Duration::from_secs(60))
 }
 
-/// Polls (briefly sleeping) until `done` holds: for what happens on the server after a client's action.
-async fn until(mut done: impl FnMut() -> bool) {
-    for _ in 0..2000 {
-        if done() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    panic!("the expected state never came");
-}
-
 /// A usermeta with `max_in_flight` slots in front of `app`'s stand-in, serving Envoy's Check and metrics too.
 async fn with_check(
     app: &TestApp,
@@ -70,23 +53,16 @@ async fn with_check(
         tonic::transport::Channel,
     >,
     AuthorizationClient<tonic::transport::Channel>,
-    Spawned,
+    TestApp,
 ) {
     let spawned = app
         .another()
-        .policy(Policy::new([app.admin.clone()], vec![SELF_WRITABLE.into()]))
-        .options(Options {
-            limits: Limits {
-                max_in_flight,
-                ..Limits::default()
-            },
-            ..Options::default()
+        .limits(Limits {
+            max_in_flight,
+            ..Limits::default()
         })
         .ext_authz(AuthzConfig::default())
-        .serve_options(ServeOptions {
-            metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
-            ..ServeOptions::default()
-        })
+        .metrics()
         .spawn()
         .await;
     let channel = tonic::transport::Channel::from_shared(format!(
@@ -98,58 +74,25 @@ async fn with_check(
     .await
     .unwrap();
     (
-        connect(spawned.addr).await,
+        spawned.client.clone(),
         AuthorizationClient::new(channel),
         spawned,
     )
 }
 
-/// The `/metrics` text of `spawned`.
-async fn scrape(spawned: &Spawned) -> String {
-    let metrics = spawned.metrics_addr.expect("metrics are on");
-    reqwest::get(format!("http://{metrics}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
-/// A Check for a GET with `token`, as Envoy sends it.
-pub(crate) fn check_request(token: &str) -> CheckRequest {
-    let headers = [("authorization".to_owned(), format!("Bearer {token}"))].into();
-    CheckRequest {
-        attributes: Some(AttributeContext {
-            request: Some(attribute_context::Request {
-                http: Some(attribute_context::HttpRequest {
-                    method: "GET".into(),
-                    path: "/".into(),
-                    host: "api.example.com".into(),
-                    headers,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    }
-}
-
 #[tokio::test]
 async fn one_caller_cannot_take_every_in_flight_slot() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     // Eight slots; a caller's share is by default an eighth of them: one.
-    let (client, _addr, _stop) = usermeta_with(
-        &app,
-        Options {
-            limits: Limits {
-                max_in_flight: 8,
-                ..Limits::default()
-            },
-            ..Options::default()
-        },
-    )
-    .await;
+    let other = app
+        .another()
+        .limits(Limits {
+            max_in_flight: 8,
+            ..Limits::default()
+        })
+        .spawn()
+        .await;
+    let client = other.client.clone();
     // The admin is identified (in memory); then ZITADEL's management API hangs.
     client
         .clone()
@@ -175,7 +118,10 @@ async fn one_caller_cannot_take_every_in_flight_slot() {
         })
         .collect();
     // Each one either reached ZITADEL (and hangs there) or was refused.
-    until(|| app.management_requests().len() + refused.lock().unwrap().len() == 8).await;
+    until("eight calls reached ZITADEL or were refused", || {
+        app.management_requests().len() + refused.lock().unwrap().len() == 8
+    })
+    .await;
 
     // Another caller, not in memory (its token needs userinfo, which answers), is served.
     let answer = client.clone().get_my_metadata(mine(&app.alice_token)).await;
@@ -209,22 +155,23 @@ async fn one_caller_cannot_take_every_in_flight_slot() {
         call.abort();
     }
     app.standin.clear_faults();
-    let mut client = client.clone();
-    for attempt in 0.. {
-        match client.list_metadata(list_bob(&app, &app.admin_token)).await {
-            Ok(_) => break,
-            Err(status) if reason(&status).as_deref() == Some("CALLER_OVERLOADED") => {
-                assert!(attempt < 1000, "the slot was never freed");
-                tokio::time::sleep(Duration::from_millis(5)).await;
+    eventually("the slot is freed", || {
+        let mut client = client.clone();
+        let app = &app;
+        async move {
+            match client.list_metadata(list_bob(app, &app.admin_token)).await {
+                Ok(_) => Some(()),
+                Err(status) if reason(&status).as_deref() == Some("CALLER_OVERLOADED") => None,
+                Err(status) => panic!("{status:?}"),
             }
-            Err(status) => panic!("{status:?}"),
         }
-    }
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn callers_answered_from_memory_are_never_shed() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     // Two slots, shared by the metadata API and Envoy's Check.
     let (client, authz, spawned) = with_check(&app, 2).await;
 
@@ -245,7 +192,10 @@ async fn callers_answered_from_memory_are_never_shed() {
             tokio::spawn(async move { client.list_metadata(request).await })
         })
         .collect();
-    until(|| app.management_requests().len() == 2).await;
+    until("two management calls are held", || {
+        app.management_requests().len() == 2
+    })
+    .await;
 
     // Alice is answered from memory, by the metadata API and by Check.
     let answer = client.clone().get_my_metadata(mine(&app.alice_token)).await;
@@ -286,7 +236,7 @@ async fn callers_answered_from_memory_are_never_shed() {
         "a shed call reaches nobody"
     );
 
-    let scraped = scrape(&spawned).await;
+    let scraped = scrape(spawned.metrics_addr()).await;
     for series in [
         r#"usermeta_calls_shed_total{limit="max_in_flight"}"#,
         "usermeta_calls_waiting_on_zitadel",
@@ -303,7 +253,7 @@ async fn callers_answered_from_memory_are_never_shed() {
 
 #[tokio::test]
 async fn check_and_the_metadata_api_share_each_callers_limit() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     // Eight slots; a caller's share is one.
     let (client, authz, spawned) = with_check(&app, 8).await;
     client
@@ -321,7 +271,7 @@ async fn check_and_the_metadata_api_share_each_callers_limit() {
         let request = held(tonic::Request::new(check_request(&fresh)));
         tokio::spawn(async move { authz.check(request).await })
     };
-    until(|| userinfo_requests(&app) == 1).await;
+    until("the userinfo call is held", || app.userinfo_requests() == 1).await;
 
     // Its next Check is denied with 429 and a Retry-After, its next metadata call refused: one share for both.
     let response = authz
@@ -353,7 +303,7 @@ async fn check_and_the_metadata_api_share_each_callers_limit() {
         .await
         .unwrap_err();
     assert_status(&status, Code::ResourceExhausted, "CALLER_OVERLOADED");
-    assert_eq!(userinfo_requests(&app), 1, "a refused call reaches nobody");
+    assert_eq!(app.userinfo_requests(), 1, "a refused call reaches nobody");
 
     // A caller in memory is answered by Check as ever.
     let check = authz
@@ -366,7 +316,7 @@ async fn check_and_the_metadata_api_share_each_callers_limit() {
         check.status.map(|status| status.code),
         Some(Code::Ok as i32)
     );
-    let scraped = scrape(&spawned).await;
+    let scraped = scrape(spawned.metrics_addr()).await;
     let series = r#"usermeta_calls_shed_total{limit="max_in_flight_per_caller"}"#;
     assert!(
         scraped.lines().any(|line| line.starts_with(series)),

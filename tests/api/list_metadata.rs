@@ -1,7 +1,7 @@
 use tonic::Code;
 use usermeta::api::pb::{KeyFilter, KeyMatch, ListMetadataRequest};
 
-use crate::helpers::*;
+use crate::support::*;
 
 fn list(user_id: &str, page_size: i32, page_token: &str) -> ListMetadataRequest {
     ListMetadataRequest {
@@ -13,7 +13,7 @@ fn list(user_id: &str, page_size: i32, page_token: &str) -> ListMetadataRequest 
 }
 
 async fn own_listing_uses_the_auth_api_with_the_callers_token(api: ApiChoice) {
-    let app = TestApp::builder().api(api).start().await;
+    let app = TestApp::builder().api(api).spawn().await;
     let answer = app
         .list_metadata(&app.alice_token, list("", 0, ""))
         .await
@@ -35,7 +35,7 @@ async fn own_listing_uses_the_auth_api_with_the_callers_token(api: ApiChoice) {
 }
 
 async fn naming_yourself_is_still_your_own_listing(api: ApiChoice) {
-    let app = TestApp::builder().api(api).start().await;
+    let app = TestApp::builder().api(api).spawn().await;
     let alice = app.alice.clone();
     let answer = app
         .list_metadata(&app.alice_token, list(&alice, 0, ""))
@@ -47,7 +47,7 @@ async fn naming_yourself_is_still_your_own_listing(api: ApiChoice) {
 }
 
 async fn admins_list_other_users_through_the_management_api(api: ApiChoice) {
-    let app = TestApp::builder().api(api).start().await;
+    let app = TestApp::builder().api(api).spawn().await;
     let alice = app.alice.clone();
     let answer = app
         .list_metadata(&app.admin_token, list(&alice, 0, ""))
@@ -70,7 +70,7 @@ async fn admins_list_other_users_through_the_management_api(api: ApiChoice) {
 }
 
 async fn pages_through_everything_with_opaque_tokens(api: ApiChoice) {
-    let app = TestApp::builder().api(api).start().await;
+    let app = TestApp::builder().api(api).spawn().await;
     for i in 0..5 {
         app.standin
             .set_metadata(&app.bob, &format!("k{i}"), format!("v{i}").as_bytes());
@@ -126,7 +126,7 @@ async fn pages_through_everything_with_opaque_tokens(api: ApiChoice) {
 }
 
 async fn a_page_token_cannot_be_replayed_against_another_user(api: ApiChoice) {
-    let app = TestApp::builder().api(api).start().await;
+    let app = TestApp::builder().api(api).spawn().await;
     for i in 0..3 {
         app.standin.set_metadata(&app.alice, &format!("k{i}"), b"v");
     }
@@ -149,7 +149,7 @@ async fn a_page_token_cannot_be_replayed_against_another_user(api: ApiChoice) {
 }
 
 async fn key_filters_map_onto_zitadel_text_queries(api: ApiChoice) {
-    let app = TestApp::builder().api(api).start().await;
+    let app = TestApp::builder().api(api).spawn().await;
     app.standin
         .set_metadata(&app.alice, "billing.plan", b"gold");
     app.standin.set_metadata(&app.alice, "Billing.Seats", b"3");
@@ -211,7 +211,7 @@ async fn key_filters_map_onto_zitadel_text_queries(api: ApiChoice) {
 
 #[tokio::test]
 async fn organisation_scoping_follows_zitadel() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     let bob = app.bob.clone();
     // Without organization_id ZITADEL looks in the service user's organisation, where bob is not.
     let unscoped = app
@@ -286,18 +286,12 @@ fn filtered(user_id: &str, prefix: &str) -> ListMetadataRequest {
 }
 
 async fn counts_and_page_tokens_account_only_for_what_the_caller_may_see(api: ApiChoice) {
-    let app = TestApp::builder().api(api).start().await;
+    let app = TestApp::builder().api(api).spawn().await;
     for key in ["routing.tier", "routing.zone", "routing.zz-secret"] {
         app.standin.set_metadata(&app.alice, key, b"x");
     }
-    let (addr, _stop) = app
-        .another()
-        .policy(hiding_policy(&app))
-        .options(Options::default())
-        .spawn()
-        .await
-        .into_pair();
-    let mut client = connect(addr).await;
+    let other = app.another().policy(hiding_policy(&app)).spawn().await;
+    let mut client = other.client.clone();
 
     // alice sees ContractNumber and profile.language; the three routing keys are hidden from her.
     let mut seen = Vec::new();
@@ -353,7 +347,7 @@ async fn counts_and_page_tokens_account_only_for_what_the_caller_may_see(api: Ap
 }
 
 async fn altered_or_foreign_page_tokens_are_refused_before_any_zitadel_call(api: ApiChoice) {
-    let app = TestApp::builder().api(api).start().await;
+    let app = TestApp::builder().api(api).spawn().await;
     for i in 0..5 {
         app.standin.set_metadata(&app.alice, &format!("k{i}"), b"v");
     }
@@ -393,15 +387,14 @@ async fn altered_or_foreign_page_tokens_are_refused_before_any_zitadel_call(api:
     app.assert_no_upstream_request();
 
     // Another replica with the same service credential continues the listing ...
-    let (addr, _stop) = app
+    let other = app
         .another()
         .policy(usermeta::policy::Policy::new([app.admin.clone()], vec![]))
-        .options(Options::default())
         .spawn()
-        .await
-        .into_pair();
-    let next = connect(addr)
-        .await
+        .await;
+    let next = other
+        .client
+        .clone()
         .list_metadata(authed(list(&alice, 2, &genuine), &app.admin_token))
         .await
         .unwrap()
@@ -418,7 +411,7 @@ async fn altered_or_foreign_page_tokens_are_refused_before_any_zitadel_call(api:
 async fn a_token_from_a_view_of_every_key_does_not_continue_a_view_with_hidden_keys(
     api: ApiChoice,
 ) {
-    let app = TestApp::builder().api(api).start().await;
+    let app = TestApp::builder().api(api).spawn().await;
     for i in 0..3 {
         app.standin
             .set_metadata(&app.alice, &format!("routing.k{i}"), b"v");
@@ -434,15 +427,10 @@ async fn a_token_from_a_view_of_every_key_does_not_continue_a_view_with_hidden_k
         .into_inner();
     assert!(!open.next_page_token.is_empty());
     // ... a replica that hides routing.* refuses that token rather than paging by ZITADEL's offsets.
-    let (addr, _stop) = app
-        .another()
-        .policy(hiding_policy(&app))
-        .options(Options::default())
-        .spawn()
-        .await
-        .into_pair();
-    let status = connect(addr)
-        .await
+    let other = app.another().policy(hiding_policy(&app)).spawn().await;
+    let status = other
+        .client
+        .clone()
         .list_metadata(authed(
             list(&alice, 1, &open.next_page_token),
             &app.alice_token,

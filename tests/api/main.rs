@@ -2,10 +2,31 @@
 //! over real HTTP to the ZITADEL stand-in (or, for malformed answers, to a scripted raw upstream).
 #![allow(clippy::unwrap_used)] // a panic is how a test reports a broken expectation
 
-mod helpers;
-mod logs;
 #[path = "../support/mod.rs"]
 mod support;
+
+/// The backend-independent suite: each named `async fn name(api: ApiChoice)` runs as the test `v1::name`
+/// against the v1 management API and as `v2::name` against the v2 user service. One suite, two backends.
+macro_rules! on_both_apis {
+    ($($name:ident),* $(,)?) => {
+        mod v1 {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::support::ApiChoice::V1).await
+                }
+            )*
+        }
+        mod v2 {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name($crate::support::ApiChoice::V2).await
+                }
+            )*
+        }
+    };
+}
 
 mod authorization;
 mod batch_get;

@@ -6,28 +6,11 @@ use std::{net::SocketAddr, time::Duration};
 use secrecy::SecretString;
 use tonic::{Code, transport::Channel};
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-use usermeta::{
-    api::pb::{GetMyMetadataRequest, SetMetadataRequest},
-    policy::Policy,
-    server::ServeOptions,
-};
+use usermeta::api::pb::{GetMyMetadataRequest, SetMetadataRequest};
 use usermeta_zitadel::ServiceCredential;
 use zitadel_standin::{Fault, FaultKind, ManagerRole};
 
-use crate::{helpers::*, logs};
-
-/// A usermeta serving with `options` against `app`'s stand-in, with the same policy as the app's.
-pub async fn spawn_observed(app: &TestApp, options: ServeOptions) -> Spawned {
-    spawn_observed_at(app, &app.standin.url(), options).await
-}
-
-pub async fn spawn_observed_at(app: &TestApp, zitadel_url: &str, options: ServeOptions) -> Spawned {
-    AppBuilder::with_pat(zitadel_url, &app.service_pat)
-        .policy(Policy::new([app.admin.clone()], vec![SELF_WRITABLE.into()]))
-        .serve_options(options)
-        .spawn()
-        .await
-}
+use crate::support::*;
 
 async fn scrape(addr: SocketAddr) -> String {
     let response = reqwest::get(format!("http://{addr}/metrics"))
@@ -53,16 +36,9 @@ fn assert_series(text: &str, series: &str) {
 
 #[tokio::test]
 async fn a_scrape_after_traffic_shows_calls_upstream_cache_and_latency() {
-    let app = TestApp::start().await;
-    let observed = spawn_observed(
-        &app,
-        ServeOptions {
-            metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
-            ..ServeOptions::default()
-        },
-    )
-    .await;
-    let mut client = connect(observed.addr).await;
+    let app = TestApp::spawn().await;
+    let observed = app.another().metrics().spawn().await;
+    let mut client = observed.client.clone();
     // A miss, then a hit.
     for _ in 0..2 {
         client
@@ -102,20 +78,16 @@ async fn a_scrape_after_traffic_shows_calls_upstream_cache_and_latency() {
         app.standin
             .create_service_user(&app.org, "usermeta-cc", ManagerRole::IamOwner);
     let (client_id, secret) = app.standin.add_client_secret(&service_user);
-    let (cc_addr, _cc_stop) = AppBuilder::new(
-        &app.standin.url(),
-        ServiceCredential::ClientCredentials {
+    let cc = app
+        .another()
+        .credential(ServiceCredential::ClientCredentials {
             client_id,
             secret: SecretString::from(secret),
-        },
-    )
-    .policy(Policy::new([app.admin.clone()], vec![SELF_WRITABLE.into()]))
-    .options(Options::default())
-    .spawn()
-    .await
-    .into_pair();
-    connect(cc_addr)
-        .await
+        })
+        .spawn()
+        .await;
+    cc.client
+        .clone()
         .set_metadata(authed(
             SetMetadataRequest {
                 user_id: app.alice.clone(),
@@ -168,15 +140,15 @@ async fn a_scrape_after_traffic_shows_calls_upstream_cache_and_latency() {
 
 #[tokio::test]
 async fn metrics_are_off_without_a_listen_address() {
-    let app = TestApp::start().await;
-    let observed = spawn_observed(&app, ServeOptions::default()).await;
+    let app = TestApp::spawn().await;
+    let observed = app.another().spawn().await;
     assert_eq!(observed.metrics_addr, None);
 }
 
 #[tokio::test]
 async fn traceparent_and_tracestate_continue_to_zitadel_with_a_new_parent_span() {
-    logs::capture();
-    let app = TestApp::start().await;
+    capture();
+    let app = TestApp::spawn().await;
     let mut client = app.client.clone();
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let client_span = "00f067aa0ba902b7";
@@ -224,8 +196,8 @@ async fn traceparent_and_tracestate_continue_to_zitadel_with_a_new_parent_span()
 
 #[tokio::test]
 async fn request_ids_are_echoed_or_generated_and_on_every_log_line() {
-    let logs = logs::capture();
-    let app = TestApp::start().await;
+    let logs = capture();
+    let app = TestApp::spawn().await;
     let mut client = app.client.clone();
 
     // A read that writes no line has nothing a generated id could lead to: none comes back.
@@ -312,7 +284,7 @@ async fn request_ids_are_echoed_or_generated_and_on_every_log_line() {
 
 #[tokio::test]
 async fn internal_errors_name_the_request_id() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     let mut client = app.client.clone();
     app.standin.push_fault(Fault {
         path_prefix: "/oidc/v1/userinfo".into(),
@@ -339,15 +311,12 @@ async fn health_of(channel: Channel) -> HealthClient<Channel> {
 
 #[tokio::test]
 async fn shutdown_turns_health_not_serving_and_finishes_every_accepted_call() {
-    let app = TestApp::start().await;
-    let observed = spawn_observed(
-        &app,
-        ServeOptions {
-            shutdown_grace: Duration::from_secs(10),
-            ..ServeOptions::default()
-        },
-    )
-    .await;
+    let app = TestApp::spawn().await;
+    let observed = app
+        .another()
+        .shutdown_grace(Duration::from_secs(10))
+        .spawn()
+        .await;
     let channel = Channel::from_shared(format!("http://{}", observed.addr))
         .unwrap()
         .connect()
@@ -384,20 +353,7 @@ async fn shutdown_turns_health_not_serving_and_finishes_every_accepted_call() {
         })
         .collect();
     // Wait until ZITADEL has seen every call: they are accepted and in flight.
-    tokio::time::timeout(Duration::from_secs(5), async {
-        while app
-            .standin
-            .requests()
-            .iter()
-            .filter(|r| r.is_userinfo())
-            .count()
-            < 20
-        {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await
-    .expect("all calls reach ZITADEL");
+    until("all calls reach ZITADEL", || app.userinfo_requests() >= 20).await;
     let signalled = std::time::Instant::now();
     observed.stop.send(()).unwrap();
 
@@ -423,34 +379,28 @@ async fn shutdown_turns_health_not_serving_and_finishes_every_accepted_call() {
 
 #[tokio::test]
 async fn shutdown_stops_after_the_grace_period_even_with_calls_in_flight() {
-    let app = TestApp::start().await;
-    let observed = spawn_observed(
-        &app,
-        ServeOptions {
-            shutdown_grace: Duration::from_millis(300),
-            ..ServeOptions::default()
-        },
-    )
-    .await;
+    let app = TestApp::spawn().await;
+    let observed = app
+        .another()
+        .shutdown_grace(Duration::from_millis(300))
+        .spawn()
+        .await;
     app.standin.push_fault(Fault {
         path_prefix: "/oidc/v1/userinfo".into(),
         times: None,
         kind: FaultKind::Latency(Duration::from_secs(4)),
     });
-    let mut client = connect(observed.addr).await;
+    let mut client = observed.client.clone();
     let token = app.alice_token.clone();
     let call = tokio::spawn(async move {
         client
             .get_my_metadata(authed(GetMyMetadataRequest::default(), &token))
             .await
     });
-    tokio::time::timeout(Duration::from_secs(5), async {
-        while app.standin.requests().is_empty() {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+    until("the call reaches ZITADEL", || {
+        !app.standin.requests().is_empty()
     })
-    .await
-    .unwrap();
+    .await;
     let signalled = std::time::Instant::now();
     observed.stop.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(2), observed.stopped)
@@ -466,8 +416,8 @@ async fn shutdown_stops_after_the_grace_period_even_with_calls_in_flight() {
 /// they are not sealed.
 #[tokio::test]
 async fn a_policy_hiding_user_keys_warns_at_start_up_that_they_are_not_sealed() {
-    let logs = crate::logs::capture();
-    let app = TestApp::start().await;
+    let logs = capture();
+    let app = TestApp::spawn().await;
     let policy = usermeta::policy::Policy::from_toml(
         r#"
 [[key]]

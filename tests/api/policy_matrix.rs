@@ -17,7 +17,7 @@ use usermeta::{
 };
 use zitadel_standin::{JwtSpec, ManagerRole, StandIn};
 
-use crate::helpers::*;
+use crate::support::*;
 
 /// The worked example of the book's policy cookbook, `examples/policy.toml`, with the test's organisation in
 /// place of the one the file names.
@@ -251,7 +251,9 @@ fn outcome_of<T>(result: &Result<T, tonic::Status>) -> Outcome {
 async fn the_authorisation_matrix_holds_with_zero_unexpected_allows(api: ApiChoice) {
     let (cast, policy, jwt, pat) = cast().await;
     let project = jwt.audience[0].clone();
-    let (addr, _stop) = AppBuilder::with_pat(&cast.standin.url(), &pat)
+    let other = TestApp::builder()
+        .zitadel_url(&cast.standin.url())
+        .pat(&pat)
         .api(api)
         .policy(policy)
         .identity(IdentityConfig {
@@ -260,9 +262,8 @@ async fn the_authorisation_matrix_holds_with_zero_unexpected_allows(api: ApiChoi
         })
         .project_id(&project)
         .spawn()
-        .await
-        .into_pair();
-    let mut client = connect(addr).await;
+        .await;
+    let mut client = other.client.clone();
     let callers = [
         Who::Alice,
         Who::Bob,
@@ -511,7 +512,9 @@ async fn the_authorisation_matrix_holds_with_zero_unexpected_allows(api: ApiChoi
 async fn my_metadata_cannot_be_pointed_at_another_user(api: ApiChoice) {
     let (cast, policy, jwt, pat) = cast().await;
     let project = jwt.audience[0].clone();
-    let (addr, _stop) = AppBuilder::with_pat(&cast.standin.url(), &pat)
+    let other = TestApp::builder()
+        .zitadel_url(&cast.standin.url())
+        .pat(&pat)
         .api(api)
         .policy(policy)
         .identity(IdentityConfig {
@@ -520,9 +523,8 @@ async fn my_metadata_cannot_be_pointed_at_another_user(api: ApiChoice) {
         })
         .project_id(&project)
         .spawn()
-        .await
-        .into_pair();
-    let mut client = connect(addr).await;
+        .await;
+    let mut client = other.client.clone();
     let (alice, bob) = (cast.id(Who::Alice).to_owned(), cast.id(Who::Bob).to_owned());
     for user in [&alice, &bob] {
         cast.standin
@@ -667,7 +669,9 @@ actions = ["write", "delete"]
     )
     .unwrap()
     .with_shorthands([cast.id(Who::Admin).to_owned()], vec![]);
-    let (addr, _stop) = AppBuilder::with_pat(&cast.standin.url(), &pat)
+    let other = TestApp::builder()
+        .zitadel_url(&cast.standin.url())
+        .pat(&pat)
         .api(api)
         .policy(policy)
         .identity(IdentityConfig {
@@ -676,9 +680,8 @@ actions = ["write", "delete"]
         })
         .project_id(&project)
         .spawn()
-        .await
-        .into_pair();
-    let mut client = connect(addr).await;
+        .await;
+    let mut client = other.client.clone();
     let token = cast.token(Who::Support);
     let (bob, unknown) = (
         cast.id(Who::Bob).to_owned(),

@@ -1,7 +1,7 @@
 use tonic::Code;
 use usermeta::api::pb::SetMetadataRequest;
 
-use crate::helpers::*;
+use crate::support::*;
 
 fn set(
     user_id: &str,
@@ -17,7 +17,7 @@ fn set(
 
 #[tokio::test]
 async fn one_entry_uses_the_single_key_endpoint_with_padded_base64() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     let alice = app.alice.clone();
     let answer = app
         .set_metadata(
@@ -47,7 +47,7 @@ async fn one_entry_uses_the_single_key_endpoint_with_padded_base64() {
 
 #[tokio::test]
 async fn several_entries_go_in_one_bulk_call() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     let alice = app.alice.clone();
     let entries = vec![entry("a", text("1")), entry("b", binary(&[0xfb, 0xff]))];
     app.set_metadata(&app.admin_token, set(&alice, "", entries))
@@ -64,7 +64,7 @@ async fn several_entries_go_in_one_bulk_call() {
 }
 
 async fn keys_that_cannot_travel_in_a_path_go_in_a_body(api: ApiChoice) {
-    let app = TestApp::builder().api(api).start().await;
+    let app = TestApp::builder().api(api).spawn().await;
     let alice = app.alice.clone();
     for key in ["_search", "a/b", "with space", "ümlaut"] {
         app.set_metadata(
@@ -89,7 +89,7 @@ async fn keys_that_cannot_travel_in_a_path_go_in_a_body(api: ApiChoice) {
 }
 
 async fn users_write_their_own_self_writable_keys_without_naming_themselves(api: ApiChoice) {
-    let app = TestApp::builder().api(api).start().await;
+    let app = TestApp::builder().api(api).spawn().await;
     let key = format!("{SELF_WRITABLE}language");
     app.set_metadata(&app.alice_token, set("", "", vec![entry(&key, text("de"))]))
         .await
@@ -112,7 +112,7 @@ async fn users_write_their_own_self_writable_keys_without_naming_themselves(api:
 
 #[tokio::test]
 async fn users_in_another_organisation_need_organization_id() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     let bob = app.bob.clone();
     let status = app
         .set_metadata(&app.admin_token, set(&bob, "", vec![entry("k", text("v"))]))
@@ -141,7 +141,7 @@ async fn users_in_another_organisation_need_organization_id() {
 }
 
 async fn writes_are_visible_to_the_next_read(api: ApiChoice) {
-    let app = TestApp::builder().api(api).start().await;
+    let app = TestApp::builder().api(api).spawn().await;
     let key = format!("{SELF_WRITABLE}theme");
     app.set_metadata(
         &app.alice_token,

@@ -1,10 +1,10 @@
 //! Settings that would widen the policy or open a side door stop start-up, with a message naming the setting,
 //! the file and the line: the real binary, as an operator starts it.
 
-use crate::config_file::{config, stderr, usermeta};
+use crate::support::{run_usermeta, stderr, write_config};
 
 fn serve_with_policy(name: &str, policy: &str, extra_env: &[(&str, &str)]) -> String {
-    let path = config(name, policy);
+    let path = write_config(name, policy);
     let mut env = vec![
         ("USERMETA_ZITADEL_URL", "http://127.0.0.1:9"),
         ("USERMETA_SERVICE_PAT", "p"),
@@ -12,7 +12,7 @@ fn serve_with_policy(name: &str, policy: &str, extra_env: &[(&str, &str)]) -> St
         ("USERMETA_POLICY_FILE", path.as_str()),
     ];
     env.extend_from_slice(extra_env);
-    let output = usermeta(&["serve"], &env);
+    let output = run_usermeta(&["serve"], &env);
     assert!(!output.status.success(), "usermeta started with {policy}");
     stderr(&output)
 }
@@ -57,7 +57,7 @@ fn a_rule_naming_roles_needs_usermetas_project_id() {
 
 #[test]
 fn an_ext_authz_rule_requiring_a_role_needs_usermetas_project_id() {
-    let output = usermeta(
+    let output = run_usermeta(
         &["serve"],
         &[
             ("USERMETA_ZITADEL_URL", "http://127.0.0.1:9"),

@@ -10,15 +10,10 @@ use usermeta::{
         GetMyMetadataRequest, SetMetadataRequest,
         user_metadata_service_client::UserMetadataServiceClient,
     },
-    server::ServeOptions,
     tls::TlsFiles,
 };
 
-use crate::{
-    helpers::*,
-    logs,
-    observability::{spawn_observed, spawn_observed_at},
-};
+use crate::support::*;
 
 /// A CA that signs server and client certificates.
 struct Ca {
@@ -105,16 +100,9 @@ async fn tls_client(
 
 #[tokio::test]
 async fn tls_serves_clients_that_trust_the_certificate_and_refuses_plaintext() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     let ca = ca("usermeta test CA");
-    let observed = spawn_observed(
-        &app,
-        ServeOptions {
-            tls: Some(server_files(&ca, None)),
-            ..ServeOptions::default()
-        },
-    )
-    .await;
+    let observed = app.another().tls(server_files(&ca, None)).spawn().await;
     let mut client = tls_client(observed.addr, &ca, None).await.unwrap();
     let answer = client
         .get_my_metadata(authed(GetMyMetadataRequest::default(), &app.alice_token))
@@ -138,18 +126,15 @@ async fn tls_serves_clients_that_trust_the_certificate_and_refuses_plaintext() {
 
 #[tokio::test]
 async fn mtls_admits_clients_of_the_ca_and_audits_their_identity() {
-    let logs = logs::capture();
-    let app = TestApp::start().await;
+    let logs = capture();
+    let app = TestApp::spawn().await;
     let server_ca = ca("usermeta server CA");
     let client_ca = ca("usermeta client CA");
-    let observed = spawn_observed(
-        &app,
-        ServeOptions {
-            tls: Some(server_files(&server_ca, Some(&client_ca))),
-            ..ServeOptions::default()
-        },
-    )
-    .await;
+    let observed = app
+        .another()
+        .tls(server_files(&server_ca, Some(&client_ca)))
+        .spawn()
+        .await;
     let billing = leaf(&client_ca, "billing-7c1e", &["billing.internal"]);
     let mut client = tls_client(observed.addr, &server_ca, Some(&billing))
         .await
@@ -197,7 +182,7 @@ async fn mtls_admits_clients_of_the_ca_and_audits_their_identity() {
 
 #[tokio::test]
 async fn unusable_tls_files_fail_start_up_naming_the_setting() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     let dir = temp_dir("bad");
     let files = TlsFiles {
         cert_file: write(&dir, "not-a-cert.pem", "hello"),
@@ -206,10 +191,7 @@ async fn unusable_tls_files_fail_start_up_naming_the_setting() {
     };
     let error = app
         .another()
-        .serve_options(ServeOptions {
-            tls: Some(files),
-            ..ServeOptions::default()
-        })
+        .tls(files)
         .build()
         .await
         .err()
@@ -283,13 +265,14 @@ async fn private_zitadel(
 
 #[tokio::test]
 async fn a_privately_signed_zitadel_is_trusted_only_with_its_ca_file() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     let zitadel_ca = ca("private ZITADEL CA");
     let (url, versions) = private_zitadel(&zitadel_ca, "u-private-1").await;
 
-    let untrusting = spawn_observed_at(&app, &url, ServeOptions::default()).await;
-    let status = connect(untrusting.addr)
-        .await
+    let untrusting = app.another().zitadel_url(&url).spawn().await;
+    let status = untrusting
+        .client
+        .clone()
         .get_my_metadata(authed(GetMyMetadataRequest::default(), "any-token"))
         .await
         .unwrap_err();
@@ -297,17 +280,15 @@ async fn a_privately_signed_zitadel_is_trusted_only_with_its_ca_file() {
 
     let dir = temp_dir("zitadel-ca");
     let ca_file = write(&dir, "zitadel-ca.pem", &zitadel_ca.pem);
-    let trusting = spawn_observed_at(
-        &app,
-        &url,
-        ServeOptions {
-            zitadel_roots: usermeta::tls::zitadel_roots(&ca_file).unwrap(),
-            ..ServeOptions::default()
-        },
-    )
-    .await;
-    let answer = connect(trusting.addr)
-        .await
+    let trusting = app
+        .another()
+        .zitadel_url(&url)
+        .zitadel_roots(usermeta::tls::zitadel_roots(&ca_file).unwrap())
+        .spawn()
+        .await;
+    let answer = trusting
+        .client
+        .clone()
         .get_my_metadata(authed(GetMyMetadataRequest::default(), "any-token"))
         .await
         .unwrap()
@@ -346,7 +327,7 @@ async fn tls_front(ca: &Ca, backend: SocketAddr) -> String {
 #[tokio::test]
 async fn introspection_trusts_a_privately_signed_zitadel_with_its_ca_file() {
     use usermeta::caller::{IdentityConfig, IntrospectionAuth};
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     let project = app.standin.create_project(&app.org);
     let (client_id, secret) = app.standin.add_api_app_with_secret(&project);
     let zitadel_ca = ca("private ZITADEL CA");
@@ -359,9 +340,11 @@ async fn introspection_trusts_a_privately_signed_zitadel_with_its_ca_file() {
     let url = tls_front(&zitadel_ca, backend).await;
     let dir = temp_dir("zitadel-ca-introspection");
     let ca_file = write(&dir, "zitadel-ca.pem", &zitadel_ca.pem);
-    let Spawned {
+    let TestApp {
         addr, stop: _stop, ..
-    } = AppBuilder::with_pat(&url, &app.service_pat)
+    } = TestApp::builder()
+        .zitadel_url(&url)
+        .pat(&app.service_pat)
         .identity(IdentityConfig {
             introspection: Some(IntrospectionAuth::ClientSecret {
                 client_id,
@@ -369,10 +352,7 @@ async fn introspection_trusts_a_privately_signed_zitadel_with_its_ca_file() {
             }),
             jwt: None,
         })
-        .serve_options(ServeOptions {
-            zitadel_roots: usermeta::tls::zitadel_roots(&ca_file).unwrap(),
-            ..ServeOptions::default()
-        })
+        .zitadel_roots(usermeta::tls::zitadel_roots(&ca_file).unwrap())
         .spawn()
         .await;
 

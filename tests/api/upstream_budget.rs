@@ -14,37 +14,26 @@ use tonic_types::StatusExt;
 use usermeta::{
     api::pb::{BatchGetMetadataRequest, GetMyMetadataRequest, ListMetadataRequest},
     caller::cache::CacheConfig,
-    policy::Policy,
-    server::ServeOptions,
 };
 use usermeta_zitadel::{Resilience, UpstreamBudget};
 use zitadel_standin::FaultKind;
 
-use crate::faults::{fault, userinfo_requests};
-use crate::helpers::*;
-use crate::in_flight::check_request;
+use crate::support::*;
 
 /// A usermeta with `budget` (and fast retries) in front of `app`'s stand-in, with metrics on.
-async fn with_budget(app: &TestApp, budget: UpstreamBudget) -> (Client, Spawned) {
+async fn with_budget(app: &TestApp, budget: UpstreamBudget) -> (Client, TestApp) {
     let spawned = app
         .another()
-        .policy(Policy::new([app.admin.clone()], vec![SELF_WRITABLE.into()]))
-        .options(Options {
-            resilience: Resilience {
-                backoff_base: Duration::from_millis(1),
-                ..Resilience::default()
-            },
-            cache: CacheConfig::default(),
-            ..Options::default()
+        .resilience(Resilience {
+            backoff_base: Duration::from_millis(1),
+            ..Resilience::default()
         })
-        .configure(|config| config.zitadel.upstream_budget = Some(budget))
-        .serve_options(ServeOptions {
-            metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
-            ..ServeOptions::default()
-        })
+        .cache(CacheConfig::default())
+        .upstream_budget(budget)
+        .metrics()
         .spawn()
         .await;
-    (connect(spawned.addr).await, spawned)
+    (spawned.client.clone(), spawned)
 }
 
 type Client = usermeta::api::pb::user_metadata_service_client::UserMetadataServiceClient<
@@ -68,7 +57,7 @@ fn mine(token: &str) -> tonic::Request<GetMyMetadataRequest> {
 
 #[tokio::test]
 async fn new_tokens_are_refused_first_while_cached_and_identified_callers_keep_working() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     // Five requests, two of them kept for identified callers.
     let (mut client, spawned) = with_budget(&app, slow(5, 0.4)).await;
     let list_bob = || ListMetadataRequest {
@@ -184,7 +173,7 @@ async fn new_tokens_are_refused_first_while_cached_and_identified_callers_keep_w
 
 #[tokio::test]
 async fn retries_take_from_the_budget_and_a_storm_of_new_tokens_never_exceeds_it() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     let (mut client, _spawned) = with_budget(&app, slow(10, 0.2)).await;
     app.standin.clear_requests();
     // Three attempts of one request are three requests to ZITADEL.
@@ -194,7 +183,7 @@ async fn retries_take_from_the_budget_and_a_storm_of_new_tokens_never_exceeds_it
         .get_my_metadata(mine(&app.alice_token))
         .await
         .unwrap();
-    assert_eq!(userinfo_requests(&app), 3);
+    assert_eq!(app.userinfo_requests(), 3);
 
     // Forty callers with tokens usermeta has never seen, at once: identification may use what the reserve
     // leaves (10 - 3 - 2 = 5), the rest is refused without reaching ZITADEL.
@@ -217,7 +206,7 @@ async fn retries_take_from_the_budget_and_a_storm_of_new_tokens_never_exceeds_it
     let answered = answers.iter().filter(|answer| answer.is_ok()).count();
     assert_eq!(answered, 5, "{answers:?}");
     assert_eq!(refused, 35);
-    assert_eq!(userinfo_requests(&app), 3 + 5);
+    assert_eq!(app.userinfo_requests(), 3 + 5);
 
     // Alice, identified before, reads from memory; ZITADEL sees nothing more.
     client
@@ -229,7 +218,7 @@ async fn retries_take_from_the_budget_and_a_storm_of_new_tokens_never_exceeds_it
 
 #[tokio::test]
 async fn the_budget_refills_at_its_rate() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     // Twenty per second, a burst of one: a refused caller that waits its RetryInfo gets through.
     let (mut client, _spawned) = with_budget(
         &app,
@@ -265,14 +254,14 @@ async fn the_budget_refills_at_its_rate() {
 
 #[tokio::test]
 async fn without_a_budget_nothing_is_refused() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     for _ in 0..60 {
         let token = app.standin.issue_token(&app.alice, FULL_SCOPES);
         app.get_my_metadata(&token, GetMyMetadataRequest::default())
             .await
             .unwrap();
     }
-    assert_eq!(userinfo_requests(&app), 60);
+    assert_eq!(app.userinfo_requests(), 60);
 }
 
 /// The ErrorInfo and RetryInfo a failed batch result carries.
@@ -299,7 +288,7 @@ fn error_details(
 
 #[tokio::test]
 async fn one_callers_batch_spends_only_its_share_of_the_upstream_budget() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     // Twenty requests, refilling too slowly to matter; the default reserve and share of one caller.
     let (mut client, _spawned) = with_budget(
         &app,
@@ -366,15 +355,9 @@ async fn one_callers_batch_spends_only_its_share_of_the_upstream_budget() {
 
 #[tokio::test]
 async fn the_shipped_budget_is_on_and_keeps_one_callers_batch_to_its_share() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     // What `usermeta serve` and `usermeta dev` run with unless told otherwise.
-    let shipped = usermeta::server::Config::new(
-        app.standin.url().parse().unwrap(),
-        usermeta_zitadel::ServiceCredential::Pat(app.service_pat.clone().into()),
-    )
-    .zitadel
-    .upstream_budget
-    .expect("a request budget toward ZITADEL by default");
+    let shipped = shipped_upstream_budget().expect("a request budget toward ZITADEL by default");
     assert_eq!(shipped, UpstreamBudget::default());
     let (mut client, _spawned) = with_budget(&app, shipped).await;
     let users: Vec<String> = (0..100)
@@ -431,23 +414,18 @@ async fn the_shipped_budget_is_on_and_keeps_one_callers_batch_to_its_share() {
 
 #[tokio::test]
 async fn check_denies_a_caller_past_its_share_with_429_and_nothing_sent() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     // Four requests, two of them one caller's; nothing cached, so every Check asks userinfo.
     let spawned = app
         .another()
-        .options(Options {
-            cache: CacheConfig {
-                ttl: Duration::ZERO,
-                ..CacheConfig::default()
-            },
-            ..Options::default()
+        .cache(CacheConfig {
+            ttl: Duration::ZERO,
+            ..CacheConfig::default()
         })
         .ext_authz(usermeta::authz::AuthzConfig::default())
-        .configure(|config| {
-            config.zitadel.upstream_budget = Some(UpstreamBudget {
-                caller_share: 0.5,
-                ..slow(4, 0.0)
-            });
+        .upstream_budget(UpstreamBudget {
+            caller_share: 0.5,
+            ..slow(4, 0.0)
         })
         .spawn()
         .await;
@@ -494,7 +472,7 @@ async fn check_denies_a_caller_past_its_share_with_429_and_nothing_sent() {
         "{denial:?}"
     );
     assert_eq!(
-        userinfo_requests(&app),
+        app.userinfo_requests(),
         2,
         "nothing sent for the refused Check"
     );

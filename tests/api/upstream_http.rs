@@ -6,37 +6,24 @@ use std::time::Duration;
 use http::Version;
 use usermeta::{
     api::pb::{GetMyMetadataRequest, ListMetadataRequest, SetMetadataRequest},
-    caller::cache::CacheConfig,
     policy::Policy,
 };
 use usermeta_zitadel::Http2;
 use zitadel_standin::{Fault, FaultKind};
 
-use crate::helpers::*;
+use crate::support::*;
 
 /// Options with the caller cache off, so that every call asks ZITADEL.
-fn uncached(http2: Http2) -> Options {
-    Options {
-        cache: CacheConfig {
-            ttl: Duration::ZERO,
-            ..CacheConfig::default()
-        },
-        http2,
-        ..Options::default()
-    }
-}
-
 #[tokio::test]
 async fn calls_to_every_zitadel_endpoint_reuse_one_kept_alive_connection() {
-    let app = TestApp::start().await;
-    let (addr, _stop) = app
+    let app = TestApp::spawn().await;
+    let other = app
         .another()
-        .policy(Policy::new([app.admin.clone()], vec![SELF_WRITABLE.into()]))
-        .options(uncached(Http2::Negotiate))
+        .no_cache()
+        .http2(Http2::Negotiate)
         .spawn()
-        .await
-        .into_pair();
-    let mut client = connect(addr).await;
+        .await;
+    let mut client = other.client.clone();
     let before = app.standin.connections_accepted();
     for round in 0..10 {
         // userinfo (the caller's token) and the management API (the service credential), in turn.
@@ -87,15 +74,15 @@ async fn calls_to_every_zitadel_endpoint_reuse_one_kept_alive_connection() {
 
 #[tokio::test]
 async fn http2_always_multiplexes_concurrent_lookups_over_one_connection() {
-    let app = TestApp::start().await;
-    let (addr, _stop) = app
+    let app = TestApp::spawn().await;
+    let other = app
         .another()
         .policy(Policy::default())
-        .options(uncached(Http2::Always))
+        .no_cache()
+        .http2(Http2::Always)
         .spawn()
-        .await
-        .into_pair();
-    let client = connect(addr).await;
+        .await;
+    let client = other.client.clone();
     // Slow userinfo down so that all the lookups are in flight at once.
     app.standin.push_fault(Fault {
         path_prefix: "/oidc/v1/userinfo".into(),
@@ -155,13 +142,15 @@ async fn http1_only_upstream() -> String {
 #[tokio::test]
 async fn http2_always_fails_clearly_against_a_server_that_speaks_only_http1() {
     let url = http1_only_upstream().await;
-    let (addr, _stop) = AppBuilder::with_pat(&url, "service-pat")
+    let other = TestApp::builder()
+        .zitadel_url(&url)
+        .pat("service-pat")
         .policy(Policy::default())
-        .options(uncached(Http2::Always))
+        .no_cache()
+        .http2(Http2::Always)
         .spawn()
-        .await
-        .into_pair();
-    let mut client = connect(addr).await;
+        .await;
+    let mut client = other.client.clone();
     let status = client
         .get_my_metadata(authed(GetMyMetadataRequest::default(), "caller-token"))
         .await

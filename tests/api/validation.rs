@@ -6,14 +6,14 @@ use usermeta::api::pb::{
     ListMetadataRequest, MetadataEntry, MetadataValue, SetMetadataRequest,
 };
 
-use crate::helpers::*;
+use crate::support::*;
 
 fn long(chars: usize) -> String {
     "k".repeat(chars)
 }
 
 async fn set_requests_are_checked_before_anything_is_sent(api: ApiChoice) {
-    let app = TestApp::builder().api(api).start().await;
+    let app = TestApp::builder().api(api).spawn().await;
     let cases: Vec<(SetMetadataRequest, Vec<&str>)> = vec![
         (SetMetadataRequest::default(), vec!["entries"]),
         (
@@ -102,7 +102,7 @@ async fn set_requests_are_checked_before_anything_is_sent(api: ApiChoice) {
 }
 
 async fn the_largest_values_and_keys_are_accepted(api: ApiChoice) {
-    let app = TestApp::builder().api(api).start().await;
+    let app = TestApp::builder().api(api).spawn().await;
     let alice = app.alice.clone();
     let key = "k".repeat(200);
     let request = SetMetadataRequest {
@@ -118,7 +118,7 @@ async fn the_largest_values_and_keys_are_accepted(api: ApiChoice) {
 }
 
 async fn delete_requests_are_checked_before_anything_is_sent(api: ApiChoice) {
-    let app = TestApp::builder().api(api).start().await;
+    let app = TestApp::builder().api(api).spawn().await;
     let keys = |ks: &[&str]| ks.iter().map(|k| k.to_string()).collect::<Vec<_>>();
     let cases: Vec<(DeleteMetadataRequest, Vec<&str>)> = vec![
         (DeleteMetadataRequest::default(), vec!["keys"]),
@@ -164,7 +164,7 @@ async fn delete_requests_are_checked_before_anything_is_sent(api: ApiChoice) {
 }
 
 async fn list_and_get_requests_are_checked_before_anything_is_sent(api: ApiChoice) {
-    let app = TestApp::builder().api(api).start().await;
+    let app = TestApp::builder().api(api).spawn().await;
     let list_cases: Vec<(ListMetadataRequest, Vec<&str>)> = vec![
         (
             ListMetadataRequest {
@@ -258,7 +258,7 @@ async fn list_and_get_requests_are_checked_before_anything_is_sent(api: ApiChoic
 }
 
 async fn missing_or_malformed_tokens_are_refused_before_anything_is_sent(api: ApiChoice) {
-    let mut app = TestApp::builder().api(api).start().await;
+    let mut app = TestApp::builder().api(api).spawn().await;
     let status = app
         .client
         .get_my_metadata(GetMyMetadataRequest::default())
@@ -304,7 +304,7 @@ on_both_apis!(
 /// A request that names more keys or entries than one call may is refused by its count alone, with any bearer
 /// string, before anyone is identified or anything is sent; the answer stays small whatever the request holds.
 async fn oversized_repeated_fields_are_refused_by_their_count(api: ApiChoice) {
-    let mut app = TestApp::builder().api(api).start().await;
+    let mut app = TestApp::builder().api(api).spawn().await;
     let any_bearer = "whatever-the-caller-sends";
     // Each element is also wrong in itself (an empty key): none of them is looked at.
     let many_keys = vec![String::new(); 20_000];
@@ -374,7 +374,7 @@ async fn oversized_repeated_fields_are_refused_by_their_count(api: ApiChoice) {
 
 /// Within the count, every element is checked, but an answer lists at most ten violations and counts the rest.
 async fn an_answer_lists_ten_violations_and_counts_the_rest(api: ApiChoice) {
-    let app = TestApp::builder().api(api).start().await;
+    let app = TestApp::builder().api(api).spawn().await;
     let entries: Vec<_> = (0..100).map(|_| entry("", text(""))).collect();
     let status = app
         .set_metadata(

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tonic::{Code, Streaming};
 use usermeta::{
-    api::pb::{self, ChangeKind, MetadataChange, WatchMetadataRequest},
+    api::pb::{self, ChangeKind, MetadataChange},
     caller::{IdentityConfig, JwtConfig, cache::CacheConfig},
     fleet::WatchLimits,
     policy::Policy,
@@ -14,7 +14,7 @@ use usermeta::{
 };
 use zitadel_standin::JwtSpec;
 
-use crate::helpers::*;
+use crate::support::*;
 
 /// The next change of `stream`, failing the test after two seconds.
 async fn next_change(stream: &mut Streaming<MetadataChange>) -> MetadataChange {
@@ -30,36 +30,6 @@ async fn nothing_more(stream: &mut Streaming<MetadataChange>) {
     if let Ok(next) = tokio::time::timeout(Duration::from_millis(300), stream.message()).await {
         panic!("expected nothing more, got {next:?}");
     }
-}
-
-pub async fn watch(
-    client: &pb::user_metadata_service_client::UserMetadataServiceClient<tonic::transport::Channel>,
-    token: &str,
-    user_id: &str,
-    key_prefix: &str,
-) -> Result<Streaming<MetadataChange>, tonic::Status> {
-    watch_in(client, token, user_id, "", key_prefix).await
-}
-
-async fn watch_in(
-    client: &pb::user_metadata_service_client::UserMetadataServiceClient<tonic::transport::Channel>,
-    token: &str,
-    user_id: &str,
-    org_id: &str,
-    key_prefix: &str,
-) -> Result<Streaming<MetadataChange>, tonic::Status> {
-    client
-        .clone()
-        .watch_metadata(authed(
-            WatchMetadataRequest {
-                user_id: user_id.to_owned(),
-                key_prefix: key_prefix.to_owned(),
-                organization_id: org_id.to_owned(),
-            },
-            token,
-        ))
-        .await
-        .map(tonic::Response::into_inner)
 }
 
 fn set(key: &str, value: &str) -> pb::SetMetadataRequest {
@@ -79,7 +49,7 @@ fn set_for(user_id: &str, org_id: &str, key: &str, value: &str) -> pb::SetMetada
 
 #[tokio::test]
 async fn a_caller_sees_their_own_changes_with_the_values_written() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     let mut stream = watch(&app.client, &app.alice_token, "", "").await.unwrap();
     let written = app
         .set_metadata(&app.alice_token, set("profile.language", "fr"))
@@ -123,7 +93,7 @@ async fn a_caller_sees_their_own_changes_with_the_values_written() {
 
 #[tokio::test]
 async fn a_prefix_narrows_the_stream() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     let mut stream = watch(&app.client, &app.alice_token, "", "profile.theme")
         .await
         .unwrap();
@@ -140,7 +110,7 @@ async fn a_prefix_narrows_the_stream() {
 
 #[tokio::test]
 async fn another_user_needs_the_policys_read_and_sees_only_readable_keys() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     // alice may read only her own metadata.
     let denied = watch(&app.client, &app.alice_token, &app.bob, "")
         .await
@@ -174,7 +144,7 @@ async fn another_user_needs_the_policys_read_and_sees_only_readable_keys() {
 
 #[tokio::test]
 async fn the_policy_decides_on_the_organisation_zitadel_places_the_user_in() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     let policy = Policy::from_toml(
         &format!(
             "[[rule]]\nwho = {{ subjects = [\"{}\"] }}\nwhose = [\"{}\"]\nactions = [\"read\"]\nkeys = [\"*\"]\n",
@@ -183,8 +153,8 @@ async fn the_policy_decides_on_the_organisation_zitadel_places_the_user_in() {
         "test",
     )
     .unwrap();
-    let (addr, _stop) = app.another().policy(policy).spawn().await.into_pair();
-    let client = connect(addr).await;
+    let other = app.another().policy(policy).spawn().await;
+    let client = other.client.clone();
     // bob is in the other organisation: naming alice's organisation for him changes nothing.
     for org_id in ["", app.org.as_str()] {
         let refused = watch_in(&client, &app.alice_token, &app.bob, org_id, "")
@@ -206,7 +176,7 @@ async fn the_policy_decides_on_the_organisation_zitadel_places_the_user_in() {
 
 #[tokio::test]
 async fn hidden_keys_are_never_streamed_to_their_user() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     let policy = Policy::from_toml(
         &format!(
             "[[rule]]\nwho = {{ subjects = [\"{}\"] }}\nwhose = \"any\"\nactions = [\"read\", \"write\"]\nkeys = [\"*\"]\n\n[[key]]\nname = \"internal.*\"\nhidden = true\n",
@@ -215,8 +185,8 @@ async fn hidden_keys_are_never_streamed_to_their_user() {
         "test",
     )
     .unwrap();
-    let (addr, _stop) = app.another().policy(policy).spawn().await.into_pair();
-    let client = connect(addr).await;
+    let other = app.another().policy(policy).spawn().await;
+    let client = other.client.clone();
     let mut own = watch(&client, &app.alice_token, "", "").await.unwrap();
     let mut admins = watch(&client, &app.admin_token, &app.alice, "")
         .await
@@ -244,7 +214,7 @@ async fn hidden_keys_are_never_streamed_to_their_user() {
 
 #[tokio::test]
 async fn bad_requests_and_tokens_are_refused_before_a_stream_opens() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     let bad = watch(&app.client, &app.alice_token, "", &"k".repeat(201))
         .await
         .unwrap_err();
@@ -260,7 +230,7 @@ async fn bad_requests_and_tokens_are_refused_before_a_stream_opens() {
 
 #[tokio::test]
 async fn a_reader_that_falls_behind_gets_resource_exhausted() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     // A client that takes little at a time: HTTP/2 windows of 64 KiB, as a slow reader's would fill.
     let slow = tonic::transport::Endpoint::from_shared(format!("http://{}", app.addr))
         .unwrap()
@@ -310,17 +280,13 @@ async fn a_reader_that_falls_behind_gets_resource_exhausted() {
 
 #[tokio::test]
 async fn streams_end_with_unavailable_when_the_replica_stops() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     let spawned = app
         .another()
-        .policy(Policy::new([app.admin.clone()], vec![SELF_WRITABLE.into()]))
-        .serve_options(usermeta::server::ServeOptions {
-            shutdown_grace: Duration::from_secs(30),
-            ..Default::default()
-        })
+        .shutdown_grace(Duration::from_secs(30))
         .spawn()
         .await;
-    let client = connect(spawned.addr).await;
+    let client = spawned.client.clone();
     let mut stream = watch(&client, &app.alice_token, "", "").await.unwrap();
     let started = std::time::Instant::now();
     drop(spawned.stop);
@@ -361,41 +327,24 @@ async fn with_watch_limits(
         watch,
         ..Limits::default()
     };
-    let (addr, stop) = app
-        .another()
-        .options(Options {
-            limits,
-            ..Options::default()
-        })
-        .spawn()
-        .await
-        .into_pair();
-    (connect(addr).await, stop)
+    let other = app.another().limits(limits).spawn().await;
+    (other.client.clone(), other.stop)
 }
 
 /// An app whose cache keeps answers for a second, so a stream asks about its token again every second.
-fn one_second_cache(limits: Limits) -> Options {
-    Options {
-        cache: CacheConfig {
-            ttl: Duration::from_secs(1),
-            negative_ttl: Duration::from_secs(1),
-            ..CacheConfig::default()
-        },
-        limits,
-        ..Options::default()
+fn one_second_cache() -> CacheConfig {
+    CacheConfig {
+        ttl: Duration::from_secs(1),
+        negative_ttl: Duration::from_secs(1),
+        ..CacheConfig::default()
     }
 }
 
 #[tokio::test]
 async fn a_stream_ends_when_zitadel_no_longer_accepts_its_token() {
-    let app = TestApp::start().await;
-    let (addr, _stop) = app
-        .another()
-        .options(one_second_cache(Limits::default()))
-        .spawn()
-        .await
-        .into_pair();
-    let client = connect(addr).await;
+    let app = TestApp::spawn().await;
+    let other = app.another().cache(one_second_cache()).spawn().await;
+    let client = other.client.clone();
     let token = app.standin.issue_token(&app.alice, FULL_SCOPES);
     let mut stream = watch(&client, &token, "", "").await.unwrap();
     app.standin.revoke_token(&token);
@@ -407,22 +356,21 @@ async fn a_stream_ends_when_zitadel_no_longer_accepts_its_token() {
 
 #[tokio::test]
 async fn a_stream_ends_when_the_policy_no_longer_lets_the_caller_read() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     let project = app.standin.create_project(&app.org);
     let policy = Policy::from_toml(
         "[[rule]]\nwho = { roles = [\"watcher\"] }\nwhose = \"any\"\nactions = [\"read\"]\nkeys = [\"*\"]\n",
         "test",
     )
     .unwrap();
-    let (addr, _stop) = app
+    let other = app
         .another()
         .policy(policy)
         .project_id(&project)
-        .options(one_second_cache(Limits::default()))
+        .cache(one_second_cache())
         .spawn()
-        .await
-        .into_pair();
-    let client = connect(addr).await;
+        .await;
+    let client = other.client.clone();
     app.standin.grant_role(&app.alice, &project, "watcher");
     let mut scopes = FULL_SCOPES.to_vec();
     scopes.push("urn:zitadel:iam:org:projects:roles");
@@ -437,9 +385,9 @@ async fn a_stream_ends_when_the_policy_no_longer_lets_the_caller_read() {
 
 #[tokio::test]
 async fn a_stream_ends_when_its_jwt_expires() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     let project = app.standin.create_project(&app.org);
-    let (addr, _stop) = app
+    let other = app
         .another()
         .identity(IdentityConfig {
             introspection: None,
@@ -449,9 +397,8 @@ async fn a_stream_ends_when_its_jwt_expires() {
             }),
         })
         .spawn()
-        .await
-        .into_pair();
-    let client = connect(addr).await;
+        .await;
+    let client = other.client.clone();
     let mut scopes: Vec<String> = FULL_SCOPES.iter().map(|s| (*s).to_owned()).collect();
     scopes.push(format!("urn:zitadel:iam:org:project:id:{project}:aud"));
     let jwt = app.standin.issue_jwt_with(
@@ -469,7 +416,7 @@ async fn a_stream_ends_when_its_jwt_expires() {
 
 #[tokio::test]
 async fn a_stream_lives_at_most_its_longest_life() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     let (client, _stop) = with_watch_limits(
         &app,
         WatchLimits {
@@ -486,7 +433,7 @@ async fn a_stream_lives_at_most_its_longest_life() {
 
 #[tokio::test]
 async fn streams_are_limited_per_caller_and_per_replica() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     let (client, _stop) = with_watch_limits(
         &app,
         WatchLimits {
@@ -515,22 +462,15 @@ async fn streams_are_limited_per_caller_and_per_replica() {
     assert_status(&full, Code::ResourceExhausted, "WATCH_STREAMS_EXHAUSTED");
     // A closed stream frees its place.
     drop(first);
-    let reopened = async {
-        loop {
-            match watch(&client, &other_token, "", "").await {
-                Ok(stream) => return stream,
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), reopened)
-        .await
-        .expect("a place is freed when a stream closes");
+    eventually("a place is freed when a stream closes", || async {
+        watch(&client, &other_token, "", "").await.ok()
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn another_users_writes_never_end_a_stream() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     let bob_token = app.standin.issue_token(&app.bob, FULL_SCOPES);
     // alice's stream is open and not read while bob writes far more keys than any one buffer holds.
     let mut stream = watch(&app.client, &app.alice_token, "", "").await.unwrap();
@@ -560,7 +500,7 @@ async fn another_users_writes_never_end_a_stream() {
 
 #[tokio::test]
 async fn a_delete_announces_only_the_keys_it_removed() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     let mut stream = watch(&app.client, &app.alice_token, "", "").await.unwrap();
     app.delete_metadata(
         &app.alice_token,
@@ -582,27 +522,22 @@ async fn a_delete_announces_only_the_keys_it_removed() {
 
 #[tokio::test]
 async fn a_stream_rides_out_a_short_outage_of_zitadel_but_not_a_long_one() {
-    let app = TestApp::start().await;
-    let (addr, _stop) = app
+    let app = TestApp::spawn().await;
+    let other = app
         .another()
-        .policy(Policy::new([app.admin.clone()], vec![SELF_WRITABLE.into()]))
-        .options(Options {
-            cache: CacheConfig {
-                ttl: Duration::from_secs(2),
-                negative_ttl: Duration::from_secs(1),
-                ..CacheConfig::default()
-            },
-            // No retries: one injected 503 is one failed check.
-            resilience: usermeta_zitadel::Resilience {
-                max_attempts: 1,
-                ..usermeta_zitadel::Resilience::default()
-            },
-            ..Options::default()
+        .cache(CacheConfig {
+            ttl: Duration::from_secs(2),
+            negative_ttl: Duration::from_secs(1),
+            ..CacheConfig::default()
+        })
+        // No retries: one injected 503 is one failed check.
+        .resilience(usermeta_zitadel::Resilience {
+            max_attempts: 1,
+            ..usermeta_zitadel::Resilience::default()
         })
         .spawn()
-        .await
-        .into_pair();
-    let client = connect(addr).await;
+        .await;
+    let client = other.client.clone();
     let token = app.standin.issue_token(&app.alice, FULL_SCOPES);
     let mut stream = watch(&client, &token, "", "").await.unwrap();
     // Userinfo answers 503 once: the stream cannot check its token, and goes on.

@@ -10,11 +10,9 @@ use std::{
 use aws_lc_rs::hmac;
 use base64::Engine as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use usermeta::{
-    api::pb::ChangeKind, fleet::webhook::WebhookLimits, policy::Policy, server::ServeOptions,
-};
+use usermeta::{api::pb::ChangeKind, fleet::webhook::WebhookLimits};
 
-use crate::{helpers::*, watch::watch};
+use crate::support::*;
 
 const KEY: &str = "8lT1WbPq3yS9kd0vRzXh4mQe";
 
@@ -65,14 +63,9 @@ fn set_event(user_id: &str, key: &str, value: &[u8]) -> Vec<u8> {
 
 /// A usermeta with the webhook on, in front of the app's stand-in.
 async fn with_webhook(app: &TestApp, keys: &str) -> (Replica, tokio::sync::oneshot::Sender<()>) {
-    let spawned = app
-        .another()
-        .policy(Policy::new([app.admin.clone()], vec![SELF_WRITABLE.into()]))
-        .webhook(keys)
-        .spawn()
-        .await;
+    let spawned = app.another().webhook(keys).spawn().await;
     let client = Replica {
-        grpc: connect(spawned.addr).await,
+        grpc: spawned.client.clone(),
         events: format!(
             "http://{}/zitadel/events",
             spawned.webhook_addr.expect("the webhook listens")
@@ -103,7 +96,7 @@ async fn post(url: &str, signature: Option<&str>, body: Vec<u8>) -> (u16, String
 
 #[tokio::test]
 async fn a_signed_event_drops_the_cached_answer_and_reaches_streams() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     let (client, _stop) = with_webhook(&app, KEY).await;
     assert_eq!(language(&client.grpc, &app.alice_token).await, "en");
     let mut stream = watch(&client.grpc, &app.alice_token, "", "").await.unwrap();
@@ -141,7 +134,7 @@ async fn a_signed_event_drops_the_cached_answer_and_reaches_streams() {
 
 #[tokio::test]
 async fn both_payload_forms_and_every_metadata_event_type_apply() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     let (client, _stop) = with_webhook(&app, &format!("old-key\n{KEY}\n")).await;
     let mut stream = watch(&client.grpc, &app.alice_token, "", "").await.unwrap();
     let encoded =
@@ -174,7 +167,7 @@ async fn both_payload_forms_and_every_metadata_event_type_apply() {
 
 #[tokio::test]
 async fn unsigned_badly_signed_stale_and_replayed_events_change_nothing() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     let (client, _stop) = with_webhook(&app, KEY).await;
     assert_eq!(language(&client.grpc, &app.alice_token).await, "en");
     app.standin
@@ -244,7 +237,7 @@ async fn unsigned_badly_signed_stale_and_replayed_events_change_nothing() {
 
 #[tokio::test]
 async fn other_event_types_are_ignored_and_malformed_or_huge_bodies_refused() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     let (client, _stop) = with_webhook(&app, KEY).await;
     let mut stream = watch(&client.grpc, &app.alice_token, "", "").await.unwrap();
     let other = event(&app.alice, "user.human.added", serde_json::Value::Null);
@@ -296,7 +289,7 @@ async fn other_event_types_are_ignored_and_malformed_or_huge_bodies_refused() {
 
 #[tokio::test]
 async fn the_largest_value_zitadel_stores_fits_in_an_event() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     let (client, _stop) = with_webhook(&app, KEY).await;
     let body = set_event(&app.alice, "big", &vec![b'x'; 500_000]);
     let (status, answer) = post(&client.events, Some(&signature(KEY, now(), &body)), body).await;
@@ -334,18 +327,13 @@ async fn with_limits(
 ) {
     let spawned = app
         .another()
-        .policy(Policy::new([app.admin.clone()], vec![SELF_WRITABLE.into()]))
-        .serve_options(ServeOptions {
-            metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
-            ..ServeOptions::default()
-        })
-        .webhook(KEY)
-        .webhook_limits(limits)
+        .metrics()
+        .webhook_with(KEY, limits)
         .spawn()
         .await;
     let webhook = spawned.webhook_addr.expect("the webhook listens");
     let client = Replica {
-        grpc: connect(spawned.addr).await,
+        grpc: spawned.client.clone(),
         events: format!("http://{webhook}/zitadel/events"),
     };
     (
@@ -421,7 +409,7 @@ fn signed_head(body: &[u8], extra: &[&str]) -> Vec<u8> {
 
 #[tokio::test]
 async fn a_request_is_refused_on_its_headers_without_waiting_for_its_body() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     let (_client, webhook, _metrics, _stop) = with_limits(&app, WebhookLimits::default()).await;
     let t = now();
     let signed = format!("zitadel-signature: {}", signature(KEY, t, b"{}"));
@@ -463,7 +451,7 @@ async fn a_request_is_refused_on_its_headers_without_waiting_for_its_body() {
 
 #[tokio::test]
 async fn connections_beyond_the_cap_are_answered_503_at_once() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     let limits = WebhookLimits {
         max_connections: 2,
         body_timeout: Duration::from_secs(60),
@@ -502,30 +490,22 @@ async fn connections_beyond_the_cap_are_answered_503_at_once() {
     }
     drop(held);
     // Once they are gone, connections are served again.
-    let mut attempts = 0;
-    loop {
+    let (status, answer) = eventually("the closed connections free their places", || async {
         let (status, answer) = post(
             &client.events,
             Some(&signature(KEY, now(), &third)),
             third.clone(),
         )
         .await;
-        if status != 503 {
-            assert_eq!(status, 200, "{answer}");
-            break;
-        }
-        attempts += 1;
-        assert!(
-            attempts < 100,
-            "the closed connections never freed their places"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        (status != 503).then_some((status, answer))
+    })
+    .await;
+    assert_eq!(status, 200, "{answer}");
 }
 
 #[tokio::test]
 async fn a_body_beyond_the_replica_wide_buffer_budget_is_refused_with_503() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     let big = set_event(&app.alice, "profile.language", &[b'x'; 1000]);
     let small = set_event(&app.alice, "profile.theme", b"dark");
     let limits = WebhookLimits {
@@ -559,7 +539,7 @@ async fn a_body_beyond_the_replica_wide_buffer_budget_is_refused_with_503() {
 
 #[tokio::test]
 async fn a_body_that_stops_half_way_is_cut_at_the_body_timeout() {
-    let app = TestApp::start().await;
+    let app = TestApp::spawn().await;
     let limits = WebhookLimits {
         body_timeout: Duration::from_millis(500),
         ..WebhookLimits::default()
