@@ -1248,3 +1248,41 @@ impl pb::user_metadata_service_server::UserMetadataService for MetadataService {
             .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use futures::FutureExt as _;
+    use pb::user_metadata_service_server::UserMetadataService as _;
+
+    use super::*;
+    use crate::caller::cache::CacheConfig;
+
+    /// A service built with `new` alone has no server to stop it: a WatchMetadata stream it opens must stay
+    /// open, not end at once as if the replica were stopping.
+    #[tokio::test]
+    async fn a_service_built_with_new_alone_keeps_a_watch_stream_open() {
+        let standin = zitadel_standin::StandIn::start().await.unwrap();
+        let org = standin.create_org("Acme");
+        let alice = standin.create_user(&org, "alice");
+        let token = standin.issue_token(&alice, &["openid"]);
+        let zitadel = Zitadel::new(usermeta_zitadel::ZitadelConfig::new(
+            standin.url().parse().unwrap(),
+            usermeta_zitadel::ServiceCredential::Pat("pat".into()),
+        ))
+        .unwrap();
+        let service = MetadataService::new(
+            Arc::new(zitadel),
+            Arc::new(Policy::default()),
+            Arc::new(CallerCache::new(CacheConfig::default())),
+        );
+        let mut request = Request::new(pb::WatchMetadataRequest::default());
+        request.metadata_mut().insert(
+            caller::AUTHORIZATION,
+            format!("Bearer {token}").parse().unwrap(),
+        );
+        let mut stream = service.watch_metadata(request).await.unwrap().into_inner();
+        // Nothing has changed and nothing stops the replica: the stream has nothing to say yet.
+        let first = stream.next().now_or_never();
+        assert!(first.is_none(), "the stream ended as it opened: {first:?}");
+    }
+}
