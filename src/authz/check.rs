@@ -5,12 +5,7 @@
 //! can never reach the upstream with its own value under one of them. Envoy applies `headers_to_remove`
 //! after the headers it sets, so a name that is set must not also be listed for removal.
 
-use std::{
-    collections::HashMap,
-    ops::ControlFlow,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, ops::ControlFlow, sync::Arc, time::Duration};
 
 use base64::{Engine, engine::general_purpose::STANDARD};
 use compact_str::CompactString;
@@ -28,14 +23,14 @@ use tracing::{Instrument as _, field::Empty};
 use super::wire::{CheckRequest, authorization_server::Authorization};
 use super::{AuthzConfig, BASE64_MARKER, BinaryValues, MAX_HEADER_VALUE_BYTES, Requirement, Rule};
 use crate::{
-    api::{ApiError, RequestLimits, deadline, rate_limit::RateLimiter, shed::Shed},
+    admission::{self, Admission, Overload, Refused},
+    api::ApiError,
     caller::cache::CallerCache,
     caller::{Caller, IdentifyError, Identity, KnownCaller, Resolver, TokenError},
     policy::{Policy, Subject},
 };
 use usermeta_zitadel::{
     BearerError, CallerToken, ErrorKind, UpstreamError, Zitadel, metadata::PackedMetadata,
-    resilience,
 };
 
 /// Serves `envoy.service.auth.v3.Authorization`. Callers are identified exactly as the metadata API
@@ -47,9 +42,7 @@ pub struct AuthzService {
     cache: Arc<CallerCache>,
     resolver: Arc<Resolver>,
     policy: Arc<Policy>,
-    rate_limiter: Option<Arc<RateLimiter>>,
-    limits: RequestLimits,
-    shed: Arc<Shed>,
+    admission: Arc<Admission>,
     config: Arc<AuthzConfig>,
 }
 
@@ -97,10 +90,8 @@ pub struct Shared {
     pub cache: Arc<CallerCache>,
     pub resolver: Arc<Resolver>,
     pub policy: Arc<Policy>,
-    pub rate_limiter: Option<Arc<RateLimiter>>,
-    pub limits: RequestLimits,
-    /// The in-flight limits, shared with the metadata API.
-    pub shed: Arc<Shed>,
+    /// The rate limit, in-flight limits and deadlines, shared with the metadata API (one budget per caller).
+    pub admission: Arc<Admission>,
 }
 
 impl AuthzService {
@@ -110,16 +101,15 @@ impl AuthzService {
             cache: shared.cache,
             resolver: shared.resolver,
             policy: shared.policy,
-            rate_limiter: shared.rate_limiter,
-            limits: shared.limits,
-            shed: shared.shed,
+            admission: shared.admission,
             config,
         }
     }
 
-    /// What can be decided from the request alone: the route rules that apply, the bearer token, the
-    /// per-caller rate limit. `Err` is the decision already made.
-    fn admission<'a>(&'a self, request: &'a CheckRequest) -> Result<Admission<'a>, Decision> {
+    /// What can be decided from the request alone: the route rules that apply, then the door every call
+    /// passes ([`Admission::caller`]: the bearer token, the per-caller rate limit). `Err` is the decision
+    /// already made.
+    fn enter<'a>(&'a self, request: &'a CheckRequest) -> Result<Entry<'a>, Decision> {
         let http = request
             .attributes
             .as_ref()
@@ -139,31 +129,24 @@ impl AuthzService {
             None => Err(BearerError::NotBearer),
             Some(value) => CallerToken::from_shared(value),
         };
-        let token = match token {
-            Ok(token) => token,
+        match self.admission.caller(token) {
+            Ok(token) => Ok(Entry { rules, token }),
             // No bearer credentials at all (absent, or another scheme).
-            Err(BearerError::NotBearer) if self.config.allow_anonymous && rules.is_empty() => {
-                return Err(Decision::Allow(None));
+            Err(Refused::Token(BearerError::NotBearer))
+                if self.config.allow_anonymous && rules.is_empty() =>
+            {
+                Err(Decision::Allow(None))
             }
-            Err(BearerError::NotBearer) => {
-                return Err(Decision::Unauthenticated {
-                    token_present: false,
-                    reason: "the request has no bearer token",
-                });
-            }
-            Err(BearerError::BadCharacters) => {
-                return Err(Decision::Unauthenticated {
-                    token_present: true,
-                    reason: "the bearer token is malformed",
-                });
-            }
-        };
-        if let Some(limiter) = &self.rate_limiter
-            && let Err(retry_after) = limiter.check(token.digest(), Instant::now())
-        {
-            return Err(Decision::RateLimited { retry_after });
+            Err(Refused::Token(BearerError::NotBearer)) => Err(Decision::Unauthenticated {
+                token_present: false,
+                reason: "the request has no bearer token",
+            }),
+            Err(Refused::Token(BearerError::BadCharacters)) => Err(Decision::Unauthenticated {
+                token_present: true,
+                reason: "the bearer token is malformed",
+            }),
+            Err(Refused::RateLimited { retry_after }) => Err(Decision::RateLimited { retry_after }),
         }
-        Ok(Admission { rules, token })
     }
 
     /// The caller and their metadata when memory has them (the userinfo cache); `None` means asking ZITADEL.
@@ -179,10 +162,10 @@ impl AuthzService {
 
     /// The caller and, when headers or rules need it, their metadata, asking ZITADEL where memory has not
     /// got them.
-    async fn look_up(&self, admission: &Admission<'_>) -> LookedUp {
-        let token = &admission.token;
+    async fn look_up(&self, entry: &Entry<'_>) -> LookedUp {
+        let token = &entry.token;
         let needs_metadata = !self.config.headers.is_empty()
-            || admission.rules.iter().any(|rule| {
+            || entry.rules.iter().any(|rule| {
                 rule.requirements
                     .iter()
                     .any(|r| matches!(r, Requirement::Metadata { .. }))
@@ -208,22 +191,14 @@ impl AuthzService {
     async fn look_up_in_time(
         &self,
         request: &Request<CheckRequest>,
-        admission: &Admission<'_>,
+        entry: &Entry<'_>,
     ) -> Option<LookedUp> {
-        let deadline = deadline::deadline(
-            request.metadata(),
-            self.limits.request_timeout,
-            self.limits.max_request_timeout,
-            Instant::now(),
-        );
-        let looked_up = resilience::with_deadline(deadline, self.look_up(admission));
-        tokio::time::timeout_at(deadline.into(), looked_up)
-            .await
-            .ok()
+        let deadline = self.admission.deadline(request.metadata());
+        admission::within(deadline, self.look_up(entry)).await
     }
 
     /// The decision for a caller looked up: the route rules, and what of their metadata may go upstream.
-    fn decide(&self, admission: Admission<'_>, looked_up: LookedUp) -> Decision {
+    fn decide(&self, entry: Entry<'_>, looked_up: LookedUp) -> Decision {
         let (caller, metadata) = match looked_up {
             Ok(found) => found,
             Err(IdentifyError::Token(TokenError::NoSubject)) => {
@@ -247,7 +222,7 @@ impl AuthzService {
                     reason: "the bearer token is invalid, expired or revoked",
                 };
             }
-            Err(error) if self.config.fail_open && admission.rules.is_empty() => {
+            Err(error) if self.config.fail_open && entry.rules.is_empty() => {
                 tracing::warn!(%error, "ZITADEL unavailable; failing open (no identity headers)");
                 return Decision::Allow(None);
             }
@@ -270,7 +245,7 @@ impl AuthzService {
         let identity: &Identity = &caller;
         tracing::Span::current().record("user_id", identity.sub.as_str());
         let packed = metadata.as_deref().map(|known| &known.metadata);
-        for rule in admission.rules {
+        for rule in entry.rules {
             if let Some(unmet) = rule
                 .requirements
                 .iter()
@@ -590,44 +565,42 @@ impl Authorization for AuthzService {
         // DEBUG: a cached Check pays for no span at the default level (the call is on every line anyway).
         let span = tracing::debug_span!("Check", path = Empty, user_id = Empty, decision = Empty);
         // A caller memory knows is answered at once, before any deadline timer is set up.
-        let waiting = span.in_scope(|| match self.admission(request.get_ref()) {
+        let waiting = span.in_scope(|| match self.enter(request.get_ref()) {
             Err(decision) => ControlFlow::Break(self.answer(decision)),
-            Ok(admission) => match self.looked_up_in_memory(&admission.token) {
-                Some(looked_up) => {
-                    ControlFlow::Break(self.answer(self.decide(admission, looked_up)))
-                }
-                None => ControlFlow::Continue(admission),
+            Ok(entry) => match self.looked_up_in_memory(&entry.token) {
+                Some(looked_up) => ControlFlow::Break(self.answer(self.decide(entry, looked_up))),
+                None => ControlFlow::Continue(entry),
             },
         });
-        let admission = match waiting {
+        let entry = match waiting {
             ControlFlow::Break(answer) => return Ok(Response::new(answer)),
-            ControlFlow::Continue(admission) => admission,
+            ControlFlow::Continue(entry) => entry,
         };
         // Only a Check that waits on ZITADEL counts against the in-flight limits (shared with the metadata
         // API): over the caller's share it is denied (429); over the global limit it fails as a call, as
         // every listener's overload does.
-        let admitted = match self.shed.admit(admission.token.digest()) {
+        let admitted = match self.admission.to_wait(&entry.token) {
             Ok(admitted) => admitted,
-            Err(ApiError::CallerOverloaded { .. }) => {
+            Err(Overload::Caller { .. }) => {
                 let answer = span.in_scope(|| self.answer(Decision::CallerOverloaded));
                 return Ok(Response::new(answer));
             }
-            Err(refused) => return Err(refused.into()),
+            Err(global) => return Err(ApiError::from(global).into()),
         };
         let looked_up = admitted
-            .run(self.look_up_in_time(&request, &admission))
+            .run(self.look_up_in_time(&request, &entry))
             .instrument(span.clone())
             .await;
         let answer = span.in_scope(|| match looked_up {
-            Some(looked_up) => self.answer(self.decide(admission, looked_up)),
+            Some(looked_up) => self.answer(self.decide(entry, looked_up)),
             None => self.answer(Decision::Unavailable),
         });
         Ok(Response::new(answer))
     }
 }
 
-/// What Check knows of a request before looking up its caller.
-struct Admission<'a> {
+/// A request past the door, before its caller is looked up.
+struct Entry<'a> {
     /// The route rules that apply to the request's path and host.
     rules: Vec<&'a Rule>,
     token: CallerToken,

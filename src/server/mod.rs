@@ -7,7 +7,8 @@ use tonic::transport::{Server, ServerTlsConfig, server::TcpIncoming};
 use tonic_health::server::HealthReporter;
 
 use crate::{
-    api::{MetadataService, RequestLimits, pb, shed::Shed},
+    admission::Shed,
+    api::{self, MetadataService, RequestLimits, pb},
     authz::{
         self, AuthzConfig, AuthzService, ExtAuthz, wire::authorization_server::AuthorizationServer,
     },
@@ -249,17 +250,8 @@ impl Application {
         let cache = Arc::new(CallerCache::new(config.cache));
         warn_hidden_keys_are_not_sealed(&config.policy);
         let policy = Arc::new(config.policy);
-        // One set of in-flight limits for both listeners: they share ZITADEL and this process.
-        let shed = Arc::new(config.limits.shed());
-        let mut service = MetadataService::new(
-            Arc::clone(&zitadel),
-            Arc::clone(&policy),
-            Arc::clone(&cache),
-        )
-        .with_limits(config.limits.requests)
-        .with_shed(Arc::clone(&shed))
-        .with_resolver(Arc::clone(&resolver))
-        .with_page_token_key(page_tokens);
+        // One door for both listeners: they share ZITADEL and this process, and a caller has one budget.
+        let admission = Arc::new(config.limits.requests.admission(config.limits.shed()));
         let mut changes = Changes::local(Arc::clone(&cache), config.limits.watch);
         if let Some(mut redis) = options.redis {
             let key = match redis.bus_key.take() {
@@ -291,9 +283,17 @@ impl Application {
             None => None,
         };
         let stopping = tokio::sync::watch::Sender::new(false);
-        service = service
-            .with_changes(changes)
-            .with_shutdown(stopping.subscribe());
+        let service = MetadataService::new(api::Dependencies {
+            zitadel: Arc::clone(&zitadel),
+            policy: Arc::clone(&policy),
+            cache: Arc::clone(&cache),
+            resolver: Arc::clone(&resolver),
+            admission: Arc::clone(&admission),
+            batch_concurrency: config.limits.requests.batch_concurrency,
+            page_tokens,
+            changes,
+            stopping: stopping.subscribe(),
+        });
         let authz = match options.ext_authz {
             None => None,
             Some(ext) => {
@@ -313,9 +313,7 @@ impl Application {
                     cache: Arc::clone(&cache),
                     resolver,
                     policy,
-                    rate_limiter: service.rate_limiter(),
-                    limits: config.limits.requests,
-                    shed,
+                    admission,
                 };
                 Some(AuthzEndpoint {
                     listener,
