@@ -7,6 +7,8 @@ mod upstream;
 
 use std::time::Duration;
 
+use tonic::{Code, Status};
+
 use crate::{
     admission::{Overload, Refused},
     caller::{IdentifyError, TokenError},
@@ -16,6 +18,7 @@ use crate::{
 use usermeta_zitadel::UpstreamError;
 
 pub(in crate::api) use status::status_message;
+use status::to_status;
 
 /// The `ErrorInfo.domain` of every status usermeta produces.
 pub const ERROR_DOMAIN: &str = "usermeta";
@@ -201,5 +204,33 @@ impl From<Overload> for ApiError {
             Overload::Global { limit } => ApiError::Overloaded { limit },
             Overload::Caller { limit } => ApiError::CallerOverloaded { limit },
         }
+    }
+}
+
+/// The status a call ends with (`status::to_status`), logged. Here rather than in `status`: the log lines keep
+/// the target `usermeta::api::error`.
+impl From<ApiError> for Status {
+    fn from(error: ApiError) -> Status {
+        let status = to_status(&error);
+        if matches!(
+            status.code(),
+            Code::Unavailable | Code::Internal | Code::ResourceExhausted | Code::DeadlineExceeded
+        ) {
+            let request_id = crate::telemetry::current_request_id();
+            // Named here too: with only warnings logged, the call's span (which carries it) is not.
+            tracing::warn!(code = ?status.code(), error = %error, request_id, "request failed");
+            // The request id lets an operator find this call's log lines from the client's error.
+            if let Some(id) = request_id {
+                return Status::with_details_and_metadata(
+                    status.code(),
+                    format!("{} (request id {id})", status.message()),
+                    bytes::Bytes::copy_from_slice(status.details()),
+                    status.metadata().clone(),
+                );
+            }
+        } else {
+            tracing::info!(code = ?status.code(), message = status.message(), "request refused");
+        }
+        status
     }
 }

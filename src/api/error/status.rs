@@ -16,32 +16,6 @@ use crate::{
 };
 use usermeta_zitadel::Endpoint;
 
-impl From<ApiError> for Status {
-    fn from(error: ApiError) -> Status {
-        let status = to_status(&error);
-        if matches!(
-            status.code(),
-            Code::Unavailable | Code::Internal | Code::ResourceExhausted | Code::DeadlineExceeded
-        ) {
-            let request_id = crate::telemetry::current_request_id();
-            // Named here too: with only warnings logged, the call's span (which carries it) is not.
-            tracing::warn!(code = ?status.code(), error = %error, request_id, "request failed");
-            // The request id lets an operator find this call's log lines from the client's error.
-            if let Some(id) = request_id {
-                return Status::with_details_and_metadata(
-                    status.code(),
-                    format!("{} (request id {id})", status.message()),
-                    bytes::Bytes::copy_from_slice(status.details()),
-                    status.metadata().clone(),
-                );
-            }
-        } else {
-            tracing::info!(code = ?status.code(), message = status.message(), "request refused");
-        }
-        status
-    }
-}
-
 /// One failed result of a batch as the `google.rpc.Status` the same failure of a single call would be: its
 /// code, message and details (ErrorInfo, RetryInfo, BadRequest).
 pub(in crate::api) fn status_message(error: &ApiError) -> tonic_types::Status {
@@ -58,7 +32,7 @@ pub(in crate::api) fn status_message(error: &ApiError) -> tonic_types::Status {
         })
 }
 
-fn to_status(error: &ApiError) -> Status {
+pub(super) fn to_status(error: &ApiError) -> Status {
     match error {
         ApiError::InvalidRequest(violations) => {
             let mut details = ErrorDetails::new();
