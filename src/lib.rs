@@ -19,10 +19,9 @@
 //! | ZITADEL (crate [`usermeta_zitadel`]) | its own crate below the service | every HTTP call through one transport (deadline, retries, retry budget, circuit breakers: [`usermeta_zitadel::resilience`]; the request budget toward ZITADEL: [`usermeta_zitadel::budget`]), userinfo, the auth API, the management API behind [`usermeta_zitadel::management::ManagementApi`], introspection and keys ([`usermeta_zitadel::Zitadel::introspect`]), the service credential and its token source, error bodies ([`usermeta_zitadel::UpstreamError`]), the metadata domain types ([`usermeta_zitadel::metadata`]); hooks for the service's telemetry ([`usermeta_zitadel::Instrument`]) |
 //!
 //! A call: [`admission`] reads its token and counts it against the caller's rate limit, [`api`] validates the
-//! request, [`caller`] identifies the token (from the cache when it can),
-//! [`policy`] decides on every key before any management call, [`usermeta_zitadel`] sends exactly what the policy
-//! checked, and the answer (or the error, through [`api::ApiError`]) goes back. [`healthcheck`] is the
-//! container's probe binary mode.
+//! request, [`caller`] identifies the token (from the cache when it can), [`policy`] decides on every key
+//! before any management call, [`usermeta_zitadel`] sends exactly what the policy checked, and the answer (or
+//! the error, through [`api::ApiError`]) goes back. [`healthcheck`] is the container's probe binary mode.
 #![forbid(unsafe_code)]
 
 pub mod admission;
