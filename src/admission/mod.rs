@@ -75,7 +75,7 @@ impl Admission {
 
     /// Counts a call of `token`'s caller that is about to wait on ZITADEL against the in-flight limits, or
     /// refuses it ([`Shed::admit`]).
-    pub fn to_wait(&self, token: &CallerToken) -> Result<Admitted, Overload> {
+    pub fn admit_waiting(&self, token: &CallerToken) -> Result<Admitted, Overload> {
         self.shed.admit(token.digest())
     }
 

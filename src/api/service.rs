@@ -181,8 +181,8 @@ impl MetadataService {
         })
     }
 
-    /// Answers `request` with `handler`, counted against the in-flight limits ([`MetadataService::to_wait`])
-    /// and bounded by the request's deadline ([`MetadataService::bounded`]).
+    /// Answers `request` with `handler`, counted against the in-flight limits
+    /// ([`MetadataService::admit_waiting`]) and bounded by the request's deadline ([`MetadataService::bounded`]).
     fn within_deadline<'a, M, T: 'a, F>(
         &self,
         request: Request<M>,
@@ -191,7 +191,7 @@ impl MetadataService {
     where
         F: Future<Output = Result<T, ApiError>> + Send + 'a,
     {
-        let answer = self.to_wait(request.metadata()).map(|admitted| {
+        let answer = self.admit_waiting(request.metadata()).map(|admitted| {
             let deadline = self.admission.deadline(request.metadata());
             Self::bounded(deadline, admitted.run(handler(request)))
         });
@@ -202,9 +202,9 @@ impl MetadataService {
     /// in-flight limits: each waits on ZITADEL, unless refused before it asks. A call without a usable token
     /// is such a refusal: it is not counted. (The handler reads the token again: a hash beside a round trip
     /// to ZITADEL.)
-    fn to_wait(&self, metadata: &MetadataMap) -> Result<Admitted, ApiError> {
+    fn admit_waiting(&self, metadata: &MetadataMap) -> Result<Admitted, ApiError> {
         match caller::bearer_token(metadata) {
-            Ok(token) => Ok(self.admission.to_wait(&token)?),
+            Ok(token) => Ok(self.admission.admit_waiting(&token)?),
             Err(_) => Ok(Admitted::uncounted()),
         }
     }
@@ -223,7 +223,10 @@ impl pb::user_metadata_service_server::UserMetadataService for MetadataService {
             ControlFlow::Continue(waiting) => waiting,
         };
         // Only now, when the call will wait on ZITADEL, does it count against the in-flight limits.
-        let admitted = self.admission.to_wait(&token).map_err(ApiError::from)?;
+        let admitted = self
+            .admission
+            .admit_waiting(&token)
+            .map_err(ApiError::from)?;
         let read = admitted.run(self.read_mine(token, request).instrument(span));
         Ok(Response::new(Self::bounded(deadline, read).await?))
     }

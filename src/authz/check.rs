@@ -325,7 +325,7 @@ impl Authorization for AuthzService {
         // Only a Check that waits on ZITADEL counts against the in-flight limits (shared with the metadata
         // API): over the caller's share it is denied (429); over the global limit it fails as a call, as
         // every listener's overload does.
-        let admitted = match self.admission.to_wait(&entry.token) {
+        let admitted = match self.admission.admit_waiting(&entry.token) {
             Ok(admitted) => admitted,
             Err(Overload::Caller { .. }) => {
                 let answer = span.in_scope(|| self.answer(Decision::CallerOverloaded));
