@@ -11,18 +11,20 @@
 //! |---|---|---|
 //! | configuration | [`settings`], [`config_file`] | flags with environment twins and the `--config` file, validated once at start-up; the names of settings ([`settings::names`]) are a leaf that any layer may name in its messages |
 //! | composition | [`serve`], [`server`], [`instrumentation`], `dev` | the listeners, TLS ([`tls`]), health, reflection, shutdown; the ZITADEL client's calls as spans and metrics; `dev` (the default-on `dev` feature) runs usermeta against the `zitadel-standin` crate |
-//! | the surfaces | [`api`], [`authz`] | the `UserMetadataService` handlers with request validation, page tokens and the one error → status mapping ([`api::ApiError`]); Envoy's `Check` on its own listener |
+//! | the surfaces | [`api`], [`authz`] | the `UserMetadataService`, one handler file per RPC, with request validation, page tokens and the one error → status mapping ([`api::ApiError`]); Envoy's `Check` on its own listener |
+//! | the door | [`admission`] | what every call of both surfaces passes, through one [`admission::Admission`]: the bearer token and the per-caller rate limit, then, for a call that waits on ZITADEL, the in-flight limits and the deadline |
 //! | the fleet | [`fleet`] | replicas telling each other which users they changed (Redis pub/sub), ZITADEL's change events (the webhook), the feed of WatchMetadata streams; so their caches agree |
 //! | who and what | [`caller`], [`policy`] | the bearer token and who ZITADEL says it is (introspection, JWT validation or userinfo), the caller cache ([`caller::cache`]); who may do what, per key |
 //! | leaves | [`metrics`], [`telemetry`], [`http1`] | Prometheus series; logs, traces and request ids, knowing nothing of ZITADEL or settings; plain HTTP/1.1 listeners (metrics, ZITADEL's events) |
 //! | ZITADEL (crate [`usermeta_zitadel`]) | its own crate below the service | every HTTP call through one transport (deadline, retries, retry budget, circuit breakers: [`usermeta_zitadel::resilience`]; the request budget toward ZITADEL: [`usermeta_zitadel::budget`]), userinfo, the auth API, the management API behind [`usermeta_zitadel::management::ManagementApi`], introspection and keys ([`usermeta_zitadel::Zitadel::introspect`]), the service credential and its token source, error bodies ([`usermeta_zitadel::UpstreamError`]), the metadata domain types ([`usermeta_zitadel::metadata`]); hooks for the service's telemetry ([`usermeta_zitadel::Instrument`]) |
 //!
-//! A call: [`api`] validates the request, [`caller`] identifies the token (from the cache when it can),
-//! [`policy`] decides on every key before any management call, [`usermeta_zitadel`] sends exactly what the policy
-//! checked, and the answer (or the error, through [`api::ApiError`]) goes back. [`healthcheck`] is the
-//! container's probe binary mode.
+//! A call: [`admission`] reads its token and counts it against the caller's rate limit, [`api`] validates the
+//! request, [`caller`] identifies the token (from the cache when it can), [`policy`] decides on every key
+//! before any management call, [`usermeta_zitadel`] sends exactly what the policy checked, and the answer (or
+//! the error, through [`api::ApiError`]) goes back. [`healthcheck`] is the container's probe binary mode.
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod api;
 pub mod authz;
 pub mod caller;

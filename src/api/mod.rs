@@ -1,24 +1,22 @@
-//! The gRPC surface: generated types, thin handlers, request validation, proto⇄domain conversion, and the
-//! one mapping from errors to gRPC statuses.
+//! The gRPC surface: generated types, the service and its door ([`MetadataService`]), one handler file per RPC
+//! or family of RPCs (`rpc/`), request validation, proto⇄domain conversion, and the one mapping from errors
+//! to gRPC statuses.
 
 mod convert;
-pub mod deadline;
 mod error;
 #[cfg(test)]
 mod fuzz_tests;
 mod page_token;
-pub mod rate_limit;
 mod reason;
+mod rpc;
 mod service;
-pub mod shed;
 mod validate;
-mod watch;
 
 pub use error::{ApiError, ERROR_DOMAIN};
 pub use page_token::PageTokenKey;
 pub use reason::Reason;
-pub use service::{MetadataService, RequestLimits};
-pub use watch::ChangeStream;
+pub use rpc::watch::ChangeStream;
+pub use service::{Dependencies, MetadataService, RequestLimits};
 
 /// Code generated from `proto/usermeta/v1/usermeta.proto`.
 pub mod pb {

@@ -3,9 +3,11 @@
 //! path as GetMyMetadata and answers with allow-listed metadata as upstream headers, so routes can match on
 //! user attributes.
 //!
-//! This module holds the validated configuration and its parsers; [`check`] serves the API, and
-//! `settings::ext_authz` reads the configuration from flags and environment.
+//! This module holds the validated configuration and its parsers; [`check`] serves the API and decides,
+//! `answer` turns a decision into Envoy's answer, and `settings::ext_authz` reads the configuration from flags
+//! and environment.
 
+mod answer;
 pub mod check;
 pub mod wire;
 

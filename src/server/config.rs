@@ -3,7 +3,8 @@
 use std::{net::SocketAddr, time::Duration};
 
 use crate::{
-    api::{RequestLimits, shed::Shed},
+    admission::Shed,
+    api::RequestLimits,
     authz::ExtAuthz,
     caller::{IdentityConfig, cache::CacheConfig},
     fleet::{RedisConfig, WatchLimits, webhook::WebhookConfig},

@@ -23,11 +23,10 @@ pub use config::{Config, Limits, ServeOptions};
 use listeners::{ExtAuthzListener, GrpcListener, MetricsListener, WebhookListener};
 
 use crate::{
-    api::{MetadataService, PageTokenKey, RequestLimits, shed::Shed},
+    api::{self, MetadataService, PageTokenKey},
     authz::{self, AuthzService, ExtAuthz},
     caller::{IdentitySetupError, Resolver, cache::CallerCache},
     fleet::{self, BusKey, Changes, RedisConfig, SharedInvalidation, WatchLimits},
-    policy::Policy,
     settings::names,
     tls::{TlsError, TlsSettings},
 };
@@ -108,23 +107,23 @@ impl Application {
         let cache = Arc::new(CallerCache::new(config.cache));
         checks::warn_hidden_keys_are_not_sealed(&config.policy);
         let policy = Arc::new(config.policy);
-        // One set of in-flight limits for both listeners: they share ZITADEL and this process.
-        let shed = Arc::new(config.limits.shed());
+        // One door for both listeners: they share ZITADEL and this process, and a caller has one budget.
+        let admission = Arc::new(config.limits.requests.admission(config.limits.shed()));
         let changes = changes(&cache, config.limits.watch, options.redis, &bus_secret)?;
         let fleet = changes.shared().cloned();
         let webhook = WebhookListener::bind(options.webhook, &changes).await?;
         let stopping = watch::Sender::new(false);
-        let service = metadata_service(
-            &zitadel,
-            &policy,
-            &cache,
-            &resolver,
-            &shed,
-            config.limits.requests,
+        let service = MetadataService::new(api::Dependencies {
+            zitadel: Arc::clone(&zitadel),
+            policy: Arc::clone(&policy),
+            cache: Arc::clone(&cache),
+            resolver: Arc::clone(&resolver),
+            admission: Arc::clone(&admission),
+            batch_concurrency: config.limits.requests.batch_concurrency,
             page_tokens,
             changes,
-            stopping.subscribe(),
-        );
+            stopping: stopping.subscribe(),
+        });
         let ext_authz = match options.ext_authz {
             None => None,
             Some(ext) => {
@@ -133,9 +132,7 @@ impl Application {
                     cache,
                     resolver,
                     policy,
-                    rate_limiter: service.rate_limiter(),
-                    limits: config.limits.requests,
-                    shed,
+                    admission,
                 };
                 Some(ext_authz_listener(ext, shared).await?)
             }
@@ -247,31 +244,6 @@ impl Application {
         tracing::info!("usermeta stopped");
         Ok(())
     }
-}
-
-/// The metadata API's service, from every part it uses.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "every dependency of the service, each made once by `Application::build`"
-)]
-fn metadata_service(
-    zitadel: &Arc<Zitadel>,
-    policy: &Arc<Policy>,
-    cache: &Arc<CallerCache>,
-    resolver: &Arc<Resolver>,
-    shed: &Arc<Shed>,
-    limits: RequestLimits,
-    page_tokens: PageTokenKey,
-    changes: Changes,
-    stopping: watch::Receiver<bool>,
-) -> MetadataService {
-    MetadataService::new(Arc::clone(zitadel), Arc::clone(policy), Arc::clone(cache))
-        .with_limits(limits)
-        .with_shed(Arc::clone(shed))
-        .with_resolver(Arc::clone(resolver))
-        .with_page_token_key(page_tokens)
-        .with_changes(changes)
-        .with_shutdown(stopping)
 }
 
 /// The feed of users' changes: this replica's own, and the other replicas' through Redis when configured.

@@ -16,8 +16,8 @@ use futures::Stream;
 use tokio::{sync::watch, time::Instant};
 use tonic::Status;
 
-use super::{ApiError, convert::value_to_pb, pb};
 use crate::{
+    api::{ApiError, convert::value_to_pb, error, pb},
     caller::{Caller, Resolver, TokenError, cache::CallerCache},
     fleet::{ChangeKind, Subscription, WatchLimits, Write},
     policy::{Policy, Subject},
@@ -29,12 +29,12 @@ pub type ChangeStream = Pin<Box<dyn Stream<Item = Result<pb::MetadataChange, Sta
 
 /// Whose changes a stream carries and which of them the caller may see.
 pub(super) struct Watched {
-    pub policy: Arc<Policy>,
-    pub caller: Caller,
-    pub user_id: CompactString,
+    pub(super) policy: Arc<Policy>,
+    pub(super) caller: Caller,
+    pub(super) user_id: CompactString,
     /// The organisation ZITADEL placed the user in (for another user; the caller's own from their token).
-    pub org_id: Option<CompactString>,
-    pub key_prefix: String,
+    pub(super) org_id: Option<CompactString>,
+    pub(super) key_prefix: String,
 }
 
 impl Watched {
@@ -71,12 +71,12 @@ impl Watched {
 
 /// The credential a stream was opened with, asked about again while it lasts.
 pub(super) struct Credential {
-    pub token: CallerToken,
-    pub resolver: Arc<Resolver>,
-    pub cache: Arc<CallerCache>,
-    pub zitadel: Arc<Zitadel>,
+    pub(super) token: CallerToken,
+    pub(super) resolver: Arc<Resolver>,
+    pub(super) cache: Arc<CallerCache>,
+    pub(super) zitadel: Arc<Zitadel>,
     /// How long one re-identification may take.
-    pub timeout: Duration,
+    pub(super) timeout: Duration,
 }
 
 impl Credential {
@@ -177,7 +177,7 @@ const RECHECK_RETRY: Duration = Duration::from_secs(2);
 /// Whether the credential could not be checked, rather than was refused: ZITADEL down or slow, or the budget
 /// toward it spent.
 fn is_transient(error: &ApiError) -> bool {
-    let code = tonic::Code::from_i32(super::error::status_message(error).code);
+    let code = tonic::Code::from_i32(error::status_message(error).code);
     matches!(
         code,
         tonic::Code::Unavailable | tonic::Code::ResourceExhausted | tonic::Code::DeadlineExceeded
@@ -317,5 +317,13 @@ mod tests {
                 ("", pb::ChangeKind::DeleteAll)
             ]
         );
+    }
+
+    /// Nothing can stop a replica whose stop signal is gone: its streams stay open.
+    #[test]
+    fn without_a_stop_signal_a_stream_never_stops() {
+        use futures::FutureExt as _;
+        let mut stopping = watch::Sender::new(false).subscribe();
+        assert!(stopped(&mut stopping).now_or_never().is_none());
     }
 }

@@ -16,7 +16,14 @@ use std::{
     },
 };
 
-use super::ApiError;
+/// Why a call that would wait on ZITADEL was not started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overload {
+    /// `limit` calls already wait on ZITADEL.
+    Global { limit: usize },
+    /// This caller already has `limit` calls waiting on ZITADEL.
+    Caller { limit: usize },
+}
 
 /// Callers' counts are kept in this many maps, by the first byte of the token digest: admitting one caller
 /// never waits for another's.
@@ -63,7 +70,7 @@ impl Shed {
     /// Counts a call of `caller` (its token's digest) that is about to wait on ZITADEL, or refuses it: the
     /// caller's own share first (the more specific answer), then the global limit. A refused call changes
     /// nothing.
-    pub fn admit(self: &Arc<Self>, caller: [u8; 32]) -> Result<Admitted, ApiError> {
+    pub fn admit(self: &Arc<Self>, caller: [u8; 32]) -> Result<Admitted, Overload> {
         if self.per_caller > 0 {
             let mut callers = self.shard(&caller);
             let count = callers.entry(caller).or_insert(0);
@@ -71,7 +78,7 @@ impl Shed {
             if *count >= self.per_caller {
                 drop(callers);
                 crate::metrics::shed(crate::metrics::ShedLimit::PerCaller);
-                return Err(ApiError::CallerOverloaded {
+                return Err(Overload::Caller {
                     limit: self.per_caller,
                 });
             }
@@ -83,7 +90,7 @@ impl Shed {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
             self.leave(&caller);
             crate::metrics::shed(crate::metrics::ShedLimit::Global);
-            return Err(ApiError::Overloaded { limit: self.limit });
+            return Err(Overload::Global { limit: self.limit });
         }
         crate::metrics::waiting_calls(1.0);
         Ok(Admitted {
@@ -162,12 +169,11 @@ impl Drop for Admitted {
 mod tests {
     use super::*;
 
-    fn refused_reason(answer: Result<Admitted, ApiError>) -> &'static str {
+    fn refused_reason(answer: Result<Admitted, Overload>) -> &'static str {
         match answer {
             Ok(_) => "admitted",
-            Err(ApiError::Overloaded { .. }) => "overloaded",
-            Err(ApiError::CallerOverloaded { .. }) => "caller overloaded",
-            Err(_) => "another error",
+            Err(Overload::Global { .. }) => "overloaded",
+            Err(Overload::Caller { .. }) => "caller overloaded",
         }
     }
 

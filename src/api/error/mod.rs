@@ -1,0 +1,245 @@
+//! Every way a request can fail, and the one place each becomes a gRPC status. Statuses carry
+//! `google.rpc.BadRequest` for invalid input, `google.rpc.ErrorInfo` (domain `usermeta`) with a stable reason
+//! otherwise, and `google.rpc.RetryInfo` when ZITADEL said when to retry. Messages name no token or value.
+
+mod status;
+mod upstream;
+
+use std::time::Duration;
+
+use tonic::{Code, Status};
+
+use crate::{
+    admission::{Overload, Refused},
+    caller::{IdentifyError, TokenError},
+    fleet::{Lag, StreamLimit},
+    policy::Denial,
+    settings::names,
+};
+use usermeta_zitadel::UpstreamError;
+
+pub(in crate::api) use status::status_message;
+use status::to_status;
+
+/// The `ErrorInfo.domain` of every status usermeta produces.
+pub const ERROR_DOMAIN: &str = "usermeta";
+
+/// One thing wrong with a request field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// The field path, e.g. `entries[1].value`.
+    pub field: String,
+    /// What is wrong and how to fix it.
+    pub description: String,
+}
+
+/// The most violations one answer lists; the rest are counted ("and N more"), so neither the
+/// `grpc-status-details-bin` trailer nor the log line grows with what the request chooses to get wrong.
+pub const MAX_LISTED_VIOLATIONS: usize = 10;
+
+/// What is wrong with a request: the first [`MAX_LISTED_VIOLATIONS`], and how many more there are.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Violations {
+    listed: Vec<Violation>,
+    unlisted: usize,
+}
+
+impl Violations {
+    /// A request with one thing wrong.
+    pub fn one(field: impl Into<String>, description: impl Into<String>) -> Self {
+        let mut violations = Violations::default();
+        violations.add(field, description);
+        violations
+    }
+
+    /// Adds a violation; past [`MAX_LISTED_VIOLATIONS`] it is only counted.
+    pub fn add(&mut self, field: impl Into<String>, description: impl Into<String>) {
+        if self.listed.len() < MAX_LISTED_VIOLATIONS {
+            self.listed.push(Violation {
+                field: field.into(),
+                description: description.into(),
+            });
+        } else {
+            self.unlisted += 1;
+        }
+    }
+
+    /// Whether any was added.
+    pub fn is_empty(&self) -> bool {
+        self.listed.is_empty()
+    }
+
+    /// The violations listed in the answer.
+    pub fn listed(&self) -> &[Violation] {
+        &self.listed
+    }
+
+    /// How many more there were.
+    pub fn unlisted(&self) -> usize {
+        self.unlisted
+    }
+
+    /// `Ok(valid)` when nothing was added, the request's error otherwise.
+    pub fn into_result<T>(self, valid: T) -> Result<T, ApiError> {
+        if self.is_empty() {
+            Ok(valid)
+        } else {
+            Err(ApiError::InvalidRequest(self))
+        }
+    }
+}
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("the request is invalid")]
+    InvalidRequest(Violations),
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error(transparent)]
+    Denied(#[from] Denial),
+    #[error("keys not found")]
+    KeysNotFound { user_id: String, keys: Vec<String> },
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    /// The caller's deadline (or the configured request timeout) passed.
+    #[error("the request's deadline passed before usermeta could answer")]
+    DeadlineExceeded,
+    /// The caller sent more requests than its per-caller rate limit allows.
+    #[error("too many requests from this caller")]
+    RateLimited { retry_after: Duration },
+    /// `limit` calls already wait on ZITADEL ([`MAX_IN_FLIGHT`](names::MAX_IN_FLIGHT)); this one was not started.
+    #[error(
+        "usermeta is at its limit of {limit} calls in flight ({setting}) and refused this one without starting it; retry with backoff",
+        setting = names::MAX_IN_FLIGHT
+    )]
+    Overloaded { limit: usize },
+    /// This caller already has `limit` calls waiting on ZITADEL ([`MAX_IN_FLIGHT_PER_CALLER`](names::MAX_IN_FLIGHT_PER_CALLER)).
+    #[error(
+        "this caller already has {limit} calls in flight, its limit ({setting}), and usermeta refused this one without starting it; retry with backoff once earlier calls have finished",
+        setting = names::MAX_IN_FLIGHT_PER_CALLER
+    )]
+    CallerOverloaded { limit: usize },
+    /// usermeta's own introspection client was refused: an operator problem, not the caller's.
+    #[error(transparent)]
+    IntrospectionClient(IdentifyError),
+    /// A read of a user ZITADEL does not know (BatchGetMetadata's per-user result).
+    #[error("ZITADEL knows no user {user_id}; check the user id")]
+    UserNotFound { user_id: String },
+    /// METADATA_SOURCE_TOKEN with a token that is not a JWT.
+    #[error(
+        "the access token is opaque, not a JWT: it carries no metadata of its own; read with source METADATA_SOURCE_USERINFO or METADATA_SOURCE_AUTH_API, or send a JWT (an ID token with \"User Info inside ID Token\", or a JWT access token)"
+    )]
+    TokenNotJwt,
+    /// METADATA_SOURCE_TOKEN while usermeta validates no JWTs.
+    #[error(
+        "METADATA_SOURCE_TOKEN needs usermeta to validate JWTs against ZITADEL's keys, which this deployment does not: an operator sets {setting}; until then read with METADATA_SOURCE_USERINFO",
+        setting = names::JWT_AUDIENCE
+    )]
+    TokenSourceOff,
+    /// A WatchMetadata stream's reader fell further behind than its buffer holds.
+    #[error(
+        "this WatchMetadata stream's reader fell behind ({}) and the stream has ended, {missed} changes of the watched user unsent: reopen it, read the current values again (ListMetadata), and read the stream faster or narrow it with key_prefix",
+        lag_text(lag)
+    )]
+    WatchLagged { missed: u64, lag: Lag },
+    /// The replica holds as many WatchMetadata streams as it may, in all or for this caller.
+    #[error("{}", stream_limit_text(limit))]
+    TooManyStreams { limit: StreamLimit },
+    /// A WatchMetadata stream reached its longest life.
+    #[error(
+        "this WatchMetadata stream reached its longest life of {} ({setting}) and has ended: reopen it and read the current values again",
+        humantime::format_duration(*max),
+        setting = names::WATCH_MAX_DURATION
+    )]
+    WatchMaxDuration { max: Duration },
+    /// The replica is stopping; its streams end.
+    #[error(
+        "this usermeta replica is shutting down and ends its streams: reopen the stream (another replica serves it) and read the current values again"
+    )]
+    ShuttingDown,
+}
+
+fn lag_text(lag: &Lag) -> String {
+    match lag {
+        Lag::Stream { changes, bytes } => format!(
+            "more than its own buffer of {changes} changes or {bytes} bytes ({}) waited to be read",
+            names::WATCH_BUFFER_BYTES
+        ),
+        Lag::Replica { bytes } => format!(
+            "the replica's stream buffers together reached {bytes} bytes ({}) while this stream had changes waiting",
+            names::WATCH_BUFFER_MEMORY
+        ),
+    }
+}
+
+fn stream_limit_text(limit: &StreamLimit) -> String {
+    match limit {
+        StreamLimit::Caller(max) => format!(
+            "this caller already has {max} WatchMetadata streams open on this replica, the most one caller may ({}): close one, or narrow what you watch",
+            names::WATCH_MAX_STREAMS_PER_CALLER
+        ),
+        StreamLimit::Replica(max) => format!(
+            "this usermeta replica already serves {max} WatchMetadata streams, the most it may ({}): retry later (another replica may serve it)",
+            names::WATCH_MAX_STREAMS
+        ),
+    }
+}
+
+impl From<IdentifyError> for ApiError {
+    fn from(error: IdentifyError) -> Self {
+        match error {
+            IdentifyError::Token(e) => ApiError::Token(e),
+            IdentifyError::Upstream(e) => ApiError::Upstream(e),
+            client @ IdentifyError::IntrospectionClient { .. } => {
+                ApiError::IntrospectionClient(client)
+            }
+        }
+    }
+}
+
+impl From<Refused<TokenError>> for ApiError {
+    fn from(refused: Refused<TokenError>) -> Self {
+        match refused {
+            Refused::Token(e) => ApiError::Token(e),
+            Refused::RateLimited { retry_after } => ApiError::RateLimited { retry_after },
+        }
+    }
+}
+
+impl From<Overload> for ApiError {
+    fn from(overload: Overload) -> Self {
+        match overload {
+            Overload::Global { limit } => ApiError::Overloaded { limit },
+            Overload::Caller { limit } => ApiError::CallerOverloaded { limit },
+        }
+    }
+}
+
+/// The status a call ends with (`status::to_status`), logged. Here rather than in `status`: the log lines keep
+/// the target `usermeta::api::error`.
+impl From<ApiError> for Status {
+    fn from(error: ApiError) -> Status {
+        let status = to_status(&error);
+        if matches!(
+            status.code(),
+            Code::Unavailable | Code::Internal | Code::ResourceExhausted | Code::DeadlineExceeded
+        ) {
+            let request_id = crate::telemetry::current_request_id();
+            // Named here too: with only warnings logged, the call's span (which carries it) is not.
+            tracing::warn!(code = ?status.code(), error = %error, request_id, "request failed");
+            // The request id lets an operator find this call's log lines from the client's error.
+            if let Some(id) = request_id {
+                return Status::with_details_and_metadata(
+                    status.code(),
+                    format!("{} (request id {id})", status.message()),
+                    bytes::Bytes::copy_from_slice(status.details()),
+                    status.metadata().clone(),
+                );
+            }
+        } else {
+            tracing::info!(code = ?status.code(), message = status.message(), "request refused");
+        }
+        status
+    }
+}

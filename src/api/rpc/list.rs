@@ -1,0 +1,163 @@
+//! ListMetadata: a user's metadata, a page at a time, as far as the policy lets the caller read it.
+
+use tonic::Request;
+use tracing::instrument;
+
+use super::{read_all, subject_of, unknown_user_not_found};
+use crate::{
+    api::{
+        ApiError, MetadataService,
+        error::Violations,
+        page_token::{self, Offsets, Position},
+        pb,
+        service::Call,
+        validate,
+    },
+    caller,
+    policy::{Action, Subject},
+};
+use usermeta_zitadel::{
+    budget::for_identified_caller,
+    management::{Scoped, Target},
+    metadata::{KeyFilter, KeyMatch, PageRequest},
+};
+
+impl MetadataService {
+    #[instrument(name = "ListMetadata", skip_all, fields(user_id, org_id))]
+    pub(in crate::api) async fn list(
+        &self,
+        request: Request<pb::ListMetadataRequest>,
+    ) -> Result<pb::ListMetadataResponse, ApiError> {
+        let Call { token, request, .. } = self.admit(request, |message| {
+            validate::list(message, &self.page_tokens)
+        })?;
+        let filter = request.filter.as_ref();
+        // An own listing reads with the caller's token, so ZITADEL decides whose it is; while every caller may
+        // read their own keys, it needs no identity lookup.
+        let (scope, other, identified) = match (request.user_id.as_deref(), self.policy.own_scope())
+        {
+            (None, Some(own)) => {
+                caller::refuse_id_token(&token)?;
+                (own, None, self.cache.knows(&token))
+            }
+            (user_id, _) => {
+                let caller = self.identify(&token).await?;
+                // Self is the caller ZITADEL names; a `user_id` equal to it changes nothing. Another user is
+                // scoped to the organisation ZITADEL will act in, which is what the policy decides on.
+                let other = match user_id.filter(|user_id| *user_id != caller.sub) {
+                    Some(user_id) => {
+                        let named = Target {
+                            user_id,
+                            org_id: request.org_id.as_deref(),
+                        };
+                        // Refused without asking ZITADEL anything when no organisation could change that.
+                        self.policy
+                            .read_in_any_organization(&caller, subject_of(named))?;
+                        let exact: Vec<&str> = match filter {
+                            Some(KeyFilter {
+                                key,
+                                matching: KeyMatch::Equals,
+                            }) => vec![key.as_str()],
+                            _ => Vec::new(),
+                        };
+                        Some(self.zitadel.scope(named).await.map_err(|e| {
+                            let missing = unknown_user_not_found(e, user_id);
+                            self.conceal_missing_user(
+                                &caller,
+                                user_id,
+                                Action::Read,
+                                &exact,
+                                missing,
+                            )
+                        })?)
+                    }
+                    None => None,
+                };
+                let subject = match &other {
+                    None => Subject {
+                        user_id: &caller.sub,
+                        org_id: caller.org_id.as_deref(),
+                    },
+                    Some(scoped) => subject_of(scoped.target()),
+                };
+                tracing::Span::current().record("user_id", subject.user_id);
+                (self.policy.read_scope(&caller, subject)?, other, true)
+            }
+        };
+        if let Some(KeyFilter {
+            key,
+            matching: KeyMatch::Equals,
+        }) = filter
+        {
+            scope.require(key)?;
+        }
+        // Counts and page tokens account only for what the caller may see: when the policy hides some keys,
+        // usermeta reads the whole listing and pages what is left; otherwise ZITADEL pages.
+        let offsets = if scope.sees_every_key() {
+            Offsets::Zitadel
+        } else {
+            Offsets::Visible
+        };
+        if request.resumed.is_some_and(|resumed| resumed != offsets) {
+            return Err(ApiError::InvalidRequest(Violations::one(
+                "page_token",
+                "was issued while the policy let the caller see other keys of this user; drop page_token to start the listing over",
+            )));
+        }
+        let target = other.as_ref().map(Scoped::target);
+        let token = &token;
+        let fetch = |page: PageRequest| {
+            let fetch = async move {
+                match target {
+                    None => self.zitadel.list_my_metadata(token, filter, page).await,
+                    Some(target) => self.zitadel.list_user_metadata(target, filter, page).await,
+                }
+            };
+            // Ranked for the request budget: an identified caller's read, or a token not known yet.
+            async move {
+                if identified {
+                    for_identified_caller(fetch).await
+                } else {
+                    fetch.await
+                }
+            }
+        };
+        let (items, total, next_offset) = match offsets {
+            Offsets::Zitadel => {
+                let page = fetch(request.page).await?;
+                let fetched = page.items.len() as u64;
+                let next = request.page.offset + fetched;
+                let mut items = page.items;
+                // Nothing to leave out when every key may be read; kept as the last line of defence.
+                items.retain(|item| scope.allows(&item.key));
+                (items, page.total, (fetched > 0).then_some(next))
+            }
+            Offsets::Visible => {
+                let mut items = read_all(fetch).await?;
+                items.retain(|item| scope.allows(&item.key));
+                let total = items.len() as u64;
+                let start = usize::try_from(request.page.offset.min(total)).unwrap_or(usize::MAX);
+                let end = start
+                    .saturating_add(request.page.limit as usize)
+                    .min(items.len());
+                let next = end as u64;
+                items.truncate(end);
+                items.drain(..start);
+                (items, total, (end > start).then_some(next))
+            }
+        };
+        let next_page_token = match next_offset {
+            Some(offset) if offset < total => page_token::encode(
+                &self.page_tokens,
+                Position { offset, offsets },
+                request.token_query(),
+            ),
+            _ => String::new(),
+        };
+        Ok(pb::ListMetadataResponse {
+            total_size: i64::try_from(total).unwrap_or(i64::MAX),
+            metadata: items.into_iter().map(Into::into).collect(),
+            next_page_token,
+        })
+    }
+}
