@@ -3,7 +3,10 @@
 
 use std::{fmt, path::PathBuf, time::Duration};
 
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+use tonic::transport::{
+    Certificate, Identity, ServerTlsConfig,
+    server::{TcpConnectInfo, TlsConnectInfo},
+};
 
 use crate::settings::names;
 
@@ -185,10 +188,13 @@ impl fmt::Display for ClientCert {
     }
 }
 
-/// The identity of the client certificate the TLS handshake verified, if there was one. Without a client
+/// The identity of the client certificate the TLS handshake verified, if there was one (from a call's
+/// extensions, as tonic records it). Without a client
 /// CA there is no verification, so nothing is claimed.
-pub fn client_cert<T>(request: &tonic::Request<T>) -> Option<ClientCert> {
-    let certs = request.peer_certs()?;
+pub fn client_cert(extensions: &http::Extensions) -> Option<ClientCert> {
+    let certs = extensions
+        .get::<TlsConnectInfo<TcpConnectInfo>>()?
+        .peer_certs()?;
     let leaf = certs.first()?;
     parse(leaf.as_ref())
 }

@@ -6,13 +6,14 @@
 use std::{future::Future, ops::ControlFlow, sync::Arc, time::Duration};
 
 use futures::future::BoxFuture;
+use http::Extensions;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 use tracing::{Instrument as _, field::Empty};
 
-use super::{ApiError, ChangeStream, page_token::PageTokenKey, pb};
+use super::{ApiError, ChangeStream, page_token::PageTokenKey, pb, validate};
 use crate::{
-    admission::{self, Admission, Admitted, RateLimiter, Shed},
+    admission::{self, Admission, RateLimiter, Shed},
     caller::{self, Caller, Resolver, cache::CallerCache},
     fleet::Changes,
     policy::Policy,
@@ -101,6 +102,8 @@ pub(super) struct Call<R> {
     pub request: R,
     /// The call's gRPC metadata (its deadline, for a call that waits).
     pub metadata: MetadataMap,
+    /// The call's extensions (the client certificate mTLS verified).
+    pub extensions: Extensions,
 }
 
 impl MetadataService {
@@ -136,12 +139,13 @@ impl MetadataService {
         request: Request<M>,
         validate: impl FnOnce(M) -> Result<R, ApiError>,
     ) -> Result<Call<R>, ApiError> {
-        let (metadata, _, message) = request.into_parts();
+        let (metadata, extensions, message) = request.into_parts();
         let token = self.admission.caller(caller::bearer_token(&metadata))?;
         Ok(Call {
             token,
             request: validate(message)?,
             metadata,
+            extensions,
         })
     }
 
@@ -181,32 +185,25 @@ impl MetadataService {
         })
     }
 
-    /// Answers `request` with `handler`, counted against the in-flight limits
-    /// ([`MetadataService::admit_waiting`]) and bounded by the request's deadline ([`MetadataService::bounded`]).
-    fn within_deadline<'a, M, T: 'a, F>(
+    /// Answers a call of every RPC but GetMyMetadata: through the door ([`MetadataService::admit`]: token,
+    /// rate limit, validation), then counted against the in-flight limits (it waits on ZITADEL) and answered
+    /// by `handler` within the request's deadline ([`MetadataService::bounded`]). GetMyMetadata takes the same
+    /// steps in the same order, with memory asked before the count.
+    fn answer<'a, M, R, T: 'a, F>(
         &self,
         request: Request<M>,
-        handler: impl FnOnce(Request<M>) -> F,
+        validate: impl FnOnce(M) -> Result<R, ApiError>,
+        handler: impl FnOnce(Call<R>) -> F,
     ) -> impl Future<Output = Result<Response<T>, Status>> + 'a
     where
         F: Future<Output = Result<T, ApiError>> + Send + 'a,
     {
-        let answer = self.admit_waiting(request.metadata()).map(|admitted| {
-            let deadline = self.admission.deadline(request.metadata());
-            Self::bounded(deadline, admitted.run(handler(request)))
+        let answer = self.admit(request, validate).and_then(|call| {
+            let admitted = self.admission.admit_waiting(&call.token)?;
+            let deadline = self.admission.deadline(&call.metadata);
+            Ok(Self::bounded(deadline, admitted.run(handler(call))))
         });
         async move { Ok(Response::new(answer?.await?)) }
-    }
-
-    /// Counts a call of every RPC but GetMyMetadata (which counts only what memory cannot answer) against the
-    /// in-flight limits: each waits on ZITADEL, unless refused before it asks. A call without a usable token
-    /// is such a refusal: it is not counted. (The handler reads the token again: a hash beside a round trip
-    /// to ZITADEL.)
-    fn admit_waiting(&self, metadata: &MetadataMap) -> Result<Admitted, ApiError> {
-        match caller::bearer_token(metadata) {
-            Ok(token) => Ok(self.admission.admit_waiting(&token)?),
-            Err(_) => Ok(Admitted::uncounted()),
-        }
     }
 }
 
@@ -235,15 +232,19 @@ impl pb::user_metadata_service_server::UserMetadataService for MetadataService {
         &self,
         request: Request<pb::ListMetadataRequest>,
     ) -> Result<Response<pb::ListMetadataResponse>, Status> {
-        self.within_deadline(request, |request| self.list(request))
-            .await
+        self.answer(
+            request,
+            |message| validate::list(message, &self.page_tokens),
+            |call| self.list(call),
+        )
+        .await
     }
 
     async fn set_metadata(
         &self,
         request: Request<pb::SetMetadataRequest>,
     ) -> Result<Response<pb::SetMetadataResponse>, Status> {
-        self.within_deadline(request, |request| self.set(request))
+        self.answer(request, validate::set, |call| self.set(call))
             .await
     }
 
@@ -251,7 +252,7 @@ impl pb::user_metadata_service_server::UserMetadataService for MetadataService {
         &self,
         request: Request<pb::DeleteMetadataRequest>,
     ) -> Result<Response<pb::DeleteMetadataResponse>, Status> {
-        self.within_deadline(request, |request| self.delete(request))
+        self.answer(request, validate::delete, |call| self.delete(call))
             .await
     }
 
@@ -259,8 +260,12 @@ impl pb::user_metadata_service_server::UserMetadataService for MetadataService {
         &self,
         request: Request<pb::FindUsersByMetadataRequest>,
     ) -> Result<Response<pb::FindUsersByMetadataResponse>, Status> {
-        self.within_deadline(request, |request| self.find(request))
-            .await
+        self.answer(
+            request,
+            |message| validate::find(message, &self.page_tokens),
+            |call| self.find(call),
+        )
+        .await
     }
 
     type WatchMetadataStream = ChangeStream;
@@ -271,7 +276,7 @@ impl pb::user_metadata_service_server::UserMetadataService for MetadataService {
     ) -> Result<Response<ChangeStream>, Status> {
         // The deadline bounds opening the stream (identifying the caller, placing the user); the stream
         // itself lasts until the caller ends it (or its own deadline does).
-        self.within_deadline(request, |request| self.watch(request))
+        self.answer(request, validate::watch, |call| self.watch(call))
             .await
     }
 
@@ -279,7 +284,7 @@ impl pb::user_metadata_service_server::UserMetadataService for MetadataService {
         &self,
         request: Request<pb::BatchGetMetadataRequest>,
     ) -> Result<Response<pb::BatchGetMetadataResponse>, Status> {
-        self.within_deadline(request, |request| self.batch(request))
+        self.answer(request, validate::batch_get, |call| self.batch(call))
             .await
     }
 }

@@ -149,6 +149,22 @@ async fn one_caller_cannot_take_every_in_flight_slot() {
         );
         assert!(!status.message().contains(&app.admin_token));
     }
+    // Every RPC passes the door (token, rate limit, validation) before it is counted: an invalid request of
+    // the admin's is refused for what it is, not for the slot its other call holds.
+    let invalid = client
+        .clone()
+        .list_metadata(authed(
+            ListMetadataRequest {
+                user_id: "not a user id".to_owned(),
+                ..Default::default()
+            },
+            &app.admin_token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(invalid.code(), Code::InvalidArgument, "{invalid:?}");
+    assert_eq!(violated_fields(&invalid), ["user_id"]);
+    assert_eq!(app.management_requests().len(), 1);
 
     // The held call, once given up by its client, frees the admin's slot.
     for call in hog {

@@ -2,7 +2,6 @@
 //! user's result), a bounded number at once.
 
 use futures::StreamExt as _;
-use tonic::Request;
 use tracing::instrument;
 
 use super::{exact_key_filter, read_all, subject_of, target_of, unknown_user_not_found};
@@ -17,9 +16,8 @@ impl MetadataService {
     #[instrument(name = "BatchGetMetadata", skip_all, fields(caller, users))]
     pub(in crate::api) async fn batch(
         &self,
-        request: Request<pb::BatchGetMetadataRequest>,
+        Call { token, request, .. }: Call<validate::BatchGet>,
     ) -> Result<pb::BatchGetMetadataResponse, ApiError> {
-        let Call { token, request, .. } = self.admit(request, validate::batch_get)?;
         let caller = self.identify(&token).await?;
         let span = tracing::Span::current();
         span.record("caller", caller.sub.as_str());

@@ -1,7 +1,6 @@
 //! FindUsersByMetadata: the users holding a value, as far as the policy lets the caller find them, a page at
 //! a time.
 
-use tonic::Request;
 use tracing::instrument;
 
 use crate::{
@@ -21,11 +20,8 @@ impl MetadataService {
     #[instrument(name = "FindUsersByMetadata", skip_all, fields(caller))]
     pub(in crate::api) async fn find(
         &self,
-        request: Request<pb::FindUsersByMetadataRequest>,
+        Call { token, request, .. }: Call<validate::Find>,
     ) -> Result<pb::FindUsersByMetadataResponse, ApiError> {
-        let Call { token, request, .. } = self.admit(request, |message| {
-            validate::find(message, &self.page_tokens)
-        })?;
         let caller = self.identify(&token).await?;
         tracing::Span::current().record("caller", caller.sub.as_str());
         // Who holds a value is asked only of callers some rule lets find on this key (anyone but themself).

@@ -38,6 +38,7 @@ impl MetadataService {
             token,
             request,
             metadata,
+            ..
         } = self.admit(request, validate::get_mine)?;
         tracing::Span::current().record("source", tracing::field::debug(request.source));
         if request.source == Source::Userinfo

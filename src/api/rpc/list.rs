@@ -1,6 +1,5 @@
 //! ListMetadata: a user's metadata, a page at a time, as far as the policy lets the caller read it.
 
-use tonic::Request;
 use tracing::instrument;
 
 use super::{read_all, subject_of, unknown_user_not_found};
@@ -26,11 +25,8 @@ impl MetadataService {
     #[instrument(name = "ListMetadata", skip_all, fields(user_id, org_id))]
     pub(in crate::api) async fn list(
         &self,
-        request: Request<pb::ListMetadataRequest>,
+        Call { token, request, .. }: Call<validate::List>,
     ) -> Result<pb::ListMetadataResponse, ApiError> {
-        let Call { token, request, .. } = self.admit(request, |message| {
-            validate::list(message, &self.page_tokens)
-        })?;
         let filter = request.filter.as_ref();
         // An own listing reads with the caller's token, so ZITADEL decides whose it is; while every caller may
         // read their own keys, it needs no identity lookup.

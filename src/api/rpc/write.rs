@@ -3,7 +3,6 @@
 
 use std::{collections::HashSet, future::Future};
 
-use tonic::Request;
 use tracing::instrument;
 
 use super::{read_all, subject_of, target_of};
@@ -76,32 +75,35 @@ impl MetadataService {
     #[instrument(name = "SetMetadata", skip_all, fields(caller, user_id))]
     pub(in crate::api) async fn set(
         &self,
-        request: Request<pb::SetMetadataRequest>,
+        call: Call<validate::Set>,
     ) -> Result<pb::SetMetadataResponse, ApiError> {
-        let update_time = self.write(request, validate::set).await?;
+        let update_time = self.write(call).await?;
         Ok(pb::SetMetadataResponse { update_time })
     }
 
     #[instrument(name = "DeleteMetadata", skip_all, fields(caller, user_id))]
     pub(in crate::api) async fn delete(
         &self,
-        request: Request<pb::DeleteMetadataRequest>,
+        call: Call<validate::Delete>,
     ) -> Result<pb::DeleteMetadataResponse, ApiError> {
-        let update_time = self.write(request, validate::delete).await?;
+        let update_time = self.write(call).await?;
         Ok(pb::DeleteMetadataResponse { update_time })
     }
 
-    /// The one write path: admission, the caller (with the client certificate mTLS verified), the user
+    /// The one write path: the caller (with the client certificate mTLS verified), the user
     /// addressed ([`target_of`]) placed in the organisation ZITADEL acts in, the policy on every key (and, for
     /// a set, every value) before ZITADEL is asked; then the change, audited, with the cache and the streams
     /// told of it. Returns when ZITADEL says it landed.
-    async fn write<M, R: WriteRequest>(
+    async fn write<R: WriteRequest>(
         &self,
-        request: Request<M>,
-        validate: impl FnOnce(M) -> Result<R, ApiError>,
+        Call {
+            token,
+            request,
+            extensions,
+            ..
+        }: Call<R>,
     ) -> Result<Option<prost_types::Timestamp>, ApiError> {
-        let client_cert = tls::client_cert(&request);
-        let Call { token, request, .. } = self.admit(request, validate)?;
+        let client_cert = tls::client_cert(&extensions);
         let caller = &self.identify(&token).await?.with_client_cert(client_cert);
         let (user_id, org_id) = request.named();
         let named = target_of(caller, user_id, org_id)?;

@@ -5,12 +5,11 @@ mod stream;
 
 use std::sync::Arc;
 
-use tonic::Request;
 use tracing::instrument;
 
 use super::{subject_of, unknown_user_not_found};
 use crate::{
-    api::{ApiError, MetadataService, pb, service::Call, validate},
+    api::{ApiError, MetadataService, service::Call, validate},
     policy::{Action, Subject},
 };
 use usermeta_zitadel::management::Target;
@@ -25,9 +24,8 @@ impl MetadataService {
     #[instrument(name = "WatchMetadata", skip_all, fields(caller, user_id))]
     pub(in crate::api) async fn watch(
         &self,
-        request: Request<pb::WatchMetadataRequest>,
+        Call { token, request, .. }: Call<validate::Watch>,
     ) -> Result<ChangeStream, ApiError> {
-        let Call { token, request, .. } = self.admit(request, validate::watch)?;
         let caller = self.identify(&token).await?;
         let span = tracing::Span::current();
         span.record("caller", caller.sub.as_str());
@@ -96,6 +94,7 @@ mod opening {
     use tokio::sync::watch;
 
     use super::*;
+    use crate::api::pb::{self, user_metadata_service_server::UserMetadataService as _};
     use crate::{
         admission::Shed,
         api::{Dependencies, PageTokenKey, RequestLimits},
@@ -106,7 +105,7 @@ mod opening {
         fleet::{Changes, WatchLimits},
         policy::Policy,
     };
-    use pb::user_metadata_service_server::UserMetadataService as _;
+    use tonic::Request;
     use usermeta_zitadel::Zitadel;
 
     /// A service against `standin` as the composition root builds it, and its stop signal.
