@@ -216,6 +216,7 @@ impl Zitadel {
             issuer.clone(),
             token_url,
         )?;
+        let guards = resilience::Guards::new(config.resilience, &instrumentation);
         Ok(Zitadel {
             http,
             instrumentation,
@@ -227,7 +228,7 @@ impl Zitadel {
             issuer,
             base_url,
             service_token,
-            guards: resilience::Guards::new(config.resilience),
+            guards,
             budget,
             http2: config.http2,
             project_id: config.project_id,
