@@ -5,7 +5,8 @@
 #   - `mdbook build docs` prints no warning and no error (mdBook 0.5 goes on past a broken {{#include}}, so its
 #     output is read);
 #   - every relative link and anchor of the built book, and every relative link of README.md into the book or
-#     the repository, resolves (scripts/check_book_links.py);
+#     the repository, and every alert's runbook_url (deploy/prometheus/alerts.yaml), resolves
+#     (scripts/check_book_links.py);
 #   - README.md stays a way in: at most 200 lines;
 #   - docs/src/reference/configuration.md is what `usermeta config-reference` generates;
 #   - the benchmark report's chart generator passes its tests and RESULTS.md's charts match its numbers.
@@ -92,9 +93,10 @@ else
   fi
 fi
 
-echo "-- links and anchors of the book and of README.md"
+echo "-- links and anchors of the book, of README.md and of the alerts' runbook_url"
 if [[ -d docs/book ]]; then
-  python3 scripts/check_book_links.py docs/book --markdown README.md || fail "broken links in the book or README.md (above)"
+  python3 scripts/check_book_links.py docs/book --markdown README.md --runbooks deploy/prometheus/alerts.yaml \
+    || fail "broken links in the book, README.md or the alerts' runbook_url (above)"
 else
   fail "no built book in docs/book"
 fi

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Checks deploy/kubernetes/ without a cluster:
-#   1. `kubectl kustomize` renders the base and the Redis overlay;
+#   1. `kubectl kustomize` renders the base, the Redis overlay and the monitoring overlay;
 #   2. kubernetes-validate (PyPI, pinned) validates every object offline against the bundled OpenAPI schemas of
 #      a pinned Kubernetes version, strictly (unknown fields fail);
 #   3. this project's own rules (scripts/check_kubernetes_rules.py): 3 replicas, gRPC probes on the right health
 #      services, the security context, PodDisruptionBudget and HPA, the NetworkPolicy keeping the ext_authz,
 #      webhook and metrics ports to listed sources, credentials and the policy as mounted files, no secret
 #      values inline, a request budget toward ZITADEL that keeps the most pods inside ZITADEL Cloud's rate
-#      limit, and the overlay's Redis wiring;
+#      limit, and the overlay's Redis wiring; the monitoring overlay's PrometheusRules hold exactly
+#      deploy/prometheus/'s rule files and its PodMonitor scrapes the pods' metrics port
+#      (scripts/prometheus_rules_overlay.py);
 #   4. that checks 2 and 3 do fail on broken copies, so a green run means something.
 # Needs kubectl and python3; installs kubernetes-validate into .tools/ (git-ignored).
 set -euo pipefail
@@ -35,6 +37,10 @@ for name in base redis; do
   echo "-- 3. project rules ($name)"
   "$py" scripts/check_kubernetes_rules.py "$name" "$scratch/$name.yaml"
 done
+
+echo "-- 1-3. kubectl kustomize deploy/kubernetes/overlays/monitoring (prometheus-operator's CRDs: no bundled schema)"
+kubectl kustomize deploy/kubernetes/overlays/monitoring >"$scratch/monitoring.yaml"
+"$py" scripts/prometheus_rules_overlay.py check "$scratch/monitoring.yaml"
 
 echo "-- 4. the checks reject broken manifests"
 must_fail() { # must_fail WHAT EXPECTED-OUTPUT-REGEX COMMAND...: the command fails, saying why
@@ -67,4 +73,6 @@ mutate "$scratch/base.yaml" "s.replace('value: \"3.6\"', 'value: \"40\"', 1)" >"
 must_fail "a request budget that 11 pods would take past ZITADEL Cloud's limit (rules)" "FAIL the request budget" rules base "$scratch/budget.yaml"
 mutate "$scratch/redis.yaml" "s.replace('redis://redis:6379', 'redis://localhost:6379', 1)" >"$scratch/redis-url.yaml"
 must_fail "usermeta pointed at a Redis that is not the overlay's (rules)" "FAIL USERMETA_REDIS_URL" rules redis "$scratch/redis-url.yaml"
+mutate "$scratch/monitoring.yaml" "s.replace('severity: critical', 'severity: page', 1)" >"$scratch/monitoring-rules.yaml"
+must_fail "a PrometheusRule that is not alerts.yaml (monitoring)" "FAIL PrometheusRule usermeta-alerts differs" "$py" scripts/prometheus_rules_overlay.py check "$scratch/monitoring-rules.yaml"
 echo "check-kubernetes: ok"

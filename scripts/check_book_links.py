@@ -3,12 +3,14 @@
 URL must name a file of the book, and each `#fragment` an element id of the page it points to. Prints every
 broken link with the page it is on; exits 1 if there is any.
 
-    check_book_links.py [BOOK] [--markdown FILE.md ...]
+    check_book_links.py [BOOK] [--markdown FILE.md ...] [--runbooks RULES.yaml ...]
 
 BOOK is the build directory (default docs/book); mdBook 0.5 writes the HTML there directly with one renderer,
 and into BOOK/html when several are configured: both are found. Each --markdown file (the README) has its
 relative links checked too: a link into the book's sources (docs/src/X.md#anchor) must name a chapter and an
-anchor of the built chapter, any other link a file or directory of the repository."""
+anchor of the built chapter, any other link a file or directory of the repository. Each --runbooks file (the
+Prometheus alert rules) has every `runbook_url:` checked: a page of the book, relative to its root, and an
+anchor of that page."""
 import html.parser
 import os
 import re
@@ -69,7 +71,27 @@ def check_markdown(path, root, pages, src="docs/src"):
     return broken
 
 
-def main(root, markdown=()):
+def check_runbooks(path, root, pages):
+    """Each `runbook_url: page.html#anchor` of an alert rules file must name a page and an anchor of the book."""
+    broken, urls = [], []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            match = re.match(r"\s*runbook_url:\s*['\"]?([^'\"\s]+)", line)
+            if match:
+                urls.append(match.group(1))
+    for url in urls:
+        parsed = urllib.parse.urlsplit(url)
+        page = os.path.normpath(os.path.join(root, parsed.path))
+        if parsed.scheme or page not in pages:
+            broken.append(f"{path}: runbook_url {url} (not a page of the book, relative to its root)")
+        elif not parsed.fragment or urllib.parse.unquote(parsed.fragment) not in pages[page].ids:
+            broken.append(f"{path}: runbook_url {url} (no section #{parsed.fragment} on that page)")
+    if not urls:
+        broken.append(f"{path}: no runbook_url at all")
+    return len(urls), broken
+
+
+def main(root, markdown=(), runbooks=()):
     root = html_root(root)
     pages = {}
     for directory, _, files in os.walk(root):
@@ -108,19 +130,25 @@ def main(root, markdown=()):
     for path in markdown:
         checked += len(markdown_links(path))
         broken += check_markdown(path, root, pages)
+    for path in runbooks:
+        count, problems = check_runbooks(path, root, pages)
+        checked += count
+        broken += problems
     if not pages:
         broken.append(f"{root}: no HTML pages (was the book built?)")
     for line in broken:
         print(f"broken link: {line}")
-    print(f"checked {checked} links on {len(pages)} pages and {len(markdown)} markdown files: {len(broken)} broken")
+    print(f"checked {checked} links on {len(pages)} pages, {len(markdown)} markdown files and {len(runbooks)} "
+          f"alert rule files: {len(broken)} broken")
     return 1 if broken else 0
 
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    files = []
-    while "--markdown" in args:
-        i = args.index("--markdown")
-        files.append(args[i + 1])
-        del args[i:i + 2]
-    sys.exit(main(args[0] if args else "docs/book", files))
+    files = {"--markdown": [], "--runbooks": []}
+    for option, values in files.items():
+        while option in args:
+            i = args.index(option)
+            values.append(args[i + 1])
+            del args[i:i + 2]
+    sys.exit(main(args[0] if args else "docs/book", files["--markdown"], files["--runbooks"]))

@@ -1,6 +1,7 @@
 //! How the ZITADEL client's calls show in usermeta's telemetry: each runs in a span whose id ZITADEL receives
 //! as `traceparent`, and is counted by endpoint and HTTP status; the management API in use is a gauge; a
-//! deprecated endpoint is a warning, once per endpoint; the request budget's decisions are counted.
+//! deprecated endpoint is a warning, once per endpoint; the request budget's decisions are counted; the
+//! breakers' states are gauges.
 
 use std::{
     collections::HashSet,
@@ -8,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use usermeta_zitadel::{Instrument, Instrumentation};
+use usermeta_zitadel::{Instrument, Instrumentation, resilience::Group};
 
 /// The hooks [`server::Application`](crate::server::Application) gives the ZITADEL client.
 pub fn upstream() -> Instrumentation {
@@ -59,5 +60,13 @@ impl Instrument for Upstream {
 
     fn upstream_caller_share_refused(&self, class: &'static str) {
         crate::metrics::upstream_caller_share_refused(class);
+    }
+
+    fn breaker_changed(&self, group: Group, open: bool) {
+        let group = match group {
+            Group::CallerToken => "caller",
+            Group::Management => "management",
+        };
+        crate::metrics::breaker_open(group, open);
     }
 }

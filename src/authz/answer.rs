@@ -26,8 +26,9 @@ use crate::settings::names;
 
 impl AuthzService {
     pub(super) fn answer(&self, decision: Decision) -> CheckResponse {
-        let record = |name: &str| {
+        let record = |name: &'static str| {
             tracing::Span::current().record("decision", name);
+            crate::metrics::check_decision(name);
         };
         match decision {
             Decision::Allow(admitted) => {

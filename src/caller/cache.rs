@@ -392,6 +392,8 @@ impl CallerCache {
             }
             _ => {
                 crate::metrics::cache_lookup(crate::metrics::CacheResult::Miss);
+                // Only a miss adds an entry, so the size is current enough as of the last one.
+                crate::metrics::cache_entries(entries.len());
                 None
             }
         }

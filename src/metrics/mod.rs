@@ -21,6 +21,7 @@ pub const CALLS_WAITING: &str = "usermeta_calls_waiting_on_zitadel";
 pub const UPSTREAM_REQUESTS: &str = "usermeta_upstream_requests_total";
 pub const UPSTREAM_DURATION: &str = "usermeta_upstream_request_duration_seconds";
 pub const CACHE_LOOKUPS: &str = "usermeta_cache_lookups_total";
+pub const CACHE_ENTRIES: &str = "usermeta_caller_cache_entries";
 pub const TOKEN_REFRESHES: &str = "usermeta_service_token_refreshes_total";
 pub const MANAGEMENT_API: &str = "usermeta_zitadel_management_api";
 pub const BATCH_RESULTS: &str = "usermeta_batch_results_total";
@@ -33,6 +34,9 @@ pub const WATCH_STREAMS: &str = "usermeta_watch_streams";
 pub const WATCH_ENDED: &str = "usermeta_watch_streams_ended_total";
 pub const WEBHOOK_EVENTS: &str = "usermeta_webhook_events_total";
 pub const CONNECTIONS_REFUSED: &str = "usermeta_http_connections_refused_total";
+pub const CHECK_DECISIONS: &str = "usermeta_ext_authz_decisions_total";
+pub const BREAKER_OPEN: &str = "usermeta_upstream_breaker_open";
+pub const BUILD_INFO: &str = "usermeta_build_info";
 
 /// Connections the `/metrics` listener serves at once.
 const MAX_SCRAPE_CONNECTIONS: usize = 16;
@@ -60,6 +64,9 @@ pub fn install() -> Result<PrometheusHandle, MetricsError> {
                 .install_recorder()
                 .map_err(failed)?;
             describe();
+            metrics_process::Collector::default().describe();
+            gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            start_at_zero();
             Ok(handle)
         })
         .clone()
@@ -93,6 +100,10 @@ fn describe() {
     describe_counter!(
         CACHE_LOOKUPS,
         "Caller cache lookups: hit, miss, or negative_hit (a recently rejected token)"
+    );
+    describe_gauge!(
+        CACHE_ENTRIES,
+        "Tokens in the caller cache (answers from userinfo, expired ones until evicted), as of its last miss"
     );
     describe_gauge!(
         REDIS_CONNECTED,
@@ -153,10 +164,41 @@ fn describe() {
             crate::settings::names::MAX_IN_FLIGHT
         )
     );
+    describe_counter!(
+        CHECK_DECISIONS,
+        "Envoy Check answers, by decision: allow, unauthenticated, forbidden, rate_limited, caller_overloaded, upstream_budget_exhausted, caller_upstream_share_exhausted, unavailable (ZITADEL could not be asked: 503)"
+    );
+    describe_gauge!(
+        BREAKER_OPEN,
+        "1 while the circuit breaker of a group of calls to ZITADEL is open (label group: caller or management), 0 while closed or probing"
+    );
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1; label version: the running usermeta's version"
+    );
     describe_gauge!(
         UPSTREAM_BUDGET_TOKENS,
         "Requests the budget toward ZITADEL would grant at once, as of its last decision"
     );
+}
+
+/// Creates the counters of rare events at 0, so they are on `/metrics` before the first one: a rule's
+/// `increase()` sees the first event, and a dashboard shows 0 rather than no data.
+fn start_at_zero() {
+    for outcome in ["ok", "error"] {
+        counter!(TOKEN_REFRESHES, "outcome" => outcome).absolute(0);
+    }
+    for class in ["identify", "manage"] {
+        for outcome in ["granted", "refused", "refused_caller_share"] {
+            counter!(UPSTREAM_BUDGET, "class" => class, "outcome" => outcome).absolute(0);
+        }
+    }
+    for limit in ["max_in_flight", "max_in_flight_per_caller"] {
+        counter!(CALLS_SHED, "limit" => limit).absolute(0);
+    }
+    for result in ["hit", "miss", "negative_hit"] {
+        counter!(CACHE_LOOKUPS, "result" => result).absolute(0);
+    }
 }
 
 /// Serves `GET /metrics` on `listener` until the returned task is aborted. HTTP/1.1 by hyper directly: a
@@ -188,10 +230,12 @@ pub fn serve(listener: TcpListener, handle: PrometheusHandle) -> tokio::task::Jo
     })
 }
 
-/// The answer to one request of the metrics listener: the text format at `GET /metrics`, 404 elsewhere.
+/// The answer to one request of the metrics listener: the text format at `GET /metrics` (the process's
+/// CPU, memory and file descriptors read at that moment), 404 elsewhere.
 fn scrape_answer<B>(handle: &PrometheusHandle, request: &http::Request<B>) -> crate::http1::Answer {
     let (status, content_type, body) =
         if request.uri().path() == "/metrics" && request.method() == http::Method::GET {
+            metrics_process::Collector::default().collect();
             (
                 http::StatusCode::OK,
                 "text/plain; version=0.0.4; charset=utf-8",
@@ -232,6 +276,11 @@ pub fn cache_lookup(result: CacheResult) {
             counter!(CACHE_LOOKUPS, "result" => "negative_hit").increment(1);
         }
     }
+}
+
+/// How many tokens the caller cache holds.
+pub fn cache_entries(entries: usize) {
+    gauge!(CACHE_ENTRIES).set(entries as f64);
 }
 
 /// Which management API is in use now.
@@ -275,6 +324,34 @@ pub fn waiting_calls(delta: f64) {
 /// Records a request to ZITADEL the caller's share of the budget refused (the replica's bucket not asked).
 pub fn upstream_caller_share_refused(class: &'static str) {
     counter!(UPSTREAM_BUDGET, "class" => class, "outcome" => "refused_caller_share").increment(1);
+}
+
+/// One answer of Envoy's Check (`decision` is one of the literals the describe text lists).
+pub fn check_decision(decision: &'static str) {
+    // Check is on the hot path: literal labels make static keys, where a variable one is built per call.
+    macro_rules! count {
+        ($($name:literal)|+) => {
+            match decision {
+                $($name => counter!(CHECK_DECISIONS, "decision" => $name).increment(1),)+
+                other => counter!(CHECK_DECISIONS, "decision" => other).increment(1),
+            }
+        };
+    }
+    count!(
+        "allow"
+            | "unauthenticated"
+            | "forbidden"
+            | "rate_limited"
+            | "caller_overloaded"
+            | "upstream_budget_exhausted"
+            | "caller_upstream_share_exhausted"
+            | "unavailable"
+    );
+}
+
+/// Whether the circuit breaker of a group of calls to ZITADEL (`caller` or `management`) is open.
+pub fn breaker_open(group: &'static str, open: bool) {
+    gauge!(BREAKER_OPEN, "group" => group).set(if open { 1.0 } else { 0.0 });
 }
 
 /// Records one management API token request.
@@ -352,6 +429,7 @@ const KNOWN_METHODS: &[&str] = &[
     "/usermeta.v1.UserMetadataService/FindUsersByMetadata",
     "/usermeta.v1.UserMetadataService/BatchGetMetadata",
     "/usermeta.v1.UserMetadataService/WatchMetadata",
+    "/envoy.service.auth.v3.Authorization/Check",
     "/grpc.health.v1.Health/Check",
     "/grpc.health.v1.Health/Watch",
     "/grpc.health.v1.Health/List",

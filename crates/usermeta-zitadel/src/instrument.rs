@@ -24,6 +24,9 @@ pub trait Instrument: Send + Sync + 'static {
     /// The caller's share of the request budget refused a request of `class` (the replica's bucket was not
     /// asked).
     fn upstream_caller_share_refused(&self, _class: &'static str) {}
+    /// The circuit breaker of `group` opened (`open`) or closed; also called once per group as the client is
+    /// built, with the breaker closed.
+    fn breaker_changed(&self, _group: crate::resilience::Group, _open: bool) {}
 }
 
 /// The hooks in use: [`Instrumentation::none`] unless the service gives its own.

@@ -232,6 +232,7 @@ impl Zitadel {
             issuer.clone(),
             token_url,
         )?;
+        let guards = resilience::Guards::new(config.resilience, &instrumentation);
         Ok(Zitadel {
             http,
             instrumentation,
@@ -243,7 +244,7 @@ impl Zitadel {
             issuer,
             base_url,
             service_token,
-            guards: resilience::Guards::new(config.resilience),
+            guards,
             budget,
             http2: config.http2,
             setting_names: config.setting_names,

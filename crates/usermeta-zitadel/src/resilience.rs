@@ -30,6 +30,8 @@ use std::{
 use rand::Rng as _;
 use tokio::sync::watch;
 
+use crate::Instrumentation;
+
 tokio::task_local! {
     static DEADLINE: Option<Instant>;
 }
@@ -313,10 +315,13 @@ pub(crate) struct Breaker {
     inner: Mutex<Inner>,
     /// `true` while open, for health reporting.
     open: watch::Sender<bool>,
+    /// Told of every change of `open`, for metrics.
+    instrumentation: Instrumentation,
 }
 
 impl Breaker {
-    pub(crate) fn new(group: Group, policy: &Resilience) -> Self {
+    pub(crate) fn new(group: Group, policy: &Resilience, instrumentation: Instrumentation) -> Self {
+        instrumentation.hooks().breaker_changed(group, false);
         Breaker {
             group,
             rule: TripRule::of(policy),
@@ -327,7 +332,15 @@ impl Breaker {
                 window: Window::new(policy.breaker_window, Instant::now()),
             }),
             open: watch::Sender::new(false),
+            instrumentation,
         }
+    }
+
+    fn set_open(&self, open: bool) {
+        self.open.send_replace(open);
+        self.instrumentation
+            .hooks()
+            .breaker_changed(self.group, open);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -389,7 +402,7 @@ impl Breaker {
                 inner.state = State::Closed;
                 inner.window.clear();
                 tracing::info!(group = ?self.group, "ZITADEL circuit closed: the probe succeeded");
-                self.open.send_replace(false);
+                self.set_open(false);
             }
             (Outcome::Failed, State::Closed) => {
                 inner.window.record(now, true);
@@ -407,7 +420,7 @@ impl Breaker {
                         until: now + self.cooldown,
                     };
                     inner.window.clear();
-                    self.open.send_replace(true);
+                    self.set_open(true);
                 }
             }
             (Outcome::Failed, State::HalfOpen { .. }) if probe => {
@@ -483,10 +496,10 @@ pub(crate) struct Guards {
 }
 
 impl Guards {
-    pub(crate) fn new(policy: Resilience) -> Self {
+    pub(crate) fn new(policy: Resilience, instrumentation: &Instrumentation) -> Self {
         let guard = |group| Guard {
             budget: RetryBudget::new(policy.retry_budget_ratio, policy.retry_budget_floor),
-            breaker: Breaker::new(group, &policy),
+            breaker: Breaker::new(group, &policy, instrumentation.clone()),
         };
         Guards {
             policy,
@@ -594,7 +607,11 @@ mod tests {
 
     #[test]
     fn two_or_three_failed_requests_do_not_open_the_breaker() {
-        let breaker = Breaker::new(Group::CallerToken, &Resilience::default());
+        let breaker = Breaker::new(
+            Group::CallerToken,
+            &Resilience::default(),
+            Instrumentation::none(),
+        );
         let now = Instant::now();
         for _ in 0..3 {
             request(&breaker, now, Outcome::Failed);
@@ -617,7 +634,11 @@ mod tests {
     #[test]
     fn a_total_outage_opens_after_the_failures_and_the_ratio_opens_a_partial_one() {
         let now = Instant::now();
-        let breaker = Breaker::new(Group::CallerToken, &Resilience::default());
+        let breaker = Breaker::new(
+            Group::CallerToken,
+            &Resilience::default(),
+            Instrumentation::none(),
+        );
         for _ in 0..4 {
             request(&breaker, now, Outcome::Failed);
         }
@@ -625,7 +646,11 @@ mod tests {
         request(&breaker, now, Outcome::Failed);
         assert!(is_open(&breaker), "five failed requests and nothing else");
 
-        let breaker = Breaker::new(Group::CallerToken, &Resilience::default());
+        let breaker = Breaker::new(
+            Group::CallerToken,
+            &Resilience::default(),
+            Instrumentation::none(),
+        );
         for _ in 0..10 {
             request(&breaker, now, Outcome::Alive);
         }
@@ -639,7 +664,11 @@ mod tests {
 
     #[test]
     fn successes_age_out_so_a_sustained_outage_opens_at_low_traffic() {
-        let breaker = Breaker::new(Group::Management, &Resilience::default());
+        let breaker = Breaker::new(
+            Group::Management,
+            &Resilience::default(),
+            Instrumentation::none(),
+        );
         // After the breaker's own epoch, so bucket boundaries fall on whole seconds from here.
         let epoch = Instant::now();
         let at = |ms: u64| epoch + Duration::from_millis(ms);
@@ -656,7 +685,11 @@ mod tests {
     #[test]
     fn unknown_outcomes_and_4xx_count_for_nothing_bad() {
         let now = Instant::now();
-        let breaker = Breaker::new(Group::Management, &policy(2, Duration::from_secs(1)));
+        let breaker = Breaker::new(
+            Group::Management,
+            &policy(2, Duration::from_secs(1)),
+            Instrumentation::none(),
+        );
         request(&breaker, now, Outcome::Failed);
         for _ in 0..10 {
             request(&breaker, now, Outcome::Unknown);
@@ -672,7 +705,11 @@ mod tests {
         let epoch = Instant::now();
         let at = |ms: u64| epoch + Duration::from_millis(ms);
         let cooldown = Duration::from_millis(30);
-        let breaker = Breaker::new(Group::Management, &policy(2, cooldown));
+        let breaker = Breaker::new(
+            Group::Management,
+            &policy(2, cooldown),
+            Instrumentation::none(),
+        );
         request(&breaker, at(0), Outcome::Failed);
         let in_flight = breaker.admit_at(at(0)).unwrap();
         assert!(in_flight.may_retry());
@@ -705,9 +742,51 @@ mod tests {
         assert!(breaker.admit_at(at(63)).is_ok());
     }
 
+    /// Hooks that keep the breaker states they are told of.
+    #[derive(Default)]
+    struct BreakerStates(std::sync::Mutex<Vec<(Group, bool)>>);
+
+    impl crate::Instrument for std::sync::Arc<BreakerStates> {
+        fn call_started(&self, _: &'static str) -> (tracing::Span, http::HeaderMap) {
+            (tracing::Span::none(), http::HeaderMap::new())
+        }
+        fn call_finished(&self, _: &'static str, _: Option<u16>, _: Duration) {}
+        fn token_refreshed(&self, _: bool) {}
+        fn breaker_changed(&self, group: Group, open: bool) {
+            self.0.lock().unwrap().push((group, open));
+        }
+    }
+
+    #[test]
+    fn the_hooks_hear_the_breaker_start_closed_open_and_close() {
+        let states = std::sync::Arc::new(BreakerStates::default());
+        let epoch = Instant::now();
+        let at = |ms: u64| epoch + Duration::from_millis(ms);
+        let breaker = Breaker::new(
+            Group::Management,
+            &policy(2, Duration::from_millis(30)),
+            Instrumentation::new(states.clone()),
+        );
+        request(&breaker, at(0), Outcome::Failed);
+        request(&breaker, at(0), Outcome::Failed);
+        request(&breaker, at(30), Outcome::Alive);
+        assert_eq!(
+            *states.0.lock().unwrap(),
+            [
+                (Group::Management, false),
+                (Group::Management, true),
+                (Group::Management, false)
+            ]
+        );
+    }
+
     #[test]
     fn zero_failures_never_opens() {
-        let breaker = Breaker::new(Group::CallerToken, &policy(0, Duration::from_secs(60)));
+        let breaker = Breaker::new(
+            Group::CallerToken,
+            &policy(0, Duration::from_secs(60)),
+            Instrumentation::none(),
+        );
         let now = Instant::now();
         for _ in 0..100 {
             request(&breaker, now, Outcome::Failed);
