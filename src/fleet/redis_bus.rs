@@ -519,7 +519,8 @@ async fn listen(
                 feed.publish(Write::group(metadata_changes(change)));
             }
             _ = ping.tick() => {
-                match tokio::time::timeout(REDIS_TIMEOUT, sink.ping::<String>()).await {
+                // A subscribed connection answers PING with `["pong", ""]` (RESP2), not `PONG`: any answer will do.
+                match tokio::time::timeout(REDIS_TIMEOUT, sink.ping::<redis::Value>()).await {
                     Ok(Ok(_)) => {}
                     Ok(Err(error)) => return error.to_string(),
                     Err(_) => return "a ping went unanswered".to_owned(),

@@ -926,3 +926,38 @@ async fn a_fleet_works_through_a_redis_acl_user_limited_to_its_channel_and_keys(
     }
     assert_eq!(statuses, [200, 401]);
 }
+
+/// The ids of the clients subscribed to `redis`'s channels.
+async fn subscribers(redis: &Redis) -> Vec<String> {
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    list.lines()
+        .filter_map(|line| line.split(' ').find(|field| field.starts_with("id=")))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_replica_keeps_its_subscription_across_pings() {
+    let redis = Redis::start();
+    let app = TestApp::spawn().await;
+    let replica = replica(&app, Some(&redis.url())).await;
+    wait_for_redis_health(replica.addr, ServingStatus::Serving).await;
+    let subscribed = subscribers(&redis).await;
+    assert_eq!(subscribed.len(), 1, "{subscribed:?}");
+    // The replica pings its subscription every 5 s; a ping it cannot read would drop the link (and every
+    // cached answer with it) and subscribe again. Nothing to wait for: nothing is what should happen.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert_eq!(subscribers(&redis).await, subscribed);
+    assert_eq!(redis_health(replica.addr).await, ServingStatus::Serving);
+}
