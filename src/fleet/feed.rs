@@ -229,12 +229,12 @@ struct Shared {
 
 /// The replica's streams, by user. Cloning shares it.
 #[derive(Debug, Clone)]
-pub struct Feed {
+pub(super) struct Feed {
     shared: Arc<Shared>,
 }
 
 impl Feed {
-    pub fn new(limits: WatchLimits) -> Feed {
+    pub(super) fn new(limits: WatchLimits) -> Feed {
         Feed {
             shared: Arc::new(Shared {
                 limits,
@@ -244,7 +244,7 @@ impl Feed {
         }
     }
 
-    pub fn limits(&self) -> &WatchLimits {
+    pub(super) fn limits(&self) -> &WatchLimits {
         &self.shared.limits
     }
 
@@ -256,7 +256,11 @@ impl Feed {
     }
 
     /// Opens a stream of `user_id`'s writes for `caller`, within the limits on streams.
-    pub fn subscribe(&self, user_id: &str, caller: &str) -> Result<Subscription, StreamLimit> {
+    pub(super) fn subscribe(
+        &self,
+        user_id: &str,
+        caller: &str,
+    ) -> Result<Subscription, StreamLimit> {
         let limits = self.shared.limits;
         let mut registry = self.registry();
         if registry.open >= limits.max_streams {
@@ -284,7 +288,7 @@ impl Feed {
     }
 
     /// Hands each write to the streams of its user. Nothing is kept for a user nobody watches.
-    pub fn publish(&self, writes: Vec<Write>) {
+    pub(super) fn publish(&self, writes: Vec<Write>) {
         for write in writes {
             self.publish_one(write);
         }

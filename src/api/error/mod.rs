@@ -35,7 +35,7 @@ pub struct Violation {
 
 /// The most violations one answer lists; the rest are counted ("and N more"), so neither the
 /// `grpc-status-details-bin` trailer nor the log line grows with what the request chooses to get wrong.
-pub const MAX_LISTED_VIOLATIONS: usize = 10;
+pub(super) const MAX_LISTED_VIOLATIONS: usize = 10;
 
 /// What is wrong with a request: the first [`MAX_LISTED_VIOLATIONS`], and how many more there are.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

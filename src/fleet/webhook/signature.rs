@@ -139,7 +139,7 @@ fn parse(header: &str) -> Result<Header<'_>, SignatureError> {
 
 /// A signature header that is well-formed and fresh; whether it signs the body is yet to be seen.
 #[derive(Debug)]
-pub struct FreshHeader<'a>(Header<'a>);
+pub(super) struct FreshHeader<'a>(Header<'a>);
 
 fn unix_secs(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH)
@@ -149,14 +149,14 @@ fn unix_secs(time: SystemTime) -> u64 {
 
 /// Checks signatures and remembers the accepted ones.
 #[derive(Debug)]
-pub struct Verifier {
+pub(super) struct Verifier {
     keys: SigningKeys,
     /// Accepted signatures and their `t`, forgotten once `t` is past the tolerance (they would be stale).
     seen: Mutex<HashMap<Vec<u8>, u64>>,
 }
 
 impl Verifier {
-    pub fn new(keys: SigningKeys) -> Self {
+    pub(super) fn new(keys: SigningKeys) -> Self {
         Verifier {
             keys,
             seen: Mutex::new(HashMap::new()),
@@ -165,7 +165,7 @@ impl Verifier {
 
     /// What the header alone tells, before any body is read: it is there, well-formed, and its `t` is within
     /// the tolerance of `now`.
-    pub fn check_header<'a>(
+    pub(super) fn check_header<'a>(
         &self,
         header: Option<&'a str>,
         now: SystemTime,
@@ -180,7 +180,7 @@ impl Verifier {
 
     /// Accepts `body` when one of the header's signatures is of it under one of the keys, seen for the first
     /// time by this replica; returns the signature that matched (for a fleet-wide replay check).
-    pub fn accept_body(
+    pub(super) fn accept_body(
         &self,
         header: &FreshHeader<'_>,
         body: &[u8],
@@ -193,7 +193,7 @@ impl Verifier {
 
     /// [`Verifier::check_header`] and [`Verifier::accept_body`] in one.
     #[cfg(test)]
-    pub fn accept(
+    pub(super) fn accept(
         &self,
         header: Option<&str>,
         body: &[u8],
