@@ -408,13 +408,9 @@ impl Policy {
         }
     }
 
-    /// Whether every caller may read their own metadata (hidden keys aside) whoever they are; then a self
-    /// read needs no identity beyond the token ZITADEL reads with.
-    pub fn self_read_is_open(&self) -> bool {
-        self.self_read
-    }
-
-    /// The caller's own keys, when [`Policy::self_read_is_open`]: everything but hidden keys.
+    /// The caller's own keys while self-read is on (unless the policy file says `self_read = false`):
+    /// everything but hidden keys, whoever the caller is, so a self read needs no identity beyond the token
+    /// ZITADEL reads with. `None` while it is off.
     pub fn own_scope(&self) -> Option<ReadScope<'_>> {
         self.self_read.then(|| ReadScope {
             grants: Grants {
