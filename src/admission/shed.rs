@@ -20,9 +20,17 @@ use std::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Overload {
     /// `limit` calls already wait on ZITADEL.
-    Global { limit: usize },
+    Global {
+        /// The most calls that may wait on ZITADEL at once
+        /// ([`MAX_IN_FLIGHT`](crate::settings::names::MAX_IN_FLIGHT)).
+        limit: usize,
+    },
     /// This caller already has `limit` calls waiting on ZITADEL.
-    Caller { limit: usize },
+    Caller {
+        /// The most calls one caller may have waiting on ZITADEL at once
+        /// ([`MAX_IN_FLIGHT_PER_CALLER`](crate::settings::names::MAX_IN_FLIGHT_PER_CALLER)).
+        limit: usize,
+    },
 }
 
 /// Callers' counts are kept in this many maps, by the first byte of the token digest: admitting one caller
