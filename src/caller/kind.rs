@@ -33,10 +33,15 @@ pub enum NotAccessToken {
 /// The claims OpenID Connect defines for ID tokens only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IdTokenClaim {
+    /// `azp`, the authorized party.
     Azp,
+    /// `at_hash`, the access token's hash.
     AtHash,
+    /// `c_hash`, the authorization code's hash.
     CHash,
+    /// `s_hash`, the `state` parameter's hash.
     SHash,
+    /// `nonce`, which ties the token to its authentication request.
     Nonce,
 }
 
@@ -49,6 +54,7 @@ impl IdTokenClaim {
         IdTokenClaim::Nonce,
     ];
 
+    /// The claim's name in a JWT.
     pub fn name(self) -> &'static str {
         match self {
             IdTokenClaim::Azp => "azp",
