@@ -64,14 +64,19 @@ impl fmt::Debug for BusKey {
 /// A key file that holds nothing usable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BusKeyError {
+    /// The file holds no key: every line is blank or a `#` comment.
     #[error(
         "holds no key: put a random secret of at least 32 characters on a line of its own (e.g. the output of `openssl rand -hex 32`), the same on every replica"
     )]
     Empty,
+    /// A line is too short to be a random secret.
     #[error(
         "line {line} holds a key of fewer than 32 characters: use a random secret of at least 32 (e.g. `openssl rand -hex 32`)"
     )]
-    TooShort { line: usize },
+    TooShort {
+        /// The short line, from 1.
+        line: usize,
+    },
 }
 
 /// The shortest secret accepted from a key file.

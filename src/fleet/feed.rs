@@ -63,9 +63,13 @@ pub struct ChangedKey {
 /// One write's news: one user, one kind, every key it changed, in one item of each queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Write {
+    /// The user written to.
     pub user_id: String,
+    /// Whether keys were set, removed, or all removed.
     pub kind: ChangeKind,
+    /// Every key the write changed.
     pub keys: Vec<ChangedKey>,
+    /// When it happened, as the replica that learnt it first knows; streams send it on.
     pub time: SystemTime,
 }
 
@@ -131,14 +135,23 @@ pub enum StreamLimit {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lag {
     /// Its own queue was full: `changes` waiting or `bytes` of them.
-    Stream { changes: usize, bytes: usize },
+    Stream {
+        /// Writes waiting in the queue.
+        changes: usize,
+        /// Their bytes.
+        bytes: usize,
+    },
     /// The replica's queues together reached `bytes` while this stream was behind.
-    Replica { bytes: usize },
+    Replica {
+        /// The bytes the replica's queues held.
+        bytes: usize,
+    },
 }
 
 /// A write queued for streams: its bytes count toward the replica's total until the last queue lets go.
 #[derive(Debug)]
 pub struct Queued {
+    /// The write itself.
     pub write: Write,
     bytes: usize,
     total: Arc<AtomicUsize>,

@@ -64,23 +64,31 @@ impl SigningKeys {
 /// Why a request's signature is not accepted. The messages say what to fix and never echo a signature.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SignatureError {
+    /// The request carries no signature header.
     #[error(
         "no ZITADEL-Signature header: this endpoint accepts only events ZITADEL signs (an Actions v2 target with payload type JSON)"
     )]
     Missing,
+    /// The header does not read as `t=…,v1=…`; the text says what is wrong.
     #[error(
         "the ZITADEL-Signature header is malformed ({0}); expected t=<unix seconds>,v1=<hex HMAC-SHA256>"
     )]
     Malformed(&'static str),
+    /// No signature of the header is of the body under any key.
     #[error(
         "no v1 signature matches the body under any configured signing key; check {setting} against the target's signingKey",
         setting = crate::settings::names::WEBHOOK_SIGNING_KEY_FILE
     )]
     Mismatch,
+    /// The header's `t` is further from this replica's clock than the tolerance.
     #[error(
         "the signature's timestamp is {off_by_secs} s away from this replica's clock, more than the 300 s allowed; check both clocks (NTP)"
     )]
-    Stale { off_by_secs: u64 },
+    Stale {
+        /// How far, in seconds.
+        off_by_secs: u64,
+    },
+    /// This signature was accepted before.
     #[error("this signature was already accepted: a replayed event is not applied twice")]
     Replayed,
 }
