@@ -20,17 +20,30 @@ const NOT_SETTINGS: &[&str] = &["help", "version", "config"];
 /// The configuration file is unreadable or wrong.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigFileError {
+    /// The file could not be read.
     #[error("--config {path}: cannot read it: {source}")]
     Read {
+        /// The path given to `--config`.
         path: String,
+        /// Why it could not be read.
         source: std::io::Error,
     },
+    /// The file is not TOML.
     #[error("{path}: not valid TOML: {message}")]
-    Syntax { path: String, message: String },
+    Syntax {
+        /// The file's path.
+        path: String,
+        /// The TOML parser's message, which gives the line.
+        message: String,
+    },
+    /// A setting of the file is unknown or its value wrong.
     #[error("{path}:{line}: {problem}")]
     Setting {
+        /// The file's path.
         path: String,
+        /// The setting's line, from 1.
         line: usize,
+        /// What is wrong, naming the setting.
         problem: String,
     },
 }

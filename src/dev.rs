@@ -27,11 +27,17 @@ const DEMO_SCOPES: &[&str] = &[
 
 /// Demo data the stand-in starts with.
 pub struct Demo {
+    /// The running stand-in, serving the demo data.
     pub standin: StandIn,
+    /// The demo user, with `ContractNumber=1234` and `profile.language=en`.
     pub user_id: String,
+    /// An access token of the demo user.
     pub user_token: String,
+    /// A second user of the organisation (no metadata).
     pub admin_id: String,
+    /// An access token of that user.
     pub admin_token: String,
+    /// The personal access token of the service user (an IAM owner) that usermeta calls the management API with.
     pub service_pat: String,
 }
 

@@ -24,19 +24,31 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1:50051";
 /// Why the check did not get a health answer.
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
+    /// `--addr` is not an address tonic can connect to.
     #[error("`{addr}` is not a host:port address ({source})")]
     InvalidAddress {
+        /// The address as given.
         addr: String,
+        /// Why tonic refused it.
         source: tonic::transport::Error,
     },
+    /// The connection failed; the text is the transport's error chain.
     #[error("cannot connect ({0})")]
     Connect(String),
+    /// No answer within the check's timeout.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+    /// The server has no health status for the service asked about.
     #[error("the server does not know the service {0:?}")]
     UnknownService(String),
+    /// The health call ended with another gRPC status.
     #[error("the health call failed: {code:?}: {message}")]
-    Call { code: Code, message: String },
+    Call {
+        /// Its code.
+        code: Code,
+        /// Its message.
+        message: String,
+    },
 }
 
 /// Runs the check and prints its one line; the exit code is 0 only for SERVING.

@@ -49,10 +49,13 @@ use usermeta_zitadel::ZitadelConfig;
 /// Why usermeta stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
+    /// A setting is missing or wrong.
     #[error(transparent)]
     Settings(#[from] SettingsError),
+    /// The server could not start.
     #[error(transparent)]
     Start(#[from] server::StartError),
+    /// `usermeta dev` could not start its ZITADEL stand-in.
     #[cfg(feature = "dev")]
     #[error("the ZITADEL stand-in could not start: {0}")]
     StandIn(std::io::Error),

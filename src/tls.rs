@@ -27,35 +27,62 @@ pub struct TlsFiles {
 /// A TLS file is missing or unusable.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    /// A file could not be read.
     #[error("{setting}: cannot read {path}: {source}")]
     Read {
+        /// The setting that named the file.
         setting: &'static str,
+        /// The file's path.
         path: String,
+        /// The operating system's error.
         source: std::io::Error,
     },
+    /// A certificate file holds no certificate.
     #[error("{setting}: {path} holds no PEM certificate")]
-    NoCertificate { setting: &'static str, path: String },
+    NoCertificate {
+        /// The setting that named the file.
+        setting: &'static str,
+        /// The file's path.
+        path: String,
+    },
+    /// The certificate and key do not make a usable identity (no key, a key of another certificate, …).
     #[error("{cert} / {key}: the certificate and key cannot be used: {reason}")]
     Unusable {
+        /// The certificate's setting.
         cert: &'static str,
+        /// The key's setting.
         key: &'static str,
+        /// rustls's or the PEM parser's error.
         reason: String,
     },
+    /// One of the certificate and key is set without the other, or a client CA without both.
     #[error("{cert} and {key}: set both for TLS ({client_ca} needs them too)")]
     Incomplete {
+        /// The certificate's setting.
         cert: &'static str,
+        /// The key's setting.
         key: &'static str,
+        /// The client CA's setting.
         client_ca: &'static str,
     },
+    /// The CA file for ZITADEL holds no usable certificate.
     #[error("{setting}: {path} holds no usable PEM certificate ({reason})", setting = crate::settings::names::ZITADEL_CA_FILE)]
-    BadZitadelCa { path: String, reason: String },
+    BadZitadelCa {
+        /// The file's path.
+        path: String,
+        /// Why no certificate in it could be used.
+        reason: String,
+    },
 }
 
 /// The settings a listener's TLS files come from, for messages.
 #[derive(Debug, Clone, Copy)]
 pub struct TlsSettings {
+    /// The certificate's setting.
     pub cert: &'static str,
+    /// The private key's setting.
     pub key: &'static str,
+    /// The client CA's setting (mTLS).
     pub client_ca: &'static str,
 }
 

@@ -29,7 +29,10 @@ pub enum Refused<E> {
     /// No usable bearer token; `E` says how the surface read it.
     Token(E),
     /// The caller's rate limit is spent; a request is available again after `retry_after`.
-    RateLimited { retry_after: Duration },
+    RateLimited {
+        /// How long until the caller's next request is admitted.
+        retry_after: Duration,
+    },
 }
 
 /// The per-caller rate limit, the in-flight limits and the deadlines every call is held to.

@@ -20,9 +20,17 @@ use std::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Overload {
     /// `limit` calls already wait on ZITADEL.
-    Global { limit: usize },
+    Global {
+        /// The most calls that may wait on ZITADEL at once
+        /// ([`MAX_IN_FLIGHT`](crate::settings::names::MAX_IN_FLIGHT)).
+        limit: usize,
+    },
     /// This caller already has `limit` calls waiting on ZITADEL.
-    Caller { limit: usize },
+    Caller {
+        /// The most calls one caller may have waiting on ZITADEL at once
+        /// ([`MAX_IN_FLIGHT_PER_CALLER`](crate::settings::names::MAX_IN_FLIGHT_PER_CALLER)).
+        limit: usize,
+    },
 }
 
 /// Callers' counts are kept in this many maps, by the first byte of the token digest: admitting one caller
@@ -94,7 +102,8 @@ impl Shed {
         }
         crate::metrics::waiting_calls(1.0);
         Ok(Admitted {
-            counted: Some((Arc::clone(self), caller)),
+            shed: Arc::clone(self),
+            caller,
         })
     }
 
@@ -130,23 +139,17 @@ impl Shed {
 /// One admitted call; dropping it (answer sent, or the call dropped) counts it out.
 #[derive(Debug)]
 pub struct Admitted {
-    /// The limits it counts against and its caller; `None` for a call refused before it asks ZITADEL.
-    counted: Option<(Arc<Shed>, [u8; 32])>,
+    /// The limits it counts against.
+    shed: Arc<Shed>,
+    /// Its caller, as the limits key it.
+    caller: [u8; 32],
 }
 
 impl Admitted {
-    /// A call that is not counted: one refused (a missing or malformed token) before it asks ZITADEL.
-    pub fn uncounted() -> Self {
-        Admitted { counted: None }
-    }
-
     /// Runs `call`, counted until it ends or is dropped, as its caller's work: its requests to ZITADEL spend
     /// that caller's share of the request budget ([`usermeta_zitadel::budget::for_caller`]).
     pub async fn run<F: Future>(self, call: F) -> F::Output {
-        let output = match &self.counted {
-            Some((_, caller)) => usermeta_zitadel::budget::for_caller(*caller, call).await,
-            None => call.await,
-        };
+        let output = usermeta_zitadel::budget::for_caller(self.caller, call).await;
         drop(self);
         output
     }
@@ -154,13 +157,10 @@ impl Admitted {
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        let Some((shed, caller)) = &self.counted else {
-            return;
-        };
-        if shed.limit > 0 {
-            shed.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if self.shed.limit > 0 {
+            self.shed.in_flight.fetch_sub(1, Ordering::AcqRel);
         }
-        shed.leave(caller);
+        self.shed.leave(&self.caller);
         crate::metrics::waiting_calls(-1.0);
     }
 }

@@ -15,7 +15,7 @@ impl From<MetadataItem> for pb::Metadata {
 }
 
 /// UTF-8 bytes become `text`, anything else `binary`.
-pub fn value_to_pb(bytes: Vec<u8>) -> pb::MetadataValue {
+pub(super) fn value_to_pb(bytes: Vec<u8>) -> pb::MetadataValue {
     let kind = match String::from_utf8(bytes) {
         Ok(text) => pb::metadata_value::Kind::Text(text),
         Err(not_utf8) => pb::metadata_value::Kind::Binary(not_utf8.into_bytes()),
@@ -24,7 +24,7 @@ pub fn value_to_pb(bytes: Vec<u8>) -> pb::MetadataValue {
 }
 
 /// The bytes a value stands for; `None` when neither `text` nor `binary` is set.
-pub fn value_from_pb(value: Option<pb::MetadataValue>) -> Option<Vec<u8>> {
+pub(super) fn value_from_pb(value: Option<pb::MetadataValue>) -> Option<Vec<u8>> {
     match value?.kind? {
         pb::metadata_value::Kind::Text(text) => Some(text.into_bytes()),
         pb::metadata_value::Kind::Binary(bytes) => Some(bytes),

@@ -19,7 +19,7 @@ const TOKEN_LEN: usize = 1 + 8 + 1 + MAC_LEN;
 
 /// The largest offset a token may carry: far beyond any user's metadata, so a token pointing past it was
 /// not made by usermeta's listings.
-pub const MAX_OFFSET: u64 = 1_000_000;
+pub(super) const MAX_OFFSET: u64 = 1_000_000;
 
 /// The secret page tokens are signed with. Replicas of one deployment must share it.
 #[derive(Clone)]
@@ -45,7 +45,7 @@ impl PageTokenKey {
 
 /// What the offset of a token counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Offsets {
+pub(super) enum Offsets {
     /// ZITADEL's entries: the caller may see every key, so ZITADEL pages.
     Zitadel,
     /// The entries the caller may see: usermeta pages what is left after the policy.
@@ -54,7 +54,7 @@ pub enum Offsets {
 
 /// The query a page token is bound to.
 #[derive(Debug, Clone, Copy)]
-pub struct Query<'a> {
+pub(super) struct Query<'a> {
     pub user_id: &'a str,
     pub org_id: &'a str,
     pub filter: Option<&'a KeyFilter>,
@@ -64,14 +64,14 @@ pub struct Query<'a> {
 
 /// A token's content, once its MAC checked out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Position {
+pub(super) struct Position {
     pub offset: u64,
     pub offsets: Offsets,
 }
 
 /// Why a page token was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum PageTokenError {
+pub(super) enum PageTokenError {
     #[error(
         "is not a page token usermeta issued for this listing (another user_id, organization_id or key_filter, or altered); pass next_page_token from the previous response unchanged with the same fields, or drop page_token to start over"
     )]
@@ -135,7 +135,7 @@ fn xor(offset: &mut [u8], pad: [u8; 8]) {
 }
 
 /// The token for the page at `position` of `query`.
-pub fn encode(key: &PageTokenKey, position: Position, query: Query<'_>) -> String {
+pub(super) fn encode(key: &PageTokenKey, position: Position, query: Query<'_>) -> String {
     let head = head(position);
     let mac = mac(key, &head, query);
     let mut bytes = [0u8; TOKEN_LEN];
@@ -146,7 +146,7 @@ pub fn encode(key: &PageTokenKey, position: Position, query: Query<'_>) -> Strin
 }
 
 /// Where a token issued for `query` points; anything else is refused.
-pub fn decode(
+pub(super) fn decode(
     key: &PageTokenKey,
     token: &str,
     query: Query<'_>,

@@ -77,8 +77,12 @@ pub struct MetadataService {
 /// Everything a [`MetadataService`] serves with, each made once by the composition root.
 #[derive(Debug)]
 pub struct Dependencies {
+    /// The ZITADEL client: management calls with the service credential, userinfo and the auth API with the
+    /// caller's token.
     pub zitadel: Arc<Zitadel>,
+    /// Who may do what, per key; decided before any management call.
     pub policy: Arc<Policy>,
+    /// What ZITADEL said about tokens, shared with Envoy's Check.
     pub cache: Arc<CallerCache>,
     /// How callers are identified (introspection, local JWT validation, userinfo).
     pub resolver: Arc<Resolver>,
@@ -107,6 +111,7 @@ pub(super) struct Call<R> {
 }
 
 impl MetadataService {
+    /// The service, from what the composition root made.
     pub fn new(dependencies: Dependencies) -> Self {
         let Dependencies {
             zitadel,

@@ -75,15 +75,20 @@ pub(super) enum Decision {
 /// Everything Check needs besides its configuration, shared with the metadata API.
 #[derive(Debug, Clone)]
 pub struct Shared {
+    /// The ZITADEL client (userinfo with the caller's token).
     pub zitadel: Arc<Zitadel>,
+    /// What ZITADEL said about tokens, shared with the metadata API.
     pub cache: Arc<CallerCache>,
+    /// How callers are identified, as for the metadata API.
     pub resolver: Arc<Resolver>,
+    /// Which of their own keys callers may read; only those are passed upstream.
     pub policy: Arc<Policy>,
     /// The rate limit, in-flight limits and deadlines, shared with the metadata API (one budget per caller).
     pub admission: Arc<Admission>,
 }
 
 impl AuthzService {
+    /// Check, with the metadata API's `shared` dependencies and its own `config`.
     pub fn new(shared: Shared, config: Arc<AuthzConfig>) -> Self {
         AuthzService {
             zitadel: shared.zitadel,

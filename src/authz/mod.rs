@@ -27,6 +27,7 @@ pub const MAX_HEADER_VALUE_BYTES: usize = 8 * 1024;
 /// loopback, or a port a NetworkPolicy opens to the gateway); the public gRPC port answers UNIMPLEMENTED.
 #[derive(Debug, Clone)]
 pub struct ExtAuthz {
+    /// How Check behaves.
     pub config: AuthzConfig,
     /// Where Check is served.
     pub listen: std::net::SocketAddr,
@@ -41,6 +42,7 @@ pub struct AuthzConfig {
     pub headers: Vec<HeaderMapping>,
     /// Header carrying the caller's user id; `None` sends none.
     pub user_id_header: Option<String>,
+    /// What happens to a value that is not UTF-8 text.
     pub binary: BinaryValues,
     /// Requests without a bearer token pass without identity headers instead of being denied.
     pub allow_anonymous: bool,
@@ -48,6 +50,7 @@ pub struct AuthzConfig {
     pub fail_open: bool,
     /// Also return the user id and injected values as `dynamic_metadata`.
     pub dynamic_metadata: bool,
+    /// Requirements by path and host; a request that a rule applies to is denied unless the caller meets it.
     pub rules: Vec<Rule>,
 }
 
@@ -100,6 +103,7 @@ impl AuthzConfig {
 /// One allow-listed metadata key and the upstream header that carries its value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeaderMapping {
+    /// The metadata key whose value is sent.
     pub key: String,
     /// Lower-case, valid, not reserved.
     pub header: String,
@@ -127,10 +131,16 @@ pub struct Rule {
     pub origin: String,
 }
 
+/// One condition of a [`Rule`] that the caller must meet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Requirement {
     /// The metadata key holds exactly this (UTF-8) value.
-    Metadata { key: String, value: String },
+    Metadata {
+        /// The metadata key.
+        key: String,
+        /// The value the caller's key must hold.
+        value: String,
+    },
     /// The caller has this project role.
     Role(String),
 }

@@ -20,6 +20,7 @@ include!(concat!(
 /// `envoy.service.auth.v3.CheckRequest`, as far as Check reads it.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct CheckRequest {
+    /// What Envoy knows of the request; Check reads only `request`.
     #[prost(message, optional, tag = "1")]
     pub attributes: Option<AttributeContext>,
 }
@@ -27,6 +28,7 @@ pub struct CheckRequest {
 /// `envoy.service.auth.v3.AttributeContext`: only `request`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct AttributeContext {
+    /// The request Envoy asks about.
     #[prost(message, optional, tag = "4")]
     pub request: Option<RequestContext>,
 }
@@ -34,6 +36,7 @@ pub struct AttributeContext {
 /// `AttributeContext.Request`: only `http`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct RequestContext {
+    /// Its HTTP attributes.
     #[prost(message, optional, tag = "2")]
     pub http: Option<HttpRequest>,
 }
@@ -44,8 +47,10 @@ pub struct HttpRequest {
     /// The `map<string, string> headers` field, entry by entry (a later duplicate key wins, as in a map).
     #[prost(message, repeated, tag = "3")]
     pub headers: Vec<HeaderEntry>,
+    /// The request target as in the request line: the path and the query.
     #[prost(string, tag = "4")]
     pub path: String,
+    /// The `Host` header (HTTP/1.1) or `:authority` (HTTP/2).
     #[prost(string, tag = "5")]
     pub host: String,
     /// Set instead of `headers` when Envoy's `encode_raw_headers` is on.
@@ -56,8 +61,10 @@ pub struct HttpRequest {
 /// One entry of `HttpRequest.headers`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct HeaderEntry {
+    /// The header name, lower-case as Envoy sends it.
     #[prost(bytes = "bytes", tag = "1")]
     pub key: Bytes,
+    /// The header value.
     #[prost(bytes = "bytes", tag = "2")]
     pub value: Bytes,
 }
@@ -65,6 +72,7 @@ pub struct HeaderEntry {
 /// `envoy.config.core.v3.HeaderMap`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct HeaderMap {
+    /// Every header, one entry each.
     #[prost(message, repeated, tag = "1")]
     pub headers: Vec<HeaderValue>,
 }
@@ -72,10 +80,13 @@ pub struct HeaderMap {
 /// `envoy.config.core.v3.HeaderValue`: `raw_value` holds the bytes when Envoy encodes raw headers.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct HeaderValue {
+    /// The header name.
     #[prost(bytes = "bytes", tag = "1")]
     pub key: Bytes,
+    /// The value as text; empty when Envoy sends `raw_value` instead.
     #[prost(bytes = "bytes", tag = "2")]
     pub value: Bytes,
+    /// The value's bytes, when Envoy encodes raw headers.
     #[prost(bytes = "bytes", tag = "3")]
     pub raw_value: Bytes,
 }

@@ -246,6 +246,7 @@ impl CallerCache {
         self.config.ttl
     }
 
+    /// An empty cache of at most `config.capacity` answers.
     pub fn new(config: CacheConfig) -> Self {
         let capacity = usize::try_from(config.capacity)
             .unwrap_or(usize::MAX)

@@ -21,14 +21,19 @@ const ASSERTION_LIFETIME: Duration = Duration::from_secs(5 * 60);
 
 /// How usermeta authenticates toward the introspection endpoint.
 pub enum IntrospectionAuth {
+    /// The API application's client id and secret, sent as HTTP Basic credentials.
     ClientSecret {
+        /// The API application's client id.
         client_id: String,
+        /// Its client secret.
         secret: SecretString,
     },
+    /// The API application's key (`private_key_jwt`): a short-lived signed assertion with each request.
     PrivateKeyJwt(ApplicationKey),
 }
 
 impl IntrospectionAuth {
+    /// The client id usermeta introspects as, for logs and errors.
     pub fn client_id(&self) -> &str {
         match self {
             IntrospectionAuth::ClientSecret { client_id, .. } => client_id,
@@ -119,6 +124,7 @@ impl ApplicationKey {
         Ok(key)
     }
 
+    /// The API application's client id the key belongs to.
     pub fn client_id(&self) -> &str {
         &self.client_id
     }

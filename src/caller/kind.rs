@@ -33,10 +33,15 @@ pub enum NotAccessToken {
 /// The claims OpenID Connect defines for ID tokens only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IdTokenClaim {
+    /// `azp`, the authorized party.
     Azp,
+    /// `at_hash`, the access token's hash.
     AtHash,
+    /// `c_hash`, the authorization code's hash.
     CHash,
+    /// `s_hash`, the `state` parameter's hash.
     SHash,
+    /// `nonce`, which ties the token to its authentication request.
     Nonce,
 }
 
@@ -49,6 +54,7 @@ impl IdTokenClaim {
         IdTokenClaim::Nonce,
     ];
 
+    /// The claim's name in a JWT.
     pub fn name(self) -> &'static str {
         match self {
             IdTokenClaim::Azp => "azp",
@@ -79,7 +85,7 @@ impl std::fmt::Display for NotAccessToken {
 }
 
 /// Whether a JWT with header `typ` and these claims is an access token ([module docs](self)).
-pub fn access_token_kind(
+pub(super) fn access_token_kind(
     typ: Option<&str>,
     claims: &Map<String, Value>,
 ) -> Result<(), NotAccessToken> {
@@ -113,7 +119,7 @@ pub fn access_token_kind(
 /// [`access_token_kind`] of a JWT-shaped bearer token, read without verifying it: only ever to refuse a
 /// token before sending it to userinfo or introspection (ZITADEL would refuse it too), never to trust one.
 /// `Ok` for anything that is not a readable JWT (opaque tokens, PATs): ZITADEL decides those.
-pub fn unverified_kind(token: &CallerToken) -> Result<(), NotAccessToken> {
+pub(super) fn unverified_kind(token: &CallerToken) -> Result<(), NotAccessToken> {
     if !token.is_jwt_shaped() {
         return Ok(());
     }

@@ -34,20 +34,26 @@ pub const AUTHORIZATION: &str = "authorization";
 /// The caller's token is missing, unusable, or not vouched for by ZITADEL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
+    /// No `authorization` metadata.
     #[error("the request has no `authorization` metadata")]
     Missing,
+    /// The `authorization` value is not a usable bearer token.
     #[error(transparent)]
     Malformed(#[from] BearerError),
+    /// ZITADEL's answer names no user (the token lacks the scope `openid`).
     #[error(
         "ZITADEL's answer for this token names no user (`sub`); request the token with the scope `openid`"
     )]
     NoSubject,
+    /// Introspection says the token is not active.
     #[error(
         "ZITADEL's introspection says the token is not active: it is invalid, expired or revoked, or its audience lacks usermeta's project (request it with the scope `urn:zitadel:iam:org:project:id:{{projectid}}:aud`); obtain a new one"
     )]
     Inactive,
+    /// The JWT access token failed validation; the text says which check.
     #[error("the JWT access token is not valid: {0}; obtain a new one")]
     InvalidJwt(&'static str),
+    /// The token's expiry has passed.
     #[error("the access token has expired; obtain a new one")]
     Expired,
     /// An ID token (or another JWT that is no access token) sent as a bearer: only METADATA_SOURCE_TOKEN reads
@@ -61,8 +67,10 @@ pub enum TokenError {
 /// Resolving the caller failed: a token problem or a ZITADEL problem.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum IdentifyError {
+    /// The caller's token is refused.
     #[error(transparent)]
     Token(#[from] TokenError),
+    /// ZITADEL could not say who the caller is (unreachable, an error answer, or too slow).
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
     /// ZITADEL refused usermeta's own introspection client (any non-200 answer).
@@ -71,8 +79,11 @@ pub enum IdentifyError {
         settings = crate::settings::names::INTROSPECTION_ALL
     )]
     IntrospectionClient {
+        /// The client id usermeta introspects as.
         client_id: String,
+        /// ZITADEL's HTTP status.
         http_status: u16,
+        /// What ZITADEL's answer said.
         said: String,
     },
 }
@@ -84,7 +95,9 @@ pub enum TokenRead {
     NotJwt,
     /// A valid JWT: its caller and its metadata claim (empty without the claim).
     Claims {
+        /// Who the token names.
         identity: Identity,
+        /// The token's metadata claim.
         metadata: Vec<usermeta_zitadel::metadata::MetadataItem>,
     },
 }
@@ -116,6 +129,7 @@ pub struct Identity {
     pub org_id: Option<CompactString>,
     /// Roles ZITADEL asserts for usermeta's project ([`PROJECT_ID`](crate::settings::names::PROJECT_ID)), when the token carries them.
     pub roles: BTreeSet<String>,
+    /// The scopes the token was issued with, when ZITADEL says.
     pub scopes: BTreeSet<String>,
     /// The token's own expiry (seconds since the epoch), when known; caches never outlive it.
     pub expires_at: Option<u64>,
@@ -165,6 +179,7 @@ impl Identity {
 /// once per user (one allocation, and one for the packed metadata), shared by that user's cached tokens.
 #[derive(Debug, PartialEq)]
 pub struct KnownCaller {
+    /// Who the token names.
     pub identity: Identity,
     /// The metadata claim, sorted by key; empty when the user has none or the token lacks the scope.
     pub metadata: PackedMetadata,
@@ -198,7 +213,9 @@ impl TryFrom<UserInfo> for KnownCaller {
 /// or a userinfo answer (whose identity sits beside the metadata, in the same allocation).
 #[derive(Debug, Clone)]
 pub enum Caller {
+    /// From introspection or a verified JWT.
     Identified(Arc<Identity>),
+    /// From userinfo, with the metadata claim beside the identity.
     Userinfo(Arc<KnownCaller>),
 }
 
@@ -230,14 +247,18 @@ impl std::ops::Deref for Caller {
 /// What ZITADEL said about a token: who it belongs to, or that it does not count.
 #[derive(Debug, Clone)]
 pub enum Resolution {
+    /// The token is good; this is its caller.
     Active(Arc<Identity>),
+    /// The token does not count, and why.
     Refused(TokenError),
 }
 
 /// How callers are identified.
 #[derive(Debug, Default)]
 pub struct IdentityConfig {
+    /// Introspect tokens as this API application; `None` introspects nothing.
     pub introspection: Option<IntrospectionAuth>,
+    /// Validate JWT access tokens locally against ZITADEL's keys; `None` treats a JWT like any other token.
     pub jwt: Option<JwtConfig>,
 }
 
@@ -254,6 +275,7 @@ pub struct JwtConfig {
 /// Could not set up caller identification.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentitySetupError {
+    /// The client id or secret holds bytes an HTTP header cannot carry.
     #[error("the introspection client id and secret cannot be sent in an HTTP header")]
     BadClientCredentials,
 }
@@ -324,6 +346,7 @@ impl Resolver {
         Ok(Some(TokenRead::Claims { identity, metadata }))
     }
 
+    /// Whether callers are identified by userinfo (neither introspection nor JWT validation is configured).
     pub fn uses_userinfo(&self) -> bool {
         self.introspection.is_none() && self.jwt.is_none()
     }

@@ -28,7 +28,7 @@ pub const MAX_KEY_CHARS: usize = 200;
 /// many entries or keys per request.
 pub const MAX_KEYS: usize = 100;
 /// Longest sender id (replicas use 16 hex digits).
-pub const MAX_ORIGIN_CHARS: usize = 64;
+pub(super) const MAX_ORIGIN_CHARS: usize = 64;
 /// How far a message's send time may be from this replica's clock, either way. Messages take milliseconds;
 /// this leaves room for clocks that NTP keeps apart by less. Older ones are refused, so a captured message
 /// cannot be sent again once its sender's sequence number has been forgotten.
@@ -64,14 +64,19 @@ impl fmt::Debug for BusKey {
 /// A key file that holds nothing usable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BusKeyError {
+    /// The file holds no key: every line is blank or a `#` comment.
     #[error(
         "holds no key: put a random secret of at least 32 characters on a line of its own (e.g. the output of `openssl rand -hex 32`), the same on every replica"
     )]
     Empty,
+    /// A line is too short to be a random secret.
     #[error(
         "line {line} holds a key of fewer than 32 characters: use a random secret of at least 32 (e.g. `openssl rand -hex 32`)"
     )]
-    TooShort { line: usize },
+    TooShort {
+        /// The short line, from 1.
+        line: usize,
+    },
 }
 
 /// The shortest secret accepted from a key file.
@@ -159,7 +164,7 @@ impl BusKey {
 
 /// What replicas tell each other: who changed, never what the values are.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Change {
+pub(super) struct Change {
     /// The replica that sent it (it ignores its own messages).
     pub origin: String,
     /// The sender's count of its messages, from 1: a number at or below the last one heard is a replay.
@@ -182,7 +187,7 @@ pub struct Change {
 /// Why a message was not believed. Each is counted by its [`Rejected::reason`]; none says what the message
 /// held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rejected {
+pub(super) enum Rejected {
     /// Longer than [`MAX_MESSAGE_BYTES`]: not even parsed.
     Oversized,
     /// Not `<tag>.<JSON>`, or JSON that is not a [`Change`].
@@ -199,7 +204,7 @@ pub enum Rejected {
 
 impl Rejected {
     /// The metric's `reason` label.
-    pub fn reason(self) -> &'static str {
+    pub(super) fn reason(self) -> &'static str {
         match self {
             Rejected::Oversized => "oversized",
             Rejected::Unparsable => "unparsable",
@@ -212,7 +217,7 @@ impl Rejected {
 }
 
 /// Milliseconds since the Unix epoch.
-pub fn unix_ms(time: SystemTime) -> u64 {
+pub(super) fn unix_ms(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH).map_or(0, |since| {
         u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
     })
@@ -220,7 +225,7 @@ pub fn unix_ms(time: SystemTime) -> u64 {
 
 impl Change {
     /// Whether every field is within the bounds receivers hold messages to.
-    pub fn within_bounds(&self) -> bool {
+    pub(super) fn within_bounds(&self) -> bool {
         let id_like = |text: &str, max: usize| {
             !text.is_empty()
                 && text.chars().count() <= max
@@ -239,7 +244,7 @@ impl Change {
     }
 
     /// The message as published: the tag, a dot, the JSON.
-    pub fn seal(&self, key: &BusKey) -> String {
+    pub(super) fn seal(&self, key: &BusKey) -> String {
         // A Change always serializes (strings, numbers, an enum).
         let json = serde_json::to_string(self).unwrap_or_default();
         let tag = key.tag(json.as_bytes());
@@ -248,7 +253,7 @@ impl Change {
 
     /// Reads a message as it came from Redis: size first, then the tag, then the JSON, then every bound and
     /// the send time. Nothing of an unauthenticated message is parsed.
-    pub fn open(key: &BusKey, raw: &[u8], now: SystemTime) -> Result<Change, Rejected> {
+    pub(super) fn open(key: &BusKey, raw: &[u8], now: SystemTime) -> Result<Change, Rejected> {
         if raw.len() > MAX_MESSAGE_BYTES {
             return Err(Rejected::Oversized);
         }
@@ -278,13 +283,13 @@ impl Change {
 /// [`FRESHNESS`] is refused (later it is stale anyway). Only authentic senders are remembered, each until
 /// its messages could no longer be fresh.
 #[derive(Debug, Default)]
-pub struct ReplayGuard {
+pub(super) struct ReplayGuard {
     last: HashMap<String, (u64, Instant)>,
 }
 
 impl ReplayGuard {
     /// Whether `change` is the first of its sender's messages with its number (and records it).
-    pub fn admit(&mut self, change: &Change, now: Instant) -> bool {
+    pub(super) fn admit(&mut self, change: &Change, now: Instant) -> bool {
         if let Some((last, heard)) = self.last.get_mut(&change.origin) {
             if change.seq <= *last {
                 return false;

@@ -63,9 +63,13 @@ pub struct ChangedKey {
 /// One write's news: one user, one kind, every key it changed, in one item of each queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Write {
+    /// The user written to.
     pub user_id: String,
+    /// Whether keys were set, removed, or all removed.
     pub kind: ChangeKind,
+    /// Every key the write changed.
     pub keys: Vec<ChangedKey>,
+    /// When it happened, as the replica that learnt it first knows; streams send it on.
     pub time: SystemTime,
 }
 
@@ -131,14 +135,23 @@ pub enum StreamLimit {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lag {
     /// Its own queue was full: `changes` waiting or `bytes` of them.
-    Stream { changes: usize, bytes: usize },
+    Stream {
+        /// Writes waiting in the queue.
+        changes: usize,
+        /// Their bytes.
+        bytes: usize,
+    },
     /// The replica's queues together reached `bytes` while this stream was behind.
-    Replica { bytes: usize },
+    Replica {
+        /// The bytes the replica's queues held.
+        bytes: usize,
+    },
 }
 
 /// A write queued for streams: its bytes count toward the replica's total until the last queue lets go.
 #[derive(Debug)]
 pub struct Queued {
+    /// The write itself.
     pub write: Write,
     bytes: usize,
     total: Arc<AtomicUsize>,
@@ -229,12 +242,12 @@ struct Shared {
 
 /// The replica's streams, by user. Cloning shares it.
 #[derive(Debug, Clone)]
-pub struct Feed {
+pub(super) struct Feed {
     shared: Arc<Shared>,
 }
 
 impl Feed {
-    pub fn new(limits: WatchLimits) -> Feed {
+    pub(super) fn new(limits: WatchLimits) -> Feed {
         Feed {
             shared: Arc::new(Shared {
                 limits,
@@ -244,7 +257,7 @@ impl Feed {
         }
     }
 
-    pub fn limits(&self) -> &WatchLimits {
+    pub(super) fn limits(&self) -> &WatchLimits {
         &self.shared.limits
     }
 
@@ -256,7 +269,11 @@ impl Feed {
     }
 
     /// Opens a stream of `user_id`'s writes for `caller`, within the limits on streams.
-    pub fn subscribe(&self, user_id: &str, caller: &str) -> Result<Subscription, StreamLimit> {
+    pub(super) fn subscribe(
+        &self,
+        user_id: &str,
+        caller: &str,
+    ) -> Result<Subscription, StreamLimit> {
         let limits = self.shared.limits;
         let mut registry = self.registry();
         if registry.open >= limits.max_streams {
@@ -284,7 +301,7 @@ impl Feed {
     }
 
     /// Hands each write to the streams of its user. Nothing is kept for a user nobody watches.
-    pub fn publish(&self, writes: Vec<Write>) {
+    pub(super) fn publish(&self, writes: Vec<Write>) {
         for write in writes {
             self.publish_one(write);
         }

@@ -33,6 +33,7 @@ pub struct GrpcMetricsLayer {
 }
 
 impl GrpcMetricsLayer {
+    /// The layer; when `enabled` is false it passes calls through unmeasured.
     pub fn new(enabled: bool) -> Self {
         GrpcMetricsLayer { enabled }
     }
@@ -49,6 +50,7 @@ impl<S> tower::Layer<S> for GrpcMetricsLayer {
     }
 }
 
+/// A gRPC service measured by [`GrpcMetricsLayer`].
 #[derive(Debug, Clone)]
 pub struct GrpcMetrics<S> {
     inner: S,

@@ -13,30 +13,31 @@ use tokio::net::TcpListener;
 mod grpc_layer;
 pub use grpc_layer::{GrpcMetrics, GrpcMetricsLayer, MeteredBody};
 
-pub const GRPC_REQUESTS: &str = "usermeta_grpc_requests_total";
-pub const GRPC_DURATION: &str = "usermeta_grpc_request_duration_seconds";
-pub const GRPC_IN_FLIGHT: &str = "usermeta_grpc_requests_in_flight";
-pub const CALLS_SHED: &str = "usermeta_calls_shed_total";
-pub const CALLS_WAITING: &str = "usermeta_calls_waiting_on_zitadel";
-pub const UPSTREAM_REQUESTS: &str = "usermeta_upstream_requests_total";
-pub const UPSTREAM_DURATION: &str = "usermeta_upstream_request_duration_seconds";
-pub const CACHE_LOOKUPS: &str = "usermeta_cache_lookups_total";
-pub const CACHE_ENTRIES: &str = "usermeta_caller_cache_entries";
-pub const TOKEN_REFRESHES: &str = "usermeta_service_token_refreshes_total";
-pub const MANAGEMENT_API: &str = "usermeta_zitadel_management_api";
-pub const BATCH_RESULTS: &str = "usermeta_batch_results_total";
-pub const REDIS_CONNECTED: &str = "usermeta_redis_connected";
-pub const INVALIDATIONS: &str = "usermeta_shared_invalidations_total";
-pub const INVALIDATIONS_REJECTED: &str = "usermeta_shared_invalidations_rejected_total";
-pub const UPSTREAM_BUDGET: &str = "usermeta_upstream_budget_requests_total";
-pub const UPSTREAM_BUDGET_TOKENS: &str = "usermeta_upstream_budget_tokens";
-pub const WATCH_STREAMS: &str = "usermeta_watch_streams";
-pub const WATCH_ENDED: &str = "usermeta_watch_streams_ended_total";
-pub const WEBHOOK_EVENTS: &str = "usermeta_webhook_events_total";
-pub const CONNECTIONS_REFUSED: &str = "usermeta_http_connections_refused_total";
-pub const CHECK_DECISIONS: &str = "usermeta_ext_authz_decisions_total";
-pub const BREAKER_OPEN: &str = "usermeta_upstream_breaker_open";
-pub const BUILD_INFO: &str = "usermeta_build_info";
+// The series' names, used only here and in `grpc_layer.rs`; `describe` gives each its help text.
+const GRPC_REQUESTS: &str = "usermeta_grpc_requests_total";
+const GRPC_DURATION: &str = "usermeta_grpc_request_duration_seconds";
+const GRPC_IN_FLIGHT: &str = "usermeta_grpc_requests_in_flight";
+const CALLS_SHED: &str = "usermeta_calls_shed_total";
+const CALLS_WAITING: &str = "usermeta_calls_waiting_on_zitadel";
+const UPSTREAM_REQUESTS: &str = "usermeta_upstream_requests_total";
+const UPSTREAM_DURATION: &str = "usermeta_upstream_request_duration_seconds";
+const CACHE_LOOKUPS: &str = "usermeta_cache_lookups_total";
+const CACHE_ENTRIES: &str = "usermeta_caller_cache_entries";
+const TOKEN_REFRESHES: &str = "usermeta_service_token_refreshes_total";
+const MANAGEMENT_API: &str = "usermeta_zitadel_management_api";
+const BATCH_RESULTS: &str = "usermeta_batch_results_total";
+const REDIS_CONNECTED: &str = "usermeta_redis_connected";
+const INVALIDATIONS: &str = "usermeta_shared_invalidations_total";
+const INVALIDATIONS_REJECTED: &str = "usermeta_shared_invalidations_rejected_total";
+const UPSTREAM_BUDGET: &str = "usermeta_upstream_budget_requests_total";
+const UPSTREAM_BUDGET_TOKENS: &str = "usermeta_upstream_budget_tokens";
+const WATCH_STREAMS: &str = "usermeta_watch_streams";
+const WATCH_ENDED: &str = "usermeta_watch_streams_ended_total";
+const WEBHOOK_EVENTS: &str = "usermeta_webhook_events_total";
+const CONNECTIONS_REFUSED: &str = "usermeta_http_connections_refused_total";
+const CHECK_DECISIONS: &str = "usermeta_ext_authz_decisions_total";
+const BREAKER_OPEN: &str = "usermeta_upstream_breaker_open";
+const BUILD_INFO: &str = "usermeta_build_info";
 
 /// Connections the `/metrics` listener serves at once.
 const MAX_SCRAPE_CONNECTIONS: usize = 16;
@@ -262,8 +263,11 @@ pub fn upstream_call(endpoint: &'static str, status: Option<u16>, elapsed: Durat
 /// What a caller cache lookup found.
 #[derive(Debug, Clone, Copy)]
 pub enum CacheResult {
+    /// A cached answer about the token.
     Hit,
+    /// Not cached: ZITADEL was asked.
     Miss,
+    /// A cached refusal of the token.
     NegativeHit,
 }
 

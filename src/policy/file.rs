@@ -34,6 +34,7 @@ pub struct PolicyError {
     pub origin: String,
     /// 1-based line and column.
     pub line: Option<(usize, usize)>,
+    /// What is wrong.
     pub message: String,
 }
 

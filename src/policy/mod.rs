@@ -19,16 +19,21 @@ use crate::caller::Identity;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
+    /// Read a key's value (GetMyMetadata, ListMetadata, BatchGetMetadata, WatchMetadata).
     Read,
+    /// Set a key (SetMetadata).
     Write,
+    /// Remove a key (DeleteMetadata).
     Delete,
     /// Find users by a key's value (FindUsersByMetadata): reveals who holds a value without reading more.
     Find,
 }
 
 impl Action {
+    /// Every action, in the order the policy reference lists them.
     pub const ALL: [Action; 4] = [Action::Read, Action::Write, Action::Delete, Action::Find];
 
+    /// The action as written in a policy file and in messages.
     pub fn name(self) -> &'static str {
         match self {
             Action::Read => "read",
@@ -53,15 +58,19 @@ impl Action {
 /// management call when the user is not in it, so it cannot be used to pass an organisation rule).
 #[derive(Debug, Clone, Copy)]
 pub struct Subject<'a> {
+    /// The user's ZITADEL id.
     pub user_id: &'a str,
+    /// The organisation ZITADEL scopes the call to; `None` when neither the caller's nor the request's is known.
     pub org_id: Option<&'a str>,
 }
 
 /// Why a request was refused. Carries ids and key names, never values or tokens.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Denial {
+    /// No rule grants the action on the key to the caller.
     #[error("no policy rule lets {caller} {action} {what}{hint}", action = .action.name(), what = describe(.key.as_deref(), .target.as_deref()), hint = rule_sources())]
     NoRule {
+        /// What the request wanted to do.
         action: Action,
         /// `None` for a listing of another user the caller may read nothing of.
         key: Option<String>,
@@ -70,8 +79,12 @@ pub enum Denial {
         /// The caller, as `user <sub>` or `user <sub> (client <id>)`.
         caller: String,
     },
+    /// A read by the user themself of a key the policy declares `hidden`.
     #[error("key `{key}` is hidden from the user themself (declared `hidden` in the policy)")]
-    Hidden { key: String },
+    Hidden {
+        /// The hidden key.
+        key: String,
+    },
 }
 
 /// Where the rules come from, said with every refusal so an operator knows where to look.
@@ -92,6 +105,7 @@ fn describe(key: Option<&str>, target: Option<&str>) -> String {
 }
 
 impl Denial {
+    /// What the refused request wanted to do (a hidden key refuses a read).
     pub fn action(&self) -> Action {
         match self {
             Denial::NoRule { action, .. } => *action,
@@ -99,6 +113,7 @@ impl Denial {
         }
     }
 
+    /// The key refused, when the refusal is about one key.
     pub fn key(&self) -> Option<&str> {
         match self {
             Denial::NoRule { key, .. } => key.as_deref(),
@@ -110,8 +125,11 @@ impl Denial {
 /// A key name or a family of keys: `billing.*` (a prefix), `*` (every key) or an exact name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyPattern {
+    /// `*`: every key.
     Any,
+    /// `billing.*`: every key that starts with `billing.` (the text held is the prefix, without `*`).
     Prefix(String),
+    /// Exactly this key.
     Exact(String),
 }
 
@@ -132,6 +150,7 @@ impl KeyPattern {
         }
     }
 
+    /// Whether `key` is one of the pattern's keys.
     pub fn matches(&self, key: &str) -> bool {
         match self {
             KeyPattern::Any => true,
@@ -156,9 +175,13 @@ impl std::fmt::Display for KeyPattern {
 /// any authenticated caller.
 #[derive(Debug, Clone, Default)]
 pub struct Who {
+    /// Callers' ZITADEL user ids (`sub`).
     pub subjects: HashSet<String>,
+    /// OAuth clients the token was issued to.
     pub client_ids: HashSet<String>,
+    /// Roles of usermeta's project.
     pub roles: HashSet<String>,
+    /// The callers' organisation ids.
     pub organizations: HashSet<String>,
 }
 
@@ -211,13 +234,17 @@ impl Whose {
 pub struct Rule {
     /// For logs: the rule's `name`, or where it came from.
     pub name: String,
+    /// Who the rule is for.
     pub who: Who,
+    /// Whose metadata it covers.
     pub whose: Whose,
+    /// The keys it covers; a key matching any of them is covered.
     pub keys: Vec<KeyPattern>,
     actions: u8,
 }
 
 impl Rule {
+    /// A rule named `name` (for logs) that lets `who` do `actions` on `keys` of `whose` metadata.
     pub fn new(
         name: impl Into<String>,
         who: Who,
@@ -242,14 +269,17 @@ impl Rule {
 /// A key declaration: hidden from its user, and/or what its values must look like.
 #[derive(Debug, Clone)]
 pub struct KeyRule {
+    /// The keys declared.
     pub keys: KeyPattern,
     /// Left out of usermeta's answers to the user themself. Not sealed: ZITADEL still hands the user these
     /// keys (userinfo and tokens with the metadata scope, the auth API), so this hides nothing secret; see
     /// [`Policy::hidden_keys`].
     pub hidden: bool,
+    /// Longest value, in bytes; longer writes are refused.
     pub max_bytes: Option<usize>,
     /// Compiled once at start-up; anchored as written (use `^…$` to match the whole value).
     pub pattern: Option<Regex>,
+    /// Values must be valid JSON.
     pub json: bool,
 }
 
@@ -342,6 +372,7 @@ impl Policy {
         Self::from_toml(&text, &origin)
     }
 
+    /// The rules in force, in the order they were given.
     pub fn rules(&self) -> &[Rule] {
         &self.rules
     }
@@ -408,13 +439,9 @@ impl Policy {
         }
     }
 
-    /// Whether every caller may read their own metadata (hidden keys aside) whoever they are; then a self
-    /// read needs no identity beyond the token ZITADEL reads with.
-    pub fn self_read_is_open(&self) -> bool {
-        self.self_read
-    }
-
-    /// The caller's own keys, when [`Policy::self_read_is_open`]: everything but hidden keys.
+    /// The caller's own keys while self-read is on (unless the policy file says `self_read = false`):
+    /// everything but hidden keys, whoever the caller is, so a self read needs no identity beyond the token
+    /// ZITADEL reads with. `None` while it is off.
     pub fn own_scope(&self) -> Option<ReadScope<'_>> {
         self.self_read.then(|| ReadScope {
             grants: Grants {
@@ -663,6 +690,7 @@ impl ReadScope<'_> {
         self.grants.covers_every_key()
     }
 
+    /// Whether the caller may read `key`.
     pub fn allows(&self, key: &str) -> bool {
         self.grants.check(key).is_ok()
     }

@@ -18,10 +18,16 @@ use usermeta_zitadel::ZitadelConfig;
 /// tests build, as [`Config::new`]'s defaults plus what they override.
 #[derive(Debug)]
 pub struct Config {
+    /// Where the gRPC API listens; port 0 picks a free one
+    /// ([`Application::local_addr`](super::Application::local_addr) says which).
     pub listen: SocketAddr,
+    /// The ZITADEL instance and how usermeta calls it.
     pub zitadel: ZitadelConfig,
+    /// Who may do what, per key.
     pub policy: Policy,
+    /// The caller cache: its size and how long it keeps an answer.
     pub cache: CacheConfig,
+    /// The rate limit, the in-flight limits, deadlines and stream limits.
     pub limits: Limits,
     /// How callers are identified; the default asks userinfo.
     pub identity: IdentityConfig,

@@ -35,25 +35,36 @@ use usermeta_zitadel::{SetupError, Zitadel};
 /// The server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
+        /// The address.
         addr: SocketAddr,
+        /// The operating system's error.
         source: std::io::Error,
     },
+    /// The ZITADEL client could not be built.
     #[error(transparent)]
     Zitadel(#[from] SetupError),
+    /// Caller identification could not be set up.
     #[error("caller identification could not be set up: {0}")]
     Identity(#[from] IdentitySetupError),
+    /// Reflection could not load the embedded descriptors.
     #[error("reflection could not load the service descriptors: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// A TLS file is missing or unusable.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The ext_authz configuration contradicts the rest; the text names the settings.
     #[error("{0}")]
     ExtAuthz(String),
+    /// The metrics recorder or its listener could not start.
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
+    /// The Redis connection for the fleet could not be set up.
     #[error(transparent)]
     Redis(#[from] crate::fleet::RedisSetupError),
+    /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -162,6 +173,7 @@ impl Application {
         self.api.local_addr
     }
 
+    /// The port actually bound (useful with port 0).
     pub fn port(&self) -> u16 {
         self.api.local_addr.port()
     }

@@ -23,6 +23,7 @@ pub struct CacheArgs {
 }
 
 impl CacheArgs {
+    /// The caller cache's configuration.
     pub fn config(&self) -> CacheConfig {
         CacheConfig {
             ttl: self.cache_ttl,

@@ -64,6 +64,7 @@ pub struct LimitArgs {
 }
 
 impl LimitArgs {
+    /// The limits the server holds calls to.
     pub fn limits(&self) -> Limits {
         Limits {
             max_in_flight: self.max_in_flight,

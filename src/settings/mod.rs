@@ -41,6 +41,7 @@ pub use zitadel::{ZitadelArgs, zitadel_url};
 #[derive(Debug, Parser)]
 #[command(name = "usermeta", version, about, long_about = None)]
 pub struct Cli {
+    /// What to run.
     #[command(subcommand)]
     pub command: Command,
     /// Log format. The level comes from RUST_LOG (default `info`), e.g. RUST_LOG=usermeta=debug.
@@ -52,6 +53,7 @@ pub struct Cli {
     pub config: Option<PathBuf>,
 }
 
+/// How log lines are written (`--log-format`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     /// Human-readable lines.
@@ -69,6 +71,7 @@ impl From<LogFormat> for crate::telemetry::LogFormat {
     }
 }
 
+/// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the gRPC API against a ZITADEL instance.
@@ -92,20 +95,28 @@ pub struct ServeArgs {
     /// URL of the ZITADEL instance (its issuer), e.g. https://my-instance.zitadel.cloud.
     #[arg(long, env = names::ZITADEL_URL)]
     pub zitadel_url: String,
+    /// The service credential usermeta calls the management API with.
     #[command(flatten)]
     pub credential: CredentialArgs,
+    /// Who may do what, and how callers are identified.
     #[command(flatten)]
     pub access: AccessArgs,
+    /// How usermeta calls ZITADEL: timeouts, retries, breakers, HTTP/2, the management API.
     #[command(flatten, next_help_heading = "ZITADEL connection")]
     pub zitadel: ZitadelArgs,
+    /// The caller cache.
     #[command(flatten, next_help_heading = "Caller cache")]
     pub cache: CacheArgs,
+    /// Rate limit, in-flight limits, deadlines and stream limits.
     #[command(flatten, next_help_heading = "Limits")]
     pub limits: LimitArgs,
+    /// Metrics, TLS and shutdown.
     #[command(flatten, next_help_heading = "Operations")]
     pub ops: OpsArgs,
+    /// Replicas that share invalidations (Redis) and ZITADEL's events (the webhook).
     #[command(flatten, next_help_heading = "Fleet")]
     pub fleet: FleetArgs,
+    /// Envoy's Check on its own listener.
     #[command(flatten, next_help_heading = "Envoy external authorization")]
     pub ext_authz: ext_authz::ExtAuthzArgs,
 }
@@ -152,10 +163,12 @@ pub struct HealthcheckArgs {
 /// A setting is missing or wrong.
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
+    /// The value of a setting (or the lack of one) cannot be used.
     #[error("{setting}: {problem}")]
     Invalid {
         /// The setting (or settings) at fault, as `USERMETA_X (--x)`.
         setting: String,
+        /// What is wrong, and what to set instead.
         problem: String,
     },
 }

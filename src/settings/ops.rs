@@ -15,6 +15,7 @@ pub struct OpsArgs {
     /// How long in-flight calls may take to finish after SIGTERM/SIGINT before usermeta exits anyway.
     #[arg(long, env = "USERMETA_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+    /// TLS on the gRPC listener, and the CA usermeta trusts ZITADEL's certificate by.
     #[command(flatten)]
     pub tls: TlsArgs,
 }

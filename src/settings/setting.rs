@@ -10,6 +10,7 @@ use clap::CommandFactory as _;
 pub struct Setting(&'static str);
 
 impl Setting {
+    /// The setting whose clap id (its field name) is `id`.
     pub const fn new(id: &'static str) -> Self {
         Setting(id)
     }

@@ -189,6 +189,7 @@ pub fn zitadel_url(raw: &str) -> Result<Url, SettingsError> {
 }
 
 impl ZitadelArgs {
+    /// How calls to ZITADEL are retried and when a circuit breaker opens.
     pub fn resilience(&self) -> Resilience {
         Resilience {
             max_attempts: self.retry_max_attempts,

@@ -59,8 +59,10 @@ const MAX_REQUEST_ID: usize = 128;
 /// Tracing could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
+    /// The OTLP exporter could not be built from the `OTEL_*` settings.
     #[error("OTEL_EXPORTER_OTLP_ENDPOINT is set but the OTLP exporter could not be built: {0}")]
     Otlp(#[from] opentelemetry_otlp::ExporterBuildError),
+    /// Another global subscriber is installed (a second start in one process).
     #[error("a global log subscriber is already installed")]
     AlreadyInstalled,
 }

@@ -37,6 +37,7 @@ impl<S> tower::Layer<S> for RequestContextLayer {
     }
 }
 
+/// A service wrapped by [`RequestContextLayer`].
 #[derive(Debug, Clone)]
 pub struct RequestContext<S> {
     inner: S,

@@ -21,7 +21,7 @@ use crate::support::*;
 
 /// The worked example of the book's policy cookbook, `examples/policy.toml`, with the test's organisation in
 /// place of the one the file names.
-pub fn example_policy(acme_org: &str) -> String {
+pub(crate) fn example_policy(acme_org: &str) -> String {
     const FILE: &str = include_str!("../../examples/policy.toml");
     const ORG_IN_FILE: &str = "170848145649959169";
     assert_eq!(

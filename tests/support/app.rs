@@ -27,7 +27,7 @@ use zitadel_standin::{ManagerRole, RecordedRequest, StandIn};
 use super::calls::{authed, connect};
 
 /// Scopes a typical caller token has: identity, metadata, organisation, and the ZITADEL audience.
-pub const FULL_SCOPES: &[&str] = &[
+pub(crate) const FULL_SCOPES: &[&str] = &[
     "openid",
     "profile",
     "urn:zitadel:iam:user:metadata",
@@ -36,12 +36,12 @@ pub const FULL_SCOPES: &[&str] = &[
 ];
 
 /// Key prefix the test policy makes self-writable.
-pub const SELF_WRITABLE: &str = "profile.";
+pub(crate) const SELF_WRITABLE: &str = "profile.";
 
 /// The stand-in and the users seeded in it: alice and the admin in Acme, bob in Globex, and an IAM_OWNER
 /// service user whose PAT usermeta holds.
 #[derive(Clone)]
-pub struct Cast {
+pub(crate) struct Cast {
     pub standin: StandIn,
     /// Organisation of alice, the admin and the service user.
     pub org: String,
@@ -91,7 +91,7 @@ impl Cast {
 
 /// A running usermeta on 127.0.0.1:0 with the [`Cast`] it was started with. It stops when `stop` is dropped
 /// (or sent), and `stopped` ends after.
-pub struct TestApp {
+pub(crate) struct TestApp {
     pub cast: Cast,
     pub addr: SocketAddr,
     pub client: UserMetadataServiceClient<Channel>,
@@ -116,7 +116,7 @@ impl std::ops::Deref for TestApp {
 /// What a [`TestApp`] varies: where ZITADEL is and how usermeta talks to it, the policy, limits, caches and
 /// which listeners it opens. Without a knob, usermeta runs with the service's defaults, except as
 /// [`TestApp::builder`] says.
-pub struct TestAppBuilder {
+pub(crate) struct TestAppBuilder {
     /// The cast to reuse; a fresh one is seeded when `None`.
     cast: Option<Cast>,
     zitadel_url: Option<String>,
@@ -130,7 +130,7 @@ type ConfigEdit = Box<dyn FnOnce(&mut Config) + Send>;
 
 impl TestApp {
     /// The usual app: [`TestApp::builder`] with nothing changed.
-    pub async fn spawn() -> TestApp {
+    pub(crate) async fn spawn() -> TestApp {
         TestApp::builder().spawn().await
     }
 
@@ -139,7 +139,7 @@ impl TestApp {
     /// tests that pin v1's wire format need it; the backend-independent suite runs against both) and without
     /// the request budget toward ZITADEL (it refills with the clock, and tests that send ZITADEL many requests
     /// in a burst would depend on the machine's speed; tests of the budget set one).
-    pub fn builder() -> TestAppBuilder {
+    pub(crate) fn builder() -> TestAppBuilder {
         TestAppBuilder {
             cast: None,
             zitadel_url: None,
@@ -150,14 +150,14 @@ impl TestApp {
     }
 
     /// Another usermeta in front of this app's stand-in, with the same cast, service user and test policy.
-    pub fn another(&self) -> TestAppBuilder {
+    pub(crate) fn another(&self) -> TestAppBuilder {
         TestAppBuilder {
             cast: Some(self.cast.clone()),
             ..TestApp::builder()
         }
     }
 
-    pub async fn get_my_metadata(
+    pub(crate) async fn get_my_metadata(
         &self,
         token: &str,
         request: pb::GetMyMetadataRequest,
@@ -168,7 +168,7 @@ impl TestApp {
             .await
     }
 
-    pub async fn list_metadata(
+    pub(crate) async fn list_metadata(
         &self,
         token: &str,
         request: pb::ListMetadataRequest,
@@ -179,7 +179,7 @@ impl TestApp {
             .await
     }
 
-    pub async fn set_metadata(
+    pub(crate) async fn set_metadata(
         &self,
         token: &str,
         request: pb::SetMetadataRequest,
@@ -190,7 +190,7 @@ impl TestApp {
             .await
     }
 
-    pub async fn delete_metadata(
+    pub(crate) async fn delete_metadata(
         &self,
         token: &str,
         request: pb::DeleteMetadataRequest,
@@ -202,21 +202,21 @@ impl TestApp {
     }
 
     /// Alice's GetMyMetadata for all of her keys.
-    pub fn get_mine(&self) -> Request<pb::GetMyMetadataRequest> {
+    pub(crate) fn get_mine(&self) -> Request<pb::GetMyMetadataRequest> {
         authed(pb::GetMyMetadataRequest::default(), &self.alice_token)
     }
 
     /// The ext_authz listener's address (the app must have been spawned with ext_authz).
-    pub fn authz_addr(&self) -> SocketAddr {
+    pub(crate) fn authz_addr(&self) -> SocketAddr {
         self.authz_addr.expect("spawned with ext_authz")
     }
 
     /// The metrics listener's address (the app must have been spawned with metrics).
-    pub fn metrics_addr(&self) -> SocketAddr {
+    pub(crate) fn metrics_addr(&self) -> SocketAddr {
         self.metrics_addr.expect("spawned with metrics")
     }
 
-    pub fn management_requests(&self) -> Vec<RecordedRequest> {
+    pub(crate) fn management_requests(&self) -> Vec<RecordedRequest> {
         self.standin
             .requests()
             .into_iter()
@@ -225,7 +225,7 @@ impl TestApp {
     }
 
     /// The management calls that read or write metadata (without v2's lookup of a user's organisation).
-    pub fn metadata_requests(&self) -> Vec<RecordedRequest> {
+    pub(crate) fn metadata_requests(&self) -> Vec<RecordedRequest> {
         self.management_requests()
             .into_iter()
             .filter(|r| r.connect_procedure() != Some("GetUserByID"))
@@ -233,7 +233,7 @@ impl TestApp {
     }
 
     /// How many userinfo calls the stand-in received.
-    pub fn userinfo_requests(&self) -> usize {
+    pub(crate) fn userinfo_requests(&self) -> usize {
         self.standin
             .requests()
             .iter()
@@ -243,7 +243,7 @@ impl TestApp {
 
     /// Asserts the stand-in received nothing at all.
     #[track_caller]
-    pub fn assert_no_upstream_request(&self) {
+    pub(crate) fn assert_no_upstream_request(&self) {
         let seen: Vec<String> = self
             .standin
             .requests()
@@ -254,7 +254,7 @@ impl TestApp {
     }
 
     #[track_caller]
-    pub fn assert_no_management_request(&self) {
+    pub(crate) fn assert_no_management_request(&self) {
         let seen: Vec<String> = self
             .management_requests()
             .iter()
@@ -272,52 +272,52 @@ impl TestAppBuilder {
 
     /// Talk to the ZITADEL at `url` instead of the cast's stand-in (a scripted upstream, a stand-in behind
     /// TLS); the cast stays for tokens and comparisons.
-    pub fn zitadel_url(mut self, url: &str) -> Self {
+    pub(crate) fn zitadel_url(mut self, url: &str) -> Self {
         self.zitadel_url = Some(url.to_owned());
         self
     }
 
     /// The service credential, instead of the cast's service user's PAT.
-    pub fn credential(mut self, credential: ServiceCredential) -> Self {
+    pub(crate) fn credential(mut self, credential: ServiceCredential) -> Self {
         self.credential = Some(credential);
         self
     }
 
     /// A personal access token as the service credential.
-    pub fn pat(self, pat: &str) -> Self {
+    pub(crate) fn pat(self, pat: &str) -> Self {
         self.credential(ServiceCredential::Pat(SecretString::from(pat)))
     }
 
     /// Which ZITADEL API manages metadata (v1, v2 or auto).
-    pub fn api(self, api: ApiChoice) -> Self {
+    pub(crate) fn api(self, api: ApiChoice) -> Self {
         self.edit(move |config| config.zitadel.management_api = api)
     }
 
-    pub fn policy(mut self, policy: Policy) -> Self {
+    pub(crate) fn policy(mut self, policy: Policy) -> Self {
         self.policy = Some(policy);
         self
     }
 
     /// How long one request to ZITADEL may take.
-    pub fn timeout(self, timeout: Duration) -> Self {
+    pub(crate) fn timeout(self, timeout: Duration) -> Self {
         self.edit(move |config| config.zitadel.timeout = timeout)
     }
 
-    pub fn resilience(self, resilience: Resilience) -> Self {
+    pub(crate) fn resilience(self, resilience: Resilience) -> Self {
         self.edit(move |config| config.zitadel.resilience = resilience)
     }
 
-    pub fn http2(self, http2: Http2) -> Self {
+    pub(crate) fn http2(self, http2: Http2) -> Self {
         self.edit(move |config| config.zitadel.http2 = http2)
     }
 
     /// The request budget toward ZITADEL (off unless set).
-    pub fn upstream_budget(self, budget: UpstreamBudget) -> Self {
+    pub(crate) fn upstream_budget(self, budget: UpstreamBudget) -> Self {
         self.edit(move |config| config.zitadel.upstream_budget = Some(budget))
     }
 
     /// Fault tests: every retry after a millisecond, so a test of many failures is quick.
-    pub fn fast_retries(self, resilience: Resilience) -> Self {
+    pub(crate) fn fast_retries(self, resilience: Resilience) -> Self {
         self.resilience(Resilience {
             backoff_base: Duration::from_millis(1),
             ..resilience
@@ -325,31 +325,31 @@ impl TestAppBuilder {
     }
 
     /// No caching: every call reaches ZITADEL.
-    pub fn no_cache(self) -> Self {
+    pub(crate) fn no_cache(self) -> Self {
         self.edit(|config| config.cache.ttl = Duration::ZERO)
     }
 
-    pub fn cache(self, cache: CacheConfig) -> Self {
+    pub(crate) fn cache(self, cache: CacheConfig) -> Self {
         self.edit(move |config| config.cache = cache)
     }
 
-    pub fn limits(self, limits: Limits) -> Self {
+    pub(crate) fn limits(self, limits: Limits) -> Self {
         self.edit(move |config| config.limits = limits)
     }
 
     /// How callers are identified (introspection, JWT validation, userinfo).
-    pub fn identity(self, identity: IdentityConfig) -> Self {
+    pub(crate) fn identity(self, identity: IdentityConfig) -> Self {
         self.edit(move |config| config.identity = identity)
     }
 
     /// usermeta's project: roles ZITADEL asserts for it count.
-    pub fn project_id(self, project_id: &str) -> Self {
+    pub(crate) fn project_id(self, project_id: &str) -> Self {
         let project_id = project_id.to_owned();
         self.edit(move |config| config.zitadel.project_id = Some(project_id))
     }
 
     /// Envoy's external authorization API on a listener of its own (127.0.0.1:0).
-    pub fn ext_authz(self, authz: AuthzConfig) -> Self {
+    pub(crate) fn ext_authz(self, authz: AuthzConfig) -> Self {
         self.edit(move |config| {
             config.options.ext_authz = Some(ExtAuthz {
                 config: authz,
@@ -360,33 +360,33 @@ impl TestAppBuilder {
     }
 
     /// `/metrics` on a listener of its own (127.0.0.1:0).
-    pub fn metrics(self) -> Self {
+    pub(crate) fn metrics(self) -> Self {
         self.edit(|config| config.options.metrics_listen = Some(any_port()))
     }
 
     /// TLS on the gRPC port.
-    pub fn tls(self, files: TlsFiles) -> Self {
+    pub(crate) fn tls(self, files: TlsFiles) -> Self {
         self.edit(move |config| config.options.tls = Some(files))
     }
 
     /// CA certificates trusted toward ZITADEL, beside the system's.
-    pub fn zitadel_roots(self, roots: Vec<reqwest::Certificate>) -> Self {
+    pub(crate) fn zitadel_roots(self, roots: Vec<reqwest::Certificate>) -> Self {
         self.edit(move |config| config.options.zitadel_roots = roots)
     }
 
     /// How long in-flight calls may take to finish after the stop signal.
-    pub fn shutdown_grace(self, grace: Duration) -> Self {
+    pub(crate) fn shutdown_grace(self, grace: Duration) -> Self {
         self.edit(move |config| config.options.shutdown_grace = grace)
     }
 
     /// Redis, for invalidation shared with other replicas.
-    pub fn redis(self, redis: RedisConfig) -> Self {
+    pub(crate) fn redis(self, redis: RedisConfig) -> Self {
         self.edit(move |config| config.options.redis = Some(redis))
     }
 
     /// ZITADEL's event webhook on 127.0.0.1:0, checking signatures with `keys` (one per line) and taking on
     /// `limits` at once.
-    pub fn webhook_with(self, keys: &str, limits: WebhookLimits) -> Self {
+    pub(crate) fn webhook_with(self, keys: &str, limits: WebhookLimits) -> Self {
         let keys = SigningKeys::from_text(keys).expect("signing keys");
         self.edit(move |config| {
             config.options.webhook = Some(WebhookConfig {
@@ -398,12 +398,12 @@ impl TestAppBuilder {
     }
 
     /// [`TestAppBuilder::webhook_with`] the default limits.
-    pub fn webhook(self, keys: &str) -> Self {
+    pub(crate) fn webhook(self, keys: &str) -> Self {
         self.webhook_with(keys, WebhookLimits::default())
     }
 
     /// Builds (binds) without serving: for tests of start-up errors.
-    pub async fn build(self) -> Result<(Cast, Application), StartError> {
+    pub(crate) async fn build(self) -> Result<(Cast, Application), StartError> {
         let fresh = self.cast.is_none();
         let cast = match self.cast {
             Some(cast) => cast,
@@ -429,7 +429,7 @@ impl TestAppBuilder {
     }
 
     /// Builds and serves in a task until [`TestApp::stop`] is sent or dropped.
-    pub async fn spawn(self) -> TestApp {
+    pub(crate) async fn spawn(self) -> TestApp {
         let (cast, app) = self.build().await.expect("usermeta builds");
         let addr = app.local_addr();
         let authz_addr = app.ext_authz_addr();
@@ -457,7 +457,7 @@ impl TestAppBuilder {
 }
 
 /// The request budget toward ZITADEL that `usermeta serve` runs with unless told otherwise.
-pub fn shipped_upstream_budget() -> Option<UpstreamBudget> {
+pub(crate) fn shipped_upstream_budget() -> Option<UpstreamBudget> {
     let credential = ServiceCredential::Pat(SecretString::from("unused"));
     shipped_config("http://zitadel.invalid", credential)
         .zitadel

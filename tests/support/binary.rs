@@ -4,7 +4,7 @@
 use std::process::{Command, Output};
 
 /// Runs `usermeta args` with `env` and none of this process's `USERMETA_` variables.
-pub fn run_usermeta(args: &[&str], env: &[(&str, &str)]) -> Output {
+pub(crate) fn run_usermeta(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_usermeta"));
     command.args(args);
     for (key, _) in std::env::vars() {
@@ -16,12 +16,12 @@ pub fn run_usermeta(args: &[&str], env: &[(&str, &str)]) -> Output {
     command.output().unwrap()
 }
 
-pub fn stderr(output: &Output) -> String {
+pub(crate) fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 /// Writes `text` to a file `name` in a directory of this test process, and returns its path.
-pub fn write_config(name: &str, text: &str) -> String {
+pub(crate) fn write_config(name: &str, text: &str) -> String {
     let dir = std::env::temp_dir().join(format!("usermeta-config-it-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(name);

@@ -8,7 +8,7 @@ use tonic_types::StatusExt;
 use usermeta::api::pb::{self, user_metadata_service_client::UserMetadataServiceClient};
 use zitadel_standin::RecordedRequest;
 
-pub async fn connect(addr: SocketAddr) -> UserMetadataServiceClient<Channel> {
+pub(crate) async fn connect(addr: SocketAddr) -> UserMetadataServiceClient<Channel> {
     let channel = Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
@@ -18,7 +18,7 @@ pub async fn connect(addr: SocketAddr) -> UserMetadataServiceClient<Channel> {
 }
 
 /// A request with `authorization: Bearer <token>`.
-pub fn authed<T>(message: T, token: &str) -> Request<T> {
+pub(crate) fn authed<T>(message: T, token: &str) -> Request<T> {
     let mut request = Request::new(message);
     request
         .metadata_mut()
@@ -27,7 +27,7 @@ pub fn authed<T>(message: T, token: &str) -> Request<T> {
 }
 
 /// Sends `id` as the caller's request id (`x-request-id`).
-pub fn with_request_id<T>(mut request: Request<T>, id: &str) -> Request<T> {
+pub(crate) fn with_request_id<T>(mut request: Request<T>, id: &str) -> Request<T> {
     request
         .metadata_mut()
         .insert("x-request-id", id.parse().expect("an x-request-id value"));
@@ -36,7 +36,7 @@ pub fn with_request_id<T>(mut request: Request<T>, id: &str) -> Request<T> {
 
 /// Sends `timeout` as the caller's deadline (`grpc-timeout`) without a client-side timer, so a test sees
 /// usermeta's own answer at the deadline (a client timer of the same length races it on a loaded machine).
-pub fn with_deadline<T>(mut request: Request<T>, timeout: Duration) -> Request<T> {
+pub(crate) fn with_deadline<T>(mut request: Request<T>, timeout: Duration) -> Request<T> {
     let value = format!("{}m", timeout.as_millis());
     request
         .metadata_mut()
@@ -45,20 +45,20 @@ pub fn with_deadline<T>(mut request: Request<T>, timeout: Duration) -> Request<T
 }
 
 /// A text value.
-pub fn text(value: &str) -> Option<pb::MetadataValue> {
+pub(crate) fn text(value: &str) -> Option<pb::MetadataValue> {
     Some(pb::MetadataValue {
         kind: Some(pb::metadata_value::Kind::Text(value.into())),
     })
 }
 
 /// A binary value.
-pub fn binary(value: &[u8]) -> Option<pb::MetadataValue> {
+pub(crate) fn binary(value: &[u8]) -> Option<pb::MetadataValue> {
     Some(pb::MetadataValue {
         kind: Some(pb::metadata_value::Kind::Binary(value.to_vec())),
     })
 }
 
-pub fn entry(key: &str, value: Option<pb::MetadataValue>) -> pb::MetadataEntry {
+pub(crate) fn entry(key: &str, value: Option<pb::MetadataValue>) -> pb::MetadataEntry {
     pb::MetadataEntry {
         key: key.into(),
         value,
@@ -66,13 +66,13 @@ pub fn entry(key: &str, value: Option<pb::MetadataValue>) -> pb::MetadataEntry {
 }
 
 /// The `ErrorInfo.reason` of a status, if it has one.
-pub fn reason(status: &Status) -> Option<String> {
+pub(crate) fn reason(status: &Status) -> Option<String> {
     status.get_details_error_info().map(|info| info.reason)
 }
 
 /// Asserts code and reason, and returns the status for further checks.
 #[track_caller]
-pub fn assert_status(status: &Status, code: Code, expected_reason: &str) {
+pub(crate) fn assert_status(status: &Status, code: Code, expected_reason: &str) {
     assert_eq!(status.code(), code, "unexpected status: {status:?}");
     assert_eq!(
         reason(status).as_deref(),
@@ -82,7 +82,7 @@ pub fn assert_status(status: &Status, code: Code, expected_reason: &str) {
 }
 
 /// The field paths of a `BadRequest`.
-pub fn violated_fields(status: &Status) -> Vec<String> {
+pub(crate) fn violated_fields(status: &Status) -> Vec<String> {
     status
         .get_details_bad_request()
         .map(|bad| bad.field_violations.into_iter().map(|v| v.field).collect())
@@ -90,7 +90,7 @@ pub fn violated_fields(status: &Status) -> Vec<String> {
 }
 
 /// The user a management call addressed: v1 names it in the path, v2 in the JSON body.
-pub fn user_of(request: &RecordedRequest) -> String {
+pub(crate) fn user_of(request: &RecordedRequest) -> String {
     match request.path.strip_prefix("/management/v1/users/") {
         Some(rest) => rest.split('/').next().unwrap_or_default().to_owned(),
         None => {
@@ -101,7 +101,7 @@ pub fn user_of(request: &RecordedRequest) -> String {
 }
 
 /// The text of a returned value.
-pub fn text_of(metadata: &pb::Metadata) -> Option<&str> {
+pub(crate) fn text_of(metadata: &pb::Metadata) -> Option<&str> {
     match metadata.value.as_ref()?.kind.as_ref()? {
         pb::metadata_value::Kind::Text(text) => Some(text),
         pb::metadata_value::Kind::Binary(_) => None,
@@ -109,7 +109,7 @@ pub fn text_of(metadata: &pb::Metadata) -> Option<&str> {
 }
 
 /// Keys and text values, for compact assertions.
-pub fn pairs(metadata: &[pb::Metadata]) -> Vec<(String, Option<String>)> {
+pub(crate) fn pairs(metadata: &[pb::Metadata]) -> Vec<(String, Option<String>)> {
     metadata
         .iter()
         .map(|m| (m.key.clone(), text_of(m).map(str::to_owned)))
@@ -117,7 +117,7 @@ pub fn pairs(metadata: &[pb::Metadata]) -> Vec<(String, Option<String>)> {
 }
 
 /// The caller's `profile.language` as `client` serves it (GetMyMetadata), or `<none>`.
-pub async fn language(client: &UserMetadataServiceClient<Channel>, token: &str) -> String {
+pub(crate) async fn language(client: &UserMetadataServiceClient<Channel>, token: &str) -> String {
     let answer = client
         .clone()
         .get_my_metadata(authed(
@@ -139,7 +139,7 @@ pub async fn language(client: &UserMetadataServiceClient<Channel>, token: &str) 
 }
 
 /// Opens a WatchMetadata stream for `user_id` (the caller when empty) and keys under `key_prefix`.
-pub async fn watch(
+pub(crate) async fn watch(
     client: &UserMetadataServiceClient<Channel>,
     token: &str,
     user_id: &str,
@@ -149,7 +149,7 @@ pub async fn watch(
 }
 
 /// [`watch`] naming the user's organisation.
-pub async fn watch_in(
+pub(crate) async fn watch_in(
     client: &UserMetadataServiceClient<Channel>,
     token: &str,
     user_id: &str,

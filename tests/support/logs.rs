@@ -11,7 +11,7 @@ use usermeta::{settings::LogFormat, telemetry};
 
 /// What the subscriber wrote; clones share it.
 #[derive(Clone, Default)]
-pub struct Captured(Arc<Mutex<Vec<u8>>>);
+pub(crate) struct Captured(Arc<Mutex<Vec<u8>>>);
 
 impl Write for Captured {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
@@ -26,7 +26,7 @@ impl Write for Captured {
 
 impl Captured {
     /// usermeta's own subscriber in `format`, writing here; for the rest of the process.
-    pub fn install(format: LogFormat, filter: &str) -> Captured {
+    pub(crate) fn install(format: LogFormat, filter: &str) -> Captured {
         let captured = Captured::default();
         let writer = captured.clone();
         // Leaked on purpose: the subscriber lives as long as the test process.
@@ -38,16 +38,16 @@ impl Captured {
     }
 
     /// Everything written so far.
-    pub fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
 
-    pub fn lines(&self) -> Vec<String> {
+    pub(crate) fn lines(&self) -> Vec<String> {
         self.text().lines().map(str::to_owned).collect()
     }
 
     /// JSON log lines containing `needle`.
-    pub fn lines_with(&self, needle: &str) -> Vec<serde_json::Value> {
+    pub(crate) fn lines_with(&self, needle: &str) -> Vec<serde_json::Value> {
         self.text()
             .lines()
             .filter(|line| line.contains(needle))
@@ -59,6 +59,6 @@ impl Captured {
 static JSON_LOGS: OnceLock<Captured> = OnceLock::new();
 
 /// Installs the test binary's JSON subscriber (once) and returns what it captures.
-pub fn capture() -> &'static Captured {
+pub(crate) fn capture() -> &'static Captured {
     JSON_LOGS.get_or_init(|| Captured::install(LogFormat::Json, "usermeta=info"))
 }

@@ -11,11 +11,13 @@ mod observe;
 mod upstreams;
 mod wait;
 
-pub use app::{Cast, FULL_SCOPES, SELF_WRITABLE, TestApp, TestAppBuilder, shipped_upstream_budget};
-pub use binary::{run_usermeta, stderr, write_config};
-pub use calls::*;
-pub use logs::{Captured, capture};
-pub use observe::{check_request, eventually_health, health_of, metric, scrape};
-pub use upstreams::{fault, raw_userinfo, serve_upstream};
-pub use usermeta_zitadel::management::ApiChoice;
-pub use wait::{HANG, eventually, promptly, until};
+pub(crate) use app::{
+    Cast, FULL_SCOPES, SELF_WRITABLE, TestApp, TestAppBuilder, shipped_upstream_budget,
+};
+pub(crate) use binary::{run_usermeta, stderr, write_config};
+pub(crate) use calls::*;
+pub(crate) use logs::{Captured, capture};
+pub(crate) use observe::{check_request, eventually_health, health_of, metric, scrape};
+pub(crate) use upstreams::{fault, raw_userinfo, serve_upstream};
+pub(crate) use usermeta_zitadel::management::ApiChoice;
+pub(crate) use wait::{HANG, eventually, promptly, until};

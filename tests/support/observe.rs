@@ -13,7 +13,7 @@ use tonic_health::pb::{
 use super::wait::eventually;
 
 /// The health `service` reports at `addr` ("" for the server as a whole).
-pub async fn health_of(addr: SocketAddr, service: &str) -> ServingStatus {
+pub(crate) async fn health_of(addr: SocketAddr, service: &str) -> ServingStatus {
     let channel = Channel::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
@@ -30,7 +30,7 @@ pub async fn health_of(addr: SocketAddr, service: &str) -> ServingStatus {
 }
 
 /// Waits for `service` to report `expected`: changes reach health asynchronously.
-pub async fn eventually_health(addr: SocketAddr, service: &str, expected: ServingStatus) {
+pub(crate) async fn eventually_health(addr: SocketAddr, service: &str, expected: ServingStatus) {
     eventually(&format!("{service} becomes {expected:?}"), || async move {
         (health_of(addr, service).await == expected).then_some(())
     })
@@ -38,7 +38,7 @@ pub async fn eventually_health(addr: SocketAddr, service: &str, expected: Servin
 }
 
 /// A `/metrics` scrape.
-pub async fn scrape(metrics_addr: SocketAddr) -> String {
+pub(crate) async fn scrape(metrics_addr: SocketAddr) -> String {
     reqwest::get(format!("http://{metrics_addr}/metrics"))
         .await
         .unwrap()
@@ -49,7 +49,7 @@ pub async fn scrape(metrics_addr: SocketAddr) -> String {
 
 /// The value of one series of a `/metrics` scrape (`name{label="value"}` exactly as exported), 0 when absent.
 /// The recorder is process-wide: compare a value with an earlier one, never with a constant.
-pub async fn metric(metrics_addr: SocketAddr, series: &str) -> f64 {
+pub(crate) async fn metric(metrics_addr: SocketAddr, series: &str) -> f64 {
     scrape(metrics_addr)
         .await
         .lines()
@@ -59,7 +59,7 @@ pub async fn metric(metrics_addr: SocketAddr, series: &str) -> f64 {
 }
 
 /// A Check for a GET with `token`, as Envoy sends it.
-pub fn check_request(token: &str) -> CheckRequest {
+pub(crate) fn check_request(token: &str) -> CheckRequest {
     let headers = [("authorization".to_owned(), format!("Bearer {token}"))].into();
     CheckRequest {
         attributes: Some(AttributeContext {

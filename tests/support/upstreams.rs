@@ -10,7 +10,7 @@ use axum::{Json, Router, routing::get};
 use zitadel_standin::{Fault, FaultKind};
 
 /// A fault on requests whose path starts with `path_prefix`, for `times` requests (`None`: until cleared).
-pub fn fault(path_prefix: &str, times: Option<u32>, kind: FaultKind) -> Fault {
+pub(crate) fn fault(path_prefix: &str, times: Option<u32>, kind: FaultKind) -> Fault {
     Fault {
         path_prefix: path_prefix.into(),
         times,
@@ -19,7 +19,7 @@ pub fn fault(path_prefix: &str, times: Option<u32>, kind: FaultKind) -> Fault {
 }
 
 /// Serves `router` on 127.0.0.1:0 in a task, and returns its URL.
-pub async fn serve_upstream(router: Router) -> String {
+pub(crate) async fn serve_upstream(router: Router) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, router).await });
@@ -27,7 +27,7 @@ pub async fn serve_upstream(router: Router) -> String {
 }
 
 /// A scripted ZITADEL that answers userinfo with fixed claims for any token, counting calls.
-pub async fn raw_userinfo(claims: serde_json::Value) -> (String, Arc<AtomicUsize>) {
+pub(crate) async fn raw_userinfo(claims: serde_json::Value) -> (String, Arc<AtomicUsize>) {
     let calls = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&calls);
     let router = Router::new().route(

@@ -10,7 +10,7 @@ const POLL: Duration = Duration::from_millis(10);
 
 /// Polls `condition` until it returns `Some`, and returns that; panics naming `what` after [`PATIENCE`].
 #[track_caller]
-pub fn eventually<T, F, Fut>(what: &str, mut condition: F) -> impl Future<Output = T>
+pub(crate) fn eventually<T, F, Fut>(what: &str, mut condition: F) -> impl Future<Output = T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -34,17 +34,17 @@ where
 /// Waits until `holds` (a look at recorded state, such as what the stand-in received) is true; panics naming
 /// `what` after [`PATIENCE`].
 #[track_caller]
-pub fn until(what: &str, mut holds: impl FnMut() -> bool) -> impl Future<Output = ()> {
+pub(crate) fn until(what: &str, mut holds: impl FnMut() -> bool) -> impl Future<Output = ()> {
     eventually(what, move || std::future::ready(holds().then_some(())))
 }
 
 /// Longer than any test: a ZITADEL held this long (`FaultKind::Latency(HANG)`) never answers while one runs, so
 /// an answer shows usermeta did not wait for it.
-pub const HANG: Duration = Duration::from_secs(300);
+pub(crate) const HANG: Duration = Duration::from_secs(300);
 
 /// Awaits `answer`, failing naming `what` if it takes [`PATIENCE`]: for calls that must not wait for a ZITADEL
 /// held by [`HANG`].
-pub async fn promptly<T>(what: &str, answer: impl Future<Output = T>) -> T {
+pub(crate) async fn promptly<T>(what: &str, answer: impl Future<Output = T>) -> T {
     tokio::time::timeout(PATIENCE, answer)
         .await
         .unwrap_or_else(|_| panic!("{what}: no answer within {PATIENCE:?}"))

@@ -35,7 +35,7 @@ pub struct Violation {
 
 /// The most violations one answer lists; the rest are counted ("and N more"), so neither the
 /// `grpc-status-details-bin` trailer nor the log line grows with what the request chooses to get wrong.
-pub const MAX_LISTED_VIOLATIONS: usize = 10;
+pub(super) const MAX_LISTED_VIOLATIONS: usize = 10;
 
 /// What is wrong with a request: the first [`MAX_LISTED_VIOLATIONS`], and how many more there are.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -92,14 +92,25 @@ impl Violations {
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
+    /// The request breaks the contract; each violation reaches the client as a `google.rpc.BadRequest` field
+    /// violation.
     #[error("the request is invalid")]
     InvalidRequest(Violations),
+    /// The caller's bearer token is missing, unusable, or not vouched for by ZITADEL.
     #[error(transparent)]
     Token(#[from] TokenError),
+    /// The policy does not let the caller do this.
     #[error(transparent)]
     Denied(#[from] Denial),
+    /// DeleteMetadata of keys the user does not have, without `allow_missing`.
     #[error("keys not found")]
-    KeysNotFound { user_id: String, keys: Vec<String> },
+    KeysNotFound {
+        /// The user whose keys were to be removed.
+        user_id: String,
+        /// The keys of the request, as it named them.
+        keys: Vec<String>,
+    },
+    /// ZITADEL failed or refused the call; kept whole for the status mapping and the log.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
     /// The caller's deadline (or the configured request timeout) passed.
@@ -107,25 +118,37 @@ pub enum ApiError {
     DeadlineExceeded,
     /// The caller sent more requests than its per-caller rate limit allows.
     #[error("too many requests from this caller")]
-    RateLimited { retry_after: Duration },
+    RateLimited {
+        /// How long until the caller's next request is admitted.
+        retry_after: Duration,
+    },
     /// `limit` calls already wait on ZITADEL ([`MAX_IN_FLIGHT`](names::MAX_IN_FLIGHT)); this one was not started.
     #[error(
         "usermeta is at its limit of {limit} calls in flight ({setting}) and refused this one without starting it; retry with backoff",
         setting = names::MAX_IN_FLIGHT
     )]
-    Overloaded { limit: usize },
+    Overloaded {
+        /// The limit reached.
+        limit: usize,
+    },
     /// This caller already has `limit` calls waiting on ZITADEL ([`MAX_IN_FLIGHT_PER_CALLER`](names::MAX_IN_FLIGHT_PER_CALLER)).
     #[error(
         "this caller already has {limit} calls in flight, its limit ({setting}), and usermeta refused this one without starting it; retry with backoff once earlier calls have finished",
         setting = names::MAX_IN_FLIGHT_PER_CALLER
     )]
-    CallerOverloaded { limit: usize },
+    CallerOverloaded {
+        /// The caller's limit reached.
+        limit: usize,
+    },
     /// usermeta's own introspection client was refused: an operator problem, not the caller's.
     #[error(transparent)]
     IntrospectionClient(IdentifyError),
     /// A read of a user ZITADEL does not know (BatchGetMetadata's per-user result).
     #[error("ZITADEL knows no user {user_id}; check the user id")]
-    UserNotFound { user_id: String },
+    UserNotFound {
+        /// The user id as the request named it.
+        user_id: String,
+    },
     /// METADATA_SOURCE_TOKEN with a token that is not a JWT.
     #[error(
         "the access token is opaque, not a JWT: it carries no metadata of its own; read with source METADATA_SOURCE_USERINFO or METADATA_SOURCE_AUTH_API, or send a JWT (an ID token with \"User Info inside ID Token\", or a JWT access token)"
@@ -142,17 +165,28 @@ pub enum ApiError {
         "this WatchMetadata stream's reader fell behind ({}) and the stream has ended, {missed} changes of the watched user unsent: reopen it, read the current values again (ListMetadata), and read the stream faster or narrow it with key_prefix",
         lag_text(lag)
     )]
-    WatchLagged { missed: u64, lag: Lag },
+    WatchLagged {
+        /// Changes of the watched user the stream never sent.
+        missed: u64,
+        /// Which queue overflowed.
+        lag: Lag,
+    },
     /// The replica holds as many WatchMetadata streams as it may, in all or for this caller.
     #[error("{}", stream_limit_text(limit))]
-    TooManyStreams { limit: StreamLimit },
+    TooManyStreams {
+        /// The limit reached: the replica's or the caller's.
+        limit: StreamLimit,
+    },
     /// A WatchMetadata stream reached its longest life.
     #[error(
         "this WatchMetadata stream reached its longest life of {} ({setting}) and has ended: reopen it and read the current values again",
         humantime::format_duration(*max),
         setting = names::WATCH_MAX_DURATION
     )]
-    WatchMaxDuration { max: Duration },
+    WatchMaxDuration {
+        /// The stream's longest life ([`WATCH_MAX_DURATION`](names::WATCH_MAX_DURATION)).
+        max: Duration,
+    },
     /// The replica is stopping; its streams end.
     #[error(
         "this usermeta replica is shutting down and ends its streams: reopen the stream (another replica serves it) and read the current values again"

@@ -5,7 +5,7 @@ mod batch_get;
 mod find;
 mod get_my;
 mod list;
-pub mod watch;
+pub(super) mod watch;
 mod write;
 
 use std::future::Future;

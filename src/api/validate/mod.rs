@@ -18,19 +18,19 @@ use super::{
 };
 use usermeta_zitadel::metadata::{KeyFilter, KeyMatch, PageRequest};
 
-pub const MAX_KEY_CHARS: usize = 200;
-pub const MAX_VALUE_BYTES: usize = 500_000;
-pub const MAX_ID_CHARS: usize = 200;
-pub const DEFAULT_PAGE_SIZE: u32 = 100;
-pub const MAX_PAGE_SIZE: u32 = 1000;
+pub(super) const MAX_KEY_CHARS: usize = 200;
+pub(super) const MAX_VALUE_BYTES: usize = 500_000;
+pub(super) const MAX_ID_CHARS: usize = 200;
+pub(super) const DEFAULT_PAGE_SIZE: u32 = 100;
+pub(super) const MAX_PAGE_SIZE: u32 = 1000;
 /// The most keys or entries one request names (SetMetadata's entries, DeleteMetadata's keys, GetMyMetadata's
 /// and BatchGetMetadata's keys). Counted before any of them is looked at, so what a request costs to validate,
 /// answer and log is bounded whatever it holds.
-pub const MAX_KEYS_PER_REQUEST: usize = 100;
+pub(super) const MAX_KEYS_PER_REQUEST: usize = 100;
 
 /// Where GetMyMetadata reads from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
+pub(super) enum Source {
     Userinfo,
     AuthApi,
     /// The bearer JWT's own metadata claim.
@@ -39,14 +39,14 @@ pub enum Source {
 
 /// A valid GetMyMetadata request.
 #[derive(Debug)]
-pub struct GetMine {
+pub(super) struct GetMine {
     pub keys: Vec<String>,
     pub source: Source,
 }
 
 /// A valid ListMetadata request.
 #[derive(Debug)]
-pub struct List {
+pub(super) struct List {
     /// `None` means the caller.
     pub user_id: Option<String>,
     pub org_id: Option<String>,
@@ -59,7 +59,7 @@ pub struct List {
 
 impl List {
     /// The query page tokens of this listing are bound to.
-    pub fn token_query(&self) -> Query<'_> {
+    pub(super) fn token_query(&self) -> Query<'_> {
         Query {
             user_id: self.user_id.as_deref().unwrap_or_default(),
             org_id: self.org_id.as_deref().unwrap_or_default(),
@@ -71,7 +71,7 @@ impl List {
 
 /// A valid FindUsersByMetadata request.
 #[derive(Debug)]
-pub struct Find {
+pub(super) struct Find {
     pub key: String,
     pub value: Vec<u8>,
     pub org_id: Option<String>,
@@ -80,7 +80,7 @@ pub struct Find {
 
 impl Find {
     /// The query page tokens of this search are bound to.
-    pub fn token_query(&self) -> Query<'_> {
+    pub(super) fn token_query(&self) -> Query<'_> {
         Query {
             user_id: "",
             org_id: self.org_id.as_deref().unwrap_or_default(),
@@ -91,9 +91,12 @@ impl Find {
 }
 
 /// The longest value ZITADEL's metadata value filter compares.
-pub const MAX_FIND_VALUE_BYTES: usize = 200;
+pub(super) const MAX_FIND_VALUE_BYTES: usize = 200;
 
-pub fn find(request: pb::FindUsersByMetadataRequest, key: &PageTokenKey) -> Result<Find, ApiError> {
+pub(super) fn find(
+    request: pb::FindUsersByMetadataRequest,
+    key: &PageTokenKey,
+) -> Result<Find, ApiError> {
     let mut v = Violations::default();
     v.key(|| "key".to_owned(), &request.key);
     let org_id = v.org_id(request.organization_id);
@@ -152,7 +155,7 @@ fn page_size(v: &mut Violations, page_size: i32) -> u32 {
 
 /// A valid BatchGetMetadata request.
 #[derive(Debug)]
-pub struct BatchGet {
+pub(super) struct BatchGet {
     /// Distinct, in request order.
     pub user_ids: Vec<String>,
     /// Empty means every key the caller may read.
@@ -161,9 +164,9 @@ pub struct BatchGet {
 }
 
 /// The most users one BatchGetMetadata call reads.
-pub const MAX_BATCH_USERS: usize = 100;
+pub(super) const MAX_BATCH_USERS: usize = 100;
 
-pub fn batch_get(request: pb::BatchGetMetadataRequest) -> Result<BatchGet, ApiError> {
+pub(super) fn batch_get(request: pb::BatchGetMetadataRequest) -> Result<BatchGet, ApiError> {
     let mut v = Violations::default();
     match request.user_ids.len() {
         0 => v.add(
@@ -222,7 +225,7 @@ pub fn batch_get(request: pb::BatchGetMetadataRequest) -> Result<BatchGet, ApiEr
 
 /// A valid SetMetadata request.
 #[derive(Debug)]
-pub struct Set {
+pub(super) struct Set {
     pub user_id: Option<String>,
     pub org_id: Option<String>,
     pub entries: Vec<(String, Vec<u8>)>,
@@ -230,14 +233,14 @@ pub struct Set {
 
 /// A valid DeleteMetadata request.
 #[derive(Debug)]
-pub struct Delete {
+pub(super) struct Delete {
     pub user_id: Option<String>,
     pub org_id: Option<String>,
     pub keys: Vec<String>,
     pub allow_missing: bool,
 }
 
-pub fn get_mine(request: pb::GetMyMetadataRequest) -> Result<GetMine, ApiError> {
+pub(super) fn get_mine(request: pb::GetMyMetadataRequest) -> Result<GetMine, ApiError> {
     let mut v = Violations::default();
     if !v.within("keys", request.keys.len(), MAX_KEYS_PER_REQUEST, "keys") {
         return v.finish_invalid();
@@ -260,7 +263,7 @@ pub fn get_mine(request: pb::GetMyMetadataRequest) -> Result<GetMine, ApiError> 
     })
 }
 
-pub fn list(request: pb::ListMetadataRequest, key: &PageTokenKey) -> Result<List, ApiError> {
+pub(super) fn list(request: pb::ListMetadataRequest, key: &PageTokenKey) -> Result<List, ApiError> {
     let mut v = Violations::default();
     let user_id = v.user_id(request.user_id);
     let org_id = v.org_id(request.organization_id);
@@ -294,7 +297,7 @@ pub fn list(request: pb::ListMetadataRequest, key: &PageTokenKey) -> Result<List
 
 /// A valid WatchMetadata request.
 #[derive(Debug)]
-pub struct Watch {
+pub(super) struct Watch {
     /// `None` means the caller.
     pub user_id: Option<String>,
     /// Empty streams every key.
@@ -302,7 +305,7 @@ pub struct Watch {
     pub org_id: Option<String>,
 }
 
-pub fn watch(request: pb::WatchMetadataRequest) -> Result<Watch, ApiError> {
+pub(super) fn watch(request: pb::WatchMetadataRequest) -> Result<Watch, ApiError> {
     let mut v = Violations::default();
     let user_id = v.user_id(request.user_id);
     v.key_pattern("key_prefix", &request.key_prefix);
@@ -314,7 +317,7 @@ pub fn watch(request: pb::WatchMetadataRequest) -> Result<Watch, ApiError> {
     })
 }
 
-pub fn set(request: pb::SetMetadataRequest) -> Result<Set, ApiError> {
+pub(super) fn set(request: pb::SetMetadataRequest) -> Result<Set, ApiError> {
     let mut v = Violations::default();
     let user_id = v.user_id(request.user_id);
     let org_id = v.org_id(request.organization_id);
@@ -356,7 +359,7 @@ pub fn set(request: pb::SetMetadataRequest) -> Result<Set, ApiError> {
     })
 }
 
-pub fn delete(request: pb::DeleteMetadataRequest) -> Result<Delete, ApiError> {
+pub(super) fn delete(request: pb::DeleteMetadataRequest) -> Result<Delete, ApiError> {
     let mut v = Violations::default();
     let user_id = v.user_id(request.user_id);
     let org_id = v.org_id(request.organization_id);

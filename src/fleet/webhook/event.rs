@@ -9,9 +9,9 @@ use serde::Deserialize;
 
 use crate::fleet::{ChangeKind, MetadataChange};
 
-pub const SET: &str = "user.metadata.set";
-pub const REMOVED: &str = "user.metadata.removed";
-pub const REMOVED_ALL: &str = "user.metadata.removed.all";
+pub(super) const SET: &str = "user.metadata.set";
+pub(super) const REMOVED: &str = "user.metadata.removed";
+pub(super) const REMOVED_ALL: &str = "user.metadata.removed.all";
 
 /// Longest user id and key accepted (ZITADEL's own limits).
 const MAX_ID_CHARS: usize = 200;
@@ -19,7 +19,7 @@ const MAX_KEY_CHARS: usize = 200;
 
 /// What a body asks of usermeta.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Event {
+pub(super) enum Event {
     /// A metadata event: this change.
     Metadata(MetadataChange),
     /// Another event type (an execution on a wider group than `user.metadata`): nothing to do.
@@ -29,7 +29,7 @@ pub enum Event {
 /// The body is not an event usermeta can apply. The messages name the field at fault.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("the body is not a ZITADEL event: {0}")]
-pub struct Malformed(String);
+pub(super) struct Malformed(String);
 
 #[derive(Deserialize)]
 struct EventType {
@@ -56,7 +56,7 @@ struct Payload {
 }
 
 /// Reads one event body.
-pub fn parse(body: &[u8]) -> Result<Event, Malformed> {
+pub(super) fn parse(body: &[u8]) -> Result<Event, Malformed> {
     let EventType { event_type } = serde_json::from_slice(body).map_err(|e| {
         Malformed(format!(
             "expected a JSON object with event_type ({})",

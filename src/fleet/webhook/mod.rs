@@ -35,8 +35,11 @@ const SIGNATURE_HEADERS: [&str; 2] = ["zitadel-signature", "x-zitadel-signature"
 /// The webhook's listener, the target's signing keys and what the listener takes on at once.
 #[derive(Debug, Clone)]
 pub struct WebhookConfig {
+    /// Where ZITADEL's events are received (plain HTTP/1.1).
     pub listen: SocketAddr,
+    /// The target's signing keys; an event signed by none of them is refused.
     pub keys: SigningKeys,
+    /// What the listener takes on at once.
     pub limits: WebhookLimits,
 }
 
@@ -85,6 +88,7 @@ pub struct Webhook {
 type Outcome = (&'static str, StatusCode, String);
 
 impl Webhook {
+    /// The webhook: events signed by one of `keys`, within `limits`, applied through `changes`.
     pub fn new(keys: SigningKeys, limits: WebhookLimits, changes: Changes) -> Arc<Webhook> {
         Arc::new(Webhook {
             verifier: signature::Verifier::new(keys),

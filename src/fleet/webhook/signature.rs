@@ -64,23 +64,31 @@ impl SigningKeys {
 /// Why a request's signature is not accepted. The messages say what to fix and never echo a signature.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SignatureError {
+    /// The request carries no signature header.
     #[error(
         "no ZITADEL-Signature header: this endpoint accepts only events ZITADEL signs (an Actions v2 target with payload type JSON)"
     )]
     Missing,
+    /// The header does not read as `t=…,v1=…`; the text says what is wrong.
     #[error(
         "the ZITADEL-Signature header is malformed ({0}); expected t=<unix seconds>,v1=<hex HMAC-SHA256>"
     )]
     Malformed(&'static str),
+    /// No signature of the header is of the body under any key.
     #[error(
         "no v1 signature matches the body under any configured signing key; check {setting} against the target's signingKey",
         setting = crate::settings::names::WEBHOOK_SIGNING_KEY_FILE
     )]
     Mismatch,
+    /// The header's `t` is further from this replica's clock than the tolerance.
     #[error(
         "the signature's timestamp is {off_by_secs} s away from this replica's clock, more than the 300 s allowed; check both clocks (NTP)"
     )]
-    Stale { off_by_secs: u64 },
+    Stale {
+        /// How far, in seconds.
+        off_by_secs: u64,
+    },
+    /// This signature was accepted before.
     #[error("this signature was already accepted: a replayed event is not applied twice")]
     Replayed,
 }
@@ -139,7 +147,7 @@ fn parse(header: &str) -> Result<Header<'_>, SignatureError> {
 
 /// A signature header that is well-formed and fresh; whether it signs the body is yet to be seen.
 #[derive(Debug)]
-pub struct FreshHeader<'a>(Header<'a>);
+pub(super) struct FreshHeader<'a>(Header<'a>);
 
 fn unix_secs(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH)
@@ -149,14 +157,14 @@ fn unix_secs(time: SystemTime) -> u64 {
 
 /// Checks signatures and remembers the accepted ones.
 #[derive(Debug)]
-pub struct Verifier {
+pub(super) struct Verifier {
     keys: SigningKeys,
     /// Accepted signatures and their `t`, forgotten once `t` is past the tolerance (they would be stale).
     seen: Mutex<HashMap<Vec<u8>, u64>>,
 }
 
 impl Verifier {
-    pub fn new(keys: SigningKeys) -> Self {
+    pub(super) fn new(keys: SigningKeys) -> Self {
         Verifier {
             keys,
             seen: Mutex::new(HashMap::new()),
@@ -165,7 +173,7 @@ impl Verifier {
 
     /// What the header alone tells, before any body is read: it is there, well-formed, and its `t` is within
     /// the tolerance of `now`.
-    pub fn check_header<'a>(
+    pub(super) fn check_header<'a>(
         &self,
         header: Option<&'a str>,
         now: SystemTime,
@@ -180,7 +188,7 @@ impl Verifier {
 
     /// Accepts `body` when one of the header's signatures is of it under one of the keys, seen for the first
     /// time by this replica; returns the signature that matched (for a fleet-wide replay check).
-    pub fn accept_body(
+    pub(super) fn accept_body(
         &self,
         header: &FreshHeader<'_>,
         body: &[u8],
@@ -193,7 +201,7 @@ impl Verifier {
 
     /// [`Verifier::check_header`] and [`Verifier::accept_body`] in one.
     #[cfg(test)]
-    pub fn accept(
+    pub(super) fn accept(
         &self,
         header: Option<&str>,
         body: &[u8],
