@@ -12,11 +12,13 @@ pub mod shed;
 
 use std::{
     future::Future,
+    pin::Pin,
     sync::Arc,
-    task::Poll,
+    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
+use tokio::{task::futures::TaskLocalFuture, time::Sleep};
 use tonic::metadata::MetadataMap;
 use usermeta_zitadel::{CallerToken, resilience};
 
@@ -102,10 +104,42 @@ impl Admission {
 /// Runs `work` within `deadline`: every ZITADEL call it makes gets at most the time left, and `None` means
 /// the deadline came first, whatever was still pending. Work that is ready at the first poll (an answer from
 /// memory) sets up no timer.
-pub async fn within<F: Future>(deadline: Instant, work: F) -> Option<F::Output> {
-    let mut work = std::pin::pin!(resilience::with_deadline(deadline, work));
-    if let Poll::Ready(output) = futures::poll!(&mut work) {
-        return Some(output);
+pub fn within<F: Future>(deadline: Instant, work: F) -> Within<F> {
+    Within {
+        work: resilience::with_deadline(deadline, work),
+        timer: None,
+        deadline,
     }
-    tokio::time::timeout_at(deadline.into(), work).await.ok()
+}
+
+pin_project_lite::pin_project! {
+    /// [`within`]'s future. Written out rather than an `async fn`, which would hold `work` twice (its argument
+    /// and its body's copy): request futures are large, and every byte of them is copied when one is boxed.
+    pub struct Within<F> {
+        #[pin]
+        work: TaskLocalFuture<Option<Instant>, F>,
+        // Set up on the first poll that finds `work` pending.
+        #[pin]
+        timer: Option<Sleep>,
+        deadline: Instant,
+    }
+}
+
+impl<F: Future> Future for Within<F> {
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let Poll::Ready(output) = this.work.poll(cx) {
+            return Poll::Ready(Some(output));
+        }
+        if this.timer.is_none() {
+            this.timer
+                .set(Some(tokio::time::sleep_until((*this.deadline).into())));
+        }
+        match this.timer.as_pin_mut() {
+            Some(timer) => timer.poll(cx).map(|()| None),
+            None => Poll::Pending,
+        }
+    }
 }

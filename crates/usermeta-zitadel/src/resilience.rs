@@ -28,7 +28,7 @@ use std::{
 };
 
 use rand::Rng as _;
-use tokio::sync::watch;
+use tokio::{sync::watch, task::futures::TaskLocalFuture};
 
 use crate::Instrumentation;
 
@@ -36,15 +36,19 @@ tokio::task_local! {
     static DEADLINE: Option<Instant>;
 }
 
-/// Runs `future` with `deadline` bounding every ZITADEL call it makes.
-pub async fn with_deadline<F: Future>(deadline: Instant, future: F) -> F::Output {
-    DEADLINE.scope(Some(deadline), future).await
+/// Runs `future` with `deadline` bounding every ZITADEL call it makes. A plain function, not an `async fn`:
+/// an `async fn` would hold `future` twice (its argument and the scope), and request futures are large.
+pub fn with_deadline<F: Future>(
+    deadline: Instant,
+    future: F,
+) -> TaskLocalFuture<Option<Instant>, F> {
+    DEADLINE.scope(Some(deadline), future)
 }
 
 /// Runs `future` without a caller's deadline: for work shared by several requests (the cache's single-flight
 /// lookups), where each waiting request bounds its own wait. Calls still get the configured timeout.
-pub async fn detached<F: Future>(future: F) -> F::Output {
-    DEADLINE.scope(None, future).await
+pub fn detached<F: Future>(future: F) -> TaskLocalFuture<Option<Instant>, F> {
+    DEADLINE.scope(None, future)
 }
 
 /// The deadline of the request being served, if any.
