@@ -35,15 +35,6 @@ fn config() -> AuthzConfig {
     }
 }
 
-async fn authz_client(addr: SocketAddr) -> AuthorizationClient<Channel> {
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    AuthorizationClient::new(channel)
-}
-
 /// A CheckRequest as Envoy sends it: lower-case header names, path with query, host with port.
 fn envoy_request(path: &str, host: &str, token: Option<&str>) -> CheckRequest {
     let mut headers = HashMap::from([

@@ -65,17 +65,9 @@ async fn with_check(
         .metrics()
         .spawn()
         .await;
-    let channel = tonic::transport::Channel::from_shared(format!(
-        "http://{}",
-        spawned.authz_addr.expect("ext_authz is on")
-    ))
-    .unwrap()
-    .connect()
-    .await
-    .unwrap();
     (
         spawned.client.clone(),
-        AuthorizationClient::new(channel),
+        authz_client(spawned.authz_addr()).await,
         spawned,
     )
 }

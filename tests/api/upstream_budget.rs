@@ -5,9 +5,7 @@
 
 use std::time::Duration;
 
-use envoy_types::pb::envoy::service::auth::v3::{
-    CheckResponse, authorization_client::AuthorizationClient, check_response::HttpResponse,
-};
+use envoy_types::pb::envoy::service::auth::v3::{CheckResponse, check_response::HttpResponse};
 use prost::Message as _;
 use tonic::Code;
 use tonic_types::StatusExt;
@@ -429,15 +427,7 @@ async fn check_denies_a_caller_past_its_share_with_429_and_nothing_sent() {
         })
         .spawn()
         .await;
-    let channel = tonic::transport::Channel::from_shared(format!(
-        "http://{}",
-        spawned.authz_addr.expect("ext_authz is on")
-    ))
-    .unwrap()
-    .connect()
-    .await
-    .unwrap();
-    let mut authz = AuthorizationClient::new(channel);
+    let mut authz = authz_client(spawned.authz_addr()).await;
     app.standin.clear_requests();
     let code = |response: &CheckResponse| response.status.as_ref().map(|status| status.code);
     for _ in 0..2 {

@@ -3,6 +3,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
 use tonic::{Code, Request, Status, Streaming, transport::Channel};
 use tonic_types::StatusExt;
 use usermeta::api::pb::{self, user_metadata_service_client::UserMetadataServiceClient};
@@ -15,6 +16,16 @@ pub(crate) async fn connect(addr: SocketAddr) -> UserMetadataServiceClient<Chann
         .await
         .expect("connects");
     UserMetadataServiceClient::new(channel)
+}
+
+/// A client of Envoy's Check on the ext_authz listener at `addr`.
+pub(crate) async fn authz_client(addr: SocketAddr) -> AuthorizationClient<Channel> {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connects");
+    AuthorizationClient::new(channel)
 }
 
 /// A request with `authorization: Bearer <token>`.
