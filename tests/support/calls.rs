@@ -62,6 +62,7 @@ pub fn entry(key: &str, value: Option<pb::MetadataValue>) -> pb::MetadataEntry {
     pb::MetadataEntry {
         key: key.into(),
         value,
+        ..Default::default()
     }
 }
 
