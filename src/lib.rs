@@ -88,6 +88,7 @@ pub fn serve_config(args: ServeArgs) -> Result<Config, RunError> {
         ext_authz,
         redis: args.fleet.redis()?,
         webhook: args.fleet.webhook()?,
+        write_locks: args.fleet.write_locks(),
     };
     Ok(Config {
         listen: args.listen,

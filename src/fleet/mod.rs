@@ -19,6 +19,7 @@ mod changes;
 mod feed;
 mod redis_bus;
 pub mod webhook;
+mod write_lock;
 
 pub use bus_message::{
     BUS_KEY_PURPOSE, BusKey, BusKeyError, FRESHNESS, MAX_KEY_CHARS, MAX_KEYS, MAX_MESSAGE_BYTES,
@@ -30,6 +31,7 @@ pub use feed::{
     Subscription, WatchLimits, Write,
 };
 pub use redis_bus::{RedisConfig, RedisSetupError, SharedInvalidation};
+pub use write_lock::{LockError, UserLock, WriteLockConfig, WriteLocks};
 
 /// The Redis channel replicas publish their changes on; v2 carries sealed messages (v1's were plain JSON, so
 /// replicas of either version do not hear each other during an upgrade, and the TTL bounds what they serve).

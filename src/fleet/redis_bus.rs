@@ -17,6 +17,7 @@ use super::{
     CHANNEL, ChangeKind, MetadataChange,
     bus_message::{BusKey, Change, MAX_KEYS, Rejected, ReplayGuard, unix_ms},
     feed::{Feed, Write},
+    write_lock::{WriteLockConfig, WriteLocks},
 };
 use crate::caller::cache::CallerCache;
 
@@ -185,6 +186,11 @@ impl SharedInvalidation {
             claims: Arc::default(),
             key,
         })
+    }
+
+    /// Per-user write locks across the fleet, over a connection of their own to the same Redis.
+    pub fn write_locks(&self, config: WriteLockConfig) -> WriteLocks {
+        WriteLocks::fleet(self.client.clone(), self.key.clone(), config)
     }
 
     /// Claims a webhook event's signature for the whole fleet for `ttl`: `Ok(true)` for the first replica to

@@ -7,7 +7,7 @@ use clap::Args;
 
 use super::{Setting, SettingsError, invalid, names, secret::read_secret_file};
 use crate::fleet::{
-    BusKey, RedisConfig,
+    BusKey, RedisConfig, WriteLockConfig,
     webhook::{self, SigningKeys, WebhookConfig, WebhookLimits},
 };
 
@@ -26,6 +26,16 @@ pub struct FleetArgs {
     /// service credential, which every replica holds alike.
     #[arg(long, env = names::REDIS_BUS_KEY_FILE, requires = "redis_url")]
     pub redis_bus_key_file: Option<PathBuf>,
+    /// This deployment runs a single replica. Conditional writes and merge patches are then atomic without
+    /// Redis (no start-up warning), and while a configured Redis does not answer they are serialised by the
+    /// replica instead of refused with UNAVAILABLE. Never set it for several replicas.
+    #[arg(long, env = names::SINGLE_REPLICA, default_value_t = false, action = clap::ArgAction::Set)]
+    pub single_replica: bool,
+    /// How long the per-user write lock in Redis lives unless its holder extends it (1s to 5m): how long a
+    /// replica that died holding it keeps the others waiting, and more than a read and a write to ZITADEL
+    /// take. The holder extends it by as much right before it writes.
+    #[arg(long, env = names::WRITE_LOCK_TTL, default_value = "10s", value_parser = write_lock_ttl)]
+    pub write_lock_ttl: Duration,
     /// Address of the listener for ZITADEL's Actions v2 events (POST /zitadel/events), e.g. 0.0.0.0:8090.
     /// Keep it inside the cluster. Off when unset.
     #[arg(
@@ -66,12 +76,23 @@ impl Default for FleetArgs {
             redis_url: None,
             redis_password_file: None,
             redis_bus_key_file: None,
+            single_replica: false,
+            write_lock_ttl: WriteLockConfig::default().ttl,
             webhook_listen: None,
             webhook_signing_key_file: None,
             webhook_max_connections: WEBHOOK_DEFAULTS.max_connections as u32,
             webhook_max_buffered_bytes: WEBHOOK_DEFAULTS.max_buffered_bytes as u64,
             webhook_body_timeout: WEBHOOK_DEFAULTS.body_timeout,
         }
+    }
+}
+
+fn write_lock_ttl(raw: &str) -> Result<Duration, String> {
+    let ttl = humantime::parse_duration(raw).map_err(|e| e.to_string())?;
+    if (Duration::from_secs(1)..=Duration::from_secs(300)).contains(&ttl) {
+        Ok(ttl)
+    } else {
+        Err("must be between 1s and 5m".to_owned())
     }
 }
 
@@ -99,6 +120,14 @@ pub(super) const SETTINGS: [Setting; 4] = [
 ];
 
 impl FleetArgs {
+    /// How writes that read first are serialised.
+    pub fn write_locks(&self) -> WriteLockConfig {
+        WriteLockConfig {
+            single_replica: self.single_replica,
+            ttl: self.write_lock_ttl,
+        }
+    }
+
     /// The Redis link, reading the password file; `None` when no Redis is configured.
     pub fn redis(&self) -> Result<Option<RedisConfig>, SettingsError> {
         let Some(url) = &self.redis_url else {

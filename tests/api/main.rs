@@ -32,6 +32,7 @@ mod authorization;
 mod batch_get;
 mod breaker;
 mod cache;
+mod conditional;
 mod config_file;
 mod credentials;
 mod delete_metadata;

@@ -8,6 +8,7 @@ mod binary;
 mod calls;
 mod logs;
 mod observe;
+mod redis;
 mod upstreams;
 mod wait;
 
@@ -16,6 +17,7 @@ pub use binary::{run_usermeta, stderr, write_config};
 pub use calls::*;
 pub use logs::{Captured, capture};
 pub use observe::{check_request, eventually_health, health_of, metric, scrape};
+pub use redis::Redis;
 pub use upstreams::{fault, raw_userinfo, serve_upstream};
 pub use usermeta_zitadel::management::ApiChoice;
 pub use wait::{HANG, eventually, promptly, until};
