@@ -41,6 +41,7 @@ mod ext_authz;
 mod faults;
 mod find_users;
 mod fleet;
+mod fleet_writes;
 mod get_my_metadata;
 mod health_reflection;
 mod identity;
