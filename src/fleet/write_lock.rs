@@ -33,13 +33,16 @@ const RETRY_MAX: Duration = Duration::from_millis(50);
 /// How long a user's fencing counter outlives its last lock: far beyond any holder's life.
 const FENCE_TTL: Duration = Duration::from_secs(24 * 3600);
 
-/// Takes the lock when it is free: returns the fencing number, or 0 when another holds it.
+/// Takes the lock when it is free: returns the fencing number (as text) and what the fleet's last writes left
+/// in the keys named after the first three arguments, or `{"0"}` when another holds it.
 const ACQUIRE: &str = r"
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 1 then return {'0'} end
 local fence = redis.call('INCR', KEYS[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
 redis.call('SET', KEYS[1], ARGV[1] .. ':' .. fence, 'PX', ARGV[2])
-return fence
+local answer = {tostring(fence)}
+for i = 4, #ARGV do answer[#answer + 1] = redis.call('HGET', KEYS[3], ARGV[i]) end
+return answer
 ";
 
 /// Extends the lock if this holder still holds it: 1, else 0.
@@ -51,11 +54,46 @@ end
 return 0
 ";
 
-/// Releases the lock if this holder still holds it.
+/// Records what this holder's write left in its keys (field, value pairs after the first two arguments), then
+/// releases the lock if this holder still holds it: one step, so the next holder reads the record.
 const RELEASE: &str = r"
+if #ARGV > 2 then
+  redis.call('HSET', KEYS[2], unpack(ARGV, 3))
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+end
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 ";
+
+/// How long the fleet remembers the last write of a key through a lock: longer than ZITADEL's v2 search lags
+/// behind (its own tests wait up to a minute).
+const RECORD_TTL: Duration = Duration::from_secs(120);
+
+/// What the fleet's last locked write left in a key: its etag (`None`: removed) and ZITADEL's date of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    pub etag: Option<String>,
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: i64,
+}
+
+impl Recorded {
+    fn parse(text: &str) -> Option<Recorded> {
+        let (at, etag) = text.split_once('|')?;
+        Some(Recorded {
+            at_ms: at.parse().ok()?,
+            etag: (!etag.is_empty()).then(|| etag.to_owned()),
+        })
+    }
+
+    fn text(&self) -> String {
+        format!(
+            "{}|{}",
+            self.at_ms,
+            self.etag.as_deref().unwrap_or_default()
+        )
+    }
+}
 
 /// How writes that read first are serialised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,6 +152,12 @@ pub struct UserLock {
     user_id: String,
     /// The Redis key and this holder's value there, while the fleet lock is held.
     held: Option<(String, String)>,
+    /// The Redis key of the fleet's record of the user's last locked writes.
+    record: String,
+    /// What the fleet's last locked writes left in the keys asked for, by key.
+    pub recorded: HashMap<String, Recorded>,
+    /// What this holder's write left, recorded when the lock is released.
+    landed: Vec<(String, Recorded)>,
 }
 
 impl WriteLocks {
@@ -154,7 +198,12 @@ impl WriteLocks {
 
     /// Waits for `user_id`'s lock: this replica's first, then the fleet's. Waits as long as the caller does
     /// (the request's deadline ends the wait); fails when Redis cannot be asked.
-    pub async fn lock(self: &Arc<Self>, user_id: &str) -> Result<UserLock, LockError> {
+    /// `keys`: those whose last locked write (through any replica) the holder learns ([`UserLock::recorded`]).
+    pub async fn lock(
+        self: &Arc<Self>,
+        user_id: &str,
+        keys: &[&str],
+    ) -> Result<UserLock, LockError> {
         let mutex = Arc::clone(
             self.local
                 .lock()
@@ -167,6 +216,9 @@ impl WriteLocks {
             locks: Arc::clone(self),
             user_id: user_id.to_owned(),
             held: None,
+            record: String::new(),
+            recorded: HashMap::new(),
+            landed: Vec::new(),
         };
         lock.local = Some(mutex.lock_owned().await);
         let Some(fleet) = &self.fleet else {
@@ -174,29 +226,34 @@ impl WriteLocks {
         };
         let name = fleet.key.claim_name("write.lock", user_id.as_bytes());
         let fence_name = fleet.key.claim_name("write.fence", user_id.as_bytes());
+        lock.record = fleet.key.claim_name("write.record", user_id.as_bytes());
+        let ttl = self.ttl.as_millis().to_string();
+        let fence_ttl = FENCE_TTL.as_millis().to_string();
+        let mut args = vec![fleet.holder.as_str(), &ttl, &fence_ttl];
+        args.extend_from_slice(keys);
         let mut pause = RETRY_MIN;
         loop {
-            let fence: i64 = match fleet
-                .eval(
-                    ACQUIRE,
-                    &[&name, &fence_name],
-                    &[
-                        &fleet.holder,
-                        &self.ttl.as_millis().to_string(),
-                        &FENCE_TTL.as_millis().to_string(),
-                    ],
-                )
+            let answer: Vec<Option<String>> = match fleet
+                .eval(ACQUIRE, &[&name, &fence_name, &lock.record], &args)
                 .await
             {
-                Ok(fence) => fence,
+                Ok(answer) => answer,
                 Err(error) if self.single_replica => {
                     tracing::warn!(user_id, error = %error, "redis did not answer; the write is serialised by this replica alone, as this single-replica deployment allows");
                     return Ok(lock);
                 }
                 Err(error) => return Err(error),
             };
-            if fence > 0 {
+            let fence = answer.first().cloned().flatten().unwrap_or_default();
+            if fence != "0" && !fence.is_empty() {
                 lock.held = Some((name, format!("{}:{fence}", fleet.holder)));
+                lock.recorded = keys
+                    .iter()
+                    .zip(answer.iter().skip(1))
+                    .filter_map(|(key, text)| {
+                        Some(((*key).to_owned(), Recorded::parse(text.as_deref()?)?))
+                    })
+                    .collect();
                 return Ok(lock);
             }
             // Jittered, so waiting replicas do not ask in step.
@@ -208,7 +265,12 @@ impl WriteLocks {
 }
 
 impl FleetLock {
-    async fn eval(&self, script: &str, keys: &[&str], args: &[&str]) -> Result<i64, LockError> {
+    async fn eval<T: redis::FromRedisValue>(
+        &self,
+        script: &str,
+        keys: &[&str],
+        args: &[&str],
+    ) -> Result<T, LockError> {
         let mut connection = self.connection.lock().await;
         let answer = async {
             let conn = match &mut *connection {
@@ -226,7 +288,7 @@ impl FleetLock {
             let mut command = redis::cmd("EVAL");
             command.arg(script).arg(keys.len()).arg(keys).arg(args);
             let mut conn = conn.clone();
-            tokio::time::timeout(REDIS_TIMEOUT, command.query_async::<i64>(&mut conn))
+            tokio::time::timeout(REDIS_TIMEOUT, command.query_async::<T>(&mut conn))
                 .await
                 .map_err(|_| LockError::Unreachable("a command timed out".into()))?
                 .map_err(|e| LockError::Unreachable(e.to_string()))
@@ -247,9 +309,22 @@ impl UserLock {
             return Ok(());
         };
         let ttl = self.locks.ttl.as_millis().to_string();
-        match fleet.eval(FENCE, &[name], &[value, &ttl]).await? {
+        match fleet.eval::<i64>(FENCE, &[name], &[value, &ttl]).await? {
             1 => Ok(()),
             _ => Err(LockError::Lost),
+        }
+    }
+
+    /// The write landed: each key now holds the value with this etag (`None`: removed), as of `at_ms`
+    /// (ZITADEL's date of the write). Recorded for the fleet's next holders when the lock is released.
+    pub fn landed<'k>(
+        &mut self,
+        keys: impl Iterator<Item = (&'k str, Option<String>)>,
+        at_ms: i64,
+    ) {
+        if self.held.is_some() {
+            self.landed
+                .extend(keys.map(|(key, etag)| (key.to_owned(), Recorded { etag, at_ms })));
         }
     }
 }
@@ -260,9 +335,21 @@ impl Drop for UserLock {
             (self.held.take(), tokio::runtime::Handle::try_current())
         {
             let locks = Arc::clone(&self.locks);
+            let record = std::mem::take(&mut self.record);
+            let record_ttl = RECORD_TTL.as_millis().to_string();
+            let landed: Vec<(String, String)> = self
+                .landed
+                .drain(..)
+                .map(|(key, recorded)| (key, recorded.text()))
+                .collect();
             runtime.spawn(async move {
+                let mut args = vec![value.as_str(), record_ttl.as_str()];
+                for (key, text) in &landed {
+                    args.push(key);
+                    args.push(text);
+                }
                 if let Some(fleet) = &locks.fleet
-                    && let Err(error) = fleet.eval(RELEASE, &[&name], &[&value]).await
+                    && let Err(error) = fleet.eval::<i64>(RELEASE, &[&name, &record], &args).await
                 {
                     // The lock expires by itself.
                     tracing::debug!(error = %error, "a write lock was not released");

@@ -88,6 +88,41 @@ async fn fifty_conditional_increments_through_two_replicas_count_exactly(api: Ap
     );
 }
 
+#[tokio::test]
+async fn increments_through_two_replicas_survive_v2_search_lag() {
+    let app = TestApp::builder().api(ApiChoice::V2).spawn().await;
+    app.standin.set_metadata(&app.alice, "counter", b"0");
+    // Each replica's listing trails ZITADEL's writes: one replica's write is not in the other's listing yet.
+    app.standin.set_search_lag(Duration::from_millis(300));
+    let redis = Redis::start();
+    let a = replica(&app, ApiChoice::V2, &redis.url(), Duration::from_secs(10)).await;
+    let b = replica(&app, ApiChoice::V2, &redis.url(), Duration::from_secs(10)).await;
+    let mut written = 0;
+    // Rounds of writers, so later ones read right after another replica's write.
+    for _ in 0..4 {
+        let (ok, _) = increments(&[&a, &b], &app.admin_token, &app.alice, 6).await;
+        written += ok;
+    }
+    assert_eq!(
+        app.standin.metadata_of(&app.alice)["counter"],
+        written.to_string().as_bytes()
+    );
+    // Patches through both replicas, one after the other, each right after the other replica's.
+    for i in 0..6 {
+        let replica = if i % 2 == 0 { &a } else { &b };
+        replica
+            .set_metadata(
+                &app.admin_token,
+                patch(&app.alice, "profile.prefs", &format!(r#"{{"f{i}":{i}}}"#)),
+            )
+            .await
+            .unwrap();
+    }
+    let stored: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&app.standin.metadata_of(&app.alice)["profile.prefs"]).unwrap();
+    assert_eq!(stored.len(), 6, "{stored:?}");
+}
+
 on_both_apis!(
     a_hundred_merge_patches_through_two_replicas_leave_a_hundred_fields,
     fifty_conditional_increments_through_two_replicas_count_exactly,

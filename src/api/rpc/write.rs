@@ -20,11 +20,17 @@ use crate::{
         validate::{self, Condition, Guard, MAX_VALUE_BYTES},
     },
     caller::Identity,
-    fleet::{ChangeKind, Changes, LockError, MAX_STREAMED_VALUE_BYTES, MetadataChange},
+    fleet::{
+        ChangeKind, Changes, LockError, MAX_STREAMED_VALUE_BYTES, MetadataChange, Recorded,
+        UserLock,
+    },
     policy::Action,
     tls,
 };
-use usermeta_zitadel::management::{Scoped, Target};
+use usermeta_zitadel::{
+    management::{Scoped, Target},
+    metadata::MetadataItem,
+};
 
 /// What a write changes: SetMetadata's entries, or DeleteMetadata's keys; with what must hold of them first.
 #[derive(Clone, Copy)]
@@ -147,12 +153,12 @@ impl MetadataService {
             let guarded = change.guarded_keys();
             // A write that reads first holds the user's lock from its read to its write: no other writer
             // through usermeta, on this replica or another, comes between them. A plain write takes none.
-            let lock = if guarded.is_empty() {
+            let mut lock = if guarded.is_empty() {
                 None
             } else {
                 Some(
                     self.write_locks
-                        .lock(target.user_id)
+                        .lock(target.user_id, &keys)
                         .await
                         .map_err(lock_error)?,
                 )
@@ -163,7 +169,9 @@ impl MetadataService {
                     entries,
                     guarded: guards,
                 } if !guards.is_empty() => {
-                    let current = self.current(caller, target, &guarded).await?;
+                    let current = self
+                        .current(caller, target, &guarded, lock.as_ref())
+                        .await?;
                     resolved = resolve(entries, guards, &current)?;
                     Change::Set {
                         entries: &resolved,
@@ -171,7 +179,9 @@ impl MetadataService {
                     }
                 }
                 Change::Delete { if_match, .. } if !if_match.is_empty() => {
-                    let current = self.current(caller, target, &guarded).await?;
+                    let current = self
+                        .current(caller, target, &guarded, lock.as_ref())
+                        .await?;
                     for (key, expected) in if_match {
                         let etag = current.etags.get(key.as_str());
                         if etag.and_then(Option::as_deref) != Some(expected.as_str()) {
@@ -193,6 +203,14 @@ impl MetadataService {
                 // The last moment before the write: a holder whose lock expired writes nothing.
                 lock.fence().await.map_err(lock_error)?;
             }
+            // What a write under the lock left, for the fleet's next holder to wait for in a lagging listing.
+            let record = |lock: &mut Option<UserLock>,
+                          landed: &mut dyn Iterator<Item = (&str, Option<String>)>,
+                          update_time: Option<&prost_types::Timestamp>| {
+                if let Some(lock) = lock {
+                    lock.landed(landed, update_time.map_or_else(unix_ms_now, unix_ms));
+                }
+            };
             match change {
                 Change::Set { entries, .. } => {
                     let update_time = self
@@ -201,6 +219,13 @@ impl MetadataService {
                         .await
                         .map_err(|e| conceal(e.into()))?;
                     // Values go to streams only while they are small; a larger write is streamed by its keys.
+                    record(
+                        &mut lock,
+                        &mut entries
+                            .iter()
+                            .map(|(key, value)| (key.as_str(), Some(etag(key, value)))),
+                        update_time.as_ref(),
+                    );
                     let values: usize = entries.iter().map(|(_, value)| value.len()).sum();
                     let streamed = values <= MAX_STREAMED_VALUE_BYTES;
                     stale.landed(
@@ -221,6 +246,11 @@ impl MetadataService {
                         .delete_keys(target, asked, allow_missing)
                         .await
                         .map_err(conceal)?;
+                    record(
+                        &mut lock,
+                        &mut removed.iter().map(|key| (key.as_str(), None)),
+                        update_time.as_ref(),
+                    );
                     // Only what went: a key skipped by allow_missing never existed, and no stream hears of it.
                     stale.landed(
                         ChangeKind::Delete,
@@ -236,19 +266,33 @@ impl MetadataService {
 
     /// The current values of `keys` as ZITADEL has them (never a cache; this replica's own recent writes laid
     /// over a lagging v2 listing), with what the caller may learn of them.
+    ///
+    /// A listing that does not show yet what the fleet's last locked write left in a key (v2's search lags
+    /// behind ZITADEL's writes; another replica's write is not in this replica's recent writes) is read again
+    /// until it does, or until it shows a later change (a write around usermeta), within the deadline.
     async fn current(
         &self,
         caller: &Identity,
         target: Target<'_>,
         keys: &[&str],
+        lock: Option<&UserLock>,
     ) -> Result<Current, ApiError> {
         let wanted: Vec<String> = keys.iter().map(|key| (*key).to_owned()).collect();
         let filter = exact_key_filter(&wanted);
-        let items = read_all(|page| {
-            self.zitadel
-                .list_user_metadata(target, filter.as_ref(), page)
-        })
-        .await?;
+        let mut pause = LAG_RETRY_MIN;
+        let items = loop {
+            let items = read_all(|page| {
+                self.zitadel
+                    .list_user_metadata(target, filter.as_ref(), page)
+            })
+            .await?;
+            let recorded = lock.map(|lock| &lock.recorded);
+            if recorded.is_none_or(|recorded| shows_recorded(&items, recorded)) {
+                break items;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(LAG_RETRY_MAX);
+        };
         // What the caller may not read (a hidden key of their own, a key of a user they only write), they
         // learn no etag of.
         let scope = self.policy.read_scope(caller, subject_of(target)).ok();
@@ -355,6 +399,44 @@ impl MetadataService {
             keys,
         }
     }
+}
+
+/// The first and the longest pause before a listing that lags behind the fleet's last write is read again.
+const LAG_RETRY_MIN: std::time::Duration = std::time::Duration::from_millis(10);
+const LAG_RETRY_MAX: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Whether a listing shows what the fleet's last locked writes left in each recorded key: that value (or its
+/// absence), or a later change.
+fn shows_recorded(items: &[MetadataItem], recorded: &HashMap<String, Recorded>) -> bool {
+    recorded.iter().all(|(key, last)| {
+        let item = items.iter().find(|item| &item.key == key);
+        let later = item
+            .and_then(|item| item.update_time.as_ref())
+            .is_some_and(|time| unix_ms(time) > last.at_ms);
+        let shown = match (&last.etag, item) {
+            (None, None) => true,
+            (Some(etag), Some(item)) => item
+                .value
+                .as_deref()
+                .is_some_and(|value| crate::api::etag::etag(key, value) == *etag),
+            _ => false,
+        };
+        shown || later
+    })
+}
+
+fn unix_ms(time: &prost_types::Timestamp) -> i64 {
+    time.seconds
+        .saturating_mul(1000)
+        .saturating_add(i64::from(time.nanos / 1_000_000))
+}
+
+fn unix_ms_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+        })
 }
 
 /// The keys a write reads before it writes, as ZITADEL has them now.
