@@ -4,7 +4,7 @@
 
 mod convert;
 mod error;
-pub(crate) mod etag;
+pub mod etag;
 #[cfg(test)]
 mod fuzz_tests;
 mod page_token;

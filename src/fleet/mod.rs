@@ -13,6 +13,10 @@
 //! another replica is refused there too. The writing replica still invalidates its own cache synchronously;
 //! Redis only carries the news to the others. While Redis is unreachable replicas keep serving (local
 //! invalidation and the TTL bound staleness, as without Redis) and reconnect by themselves.
+//!
+//! [`WriteLocks`] (`write_lock.rs`) serialise one user's writes that read before they write (conditions, merge
+//! patches): per replica, and across the fleet through a lock in Redis with an expiry, a fencing check and the
+//! record of each key's last locked write.
 
 mod bus_message;
 mod changes;
