@@ -88,20 +88,24 @@ impl Default for FleetArgs {
 }
 
 fn write_lock_ttl(raw: &str) -> Result<Duration, String> {
-    let ttl = humantime::parse_duration(raw).map_err(|e| e.to_string())?;
-    if (Duration::from_secs(1)..=Duration::from_secs(300)).contains(&ttl) {
-        Ok(ttl)
-    } else {
-        Err("must be between 1s and 5m".to_owned())
-    }
+    duration_within(raw, Duration::from_secs(1), Duration::from_secs(300))
 }
 
 fn webhook_body_timeout(raw: &str) -> Result<Duration, String> {
-    let timeout = humantime::parse_duration(raw).map_err(|e| e.to_string())?;
-    if (Duration::from_millis(100)..=Duration::from_secs(60)).contains(&timeout) {
-        Ok(timeout)
+    duration_within(raw, Duration::from_millis(100), Duration::from_secs(60))
+}
+
+/// A duration between `min` and `max`, both included.
+fn duration_within(raw: &str, min: Duration, max: Duration) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(raw).map_err(|e| e.to_string())?;
+    if (min..=max).contains(&duration) {
+        Ok(duration)
     } else {
-        Err("must be between 100ms and 60s".to_owned())
+        Err(format!(
+            "must be between {} and {}",
+            humantime::format_duration(min),
+            humantime::format_duration(max)
+        ))
     }
 }
 

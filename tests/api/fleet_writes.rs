@@ -123,6 +123,36 @@ async fn increments_through_two_replicas_survive_v2_search_lag() {
     assert_eq!(stored.len(), 6, "{stored:?}");
 }
 
+/// Starts a patch `{"a":1}` of alice's `profile.prefs` through `replica`, and returns once it holds the
+/// user's lock and its read inside it (through v1) stalls for `stall`.
+async fn stall_holding_the_lock(
+    app: &TestApp,
+    replica: &TestApp,
+    stall: Duration,
+) -> tokio::task::JoinHandle<
+    Result<tonic::Response<usermeta::api::pb::SetMetadataResponse>, tonic::Status>,
+> {
+    app.standin.push_fault(fault(
+        &listing_of(ApiChoice::V1, &app.alice),
+        Some(1),
+        FaultKind::Latency(stall),
+    ));
+    let before = app.management_requests().len();
+    let holder = tokio::spawn({
+        let mut client = replica.client.clone();
+        let request = authed(
+            patch(&app.alice, "profile.prefs", r#"{"a":1}"#),
+            &app.admin_token,
+        );
+        async move { client.set_metadata(request).await }
+    });
+    until("the holder reads inside its lock", || {
+        app.management_requests().len() > before
+    })
+    .await;
+    holder
+}
+
 on_both_apis!(
     a_hundred_merge_patches_through_two_replicas_leave_a_hundred_fields,
     fifty_conditional_increments_through_two_replicas_count_exactly,
@@ -135,24 +165,7 @@ async fn a_holder_stalled_past_the_lock_lifetime_is_fenced_and_writes_nothing() 
     let a = replica(&app, ApiChoice::V1, &redis.url(), Duration::from_secs(1)).await;
     let b = replica(&app, ApiChoice::V1, &redis.url(), Duration::from_secs(1)).await;
     // A's read inside its lock stalls longer than the lock lives; B's read after it does not.
-    app.standin.push_fault(fault(
-        &listing_of(ApiChoice::V1, &app.alice),
-        Some(1),
-        FaultKind::Latency(Duration::from_millis(2500)),
-    ));
-    let before = app.management_requests().len();
-    let stalled = tokio::spawn({
-        let mut client = a.client.clone();
-        let request = authed(
-            patch(&app.alice, "profile.prefs", r#"{"a":1}"#),
-            &app.admin_token,
-        );
-        async move { client.set_metadata(request).await }
-    });
-    until("A reads inside its lock", || {
-        app.management_requests().len() > before
-    })
-    .await;
+    let stalled = stall_holding_the_lock(&app, &a, Duration::from_millis(2500)).await;
     // B waits for A's lock to expire, then writes.
     b.set_metadata(
         &app.admin_token,
@@ -174,24 +187,7 @@ async fn a_deadline_ends_the_wait_for_the_lock_and_nothing_is_written() {
     let redis = Redis::start();
     let a = replica(&app, ApiChoice::V1, &redis.url(), Duration::from_secs(10)).await;
     let b = replica(&app, ApiChoice::V1, &redis.url(), Duration::from_secs(10)).await;
-    app.standin.push_fault(fault(
-        &listing_of(ApiChoice::V1, &app.alice),
-        Some(1),
-        FaultKind::Latency(Duration::from_millis(1500)),
-    ));
-    let before = app.management_requests().len();
-    let holder = tokio::spawn({
-        let mut client = a.client.clone();
-        let request = authed(
-            patch(&app.alice, "profile.prefs", r#"{"a":1}"#),
-            &app.admin_token,
-        );
-        async move { client.set_metadata(request).await }
-    });
-    until("A reads inside its lock", || {
-        app.management_requests().len() > before
-    })
-    .await;
+    let holder = stall_holding_the_lock(&app, &a, Duration::from_millis(1500)).await;
     let status = b
         .client
         .clone()
