@@ -23,7 +23,7 @@ use std::{
 
 use tokio::sync::OwnedMutexGuard;
 
-use super::bus_message::BusKey;
+use super::{bus_message::BusKey, redis_bus::own_connection};
 
 /// How long one Redis command of the lock may take before Redis counts as unreachable.
 const REDIS_TIMEOUT: Duration = Duration::from_secs(1);
@@ -271,23 +271,12 @@ impl FleetLock {
         keys: &[&str],
         args: &[&str],
     ) -> Result<T, LockError> {
-        let mut connection = self.connection.lock().await;
         let answer = async {
-            let conn = match &mut *connection {
-                Some(conn) => conn,
-                None => connection.insert(
-                    tokio::time::timeout(
-                        REDIS_TIMEOUT,
-                        self.client.get_multiplexed_async_connection(),
-                    )
-                    .await
-                    .map_err(|_| LockError::Unreachable("connecting timed out".into()))?
-                    .map_err(|e| LockError::Unreachable(e.to_string()))?,
-                ),
-            };
+            let mut conn = own_connection(&self.client, &self.connection, REDIS_TIMEOUT)
+                .await
+                .map_err(|e| LockError::Unreachable(e.to_string()))?;
             let mut command = redis::cmd("EVAL");
             command.arg(script).arg(keys.len()).arg(keys).arg(args);
-            let mut conn = conn.clone();
             tokio::time::timeout(REDIS_TIMEOUT, command.query_async::<T>(&mut conn))
                 .await
                 .map_err(|_| LockError::Unreachable("a command timed out".into()))?
@@ -295,7 +284,7 @@ impl FleetLock {
         }
         .await;
         if answer.is_err() {
-            *connection = None;
+            *self.connection.lock().await = None;
         }
         answer
     }
