@@ -255,3 +255,14 @@ async fn without_redis_conditional_writes_are_refused_and_plain_ones_go_on() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_replica_without_redis_says_its_guarantee_is_its_own() {
+    let logs = capture();
+    let _app = TestApp::spawn().await;
+    assert!(
+        logs.text()
+            .contains("conditional writes and merge patches are atomic within this replica only"),
+        "no start-up warning"
+    );
+}
