@@ -4,6 +4,7 @@
 
 mod convert;
 mod error;
+pub mod etag;
 #[cfg(test)]
 mod fuzz_tests;
 mod page_token;

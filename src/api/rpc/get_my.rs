@@ -9,7 +9,7 @@ use super::{exact_key_filter, read_all};
 use crate::{
     api::{
         ApiError, MetadataService,
-        convert::value_to_pb,
+        convert::metadata_to_pb,
         pb,
         service::Call,
         validate::{self, Source},
@@ -135,11 +135,8 @@ impl MetadataService {
             OwnRead::Userinfo(packed) => packed
                 .iter()
                 .filter(|(key, _)| answered(key))
-                .map(|(key, value)| pb::Metadata {
-                    key: key.to_owned(),
-                    value: value.map(|value| value_to_pb(value.to_vec())),
-                    create_time: None,
-                    update_time: None,
+                .map(|(key, value)| {
+                    metadata_to_pb(key.to_owned(), value.map(<[u8]>::to_vec), None, None)
                 })
                 .collect(),
             OwnRead::AuthApi(mut items) => {

@@ -17,7 +17,7 @@ use tokio::{sync::watch, time::Instant};
 use tonic::Status;
 
 use crate::{
-    api::{ApiError, convert::value_to_pb, error, pb},
+    api::{ApiError, convert::value_to_pb, error, etag::etag, pb},
     caller::{Caller, Resolver, TokenError, cache::CallerCache},
     fleet::{ChangeKind, Subscription, WatchLimits, Write},
     policy::{Policy, Subject},
@@ -257,6 +257,7 @@ fn to_pb(write: &Write, key: &str, value: Option<&[u8]>) -> pb::MetadataChange {
         kind: kind.into(),
         value: value.map(|value| value_to_pb(value.to_vec())),
         time: Some(prost_types::Timestamp::from(write.time)),
+        etag: value.map(|value| etag(key, value)).unwrap_or_default(),
     }
 }
 
