@@ -1,5 +1,6 @@
-//! One writer at a time per user, for the writes that read before they write (a condition, a merge patch):
-//! within a replica through a per-user mutex, across the fleet through a lock in Redis.
+//! One writer at a time per user: within a replica through a per-user mutex, across the fleet through a lock
+//! in Redis. The writes that read before they write (a condition, a merge patch) need it; plain writes take it
+//! so that they never land between another writer's read and write, and go on without it when Redis is away.
 //!
 //! The Redis lock is a key per user with an expiry (`SET`-like, in a script) whose value names its holder and a
 //! fencing number (`INCR` of a per-user counter, in the same script). A holder checks it still holds the lock
@@ -115,6 +116,16 @@ impl Default for WriteLockConfig {
     }
 }
 
+/// What a write needs of its lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// It reads before it writes (a condition, a merge patch): without the fleet's lock it is not made.
+    Guarantee,
+    /// A plain write: it takes the lock so that it never comes between another writer's read and write,
+    /// but it is made as before when Redis does not answer (plain writes behave as they always have).
+    Courtesy,
+}
+
 /// Why a user's write lock could not be taken or kept.
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
@@ -198,12 +209,14 @@ impl WriteLocks {
     }
 
     /// Waits for `user_id`'s lock: this replica's first, then the fleet's. Waits as long as the caller does
-    /// (the request's deadline ends the wait); fails when Redis cannot be asked.
-    /// `keys`: those whose last locked write (through any replica) the holder learns ([`UserLock::recorded`]).
+    /// (the request's deadline ends the wait); fails when Redis cannot be asked and the write `need`s the
+    /// guarantee. `keys`: those whose last locked write (through any replica) the holder learns
+    /// ([`UserLock::recorded`]).
     pub async fn lock(
         self: &Arc<Self>,
         user_id: &str,
         keys: &[&str],
+        need: Need,
     ) -> Result<UserLock, LockError> {
         let mutex = Arc::clone(
             self.local
@@ -241,6 +254,11 @@ impl WriteLocks {
                 Ok(answer) => answer,
                 Err(error) if self.single_replica => {
                     tracing::warn!(user_id, error = %error, "redis did not answer; the write is serialised by this replica alone, as this single-replica deployment allows");
+                    return Ok(lock);
+                }
+                // Redis being down is already reported (health, the bus's log); a plain write goes on as ever.
+                Err(error) if need == Need::Courtesy => {
+                    tracing::debug!(user_id, error = %error, "redis did not answer; a plain write goes ahead without the fleet's lock");
                     return Ok(lock);
                 }
                 Err(error) => return Err(error),

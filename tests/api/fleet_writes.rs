@@ -182,6 +182,31 @@ async fn a_holder_stalled_past_the_lock_lifetime_is_fenced_and_writes_nothing() 
 }
 
 #[tokio::test]
+async fn a_plain_write_never_lands_between_another_replicas_read_and_write() {
+    let app = TestApp::spawn().await;
+    let redis = Redis::start();
+    let a = replica(&app, ApiChoice::V1, &redis.url(), Duration::from_secs(10)).await;
+    let b = replica(&app, ApiChoice::V1, &redis.url(), Duration::from_secs(10)).await;
+    let holder = stall_holding_the_lock(&app, &a, Duration::from_millis(800)).await;
+    // Without the lock this plain write would land during A's read, and A's patch (computed from a key that
+    // was absent when read) would silently overwrite it.
+    b.set_metadata(
+        &app.admin_token,
+        SetMetadataRequest {
+            user_id: app.alice.clone(),
+            entries: vec![entry("profile.prefs", text(r#"{"plain":true}"#))],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    holder.await.unwrap().unwrap();
+    let stored: serde_json::Value =
+        serde_json::from_slice(&app.standin.metadata_of(&app.alice)["profile.prefs"]).unwrap();
+    assert_eq!(stored, serde_json::json!({"plain": true}), "the plain write came last");
+}
+
+#[tokio::test]
 async fn a_deadline_ends_the_wait_for_the_lock_and_nothing_is_written() {
     let app = TestApp::spawn().await;
     let redis = Redis::start();

@@ -20,7 +20,7 @@ use crate::{
     },
     caller::Identity,
     fleet::{
-        ChangeKind, Changes, LockError, MAX_STREAMED_VALUE_BYTES, MetadataChange, Recorded,
+        ChangeKind, Changes, LockError, MAX_STREAMED_VALUE_BYTES, MetadataChange, Need, Recorded,
         UserLock,
     },
     policy::Action,
@@ -154,17 +154,18 @@ impl MetadataService {
                 .authorize(caller, subject_of(target), action, keys.iter().copied())?;
             let guarded = change.guarded_keys();
             // A write that reads first holds the user's lock from its read to its write: no other writer
-            // through usermeta, on this replica or another, comes between them. A plain write takes none.
-            let mut lock = if guarded.is_empty() {
-                None
+            // through usermeta, on this replica or another, comes between them. A plain write takes the lock
+            // too, so that it cannot land between another's read and write, but does not need it.
+            let need = if guarded.is_empty() {
+                Need::Courtesy
             } else {
-                Some(
-                    self.write_locks
-                        .lock(target.user_id, &keys)
-                        .await
-                        .map_err(lock_error)?,
-                )
+                Need::Guarantee
             };
+            let mut lock = self
+                .write_locks
+                .lock(target.user_id, &guarded, need)
+                .await
+                .map_err(lock_error)?;
             let resolved;
             let change = match change {
                 Change::Set {
@@ -172,7 +173,7 @@ impl MetadataService {
                     guarded: guards,
                 } if !guards.is_empty() => {
                     let current = self
-                        .current(caller, target, &guarded, lock.as_ref())
+                        .current(caller, target, &guarded, &lock)
                         .await?;
                     resolved = resolve(entries, guards, &current)?;
                     Change::Set {
@@ -182,7 +183,7 @@ impl MetadataService {
                 }
                 Change::Delete { if_match, .. } if !if_match.is_empty() => {
                     let current = self
-                        .current(caller, target, &guarded, lock.as_ref())
+                        .current(caller, target, &guarded, &lock)
                         .await?;
                     for (key, expected) in if_match {
                         let etag = current.etags.get(key.as_str());
@@ -201,17 +202,13 @@ impl MetadataService {
                 |error| self.conceal_missing_user(caller, target.user_id, action, &keys, error);
             // Whatever the outcome, the write may have landed: cached answers about the user are stale.
             let stale = self.invalidate_on_drop(target.user_id, &keys);
-            if let Some(lock) = &lock {
-                // The last moment before the write: a holder whose lock expired writes nothing.
-                lock.fence().await.map_err(lock_error)?;
-            }
+            // The last moment before the write: a holder whose lock expired writes nothing.
+            lock.fence().await.map_err(lock_error)?;
             // What a write under the lock left, for the fleet's next holder to wait for in a lagging listing.
-            let record = |lock: &mut Option<UserLock>,
+            let record = |lock: &mut UserLock,
                           landed: &mut dyn Iterator<Item = (&str, Option<String>)>,
                           update_time: Option<&prost_types::Timestamp>| {
-                if let Some(lock) = lock {
-                    lock.landed(landed, update_time.map_or_else(unix_ms_now, unix_ms));
-                }
+                lock.landed(landed, update_time.map_or_else(unix_ms_now, unix_ms));
             };
             match change {
                 Change::Set { entries, .. } => {
@@ -277,7 +274,7 @@ impl MetadataService {
         caller: &Identity,
         target: Target<'_>,
         keys: &[&str],
-        lock: Option<&UserLock>,
+        lock: &UserLock,
     ) -> Result<Current, ApiError> {
         let wanted: Vec<String> = keys.iter().map(|key| (*key).to_owned()).collect();
         let filter = exact_key_filter(&wanted);
@@ -288,8 +285,7 @@ impl MetadataService {
                     .list_user_metadata(target, filter.as_ref(), page)
             })
             .await?;
-            let recorded = lock.map(|lock| &lock.recorded);
-            if recorded.is_none_or(|recorded| shows_recorded(&items, recorded)) {
+            if shows_recorded(&items, &lock.recorded) {
                 break items;
             }
             tokio::time::sleep(pause).await;

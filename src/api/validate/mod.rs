@@ -231,7 +231,7 @@ pub(super) struct Set {
     /// The entries, in request order; a patched entry's value is empty until the patch is applied.
     pub entries: Vec<(String, Vec<u8>)>,
     /// The entries with a condition or a merge patch, in request order; empty for a plain write, which
-    /// takes no lock and reads nothing.
+    /// reads nothing.
     pub guarded: Vec<Guard>,
 }
 
