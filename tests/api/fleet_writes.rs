@@ -5,8 +5,11 @@
 use std::time::Duration;
 
 use tonic::Code;
+use tonic::transport::Channel;
 use usermeta::{
-    api::pb::{MetadataEntry, SetMetadataRequest},
+    api::pb::{
+        MetadataEntry, SetMetadataRequest, user_metadata_service_client::UserMetadataServiceClient,
+    },
     fleet::{RedisConfig, WriteLockConfig},
 };
 use zitadel_standin::FaultKind;
@@ -127,7 +130,7 @@ async fn increments_through_two_replicas_survive_v2_search_lag() {
 /// user's lock and its read inside it (through v1) stalls for `stall`.
 async fn stall_holding_the_lock(
     app: &TestApp,
-    replica: &TestApp,
+    replica: &UserMetadataServiceClient<Channel>,
     stall: Duration,
 ) -> tokio::task::JoinHandle<
     Result<tonic::Response<usermeta::api::pb::SetMetadataResponse>, tonic::Status>,
@@ -139,7 +142,7 @@ async fn stall_holding_the_lock(
     ));
     let before = app.management_requests().len();
     let holder = tokio::spawn({
-        let mut client = replica.client.clone();
+        let mut client = replica.clone();
         let request = authed(
             patch(&app.alice, "profile.prefs", r#"{"a":1}"#),
             &app.admin_token,
@@ -165,7 +168,7 @@ async fn a_holder_stalled_past_the_lock_lifetime_is_fenced_and_writes_nothing() 
     let a = replica(&app, ApiChoice::V1, &redis.url(), Duration::from_secs(1)).await;
     let b = replica(&app, ApiChoice::V1, &redis.url(), Duration::from_secs(1)).await;
     // A's read inside its lock stalls longer than the lock lives; B's read after it does not.
-    let stalled = stall_holding_the_lock(&app, &a, Duration::from_millis(2500)).await;
+    let stalled = stall_holding_the_lock(&app, &a.client, Duration::from_millis(2500)).await;
     // B waits for A's lock to expire, then writes.
     b.set_metadata(
         &app.admin_token,
@@ -187,7 +190,7 @@ async fn a_plain_write_never_lands_between_another_replicas_read_and_write() {
     let redis = Redis::start();
     let a = replica(&app, ApiChoice::V1, &redis.url(), Duration::from_secs(10)).await;
     let b = replica(&app, ApiChoice::V1, &redis.url(), Duration::from_secs(10)).await;
-    let holder = stall_holding_the_lock(&app, &a, Duration::from_millis(800)).await;
+    let holder = stall_holding_the_lock(&app, &a.client, Duration::from_millis(800)).await;
     // Without the lock this plain write would land during A's read, and A's patch (computed from a key that
     // was absent when read) would silently overwrite it.
     b.set_metadata(
@@ -203,7 +206,57 @@ async fn a_plain_write_never_lands_between_another_replicas_read_and_write() {
     holder.await.unwrap().unwrap();
     let stored: serde_json::Value =
         serde_json::from_slice(&app.standin.metadata_of(&app.alice)["profile.prefs"]).unwrap();
-    assert_eq!(stored, serde_json::json!({"plain": true}), "the plain write came last");
+    assert_eq!(
+        stored,
+        serde_json::json!({"plain": true}),
+        "the plain write came last"
+    );
+}
+
+#[tokio::test]
+async fn a_holder_killed_mid_write_leaves_its_lock_to_expire_and_writes_nothing() {
+    let app = TestApp::spawn().await;
+    let redis = Redis::start();
+    let pat = write_config("killed-holder.pat", &app.service_pat);
+    let standin = app.standin.url();
+    let redis_url = redis.url();
+    // A replica of its own process, so that it can die as a crash kills it: no release, no drop.
+    let mut doomed = Served::start(&[
+        ("USERMETA_ZITADEL_URL", &standin),
+        ("USERMETA_SERVICE_PAT_FILE", &pat),
+        ("USERMETA_REDIS_URL", &redis_url),
+        ("USERMETA_ZITADEL_API", "v1"),
+        ("USERMETA_ADMINS", &app.admin),
+        ("USERMETA_WRITE_LOCK_TTL", "2s"),
+        ("USERMETA_UPSTREAM_RATE_LIMIT", "0"),
+    ]);
+    let survivor = replica(&app, ApiChoice::V1, &redis_url, Duration::from_secs(2)).await;
+    let holder =
+        stall_holding_the_lock(&app, &connect(doomed.addr).await, Duration::from_secs(30)).await;
+    doomed.kill();
+    // The killed holder's call ends without an answer, and its write never went out.
+    assert!(holder.await.unwrap().is_err());
+    let waited = std::time::Instant::now();
+    survivor
+        .set_metadata(
+            &app.admin_token,
+            patch(&app.alice, "profile.prefs", r#"{"b":2}"#),
+        )
+        .await
+        .unwrap();
+    // The survivor waited for the dead holder's lock to expire (it was never released), then read and wrote.
+    assert!(
+        waited.elapsed() > Duration::from_millis(500),
+        "the lock of a killed holder was free at once: {:?}",
+        waited.elapsed()
+    );
+    let stored: serde_json::Value =
+        serde_json::from_slice(&app.standin.metadata_of(&app.alice)["profile.prefs"]).unwrap();
+    assert_eq!(
+        stored,
+        serde_json::json!({"b": 2}),
+        "nothing of the killed holder's patch"
+    );
 }
 
 #[tokio::test]
@@ -212,7 +265,7 @@ async fn a_deadline_ends_the_wait_for_the_lock_and_nothing_is_written() {
     let redis = Redis::start();
     let a = replica(&app, ApiChoice::V1, &redis.url(), Duration::from_secs(10)).await;
     let b = replica(&app, ApiChoice::V1, &redis.url(), Duration::from_secs(10)).await;
-    let holder = stall_holding_the_lock(&app, &a, Duration::from_millis(1500)).await;
+    let holder = stall_holding_the_lock(&app, &a.client, Duration::from_millis(1500)).await;
     let status = b
         .client
         .clone()

@@ -15,7 +15,7 @@ mod wait;
 pub(crate) use app::{
     Cast, FULL_SCOPES, SELF_WRITABLE, TestApp, TestAppBuilder, shipped_upstream_budget,
 };
-pub(crate) use binary::{run_usermeta, stderr, write_config};
+pub(crate) use binary::{Served, run_usermeta, stderr, write_config};
 pub(crate) use calls::*;
 pub(crate) use logs::{Captured, capture};
 pub(crate) use observe::{check_request, eventually_health, health_of, metric, scrape};

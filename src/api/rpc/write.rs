@@ -172,9 +172,7 @@ impl MetadataService {
                     entries,
                     guarded: guards,
                 } if !guards.is_empty() => {
-                    let current = self
-                        .current(caller, target, &guarded, &lock)
-                        .await?;
+                    let current = self.current(caller, target, &guarded, &lock).await?;
                     resolved = resolve(entries, guards, &current)?;
                     Change::Set {
                         entries: &resolved,
@@ -182,9 +180,7 @@ impl MetadataService {
                     }
                 }
                 Change::Delete { if_match, .. } if !if_match.is_empty() => {
-                    let current = self
-                        .current(caller, target, &guarded, &lock)
-                        .await?;
+                    let current = self.current(caller, target, &guarded, &lock).await?;
                     for (key, expected) in if_match {
                         let etag = current.etags.get(key.as_str());
                         if etag.and_then(Option::as_deref) != Some(expected.as_str()) {
