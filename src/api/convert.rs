@@ -1,6 +1,7 @@
 //! Conversions between the generated proto types and the domain.
 
-use super::{etag::etag, pb};
+use super::pb;
+use usermeta_zitadel::etag::etag;
 use usermeta_zitadel::metadata::{KeyMatch, MetadataItem};
 
 impl From<MetadataItem> for pb::Metadata {

@@ -4,7 +4,6 @@
 
 mod convert;
 mod error;
-pub mod etag;
 #[cfg(test)]
 mod fuzz_tests;
 mod page_token;

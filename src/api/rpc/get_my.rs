@@ -9,7 +9,7 @@ use super::{exact_key_filter, read_all};
 use crate::{
     api::{
         ApiError, MetadataService,
-        convert::metadata_to_pb,
+        convert::value_to_pb,
         pb,
         service::Call,
         validate::{self, Source},
@@ -132,11 +132,16 @@ impl MetadataService {
         };
         let metadata = match read {
             // Already sorted by key: answered straight from the cached answer, no copy in between.
+            // Etags too: computed when the answer was cached.
             OwnRead::Userinfo(packed) => packed
-                .iter()
-                .filter(|(key, _)| answered(key))
-                .map(|(key, value)| {
-                    metadata_to_pb(key.to_owned(), value.map(<[u8]>::to_vec), None, None)
+                .entries()
+                .filter(|(key, _, _)| answered(key))
+                .map(|(key, value, etag)| pb::Metadata {
+                    key: key.to_owned(),
+                    value: value.map(|value| value_to_pb(value.to_vec())),
+                    create_time: None,
+                    update_time: None,
+                    etag: etag.unwrap_or_default().to_owned(),
                 })
                 .collect(),
             OwnRead::AuthApi(mut items) => {

@@ -13,7 +13,6 @@ use crate::{
     api::{
         ApiError, MetadataService,
         error::{self, Violations},
-        etag::etag,
         pb,
         service::Call,
         validate::{self, Condition, Guard, MAX_VALUE_BYTES},
@@ -27,6 +26,7 @@ use crate::{
     tls,
 };
 use usermeta_zitadel::{
+    etag::etag,
     management::{Scoped, Target},
     metadata::MetadataItem,
 };
@@ -409,10 +409,10 @@ fn shows_recorded(items: &[MetadataItem], recorded: &HashMap<String, Recorded>) 
             .is_some_and(|time| unix_ms(time) > last.at_ms);
         let shown = match (&last.etag, item) {
             (None, None) => true,
-            (Some(etag), Some(item)) => item
+            (Some(recorded), Some(item)) => item
                 .value
                 .as_deref()
-                .is_some_and(|value| crate::api::etag::etag(key, value) == *etag),
+                .is_some_and(|value| etag(key, value) == *recorded),
             _ => false,
         };
         shown || later

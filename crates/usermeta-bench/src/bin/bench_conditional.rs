@@ -16,12 +16,12 @@ use std::time::{Duration, Instant};
 use secrecy::SecretString;
 use tonic::{Request, transport::Channel};
 use usermeta::{
-    api::{etag::etag, pb, pb::user_metadata_service_client::UserMetadataServiceClient},
+    api::{pb, pb::user_metadata_service_client::UserMetadataServiceClient},
     fleet::RedisConfig,
     policy::Policy,
     server::{Application, Config},
 };
-use usermeta_zitadel::{ServiceCredential, management::ApiChoice};
+use usermeta_zitadel::{ServiceCredential, etag::etag, management::ApiChoice};
 use zitadel_standin::{ManagerRole, StandIn};
 
 const KEY: &str = "bench.prefs";

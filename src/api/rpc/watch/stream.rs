@@ -17,12 +17,12 @@ use tokio::{sync::watch, time::Instant};
 use tonic::Status;
 
 use crate::{
-    api::{ApiError, convert::value_to_pb, error, etag::etag, pb},
+    api::{ApiError, convert::value_to_pb, error, pb},
     caller::{Caller, Resolver, TokenError, cache::CallerCache},
     fleet::{ChangeKind, Subscription, WatchLimits, Write},
     policy::{Policy, Subject},
 };
-use usermeta_zitadel::{CallerToken, Zitadel, budget::for_identified_caller};
+use usermeta_zitadel::{CallerToken, Zitadel, budget::for_identified_caller, etag::etag};
 
 /// What one stream sends.
 pub type ChangeStream = Pin<Box<dyn Stream<Item = Result<pb::MetadataChange, Status>> + Send>>;

@@ -20,17 +20,25 @@ const SCHEME: &str = "1.";
 /// Bytes of the digest kept: 128 bits, so no two values of a key share an etag by chance.
 const KEPT_BYTES: usize = 16;
 
+/// The length of every etag of this scheme, in bytes (ASCII).
+pub const ETAG_LEN: usize = SCHEME.len() + 22;
+
 /// The etag of `value` under `key`: one SHA-256 over the value, no allocation besides the answer.
 pub fn etag(key: &str, value: &[u8]) -> String {
+    let mut etag = String::with_capacity(ETAG_LEN);
+    push_etag(key, value, &mut etag);
+    etag
+}
+
+/// Appends the etag of `value` under `key` to `out` ([`ETAG_LEN`] bytes).
+pub fn push_etag(key: &str, value: &[u8], out: &mut String) {
     let mut context = digest::Context::new(&digest::SHA256);
     context.update(&(key.len() as u64).to_be_bytes());
     context.update(key.as_bytes());
     context.update(value);
     let digest = context.finish();
-    let mut etag = String::with_capacity(SCHEME.len() + 22);
-    etag.push_str(SCHEME);
-    URL_SAFE_NO_PAD.encode_string(&digest.as_ref()[..KEPT_BYTES], &mut etag);
-    etag
+    out.push_str(SCHEME);
+    URL_SAFE_NO_PAD.encode_string(&digest.as_ref()[..KEPT_BYTES], out);
 }
 
 #[cfg(test)]
@@ -40,7 +48,8 @@ mod tests {
     #[test]
     fn the_same_value_of_the_same_key_has_one_etag() {
         assert_eq!(etag("tier", b"gold"), etag("tier", b"gold"));
-        assert_eq!(etag("tier", b"gold").len(), 24);
+        assert_eq!(etag("tier", b"gold").len(), ETAG_LEN);
+        assert_eq!(ETAG_LEN, 24);
         assert!(etag("tier", b"gold").starts_with("1."));
     }
 
