@@ -55,6 +55,9 @@ pub enum StartError {
     /// A TLS file is missing or unusable.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The policy seals keys but usermeta has no sealing keys; the text names both settings.
+    #[error("{0}")]
+    Sealing(String),
     /// The ext_authz configuration contradicts the rest; the text names the settings.
     #[error("{0}")]
     ExtAuthz(String),
@@ -116,6 +119,7 @@ impl Application {
         checks::announce_management_api(&zitadel);
         let resolver = Arc::new(Resolver::new(config.identity, &zitadel)?);
         let cache = Arc::new(CallerCache::new(config.cache));
+        checks::check_sealing(&config.policy)?;
         checks::warn_hidden_keys_are_not_sealed(&config.policy);
         let policy = Arc::new(config.policy);
         // One door for both listeners: they share ZITADEL and this process, and a caller has one budget.

@@ -13,7 +13,8 @@ use std::future::Future;
 use super::{ApiError, MetadataService, error::Violations};
 use crate::{
     caller::Identity,
-    policy::{Action, Subject},
+    policy::{Action, Policy, Subject},
+    sealing::Owner,
 };
 use usermeta_zitadel::{
     UpstreamError,
@@ -146,4 +147,51 @@ where
             return Ok(items);
         }
     }
+}
+
+/// A value of `user_id`'s `key` as the caller gets it from what ZITADEL stores: opened when the key is sealed.
+/// A sealed value that does not open is never passed on: when the request named the key (`named`) the call
+/// fails with it ([`ApiError::ValueNotSealed`]); in a listing the key is answered without a value (as a value
+/// ZITADEL sent undecodable is), so one bad key does not hide the others. Either way it is counted and
+/// logged once per key.
+fn reveal_value(
+    policy: &Policy,
+    user_id: &str,
+    key: &str,
+    stored: Option<&[u8]>,
+    named: bool,
+) -> Result<Option<Vec<u8>>, ApiError> {
+    let Some(stored) = stored else {
+        return Ok(None);
+    };
+    match policy.reveal(Owner::User(user_id), key, stored) {
+        Ok(value) => Ok(Some(value.into_owned())),
+        Err(problem) if named => Err(ApiError::ValueNotSealed {
+            user_id: user_id.to_owned(),
+            key: key.to_owned(),
+            problem,
+        }),
+        Err(_) => Ok(None),
+    }
+}
+
+/// [`reveal_value`] for each item of `user_id`'s listing that is of a sealed key; `named` says which keys the
+/// request named.
+fn reveal_items(
+    policy: &Policy,
+    user_id: &str,
+    items: &mut [MetadataItem],
+    named: impl Fn(&str) -> bool,
+) -> Result<(), ApiError> {
+    for item in items.iter_mut().filter(|item| policy.is_sealed(&item.key)) {
+        let stored = item.value.take();
+        item.value = reveal_value(
+            policy,
+            user_id,
+            &item.key,
+            stored.as_deref(),
+            named(&item.key),
+        )?;
+    }
+    Ok(())
 }

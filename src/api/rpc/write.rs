@@ -1,16 +1,20 @@
 //! SetMetadata and DeleteMetadata: one write path (admission, caller, target, policy, the audited call to
 //! ZITADEL, the cache and the streams told), which differs only in what it sends.
 
-use std::{collections::HashSet, future::Future};
+use std::{borrow::Cow, collections::HashSet, future::Future};
 
 use tracing::instrument;
 
 use super::{read_all, subject_of, target_of};
 use crate::{
-    api::{ApiError, MetadataService, error::Violations, pb, service::Call, validate},
+    api::{
+        ApiError, MetadataService, error::Violations, pb, service::Call, validate,
+        validate::MAX_VALUE_BYTES,
+    },
     caller::Identity,
     fleet::{ChangeKind, Changes, MAX_STREAMED_VALUE_BYTES, MetadataChange},
     policy::Action,
+    sealing::Owner,
     tls,
 };
 use usermeta_zitadel::management::{Scoped, Target};
@@ -122,8 +126,12 @@ impl MetadataService {
                 |error| self.conceal_missing_user(caller, target.user_id, action, &keys, error);
             // Whatever the outcome, the write may have landed: cached answers about the user are stale.
             let stale = self.invalidate_on_drop(target.user_id, &keys);
+            // From here on the values that matter are what ZITADEL stores; streams open sealed ones per
+            // reader, as any read does.
             match change {
-                Change::Set(entries) => {
+                Change::Set(plain) => {
+                    // Sealed right before ZITADEL: the policy checked the plaintext, ZITADEL gets ciphertext.
+                    let entries = &*self.seal_entries(target.user_id, plain)?;
                     let update_time = self
                         .zitadel
                         .set_user_metadata(target, entries)
@@ -192,6 +200,52 @@ impl MetadataService {
             }
         }
         violations.into_result(())
+    }
+
+    /// What ZITADEL stores for `entries` of `user_id`: sealed for sealed keys. A value that sealed would
+    /// exceed ZITADEL's limit is refused here, before anything is sent, naming the limit after sealing.
+    fn seal_entries<'e>(
+        &self,
+        user_id: &str,
+        entries: &'e [(String, Vec<u8>)],
+    ) -> Result<Cow<'e, [(String, Vec<u8>)]>, ApiError> {
+        if !entries.iter().any(|(key, _)| self.policy.is_sealed(key)) {
+            return Ok(Cow::Borrowed(entries));
+        }
+        let mut violations = Violations::default();
+        let mut sealed = Vec::with_capacity(entries.len());
+        let mut count = 0;
+        for (i, (key, value)) in entries.iter().enumerate() {
+            let stored = self
+                .policy
+                .conceal(Owner::User(user_id), key, value)
+                .map_err(|problem| ApiError::ValueNotSealed {
+                    user_id: user_id.to_owned(),
+                    key: key.clone(),
+                    problem,
+                })?;
+            if let Cow::Owned(_) = stored {
+                count += 1;
+            }
+            if stored.len() > MAX_VALUE_BYTES {
+                let most = self
+                    .policy
+                    .sealer()
+                    .map_or(0, |sealer| sealer.max_plaintext(MAX_VALUE_BYTES));
+                violations.add(
+                    format!("entries[{i}].value"),
+                    format!(
+                        "key `{key}` is sealed, and sealed this value of {} bytes takes {} bytes, over ZITADEL's limit of {MAX_VALUE_BYTES} bytes per value; a sealed value may hold at most {most} bytes",
+                        value.len(),
+                        stored.len()
+                    ),
+                );
+            }
+            sealed.push((key.clone(), stored.into_owned()));
+        }
+        violations.into_result(())?;
+        crate::metrics::sealed_values_written(count);
+        Ok(Cow::Owned(sealed))
     }
 
     /// Removes `keys` all or nothing; with `allow_missing`, removes those that exist. Returns the keys removed.

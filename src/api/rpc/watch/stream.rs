@@ -5,6 +5,7 @@
 //! stops.
 
 use std::{
+    borrow::Cow,
     collections::VecDeque,
     pin::Pin,
     sync::Arc,
@@ -21,6 +22,7 @@ use crate::{
     caller::{Caller, Resolver, TokenError, cache::CallerCache},
     fleet::{ChangeKind, Subscription, WatchLimits, Write},
     policy::{Policy, Subject},
+    sealing::Owner,
 };
 use usermeta_zitadel::{CallerToken, Zitadel, budget::for_identified_caller};
 
@@ -63,7 +65,16 @@ impl Watched {
                 }
             };
             if streamed {
-                into.push_back(to_pb(write, &changed.key, changed.value.as_deref()));
+                // A sealed value is carried as ZITADEL stores it and opened here, for this reader; one that
+                // does not open is streamed without its value (read the key to see why).
+                let value = match changed.value.as_deref() {
+                    Some(stored) if self.policy.is_sealed(&changed.key) => self
+                        .policy
+                        .reveal(Owner::User(&write.user_id), &changed.key, stored)
+                        .ok(),
+                    stored => stored.map(Cow::Borrowed),
+                };
+                into.push_back(to_pb(write, &changed.key, value.as_deref()));
             }
         }
     }
