@@ -260,6 +260,76 @@ mod tests {
     use super::*;
     use crate::settings::tests::temp_dir;
 
+    /// A policy file sealing `secret.*`, and (when `keys` is given) a key file with that text and `mode`.
+    fn sealing_args(name: &str, keys: Option<(&str, u32)>) -> AccessArgs {
+        let dir = temp_dir(name);
+        let policy = dir.join("policy.toml");
+        std::fs::write(&policy, "[[key]]\nname = \"secret.*\"\nsealed = true\n").unwrap();
+        let sealing_keys_file = keys.map(|(text, mode)| {
+            let path = dir.join("sealing-keys");
+            std::fs::write(&path, text).unwrap();
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt as _;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            }
+            path
+        });
+        AccessArgs {
+            policy_file: Some(policy),
+            sealing_keys_file,
+            ..Default::default()
+        }
+    }
+
+    const GOOD_KEY: &str = "k1 AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n";
+
+    #[test]
+    fn sealed_keys_need_a_sound_key_file_and_errors_never_show_a_key() {
+        let url: url::Url = "https://acme.zitadel.cloud/".parse().unwrap();
+        let missing = sealing_args("seal-missing", None)
+            .sealed_policy(&url)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            missing.starts_with("USERMETA_SEALING_KEYS_FILE")
+                && missing.contains("USERMETA_POLICY_FILE")
+                && missing.contains("secret.*"),
+            "{missing}"
+        );
+        for (name, text, mode, wanted) in [
+            ("seal-open", GOOD_KEY, 0o644, "mode 0644"),
+            (
+                "seal-short",
+                "k1 AAECAwQFBgcICQoLDA0ODw==\n",
+                0o400,
+                "too short: 16 bytes",
+            ),
+            ("seal-malformed", "k1\n", 0o400, "line 1: expected"),
+            ("seal-empty", "# nothing\n", 0o400, "holds no key"),
+        ] {
+            let error = sealing_args(name, Some((text, mode)))
+                .sealed_policy(&url)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.starts_with("USERMETA_SEALING_KEYS_FILE") && error.contains(wanted),
+                "{name}: {error}"
+            );
+            assert!(!error.contains("AAECAwQF"), "{error}");
+        }
+        let policy = sealing_args("seal-good", Some((GOOD_KEY, 0o400)))
+            .sealed_policy(&url)
+            .unwrap();
+        let sealer = policy.sealer().expect("sealing keys");
+        assert_eq!(sealer.newest_key_id(), "k1");
+        // Bound to the URL without its trailing slash, as ZITADEL names itself.
+        assert!(
+            format!("{sealer:?}").contains("\"https://acme.zitadel.cloud\""),
+            "{sealer:?}"
+        );
+    }
+
     #[test]
     fn a_bad_policy_file_stops_start_up_naming_setting_file_and_line() {
         let dir = temp_dir("policy");

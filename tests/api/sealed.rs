@@ -77,7 +77,6 @@ async fn set(app: &TestApp, user_id: &str, entries: &[(&str, &str)]) -> Result<(
             user_id: user_id.into(),
             organization_id: org_of(app, user_id),
             entries: entries.iter().map(|(k, v)| entry(k, text(v))).collect(),
-            ..Default::default()
         },
     )
     .await

@@ -19,6 +19,9 @@ use crate::{
 };
 use usermeta_zitadel::management::{Scoped, Target};
 
+/// A key and the value to store under it.
+type Entry = (String, Vec<u8>);
+
 /// What a write changes: SetMetadata's entries, or DeleteMetadata's keys.
 #[derive(Clone, Copy)]
 enum Change<'a> {
@@ -207,8 +210,8 @@ impl MetadataService {
     fn seal_entries<'e>(
         &self,
         user_id: &str,
-        entries: &'e [(String, Vec<u8>)],
-    ) -> Result<Cow<'e, [(String, Vec<u8>)]>, ApiError> {
+        entries: &'e [Entry],
+    ) -> Result<Cow<'e, [Entry]>, ApiError> {
         if !entries.iter().any(|(key, _)| self.policy.is_sealed(key)) {
             return Ok(Cow::Borrowed(entries));
         }
