@@ -133,6 +133,7 @@ async fn no_token_pat_or_secret_is_ever_logged() {
                         entries: vec![pb::MetadataEntry {
                             key: "profile.x".into(),
                             value: text("secret-value"),
+                            ..Default::default()
                         }],
                         ..Default::default()
                     },
@@ -178,6 +179,7 @@ async fn no_token_pat_or_secret_is_ever_logged() {
                             entries: vec![pb::MetadataEntry {
                                 key: "profile.y".into(),
                                 value: text("v"),
+                                ..Default::default()
                             }],
                             ..Default::default()
                         },
@@ -287,6 +289,7 @@ async fn no_token_pat_or_secret_is_ever_logged() {
                     entries: vec![pb::MetadataEntry {
                         key: "k".into(),
                         value: text("v"),
+                        ..Default::default()
                     }],
                     ..Default::default()
                 },

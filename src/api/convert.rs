@@ -1,16 +1,32 @@
 //! Conversions between the generated proto types and the domain.
 
 use super::pb;
+use usermeta_zitadel::etag::etag;
 use usermeta_zitadel::metadata::{KeyMatch, MetadataItem};
 
 impl From<MetadataItem> for pb::Metadata {
     fn from(item: MetadataItem) -> Self {
-        pb::Metadata {
-            key: item.key,
-            value: item.value.map(value_to_pb),
-            create_time: item.create_time,
-            update_time: item.update_time,
-        }
+        metadata_to_pb(item.key, item.value, item.create_time, item.update_time)
+    }
+}
+
+/// One entry as answered, with its etag computed here, where its value is at hand (and only here).
+pub(super) fn metadata_to_pb(
+    key: String,
+    value: Option<Vec<u8>>,
+    create_time: Option<prost_types::Timestamp>,
+    update_time: Option<prost_types::Timestamp>,
+) -> pb::Metadata {
+    let etag = value
+        .as_deref()
+        .map(|value| etag(&key, value))
+        .unwrap_or_default();
+    pb::Metadata {
+        key,
+        value: value.map(value_to_pb),
+        create_time,
+        update_time,
+        etag,
     }
 }
 

@@ -62,6 +62,7 @@ proptest! {
             organization_id: org_id.clone(),
             keys: keys.clone(),
             allow_missing: false,
+            ..Default::default()
         });
         let _ = validate::set(pb::SetMetadataRequest {
             user_id: user_id.clone(),
@@ -69,6 +70,7 @@ proptest! {
             entries: keys.iter().map(|k| pb::MetadataEntry {
                 key: k.clone(),
                 value: Some(pb::MetadataValue { kind: Some(pb::metadata_value::Kind::Text(k.clone())) }),
+                ..Default::default()
             }).collect(),
         });
         let _ = validate::list(pb::ListMetadataRequest {
@@ -92,6 +94,7 @@ proptest! {
             entries: entries.iter().map(|(k, v)| pb::MetadataEntry {
                 key: k.clone(),
                 value: Some(pb::MetadataValue { kind: Some(pb::metadata_value::Kind::Binary(v.clone())) }),
+                ..Default::default()
             }).collect(),
         };
         prop_assert!(validate::set(set).is_ok());
@@ -100,6 +103,7 @@ proptest! {
             organization_id: org_id,
             keys: entries.keys().cloned().collect(),
             allow_missing: true,
+            ..Default::default()
         };
         prop_assert!(validate::delete(delete).is_ok());
     }

@@ -111,6 +111,12 @@ reasons! {
     ServiceCredentialRefreshFailed = "SERVICE_CREDENTIAL_REFRESH_FAILED",
     /// ZITADEL refused usermeta's introspection client.
     IntrospectionClientRejected = "INTROSPECTION_CLIENT_REJECTED",
+    /// A write's condition (`if_match`, `if_absent`) does not hold.
+    EtagMismatch = "ETAG_MISMATCH",
+    /// The per-user write lock of a conditional write or merge patch could not be taken (Redis unreachable).
+    WriteLockUnavailable = "WRITE_LOCK_UNAVAILABLE",
+    /// The per-user write lock expired before the write.
+    WriteLockLost = "WRITE_LOCK_LOST",
 }
 
 impl std::fmt::Display for Reason {

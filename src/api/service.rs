@@ -15,7 +15,7 @@ use super::{ApiError, ChangeStream, page_token::PageTokenKey, pb, validate};
 use crate::{
     admission::{self, Admission, RateLimiter, Shed},
     caller::{self, Caller, Resolver, cache::CallerCache},
-    fleet::Changes,
+    fleet::{Changes, WriteLocks},
     policy::Policy,
 };
 use usermeta_zitadel::{CallerToken, Zitadel, budget::for_identified_caller};
@@ -71,6 +71,7 @@ pub struct MetadataService {
     pub(super) batch_concurrency: usize,
     pub(super) page_tokens: PageTokenKey,
     pub(super) changes: Changes,
+    pub(super) write_locks: Arc<WriteLocks>,
     pub(super) stopping: watch::Receiver<bool>,
 }
 
@@ -95,6 +96,8 @@ pub struct Dependencies {
     /// Where this replica's writes are announced: its cache (the same as `cache`), the other replicas (Redis,
     /// when configured) and its WatchMetadata streams.
     pub changes: Changes,
+    /// Serialises the writes of one user that read before they write (conditions, merge patches).
+    pub write_locks: Arc<WriteLocks>,
     /// Turns true when the replica stops: WatchMetadata streams end then.
     pub stopping: watch::Receiver<bool>,
 }
@@ -122,6 +125,7 @@ impl MetadataService {
             batch_concurrency,
             page_tokens,
             changes,
+            write_locks,
             stopping,
         } = dependencies;
         MetadataService {
@@ -133,6 +137,7 @@ impl MetadataService {
             batch_concurrency: batch_concurrency.max(1),
             page_tokens,
             changes,
+            write_locks,
             stopping,
         }
     }

@@ -13,12 +13,17 @@
 //! another replica is refused there too. The writing replica still invalidates its own cache synchronously;
 //! Redis only carries the news to the others. While Redis is unreachable replicas keep serving (local
 //! invalidation and the TTL bound staleness, as without Redis) and reconnect by themselves.
+//!
+//! [`WriteLocks`] (`write_lock.rs`) serialise one user's writes that read before they write (conditions, merge
+//! patches): per replica, and across the fleet through a lock in Redis with an expiry, a fencing check and the
+//! record of each key's last locked write.
 
 mod bus_message;
 mod changes;
 mod feed;
 mod redis_bus;
 pub mod webhook;
+mod write_lock;
 
 pub use bus_message::{
     BUS_KEY_PURPOSE, BusKey, BusKeyError, FRESHNESS, MAX_KEY_CHARS, MAX_KEYS, MAX_MESSAGE_BYTES,
@@ -30,6 +35,7 @@ pub use feed::{
     Subscription, WatchLimits, Write,
 };
 pub use redis_bus::{RedisConfig, RedisSetupError, SharedInvalidation};
+pub use write_lock::{LockError, Need, Recorded, UserLock, WriteLockConfig, WriteLocks};
 
 /// The Redis channel replicas publish their changes on; v2 carries sealed messages (v1's were plain JSON, so
 /// replicas of either version do not hear each other during an upgrade, and the TTL bounds what they serve).

@@ -17,6 +17,7 @@ use super::{
     CHANNEL, ChangeKind, MetadataChange,
     bus_message::{BusKey, Change, MAX_KEYS, Rejected, ReplayGuard, unix_ms},
     feed::{Feed, Write},
+    write_lock::{WriteLockConfig, WriteLocks},
 };
 use crate::caller::cache::CallerCache;
 
@@ -187,6 +188,11 @@ impl SharedInvalidation {
         })
     }
 
+    /// Per-user write locks across the fleet, over a connection of their own to the same Redis.
+    pub fn write_locks(&self, config: WriteLockConfig) -> WriteLocks {
+        WriteLocks::fleet(self.client.clone(), self.key.clone(), config)
+    }
+
     /// Claims a webhook event's signature for the whole fleet for `ttl`: `Ok(true)` for the first replica to
     /// ask, `Ok(false)` for every later one until it expires. The name in Redis is made with the fleet's key:
     /// someone else who can write to Redis and learnt the signature cannot claim it ahead of the replicas
@@ -204,19 +210,8 @@ impl SharedInvalidation {
     /// every later one until it expires (Redis `SET NX EX`). An error when Redis cannot say; the caller decides
     /// what that means.
     async fn claim(&self, name: &str, ttl: Duration) -> Result<bool, redis::RedisError> {
-        let mut connection = self.claims.lock().await;
         let claimed = async {
-            let conn = match &mut *connection {
-                Some(conn) => conn,
-                None => connection.insert(
-                    tokio::time::timeout(
-                        CLAIM_TIMEOUT,
-                        self.client.get_multiplexed_async_connection(),
-                    )
-                    .await
-                    .map_err(|_| timed_out())??,
-                ),
-            };
+            let mut conn = own_connection(&self.client, &self.claims, CLAIM_TIMEOUT).await?;
             let options = redis::SetOptions::default()
                 .conditional_set(redis::ExistenceCheck::NX)
                 .with_expiration(redis::SetExpiry::EX(ttl.as_secs().max(1)));
@@ -228,7 +223,7 @@ impl SharedInvalidation {
         }
         .await;
         if claimed.is_err() {
-            *connection = None;
+            *self.claims.lock().await = None;
         }
         claimed
     }
@@ -385,6 +380,23 @@ async fn publish(
             }
         }
     }
+}
+
+/// A connection of its own, kept in `slot`: made (within `timeout`) when there is none yet, or none since a
+/// failure emptied the slot. Cloning a multiplexed connection shares it, so commands never wait on the slot.
+pub(super) async fn own_connection(
+    client: &redis::Client,
+    slot: &tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
+    timeout: Duration,
+) -> Result<redis::aio::MultiplexedConnection, redis::RedisError> {
+    let mut slot = slot.lock().await;
+    if let Some(conn) = &*slot {
+        return Ok(conn.clone());
+    }
+    let conn = tokio::time::timeout(timeout, client.get_multiplexed_async_connection())
+        .await
+        .map_err(|_| timed_out())??;
+    Ok(slot.insert(conn).clone())
 }
 
 fn timed_out() -> redis::RedisError {

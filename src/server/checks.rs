@@ -4,7 +4,12 @@
 use std::sync::Arc;
 
 use super::StartError;
-use crate::{authz::AuthzConfig, policy::Policy, settings::names};
+use crate::{
+    authz::AuthzConfig,
+    fleet::{WriteLockConfig, WriteLocks},
+    policy::Policy,
+    settings::names,
+};
 use usermeta_zitadel::{
     Zitadel,
     management::{ApiChoice, ManagementApi},
@@ -79,5 +84,22 @@ pub(super) fn check_ext_authz_headers(
             mapping.key
         ))),
         None => Ok(()),
+    }
+}
+
+/// Says at start-up how far conditional writes and merge patches are atomic: across the fleet with Redis;
+/// otherwise within this replica, which a deployment of several replicas sharing one ZITADEL must know.
+pub(super) fn announce_write_locks(locks: &WriteLocks, config: WriteLockConfig) {
+    if locks.across_fleet() {
+        tracing::info!(
+            lock_ttl = %humantime::format_duration(config.ttl),
+            "conditional writes and merge patches are serialised per user across the fleet through Redis"
+        );
+    } else if !config.single_replica {
+        tracing::warn!(
+            "conditional writes and merge patches are atomic within this replica only: with several replicas sharing one ZITADEL, set {} so they serialise across the fleet, or {}=true if this is the only replica",
+            names::REDIS_URL,
+            names::SINGLE_REPLICA
+        );
     }
 }

@@ -7,7 +7,7 @@ use crate::{
     api::RequestLimits,
     authz::ExtAuthz,
     caller::{IdentityConfig, cache::CacheConfig},
-    fleet::{RedisConfig, WatchLimits, webhook::WebhookConfig},
+    fleet::{RedisConfig, WatchLimits, WriteLockConfig, webhook::WebhookConfig},
     policy::Policy,
     settings::names,
     tls::TlsFiles,
@@ -118,6 +118,8 @@ pub struct ServeOptions {
     pub redis: Option<RedisConfig>,
     /// ZITADEL's event webhook; `None` serves none.
     pub webhook: Option<WebhookConfig>,
+    /// How conditional writes and merge patches are serialised (across the fleet through `redis`).
+    pub write_locks: WriteLockConfig,
 }
 
 impl Default for ServeOptions {
@@ -130,6 +132,7 @@ impl Default for ServeOptions {
             ext_authz: None,
             redis: None,
             webhook: None,
+            write_locks: WriteLockConfig::default(),
         }
     }
 }

@@ -26,7 +26,7 @@ use crate::{
     api::{self, MetadataService, PageTokenKey},
     authz::{self, AuthzService, ExtAuthz},
     caller::{IdentitySetupError, Resolver, cache::CallerCache},
-    fleet::{self, BusKey, Changes, RedisConfig, SharedInvalidation, WatchLimits},
+    fleet::{self, BusKey, Changes, RedisConfig, SharedInvalidation, WatchLimits, WriteLocks},
     settings::names,
     tls::{TlsError, TlsSettings},
 };
@@ -126,6 +126,11 @@ impl Application {
         let admission = Arc::new(config.limits.requests.admission(config.limits.shed()));
         let changes = changes(&cache, config.limits.watch, options.redis, &bus_secret)?;
         let fleet = changes.shared().cloned();
+        let write_locks = Arc::new(match &fleet {
+            Some(shared) => shared.write_locks(options.write_locks),
+            None => WriteLocks::local(options.write_locks),
+        });
+        checks::announce_write_locks(&write_locks, options.write_locks);
         let webhook = WebhookListener::bind(options.webhook, &changes).await?;
         let stopping = watch::Sender::new(false);
         let service = MetadataService::new(api::Dependencies {
@@ -137,6 +142,7 @@ impl Application {
             batch_concurrency: config.limits.requests.batch_concurrency,
             page_tokens,
             changes,
+            write_locks,
             stopping: stopping.subscribe(),
         });
         let ext_authz = match options.ext_authz {

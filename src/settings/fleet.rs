@@ -7,7 +7,7 @@ use clap::Args;
 
 use super::{Setting, SettingsError, invalid, names, secret::read_secret_file};
 use crate::fleet::{
-    BusKey, RedisConfig,
+    BusKey, RedisConfig, WriteLockConfig,
     webhook::{self, SigningKeys, WebhookConfig, WebhookLimits},
 };
 
@@ -26,6 +26,16 @@ pub struct FleetArgs {
     /// service credential, which every replica holds alike.
     #[arg(long, env = names::REDIS_BUS_KEY_FILE, requires = "redis_url")]
     pub redis_bus_key_file: Option<PathBuf>,
+    /// This deployment runs a single replica. Conditional writes and merge patches are then atomic without
+    /// Redis (no start-up warning), and while a configured Redis does not answer they are serialised by the
+    /// replica instead of refused with UNAVAILABLE. Never set it for several replicas.
+    #[arg(long, env = names::SINGLE_REPLICA, default_value_t = false, action = clap::ArgAction::Set)]
+    pub single_replica: bool,
+    /// How long the per-user write lock in Redis lives unless its holder extends it (1s to 5m): how long a
+    /// replica that died holding it keeps the others waiting, and more than a read and a write to ZITADEL
+    /// take. The holder extends it by as much right before it writes.
+    #[arg(long, env = names::WRITE_LOCK_TTL, default_value = "10s", value_parser = write_lock_ttl)]
+    pub write_lock_ttl: Duration,
     /// Address of the listener for ZITADEL's Actions v2 events (POST /zitadel/events), e.g. 0.0.0.0:8090.
     /// Keep it inside the cluster. Off when unset.
     #[arg(
@@ -66,6 +76,8 @@ impl Default for FleetArgs {
             redis_url: None,
             redis_password_file: None,
             redis_bus_key_file: None,
+            single_replica: false,
+            write_lock_ttl: WriteLockConfig::default().ttl,
             webhook_listen: None,
             webhook_signing_key_file: None,
             webhook_max_connections: WEBHOOK_DEFAULTS.max_connections as u32,
@@ -75,12 +87,25 @@ impl Default for FleetArgs {
     }
 }
 
+fn write_lock_ttl(raw: &str) -> Result<Duration, String> {
+    duration_within(raw, Duration::from_secs(1), Duration::from_secs(300))
+}
+
 fn webhook_body_timeout(raw: &str) -> Result<Duration, String> {
-    let timeout = humantime::parse_duration(raw).map_err(|e| e.to_string())?;
-    if (Duration::from_millis(100)..=Duration::from_secs(60)).contains(&timeout) {
-        Ok(timeout)
+    duration_within(raw, Duration::from_millis(100), Duration::from_secs(60))
+}
+
+/// A duration between `min` and `max`, both included.
+fn duration_within(raw: &str, min: Duration, max: Duration) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(raw).map_err(|e| e.to_string())?;
+    if (min..=max).contains(&duration) {
+        Ok(duration)
     } else {
-        Err("must be between 100ms and 60s".to_owned())
+        Err(format!(
+            "must be between {} and {}",
+            humantime::format_duration(min),
+            humantime::format_duration(max)
+        ))
     }
 }
 
@@ -99,6 +124,14 @@ pub(super) const SETTINGS: [Setting; 4] = [
 ];
 
 impl FleetArgs {
+    /// How writes that read first are serialised.
+    pub fn write_locks(&self) -> WriteLockConfig {
+        WriteLockConfig {
+            single_replica: self.single_replica,
+            ttl: self.write_lock_ttl,
+        }
+    }
+
     /// The Redis link, reading the password file; `None` when no Redis is configured.
     pub fn redis(&self) -> Result<Option<RedisConfig>, SettingsError> {
         let Some(url) = &self.redis_url else {

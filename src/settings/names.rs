@@ -72,6 +72,10 @@ pub const REDIS_URL_SETTING: &str = "USERMETA_REDIS_URL (--redis-url)";
 pub const REDIS_PASSWORD_FILE: &str = "USERMETA_REDIS_PASSWORD_FILE";
 /// The keys the fleet's messages are sealed with.
 pub const REDIS_BUS_KEY_FILE: &str = "USERMETA_REDIS_BUS_KEY_FILE";
+/// The deployment runs a single replica.
+pub const SINGLE_REPLICA: &str = "USERMETA_SINGLE_REPLICA";
+/// The lifetime of the fleet's per-user write lock.
+pub const WRITE_LOCK_TTL: &str = "USERMETA_WRITE_LOCK_TTL";
 /// The webhook's signing keys.
 pub const WEBHOOK_SIGNING_KEY_FILE: &str = "USERMETA_WEBHOOK_SIGNING_KEY_FILE";
 

@@ -367,6 +367,7 @@ async fn the_authorisation_matrix_holds_with_zero_unexpected_allows(api: ApiChoi
                                     organization_id: target_org.clone(),
                                     keys: vec![key.into()],
                                     allow_missing: false,
+                                    ..Default::default()
                                 },
                                 token,
                             ))
@@ -745,6 +746,7 @@ actions = ["write", "delete"]
                         organization_id: org.clone(),
                         keys: vec!["support.note".into()],
                         allow_missing: true,
+                        ..Default::default()
                     },
                     token,
                 ))

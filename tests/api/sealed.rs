@@ -488,6 +488,7 @@ on_both_apis!(
     value_rules_check_the_plaintext_and_the_limit_counts_after_sealing,
     values_written_around_usermeta_altered_or_moved_are_withheld,
     watchers_get_the_plaintext_they_may_read,
+    conditions_and_merge_patches_work_on_sealed_keys,
 );
 
 /// METADATA_SOURCE_TOKEN: the JWT carries ciphertext (read it), usermeta opens it for the user.
@@ -786,4 +787,97 @@ async fn a_rotation_cut_short_is_finished_by_running_it_again() {
         .await
         .unwrap();
     assert_eq!(text_of(&console[0]), Some("typed"));
+}
+
+/// Conditional writes and merge patches on a sealed key: the etag is of what ZITADEL stores (the same from
+/// every read path), a patch applies to the opened value and the result is sealed again; a value that does
+/// not open cannot be patched.
+async fn conditions_and_merge_patches_work_on_sealed_keys(api: ApiChoice) {
+    let app = sealed_app(api).await;
+    set(&app, &app.alice, &[("blob", r#"{"a":1}"#)])
+        .await
+        .unwrap();
+    let listed = list_of(&app, &app.alice, Some("blob")).await.unwrap();
+    let etag = listed[0].etag.clone();
+    assert!(!etag.is_empty());
+    // Every read path gives the same etag.
+    for source in [MetadataSource::Userinfo, MetadataSource::AuthApi] {
+        let mine = app
+            .get_my_metadata(
+                &app.alice_token,
+                GetMyMetadataRequest {
+                    keys: vec!["blob".into()],
+                    source: source.into(),
+                },
+            )
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(mine.metadata[0].etag, etag, "{source:?}");
+        assert_eq!(text_of(&mine.metadata[0]), Some(r#"{"a":1}"#));
+    }
+    let patch = |if_match: &str| SetMetadataRequest {
+        user_id: app.alice.clone(),
+        organization_id: app.org.clone(),
+        entries: vec![pb::MetadataEntry {
+            key: "blob".into(),
+            if_match: if_match.into(),
+            json_merge_patch: r#"{"b":2}"#.into(),
+            ..Default::default()
+        }],
+    };
+    app.set_metadata(&app.admin_token, patch(&etag))
+        .await
+        .unwrap();
+    let stored_now = stored(&app, &app.alice, "blob");
+    assert!(
+        stored_now.starts_with("usermeta:sealed:v1:k2:"),
+        "{stored_now}"
+    );
+    assert_no_plaintext(&stored_now, r#"{"a":1,"b":2}"#);
+    let after = list_of(&app, &app.alice, Some("blob")).await.unwrap();
+    assert_eq!(text_of(&after[0]), Some(r#"{"a":1,"b":2}"#));
+    assert_ne!(after[0].etag, etag);
+    // The old etag no longer holds; neither does if_absent.
+    let stale = app
+        .set_metadata(&app.admin_token, patch(&etag))
+        .await
+        .unwrap_err();
+    assert_status(&stale, Code::Aborted, "ETAG_MISMATCH");
+    let absent = app
+        .set_metadata(
+            &app.admin_token,
+            SetMetadataRequest {
+                user_id: app.alice.clone(),
+                organization_id: app.org.clone(),
+                entries: vec![pb::MetadataEntry {
+                    key: "blob".into(),
+                    value: text("x"),
+                    if_absent: true,
+                    ..Default::default()
+                }],
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_status(&absent, Code::Aborted, "ETAG_MISMATCH");
+    // Plaintext written in the Console: its etag still guards, but a patch cannot apply to it.
+    app.standin
+        .set_metadata(&app.alice, "blob", br#"{"typed":true}"#);
+    let console = list_of(&app, &app.alice, None).await.unwrap();
+    let console_etag = console
+        .iter()
+        .find(|m| m.key == "blob")
+        .map(|m| m.etag.clone())
+        .unwrap();
+    let refused = app
+        .set_metadata(&app.admin_token, patch(&console_etag))
+        .await
+        .unwrap_err();
+    assert_status(&refused, Code::FailedPrecondition, "VALUE_NOT_SEALED");
+    assert_eq!(
+        app.standin.metadata_of(&app.alice)["blob"],
+        br#"{"typed":true}"#.to_vec(),
+        "nothing written"
+    );
 }

@@ -110,6 +110,7 @@ async fn the_largest_values_and_keys_are_accepted(api: ApiChoice) {
         entries: vec![MetadataEntry {
             key: key.clone(),
             value: binary(&vec![7; 500_000]),
+            ..Default::default()
         }],
         ..Default::default()
     };

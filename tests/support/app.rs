@@ -12,7 +12,7 @@ use usermeta::{
     authz::{AuthzConfig, ExtAuthz},
     caller::{IdentityConfig, cache::CacheConfig},
     fleet::{
-        RedisConfig,
+        RedisConfig, WriteLockConfig,
         webhook::{SigningKeys, WebhookConfig, WebhookLimits},
     },
     policy::Policy,
@@ -421,6 +421,11 @@ impl TestAppBuilder {
     /// Redis, for invalidation shared with other replicas.
     pub(crate) fn redis(self, redis: RedisConfig) -> Self {
         self.edit(move |config| config.options.redis = Some(redis))
+    }
+
+    /// How conditional writes and merge patches are serialised (the lock's lifetime, single replica).
+    pub(crate) fn write_locks(self, locks: WriteLockConfig) -> Self {
+        self.edit(move |config| config.options.write_locks = locks)
     }
 
     /// ZITADEL's event webhook on 127.0.0.1:0, checking signatures with `keys` (one per line) and taking on

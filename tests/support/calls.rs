@@ -73,6 +73,7 @@ pub(crate) fn entry(key: &str, value: Option<pb::MetadataValue>) -> pb::Metadata
     pb::MetadataEntry {
         key: key.into(),
         value,
+        ..Default::default()
     }
 }
 
@@ -179,4 +180,69 @@ pub(crate) async fn watch_in(
         ))
         .await
         .map(tonic::Response::into_inner)
+}
+
+/// `writers` read-then-conditional-write increments of `key` (a decimal counter) of `user_id`, all at once,
+/// spread over `apps` in turn: each reads the counter and its etag (ListMetadata) and writes it plus one under
+/// `if_match`. Returns how many were written and how many ABORTED; any other outcome fails the test.
+pub(crate) async fn increments(
+    apps: &[&super::TestApp],
+    token: &str,
+    user_id: &str,
+    writers: usize,
+) -> (usize, usize) {
+    let key = "counter";
+    let tries = (0..writers).map(|i| {
+        let mut client = apps[i % apps.len()].client.clone();
+        async move {
+            let listed = client
+                .list_metadata(authed(
+                    pb::ListMetadataRequest {
+                        user_id: user_id.into(),
+                        key_filter: Some(pb::KeyFilter {
+                            key: key.into(),
+                            r#match: pb::KeyMatch::Equals as i32,
+                        }),
+                        ..Default::default()
+                    },
+                    token,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+            let read = &listed.metadata[0];
+            let count: u64 = text_of(read).unwrap().parse().unwrap();
+            client
+                .set_metadata(authed(
+                    pb::SetMetadataRequest {
+                        user_id: user_id.into(),
+                        entries: vec![pb::MetadataEntry {
+                            if_match: read.etag.clone(),
+                            ..entry(key, text(&(count + 1).to_string()))
+                        }],
+                        ..Default::default()
+                    },
+                    token,
+                ))
+                .await
+        }
+    });
+    let outcomes = futures::future::join_all(tries).await;
+    let mut written = 0;
+    let mut aborted = 0;
+    for outcome in outcomes {
+        match outcome {
+            Ok(_) => written += 1,
+            Err(status) if status.code() == Code::Aborted => {
+                assert_eq!(
+                    reason(&status).as_deref(),
+                    Some("ETAG_MISMATCH"),
+                    "{status:?}"
+                );
+                aborted += 1;
+            }
+            Err(status) => panic!("an increment failed otherwise: {status:?}"),
+        }
+    }
+    (written, aborted)
 }

@@ -12,6 +12,7 @@ pub mod auth_api;
 pub mod budget;
 pub mod credential;
 pub mod error;
+pub mod etag;
 #[cfg(test)]
 mod fuzz_tests;
 pub mod instrument;

@@ -2,6 +2,8 @@
 
 use prost_types::Timestamp;
 
+use crate::etag::{ETAG_LEN, push_etag};
+
 /// One stored metadata entry, decoded.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetadataItem {
@@ -16,10 +18,12 @@ pub struct MetadataItem {
 }
 
 /// A user's metadata without timestamps (as userinfo gives it), packed into one allocation for the caller
-/// cache, which holds one per cached user (instead of two allocations an entry, plus the list).
+/// cache, which holds one per cached user (instead of two allocations an entry, plus the list). Each entry's
+/// etag is computed once, when packed, not on every answer from memory.
 ///
 /// Layout: the entry count, then per entry the key's and the value's length (`NO_VALUE`: none), all
-/// little-endian `u32`, then each entry's key and value bytes.
+/// little-endian `u32`, then each entry's key and value bytes, and its etag ([`ETAG_LEN`] bytes) after a
+/// value.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct PackedMetadata(Box<[u8]>);
 
@@ -37,6 +41,7 @@ impl PackedMetadata {
         };
         let mut header = Vec::new();
         let mut data = Vec::new();
+        let mut etag = String::with_capacity(ETAG_LEN);
         let mut count: u32 = 0;
         for item in items {
             let Some(key_len) = len32(item.key.as_bytes()) else {
@@ -50,7 +55,12 @@ impl PackedMetadata {
             header.extend_from_slice(&key_len.to_le_bytes());
             header.extend_from_slice(&value_len.to_le_bytes());
             data.extend_from_slice(item.key.as_bytes());
-            data.extend_from_slice(item.value.as_deref().unwrap_or_default());
+            if let Some(value) = item.value.as_deref() {
+                data.extend_from_slice(value);
+                etag.clear();
+                push_etag(&item.key, value, &mut etag);
+                data.extend_from_slice(etag.as_bytes());
+            }
             count += 1;
         }
         if count == 0 {
@@ -65,6 +75,11 @@ impl PackedMetadata {
 
     /// Each entry's key and value (`None`: not decodable), in the order packed.
     pub fn iter(&self) -> impl Iterator<Item = (&str, Option<&[u8]>)> {
+        self.entries().map(|(key, value, _)| (key, value))
+    }
+
+    /// Each entry's key, value (`None`: not decodable) and the value's etag, in the order packed.
+    pub fn entries(&self) -> impl Iterator<Item = (&str, Option<&[u8]>, Option<&str>)> {
         let count = self.u32_at(0) as usize;
         let mut at = 4 + 8 * count;
         (0..count).filter_map(move |i| {
@@ -72,16 +87,18 @@ impl PackedMetadata {
             let value_len = self.u32_at(8 + 8 * i);
             let key = self.0.get(at..at + key_len)?;
             at += key_len;
-            let value = match value_len {
-                NO_VALUE => None,
+            let (value, etag) = match value_len {
+                NO_VALUE => (None, None),
                 len => {
                     let value = self.0.get(at..at + len as usize)?;
                     at += len as usize;
-                    Some(value)
+                    let etag = self.0.get(at..at + ETAG_LEN)?;
+                    at += ETAG_LEN;
+                    (Some(value), std::str::from_utf8(etag).ok())
                 }
             };
             // Keys were packed from `str`s, so this holds.
-            Some((std::str::from_utf8(key).ok()?, value))
+            Some((std::str::from_utf8(key).ok()?, value, etag))
         })
     }
 
@@ -251,6 +268,27 @@ mod tests {
         assert_eq!(packed.get("photo"), Some(Some(&[0xff, 0x00, 0x10][..])));
         assert_eq!(packed.get("missing"), None);
         assert!(PackedMetadata::new(Vec::new()).is_empty());
+    }
+
+    #[test]
+    fn packed_metadata_keeps_each_values_etag() {
+        let packed = PackedMetadata::new(vec![
+            item("ContractNumber", Some(b"1234")),
+            item("garbled", None),
+            item("photo", Some(&[0xff, 0x00, 0x10])),
+        ]);
+        let etags: Vec<(&str, Option<&str>)> =
+            packed.entries().map(|(key, _, etag)| (key, etag)).collect();
+        let ours = crate::etag::etag("ContractNumber", b"1234");
+        let photo = crate::etag::etag("photo", &[0xff, 0x00, 0x10]);
+        assert_eq!(
+            etags,
+            [
+                ("ContractNumber", Some(ours.as_str())),
+                ("garbled", None),
+                ("photo", Some(photo.as_str()))
+            ]
+        );
     }
 
     #[test]

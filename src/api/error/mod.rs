@@ -209,11 +209,55 @@ pub enum ApiError {
         /// The stream's longest life ([`WATCH_MAX_DURATION`](names::WATCH_MAX_DURATION)).
         max: Duration,
     },
+    /// A conditional write's condition did not hold (`ETAG_MISMATCH`).
+    #[error("{}", condition_text(key, current))]
+    ConditionFailed {
+        /// The key whose condition did not hold.
+        key: String,
+        /// What the key is now, as far as the caller may learn it.
+        current: Current,
+    },
+    /// The user's write lock could not be taken (`WRITE_LOCK_UNAVAILABLE`): Redis unreachable or a deadline.
+    #[error(
+        "the user's write lock could not be taken ({0}): a conditional write or merge patch is never made without it; retry with backoff"
+    )]
+    WriteLockUnavailable(String),
+    /// The write lock expired before the write was made (`WRITE_LOCK_LOST`); nothing was written.
+    #[error(
+        "the user's write lock expired before the write ({setting} is shorter than this write took) and nothing was written; retry",
+        setting = names::WRITE_LOCK_TTL
+    )]
+    WriteLockLost,
     /// The replica is stopping; its streams end.
     #[error(
         "this usermeta replica is shutting down and ends its streams: reopen the stream (another replica serves it) and read the current values again"
     )]
     ShuttingDown,
+}
+
+/// What a key was when its condition did not hold, as far as the caller may learn it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Current {
+    /// It holds a value with this etag.
+    Etag(String),
+    /// It exists; its etag is not for this caller to see (a key the policy does not let them read).
+    Exists,
+    /// It does not exist.
+    Absent,
+}
+
+fn condition_text(key: &str, current: &Current) -> String {
+    match current {
+        Current::Etag(etag) => format!(
+            "the condition on key `{key}` does not hold: its current etag is {etag}; nothing was written: read it again, then retry"
+        ),
+        Current::Exists => format!(
+            "the condition on key `{key}` does not hold: the key exists (with another value than the one named); nothing was written"
+        ),
+        Current::Absent => format!(
+            "the condition on key `{key}` does not hold: the key does not exist; nothing was written"
+        ),
+    }
 }
 
 fn lag_text(lag: &Lag) -> String {

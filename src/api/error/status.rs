@@ -7,7 +7,7 @@ use std::{collections::HashMap, time::Duration};
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use super::{ApiError, ERROR_DOMAIN, MAX_LISTED_VIOLATIONS, upstream::upstream_status};
+use super::{ApiError, Current, ERROR_DOMAIN, MAX_LISTED_VIOLATIONS, upstream::upstream_status};
 use crate::{
     api::reason::Reason,
     caller::{IdentifyError, TokenError},
@@ -107,6 +107,31 @@ pub(super) fn to_status(error: &ApiError) -> Status {
             error.to_string(),
             Reason::WatchMaxDuration,
             [("max_duration", humantime::format_duration(*max).to_string())],
+        ),
+        ApiError::ConditionFailed { key, current } => {
+            let (fact, value) = match current {
+                Current::Etag(etag) => ("current_etag", etag.clone()),
+                Current::Exists => ("current", "exists".to_owned()),
+                Current::Absent => ("current", "absent".to_owned()),
+            };
+            with_info(
+                Code::Aborted,
+                error.to_string(),
+                Reason::EtagMismatch,
+                [("key", key.clone()), (fact, value)],
+            )
+        }
+        ApiError::WriteLockUnavailable(_) => with_info(
+            Code::Unavailable,
+            error.to_string(),
+            Reason::WriteLockUnavailable,
+            [],
+        ),
+        ApiError::WriteLockLost => with_info(
+            Code::Unavailable,
+            error.to_string(),
+            Reason::WriteLockLost,
+            [("setting", names::WRITE_LOCK_TTL.to_owned())],
         ),
         ApiError::ShuttingDown => with_info(
             Code::Unavailable,

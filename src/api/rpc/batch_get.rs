@@ -5,7 +5,7 @@ use futures::StreamExt as _;
 use tracing::instrument;
 
 use super::{
-    exact_key_filter, read_all, reveal_items, subject_of, target_of, unknown_user_not_found,
+    answer_items, exact_key_filter, read_all, subject_of, target_of, unknown_user_not_found,
 };
 use crate::{
     api::{ApiError, MetadataService, error as api_error, pb, service::Call, validate},
@@ -104,9 +104,8 @@ impl MetadataService {
             items.retain(|item| request.keys.contains(&item.key));
         }
         items.sort_by(|a, b| a.key.cmp(&b.key));
-        reveal_items(&self.policy, target.user_id, &mut items, |key| {
+        answer_items(&self.policy, target.user_id, items, |key| {
             request.keys.iter().any(|named| named == key)
-        })?;
-        Ok(items.into_iter().map(Into::into).collect())
+        })
     }
 }

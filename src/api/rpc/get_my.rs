@@ -5,7 +5,7 @@ use std::{collections::HashSet, ops::ControlFlow, time::Instant};
 
 use tonic::Request;
 
-use super::{exact_key_filter, read_all, reveal_items, reveal_value};
+use super::{answer_items, exact_key_filter, read_all, reveal_value};
 use crate::{
     api::{
         ApiError, MetadataService,
@@ -133,10 +133,12 @@ impl MetadataService {
         let named = |key: &str| wanted.as_ref().is_some_and(|wanted| wanted.contains(key));
         let metadata = match read {
             // Already sorted by key: answered straight from the cached answer, no copy in between.
+            // Etags too: computed when the answer was cached.
             OwnRead::Userinfo(packed) => packed
-                .iter()
-                .filter(|(key, _)| answered(key))
-                .map(|(key, value)| {
+                .entries()
+                .filter(|(key, _, _)| answered(key))
+                .map(|(key, value, etag)| {
+                    // The etag is of what ZITADEL stores (as from every read path); the value is opened.
                     let value = if self.policy.is_sealed(key) {
                         reveal_value(&self.policy, me.user_id, key, value, named(key))?
                     } else {
@@ -147,14 +149,14 @@ impl MetadataService {
                         value: value.map(value_to_pb),
                         create_time: None,
                         update_time: None,
+                        etag: etag.unwrap_or_default().to_owned(),
                     })
                 })
                 .collect::<Result<_, ApiError>>()?,
             OwnRead::AuthApi(mut items) => {
                 items.retain(|item| answered(&item.key));
                 items.sort_by(|a, b| a.key.cmp(&b.key));
-                reveal_items(&self.policy, me.user_id, &mut items, named)?;
-                items.into_iter().map(Into::into).collect()
+                answer_items(&self.policy, me.user_id, items, named)?
             }
         };
         Ok(pb::GetMyMetadataResponse {

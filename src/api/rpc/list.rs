@@ -2,7 +2,7 @@
 
 use tracing::instrument;
 
-use super::{read_all, reveal_items, subject_of, unknown_user_not_found};
+use super::{answer_items, read_all, subject_of, unknown_user_not_found};
 use crate::{
     api::{
         ApiError, MetadataService,
@@ -159,19 +159,20 @@ impl MetadataService {
             ),
             _ => String::new(),
         };
-        let mut items = items;
-        if items.iter().any(|item| self.policy.is_sealed(&item.key)) {
+        let metadata = if items.iter().any(|item| self.policy.is_sealed(&item.key)) {
             // The owner of an own listing is whoever ZITADEL says owns the token (cached, usually).
             let owner = match owner {
                 Some(owner) => owner,
                 None => self.identify(token).await?.sub.as_str().to_owned(),
             };
             let named = |key: &str| matches!(filter, Some(KeyFilter { key: named, matching: KeyMatch::Equals }) if named == key);
-            reveal_items(&self.policy, &owner, &mut items, named)?;
-        }
+            answer_items(&self.policy, &owner, items, named)?
+        } else {
+            items.into_iter().map(Into::into).collect()
+        };
         Ok(pb::ListMetadataResponse {
             total_size: i64::try_from(total).unwrap_or(i64::MAX),
-            metadata: items.into_iter().map(Into::into).collect(),
+            metadata,
             next_page_token,
         })
     }

@@ -10,7 +10,7 @@ mod write;
 
 use std::future::Future;
 
-use super::{ApiError, MetadataService, error::Violations};
+use super::{ApiError, MetadataService, convert::value_to_pb, error::Violations, pb};
 use crate::{
     caller::Identity,
     policy::{Action, Policy, Subject},
@@ -18,6 +18,7 @@ use crate::{
 };
 use usermeta_zitadel::{
     UpstreamError,
+    etag::etag,
     management::Target,
     metadata::{KeyFilter, KeyMatch, MetadataItem, Page, PageRequest},
 };
@@ -175,23 +176,39 @@ fn reveal_value(
     }
 }
 
-/// [`reveal_value`] for each item of `user_id`'s listing that is of a sealed key; `named` says which keys the
-/// request named.
-fn reveal_items(
+/// `user_id`'s listing as answered: each value of a sealed key opened ([`reveal_value`]; `named` says which keys
+/// the request named), each etag of what ZITADEL stores, as from every read path.
+fn answer_items(
     policy: &Policy,
     user_id: &str,
-    items: &mut [MetadataItem],
+    items: Vec<MetadataItem>,
     named: impl Fn(&str) -> bool,
-) -> Result<(), ApiError> {
-    for item in items.iter_mut().filter(|item| policy.is_sealed(&item.key)) {
-        let stored = item.value.take();
-        item.value = reveal_value(
-            policy,
-            user_id,
-            &item.key,
-            stored.as_deref(),
-            named(&item.key),
-        )?;
-    }
-    Ok(())
+) -> Result<Vec<pb::Metadata>, ApiError> {
+    items
+        .into_iter()
+        .map(|item| {
+            if !policy.is_sealed(&item.key) {
+                return Ok(item.into());
+            }
+            let etag = item
+                .value
+                .as_deref()
+                .map(|stored| etag(&item.key, stored))
+                .unwrap_or_default();
+            let value = reveal_value(
+                policy,
+                user_id,
+                &item.key,
+                item.value.as_deref(),
+                named(&item.key),
+            )?;
+            Ok(pb::Metadata {
+                key: item.key,
+                value: value.map(value_to_pb),
+                create_time: item.create_time,
+                update_time: item.update_time,
+                etag,
+            })
+        })
+        .collect()
 }

@@ -1,49 +1,80 @@
 //! SetMetadata and DeleteMetadata: one write path (admission, caller, target, policy, the audited call to
 //! ZITADEL, the cache and the streams told), which differs only in what it sends.
 
-use std::{borrow::Cow, collections::HashSet, future::Future};
+use std::{
+    borrow::Cow,
+    collections::{HashMap, HashSet},
+    future::Future,
+};
 
 use tracing::instrument;
 
-use super::{read_all, subject_of, target_of};
+use super::{exact_key_filter, read_all, subject_of, target_of};
 use crate::{
     api::{
-        ApiError, MetadataService, error::Violations, pb, service::Call, validate,
-        validate::MAX_VALUE_BYTES,
+        ApiError, MetadataService,
+        error::{self, Violations},
+        pb,
+        service::Call,
+        validate::{self, Condition, Guard, MAX_VALUE_BYTES},
     },
     caller::Identity,
-    fleet::{ChangeKind, Changes, MAX_STREAMED_VALUE_BYTES, MetadataChange},
-    policy::Action,
+    fleet::{
+        ChangeKind, Changes, LockError, MAX_STREAMED_VALUE_BYTES, MetadataChange, Need, Recorded,
+        UserLock,
+    },
+    policy::{Action, Unsealed},
     sealing::Owner,
     tls,
 };
-use usermeta_zitadel::management::{Scoped, Target};
+use usermeta_zitadel::{
+    etag::etag,
+    management::{Scoped, Target},
+    metadata::MetadataItem,
+};
 
 /// A key and the value to store under it.
 type Entry = (String, Vec<u8>);
 
-/// What a write changes: SetMetadata's entries, or DeleteMetadata's keys.
+/// What a write changes: SetMetadata's entries, or DeleteMetadata's keys; with what must hold of them first.
 #[derive(Clone, Copy)]
 enum Change<'a> {
-    Set(&'a [(String, Vec<u8>)]),
+    Set {
+        entries: &'a [(String, Vec<u8>)],
+        guarded: &'a [Guard],
+    },
     Delete {
         keys: &'a [String],
         allow_missing: bool,
+        if_match: &'a [(String, String)],
     },
 }
 
 impl Change<'_> {
     fn action(self) -> Action {
         match self {
-            Change::Set(_) => Action::Write,
+            Change::Set { .. } => Action::Write,
             Change::Delete { .. } => Action::Delete,
         }
     }
 
     fn keys(&self) -> Vec<&str> {
         match self {
-            Change::Set(entries) => entries.iter().map(|(key, _)| key.as_str()).collect(),
+            Change::Set { entries, .. } => entries.iter().map(|(key, _)| key.as_str()).collect(),
             Change::Delete { keys, .. } => keys.iter().map(String::as_str).collect(),
+        }
+    }
+
+    /// The keys read before writing (under the user's write lock); none for a plain write.
+    fn guarded_keys(&self) -> Vec<&'_ str> {
+        match self {
+            Change::Set { entries, guarded } => guarded
+                .iter()
+                .map(|guard| entries[guard.index].0.as_str())
+                .collect(),
+            Change::Delete { if_match, .. } => {
+                if_match.iter().map(|(key, _)| key.as_str()).collect()
+            }
         }
     }
 }
@@ -61,7 +92,10 @@ impl WriteRequest for validate::Set {
     }
 
     fn change(&self) -> Change<'_> {
-        Change::Set(&self.entries)
+        Change::Set {
+            entries: &self.entries,
+            guarded: &self.guarded,
+        }
     }
 }
 
@@ -74,6 +108,7 @@ impl WriteRequest for validate::Delete {
         Change::Delete {
             keys: &self.keys,
             allow_missing: self.allow_missing,
+            if_match: &self.if_match,
         }
     }
 }
@@ -122,18 +157,66 @@ impl MetadataService {
             let target = scoped.target();
             self.policy
                 .authorize(caller, subject_of(target), action, keys.iter().copied())?;
-            if let Change::Set(entries) = change {
+            let guarded = change.guarded_keys();
+            // A write that reads first holds the user's lock from its read to its write: no other writer
+            // through usermeta, on this replica or another, comes between them. A plain write takes the lock
+            // too, so that it cannot land between another's read and write, but does not need it.
+            let need = if guarded.is_empty() {
+                Need::Courtesy
+            } else {
+                Need::Guarantee
+            };
+            let mut lock = self
+                .write_locks
+                .lock(target.user_id, &guarded, need)
+                .await
+                .map_err(lock_error)?;
+            let resolved;
+            let change = match change {
+                Change::Set {
+                    entries,
+                    guarded: guards,
+                } if !guards.is_empty() => {
+                    let current = self.current(caller, target, &guarded, &lock).await?;
+                    resolved = resolve(entries, guards, &current)?;
+                    Change::Set {
+                        entries: &resolved,
+                        guarded: guards,
+                    }
+                }
+                Change::Delete { if_match, .. } if !if_match.is_empty() => {
+                    let current = self.current(caller, target, &guarded, &lock).await?;
+                    for (key, expected) in if_match {
+                        let etag = current.etags.get(key.as_str());
+                        if etag.and_then(Option::as_deref) != Some(expected.as_str()) {
+                            return Err(current.mismatch(key, etag));
+                        }
+                    }
+                    change
+                }
+                change => change,
+            };
+            if let Change::Set { entries, .. } = change {
                 self.check_values(entries)?;
             }
             let conceal =
                 |error| self.conceal_missing_user(caller, target.user_id, action, &keys, error);
             // Whatever the outcome, the write may have landed: cached answers about the user are stale.
             let stale = self.invalidate_on_drop(target.user_id, &keys);
-            // From here on the values that matter are what ZITADEL stores; streams open sealed ones per
-            // reader, as any read does.
+            // The last moment before the write: a holder whose lock expired writes nothing.
+            lock.fence().await.map_err(lock_error)?;
+            // What a write under the lock left, for the fleet's next holder to wait for in a lagging listing.
+            let record = |lock: &mut UserLock,
+                          landed: &mut dyn Iterator<Item = (&str, Option<String>)>,
+                          update_time: Option<&prost_types::Timestamp>| {
+                lock.landed(landed, update_time.map_or_else(unix_ms_now, unix_ms));
+            };
+            // From here on the values that matter are what ZITADEL stores (etags, streams, the lock's record);
+            // streams open sealed ones per reader, as any read does.
             match change {
-                Change::Set(plain) => {
-                    // Sealed right before ZITADEL: the policy checked the plaintext, ZITADEL gets ciphertext.
+                Change::Set { entries: plain, .. } => {
+                    // Sealed right before ZITADEL: the policy checked the plaintext (a merge patch was applied
+                    // to it), ZITADEL gets ciphertext.
                     let entries = &*self.seal_entries(target.user_id, plain)?;
                     let update_time = self
                         .zitadel
@@ -141,6 +224,13 @@ impl MetadataService {
                         .await
                         .map_err(|e| conceal(e.into()))?;
                     // Values go to streams only while they are small; a larger write is streamed by its keys.
+                    record(
+                        &mut lock,
+                        &mut entries
+                            .iter()
+                            .map(|(key, value)| (key.as_str(), Some(etag(key, value)))),
+                        update_time.as_ref(),
+                    );
                     let values: usize = entries.iter().map(|(_, value)| value.len()).sum();
                     let streamed = values <= MAX_STREAMED_VALUE_BYTES;
                     stale.landed(
@@ -155,11 +245,17 @@ impl MetadataService {
                 Change::Delete {
                     keys: asked,
                     allow_missing,
+                    ..
                 } => {
                     let (removed, update_time) = self
                         .delete_keys(target, asked, allow_missing)
                         .await
                         .map_err(conceal)?;
+                    record(
+                        &mut lock,
+                        &mut removed.iter().map(|key| (key.as_str(), None)),
+                        update_time.as_ref(),
+                    );
                     // Only what went: a key skipped by allow_missing never existed, and no stream hears of it.
                     stale.landed(
                         ChangeKind::Delete,
@@ -171,6 +267,75 @@ impl MetadataService {
             }
         })
         .await
+    }
+
+    /// The current values of `keys` as ZITADEL has them (never a cache; this replica's own recent writes laid
+    /// over a lagging v2 listing), with what the caller may learn of them.
+    ///
+    /// A listing that does not show yet what the fleet's last locked write left in a key (v2's search lags
+    /// behind ZITADEL's writes; another replica's write is not in this replica's recent writes) is read again
+    /// until it does, or until it shows a later change (a write around usermeta), within the deadline.
+    async fn current(
+        &self,
+        caller: &Identity,
+        target: Target<'_>,
+        keys: &[&str],
+        lock: &UserLock,
+    ) -> Result<Current, ApiError> {
+        let wanted: Vec<String> = keys.iter().map(|key| (*key).to_owned()).collect();
+        let filter = exact_key_filter(&wanted);
+        let mut pause = LAG_RETRY_MIN;
+        let items = loop {
+            let items = read_all(|page| {
+                self.zitadel
+                    .list_user_metadata(target, filter.as_ref(), page)
+            })
+            .await?;
+            if shows_recorded(&items, &lock.recorded) {
+                break items;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(LAG_RETRY_MAX);
+        };
+        // What the caller may not read (a hidden key of their own, a key of a user they only write), they
+        // learn no etag of.
+        let scope = self.policy.read_scope(caller, subject_of(target)).ok();
+        let mut current = Current {
+            user_id: target.user_id.to_owned(),
+            values: HashMap::new(),
+            unopenable: HashMap::new(),
+            etags: HashMap::new(),
+            readable: keys
+                .iter()
+                .filter(|key| scope.as_ref().is_some_and(|scope| scope.allows(key)))
+                .map(|key| (*key).to_owned())
+                .collect(),
+        };
+        for item in items {
+            if !wanted.contains(&item.key) {
+                continue;
+            }
+            // The etag of what ZITADEL stores; the value opened (a merge patch applies to the plaintext).
+            let etag = item.value.as_deref().map(|value| etag(&item.key, value));
+            current.etags.insert(item.key.clone(), etag);
+            let value = match item.value {
+                Some(stored) if self.policy.is_sealed(&item.key) => {
+                    match self
+                        .policy
+                        .reveal(Owner::User(target.user_id), &item.key, &stored)
+                    {
+                        Ok(opened) => Some(opened.into_owned()),
+                        Err(problem) => {
+                            current.unopenable.insert(item.key.clone(), problem);
+                            None
+                        }
+                    }
+                }
+                value => value,
+            };
+            current.values.insert(item.key, value);
+        }
+        Ok(current)
     }
 
     /// The target in the organisation ZITADEL acts in ([`usermeta_zitadel::Zitadel::scope`]). What no
@@ -301,6 +466,150 @@ impl MetadataService {
             user_id,
             keys,
         }
+    }
+}
+
+/// The first and the longest pause before a listing that lags behind the fleet's last write is read again.
+const LAG_RETRY_MIN: std::time::Duration = std::time::Duration::from_millis(10);
+const LAG_RETRY_MAX: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Whether a listing shows what the fleet's last locked writes left in each recorded key: that value (or its
+/// absence), or a later change.
+fn shows_recorded(items: &[MetadataItem], recorded: &HashMap<String, Recorded>) -> bool {
+    recorded.iter().all(|(key, last)| {
+        let item = items.iter().find(|item| &item.key == key);
+        let later = item
+            .and_then(|item| item.update_time.as_ref())
+            .is_some_and(|time| unix_ms(time) > last.at_ms);
+        let shown = match (&last.etag, item) {
+            (None, None) => true,
+            (Some(recorded), Some(item)) => item
+                .value
+                .as_deref()
+                .is_some_and(|value| etag(key, value) == *recorded),
+            _ => false,
+        };
+        shown || later
+    })
+}
+
+fn unix_ms(time: &prost_types::Timestamp) -> i64 {
+    time.seconds
+        .saturating_mul(1000)
+        .saturating_add(i64::from(time.nanos / 1_000_000))
+}
+
+fn unix_ms_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+        })
+}
+
+/// The keys a write reads before it writes, as ZITADEL has them now.
+struct Current {
+    /// Whose keys these are.
+    user_id: String,
+    /// Key → value, opened for a sealed key (`None`: ZITADEL's value could not be decoded or opened); a key
+    /// not here does not exist.
+    values: HashMap<String, Option<Vec<u8>>>,
+    /// Sealed keys whose value in ZITADEL does not open, and why: a merge patch cannot apply to them.
+    unopenable: HashMap<String, Unsealed>,
+    /// Key → etag of its value.
+    etags: HashMap<String, Option<String>>,
+    /// The keys whose etags the caller may learn.
+    readable: HashSet<String>,
+}
+
+impl Current {
+    /// The refusal of a condition on `key` that does not hold, naming what the key is only as far as the
+    /// caller may read it.
+    fn mismatch(&self, key: &str, etag: Option<&Option<String>>) -> ApiError {
+        let current = match etag {
+            None => error::Current::Absent,
+            Some(Some(etag)) if self.readable.contains(key) => error::Current::Etag(etag.clone()),
+            Some(_) => error::Current::Exists,
+        };
+        ApiError::ConditionFailed {
+            key: key.to_owned(),
+            current,
+        }
+    }
+}
+
+/// The entries a guarded SetMetadata writes: every condition checked against `current`, every merge patch
+/// applied to the current value (an absent key starting from `{}`). All or nothing: the first condition that
+/// does not hold refuses the whole request.
+fn resolve(
+    entries: &[(String, Vec<u8>)],
+    guards: &[Guard],
+    current: &Current,
+) -> Result<Vec<(String, Vec<u8>)>, ApiError> {
+    let mut resolved = entries.to_vec();
+    let mut violations = Violations::default();
+    for guard in guards {
+        let key = resolved[guard.index].0.as_str();
+        let etag = current.etags.get(key);
+        let holds = match &guard.condition {
+            None => true,
+            Some(Condition::Absent) => etag.is_none(),
+            Some(Condition::Match(expected)) => {
+                etag.and_then(Option::as_deref) == Some(expected.as_str())
+            }
+        };
+        if !holds {
+            return Err(current.mismatch(key, etag));
+        }
+        let Some(patch) = &guard.patch else {
+            continue;
+        };
+        if let Some(problem) = current.unopenable.get(key) {
+            return Err(ApiError::ValueNotSealed {
+                user_id: current.user_id.clone(),
+                key: key.to_owned(),
+                problem: problem.clone(),
+            });
+        }
+        let field = format!("entries[{}].json_merge_patch", guard.index);
+        let mut value = match current.values.get(key) {
+            None => serde_json::Value::Object(serde_json::Map::new()),
+            Some(bytes) => match bytes
+                .as_deref()
+                .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(bytes).ok())
+            {
+                Some(value @ serde_json::Value::Object(_)) => value,
+                _ => {
+                    violations.add(
+                        field,
+                        format!("cannot apply: the current value of `{key}` is not a JSON object; set the whole value instead"),
+                    );
+                    continue;
+                }
+            },
+        };
+        json_patch::merge(&mut value, &serde_json::Value::Object(patch.clone()));
+        let bytes = serde_json::to_vec(&value).unwrap_or_default();
+        if bytes.len() > MAX_VALUE_BYTES {
+            violations.add(
+                field,
+                format!(
+                    "would make the value of `{key}` {} bytes, more than ZITADEL's {MAX_VALUE_BYTES}",
+                    bytes.len()
+                ),
+            );
+            continue;
+        }
+        resolved[guard.index].1 = bytes;
+    }
+    violations.into_result(resolved)
+}
+
+/// A write lock that could not be had as the refusal of the write.
+fn lock_error(error: LockError) -> ApiError {
+    match error {
+        LockError::Unreachable(why) => ApiError::WriteLockUnavailable(why),
+        LockError::Lost => ApiError::WriteLockLost,
     }
 }
 

@@ -228,8 +228,34 @@ pub(super) fn batch_get(request: pb::BatchGetMetadataRequest) -> Result<BatchGet
 pub(super) struct Set {
     pub user_id: Option<String>,
     pub org_id: Option<String>,
+    /// The entries, in request order; a patched entry's value is empty until the patch is applied.
     pub entries: Vec<(String, Vec<u8>)>,
+    /// The entries with a condition or a merge patch, in request order; empty for a plain write, which
+    /// reads nothing.
+    pub guarded: Vec<Guard>,
 }
+
+/// What must hold of a key before a write touches it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Condition {
+    /// Its current etag is this one.
+    Match(String),
+    /// It does not exist.
+    Absent,
+}
+
+/// One entry of a SetMetadata request that is read before it is written.
+#[derive(Debug)]
+pub(crate) struct Guard {
+    /// Its index in [`Set::entries`] (and the request's `entries`).
+    pub index: usize,
+    pub condition: Option<Condition>,
+    /// An RFC 7396 merge patch to apply to the current value.
+    pub patch: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// The longest etag a request may name: longer than any usermeta makes (24 characters).
+pub(crate) const MAX_ETAG_CHARS: usize = 100;
 
 /// A valid DeleteMetadata request.
 #[derive(Debug)]
@@ -238,6 +264,8 @@ pub(super) struct Delete {
     pub org_id: Option<String>,
     pub keys: Vec<String>,
     pub allow_missing: bool,
+    /// Keys to remove only if their etag is the one given, in the order of `keys`.
+    pub if_match: Vec<(String, String)>,
 }
 
 pub(super) fn get_mine(request: pb::GetMyMetadataRequest) -> Result<GetMine, ApiError> {
@@ -338,25 +366,127 @@ pub(super) fn set(request: pb::SetMetadataRequest) -> Result<Set, ApiError> {
             .map(|(i, e)| (format!("entries[{i}].key"), e.key.as_str())),
     );
     let mut entries = Vec::with_capacity(request.entries.len());
+    let mut guarded = Vec::new();
     for (i, entry) in request.entries.into_iter().enumerate() {
-        match value_from_pb(entry.value) {
-            None => v.add(format!("entries[{i}].value"), "must be set: give `text` or `binary`"),
-            Some(bytes) if bytes.is_empty() => v.add(
-                format!("entries[{i}].value"),
-                "must not be empty: ZITADEL cannot store an empty value; use DeleteMetadata to remove a key",
-            ),
-            Some(bytes) if bytes.len() > MAX_VALUE_BYTES => v.add(
-                format!("entries[{i}].value"),
-                format!("must be at most {MAX_VALUE_BYTES} bytes, is {}", bytes.len()),
-            ),
-            Some(bytes) => entries.push((entry.key, bytes)),
+        let condition = condition(&mut v, i, &entry.if_match, entry.if_absent);
+        let patch = (!entry.json_merge_patch.is_empty())
+            .then(|| merge_patch(&mut v, i, &entry.json_merge_patch))
+            .flatten();
+        let value = match (
+            value_from_pb(entry.value),
+            entry.json_merge_patch.is_empty(),
+        ) {
+            (Some(_), false) => {
+                v.add(
+                    format!("entries[{i}].json_merge_patch"),
+                    "must not be set together with value: set one of them",
+                );
+                Vec::new()
+            }
+            (None, false) => Vec::new(),
+            (None, true) => {
+                v.add(
+                    format!("entries[{i}].value"),
+                    "must be set: give `text` or `binary`, or a json_merge_patch",
+                );
+                Vec::new()
+            }
+            (Some(bytes), true) if bytes.is_empty() => {
+                v.add(
+                    format!("entries[{i}].value"),
+                    "must not be empty: ZITADEL cannot store an empty value; use DeleteMetadata to remove a key",
+                );
+                bytes
+            }
+            (Some(bytes), true) if bytes.len() > MAX_VALUE_BYTES => {
+                v.add(
+                    format!("entries[{i}].value"),
+                    format!(
+                        "must be at most {MAX_VALUE_BYTES} bytes, is {}",
+                        bytes.len()
+                    ),
+                );
+                bytes
+            }
+            (Some(bytes), true) => bytes,
+        };
+        if condition.is_some() || patch.is_some() {
+            guarded.push(Guard {
+                index: i,
+                condition,
+                patch,
+            });
         }
+        entries.push((entry.key, value));
     }
     v.finish(Set {
         user_id,
         org_id,
         entries,
+        guarded,
     })
+}
+
+/// An entry's condition: `if_match`, `if_absent`, neither, never both.
+fn condition(v: &mut Violations, i: usize, if_match: &str, if_absent: bool) -> Option<Condition> {
+    match (if_match.is_empty(), if_absent) {
+        (true, false) => None,
+        (true, true) => Some(Condition::Absent),
+        (false, true) => {
+            v.add(
+                format!("entries[{i}].if_absent"),
+                "must not be set together with if_match: a key that must not exist has no etag",
+            );
+            None
+        }
+        (false, false) => etag(v, || format!("entries[{i}].if_match"), if_match)
+            .map(|etag| Condition::Match(etag.to_owned())),
+    }
+}
+
+/// An etag as a caller names it: never compared with anything longer than usermeta makes.
+fn etag<'e>(v: &mut Violations, field: impl FnOnce() -> String, etag: &'e str) -> Option<&'e str> {
+    if etag.chars().count() > MAX_ETAG_CHARS {
+        v.add(
+            field(),
+            format!("must be at most {MAX_ETAG_CHARS} characters: pass the etag a read returned"),
+        );
+        return None;
+    }
+    Some(etag)
+}
+
+/// An RFC 7396 merge patch: a JSON object of at most a value's size.
+fn merge_patch(
+    v: &mut Violations,
+    i: usize,
+    patch: &str,
+) -> Option<serde_json::Map<String, serde_json::Value>> {
+    let field = || format!("entries[{i}].json_merge_patch");
+    if patch.len() > MAX_VALUE_BYTES {
+        v.add(
+            field(),
+            format!(
+                "must be at most {MAX_VALUE_BYTES} bytes, is {}",
+                patch.len()
+            ),
+        );
+        return None;
+    }
+    match serde_json::from_str::<serde_json::Value>(patch) {
+        Ok(serde_json::Value::Object(patch)) => Some(patch),
+        Ok(_) => {
+            v.add(
+                field(),
+                "must be a JSON object (an RFC 7396 merge patch); to replace the whole value, set value",
+            );
+            None
+        }
+        Err(e) => {
+            v.add(field(), format!("is not JSON: {e}"));
+            None
+        }
+    }
 }
 
 pub(super) fn delete(request: pb::DeleteMetadataRequest) -> Result<Delete, ApiError> {
@@ -374,10 +504,37 @@ pub(super) fn delete(request: pb::DeleteMetadataRequest) -> Result<Delete, ApiEr
             .enumerate()
             .map(|(i, k)| (format!("keys[{i}]"), k.as_str())),
     );
+    if !v.within(
+        "if_match",
+        request.if_match.len(),
+        MAX_KEYS_PER_REQUEST,
+        "keys",
+    ) {
+        return v.finish_invalid();
+    }
+    let mut if_match = Vec::with_capacity(request.if_match.len());
+    for (key, expected) in &request.if_match {
+        if !request.keys.contains(key) {
+            v.add(
+                format!("if_match[{key}]"),
+                "names a key that is not in keys: name every key to remove in keys",
+            );
+        } else if expected.is_empty() {
+            v.add(
+                format!("if_match[{key}]"),
+                "must not be empty: pass the etag a read returned, or leave the key out of if_match",
+            );
+        } else if let Some(expected) = etag(&mut v, || format!("if_match[{key}]"), expected) {
+            if_match.push((key.clone(), expected.to_owned()));
+        }
+    }
+    // In the order of `keys`, whatever order the map came in.
+    if_match.sort_by_key(|(key, _)| request.keys.iter().position(|k| k == key));
     v.finish(Delete {
         user_id,
         org_id,
         keys: request.keys,
         allow_missing: request.allow_missing,
+        if_match,
     })
 }

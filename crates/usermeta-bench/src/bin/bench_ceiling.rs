@@ -144,6 +144,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }),
             create_time: None,
             update_time: None,
+            ..Default::default()
         })
         .collect();
     let check = CheckCeiling {

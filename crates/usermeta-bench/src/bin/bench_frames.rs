@@ -33,6 +33,7 @@ fn main() -> ExitCode {
             value: Some(pb::MetadataValue {
                 kind: Some(pb::metadata_value::Kind::Text("1".into())),
             }),
+            ..Default::default()
         }],
         ..Default::default()
     };

@@ -82,6 +82,7 @@ async fn write(
                     value: Some(MetadataValue {
                         kind: Some(Kind::Text(value.to_owned())),
                     }),
+                    ..Default::default()
                 }],
                 ..Default::default()
             },

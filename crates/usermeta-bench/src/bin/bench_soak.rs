@@ -143,6 +143,7 @@ impl Worker {
                         value: Some(pb::MetadataValue {
                             kind: Some(Kind::Text(format!("{}-{attempted}", self.index))),
                         }),
+                        ..Default::default()
                     };
                     let answer = self
                         .client

@@ -102,7 +102,7 @@ mod opening {
             Resolver,
             cache::{CacheConfig, CallerCache},
         },
-        fleet::{Changes, WatchLimits},
+        fleet::{Changes, WatchLimits, WriteLockConfig, WriteLocks},
         policy::Policy,
     };
     use tonic::Request;
@@ -126,6 +126,7 @@ mod opening {
             batch_concurrency: 1,
             page_tokens: PageTokenKey::random(),
             changes: Changes::local(cache, WatchLimits::default()),
+            write_locks: Arc::new(WriteLocks::local(WriteLockConfig::default())),
             stopping: stopping.subscribe(),
         });
         (service, stopping)

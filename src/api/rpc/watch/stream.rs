@@ -24,7 +24,7 @@ use crate::{
     policy::{Policy, Subject},
     sealing::Owner,
 };
-use usermeta_zitadel::{CallerToken, Zitadel, budget::for_identified_caller};
+use usermeta_zitadel::{CallerToken, Zitadel, budget::for_identified_caller, etag::etag};
 
 /// What one stream sends.
 pub type ChangeStream = Pin<Box<dyn Stream<Item = Result<pb::MetadataChange, Status>> + Send>>;
@@ -67,14 +67,16 @@ impl Watched {
             if streamed {
                 // A sealed value is carried as ZITADEL stores it and opened here, for this reader; one that
                 // does not open is streamed without its value (read the key to see why).
-                let value = match changed.value.as_deref() {
+                // Its etag is of what ZITADEL stores, as from every read.
+                let stored = changed.value.as_deref();
+                let value = match stored {
                     Some(stored) if self.policy.is_sealed(&changed.key) => self
                         .policy
                         .reveal(Owner::User(&write.user_id), &changed.key, stored)
                         .ok(),
                     stored => stored.map(Cow::Borrowed),
                 };
-                into.push_back(to_pb(write, &changed.key, value.as_deref()));
+                into.push_back(to_pb(write, &changed.key, stored, value.as_deref()));
             }
         }
     }
@@ -256,7 +258,13 @@ fn ended(reason: &'static str, error: ApiError) -> ApiError {
     error
 }
 
-fn to_pb(write: &Write, key: &str, value: Option<&[u8]>) -> pb::MetadataChange {
+/// The message of one changed key: `value` as the reader gets it, the etag of what ZITADEL stores (`stored`).
+fn to_pb(
+    write: &Write,
+    key: &str,
+    stored: Option<&[u8]>,
+    value: Option<&[u8]>,
+) -> pb::MetadataChange {
     let kind = match write.kind {
         ChangeKind::Set => pb::ChangeKind::Set,
         ChangeKind::Delete => pb::ChangeKind::Delete,
@@ -268,6 +276,7 @@ fn to_pb(write: &Write, key: &str, value: Option<&[u8]>) -> pb::MetadataChange {
         kind: kind.into(),
         value: value.map(|value| value_to_pb(value.to_vec())),
         time: Some(prost_types::Timestamp::from(write.time)),
+        etag: stored.map(|stored| etag(key, stored)).unwrap_or_default(),
     }
 }
 
