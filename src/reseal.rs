@@ -4,21 +4,26 @@
 //!
 //! It walks the users holding a sealed key (ZITADEL's v2 `ListUsers` with a metadata key filter, one pattern
 //! after another), reads each one's metadata, opens each sealed value and writes back, in one call per user,
-//! those sealed under an older key, sealed under the newest. Values already under the newest key are left
-//! alone: a run cut short is resumed by running it again, which writes nothing for the users already done.
+//! those sealed under an older key, sealed under the newest. A user with something to write is read again and
+//! written under the user's write lock, the one the replicas' writes take (across the fleet through Redis when
+//! `serve`'s settings name it), so a write through usermeta never lands between that read and the write.
+//! Values already under the newest key are left alone: a run cut short is resumed by running it again, which
+//! writes nothing for the users already done.
 //! Every call goes through the request budget toward ZITADEL ([`UPSTREAM_RATE_LIMIT`](crate::settings::names::UPSTREAM_RATE_LIMIT));
 //! a call the budget has no room for waits until it has.
 
-use std::{collections::HashSet, time::Duration};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use crate::{
     RunError,
+    fleet::{LockError, Need, WriteLocks, shows_recorded},
     policy::{KeyPattern, Policy},
     sealing::{Malformed, Owner, Sealer, Unopenable},
     settings::{ResealArgs, SettingsError, names},
 };
 use usermeta_zitadel::{
     UpstreamError, Zitadel,
+    etag::etag,
     management::Target,
     metadata::{KeyFilter, KeyMatch, MetadataItem, PageRequest},
 };
@@ -91,7 +96,7 @@ pub async fn run(args: ResealArgs) -> Result<(), RunError> {
         seal_plaintext: args.seal_plaintext,
         max_users: args.max_users,
     };
-    let config = crate::serve_config(*args.serve)?;
+    let mut config = crate::serve_config(*args.serve)?;
     if config.policy.sealed_keys().is_empty() {
         return Err(SettingsError::Invalid {
             setting: names::POLICY_FILE.to_owned(),
@@ -99,13 +104,14 @@ pub async fn run(args: ResealArgs) -> Result<(), RunError> {
         }
         .into());
     }
+    let write_locks = crate::server::write_locks(&mut config)?;
     let zitadel = Zitadel::build(
         config.zitadel,
         config.options.zitadel_roots,
         crate::instrumentation::upstream(),
     )
     .map_err(crate::server::StartError::from)?;
-    let report = reseal(&zitadel, &config.policy, options)
+    let report = reseal(&zitadel, &config.policy, &write_locks, options)
         .await
         .map_err(|error| RunError::Reseal(error.to_string()))?;
     println!("{report}");
@@ -123,6 +129,7 @@ pub async fn run(args: ResealArgs) -> Result<(), RunError> {
 pub async fn reseal(
     zitadel: &Zitadel,
     policy: &Policy,
+    write_locks: &Arc<WriteLocks>,
     options: ResealOptions,
 ) -> Result<ResealReport, UpstreamError> {
     let mut report = ResealReport::default();
@@ -154,8 +161,16 @@ pub async fn reseal(
                     user_id: &user.user_id,
                     org_id: Some(&user.org_id),
                 };
-                if let Err(error) =
-                    reseal_user(zitadel, policy, sealer, target, options, &mut report).await
+                if let Err(error) = reseal_user(
+                    zitadel,
+                    policy,
+                    sealer,
+                    write_locks,
+                    target,
+                    options,
+                    &mut report,
+                )
+                .await
                 {
                     report.failed_users += 1;
                     tracing::warn!(user_id = %user.user_id, %error, "could not re-seal this user's values; a later run retries");
@@ -186,35 +201,59 @@ fn key_filter(pattern: &KeyPattern) -> Option<KeyFilter> {
     }
 }
 
-/// One user: every sealed value not under the newest key, re-sealed and written back in one call.
-async fn reseal_user(
-    zitadel: &Zitadel,
+/// Why one user could not be re-sealed.
+#[derive(Debug, thiserror::Error)]
+enum UserFailed {
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error("the user's write lock: {0}")]
+    Lock(#[from] LockError),
+    #[error(
+        "ZITADEL's listing did not show the fleet's last write of this user in time; a later run retries"
+    )]
+    Lagging,
+}
+
+/// What one user's values need.
+#[derive(Default)]
+struct Plan {
+    writes: Vec<(String, Vec<u8>)>,
+    resealed: u64,
+    current: u64,
+    plaintext_sealed: u64,
+    plaintext_left: u64,
+    unopenable: u64,
+}
+
+/// Sorts one user's sealed values: those to write (re-sealed under the newest key, or plaintext sealed with
+/// `seal_plaintext`), and those left.
+fn plan(
     policy: &Policy,
     sealer: &Sealer,
     target: Target<'_>,
+    items: Vec<MetadataItem>,
     options: ResealOptions,
-    report: &mut ResealReport,
-) -> Result<(), UpstreamError> {
-    report.users += 1;
-    let items = read_user(zitadel, target).await?;
+) -> Plan {
     let owner = Owner::User(target.user_id);
-    let mut writes = Vec::new();
+    let mut plan = Plan::default();
     for MetadataItem { key, value, .. } in items {
         let Some(stored) = value.filter(|_| policy.is_sealed(&key)) else {
             continue;
         };
         match sealer.open(owner, &key, &stored) {
-            Ok(opened) if opened.under_newest_key => report.current += 1,
+            Ok(opened) if opened.under_newest_key => plan.current += 1,
             Ok(opened) => {
-                report.resealed += 1;
-                writes.push((key.clone(), sealer.seal(owner, &key, &opened.plaintext)));
+                plan.resealed += 1;
+                let sealed = sealer.seal(owner, &key, &opened.plaintext);
+                plan.writes.push((key, sealed));
             }
             Err(Unopenable::Malformed(Malformed::NotSealed)) if options.seal_plaintext => {
-                report.plaintext_sealed += 1;
-                writes.push((key.clone(), sealer.seal(owner, &key, &stored)));
+                plan.plaintext_sealed += 1;
+                let sealed = sealer.seal(owner, &key, &stored);
+                plan.writes.push((key, sealed));
             }
             Err(Unopenable::Malformed(Malformed::NotSealed)) => {
-                report.plaintext_left += 1;
+                plan.plaintext_left += 1;
                 tracing::warn!(
                     user_id = target.user_id,
                     key,
@@ -222,7 +261,7 @@ async fn reseal_user(
                 );
             }
             Err(problem) => {
-                report.unopenable += 1;
+                plan.unopenable += 1;
                 tracing::warn!(
                     user_id = target.user_id,
                     key,
@@ -232,17 +271,93 @@ async fn reseal_user(
             }
         }
     }
-    if writes.is_empty() {
+    plan
+}
+
+/// How long a holder waits, in all, for a lagging listing to show the fleet's last write of the user.
+const LAG_WAIT: Duration = Duration::from_secs(10);
+
+/// One user: every sealed value not under the newest key, re-sealed and written back in one call. A user with
+/// nothing to write costs one read; one with something is read again and written under its write lock.
+async fn reseal_user(
+    zitadel: &Zitadel,
+    policy: &Policy,
+    sealer: &Sealer,
+    write_locks: &Arc<WriteLocks>,
+    target: Target<'_>,
+    options: ResealOptions,
+    report: &mut ResealReport,
+) -> Result<(), UserFailed> {
+    report.users += 1;
+    let first = plan(
+        policy,
+        sealer,
+        target,
+        read_user(zitadel, target).await?,
+        options,
+    );
+    if first.writes.is_empty() || options.dry_run {
+        tally(report, &first);
         return Ok(());
     }
-    report.users_written += 1;
-    if options.dry_run {
+    // Under the lock, from a listing that shows the fleet's last locked write of the user: what is written
+    // is what the user holds now, and no write through usermeta comes between.
+    let keys: Vec<&str> = first.writes.iter().map(|(key, _)| key.as_str()).collect();
+    let mut lock = write_locks
+        .lock(target.user_id, &keys, Need::Guarantee)
+        .await?;
+    let waited = tokio::time::Instant::now();
+    let mut pause = Duration::from_millis(10);
+    let items = loop {
+        let items = read_user(zitadel, target).await?;
+        if shows_recorded(&items, &lock.recorded) {
+            break items;
+        }
+        if waited.elapsed() > LAG_WAIT {
+            return Err(UserFailed::Lagging);
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(500));
+    };
+    let planned = plan(policy, sealer, target, items, options);
+    tally(report, &planned);
+    if planned.writes.is_empty() {
         return Ok(());
     }
-    let count = writes.len() as u64;
-    within_budget(|| zitadel.set_user_metadata(target, &writes)).await?;
-    crate::metrics::sealed_values_written(count);
+    lock.fence().await?;
+    let update_time = within_budget(|| zitadel.set_user_metadata(target, &planned.writes)).await?;
+    let at_ms = update_time.map_or_else(now_ms, |time| {
+        time.seconds
+            .saturating_mul(1000)
+            .saturating_add(i64::from(time.nanos / 1_000_000))
+    });
+    lock.landed(
+        planned
+            .writes
+            .iter()
+            .map(|(key, value)| (key.as_str(), Some(etag(key, value)))),
+        at_ms,
+    );
+    crate::metrics::sealed_values_written(planned.writes.len() as u64);
     Ok(())
+}
+
+/// Adds one user's plan to the report.
+fn tally(report: &mut ResealReport, plan: &Plan) {
+    report.users_written += u64::from(!plan.writes.is_empty());
+    report.resealed += plan.resealed;
+    report.current += plan.current;
+    report.plaintext_sealed += plan.plaintext_sealed;
+    report.plaintext_left += plan.plaintext_left;
+    report.unopenable += plan.unopenable;
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+        })
 }
 
 /// Every page of one user's metadata.

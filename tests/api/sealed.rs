@@ -14,6 +14,7 @@ use usermeta::{
     },
     authz::{AuthzConfig, parse_header_map, parse_rules},
     caller::{IdentityConfig, JwtConfig},
+    fleet::{WriteLockConfig, WriteLocks},
     policy::Policy,
     reseal::{ResealOptions, reseal},
     sealing::Sealer,
@@ -680,11 +681,14 @@ async fn a_rotation_cut_short_is_finished_by_running_it_again() {
         config.management_api = ApiChoice::V2;
         Zitadel::new(config).unwrap()
     };
+    // No Redis here: the locks of this process alone, as the replicas' would be without Redis.
+    let locks = std::sync::Arc::new(WriteLocks::local(WriteLockConfig::default()));
     // The dry run counts and writes nothing.
     cast.standin.clear_requests();
     let dry = reseal(
         &zitadel,
         &rotated,
+        &locks,
         ResealOptions {
             dry_run: true,
             ..ResealOptions::default()
@@ -708,6 +712,7 @@ async fn a_rotation_cut_short_is_finished_by_running_it_again() {
     let first = reseal(
         &zitadel,
         &rotated,
+        &locks,
         ResealOptions {
             max_users: Some(1),
             ..ResealOptions::default()
@@ -746,6 +751,7 @@ async fn a_rotation_cut_short_is_finished_by_running_it_again() {
     let second = reseal(
         &zitadel,
         &rotated,
+        &locks,
         ResealOptions {
             seal_plaintext: true,
             ..ResealOptions::default()

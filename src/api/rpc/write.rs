@@ -20,8 +20,8 @@ use crate::{
     },
     caller::Identity,
     fleet::{
-        ChangeKind, Changes, LockError, MAX_STREAMED_VALUE_BYTES, MetadataChange, Need, Recorded,
-        UserLock,
+        ChangeKind, Changes, LockError, MAX_STREAMED_VALUE_BYTES, MetadataChange, Need, UserLock,
+        shows_recorded,
     },
     policy::{Action, Unsealed},
     sealing::Owner,
@@ -30,7 +30,6 @@ use crate::{
 use usermeta_zitadel::{
     etag::etag,
     management::{Scoped, Target},
-    metadata::MetadataItem,
 };
 
 /// A key and the value to store under it.
@@ -472,26 +471,6 @@ impl MetadataService {
 /// The first and the longest pause before a listing that lags behind the fleet's last write is read again.
 const LAG_RETRY_MIN: std::time::Duration = std::time::Duration::from_millis(10);
 const LAG_RETRY_MAX: std::time::Duration = std::time::Duration::from_millis(200);
-
-/// Whether a listing shows what the fleet's last locked writes left in each recorded key: that value (or its
-/// absence), or a later change.
-fn shows_recorded(items: &[MetadataItem], recorded: &HashMap<String, Recorded>) -> bool {
-    recorded.iter().all(|(key, last)| {
-        let item = items.iter().find(|item| &item.key == key);
-        let later = item
-            .and_then(|item| item.update_time.as_ref())
-            .is_some_and(|time| unix_ms(time) > last.at_ms);
-        let shown = match (&last.etag, item) {
-            (None, None) => true,
-            (Some(recorded), Some(item)) => item
-                .value
-                .as_deref()
-                .is_some_and(|value| etag(key, value) == *recorded),
-            _ => false,
-        };
-        shown || later
-    })
-}
 
 fn unix_ms(time: &prost_types::Timestamp) -> i64 {
     time.seconds
