@@ -37,6 +37,8 @@ pub mod http1;
 pub mod instrumentation;
 pub mod metrics;
 pub mod policy;
+pub mod reseal;
+pub mod sealing;
 pub mod server;
 pub mod settings;
 pub mod telemetry;
@@ -55,6 +57,9 @@ pub enum RunError {
     /// The server could not start.
     #[error(transparent)]
     Start(#[from] server::StartError),
+    /// `usermeta reseal` stopped, or some users failed.
+    #[error("re-sealing: {0}")]
+    Reseal(String),
     /// `usermeta dev` could not start its ZITADEL stand-in.
     #[cfg(feature = "dev")]
     #[error("the ZITADEL stand-in could not start: {0}")]
@@ -93,10 +98,12 @@ pub fn serve_config(args: ServeArgs) -> Result<Config, RunError> {
         webhook: args.fleet.webhook()?,
         write_locks: args.fleet.write_locks(),
     };
+    let base_url = settings::zitadel_url(&args.zitadel_url)?;
+    let policy = args.access.sealed_policy(&base_url)?;
     Ok(Config {
         listen: args.listen,
         zitadel: ZitadelConfig {
-            base_url: settings::zitadel_url(&args.zitadel_url)?,
+            base_url,
             timeout: args.zitadel.upstream_timeout,
             service_credential: args.credential.credential()?,
             resilience: args.zitadel.resilience(),
@@ -107,7 +114,7 @@ pub fn serve_config(args: ServeArgs) -> Result<Config, RunError> {
             upstream_budget: args.zitadel.upstream_budget(),
             setting_names: settings::names::ZITADEL_CLIENT,
         },
-        policy: args.access.policy()?,
+        policy,
         cache: args.cache.config(),
         limits: args.limits.limits(),
         identity: args.access.identity()?,

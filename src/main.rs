@@ -40,6 +40,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => usermeta::serve(*args).await,
             #[cfg(feature = "dev")]
             Command::Dev(args) => usermeta::dev::run(args).await,
+            Command::Reseal(args) => usermeta::reseal::run(args).await,
             Command::Healthcheck(args) => return usermeta::healthcheck::run(args).await,
             Command::ConfigReference => Ok(()),
         };

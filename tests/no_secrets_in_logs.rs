@@ -22,6 +22,10 @@ use usermeta::{
 use usermeta_zitadel::{Resilience, ServiceCredential, UpstreamBudget};
 use zitadel_standin::{Fault, FaultKind, ManagerRole, StandIn};
 
+/// A sealing key (base64 of 32 bytes) and a plaintext only a sealed key holds.
+const SEALING_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+const SEALED_PLAINTEXT: &str = "sealed-plaintext-value";
+
 const SCOPES: &[&str] = &[
     "openid",
     "urn:zitadel:iam:user:metadata",
@@ -297,8 +301,64 @@ async fn no_token_pat_or_secret_is_ever_logged() {
             ))
             .await;
     }
+    // Sealed keys: a value sealed, one typed in the Console, one altered; read named and listed.
+    standin.clear_faults();
+    let sealing_pat = standin.issue_pat(&service_user);
+    let sealing_app = TestApp::builder()
+        .zitadel_url(&standin.url())
+        .credential(ServiceCredential::Pat(SecretString::from(
+            sealing_pat.clone(),
+        )))
+        .policy(
+            Policy::from_toml(
+                "[[key]]\nname = \"sealed.*\"\nsealed = true\n",
+                "sealed.toml",
+            )
+            .unwrap()
+            .with_shorthands([admin.clone()], Vec::new()),
+        )
+        .sealing(&format!("k1 {SEALING_KEY}\n"))
+        .no_cache()
+        .spawn()
+        .await;
+    let mut sealing = sealing_app.client.clone();
+    sealing
+        .set_metadata(authed(
+            SetMetadataRequest {
+                user_id: alice.clone(),
+                entries: vec![pb::MetadataEntry {
+                    key: "sealed.note".into(),
+                    value: text(SEALED_PLAINTEXT),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+            &admin_token,
+        ))
+        .await
+        .expect("a sealed write");
+    let envelope = standin.metadata_of(&alice)["sealed.note"].clone();
+    let mut altered = envelope.clone();
+    *altered.last_mut().unwrap() ^= 1;
+    standin.set_metadata(&alice, "sealed.typed", SEALED_PLAINTEXT.as_bytes());
+    standin.set_metadata(&alice, "sealed.altered", &altered);
+    for key in ["", "sealed.typed", "sealed.altered", "sealed.note"] {
+        let _ = sealing
+            .list_metadata(authed(
+                ListMetadataRequest {
+                    user_id: alice.clone(),
+                    key_filter: (!key.is_empty()).then(|| pb::KeyFilter {
+                        key: key.into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                &admin_token,
+            ))
+            .await;
+    }
     // Stopped and gone: whatever they log on the way out is in `captured`.
-    for app in [pat_app, secret_app] {
+    for app in [pat_app, secret_app, sealing_app] {
         app.stop.send(()).unwrap();
         app.stopped.await.unwrap();
     }
@@ -310,6 +370,7 @@ async fn no_token_pat_or_secret_is_ever_logged() {
         "circuit open",
         "USERMETA_MAX_IN_FLIGHT_PER_CALLER",
         "this caller's share of its request budget",
+        "does not open",
     ] {
         assert!(
             logs.contains(expected),
@@ -322,6 +383,9 @@ async fn no_token_pat_or_secret_is_ever_logged() {
         ("a revoked token", revoked_token.as_str()),
         ("the service PAT", pat.as_str()),
         ("the client secret", client_secret.as_str()),
+        ("the sealing app's PAT", sealing_pat.as_str()),
+        ("the sealing key", SEALING_KEY),
+        ("a sealed value's plaintext", SEALED_PLAINTEXT),
     ] {
         assert!(!logs.contains(secret), "{name} appears in the logs");
     }

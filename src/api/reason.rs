@@ -54,6 +54,11 @@ reasons! {
     PolicyDenied = "POLICY_DENIED",
     /// The key is hidden from this caller.
     KeyHidden = "KEY_HIDDEN",
+    /// A sealed key's value in ZITADEL does not open (plaintext written around usermeta, altered, moved, or
+    /// under an unknown sealing key).
+    ValueNotSealed = "VALUE_NOT_SEALED",
+    /// FindUsersByMetadata by a sealed key.
+    KeySealed = "KEY_SEALED",
     /// `organization_id` names no organisation.
     OrganizationNotFound = "ORGANIZATION_NOT_FOUND",
     /// ZITADEL denies usermeta's service user.

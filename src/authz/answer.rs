@@ -22,7 +22,7 @@ use super::{
     BASE64_MARKER, BinaryValues, MAX_HEADER_VALUE_BYTES,
     check::{Admitted, AuthzService, Decision},
 };
-use crate::settings::names;
+use crate::{sealing::Owner, settings::names};
 
 impl AuthzService {
     pub(super) fn answer(&self, decision: Decision) -> CheckResponse {
@@ -128,10 +128,19 @@ impl AuthzService {
                 if !readable {
                     continue;
                 }
-                let Some(Some(value)) = packed.and_then(|p| p.get(&mapping.key)) else {
+                let Some(Some(stored)) = packed.and_then(|p| p.get(&mapping.key)) else {
                     continue;
                 };
-                let Some(text) = header_text(value, self.config.binary, &mapping.key) else {
+                // A sealed value goes upstream opened; one that does not open is not sent.
+                let value = if self.policy.is_sealed(&mapping.key) {
+                    match self.policy.reveal(Owner::User(sub), &mapping.key, stored) {
+                        Ok(opened) => opened,
+                        Err(_) => continue,
+                    }
+                } else {
+                    std::borrow::Cow::Borrowed(stored)
+                };
+                let Some(text) = header_text(&value, self.config.binary, &mapping.key) else {
                     continue;
                 };
                 if fields.is_some() {

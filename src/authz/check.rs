@@ -17,6 +17,7 @@ use crate::{
     caller::cache::CallerCache,
     caller::{Caller, IdentifyError, Identity, KnownCaller, Resolver, TokenError},
     policy::{Policy, Subject},
+    sealing::Owner,
 };
 use usermeta_zitadel::{
     BearerError, CallerToken, ErrorKind, UpstreamError, Zitadel, metadata::PackedMetadata,
@@ -30,7 +31,7 @@ pub struct AuthzService {
     zitadel: Arc<Zitadel>,
     cache: Arc<CallerCache>,
     resolver: Arc<Resolver>,
-    policy: Arc<Policy>,
+    pub(super) policy: Arc<Policy>,
     admission: Arc<Admission>,
     pub(super) config: Arc<AuthzConfig>,
 }
@@ -243,7 +244,7 @@ impl AuthzService {
             if let Some(unmet) = rule
                 .requirements
                 .iter()
-                .find(|r| !satisfies(identity, packed, r))
+                .find(|r| !satisfies(&self.policy, identity, packed, r))
             {
                 let reason = match unmet {
                     Requirement::Role(role) => {
@@ -294,7 +295,10 @@ fn is_token_rejection(error: &IdentifyError) -> bool {
     }
 }
 
+/// Whether the caller meets one requirement of a rule. A sealed key's value is compared as opened (a value
+/// that does not open meets no requirement).
 fn satisfies(
+    policy: &Policy,
     identity: &Identity,
     metadata: Option<&PackedMetadata>,
     requirement: &Requirement,
@@ -302,7 +306,16 @@ fn satisfies(
     match requirement {
         Requirement::Role(role) => identity.roles.contains(role),
         Requirement::Metadata { key, value } => {
-            metadata.and_then(|m| m.get(key)) == Some(Some(value.as_bytes()))
+            let Some(Some(stored)) = metadata.and_then(|m| m.get(key)) else {
+                return false;
+            };
+            if policy.is_sealed(key) {
+                policy
+                    .reveal(Owner::User(&identity.sub), key, stored)
+                    .is_ok_and(|opened| *opened == *value.as_bytes())
+            } else {
+                stored == value.as_bytes()
+            }
         }
     }
 }

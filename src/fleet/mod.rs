@@ -35,7 +35,9 @@ pub use feed::{
     Subscription, WatchLimits, Write,
 };
 pub use redis_bus::{RedisConfig, RedisSetupError, SharedInvalidation};
-pub use write_lock::{LockError, Need, Recorded, UserLock, WriteLockConfig, WriteLocks};
+pub use write_lock::{
+    LockError, Need, Recorded, UserLock, WriteLockConfig, WriteLocks, shows_recorded,
+};
 
 /// The Redis channel replicas publish their changes on; v2 carries sealed messages (v1's were plain JSON, so
 /// replicas of either version do not hear each other during an upgrade, and the TTL bounds what they serve).

@@ -379,3 +379,31 @@ impl Drop for UserLock {
         }
     }
 }
+
+/// Whether a listing shows what the fleet's last locked writes left in each recorded key: that value (or its
+/// absence), or a later change. A holder reads until it does (v2's search lags behind ZITADEL's writes).
+pub fn shows_recorded(
+    items: &[usermeta_zitadel::metadata::MetadataItem],
+    recorded: &HashMap<String, Recorded>,
+) -> bool {
+    recorded.iter().all(|(key, last)| {
+        let item = items.iter().find(|item| &item.key == key);
+        let later = item
+            .and_then(|item| item.update_time.as_ref())
+            .is_some_and(|time| {
+                time.seconds
+                    .saturating_mul(1000)
+                    .saturating_add(i64::from(time.nanos / 1_000_000))
+                    > last.at_ms
+            });
+        let shown = match (&last.etag, item) {
+            (None, None) => true,
+            (Some(recorded), Some(item)) => item
+                .value
+                .as_deref()
+                .is_some_and(|value| usermeta_zitadel::etag::etag(key, value) == *recorded),
+            _ => false,
+        };
+        shown || later
+    })
+}

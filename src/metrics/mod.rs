@@ -34,6 +34,8 @@ const UPSTREAM_BUDGET_TOKENS: &str = "usermeta_upstream_budget_tokens";
 const WATCH_STREAMS: &str = "usermeta_watch_streams";
 const WATCH_ENDED: &str = "usermeta_watch_streams_ended_total";
 const WEBHOOK_EVENTS: &str = "usermeta_webhook_events_total";
+const SEALED_READS: &str = "usermeta_sealed_values_read_total";
+const SEALED_WRITES: &str = "usermeta_sealed_values_written_total";
 const CONNECTIONS_REFUSED: &str = "usermeta_http_connections_refused_total";
 const CHECK_DECISIONS: &str = "usermeta_ext_authz_decisions_total";
 const BREAKER_OPEN: &str = "usermeta_upstream_breaker_open";
@@ -75,6 +77,14 @@ pub fn install() -> Result<PrometheusHandle, MetricsError> {
 
 fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        SEALED_READS,
+        "Values of sealed keys read from ZITADEL that were not under the newest sealing key, by outcome: old_key (opened; `usermeta reseal` moves it), not_sealed (plaintext in ZITADEL), unknown_version, damaged, unknown_key, does_not_open (altered or copied); all but old_key were withheld"
+    );
+    describe_counter!(
+        SEALED_WRITES,
+        "Values of sealed keys sealed on their way to ZITADEL (SetMetadata and `usermeta reseal`)"
+    );
     describe_counter!(
         GRPC_REQUESTS,
         "gRPC calls finished, by method and status code"
@@ -186,6 +196,17 @@ fn describe() {
 /// Creates the counters of rare events at 0, so they are on `/metrics` before the first one: a rule's
 /// `increase()` sees the first event, and a dashboard shows 0 rather than no data.
 fn start_at_zero() {
+    for outcome in [
+        "old_key",
+        "not_sealed",
+        "unknown_version",
+        "damaged",
+        "unknown_key",
+        "does_not_open",
+    ] {
+        counter!(SEALED_READS, "outcome" => outcome).absolute(0);
+    }
+    counter!(SEALED_WRITES).absolute(0);
     for outcome in ["ok", "error"] {
         counter!(TOKEN_REFRESHES, "outcome" => outcome).absolute(0);
     }
@@ -387,6 +408,17 @@ pub fn watch_streams(delta: f64) {
 /// A WatchMetadata stream ended by usermeta (`reason` is one of the literals the describe text lists).
 pub fn watch_ended(reason: &'static str) {
     counter!(WATCH_ENDED, "reason" => reason).increment(1);
+}
+
+/// A value of a sealed key read that was not under the newest sealing key (`outcome`: `old_key`, or why it
+/// did not open).
+pub fn sealed_value_read(outcome: &'static str) {
+    counter!(SEALED_READS, "outcome" => outcome).increment(1);
+}
+
+/// Values of sealed keys sealed on their way to ZITADEL.
+pub fn sealed_values_written(values: u64) {
+    counter!(SEALED_WRITES).increment(values);
 }
 
 /// One event POSTed to the webhook (`outcome` is one of the literals the describe text lists).

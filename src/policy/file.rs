@@ -13,7 +13,8 @@
 //!
 //! [[key]]
 //! name = "profile.*"
-//! hidden = false              # true: usermeta never returns it to its user; NOT secret: ZITADEL still does
+//! hidden = false              # true: usermeta never returns it to its user; ZITADEL still does, unless sealed
+//! sealed = false              # true: ZITADEL stores only ciphertext (needs USERMETA_SEALING_KEYS_FILE)
 //! max_bytes = 256
 //! pattern = "^[^<>]*$"
 //! json = false
@@ -131,6 +132,8 @@ struct KeyDoc {
     name: Spanned<String>,
     #[serde(default)]
     hidden: bool,
+    #[serde(default)]
+    sealed: bool,
     max_bytes: Option<usize>,
     pattern: Option<Spanned<String>>,
     #[serde(default)]
@@ -249,11 +252,11 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<Policy, PolicyError> {
             })?),
             None => None,
         };
-        if !key.hidden && key.max_bytes.is_none() && pattern.is_none() && !key.json {
+        if !key.hidden && !key.sealed && key.max_bytes.is_none() && pattern.is_none() && !key.json {
             return Err(at(
                 Some(key.name.span()),
                 format!(
-                    "key declaration `{}` declares nothing; set hidden, max_bytes, pattern or json",
+                    "key declaration `{}` declares nothing; set hidden, sealed, max_bytes, pattern or json",
                     key.name.get_ref()
                 ),
             ));
@@ -261,6 +264,7 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<Policy, PolicyError> {
         key_rules.push(KeyRule {
             keys,
             hidden: key.hidden,
+            sealed: key.sealed,
             max_bytes: key.max_bytes,
             pattern,
             json: key.json,

@@ -8,12 +8,32 @@ mod file;
 
 use std::collections::HashSet;
 
+use std::{borrow::Cow, sync::Arc};
+
 use compact_str::CompactString;
 use regex::Regex;
 
 pub use file::PolicyError;
 
-use crate::caller::Identity;
+use crate::{
+    caller::Identity,
+    sealing::{Owner, Sealer, Unopenable},
+};
+
+/// Why a sealed key's value cannot be given out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unsealed {
+    /// What ZITADEL holds does not open ([`Unopenable`] says why).
+    #[error(transparent)]
+    Unopenable(Unopenable),
+    /// The key is sealed but usermeta has no sealing keys (start-up refuses this; kept for tests that build
+    /// policies by hand).
+    #[error(
+        "the key is sealed but no sealing keys are configured ({})",
+        crate::settings::names::SEALING_KEYS_FILE
+    )]
+    NoKeys,
+}
 
 /// What a request wants to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
@@ -271,10 +291,12 @@ impl Rule {
 pub struct KeyRule {
     /// The keys declared.
     pub keys: KeyPattern,
-    /// Left out of usermeta's answers to the user themself. Not sealed: ZITADEL still hands the user these
-    /// keys (userinfo and tokens with the metadata scope, the auth API), so this hides nothing secret; see
-    /// [`Policy::hidden_keys`].
+    /// Left out of usermeta's answers to the user themself. Unless also `sealed`, ZITADEL still hands the user
+    /// these keys (userinfo and tokens with the metadata scope, the auth API); see [`Policy::hidden_keys`].
     pub hidden: bool,
+    /// Stored in ZITADEL only as ciphertext ([`crate::sealing`]): usermeta seals values before they go there
+    /// and opens them for every caller the rules let read them.
+    pub sealed: bool,
     /// Longest value, in bytes; longer writes are refused.
     pub max_bytes: Option<usize>,
     /// Compiled once at start-up; anchored as written (use `^…$` to match the whole value).
@@ -290,6 +312,8 @@ pub struct Policy {
     key_rules: Vec<KeyRule>,
     /// The implicit rule "anyone may read their own metadata" (hidden keys excepted).
     self_read: bool,
+    /// The keys that seal and open the `sealed` keys; set at start-up whenever a key is sealed.
+    sealer: Option<Arc<Sealer>>,
 }
 
 impl Default for Policy {
@@ -299,6 +323,7 @@ impl Default for Policy {
             rules: Vec::new(),
             key_rules: Vec::new(),
             self_read: true,
+            sealer: None,
         }
     }
 }
@@ -353,6 +378,88 @@ impl Policy {
             rules,
             key_rules,
             self_read,
+            sealer: None,
+        }
+    }
+
+    /// The sealing keys for the `sealed` keys ([`crate::sealing`]).
+    pub fn with_sealer(mut self, sealer: Arc<Sealer>) -> Self {
+        self.sealer = Some(sealer);
+        self
+    }
+
+    /// The sealing keys, when the policy has them.
+    pub fn sealer(&self) -> Option<&Arc<Sealer>> {
+        self.sealer.as_ref()
+    }
+
+    /// The patterns of keys declared `sealed`, as written.
+    pub fn sealed_keys(&self) -> Vec<String> {
+        self.key_rules
+            .iter()
+            .filter(|k| k.sealed)
+            .map(|k| k.keys.to_string())
+            .collect()
+    }
+
+    /// The patterns of keys declared `sealed`.
+    pub fn sealed_patterns(&self) -> impl Iterator<Item = &KeyPattern> {
+        self.key_rules.iter().filter(|k| k.sealed).map(|k| &k.keys)
+    }
+
+    /// Whether `key` is declared sealed.
+    pub fn is_sealed(&self, key: &str) -> bool {
+        self.key_rules
+            .iter()
+            .any(|k| k.sealed && k.keys.matches(key))
+    }
+
+    /// What ZITADEL stores for `value` of `owner`'s `key`: sealed when the key is, else the value itself.
+    /// `Err` when the key is sealed but no sealing keys were given (start-up refuses that configuration).
+    pub fn conceal<'v>(
+        &self,
+        owner: Owner<'_>,
+        key: &str,
+        value: &'v [u8],
+    ) -> Result<Cow<'v, [u8]>, Unsealed> {
+        if !self.is_sealed(key) {
+            return Ok(Cow::Borrowed(value));
+        }
+        let sealer = self.sealer.as_ref().ok_or(Unsealed::NoKeys)?;
+        Ok(Cow::Owned(sealer.seal(owner, key, value)))
+    }
+
+    /// The value of `owner`'s `key` as callers get it from what ZITADEL stores: opened when the key is
+    /// sealed, else as stored. A sealed key's value that does not open is counted and (once per key) logged.
+    pub fn reveal<'v>(
+        &self,
+        owner: Owner<'_>,
+        key: &str,
+        stored: &'v [u8],
+    ) -> Result<Cow<'v, [u8]>, Unsealed> {
+        if !self.is_sealed(key) {
+            return Ok(Cow::Borrowed(stored));
+        }
+        let sealer = self.sealer.as_ref().ok_or(Unsealed::NoKeys)?;
+        match sealer.open(owner, key, stored) {
+            Ok(opened) => {
+                if !opened.under_newest_key {
+                    crate::metrics::sealed_value_read("old_key");
+                }
+                Ok(Cow::Owned(opened.plaintext))
+            }
+            Err(problem) => {
+                crate::metrics::sealed_value_read(problem.label());
+                if sealer.first_report(key) {
+                    // Once per key and process: the metric counts every one.
+                    tracing::warn!(
+                        key,
+                        problem = problem.label(),
+                        "a value of sealed key `{key}` in ZITADEL does not open: {problem}; it is withheld until written again through usermeta (further ones of this key are only counted, in usermeta_sealed_values_read_total)"
+                    );
+                }
+                Err(Unsealed::Unopenable(problem))
+            }
         }
     }
 
@@ -377,15 +484,14 @@ impl Policy {
         &self.rules
     }
 
-    /// The patterns of keys declared hidden from their user, as written. Hidden filters usermeta's answers
-    /// only: the user reads the same keys from ZITADEL with the token they call usermeta with (userinfo with
-    /// the scope `urn:zitadel:iam:user:metadata`, the auth API, tokens issued with that scope). Making them
-    /// unreadable there too ("sealed" keys, kept out of ZITADEL's user metadata) is a later change; until
-    /// then start-up warns about these.
+    /// The patterns of keys declared hidden from their user but not sealed, as written. Hidden filters
+    /// usermeta's answers only: the user reads the same keys from ZITADEL with the token they call usermeta
+    /// with (userinfo with the scope `urn:zitadel:iam:user:metadata`, the auth API, tokens issued with that
+    /// scope), in plaintext unless the key is also `sealed`. Start-up warns about these.
     pub fn hidden_keys(&self) -> Vec<String> {
         self.key_rules
             .iter()
-            .filter(|k| k.hidden)
+            .filter(|k| k.hidden && !k.sealed)
             .map(|k| k.keys.to_string())
             .collect()
     }

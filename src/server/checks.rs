@@ -41,9 +41,24 @@ pub(super) fn announce_management_api(zitadel: &Arc<Zitadel>) {
     crate::metrics::management_api(fixed.name());
 }
 
-/// Warns that `hidden = true` filters usermeta's answers only: the user reads the same keys from ZITADEL with the token
-/// they call usermeta with. Said once at start-up, naming the patterns (never values), so nobody takes hidden
-/// keys for a place to keep secrets. Sealed keys (a later change) will be the ones this no longer warns about.
+/// A policy that seals keys needs the keys that seal them: without them no sealed value could be written or
+/// read, so start-up stops naming both settings.
+pub(super) fn check_sealing(policy: &Policy) -> Result<(), StartError> {
+    let sealed = policy.sealed_keys();
+    if sealed.is_empty() || policy.sealer().is_some() {
+        return Ok(());
+    }
+    Err(StartError::Sealing(format!(
+        "{} declares sealed keys ({}), but {} is not set: set it to a file of sealing keys (see the book's chapter on sealed keys), or drop `sealed = true`",
+        names::POLICY_FILE,
+        sealed.join(", "),
+        names::SEALING_KEYS_FILE
+    )))
+}
+
+/// Warns that `hidden = true` without `sealed = true` filters usermeta's answers only: the user reads the same
+/// keys from ZITADEL with the token they call usermeta with. Said once at start-up, naming the patterns (never
+/// values), so nobody takes hidden keys for a place to keep secrets; sealed keys are not named.
 pub(super) fn warn_hidden_keys_are_not_sealed(policy: &Policy) {
     let hidden = policy.hidden_keys();
     if hidden.is_empty() {
@@ -51,7 +66,7 @@ pub(super) fn warn_hidden_keys_are_not_sealed(policy: &Policy) {
     }
     tracing::warn!(
         keys = %hidden.join(", "),
-        "the policy hides these keys from their users in usermeta's answers only; they are not sealed: ZITADEL still gives each user their own values (userinfo and tokens with the scope urn:zitadel:iam:user:metadata, the auth API), so keep nothing secret in them"
+        "the policy hides these keys from their users in usermeta's answers only; they are not sealed: ZITADEL still gives each user their own values (userinfo and tokens with the scope urn:zitadel:iam:user:metadata, the auth API), so keep nothing secret in them, or declare them `sealed = true` too"
     );
 }
 

@@ -55,6 +55,9 @@ pub enum StartError {
     /// A TLS file is missing or unusable.
     #[error(transparent)]
     Tls(#[from] TlsError),
+    /// The policy seals keys but usermeta has no sealing keys; the text names both settings.
+    #[error("{0}")]
+    Sealing(String),
     /// The ext_authz configuration contradicts the rest; the text names the settings.
     #[error("{0}")]
     ExtAuthz(String),
@@ -116,6 +119,7 @@ impl Application {
         checks::announce_management_api(&zitadel);
         let resolver = Arc::new(Resolver::new(config.identity, &zitadel)?);
         let cache = Arc::new(CallerCache::new(config.cache));
+        checks::check_sealing(&config.policy)?;
         checks::warn_hidden_keys_are_not_sealed(&config.policy);
         let policy = Arc::new(config.policy);
         // One door for both listeners: they share ZITADEL and this process, and a caller has one budget.
@@ -293,6 +297,28 @@ fn changes(
         }
     };
     Ok(changes.with_redis(redis, key)?)
+}
+
+/// The fleet's per-user write locks as `serve` takes them (through Redis when `config` names it, with the same
+/// bus key), for a tool that writes beside the replicas (`usermeta reseal`): its writes then never land between
+/// a replica's read and write. Takes the Redis settings out of `config`.
+pub fn write_locks(config: &mut Config) -> Result<Arc<WriteLocks>, StartError> {
+    let bus_secret = config
+        .zitadel
+        .service_credential
+        .derive_secret(fleet::BUS_KEY_PURPOSE);
+    // Only the locks are used: nothing is cached, and no stream is served.
+    let cache = Arc::new(CallerCache::new(config.cache));
+    let changes = changes(
+        &cache,
+        config.limits.watch,
+        config.options.redis.take(),
+        &bus_secret,
+    )?;
+    Ok(Arc::new(match changes.shared() {
+        Some(shared) => shared.write_locks(config.options.write_locks),
+        None => WriteLocks::local(config.options.write_locks),
+    }))
 }
 
 /// Checks the ext_authz configuration against the policy, loads its TLS and binds its listener.

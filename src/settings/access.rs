@@ -13,7 +13,14 @@ use super::{
 use crate::{
     caller::{ApplicationKey, IdentityConfig, IntrospectionAuth, JwtConfig},
     policy::Policy,
+    sealing::Sealer,
 };
+
+/// The instance name sealed values are bound to by default: the ZITADEL URL without a trailing slash (so
+/// `https://id.example.com` and `https://id.example.com/` are one instance).
+pub(crate) fn sealing_instance_of(zitadel_url: &url::Url) -> String {
+    zitadel_url.as_str().trim_end_matches('/').to_owned()
+}
 
 /// Who callers are (introspection, local JWT validation, or userinfo) and what they may do (the policy).
 #[derive(Debug, Default, Args)]
@@ -22,6 +29,16 @@ pub struct AccessArgs {
     /// and only USERMETA_ADMINS / USERMETA_SELF_WRITABLE_KEYS grant more.
     #[arg(long, env = names::POLICY_FILE)]
     pub policy_file: Option<PathBuf>,
+    /// File of the keys that seal the policy's `sealed` keys: one `<key-id> <base64 of 32 random bytes>` a
+    /// line, oldest first; the last seals, all open. Must not be readable by others (chmod 0400). Required
+    /// when the policy seals a key; back it up: values sealed under a lost key are lost.
+    #[arg(long, env = names::SEALING_KEYS_FILE)]
+    pub sealing_keys_file: Option<PathBuf>,
+    /// The ZITADEL instance sealed values are bound to (in each value's associated data); default:
+    /// USERMETA_ZITADEL_URL as given. Set it to the old URL when ZITADEL moves to a new URL, so values
+    /// sealed before still open.
+    #[arg(long, env = names::SEALING_INSTANCE)]
+    pub sealing_instance: Option<String>,
     /// Client id of usermeta's ZITADEL API application, to introspect callers' tokens (with a client secret).
     #[arg(long, env = "USERMETA_INTROSPECTION_CLIENT_ID")]
     pub introspection_client_id: Option<String>,
@@ -61,17 +78,21 @@ const INTROSPECTION_SECRET: SecretSetting = SecretSetting {
 };
 const INTROSPECTION_KEY_FILE: Setting = Setting::new("introspection_key_file");
 const POLICY_FILE: Setting = Setting::new("policy_file");
+const SEALING_KEYS_FILE: Setting = Setting::new("sealing_keys_file");
+const SEALING_INSTANCE: Setting = Setting::new("sealing_instance");
 /// The setting that names usermeta's project, for messages of rules that need it.
 pub const PROJECT_ID: Setting = Setting::new("project_id");
 
 /// Every setting this module's messages name.
 #[cfg(test)]
-pub(super) const SETTINGS: [Setting; 6] = [
+pub(super) const SETTINGS: [Setting; 8] = [
     INTROSPECTION_ID,
     INTROSPECTION_SECRET.value,
     INTROSPECTION_SECRET.file,
     INTROSPECTION_KEY_FILE,
     POLICY_FILE,
+    SEALING_KEYS_FILE,
+    SEALING_INSTANCE,
     PROJECT_ID,
 ];
 
@@ -167,6 +188,45 @@ impl AccessArgs {
         Ok(Some(id.to_owned()))
     }
 
+    /// The policy with its sealing keys ([`AccessArgs::policy`], [`AccessArgs::sealer`]): a policy that seals
+    /// a key without a key file stops start-up naming both settings.
+    pub fn sealed_policy(&self, zitadel_url: &url::Url) -> Result<Policy, SettingsError> {
+        let policy = self.policy()?;
+        let sealed = policy.sealed_keys();
+        match self.sealer(zitadel_url)? {
+            Some(sealer) => Ok(policy.with_sealer(std::sync::Arc::new(sealer))),
+            None if sealed.is_empty() => Ok(policy),
+            None => Err(invalid(
+                SEALING_KEYS_FILE,
+                format!(
+                    "not set, but {POLICY_FILE} declares sealed keys ({}); set it to a file of sealing keys (`<key-id> <base64 of 32 random bytes>` a line; see the book's chapter on sealed keys), or drop `sealed = true`",
+                    sealed.join(", ")
+                ),
+            )),
+        }
+    }
+
+    /// The sealing keys, when a key file is set, bound to the instance ([`SEALING_INSTANCE`], else the
+    /// ZITADEL URL as given). A file others may read, that is malformed or holds a short key stops start-up.
+    pub fn sealer(&self, zitadel_url: &url::Url) -> Result<Option<Sealer>, SettingsError> {
+        let Some(path) = &self.sealing_keys_file else {
+            return Ok(None);
+        };
+        let instance = match self.sealing_instance.as_deref().map(str::trim) {
+            Some("") => {
+                return Err(invalid(
+                    SEALING_INSTANCE,
+                    "is empty; leave it unset to bind sealed values to the ZITADEL URL",
+                ));
+            }
+            Some(named) => named.to_owned(),
+            None => sealing_instance_of(zitadel_url),
+        };
+        Sealer::load(path, &instance)
+            .map(Some)
+            .map_err(|problem| invalid(SEALING_KEYS_FILE, problem))
+    }
+
     /// The policy file (when set) plus the shorthand rules. A rule that names roles needs
     /// USERMETA_PROJECT_ID: roles mean nothing without the project that defines them.
     pub fn policy(&self) -> Result<Policy, SettingsError> {
@@ -199,6 +259,76 @@ impl AccessArgs {
 mod tests {
     use super::*;
     use crate::settings::tests::temp_dir;
+
+    /// A policy file sealing `secret.*`, and (when `keys` is given) a key file with that text and `mode`.
+    fn sealing_args(name: &str, keys: Option<(&str, u32)>) -> AccessArgs {
+        let dir = temp_dir(name);
+        let policy = dir.join("policy.toml");
+        std::fs::write(&policy, "[[key]]\nname = \"secret.*\"\nsealed = true\n").unwrap();
+        let sealing_keys_file = keys.map(|(text, mode)| {
+            let path = dir.join("sealing-keys");
+            std::fs::write(&path, text).unwrap();
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt as _;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            }
+            path
+        });
+        AccessArgs {
+            policy_file: Some(policy),
+            sealing_keys_file,
+            ..Default::default()
+        }
+    }
+
+    const GOOD_KEY: &str = "k1 AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n";
+
+    #[test]
+    fn sealed_keys_need_a_sound_key_file_and_errors_never_show_a_key() {
+        let url: url::Url = "https://acme.zitadel.cloud/".parse().unwrap();
+        let missing = sealing_args("seal-missing", None)
+            .sealed_policy(&url)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            missing.starts_with("USERMETA_SEALING_KEYS_FILE")
+                && missing.contains("USERMETA_POLICY_FILE")
+                && missing.contains("secret.*"),
+            "{missing}"
+        );
+        for (name, text, mode, wanted) in [
+            ("seal-open", GOOD_KEY, 0o644, "mode 0644"),
+            (
+                "seal-short",
+                "k1 AAECAwQFBgcICQoLDA0ODw==\n",
+                0o400,
+                "too short: 16 bytes",
+            ),
+            ("seal-malformed", "k1\n", 0o400, "line 1: expected"),
+            ("seal-empty", "# nothing\n", 0o400, "holds no key"),
+        ] {
+            let error = sealing_args(name, Some((text, mode)))
+                .sealed_policy(&url)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.starts_with("USERMETA_SEALING_KEYS_FILE") && error.contains(wanted),
+                "{name}: {error}"
+            );
+            assert!(!error.contains("AAECAwQF"), "{error}");
+        }
+        let policy = sealing_args("seal-good", Some((GOOD_KEY, 0o400)))
+            .sealed_policy(&url)
+            .unwrap();
+        let sealer = policy.sealer().expect("sealing keys");
+        assert_eq!(sealer.newest_key_id(), "k1");
+        // Bound to the URL without its trailing slash, as ZITADEL names itself.
+        assert!(
+            format!("{sealer:?}").contains("\"https://acme.zitadel.cloud\""),
+            "{sealer:?}"
+        );
+    }
 
     #[test]
     fn a_bad_policy_file_stops_start_up_naming_setting_file_and_line() {

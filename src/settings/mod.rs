@@ -79,6 +79,9 @@ pub enum Command {
     /// Start an embedded ZITADEL stand-in with demo data and serve against it (for trying usermeta out).
     #[cfg(feature = "dev")]
     Dev(DevArgs),
+    /// Re-seal the values of sealed keys under the newest key of USERMETA_SEALING_KEYS_FILE, with `serve`'s
+    /// settings (run it after adding a key; run it again to resume).
+    Reseal(ResealArgs),
     /// Ask a running usermeta for its gRPC health; exit 0 when SERVING, 1 otherwise (for container health checks).
     Healthcheck(HealthcheckArgs),
     /// Print the configuration reference (markdown) generated from these settings: the book's chapter.
@@ -119,6 +122,24 @@ pub struct ServeArgs {
     /// Envoy's Check on its own listener.
     #[command(flatten, next_help_heading = "Envoy external authorization")]
     pub ext_authz: ext_authz::ExtAuthzArgs,
+}
+
+/// Settings of `usermeta reseal`: `serve`'s, and what the run may do.
+#[derive(Debug, Args)]
+pub struct ResealArgs {
+    /// `serve`'s settings: the same ZITADEL, service credential, policy and sealing keys as the service.
+    #[command(flatten)]
+    pub serve: Box<ServeArgs>,
+    /// Count what would be re-sealed; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Also seal plaintext values found under sealed keys (written around usermeta, or before the key was
+    /// declared sealed); without it they are counted and left.
+    #[arg(long)]
+    pub seal_plaintext: bool,
+    /// Stop after writing this many users (spread a large rotation over several runs).
+    #[arg(long)]
+    pub max_users: Option<u64>,
 }
 
 /// Settings of `usermeta dev`.

@@ -38,6 +38,10 @@ pub const JWT_AUDIENCE: &str = "USERMETA_JWT_AUDIENCE";
 pub const PROJECT_ID: &str = "USERMETA_PROJECT_ID";
 /// The policy file.
 pub const POLICY_FILE: &str = "USERMETA_POLICY_FILE";
+/// The file of keys that seal and open `sealed` keys.
+pub const SEALING_KEYS_FILE: &str = "USERMETA_SEALING_KEYS_FILE";
+/// The name of the ZITADEL instance sealed values are bound to.
+pub const SEALING_INSTANCE: &str = "USERMETA_SEALING_INSTANCE";
 /// The shorthand rule naming admins.
 pub const ADMINS: &str = "USERMETA_ADMINS";
 /// The shorthand rule naming key prefixes users may write on themselves.

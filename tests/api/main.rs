@@ -49,6 +49,7 @@ mod in_flight;
 mod list_metadata;
 mod observability;
 mod policy_matrix;
+mod sealed;
 mod set_metadata;
 mod start_up;
 mod tls;

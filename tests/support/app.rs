@@ -2,7 +2,7 @@
 //! test starts usermeta. Every knob is flat; the builder is the only place the tests construct the server's
 //! `Config`, so a change in how the service is configured is one change here.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use secrecy::SecretString;
 use tokio::{sync::oneshot, task::JoinHandle};
@@ -16,6 +16,7 @@ use usermeta::{
         webhook::{SigningKeys, WebhookConfig, WebhookLimits},
     },
     policy::Policy,
+    sealing::Sealer,
     server::{Application, Config, Limits, StartError},
     tls::TlsFiles,
 };
@@ -149,6 +150,14 @@ impl TestApp {
         }
     }
 
+    /// A fresh stand-in seeded with the [`Cast`], for a test that needs its ids before usermeta starts (a
+    /// policy naming them); start usermeta with [`TestAppBuilder::reuse`].
+    pub(crate) async fn seeded() -> Cast {
+        let cast = Cast::seed().await;
+        cast.standin.clear_requests();
+        cast
+    }
+
     /// Another usermeta in front of this app's stand-in, with the same cast, service user and test policy.
     pub(crate) fn another(&self) -> TestAppBuilder {
         TestAppBuilder {
@@ -277,6 +286,12 @@ impl TestAppBuilder {
         self
     }
 
+    /// In front of `cast` (from [`TestApp::seeded`]) instead of a fresh one.
+    pub(crate) fn reuse(mut self, cast: Cast) -> Self {
+        self.cast = Some(cast);
+        self
+    }
+
     /// The service credential, instead of the cast's service user's PAT.
     pub(crate) fn credential(mut self, credential: ServiceCredential) -> Self {
         self.credential = Some(credential);
@@ -296,6 +311,30 @@ impl TestAppBuilder {
     pub(crate) fn policy(mut self, policy: Policy) -> Self {
         self.policy = Some(policy);
         self
+    }
+
+    /// Sealing keys (a key file's text) for the policy's sealed keys, bound to the ZITADEL URL as `serve`
+    /// binds them.
+    pub(crate) fn sealing(self, keys: &str) -> Self {
+        self.sealing_for(keys, None)
+    }
+
+    /// [`TestAppBuilder::sealing`] bound to `instance` instead of the ZITADEL URL (another instance's values).
+    pub(crate) fn sealing_for(self, keys: &str, instance: Option<&str>) -> Self {
+        let keys = keys.to_owned();
+        let instance = instance.map(str::to_owned);
+        self.edit(move |config| {
+            let instance = instance.unwrap_or_else(|| {
+                config
+                    .zitadel
+                    .base_url
+                    .as_str()
+                    .trim_end_matches('/')
+                    .to_owned()
+            });
+            let sealer = Sealer::from_text(&keys, &instance).expect("sealing keys");
+            config.policy = std::mem::take(&mut config.policy).with_sealer(Arc::new(sealer));
+        })
     }
 
     /// How long one request to ZITADEL may take.

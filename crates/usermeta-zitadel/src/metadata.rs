@@ -277,10 +277,8 @@ mod tests {
             item("garbled", None),
             item("photo", Some(&[0xff, 0x00, 0x10])),
         ]);
-        let etags: Vec<(&str, Option<&str>)> = packed
-            .entries()
-            .map(|(key, _, etag)| (key, etag))
-            .collect();
+        let etags: Vec<(&str, Option<&str>)> =
+            packed.entries().map(|(key, _, etag)| (key, etag)).collect();
         let ours = crate::etag::etag("ContractNumber", b"1234");
         let photo = crate::etag::etag("photo", &[0xff, 0x00, 0x10]);
         assert_eq!(

@@ -13,7 +13,7 @@ use crate::{
     admission::{Overload, Refused},
     caller::{IdentifyError, TokenError},
     fleet::{Lag, StreamLimit},
-    policy::Denial,
+    policy::{Denial, Unsealed},
     settings::names,
 };
 use usermeta_zitadel::UpstreamError;
@@ -109,6 +109,28 @@ pub enum ApiError {
         user_id: String,
         /// The keys of the request, as it named them.
         keys: Vec<String>,
+    },
+    /// A sealed key's value in ZITADEL does not open: plaintext written around usermeta (the Console, the
+    /// API), a damaged or altered envelope, one copied from another user, key or instance, or one under a key
+    /// the key file no longer holds. Never passed on as if it were sealed.
+    #[error(
+        "the value of sealed key `{key}` of user {user_id} in ZITADEL is withheld: {problem}; write it again through usermeta (SetMetadata seals it) or delete it"
+    )]
+    ValueNotSealed {
+        /// Whose value it is.
+        user_id: String,
+        /// The sealed key.
+        key: String,
+        /// Why it does not open.
+        problem: Unsealed,
+    },
+    /// FindUsersByMetadata by a sealed key's value.
+    #[error(
+        "key `{key}` is sealed (policy): ZITADEL holds only its ciphertext, and equal values seal to different ciphertexts, so users cannot be found by its value; keep a searchable copy under an unsealed key if you need to find by it"
+    )]
+    KeySealed {
+        /// The key asked for.
+        key: String,
     },
     /// ZITADEL failed or refused the call; kept whole for the status mapping and the log.
     #[error(transparent)]

@@ -203,6 +203,26 @@ pub(super) fn to_status(error: &ApiError) -> Status {
                 [("keys", named.join(","))],
             )
         }
+        ApiError::ValueNotSealed {
+            user_id,
+            key,
+            problem,
+        } => with_info(
+            Code::FailedPrecondition,
+            error.to_string(),
+            Reason::ValueNotSealed,
+            [
+                ("user_id", user_id.clone()),
+                ("key", key.clone()),
+                ("problem", unsealed_label(problem).to_owned()),
+            ],
+        ),
+        ApiError::KeySealed { key } => with_info(
+            Code::FailedPrecondition,
+            error.to_string(),
+            Reason::KeySealed,
+            [("key", key.clone())],
+        ),
         ApiError::Upstream(upstream) => upstream_status(upstream),
         ApiError::DeadlineExceeded => with_info(
             Code::DeadlineExceeded,
@@ -284,6 +304,13 @@ pub(super) fn info<'a>(
     let metadata: HashMap<String, String> =
         facts.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
     ErrorDetails::with_error_info(reason.as_str(), ERROR_DOMAIN, metadata)
+}
+
+fn unsealed_label(problem: &crate::policy::Unsealed) -> &'static str {
+    match problem {
+        crate::policy::Unsealed::Unopenable(problem) => problem.label(),
+        crate::policy::Unsealed::NoKeys => "no_sealing_keys",
+    }
 }
 
 pub(super) fn with_info<'a>(

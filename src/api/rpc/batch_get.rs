@@ -4,7 +4,9 @@
 use futures::StreamExt as _;
 use tracing::instrument;
 
-use super::{exact_key_filter, read_all, subject_of, target_of, unknown_user_not_found};
+use super::{
+    answer_items, exact_key_filter, read_all, subject_of, target_of, unknown_user_not_found,
+};
 use crate::{
     api::{ApiError, MetadataService, error as api_error, pb, service::Call, validate},
     caller::Identity,
@@ -102,6 +104,8 @@ impl MetadataService {
             items.retain(|item| request.keys.contains(&item.key));
         }
         items.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(items.into_iter().map(Into::into).collect())
+        answer_items(&self.policy, target.user_id, items, |key| {
+            request.keys.iter().any(|named| named == key)
+        })
     }
 }

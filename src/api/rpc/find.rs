@@ -34,6 +34,10 @@ impl MetadataService {
             Action::Find,
             [request.key.as_str()],
         )?;
+        // Equal values seal to different ciphertexts: ZITADEL cannot match a sealed key's value.
+        if self.policy.is_sealed(&request.key) {
+            return Err(ApiError::KeySealed { key: request.key });
+        }
         // ZITADEL is asked only within the organisations the caller's rules cover, so nothing it answers
         // (matches, counts) concerns users the caller may not find (issue 31, class 7).
         let scope = self.policy.find_scope(&caller, &request.key)?;

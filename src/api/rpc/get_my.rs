@@ -5,7 +5,7 @@ use std::{collections::HashSet, ops::ControlFlow, time::Instant};
 
 use tonic::Request;
 
-use super::{exact_key_filter, read_all};
+use super::{answer_items, exact_key_filter, read_all, reveal_value};
 use crate::{
     api::{
         ApiError, MetadataService,
@@ -130,24 +130,33 @@ impl MetadataService {
         let answered = |key: &str| {
             wanted.as_ref().is_none_or(|wanted| wanted.contains(key)) && scope.allows(key)
         };
+        let named = |key: &str| wanted.as_ref().is_some_and(|wanted| wanted.contains(key));
         let metadata = match read {
             // Already sorted by key: answered straight from the cached answer, no copy in between.
             // Etags too: computed when the answer was cached.
             OwnRead::Userinfo(packed) => packed
                 .entries()
                 .filter(|(key, _, _)| answered(key))
-                .map(|(key, value, etag)| pb::Metadata {
-                    key: key.to_owned(),
-                    value: value.map(|value| value_to_pb(value.to_vec())),
-                    create_time: None,
-                    update_time: None,
-                    etag: etag.unwrap_or_default().to_owned(),
+                .map(|(key, value, etag)| {
+                    // The etag is of what ZITADEL stores (as from every read path); the value is opened.
+                    let value = if self.policy.is_sealed(key) {
+                        reveal_value(&self.policy, me.user_id, key, value, named(key))?
+                    } else {
+                        value.map(<[u8]>::to_vec)
+                    };
+                    Ok(pb::Metadata {
+                        key: key.to_owned(),
+                        value: value.map(value_to_pb),
+                        create_time: None,
+                        update_time: None,
+                        etag: etag.unwrap_or_default().to_owned(),
+                    })
                 })
-                .collect(),
+                .collect::<Result<_, ApiError>>()?,
             OwnRead::AuthApi(mut items) => {
                 items.retain(|item| answered(&item.key));
                 items.sort_by(|a, b| a.key.cmp(&b.key));
-                items.into_iter().map(Into::into).collect()
+                answer_items(&self.policy, me.user_id, items, named)?
             }
         };
         Ok(pb::GetMyMetadataResponse {

@@ -2,7 +2,7 @@
 
 use tracing::instrument;
 
-use super::{read_all, subject_of, unknown_user_not_found};
+use super::{answer_items, read_all, subject_of, unknown_user_not_found};
 use crate::{
     api::{
         ApiError, MetadataService,
@@ -30,56 +30,65 @@ impl MetadataService {
         let filter = request.filter.as_ref();
         // An own listing reads with the caller's token, so ZITADEL decides whose it is; while every caller may
         // read their own keys, it needs no identity lookup.
-        let (scope, other, identified) = match (request.user_id.as_deref(), self.policy.own_scope())
-        {
-            (None, Some(own)) => {
-                caller::refuse_id_token(&token)?;
-                (own, None, self.cache.knows(&token))
-            }
-            (user_id, _) => {
-                let caller = self.identify(&token).await?;
-                // Self is the caller ZITADEL names; a `user_id` equal to it changes nothing. Another user is
-                // scoped to the organisation ZITADEL will act in, which is what the policy decides on.
-                let other = match user_id.filter(|user_id| *user_id != caller.sub) {
-                    Some(user_id) => {
-                        let named = Target {
-                            user_id,
-                            org_id: request.org_id.as_deref(),
-                        };
-                        // Refused without asking ZITADEL anything when no organisation could change that.
-                        self.policy
-                            .read_in_any_organization(&caller, subject_of(named))?;
-                        let exact: Vec<&str> = match filter {
-                            Some(KeyFilter {
-                                key,
-                                matching: KeyMatch::Equals,
-                            }) => vec![key.as_str()],
-                            _ => Vec::new(),
-                        };
-                        Some(self.zitadel.scope(named).await.map_err(|e| {
-                            let missing = unknown_user_not_found(e, user_id);
-                            self.conceal_missing_user(
-                                &caller,
+        // Whose values these are (the owner sealed values are bound to): for an own listing without identity
+        // lookup, known only from the first answer that names nobody; then the caller is identified if sealed
+        // values turn up (below).
+        let (scope, other, identified, owner) =
+            match (request.user_id.as_deref(), self.policy.own_scope()) {
+                (None, Some(own)) => {
+                    caller::refuse_id_token(&token)?;
+                    (own, None, self.cache.knows(&token), None)
+                }
+                (user_id, _) => {
+                    let caller = self.identify(&token).await?;
+                    // Self is the caller ZITADEL names; a `user_id` equal to it changes nothing. Another user is
+                    // scoped to the organisation ZITADEL will act in, which is what the policy decides on.
+                    let other = match user_id.filter(|user_id| *user_id != caller.sub) {
+                        Some(user_id) => {
+                            let named = Target {
                                 user_id,
-                                Action::Read,
-                                &exact,
-                                missing,
-                            )
-                        })?)
-                    }
-                    None => None,
-                };
-                let subject = match &other {
-                    None => Subject {
-                        user_id: &caller.sub,
-                        org_id: caller.org_id.as_deref(),
-                    },
-                    Some(scoped) => subject_of(scoped.target()),
-                };
-                tracing::Span::current().record("user_id", subject.user_id);
-                (self.policy.read_scope(&caller, subject)?, other, true)
-            }
-        };
+                                org_id: request.org_id.as_deref(),
+                            };
+                            // Refused without asking ZITADEL anything when no organisation could change that.
+                            self.policy
+                                .read_in_any_organization(&caller, subject_of(named))?;
+                            let exact: Vec<&str> = match filter {
+                                Some(KeyFilter {
+                                    key,
+                                    matching: KeyMatch::Equals,
+                                }) => vec![key.as_str()],
+                                _ => Vec::new(),
+                            };
+                            Some(self.zitadel.scope(named).await.map_err(|e| {
+                                let missing = unknown_user_not_found(e, user_id);
+                                self.conceal_missing_user(
+                                    &caller,
+                                    user_id,
+                                    Action::Read,
+                                    &exact,
+                                    missing,
+                                )
+                            })?)
+                        }
+                        None => None,
+                    };
+                    let subject = match &other {
+                        None => Subject {
+                            user_id: &caller.sub,
+                            org_id: caller.org_id.as_deref(),
+                        },
+                        Some(scoped) => subject_of(scoped.target()),
+                    };
+                    tracing::Span::current().record("user_id", subject.user_id);
+                    let owner = subject.user_id.to_owned();
+                    (
+                        self.policy.read_scope(&caller, subject)?,
+                        other,
+                        true,
+                        Some(owner),
+                    )
+                }
+            };
         if let Some(KeyFilter {
             key,
             matching: KeyMatch::Equals,
@@ -150,9 +159,20 @@ impl MetadataService {
             ),
             _ => String::new(),
         };
+        let metadata = if items.iter().any(|item| self.policy.is_sealed(&item.key)) {
+            // The owner of an own listing is whoever ZITADEL says owns the token (cached, usually).
+            let owner = match owner {
+                Some(owner) => owner,
+                None => self.identify(token).await?.sub.as_str().to_owned(),
+            };
+            let named = |key: &str| matches!(filter, Some(KeyFilter { key: named, matching: KeyMatch::Equals }) if named == key);
+            answer_items(&self.policy, &owner, items, named)?
+        } else {
+            items.into_iter().map(Into::into).collect()
+        };
         Ok(pb::ListMetadataResponse {
             total_size: i64::try_from(total).unwrap_or(i64::MAX),
-            metadata: items.into_iter().map(Into::into).collect(),
+            metadata,
             next_page_token,
         })
     }

@@ -10,13 +10,15 @@ mod write;
 
 use std::future::Future;
 
-use super::{ApiError, MetadataService, error::Violations};
+use super::{ApiError, MetadataService, convert::value_to_pb, error::Violations, pb};
 use crate::{
     caller::Identity,
-    policy::{Action, Subject},
+    policy::{Action, Policy, Subject},
+    sealing::Owner,
 };
 use usermeta_zitadel::{
     UpstreamError,
+    etag::etag,
     management::Target,
     metadata::{KeyFilter, KeyMatch, MetadataItem, Page, PageRequest},
 };
@@ -146,4 +148,67 @@ where
             return Ok(items);
         }
     }
+}
+
+/// A value of `user_id`'s `key` as the caller gets it from what ZITADEL stores: opened when the key is sealed.
+/// A sealed value that does not open is never passed on: when the request named the key (`named`) the call
+/// fails with it ([`ApiError::ValueNotSealed`]); in a listing the key is answered without a value (as a value
+/// ZITADEL sent undecodable is), so one bad key does not hide the others. Either way it is counted and
+/// logged once per key.
+fn reveal_value(
+    policy: &Policy,
+    user_id: &str,
+    key: &str,
+    stored: Option<&[u8]>,
+    named: bool,
+) -> Result<Option<Vec<u8>>, ApiError> {
+    let Some(stored) = stored else {
+        return Ok(None);
+    };
+    match policy.reveal(Owner::User(user_id), key, stored) {
+        Ok(value) => Ok(Some(value.into_owned())),
+        Err(problem) if named => Err(ApiError::ValueNotSealed {
+            user_id: user_id.to_owned(),
+            key: key.to_owned(),
+            problem,
+        }),
+        Err(_) => Ok(None),
+    }
+}
+
+/// `user_id`'s listing as answered: each value of a sealed key opened ([`reveal_value`]; `named` says which keys
+/// the request named), each etag of what ZITADEL stores, as from every read path.
+fn answer_items(
+    policy: &Policy,
+    user_id: &str,
+    items: Vec<MetadataItem>,
+    named: impl Fn(&str) -> bool,
+) -> Result<Vec<pb::Metadata>, ApiError> {
+    items
+        .into_iter()
+        .map(|item| {
+            if !policy.is_sealed(&item.key) {
+                return Ok(item.into());
+            }
+            let etag = item
+                .value
+                .as_deref()
+                .map(|stored| etag(&item.key, stored))
+                .unwrap_or_default();
+            let value = reveal_value(
+                policy,
+                user_id,
+                &item.key,
+                item.value.as_deref(),
+                named(&item.key),
+            )?;
+            Ok(pb::Metadata {
+                key: item.key,
+                value: value.map(value_to_pb),
+                create_time: item.create_time,
+                update_time: item.update_time,
+                etag,
+            })
+        })
+        .collect()
 }

@@ -2,6 +2,7 @@
 //! ZITADEL, the cache and the streams told), which differs only in what it sends.
 
 use std::{
+    borrow::Cow,
     collections::{HashMap, HashSet},
     future::Future,
 };
@@ -19,17 +20,20 @@ use crate::{
     },
     caller::Identity,
     fleet::{
-        ChangeKind, Changes, LockError, MAX_STREAMED_VALUE_BYTES, MetadataChange, Need, Recorded,
-        UserLock,
+        ChangeKind, Changes, LockError, MAX_STREAMED_VALUE_BYTES, MetadataChange, Need, UserLock,
+        shows_recorded,
     },
-    policy::Action,
+    policy::{Action, Unsealed},
+    sealing::Owner,
     tls,
 };
 use usermeta_zitadel::{
     etag::etag,
     management::{Scoped, Target},
-    metadata::MetadataItem,
 };
+
+/// A key and the value to store under it.
+type Entry = (String, Vec<u8>);
 
 /// What a write changes: SetMetadata's entries, or DeleteMetadata's keys; with what must hold of them first.
 #[derive(Clone, Copy)]
@@ -206,8 +210,13 @@ impl MetadataService {
                           update_time: Option<&prost_types::Timestamp>| {
                 lock.landed(landed, update_time.map_or_else(unix_ms_now, unix_ms));
             };
+            // From here on the values that matter are what ZITADEL stores (etags, streams, the lock's record);
+            // streams open sealed ones per reader, as any read does.
             match change {
-                Change::Set { entries, .. } => {
+                Change::Set { entries: plain, .. } => {
+                    // Sealed right before ZITADEL: the policy checked the plaintext (a merge patch was applied
+                    // to it), ZITADEL gets ciphertext.
+                    let entries = &*self.seal_entries(target.user_id, plain)?;
                     let update_time = self
                         .zitadel
                         .set_user_metadata(target, entries)
@@ -291,7 +300,9 @@ impl MetadataService {
         // learn no etag of.
         let scope = self.policy.read_scope(caller, subject_of(target)).ok();
         let mut current = Current {
+            user_id: target.user_id.to_owned(),
             values: HashMap::new(),
+            unopenable: HashMap::new(),
             etags: HashMap::new(),
             readable: keys
                 .iter()
@@ -303,9 +314,25 @@ impl MetadataService {
             if !wanted.contains(&item.key) {
                 continue;
             }
+            // The etag of what ZITADEL stores; the value opened (a merge patch applies to the plaintext).
             let etag = item.value.as_deref().map(|value| etag(&item.key, value));
             current.etags.insert(item.key.clone(), etag);
-            current.values.insert(item.key, item.value);
+            let value = match item.value {
+                Some(stored) if self.policy.is_sealed(&item.key) => {
+                    match self
+                        .policy
+                        .reveal(Owner::User(target.user_id), &item.key, &stored)
+                    {
+                        Ok(opened) => Some(opened.into_owned()),
+                        Err(problem) => {
+                            current.unopenable.insert(item.key.clone(), problem);
+                            None
+                        }
+                    }
+                }
+                value => value,
+            };
+            current.values.insert(item.key, value);
         }
         Ok(current)
     }
@@ -340,6 +367,52 @@ impl MetadataService {
             }
         }
         violations.into_result(())
+    }
+
+    /// What ZITADEL stores for `entries` of `user_id`: sealed for sealed keys. A value that sealed would
+    /// exceed ZITADEL's limit is refused here, before anything is sent, naming the limit after sealing.
+    fn seal_entries<'e>(
+        &self,
+        user_id: &str,
+        entries: &'e [Entry],
+    ) -> Result<Cow<'e, [Entry]>, ApiError> {
+        if !entries.iter().any(|(key, _)| self.policy.is_sealed(key)) {
+            return Ok(Cow::Borrowed(entries));
+        }
+        let mut violations = Violations::default();
+        let mut sealed = Vec::with_capacity(entries.len());
+        let mut count = 0;
+        for (i, (key, value)) in entries.iter().enumerate() {
+            let stored = self
+                .policy
+                .conceal(Owner::User(user_id), key, value)
+                .map_err(|problem| ApiError::ValueNotSealed {
+                    user_id: user_id.to_owned(),
+                    key: key.clone(),
+                    problem,
+                })?;
+            if let Cow::Owned(_) = stored {
+                count += 1;
+            }
+            if stored.len() > MAX_VALUE_BYTES {
+                let most = self
+                    .policy
+                    .sealer()
+                    .map_or(0, |sealer| sealer.max_plaintext(MAX_VALUE_BYTES));
+                violations.add(
+                    format!("entries[{i}].value"),
+                    format!(
+                        "key `{key}` is sealed, and sealed this value of {} bytes takes {} bytes, over ZITADEL's limit of {MAX_VALUE_BYTES} bytes per value; a sealed value may hold at most {most} bytes",
+                        value.len(),
+                        stored.len()
+                    ),
+                );
+            }
+            sealed.push((key.clone(), stored.into_owned()));
+        }
+        violations.into_result(())?;
+        crate::metrics::sealed_values_written(count);
+        Ok(Cow::Owned(sealed))
     }
 
     /// Removes `keys` all or nothing; with `allow_missing`, removes those that exist. Returns the keys removed.
@@ -399,26 +472,6 @@ impl MetadataService {
 const LAG_RETRY_MIN: std::time::Duration = std::time::Duration::from_millis(10);
 const LAG_RETRY_MAX: std::time::Duration = std::time::Duration::from_millis(200);
 
-/// Whether a listing shows what the fleet's last locked writes left in each recorded key: that value (or its
-/// absence), or a later change.
-fn shows_recorded(items: &[MetadataItem], recorded: &HashMap<String, Recorded>) -> bool {
-    recorded.iter().all(|(key, last)| {
-        let item = items.iter().find(|item| &item.key == key);
-        let later = item
-            .and_then(|item| item.update_time.as_ref())
-            .is_some_and(|time| unix_ms(time) > last.at_ms);
-        let shown = match (&last.etag, item) {
-            (None, None) => true,
-            (Some(recorded), Some(item)) => item
-                .value
-                .as_deref()
-                .is_some_and(|value| etag(key, value) == *recorded),
-            _ => false,
-        };
-        shown || later
-    })
-}
-
 fn unix_ms(time: &prost_types::Timestamp) -> i64 {
     time.seconds
         .saturating_mul(1000)
@@ -435,8 +488,13 @@ fn unix_ms_now() -> i64 {
 
 /// The keys a write reads before it writes, as ZITADEL has them now.
 struct Current {
-    /// Key → value (`None`: ZITADEL's value could not be decoded); a key not here does not exist.
+    /// Whose keys these are.
+    user_id: String,
+    /// Key → value, opened for a sealed key (`None`: ZITADEL's value could not be decoded or opened); a key
+    /// not here does not exist.
     values: HashMap<String, Option<Vec<u8>>>,
+    /// Sealed keys whose value in ZITADEL does not open, and why: a merge patch cannot apply to them.
+    unopenable: HashMap<String, Unsealed>,
     /// Key → etag of its value.
     etags: HashMap<String, Option<String>>,
     /// The keys whose etags the caller may learn.
@@ -485,6 +543,13 @@ fn resolve(
         let Some(patch) = &guard.patch else {
             continue;
         };
+        if let Some(problem) = current.unopenable.get(key) {
+            return Err(ApiError::ValueNotSealed {
+                user_id: current.user_id.clone(),
+                key: key.to_owned(),
+                problem: problem.clone(),
+            });
+        }
         let field = format!("entries[{}].json_merge_patch", guard.index);
         let mut value = match current.values.get(key) {
             None => serde_json::Value::Object(serde_json::Map::new()),

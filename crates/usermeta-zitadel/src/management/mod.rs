@@ -245,6 +245,23 @@ impl Zitadel {
         }
     }
 
+    /// One page of the users holding a key `filter` matches (every user without one), with their
+    /// organisations: what `usermeta reseal` walks. Needs the v2 user service (ZITADEL 4.1 or later).
+    pub async fn users_with_key(
+        &self,
+        filter: Option<&KeyFilter>,
+        page: PageRequest,
+    ) -> Result<FoundUsers, UpstreamError> {
+        match self.management_api().await? {
+            ManagementApi::V1 => Err(UpstreamError::NotSupported {
+                endpoint: Endpoint::UserV2ListUsers,
+                what: "listing the users that hold a metadata key",
+                needs: "the v2 user service of ZITADEL 4.1 or later",
+            }),
+            ManagementApi::V2 => self.v2_users_with_key(filter, page).await,
+        }
+    }
+
     /// One page of a user's metadata, ascending (v1 by key, v2 by creation date).
     pub async fn list_user_metadata(
         &self,

@@ -470,6 +470,63 @@ impl Zitadel {
     }
 }
 
+impl Zitadel {
+    /// One page of the users holding a key that `filter` matches (every user without a filter), in creation
+    /// order: v2 `ListUsers` with a metadata key filter alone.
+    pub(super) async fn v2_users_with_key(
+        &self,
+        filter: Option<&KeyFilter>,
+        page: PageRequest,
+    ) -> Result<super::FoundUsers, UpstreamError> {
+        let endpoint = Endpoint::UserV2ListUsers;
+        let queries = filter
+            .map(|filter| {
+                serde_json::json!({"metadataKeyFilter": {"key": filter.key, "method": filter.matching.v2_method()}})
+            })
+            .into_iter()
+            .collect();
+        let body = ListUsersRequest {
+            query: Pagination {
+                offset: page.offset.to_string(),
+                limit: page.limit.min(MAX_LIMIT),
+                asc: true,
+            },
+            queries,
+        };
+        let answer: ListUsersResponse = match self.connect(endpoint, "ListUsers", &body).await {
+            Ok(answer) => answer,
+            Err(error) if error.zitadel_code() == Some(tonic::Code::InvalidArgument) => {
+                tracing::warn!(%error, "ZITADEL refused ListUsers with a metadata key filter");
+                return Err(UpstreamError::NotSupported {
+                    endpoint,
+                    what: "listing the users that hold a metadata key",
+                    needs: "ZITADEL 4.1 or later (ListUsers with metadata filters)",
+                });
+            }
+            Err(error) => return Err(error),
+        };
+        let fetched = answer.result.len() as u64;
+        let users = answer
+            .result
+            .into_iter()
+            .zip(page.offset..)
+            .filter_map(|(user, position)| {
+                let org_id = user.details?.resource_owner?;
+                Some(super::UserRef {
+                    user_id: user.user_id,
+                    org_id,
+                    position,
+                })
+            })
+            .collect();
+        Ok(super::FoundUsers {
+            users,
+            fetched,
+            total: answer.details.map(|d| d.total_result).unwrap_or_default(),
+        })
+    }
+}
+
 /// v2 tells a service user without a membership in the user's organisation "membership not found"
 /// (NOT_FOUND); v1 says PERMISSION_DENIED for the same fact, and so does usermeta.
 /// A `ListUserMetadata` answer as a domain page.

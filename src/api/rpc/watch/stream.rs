@@ -5,6 +5,7 @@
 //! stops.
 
 use std::{
+    borrow::Cow,
     collections::VecDeque,
     pin::Pin,
     sync::Arc,
@@ -21,6 +22,7 @@ use crate::{
     caller::{Caller, Resolver, TokenError, cache::CallerCache},
     fleet::{ChangeKind, Subscription, WatchLimits, Write},
     policy::{Policy, Subject},
+    sealing::Owner,
 };
 use usermeta_zitadel::{CallerToken, Zitadel, budget::for_identified_caller, etag::etag};
 
@@ -63,7 +65,18 @@ impl Watched {
                 }
             };
             if streamed {
-                into.push_back(to_pb(write, &changed.key, changed.value.as_deref()));
+                // A sealed value is carried as ZITADEL stores it and opened here, for this reader; one that
+                // does not open is streamed without its value (read the key to see why).
+                // Its etag is of what ZITADEL stores, as from every read.
+                let stored = changed.value.as_deref();
+                let value = match stored {
+                    Some(stored) if self.policy.is_sealed(&changed.key) => self
+                        .policy
+                        .reveal(Owner::User(&write.user_id), &changed.key, stored)
+                        .ok(),
+                    stored => stored.map(Cow::Borrowed),
+                };
+                into.push_back(to_pb(write, &changed.key, stored, value.as_deref()));
             }
         }
     }
@@ -245,7 +258,13 @@ fn ended(reason: &'static str, error: ApiError) -> ApiError {
     error
 }
 
-fn to_pb(write: &Write, key: &str, value: Option<&[u8]>) -> pb::MetadataChange {
+/// The message of one changed key: `value` as the reader gets it, the etag of what ZITADEL stores (`stored`).
+fn to_pb(
+    write: &Write,
+    key: &str,
+    stored: Option<&[u8]>,
+    value: Option<&[u8]>,
+) -> pb::MetadataChange {
     let kind = match write.kind {
         ChangeKind::Set => pb::ChangeKind::Set,
         ChangeKind::Delete => pb::ChangeKind::Delete,
@@ -257,7 +276,7 @@ fn to_pb(write: &Write, key: &str, value: Option<&[u8]>) -> pb::MetadataChange {
         kind: kind.into(),
         value: value.map(|value| value_to_pb(value.to_vec())),
         time: Some(prost_types::Timestamp::from(write.time)),
-        etag: value.map(|value| etag(key, value)).unwrap_or_default(),
+        etag: stored.map(|stored| etag(key, stored)).unwrap_or_default(),
     }
 }
 
