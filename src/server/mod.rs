@@ -120,7 +120,14 @@ impl Application {
         let policy = Arc::new(config.policy);
         // One door for both listeners: they share ZITADEL and this process, and a caller has one budget.
         let admission = Arc::new(config.limits.requests.admission(config.limits.shed()));
-        let changes = changes(&cache, config.limits.watch, options.redis, &bus_secret)?;
+        let org_cache = Arc::new(crate::org_cache::OrgCache::new(config.org_cache));
+        let changes = changes(
+            &cache,
+            org_cache,
+            config.limits.watch,
+            options.redis,
+            &bus_secret,
+        )?;
         let fleet = changes.shared().cloned();
         let webhook = WebhookListener::bind(options.webhook, &changes).await?;
         let stopping = watch::Sender::new(false);
@@ -261,11 +268,12 @@ impl Application {
 /// The feed of users' changes: this replica's own, and the other replicas' through Redis when configured.
 fn changes(
     cache: &Arc<CallerCache>,
+    org_cache: Arc<crate::org_cache::OrgCache>,
     limits: WatchLimits,
     redis: Option<RedisConfig>,
     bus_secret: &[u8],
 ) -> Result<Changes, StartError> {
-    let changes = Changes::local(Arc::clone(cache), limits);
+    let changes = Changes::local(Arc::clone(cache), limits).with_org_cache(org_cache);
     let Some(mut redis) = redis else {
         return Ok(changes);
     };

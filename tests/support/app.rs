@@ -326,7 +326,10 @@ impl TestAppBuilder {
 
     /// No caching: every call reaches ZITADEL.
     pub(crate) fn no_cache(self) -> Self {
-        self.edit(|config| config.cache.ttl = Duration::ZERO)
+        self.edit(|config| {
+            config.cache.ttl = Duration::ZERO;
+            config.org_cache.ttl = Duration::ZERO;
+        })
     }
 
     pub(crate) fn cache(self, cache: CacheConfig) -> Self {
