@@ -120,7 +120,10 @@ impl OrgCache {
         };
         let generation = self.generation.load(Ordering::Acquire);
         let load = {
-            let mut in_flight = self.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut in_flight = self
+                .in_flight
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             in_flight
                 .entry(org_id.to_owned())
                 .or_insert_with(|| read.map(|result| result.map(Arc::new)).boxed().shared())
@@ -128,7 +131,10 @@ impl OrgCache {
         };
         let result = load.await;
         {
-            let mut in_flight = self.in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut in_flight = self
+                .in_flight
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             in_flight.remove(org_id);
         }
         if let Ok(metadata) = &result
@@ -230,7 +236,10 @@ mod tests {
         cache.invalidate("o1");
         release.send(()).unwrap();
         assert_eq!(loading.await.unwrap().unwrap()[0].key, "old");
-        assert!(cache.get("o1").is_none(), "read before the change, not kept");
+        assert!(
+            cache.get("o1").is_none(),
+            "read before the change, not kept"
+        );
     }
 
     #[tokio::test]

@@ -126,7 +126,9 @@ pub enum Denial {
         caller: String,
     },
     /// A read by a member of an organisation of a key the policy declares `hidden` for organisations.
-    #[error("key `{key}` of organisation {org_id} is hidden from the organisation's members (declared `hidden` with resource = \"organization\" in the policy)")]
+    #[error(
+        "key `{key}` of organisation {org_id} is hidden from the organisation's members (declared `hidden` with resource = \"organization\" in the policy)"
+    )]
     HiddenFromMembers {
         /// The hidden key.
         key: String,
@@ -822,28 +824,30 @@ impl ReadScope<'_> {
                 .as_ref()
                 .map_or_else(|| "the caller".to_owned(), ToString::to_string)
         };
-        self.grants.check(key).map_err(|hidden| match (hidden, &self.organization) {
-            (Some(Denial::HiddenFromMembers { key, .. }), Some(org_id)) => {
-                Denial::HiddenFromMembers {
-                    key,
-                    org_id: org_id.to_string(),
+        self.grants
+            .check(key)
+            .map_err(|hidden| match (hidden, &self.organization) {
+                (Some(Denial::HiddenFromMembers { key, .. }), Some(org_id)) => {
+                    Denial::HiddenFromMembers {
+                        key,
+                        org_id: org_id.to_string(),
+                    }
                 }
-            }
-            (Some(hidden), _) => hidden,
-            (None, Some(org_id)) => Denial::NoOrganizationRule {
-                action: Action::Read,
-                key: Some(key.to_owned()),
-                org_id: org_id.to_string(),
-                own: self.grants.is_self,
-                caller: caller(),
-            },
-            (None, None) => Denial::NoRule {
-                action: Action::Read,
-                key: Some(key.to_owned()),
-                target: self.target.as_deref().map(str::to_owned),
-                caller: caller(),
-            },
-        })
+                (Some(hidden), _) => hidden,
+                (None, Some(org_id)) => Denial::NoOrganizationRule {
+                    action: Action::Read,
+                    key: Some(key.to_owned()),
+                    org_id: org_id.to_string(),
+                    own: self.grants.is_self,
+                    caller: caller(),
+                },
+                (None, None) => Denial::NoRule {
+                    action: Action::Read,
+                    key: Some(key.to_owned()),
+                    target: self.target.as_deref().map(str::to_owned),
+                    caller: caller(),
+                },
+            })
     }
 }
 

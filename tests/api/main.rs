@@ -46,6 +46,7 @@ mod identity;
 mod in_flight;
 mod list_metadata;
 mod observability;
+mod org_metadata;
 mod policy_matrix;
 mod set_metadata;
 mod start_up;

@@ -269,12 +269,15 @@ pub(super) async fn v2_rest_metadata(
         return errors::gateway_not_found();
     }
     let request = match method {
-        Method::POST => with_org_id(&body, params).map(|request| (Rpc::SetOrganizationMetadata, request)),
+        Method::POST => {
+            with_org_id(&body, params).map(|request| (Rpc::SetOrganizationMetadata, request))
+        }
         Method::DELETE => with_org_id(b"", params).map(|mut request| {
-            let keys: Vec<Value> = url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
-                .filter(|(name, _)| name == "keys")
-                .map(|(_, value)| Value::String(value.into_owned()))
-                .collect();
+            let keys: Vec<Value> =
+                url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+                    .filter(|(name, _)| name == "keys")
+                    .map(|(_, value)| Value::String(value.into_owned()))
+                    .collect();
             request.insert("keys".into(), Value::Array(keys));
             (Rpc::DeleteOrganizationMetadata, request)
         }),
@@ -402,7 +405,11 @@ fn v2_set(shared: &Shared, headers: &HeaderMap, request: &Map<String, Value>) ->
     let now = wire::now();
     let mut changed = false;
     for (key, value) in entries {
-        if org.metadata.get(&key).is_some_and(|entry| entry.value == value) {
+        if org
+            .metadata
+            .get(&key)
+            .is_some_and(|entry| entry.value == value)
+        {
             continue;
         }
         org.set_metadata(&key, value, now, &mut data.events);
@@ -534,7 +541,8 @@ fn v2_list_orgs(shared: &Shared, headers: &HeaderMap, request: &Map<String, Valu
     let mut ids = Vec::new();
     for query in json::messages(json::field(request, "queries", "queries"), "queries")? {
         let Some(query) = query else { continue };
-        if let Some(id_query) = json::message(json::field(query, "idQuery", "id_query"), "idQuery")? {
+        if let Some(id_query) = json::message(json::field(query, "idQuery", "id_query"), "idQuery")?
+        {
             ids.push(json::string(json::field(id_query, "id", "id"), "id")?);
         }
     }

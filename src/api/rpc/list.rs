@@ -4,13 +4,7 @@ use tracing::instrument;
 
 use super::{next_token, offsets_for, subject_of, unknown_user_not_found, visible_page};
 use crate::{
-    api::{
-        ApiError, MetadataService,
-        error::Violations,
-        pb,
-        service::Call,
-        validate,
-    },
+    api::{ApiError, MetadataService, error::Violations, pb, service::Call, validate},
     caller,
     policy::{Action, Subject},
 };

@@ -123,10 +123,18 @@ impl MetadataService {
             .await?
             .with_client_cert(tls::client_cert(&extensions));
         let org_id = &organization_of(caller, request.org_id.as_deref())?;
-        let keys: Vec<&str> = request.entries.iter().map(|(key, _)| key.as_str()).collect();
+        let keys: Vec<&str> = request
+            .entries
+            .iter()
+            .map(|(key, _)| key.as_str())
+            .collect();
         let update_time = audited(caller, org_id, Action::Write, &keys, async {
-            self.policy
-                .authorize_organization(caller, org_id, Action::Write, keys.iter().copied())?;
+            self.policy.authorize_organization(
+                caller,
+                org_id,
+                Action::Write,
+                keys.iter().copied(),
+            )?;
             let mut violations = Violations::default();
             for (i, (key, value)) in request.entries.iter().enumerate() {
                 for problem in self

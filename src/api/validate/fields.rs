@@ -111,7 +111,10 @@ impl Violations {
                 format!("must be at most {MAX_ID_CHARS} characters, is {chars}"),
             );
         } else if let Some(problem) = user_id_problem(&org_id) {
-            self.add("organization_id", problem.replace("user id", "organisation id"));
+            self.add(
+                "organization_id",
+                problem.replace("user id", "organisation id"),
+            );
         } else if !org_id.bytes().all(|b| b.is_ascii_graphic()) {
             self.add(
                 "organization_id",

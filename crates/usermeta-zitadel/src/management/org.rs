@@ -242,9 +242,7 @@ impl Zitadel {
                 Ok(answer.details.and_then(|d| d.change_date?.parse().ok()))
             }
             Err(error) if sent.may_have_landed && error.is_missing_metadata() => {
-                let listed = self
-                    .v1_list_org_metadata(org_id, None, FULL_PAGE)
-                    .await?;
+                let listed = self.v1_list_org_metadata(org_id, None, FULL_PAGE).await?;
                 if listed.items.iter().any(|item| keys.contains(&item.key)) {
                     Err(error)
                 } else {
@@ -386,11 +384,7 @@ impl Zitadel {
                 .collect(),
         };
         let answer: v2::SetResponse = self
-            .org_connect(
-                Endpoint::OrgV2SetMetadata,
-                "SetOrganizationMetadata",
-                &body,
-            )
+            .org_connect(Endpoint::OrgV2SetMetadata, "SetOrganizationMetadata", &body)
             .await?;
         let date = v2::timestamp(answer.set_date);
         self.org_recent_writes.record(
