@@ -381,6 +381,11 @@ impl TestAppBuilder {
         })
     }
 
+    /// Organisations' metadata read from ZITADEL every time (tests that change it behind usermeta's back).
+    pub(crate) fn no_org_cache(self) -> Self {
+        self.edit(|config| config.org_cache.ttl = Duration::ZERO)
+    }
+
     pub(crate) fn cache(self, cache: CacheConfig) -> Self {
         self.edit(move |config| config.cache = cache)
     }
