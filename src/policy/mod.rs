@@ -424,6 +424,12 @@ impl Policy {
         self
     }
 
+    /// The policy with one more rule.
+    pub fn with_rule(mut self, rule: Rule) -> Self {
+        self.rules.push(rule);
+        self
+    }
+
     /// A policy from its parts (the file parser and tests build these).
     pub fn from_parts(rules: Vec<Rule>, key_rules: Vec<KeyRule>, self_read: bool) -> Self {
         Policy {

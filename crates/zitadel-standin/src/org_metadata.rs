@@ -508,15 +508,8 @@ fn v2_list(shared: &Shared, headers: &HeaderMap, request: &Map<String, Value>) -
         .skip(usize::try_from(offset).unwrap_or(usize::MAX))
         .take(usize::try_from(applied).unwrap_or(usize::MAX))
         .map(|(key, entry)| {
+            // `zitadel.org.v2.Metadata` is `{key, value}`: unlike users' entries, no dates.
             let mut item = Map::new();
-            item.insert(
-                "creationDate".into(),
-                Value::String(wire::rfc3339(entry.creation_date)),
-            );
-            item.insert(
-                "changeDate".into(),
-                Value::String(wire::rfc3339(entry.change_date)),
-            );
             user_v2::put(&mut item, "key", Value::String(key.clone()));
             user_v2::put(
                 &mut item,
