@@ -124,11 +124,18 @@ impl AuthzService {
             }
             let mut metadata = HashMap::new();
             let packed = admitted.metadata.as_deref().map(|known| &known.metadata);
+            let org = admitted.org_metadata.as_deref();
             for (mapping, readable) in self.config.headers.iter().zip(&admitted.readable) {
                 if !readable {
                     continue;
                 }
-                let Some(Some(value)) = packed.and_then(|p| p.get(&mapping.key)) else {
+                let found = if mapping.organization {
+                    org.and_then(|items| items.iter().find(|item| item.key == mapping.key))
+                        .and_then(|item| item.value.as_deref())
+                } else {
+                    packed.and_then(|p| p.get(&mapping.key)).flatten()
+                };
+                let Some(value) = found else {
                     continue;
                 };
                 let Some(text) = header_text(value, self.config.binary, &mapping.key) else {

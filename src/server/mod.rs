@@ -129,6 +129,7 @@ impl Application {
             &bus_secret,
         )?;
         let fleet = changes.shared().cloned();
+        let org_cache = Arc::clone(changes.org_cache());
         let webhook = WebhookListener::bind(options.webhook, &changes).await?;
         let stopping = watch::Sender::new(false);
         let service = MetadataService::new(api::Dependencies {
@@ -151,6 +152,7 @@ impl Application {
                     resolver,
                     policy,
                     admission,
+                    org_cache,
                 };
                 Some(ext_authz_listener(ext, shared).await?)
             }

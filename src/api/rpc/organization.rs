@@ -68,12 +68,8 @@ impl MetadataService {
         let (items, total, next_offset) = if org_cache.enabled() {
             let zitadel = Arc::clone(&self.zitadel);
             let owned = org_id.clone();
-            let read = async move {
-                for_identified_caller(read_all(|page| {
-                    zitadel.list_org_metadata(&owned, None, page)
-                }))
-                .await
-            };
+            let read =
+                async move { for_identified_caller(zitadel.list_all_org_metadata(&owned)).await };
             let all = org_cache.load(&org_id, read).await?;
             let matching: Vec<MetadataItem> = all
                 .iter()

@@ -114,6 +114,32 @@ impl Zitadel {
         .map_err(|e| unknown_org(e, org_id))
     }
 
+    /// Every entry of an organisation's metadata (every page), ascending.
+    pub async fn list_all_org_metadata(
+        &self,
+        org_id: &str,
+    ) -> Result<Vec<crate::metadata::MetadataItem>, UpstreamError> {
+        let mut items = Vec::new();
+        loop {
+            let page = self
+                .list_org_metadata(
+                    org_id,
+                    None,
+                    PageRequest {
+                        offset: items.len() as u64,
+                        limit: v2::MAX_LIMIT,
+                    },
+                )
+                .await?;
+            let done =
+                page.items.is_empty() || items.len() as u64 + page.items.len() as u64 >= page.total;
+            items.extend(page.items);
+            if done {
+                return Ok(items);
+            }
+        }
+    }
+
     /// Adds or overwrites entries of an organisation; one call, all or nothing. Returns ZITADEL's change date.
     pub async fn set_org_metadata(
         &self,
