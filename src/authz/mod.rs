@@ -415,7 +415,10 @@ mod tests {
                 .iter()
                 .map(|m| (m.key.as_str(), m.organization, m.header.as_str()))
                 .collect::<Vec<_>>(),
-            [("plan", false, "x-user-plan"), ("plan", true, "x-tenant-plan")]
+            [
+                ("plan", false, "x-user-plan"),
+                ("plan", true, "x-tenant-plan")
+            ]
         );
         assert!(parse_header_map("org:=x-a").is_err());
         assert!(parse_header_map("org:plan=x-a,org:plan=x-b").is_err());
