@@ -216,7 +216,19 @@ impl AuthzService {
             }
             Caller::Identified(_) => None,
         };
-        let org = self.organization_metadata(&caller).await?;
+        // A refusal of the organisation's read is usermeta's (its service user's) problem, never the token's:
+        // it must not become a 401, so it fails as ZITADEL being unable to answer (503, or fail-open).
+        let org = self.organization_metadata(&caller).await.map_err(|error| {
+            if error.kind() == ErrorKind::Refused {
+                tracing::warn!(%error, "ZITADEL refused reading the caller's organisation's metadata");
+                IdentifyError::Upstream(UpstreamError::Unreachable {
+                    endpoint: error.endpoint(),
+                    reason: format!("the organisation's metadata was refused ({error})"),
+                })
+            } else {
+                IdentifyError::Upstream(error)
+            }
+        })?;
         Ok((caller, metadata, org))
     }
 
