@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# usermeta from the command line with grpcurl and no proto files (server reflection), as a test: health, all four
-# RPCs and two errors with their decoded details, every answer checked. Each `grpcurl` line is one to copy.
+# usermeta from the command line with grpcurl and no proto files (server reflection), as a test: health, the
+# RPCs (organisation metadata included) and three errors with their decoded details, every answer checked. Each `grpcurl` line is one to copy.
 #
 #   bash interop/grpcurl.sh        starts `usermeta dev` itself, or uses USERMETA_ADDR, USER_TOKEN, ADMIN_TOKEN
 #                                  and DEMO_USER_ID when set (interop/run.sh sets them)
@@ -102,6 +102,21 @@ answer=$(grpcurl -plaintext -H "authorization: Bearer $USER_TOKEN" \
   -d "{\"keys\":[\"$key\",\"$key.bin\"],\"source\":\"METADATA_SOURCE_AUTH_API\"}" "$addr" "$svc/GetMyMetadata")
 expect "$answer" "no entries are left" "not d.get('metadata')"
 
+echo "-- ListOrganizationMetadata: your own organisation (empty organization_id), as the demo user"
+answer=$(grpcurl -plaintext -H "authorization: Bearer $USER_TOKEN" -d '{}' "$addr" "$svc/ListOrganizationMetadata")
+expect "$answer" "the organisation ZITADEL says the user belongs to, with plan pro" \
+  "d['organizationId'] and {'key': 'plan', 'value': {'text': 'pro'}} in [{'key': m['key'], 'value': m['value']} for m in d['metadata']]"
+org=$(python3 -c 'import json, sys; print(json.load(sys.stdin)["organizationId"])' <<<"$answer")
+
+echo "-- SetOrganizationMetadata and DeleteOrganizationMetadata, as the admin (an organisation rule allows it)"
+answer=$(grpcurl -plaintext -H "authorization: Bearer $ADMIN_TOKEN" \
+  -d "{\"organization_id\":\"$org\",\"entries\":[{\"key\":\"region\",\"value\":{\"text\":\"eu-1\"}}]}" \
+  "$addr" "$svc/SetOrganizationMetadata")
+expect "$answer" "the write has an update_time" "d['updateTime'].endswith('Z')"
+answer=$(grpcurl -plaintext -H "authorization: Bearer $ADMIN_TOKEN" \
+  -d "{\"organization_id\":\"$org\",\"keys\":[\"region\"]}" "$addr" "$svc/DeleteOrganizationMetadata")
+expect "$answer" "the delete has an update_time" "d['updateTime'].endswith('Z')"
+
 # call_fails EXPECTED-CODE ARGS...: the call fails with that code; its status, details decoded, is in $error.
 call_fails() {
   local code=$1; shift
@@ -118,6 +133,11 @@ echo "-- an empty key: INVALID_ARGUMENT with a google.rpc.BadRequest"
 call_fails 3 -H "authorization: Bearer $USER_TOKEN" -d '{"entries":[{"key":"","value":{"text":"x"}}]}' "$addr" "$svc/SetMetadata"
 expect "$error" "the details hold a BadRequest naming entries[0].key" \
   "any(x['@type'] == 'type.googleapis.com/google.rpc.BadRequest' and [v['field'] for v in x['fieldViolations']] == ['entries[0].key'] for x in d['details'])"
+
+echo "-- the demo user writing its organisation: PERMISSION_DENIED, POLICY_DENIED naming the organisation"
+call_fails 7 -H "authorization: Bearer $USER_TOKEN" -d '{"entries":[{"key":"plan","value":{"text":"free"}}]}' "$addr" "$svc/SetOrganizationMetadata"
+expect "$error" "the details hold ErrorInfo POLICY_DENIED with target organization" \
+  "any(x['@type'] == 'type.googleapis.com/google.rpc.ErrorInfo' and x['reason'] == 'POLICY_DENIED' and x['metadata']['target'] == 'organization' for x in d['details'])"
 
 echo "-- no token: UNAUTHENTICATED with a google.rpc.ErrorInfo"
 call_fails 16 "$addr" "$svc/GetMyMetadata"

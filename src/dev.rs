@@ -9,7 +9,7 @@ use usermeta_zitadel::management::ApiChoice;
 
 use crate::{
     RunError,
-    policy::Policy,
+    policy::{Action, KeyPattern, Policy, Resource, Rule, Who, Whose},
     server::{self, Application, Config},
     settings::{self, DevArgs},
 };
@@ -41,13 +41,14 @@ pub struct Demo {
     pub service_pat: String,
 }
 
-/// Starts the stand-in and fills it: one organisation, a demo user with `ContractNumber=1234`, an admin
+/// Starts the stand-in and fills it: one organisation (metadata `plan=pro`), a demo user with `ContractNumber=1234`, an admin
 /// user, and a service user whose PAT usermeta uses.
 pub async fn seed_demo(standin: StandIn) -> Demo {
     let org = standin.create_org("Demo");
     let user_id = standin.create_user(&org, "road.runner");
     standin.set_metadata(&user_id, "ContractNumber", b"1234");
     standin.set_metadata(&user_id, "profile.language", b"en");
+    standin.set_org_metadata(&org, "plan", b"pro");
     let admin_id = standin.create_user(&org, "wile.e.coyote");
     let service_user = standin.create_service_user(&org, "usermeta", ManagerRole::IamOwner);
     Demo {
@@ -73,6 +74,19 @@ pub async fn run(args: DevArgs) -> Result<(), RunError> {
         policy: Policy::new(
             [demo.admin_id.clone()],
             settings::self_writable_prefixes(&args.self_writable_keys),
+        )
+        .with_rule(
+            Rule::new(
+                "the demo admin manages every organisation",
+                Who {
+                    subjects: [demo.admin_id.clone()].into(),
+                    ..Who::default()
+                },
+                Whose::Any,
+                vec![KeyPattern::Any],
+                &[Action::Read, Action::Write, Action::Delete],
+            )
+            .on(Resource::Organization),
         ),
         ..Config::new(
             settings::zitadel_url(&demo.standin.url())?,
@@ -101,7 +115,8 @@ usermeta dev is running.
   ZITADEL stand-in:  {zitadel}
 
 Demo user  {user_id} (road.runner), metadata ContractNumber=1234, profile.language=en
-Demo admin {admin_id} (wile.e.coyote), listed as a usermeta admin
+Demo admin {admin_id} (wile.e.coyote), listed as a usermeta admin (users and organisations)
+Demo organisation metadata plan=pro (ListOrganizationMetadata)
 
   export USER_TOKEN={user}
   export ADMIN_TOKEN={admin}

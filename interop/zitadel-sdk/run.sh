@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The stand-in ZITADEL's v2 user service against ZITADEL's official Python SDK (PyPI zitadel-client, pinned in
+# The stand-in ZITADEL's v2 user and organisation services against ZITADEL's official Python SDK (PyPI zitadel-client, pinned in
 # requirements.txt): builds and starts crates/zitadel-standin/examples/serve.rs (127.0.0.1:0, seeded), runs
 # client.py through the SDK's Connect calls, then checks that client.py fails on a wrong answer (so a green run
 # means the checks ran). Stops the stand-in on any exit.

@@ -110,7 +110,7 @@ proptest! {
 
     #[test]
     fn page_tokens_never_panic_on_arbitrary_text(token in "\\PC{0,80}", user_id in "[0-9]{0,20}") {
-        let query = Query { user_id: &user_id, org_id: "", filter: None, find: None };
+        let query = Query { user_id: &user_id, org_id: "", filter: None, find: None, organization: false };
         let _ = page_token::decode(&PageTokenKey::random(), &token, query);
     }
 
@@ -123,7 +123,7 @@ proptest! {
         filter_key in prop::option::of(key()),
     ) {
         let filter = filter_key.map(|key| KeyFilter { key, matching: KeyMatch::StartsWith });
-        let query = Query { user_id: &user_id, org_id: &org_id, filter: filter.as_ref(), find: None };
+        let query = Query { user_id: &user_id, org_id: &org_id, filter: filter.as_ref(), find: None, organization: false };
         let key = PageTokenKey::random();
         let position = Position { offset, offsets: if visible { Offsets::Visible } else { Offsets::Zitadel } };
         let token = page_token::encode(&key, position, query);

@@ -1,4 +1,4 @@
-//! Opaque page tokens for ListMetadata and FindUsersByMetadata. A token carries the offset of the next page,
+//! Opaque page tokens for ListMetadata, ListOrganizationMetadata and FindUsersByMetadata. A token carries the offset of the next page,
 //! whether that offset counts ZITADEL's entries or only those the caller may see, and a MAC (HMAC-SHA256) over
 //! both and the query it belongs to (user, organisation, filter, search). Only usermeta can make one, so an
 //! altered or made-up token is refused before any call, and it cannot be replayed against another user,
@@ -60,6 +60,8 @@ pub(super) struct Query<'a> {
     pub filter: Option<&'a KeyFilter>,
     /// For FindUsersByMetadata: the key and value looked for (a listing's tokens never fit a search's).
     pub find: Option<(&'a str, &'a [u8])>,
+    /// ListOrganizationMetadata: `org_id`'s own metadata (a user listing's tokens never fit it, nor the reverse).
+    pub organization: bool,
 }
 
 /// A token's content, once its MAC checked out.
@@ -91,6 +93,9 @@ fn mac(key: &PageTokenKey, head: &[u8], query: Query<'_>) -> [u8; MAC_LEN] {
         context.update(part.as_bytes());
     }
     context.update(&[query.filter.map_or(0, |f| f.matching as u8 + 1)]);
+    if query.organization {
+        context.update(b"organization");
+    }
     if let Some((key, value)) = query.find {
         context.update(b"find");
         for part in [key.as_bytes(), value] {
@@ -199,6 +204,7 @@ mod tests {
             org_id: "o1",
             filter: Some(&filter),
             find: None,
+            organization: false,
         };
         let visible = Position {
             offset: 200,
@@ -224,6 +230,7 @@ mod tests {
             org_id: "",
             filter: None,
             find: None,
+            organization: false,
         };
         let filter = KeyFilter {
             key: "x".into(),
@@ -236,6 +243,10 @@ mod tests {
                 ..a
             },
             Query { org_id: "o", ..a },
+            Query {
+                organization: true,
+                ..a
+            },
         ];
         let token = encode(&key, at(10), a);
         for other in others {
@@ -252,6 +263,7 @@ mod tests {
             org_id: "",
             filter: None,
             find: Some(("k", b"v")),
+            organization: false,
         };
         let offset_bytes = |position: u64| {
             let bytes = URL_SAFE_NO_PAD
@@ -275,6 +287,7 @@ mod tests {
             org_id: "",
             filter: None,
             find: None,
+            organization: false,
         };
         let genuine = encode(&key, at(100), q);
         let mut bytes = URL_SAFE_NO_PAD.decode(&genuine).unwrap();

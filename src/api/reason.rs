@@ -61,6 +61,9 @@ reasons! {
     KeySealed = "KEY_SEALED",
     /// `organization_id` names no organisation.
     OrganizationNotFound = "ORGANIZATION_NOT_FOUND",
+    /// An organisation call left organization_id empty, and ZITADEL did not say which organisation the caller
+    /// belongs to.
+    CallerOrganizationUnknown = "CALLER_ORGANIZATION_UNKNOWN",
     /// ZITADEL denies usermeta's service user.
     ServiceUserLacksPermission = "SERVICE_USER_LACKS_PERMISSION",
     /// A key to delete does not exist.

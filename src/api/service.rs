@@ -290,6 +290,38 @@ impl pb::user_metadata_service_server::UserMetadataService for MetadataService {
             .await
     }
 
+    async fn list_organization_metadata(
+        &self,
+        request: Request<pb::ListOrganizationMetadataRequest>,
+    ) -> Result<Response<pb::ListOrganizationMetadataResponse>, Status> {
+        self.answer(
+            request,
+            |message| validate::org_list(message, &self.page_tokens),
+            |call| self.list_organization(call),
+        )
+        .await
+    }
+
+    async fn set_organization_metadata(
+        &self,
+        request: Request<pb::SetOrganizationMetadataRequest>,
+    ) -> Result<Response<pb::SetOrganizationMetadataResponse>, Status> {
+        self.answer(request, validate::org_set, |call| {
+            self.set_organization(call)
+        })
+        .await
+    }
+
+    async fn delete_organization_metadata(
+        &self,
+        request: Request<pb::DeleteOrganizationMetadataRequest>,
+    ) -> Result<Response<pb::DeleteOrganizationMetadataResponse>, Status> {
+        self.answer(request, validate::org_delete, |call| {
+            self.delete_organization(call)
+        })
+        .await
+    }
+
     async fn batch_get_metadata(
         &self,
         request: Request<pb::BatchGetMetadataRequest>,

@@ -124,15 +124,22 @@ impl AuthzService {
             }
             let mut metadata = HashMap::new();
             let packed = admitted.metadata.as_deref().map(|known| &known.metadata);
+            let org = admitted.org_metadata.as_deref();
             for (mapping, readable) in self.config.headers.iter().zip(&admitted.readable) {
                 if !readable {
                     continue;
                 }
-                let Some(Some(stored)) = packed.and_then(|p| p.get(&mapping.key)) else {
+                let found = if mapping.organization {
+                    org.and_then(|items| items.iter().find(|item| item.key == mapping.key))
+                        .and_then(|item| item.value.as_deref())
+                } else {
+                    packed.and_then(|p| p.get(&mapping.key)).flatten()
+                };
+                let Some(stored) = found else {
                     continue;
                 };
                 // A sealed value goes upstream opened; one that does not open is not sent.
-                let value = if self.policy.is_sealed(&mapping.key) {
+                let value = if !mapping.organization && self.policy.is_sealed(&mapping.key) {
                     match self.policy.reveal(Owner::User(sub), &mapping.key, stored) {
                         Ok(opened) => opened,
                         Err(_) => continue,

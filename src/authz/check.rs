@@ -16,11 +16,14 @@ use crate::{
     api::ApiError,
     caller::cache::CallerCache,
     caller::{Caller, IdentifyError, Identity, KnownCaller, Resolver, TokenError},
+    org_cache::{OrgCache, OrgMetadata},
     policy::{Policy, Subject},
     sealing::Owner,
 };
 use usermeta_zitadel::{
-    BearerError, CallerToken, ErrorKind, UpstreamError, Zitadel, metadata::PackedMetadata,
+    BearerError, CallerToken, ErrorKind, UpstreamError, Zitadel,
+    budget::for_identified_caller,
+    metadata::{MetadataItem, PackedMetadata},
 };
 
 /// Serves `envoy.service.auth.v3.Authorization`. Callers are identified exactly as the metadata API
@@ -33,6 +36,7 @@ pub struct AuthzService {
     resolver: Arc<Resolver>,
     pub(super) policy: Arc<Policy>,
     admission: Arc<Admission>,
+    org_cache: Arc<OrgCache>,
     pub(super) config: Arc<AuthzConfig>,
 }
 
@@ -42,7 +46,10 @@ pub(super) struct Admitted {
     pub(super) user_id: CompactString,
     /// The caller's metadata, when headers or rules needed it.
     pub(super) metadata: Option<Arc<KnownCaller>>,
-    /// Keys of `metadata` the policy lets the caller read of themself (configured header keys only).
+    /// The caller's organisation's own metadata, when `org:` headers or `org.` rules needed it.
+    pub(super) org_metadata: Option<OrgMetadata>,
+    /// Per configured header: whether the policy lets the caller read its key (of themself, or of their
+    /// organisation for `org:` headers; hidden keys never).
     pub(super) readable: Vec<bool>,
 }
 
@@ -86,6 +93,8 @@ pub struct Shared {
     pub policy: Arc<Policy>,
     /// The rate limit, in-flight limits and deadlines, shared with the metadata API (one budget per caller).
     pub admission: Arc<Admission>,
+    /// Organisations' metadata, shared with the metadata API (`org:` headers and `org.` rules).
+    pub org_cache: Arc<OrgCache>,
 }
 
 impl AuthzService {
@@ -97,6 +106,7 @@ impl AuthzService {
             resolver: shared.resolver,
             policy: shared.policy,
             admission: shared.admission,
+            org_cache: shared.org_cache,
             config,
         }
     }
@@ -149,10 +159,39 @@ impl AuthzService {
         if !self.resolver.uses_userinfo() {
             return None;
         }
-        Some(self.cache.cached_userinfo(token)?.map(|known| {
-            let metadata = Some(Arc::clone(&known));
-            (Caller::Userinfo(known), metadata)
-        }))
+        let known = match self.cache.cached_userinfo(token)? {
+            Ok(known) => known,
+            Err(error) => return Some(Err(error)),
+        };
+        // The organisation's metadata too, when needed: else ZITADEL is asked.
+        let org = match (
+            self.config.needs_organization(),
+            known.identity.org_id.as_deref(),
+        ) {
+            (true, Some(org_id)) => Some(self.org_cache.get(org_id)?),
+            _ => None,
+        };
+        let metadata = Some(Arc::clone(&known));
+        Some(Ok((Caller::Userinfo(known), metadata, org)))
+    }
+
+    /// The caller's organisation's own metadata, when headers or rules need it (from memory while fresh).
+    async fn organization_metadata(
+        &self,
+        identity: &Identity,
+    ) -> Result<Option<OrgMetadata>, UpstreamError> {
+        let Some(org_id) = identity
+            .org_id
+            .as_deref()
+            .filter(|_| self.config.needs_organization())
+        else {
+            return Ok(None);
+        };
+        let zitadel = Arc::clone(&self.zitadel);
+        let owned = org_id.to_owned();
+        let read =
+            async move { for_identified_caller(zitadel.list_all_org_metadata(&owned)).await };
+        self.org_cache.load(org_id, read).await.map(Some)
     }
 
     /// The caller and, when headers or rules need it, their metadata, asking ZITADEL where memory has not
@@ -178,7 +217,20 @@ impl AuthzService {
             }
             Caller::Identified(_) => None,
         };
-        Ok((caller, metadata))
+        // A refusal of the organisation's read is usermeta's (its service user's) problem, never the token's:
+        // it must not become a 401, so it fails as ZITADEL being unable to answer (503, or fail-open).
+        let org = self.organization_metadata(&caller).await.map_err(|error| {
+            if error.kind() == ErrorKind::Refused {
+                tracing::warn!(%error, "ZITADEL refused reading the caller's organisation's metadata");
+                IdentifyError::Upstream(UpstreamError::Unreachable {
+                    endpoint: error.endpoint(),
+                    reason: format!("the organisation's metadata was refused ({error})"),
+                })
+            } else {
+                IdentifyError::Upstream(error)
+            }
+        })?;
+        Ok((caller, metadata, org))
     }
 
     /// [`AuthzService::look_up`] within the call's deadline (the caller's `grpc-timeout`, cut to the maximum,
@@ -194,7 +246,7 @@ impl AuthzService {
 
     /// The decision for a caller looked up: the route rules, and what of their metadata may go upstream.
     fn decide(&self, entry: Entry<'_>, looked_up: LookedUp) -> Decision {
-        let (caller, metadata) = match looked_up {
+        let (caller, metadata, org_metadata) = match looked_up {
             Ok(found) => found,
             Err(IdentifyError::Token(TokenError::NoSubject)) => {
                 return Decision::Forbidden {
@@ -241,11 +293,15 @@ impl AuthzService {
         tracing::Span::current().record("user_id", identity.sub.as_str());
         let packed = metadata.as_deref().map(|known| &known.metadata);
         for rule in entry.rules {
-            if let Some(unmet) = rule
-                .requirements
-                .iter()
-                .find(|r| !satisfies(&self.policy, identity, packed, r))
-            {
+            if let Some(unmet) = rule.requirements.iter().find(|r| {
+                !satisfies(
+                    &self.policy,
+                    identity,
+                    packed,
+                    org_metadata.as_deref().map(Vec::as_slice),
+                    r,
+                )
+            }) {
                 let reason = match unmet {
                     Requirement::Role(role) => {
                         format!("route rule {} requires the role `{role}`", rule.origin)
@@ -256,6 +312,18 @@ impl AuthzService {
                     }
                     Requirement::Metadata { key, .. } => format!(
                         "route rule {} requires a different value of metadata `{key}`",
+                        rule.origin
+                    ),
+                    // Nor a key hidden from the organisation's members.
+                    Requirement::OrgMetadata { key, .. }
+                        if self
+                            .policy
+                            .is_hidden_in(crate::policy::Resource::Organization, key) =>
+                    {
+                        format!("route rule {} is not met", rule.origin)
+                    }
+                    Requirement::OrgMetadata { key, .. } => format!(
+                        "route rule {} requires a different value of your organisation's metadata `{key}`",
                         rule.origin
                     ),
                 };
@@ -270,18 +338,30 @@ impl AuthzService {
             user_id: &identity.sub,
             org_id: identity.org_id.as_deref(),
         };
-        let readable = match self.policy.read_scope(identity, me) {
-            Ok(scope) => self
-                .config
-                .headers
-                .iter()
-                .map(|mapping| scope.allows(&mapping.key))
-                .collect(),
-            Err(_) => vec![false; self.config.headers.len()],
-        };
+        let own = self.policy.read_scope(identity, me).ok();
+        // And of their organisation what its members may read (hidden keys never).
+        let org_scope = identity
+            .org_id
+            .as_deref()
+            .filter(|_| org_metadata.is_some())
+            .and_then(|org_id| self.policy.org_read_scope(identity, org_id).ok());
+        let readable = self
+            .config
+            .headers
+            .iter()
+            .map(|mapping| {
+                let scope = if mapping.organization {
+                    org_scope.as_ref()
+                } else {
+                    own.as_ref()
+                };
+                scope.is_some_and(|scope| scope.allows(&mapping.key))
+            })
+            .collect();
         Decision::Allow(Some(Admitted {
             user_id: identity.sub.clone(),
             metadata,
+            org_metadata,
             readable,
         }))
     }
@@ -301,6 +381,7 @@ fn satisfies(
     policy: &Policy,
     identity: &Identity,
     metadata: Option<&PackedMetadata>,
+    org_metadata: Option<&[MetadataItem]>,
     requirement: &Requirement,
 ) -> bool {
     match requirement {
@@ -317,6 +398,11 @@ fn satisfies(
                 stored == value.as_bytes()
             }
         }
+        Requirement::OrgMetadata { key, value } => org_metadata.is_some_and(|items| {
+            items
+                .iter()
+                .any(|item| item.key == *key && item.value.as_deref() == Some(value.as_bytes()))
+        }),
     }
 }
 
@@ -371,7 +457,7 @@ struct Entry<'a> {
 }
 
 /// The caller of a token and, when needed, their metadata, or why they could not be looked up.
-type LookedUp = Result<(Caller, Option<Arc<KnownCaller>>), IdentifyError>;
+type LookedUp = Result<(Caller, Option<Arc<KnownCaller>>, Option<OrgMetadata>), IdentifyError>;
 
 #[cfg(test)]
 mod tests {

@@ -86,6 +86,16 @@ impl AuthzConfig {
         })
     }
 
+    /// Whether any header or rule needs the caller's organisation's metadata.
+    pub fn needs_organization(&self) -> bool {
+        self.headers.iter().any(|m| m.organization)
+            || self.rules.iter().any(|rule| {
+                rule.requirements
+                    .iter()
+                    .any(|r| matches!(r, Requirement::OrgMetadata { .. }))
+            })
+    }
+
     /// Checks what single settings cannot: no header name used twice.
     pub fn validate(&self) -> Result<(), String> {
         let mut seen = std::collections::HashSet::new();
@@ -105,6 +115,9 @@ impl AuthzConfig {
 pub struct HeaderMapping {
     /// The metadata key whose value is sent.
     pub key: String,
+    /// The key is one of the caller's organisation's own metadata (written `org:KEY=header`), not the
+    /// caller's.
+    pub organization: bool,
     /// Lower-case, valid, not reserved.
     pub header: String,
 }
@@ -139,6 +152,13 @@ pub enum Requirement {
         /// The metadata key.
         key: String,
         /// The value the caller's key must hold.
+        value: String,
+    },
+    /// The caller's organisation's own metadata key holds exactly this (UTF-8) value (`org.KEY=VALUE`).
+    OrgMetadata {
+        /// The organisation's metadata key.
+        key: String,
+        /// The value it must hold.
         value: String,
     },
     /// The caller has this project role.
@@ -205,22 +225,31 @@ fn bare_host(host: &str) -> &str {
     host.strip_suffix('.').unwrap_or(host)
 }
 
-/// Parses `key=header-name` pairs, comma separated (whitespace around items ignored).
+/// Parses `key=header-name` pairs, comma separated (whitespace around items ignored); `org:key=header-name`
+/// names a key of the caller's organisation's own metadata.
 pub fn parse_header_map(raw: &str) -> Result<Vec<HeaderMapping>, String> {
     let mut mappings = Vec::new();
     for item in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let (key, header) = item.split_once('=').ok_or_else(|| {
-            format!("`{item}` is not `metadata-key=header-name` (e.g. ContractNumber=x-user-contract-number)")
+            format!("`{item}` is not `metadata-key=header-name` (e.g. ContractNumber=x-user-contract-number, or org:plan=x-tenant-plan for the organisation's)")
         })?;
         let key = key.trim();
+        let (organization, key) = match key.strip_prefix("org:") {
+            Some(key) => (true, key.trim()),
+            None => (false, key),
+        };
         if key.is_empty() {
             return Err(format!("`{item}` names no metadata key"));
         }
-        if mappings.iter().any(|m: &HeaderMapping| m.key == key) {
+        if mappings
+            .iter()
+            .any(|m: &HeaderMapping| m.key == key && m.organization == organization)
+        {
             return Err(format!("metadata key `{key}` is listed twice"));
         }
         mappings.push(HeaderMapping {
             key: key.to_owned(),
+            organization,
             header: header_name(header.trim())?,
         });
     }
@@ -307,15 +336,25 @@ fn parse_rule(line: &str, origin: String) -> Result<Rule, String> {
                 rule.host = Some(host.strip_suffix('.').unwrap_or(&host).to_owned());
             }
             "role" => rule.requirements.push(Requirement::Role(value.to_owned())),
-            _ => match name.strip_prefix("metadata.") {
-                Some(key) if !key.is_empty() => rule.requirements.push(Requirement::Metadata {
-                    key: key.to_owned(),
-                    value: value.to_owned(),
-                }),
+            _ => match (name.strip_prefix("metadata."), name.strip_prefix("org.")) {
+                (Some(key), _) if !key.is_empty() => {
+                    rule.requirements.push(Requirement::Metadata {
+                        key: key.to_owned(),
+                        value: value.to_owned(),
+                    });
+                }
+                (_, Some(key)) if !key.is_empty() => {
+                    rule.requirements.push(Requirement::OrgMetadata {
+                        key: key.to_owned(),
+                        value: value.to_owned(),
+                    });
+                }
                 _ => {
                     return fail(
                         &rule,
-                        format!("unknown term `{name}`; use path=, host=, role= or metadata.KEY="),
+                        format!(
+                            "unknown term `{name}`; use path=, host=, role=, metadata.KEY= or org.KEY="
+                        ),
                     );
                 }
             },
@@ -324,7 +363,7 @@ fn parse_rule(line: &str, origin: String) -> Result<Rule, String> {
     if rule.requirements.is_empty() {
         return fail(
             &rule,
-            "requires nothing; add role=NAME or metadata.KEY=VALUE".into(),
+            "requires nothing; add role=NAME, metadata.KEY=VALUE or org.KEY=VALUE".into(),
         );
     }
     Ok(rule)
@@ -344,10 +383,12 @@ mod tests {
             vec![
                 HeaderMapping {
                     key: "ContractNumber".into(),
+                    organization: false,
                     header: "x-user-contract-number".into()
                 },
                 HeaderMapping {
                     key: "profile.language".into(),
+                    organization: false,
                     header: "x-lang".into()
                 },
             ]
@@ -364,6 +405,38 @@ mod tests {
         ] {
             assert!(parse_header_map(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn organisation_keys_parse_as_headers_and_rule_terms() {
+        let mappings = parse_header_map("plan=x-user-plan, org:plan=x-tenant-plan").unwrap();
+        assert_eq!(
+            mappings
+                .iter()
+                .map(|m| (m.key.as_str(), m.organization, m.header.as_str()))
+                .collect::<Vec<_>>(),
+            [
+                ("plan", false, "x-user-plan"),
+                ("plan", true, "x-tenant-plan")
+            ]
+        );
+        assert!(parse_header_map("org:=x-a").is_err());
+        assert!(parse_header_map("org:plan=x-a,org:plan=x-b").is_err());
+        let rules = parse_rules("path=/enterprise org.plan=enterprise", "t").unwrap();
+        assert_eq!(
+            rules[0].requirements,
+            [Requirement::OrgMetadata {
+                key: "plan".into(),
+                value: "enterprise".into()
+            }]
+        );
+        assert!(parse_rules("path=/x org.=y", "t").is_err());
+        let config = AuthzConfig {
+            headers: mappings,
+            ..AuthzConfig::default()
+        };
+        assert!(config.needs_organization());
+        assert!(!AuthzConfig::default().needs_organization());
     }
 
     #[test]

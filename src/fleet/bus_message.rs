@@ -182,7 +182,17 @@ pub(super) struct Change {
     /// When the change happened, in milliseconds since the Unix epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time_ms: Option<u64>,
+    /// Set when an organisation's own metadata changed (or may have): receivers forget that organisation.
+    /// `user_id` is then [`ORGANIZATION_NEWS_USER`], so a replica from before organisation metadata (which
+    /// ignores this field) reads a message it believes and drops the cached answers of a user that does not
+    /// exist: nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org_id: Option<String>,
 }
+
+/// The `user_id` of a message about an organisation (see [`Change::org_id`]): no ZITADEL user id (those are
+/// digits, or custom ids without `:`).
+pub(super) const ORGANIZATION_NEWS_USER: &str = "usermeta:organization";
 
 /// Why a message was not believed. Each is counted by its [`Rejected::reason`]; none says what the message
 /// held.
@@ -241,6 +251,10 @@ impl Change {
             && self.seq > 0
             && self.keys.len() <= MAX_KEYS
             && self.keys.iter().all(key)
+            && self
+                .org_id
+                .as_deref()
+                .is_none_or(|org| id_like(org, MAX_USER_ID_CHARS))
     }
 
     /// The message as published: the tag, a dot, the JSON.
@@ -332,7 +346,33 @@ mod tests {
             keys: vec!["profile.language".to_owned()],
             kind: Some(ChangeKind::Set),
             time_ms: Some(unix_ms(now)),
+            org_id: None,
         }
+    }
+
+    /// A replica from before organisation metadata reads the message of a newer one about an organisation
+    /// (an unknown field is ignored, its user a marker), and a newer one reads an older one's about a user.
+    #[test]
+    fn organisation_news_is_compatible_both_ways() {
+        let now = SystemTime::now();
+        let mut about_org = change(now);
+        about_org.user_id = ORGANIZATION_NEWS_USER.to_owned();
+        about_org.keys.clear();
+        about_org.kind = None;
+        about_org.org_id = Some("170848145649959170".to_owned());
+        let sealed = about_org.seal(&key());
+        let opened = Change::open(&key(), sealed.as_bytes(), now).unwrap();
+        assert_eq!(opened.org_id.as_deref(), Some("170848145649959170"));
+        #[derive(serde::Deserialize)]
+        struct Old {
+            user_id: String,
+        }
+        let json = sealed.split_once('.').unwrap().1;
+        let old: Old = serde_json::from_str(json).unwrap();
+        assert_eq!(old.user_id, ORGANIZATION_NEWS_USER);
+        let older = r#"{"origin":"0123456789abcdef","seq":2,"sent_ms":1,"user_id":"u1","keys":[]}"#;
+        let parsed: Change = serde_json::from_str(older).unwrap();
+        assert_eq!(parsed.org_id, None);
     }
 
     #[test]

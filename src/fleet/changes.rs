@@ -8,7 +8,7 @@ use super::{
     BusKey, RedisConfig, RedisSetupError, SharedInvalidation,
     feed::{Feed, StreamLimit, Subscription, WatchLimits, Write},
 };
-use crate::caller::cache::CallerCache;
+use crate::{caller::cache::CallerCache, org_cache::OrgCache};
 
 /// What happened to a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -42,6 +42,8 @@ pub struct MetadataChange {
 #[derive(Debug, Clone)]
 pub struct Changes {
     cache: Arc<CallerCache>,
+    /// Organisations' metadata this replica remembers.
+    org_cache: Arc<OrgCache>,
     feed: Feed,
     shared: Option<SharedInvalidation>,
 }
@@ -52,8 +54,30 @@ impl Changes {
     pub fn local(cache: Arc<CallerCache>, limits: WatchLimits) -> Changes {
         Changes {
             cache,
+            org_cache: Arc::new(OrgCache::disabled()),
             feed: Feed::new(limits),
             shared: None,
+        }
+    }
+
+    /// Remembers organisations' metadata in `org_cache`, which changes heard here, from the other replicas and
+    /// from ZITADEL drop entries of. Before [`Changes::with_redis`], so the other replicas' news reaches it.
+    pub fn with_org_cache(mut self, org_cache: Arc<OrgCache>) -> Changes {
+        self.org_cache = org_cache;
+        self
+    }
+
+    /// Organisations' metadata this replica remembers.
+    pub fn org_cache(&self) -> &Arc<OrgCache> {
+        &self.org_cache
+    }
+
+    /// An organisation's metadata changed, or may have (a write through this replica, however it ended, or
+    /// ZITADEL's `org.metadata.*` event): forgotten here at once and on the other replicas.
+    pub fn organization_changed(&self, org_id: &str) {
+        self.org_cache.invalidate(org_id);
+        if let Some(shared) = &self.shared {
+            shared.publish_organization(org_id);
         }
     }
 
@@ -69,6 +93,7 @@ impl Changes {
             config,
             key,
             Arc::clone(&self.cache),
+            Arc::clone(&self.org_cache),
             self.feed.clone(),
         )?);
         Ok(self)

@@ -19,7 +19,7 @@ use super::{
     feed::{Feed, Write},
     write_lock::{WriteLockConfig, WriteLocks},
 };
-use crate::caller::cache::CallerCache;
+use crate::{caller::cache::CallerCache, org_cache::OrgCache};
 
 /// Changes waiting to be published; beyond this a change is dropped (and counted): the TTL still bounds it.
 const PUBLISH_QUEUE: usize = 4096;
@@ -96,6 +96,8 @@ pub struct RedisSetupError {
 #[derive(Debug)]
 struct News {
     user_id: String,
+    /// An organisation whose metadata changed (then `user_id` is the marker).
+    org_id: Option<String>,
     /// At most [`MAX_KEYS`]; empty means "any key".
     keys: Vec<String>,
     kind: Option<ChangeKind>,
@@ -145,6 +147,7 @@ impl SharedInvalidation {
         config: RedisConfig,
         key: BusKey,
         cache: Arc<CallerCache>,
+        org_cache: Arc<OrgCache>,
         feed: Feed,
     ) -> Result<SharedInvalidation, RedisSetupError> {
         let failed = |reason: String| RedisSetupError {
@@ -176,6 +179,7 @@ impl SharedInvalidation {
             key.clone(),
             origin,
             cache,
+            org_cache,
             feed,
             state,
         ));
@@ -270,6 +274,7 @@ impl SharedInvalidation {
         for keys in parts {
             let news = News {
                 user_id: user_id.to_owned(),
+                org_id: None,
                 keys,
                 kind,
                 time_ms,
@@ -277,6 +282,20 @@ impl SharedInvalidation {
             if self.outgoing.try_send(news).is_err() {
                 crate::metrics::invalidation("dropped");
             }
+        }
+    }
+
+    /// Tells the other replicas that an organisation's metadata changed (or may have). Never waits.
+    pub fn publish_organization(&self, org_id: &str) {
+        let news = News {
+            user_id: super::bus_message::ORGANIZATION_NEWS_USER.to_owned(),
+            org_id: Some(org_id.to_owned()),
+            keys: Vec::new(),
+            kind: None,
+            time_ms: None,
+        };
+        if self.outgoing.try_send(news).is_err() {
+            crate::metrics::invalidation("dropped");
         }
     }
 
@@ -333,6 +352,7 @@ async fn publish(
             keys: news.keys,
             kind: news.kind,
             time_ms: news.time_ms,
+            org_id: news.org_id,
         };
         if !change.within_bounds() {
             // The API and the webhook bound what they accept alike; receivers would refuse it.
@@ -411,6 +431,7 @@ async fn subscribe(
     key: BusKey,
     origin: Arc<str>,
     cache: Arc<CallerCache>,
+    org_cache: Arc<OrgCache>,
     feed: Feed,
     state: watch::Sender<bool>,
 ) {
@@ -441,13 +462,14 @@ async fn subscribe(
         // may be stale, so it is all fetched again.
         if ever_connected {
             cache.invalidate_all();
+            org_cache.invalidate_all();
         }
         ever_connected = true;
         backoff = BACKOFF_MIN;
         outage.recovered("subscribing");
         state.send_replace(true);
         crate::metrics::redis_connected(true);
-        let error = listen(pubsub, &origin, &mut heard, &cache, &feed).await;
+        let error = listen(pubsub, &origin, &mut heard, &cache, &org_cache, &feed).await;
         state.send_replace(false);
         crate::metrics::redis_connected(false);
         outage.failed("subscribed", &error);
@@ -507,6 +529,7 @@ async fn listen(
     origin: &str,
     heard: &mut Heard,
     cache: &CallerCache,
+    org_cache: &OrgCache,
     feed: &Feed,
 ) -> String {
     let (mut sink, mut messages) = pubsub.split();
@@ -523,6 +546,11 @@ async fn listen(
                 };
                 // Its own messages come back too; they were applied when they were made.
                 if change.origin == origin {
+                    continue;
+                }
+                if let Some(org_id) = &change.org_id {
+                    org_cache.invalidate(org_id);
+                    crate::metrics::invalidation("received");
                     continue;
                 }
                 cache.invalidate_user(&change.user_id);

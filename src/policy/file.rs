@@ -3,6 +3,7 @@
 //!
 //! ```toml
 //! self_read = true            # optional; the implicit "users may read their own metadata" rule
+//! organization_member_read = true   # optional; the implicit "members may read their organisation's" rule
 //!
 //! [[rule]]
 //! name = "billing links the customer id"
@@ -11,6 +12,14 @@
 //! keys = ["internal.customer_id"]            # exact names, `prefix.*`, or `*`
 //! actions = ["write", "delete"]              # read, write, delete, find
 //!
+//! [[rule]]
+//! name = "tenant admins keep their organisation's plan"
+//! resource = "organization"                  # "user" (the default) or "organization"
+//! who = { roles = ["tenant-admin"] }
+//! whose = "self"                             # for organisations: the caller's own, "any", or org ids
+//! keys = ["plan"]
+//! actions = ["read", "write"]                # read, write, delete (no find on organisations)
+//!
 //! [[key]]
 //! name = "profile.*"
 //! hidden = false              # true: usermeta never returns it to its user; ZITADEL still does, unless sealed
@@ -18,6 +27,11 @@
 //! max_bytes = 256
 //! pattern = "^[^<>]*$"
 //! json = false
+//!
+//! [[key]]
+//! name = "internal.*"
+//! resource = "organization"   # declares organisations' keys; hidden = never shown to the org's members
+//! hidden = true
 //! ```
 
 use std::{collections::HashSet, fmt, ops::Range};
@@ -26,7 +40,7 @@ use regex::Regex;
 use serde::{Deserialize, Deserializer, de};
 use toml::Spanned;
 
-use super::{Action, KeyPattern, KeyRule, Policy, Rule, Who, Whose};
+use super::{Action, KeyPattern, KeyRule, Policy, Resource, Rule, Who, Whose};
 
 /// A policy file that cannot be used, with the line of the problem when there is one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +73,8 @@ impl std::error::Error for PolicyError {}
 struct FileDoc {
     #[serde(default = "yes")]
     self_read: bool,
+    #[serde(default = "yes")]
+    organization_member_read: bool,
     #[serde(default, rename = "rule")]
     rules: Vec<RuleDoc>,
     #[serde(default, rename = "key")]
@@ -73,6 +89,8 @@ fn yes() -> bool {
 #[serde(deny_unknown_fields)]
 struct RuleDoc {
     name: Option<String>,
+    #[serde(default)]
+    resource: Resource,
     #[serde(default)]
     who: WhoDoc,
     whose: Spanned<WhoseDoc>,
@@ -131,6 +149,8 @@ impl<'de> Deserialize<'de> for WhoseDoc {
 struct KeyDoc {
     name: Spanned<String>,
     #[serde(default)]
+    resource: Resource,
+    #[serde(default)]
     hidden: bool,
     #[serde(default)]
     sealed: bool,
@@ -177,6 +197,15 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<Policy, PolicyError> {
             return Err(at(
                 Some(rule.actions.span()),
                 format!("{name}: `actions` is empty; list read, write and/or delete"),
+            ));
+        }
+        if rule.resource == Resource::Organization && rule.actions.get_ref().contains(&Action::Find)
+        {
+            return Err(at(
+                Some(rule.actions.span()),
+                format!(
+                    "{name}: `find` applies to users only (finding users by a key's value); an organisation rule may read, write and delete"
+                ),
             ));
         }
         let mut keys = Vec::new();
@@ -236,7 +265,7 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<Policy, PolicyError> {
                 Whose::Organizations(entries("whose", whose_span, orgs)?)
             }
         };
-        rules.push(Rule::new(name, who, whose, keys, rule.actions.get_ref()));
+        rules.push(Rule::new(name, who, whose, keys, rule.actions.get_ref()).on(rule.resource));
     }
 
     let mut key_rules = Vec::with_capacity(doc.keys.len());
@@ -252,6 +281,17 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<Policy, PolicyError> {
             })?),
             None => None,
         };
+        // Organisation metadata is not sealed yet: a declaration that would leave the values in plaintext while
+        // the operator believes them sealed is refused rather than ignored.
+        if key.sealed && key.resource == Resource::Organization {
+            return Err(at(
+                Some(key.name.span()),
+                format!(
+                    "key declaration `{}`: `sealed` applies to users' keys only; organisations' values cannot be sealed yet (drop sealed, or keep the value on a user)",
+                    key.name.get_ref()
+                ),
+            ));
+        }
         if !key.hidden && !key.sealed && key.max_bytes.is_none() && pattern.is_none() && !key.json {
             return Err(at(
                 Some(key.name.span()),
@@ -263,6 +303,7 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<Policy, PolicyError> {
         }
         key_rules.push(KeyRule {
             keys,
+            resource: key.resource,
             hidden: key.hidden,
             sealed: key.sealed,
             max_bytes: key.max_bytes,
@@ -270,5 +311,6 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<Policy, PolicyError> {
             json: key.json,
         });
     }
-    Ok(Policy::from_parts(rules, key_rules, doc.self_read))
+    Ok(Policy::from_parts(rules, key_rules, doc.self_read)
+        .with_member_read(doc.organization_member_read))
 }

@@ -1,8 +1,13 @@
 //! Who may do what, per key. A [`Policy`] is a list of rules (who × whose × keys × actions) plus key
 //! declarations (hidden keys, value rules), compiled once at start-up from [`POLICY_FILE`](crate::settings::names::POLICY_FILE) and the
 //! shorthands [`ADMINS`](crate::settings::names::ADMINS) / [`SELF_WRITABLE_KEYS`](crate::settings::names::SELF_WRITABLE_KEYS). Anything no rule allows is denied; without
-//! a file, users may read their own metadata and nothing else. Every decision is made before any management
-//! call.
+//! a file, users may read their own metadata and their own organisation's, and nothing else. Every decision is
+//! made before any management call.
+//!
+//! Rules and key declarations address users' metadata or organisations' ([`Resource`]); the two never mix: a
+//! rule on users' keys grants nothing on an organisation's, and a key hidden from users hides nothing of an
+//! organisation. For organisations, `whose = "self"` is the caller's own organisation (as ZITADEL says) and a
+//! hidden key is hidden from the organisation's members whatever the rules say.
 
 mod file;
 
@@ -73,6 +78,27 @@ impl Action {
     }
 }
 
+/// Whose metadata a rule or key declaration is about.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Resource {
+    /// Users' metadata (the default).
+    #[default]
+    User,
+    /// Organisations' metadata.
+    Organization,
+}
+
+impl Resource {
+    /// As written in a policy file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Resource::User => "user",
+            Resource::Organization => "organization",
+        }
+    }
+}
+
 /// The user whose metadata a request touches. `org_id` is the organisation ZITADEL will scope the call to:
 /// the caller's own (from ZITADEL) for themself, else the request's `organization_id` (ZITADEL refuses the
 /// management call when the user is not in it, so it cannot be used to pass an organisation rule).
@@ -105,6 +131,42 @@ pub enum Denial {
         /// The hidden key.
         key: String,
     },
+    /// No organisation rule grants the action on the key of this organisation to the caller.
+    #[error("no policy rule lets {caller} {action} {what}{hint}", action = .action.name(), what = describe_org(.key.as_deref(), .org_id, *.own), hint = rule_sources())]
+    NoOrganizationRule {
+        /// What the request wanted to do.
+        action: Action,
+        /// `None` for a listing the caller may read nothing of.
+        key: Option<String>,
+        /// The organisation.
+        org_id: String,
+        /// Whether it is the caller's own organisation.
+        own: bool,
+        /// The caller, as `user <sub>` or `user <sub> (client <id>)`.
+        caller: String,
+    },
+    /// A read by a member of an organisation of a key the policy declares `hidden` for organisations.
+    #[error(
+        "key `{key}` of organisation {org_id} is hidden from the organisation's members (declared `hidden` with resource = \"organization\" in the policy)"
+    )]
+    HiddenFromMembers {
+        /// The hidden key.
+        key: String,
+        /// The organisation.
+        org_id: String,
+    },
+}
+
+fn describe_org(key: Option<&str>, org_id: &str, own: bool) -> String {
+    let whose = if own {
+        format!("metadata of their own organisation {org_id}")
+    } else {
+        format!("metadata of organisation {org_id}")
+    };
+    match key {
+        Some(key) => format!("key `{key}` of {whose}"),
+        None => format!("any {whose}"),
+    }
 }
 
 /// Where the rules come from, said with every refusal so an operator knows where to look.
@@ -128,16 +190,16 @@ impl Denial {
     /// What the refused request wanted to do (a hidden key refuses a read).
     pub fn action(&self) -> Action {
         match self {
-            Denial::NoRule { action, .. } => *action,
-            Denial::Hidden { .. } => Action::Read,
+            Denial::NoRule { action, .. } | Denial::NoOrganizationRule { action, .. } => *action,
+            Denial::Hidden { .. } | Denial::HiddenFromMembers { .. } => Action::Read,
         }
     }
 
     /// The key refused, when the refusal is about one key.
     pub fn key(&self) -> Option<&str> {
         match self {
-            Denial::NoRule { key, .. } => key.as_deref(),
-            Denial::Hidden { key } => Some(key),
+            Denial::NoRule { key, .. } | Denial::NoOrganizationRule { key, .. } => key.as_deref(),
+            Denial::Hidden { key } | Denial::HiddenFromMembers { key, .. } => Some(key),
         }
     }
 }
@@ -260,6 +322,8 @@ pub struct Rule {
     pub whose: Whose,
     /// The keys it covers; a key matching any of them is covered.
     pub keys: Vec<KeyPattern>,
+    /// Users' metadata or organisations'.
+    pub resource: Resource,
     actions: u8,
 }
 
@@ -277,8 +341,15 @@ impl Rule {
             who,
             whose,
             keys,
+            resource: Resource::User,
             actions: actions.iter().fold(0, |bits, a| bits | a.bit()),
         }
+    }
+
+    /// The same rule on `resource`'s metadata.
+    pub fn on(mut self, resource: Resource) -> Rule {
+        self.resource = resource;
+        self
     }
 
     fn allows_action(&self, action: Action) -> bool {
@@ -286,11 +357,14 @@ impl Rule {
     }
 }
 
-/// A key declaration: hidden from its user, and/or what its values must look like.
+/// A key declaration: hidden from its user (or its organisation's members), and/or what its values must look
+/// like.
 #[derive(Debug, Clone)]
 pub struct KeyRule {
     /// The keys declared.
     pub keys: KeyPattern,
+    /// Whose keys: users' or organisations'.
+    pub resource: Resource,
     /// Left out of usermeta's answers to the user themself. Unless also `sealed`, ZITADEL still hands the user
     /// these keys (userinfo and tokens with the metadata scope, the auth API); see [`Policy::hidden_keys`].
     pub hidden: bool,
@@ -314,16 +388,19 @@ pub struct Policy {
     self_read: bool,
     /// The keys that seal and open the `sealed` keys; set at start-up whenever a key is sealed.
     sealer: Option<Arc<Sealer>>,
+    /// The implicit rule "members may read their own organisation's metadata" (hidden keys excepted).
+    member_read: bool,
 }
 
 impl Default for Policy {
-    /// Self-read allowed, everything else denied.
+    /// Self-read and members' read of their own organisation allowed, everything else denied.
     fn default() -> Self {
         Policy {
             rules: Vec::new(),
             key_rules: Vec::new(),
             self_read: true,
             sealer: None,
+            member_read: true,
         }
     }
 }
@@ -372,12 +449,19 @@ impl Policy {
         self
     }
 
+    /// The policy with one more rule.
+    pub fn with_rule(mut self, rule: Rule) -> Self {
+        self.rules.push(rule);
+        self
+    }
+
     /// A policy from its parts (the file parser and tests build these).
     pub fn from_parts(rules: Vec<Rule>, key_rules: Vec<KeyRule>, self_read: bool) -> Self {
         Policy {
             rules,
             key_rules,
             self_read,
+            member_read: true,
             sealer: None,
         }
     }
@@ -402,16 +486,19 @@ impl Policy {
             .collect()
     }
 
-    /// The patterns of keys declared `sealed`.
+    /// The patterns of users' keys declared `sealed`.
     pub fn sealed_patterns(&self) -> impl Iterator<Item = &KeyPattern> {
-        self.key_rules.iter().filter(|k| k.sealed).map(|k| &k.keys)
+        self.key_rules
+            .iter()
+            .filter(|k| k.sealed && k.resource == Resource::User)
+            .map(|k| &k.keys)
     }
 
     /// Whether `key` is declared sealed.
     pub fn is_sealed(&self, key: &str) -> bool {
         self.key_rules
             .iter()
-            .any(|k| k.sealed && k.keys.matches(key))
+            .any(|k| k.sealed && k.resource == Resource::User && k.keys.matches(key))
     }
 
     /// What ZITADEL stores for `value` of `owner`'s `key`: sealed when the key is, else the value itself.
@@ -463,6 +550,13 @@ impl Policy {
         }
     }
 
+    /// Whether members may read their own organisation's metadata without a rule (the file's
+    /// `organization_member_read`, on by default).
+    pub fn with_member_read(mut self, member_read: bool) -> Self {
+        self.member_read = member_read;
+        self
+    }
+
     /// Parses a policy file's text; `origin` names it in errors.
     pub fn from_toml(text: &str, origin: &str) -> Result<Self, PolicyError> {
         file::parse(text, origin)
@@ -491,16 +585,21 @@ impl Policy {
     pub fn hidden_keys(&self) -> Vec<String> {
         self.key_rules
             .iter()
-            .filter(|k| k.hidden && !k.sealed)
+            .filter(|k| k.hidden && !k.sealed && k.resource == Resource::User)
             .map(|k| k.keys.to_string())
             .collect()
     }
 
     /// Whether `key` is declared hidden from its user.
     pub fn is_hidden(&self, key: &str) -> bool {
+        self.is_hidden_in(Resource::User, key)
+    }
+
+    /// Whether `key` of `resource` is declared hidden (from its user, or from its organisation's members).
+    pub fn is_hidden_in(&self, resource: Resource, key: &str) -> bool {
         self.key_rules
             .iter()
-            .any(|k| k.hidden && k.keys.matches(key))
+            .any(|k| k.hidden && k.resource == resource && k.keys.matches(key))
     }
 
     /// The rules that apply to this caller, target and action; the keys are then checked against these only.
@@ -516,13 +615,15 @@ impl Policy {
             .rules
             .iter()
             .filter(|r| {
-                r.allows_action(action)
+                r.resource == Resource::User
+                    && r.allows_action(action)
                     && r.whose.matches(is_self, target, any_org)
                     && r.who.matches(caller)
             })
             .collect();
         Grants {
             policy: self,
+            resource: Resource::User,
             rules,
             is_self,
             implicit_read: is_self && action == Action::Read && self.self_read,
@@ -552,6 +653,7 @@ impl Policy {
         self.self_read.then(|| ReadScope {
             grants: Grants {
                 policy: self,
+                resource: Resource::User,
                 rules: Vec::new(),
                 is_self: true,
                 implicit_read: true,
@@ -559,6 +661,7 @@ impl Policy {
             },
             caller: None,
             target: None,
+            organization: None,
         })
     }
 
@@ -636,13 +739,23 @@ impl Policy {
             grants,
             caller: Some(CallerName::of(caller)),
             target: (caller.sub != target.user_id).then(|| target.user_id.into()),
+            organization: None,
         })
     }
 
     /// The value rules `value` of `key` breaks, as descriptions (empty when it passes).
     pub fn value_problems(&self, key: &str, value: &[u8]) -> Vec<String> {
+        self.value_problems_in(Resource::User, key, value)
+    }
+
+    /// The value rules `value` of `resource`'s `key` breaks, as descriptions (empty when it passes).
+    pub fn value_problems_in(&self, resource: Resource, key: &str, value: &[u8]) -> Vec<String> {
         let mut problems = Vec::new();
-        for rule in self.key_rules.iter().filter(|k| k.keys.matches(key)) {
+        for rule in self
+            .key_rules
+            .iter()
+            .filter(|k| k.resource == resource && k.keys.matches(key))
+        {
             if let Some(max) = rule.max_bytes
                 && value.len() > max
             {
@@ -691,7 +804,8 @@ impl Policy {
     pub fn find_scope(&self, caller: &Identity, key: &str) -> Result<FindScope, Denial> {
         let mut orgs = std::collections::BTreeSet::new();
         for rule in self.rules.iter().filter(|r| {
-            r.allows_action(Action::Find)
+            r.resource == Resource::User
+                && r.allows_action(Action::Find)
                 && r.who.matches(caller)
                 && r.keys.iter().any(|p| p.matches(key))
         }) {
@@ -717,7 +831,10 @@ impl Policy {
 /// The rules granting one caller one action on one target.
 struct Grants<'p> {
     policy: &'p Policy,
+    /// Whose keys: hidden keys are those declared for this resource.
+    resource: Resource,
     rules: Vec<&'p Rule>,
+    /// The caller is the user (or, for an organisation, one of its members).
     is_self: bool,
     implicit_read: bool,
     reads: bool,
@@ -727,16 +844,28 @@ impl Grants<'_> {
     /// Whether every key there could be passes [`Grants::check`]: no hidden key applies and some grant
     /// covers `*`.
     fn covers_every_key(&self) -> bool {
-        let hides = self.reads && self.is_self && self.policy.key_rules.iter().any(|k| k.hidden);
+        let hides = self.reads
+            && self.is_self
+            && self
+                .policy
+                .key_rules
+                .iter()
+                .any(|k| k.hidden && k.resource == self.resource);
         !hides
             && (self.implicit_read || self.rules.iter().any(|r| r.keys.contains(&KeyPattern::Any)))
     }
 
     /// `Err(Some(_))`: hidden from a self read; `Err(None)`: no rule.
     fn check(&self, key: &str) -> Result<(), Option<Denial>> {
-        if self.reads && self.is_self && self.policy.is_hidden(key) {
-            return Err(Some(Denial::Hidden {
-                key: key.to_owned(),
+        if self.reads && self.is_self && self.policy.is_hidden_in(self.resource, key) {
+            return Err(Some(match self.resource {
+                Resource::User => Denial::Hidden {
+                    key: key.to_owned(),
+                },
+                Resource::Organization => Denial::HiddenFromMembers {
+                    key: key.to_owned(),
+                    org_id: String::new(),
+                },
             }));
         }
         if self.implicit_read
@@ -782,12 +911,14 @@ impl std::fmt::Display for CallerName {
     }
 }
 
-/// Which keys of one user a caller may read.
+/// Which keys of one user (or organisation) a caller may read.
 pub struct ReadScope<'p> {
     grants: Grants<'p>,
     /// `None`: any caller (the open self read, which needs no identity).
     caller: Option<CallerName>,
     target: Option<CompactString>,
+    /// For an organisation's keys: the organisation.
+    organization: Option<CompactString>,
 }
 
 impl ReadScope<'_> {
@@ -803,16 +934,112 @@ impl ReadScope<'_> {
 
     /// Refuses a key the caller asked for by name (loudly, rather than answering as if it did not exist).
     pub fn require(&self, key: &str) -> Result<(), Denial> {
-        self.grants.check(key).map_err(|hidden| {
-            hidden.unwrap_or_else(|| Denial::NoRule {
-                action: Action::Read,
-                key: Some(key.to_owned()),
-                target: self.target.as_deref().map(str::to_owned),
-                caller: self
-                    .caller
-                    .as_ref()
-                    .map_or_else(|| "the caller".to_owned(), ToString::to_string),
+        let caller = || {
+            self.caller
+                .as_ref()
+                .map_or_else(|| "the caller".to_owned(), ToString::to_string)
+        };
+        self.grants
+            .check(key)
+            .map_err(|hidden| match (hidden, &self.organization) {
+                (Some(Denial::HiddenFromMembers { key, .. }), Some(org_id)) => {
+                    Denial::HiddenFromMembers {
+                        key,
+                        org_id: org_id.to_string(),
+                    }
+                }
+                (Some(hidden), _) => hidden,
+                (None, Some(org_id)) => Denial::NoOrganizationRule {
+                    action: Action::Read,
+                    key: Some(key.to_owned()),
+                    org_id: org_id.to_string(),
+                    own: self.grants.is_self,
+                    caller: caller(),
+                },
+                (None, None) => Denial::NoRule {
+                    action: Action::Read,
+                    key: Some(key.to_owned()),
+                    target: self.target.as_deref().map(str::to_owned),
+                    caller: caller(),
+                },
             })
+    }
+}
+
+/// Organisations' metadata: the same rules, on [`Resource::Organization`].
+impl Policy {
+    /// The organisation rules for this caller, organisation and action.
+    fn org_grants(&self, caller: &Identity, org_id: &str, action: Action) -> Grants<'_> {
+        let member = caller.org_id.as_deref() == Some(org_id);
+        let rules = self
+            .rules
+            .iter()
+            .filter(|r| {
+                r.resource == Resource::Organization
+                    && r.allows_action(action)
+                    && match &r.whose {
+                        Whose::Itself => member,
+                        Whose::Any => true,
+                        Whose::Organizations(orgs) => orgs.contains(org_id),
+                    }
+                    && r.who.matches(caller)
+            })
+            .collect();
+        Grants {
+            policy: self,
+            resource: Resource::Organization,
+            rules,
+            is_self: member,
+            implicit_read: member && action == Action::Read && self.member_read,
+            reads: action == Action::Read,
+        }
+    }
+
+    fn no_org_rule(caller: &Identity, org_id: &str, action: Action, key: Option<&str>) -> Denial {
+        Denial::NoOrganizationRule {
+            action,
+            key: key.map(str::to_owned),
+            org_id: org_id.to_owned(),
+            own: caller.org_id.as_deref() == Some(org_id),
+            caller: describe_caller(caller),
+        }
+    }
+
+    /// May `caller` do `action` (write or delete; reads go through [`Policy::org_read_scope`]) on every one of
+    /// `keys` of organisation `org_id`? Names the first key refused.
+    pub fn authorize_organization<'k>(
+        &self,
+        caller: &Identity,
+        org_id: &str,
+        action: Action,
+        keys: impl IntoIterator<Item = &'k str>,
+    ) -> Result<(), Denial> {
+        let grants = self.org_grants(caller, org_id, action);
+        for key in keys {
+            grants.check(key).map_err(|hidden| match hidden {
+                Some(Denial::HiddenFromMembers { key, .. }) => Denial::HiddenFromMembers {
+                    key,
+                    org_id: org_id.to_owned(),
+                },
+                Some(other) => other,
+                None => Self::no_org_rule(caller, org_id, action, Some(key)),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// What `caller` may read of organisation `org_id`: refused outright when no key at all could be read.
+    /// Members never see keys declared hidden for organisations, whatever the rules.
+    pub fn org_read_scope(&self, caller: &Identity, org_id: &str) -> Result<ReadScope<'_>, Denial> {
+        let grants = self.org_grants(caller, org_id, Action::Read);
+        if grants.rules.is_empty() && !grants.implicit_read {
+            return Err(Self::no_org_rule(caller, org_id, Action::Read, None));
+        }
+        Ok(ReadScope {
+            grants,
+            caller: Some(CallerName::of(caller)),
+            target: None,
+            organization: Some(org_id.into()),
         })
     }
 }

@@ -563,3 +563,226 @@ fn hidden_keys_are_listed_as_written() {
     assert!(Policy::default().hidden_keys().is_empty());
     assert_eq!(file_policy().hidden_keys(), ["routing.*"]);
 }
+
+const ORG_FILE: &str = r#"
+[[rule]]
+name = "platform admins manage every organisation"
+resource = "organization"
+who = { roles = ["platform-admin"] }
+whose = "any"
+keys = ["*"]
+actions = ["read", "write", "delete"]
+
+[[rule]]
+name = "tenant admins keep their own organisation's profile"
+resource = "organization"
+who = { roles = ["tenant-admin"] }
+whose = "self"
+keys = ["profile.*"]
+actions = ["write", "delete"]
+
+[[rule]]
+name = "billing reads acme's plan"
+resource = "organization"
+who = { client_ids = ["billing"] }
+whose = ["acme"]
+keys = ["plan"]
+actions = ["read"]
+
+[[rule]]
+name = "users keep their profile"
+whose = "self"
+keys = ["profile.*"]
+actions = ["write"]
+
+[[key]]
+name = "internal.*"
+resource = "organization"
+hidden = true
+
+[[key]]
+name = "plan"
+resource = "organization"
+pattern = '^(free|pro|enterprise)$'
+"#;
+
+fn member(sub: &str, org: &str, roles: &[&str]) -> Identity {
+    Identity {
+        sub: sub.into(),
+        org_id: Some(org.into()),
+        roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+        ..Identity::default()
+    }
+}
+
+#[test]
+fn without_a_file_members_read_their_own_organisation_and_nothing_else() {
+    let policy = Policy::default();
+    let alice = member("alice", "acme", &[]);
+    let own = policy.org_read_scope(&alice, "acme").unwrap();
+    assert!(own.allows("plan"));
+    assert!(matches!(
+        policy.org_read_scope(&alice, "globex"),
+        Err(Denial::NoOrganizationRule {
+            own: false,
+            key: None,
+            ..
+        })
+    ));
+    for action in [Action::Write, Action::Delete] {
+        assert!(matches!(
+            policy.authorize_organization(&alice, "acme", action, ["plan"]),
+            Err(Denial::NoOrganizationRule { own: true, .. })
+        ));
+    }
+    // Users' rules grant nothing on organisations, and the other way round.
+    let users = Policy::new(["alice".to_owned()], vec!["profile.".into()]);
+    assert!(
+        users
+            .authorize_organization(&alice, "acme", Action::Write, ["profile.x"])
+            .is_err()
+    );
+    let off = Policy::default().with_member_read(false);
+    assert!(off.org_read_scope(&alice, "acme").is_err());
+}
+
+#[test]
+fn organisation_rules_match_who_whose_keys_and_actions() {
+    let policy = Policy::from_toml(ORG_FILE, "orgs.toml").unwrap();
+    let platform = member("p", "platform", &["platform-admin"]);
+    for org in ["acme", "globex"] {
+        assert!(
+            policy
+                .authorize_organization(&platform, org, Action::Write, ["plan", "x"])
+                .is_ok()
+        );
+        assert!(
+            policy
+                .org_read_scope(&platform, org)
+                .unwrap()
+                .allows("internal.tier")
+        );
+    }
+    let tenant = member("t", "acme", &["tenant-admin"]);
+    assert!(
+        policy
+            .authorize_organization(&tenant, "acme", Action::Delete, ["profile.logo"])
+            .is_ok()
+    );
+    let denied = policy
+        .authorize_organization(&tenant, "globex", Action::Write, ["profile.logo"])
+        .unwrap_err();
+    assert_eq!(denied.key(), Some("profile.logo"));
+    assert!(
+        policy
+            .authorize_organization(&tenant, "acme", Action::Write, ["plan"])
+            .is_err()
+    );
+    // A user rule on the same keys does not reach organisations.
+    let user = member("u", "acme", &[]);
+    assert!(
+        policy
+            .authorize_organization(&user, "acme", Action::Write, ["profile.logo"])
+            .is_err()
+    );
+    let billing = Identity {
+        client_id: Some("billing".into()),
+        ..member("b", "billing-org", &[])
+    };
+    let acme = policy.org_read_scope(&billing, "acme").unwrap();
+    assert!(acme.allows("plan"));
+    assert!(acme.require("profile.logo").is_err());
+    assert!(policy.org_read_scope(&billing, "globex").is_err());
+}
+
+#[test]
+fn hidden_organisation_keys_are_never_shown_to_members_whatever_the_rules() {
+    let policy = Policy::from_toml(ORG_FILE, "orgs.toml").unwrap();
+    // A platform admin who is a member of acme: the `any` rule covers every key, yet not acme's hidden ones.
+    let inside = member("p", "acme", &["platform-admin"]);
+    let scope = policy.org_read_scope(&inside, "acme").unwrap();
+    assert!(!scope.allows("internal.tier"));
+    assert!(!scope.sees_every_key());
+    assert!(matches!(
+        scope.require("internal.tier"),
+        Err(Denial::HiddenFromMembers { ref org_id, .. }) if org_id == "acme"
+    ));
+    assert!(
+        policy
+            .org_read_scope(&inside, "globex")
+            .unwrap()
+            .allows("internal.tier")
+    );
+    // Hidden hides reads only: writing it is the rules' business.
+    assert!(
+        policy
+            .authorize_organization(&inside, "acme", Action::Write, ["internal.tier"])
+            .is_ok()
+    );
+    // Declared for organisations, it hides nothing of users.
+    assert!(!policy.is_hidden("internal.tier"));
+    assert!(policy.is_hidden_in(Resource::Organization, "internal.tier"));
+}
+
+#[test]
+fn organisation_value_rules_apply_to_organisation_keys_only() {
+    let policy = Policy::from_toml(ORG_FILE, "orgs.toml").unwrap();
+    assert!(
+        policy
+            .value_problems_in(Resource::Organization, "plan", b"pro")
+            .is_empty()
+    );
+    assert_eq!(
+        policy
+            .value_problems_in(Resource::Organization, "plan", b"gold")
+            .len(),
+        1
+    );
+    assert!(policy.value_problems("plan", b"gold").is_empty());
+}
+
+#[test]
+fn find_on_organisations_and_unknown_resources_are_refused_with_the_line() {
+    let find = r#"
+[[rule]]
+resource = "organization"
+whose = "any"
+keys = ["*"]
+actions = ["find"]
+"#;
+    let error = Policy::from_toml(find, "f.toml").unwrap_err();
+    assert!(
+        error.message.contains("`find` applies to users only"),
+        "{error}"
+    );
+    assert_eq!(error.line.map(|(line, _)| line), Some(6));
+    let unknown = r#"
+[[rule]]
+resource = "tenant"
+whose = "any"
+keys = ["*"]
+actions = ["read"]
+"#;
+    let error = Policy::from_toml(unknown, "u.toml").unwrap_err();
+    assert!(error.message.contains("unknown variant"), "{error}");
+}
+
+#[test]
+fn a_sealed_organisation_key_is_refused_rather_than_left_in_plaintext() {
+    let sealed = r#"
+[[key]]
+name = "contract"
+resource = "organization"
+sealed = true
+"#;
+    let error = Policy::from_toml(sealed, "f.toml").unwrap_err();
+    assert!(
+        error.message.contains("`sealed` applies to users' keys only"),
+        "{error}"
+    );
+    assert_eq!(error.line.map(|(line, _)| line), Some(3));
+    // The same declaration of a user's key stands.
+    let user = sealed.replace("resource = \"organization\"\n", "");
+    let policy = Policy::from_toml(&user, "f.toml").unwrap();
+    assert!(policy.is_sealed("contract"));
+}

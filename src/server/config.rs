@@ -27,6 +27,8 @@ pub struct Config {
     pub policy: Policy,
     /// The caller cache: its size and how long it keeps an answer.
     pub cache: CacheConfig,
+    /// Organisations' metadata remembered: how many and for how long.
+    pub org_cache: crate::org_cache::OrgCacheConfig,
     /// The rate limit, the in-flight limits, deadlines and stream limits.
     pub limits: Limits,
     /// How callers are identified; the default asks userinfo.
@@ -50,6 +52,7 @@ impl Config {
             },
             policy: Policy::default(),
             cache: CacheConfig::default(),
+            org_cache: crate::org_cache::OrgCacheConfig::default(),
             limits: Limits::default(),
             identity: IdentityConfig::default(),
             options: ServeOptions::default(),

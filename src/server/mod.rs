@@ -124,13 +124,21 @@ impl Application {
         let policy = Arc::new(config.policy);
         // One door for both listeners: they share ZITADEL and this process, and a caller has one budget.
         let admission = Arc::new(config.limits.requests.admission(config.limits.shed()));
-        let changes = changes(&cache, config.limits.watch, options.redis, &bus_secret)?;
+        let org_cache = Arc::new(crate::org_cache::OrgCache::new(config.org_cache));
+        let changes = changes(
+            &cache,
+            org_cache,
+            config.limits.watch,
+            options.redis,
+            &bus_secret,
+        )?;
         let fleet = changes.shared().cloned();
         let write_locks = Arc::new(match &fleet {
             Some(shared) => shared.write_locks(options.write_locks),
             None => WriteLocks::local(options.write_locks),
         });
         checks::announce_write_locks(&write_locks, options.write_locks);
+        let org_cache = Arc::clone(changes.org_cache());
         let webhook = WebhookListener::bind(options.webhook, &changes).await?;
         let stopping = watch::Sender::new(false);
         let service = MetadataService::new(api::Dependencies {
@@ -154,6 +162,7 @@ impl Application {
                     resolver,
                     policy,
                     admission,
+                    org_cache,
                 };
                 Some(ext_authz_listener(ext, shared).await?)
             }
@@ -271,11 +280,12 @@ impl Application {
 /// The feed of users' changes: this replica's own, and the other replicas' through Redis when configured.
 fn changes(
     cache: &Arc<CallerCache>,
+    org_cache: Arc<crate::org_cache::OrgCache>,
     limits: WatchLimits,
     redis: Option<RedisConfig>,
     bus_secret: &[u8],
 ) -> Result<Changes, StartError> {
-    let changes = Changes::local(Arc::clone(cache), limits);
+    let changes = Changes::local(Arc::clone(cache), limits).with_org_cache(org_cache);
     let Some(mut redis) = redis else {
         return Ok(changes);
     };
@@ -309,8 +319,10 @@ pub fn write_locks(config: &mut Config) -> Result<Arc<WriteLocks>, StartError> {
         .derive_secret(fleet::BUS_KEY_PURPOSE);
     // Only the locks are used: nothing is cached, and no stream is served.
     let cache = Arc::new(CallerCache::new(config.cache));
+    let org_cache = Arc::new(crate::org_cache::OrgCache::new(config.org_cache));
     let changes = changes(
         &cache,
+        org_cache,
         config.limits.watch,
         config.options.redis.take(),
         &bus_secret,

@@ -1,11 +1,12 @@
-//! The caller cache: how long ZITADEL's answers about tokens are reused, into a [`CacheConfig`].
+//! The caller cache: how long ZITADEL's answers about tokens are reused, into a [`CacheConfig`]; and how long
+//! organisations' metadata is, into an [`OrgCacheConfig`].
 
 use std::time::Duration;
 
 use super::names;
 use clap::Args;
 
-use crate::caller::cache::CacheConfig;
+use crate::{caller::cache::CacheConfig, org_cache::OrgCacheConfig};
 
 /// The caller cache: how long ZITADEL's answers about tokens are reused.
 #[derive(Debug, Args)]
@@ -20,6 +21,14 @@ pub struct CacheArgs {
     /// Most tokens remembered at once (least recently used go first).
     #[arg(long, env = "USERMETA_CACHE_CAPACITY", default_value_t = 100_000)]
     pub cache_capacity: u64,
+    /// How long an organisation's metadata (read by ListOrganizationMetadata, routed on by ext_authz) is
+    /// reused; 0 reads ZITADEL every time. Writes through any replica and ZITADEL's `org.metadata.*` events
+    /// end it sooner; it bounds how stale an organisation's metadata changed elsewhere can be.
+    #[arg(long, env = names::ORG_CACHE_TTL, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub org_cache_ttl: Duration,
+    /// Most organisations whose metadata is remembered at once (the least useful go first).
+    #[arg(long, env = names::ORG_CACHE_CAPACITY, default_value_t = 10_000)]
+    pub org_cache_capacity: u64,
 }
 
 impl CacheArgs {
@@ -29,6 +38,14 @@ impl CacheArgs {
             ttl: self.cache_ttl,
             negative_ttl: self.cache_negative_ttl,
             capacity: self.cache_capacity,
+        }
+    }
+
+    /// The organisation cache's configuration.
+    pub fn org_config(&self) -> OrgCacheConfig {
+        OrgCacheConfig {
+            ttl: self.org_cache_ttl,
+            capacity: self.org_cache_capacity,
         }
     }
 }

@@ -31,7 +31,8 @@ pub struct ExtAuthzArgs {
     #[arg(long, env = "USERMETA_EXT_AUTHZ_TLS_CLIENT_CA_FILE")]
     pub ext_authz_tls_client_ca_file: Option<PathBuf>,
     /// Metadata keys passed upstream as headers: `key=header-name` pairs, comma separated
-    /// (e.g. ContractNumber=x-user-contract-number). Keys not listed are never sent.
+    /// (e.g. ContractNumber=x-user-contract-number); `org:key=header-name` passes a key of the caller's
+    /// organisation's own metadata (e.g. org:plan=x-tenant-plan). Keys not listed are never sent.
     #[arg(long, env = "USERMETA_EXT_AUTHZ_HEADERS", default_value = "")]
     pub ext_authz_headers: String,
     /// Header carrying the caller's ZITADEL user id; empty sends none.
@@ -54,8 +55,9 @@ pub struct ExtAuthzArgs {
     /// Also return the user id and the passed values as Envoy dynamic metadata.
     #[arg(long, env = "USERMETA_EXT_AUTHZ_DYNAMIC_METADATA", value_parser = BoolishValueParser::new(), default_value_t = false)]
     pub ext_authz_dynamic_metadata: bool,
-    /// Route rules separated by `;`, each like `path=/admin role=admin` or
-    /// `host=api.example.com path=/contracts metadata.ContractNumber=1234`.
+    /// Route rules separated by `;`, each like `path=/admin role=admin`,
+    /// `host=api.example.com path=/contracts metadata.ContractNumber=1234`, or (on the caller's organisation's
+    /// own metadata) `path=/enterprise org.plan=enterprise`.
     #[arg(long, env = "USERMETA_EXT_AUTHZ_RULES", default_value = "")]
     pub ext_authz_rules: String,
     /// File with route rules, one a line (`#` comments), in the syntax of USERMETA_EXT_AUTHZ_RULES.

@@ -48,6 +48,10 @@ pub const ADMINS: &str = "USERMETA_ADMINS";
 pub const SELF_WRITABLE_KEYS: &str = "USERMETA_SELF_WRITABLE_KEYS";
 /// How long an answer about a token is cached.
 pub const CACHE_TTL: &str = "USERMETA_CACHE_TTL";
+/// How long an organisation's metadata is remembered.
+pub const ORG_CACHE_TTL: &str = "USERMETA_ORG_CACHE_TTL";
+/// Most organisations whose metadata is remembered at once.
+pub const ORG_CACHE_CAPACITY: &str = "USERMETA_ORG_CACHE_CAPACITY";
 
 /// Most calls waiting on ZITADEL at once.
 pub const MAX_IN_FLIGHT: &str = "USERMETA_MAX_IN_FLIGHT";

@@ -993,3 +993,75 @@ async fn a_denial_by_a_rule_on_a_hidden_key_does_not_name_the_key() {
         "{body}"
     );
 }
+
+/// `org:KEY=header` passes the caller's organisation's own metadata upstream and `org.KEY=VALUE` routes on it,
+/// with the same allow-list and anti-forgery as user metadata; keys hidden from the organisation's members never
+/// go upstream; a warm Check is answered from memory.
+#[tokio::test]
+async fn organisation_metadata_becomes_headers_and_route_rules() {
+    let config = AuthzConfig {
+        headers: parse_header_map(
+            "ContractNumber=x-user-contract-number,org:plan=x-tenant-plan,org:internal.tier=x-tenant-tier,org:region=x-tenant-region",
+        )
+        .unwrap(),
+        rules: parse_rules("path=/enterprise org.plan=enterprise", "test").unwrap(),
+        ..AuthzConfig::default()
+    };
+    let policy = usermeta::policy::Policy::from_toml(
+        "[[key]]\nname = \"internal.*\"\nresource = \"organization\"\nhidden = true\n",
+        "test.toml",
+    )
+    .unwrap();
+    let app = TestApp::builder()
+        .ext_authz(config.clone())
+        .policy(policy)
+        .spawn()
+        .await;
+    app.standin
+        .set_org_metadata(&app.org, "plan", b"enterprise");
+    app.standin
+        .set_org_metadata(&app.org, "internal.tier", b"gold");
+    app.standin
+        .set_org_metadata(&app.other_org, "plan", b"free");
+    let bob_token = app.standin.issue_token(&app.bob, FULL_SCOPES);
+    let mut client = authz_client(app.authz_addr()).await;
+
+    // The client's own x-tenant-plan is overwritten; the hidden key and the absent one are removed.
+    let mut request = envoy_request("/enterprise/x", "api.example.com", Some(&app.alice_token));
+    if let Some(http) = request
+        .attributes
+        .as_mut()
+        .and_then(|a| a.request.as_mut())
+        .and_then(|r| r.http.as_mut())
+    {
+        http.headers.insert("x-tenant-plan".into(), "forged".into());
+        http.headers.insert("x-tenant-tier".into(), "forged".into());
+    }
+    let answer = allowed(&client.check(request).await.unwrap().into_inner());
+    assert_eq!(answer.get("x-tenant-plan"), Some("enterprise"));
+    assert_eq!(answer.get("x-user-contract-number"), Some("1234"));
+    assert_eq!(answer.get("x-tenant-tier"), None, "hidden from members");
+    assert!(answer.removed.iter().any(|h| h == "x-tenant-tier"));
+    assert!(answer.removed.iter().any(|h| h == "x-tenant-region"));
+    assert_no_forgery(&answer, &config);
+
+    // Warm: answered from memory, nothing asked of ZITADEL.
+    app.standin.clear_requests();
+    let answer = allowed(&check(&mut client, "/enterprise/y", Some(&app.alice_token)).await);
+    assert_eq!(answer.get("x-tenant-plan"), Some("enterprise"));
+    assert!(
+        app.standin.requests().is_empty(),
+        "{:?}",
+        app.standin.requests()
+    );
+
+    // Bob's organisation is on the free plan: the route is refused, the body names the key, not the value.
+    let (status, _, body) = denied(
+        &check(&mut client, "/enterprise/x", Some(&bob_token)).await,
+        Code::PermissionDenied,
+    );
+    assert_eq!(status, 403);
+    assert!(body.contains("plan") && !body.contains("free"), "{body}");
+    let answer = allowed(&check(&mut client, "/profile", Some(&bob_token)).await);
+    assert_eq!(answer.get("x-tenant-plan"), Some("free"));
+}

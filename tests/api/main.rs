@@ -48,6 +48,7 @@ mod identity;
 mod in_flight;
 mod list_metadata;
 mod observability;
+mod org_metadata;
 mod policy_matrix;
 mod sealed;
 mod set_metadata;

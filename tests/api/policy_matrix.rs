@@ -8,8 +8,9 @@ use std::fmt;
 use tonic::Code;
 use usermeta::{
     api::pb::{
-        BatchGetMetadataRequest, DeleteMetadataRequest, FindUsersByMetadataRequest,
-        GetMyMetadataRequest, KeyFilter, KeyMatch, ListMetadataRequest, SetMetadataRequest,
+        BatchGetMetadataRequest, DeleteMetadataRequest, DeleteOrganizationMetadataRequest,
+        FindUsersByMetadataRequest, GetMyMetadataRequest, KeyFilter, KeyMatch, ListMetadataRequest,
+        ListOrganizationMetadataRequest, SetMetadataRequest, SetOrganizationMetadataRequest,
         WatchMetadataRequest,
     },
     caller::{IdentityConfig, JwtConfig},
@@ -825,7 +826,197 @@ actions = ["write", "delete"]
     }
 }
 
+/// What the worked policy's organisation rules mean, written out independently of usermeta's evaluator.
+fn org_oracle(caller: Who, member: bool, key: &str, act: Act) -> Outcome {
+    let hidden = key.starts_with("internal.");
+    let kept_by_support = matches!(key, "plan" | "region") || hidden;
+    match act {
+        Act::Read if member && hidden => Outcome::Denied("KEY_HIDDEN"),
+        // Members read their own organisation's metadata without a rule.
+        Act::Read if member => Outcome::Ok,
+        Act::Read => match caller {
+            Who::Gateway if matches!(key, "plan" | "region") => Outcome::Ok,
+            Who::Support if kept_by_support => Outcome::Ok,
+            _ => Outcome::Denied("POLICY_DENIED"),
+        },
+        Act::Write | Act::WriteInvalid | Act::Delete => {
+            match (caller == Who::Support && kept_by_support, act) {
+                (false, _) => Outcome::Denied("POLICY_DENIED"),
+                (true, Act::WriteInvalid) => Outcome::Invalid,
+                (true, _) => Outcome::Ok,
+            }
+        }
+        Act::Find => unreachable!("no find on organisations"),
+    }
+}
+
+/// The matrix for organisations' own metadata: every caller × organisation (its own, another) × key × action,
+/// through ListOrganizationMetadata, SetOrganizationMetadata and DeleteOrganizationMetadata with the
+/// organisation named, and again with it left empty for the caller's own. Zero unexpected allows; nothing
+/// refused reaches ZITADEL or changes anything.
+async fn the_organisation_matrix_holds_with_zero_unexpected_allows(api: ApiChoice) {
+    let (cast, policy, jwt, pat) = cast().await;
+    let project = jwt.audience[0].clone();
+    let other = TestApp::builder()
+        .zitadel_url(&cast.standin.url())
+        .pat(&pat)
+        .api(api)
+        .policy(policy)
+        .identity(IdentityConfig {
+            introspection: None,
+            jwt: Some(jwt),
+        })
+        .project_id(&project)
+        // Each case seeds the stand-in behind usermeta's back.
+        .no_org_cache()
+        .spawn()
+        .await;
+    let mut client = other.client.clone();
+    let callers = [
+        Who::Alice,
+        Who::Bob,
+        Who::Admin,
+        Who::Billing,
+        Who::Gateway,
+        Who::Support,
+    ];
+    let keys = ["plan", "region", "internal.notes", "profile.name"];
+    let (mut cases, mut unexpected_allows, mut failures) = (0usize, 0usize, Vec::new());
+    for caller in callers {
+        let own = if caller == Who::Bob {
+            &cast.globex
+        } else {
+            &cast.acme
+        };
+        for org in [&cast.acme, &cast.globex] {
+            let member = org == own;
+            for key in keys {
+                let mut acts = vec![Act::Read, Act::Write, Act::Delete];
+                if key == "plan" {
+                    acts.push(Act::WriteInvalid);
+                }
+                for act in acts {
+                    // Named, and (for the caller's own) left empty: the same decision.
+                    let names: &[&str] = if member {
+                        &["named", "own"]
+                    } else {
+                        &["named"]
+                    };
+                    for how in names {
+                        let org_id = if *how == "own" { "" } else { org.as_str() };
+                        cast.standin.set_org_metadata(org, key, b"seed");
+                        cast.standin.clear_requests();
+                        let token = cast.token(caller);
+                        let result = match act {
+                            Act::Read => client
+                                .list_organization_metadata(authed(
+                                    ListOrganizationMetadataRequest {
+                                        organization_id: org_id.into(),
+                                        key_filter: Some(KeyFilter {
+                                            key: key.into(),
+                                            r#match: KeyMatch::Equals as i32,
+                                        }),
+                                        ..Default::default()
+                                    },
+                                    token,
+                                ))
+                                .await
+                                .map(|r| {
+                                    assert_eq!(r.get_ref().organization_id, org.as_str());
+                                    assert_eq!(
+                                        pairs(&r.get_ref().metadata),
+                                        [(key.to_owned(), Some("seed".to_owned()))],
+                                        "{caller:?} read {key} of {org}"
+                                    );
+                                }),
+                            Act::Write | Act::WriteInvalid => {
+                                let value = match (act, key) {
+                                    (Act::WriteInvalid, _) => "gold",
+                                    (_, "plan") => "pro",
+                                    _ => "v2",
+                                };
+                                client
+                                    .set_organization_metadata(authed(
+                                        SetOrganizationMetadataRequest {
+                                            organization_id: org_id.into(),
+                                            entries: vec![entry(key, text(value))],
+                                        },
+                                        token,
+                                    ))
+                                    .await
+                                    .map(|_| ())
+                            }
+                            Act::Delete => client
+                                .delete_organization_metadata(authed(
+                                    DeleteOrganizationMetadataRequest {
+                                        organization_id: org_id.into(),
+                                        keys: vec![key.into()],
+                                        allow_missing: false,
+                                    },
+                                    token,
+                                ))
+                                .await
+                                .map(|_| ()),
+                            Act::Find => unreachable!(),
+                        };
+                        let got = outcome_of(&result);
+                        let want = org_oracle(caller, member, key, act);
+                        cases += 1;
+                        let reached = cast
+                            .standin
+                            .requests()
+                            .into_iter()
+                            .filter(|r| {
+                                r.path.starts_with("/management/v1/metadata/")
+                                    || r.path.starts_with("/zitadel.org.v2.")
+                            })
+                            .count();
+                        let stored = cast.standin.org_metadata_of(org).get(key).cloned();
+                        if got == Outcome::Ok {
+                            if want != Outcome::Ok {
+                                unexpected_allows += 1;
+                            }
+                            assert!(reached > 0, "{caller:?} {act:?} {key} of {org}");
+                            let expected = match act {
+                                Act::Read => Some(b"seed".to_vec()),
+                                Act::Write => Some(if key == "plan" {
+                                    b"pro".to_vec()
+                                } else {
+                                    b"v2".to_vec()
+                                }),
+                                _ => None,
+                            };
+                            assert_eq!(stored, expected, "{caller:?} {act:?} {key} of {org}");
+                        } else {
+                            assert_eq!(
+                                reached, 0,
+                                "{caller:?} {act:?} {key} of {org} was refused but reached ZITADEL"
+                            );
+                            assert_eq!(stored, Some(b"seed".to_vec()), "refused, yet changed");
+                        }
+                        if got != want {
+                            failures.push(format!(
+                                "{caller:?} {act:?} {key} of {org} ({how}): want {want}, got {got}"
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    println!("organisation matrix: {cases} cases; unexpected allows: {unexpected_allows}");
+    assert!(
+        failures.is_empty(),
+        "organisation matrix mismatches:\n{}",
+        failures.join("\n")
+    );
+    assert_eq!(unexpected_allows, 0);
+    // 6 callers × (own org: 2 ways, other: 1) × (4 keys × 3 actions + 1 invalid write).
+    assert_eq!(cases, 6 * 3 * 13);
+}
+
 on_both_apis!(
+    the_organisation_matrix_holds_with_zero_unexpected_allows,
     the_authorisation_matrix_holds_with_zero_unexpected_allows,
     my_metadata_cannot_be_pointed_at_another_user,
     an_organisation_bound_caller_cannot_tell_unknown_users_from_other_tenants,

@@ -211,6 +211,55 @@ impl TestApp {
     }
 
     /// Alice's GetMyMetadata for all of her keys.
+    pub(crate) async fn list_org_metadata(
+        &self,
+        token: &str,
+        request: pb::ListOrganizationMetadataRequest,
+    ) -> Result<pb::ListOrganizationMetadataResponse, Status> {
+        self.client
+            .clone()
+            .list_organization_metadata(authed(request, token))
+            .await
+            .map(Response::into_inner)
+    }
+
+    pub(crate) async fn set_org_metadata(
+        &self,
+        token: &str,
+        request: pb::SetOrganizationMetadataRequest,
+    ) -> Result<pb::SetOrganizationMetadataResponse, Status> {
+        self.client
+            .clone()
+            .set_organization_metadata(authed(request, token))
+            .await
+            .map(Response::into_inner)
+    }
+
+    pub(crate) async fn delete_org_metadata(
+        &self,
+        token: &str,
+        request: pb::DeleteOrganizationMetadataRequest,
+    ) -> Result<pb::DeleteOrganizationMetadataResponse, Status> {
+        self.client
+            .clone()
+            .delete_organization_metadata(authed(request, token))
+            .await
+            .map(Response::into_inner)
+    }
+
+    /// Requests the stand-in received for organisations' metadata (v1 `/management/v1/metadata/…`, v2
+    /// `zitadel.org.v2.OrganizationService`).
+    pub(crate) fn org_metadata_requests(&self) -> Vec<RecordedRequest> {
+        self.standin
+            .requests()
+            .into_iter()
+            .filter(|r| {
+                r.path.starts_with("/management/v1/metadata/")
+                    || r.path.starts_with("/zitadel.org.v2.OrganizationService/")
+            })
+            .collect()
+    }
+
     pub(crate) fn get_mine(&self) -> Request<pb::GetMyMetadataRequest> {
         authed(pb::GetMyMetadataRequest::default(), &self.alice_token)
     }
@@ -365,7 +414,15 @@ impl TestAppBuilder {
 
     /// No caching: every call reaches ZITADEL.
     pub(crate) fn no_cache(self) -> Self {
-        self.edit(|config| config.cache.ttl = Duration::ZERO)
+        self.edit(|config| {
+            config.cache.ttl = Duration::ZERO;
+            config.org_cache.ttl = Duration::ZERO;
+        })
+    }
+
+    /// Organisations' metadata read from ZITADEL every time (tests that change it behind usermeta's back).
+    pub(crate) fn no_org_cache(self) -> Self {
+        self.edit(|config| config.org_cache.ttl = Duration::ZERO)
     }
 
     pub(crate) fn cache(self, cache: CacheConfig) -> Self {

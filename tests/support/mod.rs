@@ -6,6 +6,7 @@
 mod app;
 mod binary;
 mod calls;
+mod events;
 mod logs;
 mod observe;
 mod redis;
@@ -17,6 +18,7 @@ pub(crate) use app::{
 };
 pub(crate) use binary::{Served, run_usermeta, stderr, write_config};
 pub(crate) use calls::*;
+pub(crate) use events::{deliver_event, now, post, signature};
 pub(crate) use logs::{Captured, capture};
 pub(crate) use observe::{check_request, eventually_health, health_of, metric, scrape};
 pub(crate) use redis::Redis;

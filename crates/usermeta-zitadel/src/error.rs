@@ -43,6 +43,26 @@ pub enum Endpoint {
     UserV2GetUser,
     /// The v2 user service's `ListUsers`, the search by metadata value.
     UserV2ListUsers,
+    /// The v1 management API's `ListOrgMetadata` (the organisation in `x-zitadel-orgid`).
+    ManagementListOrgMetadata,
+    /// The v1 management API's `SetOrgMetadata` (one key).
+    ManagementSetOrgMetadata,
+    /// The v1 management API's `BulkSetOrgMetadata` (several keys in one call).
+    ManagementBulkSetOrgMetadata,
+    /// The v1 management API's `RemoveOrgMetadata` (one key).
+    ManagementRemoveOrgMetadata,
+    /// The v1 management API's `BulkRemoveOrgMetadata` (several keys in one call).
+    ManagementBulkRemoveOrgMetadata,
+    /// The v2 organisation service's (`zitadel.org.v2.OrganizationService`, ZITADEL 4.7+)
+    /// `ListOrganizationMetadata`.
+    OrgV2ListMetadata,
+    /// The v2 organisation service's `SetOrganizationMetadata` (one or several keys).
+    OrgV2SetMetadata,
+    /// The v2 organisation service's `DeleteOrganizationMetadata` (one or several keys).
+    OrgV2DeleteMetadata,
+    /// The v2 organisation service's `ListOrganizations` by id: whether an organisation exists, when its
+    /// metadata listing came back empty.
+    OrgV2ListOrganizations,
 }
 
 impl Endpoint {
@@ -64,6 +84,15 @@ impl Endpoint {
             Endpoint::UserV2DeleteMetadata => "user.v2.DeleteUserMetadata",
             Endpoint::UserV2GetUser => "user.v2.GetUserByID",
             Endpoint::UserV2ListUsers => "user.v2.ListUsers",
+            Endpoint::ManagementListOrgMetadata => "management.ListOrgMetadata",
+            Endpoint::ManagementSetOrgMetadata => "management.SetOrgMetadata",
+            Endpoint::ManagementBulkSetOrgMetadata => "management.BulkSetOrgMetadata",
+            Endpoint::ManagementRemoveOrgMetadata => "management.RemoveOrgMetadata",
+            Endpoint::ManagementBulkRemoveOrgMetadata => "management.BulkRemoveOrgMetadata",
+            Endpoint::OrgV2ListMetadata => "org.v2.ListOrganizationMetadata",
+            Endpoint::OrgV2SetMetadata => "org.v2.SetOrganizationMetadata",
+            Endpoint::OrgV2DeleteMetadata => "org.v2.DeleteOrganizationMetadata",
+            Endpoint::OrgV2ListOrganizations => "org.v2.ListOrganizations",
         }
     }
 
@@ -77,6 +106,22 @@ impl Endpoint {
             | Endpoint::Jwks => super::resilience::Group::CallerToken,
             _ => super::resilience::Group::Management,
         }
+    }
+
+    /// Whether the call reads or writes an organisation's metadata (or checks that the organisation exists).
+    pub fn is_organization_metadata(self) -> bool {
+        matches!(
+            self,
+            Endpoint::ManagementListOrgMetadata
+                | Endpoint::ManagementSetOrgMetadata
+                | Endpoint::ManagementBulkSetOrgMetadata
+                | Endpoint::ManagementRemoveOrgMetadata
+                | Endpoint::ManagementBulkRemoveOrgMetadata
+                | Endpoint::OrgV2ListMetadata
+                | Endpoint::OrgV2SetMetadata
+                | Endpoint::OrgV2DeleteMetadata
+                | Endpoint::OrgV2ListOrganizations
+        )
     }
 
     /// Whether the call carries the caller's token (userinfo, auth API) rather than the service credential.
@@ -204,6 +249,15 @@ pub enum UpstreamError {
         /// What it needs (`ZITADEL 4.1 or later`).
         needs: &'static str,
     },
+    /// ZITADEL knows no organisation with this id (v1: `x-zitadel-orgid` naming none, `AUTH-Bs7Ds`; v2: the
+    /// command's "organisation not found", or an empty listing of an organisation ZITADEL does not list).
+    #[error("ZITADEL knows no organisation {org_id} ({endpoint})")]
+    UnknownOrganization {
+        /// The call.
+        endpoint: Endpoint,
+        /// The organisation id as sent.
+        org_id: String,
+    },
     /// The service credential could not be exchanged for a management API token; `cause` is the failed token
     /// request. `credential` names the credential by its ids, never its secret.
     #[error("usermeta could not get a management API token with its {credential}: {cause}")]
@@ -230,7 +284,8 @@ impl UpstreamError {
             | UpstreamError::UnsafePath { endpoint, .. } => *endpoint,
             UpstreamError::CredentialRefresh { cause, .. } => cause.endpoint(),
             UpstreamError::NotInOrganization { .. } => Endpoint::UserV2GetUser,
-            UpstreamError::NotSupported { endpoint, .. } => *endpoint,
+            UpstreamError::NotSupported { endpoint, .. }
+            | UpstreamError::UnknownOrganization { endpoint, .. } => *endpoint,
         }
     }
 
@@ -241,6 +296,9 @@ impl UpstreamError {
             Endpoint::ManagementRemoveMetadata
                 | Endpoint::ManagementBulkRemoveMetadata
                 | Endpoint::UserV2DeleteMetadata
+                | Endpoint::ManagementRemoveOrgMetadata
+                | Endpoint::ManagementBulkRemoveOrgMetadata
+                | Endpoint::OrgV2DeleteMetadata
         ) && self.zitadel_code() == Some(Code::NotFound)
     }
 
@@ -284,7 +342,9 @@ impl UpstreamError {
                     ErrorKind::Refused
                 }
             }
-            UpstreamError::NotInOrganization { .. } => ErrorKind::Refused,
+            UpstreamError::NotInOrganization { .. } | UpstreamError::UnknownOrganization { .. } => {
+                ErrorKind::Refused
+            }
             // usermeta keeping to ZITADEL's rate limit on its behalf: later, as for a 429.
             UpstreamError::BudgetExhausted { .. } | UpstreamError::CallerShareExhausted { .. } => {
                 ErrorKind::RateLimited

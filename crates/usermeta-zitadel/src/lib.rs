@@ -162,6 +162,10 @@ pub struct Zitadel {
     recent_writes: management::RecentWrites,
     /// Users' organisations, as v2 needs them for the policy.
     user_orgs: management::UserOrgs,
+    /// Which API manages organisations' metadata (v2 only from ZITADEL 4.7, so apart from users').
+    org_selector: management::Selector,
+    /// Organisation metadata writes through this replica, laid over v2's lagging listing.
+    org_recent_writes: management::RecentWrites,
 }
 
 impl Zitadel {
@@ -250,7 +254,12 @@ impl Zitadel {
             http2: config.http2,
             setting_names: config.setting_names,
             project_id: config.project_id,
-            selector: management::Selector::new(config.management_api),
+            selector: management::Selector::new(config.management_api, management::Family::Users),
+            org_selector: management::Selector::new(
+                config.management_api,
+                management::Family::Organizations,
+            ),
+            org_recent_writes: management::RecentWrites::new(config.read_your_writes),
             recent_writes: management::RecentWrites::new(config.read_your_writes),
             user_orgs: management::UserOrgs::new(management::USER_ORG_CAPACITY),
         })

@@ -7,6 +7,11 @@
 //!   signing its JWT access tokens and its ID tokens, which userinfo and introspection refuse as ZITADEL's do);
 //! - the Auth API: `/auth/v1/users/me/metadata/_search` and `/auth/v1/users/me/metadata/{key}`;
 //! - the Management API v1 metadata calls under `/management/v1/users/{id}/metadata/...`;
+//! - organisation metadata: the Management API v1 calls under `/management/v1/metadata/...` (scoped by
+//!   `x-zitadel-orgid`) and, from ZITADEL 4.7, `zitadel.org.v2.OrganizationService`'s
+//!   `SetOrganizationMetadata`, `ListOrganizationMetadata`, `DeleteOrganizationMetadata` and
+//!   `ListOrganizations` (by id) over Connect, with the REST twins under `/v2/organizations/{id}/metadata`
+//!   (permissions `org.read` / `org.write` in the organisation);
 //! - ZITADEL v4's `zitadel.user.v2.UserService`: `SetUserMetadata`, `ListUserMetadata`, `DeleteUserMetadata`,
 //!   `GetUserByID` and `ListUsers` (metadata key/value filters, `inUserIdsQuery`, `organizationIdQuery`,
 //!   `userNameQuery`, `typeQuery`, `andQuery`/`orQuery`/`notQuery`), over Connect unary JSON
@@ -46,6 +51,7 @@ mod faults;
 pub mod keys;
 mod management_api;
 mod oidc;
+mod org_metadata;
 mod recorder;
 mod server;
 mod state;
@@ -101,23 +107,38 @@ pub struct Apis {
     /// query holding only a metadata filter is refused as a query with no member set (the unknown field is
     /// dropped by the JSON decoder).
     pub user_v2_metadata: bool,
+    /// The metadata RPCs of `zitadel.org.v2.OrganizationService` (ZITADEL 4.7+) and their REST twins under
+    /// `/v2/organizations/{organization_id}/metadata`. Off, the Connect procedures answer connect-go's 404 for
+    /// an unknown procedure and the REST paths grpc-gateway's 404, as on ZITADEL 4.0 to 4.6.
+    pub org_v2_metadata: bool,
 }
 
 impl Apis {
-    /// ZITADEL v4: Management API v1 and the v2 user service with metadata.
+    /// ZITADEL v4 (4.7 or later): Management API v1, the v2 user service with metadata and the v2
+    /// organisation service with metadata.
     pub const V4: Apis = Apis {
         management_v1: true,
         user_v2_metadata: true,
+        org_v2_metadata: true,
+    };
+    /// ZITADEL 4.0 to 4.6: Management API v1 and the v2 user service with metadata, but no organisation
+    /// metadata in v2 yet.
+    pub const V4_BEFORE_ORG_METADATA: Apis = Apis {
+        management_v1: true,
+        user_v2_metadata: true,
+        org_v2_metadata: false,
     };
     /// ZITADEL v3: Management API v1; the v2 user service without metadata.
     pub const V3: Apis = Apis {
         management_v1: true,
         user_v2_metadata: false,
+        org_v2_metadata: false,
     };
-    /// A ZITADEL that dropped the v1 Management API (as v5 may): only the v2 user service for metadata.
+    /// A ZITADEL that dropped the v1 Management API (as v5 may): only the v2 services for metadata.
     pub const V2_ONLY: Apis = Apis {
         management_v1: false,
         user_v2_metadata: true,
+        org_v2_metadata: true,
     };
 }
 
@@ -385,6 +406,20 @@ impl StandIn {
     /// When `user_id` is unknown.
     pub fn set_metadata(&self, user_id: &str, key: &str, value: &[u8]) {
         self.inner.shared.set_metadata(user_id, key, value);
+    }
+
+    /// Sets (or, with an empty value, removes) a metadata entry of an organisation, as an `org.metadata.set`
+    /// event would.
+    ///
+    /// # Panics
+    /// When `org_id` is unknown (a test helper).
+    pub fn set_org_metadata(&self, org_id: &str, key: &str, value: &[u8]) {
+        self.inner.shared.set_org_metadata(org_id, key, value);
+    }
+
+    /// The current metadata of an organisation (empty for an unknown one).
+    pub fn org_metadata_of(&self, org_id: &str) -> BTreeMap<String, Vec<u8>> {
+        self.inner.shared.org_metadata_of(org_id)
     }
 
     /// Chooses which API families are served ([`Apis::V4`], [`Apis::V3`], [`Apis::V2_ONLY`] or any mix).

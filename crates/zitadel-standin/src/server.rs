@@ -22,7 +22,7 @@ use tower::ServiceExt;
 use super::errors;
 use super::faults::FaultKind;
 use super::state::Shared;
-use super::{auth_api, management_api, oidc, user_v2};
+use super::{auth_api, management_api, oidc, org_metadata, user_v2};
 
 /// Builds the router of every endpoint the stand-in serves.
 fn router(shared: Arc<Shared>) -> Router {
@@ -35,6 +35,22 @@ fn router(shared: Arc<Shared>) -> Router {
         .route(
             "/management/v1/users/{id}/metadata/{key}",
             any(management_api::dispatch),
+        )
+        .route(
+            "/management/v1/metadata/{key}",
+            any(org_metadata::v1_dispatch),
+        )
+        .route(
+            "/zitadel.org.v2.OrganizationService/{procedure}",
+            any(org_metadata::v2_connect),
+        )
+        .route(
+            "/v2/organizations/{organization_id}/metadata",
+            any(org_metadata::v2_rest_metadata),
+        )
+        .route(
+            "/v2/organizations/{organization_id}/metadata/search",
+            any(org_metadata::v2_rest_list_metadata),
         )
         .route(
             "/zitadel.user.v2.UserService/{procedure}",

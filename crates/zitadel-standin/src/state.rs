@@ -85,6 +85,58 @@ pub(super) struct Org {
     pub(super) id: String,
     pub(super) name: String,
     pub(super) primary_domain: String,
+    /// The sequence of the org aggregate (its last event).
+    pub(super) sequence: u64,
+    /// When the last event on the org happened.
+    pub(super) changed: SystemTime,
+    /// The organisation's own metadata (`org.metadata.set` / `org.metadata.removed`).
+    pub(super) metadata: BTreeMap<String, Entry>,
+}
+
+impl Org {
+    fn push_event(&mut self, events: &mut Events, now: SystemTime) -> u64 {
+        self.sequence += 1;
+        self.changed = now;
+        events.processed_sequence += 1;
+        self.sequence
+    }
+
+    /// An `org.metadata.set` event.
+    pub(super) fn set_metadata(
+        &mut self,
+        key: &str,
+        value: Vec<u8>,
+        now: SystemTime,
+        events: &mut Events,
+    ) -> u64 {
+        let sequence = self.push_event(events, now);
+        match self.metadata.get_mut(key) {
+            Some(entry) => {
+                entry.value = value;
+                entry.sequence = sequence;
+                entry.change_date = now;
+            }
+            None => {
+                self.metadata.insert(
+                    key.to_owned(),
+                    Entry {
+                        value,
+                        sequence,
+                        created_sequence: sequence,
+                        creation_date: now,
+                        change_date: now,
+                    },
+                );
+            }
+        }
+        sequence
+    }
+
+    /// An `org.metadata.removed` event.
+    pub(super) fn remove_metadata(&mut self, key: &str, events: &mut Events) -> u64 {
+        self.metadata.remove(key);
+        self.push_event(events, wire::now())
+    }
 }
 
 pub(super) struct User {
@@ -472,6 +524,9 @@ impl Shared {
                 id: id.clone(),
                 name: name.to_owned(),
                 primary_domain: primary_domain(name),
+                sequence: 1,
+                changed: wire::now(),
+                metadata: BTreeMap::new(),
             },
         );
         id
@@ -739,6 +794,34 @@ impl Shared {
         } else {
             user.set_metadata(key, value.to_vec(), wire::now(), &mut data.events);
         }
+    }
+
+    pub(super) fn set_org_metadata(&self, org_id: &str, key: &str, value: &[u8]) {
+        let mut guard = self.write();
+        let data = &mut *guard;
+        let Some(org) = data.orgs.get_mut(org_id) else {
+            panic!("stand-in: unknown org {org_id:?}");
+        };
+        if value.is_empty() {
+            if org.metadata.contains_key(key) {
+                org.remove_metadata(key, &mut data.events);
+            }
+        } else {
+            org.set_metadata(key, value.to_vec(), wire::now(), &mut data.events);
+        }
+    }
+
+    pub(super) fn org_metadata_of(&self, org_id: &str) -> BTreeMap<String, Vec<u8>> {
+        self.read()
+            .orgs
+            .get(org_id)
+            .map(|org| {
+                org.metadata
+                    .iter()
+                    .map(|(key, entry)| (key.clone(), entry.value.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     pub(super) fn metadata_of(&self, user_id: &str) -> BTreeMap<String, Vec<u8>> {

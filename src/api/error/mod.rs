@@ -132,6 +132,19 @@ pub enum ApiError {
         /// The key asked for.
         key: String,
     },
+    /// DeleteOrganizationMetadata of keys the organisation does not have, without `allow_missing`.
+    #[error("keys not found")]
+    OrganizationKeysNotFound {
+        /// The organisation whose keys were to be removed.
+        org_id: String,
+        /// The keys of the request, as it named them.
+        keys: Vec<String>,
+    },
+    /// An organisation call without `organization_id` by a caller whose organisation ZITADEL did not tell.
+    #[error(
+        "ZITADEL did not say which organisation the caller belongs to, so organization_id cannot be left empty: request the token with the scope `urn:zitadel:iam:user:resourceowner` (or name organization_id)"
+    )]
+    CallerOrganizationUnknown,
     /// ZITADEL failed or refused the call; kept whole for the status mapping and the log.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),

@@ -167,16 +167,22 @@ pub(super) fn to_status(error: &ApiError) -> Status {
         }
         ApiError::Denied(denial) => {
             let reason = match denial {
-                Denial::NoRule { .. } => Reason::PolicyDenied,
-                Denial::Hidden { .. } => Reason::KeyHidden,
+                Denial::NoRule { .. } | Denial::NoOrganizationRule { .. } => Reason::PolicyDenied,
+                Denial::Hidden { .. } | Denial::HiddenFromMembers { .. } => Reason::KeyHidden,
             };
             let mut metadata = vec![("action", denial.action().name().to_owned())];
             metadata.extend(denial.key().map(|k| ("key", k.to_owned())));
-            if let Denial::NoRule { target, .. } = denial {
-                metadata.push((
+            match denial {
+                Denial::NoRule { target, .. } => metadata.push((
                     "target",
                     target.clone().unwrap_or_else(|| "self".to_owned()),
-                ));
+                )),
+                Denial::NoOrganizationRule { org_id, .. }
+                | Denial::HiddenFromMembers { org_id, .. } => {
+                    metadata.push(("target", "organization".to_owned()));
+                    metadata.push(("organization_id", org_id.clone()));
+                }
+                Denial::Hidden { .. } => {}
             }
             with_info(
                 Code::PermissionDenied,
@@ -222,6 +228,30 @@ pub(super) fn to_status(error: &ApiError) -> Status {
             error.to_string(),
             Reason::KeySealed,
             [("key", key.clone())],
+        ),
+        ApiError::OrganizationKeysNotFound { org_id, keys } => {
+            let named = named_keys(keys);
+            let message = match keys.as_slice() {
+                [key] => format!(
+                    "organisation {org_id} has no metadata key `{key}`; set allow_missing to ignore missing keys"
+                ),
+                _ => format!(
+                    "one or more of the keys [{}] do not exist on organisation {org_id}; nothing was deleted; set allow_missing to ignore missing keys",
+                    named.join(", ")
+                ),
+            };
+            with_info(
+                Code::NotFound,
+                message,
+                Reason::MetadataNotFound,
+                [("keys", named.join(",")), ("organization_id", org_id.clone())],
+            )
+        }
+        ApiError::CallerOrganizationUnknown => with_info(
+            Code::FailedPrecondition,
+            error.to_string(),
+            Reason::CallerOrganizationUnknown,
+            [],
         ),
         ApiError::Upstream(upstream) => upstream_status(upstream),
         ApiError::DeadlineExceeded => with_info(

@@ -122,6 +122,24 @@ pub(super) fn upstream_status(error: &UpstreamError) -> Status {
             Reason::UserNotFoundInOrganization,
             facts,
         ),
+        UpstreamError::NotSupported { .. } if endpoint.is_organization_metadata() => with_info(
+            Code::FailedPrecondition,
+            format!(
+                "{error}; this ZITADEL does not serve the v2 organisation service: set {setting}=auto (v1 for organisations, v2 for users where served) or v1, or upgrade ZITADEL",
+                setting = names::ZITADEL_API,
+            ),
+            Reason::ZitadelApiUnsupported,
+            facts,
+        ),
+        UpstreamError::UnknownOrganization { org_id, .. } => {
+            facts.push(("organization_id", org_id.clone()));
+            with_info(
+                Code::NotFound,
+                format!("{error}; check organization_id (empty means your own organisation)"),
+                Reason::OrganizationNotFound,
+                facts,
+            )
+        }
         UpstreamError::NotSupported { .. } => with_info(
             Code::FailedPrecondition,
             format!(

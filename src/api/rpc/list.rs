@@ -2,16 +2,9 @@
 
 use tracing::instrument;
 
-use super::{answer_items, read_all, subject_of, unknown_user_not_found};
+use super::{answer_items, next_token, offsets_for, subject_of, unknown_user_not_found, visible_page};
 use crate::{
-    api::{
-        ApiError, MetadataService,
-        error::Violations,
-        page_token::{self, Offsets, Position},
-        pb,
-        service::Call,
-        validate,
-    },
+    api::{ApiError, MetadataService, error::Violations, pb, service::Call, validate},
     caller,
     policy::{Action, Subject},
 };
@@ -96,13 +89,8 @@ impl MetadataService {
         {
             scope.require(key)?;
         }
-        // Counts and page tokens account only for what the caller may see: when the policy hides some keys,
-        // usermeta reads the whole listing and pages what is left; otherwise ZITADEL pages.
-        let offsets = if scope.sees_every_key() {
-            Offsets::Zitadel
-        } else {
-            Offsets::Visible
-        };
+        // Counts and page tokens account only for what the caller may see.
+        let offsets = offsets_for(&scope);
         if request.resumed.is_some_and(|resumed| resumed != offsets) {
             return Err(ApiError::InvalidRequest(Violations::one(
                 "page_token",
@@ -127,38 +115,15 @@ impl MetadataService {
                 }
             }
         };
-        let (items, total, next_offset) = match offsets {
-            Offsets::Zitadel => {
-                let page = fetch(request.page).await?;
-                let fetched = page.items.len() as u64;
-                let next = request.page.offset + fetched;
-                let mut items = page.items;
-                // Nothing to leave out when every key may be read; kept as the last line of defence.
-                items.retain(|item| scope.allows(&item.key));
-                (items, page.total, (fetched > 0).then_some(next))
-            }
-            Offsets::Visible => {
-                let mut items = read_all(fetch).await?;
-                items.retain(|item| scope.allows(&item.key));
-                let total = items.len() as u64;
-                let start = usize::try_from(request.page.offset.min(total)).unwrap_or(usize::MAX);
-                let end = start
-                    .saturating_add(request.page.limit as usize)
-                    .min(items.len());
-                let next = end as u64;
-                items.truncate(end);
-                items.drain(..start);
-                (items, total, (end > start).then_some(next))
-            }
-        };
-        let next_page_token = match next_offset {
-            Some(offset) if offset < total => page_token::encode(
-                &self.page_tokens,
-                Position { offset, offsets },
-                request.token_query(),
-            ),
-            _ => String::new(),
-        };
+        let (items, total, next_offset) =
+            visible_page(&scope, offsets, request.page, fetch).await?;
+        let next_page_token = next_token(
+            &self.page_tokens,
+            next_offset,
+            total,
+            offsets,
+            request.token_query(),
+        );
         let metadata = if items.iter().any(|item| self.policy.is_sealed(&item.key)) {
             // The owner of an own listing is whoever ZITADEL says owns the token (cached, usually).
             let owner = match owner {

@@ -5,15 +5,22 @@ mod batch_get;
 mod find;
 mod get_my;
 mod list;
+mod organization;
 pub(super) mod watch;
 mod write;
 
 use std::future::Future;
 
-use super::{ApiError, MetadataService, convert::value_to_pb, error::Violations, pb};
+use super::{
+    ApiError, MetadataService,
+    convert::value_to_pb,
+    error::Violations,
+    page_token::{Offsets, Position},
+    pb,
+};
 use crate::{
     caller::Identity,
-    policy::{Action, Policy, Subject},
+    policy::{Action, Policy, ReadScope, Subject},
     sealing::Owner,
 };
 use usermeta_zitadel::{
@@ -211,4 +218,66 @@ fn answer_items(
             })
         })
         .collect()
+}
+
+/// One page of what `scope` lets the caller see, with the listing's total and the next page's offset (`None`
+/// at the end). When the policy hides some keys, the whole listing is read and what is left is paged, so counts
+/// and page tokens never account for keys the caller may not see; otherwise ZITADEL pages.
+async fn visible_page<F, Fut>(
+    scope: &ReadScope<'_>,
+    offsets: Offsets,
+    page: PageRequest,
+    fetch: F,
+) -> Result<(Vec<MetadataItem>, u64, Option<u64>), UpstreamError>
+where
+    F: FnMut(PageRequest) -> Fut,
+    Fut: Future<Output = Result<Page, UpstreamError>>,
+{
+    let mut fetch = fetch;
+    Ok(match offsets {
+        Offsets::Zitadel => {
+            let answer = fetch(page).await?;
+            let fetched = answer.items.len() as u64;
+            let next = page.offset + fetched;
+            let mut items = answer.items;
+            // Nothing to leave out when every key may be read; kept as the last line of defence.
+            items.retain(|item| scope.allows(&item.key));
+            (items, answer.total, (fetched > 0).then_some(next))
+        }
+        Offsets::Visible => {
+            let mut items = read_all(fetch).await?;
+            items.retain(|item| scope.allows(&item.key));
+            let total = items.len() as u64;
+            let start = usize::try_from(page.offset.min(total)).unwrap_or(usize::MAX);
+            let end = start.saturating_add(page.limit as usize).min(items.len());
+            items.truncate(end);
+            items.drain(..start);
+            (items, total, (end > start).then_some(end as u64))
+        }
+    })
+}
+
+/// What a listing's offsets count under `scope`.
+fn offsets_for(scope: &ReadScope<'_>) -> Offsets {
+    if scope.sees_every_key() {
+        Offsets::Zitadel
+    } else {
+        Offsets::Visible
+    }
+}
+
+/// The next page's token, or empty on the last page.
+fn next_token(
+    key: &super::PageTokenKey,
+    next_offset: Option<u64>,
+    total: u64,
+    offsets: Offsets,
+    query: super::page_token::Query<'_>,
+) -> String {
+    match next_offset {
+        Some(offset) if offset < total => {
+            super::page_token::encode(key, Position { offset, offsets }, query)
+        }
+        _ => String::new(),
+    }
 }

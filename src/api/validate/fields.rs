@@ -100,6 +100,30 @@ impl Violations {
         Some(org_id).filter(|id| !id.is_empty())
     }
 
+    /// The organisation whose own metadata a request addresses (empty: the caller's). It travels in a header
+    /// (v1) or a body (v2), and into the policy, the audit line and the cache as given: besides the header's
+    /// printable ASCII, what would change on the way into a URL is refused as for user ids.
+    pub(super) fn organization(&mut self, org_id: String) -> Option<String> {
+        let chars = org_id.chars().count();
+        if chars > MAX_ID_CHARS {
+            self.add(
+                "organization_id",
+                format!("must be at most {MAX_ID_CHARS} characters, is {chars}"),
+            );
+        } else if let Some(problem) = user_id_problem(&org_id) {
+            self.add(
+                "organization_id",
+                problem.replace("user id", "organisation id"),
+            );
+        } else if !org_id.bytes().all(|b| b.is_ascii_graphic()) {
+            self.add(
+                "organization_id",
+                "must be a ZITADEL organisation id: printable ASCII without spaces",
+            );
+        }
+        Some(org_id).filter(|id| !id.is_empty())
+    }
+
     /// Keys of a write or delete: at least one, each valid, none twice.
     pub(super) fn distinct_keys<'a>(
         &mut self,

@@ -65,6 +65,7 @@ impl List {
             org_id: self.org_id.as_deref().unwrap_or_default(),
             filter: self.filter.as_ref(),
             find: None,
+            organization: false,
         }
     }
 }
@@ -86,6 +87,7 @@ impl Find {
             org_id: self.org_id.as_deref().unwrap_or_default(),
             filter: None,
             find: Some((&self.key, &self.value)),
+            organization: false,
         }
     }
 }
@@ -536,5 +538,146 @@ pub(super) fn delete(request: pb::DeleteMetadataRequest) -> Result<Delete, ApiEr
         keys: request.keys,
         allow_missing: request.allow_missing,
         if_match,
+    })
+}
+
+/// A valid ListOrganizationMetadata request.
+#[derive(Debug)]
+pub(super) struct OrgList {
+    /// `None` means the caller's own organisation.
+    pub org_id: Option<String>,
+    pub filter: Option<KeyFilter>,
+    pub page: PageRequest,
+    /// What the offset of a continued listing counts (`None` on its first page).
+    pub resumed: Option<Offsets>,
+}
+
+impl OrgList {
+    /// The query page tokens of this listing are bound to: the organisation as the request named it.
+    pub(super) fn token_query(&self) -> Query<'_> {
+        Query {
+            user_id: "",
+            org_id: self.org_id.as_deref().unwrap_or_default(),
+            filter: self.filter.as_ref(),
+            find: None,
+            organization: true,
+        }
+    }
+}
+
+/// A valid SetOrganizationMetadata request.
+#[derive(Debug)]
+pub(super) struct OrgSet {
+    pub org_id: Option<String>,
+    pub entries: Vec<(String, Vec<u8>)>,
+}
+
+/// A valid DeleteOrganizationMetadata request.
+#[derive(Debug)]
+pub(super) struct OrgDelete {
+    pub org_id: Option<String>,
+    pub keys: Vec<String>,
+    pub allow_missing: bool,
+}
+
+fn key_filter(v: &mut Violations, filter: Option<pb::KeyFilter>) -> Option<KeyFilter> {
+    filter.map(|filter| {
+        v.key_pattern("key_filter.key", &filter.key);
+        let matching = pb::KeyMatch::try_from(filter.r#match).map(KeyMatch::from).unwrap_or_else(|_| {
+            v.add("key_filter.match", format!("{} is not a KeyMatch; use one of KEY_MATCH_EQUALS … KEY_MATCH_ENDS_WITH_IGNORE_CASE", filter.r#match));
+            KeyMatch::Equals
+        });
+        KeyFilter { key: filter.key, matching }
+    })
+}
+
+/// The entries of a set, each a key and a value ZITADEL can store.
+fn entries(v: &mut Violations, request: Vec<pb::MetadataEntry>) -> Vec<(String, Vec<u8>)> {
+    v.distinct_keys(
+        "entries",
+        request
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (format!("entries[{i}].key"), e.key.as_str())),
+    );
+    let mut entries = Vec::with_capacity(request.len());
+    for (i, entry) in request.into_iter().enumerate() {
+        match value_from_pb(entry.value) {
+            None => v.add(format!("entries[{i}].value"), "must be set: give `text` or `binary`"),
+            Some(bytes) if bytes.is_empty() => v.add(
+                format!("entries[{i}].value"),
+                "must not be empty: ZITADEL cannot store an empty value; use DeleteOrganizationMetadata to remove a key",
+            ),
+            Some(bytes) if bytes.len() > MAX_VALUE_BYTES => v.add(
+                format!("entries[{i}].value"),
+                format!("must be at most {MAX_VALUE_BYTES} bytes, is {}", bytes.len()),
+            ),
+            Some(bytes) => entries.push((entry.key, bytes)),
+        }
+    }
+    entries
+}
+
+pub(super) fn org_list(
+    request: pb::ListOrganizationMetadataRequest,
+    key: &PageTokenKey,
+) -> Result<OrgList, ApiError> {
+    let mut v = Violations::default();
+    let org_id = v.organization(request.organization_id);
+    let filter = key_filter(&mut v, request.key_filter);
+    let limit = page_size(&mut v, request.page_size);
+    let mut list = OrgList {
+        org_id,
+        filter,
+        page: PageRequest { offset: 0, limit },
+        resumed: None,
+    };
+    if !request.page_token.is_empty() {
+        match page_token::decode(key, &request.page_token, list.token_query()) {
+            Ok(position) => {
+                list.page.offset = position.offset;
+                list.resumed = Some(position.offsets);
+            }
+            Err(e) => v.add("page_token", e.to_string()),
+        }
+    }
+    v.finish(list)
+}
+
+pub(super) fn org_set(request: pb::SetOrganizationMetadataRequest) -> Result<OrgSet, ApiError> {
+    let mut v = Violations::default();
+    let org_id = v.organization(request.organization_id);
+    if !v.within(
+        "entries",
+        request.entries.len(),
+        MAX_KEYS_PER_REQUEST,
+        "entries",
+    ) {
+        return v.finish_invalid();
+    }
+    let entries = entries(&mut v, request.entries);
+    v.finish(OrgSet { org_id, entries })
+}
+
+pub(super) fn org_delete(
+    request: pb::DeleteOrganizationMetadataRequest,
+) -> Result<OrgDelete, ApiError> {
+    let mut v = Violations::default();
+    let org_id = v.organization(request.organization_id);
+    if !v.within("keys", request.keys.len(), MAX_KEYS_PER_REQUEST, "keys") {
+        return v.finish_invalid();
+    }
+    v.distinct_keys(
+        "keys",
+        request
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (format!("keys[{i}]"), k.as_str())),
+    );
+    v.finish(OrgDelete {
+        org_id,
+        keys: request.keys,
+        allow_missing: request.allow_missing,
     })
 }

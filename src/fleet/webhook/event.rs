@@ -12,6 +12,9 @@ use crate::fleet::{ChangeKind, MetadataChange};
 pub(super) const SET: &str = "user.metadata.set";
 pub(super) const REMOVED: &str = "user.metadata.removed";
 pub(super) const REMOVED_ALL: &str = "user.metadata.removed.all";
+pub(super) const ORG_SET: &str = "org.metadata.set";
+pub(super) const ORG_REMOVED: &str = "org.metadata.removed";
+pub(super) const ORG_REMOVED_ALL: &str = "org.metadata.removed.all";
 
 /// Longest user id and key accepted (ZITADEL's own limits).
 const MAX_ID_CHARS: usize = 200;
@@ -22,6 +25,9 @@ const MAX_KEY_CHARS: usize = 200;
 pub(super) enum Event {
     /// A metadata event: this change.
     Metadata(MetadataChange),
+    /// An organisation's metadata changed (`org.metadata.*`, aggregate `org`): the organisation id. The
+    /// payload is not needed (ZITADEL 4.1 sent it empty): what the organisation holds is read again.
+    Organization(String),
     /// Another event type (an execution on a wider group than `user.metadata`): nothing to do.
     Ignored(String),
 }
@@ -63,6 +69,9 @@ pub(super) fn parse(body: &[u8]) -> Result<Event, Malformed> {
             where_(&e)
         ))
     })?;
+    if matches!(event_type.as_str(), ORG_SET | ORG_REMOVED | ORG_REMOVED_ALL) {
+        return organization(body, &event_type);
+    }
     let kind = match event_type.as_str() {
         SET => ChangeKind::Set,
         REMOVED => ChangeKind::Delete,
@@ -128,6 +137,35 @@ pub(super) fn parse(body: &[u8]) -> Result<Event, Malformed> {
         value,
         time,
     }))
+}
+
+/// An `org.metadata.*` event: the organisation is `aggregateID`; nothing else is needed.
+fn organization(body: &[u8], event_type: &str) -> Result<Event, Malformed> {
+    let envelope: Envelope = serde_json::from_slice(body).map_err(|e| {
+        Malformed(format!(
+            "a {event_type} event needs aggregateID ({})",
+            where_(&e)
+        ))
+    })?;
+    if let Some(other) = envelope
+        .aggregate_type
+        .as_deref()
+        .filter(|aggregate| *aggregate != "org")
+    {
+        return Err(Malformed(format!(
+            "aggregateType is {other:?}; organisation metadata events are of aggregate type \"org\""
+        )));
+    }
+    let org_id = envelope.aggregate_id;
+    if org_id.is_empty()
+        || org_id.chars().count() > MAX_ID_CHARS
+        || org_id.chars().any(|c| c.is_control() || c.is_whitespace())
+    {
+        return Err(Malformed(format!(
+            "aggregateID must be an organisation id of 1 to {MAX_ID_CHARS} printable characters"
+        )));
+    }
+    Ok(Event::Organization(org_id))
 }
 
 /// The payload as an object, from either form ZITADEL sends.
@@ -204,6 +242,7 @@ mod tests {
         match event {
             Event::Metadata(change) => change,
             Event::Ignored(other) => panic!("ignored {other}"),
+            Event::Organization(org) => panic!("organisation {org}"),
         }
     }
 
@@ -250,6 +289,28 @@ mod tests {
             parse(&body("user.human.added", serde_json::Value::Null)),
             Ok(Event::Ignored("user.human.added".to_owned()))
         );
+    }
+
+    #[test]
+    fn organisation_events_name_the_organisation_with_or_without_a_payload() {
+        for event_type in [ORG_SET, ORG_REMOVED, ORG_REMOVED_ALL] {
+            for payload in [
+                serde_json::json!({"key": "plan", "value": "Z29sZA=="}),
+                serde_json::json!({}),
+            ] {
+                let body = serde_json::json!({
+                    "aggregateID": "o1", "aggregateType": "org", "event_type": event_type,
+                    "event_payload": payload,
+                });
+                assert_eq!(
+                    parse(body.to_string().as_bytes()),
+                    Ok(Event::Organization("o1".to_owned())),
+                    "{event_type}"
+                );
+            }
+        }
+        let wrong = serde_json::json!({"aggregateID": "o1", "aggregateType": "user", "event_type": ORG_SET});
+        assert!(parse(wrong.to_string().as_bytes()).is_err());
     }
 
     #[test]

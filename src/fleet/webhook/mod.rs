@@ -1,5 +1,5 @@
-//! `POST /zitadel/events`: ZITADEL's Actions v2 event target for `user.metadata.*`. A signed event drops the
-//! user's cached answers on every replica (through Redis, when configured) and reaches the WatchMetadata
+//! `POST /zitadel/events`: ZITADEL's Actions v2 event target for `user.metadata.*` and `org.metadata.*`. A
+//! signed event drops the user's (or organisation's) cached answers on every replica (through Redis, when configured) and reaches the WatchMetadata
 //! streams, so a change made in ZITADEL's Console is not served stale for the rest of the TTL.
 //!
 //! ZITADEL delivers an event at most once and never retries, so the answer is quick and the cache TTL stays
@@ -236,6 +236,12 @@ impl Webhook {
                 StatusCode::OK,
                 format!("ignored: {event_type} is not a metadata event"),
             ),
+            Ok(event::Event::Organization(org_id)) => {
+                tracing::info!(org_id = %org_id, "ZITADEL reported an organisation metadata change");
+                let message = format!("applied: change of organisation {org_id}");
+                self.changes.organization_changed(&org_id);
+                ("applied", StatusCode::OK, message)
+            }
             Ok(event::Event::Metadata(change)) => {
                 tracing::info!(
                     user_id = %change.user_id,

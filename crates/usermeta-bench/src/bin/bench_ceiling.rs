@@ -69,6 +69,27 @@ impl UserMetadataService for Ceiling {
         Err(Status::unimplemented("ceiling serves GetMyMetadata only"))
     }
 
+    async fn list_organization_metadata(
+        &self,
+        _: Request<pb::ListOrganizationMetadataRequest>,
+    ) -> Result<Response<pb::ListOrganizationMetadataResponse>, Status> {
+        Err(Status::unimplemented("ceiling serves GetMyMetadata only"))
+    }
+
+    async fn set_organization_metadata(
+        &self,
+        _: Request<pb::SetOrganizationMetadataRequest>,
+    ) -> Result<Response<pb::SetOrganizationMetadataResponse>, Status> {
+        Err(Status::unimplemented("ceiling serves GetMyMetadata only"))
+    }
+
+    async fn delete_organization_metadata(
+        &self,
+        _: Request<pb::DeleteOrganizationMetadataRequest>,
+    ) -> Result<Response<pb::DeleteOrganizationMetadataResponse>, Status> {
+        Err(Status::unimplemented("ceiling serves GetMyMetadata only"))
+    }
+
     type WatchMetadataStream = usermeta::api::ChangeStream;
 
     async fn watch_metadata(

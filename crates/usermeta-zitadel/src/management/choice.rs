@@ -1,6 +1,8 @@
-//! Which management API answers: fixed by the operator, or (`auto`) the v2 user service where ZITADEL serves
-//! it and v1 otherwise, decided once per ZITADEL and decided again when a call says otherwise (an upgrade,
-//! a rollback, v1 switched off).
+//! Which management API answers: fixed by the operator, or (`auto`) the v2 service where ZITADEL serves it and
+//! v1 otherwise, decided once per ZITADEL and decided again when a call says otherwise (an upgrade, a
+//! rollback, v1 switched off). Users' and organisations' metadata are decided apart ([`Family`]): ZITADEL 4.0
+//! to 4.6 serves v2 user metadata but no v2 organisation metadata (that came with 4.7), so under `auto` such
+//! a ZITADEL manages users through v2 and organisations through v1.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
@@ -19,6 +21,34 @@ pub enum ApiChoice {
     Auto,
 }
 
+/// Whose metadata a [`Selector`] chooses the API for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Family {
+    /// Users' metadata: v1 management `/users/{id}/metadata` or `zitadel.user.v2.UserService` (4.0+).
+    Users,
+    /// Organisations' metadata: v1 management `/metadata` with `x-zitadel-orgid`, or
+    /// `zitadel.org.v2.OrganizationService` (4.7+).
+    Organizations,
+}
+
+impl Family {
+    /// The v2 service, as logs name it.
+    fn v2_service(self) -> &'static str {
+        match self {
+            Family::Users => "v2 user service",
+            Family::Organizations => "v2 organisation service",
+        }
+    }
+
+    /// Whose metadata, as logs name it.
+    fn whose(self) -> &'static str {
+        match self {
+            Family::Users => "users'",
+            Family::Organizations => "organisations'",
+        }
+    }
+}
+
 const UNKNOWN: u8 = 0;
 const V1: u8 = 1;
 const V2: u8 = 2;
@@ -26,6 +56,7 @@ const V2: u8 = 2;
 #[derive(Debug)]
 pub(crate) struct Selector {
     choice: ApiChoice,
+    family: Family,
     /// For `auto`: what ZITADEL was found to serve.
     found: AtomicU8,
     /// One probe at a time; the others wait for its answer.
@@ -33,9 +64,10 @@ pub(crate) struct Selector {
 }
 
 impl Selector {
-    pub(crate) fn new(choice: ApiChoice) -> Self {
+    pub(crate) fn new(choice: ApiChoice, family: Family) -> Self {
         Selector {
             choice,
+            family,
             found: AtomicU8::new(UNKNOWN),
             probing: tokio::sync::Mutex::new(()),
         }
@@ -58,7 +90,7 @@ impl Selector {
         if let Some(api) = self.found() {
             return Ok(api);
         }
-        let api = probe(zitadel).await?;
+        let api = probe(zitadel, self.family).await?;
         self.settle(zitadel, api, "ZITADEL's answer to a probe");
         Ok(api)
     }
@@ -79,13 +111,17 @@ impl Selector {
         if self.found.swap(code, Ordering::AcqRel) != code {
             tracing::info!(
                 api = api.name(),
-                "managing metadata through ZITADEL's {} API (auto, from {why})",
+                "managing {} metadata through ZITADEL's {} API (auto, from {why})",
+                self.family.whose(),
                 api.name()
             );
-            zitadel
-                .instrumentation
-                .hooks()
-                .management_api_in_use(api.name());
+            // The gauge tells which API manages users' metadata, as it always has.
+            if self.family == Family::Users {
+                zitadel
+                    .instrumentation
+                    .hooks()
+                    .management_api_in_use(api.name());
+            }
         }
     }
 
@@ -108,7 +144,7 @@ impl Selector {
         }
         match api {
             ManagementApi::V2 => {
-                tracing::warn!(endpoint = %error.endpoint(), "ZITADEL no longer serves the v2 user service's metadata calls; switching to the v1 management API");
+                tracing::warn!(endpoint = %error.endpoint(), "ZITADEL does not serve the {}'s metadata calls; switching {} metadata to the v1 management API", self.family.v2_service(), self.family.whose());
                 self.settle(
                     zitadel,
                     ManagementApi::V1,
@@ -116,7 +152,7 @@ impl Selector {
                 );
             }
             ManagementApi::V1 => {
-                tracing::warn!(endpoint = %error.endpoint(), "ZITADEL no longer serves the v1 management API; switching to the v2 user service");
+                tracing::warn!(endpoint = %error.endpoint(), "ZITADEL no longer serves the v1 management API; switching {} metadata to the {}", self.family.whose(), self.family.v2_service());
                 self.settle(
                     zitadel,
                     ManagementApi::V2,
@@ -130,7 +166,7 @@ impl Selector {
 
 /// An answer that means "no such API here", not an answer of the API: Connect's `unimplemented`, or a 404, 405
 /// or 501 without ZITADEL's error id (a route that does not exist; every error ZITADEL itself raises carries one).
-fn is_not_served(error: &UpstreamError) -> bool {
+pub(crate) fn is_not_served(error: &UpstreamError) -> bool {
     match error {
         UpstreamError::Rejected {
             http_status,
@@ -144,19 +180,28 @@ fn is_not_served(error: &UpstreamError) -> bool {
     }
 }
 
-/// Asks the v2 user service for a user that does not exist: any answer of the service (an error with ZITADEL's
-/// id included) means it is served; "not served" means v1. A failure to reach ZITADEL decides nothing.
-async fn probe(zitadel: &Zitadel) -> Result<ManagementApi, UpstreamError> {
-    let body = serde_json::json!({
-        "userId": "usermeta-api-probe",
-        "pagination": {"limit": 1},
-    });
-    let request = zitadel.connect_request("ListUserMetadata", &body)?;
-    match zitadel
-        .send_management_raw(Endpoint::UserV2ListMetadata, request)
-        .await
-        .result
-    {
+/// Asks the family's v2 service for the metadata of a user (or organisation) that does not exist: any answer of
+/// the service (an error with ZITADEL's id included) means it is served; "not served" means v1. A failure to
+/// reach ZITADEL decides nothing.
+async fn probe(zitadel: &Zitadel, family: Family) -> Result<ManagementApi, UpstreamError> {
+    let (endpoint, request) = match family {
+        Family::Users => (
+            Endpoint::UserV2ListMetadata,
+            zitadel.connect_request(
+                "ListUserMetadata",
+                &serde_json::json!({"userId": "usermeta-api-probe", "pagination": {"limit": 1}}),
+            )?,
+        ),
+        Family::Organizations => (
+            Endpoint::OrgV2ListMetadata,
+            zitadel.org_connect_request(
+                Endpoint::OrgV2ListMetadata,
+                "ListOrganizationMetadata",
+                &serde_json::json!({"organizationId": "usermeta-api-probe", "pagination": {"limit": 1}}),
+            )?,
+        ),
+    };
+    match zitadel.send_management_raw(endpoint, request).await.result {
         // A JSON answer is the service's; anything else at that path (a web page a proxy or an old ZITADEL
         // serves for unknown paths) is not.
         Ok(body) => Ok(

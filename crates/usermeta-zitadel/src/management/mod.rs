@@ -6,6 +6,7 @@
 //! says the chosen one is not served.
 
 mod choice;
+mod org;
 mod recent;
 mod v1;
 pub(crate) mod v2;
@@ -18,7 +19,7 @@ use std::{
 use prost_types::Timestamp;
 
 pub use choice::ApiChoice;
-pub(crate) use choice::Selector;
+pub(crate) use choice::{Family, Selector};
 pub(crate) use recent::RecentWrites;
 
 use super::{Endpoint, UpstreamError, Zitadel};

@@ -186,7 +186,7 @@ impl Zitadel {
 /// Whether a key can travel as a path segment and reach the single-key RPC unchanged. Others go in a body:
 /// percent-encoded reserved characters are not reliably unescaped by the gateway, and `_search`/`_bulk` would
 /// route to another RPC.
-fn is_path_safe(key: &str) -> bool {
+pub(super) fn is_path_safe(key: &str) -> bool {
     !matches!(key, "_search" | "_bulk" | "." | "..")
         && key
             .bytes()

@@ -39,23 +39,23 @@ struct ListRequest<'a> {
 }
 
 #[derive(Serialize)]
-struct Pagination {
+pub(super) struct Pagination {
     /// uint64: a string in proto3 JSON.
-    offset: String,
-    limit: u32,
-    asc: bool,
+    pub(super) offset: String,
+    pub(super) limit: u32,
+    pub(super) asc: bool,
 }
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct MetadataFilter<'a> {
-    key_filter: KeyFilterBody<'a>,
+pub(super) struct MetadataFilter<'a> {
+    pub(super) key_filter: KeyFilterBody<'a>,
 }
 
 #[derive(Serialize)]
-struct KeyFilterBody<'a> {
-    key: &'a str,
-    method: &'static str,
+pub(super) struct KeyFilterBody<'a> {
+    pub(super) key: &'a str,
+    pub(super) method: &'static str,
 }
 
 #[derive(Deserialize, Default)]
@@ -89,16 +89,16 @@ struct SetRequest<'a> {
 }
 
 #[derive(Serialize)]
-struct SetEntry<'a> {
-    key: &'a str,
+pub(super) struct SetEntry<'a> {
+    pub(super) key: &'a str,
     /// `bytes`: standard base64 in proto3 JSON.
-    value: String,
+    pub(super) value: String,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(default, rename_all = "camelCase")]
-struct SetResponse {
-    set_date: Option<String>,
+pub(super) struct SetResponse {
+    pub(super) set_date: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -110,8 +110,8 @@ struct DeleteRequest<'a> {
 
 #[derive(Deserialize, Default)]
 #[serde(default, rename_all = "camelCase")]
-struct DeleteResponse {
-    deletion_date: Option<String>,
+pub(super) struct DeleteResponse {
+    pub(super) deletion_date: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -556,7 +556,7 @@ pub(crate) fn page_of(answer: ListResponse) -> Page {
     }
 }
 
-fn membership_is_permission(error: UpstreamError) -> UpstreamError {
+pub(super) fn membership_is_permission(error: UpstreamError) -> UpstreamError {
     match error {
         UpstreamError::Rejected {
             endpoint,
@@ -576,7 +576,7 @@ fn membership_is_permission(error: UpstreamError) -> UpstreamError {
     }
 }
 
-fn timestamp(text: Option<String>) -> Option<Timestamp> {
+pub(super) fn timestamp(text: Option<String>) -> Option<Timestamp> {
     text?.parse().ok()
 }
 

@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 use super::super::errors::{Code, Failure};
 use super::super::wire;
 
-pub(super) type Decoded<T> = Result<T, Failure>;
+pub(crate) type Decoded<T> = Result<T, Failure>;
 
 /// A decoding error (invalid_argument without details).
 fn bad(message: String) -> Failure {
@@ -15,7 +15,7 @@ fn bad(message: String) -> Failure {
 }
 
 /// Parses a request body as a JSON object; an empty body is an empty message.
-pub(super) fn object(body: &[u8]) -> Decoded<Map<String, Value>> {
+pub(crate) fn object(body: &[u8]) -> Decoded<Map<String, Value>> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Map::new());
     }
@@ -29,7 +29,7 @@ pub(super) fn object(body: &[u8]) -> Decoded<Map<String, Value>> {
 }
 
 /// A field by its JSON (lowerCamelCase) or proto (snake_case) name; `null` counts as absent.
-pub(super) fn field<'a>(
+pub(crate) fn field<'a>(
     map: &'a Map<String, Value>,
     json_name: &str,
     proto_name: &str,
@@ -39,7 +39,7 @@ pub(super) fn field<'a>(
         .filter(|v| !v.is_null())
 }
 
-pub(super) fn uint(value: Option<&Value>, kind: &str, name: &str) -> Decoded<u64> {
+pub(crate) fn uint(value: Option<&Value>, kind: &str, name: &str) -> Decoded<u64> {
     let parsed = match value {
         None => Some(0),
         Some(Value::Number(n)) => n.as_u64(),
@@ -56,7 +56,7 @@ pub(super) fn uint(value: Option<&Value>, kind: &str, name: &str) -> Decoded<u64
     }
 }
 
-pub(super) fn boolean(value: Option<&Value>, name: &str) -> Decoded<bool> {
+pub(crate) fn boolean(value: Option<&Value>, name: &str) -> Decoded<bool> {
     match value {
         None => Ok(false),
         Some(Value::Bool(b)) => Ok(*b),
@@ -66,7 +66,7 @@ pub(super) fn boolean(value: Option<&Value>, name: &str) -> Decoded<bool> {
     }
 }
 
-pub(super) fn string(value: Option<&Value>, name: &str) -> Decoded<String> {
+pub(crate) fn string(value: Option<&Value>, name: &str) -> Decoded<String> {
     match value {
         None => Ok(String::new()),
         Some(Value::String(s)) => Ok(s.clone()),
@@ -76,7 +76,7 @@ pub(super) fn string(value: Option<&Value>, name: &str) -> Decoded<String> {
     }
 }
 
-pub(super) fn bytes(value: Option<&Value>, name: &str) -> Decoded<Vec<u8>> {
+pub(crate) fn bytes(value: Option<&Value>, name: &str) -> Decoded<Vec<u8>> {
     match value {
         None => Ok(Vec::new()),
         Some(Value::String(s)) => wire::decode_bytes(s).ok_or_else(|| {
@@ -91,7 +91,7 @@ pub(super) fn bytes(value: Option<&Value>, name: &str) -> Decoded<Vec<u8>> {
 }
 
 /// A message field; `None` when absent.
-pub(super) fn message<'a>(
+pub(crate) fn message<'a>(
     value: Option<&'a Value>,
     name: &str,
 ) -> Decoded<Option<&'a Map<String, Value>>> {
@@ -105,7 +105,7 @@ pub(super) fn message<'a>(
 }
 
 /// The items of a repeated field (empty when absent).
-pub(super) fn list<'a>(value: Option<&'a Value>, name: &str) -> Decoded<&'a [Value]> {
+pub(crate) fn list<'a>(value: Option<&'a Value>, name: &str) -> Decoded<&'a [Value]> {
     match value {
         None => Ok(&[]),
         Some(Value::Array(items)) => Ok(items),
@@ -116,7 +116,7 @@ pub(super) fn list<'a>(value: Option<&'a Value>, name: &str) -> Decoded<&'a [Val
 }
 
 /// The strings of a repeated string field.
-pub(super) fn strings(value: Option<&Value>, name: &str) -> Decoded<Vec<String>> {
+pub(crate) fn strings(value: Option<&Value>, name: &str) -> Decoded<Vec<String>> {
     list(value, name)?
         .iter()
         .map(|item| string(Some(item).filter(|v| !v.is_null()), name))
@@ -124,7 +124,7 @@ pub(super) fn strings(value: Option<&Value>, name: &str) -> Decoded<Vec<String>>
 }
 
 /// The messages of a repeated message field (`null` items are empty messages).
-pub(super) fn messages<'a>(
+pub(crate) fn messages<'a>(
     value: Option<&'a Value>,
     name: &str,
 ) -> Decoded<Vec<Option<&'a Map<String, Value>>>> {
@@ -135,7 +135,7 @@ pub(super) fn messages<'a>(
 }
 
 /// An enum by one of `names` (indexed by number) or by any int32 (proto3 enums are open).
-pub(super) fn enumeration(value: Option<&Value>, names: &[&str], name: &str) -> Decoded<i64> {
+pub(crate) fn enumeration(value: Option<&Value>, names: &[&str], name: &str) -> Decoded<i64> {
     wire::enum_number(value, names).ok_or_else(|| {
         bad(format!(
             "proto: invalid value for enum field {name}: {}",

@@ -14,7 +14,7 @@ use super::{
 };
 
 /// The names of `zitadel.filter.v2.TextFilterMethod`, by number.
-pub(super) const TEXT_FILTER_METHODS: [&str; 8] = [
+pub(crate) const TEXT_FILTER_METHODS: [&str; 8] = [
     "TEXT_FILTER_METHOD_EQUALS",
     "TEXT_FILTER_METHOD_EQUALS_IGNORE_CASE",
     "TEXT_FILTER_METHOD_STARTS_WITH",
@@ -167,13 +167,13 @@ pub(super) fn delete(
 }
 
 /// A decoded `MetadataKeyFilter`.
-pub(super) struct KeyFilter {
-    pub(super) key: String,
-    pub(super) method: i64,
+pub(crate) struct KeyFilter {
+    pub(crate) key: String,
+    pub(crate) method: i64,
 }
 
 impl KeyFilter {
-    pub(super) fn decode(map: &Map<String, Value>) -> Result<KeyFilter, Failure> {
+    pub(crate) fn decode(map: &Map<String, Value>) -> Result<KeyFilter, Failure> {
         Ok(KeyFilter {
             key: json::string(json::field(map, "key", "key"), "key")?,
             method: json::enumeration(
@@ -185,7 +185,7 @@ impl KeyFilter {
     }
 
     /// protoc-gen-validate's rules on the filter (`prefix` names where it sits).
-    pub(super) fn validate(&self, prefix: &str) -> Result<(), Failure> {
+    pub(crate) fn validate(&self, prefix: &str) -> Result<(), Failure> {
         let inner = "invalid MetadataKeyFilter";
         if self.key.chars().count() > 200 {
             return Err(Failure::plain(
@@ -202,7 +202,7 @@ impl KeyFilter {
         Ok(())
     }
 
-    pub(super) fn matches(&self, key: &str) -> bool {
+    pub(crate) fn matches(&self, key: &str) -> bool {
         wire::text_matches(self.method, &self.key, key)
     }
 }

@@ -13,8 +13,8 @@
 //! without any membership there gets `not_found` "membership not found (AUTHZ-cdgFk)" from
 //! `authz.CheckPermission`; reads the caller may not make are dropped from search results instead.
 
-mod json;
-mod metadata;
+pub(super) mod json;
+pub(super) mod metadata;
 mod users;
 
 use std::sync::Arc;
@@ -138,7 +138,7 @@ pub(super) async fn connect(
 }
 
 /// Whether the request's media type is JSON (parameters such as `charset` allowed).
-fn is_json(headers: &HeaderMap) -> bool {
+pub(super) fn is_json(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -146,14 +146,14 @@ fn is_json(headers: &HeaderMap) -> bool {
         .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
 }
 
-fn status_only(status: StatusCode) -> Response {
+pub(super) fn status_only(status: StatusCode) -> Response {
     let mut response = Response::new(axum::body::Body::empty());
     *response.status_mut() = status;
     response
 }
 
 /// Go's `http.NotFound`: `404`, `text/plain; charset=utf-8`, `404 page not found`.
-fn connect_unknown_procedure() -> Response {
+pub(super) fn connect_unknown_procedure() -> Response {
     let mut response = Response::new(axum::body::Body::from("404 page not found\n"));
     *response.status_mut() = StatusCode::NOT_FOUND;
     response.headers_mut().insert(
@@ -286,7 +286,7 @@ pub(super) async fn rest_list_metadata(
 // who may do what
 
 /// The authenticated caller (token checks as in v1: header, validity, the ZITADEL audience unless a PAT).
-fn authenticate<'a>(
+pub(super) fn authenticate<'a>(
     shared: &Shared,
     data: &'a Data,
     headers: &HeaderMap,
@@ -295,7 +295,7 @@ fn authenticate<'a>(
 }
 
 /// `authz.CheckPermission` when the caller has no membership that could grant the permission.
-fn membership_not_found() -> Failure {
+pub(super) fn membership_not_found() -> Failure {
     Failure::zitadel(Code::NotFound, "AUTHZ-cdgFk", "membership not found")
 }
 
@@ -324,7 +324,7 @@ fn may_read(caller: &User, target: &User) -> bool {
 }
 
 /// protoc-gen-validate's rune-length rule of `<message>.<field>` (1 to 200 runes).
-fn check_runes(text: &str, message_field: &str) -> Result<(), Failure> {
+pub(super) fn check_runes(text: &str, message_field: &str) -> Result<(), Failure> {
     match super::wire::rune_error(text, message_field) {
         Some(message) => Err(Failure::plain(Code::InvalidArgument, message)),
         None => Ok(()),
@@ -337,7 +337,7 @@ const DEFAULT_LIMIT: u64 = 100;
 const MAX_LIMIT: u64 = 1000;
 
 /// `filter.PaginationPbToQuery` / `object.ListQueryToQuery`: the applied limit, or `QUERY-4M0fs`.
-fn applied_limit(limit: u64) -> Result<u64, Failure> {
+pub(super) fn applied_limit(limit: u64) -> Result<u64, Failure> {
     if limit > MAX_LIMIT {
         return Err(Failure::zitadel(
             Code::InvalidArgument,
@@ -349,14 +349,14 @@ fn applied_limit(limit: u64) -> Result<u64, Failure> {
 }
 
 /// A uint64 field as proto3 JSON writes it (a string), omitted when zero.
-fn put_u64(map: &mut Map<String, Value>, name: &str, value: u64) {
+pub(super) fn put_u64(map: &mut Map<String, Value>, name: &str, value: u64) {
     if value != 0 {
         map.insert(name.to_owned(), Value::String(value.to_string()));
     }
 }
 
 /// Inserts `value` unless it is the field's default (proto3 JSON with `EmitUnpopulated=false`).
-fn put(map: &mut Map<String, Value>, name: &str, value: Value) {
+pub(super) fn put(map: &mut Map<String, Value>, name: &str, value: Value) {
     let default = match &value {
         Value::Null => true,
         Value::String(s) => s.is_empty(),
