@@ -777,7 +777,9 @@ sealed = true
 "#;
     let error = Policy::from_toml(sealed, "f.toml").unwrap_err();
     assert!(
-        error.message.contains("`sealed` applies to users' keys only"),
+        error
+            .message
+            .contains("`sealed` applies to users' keys only"),
         "{error}"
     );
     assert_eq!(error.line.map(|(line, _)| line), Some(3));

@@ -407,6 +407,47 @@ async fn reads_are_answered_from_memory_until_a_write_changes_them(api: ApiChoic
     assert_eq!(read().await, [("plan".into(), Some("enterprise".into()))]);
 }
 
+/// Two replicas on one Redis: a write of an organisation's metadata through one ends what the other remembers
+/// of that organisation (the bus carries organisation ids), well before its cache would have expired.
+async fn a_write_through_one_replica_ends_what_another_remembers_of_the_organisation(
+    api: ApiChoice,
+) {
+    let redis = Redis::start();
+    let app = TestApp::builder().api(api).spawn().await;
+    let replica = || {
+        app.another()
+            .api(api)
+            .policy(org_policy(&app.admin))
+            .redis(usermeta::fleet::RedisConfig::new(redis.url()))
+            .spawn()
+    };
+    let (a, b) = (replica().await, replica().await);
+    app.standin.set_org_metadata(&app.org, "plan", b"pro");
+    let read_b = || async {
+        pairs(
+            &b.list_org_metadata(&app.alice_token, list(""))
+                .await
+                .unwrap()
+                .metadata,
+        )
+    };
+    assert_eq!(read_b().await, [("plan".into(), Some("pro".into()))]);
+    // B answers from memory now: without the bus it would keep answering "pro" for USERMETA_ORG_CACHE_TTL.
+    app.standin.clear_requests();
+    assert_eq!(read_b().await, [("plan".into(), Some("pro".into()))]);
+    assert!(
+        b.org_metadata_requests().is_empty(),
+        "B's second read came from memory"
+    );
+    a.set_org_metadata(&app.admin_token, set(&app.org, &[("plan", "enterprise")]))
+        .await
+        .unwrap();
+    eventually("B sees A's write of the organisation", || async {
+        (read_b().await == [("plan".to_owned(), Some("enterprise".to_owned()))]).then_some(())
+    })
+    .await;
+}
+
 on_both_apis!(
     members_read_their_own_organisation_and_nothing_else_without_a_policy_file,
     a_rule_lets_the_admin_write_and_delete_any_organisation,
@@ -415,6 +456,7 @@ on_both_apis!(
     an_organisation_zitadel_does_not_know_is_not_found,
     pages_carry_signed_tokens_bound_to_the_organisation,
     reads_are_answered_from_memory_until_a_write_changes_them,
+    a_write_through_one_replica_ends_what_another_remembers_of_the_organisation,
 );
 
 /// ZITADEL 4.0 to 4.6 serves v2 user metadata but no v2 organisation metadata: `auto` manages users through v2

@@ -2,7 +2,9 @@
 
 use tracing::instrument;
 
-use super::{answer_items, next_token, offsets_for, subject_of, unknown_user_not_found, visible_page};
+use super::{
+    answer_items, next_token, offsets_for, subject_of, unknown_user_not_found, visible_page,
+};
 use crate::{
     api::{ApiError, MetadataService, error::Violations, pb, service::Call, validate},
     caller,
