@@ -91,6 +91,10 @@ pub fn serve_config(args: ServeArgs) -> Result<Config, RunError> {
         ext_authz,
         redis: args.fleet.redis()?,
         webhook: args.fleet.webhook()?,
+        upstream_fleet: args.fleet.upstream_fleet(
+            args.zitadel.upstream_reserve,
+            args.zitadel.upstream_caller_share,
+        ),
     };
     Ok(Config {
         listen: args.listen,
@@ -104,6 +108,7 @@ pub fn serve_config(args: ServeArgs) -> Result<Config, RunError> {
             management_api: args.zitadel.zitadel_api,
             read_your_writes: args.zitadel.read_your_writes,
             upstream_budget: args.zitadel.upstream_budget(),
+            fleet_budget: None,
             setting_names: settings::names::ZITADEL_CLIENT,
         },
         policy: args.access.policy()?,

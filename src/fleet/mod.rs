@@ -18,6 +18,7 @@ mod bus_message;
 mod changes;
 mod feed;
 mod redis_bus;
+mod upstream_budget;
 pub mod webhook;
 
 pub use bus_message::{
@@ -30,10 +31,15 @@ pub use feed::{
     Subscription, WatchLimits, Write,
 };
 pub use redis_bus::{RedisConfig, RedisSetupError, SharedInvalidation};
+pub use upstream_budget::{FleetBudgetConfig, RedisBudget};
 
 /// The Redis channel replicas publish their changes on; v2 carries sealed messages (v1's were plain JSON, so
 /// replicas of either version do not hear each other during an upgrade, and the TTL bounds what they serve).
 pub const CHANNEL: &str = "usermeta.v2.changes";
+
+/// The health service that reports the fleet's request budget toward ZITADEL: SERVING while this replica shares
+/// it through Redis, NOT_SERVING while it keeps to its own fallback budget (a detail: the replica serves).
+pub const BUDGET_HEALTH_SERVICE: &str = "usermeta.upstream_budget";
 
 /// The health service that reports the link to Redis: SERVING while connected, NOT_SERVING while not (the
 /// replica still serves; this is a detail, not its overall health).

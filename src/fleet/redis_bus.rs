@@ -57,6 +57,26 @@ impl RedisConfig {
     }
 }
 
+impl RedisConfig {
+    /// A client of this Redis (it connects when first used).
+    pub(super) fn client(&self) -> Result<redis::Client, RedisSetupError> {
+        let failed = |reason: String| RedisSetupError {
+            url: redacted(&self.url),
+            reason,
+        };
+        let mut info = self
+            .url
+            .as_str()
+            .into_connection_info()
+            .map_err(|e| failed(e.to_string()))?;
+        if let Some(password) = &self.password {
+            let settings = info.redis_settings().clone().set_password(password);
+            info = info.set_redis_settings(settings);
+        }
+        redis::Client::open(info).map_err(|e| failed(e.to_string()))
+    }
+}
+
 impl fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisConfig")
@@ -146,20 +166,7 @@ impl SharedInvalidation {
         cache: Arc<CallerCache>,
         feed: Feed,
     ) -> Result<SharedInvalidation, RedisSetupError> {
-        let failed = |reason: String| RedisSetupError {
-            url: redacted(&config.url),
-            reason,
-        };
-        let mut info = config
-            .url
-            .as_str()
-            .into_connection_info()
-            .map_err(|e| failed(e.to_string()))?;
-        if let Some(password) = &config.password {
-            let settings = info.redis_settings().clone().set_password(password);
-            info = info.set_redis_settings(settings);
-        }
-        let client = redis::Client::open(info).map_err(|e| failed(e.to_string()))?;
+        let client = config.client()?;
         let origin: Arc<str> = format!("{:016x}", rand::random::<u64>()).into();
         let (outgoing, queue) = mpsc::channel(PUBLISH_QUEUE);
         let (state, connected) = watch::channel(false);

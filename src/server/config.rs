@@ -7,7 +7,7 @@ use crate::{
     api::RequestLimits,
     authz::ExtAuthz,
     caller::{IdentityConfig, cache::CacheConfig},
-    fleet::{RedisConfig, WatchLimits, webhook::WebhookConfig},
+    fleet::{FleetBudgetConfig, RedisConfig, WatchLimits, webhook::WebhookConfig},
     policy::Policy,
     settings::names,
     tls::TlsFiles,
@@ -118,6 +118,9 @@ pub struct ServeOptions {
     pub redis: Option<RedisConfig>,
     /// ZITADEL's event webhook; `None` serves none.
     pub webhook: Option<WebhookConfig>,
+    /// One request budget toward ZITADEL for every replica on `redis` (it needs `redis`); `None`: each
+    /// replica keeps to its own ([`ZitadelConfig::upstream_budget`]).
+    pub upstream_fleet: Option<FleetBudgetConfig>,
 }
 
 impl Default for ServeOptions {
@@ -130,6 +133,7 @@ impl Default for ServeOptions {
             ext_authz: None,
             redis: None,
             webhook: None,
+            upstream_fleet: None,
         }
     }
 }

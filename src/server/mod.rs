@@ -108,8 +108,14 @@ impl Application {
             .zitadel
             .service_credential
             .derive_secret(fleet::BUS_KEY_PURPOSE);
+        let mut zitadel_config = config.zitadel;
+        zitadel_config.fleet_budget = fleet_budget(
+            options.upstream_fleet,
+            options.redis.as_ref(),
+            &zitadel_config,
+        )?;
         let zitadel = Arc::new(Zitadel::build(
-            config.zitadel,
+            zitadel_config,
             options.zitadel_roots,
             crate::instrumentation::upstream(),
         )?);
@@ -256,6 +262,30 @@ impl Application {
         tracing::info!("usermeta stopped");
         Ok(())
     }
+}
+
+/// The fleet's request budget toward ZITADEL in Redis, when one is set (settings refuse one without Redis).
+fn fleet_budget(
+    fleet: Option<fleet::FleetBudgetConfig>,
+    redis: Option<&RedisConfig>,
+    zitadel: &usermeta_zitadel::ZitadelConfig,
+) -> Result<Option<usermeta_zitadel::fleet_budget::FleetBudget>, StartError> {
+    let (Some(fleet), Some(redis)) = (fleet, redis) else {
+        return Ok(None);
+    };
+    let store = fleet::RedisBudget::new(redis, &zitadel.base_url)?;
+    tracing::info!(
+        rate = fleet.budget.rate,
+        burst = fleet.budget.burst,
+        fallback_rate = fleet.fallback.rate,
+        "requests to ZITADEL counted against the fleet's budget in Redis ({})",
+        names::UPSTREAM_FLEET_RATE_LIMIT
+    );
+    Ok(Some(usermeta_zitadel::fleet_budget::FleetBudget {
+        budget: fleet.budget,
+        fallback: fleet.fallback,
+        store,
+    }))
 }
 
 /// The feed of users' changes: this replica's own, and the other replicas' through Redis when configured.

@@ -40,6 +40,7 @@ mod ext_authz;
 mod faults;
 mod find_users;
 mod fleet;
+mod fleet_budget;
 mod get_my_metadata;
 mod health_reflection;
 mod identity;

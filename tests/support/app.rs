@@ -12,7 +12,7 @@ use usermeta::{
     authz::{AuthzConfig, ExtAuthz},
     caller::{IdentityConfig, cache::CacheConfig},
     fleet::{
-        RedisConfig,
+        FleetBudgetConfig, RedisConfig,
         webhook::{SigningKeys, WebhookConfig, WebhookLimits},
     },
     policy::Policy,
@@ -382,6 +382,16 @@ impl TestAppBuilder {
     /// Redis, for invalidation shared with other replicas.
     pub(crate) fn redis(self, redis: RedisConfig) -> Self {
         self.edit(move |config| config.options.redis = Some(redis))
+    }
+
+    /// One request budget toward ZITADEL for every replica on the Redis at `redis` (`fleet.budget`), and
+    /// `fleet.fallback` while it cannot be reached.
+    pub(crate) fn fleet_budget(self, redis: &str, fleet: FleetBudgetConfig) -> Self {
+        let redis = RedisConfig::new(redis);
+        self.edit(move |config| {
+            config.options.redis = Some(redis);
+            config.options.upstream_fleet = Some(fleet);
+        })
     }
 
     /// ZITADEL's event webhook on 127.0.0.1:0, checking signatures with `keys` (one per line) and taking on

@@ -8,6 +8,7 @@ mod binary;
 mod calls;
 mod logs;
 mod observe;
+mod redis;
 mod upstreams;
 mod wait;
 
@@ -18,6 +19,7 @@ pub(crate) use binary::{run_usermeta, stderr, write_config};
 pub(crate) use calls::*;
 pub(crate) use logs::{Captured, capture};
 pub(crate) use observe::{check_request, eventually_health, health_of, metric, scrape};
+pub(crate) use redis::Redis;
 pub(crate) use upstreams::{fault, raw_userinfo, serve_upstream};
 pub(crate) use usermeta_zitadel::management::ApiChoice;
 pub(crate) use wait::{HANG, eventually, promptly, until};

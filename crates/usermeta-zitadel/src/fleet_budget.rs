@@ -417,7 +417,10 @@ impl FleetBucket {
                         tracing::info!(
                             "the fleet's request budget toward ZITADEL answers again; this replica shares it again"
                         );
-                        bucket.instrumentation.hooks().upstream_budget_fallback(false);
+                        bucket
+                            .instrumentation
+                            .hooks()
+                            .upstream_budget_fallback(false);
                         bucket.on_fallback.send_replace(false);
                         return;
                     }
@@ -475,7 +478,9 @@ mod tests {
                     }
                 } else {
                     Lease::Refused {
-                        retry_after: Duration::from_secs_f64((r.floor + 1.0 - state.0).max(0.0) / r.rate),
+                        retry_after: Duration::from_secs_f64(
+                            (r.floor + 1.0 - state.0).max(0.0) / r.rate,
+                        ),
                         left: state.0,
                     }
                 })
@@ -529,7 +534,10 @@ mod tests {
         let store = Store::new(1000.0);
         let replica = fleet(&store, 1000.0, 1000, 0.0);
         for _ in 0..200 {
-            replica.try_take(Class::Manage).await.expect("within budget");
+            replica
+                .try_take(Class::Manage)
+                .await
+                .expect("within budget");
         }
         let asked = store.asked.load(Ordering::SeqCst);
         // 1 + 2 + 4 + 8 + 16 + 16 + ...: about 200 / 16 + 4 leases.
