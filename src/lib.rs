@@ -14,7 +14,7 @@
 //! | the surfaces | [`api`], [`authz`] | the `UserMetadataService`, one handler file per RPC, with request validation, page tokens and the one error → status mapping ([`api::ApiError`]); Envoy's `Check` on its own listener |
 //! | the door | [`admission`] | what every call of both surfaces passes, through one [`admission::Admission`]: the bearer token and the per-caller rate limit, then, for a call that waits on ZITADEL, the in-flight limits and the deadline |
 //! | the fleet | [`fleet`] | replicas telling each other which users they changed (Redis pub/sub), ZITADEL's change events (the webhook), the feed of WatchMetadata streams; so their caches agree |
-//! | who and what | [`caller`], [`policy`] | the bearer token and who ZITADEL says it is (introspection, JWT validation or userinfo), the caller cache ([`caller::cache`]); who may do what, per key |
+//! | who and what | [`caller`], [`listings`], [`policy`] | the bearer token and who ZITADEL says it is (introspection, JWT validation or userinfo), the caller cache ([`caller::cache`]); users' listings read with the service credential, from memory while fresh; who may do what, per key |
 //! | leaves | [`metrics`], [`telemetry`], [`http1`] | Prometheus series; logs, traces and request ids, knowing nothing of ZITADEL or settings; plain HTTP/1.1 listeners (metrics, ZITADEL's events) |
 //! | ZITADEL (crate [`usermeta_zitadel`]) | its own crate below the service | every HTTP call through one transport (deadline, retries, retry budget, circuit breakers: [`usermeta_zitadel::resilience`]; the request budget toward ZITADEL: [`usermeta_zitadel::budget`]), userinfo, the auth API, the management API behind [`usermeta_zitadel::management::ManagementApi`], introspection and keys ([`usermeta_zitadel::Zitadel::introspect`]), the service credential and its token source, error bodies ([`usermeta_zitadel::UpstreamError`]), the metadata domain types ([`usermeta_zitadel::metadata`]); hooks for the service's telemetry ([`usermeta_zitadel::Instrument`]) |
 //!
@@ -35,6 +35,7 @@ pub mod fleet;
 pub mod healthcheck;
 pub mod http1;
 pub mod instrumentation;
+pub mod listings;
 pub mod metrics;
 pub mod policy;
 pub mod server;
@@ -113,6 +114,7 @@ pub fn serve_config(args: ServeArgs) -> Result<Config, RunError> {
         },
         policy: args.access.policy()?,
         cache: args.cache.config(),
+        metadata_cache_bytes: args.cache.metadata_cache_bytes,
         limits: args.limits.limits(),
         identity: args.access.identity()?,
         options,

@@ -25,7 +25,7 @@ pub use bus_message::{
     BUS_KEY_PURPOSE, BusKey, BusKeyError, FRESHNESS, MAX_KEY_CHARS, MAX_KEYS, MAX_MESSAGE_BYTES,
     MAX_USER_ID_CHARS,
 };
-pub use changes::{ChangeKind, Changes, MetadataChange};
+pub use changes::{Caches, ChangeKind, Changes, MetadataChange};
 pub use feed::{
     ChangedKey, Lag, MAX_STREAMED_VALUE_BYTES, Queued, STREAM_BUFFER_CHANGES, StreamLimit,
     Subscription, WatchLimits, Write,

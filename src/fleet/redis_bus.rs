@@ -16,9 +16,9 @@ use tokio::sync::{mpsc, watch};
 use super::{
     CHANNEL, ChangeKind, MetadataChange,
     bus_message::{BusKey, Change, MAX_KEYS, Rejected, ReplayGuard, unix_ms},
+    changes::Caches,
     feed::{Feed, Write},
 };
-use crate::caller::cache::CallerCache;
 
 /// Changes waiting to be published; beyond this a change is dropped (and counted): the TTL still bounds it.
 const PUBLISH_QUEUE: usize = 4096;
@@ -163,7 +163,7 @@ impl SharedInvalidation {
     pub(super) fn start(
         config: RedisConfig,
         key: BusKey,
-        cache: Arc<CallerCache>,
+        cache: Caches,
         feed: Feed,
     ) -> Result<SharedInvalidation, RedisSetupError> {
         let client = config.client()?;
@@ -405,7 +405,7 @@ async fn subscribe(
     client: redis::Client,
     key: BusKey,
     origin: Arc<str>,
-    cache: Arc<CallerCache>,
+    cache: Caches,
     feed: Feed,
     state: watch::Sender<bool>,
 ) {
@@ -501,7 +501,7 @@ async fn listen(
     pubsub: redis::aio::PubSub,
     origin: &str,
     heard: &mut Heard,
-    cache: &CallerCache,
+    cache: &Caches,
     feed: &Feed,
 ) -> String {
     let (mut sink, mut messages) = pubsub.split();

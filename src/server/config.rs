@@ -27,6 +27,8 @@ pub struct Config {
     pub policy: Policy,
     /// The caller cache: its size and how long it keeps an answer.
     pub cache: CacheConfig,
+    /// Most bytes of users' listings kept in memory ([`crate::listings`]; they live `cache.ttl`); 0: none.
+    pub metadata_cache_bytes: u64,
     /// The rate limit, the in-flight limits, deadlines and stream limits.
     pub limits: Limits,
     /// How callers are identified; the default asks userinfo.
@@ -50,6 +52,7 @@ impl Config {
             },
             policy: Policy::default(),
             cache: CacheConfig::default(),
+            metadata_cache_bytes: crate::listings::DEFAULT_MAX_BYTES,
             limits: Limits::default(),
             identity: IdentityConfig::default(),
             options: ServeOptions::default(),

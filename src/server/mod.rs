@@ -26,7 +26,8 @@ use crate::{
     api::{self, MetadataService, PageTokenKey},
     authz::{self, AuthzService, ExtAuthz},
     caller::{IdentitySetupError, Resolver, cache::CallerCache},
-    fleet::{self, BusKey, Changes, RedisConfig, SharedInvalidation, WatchLimits},
+    fleet::{self, BusKey, Caches, Changes, RedisConfig, SharedInvalidation, WatchLimits},
+    listings::ListingCache,
     settings::names,
     tls::{TlsError, TlsSettings},
 };
@@ -122,11 +123,19 @@ impl Application {
         checks::announce_management_api(&zitadel);
         let resolver = Arc::new(Resolver::new(config.identity, &zitadel)?);
         let cache = Arc::new(CallerCache::new(config.cache));
+        let listings = Arc::new(ListingCache::new(
+            config.cache.ttl,
+            config.metadata_cache_bytes,
+        ));
         checks::warn_hidden_keys_are_not_sealed(&config.policy);
         let policy = Arc::new(config.policy);
         // One door for both listeners: they share ZITADEL and this process, and a caller has one budget.
         let admission = Arc::new(config.limits.requests.admission(config.limits.shed()));
-        let changes = changes(&cache, config.limits.watch, options.redis, &bus_secret)?;
+        let caches = Caches {
+            callers: Arc::clone(&cache),
+            listings: Arc::clone(&listings),
+        };
+        let changes = changes(caches, config.limits.watch, options.redis, &bus_secret)?;
         let fleet = changes.shared().cloned();
         let webhook = WebhookListener::bind(options.webhook, &changes).await?;
         let stopping = watch::Sender::new(false);
@@ -134,6 +143,7 @@ impl Application {
             zitadel: Arc::clone(&zitadel),
             policy: Arc::clone(&policy),
             cache: Arc::clone(&cache),
+            listings,
             resolver: Arc::clone(&resolver),
             admission: Arc::clone(&admission),
             batch_concurrency: config.limits.requests.batch_concurrency,
@@ -290,12 +300,12 @@ fn fleet_budget(
 
 /// The feed of users' changes: this replica's own, and the other replicas' through Redis when configured.
 fn changes(
-    cache: &Arc<CallerCache>,
+    caches: Caches,
     limits: WatchLimits,
     redis: Option<RedisConfig>,
     bus_secret: &[u8],
 ) -> Result<Changes, StartError> {
-    let changes = Changes::local(Arc::clone(cache), limits);
+    let changes = Changes::local(caches, limits);
     let Some(mut redis) = redis else {
         return Ok(changes);
     };

@@ -52,6 +52,8 @@ pub const ADMINS: &str = "USERMETA_ADMINS";
 pub const SELF_WRITABLE_KEYS: &str = "USERMETA_SELF_WRITABLE_KEYS";
 /// How long an answer about a token is cached.
 pub const CACHE_TTL: &str = "USERMETA_CACHE_TTL";
+/// How much of users' listings is cached.
+pub const METADATA_CACHE_BYTES: &str = "USERMETA_METADATA_CACHE_BYTES";
 
 /// Most calls waiting on ZITADEL at once.
 pub const MAX_IN_FLIGHT: &str = "USERMETA_MAX_IN_FLIGHT";

@@ -329,6 +329,12 @@ impl TestAppBuilder {
         self.edit(|config| config.cache.ttl = Duration::ZERO)
     }
 
+    /// No cache of users' listings: reads of other users' metadata always reach ZITADEL (for tests that
+    /// change the stand-in's data behind usermeta's back, which only the TTL would otherwise bound).
+    pub(crate) fn no_metadata_cache(self) -> Self {
+        self.edit(|config| config.metadata_cache_bytes = 0)
+    }
+
     pub(crate) fn cache(self, cache: CacheConfig) -> Self {
         self.edit(move |config| config.cache = cache)
     }
