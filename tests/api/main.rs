@@ -46,6 +46,7 @@ mod health_reflection;
 mod identity;
 mod in_flight;
 mod list_metadata;
+mod metadata_cache;
 mod observability;
 mod policy_matrix;
 mod set_metadata;

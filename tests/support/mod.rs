@@ -11,6 +11,7 @@ mod observe;
 mod redis;
 mod upstreams;
 mod wait;
+mod webhook;
 
 pub(crate) use app::{
     Cast, FULL_SCOPES, SELF_WRITABLE, TestApp, TestAppBuilder, shipped_upstream_budget,
@@ -23,3 +24,4 @@ pub(crate) use redis::Redis;
 pub(crate) use upstreams::{fault, raw_userinfo, serve_upstream};
 pub(crate) use usermeta_zitadel::management::ApiChoice;
 pub(crate) use wait::{HANG, eventually, promptly, until};
+pub(crate) use webhook::{event, now, post, set_event, signature};

@@ -262,13 +262,13 @@ impl FleetBucket {
 
     /// [`FleetBucket::try_take`] without the caller's share.
     async fn take(self: &Arc<Self>, class: Class) -> Result<f64, Refused> {
-        if let Some(taken) = self.from_lease(class, Instant::now()) {
+        if let Some(taken) = self.take_leased(class, Instant::now()) {
             return taken;
         }
         // The pool is empty: one lease at a time; whoever waited may find the pool filled meanwhile.
         let _leasing = self.leasing.lock().await;
         let now = Instant::now();
-        if let Some(taken) = self.from_lease(class, now) {
+        if let Some(taken) = self.take_leased(class, now) {
             return taken;
         }
         let (want, debt) = {
@@ -328,7 +328,7 @@ impl FleetBucket {
 
     /// A token from the lease held for `class`, or the refusal the store gave while it holds; `None` when a
     /// lease must be asked for.
-    fn from_lease(&self, class: Class, now: Instant) -> Option<Result<f64, Refused>> {
+    fn take_leased(&self, class: Class, now: Instant) -> Option<Result<f64, Refused>> {
         let mut leased = self.leased();
         if leased.take(class, now) {
             let held = leased.identify.tokens + leased.manage.tokens;
