@@ -159,33 +159,6 @@ pub(crate) fn reserve_tokens(budget: &UpstreamBudget) -> f64 {
         .min(burst - 1.0)
 }
 
-/// The request budget toward one ZITADEL: this replica's own, or the fleet's.
-#[derive(Debug)]
-pub(crate) enum Budget {
-    /// This replica's bucket ([`UpstreamBudget`]).
-    Replica(Bucket),
-    /// The fleet's bucket, shared through a store ([`crate::fleet_budget`]).
-    Fleet(std::sync::Arc<crate::fleet_budget::FleetBucket>),
-}
-
-impl Budget {
-    /// Takes a token for a request of `class` made now, or says when one will be there.
-    pub(crate) async fn try_take(&self, class: Class) -> Result<f64, Refused> {
-        match self {
-            Budget::Replica(bucket) => bucket.try_take(class, Instant::now()),
-            Budget::Fleet(fleet) => fleet.try_take(class).await,
-        }
-    }
-
-    /// Counts a request sent whatever the budget says; the tokens left (below zero: owed).
-    pub(crate) fn charge(&self, now: Instant) -> f64 {
-        match self {
-            Budget::Replica(bucket) => bucket.charge(now),
-            Budget::Fleet(fleet) => fleet.charge(now),
-        }
-    }
-}
-
 /// What refused a request.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum Limit {

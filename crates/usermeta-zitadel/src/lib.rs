@@ -155,7 +155,7 @@ pub struct Zitadel {
     service_token: token_source::TokenSource,
     guards: resilience::Guards,
     /// The request budget toward this ZITADEL, shared with the token source.
-    budget: Option<Arc<budget::Budget>>,
+    budget: Option<Arc<fleet_budget::Budget>>,
     http2: Http2,
     setting_names: SettingNames,
     project_id: Option<String>,
@@ -225,12 +225,12 @@ impl Zitadel {
             .user_agent(concat!("usermeta/", env!("CARGO_PKG_VERSION")))
             .build()?;
         let budget = match config.fleet_budget {
-            Some(fleet) => Some(budget::Budget::Fleet(Arc::new(
+            Some(fleet) => Some(fleet_budget::Budget::Fleet(Arc::new(
                 fleet_budget::FleetBucket::new(fleet, instrumentation.clone(), Instant::now()),
             ))),
-            None => config
-                .upstream_budget
-                .map(|budget| budget::Budget::Replica(budget::Bucket::new(budget, Instant::now()))),
+            None => config.upstream_budget.map(|budget| {
+                fleet_budget::Budget::Replica(budget::Bucket::new(budget, Instant::now()))
+            }),
         }
         .map(Arc::new);
         let service_token = token_source::TokenSource::new(
@@ -284,14 +284,9 @@ impl Zitadel {
     /// reached (for health reporting); `None` without a fleet budget.
     pub fn watch_budget_fallback(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
         match self.budget.as_deref()? {
-            budget::Budget::Fleet(fleet) => Some(fleet.watch_fallback()),
-            budget::Budget::Replica(_) => None,
+            fleet_budget::Budget::Fleet(fleet) => Some(fleet.watch_fallback()),
+            fleet_budget::Budget::Replica(_) => None,
         }
-    }
-
-    /// Whether a fleet budget is configured (the refusals name its settings).
-    pub fn has_fleet_budget(&self) -> bool {
-        matches!(self.budget.as_deref(), Some(budget::Budget::Fleet(_)))
     }
 
     /// The operator's choice of management API.
