@@ -157,6 +157,14 @@ async fn replica(
     let mut config = Config::new(standin.url().parse().expect("a URL"), credential);
     config.zitadel.management_api = ApiChoice::V1;
     config.policy = policy;
+    // The whole run (cold start, the admins' burst at the fleet's rate, the warm phases) within one TTL, so
+    // "warm" means what it says.
+    config.cache.ttl = Duration::from_secs(600);
+    if redis.is_none() {
+        // The throughput replica: warmed once with every user, then measured from memory; no budget delays
+        // its warm-up (a BatchGetMetadata of 100 users would otherwise leave users unread, so not warm).
+        config.zitadel.upstream_budget = None;
+    }
     if let Some(redis) = redis {
         config.options.redis = Some(RedisConfig::new(format!("redis://127.0.0.1:{}", redis.1)));
         config.options.upstream_fleet = fleet;
