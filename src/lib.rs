@@ -13,8 +13,8 @@
 //! | composition | [`serve`], [`server`], [`instrumentation`], `dev` | the listeners, TLS ([`tls`]), health, reflection, shutdown; the ZITADEL client's calls as spans and metrics; `dev` (the default-on `dev` feature) runs usermeta against the `zitadel-standin` crate |
 //! | the surfaces | [`api`], [`authz`] | the `UserMetadataService`, one handler file per RPC, with request validation, page tokens and the one error → status mapping ([`api::ApiError`]); Envoy's `Check` on its own listener |
 //! | the door | [`admission`] | what every call of both surfaces passes, through one [`admission::Admission`]: the bearer token and the per-caller rate limit, then, for a call that waits on ZITADEL, the in-flight limits and the deadline |
-//! | the fleet | [`fleet`] | replicas telling each other which users and organisations they changed (Redis pub/sub), ZITADEL's change events (the webhook), the feed of WatchMetadata streams; so their caches agree; the per-user write locks of conditional writes and merge patches ([`fleet::WriteLocks`], across replicas through Redis) |
-//! | who and what | [`caller`], [`policy`], [`org_cache`] | the bearer token and who ZITADEL says it is (introspection, JWT validation or userinfo), the caller cache ([`caller::cache`]); who may do what, per key, of users and of organisations; organisations' metadata remembered |
+//! | the fleet | [`fleet`] | replicas telling each other which users and organisations they changed (Redis pub/sub), ZITADEL's change events (the webhook), the feed of WatchMetadata streams; so their caches agree; the per-user write locks of conditional writes and merge patches ([`fleet::WriteLocks`], across replicas through Redis); the fleet's one request budget toward ZITADEL ([`fleet::RedisBudget`]) |
+//! | who and what | [`caller`], [`listings`], [`policy`], [`org_cache`] | the bearer token and who ZITADEL says it is (introspection, JWT validation or userinfo), the caller cache ([`caller::cache`]); users' listings read with the service credential, from memory while fresh; who may do what, per key; organisations' metadata remembered |
 //! | leaves | [`metrics`], [`telemetry`], [`http1`] | Prometheus series; logs, traces and request ids, knowing nothing of ZITADEL or settings; plain HTTP/1.1 listeners (metrics, ZITADEL's events) |
 //! | ZITADEL (crate [`usermeta_zitadel`]) | its own crate below the service | every HTTP call through one transport (deadline, retries, retry budget, circuit breakers: [`usermeta_zitadel::resilience`]; the request budget toward ZITADEL: [`usermeta_zitadel::budget`]), userinfo, the auth API, the management API behind [`usermeta_zitadel::management::ManagementApi`], introspection and keys ([`usermeta_zitadel::Zitadel::introspect`]), the service credential and its token source, error bodies ([`usermeta_zitadel::UpstreamError`]), the metadata domain types ([`usermeta_zitadel::metadata`]); hooks for the service's telemetry ([`usermeta_zitadel::Instrument`]) |
 //!
@@ -35,6 +35,7 @@ pub mod fleet;
 pub mod healthcheck;
 pub mod http1;
 pub mod instrumentation;
+pub mod listings;
 pub mod metrics;
 pub mod org_cache;
 pub mod policy;
@@ -98,6 +99,10 @@ pub fn serve_config(args: ServeArgs) -> Result<Config, RunError> {
         redis: args.fleet.redis()?,
         webhook: args.fleet.webhook()?,
         write_locks: args.fleet.write_locks(),
+        upstream_fleet: args.fleet.upstream_fleet(
+            args.zitadel.upstream_reserve,
+            args.zitadel.upstream_caller_share,
+        ),
     };
     let base_url = settings::zitadel_url(&args.zitadel_url)?;
     let policy = args.access.sealed_policy(&base_url)?;
@@ -113,11 +118,13 @@ pub fn serve_config(args: ServeArgs) -> Result<Config, RunError> {
             management_api: args.zitadel.zitadel_api,
             read_your_writes: args.zitadel.read_your_writes,
             upstream_budget: args.zitadel.upstream_budget(),
+            fleet_budget: None,
             setting_names: settings::names::ZITADEL_CLIENT,
         },
         policy,
         cache: args.cache.config(),
         org_cache: args.cache.org_config(),
+        metadata_cache_bytes: args.cache.metadata_cache_bytes,
         limits: args.limits.limits(),
         identity: args.access.identity()?,
         options,

@@ -16,6 +16,7 @@ use crate::{
     admission::{self, Admission, RateLimiter, Shed},
     caller::{self, Caller, Resolver, cache::CallerCache},
     fleet::{Changes, WriteLocks},
+    listings::ListingCache,
     policy::Policy,
 };
 use usermeta_zitadel::{CallerToken, Zitadel, budget::for_identified_caller};
@@ -66,6 +67,7 @@ pub struct MetadataService {
     pub(super) zitadel: Arc<Zitadel>,
     pub(super) policy: Arc<Policy>,
     pub(super) cache: Arc<CallerCache>,
+    pub(super) listings: Arc<ListingCache>,
     pub(super) resolver: Arc<Resolver>,
     pub(super) admission: Arc<Admission>,
     pub(super) batch_concurrency: usize,
@@ -85,6 +87,8 @@ pub struct Dependencies {
     pub policy: Arc<Policy>,
     /// What ZITADEL said about tokens, shared with Envoy's Check.
     pub cache: Arc<CallerCache>,
+    /// Users' listings read with the service credential, from memory while fresh (the one `changes` drops).
+    pub listings: Arc<ListingCache>,
     /// How callers are identified (introspection, local JWT validation, userinfo).
     pub resolver: Arc<Resolver>,
     /// The rate limit, in-flight limits and deadlines, shared with Envoy's Check (one budget per caller).
@@ -120,6 +124,7 @@ impl MetadataService {
             zitadel,
             policy,
             cache,
+            listings,
             resolver,
             admission,
             batch_concurrency,
@@ -131,6 +136,7 @@ impl MetadataService {
         MetadataService {
             zitadel,
             policy,
+            listings,
             cache,
             resolver,
             admission,

@@ -8,7 +8,38 @@ use super::{
     BusKey, RedisConfig, RedisSetupError, SharedInvalidation,
     feed::{Feed, StreamLimit, Subscription, WatchLimits, Write},
 };
-use crate::{caller::cache::CallerCache, org_cache::OrgCache};
+use crate::{caller::cache::CallerCache, listings::ListingCache, org_cache::OrgCache};
+
+/// The caches a change drops answers from: callers' (userinfo answers carry metadata) and users' listings.
+#[derive(Debug, Clone)]
+pub struct Caches {
+    /// What ZITADEL said about callers' tokens.
+    pub callers: Arc<CallerCache>,
+    /// Users' listings read with the service credential.
+    pub listings: Arc<ListingCache>,
+}
+
+impl Caches {
+    /// The caller cache without a listing cache (every listing read asks ZITADEL).
+    pub fn callers_only(callers: Arc<CallerCache>) -> Caches {
+        Caches {
+            callers,
+            listings: Arc::new(ListingCache::off()),
+        }
+    }
+
+    /// Drops `user_id`'s answers from both.
+    pub(super) fn invalidate_user(&self, user_id: &str) {
+        self.callers.invalidate_user(user_id);
+        self.listings.invalidate_user(user_id);
+    }
+
+    /// Drops every answer from both.
+    pub(super) fn invalidate_all(&self) {
+        self.callers.invalidate_all();
+        self.listings.invalidate_all();
+    }
+}
 
 /// What happened to a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -41,7 +72,7 @@ pub struct MetadataChange {
 /// This replica's news about changed metadata. Cloning shares it.
 #[derive(Debug, Clone)]
 pub struct Changes {
-    cache: Arc<CallerCache>,
+    cache: Caches,
     /// Organisations' metadata this replica remembers.
     org_cache: Arc<OrgCache>,
     feed: Feed,
@@ -51,7 +82,7 @@ pub struct Changes {
 impl Changes {
     /// News for this replica alone: nothing goes to or comes from other replicas. Its WatchMetadata streams
     /// are held within `limits`.
-    pub fn local(cache: Arc<CallerCache>, limits: WatchLimits) -> Changes {
+    pub fn local(cache: Caches, limits: WatchLimits) -> Changes {
         Changes {
             cache,
             org_cache: Arc::new(OrgCache::disabled()),
@@ -92,7 +123,7 @@ impl Changes {
         self.shared = Some(SharedInvalidation::start(
             config,
             key,
-            Arc::clone(&self.cache),
+            self.cache.clone(),
             Arc::clone(&self.org_cache),
             self.feed.clone(),
         )?);
@@ -149,7 +180,7 @@ mod tests {
 
     fn changes() -> Changes {
         Changes::local(
-            Arc::new(CallerCache::new(CacheConfig::default())),
+            Caches::callers_only(Arc::new(CallerCache::new(CacheConfig::default()))),
             WatchLimits::default(),
         )
     }

@@ -22,6 +22,7 @@ mod bus_message;
 mod changes;
 mod feed;
 mod redis_bus;
+mod upstream_budget;
 pub mod webhook;
 mod write_lock;
 
@@ -29,12 +30,13 @@ pub use bus_message::{
     BUS_KEY_PURPOSE, BusKey, BusKeyError, FRESHNESS, MAX_KEY_CHARS, MAX_KEYS, MAX_MESSAGE_BYTES,
     MAX_USER_ID_CHARS,
 };
-pub use changes::{ChangeKind, Changes, MetadataChange};
+pub use changes::{Caches, ChangeKind, Changes, MetadataChange};
 pub use feed::{
     ChangedKey, Lag, MAX_STREAMED_VALUE_BYTES, Queued, STREAM_BUFFER_CHANGES, StreamLimit,
     Subscription, WatchLimits, Write,
 };
 pub use redis_bus::{RedisConfig, RedisSetupError, SharedInvalidation};
+pub use upstream_budget::{FleetBudgetConfig, RedisBudget};
 pub use write_lock::{
     LockError, Need, Recorded, UserLock, WriteLockConfig, WriteLocks, shows_recorded,
 };
@@ -42,6 +44,10 @@ pub use write_lock::{
 /// The Redis channel replicas publish their changes on; v2 carries sealed messages (v1's were plain JSON, so
 /// replicas of either version do not hear each other during an upgrade, and the TTL bounds what they serve).
 pub const CHANNEL: &str = "usermeta.v2.changes";
+
+/// The health service that reports the fleet's request budget toward ZITADEL: SERVING while this replica shares
+/// it through Redis, NOT_SERVING while it keeps to its own fallback budget (a detail: the replica serves).
+pub const BUDGET_HEALTH_SERVICE: &str = "usermeta.upstream_budget";
 
 /// The health service that reports the link to Redis: SERVING while connected, NOT_SERVING while not (the
 /// replica still serves; this is a detail, not its overall health).

@@ -16,10 +16,11 @@ use tokio::sync::{mpsc, watch};
 use super::{
     CHANNEL, ChangeKind, MetadataChange,
     bus_message::{BusKey, Change, MAX_KEYS, Rejected, ReplayGuard, unix_ms},
+    changes::Caches,
     feed::{Feed, Write},
     write_lock::{WriteLockConfig, WriteLocks},
 };
-use crate::{caller::cache::CallerCache, org_cache::OrgCache};
+use crate::org_cache::OrgCache;
 
 /// Changes waiting to be published; beyond this a change is dropped (and counted): the TTL still bounds it.
 const PUBLISH_QUEUE: usize = 4096;
@@ -55,6 +56,26 @@ impl RedisConfig {
             password: None,
             bus_key: None,
         }
+    }
+}
+
+impl RedisConfig {
+    /// A client of this Redis (it connects when first used).
+    pub(super) fn client(&self) -> Result<redis::Client, RedisSetupError> {
+        let failed = |reason: String| RedisSetupError {
+            url: redacted(&self.url),
+            reason,
+        };
+        let mut info = self
+            .url
+            .as_str()
+            .into_connection_info()
+            .map_err(|e| failed(e.to_string()))?;
+        if let Some(password) = &self.password {
+            let settings = info.redis_settings().clone().set_password(password);
+            info = info.set_redis_settings(settings);
+        }
+        redis::Client::open(info).map_err(|e| failed(e.to_string()))
     }
 }
 
@@ -146,24 +167,11 @@ impl SharedInvalidation {
     pub(super) fn start(
         config: RedisConfig,
         key: BusKey,
-        cache: Arc<CallerCache>,
+        cache: Caches,
         org_cache: Arc<OrgCache>,
         feed: Feed,
     ) -> Result<SharedInvalidation, RedisSetupError> {
-        let failed = |reason: String| RedisSetupError {
-            url: redacted(&config.url),
-            reason,
-        };
-        let mut info = config
-            .url
-            .as_str()
-            .into_connection_info()
-            .map_err(|e| failed(e.to_string()))?;
-        if let Some(password) = &config.password {
-            let settings = info.redis_settings().clone().set_password(password);
-            info = info.set_redis_settings(settings);
-        }
-        let client = redis::Client::open(info).map_err(|e| failed(e.to_string()))?;
+        let client = config.client()?;
         let origin: Arc<str> = format!("{:016x}", rand::random::<u64>()).into();
         let (outgoing, queue) = mpsc::channel(PUBLISH_QUEUE);
         let (state, connected) = watch::channel(false);
@@ -430,7 +438,7 @@ async fn subscribe(
     client: redis::Client,
     key: BusKey,
     origin: Arc<str>,
-    cache: Arc<CallerCache>,
+    cache: Caches,
     org_cache: Arc<OrgCache>,
     feed: Feed,
     state: watch::Sender<bool>,
@@ -528,7 +536,7 @@ async fn listen(
     pubsub: redis::aio::PubSub,
     origin: &str,
     heard: &mut Heard,
-    cache: &CallerCache,
+    cache: &Caches,
     org_cache: &OrgCache,
     feed: &Feed,
 ) -> String {

@@ -40,6 +40,9 @@ const CONNECTIONS_REFUSED: &str = "usermeta_http_connections_refused_total";
 const CHECK_DECISIONS: &str = "usermeta_ext_authz_decisions_total";
 const BREAKER_OPEN: &str = "usermeta_upstream_breaker_open";
 const BUILD_INFO: &str = "usermeta_build_info";
+const UPSTREAM_BUDGET_FALLBACK: &str = "usermeta_upstream_budget_fallback";
+const METADATA_CACHE_LOOKUPS: &str = "usermeta_metadata_cache_lookups_total";
+const METADATA_CACHE_ENTRIES: &str = "usermeta_metadata_cache_entries";
 
 /// Connections the `/metrics` listener serves at once.
 const MAX_SCRAPE_CONNECTIONS: usize = 16;
@@ -188,6 +191,22 @@ fn describe() {
         "Always 1; label version: the running usermeta's version"
     );
     describe_gauge!(
+        UPSTREAM_BUDGET_FALLBACK,
+        format!(
+            "1 while this replica keeps to its fallback budget toward ZITADEL ({}) because the fleet's budget in Redis ({}) cannot be reached, 0 while it shares the fleet's",
+            crate::settings::names::UPSTREAM_FLEET_FALLBACK_RATE_LIMIT,
+            crate::settings::names::UPSTREAM_FLEET_RATE_LIMIT
+        )
+    );
+    describe_counter!(
+        METADATA_CACHE_LOOKUPS,
+        "Lookups of users' metadata listings read with the service credential (another user's ListMetadata, BatchGetMetadata): hit or miss"
+    );
+    describe_gauge!(
+        METADATA_CACHE_ENTRIES,
+        "Listings in the metadata cache (per user and organisation scope, expired ones until evicted), as of its last miss"
+    );
+    describe_gauge!(
         UPSTREAM_BUDGET_TOKENS,
         "Requests the budget toward ZITADEL would grant at once, as of its last decision"
     );
@@ -217,6 +236,9 @@ fn start_at_zero() {
     }
     for limit in ["max_in_flight", "max_in_flight_per_caller"] {
         counter!(CALLS_SHED, "limit" => limit).absolute(0);
+    }
+    for result in ["hit", "miss"] {
+        counter!(METADATA_CACHE_LOOKUPS, "result" => result).absolute(0);
     }
     for result in ["hit", "miss", "negative_hit"] {
         counter!(CACHE_LOOKUPS, "result" => result).absolute(0);
@@ -306,6 +328,25 @@ pub fn cache_lookup(result: CacheResult) {
 /// How many tokens the caller cache holds.
 pub fn cache_entries(entries: usize) {
     gauge!(CACHE_ENTRIES).set(entries as f64);
+}
+
+/// One lookup in the metadata cache: `hit` or `miss`.
+pub fn metadata_cache_lookup(hit: bool) {
+    if hit {
+        counter!(METADATA_CACHE_LOOKUPS, "result" => "hit").increment(1);
+    } else {
+        counter!(METADATA_CACHE_LOOKUPS, "result" => "miss").increment(1);
+    }
+}
+
+/// How many listings the metadata cache holds.
+pub fn metadata_cache_entries(entries: usize) {
+    gauge!(METADATA_CACHE_ENTRIES).set(entries as f64);
+}
+
+/// Whether this replica keeps to its fallback budget toward ZITADEL.
+pub fn upstream_budget_fallback(on: bool) {
+    gauge!(UPSTREAM_BUDGET_FALLBACK).set(if on { 1.0 } else { 0.0 });
 }
 
 /// Which management API is in use now.

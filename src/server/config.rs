@@ -7,7 +7,7 @@ use crate::{
     api::RequestLimits,
     authz::ExtAuthz,
     caller::{IdentityConfig, cache::CacheConfig},
-    fleet::{RedisConfig, WatchLimits, WriteLockConfig, webhook::WebhookConfig},
+    fleet::{FleetBudgetConfig, RedisConfig, WatchLimits, WriteLockConfig, webhook::WebhookConfig},
     policy::Policy,
     settings::names,
     tls::TlsFiles,
@@ -29,6 +29,8 @@ pub struct Config {
     pub cache: CacheConfig,
     /// Organisations' metadata remembered: how many and for how long.
     pub org_cache: crate::org_cache::OrgCacheConfig,
+    /// Most bytes of users' listings kept in memory ([`crate::listings`]; they live `cache.ttl`); 0: none.
+    pub metadata_cache_bytes: u64,
     /// The rate limit, the in-flight limits, deadlines and stream limits.
     pub limits: Limits,
     /// How callers are identified; the default asks userinfo.
@@ -53,6 +55,7 @@ impl Config {
             policy: Policy::default(),
             cache: CacheConfig::default(),
             org_cache: crate::org_cache::OrgCacheConfig::default(),
+            metadata_cache_bytes: crate::listings::DEFAULT_MAX_BYTES,
             limits: Limits::default(),
             identity: IdentityConfig::default(),
             options: ServeOptions::default(),
@@ -123,6 +126,9 @@ pub struct ServeOptions {
     pub webhook: Option<WebhookConfig>,
     /// How conditional writes and merge patches are serialised (across the fleet through `redis`).
     pub write_locks: WriteLockConfig,
+    /// One request budget toward ZITADEL for every replica on `redis` (it needs `redis`); `None`: each
+    /// replica keeps to its own ([`ZitadelConfig::upstream_budget`]).
+    pub upstream_fleet: Option<FleetBudgetConfig>,
 }
 
 impl Default for ServeOptions {
@@ -136,6 +142,7 @@ impl Default for ServeOptions {
             redis: None,
             webhook: None,
             write_locks: WriteLockConfig::default(),
+            upstream_fleet: None,
         }
     }
 }

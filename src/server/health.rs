@@ -48,6 +48,14 @@ pub(super) async fn grpc(
             ))
         })
         .collect();
+    if let Some(fallback) = zitadel.watch_budget_fallback() {
+        details.push(tokio::spawn(report_detail(
+            health.clone(),
+            fleet::BUDGET_HEALTH_SERVICE,
+            fallback,
+            |on_fallback| !on_fallback,
+        )));
+    }
     if let Some(fleet) = fleet {
         details.push(tokio::spawn(report_detail(
             health.clone(),

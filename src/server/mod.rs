@@ -26,7 +26,10 @@ use crate::{
     api::{self, MetadataService, PageTokenKey},
     authz::{self, AuthzService, ExtAuthz},
     caller::{IdentitySetupError, Resolver, cache::CallerCache},
-    fleet::{self, BusKey, Changes, RedisConfig, SharedInvalidation, WatchLimits, WriteLocks},
+    fleet::{
+        self, BusKey, Caches, Changes, RedisConfig, SharedInvalidation, WatchLimits, WriteLocks,
+    },
+    listings::ListingCache,
     settings::names,
     tls::{TlsError, TlsSettings},
 };
@@ -111,8 +114,14 @@ impl Application {
             .zitadel
             .service_credential
             .derive_secret(fleet::BUS_KEY_PURPOSE);
+        let mut zitadel_config = config.zitadel;
+        zitadel_config.fleet_budget = fleet_budget(
+            options.upstream_fleet,
+            options.redis.as_ref(),
+            &zitadel_config,
+        )?;
         let zitadel = Arc::new(Zitadel::build(
-            config.zitadel,
+            zitadel_config,
             options.zitadel_roots,
             crate::instrumentation::upstream(),
         )?);
@@ -120,13 +129,21 @@ impl Application {
         let resolver = Arc::new(Resolver::new(config.identity, &zitadel)?);
         let cache = Arc::new(CallerCache::new(config.cache));
         checks::check_sealing(&config.policy)?;
+        let listings = Arc::new(ListingCache::new(
+            config.cache.ttl,
+            config.metadata_cache_bytes,
+        ));
         checks::warn_hidden_keys_are_not_sealed(&config.policy);
         let policy = Arc::new(config.policy);
         // One door for both listeners: they share ZITADEL and this process, and a caller has one budget.
         let admission = Arc::new(config.limits.requests.admission(config.limits.shed()));
+        let caches = Caches {
+            callers: Arc::clone(&cache),
+            listings: Arc::clone(&listings),
+        };
         let org_cache = Arc::new(crate::org_cache::OrgCache::new(config.org_cache));
         let changes = changes(
-            &cache,
+            caches,
             org_cache,
             config.limits.watch,
             options.redis,
@@ -145,6 +162,7 @@ impl Application {
             zitadel: Arc::clone(&zitadel),
             policy: Arc::clone(&policy),
             cache: Arc::clone(&cache),
+            listings,
             resolver: Arc::clone(&resolver),
             admission: Arc::clone(&admission),
             batch_concurrency: config.limits.requests.batch_concurrency,
@@ -277,15 +295,39 @@ impl Application {
     }
 }
 
+/// The fleet's request budget toward ZITADEL in Redis, when one is set (settings refuse one without Redis).
+fn fleet_budget(
+    fleet: Option<fleet::FleetBudgetConfig>,
+    redis: Option<&RedisConfig>,
+    zitadel: &usermeta_zitadel::ZitadelConfig,
+) -> Result<Option<usermeta_zitadel::fleet_budget::FleetBudget>, StartError> {
+    let (Some(fleet), Some(redis)) = (fleet, redis) else {
+        return Ok(None);
+    };
+    let store = fleet::RedisBudget::new(redis, &zitadel.base_url)?;
+    tracing::info!(
+        rate = fleet.budget.rate,
+        burst = fleet.budget.burst,
+        fallback_rate = fleet.fallback.rate,
+        "requests to ZITADEL counted against the fleet's budget in Redis ({})",
+        names::UPSTREAM_FLEET_RATE_LIMIT
+    );
+    Ok(Some(usermeta_zitadel::fleet_budget::FleetBudget {
+        budget: fleet.budget,
+        fallback: fleet.fallback,
+        store,
+    }))
+}
+
 /// The feed of users' changes: this replica's own, and the other replicas' through Redis when configured.
 fn changes(
-    cache: &Arc<CallerCache>,
+    caches: Caches,
     org_cache: Arc<crate::org_cache::OrgCache>,
     limits: WatchLimits,
     redis: Option<RedisConfig>,
     bus_secret: &[u8],
 ) -> Result<Changes, StartError> {
-    let changes = Changes::local(Arc::clone(cache), limits).with_org_cache(org_cache);
+    let changes = Changes::local(caches, limits).with_org_cache(org_cache);
     let Some(mut redis) = redis else {
         return Ok(changes);
     };
@@ -321,7 +363,7 @@ pub fn write_locks(config: &mut Config) -> Result<Arc<WriteLocks>, StartError> {
     let cache = Arc::new(CallerCache::new(config.cache));
     let org_cache = Arc::new(crate::org_cache::OrgCache::new(config.org_cache));
     let changes = changes(
-        &cache,
+        Caches::callers_only(cache),
         org_cache,
         config.limits.watch,
         config.options.redis.take(),

@@ -29,6 +29,12 @@ pub struct CacheArgs {
     /// Most organisations whose metadata is remembered at once (the least useful go first).
     #[arg(long, env = names::ORG_CACHE_CAPACITY, default_value_t = 10_000)]
     pub org_cache_capacity: u64,
+    /// Most bytes of users' metadata listings kept in memory (another user's ListMetadata, BatchGetMetadata,
+    /// FindUsersByMetadata's checks), each for USERMETA_CACHE_TTL per user and organisation scope and dropped
+    /// at once when the user changes (here, on another replica through Redis, or by ZITADEL's events through
+    /// the webhook); 0 turns it off.
+    #[arg(long, env = names::METADATA_CACHE_BYTES, default_value_t = crate::listings::DEFAULT_MAX_BYTES)]
+    pub metadata_cache_bytes: u64,
 }
 
 impl CacheArgs {

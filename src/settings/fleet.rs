@@ -6,8 +6,10 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::Args;
 
 use super::{Setting, SettingsError, invalid, names, secret::read_secret_file};
+use usermeta_zitadel::UpstreamBudget;
+
 use crate::fleet::{
-    BusKey, RedisConfig, WriteLockConfig,
+    BusKey, FleetBudgetConfig, RedisConfig, WriteLockConfig,
     webhook::{self, SigningKeys, WebhookConfig, WebhookLimits},
 };
 
@@ -64,6 +66,26 @@ pub struct FleetArgs {
     /// one is answered 408. ZITADEL sends a body at once: raise it only for a slow link.
     #[arg(long, env = "USERMETA_WEBHOOK_BODY_TIMEOUT", default_value = "2s", value_parser = webhook_body_timeout)]
     pub webhook_body_timeout: Duration,
+    /// Most requests per second the whole fleet sends to ZITADEL (retries included), counted in Redis and
+    /// shared by every replica on it: scaling out does not raise it, and a busy replica uses what idle ones
+    /// leave. ZITADEL Cloud allows 50 per second per source IP over a minute: behind one IP, 40 leaves room.
+    /// When set, it replaces USERMETA_UPSTREAM_RATE_LIMIT and USERMETA_UPSTREAM_BURST (the reserve and the
+    /// caller share still apply). Unset: each replica keeps to its own budget.
+    #[arg(long, env = names::UPSTREAM_FLEET_RATE_LIMIT, requires = "redis_url", value_parser = fleet_rate)]
+    pub upstream_fleet_rate_limit: Option<f64>,
+    /// Requests the fleet may send to ZITADEL at once after a calm period; default: one second's worth of
+    /// USERMETA_UPSTREAM_FLEET_RATE_LIMIT.
+    #[arg(long, env = names::UPSTREAM_FLEET_BURST, requires = "upstream_fleet_rate_limit", value_parser = clap::value_parser!(u32).range(1..))]
+    pub upstream_fleet_burst: Option<u32>,
+    /// How many replicas share the fleet's budget, for each one's fallback while Redis cannot be reached
+    /// (USERMETA_UPSTREAM_FLEET_RATE_LIMIT divided by it). Set it to the most replicas that run at once (an
+    /// autoscaler's maximum) so the fleet stays inside the budget even then.
+    #[arg(long, env = names::UPSTREAM_FLEET_REPLICAS, default_value_t = 3, requires = "upstream_fleet_rate_limit", value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub upstream_fleet_replicas: u32,
+    /// Requests per second this replica sends to ZITADEL while the fleet's budget in Redis cannot be reached;
+    /// default: USERMETA_UPSTREAM_FLEET_RATE_LIMIT / USERMETA_UPSTREAM_FLEET_REPLICAS.
+    #[arg(long, env = names::UPSTREAM_FLEET_FALLBACK_RATE_LIMIT, requires = "upstream_fleet_rate_limit", value_parser = fleet_rate)]
+    pub upstream_fleet_fallback_rate_limit: Option<f64>,
 }
 
 /// The webhook's limits when no setting says otherwise.
@@ -83,12 +105,25 @@ impl Default for FleetArgs {
             webhook_max_connections: WEBHOOK_DEFAULTS.max_connections as u32,
             webhook_max_buffered_bytes: WEBHOOK_DEFAULTS.max_buffered_bytes as u64,
             webhook_body_timeout: WEBHOOK_DEFAULTS.body_timeout,
+            upstream_fleet_rate_limit: None,
+            upstream_fleet_burst: None,
+            upstream_fleet_replicas: 3,
+            upstream_fleet_fallback_rate_limit: None,
         }
     }
 }
 
 fn write_lock_ttl(raw: &str) -> Result<Duration, String> {
     duration_within(raw, Duration::from_secs(1), Duration::from_secs(300))
+}
+
+fn fleet_rate(raw: &str) -> Result<f64, String> {
+    const PROBLEM: &str = "must be a number of requests per second above 0 (e.g. 40)";
+    match raw.parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 => Ok(rate),
+        Ok(_) => Err(PROBLEM.to_owned()),
+        Err(e) => Err(format!("{e}; {PROBLEM}")),
+    }
 }
 
 fn webhook_body_timeout(raw: &str) -> Result<Duration, String> {
@@ -180,6 +215,37 @@ impl FleetArgs {
         }))
     }
 
+    /// The fleet's request budget toward ZITADEL and each replica's fallback, with the replica settings'
+    /// `reserve` and `caller_share`; `None` when no fleet rate is set.
+    pub fn upstream_fleet(&self, reserve: f64, caller_share: f64) -> Option<FleetBudgetConfig> {
+        let rate = self.upstream_fleet_rate_limit?;
+        let replicas = self.upstream_fleet_replicas.max(1);
+        let burst = self
+            .upstream_fleet_burst
+            .unwrap_or_else(|| usermeta_zitadel::budget::one_second_of(rate));
+        let fallback_rate = self
+            .upstream_fleet_fallback_rate_limit
+            .unwrap_or(rate / f64::from(replicas));
+        Some(FleetBudgetConfig {
+            budget: UpstreamBudget {
+                rate,
+                burst,
+                reserve,
+                caller_share,
+            },
+            fallback: UpstreamBudget {
+                rate: fallback_rate,
+                // Each replica's part of the fleet's burst, and never more than a second of its own rate.
+                burst: burst
+                    .div_ceil(replicas)
+                    .min(usermeta_zitadel::budget::one_second_of(fallback_rate))
+                    .max(1),
+                reserve,
+                caller_share,
+            },
+        })
+    }
+
     /// ZITADEL's event webhook, reading the signing keys; `None` when it is off.
     pub fn webhook(&self) -> Result<Option<WebhookConfig>, SettingsError> {
         let (Some(listen), Some(path)) = (self.webhook_listen, &self.webhook_signing_key_file)
@@ -206,6 +272,56 @@ impl FleetArgs {
 mod tests {
     use super::*;
     use crate::settings::tests::serve_with;
+
+    #[test]
+    fn the_fleet_budget_needs_redis_and_divides_into_a_fallback_per_replica() {
+        let parse =
+            |extra: &[&str]| serve_with(extra).map(|args| args.fleet.upstream_fleet(0.2, 0.5));
+        assert_eq!(parse(&[]).unwrap(), None);
+        assert!(
+            parse(&["--upstream-fleet-rate-limit", "40"]).is_err(),
+            "needs Redis"
+        );
+        let redis = ["--redis-url", "redis://r:6379"];
+        let fleet = parse(&[&redis[..], &["--upstream-fleet-rate-limit", "40"]].concat())
+            .unwrap()
+            .expect("on");
+        assert_eq!((fleet.budget.rate, fleet.budget.burst), (40.0, 40));
+        assert_eq!(
+            (fleet.budget.reserve, fleet.budget.caller_share),
+            (0.2, 0.5)
+        );
+        // Divided by the default three replicas.
+        assert!((fleet.fallback.rate - 40.0 / 3.0).abs() < 1e-9);
+        assert_eq!(fleet.fallback.burst, 14);
+        let fleet = parse(
+            &[
+                &redis[..],
+                &[
+                    "--upstream-fleet-rate-limit",
+                    "40",
+                    "--upstream-fleet-burst",
+                    "80",
+                    "--upstream-fleet-replicas",
+                    "10",
+                    "--upstream-fleet-fallback-rate-limit",
+                    "2",
+                ],
+            ]
+            .concat(),
+        )
+        .unwrap()
+        .expect("on");
+        assert_eq!(fleet.budget.burst, 80);
+        assert_eq!((fleet.fallback.rate, fleet.fallback.burst), (2.0, 2));
+        for bad in ["0", "-1", "NaN", "inf", "x"] {
+            let flag = format!("--upstream-fleet-rate-limit={bad}");
+            let error = parse(&[&redis[..], &[flag.as_str()]].concat())
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("above 0"), "{bad}: {error}");
+        }
+    }
 
     #[test]
     fn the_webhook_limits_default_to_production_values_and_are_bounded() {

@@ -25,6 +25,14 @@ pub const ZITADEL_CA_FILE: &str = "USERMETA_ZITADEL_CA_FILE";
 pub const UPSTREAM_RATE_LIMIT: &str = "USERMETA_UPSTREAM_RATE_LIMIT";
 /// One caller's share of that budget.
 pub const UPSTREAM_CALLER_SHARE: &str = "USERMETA_UPSTREAM_CALLER_SHARE";
+/// The fleet's request budget toward ZITADEL, in Redis.
+pub const UPSTREAM_FLEET_RATE_LIMIT: &str = "USERMETA_UPSTREAM_FLEET_RATE_LIMIT";
+/// Its burst.
+pub const UPSTREAM_FLEET_BURST: &str = "USERMETA_UPSTREAM_FLEET_BURST";
+/// The replicas the fleet's budget is divided by for each replica's fallback.
+pub const UPSTREAM_FLEET_REPLICAS: &str = "USERMETA_UPSTREAM_FLEET_REPLICAS";
+/// One replica's budget while Redis is out of reach.
+pub const UPSTREAM_FLEET_FALLBACK_RATE_LIMIT: &str = "USERMETA_UPSTREAM_FLEET_FALLBACK_RATE_LIMIT";
 /// How the ZITADEL client names its settings in hints.
 pub const ZITADEL_CLIENT: SettingNames = SettingNames {
     http2: Some(ZITADEL_HTTP2),
@@ -52,6 +60,8 @@ pub const CACHE_TTL: &str = "USERMETA_CACHE_TTL";
 pub const ORG_CACHE_TTL: &str = "USERMETA_ORG_CACHE_TTL";
 /// Most organisations whose metadata is remembered at once.
 pub const ORG_CACHE_CAPACITY: &str = "USERMETA_ORG_CACHE_CAPACITY";
+/// How much of users' listings is cached.
+pub const METADATA_CACHE_BYTES: &str = "USERMETA_METADATA_CACHE_BYTES";
 
 /// Most calls waiting on ZITADEL at once.
 pub const MAX_IN_FLIGHT: &str = "USERMETA_MAX_IN_FLIGHT";

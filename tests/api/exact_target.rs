@@ -304,7 +304,12 @@ async fn the_policy_audit_and_the_v2_user_service_see_the_same_user_id_and_key()
 
 async fn same_user_id_and_key_everywhere(api: ApiChoice) {
     capture();
-    let app = TestApp::builder().api(api).spawn().await;
+    // Every case checks what ZITADEL received: reads of a user seen before must reach it too.
+    let app = TestApp::builder()
+        .api(api)
+        .no_metadata_cache()
+        .spawn()
+        .await;
     let handle = tokio::runtime::Handle::current();
     let mut runner = TestRunner::new(ProptestConfig {
         cases: 160,

@@ -151,6 +151,9 @@ actions = ["find"]
         "find.toml",
     )
     .unwrap();
+    // Set before the replica starts, which then reads the users' listings (and keeps them) once.
+    app.standin.set_metadata(&app.alice, "secret", b"s3");
+    app.standin.set_metadata(&app.bob, "secret", b"s3");
     let other = app
         .another()
         .api(ApiChoice::V2)
@@ -179,8 +182,6 @@ actions = ["find"]
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
     // A hidden key finds others, but never its own user.
-    app.standin.set_metadata(&app.alice, "secret", b"s3");
-    app.standin.set_metadata(&app.bob, "secret", b"s3");
     let answer = found(&mut finder, &app.alice_token, find("secret", "s3"))
         .await
         .unwrap();

@@ -262,6 +262,8 @@ async fn the_authorisation_matrix_holds_with_zero_unexpected_allows(api: ApiChoi
             jwt: Some(jwt),
         })
         .project_id(&project)
+        // Every case resets the stand-in's data behind usermeta's back.
+        .no_metadata_cache()
         .spawn()
         .await;
     let mut client = other.client.clone();

@@ -27,6 +27,8 @@ async fn with_budget(app: &TestApp, budget: UpstreamBudget) -> (Client, TestApp)
             ..Resilience::default()
         })
         .cache(CacheConfig::default())
+        // Management reads reach ZITADEL each time, so they spend the budget these tests watch.
+        .no_metadata_cache()
         .upstream_budget(budget)
         .metrics()
         .spawn()

@@ -15,34 +15,6 @@ use crate::support::*;
 
 const KEY: &str = "8lT1WbPq3yS9kd0vRzXh4mQe";
 
-/// A `ContextInfoEvent` body for `user_id`.
-fn event(user_id: &str, event_type: &str, payload: serde_json::Value) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({
-        "aggregateID": user_id,
-        "aggregateType": "user",
-        "resourceOwner": "312909075211878808",
-        "instanceID": "312909075211813272",
-        "version": "v2",
-        "sequence": 13,
-        "event_type": event_type,
-        "created_at": "2026-09-05T08:55:36.156333Z",
-        "userID": "312909075212010000",
-        "event_payload": payload,
-    }))
-    .unwrap()
-}
-
-fn set_event(user_id: &str, key: &str, value: &[u8]) -> Vec<u8> {
-    event(
-        user_id,
-        "user.metadata.set",
-        serde_json::json!({
-            "key": key,
-            "value": base64::engine::general_purpose::STANDARD.encode(value),
-        }),
-    )
-}
-
 /// A usermeta with the webhook on, in front of the app's stand-in.
 async fn with_webhook(app: &TestApp, keys: &str) -> (Replica, tokio::sync::oneshot::Sender<()>) {
     let spawned = app.another().webhook(keys).spawn().await;

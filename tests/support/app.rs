@@ -12,7 +12,7 @@ use usermeta::{
     authz::{AuthzConfig, ExtAuthz},
     caller::{IdentityConfig, cache::CacheConfig},
     fleet::{
-        RedisConfig, WriteLockConfig,
+        FleetBudgetConfig, RedisConfig, WriteLockConfig,
         webhook::{SigningKeys, WebhookConfig, WebhookLimits},
     },
     policy::Policy,
@@ -425,6 +425,12 @@ impl TestAppBuilder {
         self.edit(|config| config.org_cache.ttl = Duration::ZERO)
     }
 
+    /// No cache of users' listings: reads of other users' metadata always reach ZITADEL (for tests that
+    /// change the stand-in's data behind usermeta's back, which only the TTL would otherwise bound).
+    pub(crate) fn no_metadata_cache(self) -> Self {
+        self.edit(|config| config.metadata_cache_bytes = 0)
+    }
+
     pub(crate) fn cache(self, cache: CacheConfig) -> Self {
         self.edit(move |config| config.cache = cache)
     }
@@ -483,6 +489,16 @@ impl TestAppBuilder {
     /// How conditional writes and merge patches are serialised (the lock's lifetime, single replica).
     pub(crate) fn write_locks(self, locks: WriteLockConfig) -> Self {
         self.edit(move |config| config.options.write_locks = locks)
+    }
+
+    /// One request budget toward ZITADEL for every replica on the Redis at `redis` (`fleet.budget`), and
+    /// `fleet.fallback` while it cannot be reached.
+    pub(crate) fn fleet_budget(self, redis: &str, fleet: FleetBudgetConfig) -> Self {
+        let redis = RedisConfig::new(redis);
+        self.edit(move |config| {
+            config.options.redis = Some(redis);
+            config.options.upstream_fleet = Some(fleet);
+        })
     }
 
     /// ZITADEL's event webhook on 127.0.0.1:0, checking signatures with `keys` (one per line) and taking on

@@ -7,7 +7,7 @@ use std::{
 
 /// A `redis-server` of this test alone, on a free port, without persistence; killed on drop.
 pub(crate) struct Redis {
-    pub port: u16,
+    pub(crate) port: u16,
     child: Child,
 }
 

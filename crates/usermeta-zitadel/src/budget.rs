@@ -39,7 +39,7 @@ pub async fn for_caller<F: Future>(digest: [u8; 32], future: F) -> F::Output {
 }
 
 /// The caller of the request being made, if it is made for one.
-fn current_caller() -> Option<[u8; 32]> {
+pub(crate) fn current_caller() -> Option<[u8; 32]> {
     CALLER.try_with(|digest| *digest).ok()
 }
 
@@ -150,6 +150,15 @@ pub fn one_second_of(rate: f64) -> u32 {
     (rate.ceil() as u32).max(1)
 }
 
+/// The tokens of `budget`'s burst identification must leave: the reserve, capped so identification keeps at
+/// least one token of the bucket.
+pub(crate) fn reserve_tokens(budget: &UpstreamBudget) -> f64 {
+    let burst = f64::from(budget.burst.max(1));
+    (budget.reserve.clamp(0.0, 1.0) * burst)
+        .floor()
+        .min(burst - 1.0)
+}
+
 /// What refused a request.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum Limit {
@@ -225,29 +234,75 @@ impl State {
 
 /// Each caller's share: a bucket per caller token digest (never the token), made full on its first request.
 #[derive(Debug)]
-struct Shares {
+pub(crate) struct Shares {
     rate: f64,
     burst: f64,
     buckets: Mutex<HashMap<[u8; 32], State>>,
 }
 
+impl Shares {
+    /// Each caller's part of `budget`, unless one caller may spend it all.
+    pub(crate) fn of(budget: &UpstreamBudget) -> Option<Shares> {
+        budget.caller_part().map(|(rate, burst)| Shares {
+            rate,
+            burst,
+            buckets: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Whether `caller`'s share holds a token now (it is spent by [`Shares::spend`] once the budget granted
+    /// the request, so a refusal there costs no share).
+    pub(crate) fn check(&self, caller: [u8; 32], now: Instant) -> Result<(), Refused> {
+        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        if buckets.len() >= PRUNE_CALLERS_AT {
+            // A full bucket is what a caller not seen before gets: forgetting it changes nothing.
+            buckets.retain(|_, bucket| {
+                bucket.refill(self.rate, self.burst, now);
+                bucket.tokens < self.burst
+            });
+        }
+        let share = buckets
+            .entry(caller)
+            .or_insert_with(|| State::full(self.burst, now));
+        share.refill(self.rate, self.burst, now);
+        if share.tokens < 1.0 {
+            return Err(Refused {
+                retry_after: Duration::from_secs_f64((1.0 - share.tokens) / self.rate),
+                tokens: share.tokens,
+                by: Limit::CallerShare {
+                    per_second: self.rate,
+                    burst: self.burst,
+                },
+            });
+        }
+        Ok(())
+    }
+
+    /// Spends a token of `caller`'s share (checked with [`Shares::check`]).
+    pub(crate) fn spend(&self, caller: [u8; 32]) {
+        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(share) = buckets.get_mut(&caller) {
+            share.tokens -= 1.0;
+        }
+    }
+}
+
 impl Bucket {
     pub(crate) fn new(budget: UpstreamBudget, now: Instant) -> Self {
         let burst = f64::from(budget.burst.max(1));
-        let reserve = (budget.reserve.clamp(0.0, 1.0) * burst)
-            .floor()
-            .min(burst - 1.0);
+        let reserve = reserve_tokens(&budget);
         Bucket {
             rate: budget.rate.max(f64::MIN_POSITIVE),
             burst,
             reserve,
             state: Mutex::new(State::full(burst, now)),
-            shares: budget.caller_part().map(|(rate, burst)| Shares {
-                rate,
-                burst,
-                buckets: Mutex::new(HashMap::new()),
-            }),
+            shares: Shares::of(&budget),
         }
+    }
+
+    /// The bucket's rate, requests per second.
+    pub(crate) fn rate(&self) -> f64 {
+        self.rate
     }
 
     fn refilled(&self, now: Instant) -> std::sync::MutexGuard<'_, State> {
@@ -262,34 +317,10 @@ impl Bucket {
         let (Some(shares), Some(caller)) = (&self.shares, current_caller()) else {
             return self.take(class, now);
         };
-        let mut buckets = shares
-            .buckets
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if buckets.len() >= PRUNE_CALLERS_AT {
-            // A full bucket is what a caller not seen before gets: forgetting it changes nothing.
-            buckets.retain(|_, bucket| {
-                bucket.refill(shares.rate, shares.burst, now);
-                bucket.tokens < shares.burst
-            });
-        }
-        let share = buckets
-            .entry(caller)
-            .or_insert_with(|| State::full(shares.burst, now));
-        share.refill(shares.rate, shares.burst, now);
-        if share.tokens < 1.0 {
-            return Err(Refused {
-                retry_after: Duration::from_secs_f64((1.0 - share.tokens) / shares.rate),
-                tokens: share.tokens,
-                by: Limit::CallerShare {
-                    per_second: shares.rate,
-                    burst: shares.burst,
-                },
-            });
-        }
+        shares.check(caller, now)?;
         // Taken from the share only once the replica's bucket granted it: a refusal there costs no share.
         let left = self.take(class, now)?;
-        share.tokens -= 1.0;
+        shares.spend(caller);
         Ok(left)
     }
 

@@ -24,6 +24,9 @@ pub trait Instrument: Send + Sync + 'static {
     /// The caller's share of the request budget refused a request of `class` (the replica's bucket was not
     /// asked).
     fn upstream_caller_share_refused(&self, _class: &'static str) {}
+    /// The fleet's shared request budget could not be reached and this replica keeps to its fallback budget
+    /// (`true`), or it answers again (`false`; also called once as the client is built with a fleet budget).
+    fn upstream_budget_fallback(&self, _on_fallback: bool) {}
     /// The circuit breaker of `group` opened (`open`) or closed; also called once per group as the client is
     /// built, with the breaker closed.
     fn breaker_changed(&self, _group: crate::resilience::Group, _open: bool) {}

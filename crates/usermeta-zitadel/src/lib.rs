@@ -13,6 +13,7 @@ pub mod budget;
 pub mod credential;
 pub mod error;
 pub mod etag;
+pub mod fleet_budget;
 #[cfg(test)]
 mod fuzz_tests;
 pub mod instrument;
@@ -70,6 +71,8 @@ pub struct ZitadelConfig {
     /// Most requests per second sent to this ZITADEL (retries included), and one caller's share of them;
     /// `None`: no budget. [`ZitadelConfig::new`] sets [`UpstreamBudget::default`].
     pub upstream_budget: Option<UpstreamBudget>,
+    /// One budget for the whole fleet, shared through a store; when set, it replaces `upstream_budget`.
+    pub fleet_budget: Option<fleet_budget::FleetBudget>,
     /// What the operator calls these settings, for hints in errors.
     pub setting_names: SettingNames,
 }
@@ -101,6 +104,7 @@ impl ZitadelConfig {
             management_api: management::ApiChoice::default(),
             read_your_writes: DEFAULT_READ_YOUR_WRITES,
             upstream_budget: Some(UpstreamBudget::default()),
+            fleet_budget: None,
             setting_names: SettingNames::default(),
         }
     }
@@ -152,7 +156,7 @@ pub struct Zitadel {
     service_token: token_source::TokenSource,
     guards: resilience::Guards,
     /// The request budget toward this ZITADEL, shared with the token source.
-    budget: Option<Arc<budget::Bucket>>,
+    budget: Option<Arc<fleet_budget::Budget>>,
     http2: Http2,
     setting_names: SettingNames,
     project_id: Option<String>,
@@ -225,9 +229,15 @@ impl Zitadel {
             .http2_adaptive_window(true)
             .user_agent(concat!("usermeta/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        let budget = config
-            .upstream_budget
-            .map(|budget| Arc::new(budget::Bucket::new(budget, Instant::now())));
+        let budget = match config.fleet_budget {
+            Some(fleet) => Some(fleet_budget::Budget::Fleet(Arc::new(
+                fleet_budget::FleetBucket::new(fleet, instrumentation.clone(), Instant::now()),
+            ))),
+            None => config.upstream_budget.map(|budget| {
+                fleet_budget::Budget::Replica(budget::Bucket::new(budget, Instant::now()))
+            }),
+        }
+        .map(Arc::new);
         let service_token = token_source::TokenSource::new(
             config.service_credential,
             http.clone(),
@@ -280,6 +290,15 @@ impl Zitadel {
         self.guards.of(group).breaker.watch_open()
     }
 
+    /// Follows whether this replica keeps to its fallback budget because the fleet's shared budget cannot be
+    /// reached (for health reporting); `None` without a fleet budget.
+    pub fn watch_budget_fallback(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        match self.budget.as_deref()? {
+            fleet_budget::Budget::Fleet(fleet) => Some(fleet.watch_fallback()),
+            fleet_budget::Budget::Replica(_) => None,
+        }
+    }
+
     /// The operator's choice of management API.
     pub fn management_api_choice(&self) -> management::ApiChoice {
         self.selector.choice()
@@ -314,7 +333,7 @@ impl Zitadel {
                 };
             }
         };
-        if let Err(refused) = self.take_budget(endpoint) {
+        if let Err(refused) = self.take_budget(endpoint).await {
             // Nothing sent: the breaker learns nothing (a dropped pass frees a probe's slot).
             drop(pass);
             return Sent {
@@ -413,7 +432,7 @@ impl Zitadel {
                 tracing::debug!(%endpoint, %error, "not retrying: the retry budget is spent");
                 return give_up(pass, error);
             }
-            if self.take_budget(endpoint).is_err() {
+            if self.take_budget(endpoint).await.is_err() {
                 tracing::debug!(%endpoint, %error, "not retrying: the request budget toward ZITADEL is spent");
                 return give_up(pass, error);
             }
@@ -425,12 +444,12 @@ impl Zitadel {
     }
 
     /// Takes a token of the request budget for one request to `endpoint`, telling the instrumentation.
-    fn take_budget(&self, endpoint: Endpoint) -> Result<(), budget::Refused> {
+    async fn take_budget(&self, endpoint: Endpoint) -> Result<(), budget::Refused> {
         let Some(bucket) = &self.budget else {
             return Ok(());
         };
         let class = budget::Class::of(endpoint);
-        let taken = bucket.try_take(class, Instant::now());
+        let taken = bucket.try_take(class).await;
         let hooks = self.instrumentation.hooks();
         match &taken {
             Ok(left) => hooks.upstream_budget(class.name(), true, *left),

@@ -196,17 +196,18 @@ pub struct KeyFilter {
 impl KeyFilter {
     /// Whether ZITADEL's filter lets `key` through (ignoring case as ZITADEL does: Unicode lower case).
     pub fn matches(&self, key: &str) -> bool {
-        let (pattern, key) = match self.matching {
-            KeyMatch::Equals | KeyMatch::StartsWith | KeyMatch::Contains | KeyMatch::EndsWith => {
-                (self.key.clone(), key.to_owned())
-            }
-            _ => (self.key.to_lowercase(), key.to_lowercase()),
+        let compare = |key: &str, pattern: &str| match self.matching {
+            KeyMatch::Equals | KeyMatch::EqualsIgnoreCase => key == pattern,
+            KeyMatch::StartsWith | KeyMatch::StartsWithIgnoreCase => key.starts_with(pattern),
+            KeyMatch::Contains | KeyMatch::ContainsIgnoreCase => key.contains(pattern),
+            KeyMatch::EndsWith | KeyMatch::EndsWithIgnoreCase => key.ends_with(pattern),
         };
         match self.matching {
-            KeyMatch::Equals | KeyMatch::EqualsIgnoreCase => key == pattern,
-            KeyMatch::StartsWith | KeyMatch::StartsWithIgnoreCase => key.starts_with(&pattern),
-            KeyMatch::Contains | KeyMatch::ContainsIgnoreCase => key.contains(&pattern),
-            KeyMatch::EndsWith | KeyMatch::EndsWithIgnoreCase => key.ends_with(&pattern),
+            // Case-sensitive: compared as they are, without copies (listings are filtered per request).
+            KeyMatch::Equals | KeyMatch::StartsWith | KeyMatch::Contains | KeyMatch::EndsWith => {
+                compare(key, &self.key)
+            }
+            _ => compare(&key.to_lowercase(), &self.key.to_lowercase()),
         }
     }
 }

@@ -86,7 +86,7 @@ struct OAuth {
     http: reqwest::Client,
     instrumentation: Instrumentation,
     /// The request budget toward ZITADEL: token requests count against it.
-    budget: Option<Arc<crate::budget::Bucket>>,
+    budget: Option<Arc<crate::fleet_budget::Budget>>,
     timeout: Duration,
     token_url: Url,
     /// The `aud` of JWT-profile assertions: the issuer URL without a trailing slash.
@@ -112,7 +112,7 @@ impl TokenSource {
         credential: ServiceCredential,
         http: reqwest::Client,
         instrumentation: Instrumentation,
-        budget: Option<Arc<crate::budget::Bucket>>,
+        budget: Option<Arc<crate::fleet_budget::Budget>>,
         timeout: Duration,
         issuer: String,
         token_url: Url,

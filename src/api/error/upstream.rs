@@ -73,14 +73,16 @@ pub(super) fn upstream_status(error: &UpstreamError) -> Status {
             let why = match class {
                 Class::Identify => {
                     format!(
-                        "usermeta keeps within its request budget toward ZITADEL ({}), and identifying a token it does not know yet waits while calls of callers already identified go first; nothing was sent to ZITADEL; retry after the RetryInfo delay, and reuse tokens rather than fetching a new one per call",
-                        names::UPSTREAM_RATE_LIMIT
+                        "usermeta keeps within its request budget toward ZITADEL ({}, or the fleet's {}), and identifying a token it does not know yet waits while calls of callers already identified go first; nothing was sent to ZITADEL; retry after the RetryInfo delay, and reuse tokens rather than fetching a new one per call",
+                        names::UPSTREAM_RATE_LIMIT,
+                        names::UPSTREAM_FLEET_RATE_LIMIT
                     )
                 }
                 Class::Manage => {
                     format!(
-                        "usermeta keeps within its request budget toward ZITADEL ({}), which is spent for now; nothing was sent to ZITADEL; retry after the RetryInfo delay",
-                        names::UPSTREAM_RATE_LIMIT
+                        "usermeta keeps within its request budget toward ZITADEL ({}, or the fleet's {}), which is spent for now; nothing was sent to ZITADEL; retry after the RetryInfo delay",
+                        names::UPSTREAM_RATE_LIMIT,
+                        names::UPSTREAM_FLEET_RATE_LIMIT
                     )
                 }
             };

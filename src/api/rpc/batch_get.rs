@@ -12,7 +12,7 @@ use crate::{
     caller::Identity,
     policy::Action,
 };
-use usermeta_zitadel::{CallerToken, management::Target};
+use usermeta_zitadel::{CallerToken, management::Target, metadata::MetadataItem};
 
 impl MetadataService {
     #[instrument(name = "BatchGetMetadata", skip_all, fields(caller, users))]
@@ -71,8 +71,6 @@ impl MetadataService {
         user_id: &str,
         request: &validate::BatchGet,
     ) -> Result<Vec<pb::Metadata>, ApiError> {
-        let filter = exact_key_filter(&request.keys);
-        let filter = filter.as_ref();
         let org_id = request.org_id.as_deref();
         // The caller's own id reads with the caller's token; any other user is placed where ZITADEL acts.
         let own = user_id == caller.sub;
@@ -94,15 +92,25 @@ impl MetadataService {
         for key in &request.keys {
             scope.require(key)?;
         }
-        let mut items = if own {
-            read_all(|page| self.zitadel.list_my_metadata(token, filter, page)).await?
-        } else {
-            read_all(|page| self.zitadel.list_user_metadata(target, filter, page)).await?
+        let wanted = |item: &MetadataItem| {
+            scope.allows(&item.key) && (request.keys.is_empty() || request.keys.contains(&item.key))
         };
-        items.retain(|item| scope.allows(&item.key));
-        if !request.keys.is_empty() {
-            items.retain(|item| request.keys.contains(&item.key));
-        }
+        let mut items: Vec<MetadataItem> = if own {
+            let filter = exact_key_filter(&request.keys);
+            let mut items =
+                read_all(|page| self.zitadel.list_my_metadata(token, filter.as_ref(), page))
+                    .await?;
+            items.retain(wanted);
+            items
+        } else {
+            // Another user's whole listing, from memory while fresh; the keys asked for are picked here.
+            let listing = self.listings.listing(&self.zitadel, target).await?;
+            listing
+                .iter()
+                .filter(|item| wanted(item))
+                .cloned()
+                .collect()
+        };
         items.sort_by(|a, b| a.key.cmp(&b.key));
         answer_items(&self.policy, target.user_id, items, |key| {
             request.keys.iter().any(|named| named == key)

@@ -1,6 +1,7 @@
 //! FindUsersByMetadata: the users holding a value, as far as the policy lets the caller find them, a page at
 //! a time.
 
+use futures::StreamExt as _;
 use tracing::instrument;
 
 use crate::{
@@ -14,9 +15,30 @@ use crate::{
     },
     policy::{Action, FindScope, Subject},
 };
-use usermeta_zitadel::metadata::PageRequest;
+use usermeta_zitadel::{
+    UpstreamError,
+    management::{Target, UserRef},
+    metadata::PageRequest,
+};
 
 impl MetadataService {
+    /// Whether `user`'s `key` holds exactly `value`, by the user's listing in their organisation.
+    async fn holds(&self, user: &UserRef, key: &str, value: &[u8]) -> Result<bool, UpstreamError> {
+        let listing = self
+            .listings
+            .listing(
+                &self.zitadel,
+                Target {
+                    user_id: &user.user_id,
+                    org_id: Some(&user.org_id),
+                },
+            )
+            .await?;
+        Ok(listing
+            .iter()
+            .any(|item| item.key == key && item.value.as_deref() == Some(value)))
+    }
+
     #[instrument(name = "FindUsersByMetadata", skip_all, fields(caller))]
     pub(in crate::api) async fn find(
         &self,
@@ -79,21 +101,35 @@ impl MetadataService {
                     },
                 )
                 .await?;
-            // Each user found passes the policy for that user and organisation, or is left out.
-            for user in found.users {
-                let visible = self
-                    .policy
-                    .authorize(
-                        &caller,
-                        Subject {
-                            user_id: &user.user_id,
-                            org_id: Some(&user.org_id),
-                        },
-                        Action::Find,
-                        [request.key.as_str()],
-                    )
-                    .is_ok();
-                if !visible {
+            // Each user found passes the policy for that user and organisation, or is left out; then ZITADEL's
+            // candidate must hold exactly the value under the key (it matches key and value each on its own),
+            // as its listing says (from memory while fresh).
+            let visible: Vec<UserRef> = found
+                .users
+                .into_iter()
+                .filter(|user| {
+                    self.policy
+                        .authorize(
+                            &caller,
+                            Subject {
+                                user_id: &user.user_id,
+                                org_id: Some(&user.org_id),
+                            },
+                            Action::Find,
+                            [request.key.as_str()],
+                        )
+                        .is_ok()
+                })
+                .collect();
+            // By index: a closure over `&UserRef` would make the stream's future not provably `Send`.
+            let checks =
+                (0..visible.len()).map(|i| self.holds(&visible[i], &request.key, &request.value));
+            let held: Vec<Result<bool, UpstreamError>> = futures::stream::iter(checks)
+                .buffered(self.batch_concurrency)
+                .collect()
+                .await;
+            for (user, held) in visible.into_iter().zip(held) {
+                if !held? {
                     continue;
                 }
                 if users.len() == limit {

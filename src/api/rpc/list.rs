@@ -13,8 +13,22 @@ use crate::{
 use usermeta_zitadel::{
     budget::for_identified_caller,
     management::{Scoped, Target},
-    metadata::{KeyFilter, KeyMatch, PageRequest},
+    metadata::{KeyFilter, KeyMatch, MetadataItem, PageRequest},
 };
+
+/// The page `page` asks for of `items` (all the caller may see): the items, their total and where the next
+/// page starts.
+fn page_of(
+    mut items: Vec<MetadataItem>,
+    page: PageRequest,
+) -> (Vec<MetadataItem>, u64, Option<u64>) {
+    let total = items.len() as u64;
+    let start = usize::try_from(page.offset.min(total)).unwrap_or(usize::MAX);
+    let end = start.saturating_add(page.limit as usize).min(items.len());
+    items.truncate(end);
+    items.drain(..start);
+    (items, total, (end > start).then_some(end as u64))
+}
 
 impl MetadataService {
     #[instrument(name = "ListMetadata", skip_all, fields(user_id, org_id))]
@@ -102,12 +116,7 @@ impl MetadataService {
         let target = other.as_ref().map(Scoped::target);
         let token = &token;
         let fetch = |page: PageRequest| {
-            let fetch = async move {
-                match target {
-                    None => self.zitadel.list_my_metadata(token, filter, page).await,
-                    Some(target) => self.zitadel.list_user_metadata(target, filter, page).await,
-                }
-            };
+            let fetch = self.zitadel.list_my_metadata(token, filter, page);
             // Ranked for the request budget: an identified caller's read, or a token not known yet.
             async move {
                 if identified {
@@ -117,8 +126,22 @@ impl MetadataService {
                 }
             }
         };
-        let (items, total, next_offset) =
-            visible_page(&scope, offsets, request.page, fetch).await?;
+        let (items, total, next_offset) = match target {
+            // Another user: ZITADEL's whole listing, from memory while fresh, filtered and paged here as
+            // ZITADEL would (the same order, the same offsets).
+            Some(target) => {
+                let listing =
+                    for_identified_caller(self.listings.listing(&self.zitadel, target)).await?;
+                let items = listing
+                    .iter()
+                    .filter(|item| filter.is_none_or(|filter| filter.matches(&item.key)))
+                    .filter(|item| scope.allows(&item.key))
+                    .cloned()
+                    .collect();
+                page_of(items, request.page)
+            }
+            None => visible_page(&scope, offsets, request.page, fetch).await?,
+        };
         let next_page_token = next_token(
             &self.page_tokens,
             next_offset,

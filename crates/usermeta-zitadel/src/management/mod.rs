@@ -69,7 +69,9 @@ pub struct UserRef {
 /// One page of ZITADEL's answer to a search by metadata.
 #[derive(Debug, Clone, Default)]
 pub struct FoundUsers {
-    /// The users of this page whose key holds exactly the value.
+    /// The users of this page ZITADEL matched, in its order: candidates, since ZITADEL matches the key and
+    /// the value each on its own (a user with the key holding another value, and the value under another
+    /// key, matches both). Check each one's listing before answering with it.
     pub users: Vec<UserRef>,
     /// How many entries ZITADEL returned for this page (the next page starts after them).
     pub fetched: u64,
@@ -227,8 +229,9 @@ impl Zitadel {
         }
     }
 
-    /// Users whose `key` holds exactly `value`, optionally only in `org_id`: v2 `ListUsers` with its metadata
-    /// filters (ZITADEL 4.1+). The v1 API has no such search, and usermeta never scans every user instead.
+    /// Users who may hold exactly `value` under `key` ([`FoundUsers::users`] says what to check), optionally
+    /// only in `org_id`: v2 `ListUsers` with its metadata filters (ZITADEL 4.1+). The v1 API has no such
+    /// search, and usermeta never scans every user instead.
     pub async fn find_users_by_metadata(
         &self,
         key: &str,

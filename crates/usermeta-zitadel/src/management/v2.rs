@@ -368,13 +368,11 @@ struct ListedUser {
     details: Option<crate::wire::ObjectDetails>,
 }
 
-/// How many found users are checked at once.
-const VERIFY_CONCURRENCY: usize = 8;
-
 impl Zitadel {
     /// `ListUsers` with a metadata key and a value filter. ZITADEL matches each filter on its own (a user with
-    /// the key holding another value and the value under another key matches both), so every user found is
-    /// checked: its `key` must hold exactly `value`.
+    /// the key holding another value and the value under another key matches both), so the users found are
+    /// candidates: the caller checks that each one's `key` holds exactly `value` (from its listing, which the
+    /// service caches).
     pub(super) async fn v2_find_users(
         &self,
         key: &str,
@@ -382,7 +380,6 @@ impl Zitadel {
         org_id: Option<&str>,
         page: PageRequest,
     ) -> Result<super::FoundUsers, UpstreamError> {
-        use futures::StreamExt as _;
         let endpoint = Endpoint::UserV2ListUsers;
         let mut queries = vec![
             serde_json::json!({"metadataKeyFilter": {"key": key, "method": "TEXT_FILTER_METHOD_EQUALS"}}),
@@ -426,44 +423,8 @@ impl Zitadel {
                 })
             })
             .collect();
-        let filter = KeyFilter {
-            key: key.to_owned(),
-            matching: crate::metadata::KeyMatch::Equals,
-        };
-        let checked: Vec<Result<Option<super::UserRef>, UpstreamError>> =
-            futures::stream::iter(candidates)
-                .map(|user| {
-                    let filter = &filter;
-                    async move {
-                        let page = self
-                            .v2_list_user_metadata(
-                                Target {
-                                    user_id: &user.user_id,
-                                    org_id: None,
-                                },
-                                Some(filter),
-                                PageRequest {
-                                    offset: 0,
-                                    limit: 10,
-                                },
-                            )
-                            .await?;
-                        let holds = page
-                            .items
-                            .iter()
-                            .any(|item| item.key == key && item.value.as_deref() == Some(value));
-                        Ok(holds.then_some(user))
-                    }
-                })
-                .buffered(VERIFY_CONCURRENCY)
-                .collect()
-                .await;
-        let mut users = Vec::new();
-        for user in checked {
-            users.extend(user?);
-        }
         Ok(super::FoundUsers {
-            users,
+            users: candidates,
             fetched,
             total: answer.details.map(|d| d.total_result).unwrap_or_default(),
         })

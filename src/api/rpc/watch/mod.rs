@@ -121,11 +121,15 @@ mod opening {
             zitadel: Arc::new(zitadel),
             policy: Arc::new(Policy::default()),
             cache: Arc::clone(&cache),
+            listings: Arc::new(crate::listings::ListingCache::off()),
             resolver: Arc::new(Resolver::userinfo()),
             admission: Arc::new(RequestLimits::default().admission(Shed::unlimited())),
             batch_concurrency: 1,
             page_tokens: PageTokenKey::random(),
-            changes: Changes::local(cache, WatchLimits::default()),
+            changes: Changes::local(
+                crate::fleet::Caches::callers_only(cache),
+                WatchLimits::default(),
+            ),
             write_locks: Arc::new(WriteLocks::local(WriteLockConfig::default())),
             stopping: stopping.subscribe(),
         });

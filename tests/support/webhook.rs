@@ -1,8 +1,9 @@
-//! ZITADEL's Actions v2 event deliveries, as ZITADEL signs and sends them to usermeta's webhook.
+//! ZITADEL's Actions v2 events, signed as ZITADEL signs them, for the webhook's tests.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::hmac;
+use base64::Engine as _;
 
 /// `ZITADEL-Signature` as ZITADEL computes it: `t=<unix>,v1=<hex HMAC-SHA256(key, "<t>.<body>")>`.
 pub(crate) fn signature(key: &str, t: u64, body: &[u8]) -> String {
@@ -14,7 +15,6 @@ pub(crate) fn signature(key: &str, t: u64, body: &[u8]) -> String {
     format!("t={t},v1={hex}")
 }
 
-/// Seconds since the Unix epoch, now.
 pub(crate) fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -22,7 +22,34 @@ pub(crate) fn now() -> u64 {
         .as_secs()
 }
 
-/// POSTs an event body to `url` as JSON, with `signature` when given; the answer's status and text.
+/// A `ContextInfoEvent` body for `user_id`.
+pub(crate) fn event(user_id: &str, event_type: &str, payload: serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "aggregateID": user_id,
+        "aggregateType": "user",
+        "resourceOwner": "312909075211878808",
+        "instanceID": "312909075211813272",
+        "version": "v2",
+        "sequence": 13,
+        "event_type": event_type,
+        "created_at": "2026-09-05T08:55:36.156333Z",
+        "userID": "312909075212010000",
+        "event_payload": payload,
+    }))
+    .unwrap()
+}
+
+pub(crate) fn set_event(user_id: &str, key: &str, value: &[u8]) -> Vec<u8> {
+    event(
+        user_id,
+        "user.metadata.set",
+        serde_json::json!({
+            "key": key,
+            "value": base64::engine::general_purpose::STANDARD.encode(value),
+        }),
+    )
+}
+
 pub(crate) async fn post(url: &str, signature: Option<&str>, body: Vec<u8>) -> (u16, String) {
     let mut request = reqwest::Client::new()
         .post(url)
