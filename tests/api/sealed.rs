@@ -829,7 +829,18 @@ async fn a_rotation_cut_short_is_finished_by_running_it_again() {
 /// every read path), a patch applies to the opened value and the result is sealed again; a value that does
 /// not open cannot be patched.
 async fn conditions_and_merge_patches_work_on_sealed_keys(api: ApiChoice) {
-    let app = sealed_app(api).await;
+    // The test writes plaintext into the stand-in behind usermeta's back, as the Console would, and reads it
+    // at once: no listing from memory in between.
+    let cast = TestApp::seeded().await;
+    let app = TestApp::builder()
+        .api(api)
+        .reuse(cast.clone())
+        .policy(policy(&cast.admin))
+        .sealing(K1_K2)
+        .metrics()
+        .no_metadata_cache()
+        .spawn()
+        .await;
     set(&app, &app.alice, &[("blob", r#"{"a":1}"#)])
         .await
         .unwrap();
