@@ -130,13 +130,25 @@ pub(super) fn find(
         org_id,
         page: PageRequest { offset: 0, limit },
     };
-    if !request.page_token.is_empty() {
-        match page_token::decode(key, &request.page_token, find.token_query()) {
-            Ok(position) => find.page.offset = position.offset,
-            Err(e) => v.add("page_token", e.to_string()),
-        }
+    if let Some(position) = resume(&mut v, key, &request.page_token, find.token_query()) {
+        find.page.offset = position.offset;
     }
     v.finish(find)
+}
+
+/// Where a page token says a listing goes on (`None`: no token, or one that is refused as a violation).
+fn resume(
+    v: &mut Violations,
+    key: &PageTokenKey,
+    token: &str,
+    query: page_token::Query<'_>,
+) -> Option<page_token::Position> {
+    if token.is_empty() {
+        return None;
+    }
+    page_token::decode(key, token, query)
+        .map_err(|e| v.add("page_token", e.to_string()))
+        .ok()
 }
 
 fn page_size(v: &mut Violations, page_size: i32) -> u32 {
@@ -297,14 +309,7 @@ pub(super) fn list(request: pb::ListMetadataRequest, key: &PageTokenKey) -> Resu
     let mut v = Violations::default();
     let user_id = v.user_id(request.user_id);
     let org_id = v.org_id(request.organization_id);
-    let filter = request.key_filter.map(|filter| {
-        v.key_pattern("key_filter.key", &filter.key);
-        let matching = pb::KeyMatch::try_from(filter.r#match).map(KeyMatch::from).unwrap_or_else(|_| {
-            v.add("key_filter.match", format!("{} is not a KeyMatch; use one of KEY_MATCH_EQUALS … KEY_MATCH_ENDS_WITH_IGNORE_CASE", filter.r#match));
-            KeyMatch::Equals
-        });
-        KeyFilter { key: filter.key, matching }
-    });
+    let filter = key_filter(&mut v, request.key_filter);
     let limit = page_size(&mut v, request.page_size);
     let mut list = List {
         user_id,
@@ -313,14 +318,9 @@ pub(super) fn list(request: pb::ListMetadataRequest, key: &PageTokenKey) -> Resu
         page: PageRequest { offset: 0, limit },
         resumed: None,
     };
-    if !request.page_token.is_empty() {
-        match page_token::decode(key, &request.page_token, list.token_query()) {
-            Ok(position) => {
-                list.page.offset = position.offset;
-                list.resumed = Some(position.offsets);
-            }
-            Err(e) => v.add("page_token", e.to_string()),
-        }
+    if let Some(position) = resume(&mut v, key, &request.page_token, list.token_query()) {
+        list.page.offset = position.offset;
+        list.resumed = Some(position.offsets);
     }
     v.finish(list)
 }
@@ -632,14 +632,9 @@ pub(super) fn org_list(
         page: PageRequest { offset: 0, limit },
         resumed: None,
     };
-    if !request.page_token.is_empty() {
-        match page_token::decode(key, &request.page_token, list.token_query()) {
-            Ok(position) => {
-                list.page.offset = position.offset;
-                list.resumed = Some(position.offsets);
-            }
-            Err(e) => v.add("page_token", e.to_string()),
-        }
+    if let Some(position) = resume(&mut v, key, &request.page_token, list.token_query()) {
+        list.page.offset = position.offset;
+        list.resumed = Some(position.offsets);
     }
     v.finish(list)
 }
