@@ -206,7 +206,7 @@ impl AccessArgs {
         }
     }
 
-    /// The sealing keys, when a key file is set, bound to the instance ([`SEALING_INSTANCE`], else the
+    /// The sealing keys, when a key file is set, bound to the instance ([`names::SEALING_INSTANCE`], else the
     /// ZITADEL URL as given). A file others may read, that is malformed or holds a short key stops start-up.
     pub fn sealer(&self, zitadel_url: &url::Url) -> Result<Option<Sealer>, SettingsError> {
         let Some(path) = &self.sealing_keys_file else {

@@ -17,7 +17,7 @@
 //! repays.
 //!
 //! When the store cannot be reached, the replica falls back to a budget of its own (its fallback rate), says
-//! so once (log, [`crate::Instrument::upstream_budget_fallback`], [`FleetBucket::watch_fallback`]) and asks
+//! so once (log, [`crate::Instrument::upstream_budget_fallback`], `FleetBucket::watch_fallback`) and asks
 //! the store again every [`PROBE_EVERY`] in the background, going back to the shared budget once it answers.
 
 use std::{
