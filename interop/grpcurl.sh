@@ -46,7 +46,8 @@ echo "-- GetMyMetadata (userinfo)"
 answer=$(grpcurl -plaintext -H "authorization: Bearer $USER_TOKEN" "$addr" "$svc/GetMyMetadata")
 expect "$answer" "user_id is the demo user" "d['userId'] == '$DEMO_USER_ID'"
 expect "$answer" "ContractNumber is decoded to the text 1234" \
-  "{'key': 'ContractNumber', 'value': {'text': '1234'}} in d['metadata']"
+  "{'key': 'ContractNumber', 'value': {'text': '1234'}} in [{'key': m['key'], 'value': m['value']} for m in d['metadata']]"
+expect "$answer" "every entry carries its etag" "all(m.get('etag', '').startswith('1.') for m in d['metadata'])"
 
 echo "-- SetMetadata: a text and a binary value on yourself"
 # binary values are base64 in grpcurl's JSON: /wAB is the bytes ff 00 01, which are not UTF-8.
